@@ -1,0 +1,152 @@
+// Package api holds the wire types and error codes shared by Flynn's servers
+// and its Go clients. It depends on the standard library only.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// ErrorCode is the machine-readable kind of an API error. It travels in the
+// "code" field of every JSON error body.
+type ErrorCode string
+
+// The error codes every Flynn server uses.
+const (
+	CodeValidation       ErrorCode = "validation_error"
+	CodeNotFound         ErrorCode = "not_found"
+	CodeObjectExists     ErrorCode = "object_exists"
+	CodeUnauthorized     ErrorCode = "unauthorized"
+	CodeConflict         ErrorCode = "conflict"
+	CodeMethodNotAllowed ErrorCode = "method_not_allowed"
+	CodeTooLarge         ErrorCode = "request_too_large"
+	CodeUnavailable      ErrorCode = "service_unavailable"
+	CodeUnknown          ErrorCode = "unknown_error"
+)
+
+// Sentinel errors, one per code. A client maps an error body back to the
+// matching sentinel so that errors.Is(err, api.ErrNotFound) works across HTTP.
+var (
+	ErrValidation       = &Error{Code: CodeValidation, Message: "validation error"}
+	ErrNotFound         = &Error{Code: CodeNotFound, Message: "not found"}
+	ErrObjectExists     = &Error{Code: CodeObjectExists, Message: "object exists"}
+	ErrUnauthorized     = &Error{Code: CodeUnauthorized, Message: "unauthorized"}
+	ErrConflict         = &Error{Code: CodeConflict, Message: "conflict"}
+	ErrMethodNotAllowed = &Error{Code: CodeMethodNotAllowed, Message: "method not allowed"}
+	ErrTooLarge         = &Error{Code: CodeTooLarge, Message: "request too large"}
+	ErrUnavailable      = &Error{Code: CodeUnavailable, Message: "service unavailable"}
+	ErrUnknown          = &Error{Code: CodeUnknown, Message: "unknown error"}
+)
+
+// Error is the JSON error body: {"code","message","field"}.
+type Error struct {
+	Code    ErrorCode `json:"code"`
+	Message string    `json:"message"`
+	// Field names the request field that was invalid, when there is one.
+	Field string `json:"field,omitempty"`
+	// Status is the HTTP status the error was or will be sent with. It is
+	// not part of the JSON body.
+	Status int `json:"-"`
+}
+
+func (e *Error) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("%s: %s (field %s)", e.Code, e.Message, e.Field)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Message)
+}
+
+// Is reports whether target is an *Error with the same code, so a decoded
+// error matches the package's sentinels.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// HTTPStatus is the status code that goes with the error's code.
+func (e *Error) HTTPStatus() int {
+	if e.Status != 0 {
+		return e.Status
+	}
+	return StatusFor(e.Code)
+}
+
+// StatusFor maps an error code to its HTTP status.
+func StatusFor(c ErrorCode) int {
+	switch c {
+	case CodeValidation:
+		return http.StatusBadRequest
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeObjectExists, CodeConflict:
+		return http.StatusConflict
+	case CodeUnauthorized:
+		return http.StatusUnauthorized
+	case CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// CodeForStatus guesses an error code from an HTTP status, for replies that
+// carry no JSON error body.
+func CodeForStatus(status int) ErrorCode {
+	switch status {
+	case http.StatusBadRequest, http.StatusUnprocessableEntity:
+		return CodeValidation
+	case http.StatusNotFound:
+		return CodeNotFound
+	case http.StatusConflict:
+		return CodeConflict
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return CodeUnauthorized
+	case http.StatusMethodNotAllowed:
+		return CodeMethodNotAllowed
+	case http.StatusRequestEntityTooLarge:
+		return CodeTooLarge
+	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout:
+		return CodeUnavailable
+	default:
+		return CodeUnknown
+	}
+}
+
+// Validation returns a validation error naming the offending field.
+func Validation(field, format string, args ...any) *Error {
+	return &Error{Code: CodeValidation, Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// NotFound returns a not-found error with the given message.
+func NotFound(format string, args ...any) *Error {
+	return &Error{Code: CodeNotFound, Message: fmt.Sprintf(format, args...)}
+}
+
+// Conflict returns a conflict error with the given message.
+func Conflict(format string, args ...any) *Error {
+	return &Error{Code: CodeConflict, Message: fmt.Sprintf(format, args...)}
+}
+
+// Exists returns an object-exists error with the given message.
+func Exists(format string, args ...any) *Error {
+	return &Error{Code: CodeObjectExists, Message: fmt.Sprintf(format, args...)}
+}
+
+// Unauthorized returns an unauthorized error with the given message.
+func Unauthorized(format string, args ...any) *Error {
+	return &Error{Code: CodeUnauthorized, Message: fmt.Sprintf(format, args...)}
+}
+
+// AsError returns err as an *Error when it is (or wraps) one.
+func AsError(err error) (*Error, bool) {
+	var e *Error
+	if errors.As(err, &e) {
+		return e, true
+	}
+	return nil, false
+}

@@ -1,5 +1,7 @@
 package api
 
+import "encoding/json"
+
 // Instance is one registered instance of a discoverd service.
 type Instance struct {
 	// ID identifies the instance within its service (Flynn: md5 of proto-addr).
@@ -34,6 +36,7 @@ type ServiceEvent struct {
 
 // ServiceMeta is a service's compare-and-set metadata.
 type ServiceMeta struct {
-	Data  []byte `json:"data"`
-	Index uint64 `json:"index"`
+	Data     json.RawMessage `json:"data"`
+	Index    uint64          `json:"index"`
+	LeaderID string          `json:"leader_id,omitempty"`
 }

@@ -1,0 +1,391 @@
+package api
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// App is a named application. Field names follow Flynn's controller.
+type App struct {
+	ID            string            `json:"id,omitempty"`
+	Name          string            `json:"name,omitempty"`
+	Meta          map[string]string `json:"meta,omitempty"`
+	Strategy      string            `json:"strategy,omitempty"`
+	ReleaseID     string            `json:"release,omitempty"`
+	DeployTimeout int32             `json:"deploy_timeout,omitempty"`
+	CreatedAt     time.Time         `json:"created_at,omitzero"`
+	UpdatedAt     time.Time         `json:"updated_at,omitzero"`
+}
+
+// App meta keys with meaning to the platform.
+const (
+	MetaSystemApp      = "flynn-system-app"
+	MetaSystemCritical = "flynn-system-critical"
+)
+
+// Deploy strategies.
+const (
+	StrategyAllAtOnce = "all-at-once"
+	StrategyOneByOne  = "one-by-one"
+)
+
+// DefaultDeployTimeout is the deploy timeout in seconds when an app sets none.
+const DefaultDeployTimeout = 120
+
+// Artifact types.
+const (
+	ArtifactTypeFlynn  = "flynn"
+	ArtifactTypeDocker = "docker"
+)
+
+// Artifact is an immutable image a release runs: a Flynn manifest of
+// layers in the blobstore, or an OCI reference.
+type Artifact struct {
+	ID        string            `json:"id,omitempty"`
+	Type      string            `json:"type"`
+	URI       string            `json:"uri"`
+	Meta      map[string]string `json:"meta,omitempty"`
+	Manifest  *ImageManifest    `json:"manifest,omitempty"`
+	Hashes    map[string]string `json:"hashes,omitempty"`
+	Size      int64             `json:"size,omitempty"`
+	CreatedAt time.Time         `json:"created_at,omitzero"`
+}
+
+// ImageManifest lists an image's layers, bottom first.
+type ImageManifest struct {
+	Type        string                 `json:"_type,omitempty"`
+	Entrypoints map[string]*Entrypoint `json:"entrypoints,omitempty"`
+	Rootfs      []*ImageRootfs         `json:"rootfs,omitempty"`
+}
+
+// Entrypoint is an image's default process settings.
+type Entrypoint struct {
+	Env        map[string]string `json:"env,omitempty"`
+	WorkingDir string            `json:"cwd,omitempty"`
+	Args       []string          `json:"args,omitempty"`
+	Uid        *uint32           `json:"uid,omitempty"`
+	Gid        *uint32           `json:"gid,omitempty"`
+}
+
+// ImageRootfs is a stack of layers.
+type ImageRootfs struct {
+	Platform *ImagePlatform `json:"platform,omitempty"`
+	Layers   []*ImageLayer  `json:"layers"`
+}
+
+// ImagePlatform names the architecture and OS of a rootfs.
+type ImagePlatform struct {
+	Architecture string `json:"architecture"`
+	OS           string `json:"os"`
+}
+
+// ImageLayer is one content-addressed layer: a tar (optionally gzipped)
+// whose sha256 is in Hashes["sha256"], fetched from URL.
+type ImageLayer struct {
+	ID     string            `json:"id"`
+	Type   string            `json:"type"`
+	Length int64             `json:"length"`
+	Hashes map[string]string `json:"hashes"`
+	URL    string            `json:"url,omitempty"`
+	Meta   map[string]string `json:"meta,omitempty"`
+}
+
+// Layer media types.
+const (
+	LayerTypeTar   = "application/vnd.flynn.image.tar.v1"
+	LayerTypeTarGz = "application/vnd.flynn.image.tar+gzip.v1"
+	ManifestType   = "application/vnd.flynn.image.manifest.v1+json"
+)
+
+// Release is an immutable combination of artifacts, config and process types.
+type Release struct {
+	ID          string                  `json:"id,omitempty"`
+	AppID       string                  `json:"app_id,omitempty"`
+	ArtifactIDs []string                `json:"artifacts,omitempty"`
+	Env         map[string]string       `json:"env,omitempty"`
+	Meta        map[string]string       `json:"meta,omitempty"`
+	Processes   map[string]*ProcessType `json:"processes,omitempty"`
+	CreatedAt   time.Time               `json:"created_at,omitzero"`
+}
+
+// ProcessType says how to run one kind of process of a release.
+type ProcessType struct {
+	Args        []string          `json:"args,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
+	Ports       []Port            `json:"ports,omitempty"`
+	Omni        bool              `json:"omni,omitempty"`
+	HostNetwork bool              `json:"host_network,omitempty"`
+	Service     string            `json:"service,omitempty"`
+	Resurrect   bool              `json:"resurrect,omitempty"`
+	Resources   Resources         `json:"resources,omitempty"`
+	Mounts      []Mount           `json:"mounts,omitempty"`
+	Volumes     []VolumeReq       `json:"volumes,omitempty"`
+}
+
+// Port is a port a process listens on, optionally registered in discoverd.
+type Port struct {
+	Port    int      `json:"port,omitempty"`
+	Proto   string   `json:"proto,omitempty"`
+	Service *Service `json:"service,omitempty"`
+}
+
+// Service says how a port is registered in discoverd.
+type Service struct {
+	Name   string       `json:"name"`
+	Create bool         `json:"create,omitempty"`
+	Check  *HealthCheck `json:"check,omitempty"`
+}
+
+// HealthCheck is a process port's health check: an instance is registered
+// in discoverd only once it passes.
+type HealthCheck struct {
+	// Type is tcp, http or https.
+	Type         string   `json:"type,omitempty"`
+	Interval     Duration `json:"interval,omitempty"`
+	Threshold    int      `json:"threshold,omitempty"`
+	StartTimeout Duration `json:"start_timeout,omitempty"`
+	Path         string   `json:"path,omitempty"`
+	Host         string   `json:"host,omitempty"`
+	Match        string   `json:"match,omitempty"`
+	Status       int      `json:"status,omitempty"`
+}
+
+// Duration is a time.Duration that reads and writes as "10s" in JSON, and
+// also reads a number of nanoseconds.
+type Duration time.Duration
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a duration string or a number of nanoseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		*d = Duration(v)
+		return nil
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return err
+	}
+	*d = Duration(n)
+	return nil
+}
+
+// Resource names.
+const (
+	ResourceMemory   = "memory"
+	ResourceCPU      = "cpu"
+	ResourceMaxFD    = "max_fd"
+	ResourceMaxProcs = "max_procs"
+	ResourceTempDisk = "temp_disk"
+)
+
+// Resources maps a resource name to its request and limit. Memory and
+// temp_disk are bytes, cpu is milli-cores.
+type Resources map[string]ResourceSpec
+
+// ResourceSpec is a request and a limit.
+type ResourceSpec struct {
+	Request *int64 `json:"request,omitempty"`
+	Limit   *int64 `json:"limit,omitempty"`
+}
+
+// Mount is a bind mount into a job's container.
+type Mount struct {
+	Location  string `json:"location"`
+	Target    string `json:"target"`
+	Writeable bool   `json:"writeable,omitempty"`
+}
+
+// VolumeReq asks for a volume at Path.
+type VolumeReq struct {
+	Path         string `json:"path"`
+	DeleteOnStop bool   `json:"delete_on_stop,omitempty"`
+}
+
+// Formation is how many processes of each type of a release run, with host
+// tag constraints per type.
+type Formation struct {
+	AppID     string                       `json:"app,omitempty"`
+	ReleaseID string                       `json:"release,omitempty"`
+	Processes map[string]int               `json:"processes,omitempty"`
+	Tags      map[string]map[string]string `json:"tags,omitempty"`
+	CreatedAt time.Time                    `json:"created_at,omitzero"`
+	UpdatedAt time.Time                    `json:"updated_at,omitzero"`
+}
+
+// ExpandedFormation is a formation with its app, release and artifacts,
+// as the scheduler consumes it.
+type ExpandedFormation struct {
+	App       *App                         `json:"app,omitempty"`
+	Release   *Release                     `json:"release,omitempty"`
+	Artifacts []*Artifact                  `json:"artifacts,omitempty"`
+	Processes map[string]int               `json:"processes,omitempty"`
+	Tags      map[string]map[string]string `json:"tags,omitempty"`
+	Deleted   bool                         `json:"deleted,omitempty"`
+	UpdatedAt time.Time                    `json:"updated_at,omitzero"`
+}
+
+// Scale request states.
+const (
+	ScaleRequestPending   = "pending"
+	ScaleRequestCancelled = "cancelled"
+	ScaleRequestComplete  = "complete"
+)
+
+// ScaleRequest is a request to change a formation, tracked until the
+// scheduler has converged on it.
+type ScaleRequest struct {
+	ID           string                        `json:"id,omitempty"`
+	AppID        string                        `json:"app,omitempty"`
+	ReleaseID    string                        `json:"release,omitempty"`
+	State        string                        `json:"state,omitempty"`
+	OldProcesses map[string]int                `json:"old_processes,omitempty"`
+	NewProcesses *map[string]int               `json:"new_processes,omitempty"`
+	OldTags      map[string]map[string]string  `json:"old_tags,omitempty"`
+	NewTags      *map[string]map[string]string `json:"new_tags,omitempty"`
+	CreatedAt    time.Time                     `json:"created_at,omitzero"`
+	UpdatedAt    time.Time                     `json:"updated_at,omitzero"`
+}
+
+// Job states as the controller reports them.
+const (
+	JobStatePending  = "pending"
+	JobStateBlocked  = "blocked"
+	JobStateStarting = "starting"
+	JobStateUp       = "up"
+	JobStateStopping = "stopping"
+	JobStateDown     = "down"
+)
+
+// Job is a process of an app as the controller tracks it. ID is
+// "<host-id>-<uuid>".
+type Job struct {
+	ID         string            `json:"id,omitempty"`
+	UUID       string            `json:"uuid,omitempty"`
+	HostID     string            `json:"host_id,omitempty"`
+	AppID      string            `json:"app,omitempty"`
+	ReleaseID  string            `json:"release,omitempty"`
+	Type       string            `json:"type,omitempty"`
+	State      string            `json:"state,omitempty"`
+	Args       []string          `json:"args,omitempty"`
+	Meta       map[string]string `json:"meta,omitempty"`
+	ExitStatus *int32            `json:"exit_status,omitempty"`
+	HostError  *string           `json:"host_error,omitempty"`
+	RunAt      *time.Time        `json:"run_at,omitempty"`
+	Restarts   *int32            `json:"restarts,omitempty"`
+	CreatedAt  time.Time         `json:"created_at,omitzero"`
+	UpdatedAt  time.Time         `json:"updated_at,omitzero"`
+}
+
+// NewJob is a request to run a one-off job.
+type NewJob struct {
+	ReleaseID  string            `json:"release,omitempty"`
+	ReleaseEnv bool              `json:"release_env,omitempty"`
+	Args       []string          `json:"args,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Meta       map[string]string `json:"meta,omitempty"`
+	TTY        bool              `json:"tty,omitempty"`
+	Columns    int               `json:"tty_columns,omitempty"`
+	Lines      int               `json:"tty_lines,omitempty"`
+	DisableLog bool              `json:"disable_log,omitempty"`
+	Resources  Resources         `json:"resources,omitempty"`
+}
+
+// Deployment states.
+const (
+	DeploymentPending  = "pending"
+	DeploymentRunning  = "running"
+	DeploymentComplete = "complete"
+	DeploymentFailed   = "failed"
+)
+
+// Deployment moves an app from one release to another.
+type Deployment struct {
+	ID            string                       `json:"id,omitempty"`
+	AppID         string                       `json:"app,omitempty"`
+	OldReleaseID  string                       `json:"old_release,omitempty"`
+	NewReleaseID  string                       `json:"new_release,omitempty"`
+	Strategy      string                       `json:"strategy,omitempty"`
+	Status        string                       `json:"status,omitempty"`
+	Processes     map[string]int               `json:"processes,omitempty"`
+	Tags          map[string]map[string]string `json:"tags,omitempty"`
+	DeployTimeout int32                        `json:"deploy_timeout,omitempty"`
+	CreatedAt     time.Time                    `json:"created_at,omitzero"`
+	FinishedAt    *time.Time                   `json:"finished_at,omitempty"`
+}
+
+// DeploymentEvent is a step of a deployment's progress.
+type DeploymentEvent struct {
+	AppID        string `json:"app,omitempty"`
+	DeploymentID string `json:"deployment,omitempty"`
+	ReleaseID    string `json:"release,omitempty"`
+	Status       string `json:"status,omitempty"`
+	JobType      string `json:"job_type,omitempty"`
+	JobState     string `json:"job_state,omitempty"`
+	Error        string `json:"error,omitempty"`
+}
+
+// Provider is a resource provider (e.g. a database appliance's API).
+type Provider struct {
+	ID        string    `json:"id,omitempty"`
+	URL       string    `json:"url,omitempty"`
+	Name      string    `json:"name,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
+// Resource is something a provider provisioned, with env for apps.
+type Resource struct {
+	ID         string            `json:"id,omitempty"`
+	ProviderID string            `json:"provider,omitempty"`
+	ExternalID string            `json:"external_id,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Apps       []string          `json:"apps,omitempty"`
+	CreatedAt  time.Time         `json:"created_at,omitzero"`
+}
+
+// Key is an SSH public key allowed to git push.
+type Key struct {
+	ID          string    `json:"id,omitempty"`
+	Key         string    `json:"key,omitempty"`
+	Fingerprint string    `json:"fingerprint,omitempty"`
+	Comment     string    `json:"comment,omitempty"`
+	CreatedAt   time.Time `json:"created_at,omitzero"`
+}
+
+// Event object types.
+const (
+	EventTypeApp              = "app"
+	EventTypeAppDeletion      = "app_deletion"
+	EventTypeAppRelease       = "app_release"
+	EventTypeArtifact         = "artifact"
+	EventTypeRelease          = "release"
+	EventTypeReleaseDeletion  = "release_deletion"
+	EventTypeScaleRequest     = "scale_request"
+	EventTypeFormation        = "formation"
+	EventTypeDeployment       = "deployment"
+	EventTypeJob              = "job"
+	EventTypeRoute            = "route"
+	EventTypeRouteDeletion    = "route_deletion"
+	EventTypeProvider         = "provider"
+	EventTypeResource         = "resource"
+	EventTypeResourceDeletion = "resource_deletion"
+	EventTypeKey              = "key"
+	EventTypeKeyDeletion      = "key_deletion"
+)
+
+// Event is a change to a controller object. IDs increase monotonically, so
+// a follower resumes with since_id.
+type Event struct {
+	ID         int64           `json:"id,omitempty"`
+	AppID      string          `json:"app,omitempty"`
+	ObjectType string          `json:"object_type,omitempty"`
+	ObjectID   string          `json:"object_id,omitempty"`
+	Data       json.RawMessage `json:"data,omitempty"`
+	CreatedAt  time.Time       `json:"created_at,omitzero"`
+}

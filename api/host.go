@@ -1,0 +1,102 @@
+package api
+
+import "time"
+
+// Host job statuses, as the host agent reports them.
+const (
+	HostJobStarting = "starting"
+	HostJobRunning  = "running"
+	HostJobDone     = "done"
+	HostJobCrashed  = "crashed"
+	HostJobFailed   = "failed"
+)
+
+// Host job event kinds on GET /host/jobs (SSE).
+const (
+	HostEventCreate = "create"
+	HostEventStart  = "start"
+	HostEventStop   = "stop"
+	HostEventError  = "error"
+)
+
+// Job metadata keys the platform sets on host jobs.
+const (
+	JobMetaApp         = "flynn-controller.app"
+	JobMetaAppName     = "flynn-controller.app_name"
+	JobMetaRelease     = "flynn-controller.release"
+	JobMetaProcessType = "flynn-controller.type"
+)
+
+// HostJob is a job as given to a host agent: PUT /host/jobs/{id}.
+type HostJob struct {
+	ID string `json:"id"`
+	// Artifacts are the image layers, bottom first (e.g. stack, slug).
+	Artifacts []*Artifact       `json:"artifacts,omitempty"`
+	Metadata  map[string]string `json:"metadata,omitempty"`
+	Config    HostJobConfig     `json:"config"`
+	Resources Resources         `json:"resources,omitempty"`
+	Resurrect bool              `json:"resurrect,omitempty"`
+}
+
+// HostJobConfig is how to run a job's process.
+type HostJobConfig struct {
+	Args        []string          `json:"args,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
+	WorkingDir  string            `json:"working_dir,omitempty"`
+	Uid         *uint32           `json:"uid,omitempty"`
+	Gid         *uint32           `json:"gid,omitempty"`
+	TTY         bool              `json:"tty,omitempty"`
+	Stdin       bool              `json:"stdin,omitempty"`
+	Ports       []Port            `json:"ports,omitempty"`
+	Mounts      []Mount           `json:"mounts,omitempty"`
+	HostNetwork bool              `json:"host_network,omitempty"`
+	DisableLog  bool              `json:"disable_log,omitempty"`
+}
+
+// ActiveJob is a job's state on its host.
+type ActiveJob struct {
+	Job        *HostJob `json:"job"`
+	HostID     string   `json:"host_id"`
+	InternalIP string   `json:"internal_ip,omitempty"`
+	// HostPorts maps each requested port, in order, to the published host port.
+	HostPorts  []int     `json:"host_ports,omitempty"`
+	Status     string    `json:"status"`
+	PID        int       `json:"pid,omitempty"`
+	CreatedAt  time.Time `json:"created_at,omitzero"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	EndedAt    time.Time `json:"ended_at,omitzero"`
+	ExitStatus *int      `json:"exit_status,omitempty"`
+	OOM        bool      `json:"oom,omitempty"`
+	Error      *string   `json:"error,omitempty"`
+}
+
+// HostJobEvent is an event of the host's job stream.
+type HostJobEvent struct {
+	Event string     `json:"event"`
+	JobID string     `json:"job_id"`
+	Job   *ActiveJob `json:"job,omitempty"`
+}
+
+// Host is a host's registration: /flynn/hosts/<id> in etcd, under a lease.
+type Host struct {
+	ID   string `json:"id"`
+	Addr string `json:"addr"`
+	// URL is the host agent's HTTP API, e.g. http://10.0.0.1:1113.
+	URL  string            `json:"url"`
+	Tags map[string]string `json:"tags,omitempty"`
+	// Memory is the host's total memory in bytes; CPUs its core count.
+	Memory int64 `json:"memory,omitempty"`
+	CPUs   int   `json:"cpus,omitempty"`
+	// EtcdMember is true when the host runs an etcd member.
+	EtcdMember bool      `json:"etcd_member,omitempty"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+}
+
+// HostStatus is GET /host/status.
+type HostStatus struct {
+	ID      string            `json:"id"`
+	Tags    map[string]string `json:"tags,omitempty"`
+	PID     int               `json:"pid"`
+	URL     string            `json:"url"`
+	Version string            `json:"version"`
+}

@@ -8,7 +8,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/flynnrebuilt/flynn/internal/version.Version=$(VERSION)
 GOFLAGS   ?=
-TESTFLAGS ?= -timeout 45m
+TESTFLAGS ?= -count=1 -timeout 45m
 
 export CGO_ENABLED = 0
 

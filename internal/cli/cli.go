@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -54,8 +55,71 @@ scale its processes, read its logs and change its configuration.`,
 	root.SetIn(env.Stdin)
 	root.SetOut(env.Stdout)
 	root.SetErr(env.Stderr)
-	root.AddCommand(newVersionCmd())
+	s := &state{env: env}
+	pf := root.PersistentFlags()
+	pf.StringVarP(&s.appFlag, "app", "a", "", "app name (default: $FLYNN_APP, else the app of the git remote \"flynn\")")
+	pf.StringVarP(&s.clusterFlag, "cluster", "c", "", "cluster name (default: $FLYNN_CLUSTER, else the default cluster)")
+	root.AddCommand(
+		newVersionCmd(),
+		newClusterCmd(s),
+	)
 	return root
+}
+
+// state is what every command shares: the global flags and lazily loaded
+// config. It is built once per Run; there are no package globals.
+type state struct {
+	env         Env
+	appFlag     string
+	clusterFlag string
+	cfg         *Config
+}
+
+func (s *state) getenv(k string) string {
+	if s.env.Getenv == nil {
+		return ""
+	}
+	return s.env.Getenv(k)
+}
+
+// config loads ~/.flynnrc (or $FLYNNRC) once.
+func (s *state) config() (*Config, error) {
+	if s.cfg != nil {
+		return s.cfg, nil
+	}
+	c, err := loadConfig(s.getenv)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg = c
+	return c, nil
+}
+
+// cluster returns the cluster to talk to.
+func (s *state) cluster() (*Cluster, error) {
+	cfg, err := s.config()
+	if err != nil {
+		return nil, err
+	}
+	return clusterFor(cfg, s.clusterFlag, s.getenv)
+}
+
+// app returns the app name: -a, then $FLYNN_APP, then the git remote
+// "flynn" of the repo in the working directory.
+func (s *state) app(ctx context.Context) (string, error) {
+	if s.appFlag != "" {
+		return s.appFlag, nil
+	}
+	if a := s.getenv("FLYNN_APP"); a != "" {
+		return a, nil
+	}
+	if u := gitRemoteURL(ctx, ".", "flynn"); u != "" {
+		if a := appFromGitURL(u); a != "" {
+			return a, nil
+		}
+		return "", fmt.Errorf("cannot tell the app from git remote flynn (%s): use -a APP", u)
+	}
+	return "", errors.New("no app given: use -a APP, set $FLYNN_APP, or run inside a repo with a flynn git remote (flynn create adds it)")
 }
 
 func newVersionCmd() *cobra.Command {

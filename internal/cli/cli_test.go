@@ -33,13 +33,13 @@ func TestScripts(t *testing.T) {
 
 func TestAppFromGitURL(t *testing.T) {
 	tests := map[string]string{
-		"https://git.flynn.localhost/myapp.git":       "myapp",
-		"https://git.example.com:8443/my-app.git":     "my-app",
-		"ssh://git@flynn.localhost:2222/myapp.git":    "myapp",
-		"git@flynn.localhost:myapp.git":               "myapp",
-		"https://github.com/someone/Not_An_App.git":   "",
-		"/local/path/repo.git":                        "",
-		"https://git.flynn.localhost/-bad-.git":       "",
+		"https://git.flynn.localhost/myapp.git":     "myapp",
+		"https://git.example.com:8443/my-app.git":   "my-app",
+		"ssh://git@flynn.localhost:2222/myapp.git":  "myapp",
+		"git@flynn.localhost:myapp.git":             "myapp",
+		"https://github.com/someone/Not_An_App.git": "",
+		"/local/path/repo.git":                      "",
+		"https://git.flynn.localhost/-bad-.git":     "",
 	}
 	for in, want := range tests {
 		if got := appFromGitURL(in); got != want {

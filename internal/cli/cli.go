@@ -62,6 +62,7 @@ scale its processes, read its logs and change its configuration.`,
 	root.AddCommand(
 		newVersionCmd(),
 		newClusterCmd(s),
+		newGitCredentialsCmd(s),
 	)
 	return root
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/internal/blobstore"
+	"github.com/flynnrebuilt/flynn/internal/logagg"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
 
@@ -93,5 +94,35 @@ files under --dir. With --auth-key, PUT and DELETE need the cluster key.`,
 	cmd.Flags().StringVar(&cfg.Dir, "dir", orDefault(getenv(env, "BLOBSTORE_DIR"), "/var/lib/flynn/blobstore"), "directory to keep blobs in (default $BLOBSTORE_DIR)")
 	cmd.Flags().BoolVar(&cfg.NoSync, "no-sync", false, "do not fsync uploads (faster; a crash may lose recent blobs)")
 	cmd.Flags().Int64Var(&cfg.MaxBlobSize, "max-size", 0, "largest accepted upload in bytes (0: no limit)")
+	return cmd
+}
+
+// newLogaggCmd is `flynn-host component logaggregator`.
+func newLogaggCmd(env Env) *cobra.Command {
+	var (
+		flags componentFlags
+		cfg   logagg.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "component-logaggregator",
+		Short: "Run the log aggregator: per-app ring buffers of job output",
+		Long: `Receive job output lines from hosts (POST /log, newline-delimited JSON
+api.LogMessage values), keep the last --buffer-lines lines of every app in
+memory, and serve them on GET /log/{app} with follow, lines, job_id,
+process_type and stream_types, as plain text or Server-Sent Events.
+With --auth-key every request but GET /.well-known/status needs the key.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := flags.logger(env, "logaggregator")
+			if err != nil {
+				return err
+			}
+			cfg.Listen = flags.listen
+			cfg.Keys = flags.keys
+			return runComponent(cmd.Context(), logagg.Run(cmd.Context(), cfg, log))
+		},
+	}
+	flags.register(cmd, env, "5381")
+	cmd.Flags().IntVar(&cfg.BufferLines, "buffer-lines", logagg.DefaultBufferLines, "lines kept per app")
 	return cmd
 }

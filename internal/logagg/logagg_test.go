@@ -651,3 +651,36 @@ func BenchmarkShipper(b *testing.B) {
 		b.ReportMetric(float64(dropped), "dropped")
 	}
 }
+
+// BenchmarkReadAll measures reading a full 10,000-line buffer as SSE (the
+// `flynn log` case), in lines/s.
+func BenchmarkReadAll(b *testing.B) {
+	c, _ := serve(b, logagg.Config{})
+	var batch []api.LogMessage
+	for i := range logagg.DefaultBufferLines {
+		batch = append(batch, msg("app", i, "0123456789abcdef", "web", api.LogStdout))
+	}
+	if _, err := c.Send(context.Background(), batch); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		r, err := c.Read(context.Background(), "app", logaggclient.ReadOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for {
+			if _, err := r.Next(); err != nil {
+				break
+			}
+			n++
+		}
+		r.Close()
+		if n != logagg.DefaultBufferLines {
+			b.Fatalf("read %d lines", n)
+		}
+	}
+	b.ReportMetric(float64(b.N*logagg.DefaultBufferLines)/time.Since(start).Seconds(), "lines/s")
+}

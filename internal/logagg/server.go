@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -250,39 +249,47 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-// logWriter writes lines as plain text or as SSE.
+// logWriter writes lines as plain text or as SSE (event "message", data a
+// JSON api.LogMessage). It buffers and flushes once per batch of lines
+// rather than once per line.
 type logWriter struct {
-	sse  *httpapi.SSEWriter
-	w    *bufio.Writer
-	rc   *http.ResponseController
-	text bool
+	w   *bufio.Writer
+	rc  *http.ResponseController
+	sse bool
 }
 
 func newLogWriter(w http.ResponseWriter, r *http.Request) (*logWriter, error) {
-	if httpapi.WantsSSE(r) {
-		sse, err := httpapi.NewSSE(w)
-		if err != nil {
-			return nil, err
-		}
-		return &logWriter{sse: sse}, nil
-	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	h := w.Header()
+	lw := &logWriter{w: bufio.NewWriterSize(w, 32<<10), rc: rc, sse: httpapi.WantsSSE(r)}
+	if lw.sse {
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Accel-Buffering", "no")
+	} else {
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		h.Set("X-Content-Type-Options", "nosniff")
+	}
 	w.WriteHeader(http.StatusOK)
-	return &logWriter{w: bufio.NewWriterSize(w, 32<<10), rc: rc, text: true}, nil
+	return lw, nil
 }
 
 func (lw *logWriter) write(msgs []api.LogMessage) error {
 	for i := range msgs {
-		if lw.text {
-			if _, err := io.WriteString(lw.w, FormatText(&msgs[i])); err != nil {
+		if !lw.sse {
+			if _, err := lw.w.WriteString(FormatText(&msgs[i])); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := lw.sse.Send("message", "", &msgs[i]); err != nil {
+		b, err := json.Marshal(&msgs[i])
+		if err != nil {
+			return err
+		}
+		lw.w.WriteString("event: message\ndata: ")
+		lw.w.Write(b)
+		if _, err := lw.w.WriteString("\n\n"); err != nil {
 			return err
 		}
 	}
@@ -290,9 +297,6 @@ func (lw *logWriter) write(msgs []api.LogMessage) error {
 }
 
 func (lw *logWriter) flush() error {
-	if !lw.text {
-		return nil
-	}
 	if err := lw.w.Flush(); err != nil {
 		return err
 	}
@@ -300,10 +304,11 @@ func (lw *logWriter) flush() error {
 }
 
 func (lw *logWriter) keepAlive() error {
-	if lw.text {
+	if !lw.sse {
 		return nil
 	}
-	return lw.sse.Comment("keep-alive")
+	lw.w.WriteString(": keep-alive\n\n")
+	return lw.flush()
 }
 
 // FormatText renders a line as the plain-text reply does:

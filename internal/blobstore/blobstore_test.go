@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -593,4 +595,64 @@ func BenchmarkGet64MB(b *testing.B) {
 		}
 		rc.Close()
 	}
+}
+
+// TestInterruptedUpload: a client that disconnects mid-upload leaves no
+// blob and no temporary file behind, and the old blob stays readable.
+func TestInterruptedUpload(t *testing.T) {
+	b, dir := newFS(t)
+	h := blobstore.NewServer(b, nil, 0, logging.Discard()).Handler()
+	finished := make(chan int, 10) // statuses of finished PUTs
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w}
+		h.ServeHTTP(rec, r)
+		if r.Method == http.MethodPut {
+			finished <- rec.status
+		}
+	}))
+	defer srv.Close()
+	c, u := blobclient.New(srv.URL, "", nil), srv.URL
+	ctx := context.Background()
+	if _, err := c.Put(ctx, "/keep", strings.NewReader("old"), nil); err != nil {
+		t.Fatal(err)
+	}
+	<-finished
+	for _, p := range []string{"/keep", "/new"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(u, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial", p)
+		conn.Close()
+	}
+	// Wait until the server has finished both uploads.
+	for range 2 {
+		select {
+		case status := <-finished:
+			if status != http.StatusBadRequest {
+				t.Fatalf("interrupted upload finished with status %d, want 400", status)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("server did not finish the interrupted uploads")
+		}
+	}
+	if des, err := os.ReadDir(filepath.Join(dir, ".blobstore-tmp")); err != nil || len(des) != 0 {
+		t.Fatalf("temporary files left behind: %v %v", des, err)
+	}
+	if got, _ := getAll(t, c, "/keep"); string(got) != "old" {
+		t.Fatalf("/keep = %q, want the old blob", got)
+	}
+	if _, err := c.Head(ctx, "/new"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("/new: err = %v, want not found", err)
+	}
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
 }

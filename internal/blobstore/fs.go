@@ -113,7 +113,7 @@ func (b *FS) Put(ctx context.Context, name string, r io.Reader, wantSHA string) 
 	n, err := io.CopyBuffer(io.MultiWriter(f, h), ctxReader{ctx, r}, *bufp)
 	bufPool.Put(bufp)
 	if err != nil {
-		return api.BlobInfo{}, errorf("put", name, err)
+		return api.BlobInfo{}, uploadError(name, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	if err := checkSHA(sum, wantSHA); err != nil {
@@ -316,6 +316,15 @@ type fileObject struct {
 }
 
 func (o *fileObject) Info() api.BlobInfo { return o.info }
+
+// uploadError maps a failure to read an upload: a body that ends early is
+// the client's doing, not an internal error.
+func uploadError(name string, err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return api.Validation("body", "upload of %q ended before Content-Length bytes arrived; nothing was stored", "/"+name)
+	}
+	return errorf("put", name, err)
+}
 
 func xattrUnsupported(err error) bool {
 	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP)

@@ -35,7 +35,7 @@ func (m *Mem) Put(ctx context.Context, name string, r io.Reader, wantSHA string)
 	}
 	data, err := io.ReadAll(ctxReader{ctx, r})
 	if err != nil {
-		return api.BlobInfo{}, errorf("put", name, err)
+		return api.BlobInfo{}, uploadError(name, err)
 	}
 	sum := sha256.Sum256(data)
 	hexSum := hex.EncodeToString(sum[:])

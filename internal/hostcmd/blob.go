@@ -13,30 +13,30 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
 
-// componentFlags are the flags every component entrypoint shares.
-type componentFlags struct {
+// blobComponentFlags are the flags every component entrypoint shares.
+type blobComponentFlags struct {
 	listen   string
 	keys     []string
 	logLevel string
 	logJSON  bool
 }
 
-func (f *componentFlags) register(cmd *cobra.Command, env Env, defaultPort string) {
+func (f *blobComponentFlags) register(cmd *cobra.Command, env Env, defaultPort string) {
 	listen := ":" + defaultPort
-	if p := getenv(env, "PORT"); p != "" {
+	if p := blobGetenv(env, "PORT"); p != "" {
 		listen = ":" + p
 	}
 	var keys []string
-	if k := getenv(env, "FLYNN_AUTH_KEY"); k != "" {
+	if k := blobGetenv(env, "FLYNN_AUTH_KEY"); k != "" {
 		keys = strings.Split(k, ",")
 	}
 	cmd.Flags().StringVar(&f.listen, "listen", listen, "address to serve HTTP on (default :$PORT when set)")
 	cmd.Flags().StringSliceVar(&f.keys, "auth-key", keys, "cluster key(s) clients must present; repeat or comma-separate for rotation (default $FLYNN_AUTH_KEY)")
-	cmd.Flags().StringVar(&f.logLevel, "log-level", orDefault(getenv(env, "FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
+	cmd.Flags().StringVar(&f.logLevel, "log-level", blobOrDefault(blobGetenv(env, "FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
 	cmd.Flags().BoolVar(&f.logJSON, "log-json", false, "log JSON lines instead of text")
 }
 
-func (f *componentFlags) logger(env Env, component string) (*slog.Logger, error) {
+func (f *blobComponentFlags) logger(env Env, component string) (*slog.Logger, error) {
 	log, err := logging.New(env.Stderr, logging.Config{Level: f.logLevel, JSON: f.logJSON})
 	if err != nil {
 		return nil, err
@@ -44,14 +44,14 @@ func (f *componentFlags) logger(env Env, component string) (*slog.Logger, error)
 	return log.With("component", component), nil
 }
 
-func getenv(env Env, k string) string {
+func blobGetenv(env Env, k string) string {
 	if env.Getenv == nil {
 		return ""
 	}
 	return env.Getenv(k)
 }
 
-func orDefault(s, def string) string {
+func blobOrDefault(s, def string) string {
 	if s == "" {
 		return def
 	}
@@ -59,7 +59,7 @@ func orDefault(s, def string) string {
 }
 
 // runComponent treats a shutdown caused by ctx as a normal exit.
-func runComponent(ctx context.Context, err error) error {
+func blobRunComponent(ctx context.Context, err error) error {
 	if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
 	}
@@ -69,7 +69,7 @@ func runComponent(ctx context.Context, err error) error {
 // newBlobstoreCmd is `flynn-host component blobstore`.
 func newBlobstoreCmd(env Env) *cobra.Command {
 	var (
-		flags componentFlags
+		flags blobComponentFlags
 		cfg   blobstore.Config
 	)
 	cmd := &cobra.Command{
@@ -87,11 +87,11 @@ files under --dir. With --auth-key, PUT and DELETE need the cluster key.`,
 			}
 			cfg.Listen = flags.listen
 			cfg.Keys = flags.keys
-			return runComponent(cmd.Context(), blobstore.Run(cmd.Context(), cfg, log))
+			return blobRunComponent(cmd.Context(), blobstore.Run(cmd.Context(), cfg, log))
 		},
 	}
 	flags.register(cmd, env, "5380")
-	cmd.Flags().StringVar(&cfg.Dir, "dir", orDefault(getenv(env, "BLOBSTORE_DIR"), "/var/lib/flynn/blobstore"), "directory to keep blobs in (default $BLOBSTORE_DIR)")
+	cmd.Flags().StringVar(&cfg.Dir, "dir", blobOrDefault(blobGetenv(env, "BLOBSTORE_DIR"), "/var/lib/flynn/blobstore"), "directory to keep blobs in (default $BLOBSTORE_DIR)")
 	cmd.Flags().BoolVar(&cfg.NoSync, "no-sync", false, "do not fsync uploads (faster; a crash may lose recent blobs)")
 	cmd.Flags().Int64Var(&cfg.MaxBlobSize, "max-size", 0, "largest accepted upload in bytes (0: no limit)")
 	return cmd
@@ -100,7 +100,7 @@ files under --dir. With --auth-key, PUT and DELETE need the cluster key.`,
 // newLogaggCmd is `flynn-host component logaggregator`.
 func newLogaggCmd(env Env) *cobra.Command {
 	var (
-		flags componentFlags
+		flags blobComponentFlags
 		cfg   logagg.Config
 	)
 	cmd := &cobra.Command{
@@ -119,7 +119,7 @@ With --auth-key every request but GET /.well-known/status needs the key.`,
 			}
 			cfg.Listen = flags.listen
 			cfg.Keys = flags.keys
-			return runComponent(cmd.Context(), logagg.Run(cmd.Context(), cfg, log))
+			return blobRunComponent(cmd.Context(), logagg.Run(cmd.Context(), cfg, log))
 		},
 	}
 	flags.register(cmd, env, "5381")

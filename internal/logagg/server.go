@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -142,6 +143,9 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
 			return &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("line %d is longer than %d bytes (%d lines before it were stored)", line+1, MaxLineBytes, accepted)}
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return api.Validation("", "request body ended early (%d lines before it were stored)", accepted)
 		}
 		return fmt.Errorf("read log lines: %w", err)
 	}

@@ -1,0 +1,81 @@
+package api
+
+import "time"
+
+// Log streams a job's output line can come from. StreamInit carries lines
+// from the platform about the job (start, exit, OOM).
+const (
+	LogStdout = "stdout"
+	LogStderr = "stderr"
+	LogInit   = "init"
+)
+
+// LogMessage is one line of a job's output as hosts ship it to the
+// logaggregator (POST /log, newline-delimited JSON) and as readers get it
+// back (GET /log/{app} with Accept: text/event-stream, event "message").
+type LogMessage struct {
+	AppID       string    `json:"app_id"`
+	JobID       string    `json:"job_id,omitempty"`
+	ProcessType string    `json:"process_type,omitempty"`
+	Stream      string    `json:"stream"`
+	Timestamp   time.Time `json:"timestamp"`
+	Msg         string    `json:"msg"`
+}
+
+// LogIngestResult is the logaggregator's reply to POST /log.
+type LogIngestResult struct {
+	// Accepted is how many lines were stored.
+	Accepted int `json:"accepted"`
+}
+
+// Limits on shipped log lines.
+const (
+	// LogMaxMsgBytes is the longest accepted message; shippers truncate.
+	LogMaxMsgBytes = 64 << 10
+	// LogMaxIDBytes limits job ids and process types.
+	LogMaxIDBytes = 200
+)
+
+// ValidLogAppID reports whether s can name an app's log: 1-100 letters,
+// digits, '.', '_' or '-', starting with a letter or digit (app UUIDs and
+// app names both qualify).
+func ValidLogAppID(s string) bool {
+	if len(s) == 0 || len(s) > 100 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ValidLogStream reports whether s is stdout, stderr or init.
+func ValidLogStream(s string) bool {
+	return s == LogStdout || s == LogStderr || s == LogInit
+}
+
+// Validate checks the fields the logaggregator requires. A zero Timestamp
+// is allowed: the receiver fills it in.
+func (m *LogMessage) Validate() error {
+	switch {
+	case m.AppID == "":
+		return Validation("app_id", "app_id is required")
+	case !ValidLogAppID(m.AppID):
+		return Validation("app_id", "app_id %q must be 1-100 letters, digits, '.', '_' or '-'", m.AppID)
+	case len(m.JobID) > LogMaxIDBytes:
+		return Validation("job_id", "job_id is longer than %d bytes", LogMaxIDBytes)
+	case len(m.ProcessType) > LogMaxIDBytes:
+		return Validation("process_type", "process_type is longer than %d bytes", LogMaxIDBytes)
+	case !ValidLogStream(m.Stream):
+		return Validation("stream", "stream %q must be stdout, stderr or init", m.Stream)
+	case len(m.Msg) > LogMaxMsgBytes:
+		return Validation("msg", "msg is longer than %d bytes; split or truncate it", LogMaxMsgBytes)
+	}
+	return nil
+}

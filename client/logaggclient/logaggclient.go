@@ -1,0 +1,152 @@
+// Package logaggclient is the Go client of the Flynn log aggregator: Send
+// ships a batch of lines, Shipper batches lines in the background without
+// ever blocking the job that produces them, and Read/ReadText read an app's
+// buffered lines and follow new ones.
+package logaggclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/httpclient"
+)
+
+// Client talks to one log aggregator.
+type Client struct {
+	hc httpclient.Client
+}
+
+// New returns a client for the log aggregator at baseURL. key, when not
+// empty, is sent as the cluster key. httpClient may be nil for
+// http.DefaultClient.
+func New(baseURL, key string, httpClient *http.Client) *Client {
+	return &Client{hc: httpclient.Client{URL: strings.TrimSuffix(baseURL, "/"), Key: key, HTTP: httpClient}}
+}
+
+// Send ships msgs in one request and returns how many were stored. When a
+// line is refused the error names it; the lines before it were stored.
+func (c *Client) Send(ctx context.Context, msgs []api.LogMessage) (int, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for i := range msgs {
+		if err := enc.Encode(&msgs[i]); err != nil {
+			return 0, fmt.Errorf("encode log line: %w", err)
+		}
+	}
+	req, err := c.hc.NewRequest(ctx, http.MethodPost, "/log", &buf)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	res, err := c.hc.Send(req)
+	if err != nil {
+		return 0, fmt.Errorf("ship %d log lines: %w", len(msgs), err)
+	}
+	defer res.Body.Close()
+	var out api.LogIngestResult
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
+		return 0, fmt.Errorf("ship log lines: decode reply: %w", err)
+	}
+	return out.Accepted, nil
+}
+
+// ReadOptions select the lines to read.
+type ReadOptions struct {
+	// Follow keeps the stream open and delivers new lines as they arrive.
+	Follow bool
+	// Lines limits the past lines: 0 reads every buffered line, N > 0 the
+	// last N, and a negative value none (useful with Follow).
+	Lines int
+	// JobID, ProcessType and StreamTypes ("stdout", "stderr", "init")
+	// filter the lines; empty values match everything.
+	JobID       string
+	ProcessType string
+	StreamTypes []string
+}
+
+func (o ReadOptions) path(app string) string {
+	q := url.Values{}
+	if o.Follow {
+		q.Set("follow", "true")
+	}
+	switch {
+	case o.Lines > 0:
+		q.Set("lines", strconv.Itoa(o.Lines))
+	case o.Lines < 0:
+		q.Set("lines", "0")
+	}
+	if o.JobID != "" {
+		q.Set("job_id", o.JobID)
+	}
+	if o.ProcessType != "" {
+		q.Set("process_type", o.ProcessType)
+	}
+	if len(o.StreamTypes) > 0 {
+		q.Set("stream_types", strings.Join(o.StreamTypes, ","))
+	}
+	p := "/log/" + url.PathEscape(app)
+	if len(q) > 0 {
+		p += "?" + q.Encode()
+	}
+	return p
+}
+
+// Reader reads log lines from a stream.
+type Reader struct {
+	er *httpclient.EventReader
+}
+
+// Read opens app's log as a stream of messages. The caller closes the
+// reader (or cancels ctx) to stop following.
+func (c *Client) Read(ctx context.Context, app string, opts ReadOptions) (*Reader, error) {
+	er, err := c.hc.Stream(ctx, opts.path(app))
+	if err != nil {
+		return nil, fmt.Errorf("read log of %s: %w", app, err)
+	}
+	return &Reader{er: er}, nil
+}
+
+// Next returns the next line. It returns io.EOF when the stream ends (after
+// the buffered lines, unless following).
+func (r *Reader) Next() (api.LogMessage, error) {
+	for {
+		ev, err := r.er.Next()
+		if err != nil {
+			return api.LogMessage{}, err
+		}
+		if ev.Event != "message" {
+			continue
+		}
+		var m api.LogMessage
+		if err := json.Unmarshal(ev.Data, &m); err != nil {
+			return api.LogMessage{}, fmt.Errorf("decode log line: %w", err)
+		}
+		return m, nil
+	}
+}
+
+// Close ends the stream.
+func (r *Reader) Close() error { return r.er.Close() }
+
+// ReadText opens app's log as plain text, one line per message, as `flynn
+// log` prints it.
+func (c *Client) ReadText(ctx context.Context, app string, opts ReadOptions) (io.ReadCloser, error) {
+	req, err := c.hc.NewRequest(ctx, http.MethodGet, opts.path(app), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/plain")
+	res, err := c.hc.Send(req)
+	if err != nil {
+		return nil, fmt.Errorf("read log of %s: %w", app, err)
+	}
+	return res.Body, nil
+}

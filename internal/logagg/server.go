@@ -1,0 +1,340 @@
+package logagg
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+)
+
+// Limits on what hosts ship (see also api.LogMaxMsgBytes).
+const (
+	// MaxLineBytes is the longest accepted JSON line on POST /log: a
+	// message of api.LogMaxMsgBytes, JSON-escaped, plus the other fields.
+	MaxLineBytes = 7*api.LogMaxMsgBytes + 4096
+	// ingestBatch is how many decoded lines are stored at once.
+	ingestBatch = 512
+)
+
+// KeepAlive is how often a follow stream with no new lines sends an SSE
+// comment, so proxies and clients see the connection is alive.
+var KeepAlive = 15 * time.Second
+
+// Config configures a log aggregator.
+type Config struct {
+	// Listen is the TCP address to serve HTTP on, e.g. ":5381".
+	Listen string
+	// BufferLines is how many lines each app keeps (DefaultBufferLines
+	// when 0).
+	BufferLines int
+	// Keys, when not empty, are the cluster keys every request but the
+	// status check needs.
+	Keys []string
+}
+
+// Server is the log aggregator's HTTP API over a Store.
+type Server struct {
+	store *Store
+	auth  *httpapi.KeyAuth
+	log   *slog.Logger
+}
+
+// NewServer returns a log aggregator with its own store.
+func NewServer(cfg Config, log *slog.Logger) *Server {
+	s := &Server{store: NewStore(cfg.BufferLines), log: log}
+	if len(cfg.Keys) > 0 {
+		s.auth = httpapi.NewKeyAuth(cfg.Keys...)
+	}
+	return s
+}
+
+// Store returns the server's buffers.
+func (s *Server) Store() *Store { return s.store }
+
+// Run serves a log aggregator on cfg.Listen until ctx is done.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if cfg.BufferLines < 0 {
+		return fmt.Errorf("logaggregator: buffer size %d is negative", cfg.BufferLines)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("logaggregator: %w", err)
+	}
+	s := NewServer(cfg, log)
+	log.Info("logaggregator listening", "addr", ln.Addr().String(), "buffer_lines", s.store.size, "auth", len(cfg.Keys) > 0)
+	return httpapi.Serve(ctx, ln, s.Handler(), log)
+}
+
+// Handler returns the server's HTTP handler, with the standard middleware.
+func (s *Server) Handler() http.Handler {
+	var h http.Handler = s.routes()
+	if s.auth != nil {
+		h = s.auth.Require(func(r *http.Request) bool { return r.URL.Path == "/.well-known/status" }, h)
+	}
+	return httpapi.Wrap(s.log, h)
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /.well-known/status", httpapi.HandlerFunc(s.status))
+	mux.Handle("POST /log", httpapi.HandlerFunc(s.ingest))
+	mux.Handle("GET /log/{app}", httpapi.HandlerFunc(s.read))
+	mux.Handle("/", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return api.NotFound("no route for %s %s: use POST /log or GET /log/{app}", r.Method, r.URL.Path)
+	}))
+	return mux
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
+	s.store.mu.RLock()
+	apps := len(s.store.apps)
+	s.store.mu.RUnlock()
+	return httpapi.WriteJSON(w, http.StatusOK, map[string]any{"status": "healthy", "apps": apps})
+}
+
+// ingest reads newline-delimited JSON messages as they arrive and stores
+// them in batches. A bad line ends the request with a 400 naming the line;
+// the lines before it are kept.
+func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
+	sc := bufio.NewScanner(r.Body)
+	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
+	batch := make([]api.LogMessage, 0, ingestBatch)
+	accepted, line := 0, 0
+	flush := func() {
+		s.store.Add(batch)
+		accepted += len(batch)
+		batch = batch[:0]
+	}
+	for sc.Scan() {
+		line++
+		b := sc.Bytes()
+		if len(strings.TrimSpace(string(b))) == 0 {
+			continue
+		}
+		var m api.LogMessage
+		if err := json.Unmarshal(b, &m); err != nil {
+			flush()
+			return lineError(line, accepted, api.Validation("", "invalid JSON: %v", err))
+		}
+		if err := m.Validate(); err != nil {
+			flush()
+			return lineError(line, accepted, err)
+		}
+		if m.Timestamp.IsZero() {
+			m.Timestamp = time.Now().UTC()
+		}
+		batch = append(batch, m)
+		if len(batch) == ingestBatch {
+			flush()
+		}
+	}
+	flush()
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("line %d is longer than %d bytes (%d lines before it were stored)", line+1, MaxLineBytes, accepted)}
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return api.Validation("", "request body ended early (%d lines before it were stored)", accepted)
+		}
+		return fmt.Errorf("read log lines: %w", err)
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, api.LogIngestResult{Accepted: accepted})
+}
+
+func lineError(line, accepted int, err error) error {
+	e, _ := api.AsError(err)
+	return &api.Error{Code: e.Code, Field: e.Field,
+		Message: fmt.Sprintf("line %d: %s (%d lines before it were stored)", line, e.Message, accepted)}
+}
+
+// readParams are the query parameters of GET /log/{app}.
+type readParams struct {
+	follow bool
+	lines  int // < 0: all
+	filter Filter
+}
+
+func parseRead(r *http.Request, bufferLines int) (readParams, error) {
+	q := r.URL.Query()
+	p := readParams{lines: -1}
+	if v := q.Get("follow"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return p, api.Validation("follow", "follow must be true or false")
+		}
+		p.follow = b
+	}
+	if v := q.Get("lines"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return p, api.Validation("lines", "lines must be a whole number >= 0")
+		}
+		p.lines = min(n, bufferLines)
+	}
+	p.filter.JobID = q.Get("job_id")
+	p.filter.ProcessType = q.Get("process_type")
+	if len(p.filter.JobID) > api.LogMaxIDBytes || len(p.filter.ProcessType) > api.LogMaxIDBytes {
+		return p, api.Validation("job_id", "job_id and process_type are at most %d bytes", api.LogMaxIDBytes)
+	}
+	if v := q.Get("stream_types"); v != "" {
+		p.filter.Streams = map[string]bool{}
+		for _, st := range strings.Split(v, ",") {
+			st = strings.TrimSpace(st)
+			if !api.ValidLogStream(st) {
+				return p, api.Validation("stream_types", "stream type %q must be stdout, stderr or init", st)
+			}
+			p.filter.Streams[st] = true
+		}
+	}
+	return p, nil
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request) error {
+	app := r.PathValue("app")
+	if !api.ValidLogAppID(app) {
+		return api.Validation("app", "app %q must be 1-100 letters, digits, '.', '_' or '-'", app)
+	}
+	p, err := parseRead(r, s.store.size)
+	if err != nil {
+		return err
+	}
+	out, err := newLogWriter(w, r)
+	if err != nil {
+		return err
+	}
+	// A follower of an app that has not logged yet waits for its first
+	// lines, so it needs the buffer now.
+	rg := s.store.ring(app, p.follow)
+	if rg == nil {
+		return out.flush()
+	}
+	msgs, cursor, wait := rg.tail(p.filter, p.lines)
+	if err := out.write(msgs); err != nil {
+		return nil
+	}
+	if err := out.flush(); err != nil || !p.follow {
+		return nil
+	}
+	ka := time.NewTicker(KeepAlive)
+	defer ka.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-ka.C:
+			if err := out.keepAlive(); err != nil {
+				return nil
+			}
+			continue
+		case <-wait:
+		}
+		var lost uint64
+		msgs, cursor, wait, lost = rg.since(cursor, p.filter)
+		if lost > 0 {
+			s.log.Debug("follower fell behind", "app", app, "lost", lost)
+		}
+		if err := out.write(msgs); err != nil {
+			return nil
+		}
+		if err := out.flush(); err != nil {
+			return nil
+		}
+	}
+}
+
+// logWriter writes lines as plain text or as SSE (event "message", data a
+// JSON api.LogMessage). It buffers and flushes once per batch of lines
+// rather than once per line.
+type logWriter struct {
+	w   *bufio.Writer
+	rc  *http.ResponseController
+	sse bool
+}
+
+func newLogWriter(w http.ResponseWriter, r *http.Request) (*logWriter, error) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	h := w.Header()
+	lw := &logWriter{w: bufio.NewWriterSize(w, 32<<10), rc: rc, sse: httpapi.WantsSSE(r)}
+	if lw.sse {
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Accel-Buffering", "no")
+	} else {
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		h.Set("X-Content-Type-Options", "nosniff")
+	}
+	w.WriteHeader(http.StatusOK)
+	return lw, nil
+}
+
+func (lw *logWriter) write(msgs []api.LogMessage) error {
+	for i := range msgs {
+		if !lw.sse {
+			if _, err := lw.w.WriteString(FormatText(&msgs[i])); err != nil {
+				return err
+			}
+			continue
+		}
+		b, err := json.Marshal(&msgs[i])
+		if err != nil {
+			return err
+		}
+		lw.w.WriteString("event: message\ndata: ")
+		lw.w.Write(b)
+		if _, err := lw.w.WriteString("\n\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (lw *logWriter) flush() error {
+	if err := lw.w.Flush(); err != nil {
+		return err
+	}
+	return lw.rc.Flush()
+}
+
+func (lw *logWriter) keepAlive() error {
+	if !lw.sse {
+		return nil
+	}
+	lw.w.WriteString(": keep-alive\n\n")
+	return lw.flush()
+}
+
+// FormatText renders a line as the plain-text reply does:
+// "<RFC 3339 timestamp> <process type>[<job id>]: <msg>\n", with "app" for a
+// line without a process type.
+func FormatText(m *api.LogMessage) string {
+	src := m.ProcessType
+	if src == "" {
+		src = "app"
+	}
+	var sb strings.Builder
+	sb.Grow(len(m.Msg) + len(src) + len(m.JobID) + 40)
+	sb.WriteString(m.Timestamp.UTC().Format("2006-01-02T15:04:05.000000Z07:00"))
+	sb.WriteByte(' ')
+	sb.WriteString(src)
+	if m.JobID != "" {
+		sb.WriteByte('[')
+		sb.WriteString(m.JobID)
+		sb.WriteByte(']')
+	}
+	sb.WriteString(": ")
+	sb.WriteString(m.Msg)
+	sb.WriteByte('\n')
+	return sb.String()
+}

@@ -141,14 +141,15 @@ type group struct {
 	tags     map[string]string
 	memory   int64
 	critical bool
-	jobs     []*Job         // active jobs, on known hosts or unplaced
-	perHost  map[string]int // active jobs per host
-	matching []*hostLoad    // hosts matching tags, computed lazily
+	jobs     []*Job      // active jobs, on known hosts or unplaced
+	perHost  []int       // active jobs per host, by hostLoad.idx
+	matching []*hostLoad // hosts matching tags, computed lazily
 	matched  bool
 }
 
 type hostLoad struct {
 	host   *api.Host
+	idx    int   // in placer.order
 	used   int64 // memory requested by active jobs
 	active int   // active jobs
 }
@@ -174,6 +175,9 @@ func (p *placer) index() {
 		p.order = append(p.order, hl)
 	}
 	slices.SortFunc(p.order, func(a, b *hostLoad) int { return strings.Compare(a.host.ID, b.host.ID) })
+	for i, hl := range p.order {
+		hl.idx = i
+	}
 	p.appWant = make(map[groupKey]int)
 	p.appActive = make(map[groupKey]int)
 	for _, f := range p.snap.Formations {
@@ -206,9 +210,9 @@ func (p *placer) index() {
 			}
 			continue
 		}
+		var hl *hostLoad
 		if j.HostID != "" {
-			hl := p.hosts[j.HostID]
-			if hl == nil {
+			if hl = p.hosts[j.HostID]; hl == nil {
 				continue
 			}
 			hl.used += j.Memory
@@ -216,8 +220,8 @@ func (p *placer) index() {
 		}
 		g := p.group(groupKey{j.formationKey(), j.Type})
 		g.jobs = append(g.jobs, j)
-		if j.HostID != "" {
-			g.perHost[j.HostID]++
+		if hl != nil {
+			g.perHost[hl.idx]++
 		}
 		p.appActive[groupKey{j.AppID, j.Type}]++
 	}
@@ -226,7 +230,7 @@ func (p *placer) index() {
 func (p *placer) group(k groupKey) *group {
 	g := p.groups[k]
 	if g == nil {
-		g = &group{key: k, perHost: make(map[string]int)}
+		g = &group{key: k, perHost: make([]int, len(p.order))}
 		p.groups[k] = g
 	}
 	return g
@@ -314,17 +318,17 @@ func (p *placer) placeGroup(g *group) {
 func (p *placer) remove(g *group, jobs []*Job) {
 	for _, j := range jobs {
 		c := j.clone()
+		hl := p.hosts[j.HostID]
+		if hl != nil {
+			g.perHost[hl.idx]--
+		}
 		if !j.placed() {
 			p.plan.Cancel = append(p.plan.Cancel, c)
-			if j.HostID != "" {
-				g.perHost[j.HostID]--
-			}
 			continue
 		}
 		c.State = api.JobStateStopping
 		p.plan.Stop = append(p.plan.Stop, c)
-		g.perHost[j.HostID]--
-		if hl := p.hosts[j.HostID]; hl != nil {
+		if hl != nil {
 			hl.used -= j.Memory
 			hl.active--
 		}
@@ -357,7 +361,7 @@ func (p *placer) placeJob(g *group, j *Job) {
 			best = hl
 			continue
 		}
-		if c := cmp.Compare(g.perHost[hl.host.ID], g.perHost[best.host.ID]); c < 0 || c == 0 && hl.active < best.active {
+		if c := cmp.Compare(g.perHost[hl.idx], g.perHost[best.idx]); c < 0 || c == 0 && hl.active < best.active {
 			best = hl
 		}
 	}
@@ -382,7 +386,7 @@ func (p *placer) start(g *group, j *Job, hl *hostLoad) {
 	c.State = api.JobStateStarting
 	c.Reason = ""
 	p.plan.Start = append(p.plan.Start, c)
-	g.perHost[hl.host.ID]++
+	g.perHost[hl.idx]++
 	hl.used += j.Memory
 	hl.active++
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 	"testing"
@@ -256,6 +257,10 @@ type fakeController struct {
 	subs       map[chan *api.ExpandedFormation]bool
 	jobs       map[string]*api.Job // by UUID
 	jobSubs    map[chan *api.Job]bool
+
+	releases     map[string]*api.Release
+	apps         map[string]*api.App
+	deployEvents []api.DeploymentEvent
 }
 
 func newFakeController() *fakeController {
@@ -402,4 +407,100 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// The deployer.Controller half of fakeController, over the same formations
+// and jobs the scheduler uses.
+
+func (c *fakeController) addRelease(app *api.App, r *api.Release) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.releases == nil {
+		c.releases = make(map[string]*api.Release)
+		c.apps = make(map[string]*api.App)
+	}
+	c.releases[r.ID] = r
+	c.apps[app.ID] = app
+}
+
+func (c *fakeController) StreamDeployments(ctx context.Context, fn func(*api.Deployment)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (c *fakeController) GetRelease(ctx context.Context, id string) (*api.Release, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.releases[id]; r != nil {
+		return r, nil
+	}
+	return nil, api.ErrNotFound
+}
+
+func (c *fakeController) GetFormation(ctx context.Context, appID, releaseID string) (*api.Formation, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.formations[FormationKey(appID, releaseID)]
+	if f == nil {
+		return nil, api.ErrNotFound
+	}
+	return &api.Formation{AppID: appID, ReleaseID: releaseID, Processes: maps.Clone(f.Processes), Tags: f.Tags}, nil
+}
+
+func (c *fakeController) PutFormation(ctx context.Context, f *api.Formation) error {
+	c.mu.Lock()
+	app, rel := c.apps[f.AppID], c.releases[f.ReleaseID]
+	c.mu.Unlock()
+	if app == nil || rel == nil {
+		return api.ErrNotFound
+	}
+	c.setFormation(&api.ExpandedFormation{App: app, Release: rel, Processes: maps.Clone(f.Processes), Tags: f.Tags})
+	return nil
+}
+
+func (c *fakeController) StreamJobs(ctx context.Context, appID string, fn func(*api.Job)) error {
+	ch := make(chan *api.Job, 4096)
+	c.mu.Lock()
+	var current []*api.Job
+	for _, j := range c.jobs {
+		if j.AppID == appID {
+			current = append(current, j)
+		}
+	}
+	c.jobSubs[ch] = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.jobSubs, ch)
+		c.mu.Unlock()
+	}()
+	for _, j := range current {
+		fn(j)
+	}
+	for {
+		select {
+		case j := <-ch:
+			if j.AppID == appID {
+				fn(j)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *fakeController) UpdateDeployment(ctx context.Context, d *api.Deployment) error { return nil }
+
+func (c *fakeController) AddDeploymentEvent(ctx context.Context, e *api.DeploymentEvent) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deployEvents = append(c.deployEvents, *e)
+	return nil
+}
+
+func (c *fakeController) SetAppRelease(ctx context.Context, appID, releaseID string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.apps[appID].ReleaseID = releaseID
+	return nil
 }

@@ -166,6 +166,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 // Events the loop applies, all on its goroutine.
 type (
 	fullSyncEvent struct {
+		since      int64 // l.seq before listing
 		hosts      []*api.Host
 		jobs       map[string][]*api.ActiveJob // by host; missing: list failed
 		formations []*api.ExpandedFormation
@@ -173,6 +174,7 @@ type (
 	hostEvent     HostEvent
 	hostJobsEvent struct {
 		hostID string
+		since  int64 // l.seq before listing
 		jobs   []*api.ActiveJob
 	}
 	hostJobEvent struct {
@@ -216,24 +218,34 @@ type loop struct {
 	byID       map[string]*Job // by host job id
 	inflight   map[string]bool // UUIDs with an AddJob or StopJob under way
 
+	// seq orders changes against listings: a listing taken at seq n says
+	// nothing of formations received, or jobs started, after n.
+	seq           atomic.Int64
+	formationSeen map[string]int64 // by formation key
+	startSeq      map[string]int64 // by job UUID
+	endedSeq      map[string]int64 // by host job id, of jobs seen ending
+
 	persist *persister
 	newUUID func() string
 }
 
 func newLoop(cfg Config, log *slog.Logger) *loop {
 	return &loop{
-		cfg:        cfg,
-		log:        log,
-		clock:      cfg.Clock,
-		sem:        make(chan struct{}, cfg.Parallel),
-		events:     make(chan any, 256),
-		hosts:      make(map[string]*hostState),
-		formations: make(map[string]*api.ExpandedFormation),
-		jobs:       make(map[string]*Job),
-		byID:       make(map[string]*Job),
-		inflight:   make(map[string]bool),
-		persist:    newPersister(cfg.Controller, log),
-		newUUID:    newUUID,
+		cfg:           cfg,
+		log:           log,
+		clock:         cfg.Clock,
+		sem:           make(chan struct{}, cfg.Parallel),
+		events:        make(chan any, 256),
+		hosts:         make(map[string]*hostState),
+		formations:    make(map[string]*api.ExpandedFormation),
+		jobs:          make(map[string]*Job),
+		byID:          make(map[string]*Job),
+		inflight:      make(map[string]bool),
+		formationSeen: make(map[string]int64),
+		startSeq:      make(map[string]int64),
+		endedSeq:      make(map[string]int64),
+		persist:       newPersister(cfg.Controller, log),
+		newUUID:       newUUID,
 	}
 }
 
@@ -313,6 +325,7 @@ func (l *loop) start(ctx context.Context) {
 func (l *loop) isReady() bool { return l.ready.Load() }
 
 func (l *loop) fullSync(ctx context.Context) (*fullSyncEvent, error) {
+	since := l.seq.Load()
 	hosts, err := l.cfg.Cluster.ListHosts(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
@@ -321,7 +334,7 @@ func (l *loop) fullSync(ctx context.Context) (*fullSyncEvent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list formations: %w", err)
 	}
-	ev := &fullSyncEvent{hosts: hosts, formations: formations, jobs: make(map[string][]*api.ActiveJob)}
+	ev := &fullSyncEvent{since: since, hosts: hosts, formations: formations, jobs: make(map[string][]*api.ActiveJob)}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, l.cfg.Parallel)
@@ -399,24 +412,25 @@ func (l *loop) apply(ctx context.Context, ev any) {
 			return
 		}
 		if ev.Up {
-			l.addHost(ctx, ev.Host, nil, false)
+			l.addHost(ctx, ev.Host, nil, false, 0)
 		} else {
 			l.hostLost(ctx, ev.Host.ID)
 		}
 	case hostJobsEvent:
 		if hs := l.hosts[ev.hostID]; hs != nil {
-			l.reconcileHost(ctx, ev.hostID, ev.jobs)
+			l.reconcileHost(ctx, ev.hostID, ev.jobs, ev.since)
 			hs.synced = true
 		}
 	case hostJobEvent:
 		if l.hosts[ev.hostID] != nil && ev.ev.Job != nil {
-			l.applyActiveJob(ctx, ev.hostID, ev.ev.Job)
+			l.applyActiveJob(ctx, ev.hostID, ev.ev.Job, -1)
 		}
 	case formationEvent:
 		if ev.f == nil || ev.f.App == nil || ev.f.Release == nil {
 			return
 		}
 		key := FormationKey(ev.f.App.ID, ev.f.Release.ID)
+		l.formationSeen[key] = l.seq.Add(1)
 		if ev.f.Deleted {
 			delete(l.formations, key)
 		} else {
@@ -446,10 +460,28 @@ func (l *loop) apply(ctx context.Context, ev any) {
 }
 
 func (l *loop) applyFullSync(ctx context.Context, ev *fullSyncEvent) {
-	l.formations = make(map[string]*api.ExpandedFormation, len(ev.formations))
+	formations := make(map[string]*api.ExpandedFormation, len(ev.formations))
 	for _, f := range ev.formations {
 		if f.App != nil && f.Release != nil && !f.Deleted {
-			l.formations[FormationKey(f.App.ID, f.Release.ID)] = f
+			formations[FormationKey(f.App.ID, f.Release.ID)] = f
+		}
+	}
+	// Changes streamed since the listing began are newer than it.
+	for key, seq := range l.formationSeen {
+		if seq <= ev.since {
+			delete(l.formationSeen, key)
+			continue
+		}
+		if f := l.formations[key]; f != nil {
+			formations[key] = f
+		} else {
+			delete(formations, key)
+		}
+	}
+	l.formations = formations
+	for id, seq := range l.endedSeq {
+		if seq <= ev.since {
+			delete(l.endedSeq, id)
 		}
 	}
 	listed := make(map[string]bool, len(ev.hosts))
@@ -459,12 +491,12 @@ func (l *loop) applyFullSync(ctx context.Context, ev *fullSyncEvent) {
 		if hs := l.hosts[h.ID]; hs != nil {
 			hs.host = h
 			if ok {
-				l.reconcileHost(ctx, h.ID, jobs)
+				l.reconcileHost(ctx, h.ID, jobs, ev.since)
 				hs.synced = true
 			}
 			continue
 		}
-		l.addHost(ctx, h, jobs, ok)
+		l.addHost(ctx, h, jobs, ok, ev.since)
 	}
 	for id := range l.hosts {
 		if !listed[id] {
@@ -475,8 +507,8 @@ func (l *loop) applyFullSync(ctx context.Context, ev *fullSyncEvent) {
 }
 
 // addHost follows a host that came up. Its jobs are listed by its stream
-// follower unless listed is set.
-func (l *loop) addHost(ctx context.Context, h *api.Host, jobs []*api.ActiveJob, listed bool) {
+// follower unless listed is set (listed at since).
+func (l *loop) addHost(ctx context.Context, h *api.Host, jobs []*api.ActiveJob, listed bool, since int64) {
 	if hs := l.hosts[h.ID]; hs != nil {
 		hs.host = h
 		return
@@ -485,7 +517,7 @@ func (l *loop) addHost(ctx context.Context, h *api.Host, jobs []*api.ActiveJob, 
 	hs := &hostState{host: h, cancel: cancel}
 	l.hosts[h.ID] = hs
 	if listed {
-		l.reconcileHost(ctx, h.ID, jobs)
+		l.reconcileHost(ctx, h.ID, jobs, since)
 		hs.synced = true
 	}
 	l.log.Info("host up", "host", h.ID)
@@ -504,10 +536,11 @@ func (l *loop) addHost(ctx context.Context, h *api.Host, jobs []*api.ActiveJob, 
 				l.send(ctx, hostJobEvent{id, ev})
 			})
 		}()
+		since := l.seq.Load()
 		jobs, err := l.cfg.Cluster.ListJobs(ctx, id)
 		close(listed)
 		if err == nil {
-			l.send(ctx, hostJobsEvent{id, jobs})
+			l.send(ctx, hostJobsEvent{id, since, jobs})
 		}
 		wg.Wait()
 		if err != nil {
@@ -538,18 +571,18 @@ func (l *loop) hostLost(ctx context.Context, id string) {
 	}
 }
 
-// reconcileHost applies a full listing of a host's jobs.
-func (l *loop) reconcileHost(ctx context.Context, hostID string, jobs []*api.ActiveJob) {
+// reconcileHost applies a full listing of a host's jobs, taken at since.
+func (l *loop) reconcileHost(ctx context.Context, hostID string, jobs []*api.ActiveJob, since int64) {
 	seen := make(map[string]bool, len(jobs))
 	for _, aj := range jobs {
 		if aj == nil || aj.Job == nil {
 			continue
 		}
 		seen[aj.Job.ID] = true
-		l.applyActiveJob(ctx, hostID, aj)
+		l.applyActiveJob(ctx, hostID, aj, since)
 	}
 	for _, j := range l.jobs {
-		if j.HostID != hostID || !j.placed() || seen[j.ID] || l.inflight[j.UUID] {
+		if j.HostID != hostID || !j.placed() || seen[j.ID] || l.inflight[j.UUID] || l.startSeq[j.UUID] > since {
 			continue
 		}
 		// The host does not know a job we gave it: it is gone.
@@ -558,8 +591,9 @@ func (l *loop) reconcileHost(ctx context.Context, hostID string, jobs []*api.Act
 	}
 }
 
-// applyActiveJob applies a job's state as its host reports it.
-func (l *loop) applyActiveJob(ctx context.Context, hostID string, aj *api.ActiveJob) {
+// applyActiveJob applies a job's state as its host reports it, live
+// (since < 0) or in a listing taken at since.
+func (l *loop) applyActiveJob(ctx context.Context, hostID string, aj *api.ActiveJob, since int64) {
 	if aj.Job == nil {
 		return
 	}
@@ -568,6 +602,9 @@ func (l *loop) applyActiveJob(ctx context.Context, hostID string, aj *api.Active
 	if j == nil {
 		if ended {
 			return // history from before we followed this host
+		}
+		if seq, ok := l.endedSeq[aj.Job.ID]; ok && since >= 0 && seq > since {
+			return // a listing from before we saw it end
 		}
 		j = l.adopt(hostID, aj)
 	}
@@ -664,8 +701,10 @@ func (l *loop) exited(ctx context.Context, j *Job, status *int32, hostErr *strin
 
 func (l *loop) forget(j *Job) {
 	delete(l.jobs, j.UUID)
+	delete(l.startSeq, j.UUID)
 	if j.ID != "" {
 		delete(l.byID, j.ID)
+		l.endedSeq[j.ID] = l.seq.Add(1)
 	}
 }
 
@@ -735,6 +774,7 @@ func (l *loop) startJob(ctx context.Context, j *Job) {
 	hostID := j.HostID
 	uuid := j.UUID
 	l.inflight[uuid] = true
+	l.startSeq[uuid] = l.seq.Add(1)
 	l.goroutine(func() {
 		l.sem <- struct{}{}
 		err := l.cfg.Cluster.AddJob(ctx, hostID, hj)

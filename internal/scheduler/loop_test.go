@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -68,4 +69,25 @@ func TestStaleListings(t *testing.T) {
 			t.Fatalf("web = %d after a fresh listing, want 1", got)
 		}
 	})
+}
+
+// A new leader continues an adopted job's restart backoff from the count
+// in its metadata.
+func TestAdoptedJobKeepsRestartCount(t *testing.T) {
+	ctx := context.Background()
+	l := newLoop(Config{Cluster: nopCluster{}, Controller: nopController{}, Clock: fixedClock{}, Backoff: Backoff, Parallel: 1}, testLogger())
+	l.hosts["h1"] = &hostState{host: host("h1", 0), synced: true, cancel: func() {}}
+	l.formations[FormationKey("app1", "rel1")] = webFormation(1)
+	hj := &api.HostJob{ID: "h1-u1", Metadata: map[string]string{
+		api.JobMetaApp: "app1", api.JobMetaRelease: "rel1", api.JobMetaProcessType: "web", JobMetaRestarts: "7",
+	}}
+	l.apply(ctx, hostJobsEvent{hostID: "h1", since: l.seq.Load(), jobs: []*api.ActiveJob{{Job: hj, Status: api.HostJobRunning, StartedAt: t0}}})
+	l.apply(ctx, hostJobEvent{"h1", &api.HostJobEvent{Event: api.HostEventStop, JobID: hj.ID, Job: &api.ActiveJob{Job: hj, Status: api.HostJobCrashed}}})
+	var pending []*Job
+	for _, j := range l.jobs {
+		pending = append(pending, j)
+	}
+	if len(pending) != 1 || pending[0].Restarts != 8 || !pending[0].RunAt.Equal(t0.Add(10*time.Second)) {
+		t.Fatalf("replacements %+v, want one with Restarts 8 due at t0+10s", pending)
+	}
 }

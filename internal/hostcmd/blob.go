@@ -73,7 +73,7 @@ func newBlobstoreCmd(env Env) *cobra.Command {
 		cfg   blobstore.Config
 	)
 	cmd := &cobra.Command{
-		Use:   "component-blobstore",
+		Use:   "blobstore",
 		Short: "Run the blobstore: an HTTP file store for slugs, caches and layers",
 		Long: `Serve blobs over HTTP: PUT, GET, HEAD and DELETE on any path, range
 requests, sha256 checksums (ETag and Blob-Sha256 header), and directory
@@ -104,7 +104,7 @@ func newLogaggCmd(env Env) *cobra.Command {
 		cfg   logagg.Config
 	)
 	cmd := &cobra.Command{
-		Use:   "component-logaggregator",
+		Use:   "logaggregator",
 		Short: "Run the log aggregator: per-app ring buffers of job output",
 		Long: `Receive job output lines from hosts (POST /log, newline-delimited JSON
 api.LogMessage values), keep the last --buffer-lines lines of every app in

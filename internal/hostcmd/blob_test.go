@@ -67,7 +67,7 @@ func blobWaitUp(t *testing.T, op func() error) {
 
 func TestBlobstoreCmd(t *testing.T) {
 	addr := blobFreeAddr(t)
-	stop := blobRunCmd(t, "component-blobstore", "--listen", addr, "--dir", t.TempDir(), "--auth-key", "k")
+	stop := blobRunCmd(t, "component", "blobstore", "--listen", addr, "--dir", t.TempDir(), "--auth-key", "k")
 	c := blobclient.New("http://"+addr, "k", nil)
 	ctx := context.Background()
 	blobWaitUp(t, func() error { _, err := c.Put(ctx, "/x", strings.NewReader("hi"), nil); return err })
@@ -81,7 +81,7 @@ func TestBlobstoreCmd(t *testing.T) {
 
 func TestLogaggCmd(t *testing.T) {
 	addr := blobFreeAddr(t)
-	stop := blobRunCmd(t, "component-logaggregator", "--listen", addr, "--buffer-lines", "2")
+	stop := blobRunCmd(t, "component", "logaggregator", "--listen", addr, "--buffer-lines", "2")
 	c := logaggclient.New("http://"+addr, "", nil)
 	ctx := context.Background()
 	lines := []api.LogMessage{

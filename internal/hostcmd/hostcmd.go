@@ -51,7 +51,7 @@ administration, and the entrypoints of the platform's components.`,
 	root.SetErr(env.Stderr)
 	root.AddCommand(
 		newVersionCmd(),
-		newBlobstoreCmd(env), newLogaggCmd(env),
+		newComponentCmd(env),
 	)
 	return root
 }

@@ -1,0 +1,445 @@
+package deployer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+// simController is an in-memory Controller with a built-in instant
+// scheduler: putting a formation starts or stops its jobs at once.
+type simController struct {
+	mu          sync.Mutex
+	releases    map[string]*api.Release
+	formations  map[string]*api.Formation // by app/release
+	jobs        map[string]*api.Job       // by UUID
+	order       []string                  // job UUIDs in creation order
+	subs        map[chan *api.Job]string  // → app
+	events      []string
+	deployments map[string]*api.Deployment
+	appRelease  map[string]string
+	crash       map[string]bool // release → its jobs exit at once
+	block       map[string]bool // release → its jobs stay blocked
+	pending     []*api.Deployment
+	n           int
+}
+
+func newSim() *simController {
+	return &simController{
+		releases:    make(map[string]*api.Release),
+		formations:  make(map[string]*api.Formation),
+		jobs:        make(map[string]*api.Job),
+		subs:        make(map[chan *api.Job]string),
+		deployments: make(map[string]*api.Deployment),
+		appRelease:  make(map[string]string),
+		crash:       make(map[string]bool),
+		block:       make(map[string]bool),
+	}
+}
+
+func (c *simController) record(j *api.Job) {
+	cp := *j
+	c.jobs[j.UUID] = &cp
+	for ch, app := range c.subs {
+		if app == j.AppID {
+			ch <- &cp
+		}
+	}
+}
+
+func (c *simController) PutFormation(ctx context.Context, f *api.Formation) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cp := *f
+	cp.Processes = maps.Clone(f.Processes)
+	c.formations[f.AppID+"/"+f.ReleaseID] = &cp
+	types := maps.Clone(f.Processes)
+	if types == nil {
+		types = make(map[string]int)
+	}
+	for _, j := range c.jobs {
+		if j.AppID == f.AppID && j.ReleaseID == f.ReleaseID {
+			types[j.Type] += 0
+		}
+	}
+	for _, typ := range slices.Sorted(maps.Keys(types)) {
+		var active []*api.Job
+		for _, uuid := range c.order {
+			j := c.jobs[uuid]
+			if j.AppID == f.AppID && j.ReleaseID == f.ReleaseID && j.Type == typ && j.State != api.JobStateDown {
+				active = append(active, j)
+			}
+		}
+		want := f.Processes[typ]
+		for i := len(active); i < want; i++ {
+			c.n++
+			j := &api.Job{UUID: fmt.Sprintf("u%d", c.n), ID: fmt.Sprintf("h1-u%d", c.n), AppID: f.AppID, ReleaseID: f.ReleaseID, Type: typ}
+			c.order = append(c.order, j.UUID)
+			switch {
+			case c.block[f.ReleaseID]:
+				j.State = api.JobStateBlocked
+				c.record(j)
+			case c.crash[f.ReleaseID]:
+				j.State = api.JobStateStarting
+				c.record(j)
+				j.State = api.JobStateDown
+				code := int32(1)
+				j.ExitStatus = &code
+				c.record(j)
+			default:
+				j.State = api.JobStateStarting
+				c.record(j)
+				j.State = api.JobStateUp
+				c.record(j)
+			}
+		}
+		// Stop the newest first.
+		for i := len(active) - 1; i >= want; i-- {
+			j := *active[i]
+			j.State = api.JobStateStopping
+			c.record(&j)
+			j.State = api.JobStateDown
+			c.record(&j)
+		}
+	}
+	return nil
+}
+
+func (c *simController) StreamJobs(ctx context.Context, appID string, fn func(*api.Job)) error {
+	ch := make(chan *api.Job, 4096)
+	c.mu.Lock()
+	var current []*api.Job
+	for _, uuid := range c.order {
+		if j := c.jobs[uuid]; j.AppID == appID {
+			current = append(current, j)
+		}
+	}
+	c.subs[ch] = appID
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.subs, ch)
+		c.mu.Unlock()
+	}()
+	for _, j := range current {
+		fn(j)
+	}
+	for {
+		select {
+		case j := <-ch:
+			fn(j)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *simController) StreamDeployments(ctx context.Context, fn func(*api.Deployment)) error {
+	c.mu.Lock()
+	pending := slices.Clone(c.pending)
+	c.mu.Unlock()
+	for _, d := range pending {
+		fn(d)
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (c *simController) GetRelease(ctx context.Context, id string) (*api.Release, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.releases[id]; r != nil {
+		return r, nil
+	}
+	return nil, api.ErrNotFound
+}
+
+func (c *simController) GetFormation(ctx context.Context, appID, releaseID string) (*api.Formation, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.formations[appID+"/"+releaseID]; f != nil {
+		cp := *f
+		cp.Processes = maps.Clone(f.Processes)
+		return &cp, nil
+	}
+	return nil, api.ErrNotFound
+}
+
+func (c *simController) UpdateDeployment(ctx context.Context, d *api.Deployment) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cp := *d
+	c.deployments[d.ID] = &cp
+	return nil
+}
+
+func (c *simController) AddDeploymentEvent(ctx context.Context, e *api.DeploymentEvent) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	line := strings.Join(slices.DeleteFunc([]string{e.Status, e.ReleaseID, e.JobType, e.JobState}, func(s string) bool { return s == "" }), " ")
+	if e.Error != "" {
+		line += ": " + e.Error
+	}
+	c.events = append(c.events, line)
+	return nil
+}
+
+func (c *simController) SetAppRelease(ctx context.Context, appID, releaseID string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.appRelease[appID] = releaseID
+	return nil
+}
+
+// running counts the app's non-down jobs per "release type".
+func (c *simController) running(appID string) map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[string]int)
+	for _, j := range c.jobs {
+		if j.AppID == appID && j.State != api.JobStateDown {
+			m[j.ReleaseID+" "+j.Type]++
+		}
+	}
+	return m
+}
+
+func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// setup makes app a1 with release r1 running web=2, worker=1 and release r2.
+func setup(t *testing.T) (*simController, *Deployer) {
+	t.Helper()
+	c := newSim()
+	procs := map[string]*api.ProcessType{"web": {}, "worker": {}}
+	c.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: procs}
+	c.releases["r2"] = &api.Release{ID: "r2", AppID: "a1", Processes: procs}
+	if err := c.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: map[string]int{"web": 2, "worker": 1}}); err != nil {
+		t.Fatal(err)
+	}
+	c.appRelease["a1"] = "r1"
+	d, err := New(Config{Controller: c}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, d
+}
+
+func TestDeployStrategies(t *testing.T) {
+	tests := []struct {
+		strategy string
+		want     []string
+	}{
+		{api.StrategyAllAtOnce, []string{
+			"running r2",
+			"running r2 web up", "running r2 web up", "running r2 worker up",
+			"running r1 web down", "running r1 web down", "running r1 worker down",
+			"complete r2",
+		}},
+		{"", []string{ // the default is all-at-once
+			"running r2",
+			"running r2 web up", "running r2 web up", "running r2 worker up",
+			"running r1 web down", "running r1 web down", "running r1 worker down",
+			"complete r2",
+		}},
+		{api.StrategyOneByOne, []string{
+			"running r2",
+			"running r2 web up", "running r1 web down",
+			"running r2 web up", "running r1 web down",
+			"running r2 worker up", "running r1 worker down",
+			"complete r2",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(cmpOr(tt.strategy, "default"), func(t *testing.T) {
+			c, d := setup(t)
+			dep := &api.Deployment{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2", Strategy: tt.strategy, Status: api.DeploymentPending}
+			if err := d.Deploy(context.Background(), dep); err != nil {
+				t.Fatalf("Deploy: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, c.events); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(map[string]int{"r2 web": 2, "r2 worker": 1}, c.running("a1")); diff != "" {
+				t.Errorf("jobs (-want +got):\n%s", diff)
+			}
+			if got := c.deployments["d1"]; got.Status != api.DeploymentComplete || got.FinishedAt == nil {
+				t.Errorf("deployment = %+v, want complete with finish time", got)
+			}
+			if c.appRelease["a1"] != "r2" {
+				t.Errorf("app release = %q, want r2", c.appRelease["a1"])
+			}
+		})
+	}
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func TestDeployFailureRestoresOldFormation(t *testing.T) {
+	tests := []struct {
+		name     string
+		strategy string
+		crash    bool
+		timeout  int32
+		events   []string
+	}{
+		{"crash all-at-once", api.StrategyAllAtOnce, true, 0, []string{
+			"running r2",
+			"running r2 web down: exited with status 1",
+			"failed r2: a web job of release r2 exited with status 1",
+		}},
+		{"crash one-by-one", api.StrategyOneByOne, true, 0, []string{
+			"running r2",
+			"running r2 web down: exited with status 1",
+			"failed r2: a web job of release r2 exited with status 1",
+		}},
+		{"timeout", api.StrategyAllAtOnce, false, 1, []string{
+			"running r2",
+			"failed r2: deployment timed out after 1s",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, d := setup(t)
+			if tt.crash {
+				c.crash["r2"] = true
+			} else {
+				c.block["r2"] = true
+			}
+			dep := &api.Deployment{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2", Strategy: tt.strategy, DeployTimeout: tt.timeout}
+			if err := d.Deploy(context.Background(), dep); err == nil {
+				t.Fatal("Deploy succeeded, want failure")
+			}
+			if diff := cmp.Diff(tt.events, c.events); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(map[string]int{"r1 web": 2, "r1 worker": 1}, c.running("a1")); diff != "" {
+				t.Errorf("jobs after rollback (-want +got):\n%s", diff)
+			}
+			old, _ := c.GetFormation(context.Background(), "a1", "r1")
+			if diff := cmp.Diff(map[string]int{"web": 2, "worker": 1}, old.Processes); diff != "" {
+				t.Errorf("old formation (-want +got):\n%s", diff)
+			}
+			nf, _ := c.GetFormation(context.Background(), "a1", "r2")
+			if n := nf.Processes["web"] + nf.Processes["worker"]; n != 0 {
+				t.Errorf("new formation %v, want scaled to zero", nf.Processes)
+			}
+			if got := c.deployments["d1"]; got.Status != api.DeploymentFailed {
+				t.Errorf("deployment status = %q, want failed", got.Status)
+			}
+			if c.appRelease["a1"] != "r1" {
+				t.Errorf("app release = %q, want r1", c.appRelease["a1"])
+			}
+		})
+	}
+}
+
+// fakeDiscoverd registers instances only when told.
+type fakeDiscoverd struct {
+	mu   sync.Mutex
+	up   map[string]chan struct{}
+	asks chan string
+}
+
+func (f *fakeDiscoverd) ch(jobID string) chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.up[jobID] == nil {
+		f.up[jobID] = make(chan struct{})
+	}
+	return f.up[jobID]
+}
+
+func (f *fakeDiscoverd) WaitInstance(ctx context.Context, service, jobID string) error {
+	f.asks <- service + " " + jobID
+	select {
+	case <-f.ch(jobID):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func TestDeployWaitsForDiscoverd(t *testing.T) {
+	c := newSim()
+	c.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: map[string]*api.ProcessType{"web": {}}}
+	c.releases["r2"] = &api.Release{ID: "r2", AppID: "a1", Processes: map[string]*api.ProcessType{"web": {
+		Ports: []api.Port{{Port: 8080, Service: &api.Service{Name: "a1-web", Check: &api.HealthCheck{Type: "http"}}}},
+	}}}
+	c.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: map[string]int{"web": 1}})
+	disc := &fakeDiscoverd{up: make(map[string]chan struct{}), asks: make(chan string, 10)}
+	d, err := New(Config{Controller: c, Discoverd: disc}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Deploy(context.Background(), &api.Deployment{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2"})
+	}()
+	ask := <-disc.asks
+	if ask != "a1-web h1-u2" {
+		t.Fatalf("waited for %q, want a1-web h1-u2", ask)
+	}
+	// Until the instance registers, the old job keeps running.
+	if got := c.running("a1"); got["r1 web"] != 1 {
+		t.Fatalf("old job stopped before the new one registered: %v", got)
+	}
+	close(disc.ch("h1-u2"))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("deployment did not finish")
+	}
+	if diff := cmp.Diff(map[string]int{"r2 web": 1}, c.running("a1")); diff != "" {
+		t.Errorf("jobs (-want +got):\n%s", diff)
+	}
+}
+
+func TestRunDeploysPending(t *testing.T) {
+	c, d := setup(t)
+	c.pending = []*api.Deployment{
+		{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2", Status: api.DeploymentPending},
+		{ID: "done", AppID: "a1", Status: api.DeploymentComplete},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c.mu.Lock()
+		dep := c.deployments["d1"]
+		c.mu.Unlock()
+		if dep != nil && dep.Status == api.DeploymentComplete {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pending deployment was not run")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if _, ok := c.deployments["done"]; ok {
+		t.Error("a complete deployment was run again")
+	}
+}

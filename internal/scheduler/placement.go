@@ -1,0 +1,446 @@
+// Package scheduler keeps the cluster running what the controller's
+// formations ask for. Place is a pure function from a state snapshot
+// (hosts, formations, jobs) to a plan (jobs to start where, jobs to stop,
+// jobs that cannot be placed); Scheduler is the loop that follows hosts,
+// host job events and formation changes, applies plans through the Cluster
+// interface, restarts crashed jobs with backoff and records job state
+// through the Controller interface. RunElected runs one active Scheduler
+// among any number of replicas with an etcd election.
+package scheduler
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+// Job is a job as the scheduler tracks it: wanted by a formation (or a
+// one-off job it only watches), placed on a host or waiting to be.
+type Job struct {
+	// UUID identifies the job from the moment it is scheduled.
+	UUID string
+	// ID is the host job id "<host-id>-<uuid>", set once the job is placed.
+	ID string
+	// HostID is the host the job runs on. A pending job with a HostID is
+	// pinned to that host (an omni job waiting out its restart backoff).
+	HostID    string
+	AppID     string
+	ReleaseID string
+	// Type is the process type; empty for one-off jobs, which the
+	// scheduler tracks but never places, stops for scaling or restarts.
+	Type string
+	// State is one of api.JobState*.
+	State string
+	// Memory is the job's memory request in bytes (0: none).
+	Memory int64
+	// Restarts counts restarts of this formation slot so far.
+	Restarts int
+	// RunAt is when a pending job may start (restart backoff).
+	RunAt time.Time
+	// CreatedAt is when the job was scheduled; StartedAt when it came up.
+	CreatedAt time.Time
+	StartedAt time.Time
+	// Reason says why a job is blocked.
+	Reason string
+}
+
+// FormationKey identifies a formation: an app and one of its releases.
+func FormationKey(appID, releaseID string) string { return appID + "/" + releaseID }
+
+func (j *Job) formationKey() string { return FormationKey(j.AppID, j.ReleaseID) }
+
+// placed reports whether j was given to a host (it has a host job id).
+func (j *Job) placed() bool { return j.ID != "" }
+
+// active reports whether j counts towards its formation's process count.
+func (j *Job) active() bool {
+	switch j.State {
+	case api.JobStatePending, api.JobStateBlocked, api.JobStateStarting, api.JobStateUp:
+		return true
+	}
+	return false
+}
+
+func (j *Job) clone() *Job { c := *j; return &c }
+
+// Snapshot is the state placement works from.
+type Snapshot struct {
+	Now        time.Time
+	Hosts      []*api.Host
+	Formations []*api.ExpandedFormation
+	Jobs       []*Job
+}
+
+// Plan is what to do to make the cluster match the formations. Jobs in a
+// plan are copies; the snapshot is never modified.
+type Plan struct {
+	// Start are jobs to give to their host now (State starting, HostID and
+	// ID set): new jobs and pending jobs that became due.
+	Start []*Job
+	// Stop are placed jobs to stop, newest first within a process type.
+	Stop []*Job
+	// Cancel are pending jobs that are no longer wanted.
+	Cancel []*Job
+	// Blocked are jobs no host can take now (State blocked, Reason set).
+	Blocked []*Job
+}
+
+// Reasons a job is blocked.
+const (
+	ReasonNoHosts       = "no hosts available"
+	ReasonNoMatchingTag = "no hosts found matching job tags"
+)
+
+// Place computes the plan that moves snap towards its formations. newUUID
+// names new jobs. Rules:
+//
+//   - A process type of a formation wants Processes[type] jobs; an omni
+//     type wants that many on every host matching its tags.
+//   - Jobs are placed on a host matching the type's tags with enough free
+//     memory, preferring the host with the fewest active jobs of the same
+//     formation and type, then the fewest active jobs overall.
+//   - Scaling down cancels pending jobs first, then stops the newest.
+//   - A type of an app with meta flynn-system-critical=true is never taken
+//     to zero jobs: when no formation of the app wants any, the oldest job
+//     is kept.
+//   - Jobs of formations the snapshot does not list are stopped; one-off
+//     jobs (no type) are left alone.
+//   - Jobs on hosts not in the snapshot are ignored (the caller marks them
+//     down).
+func Place(snap *Snapshot, newUUID func() string) *Plan {
+	p := &placer{
+		snap:    snap,
+		newUUID: newUUID,
+		plan:    &Plan{},
+		hosts:   make(map[string]*hostLoad, len(snap.Hosts)),
+		groups:  make(map[groupKey]*group),
+	}
+	p.index()
+	keys := slices.SortedFunc(maps.Keys(p.groups), func(a, b groupKey) int {
+		return cmp.Or(strings.Compare(a.formation, b.formation), strings.Compare(a.typ, b.typ))
+	})
+	for _, k := range keys {
+		p.placeGroup(p.groups[k])
+	}
+	return p.plan
+}
+
+type groupKey struct{ formation, typ string }
+
+// group is one process type of one formation with its jobs.
+type group struct {
+	key      groupKey
+	f        *api.ExpandedFormation // nil: formation unknown
+	proc     *api.ProcessType
+	want     int
+	tags     map[string]string
+	memory   int64
+	critical bool
+	jobs     []*Job      // active jobs, on known hosts or unplaced
+	perHost  []int       // active jobs per host, by hostLoad.idx
+	matching []*hostLoad // hosts matching tags, computed lazily
+	matched  bool
+}
+
+type hostLoad struct {
+	host   *api.Host
+	idx    int   // in placer.order
+	used   int64 // memory requested by active jobs
+	active int   // active jobs
+}
+
+type placer struct {
+	snap    *Snapshot
+	newUUID func() string
+	plan    *Plan
+	hosts   map[string]*hostLoad
+	order   []*hostLoad // hosts sorted by id
+	groups  map[groupKey]*group
+	// appWant is the count all formations of an app want per type, for
+	// the critical-app rule.
+	appWant map[groupKey]int
+	// appActive is the active job count per app and type.
+	appActive map[groupKey]int
+}
+
+func (p *placer) index() {
+	for _, h := range p.snap.Hosts {
+		hl := &hostLoad{host: h}
+		p.hosts[h.ID] = hl
+		p.order = append(p.order, hl)
+	}
+	slices.SortFunc(p.order, func(a, b *hostLoad) int { return strings.Compare(a.host.ID, b.host.ID) })
+	for i, hl := range p.order {
+		hl.idx = i
+	}
+	p.appWant = make(map[groupKey]int)
+	p.appActive = make(map[groupKey]int)
+	for _, f := range p.snap.Formations {
+		if f.App == nil || f.Release == nil {
+			continue
+		}
+		fk := FormationKey(f.App.ID, f.Release.ID)
+		for typ, proc := range f.Release.Processes {
+			if proc == nil {
+				continue
+			}
+			g := p.group(groupKey{fk, typ})
+			g.f, g.proc = f, proc
+			if !f.Deleted {
+				g.want = max(f.Processes[typ], 0)
+			}
+			g.tags = f.Tags[typ]
+			g.memory = memoryRequest(proc.Resources)
+			g.critical = f.App.Meta[api.MetaSystemCritical] == "true"
+			p.appWant[groupKey{f.App.ID, typ}] += g.want
+		}
+	}
+	for _, j := range p.snap.Jobs {
+		if !j.active() || j.Type == "" {
+			if j.active() && j.HostID != "" {
+				if hl := p.hosts[j.HostID]; hl != nil {
+					hl.used += j.Memory
+					hl.active++
+				}
+			}
+			continue
+		}
+		var hl *hostLoad
+		if j.HostID != "" {
+			if hl = p.hosts[j.HostID]; hl == nil {
+				continue
+			}
+			hl.used += j.Memory
+			hl.active++
+		}
+		g := p.group(groupKey{j.formationKey(), j.Type})
+		g.jobs = append(g.jobs, j)
+		if hl != nil {
+			g.perHost[hl.idx]++
+		}
+		p.appActive[groupKey{j.AppID, j.Type}]++
+	}
+}
+
+func (p *placer) group(k groupKey) *group {
+	g := p.groups[k]
+	if g == nil {
+		g = &group{key: k, perHost: make([]int, len(p.order))}
+		p.groups[k] = g
+	}
+	return g
+}
+
+// memoryRequest is a process type's memory request, or its limit when it
+// sets no request.
+func memoryRequest(r api.Resources) int64 {
+	spec, ok := r[api.ResourceMemory]
+	if !ok {
+		return 0
+	}
+	if spec.Request != nil {
+		return *spec.Request
+	}
+	if spec.Limit != nil {
+		return *spec.Limit
+	}
+	return 0
+}
+
+func tagsMatch(want, have map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *placer) matchingHosts(g *group) []*hostLoad {
+	if !g.matched {
+		g.matched = true
+		for _, hl := range p.order {
+			if tagsMatch(g.tags, hl.host.Tags) {
+				g.matching = append(g.matching, hl)
+			}
+		}
+	}
+	return g.matching
+}
+
+func fits(hl *hostLoad, mem int64) bool {
+	return hl.host.Memory <= 0 || mem <= 0 || hl.used+mem <= hl.host.Memory
+}
+
+// newestFirst orders jobs for scale down: unplaced before placed, then
+// the most recently created first.
+func newestFirst(a, b *Job) int {
+	if a.placed() != b.placed() {
+		if !a.placed() {
+			return -1
+		}
+		return 1
+	}
+	return cmp.Or(b.CreatedAt.Compare(a.CreatedAt), strings.Compare(b.UUID, a.UUID))
+}
+
+func (p *placer) placeGroup(g *group) {
+	if g.proc != nil && g.proc.Omni {
+		p.placeOmni(g)
+		return
+	}
+	want := g.want
+	if g.f != nil && g.critical && p.appWant[groupKey{g.f.App.ID, g.key.typ}] == 0 && len(g.jobs) > 0 {
+		// Keep the oldest job of a critical app's type that nothing else runs.
+		want = 1
+	}
+	if n := len(g.jobs); n > want {
+		slices.SortFunc(g.jobs, newestFirst)
+		p.remove(g, g.jobs[:n-want])
+		g.jobs = g.jobs[n-want:]
+	}
+	for len(g.jobs) < want {
+		g.jobs = append(g.jobs, p.newJob(g, ""))
+	}
+	for _, j := range g.jobs {
+		if j.placed() || j.RunAt.After(p.snap.Now) {
+			continue
+		}
+		p.placeJob(g, j)
+	}
+}
+
+func (p *placer) remove(g *group, jobs []*Job) {
+	for _, j := range jobs {
+		c := j.clone()
+		hl := p.hosts[j.HostID]
+		if hl != nil {
+			g.perHost[hl.idx]--
+		}
+		if !j.placed() {
+			p.plan.Cancel = append(p.plan.Cancel, c)
+			continue
+		}
+		c.State = api.JobStateStopping
+		p.plan.Stop = append(p.plan.Stop, c)
+		if hl != nil {
+			hl.used -= j.Memory
+			hl.active--
+		}
+	}
+}
+
+func (p *placer) newJob(g *group, hostID string) *Job {
+	return &Job{
+		UUID:      p.newUUID(),
+		HostID:    hostID,
+		AppID:     g.f.App.ID,
+		ReleaseID: g.f.Release.ID,
+		Type:      g.key.typ,
+		State:     api.JobStatePending,
+		Memory:    g.memory,
+		CreatedAt: p.snap.Now,
+	}
+}
+
+// placeJob picks a host for the unplaced job j of g.
+func (p *placer) placeJob(g *group, j *Job) {
+	var best *hostLoad
+	anyMatch := false
+	for _, hl := range p.matchingHosts(g) {
+		anyMatch = true
+		if !fits(hl, j.Memory) {
+			continue
+		}
+		if best == nil {
+			best = hl
+			continue
+		}
+		if c := cmp.Compare(g.perHost[hl.idx], g.perHost[best.idx]); c < 0 || c == 0 && hl.active < best.active {
+			best = hl
+		}
+	}
+	if best == nil {
+		reason := ReasonNoHosts
+		switch {
+		case anyMatch:
+			reason = fmt.Sprintf("no host has %d bytes of memory free", j.Memory)
+		case len(p.order) > 0:
+			reason = ReasonNoMatchingTag
+		}
+		p.block(j, reason)
+		return
+	}
+	p.start(g, j, best)
+}
+
+func (p *placer) start(g *group, j *Job, hl *hostLoad) {
+	c := j.clone()
+	c.HostID = hl.host.ID
+	c.ID = hl.host.ID + "-" + c.UUID
+	c.State = api.JobStateStarting
+	c.Reason = ""
+	p.plan.Start = append(p.plan.Start, c)
+	g.perHost[hl.idx]++
+	hl.used += j.Memory
+	hl.active++
+}
+
+func (p *placer) block(j *Job, reason string) {
+	c := j.clone()
+	c.State = api.JobStateBlocked
+	c.Reason = reason
+	p.plan.Blocked = append(p.plan.Blocked, c)
+}
+
+// placeOmni keeps want jobs of g on every host matching its tags, and
+// none elsewhere.
+func (p *placer) placeOmni(g *group) {
+	byHost := make(map[string][]*Job)
+	var unpinned []*Job
+	for _, j := range g.jobs {
+		if j.HostID == "" {
+			unpinned = append(unpinned, j)
+			continue
+		}
+		byHost[j.HostID] = append(byHost[j.HostID], j)
+	}
+	p.remove(g, unpinned)
+	matching := make(map[string]bool)
+	for _, hl := range p.matchingHosts(g) {
+		matching[hl.host.ID] = true
+		jobs := byHost[hl.host.ID]
+		if n := len(jobs); n > g.want {
+			slices.SortFunc(jobs, newestFirst)
+			p.remove(g, jobs[:n-g.want])
+			jobs = jobs[n-g.want:]
+		}
+		for len(jobs) < g.want {
+			j := p.newJob(g, hl.host.ID)
+			jobs = append(jobs, j)
+		}
+		for _, j := range jobs {
+			switch {
+			case j.placed():
+			case j.RunAt.After(p.snap.Now):
+				// Waiting out its restart backoff.
+			case fits(hl, j.Memory):
+				p.start(g, j, hl)
+			default:
+				p.block(j, fmt.Sprintf("host %s does not have %d bytes of memory free", hl.host.ID, j.Memory))
+			}
+		}
+	}
+	for _, hostID := range slices.Sorted(maps.Keys(byHost)) {
+		if !matching[hostID] {
+			jobs := byHost[hostID]
+			slices.SortFunc(jobs, newestFirst)
+			p.remove(g, jobs)
+		}
+	}
+}

@@ -502,7 +502,10 @@ func TestJobs(t *testing.T) {
 		hj.Metadata[api.JobMetaApp] != app.ID || len(hj.Artifacts) != 1 {
 		t.Fatalf("host job = %+v", hj)
 	}
-	wantErr(t, func() error { _, err := e.c.RunJob(c, app.ID, &api.NewJob{Env: map[string]string{"=": "x"}}); return err }(), api.ErrValidation, "env")
+	wantErr(t, func() error {
+		_, err := e.c.RunJob(c, app.ID, &api.NewJob{Env: map[string]string{"=": "x"}})
+		return err
+	}(), api.ErrValidation, "env")
 	wantErr(t, func() error { _, err := e.c.RunJob(c, app.ID, &api.NewJob{ReleaseID: "nope"}); return err }(), api.ErrValidation, "release")
 
 	// The scheduler reports jobs.

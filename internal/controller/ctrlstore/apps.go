@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/google/uuid"
+
 	"github.com/flynnrebuilt/flynn/api"
 )
 
@@ -45,30 +47,54 @@ func (s *Store) GetApp(ctx context.Context, idOrName string) (*api.App, error) {
 }
 
 func (s *Store) getApp(ctx context.Context, idOrName string) (*api.App, int64, error) {
+	app, rev, err := s.lookupApp(ctx, idOrName)
+	if err == errMissing {
+		return nil, 0, api.NotFound("app %q not found", idOrName)
+	}
+	return app, rev, err
+}
+
+func (s *Store) lookupApp(ctx context.Context, idOrName string) (*api.App, int64, error) {
 	if idOrName == "" || strings.Contains(idOrName, "/") {
 		return nil, 0, api.NotFound("app %q not found", idOrName)
 	}
+	// Ids are UUIDs and names rarely are: look up the likelier one first.
+	if _, err := uuid.Parse(idOrName); err == nil {
+		app, rev, err := s.appByID(ctx, idOrName)
+		if err != errMissing {
+			return app, rev, err
+		}
+		return s.appByName(ctx, idOrName)
+	}
+	app, rev, err := s.appByName(ctx, idOrName)
+	if err != errMissing {
+		return app, rev, err
+	}
+	return s.appByID(ctx, idOrName)
+}
+
+func (s *Store) appByID(ctx context.Context, id string) (*api.App, int64, error) {
 	app := &api.App{}
-	rev, err := s.get(ctx, s.key(pApps, idOrName), app)
-	if err == nil {
-		return app, rev, nil
-	}
-	if !errors.Is(err, errMissing) {
-		return nil, 0, err
-	}
-	res, err := s.cli.Get(ctx, s.key(pAppNames, idOrName))
+	rev, err := s.get(ctx, s.key(pApps, id), app)
 	if err != nil {
-		return nil, 0, fmt.Errorf("get app %q: %w", idOrName, err)
-	}
-	if len(res.Kvs) == 0 {
-		return nil, 0, api.NotFound("app %q not found", idOrName)
-	}
-	id := string(res.Kvs[0].Value)
-	rev, err = s.getObj(ctx, s.key(pApps, id), "app", idOrName, app)
-	if err != nil {
-		return nil, 0, err
+		return nil, 0, err // errMissing lets the caller try the name
 	}
 	return app, rev, nil
+}
+
+func (s *Store) appByName(ctx context.Context, name string) (*api.App, int64, error) {
+	res, err := s.cli.Get(ctx, s.key(pAppNames, name))
+	if err != nil {
+		return nil, 0, fmt.Errorf("get app %q: %w", name, err)
+	}
+	if len(res.Kvs) == 0 {
+		return nil, 0, errMissing
+	}
+	app, rev, err := s.appByID(ctx, string(res.Kvs[0].Value))
+	if err == errMissing {
+		return nil, 0, api.NotFound("app %q not found", name)
+	}
+	return app, rev, err
 }
 
 // ListApps returns all apps.

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -88,15 +89,23 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		}
 		return ok(w, evs)
 	}
+	if !eq.past && eq.sinceID == 0 {
+		// Fix the starting point before the client sees the stream open,
+		// so it misses nothing committed after that.
+		if eq.sinceID, err = s.store.HeadEventID(r.Context()); err != nil {
+			return err
+		}
+	}
 	sse, err := httpapi.NewSSE(w)
 	if err != nil {
 		return err
 	}
-	ctx := r.Context()
+	ctx, cancel := context.WithCancel(r.Context())
 	send := make(chan *api.Event)
 	errc := make(chan error, 1)
+	defer func() { cancel(); <-errc }()
 	go func() {
-		errc <- s.store.FollowEvents(ctx, eq.filter, eq.sinceID, eq.past, nil, func(e *api.Event) error {
+		errc <- s.store.FollowEvents(ctx, eq.filter, eq.sinceID, func(e *api.Event) error {
 			select {
 			case send <- e:
 				return nil
@@ -111,29 +120,20 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		select {
 		case e := <-send:
 			if err := sse.Send("", strconv.FormatInt(e.ID, 10), e); err != nil {
-				return waitFollow(ctx, errc)
+				return nil
 			}
 		case <-tick.C:
 			if err := sse.Comment("keep-alive"); err != nil {
-				return waitFollow(ctx, errc)
+				return nil
 			}
 		case err := <-errc:
+			errc <- err // for the deferred wait
 			if ctx.Err() == nil {
 				s.log.Warn("event stream ended", "err", err)
 			}
 			return nil
 		}
 	}
-}
-
-// waitFollow ends a follow goroutine after the client went away: the
-// request context is cancelled once the handler returns, so it only waits
-// for the goroutine when the context has already ended.
-func waitFollow(ctx interface{ Err() error }, errc chan error) error {
-	if ctx.Err() != nil {
-		<-errc
-	}
-	return nil
 }
 
 func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) error {
@@ -180,9 +180,10 @@ func (s *Server) formations(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ctx := r.Context()
+	ctx, cancel := context.WithCancel(r.Context())
 	send := make(chan *api.ExpandedFormation)
 	errc := make(chan error, 1)
+	defer func() { cancel(); <-errc }()
 	go func() {
 		errc <- s.store.FollowFormations(ctx, since, func(ef *api.ExpandedFormation) error {
 			select {
@@ -199,13 +200,14 @@ func (s *Server) formations(w http.ResponseWriter, r *http.Request) error {
 		select {
 		case ef := <-send:
 			if err := sse.Send("", "", ef); err != nil {
-				return waitFollow(ctx, errc)
+				return nil
 			}
 		case <-tick.C:
 			if err := sse.Comment("keep-alive"); err != nil {
-				return waitFollow(ctx, errc)
+				return nil
 			}
 		case err := <-errc:
+			errc <- err // for the deferred wait
 			if ctx.Err() == nil {
 				s.log.Warn("formation stream ended", "err", err)
 			}

@@ -93,33 +93,26 @@ func (s *Store) GetEvent(ctx context.Context, id int64) (*api.Event, error) {
 	return nil, api.NotFound("event %d not found", id)
 }
 
+// HeadEventID returns an id at least as large as that of every event
+// committed so far, for followers that start "from now".
+func (s *Store) HeadEventID(ctx context.Context) (int64, error) {
+	res, err := s.cli.Get(ctx, s.key(pEvents), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("head event id: %w", err)
+	}
+	return EventID(res.Header.Revision, 1<<eventShift-1), nil
+}
+
 // FollowEvents calls fn with every event matching f whose id is greater
 // than sinceID, oldest first, then with each new one as it is committed,
-// until ctx ends or fn fails. With past false and sinceID 0 it starts
-// with the events committed after the call. ready (if not nil) is called
-// once the past events have been sent.
-func (s *Store) FollowEvents(ctx context.Context, f EventFilter, sinceID int64, past bool, ready func() error, fn func(*api.Event) error) error {
-	var rev int64
-	if past || sinceID > 0 {
-		evs, r, err := s.ListEvents(ctx, f, sinceID, 0, 0)
-		if err != nil {
-			return err
-		}
-		for _, e := range evs {
-			if err := fn(e); err != nil {
-				return err
-			}
-		}
-		rev = r
-	} else {
-		res, err := s.cli.Get(ctx, s.key(pEvents), clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			return fmt.Errorf("follow events: %w", err)
-		}
-		rev = res.Header.Revision
+// until ctx ends or fn fails. (Start from HeadEventID to skip the past.)
+func (s *Store) FollowEvents(ctx context.Context, f EventFilter, sinceID int64, fn func(*api.Event) error) error {
+	evs, rev, err := s.ListEvents(ctx, f, sinceID, 0, 0)
+	if err != nil {
+		return err
 	}
-	if ready != nil {
-		if err := ready(); err != nil {
+	for _, e := range evs {
+		if err := fn(e); err != nil {
 			return err
 		}
 	}

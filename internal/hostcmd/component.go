@@ -12,6 +12,7 @@ func newComponentCmd(env Env) *cobra.Command {
 flynn-host bootstrap deploys; run them by hand only for development.`,
 	}
 	cmd.AddCommand(
+		newControllerCmd(env),
 		newSchedulerCmd(env),
 		newBlobstoreCmd(env),
 		newLogaggCmd(env),

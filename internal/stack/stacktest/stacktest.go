@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
@@ -89,7 +90,12 @@ func Command(ctx context.Context, t testing.TB, spec Spec) *exec.Cmd {
 	}
 	s.WriteString("\n")
 	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", s.String())
+	// unshare's --kill-child does not survive chroot's change of user, so
+	// cancelling kills the whole process group; when the namespace's first
+	// process dies the kernel kills the rest.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
 	return cmd
 }
 

@@ -27,6 +27,10 @@ const CacheDir = "/var/cache/flynn-test/stack"
 // FlynnHostPath is where the flynn-host binary appears inside a job.
 const FlynnHostPath = "/usr/local/bin/flynn-host"
 
+// HostCABundle is the Debian path of the CA bundle, on the host and in
+// the stack.
+const HostCABundle = "/etc/ssl/certs/ca-certificates.crt"
+
 // Bind is a bind mount into the container.
 type Bind struct {
 	Src, Dst string
@@ -65,7 +69,13 @@ func Command(ctx context.Context, t testing.TB, spec Spec) *exec.Cmd {
 	fmt.Fprintf(&s, "mount -t proc proc %s/proc\n", q(merged))
 	fmt.Fprintf(&s, "mount --rbind /dev %s/dev\n", q(merged))
 	fmt.Fprintf(&s, "touch %[1]s/etc/resolv.conf && mount --bind /etc/resolv.conf %[1]s/etc/resolv.conf\n", q(merged))
-	for _, b := range spec.Binds {
+	// The host's CA bundle, as the host agent gives jobs: egress here may
+	// go through a TLS proxy that only the host's trust store knows.
+	binds := spec.Binds
+	if _, err := os.Stat(HostCABundle); err == nil {
+		binds = append([]Bind{{Src: HostCABundle, Dst: HostCABundle}}, binds...)
+	}
+	for _, b := range binds {
 		dst := q(merged + b.Dst)
 		fi, err := os.Stat(b.Src)
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -42,7 +43,7 @@ func Command(appDir string, args []string, environ []string) (argv, env []string
 		return nil, nil, errors.New("no command given")
 	}
 	if len(args) == 1 {
-		args = []string{Shell, "-c", args[0]}
+		args = []string{Shell, "-c", execLine(args[0])}
 	}
 	argv = append([]string{Shell, "-c", profileScript, "slugrunner"}, args...)
 	env = slices.DeleteFunc(slices.Clone(environ), func(kv string) bool {
@@ -53,6 +54,55 @@ func Command(appDir string, args []string, environ []string) (argv, env []string
 		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
 	return argv, env, nil
+}
+
+// execLine returns a shell command line that replaces the shell with the
+// command when the line is a simple command ("exec" is inserted after any
+// leading variable assignments): dash, Debian's /bin/sh, does not exec the
+// last command of `sh -c` itself, and without exec a signal to the job
+// would stop at the shell. Compound lines (;, &&, |, &, subshells,
+// keywords) run as they are; such commands should exec their server.
+func execLine(line string) string {
+	trimmed := strings.TrimSpace(line)
+	if trimmed == "" || strings.ContainsAny(redirectRE.ReplaceAllString(trimmed, ""), ";&|()\n") {
+		return line
+	}
+	words := strings.Fields(trimmed)
+	i := 0
+	for ; i < len(words) && isAssignment(words[i]); i++ {
+		if strings.ContainsAny(words[i], "'\"\\`$") {
+			return line // a quoted value may span words
+		}
+	}
+	if i == len(words) {
+		return line
+	}
+	switch words[i] {
+	case "exec", "if", "for", "while", "until", "case", "{", "!", "[[", "function":
+		return line
+	}
+	rest := trimmed
+	for _, w := range words[:i] {
+		rest = strings.TrimLeft(rest[len(w):], " \t")
+	}
+	return strings.Join(append(words[:i:i], "exec", rest), " ")
+}
+
+// redirectRE matches the redirections that contain "&" (2>&1, &>).
+var redirectRE = regexp.MustCompile(`[0-9]*>&[0-9-]+|&>>?`)
+
+// isAssignment says whether a shell word is NAME=value.
+func isAssignment(w string) bool {
+	name, _, ok := strings.Cut(w, "=")
+	if !ok || name == "" {
+		return false
+	}
+	for i, c := range name {
+		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // ProcessCommand looks up a process type in appDir/Procfile.

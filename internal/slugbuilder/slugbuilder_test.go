@@ -349,6 +349,37 @@ func TestBuildOnHost(t *testing.T) {
 		}
 	})
 
+	t.Run(".buildpacks runs each in turn", func(t *testing.T) {
+		one, two := t.TempDir(), t.TempDir()
+		writeTree(t, one, map[string]string{
+			"bin/detect":  "#!/bin/sh\necho One\n",
+			"bin/compile": "#!/bin/sh\necho one >> $1/order\n",
+			"bin/release": "#!/bin/sh\nprintf 'default_process_types:\\n  web: one\\n  worker: one\\n'\n",
+		})
+		writeTree(t, two, map[string]string{
+			"bin/detect":  "#!/bin/sh\nexit 1\n",
+			"bin/compile": "#!/bin/sh\necho two >> $1/order\n",
+			"bin/release": "#!/bin/sh\nprintf 'default_process_types:\\n  web: two\\n'\n",
+		})
+		app := t.TempDir()
+		writeTree(t, app, map[string]string{".buildpacks": "# packs\n" + one + "\n\n" + two + "\n"})
+		build := t.TempDir()
+		var out syncBuffer
+		res, err := Build(ctx, Config{Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: build}, logging.Discard())
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		if data, _ := os.ReadFile(filepath.Join(build, "order")); string(data) != "one\ntwo\n" {
+			t.Errorf("order = %q", data)
+		}
+		if diff := cmp.Diff(map[string]string{"web": "two", "worker": "one"}, res.ProcessTypes); diff != "" {
+			t.Errorf("process types (-want +got):\n%s", diff)
+		}
+		if want := "One, " + filepath.Base(two); res.Buildpack != want {
+			t.Errorf("buildpack = %q, want %q", res.Buildpack, want)
+		}
+	})
+
 	t.Run("no buildpack accepts", func(t *testing.T) {
 		app := t.TempDir()
 		writeTree(t, app, map[string]string{"README": "hi"})
@@ -361,4 +392,27 @@ func TestBuildOnHost(t *testing.T) {
 			t.Errorf("output does not say the build failed:\n%s", out.String())
 		}
 	})
+}
+
+// BenchmarkBuildProcfileApp measures a whole in-process build of a small
+// Procfile app: unpack, detect, compile, release, slug.
+func BenchmarkBuildProcfileApp(b *testing.B) {
+	app := b.TempDir()
+	os.WriteFile(filepath.Join(app, "Procfile"), []byte("web: ./web\n"), 0o644)
+	os.WriteFile(filepath.Join(app, "web"), bytes.Repeat([]byte("x"), 1<<20), 0o755)
+	var src bytes.Buffer
+	if err := writeTarGz(&src, app, 0, 0); err != nil {
+		b.Fatal(err)
+	}
+	work := b.TempDir()
+	b.ResetTimer()
+	for range b.N {
+		_, err := Build(context.Background(), Config{
+			Stdin: bytes.NewReader(src.Bytes()), BuildDir: filepath.Join(work, "app"), WorkDir: filepath.Join(work, "w"),
+			Slug: filepath.Join(work, "slug.tgz"),
+		}, logging.Discard())
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
 }

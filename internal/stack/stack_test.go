@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,4 +125,28 @@ func TestBuildDefault(t *testing.T) {
 	if err != nil || !again.Cached || again.Rootfs != res.Rootfs {
 		t.Errorf("second build: %+v, %v; want a cache hit at %s", again, err, res.Rootfs)
 	}
+}
+
+func TestWriteLayer(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("x"), 0o644)
+	os.Symlink("hostname", filepath.Join(root, "etc/link"))
+	dst := filepath.Join(t.TempDir(), "layer.tar")
+	if err := writeLayer(root, dst); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("tar", "-tf", dst).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff("./\n./etc/\n./etc/hostname\n./etc/link\n", sortLines(string(out))); diff != "" {
+		t.Errorf("layer entries (-want +got):\n%s", diff)
+	}
+}
+
+func sortLines(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "\n") + "\n"
 }

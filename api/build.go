@@ -1,0 +1,19 @@
+package api
+
+// SlugBuildResult is what `flynn-host slugbuilder` reports after a build:
+// the slug it wrote and the process types the release should run.
+type SlugBuildResult struct {
+	// ProcessTypes maps a process type to its command: the Procfile's
+	// types, plus the buildpack's default_process_types for types the
+	// Procfile lacks. Each runs as `flynn-host slugrunner start <type>`.
+	ProcessTypes map[string]string `json:"process_types"`
+	// Buildpack is the display name of the buildpack(s) that built the app.
+	Buildpack string `json:"buildpack"`
+	// SHA256 and Size describe the slug (a tar.gz of /app).
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+	// SourceVersion is the commit that was built, when known.
+	SourceVersion string `json:"source_version,omitempty"`
+	// DurationMS is how long the whole build took.
+	DurationMS int64 `json:"duration_ms"`
+}

@@ -1,0 +1,193 @@
+package slugbuilder
+
+import (
+	"archive/tar"
+	"bufio"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// maybeGunzip returns a reader of the uncompressed stream, whether r is
+// gzipped or plain.
+func maybeGunzip(r io.Reader) (io.Reader, error) {
+	br := bufio.NewReader(r)
+	magic, err := br.Peek(2)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+		return gzip.NewReader(br)
+	}
+	return br, nil
+}
+
+// untar extracts a tar or tar.gz stream into dir. It refuses entries that
+// would land outside dir (absolute paths, "..", writing through a
+// symlink), keeps permission bits, and ignores ownership and device nodes.
+func untar(r io.Reader, dir string) error {
+	r, err := maybeGunzip(r)
+	if err != nil {
+		return fmt.Errorf("untar: %w", err)
+	}
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("untar: %w", err)
+		}
+		name := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
+		if name == "." || hdr.Typeflag == tar.TypeXGlobalHeader {
+			continue
+		}
+		if path.IsAbs(hdr.Name) || name == ".." || strings.HasPrefix(name, "../") {
+			return fmt.Errorf("untar: entry %q leaves the target directory", hdr.Name)
+		}
+		target := filepath.Join(dir, filepath.FromSlash(name))
+		if err := checkParents(dir, name); err != nil {
+			return err
+		}
+		mode := fs.FileMode(hdr.Mode).Perm()
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return fmt.Errorf("untar: %w", err)
+			}
+			os.Chmod(target, mode|0o700)
+		case tar.TypeReg:
+			os.Remove(target)
+			f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode|0o600)
+			if err != nil {
+				return fmt.Errorf("untar: %w", err)
+			}
+			_, err = io.Copy(f, tr)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("untar %s: %w", hdr.Name, err)
+			}
+		case tar.TypeSymlink:
+			os.Remove(target)
+			if err := os.Symlink(hdr.Linkname, target); err != nil {
+				return fmt.Errorf("untar: %w", err)
+			}
+		case tar.TypeLink:
+			src := path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
+			if path.IsAbs(hdr.Linkname) || src == ".." || strings.HasPrefix(src, "../") {
+				return fmt.Errorf("untar: hard link %q leaves the target directory", hdr.Name)
+			}
+			if err := checkParents(dir, src); err != nil {
+				return err
+			}
+			os.Remove(target)
+			if err := os.Link(filepath.Join(dir, filepath.FromSlash(src)), target); err != nil {
+				return fmt.Errorf("untar: %w", err)
+			}
+		default:
+			// Devices, fifos and the like have no place in an app.
+		}
+	}
+}
+
+// checkParents makes sure no directory above name (relative to dir) is a
+// symlink, so an entry cannot be written through one; missing parents are
+// created.
+func checkParents(dir, name string) error {
+	cur := dir
+	parts := strings.Split(name, "/")
+	for _, p := range parts[:len(parts)-1] {
+		cur = filepath.Join(cur, p)
+		fi, err := os.Lstat(cur)
+		if errors.Is(err, os.ErrNotExist) {
+			if err := os.Mkdir(cur, 0o755); err != nil {
+				return fmt.Errorf("untar: %w", err)
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("untar: %w", err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("untar: %q: %s is not a directory", name, p)
+		}
+	}
+	return nil
+}
+
+// writeTarGz writes the tree under dir as a gzipped tar with "./"-relative
+// names, owned by uid:gid.
+func writeTarGz(w io.Writer, dir string, uid, gid int) error {
+	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	links := map[[2]uint64]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		var link string
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		hdr, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return nil // sockets and the like are skipped
+		}
+		hdr.Name = "./" + filepath.ToSlash(rel)
+		if rel == "." {
+			hdr.Name = "./"
+		}
+		if fi.IsDir() && rel != "." {
+			hdr.Name += "/"
+		}
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = uid, gid, "", ""
+		if fi.Mode().IsRegular() {
+			if id, ok := inode(fi); ok {
+				if first, seen := links[id]; seen {
+					hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
+				} else {
+					links[id] = hdr.Name
+				}
+			}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tar %s: %w", dir, err)
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return zw.Close()
+}

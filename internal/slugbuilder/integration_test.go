@@ -1,0 +1,463 @@
+package slugbuilder_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/stack"
+	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
+)
+
+// These tests build the sample apps in test/apps with `flynn-host
+// slugbuilder` inside a stack and run them with `flynn-host slugrunner`,
+// as build and app jobs would, using stacktest instead of the host agent.
+
+var flynnHost string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "slugbuilder-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	flynnHost, err = stacktest.BuildFlynnHost(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// ioDir is a directory shared with the container at /io, writable by the
+// app user.
+func ioDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// appTar writes the sample app dir as a tar to path.
+func appTar(t *testing.T, dir, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." || d.Name() == "node_modules" {
+			if d.Name() == "node_modules" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		fi, _ := d.Info()
+		hdr, err := tar.FileInfoHeader(fi, "")
+		if err != nil {
+			return err
+		}
+		hdr.Name = filepath.ToSlash(rel)
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			_, err = tw.Write(data)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type buildOpts struct {
+	args []string // extra slugbuilder flags
+	env  []string // extra job environment
+	bind []stacktest.Bind
+}
+
+// buildApp builds a sample app in rootfs and returns the result, the
+// build output and the directory holding slug.tgz, cache.tgz.
+func buildApp(t *testing.T, rootfs, app, iodir string, o buildOpts) (*api.SlugBuildResult, string) {
+	t.Helper()
+	appTar(t, app, filepath.Join(iodir, "src.tar"))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	args := append([]string{stacktest.FlynnHostPath, "slugbuilder", "--source", "/io/src.tar",
+		"--slug", "/io/slug.tgz", "--result", "/io/result.json", "--cache", "/io/cache.tgz"}, o.args...)
+	binds := append([]stacktest.Bind{
+		{Src: flynnHost, Dst: stacktest.FlynnHostPath},
+		{Src: iodir, Dst: "/io", RW: true},
+	}, o.bind...)
+	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/app"}, o.env...)
+	cmd := stacktest.Command(ctx, t, stacktest.Spec{Rootfs: rootfs, Binds: binds, Env: env, Args: args})
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("slugbuilder: %v\n%s", err, out.String())
+	}
+	var res api.SlugBuildResult
+	data, err := os.ReadFile(filepath.Join(iodir, "result.json"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		t.Fatal(err)
+	}
+	return &res, out.String()
+}
+
+// unpackSlug extracts io/slug.tgz (owned by the app user) into a new dir.
+func unpackSlug(t *testing.T, iodir string) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("tar", "--same-owner", "-xzf", filepath.Join(iodir, "slug.tgz"), "-C", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("untar slug: %v: %s", err, out)
+	}
+	return dir
+}
+
+// runWeb starts the slug's web process with slugrunner and waits until
+// path answers 200; it returns the body.
+func runWeb(t *testing.T, rootfs, slug, path string) string {
+	t.Helper()
+	port := stacktest.FreePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := stacktest.Command(ctx, t, stacktest.Spec{
+		Rootfs: rootfs,
+		Binds:  []stacktest.Bind{{Src: flynnHost, Dst: stacktest.FlynnHostPath}, {Src: slug, Dst: "/app"}},
+		Env:    []string{"PATH=/usr/local/bin:/usr/bin:/bin", fmt.Sprintf("PORT=%d", port)},
+		Args:   []string{stacktest.FlynnHostPath, "slugrunner", "start", "web"},
+	})
+	var out syncBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	url := fmt.Sprintf("http://127.0.0.1:%d%s", port, path)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("web process exited: %v\n%s", err, out.String())
+		default:
+		}
+		res, err := http.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return string(body)
+			}
+			t.Fatalf("GET %s: %s: %s", url, res.Status, body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %v\noutput:\n%s", url, err, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func contentType(t *testing.T, url string) string {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.Header.Get("Content-Type")
+}
+
+// syncBuf is a buffer for the concurrent writes of stdout and stderr.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func sampleApp(name string) string { return filepath.Join("..", "..", "test", "apps", name) }
+
+func goProxy(t *testing.T) string {
+	out, err := exec.Command("go", "env", "GOPROXY").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func npmRegistry() string {
+	out, err := exec.Command("npm", "config", "get", "registry").Output()
+	if err != nil || !strings.HasPrefix(string(out), "http") {
+		return "https://registry.npmjs.org/"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// TestProcfileAppInBusybox builds and runs the shell Procfile app in the
+// busybox stack: the fast path that needs no debootstrap.
+func TestProcfileAppInBusybox(t *testing.T) {
+	rootfs := stacktest.BusyboxStack(t)
+	iodir := ioDir(t)
+	res, out := buildApp(t, rootfs, sampleApp("procfile"), iodir, buildOpts{})
+	if res.ProcessTypes["web"] == "" || res.Buildpack != "Procfile" {
+		t.Fatalf("result = %+v\n%s", res, out)
+	}
+	slug := unpackSlug(t, iodir)
+	for _, gone := range []string{"docs", "www/logo.psd"} {
+		if _, err := os.Stat(filepath.Join(slug, gone)); err == nil {
+			t.Errorf("%s is in the slug despite .slugignore", gone)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(slug, "www/index.html")); err != nil {
+		t.Errorf("www/index.html missing from the slug: %v", err)
+	}
+	body := runWeb(t, rootfs, slug, "/cgi-bin/hello")
+	if want := "greeting=hello from .profile\n"; body != want {
+		t.Errorf("body = %q, want %q", body, want)
+	}
+}
+
+// TestApps builds each sample app in the default Debian stack and checks
+// that its web process answers HTTP; Go and Node.js apps build twice to
+// show the cache at work.
+func TestApps(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	tests := []struct {
+		app      string
+		env      []string
+		wantPack string
+		path     string
+		want     string
+		twice    bool
+	}{
+		{app: "procfile", wantPack: "Procfile", path: "/cgi-bin/hello", want: "greeting=hello from .profile"},
+		{app: "static", wantPack: "Static", path: "/", want: "hello from the static app"},
+		{app: "go", env: []string{"GOPROXY=" + goProxy(t)}, wantPack: "Go", path: "/", want: "hello from the go app", twice: true},
+		{app: "nodejs", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "hello from the node app v20.", twice: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.app, func(t *testing.T) {
+			iodir := ioDir(t)
+			builds := 1
+			if tt.twice {
+				builds = 2
+			}
+			var res *api.SlugBuildResult
+			for i := 1; i <= builds; i++ {
+				start := time.Now()
+				var out string
+				res, out = buildApp(t, rootfs, sampleApp(tt.app), iodir, buildOpts{env: tt.env})
+				t.Logf("%s build %d took %s (slug %.1f MB)", tt.app, i, time.Since(start).Round(100*time.Millisecond), float64(res.Size)/1e6)
+				if testing.Verbose() {
+					t.Log(out)
+				}
+				if res.Buildpack != tt.wantPack {
+					t.Fatalf("buildpack = %q, want %q\n%s", res.Buildpack, tt.wantPack, out)
+				}
+			}
+			slug := unpackSlug(t, iodir)
+			body := runWeb(t, rootfs, slug, tt.path)
+			if !strings.Contains(body, tt.want) {
+				t.Errorf("body = %q, want it to contain %q", body, tt.want)
+			}
+		})
+	}
+}
+
+// TestStaticContentTypes checks the static server's content types.
+func TestStaticContentTypes(t *testing.T) {
+	rootfs := stacktest.BusyboxStack(t)
+	iodir := ioDir(t)
+	if _, out := buildApp(t, rootfs, sampleApp("static"), iodir, buildOpts{}); !strings.Contains(out, "Static app detected") {
+		t.Fatalf("static buildpack not used:\n%s", out)
+	}
+	slug := unpackSlug(t, iodir)
+	port := stacktest.FreePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := stacktest.Command(ctx, t, stacktest.Spec{
+		Rootfs: rootfs,
+		Binds:  []stacktest.Bind{{Src: flynnHost, Dst: stacktest.FlynnHostPath}, {Src: slug, Dst: "/app"}},
+		Env:    []string{"PATH=/usr/local/bin:/usr/bin:/bin", fmt.Sprintf("PORT=%d", port)},
+		Args:   []string{stacktest.FlynnHostPath, "slugrunner", "start", "web"},
+	})
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cancel()
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := http.Get(base + "/"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("static server did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for path, want := range map[string]string{
+		"/":             "text/html; charset=utf-8",
+		"/css/site.css": "text/css; charset=utf-8",
+		"/data.json":    "application/json",
+	} {
+		if got := contentType(t, base+path); got != want {
+			t.Errorf("Content-Type of %s = %q, want %q", path, got, want)
+		}
+	}
+}
+
+// customPack writes a buildpack that records build-time facts into the
+// slug: an app env var, SOURCE_VERSION and STACK.
+func customPack(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"bin/detect":  "#!/bin/sh\necho Recorder\n",
+		"bin/compile": "#!/bin/sh\nset -e\necho \"secret=$(cat \"$3/SECRET\")\" > \"$1/facts.txt\"\necho \"version=$SOURCE_VERSION\" >> \"$1/facts.txt\"\necho \"stack=$STACK\" >> \"$1/facts.txt\"\necho '-----> recorded'\n",
+		"bin/release": "#!/bin/sh\nprintf -- '---\\ndefault_process_types:\\n  web: cat facts.txt\\n'\n",
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func readFacts(t *testing.T, iodir string) string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(iodir, "slug.tgz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			t.Fatalf("facts.txt not in slug: %v", err)
+		}
+		if hdr.Name == "./facts.txt" {
+			if hdr.Uid != stack.AppUID {
+				t.Errorf("facts.txt uid = %d, want %d", hdr.Uid, stack.AppUID)
+			}
+			b, _ := io.ReadAll(tr)
+			return string(b)
+		}
+	}
+}
+
+// TestCustomBuildpackTarball covers BUILDPACK_URL as a local tarball, app
+// env vars in ENV_DIR and SOURCE_VERSION, in the busybox stack.
+func TestCustomBuildpackTarball(t *testing.T) {
+	rootfs := stacktest.BusyboxStack(t)
+	iodir := ioDir(t)
+	pack := customPack(t)
+	out, err := exec.Command("tar", "-czf", filepath.Join(iodir, "pack.tgz"), "-C", pack, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	res, log := buildApp(t, rootfs, sampleApp("static"), iodir, buildOpts{
+		env: []string{"BUILDPACK_URL=/io/pack.tgz", "SOURCE_VERSION=0123abcd", "SECRET=s3cret value"},
+	})
+	if res.Buildpack != "Recorder" || res.SourceVersion != "0123abcd" || res.ProcessTypes["web"] != "cat facts.txt" {
+		t.Fatalf("result = %+v\n%s", res, log)
+	}
+	want := "secret=s3cret value\nversion=0123abcd\nstack=flynn-bookworm\n"
+	if got := readFacts(t, iodir); got != want {
+		t.Errorf("facts.txt = %q, want %q", got, want)
+	}
+}
+
+// TestCustomBuildpackGit covers BUILDPACK_URL as a git URL (a local repo,
+// cloned inside the Debian stack) with a #ref.
+func TestCustomBuildpackGit(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	iodir := ioDir(t)
+	pack := customPack(t)
+	for _, args := range [][]string{
+		{"init", "-q", "-b", "main"}, {"add", "."},
+		{"-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "pack"},
+		{"tag", "v1"},
+	} {
+		if out, err := exec.Command("git", append([]string{"-C", pack}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v: %s", args, err, out)
+		}
+	}
+	// The clone runs as the app user, and git refuses repos owned by others.
+	if out, err := exec.Command("chown", "-R", "1000:1000", pack).CombinedOutput(); err != nil {
+		t.Fatalf("chown: %v: %s", err, out)
+	}
+	res, log := buildApp(t, rootfs, sampleApp("static"), iodir, buildOpts{
+		args: []string{"--buildpack-url", "file:///pack#v1", "--source-version", "feedface", "--env", "SECRET=from flag"},
+		bind: []stacktest.Bind{{Src: pack, Dst: "/pack"}},
+	})
+	if res.Buildpack != "Recorder" {
+		t.Fatalf("result = %+v\n%s", res, log)
+	}
+	want := "secret=from flag\nversion=feedface\nstack=flynn-bookworm\n"
+	if got := readFacts(t, iodir); got != want {
+		t.Errorf("facts.txt = %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,175 @@
+package slugbuilder
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+var processTypeRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,63}$`)
+
+// ParseProcfile parses a Procfile: lines "<type>: <command>", blank lines
+// and # comments ignored. Types match [A-Za-z0-9_-]{1,63} and appear once.
+func ParseProcfile(data string) (map[string]string, error) {
+	types := map[string]string{}
+	n := 0
+	for line := range strings.Lines(data) {
+		n++
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		typ, cmd, ok := strings.Cut(line, ":")
+		typ, cmd = strings.TrimSpace(typ), strings.TrimSpace(cmd)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("Procfile line %d: want \"<type>: <command>\"", n)
+		case !processTypeRE.MatchString(typ):
+			return nil, fmt.Errorf("Procfile line %d: process type %q must be 1-63 letters, digits, _ or -", n, typ)
+		case cmd == "":
+			return nil, fmt.Errorf("Procfile line %d: process type %q has no command", n, typ)
+		}
+		if _, dup := types[typ]; dup {
+			return nil, fmt.Errorf("Procfile line %d: process type %q appears twice", n, typ)
+		}
+		types[typ] = cmd
+	}
+	return types, nil
+}
+
+// FormatProcfile writes process types as a Procfile, sorted by type.
+func FormatProcfile(types map[string]string) string {
+	var b strings.Builder
+	for _, t := range slices.Sorted(maps.Keys(types)) {
+		fmt.Fprintf(&b, "%s: %s\n", t, types[t])
+	}
+	return b.String()
+}
+
+// parseRelease reads the default_process_types of bin/release's YAML
+// output. It understands the subset buildpacks write: a top-level
+// "default_process_types:" key holding "{}" or a block of indented
+// "<type>: <command>" lines; other keys (addons, config_vars) are ignored.
+func parseRelease(out string) (map[string]string, error) {
+	types := map[string]string{}
+	in := false
+	for line := range strings.Lines(out) {
+		line = strings.TrimRight(line, "\r\n")
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "#") || trimmed == "---" {
+			continue
+		}
+		indented := line[0] == ' ' || line[0] == '\t'
+		if !indented {
+			key, rest, _ := strings.Cut(trimmed, ":")
+			in = key == "default_process_types"
+			if in {
+				if rest = strings.TrimSpace(rest); rest != "" && rest != "{}" && rest != "~" && rest != "null" {
+					return nil, fmt.Errorf("bin/release: default_process_types: want a block of \"type: command\" lines, got %q", rest)
+				}
+			}
+			continue
+		}
+		if !in {
+			continue
+		}
+		typ, cmd, ok := strings.Cut(trimmed, ":")
+		if !ok {
+			return nil, fmt.Errorf("bin/release: bad line %q", trimmed)
+		}
+		typ, cmd = strings.TrimSpace(typ), unquote(strings.TrimSpace(cmd))
+		if !processTypeRE.MatchString(typ) || cmd == "" {
+			return nil, fmt.Errorf("bin/release: bad process type line %q", trimmed)
+		}
+		types[typ] = cmd
+	}
+	return types, nil
+}
+
+func unquote(s string) string {
+	if len(s) >= 2 && (s[0] == '"' && s[len(s)-1] == '"' || s[0] == '\'' && s[len(s)-1] == '\'') {
+		return s[1 : len(s)-1]
+	}
+	return s
+}
+
+// applySlugignore removes from dir what the patterns in dir/.slugignore
+// match, and returns the removed paths (relative, sorted). A pattern with
+// a slash matches the path from the app root (a leading slash is
+// optional); one without matches a name at any depth; a trailing slash
+// matches only directories. Patterns use path.Match syntax.
+func applySlugignore(dir string) ([]string, error) {
+	data, err := os.ReadFile(filepath.Join(dir, ".slugignore"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	type pattern struct {
+		glob            string
+		anchored, onDir bool
+	}
+	var pats []pattern
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	for sc.Scan() {
+		l := strings.TrimSpace(sc.Text())
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		p := pattern{}
+		if strings.HasSuffix(l, "/") {
+			p.onDir = true
+			l = strings.TrimRight(l, "/")
+		}
+		if strings.Contains(l, "/") {
+			p.anchored = true
+			l = strings.TrimLeft(l, "/")
+		}
+		if _, err := path.Match(l, ""); err != nil {
+			return nil, fmt.Errorf(".slugignore: bad pattern %q", sc.Text())
+		}
+		p.glob = l
+		pats = append(pats, p)
+	}
+	var removed []string
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		rel = filepath.ToSlash(rel)
+		for _, pat := range pats {
+			if pat.onDir && !d.IsDir() {
+				continue
+			}
+			subject := path.Base(rel)
+			if pat.anchored {
+				subject = rel
+			}
+			if ok, _ := path.Match(pat.glob, subject); ok {
+				if err := os.RemoveAll(p); err != nil {
+					return err
+				}
+				removed = append(removed, rel)
+				if d.IsDir() {
+					return fs.SkipDir
+				}
+				return nil
+			}
+		}
+		return nil
+	})
+	return removed, err
+}

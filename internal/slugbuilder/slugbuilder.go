@@ -1,0 +1,392 @@
+// Package slugbuilder turns an app's source into a slug: it runs inside the
+// build job (as `flynn-host slugbuilder`), unpacks the source into the
+// build directory (/app), applies .slugignore, runs buildpacks with the
+// Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
+// and saves the per-app build cache, and writes the slug (a tar.gz of the
+// build directory) plus a result naming its process types.
+package slugbuilder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/buildpacks"
+	"github.com/flynnrebuilt/flynn/internal/stack"
+)
+
+// Config is one build.
+type Config struct {
+	// Source is the app's source as a tar or tar.gz: a path, an HTTP(S)
+	// URL, or "-" (or empty) for Stdin.
+	Source string
+	Stdin  io.Reader
+	// Output receives the build output the pusher sees, line by line.
+	Output io.Writer
+
+	// BuildDir is where the app is built; it becomes the slug. Default
+	// /app, the directory app jobs run in. It is emptied first.
+	BuildDir string
+	// WorkDir holds the cache, env and buildpack directories; default a
+	// new temporary directory.
+	WorkDir string
+
+	// Slug is where the slug goes: a path or a URL to PUT to. Empty means
+	// the slug is not written (the result still has its hash and size).
+	Slug string
+	// CacheIn and CacheOut are the build cache (tar.gz), a path or URL
+	// each; a missing cache is an empty one. Empty disables that side.
+	CacheIn, CacheOut string
+	// Result, when set, receives the JSON result (path or URL to PUT to).
+	Result string
+
+	// BuildpackURL selects the buildpack: a git URL (optionally #ref), a
+	// tar(.gz) path or URL, or a directory. Empty means the app's
+	// .buildpacks file, else detection over the shipped buildpacks.
+	BuildpackURL string
+	// SourceVersion is the commit being built, given to buildpacks as
+	// $SOURCE_VERSION.
+	SourceVersion string
+	// Env is the app's config; each variable becomes a file in ENV_DIR.
+	Env map[string]string
+	// BaseEnv is the environment buildpacks run with (plus STACK and
+	// SOURCE_VERSION); default os.Environ().
+	BaseEnv []string
+
+	// Buildpacks and Order are the shipped buildpacks; default
+	// buildpacks.FS and buildpacks.Order.
+	Buildpacks fs.FS
+	Order      []string
+}
+
+// Build runs one build and returns its result.
+func Build(ctx context.Context, cfg Config, log *slog.Logger) (*api.SlugBuildResult, error) {
+	start := time.Now()
+	b, err := newBuild(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	defer b.cleanup()
+	res, err := b.run(ctx)
+	if err != nil {
+		fmt.Fprintf(b.out, " !     Build failed: %v\n", err)
+		return nil, err
+	}
+	res.DurationMS = time.Since(start).Milliseconds()
+	if cfg.Result != "" {
+		data, _ := json.Marshal(res)
+		if err := store(ctx, cfg.Result, func(w io.Writer) error {
+			_, err := w.Write(append(data, '\n'))
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("write result: %w", err)
+		}
+	}
+	fmt.Fprintf(b.out, "-----> Build finished in %s\n", time.Since(start).Round(100*time.Millisecond))
+	return res, nil
+}
+
+type build struct {
+	cfg                     Config
+	log                     *slog.Logger
+	out                     io.Writer
+	work, cache, env, packs string
+	ownWork                 bool
+}
+
+func newBuild(cfg Config, log *slog.Logger) (*build, error) {
+	if cfg.BuildDir == "" {
+		cfg.BuildDir = "/app"
+	}
+	if cfg.Output == nil {
+		cfg.Output = io.Discard
+	}
+	if cfg.Stdin == nil {
+		cfg.Stdin = os.Stdin
+	}
+	if cfg.BaseEnv == nil {
+		cfg.BaseEnv = os.Environ()
+	}
+	if cfg.Buildpacks == nil {
+		cfg.Buildpacks, cfg.Order = buildpacks.FS, buildpacks.Order
+	}
+	for k := range cfg.Env {
+		if k == "" || strings.ContainsAny(k, "/=\x00") {
+			return nil, fmt.Errorf("env var name %q is not valid", k)
+		}
+	}
+	b := &build{cfg: cfg, log: log, out: cfg.Output, work: cfg.WorkDir}
+	if b.work == "" {
+		w, err := os.MkdirTemp("", "slugbuilder-")
+		if err != nil {
+			return nil, err
+		}
+		b.work, b.ownWork = w, true
+	}
+	b.cache = filepath.Join(b.work, "cache")
+	b.env = filepath.Join(b.work, "env")
+	b.packs = filepath.Join(b.work, "buildpacks")
+	for _, d := range []string{b.cache, b.env, b.packs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+func (b *build) cleanup() {
+	if b.ownWork {
+		os.RemoveAll(b.work)
+	}
+}
+
+func (b *build) step(format string, args ...any) {
+	fmt.Fprintf(b.out, "-----> "+format+"\n", args...)
+}
+
+func (b *build) info(format string, args ...any) {
+	fmt.Fprintf(b.out, "       "+format+"\n", args...)
+}
+
+func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
+	cfg := b.cfg
+	if err := b.fetchSource(ctx); err != nil {
+		return nil, err
+	}
+	removed, err := applySlugignore(cfg.BuildDir)
+	if err != nil {
+		return nil, err
+	}
+	if len(removed) > 0 {
+		b.info("removed %d path(s) listed in .slugignore", len(removed))
+	}
+	for k, v := range cfg.Env {
+		if err := os.WriteFile(filepath.Join(b.env, k), []byte(v), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.restoreCache(ctx); err != nil {
+		return nil, err
+	}
+
+	packs, err := b.selectBuildpacks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defaults := map[string]string{}
+	var names []string
+	for _, p := range packs {
+		b.step("%s app detected", p.name)
+		names = append(names, p.name)
+		if err := b.runScript(ctx, p, "compile", cfg.BuildDir, b.cache, b.env); err != nil {
+			return nil, fmt.Errorf("%s buildpack: compile failed (%w); see the output above", p.name, err)
+		}
+		types, err := b.release(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(defaults, types)
+	}
+
+	types, err := b.processTypes(defaults)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.saveCache(ctx); err != nil {
+		return nil, err
+	}
+	res := &api.SlugBuildResult{
+		ProcessTypes:  types,
+		Buildpack:     strings.Join(names, ", "),
+		SourceVersion: cfg.SourceVersion,
+	}
+	if err := b.writeSlug(ctx, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// fetchSource empties the build directory and unpacks the source into it.
+func (b *build) fetchSource(ctx context.Context) error {
+	dir := b.cfg.BuildDir
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	var r io.Reader = b.cfg.Stdin
+	if src := b.cfg.Source; src != "" && src != "-" {
+		rc, err := open(ctx, src)
+		if err != nil {
+			return fmt.Errorf("read source: %w", err)
+		}
+		defer rc.Close()
+		r = rc
+	}
+	b.step("Unpacking source")
+	if err := untar(r, dir); err != nil {
+		return fmt.Errorf("unpack source: %w", err)
+	}
+	return nil
+}
+
+func (b *build) restoreCache(ctx context.Context) error {
+	if b.cfg.CacheIn == "" {
+		return nil
+	}
+	rc, err := open(ctx, b.cfg.CacheIn)
+	if errors.Is(err, os.ErrNotExist) {
+		b.step("No build cache yet")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("restore build cache: %w", err)
+	}
+	defer rc.Close()
+	b.step("Restoring build cache")
+	if err := untar(rc, b.cache); err != nil {
+		// A damaged cache must not fail the build: start from scratch.
+		b.info("build cache unusable (%v); building without it", err)
+		os.RemoveAll(b.cache)
+		return os.MkdirAll(b.cache, 0o755)
+	}
+	return nil
+}
+
+func (b *build) saveCache(ctx context.Context) error {
+	if b.cfg.CacheOut == "" {
+		return nil
+	}
+	b.step("Saving build cache")
+	if err := store(ctx, b.cfg.CacheOut, func(w io.Writer) error {
+		return writeTarGz(w, b.cache, os.Getuid(), os.Getgid())
+	}); err != nil {
+		return fmt.Errorf("save build cache: %w", err)
+	}
+	return nil
+}
+
+// processTypes merges the Procfile with the buildpacks' defaults (the
+// Procfile wins) and writes the merged Procfile, so `slugrunner start`
+// finds every type in the slug.
+func (b *build) processTypes(defaults map[string]string) (map[string]string, error) {
+	b.step("Discovering process types")
+	procfile := filepath.Join(b.cfg.BuildDir, "Procfile")
+	types := map[string]string{}
+	data, err := os.ReadFile(procfile)
+	switch {
+	case err == nil:
+		if types, err = ParseProcfile(string(data)); err != nil {
+			return nil, err
+		}
+		b.info("Procfile declares types -> %s", typeList(types))
+	case errors.Is(err, os.ErrNotExist):
+	default:
+		return nil, err
+	}
+	added := map[string]string{}
+	for t, cmd := range defaults {
+		if _, ok := types[t]; !ok {
+			types[t], added[t] = cmd, cmd
+		}
+	}
+	if len(added) > 0 {
+		b.info("Default types for buildpack -> %s", typeList(added))
+		if err := os.WriteFile(procfile, []byte(FormatProcfile(types)), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if len(types) == 0 {
+		b.info("no process types: add a Procfile with a line like \"web: ./server\"")
+	}
+	return types, nil
+}
+
+func typeList(m map[string]string) string {
+	return strings.Join(slices.Sorted(maps.Keys(m)), ", ")
+}
+
+func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
+	b.step("Compressing slug")
+	h := sha256.New()
+	var n countWriter
+	fill := func(w io.Writer) error {
+		return writeTarGz(io.MultiWriter(w, h, &n), b.cfg.BuildDir, stack.AppUID, stack.AppGID)
+	}
+	var err error
+	if b.cfg.Slug == "" {
+		err = fill(io.Discard)
+	} else {
+		err = store(ctx, b.cfg.Slug, fill)
+	}
+	if err != nil {
+		return fmt.Errorf("write slug: %w", err)
+	}
+	res.SHA256, res.Size = hex.EncodeToString(h.Sum(nil)), int64(n)
+	b.info("done, %.1f MB", float64(n)/1e6)
+	return nil
+}
+
+type countWriter int64
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	*c += countWriter(len(p))
+	return len(p), nil
+}
+
+// scriptEnv is the environment buildpack scripts run with.
+func (b *build) scriptEnv() []string {
+	env := slices.Clone(b.cfg.BaseEnv)
+	env = append(env, "STACK="+stack.Name, "SOURCE_VERSION="+b.cfg.SourceVersion)
+	if !slices.ContainsFunc(env, func(s string) bool { return strings.HasPrefix(s, "PATH=") }) {
+		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	return env
+}
+
+// runScript runs bin/<name> of a buildpack with args, streaming its output.
+func (b *build) runScript(ctx context.Context, p buildpack, name string, args ...string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(p.dir, "bin", name), args...)
+	cmd.Dir = b.cfg.BuildDir
+	cmd.Env = b.scriptEnv()
+	cmd.Stdout, cmd.Stderr = b.out, b.out
+	cmd.WaitDelay = 5 * time.Second
+	return cmd.Run()
+}
+
+func (b *build) release(ctx context.Context, p buildpack) (map[string]string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(p.dir, "bin", "release"), b.cfg.BuildDir)
+	cmd.Dir = b.cfg.BuildDir
+	cmd.Env = b.scriptEnv()
+	cmd.Stderr = b.out
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s buildpack: bin/release: %w", p.name, err)
+	}
+	types, err := parseRelease(string(out))
+	if err != nil {
+		return nil, fmt.Errorf("%s buildpack: %w", p.name, err)
+	}
+	return types, nil
+}

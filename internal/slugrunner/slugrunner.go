@@ -1,0 +1,160 @@
+// Package slugrunner starts an app's processes inside app jobs (as
+// `flynn-host slugrunner`): it runs a Procfile process type, or any
+// command, in the slug's directory (/app, also $HOME) after sourcing the
+// buildpacks' .profile.d/*.sh scripts and the app's .profile. The shell
+// execs the command, so signals sent to the job reach the process itself.
+// It also holds the static file server the static buildpack uses.
+package slugrunner
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/flynnrebuilt/flynn/internal/slugbuilder"
+)
+
+// DefaultAppDir is where app jobs find the slug.
+const DefaultAppDir = "/app"
+
+// Shell is the POSIX shell that sources the profile and runs commands.
+const Shell = "/bin/sh"
+
+// profileScript sources the profile scripts and then execs "$@".
+const profileScript = `cd "$HOME" || exit 1
+for f in "$HOME"/.profile.d/*.sh; do
+	[ -r "$f" ] && . "$f"
+done
+unset f
+[ -r "$HOME/.profile" ] && . "$HOME/.profile"
+exec "$@"`
+
+// Command returns the argv and environment that run args inside appDir
+// with the profile sourced. With a single argument the argument is a shell
+// command line (as in a Procfile), run with `sh -c`; with several, they are
+// the program and its arguments.
+func Command(appDir string, args []string, environ []string) (argv, env []string, err error) {
+	if len(args) == 0 {
+		return nil, nil, errors.New("no command given")
+	}
+	if len(args) == 1 {
+		args = []string{Shell, "-c", execLine(args[0])}
+	}
+	argv = append([]string{Shell, "-c", profileScript, "slugrunner"}, args...)
+	env = slices.DeleteFunc(slices.Clone(environ), func(kv string) bool {
+		return strings.HasPrefix(kv, "HOME=")
+	})
+	env = append(env, "HOME="+appDir)
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
+		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	return argv, env, nil
+}
+
+// execLine returns a shell command line that replaces the shell with the
+// command when the line is a simple command ("exec" is inserted after any
+// leading variable assignments): dash, Debian's /bin/sh, does not exec the
+// last command of `sh -c` itself, and without exec a signal to the job
+// would stop at the shell. Compound lines (;, &&, |, &, subshells,
+// keywords) run as they are; such commands should exec their server.
+func execLine(line string) string {
+	trimmed := strings.TrimSpace(line)
+	if trimmed == "" || strings.ContainsAny(redirectRE.ReplaceAllString(trimmed, ""), ";&|()\n") {
+		return line
+	}
+	words := strings.Fields(trimmed)
+	i := 0
+	for ; i < len(words) && isAssignment(words[i]); i++ {
+		if strings.ContainsAny(words[i], "'\"\\`$") {
+			return line // a quoted value may span words
+		}
+	}
+	if i == len(words) {
+		return line
+	}
+	switch words[i] {
+	case "exec", "if", "for", "while", "until", "case", "{", "!", "[[", "function":
+		return line
+	}
+	rest := trimmed
+	for _, w := range words[:i] {
+		rest = strings.TrimLeft(rest[len(w):], " \t")
+	}
+	return strings.Join(append(words[:i:i], "exec", rest), " ")
+}
+
+// redirectRE matches the redirections that contain "&" (2>&1, &>).
+var redirectRE = regexp.MustCompile(`[0-9]*>&[0-9-]+|&>>?`)
+
+// isAssignment says whether a shell word is NAME=value.
+func isAssignment(w string) bool {
+	name, _, ok := strings.Cut(w, "=")
+	if !ok || name == "" {
+		return false
+	}
+	for i, c := range name {
+		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// ProcessCommand looks up a process type in appDir/Procfile.
+func ProcessCommand(appDir, typ string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(appDir, "Procfile"))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("no Procfile in %s: the slug declares no process types", appDir)
+	}
+	if err != nil {
+		return "", err
+	}
+	types, err := slugbuilder.ParseProcfile(string(data))
+	if err != nil {
+		return "", err
+	}
+	cmd, ok := types[typ]
+	if !ok {
+		return "", fmt.Errorf("process type %q is not in the Procfile (it has: %s)", typ, strings.Join(sortedKeys(types), ", "))
+	}
+	return cmd, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// Exec replaces the current process with args run as Command describes.
+// It returns only on failure.
+func Exec(appDir string, args []string, environ []string) error {
+	argv, env, err := Command(appDir, args, environ)
+	if err != nil {
+		return err
+	}
+	if err := os.Chdir(appDir); err != nil {
+		return fmt.Errorf("slugrunner: %w", err)
+	}
+	return fmt.Errorf("slugrunner: exec %s: %w", argv[0], syscall.Exec(argv[0], argv, env))
+}
+
+// Start replaces the current process with the Procfile process type typ.
+func Start(appDir, typ string, environ []string) error {
+	cmd, err := ProcessCommand(appDir, typ)
+	if err != nil {
+		return fmt.Errorf("slugrunner: %w", err)
+	}
+	if !slices.ContainsFunc(environ, func(kv string) bool { return strings.HasPrefix(kv, "FLYNN_PROCESS_TYPE=") }) {
+		environ = append(environ, "FLYNN_PROCESS_TYPE="+typ)
+	}
+	return Exec(appDir, []string{cmd}, environ)
+}

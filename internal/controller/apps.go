@@ -1,0 +1,608 @@
+package controller
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/http"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+)
+
+var (
+	nameAdjectives = []string{"amber", "brave", "calm", "dusty", "eager", "fuzzy", "gentle", "happy", "icy", "jolly", "keen", "lucky", "misty", "noble", "odd", "proud", "quiet", "rapid", "shiny", "tidy", "urban", "vivid", "witty", "young", "zesty"}
+	nameNouns      = []string{"otter", "falcon", "maple", "river", "comet", "badger", "cedar", "dune", "ember", "fjord", "glade", "heron", "island", "jaguar", "koala", "lagoon", "meadow", "nebula", "orchid", "pebble", "quartz", "raven", "summit", "tundra", "willow"}
+)
+
+func pick(words []string) string {
+	n, _ := rand.Int(rand.Reader, big.NewInt(int64(len(words))))
+	return words[n.Int64()]
+}
+
+// generateName returns a random app name such as "brave-otter-4821".
+func generateName() string {
+	n, _ := rand.Int(rand.Reader, big.NewInt(9000))
+	return fmt.Sprintf("%s-%s-%d", pick(nameAdjectives), pick(nameNouns), 1000+n.Int64())
+}
+
+// decodeApp reads and validates an app creation request.
+func decodeApp(r *http.Request) (*api.App, error) {
+	app := &api.App{}
+	if err := httpapi.DecodeJSON(r, app); err != nil {
+		return nil, err
+	}
+	if app.ID != "" {
+		if err := validateID("id", app.ID); err != nil {
+			return nil, err
+		}
+	}
+	if app.Name != "" {
+		if err := validateAppName("name", app.Name); err != nil {
+			return nil, err
+		}
+	}
+	if app.ReleaseID != "" {
+		return nil, api.Validation("release", "set the release with PUT /apps/{app}/release or a deploy")
+	}
+	return app, validateApp(app)
+}
+
+func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
+	app, err := decodeApp(r)
+	if err != nil {
+		return err
+	}
+	if app.ID == "" {
+		app.ID = ctrlstore.NewID()
+	}
+	if app.Strategy == "" {
+		app.Strategy = api.StrategyAllAtOnce
+	}
+	if app.DeployTimeout == 0 {
+		app.DeployTimeout = api.DefaultDeployTimeout
+	}
+	app.CreatedAt = now()
+	app.UpdatedAt = app.CreatedAt
+	generated := app.Name == ""
+	for attempt := 0; ; attempt++ {
+		if generated {
+			app.Name = generateName()
+		}
+		var route *api.Route
+		if s.cfg.ClusterDomain != "" && app.Meta[api.MetaSystemApp] != "true" {
+			route = &api.Route{
+				Type: api.RouteHTTP, ID: ctrlstore.NewID(), ParentRef: ctrlstore.ParentRef(app.ID),
+				Service: app.Name + "-web", Domain: app.Name + "." + s.cfg.ClusterDomain,
+				CreatedAt: app.CreatedAt, UpdatedAt: app.CreatedAt,
+			}
+		}
+		err := s.store.CreateApp(r.Context(), app, route)
+		if err == nil {
+			return ok(w, app)
+		}
+		if !generated || attempt >= 10 || !errors.Is(err, api.ErrObjectExists) {
+			return err
+		}
+	}
+}
+
+func (s *Server) listApps(w http.ResponseWriter, r *http.Request) error {
+	apps, err := s.store.ListApps(r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, apps)
+}
+
+func (s *Server) getApp(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	return ok(w, app)
+}
+
+// appUpdate is the body of POST /apps/{app}: only these fields change.
+type appUpdate struct {
+	Meta          map[string]string `json:"meta"`
+	Strategy      *string           `json:"strategy"`
+	DeployTimeout *int32            `json:"deploy_timeout"`
+	// Flynn clients send the whole app; these fields are accepted and ignored.
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	ReleaseID string `json:"release"`
+	CreatedAt any    `json:"created_at"`
+	UpdatedAt any    `json:"updated_at"`
+}
+
+func decodeAppUpdate(r *http.Request) (*appUpdate, error) {
+	u := &appUpdate{}
+	if err := httpapi.DecodeJSONStrict(r, u); err != nil {
+		return nil, err
+	}
+	probe := &api.App{Meta: u.Meta}
+	if u.Strategy != nil {
+		probe.Strategy = *u.Strategy
+		if probe.Strategy == "" {
+			return nil, api.Validation("strategy", "strategy must not be empty")
+		}
+	}
+	if u.DeployTimeout != nil {
+		probe.DeployTimeout = *u.DeployTimeout
+		if probe.DeployTimeout <= 0 {
+			return nil, api.Validation("deploy_timeout", "deploy_timeout must be positive")
+		}
+	}
+	return u, validateApp(probe)
+}
+
+func (s *Server) updateApp(w http.ResponseWriter, r *http.Request) error {
+	u, err := decodeAppUpdate(r)
+	if err != nil {
+		return err
+	}
+	app, err := s.store.UpdateApp(r.Context(), r.PathValue("app"), func(a *api.App) error {
+		if u.Meta != nil {
+			a.Meta = u.Meta
+		}
+		if u.Strategy != nil {
+			a.Strategy = *u.Strategy
+		}
+		if u.DeployTimeout != nil {
+			a.DeployTimeout = *u.DeployTimeout
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return ok(w, app)
+}
+
+func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.store.DeleteApp(r.Context(), r.PathValue("app"))
+	if err != nil {
+		return err
+	}
+	return ok(w, map[string]any{"app": app.ID})
+}
+
+// idBody is {"id": "..."}, the body of PUT /apps/{app}/release and deploy.
+type idBody struct {
+	ID string `json:"id"`
+}
+
+func decodeIDBody(r *http.Request) (string, error) {
+	var b idBody
+	if err := httpapi.DecodeJSON(r, &b); err != nil {
+		return "", err
+	}
+	if b.ID == "" {
+		return "", api.Validation("id", "id is required")
+	}
+	return b.ID, validateID("id", b.ID)
+}
+
+func (s *Server) setAppRelease(w http.ResponseWriter, r *http.Request) error {
+	id, err := decodeIDBody(r)
+	if err != nil {
+		return err
+	}
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.store.SetAppRelease(r.Context(), app.ID, id); err != nil {
+		if errors.Is(err, api.ErrNotFound) {
+			return api.Validation("id", "release %q not found", id)
+		}
+		return err
+	}
+	rel, err := s.store.GetRelease(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return ok(w, rel)
+}
+
+func (s *Server) getAppRelease(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	if app.ReleaseID == "" {
+		return api.NotFound("app %s has no release yet", app.Name)
+	}
+	rel, err := s.store.GetRelease(r.Context(), app.ReleaseID)
+	if err != nil {
+		return err
+	}
+	return ok(w, rel)
+}
+
+func (s *Server) listAppReleases(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	rels, err := s.store.ListReleases(r.Context(), app.ID)
+	if err != nil {
+		return err
+	}
+	return ok(w, rels)
+}
+
+func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	rel, err := s.store.DeleteRelease(r.Context(), app, r.PathValue("release"))
+	if err != nil {
+		return err
+	}
+	return ok(w, map[string]any{"app": app.ID, "release": rel.ID})
+}
+
+func decodeArtifact(r *http.Request) (*api.Artifact, error) {
+	a := &api.Artifact{}
+	if err := httpapi.DecodeJSON(r, a); err != nil {
+		return nil, err
+	}
+	return a, validateArtifact(a)
+}
+
+func (s *Server) createArtifact(w http.ResponseWriter, r *http.Request) error {
+	a, err := decodeArtifact(r)
+	if err != nil {
+		return err
+	}
+	if a.ID == "" {
+		a.ID = ctrlstore.NewID()
+	}
+	a.CreatedAt = now()
+	if err := s.store.CreateArtifact(r.Context(), a); err != nil {
+		return err
+	}
+	return ok(w, a)
+}
+
+func (s *Server) listArtifacts(w http.ResponseWriter, r *http.Request) error {
+	as, err := s.store.ListArtifacts(r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, as)
+}
+
+func (s *Server) getArtifact(w http.ResponseWriter, r *http.Request) error {
+	a, err := s.store.GetArtifact(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return ok(w, a)
+}
+
+func decodeRelease(r *http.Request) (*api.Release, error) {
+	rel := &api.Release{}
+	if err := httpapi.DecodeJSON(r, rel); err != nil {
+		return nil, err
+	}
+	return rel, validateRelease(rel)
+}
+
+func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) error {
+	rel, err := decodeRelease(r)
+	if err != nil {
+		return err
+	}
+	if rel.AppID != "" {
+		app, err := s.store.GetApp(r.Context(), rel.AppID)
+		if err != nil {
+			return api.Validation("app_id", "app %q not found", rel.AppID)
+		}
+		rel.AppID = app.ID
+	}
+	if rel.ID == "" {
+		rel.ID = ctrlstore.NewID()
+	}
+	rel.CreatedAt = now()
+	if err := s.store.CreateRelease(r.Context(), rel); err != nil {
+		return err
+	}
+	return ok(w, rel)
+}
+
+func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
+	rels, err := s.store.ListReleases(r.Context(), "")
+	if err != nil {
+		return err
+	}
+	return ok(w, rels)
+}
+
+func (s *Server) getRelease(w http.ResponseWriter, r *http.Request) error {
+	rel, err := s.store.GetRelease(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return ok(w, rel)
+}
+
+func decodeFormation(r *http.Request) (*api.Formation, error) {
+	f := &api.Formation{}
+	if err := httpapi.DecodeJSON(r, f); err != nil {
+		return nil, err
+	}
+	if err := validateProcesses("processes", f.Processes); err != nil {
+		return nil, err
+	}
+	return f, validateTags("tags", f.Tags)
+}
+
+// appRelease loads the {app} and the {release} of it.
+func (s *Server) appRelease(r *http.Request) (*api.App, *api.Release, error) {
+	app, err := s.app(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	rel, err := s.store.GetRelease(r.Context(), r.PathValue("release"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if rel.AppID != "" && rel.AppID != app.ID {
+		return nil, nil, api.NotFound("release %s not found in app %s", rel.ID, app.Name)
+	}
+	return app, rel, nil
+}
+
+// checkProcessTypes refuses counts for process types the release lacks.
+func checkProcessTypes(rel *api.Release, procs map[string]int) error {
+	for typ, n := range procs {
+		if _, ok := rel.Processes[typ]; !ok && n > 0 {
+			return api.Validation("processes", "release %s has no process type %q", rel.ID, typ)
+		}
+	}
+	return nil
+}
+
+func (s *Server) putFormation(w http.ResponseWriter, r *http.Request) error {
+	f, err := decodeFormation(r)
+	if err != nil {
+		return err
+	}
+	app, rel, err := s.appRelease(r)
+	if err != nil {
+		return err
+	}
+	if err := checkProcessTypes(rel, f.Processes); err != nil {
+		return err
+	}
+	f.AppID, f.ReleaseID = app.ID, rel.ID
+	f, err = s.store.PutFormation(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	return ok(w, f)
+}
+
+func (s *Server) getFormation(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	f, err := s.store.GetFormation(r.Context(), app.ID, r.PathValue("release"))
+	if err != nil {
+		return err
+	}
+	if r.URL.Query().Get("expand") == "true" {
+		ef, err := s.store.Expand(r.Context(), f)
+		if err != nil {
+			return err
+		}
+		return ok(w, ef)
+	}
+	return ok(w, f)
+}
+
+func (s *Server) deleteFormation(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	f, err := s.store.GetFormation(r.Context(), app.ID, r.PathValue("release"))
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteFormation(r.Context(), app.ID, f.ReleaseID); err != nil {
+		return err
+	}
+	return ok(w, f)
+}
+
+func (s *Server) listFormations(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	fs, err := s.store.ListFormations(r.Context(), app.ID)
+	if err != nil {
+		return err
+	}
+	return ok(w, fs)
+}
+
+func decodeScaleRequest(r *http.Request) (*api.ScaleRequest, error) {
+	req := &api.ScaleRequest{}
+	if err := httpapi.DecodeJSON(r, req); err != nil {
+		return nil, err
+	}
+	switch req.State {
+	case "", api.ScaleRequestPending:
+	case api.ScaleRequestComplete, api.ScaleRequestCancelled:
+		if req.ID == "" {
+			return nil, api.Validation("id", "id is required to update a scale request")
+		}
+	default:
+		return nil, api.Validation("state", "unknown scale request state %q", req.State)
+	}
+	if req.ID != "" {
+		if err := validateID("id", req.ID); err != nil {
+			return nil, err
+		}
+	}
+	if req.NewProcesses != nil {
+		if err := validateProcesses("new_processes", *req.NewProcesses); err != nil {
+			return nil, err
+		}
+	}
+	if req.NewTags != nil {
+		if err := validateTags("new_tags", *req.NewTags); err != nil {
+			return nil, err
+		}
+	}
+	return req, nil
+}
+
+func (s *Server) scale(w http.ResponseWriter, r *http.Request) error {
+	req, err := decodeScaleRequest(r)
+	if err != nil {
+		return err
+	}
+	app, rel, err := s.appRelease(r)
+	if err != nil {
+		return err
+	}
+	if req.State == api.ScaleRequestComplete || req.State == api.ScaleRequestCancelled {
+		out, err := s.store.UpdateScaleRequest(r.Context(), app.ID, req.ID, req.State)
+		if err != nil {
+			return err
+		}
+		return ok(w, out)
+	}
+	if req.NewProcesses != nil {
+		if err := checkProcessTypes(rel, *req.NewProcesses); err != nil {
+			return err
+		}
+	}
+	req.ID = ctrlstore.NewID()
+	req.AppID, req.ReleaseID = app.ID, rel.ID
+	out, err := s.store.CreateScaleRequest(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	return ok(w, out)
+}
+
+func (s *Server) listScaleRequests(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	reqs, err := s.store.ListScaleRequests(r.Context(), app.ID)
+	if err != nil {
+		return err
+	}
+	return ok(w, reqs)
+}
+
+func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
+	id, err := decodeIDBody(r)
+	if err != nil {
+		return err
+	}
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	if app.ReleaseID == id {
+		return api.Validation("id", "release %s is already deployed", id)
+	}
+	d, err := s.store.CreateDeployment(r.Context(), app.ID, id)
+	if err != nil {
+		return err
+	}
+	return ok(w, d)
+}
+
+func (s *Server) listAppDeployments(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	ds, err := s.store.ListDeployments(r.Context(), app.ID, r.URL.Query().Get("status"))
+	if err != nil {
+		return err
+	}
+	return ok(w, ds)
+}
+
+func (s *Server) listDeployments(w http.ResponseWriter, r *http.Request) error {
+	ds, err := s.store.ListDeployments(r.Context(), r.URL.Query().Get("app"), r.URL.Query().Get("status"))
+	if err != nil {
+		return err
+	}
+	return ok(w, ds)
+}
+
+func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.store.GetDeployment(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return ok(w, d)
+}
+
+// DeploymentUpdate is the body of PUT /deployments/{id}, which a deployer
+// sends to move a deployment through running to complete or failed.
+type DeploymentUpdate struct {
+	Status string `json:"status"`
+	Error  string `json:"error,omitempty"`
+}
+
+func decodeDeploymentUpdate(r *http.Request) (*DeploymentUpdate, error) {
+	u := &DeploymentUpdate{}
+	if err := httpapi.DecodeJSONStrict(r, u); err != nil {
+		return nil, err
+	}
+	switch u.Status {
+	case api.DeploymentRunning, api.DeploymentComplete, api.DeploymentFailed:
+	default:
+		return nil, api.Validation("status", "status must be running, complete or failed")
+	}
+	return u, nil
+}
+
+func (s *Server) updateDeployment(w http.ResponseWriter, r *http.Request) error {
+	u, err := decodeDeploymentUpdate(r)
+	if err != nil {
+		return err
+	}
+	d, err := s.store.UpdateDeployment(r.Context(), r.PathValue("id"), u.Status, u.Error)
+	if err != nil {
+		return err
+	}
+	return ok(w, d)
+}
+
+func (s *Server) addDeploymentEvent(w http.ResponseWriter, r *http.Request) error {
+	ev := &api.DeploymentEvent{}
+	if err := httpapi.DecodeJSON(r, ev); err != nil {
+		return err
+	}
+	if ev.JobType != "" {
+		if err := validateProcType("job_type", ev.JobType); err != nil {
+			return err
+		}
+	}
+	if ev.JobState != "" && !jobStates[ev.JobState] {
+		return api.Validation("job_state", "unknown job state %q", ev.JobState)
+	}
+	if err := s.store.AddDeploymentEvent(r.Context(), r.PathValue("id"), ev); err != nil {
+		return err
+	}
+	return ok(w, ev)
+}

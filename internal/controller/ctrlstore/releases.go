@@ -1,0 +1,322 @@
+package ctrlstore
+
+import (
+	"context"
+	"fmt"
+	"maps"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+// CreateArtifact stores a new, immutable artifact.
+func (s *Store) CreateArtifact(ctx context.Context, a *api.Artifact) error {
+	t := s.txn()
+	t.missing(s.key(pArtifacts, a.ID))
+	t.put(s.key(pArtifacts, a.ID), a)
+	t.event("", api.EventTypeArtifact, a.ID, a)
+	ok, err := t.commit(ctx)
+	if err != nil {
+		return fmt.Errorf("create artifact: %w", err)
+	}
+	if !ok {
+		return api.Exists("artifact %s already exists", a.ID)
+	}
+	return nil
+}
+
+// GetArtifact returns an artifact.
+func (s *Store) GetArtifact(ctx context.Context, id string) (*api.Artifact, error) {
+	a := &api.Artifact{}
+	if _, err := s.getObj(ctx, s.key(pArtifacts, id), "artifact", id, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// ListArtifacts returns all artifacts.
+func (s *Store) ListArtifacts(ctx context.Context) ([]*api.Artifact, error) {
+	return listOf[api.Artifact](ctx, s, s.key(pArtifacts), nil)
+}
+
+// CreateRelease stores a new, immutable release. Its artifacts and app
+// (when set) must exist.
+func (s *Store) CreateRelease(ctx context.Context, r *api.Release) error {
+	t := s.txn()
+	for i, id := range r.ArtifactIDs {
+		res, err := s.cli.Get(ctx, s.key(pArtifacts, id))
+		if err != nil {
+			return fmt.Errorf("create release: %w", err)
+		}
+		if len(res.Kvs) == 0 {
+			return api.Validation(fmt.Sprintf("artifacts[%d]", i), "artifact %q not found", id)
+		}
+		t.unchanged(s.key(pArtifacts, id), res.Kvs[0].ModRevision)
+	}
+	if r.AppID != "" {
+		res, err := s.cli.Get(ctx, s.key(pApps, r.AppID))
+		if err != nil {
+			return fmt.Errorf("create release: %w", err)
+		}
+		if len(res.Kvs) == 0 {
+			return api.Validation("app_id", "app %q not found", r.AppID)
+		}
+		t.unchanged(s.key(pApps, r.AppID), res.Kvs[0].ModRevision)
+	}
+	t.missing(s.key(pReleases, r.ID))
+	t.put(s.key(pReleases, r.ID), r)
+	t.event(r.AppID, api.EventTypeRelease, r.ID, r)
+	ok, err := t.commit(ctx)
+	if err != nil {
+		return fmt.Errorf("create release: %w", err)
+	}
+	if !ok {
+		if _, err := s.GetRelease(ctx, r.ID); err == nil {
+			return api.Exists("release %s already exists", r.ID)
+		}
+		return errRetry
+	}
+	return nil
+}
+
+// GetRelease returns a release.
+func (s *Store) GetRelease(ctx context.Context, id string) (*api.Release, error) {
+	r, _, err := s.getRelease(ctx, id)
+	return r, err
+}
+
+func (s *Store) getRelease(ctx context.Context, id string) (*api.Release, int64, error) {
+	r := &api.Release{}
+	rev, err := s.getObj(ctx, s.key(pReleases, id), "release", id, r)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, rev, nil
+}
+
+// ListReleases returns all releases, or those of one app.
+func (s *Store) ListReleases(ctx context.Context, appID string) ([]*api.Release, error) {
+	return listOf(ctx, s, s.key(pReleases), func(r *api.Release) bool { return appID == "" || r.AppID == appID })
+}
+
+// DeleteRelease deletes a release of an app and its formation. The app's
+// current release cannot be deleted.
+func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string) (*api.Release, error) {
+	r, rev, err := s.getRelease(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.AppID != app.ID {
+		return nil, api.NotFound("release %q not found in app %s", id, app.Name)
+	}
+	cur, appRev, err := s.getApp(ctx, app.ID)
+	if err != nil {
+		return nil, err
+	}
+	if cur.ReleaseID == id {
+		return nil, api.Validation("id", "release %s is the app's current release; deploy another release first", id)
+	}
+	t := s.txn()
+	t.unchanged(s.key(pReleases, id), rev)
+	t.unchanged(s.key(pApps, app.ID), appRev)
+	t.del(s.key(pReleases, id))
+	t.del(s.key(pFormations, app.ID, id))
+	t.event(app.ID, api.EventTypeReleaseDeletion, id, r)
+	ok, err := t.commit(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("delete release: %w", err)
+	}
+	if !ok {
+		return nil, errRetry
+	}
+	return r, nil
+}
+
+// PutFormation creates or replaces the formation of (app, release).
+func (s *Store) PutFormation(ctx context.Context, f *api.Formation) (*api.Formation, error) {
+	for range maxRetries {
+		key := s.key(pFormations, f.AppID, f.ReleaseID)
+		old := &api.Formation{}
+		rev, err := s.get(ctx, key, old)
+		if err != nil && err != errMissing {
+			return nil, err
+		}
+		now := s.now()
+		f.UpdatedAt = now
+		f.CreatedAt = now
+		if rev != 0 {
+			f.CreatedAt = old.CreatedAt
+		}
+		t := s.txn()
+		t.unchanged(key, rev)
+		t.put(key, f)
+		t.event(f.AppID, api.EventTypeFormation, f.AppID+":"+f.ReleaseID, f)
+		ok, err := t.commit(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("put formation: %w", err)
+		}
+		if ok {
+			return f, nil
+		}
+	}
+	return nil, errRetry
+}
+
+// GetFormation returns the formation of (app, release).
+func (s *Store) GetFormation(ctx context.Context, appID, releaseID string) (*api.Formation, error) {
+	f := &api.Formation{}
+	if _, err := s.getObj(ctx, s.key(pFormations, appID, releaseID), "formation", releaseID, f); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// ListFormations returns an app's formations, or every formation when
+// appID is empty.
+func (s *Store) ListFormations(ctx context.Context, appID string) ([]*api.Formation, error) {
+	prefix := s.key(pFormations)
+	if appID != "" {
+		prefix = s.key(pFormations, appID) + "/"
+	}
+	return listOf[api.Formation](ctx, s, prefix, nil)
+}
+
+// DeleteFormation deletes the formation of (app, release).
+func (s *Store) DeleteFormation(ctx context.Context, appID, releaseID string) error {
+	f, err := s.GetFormation(ctx, appID, releaseID)
+	if err != nil {
+		return err
+	}
+	t := s.txn()
+	t.del(s.key(pFormations, appID, releaseID))
+	f.Processes = nil
+	t.event(appID, api.EventTypeFormation, appID+":"+releaseID, f)
+	if _, err := t.commit(ctx); err != nil {
+		return fmt.Errorf("delete formation: %w", err)
+	}
+	return nil
+}
+
+// Expand returns a formation with its app, release and artifacts.
+func (s *Store) Expand(ctx context.Context, f *api.Formation) (*api.ExpandedFormation, error) {
+	app, err := s.GetApp(ctx, f.AppID)
+	if err != nil {
+		return nil, err
+	}
+	rel, err := s.GetRelease(ctx, f.ReleaseID)
+	if err != nil {
+		return nil, err
+	}
+	ef := &api.ExpandedFormation{App: app, Release: rel, Processes: f.Processes, Tags: f.Tags, UpdatedAt: f.UpdatedAt}
+	for _, id := range rel.ArtifactIDs {
+		a, err := s.GetArtifact(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		ef.Artifacts = append(ef.Artifacts, a)
+	}
+	return ef, nil
+}
+
+// ListActiveFormations returns every formation that runs at least one
+// process, expanded.
+func (s *Store) ListActiveFormations(ctx context.Context) ([]*api.ExpandedFormation, error) {
+	forms, err := s.ListFormations(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	out := []*api.ExpandedFormation{}
+	for _, f := range forms {
+		if !active(f.Processes) {
+			continue
+		}
+		ef, err := s.Expand(ctx, f)
+		if err != nil {
+			continue // app or release deleted concurrently
+		}
+		out = append(out, ef)
+	}
+	return out, nil
+}
+
+func active(p map[string]int) bool {
+	for _, n := range p {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// CreateScaleRequest records a pending scale request and applies its new
+// processes and tags to the formation in one transaction.
+func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (*api.ScaleRequest, error) {
+	for range maxRetries {
+		key := s.key(pFormations, req.AppID, req.ReleaseID)
+		f := &api.Formation{}
+		rev, err := s.get(ctx, key, f)
+		if err != nil && err != errMissing {
+			return nil, err
+		}
+		now := s.now()
+		if rev == 0 {
+			f = &api.Formation{AppID: req.AppID, ReleaseID: req.ReleaseID, CreatedAt: now}
+		}
+		req.OldProcesses = maps.Clone(f.Processes)
+		req.OldTags = maps.Clone(f.Tags)
+		if req.NewProcesses != nil {
+			f.Processes = maps.Clone(*req.NewProcesses)
+		}
+		if req.NewTags != nil {
+			f.Tags = maps.Clone(*req.NewTags)
+		}
+		f.UpdatedAt = now
+		req.State = api.ScaleRequestPending
+		req.CreatedAt, req.UpdatedAt = now, now
+		t := s.txn()
+		t.unchanged(key, rev)
+		t.put(key, f)
+		t.put(s.key(pScales, req.AppID, req.ID), req)
+		t.event(req.AppID, api.EventTypeScaleRequest, req.ID, req)
+		t.event(req.AppID, api.EventTypeFormation, req.AppID+":"+req.ReleaseID, f)
+		ok, err := t.commit(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("create scale request: %w", err)
+		}
+		if ok {
+			return req, nil
+		}
+	}
+	return nil, errRetry
+}
+
+// UpdateScaleRequest sets the state of a scale request (complete or
+// cancelled).
+func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string) (*api.ScaleRequest, error) {
+	for range maxRetries {
+		key := s.key(pScales, appID, id)
+		req := &api.ScaleRequest{}
+		rev, err := s.getObj(ctx, key, "scale request", id, req)
+		if err != nil {
+			return nil, err
+		}
+		req.State = state
+		req.UpdatedAt = s.now()
+		t := s.txn()
+		t.unchanged(key, rev)
+		t.put(key, req)
+		t.event(appID, api.EventTypeScaleRequest, id, req)
+		ok, err := t.commit(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("update scale request: %w", err)
+		}
+		if ok {
+			return req, nil
+		}
+	}
+	return nil, errRetry
+}
+
+// ListScaleRequests returns an app's scale requests.
+func (s *Store) ListScaleRequests(ctx context.Context, appID string) ([]*api.ScaleRequest, error) {
+	return listOf[api.ScaleRequest](ctx, s, s.key(pScales, appID)+"/", nil)
+}

@@ -1,0 +1,367 @@
+package controller
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+)
+
+func decodeProvider(r *http.Request) (*api.Provider, error) {
+	p := &api.Provider{}
+	if err := httpapi.DecodeJSON(r, p); err != nil {
+		return nil, err
+	}
+	if err := validateAppName("name", p.Name); err != nil {
+		return nil, api.Validation("name", "provider name %q is invalid: use lower-case letters, digits and dashes", p.Name)
+	}
+	u, err := url.Parse(p.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, api.Validation("url", "url must be an http(s) URL")
+	}
+	return p, nil
+}
+
+func (s *Server) createProvider(w http.ResponseWriter, r *http.Request) error {
+	p, err := decodeProvider(r)
+	if err != nil {
+		return err
+	}
+	p.ID = ctrlstore.NewID()
+	p.CreatedAt = now()
+	if err := s.store.CreateProvider(r.Context(), p); err != nil {
+		return err
+	}
+	return ok(w, p)
+}
+
+func (s *Server) listProviders(w http.ResponseWriter, r *http.Request) error {
+	ps, err := s.store.ListProviders(r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, ps)
+}
+
+func (s *Server) getProvider(w http.ResponseWriter, r *http.Request) error {
+	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		return err
+	}
+	return ok(w, p)
+}
+
+// ResourceRequest is the body of POST /providers/{provider}/resources.
+type ResourceRequest struct {
+	// Apps get the resource's env merged into a new release.
+	Apps []string `json:"apps,omitempty"`
+	// Config is passed to the provider as the request body.
+	Config json.RawMessage `json:"config,omitempty"`
+}
+
+// providerReply is what a provider answers to a provisioning request.
+type providerReply struct {
+	ID  string            `json:"id"`
+	Env map[string]string `json:"env"`
+}
+
+func decodeResourceRequest(r *http.Request) (*ResourceRequest, error) {
+	req := &ResourceRequest{}
+	if err := httpapi.DecodeJSON(r, req); err != nil {
+		return nil, err
+	}
+	for i, a := range req.Apps {
+		if err := validateID(fmt.Sprintf("apps[%d]", i), a); err != nil {
+			return nil, err
+		}
+	}
+	return req, nil
+}
+
+func (s *Server) provisionResource(w http.ResponseWriter, r *http.Request) error {
+	req, err := decodeResourceRequest(r)
+	if err != nil {
+		return err
+	}
+	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		return err
+	}
+	var appIDs []string
+	for i, a := range req.Apps {
+		app, err := s.store.GetApp(r.Context(), a)
+		if err != nil {
+			return api.Validation(fmt.Sprintf("apps[%d]", i), "app %q not found", a)
+		}
+		appIDs = append(appIDs, app.ID)
+	}
+	body := []byte(req.Config)
+	if len(body) == 0 {
+		body = []byte("{}")
+	}
+	preq, err := http.NewRequestWithContext(r.Context(), http.MethodPost, p.URL, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("provider request: %w", err)
+	}
+	preq.Header.Set("Content-Type", "application/json")
+	res, err := s.cfg.HTTP.Do(preq)
+	if err != nil {
+		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s unreachable: %v", p.Name, err)}
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if res.StatusCode/100 != 2 {
+		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s answered %s: %s", p.Name, res.Status, strings.TrimSpace(string(b)))}
+	}
+	var pr providerReply
+	if err := json.Unmarshal(b, &pr); err != nil {
+		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s answered invalid JSON: %v", p.Name, err)}
+	}
+	res2 := &api.Resource{ID: ctrlstore.NewID(), ProviderID: p.ID, ExternalID: pr.ID, Env: pr.Env, Apps: appIDs, CreatedAt: now()}
+	if err := s.saveResource(r, res2); err != nil {
+		return err
+	}
+	return ok(w, res2)
+}
+
+// saveResource stores a resource and gives each of its apps a new release
+// with the resource's env merged into the current release's env.
+func (s *Server) saveResource(r *http.Request, res *api.Resource) error {
+	if err := validateEnv("env", res.Env); err != nil {
+		return err
+	}
+	rels := map[string]*api.Release{}
+	for _, appID := range res.Apps {
+		app, err := s.store.GetApp(r.Context(), appID)
+		if err != nil {
+			return err
+		}
+		rel := &api.Release{AppID: app.ID}
+		if app.ReleaseID != "" {
+			cur, err := s.store.GetRelease(r.Context(), app.ReleaseID)
+			if err != nil {
+				return err
+			}
+			cp := *cur
+			rel = &cp
+			rel.Env = maps.Clone(cur.Env)
+		}
+		if rel.Env == nil {
+			rel.Env = map[string]string{}
+		}
+		maps.Copy(rel.Env, res.Env)
+		rel.ID = ctrlstore.NewID()
+		rel.CreatedAt = now()
+		rels[app.ID] = rel
+	}
+	return s.store.PutResource(r.Context(), res, rels)
+}
+
+func (s *Server) putResource(w http.ResponseWriter, r *http.Request) error {
+	res := &api.Resource{}
+	if err := httpapi.DecodeJSON(r, res); err != nil {
+		return err
+	}
+	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		return err
+	}
+	res.ID = r.PathValue("id")
+	if err := validateID("id", res.ID); err != nil {
+		return err
+	}
+	res.ProviderID = p.ID
+	if res.CreatedAt.IsZero() {
+		res.CreatedAt = now()
+	}
+	for i, a := range res.Apps {
+		app, err := s.store.GetApp(r.Context(), a)
+		if err != nil {
+			return api.Validation(fmt.Sprintf("apps[%d]", i), "app %q not found", a)
+		}
+		res.Apps[i] = app.ID
+	}
+	if err := s.saveResource(r, res); err != nil {
+		return err
+	}
+	return ok(w, res)
+}
+
+func (s *Server) getResource(w http.ResponseWriter, r *http.Request) error {
+	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		return err
+	}
+	res, err := s.store.GetResource(r.Context(), p.ID, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return ok(w, res)
+}
+
+func (s *Server) listProviderResources(w http.ResponseWriter, r *http.Request) error {
+	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		return err
+	}
+	rs, err := s.store.ListResources(r.Context(), p.ID, "")
+	if err != nil {
+		return err
+	}
+	return ok(w, rs)
+}
+
+func (s *Server) listResources(w http.ResponseWriter, r *http.Request) error {
+	rs, err := s.store.ListResources(r.Context(), "", "")
+	if err != nil {
+		return err
+	}
+	return ok(w, rs)
+}
+
+func (s *Server) listAppResources(w http.ResponseWriter, r *http.Request) error {
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	rs, err := s.store.ListResources(r.Context(), "", app.ID)
+	if err != nil {
+		return err
+	}
+	return ok(w, rs)
+}
+
+// deprovisionResource asks the provider to delete the resource
+// (DELETE <provider-url>?id=<external-id>) and then deletes the record.
+func (s *Server) deprovisionResource(w http.ResponseWriter, r *http.Request) error {
+	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		return err
+	}
+	res, err := s.store.GetResource(r.Context(), p.ID, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if res.ExternalID != "" {
+		u := p.URL
+		if strings.Contains(u, "?") {
+			u += "&"
+		} else {
+			u += "?"
+		}
+		u += "id=" + url.QueryEscape(res.ExternalID)
+		dreq, err := http.NewRequestWithContext(r.Context(), http.MethodDelete, u, nil)
+		if err != nil {
+			return fmt.Errorf("deprovision request: %w", err)
+		}
+		dres, err := s.cfg.HTTP.Do(dreq)
+		if err != nil {
+			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s unreachable: %v", p.Name, err)}
+		}
+		dres.Body.Close()
+		if dres.StatusCode/100 != 2 && dres.StatusCode != http.StatusNotFound {
+			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s answered %s to the deletion", p.Name, dres.Status)}
+		}
+	}
+	if _, err := s.store.DeleteResource(r.Context(), p.ID, res.ID); err != nil {
+		return err
+	}
+	return ok(w, res)
+}
+
+func (s *Server) attachResource(w http.ResponseWriter, r *http.Request) error {
+	return s.linkResource(w, r, true)
+}
+
+func (s *Server) detachResource(w http.ResponseWriter, r *http.Request) error {
+	return s.linkResource(w, r, false)
+}
+
+func (s *Server) linkResource(w http.ResponseWriter, r *http.Request, attach bool) error {
+	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		return err
+	}
+	app, err := s.app(r)
+	if err != nil {
+		return err
+	}
+	var res *api.Resource
+	if attach {
+		res, err = s.store.AttachResource(r.Context(), p.ID, r.PathValue("id"), app.ID)
+	} else {
+		res, err = s.store.DetachResource(r.Context(), p.ID, r.PathValue("id"), app.ID)
+	}
+	if err != nil {
+		return err
+	}
+	return ok(w, res)
+}
+
+// decodeKey reads an SSH public key in authorized_keys format.
+func decodeKey(r *http.Request) (*api.Key, error) {
+	in := &api.Key{}
+	if err := httpapi.DecodeJSON(r, in); err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(in.Key) == "" {
+		return nil, api.Validation("key", "key is required: paste an SSH public key (e.g. ~/.ssh/id_ed25519.pub)")
+	}
+	pub, comment, _, rest, err := ssh.ParseAuthorizedKey([]byte(in.Key))
+	if err != nil {
+		return nil, api.Validation("key", "not an SSH public key: %v", err)
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, api.Validation("key", "give one key at a time")
+	}
+	sum := sha256.Sum256(pub.Marshal())
+	return &api.Key{
+		ID:          hex.EncodeToString(sum[:16]),
+		Key:         strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))),
+		Fingerprint: ssh.FingerprintSHA256(pub),
+		Comment:     comment,
+	}, nil
+}
+
+func (s *Server) createKey(w http.ResponseWriter, r *http.Request) error {
+	k, err := decodeKey(r)
+	if err != nil {
+		return err
+	}
+	k.CreatedAt = now()
+	if err := s.store.CreateKey(r.Context(), k); err != nil {
+		return err
+	}
+	return ok(w, k)
+}
+
+func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) error {
+	ks, err := s.store.ListKeys(r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, ks)
+}
+
+func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := validateID("id", id); err != nil {
+		return api.NotFound("key %q not found", id)
+	}
+	if err := s.store.DeleteKey(r.Context(), id); err != nil {
+		return err
+	}
+	return ok(w, map[string]string{"id": id})
+}

@@ -1,0 +1,243 @@
+// Package controller is Flynn's controller: the HTTP API for apps,
+// artifacts, releases, formations, scale requests, jobs (including one-off
+// and attached jobs), deployments, routes, providers and resources, SSH
+// keys, events (JSON and SSE) and app logs. It validates every request,
+// checks the cluster key, and keeps all state in etcd through
+// internal/controller/ctrlstore, so any number of replicas can serve the
+// same state.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+)
+
+// JobRunner starts and stops jobs on host agents, for one-off jobs (which
+// bypass the scheduler) and job kills. The lead wires the real host
+// client; tests use a fake.
+type JobRunner interface {
+	// AddJob starts job on host.
+	AddJob(ctx context.Context, host *api.Host, job *api.HostJob) error
+	// StopJob stops a job on host.
+	StopJob(ctx context.Context, host *api.Host, jobID string) error
+	// Attach connects to the stdio of a job before it is added, so that no
+	// output is lost, and returns the raw attach stream (the bytes after
+	// the host agent's protocol upgrade). The controller relays it to the
+	// client of POST /apps/{app}/jobs with "Upgrade: flynn-attach/0".
+	Attach(ctx context.Context, host *api.Host, req AttachRequest) (io.ReadWriteCloser, error)
+}
+
+// AttachRequest says which job to attach to and how.
+type AttachRequest struct {
+	JobID  string
+	TTY    bool
+	Stdin  bool
+	Height int
+	Width  int
+}
+
+// Config configures a controller.
+type Config struct {
+	// Listen is the address to serve on, e.g. ":1200" (Run only).
+	Listen string
+	// Etcd is the client of the cluster's etcd.
+	Etcd *clientv3.Client
+	// AuthKeys are the accepted cluster keys (several allow rotation).
+	AuthKeys []string
+	// ClusterDomain gives new apps the default route <app>.<domain>; no
+	// default route when empty.
+	ClusterDomain string
+	// CACertFile is served at GET /ca-cert (404 when empty).
+	CACertFile string
+	// LogAggregatorURL is where GET /apps/{app}/log is proxied to
+	// (503 when empty), e.g. http://logaggregator.discoverd.
+	LogAggregatorURL string
+	// Runner runs one-off jobs; one-off jobs and kills answer 503 without one.
+	Runner JobRunner
+	// HTTP is the client for providers and the log aggregator
+	// (http.DefaultClient when nil).
+	HTTP *http.Client
+	// OnListen, when set, is called by Run with the bound address before
+	// serving (e.g. to register the controller in discoverd). An error
+	// stops Run.
+	OnListen func(ctx context.Context, addr string) error
+}
+
+// Server is a controller: an http.Handler on an etcd store.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	store *ctrlstore.Store
+	h     http.Handler
+}
+
+// New returns a controller.
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if cfg.Etcd == nil {
+		return nil, errors.New("controller: no etcd client")
+	}
+	if len(cfg.AuthKeys) == 0 {
+		return nil, errors.New("controller: no auth key; set AUTH_KEY")
+	}
+	if cfg.HTTP == nil {
+		cfg.HTTP = http.DefaultClient
+	}
+	s := &Server{cfg: cfg, log: log.With("component", "controller"), store: ctrlstore.New(cfg.Etcd)}
+	auth := httpapi.NewKeyAuth(cfg.AuthKeys...)
+	open := func(r *http.Request) bool {
+		return r.Method == http.MethodGet && (r.URL.Path == "/ping" || r.URL.Path == "/ca-cert")
+	}
+	s.h = httpapi.Wrap(s.log, auth.Require(open, s.routes()))
+	return s, nil
+}
+
+// ServeHTTP serves the controller API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.h.ServeHTTP(w, r) }
+
+// Run listens on cfg.Listen, calls cfg.OnListen, and serves until ctx
+// ends.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	s, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("controller: listen: %w", err)
+	}
+	if cfg.OnListen != nil {
+		if err := cfg.OnListen(ctx, ln.Addr().String()); err != nil {
+			ln.Close()
+			return fmt.Errorf("controller: on listen: %w", err)
+		}
+	}
+	s.log.Info("serving", "addr", ln.Addr().String())
+	return httpapi.Serve(ctx, ln, s, s.log)
+}
+
+type hf = httpapi.HandlerFunc
+
+func (s *Server) routes() http.Handler {
+	m := http.NewServeMux()
+	m.Handle("GET /ping", hf(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}))
+	m.Handle("GET /ca-cert", hf(s.caCert))
+
+	m.Handle("POST /apps", hf(s.createApp))
+	m.Handle("GET /apps", hf(s.listApps))
+	m.Handle("GET /apps/{app}", hf(s.getApp))
+	m.Handle("POST /apps/{app}", hf(s.updateApp))
+	m.Handle("POST /apps/{app}/meta", hf(s.updateApp))
+	m.Handle("DELETE /apps/{app}", hf(s.deleteApp))
+	m.Handle("GET /apps/{app}/log", hf(s.appLog))
+	m.Handle("PUT /apps/{app}/release", hf(s.setAppRelease))
+	m.Handle("GET /apps/{app}/release", hf(s.getAppRelease))
+	m.Handle("GET /apps/{app}/releases", hf(s.listAppReleases))
+	m.Handle("DELETE /apps/{app}/releases/{release}", hf(s.deleteRelease))
+	m.Handle("PUT /apps/{app}/formations/{release}", hf(s.putFormation))
+	m.Handle("GET /apps/{app}/formations/{release}", hf(s.getFormation))
+	m.Handle("DELETE /apps/{app}/formations/{release}", hf(s.deleteFormation))
+	m.Handle("GET /apps/{app}/formations", hf(s.listFormations))
+	m.Handle("GET /formations", hf(s.formations))
+	m.Handle("PUT /apps/{app}/scale/{release}", hf(s.scale))
+	m.Handle("GET /apps/{app}/scale", hf(s.listScaleRequests))
+	m.Handle("POST /apps/{app}/jobs", hf(s.runJob))
+	m.Handle("GET /apps/{app}/jobs", hf(s.listJobs))
+	m.Handle("GET /apps/{app}/jobs/{job}", hf(s.getJob))
+	m.Handle("PUT /apps/{app}/jobs/{job}", hf(s.putJob))
+	m.Handle("DELETE /apps/{app}/jobs/{job}", hf(s.killJob))
+	m.Handle("GET /active-jobs", hf(s.activeJobs))
+	m.Handle("POST /apps/{app}/deploy", hf(s.deploy))
+	m.Handle("GET /apps/{app}/deployments", hf(s.listAppDeployments))
+	m.Handle("GET /deployments", hf(s.listDeployments))
+	m.Handle("GET /deployments/{id}", hf(s.getDeployment))
+	m.Handle("PUT /deployments/{id}", hf(s.updateDeployment))
+	m.Handle("POST /deployments/{id}/events", hf(s.addDeploymentEvent))
+	m.Handle("POST /releases", hf(s.createRelease))
+	m.Handle("GET /releases", hf(s.listReleases))
+	m.Handle("GET /releases/{id}", hf(s.getRelease))
+	m.Handle("POST /artifacts", hf(s.createArtifact))
+	m.Handle("GET /artifacts", hf(s.listArtifacts))
+	m.Handle("GET /artifacts/{id}", hf(s.getArtifact))
+
+	m.Handle("GET /routes", hf(s.listAllRoutes))
+	m.Handle("GET /apps/{app}/routes", hf(s.listRoutes))
+	m.Handle("POST /apps/{app}/routes", hf(s.createRoute))
+	m.Handle("GET /apps/{app}/routes/{type}/{id}", hf(s.getRoute))
+	m.Handle("PUT /apps/{app}/routes/{type}/{id}", hf(s.updateRoute))
+	m.Handle("DELETE /apps/{app}/routes/{type}/{id}", hf(s.deleteRoute))
+
+	m.Handle("POST /providers", hf(s.createProvider))
+	m.Handle("GET /providers", hf(s.listProviders))
+	m.Handle("GET /providers/{provider}", hf(s.getProvider))
+	m.Handle("POST /providers/{provider}/resources", hf(s.provisionResource))
+	m.Handle("GET /providers/{provider}/resources", hf(s.listProviderResources))
+	m.Handle("GET /providers/{provider}/resources/{id}", hf(s.getResource))
+	m.Handle("PUT /providers/{provider}/resources/{id}", hf(s.putResource))
+	m.Handle("DELETE /providers/{provider}/resources/{id}", hf(s.deprovisionResource))
+	m.Handle("PUT /providers/{provider}/resources/{id}/apps/{app}", hf(s.attachResource))
+	m.Handle("DELETE /providers/{provider}/resources/{id}/apps/{app}", hf(s.detachResource))
+	m.Handle("GET /resources", hf(s.listResources))
+	m.Handle("GET /apps/{app}/resources", hf(s.listAppResources))
+
+	m.Handle("GET /events", hf(s.events))
+	m.Handle("GET /events/{id}", hf(s.getEvent))
+
+	m.Handle("GET /keys", hf(s.listKeys))
+	m.Handle("POST /keys", hf(s.createKey))
+	m.Handle("DELETE /keys/{id}", hf(s.deleteKey))
+
+	m.Handle("/", hf(func(w http.ResponseWriter, r *http.Request) error {
+		return api.NotFound("no route for %s %s", r.Method, r.URL.Path)
+	}))
+	return m
+}
+
+func (s *Server) caCert(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.CACertFile == "" {
+		return api.NotFound("this controller has no CA certificate configured")
+	}
+	b, err := os.ReadFile(s.cfg.CACertFile)
+	if err != nil {
+		return fmt.Errorf("read CA cert: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/x-x509-ca-cert")
+	_, err = w.Write(b)
+	return err
+}
+
+// app loads the app named by the {app} path value.
+func (s *Server) app(r *http.Request) (*api.App, error) {
+	return s.store.GetApp(r.Context(), r.PathValue("app"))
+}
+
+func ok(w http.ResponseWriter, v any) error { return httpapi.WriteJSON(w, http.StatusOK, v) }
+
+func now() time.Time { return time.Now().UTC() }
+
+// splitList splits a comma-separated query value, dropping empty parts.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -29,11 +29,11 @@ func Run(ctx context.Context, args []string, env Env) int {
 	root := newRoot(env)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(env.Stderr, "flynn: %v\n", err)
 		var ee exitError
 		if asExit(err, &ee) {
-			return ee.code
+			return ee.code // the job's own exit status: nothing to add
 		}
+		fmt.Fprintf(env.Stderr, "flynn: %v\n", explain(err))
 		return 1
 	}
 	return 0
@@ -63,7 +63,36 @@ scale its processes, read its logs and change its configuration.`,
 		newVersionCmd(),
 		newClusterCmd(s),
 		newGitCredentialsCmd(s),
+		newKeyCmd(s),
+		newCreateCmd(s),
+		newDeleteCmd(s),
+		newAppsCmd(s),
+		newInfoCmd(s),
+		newRemoteCmd(s),
+		newPsCmd(s),
+		newKillCmd(s),
+		newScaleCmd(s),
+		newLogCmd(s),
+		newRunCmd(s),
+		newEnvCmd(s),
+		newMetaCmd(s),
+		newLimitCmd(s),
+		newReleaseCmd(s),
+		newDeploymentCmd(s),
+		newRouteCmd(s),
+		newProviderCmd(s),
+		newResourceCmd(s),
 	)
+	// Give cobra's generated completion commands examples too.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Example = "  source <(flynn completion bash)\n  flynn completion zsh > \"${fpath[1]}/_flynn\""
+			for _, sub := range c.Commands() {
+				sub.Example = "  flynn completion " + sub.Name() + " --help"
+			}
+		}
+	}
 	return root
 }
 
@@ -125,9 +154,10 @@ func (s *state) app(ctx context.Context) (string, error) {
 
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Show the flynn version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Show the flynn version",
+		Example: "  flynn version",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fmt.Fprintln(cmd.OutOrStdout(), version.String())
 			return nil

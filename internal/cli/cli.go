@@ -44,19 +44,24 @@ func newRoot(env Env) *cobra.Command {
 		Use:   "flynn",
 		Short: "Manage apps on a Flynn cluster",
 		Long: `flynn manages apps on a Flynn cluster: create an app, push code to it with git,
-scale its processes, read its logs and change its configuration.`,
+scale its processes, read its logs and change its configuration.
+
+Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		Example: `  flynn create myapp
   git push flynn main
   flynn scale web=2
   flynn log -f`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		// Global flags come before the command, as in Flynn
+		// (flynn -a APP ps -a), so commands may reuse -a and -c.
+		TraverseChildren: true,
 	}
 	root.SetIn(env.Stdin)
 	root.SetOut(env.Stdout)
 	root.SetErr(env.Stderr)
 	s := &state{env: env}
-	pf := root.PersistentFlags()
+	pf := root.Flags()
 	pf.StringVarP(&s.appFlag, "app", "a", "", "app name (default: $FLYNN_APP, else the app of the git remote \"flynn\")")
 	pf.StringVarP(&s.clusterFlag, "cluster", "c", "", "cluster name (default: $FLYNN_CLUSTER, else the default cluster)")
 	root.AddCommand(

@@ -78,6 +78,15 @@ func TestScripts(t *testing.T) {
 					ts.Fatalf("addlog: %v", err)
 				}
 			},
+			// setfrom VAR FILE sets $VAR to the first line of FILE (e.g. a
+			// saved stdout).
+			"setfrom": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 2 {
+					ts.Fatalf("usage: setfrom VAR FILE")
+				}
+				line, _, _ := strings.Cut(ts.ReadFile(args[1]), "\n")
+				ts.Setenv(args[0], strings.TrimSpace(line))
+			},
 			// stopped JOB checks that the host runner was asked to stop JOB.
 			"stopped": func(ts *testscript.TestScript, neg bool, args []string) {
 				h := ts.Value("harness").(*harness)

@@ -39,9 +39,9 @@ type harness struct {
 	URL, TLSURL, Pin string
 	// ProviderURL is a resource provider that hands out a fake database.
 	ProviderURL string
-	c                *controllerclient.Client
-	logs             *logagg.Server
-	runner           *fakeRunner
+	c           *controllerclient.Client
+	logs        *logagg.Server
+	runner      *fakeRunner
 
 	stop func()
 }
@@ -319,4 +319,3 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 	}()
 	return a, nil
 }
-

@@ -83,7 +83,15 @@ func deploy(ctx context.Context, cmd *cobra.Command, c *controllerclient.Client,
 func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient.Client, stream *controllerclient.EventStream, d *api.Deployment) error {
 	// The deployment may have finished before the stream caught up.
 	if cur, err := c.GetDeployment(ctx, d.ID); err == nil && finished(cur.Status) {
-		return deploymentResult(cur.Status, "", d.ID)
+		msg := ""
+		evs, _ := c.ListEvents(ctx, controllerclient.EventOptions{AppID: d.AppID, ObjectTypes: []string{api.EventTypeDeployment}, ObjectID: d.ID})
+		for _, ev := range evs {
+			var de api.DeploymentEvent
+			if json.Unmarshal(ev.Data, &de) == nil && de.Error != "" {
+				msg = de.Error
+			}
+		}
+		return deploymentResult(cur.Status, msg, d.ID)
 	}
 	for {
 		ev, err := stream.Next()

@@ -134,7 +134,7 @@ func newResourceCmd(s *state) *cobra.Command {
 	}
 	add.Flags().StringVarP(&config, "config", "c", "", "JSON config for the provider")
 	remove := &cobra.Command{
-		Use:   "remove PROVIDER [RESOURCE]",
+		Use:   "remove PROVIDER [RESOURCE-ID|EXTERNAL-ID]",
 		Short: "Deprovision a resource of the app",
 		Example: `  flynn resource remove postgres
   flynn resource remove postgres 5d1f...`,
@@ -158,7 +158,7 @@ func newResourceCmd(s *state) *cobra.Command {
 			}
 			var match []*api.Resource
 			for _, r := range rs {
-				if r.ProviderID == p.ID && (len(args) == 1 || r.ID == args[1]) {
+				if r.ProviderID == p.ID && (len(args) == 1 || r.ID == args[1] || r.ExternalID == args[1]) {
 					match = append(match, r)
 				}
 			}

@@ -87,7 +87,13 @@ func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient
 		evs, _ := c.ListEvents(ctx, controllerclient.EventOptions{AppID: d.AppID, ObjectTypes: []string{api.EventTypeDeployment}, ObjectID: d.ID})
 		for _, ev := range evs {
 			var de api.DeploymentEvent
-			if json.Unmarshal(ev.Data, &de) == nil && de.Error != "" {
+			if json.Unmarshal(ev.Data, &de) != nil {
+				continue
+			}
+			if de.JobType != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s ==> %s %s\n", ev.CreatedAt.Local().Format("15:04:05.000"), de.JobType, de.JobState)
+			}
+			if de.Error != "" {
 				msg = de.Error
 			}
 		}

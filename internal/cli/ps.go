@@ -173,13 +173,21 @@ new formation is up, showing each job's progress; -n does not wait.`,
 				fmt.Fprintln(cmd.OutOrStdout(), "requested scale equals current scale, nothing to do!")
 				return nil
 			}
-			var stream *controllerclient.EventStream
+			// Follow job events from before the scale request, and take the
+			// snapshot of jobs after the stream is open, so no change is missed.
+			var (
+				stream *controllerclient.EventStream
+				before []*api.Job
+			)
 			if !noWait {
 				stream, err = c.StreamEvents(ctx, controllerclient.EventOptions{AppID: app.ID, ObjectTypes: []string{api.EventTypeJob}})
 				if err != nil {
 					return err
 				}
 				defer stream.Close()
+				if before, err = c.JobList(ctx, app.ID); err != nil {
+					return err
+				}
 			}
 			var diff []string
 			for _, t := range sortedKeys(want) {
@@ -199,7 +207,7 @@ new formation is up, showing each job's progress; -n does not wait.`,
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			go func() { <-ctx.Done(); stream.Close() }()
-			if err := waitScale(ctx, cmd.OutOrStdout(), c, stream, app.ID, release, procs); err != nil {
+			if err := waitScale(ctx, cmd.OutOrStdout(), stream, before, release, procs); err != nil {
 				if ctx.Err() == context.DeadlineExceeded {
 					return fmt.Errorf("timed out after %s waiting for the new formation to come up: see flynn ps and flynn log", timeout)
 				}
@@ -218,12 +226,8 @@ new formation is up, showing each job's progress; -n does not wait.`,
 
 // waitScale follows job events until, for every process type in want, the
 // release runs exactly that many jobs and all of them are up.
-func waitScale(ctx context.Context, out io.Writer, c *controllerclient.Client, stream *controllerclient.EventStream, appID, release string, want map[string]int) error {
+func waitScale(ctx context.Context, out io.Writer, stream *controllerclient.EventStream, list []*api.Job, release string, want map[string]int) error {
 	jobs := map[string]*api.Job{}
-	list, err := c.JobList(ctx, appID)
-	if err != nil {
-		return err
-	}
 	for _, j := range list {
 		if j.ReleaseID == release && j.Type != "" {
 			jobs[j.ID] = j

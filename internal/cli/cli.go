@@ -56,6 +56,13 @@ Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		// Global flags come before the command, as in Flynn
 		// (flynn -a APP ps -a), so commands may reuse -a and -c.
 		TraverseChildren: true,
+		Args:             cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unknown command %q: see flynn --help", args[0])
+			}
+			return cmd.Help()
+		},
 	}
 	root.SetIn(env.Stdin)
 	root.SetOut(env.Stdout)

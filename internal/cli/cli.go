@@ -29,11 +29,11 @@ func Run(ctx context.Context, args []string, env Env) int {
 	root := newRoot(env)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(env.Stderr, "flynn: %v\n", err)
 		var ee exitError
 		if asExit(err, &ee) {
-			return ee.code
+			return ee.code // the job's own exit status: nothing to add
 		}
+		fmt.Fprintf(env.Stderr, "flynn: %v\n", explain(err))
 		return 1
 	}
 	return 0
@@ -44,26 +44,67 @@ func newRoot(env Env) *cobra.Command {
 		Use:   "flynn",
 		Short: "Manage apps on a Flynn cluster",
 		Long: `flynn manages apps on a Flynn cluster: create an app, push code to it with git,
-scale its processes, read its logs and change its configuration.`,
+scale its processes, read its logs and change its configuration.
+
+Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		Example: `  flynn create myapp
   git push flynn main
   flynn scale web=2
   flynn log -f`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		// Global flags come before the command, as in Flynn
+		// (flynn -a APP ps -a), so commands may reuse -a and -c.
+		TraverseChildren: true,
+		Args:             cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unknown command %q: see flynn --help", args[0])
+			}
+			return cmd.Help()
+		},
 	}
 	root.SetIn(env.Stdin)
 	root.SetOut(env.Stdout)
 	root.SetErr(env.Stderr)
 	s := &state{env: env}
-	pf := root.PersistentFlags()
+	pf := root.Flags()
 	pf.StringVarP(&s.appFlag, "app", "a", "", "app name (default: $FLYNN_APP, else the app of the git remote \"flynn\")")
 	pf.StringVarP(&s.clusterFlag, "cluster", "c", "", "cluster name (default: $FLYNN_CLUSTER, else the default cluster)")
 	root.AddCommand(
 		newVersionCmd(),
 		newClusterCmd(s),
 		newGitCredentialsCmd(s),
+		newKeyCmd(s),
+		newCreateCmd(s),
+		newDeleteCmd(s),
+		newAppsCmd(s),
+		newInfoCmd(s),
+		newRemoteCmd(s),
+		newPsCmd(s),
+		newKillCmd(s),
+		newScaleCmd(s),
+		newLogCmd(s),
+		newRunCmd(s),
+		newEnvCmd(s),
+		newMetaCmd(s),
+		newLimitCmd(s),
+		newReleaseCmd(s),
+		newDeploymentCmd(s),
+		newRouteCmd(s),
+		newProviderCmd(s),
+		newResourceCmd(s),
 	)
+	// Give cobra's generated completion commands examples too.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Example = "  source <(flynn completion bash)\n  flynn completion zsh > \"${fpath[1]}/_flynn\""
+			for _, sub := range c.Commands() {
+				sub.Example = "  flynn completion " + sub.Name() + " --help"
+			}
+		}
+	}
 	return root
 }
 
@@ -125,9 +166,10 @@ func (s *state) app(ctx context.Context) (string, error) {
 
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Show the flynn version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Show the flynn version",
+		Example: "  flynn version",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fmt.Fprintln(cmd.OutOrStdout(), version.String())
 			return nil

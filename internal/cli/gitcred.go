@@ -14,10 +14,11 @@ import (
 // answers with the cluster key of the cluster whose git URL matches.
 func newGitCredentialsCmd(s *state) *cobra.Command {
 	return &cobra.Command{
-		Use:    "git-credentials get|store|erase",
-		Short:  "Git credential helper for pushing to Flynn over HTTPS",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		Use:     "git-credentials get|store|erase",
+		Short:   "Git credential helper for pushing to Flynn over HTTPS",
+		Hidden:  true,
+		Example: `  git config credential.https://git.flynn.localhost.helper "$(command -v flynn) git-credentials"`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] != "get" {
 				return nil // store and erase are no-ops: the key lives in the config

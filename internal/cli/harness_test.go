@@ -1,0 +1,321 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/namespace"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/internal/controller"
+	"github.com/flynnrebuilt/flynn/internal/logagg"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+)
+
+const testKey = "cli-test-key"
+
+// harness is a real controller (on its own etcd namespace) with a fake
+// host runner, a real log aggregator, and a fake scheduler and deployer
+// that follow the controller's events the way the real ones do: jobs come
+// up for each formation, deployments complete (or fail when the new
+// release sets FAIL_DEPLOY).
+type harness struct {
+	URL, TLSURL, Pin string
+	// ProviderURL is a resource provider that hands out a fake database.
+	ProviderURL string
+	c           *controllerclient.Client
+	logs        *logagg.Server
+	runner      *fakeRunner
+
+	stop func()
+}
+
+func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdEndpoint}, DialTimeout: 10 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	etcd.KV = namespace.NewKV(etcd.KV, prefix)
+	etcd.Watcher = namespace.NewWatcher(etcd.Watcher, prefix)
+	etcd.Lease = namespace.NewLease(etcd.Lease, prefix)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var closers []func()
+	h := &harness{runner: &fakeRunner{jobs: map[string]chan *api.HostJob{}}}
+	h.stop = func() {
+		cancel()
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+		etcd.Close()
+	}
+	hostJSON, _ := json.Marshal(&api.Host{ID: "h1", URL: "http://127.0.0.1:1"})
+	if _, err := etcd.Put(ctx, api.KeyHosts+"h1", string(hostJSON)); err != nil {
+		h.stop()
+		return nil, err
+	}
+
+	h.logs = logagg.NewServer(logagg.Config{}, logging.Discard())
+	logSrv := httptest.NewServer(h.logs.Handler())
+	closers = append(closers, logSrv.Close)
+
+	var nres atomic.Int64
+	prov := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := nres.Add(1)
+		fmt.Fprintf(w, `{"id":"db%d","env":{"DATABASE_URL":"postgres://db%d.example/app"}}`, n, n)
+	}))
+	closers = append(closers, prov.Close)
+	h.ProviderURL = prov.URL
+
+	caFile := filepath.Join(dir, "cluster-ca.pem")
+	srv, err := controller.New(controller.Config{
+		Etcd: etcd, AuthKeys: []string{testKey}, ClusterDomain: "flynn.test",
+		CACertFile: caFile, LogAggregatorURL: logSrv.URL, Runner: h.runner,
+	}, logging.Discard())
+	if err != nil {
+		h.stop()
+		return nil, err
+	}
+	plain := httptest.NewServer(srv)
+	closers = append(closers, plain.Close)
+	tlsSrv := httptest.NewUnstartedServer(srv)
+	tlsSrv.StartTLS()
+	closers = append(closers, tlsSrv.Close)
+	cert := tlsSrv.Certificate()
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+		h.stop()
+		return nil, err
+	}
+	h.URL, h.TLSURL, h.Pin = plain.URL, tlsSrv.URL, PinOf(cert.Raw)
+	h.c = controllerclient.New(h.URL, testKey)
+
+	stream, err := h.c.StreamEvents(ctx, controllerclient.EventOptions{
+		ObjectTypes: []string{api.EventTypeFormation, api.EventTypeDeployment},
+	})
+	if err != nil {
+		h.stop()
+		return nil, err
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h.follow(ctx, stream)
+	}()
+	closers = append(closers, func() { stream.Close(); wg.Wait() })
+	return h, nil
+}
+
+// follow plays scheduler and deployer.
+func (h *harness) follow(ctx context.Context, stream *controllerclient.EventStream) {
+	for {
+		ev, err := stream.Next()
+		if err != nil {
+			return
+		}
+		switch ev.ObjectType {
+		case api.EventTypeFormation:
+			var f api.Formation
+			if json.Unmarshal(ev.Data, &f) == nil {
+				h.reconcile(ctx, &f)
+			}
+		case api.EventTypeDeployment:
+			var de api.DeploymentEvent
+			if json.Unmarshal(ev.Data, &de) == nil && de.Status == api.DeploymentPending {
+				h.deploy(ctx, de.DeploymentID)
+			}
+		}
+	}
+}
+
+func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
+	jobs, err := h.c.JobList(ctx, f.AppID)
+	if err != nil {
+		return
+	}
+	live := map[string][]*api.Job{}
+	for _, j := range jobs {
+		if j.ReleaseID == f.ReleaseID && j.Type != "" && j.State != api.JobStateDown {
+			live[j.Type] = append(live[j.Type], j)
+		}
+	}
+	types := map[string]bool{}
+	for t := range f.Processes {
+		types[t] = true
+	}
+	for t := range live {
+		types[t] = true
+	}
+	for t := range types {
+		for n := len(live[t]); n < f.Processes[t]; n++ {
+			j := &api.Job{ID: "h1-" + uuid.NewString(), HostID: "h1", AppID: f.AppID, ReleaseID: f.ReleaseID, Type: t, State: api.JobStateStarting}
+			h.c.PutJob(ctx, j)
+			j.State = api.JobStateUp
+			h.c.PutJob(ctx, j)
+		}
+		for i := f.Processes[t]; i < len(live[t]); i++ {
+			j := live[t][i]
+			j.State = api.JobStateDown
+			h.c.PutJob(ctx, j)
+		}
+	}
+}
+
+func (h *harness) deploy(ctx context.Context, id string) {
+	d, err := h.c.GetDeployment(ctx, id)
+	if err != nil {
+		return
+	}
+	h.c.UpdateDeployment(ctx, id, api.DeploymentRunning, "")
+	rel, err := h.c.GetRelease(ctx, d.NewReleaseID)
+	if err != nil {
+		return
+	}
+	if rel.Env["FAIL_DEPLOY"] != "" {
+		h.c.AddDeploymentEvent(ctx, id, &api.DeploymentEvent{Status: api.DeploymentRunning, JobType: "web", JobState: api.JobStateDown})
+		h.c.UpdateDeployment(ctx, id, api.DeploymentFailed, "web job crashed")
+		return
+	}
+	h.c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.NewReleaseID, Processes: d.Processes, Tags: d.Tags})
+	for _, t := range sortedKeys(d.Processes) {
+		for range d.Processes[t] {
+			h.c.AddDeploymentEvent(ctx, id, &api.DeploymentEvent{Status: api.DeploymentRunning, JobType: t, JobState: api.JobStateUp})
+		}
+	}
+	if d.OldReleaseID != "" {
+		h.c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.OldReleaseID, Processes: map[string]int{}})
+	}
+	h.c.UpdateDeployment(ctx, id, api.DeploymentComplete, "")
+}
+
+// addLog stores a log line of app (by name).
+func (h *harness) addLog(ctx context.Context, app, typ, stream, msg string) error {
+	a, err := h.c.GetApp(ctx, app)
+	if err != nil {
+		return err
+	}
+	h.logs.Store().Add([]api.LogMessage{{AppID: a.ID, JobID: "h1-job", ProcessType: typ, Stream: stream, Timestamp: time.Now(), Msg: msg}})
+	return nil
+}
+
+// fakeRunner stands in for host agents. Attached jobs behave by their
+// first argument: "echo ARGS" prints ARGS, "fail N" exits N, anything else
+// is interactive: it reports whether it has a TTY, echoes input lines,
+// reports a Ctrl-C byte, and exits N on a line "exit N" (0 at EOF).
+type fakeRunner struct {
+	mu      sync.Mutex
+	jobs    map[string]chan *api.HostJob
+	added   []*api.HostJob
+	stopped []string
+}
+
+func (f *fakeRunner) ch(id string) chan *api.HostJob {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.jobs[id]
+	if !ok {
+		c = make(chan *api.HostJob, 1)
+		f.jobs[id] = c
+	}
+	return c
+}
+
+func (f *fakeRunner) AddJob(ctx context.Context, h *api.Host, j *api.HostJob) error {
+	f.mu.Lock()
+	f.added = append(f.added, j)
+	f.mu.Unlock()
+	f.ch(j.ID) <- j
+	return nil
+}
+
+func (f *fakeRunner) StopJob(ctx context.Context, h *api.Host, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stopped = append(f.stopped, id)
+	return nil
+}
+
+func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.AttachRequest) (io.ReadWriteCloser, error) {
+	a, b := net.Pipe()
+	go func() {
+		defer b.Close()
+		var j *api.HostJob
+		select {
+		case j = <-f.ch(req.JobID):
+		case <-time.After(time.Minute):
+			return
+		}
+		fw := &frameWriter{w: b}
+		exit := func(n int) {
+			p, _ := json.Marshal(jobExit{ExitStatus: n})
+			fw.write(frameExit, p)
+		}
+		args := j.Config.Args
+		switch args[0] {
+		case "echo":
+			fw.write(frameStdout, []byte(strings.Join(args[1:], " ")+"\n"))
+			exit(0)
+			return
+		case "fail":
+			n, _ := strconv.Atoi(args[1])
+			fw.write(frameStderr, []byte("failing\n"))
+			exit(n)
+			return
+		}
+		nl := "\n"
+		if req.TTY {
+			nl = "\r\n"
+		}
+		fw.write(frameStdout, []byte(fmt.Sprintf("attached tty=%t size=%dx%d env=%s%s", req.TTY, req.Width, req.Height, j.Config.Env["GREETING"], nl)))
+		var line []byte
+		for {
+			typ, p, err := readFrame(b)
+			if err != nil {
+				return
+			}
+			if typ != frameStdin {
+				continue
+			}
+			if len(p) == 0 {
+				exit(0)
+				return
+			}
+			for _, c := range p {
+				switch c {
+				case 3:
+					fw.write(frameStdout, []byte("got ^C"+nl))
+				case '\r', '\n':
+					l := string(line)
+					line = nil
+					if n, ok := strings.CutPrefix(l, "exit "); ok {
+						code, _ := strconv.Atoi(n)
+						exit(code)
+						return
+					}
+					if l != "" {
+						fw.write(frameStdout, []byte("echo: "+l+nl))
+					}
+				default:
+					line = append(line, c)
+				}
+			}
+		}
+	}()
+	return a, nil
+}

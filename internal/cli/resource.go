@@ -1,0 +1,180 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+func newProviderCmd(s *state) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:     "provider",
+		Short:   "List and add resource providers",
+		Example: "  flynn provider\n  flynn provider add redis http://redis-api.discoverd/clusters",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := s.client()
+			if err != nil {
+				return err
+			}
+			ps, err := c.ProviderList(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd, ps)
+			}
+			tw := table(cmd)
+			fmt.Fprintln(tw, "ID\tNAME\tURL\tCREATED")
+			for _, p := range ps {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.ID, p.Name, p.URL, ago(p.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	add := &cobra.Command{
+		Use:     "add NAME URL",
+		Short:   "Register a resource provider",
+		Example: "  flynn provider add redis http://redis-api.discoverd/clusters",
+		Args:    exactArgs(2, "NAME URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !strings.HasPrefix(args[1], "http://") && !strings.HasPrefix(args[1], "https://") {
+				return fmt.Errorf("invalid provider URL %q: give an http:// or https:// URL", args[1])
+			}
+			c, _, err := s.client()
+			if err != nil {
+				return err
+			}
+			p := &api.Provider{Name: args[0], URL: args[1]}
+			if err := c.CreateProvider(cmd.Context(), p); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Created provider %s (%s)\n", p.Name, p.ID)
+			return nil
+		},
+	}
+	c.AddCommand(add)
+	return c
+}
+
+func newResourceCmd(s *state) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "resource",
+		Short: "List, add and remove an app's resources (databases and other add-ons)",
+		Example: `  flynn resource
+  flynn resource add postgres
+  flynn resource remove postgres`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			rs, err := c.AppResourceList(ctx, app.ID)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd, rs)
+			}
+			names := map[string]string{}
+			if ps, err := c.ProviderList(ctx); err == nil {
+				for _, p := range ps {
+					names[p.ID] = p.Name
+				}
+			}
+			tw := table(cmd)
+			fmt.Fprintln(tw, "ID\tPROVIDER\tEXTERNAL ID\tCREATED")
+			for _, r := range rs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.ID, orDefault(names[r.ProviderID], r.ProviderID), r.ExternalID, ago(r.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	var config string
+	add := &cobra.Command{
+		Use:   "add [-c JSON] PROVIDER",
+		Short: "Provision a resource for the app (its env goes into a new release)",
+		Example: `  flynn resource add postgres
+  flynn resource add -c '{"size":"small"}' redis`,
+		Args: exactArgs(1, "PROVIDER"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if config != "" && !json.Valid([]byte(config)) {
+				return errors.New("-c must be valid JSON, e.g. -c '{\"size\":\"small\"}'")
+			}
+			ctx := cmd.Context()
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			p, err := c.GetProvider(ctx, args[0])
+			if errors.Is(err, api.ErrNotFound) {
+				return fmt.Errorf("provider %q not found: see flynn provider", args[0])
+			}
+			if err != nil {
+				return err
+			}
+			r, err := c.ProvisionResource(ctx, p.ID, []string{app.ID}, json.RawMessage(config))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Created resource %s and release for %s.\n", r.ID, app.Name)
+			return nil
+		},
+	}
+	add.Flags().StringVarP(&config, "config", "c", "", "JSON config for the provider")
+	remove := &cobra.Command{
+		Use:   "remove PROVIDER [RESOURCE-ID|EXTERNAL-ID]",
+		Short: "Deprovision a resource of the app",
+		Example: `  flynn resource remove postgres
+  flynn resource remove postgres 5d1f...`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			p, err := c.GetProvider(ctx, args[0])
+			if errors.Is(err, api.ErrNotFound) {
+				return fmt.Errorf("provider %q not found: see flynn provider", args[0])
+			}
+			if err != nil {
+				return err
+			}
+			rs, err := c.AppResourceList(ctx, app.ID)
+			if err != nil {
+				return err
+			}
+			var match []*api.Resource
+			for _, r := range rs {
+				if r.ProviderID == p.ID && (len(args) == 1 || r.ID == args[1] || r.ExternalID == args[1]) {
+					match = append(match, r)
+				}
+			}
+			switch {
+			case len(match) == 0:
+				return fmt.Errorf("app %s has no such %s resource: see flynn resource", app.Name, p.Name)
+			case len(match) > 1:
+				return fmt.Errorf("app %s has %d %s resources: name one (see flynn resource)", app.Name, len(match), p.Name)
+			}
+			if err := c.DeleteResource(ctx, p.ID, match[0].ID); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted resource %s.\n", match[0].ID)
+			return nil
+		},
+	}
+	c.AddCommand(add, remove)
+	return c
+}

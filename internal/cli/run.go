@@ -1,0 +1,248 @@
+package cli
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+func newRunCmd(s *state) *cobra.Command {
+	var (
+		detached   bool
+		entrypoint string
+		release    string
+	)
+	c := &cobra.Command{
+		Use:   "run [-d] [-e ENTRYPOINT] [-r RELEASE] [--] COMMAND [ARG...]",
+		Short: "Run a one-off job",
+		Long: `Run a command as a one-off job of the app's current release (with its env).
+By default it attaches: the job's output streams here, input is sent to it,
+and flynn exits with the job's exit status. When stdin is a terminal the job
+gets a TTY (the terminal is put in raw mode, so Ctrl-C goes to the job);
+otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
+		Example: `  flynn run bash
+  flynn run -d -- ./worker --once
+  echo 'select 1' | flynn run psql`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			if release == "" && app.ReleaseID == "" {
+				return fmt.Errorf("app %s has no release yet: deploy code first (git push flynn main), or give -r RELEASE", app.Name)
+			}
+			if entrypoint != "" {
+				args = append([]string{entrypoint}, args...)
+			}
+			nj := &api.NewJob{ReleaseID: release, ReleaseEnv: true, Args: args}
+			if detached {
+				job, err := c.RunJob(ctx, app.ID, nj)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), job.ID)
+				return nil
+			}
+			return s.runAttached(ctx, cmd, app, nj)
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	f := c.Flags()
+	f.BoolVarP(&detached, "detached", "d", false, "run detached and print the job ID")
+	f.StringVarP(&entrypoint, "entrypoint", "e", "", "program to run COMMAND with")
+	f.StringVarP(&release, "release", "r", "", "release to run (default: the current one)")
+	return c
+}
+
+// Attach frames as the host agent's attach protocol defines them (relayed
+// unchanged by the controller): one type byte, a big-endian uint32 payload
+// length, the payload.
+const (
+	frameStdin  byte = 0
+	frameStdout byte = 1
+	frameStderr byte = 2
+	frameExit   byte = 3
+	frameError  byte = 4
+	frameResize byte = 5
+
+	maxFrame = 1 << 20
+)
+
+// attachUpgrade is the protocol the controller's POST /apps/{app}/jobs
+// upgrades to.
+const attachUpgrade = "flynn-attach/0"
+
+// jobExit is the payload of an exit frame.
+type jobExit struct {
+	ExitStatus int    `json:"exit_status"`
+	OOM        bool   `json:"oom,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+type frameWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (fw *frameWriter) write(typ byte, p []byte) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	buf := make([]byte, 5+len(p))
+	buf[0] = typ
+	binary.BigEndian.PutUint32(buf[1:5], uint32(len(p)))
+	copy(buf[5:], p)
+	_, err := fw.w.Write(buf)
+	return err
+}
+
+func readFrame(r io.Reader) (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > maxFrame {
+		return 0, nil, errors.New("attach frame too large")
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		return 0, nil, err
+	}
+	return hdr[0], p, nil
+}
+
+// runAttached runs nj attached to this terminal and returns the job's
+// exit status as an exitError.
+func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.App, nj *api.NewJob) error {
+	stdin := cmd.InOrStdin()
+	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	inFile, _ := stdin.(*os.File)
+	tty := inFile != nil && term.IsTerminal(int(inFile.Fd()))
+	if tty {
+		nj.TTY = true
+		if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
+			nj.Columns, nj.Lines = w, h
+		}
+	}
+	res, err := s.raw(ctx, http.MethodPost, "/apps/"+url.PathEscape(app.ID)+"/jobs", nj, http.Header{
+		"Connection": {"Upgrade"},
+		"Upgrade":    {attachUpgrade},
+	})
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		res.Body.Close()
+		return errors.New("the controller did not attach to the job (it may be too old): use flynn run -d")
+	}
+	conn, ok := res.Body.(io.ReadWriteCloser)
+	if !ok {
+		res.Body.Close()
+		return errors.New("attach stream is not writable")
+	}
+	defer conn.Close()
+	jobID := res.Header.Get("Flynn-Job-Id")
+	fw := &frameWriter{w: conn}
+
+	if tty {
+		old, err := term.MakeRaw(int(inFile.Fd()))
+		if err != nil {
+			return fmt.Errorf("set terminal raw mode: %w", err)
+		}
+		defer term.Restore(int(inFile.Fd()), old)
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
+					var p [4]byte
+					binary.BigEndian.PutUint16(p[0:2], uint16(h))
+					binary.BigEndian.PutUint16(p[2:4], uint16(w))
+					fw.write(frameResize, p[:])
+				}
+			}
+		}()
+	} else {
+		// Without a TTY, Ctrl-C cannot travel as a byte: stop the job.
+		intr := make(chan os.Signal, 1)
+		signal.Notify(intr, os.Interrupt)
+		defer signal.Stop(intr)
+		go func() {
+			if _, ok := <-intr; !ok {
+				return
+			}
+			c, _, err := s.client()
+			if err == nil && jobID != "" {
+				c.DeleteJob(context.WithoutCancel(ctx), app.ID, jobID)
+			}
+		}()
+	}
+
+	// Copy stdin to the job. A read from a terminal cannot be interrupted,
+	// so this goroutine may outlive the command; it ends with the process.
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := stdin.Read(buf)
+			if n > 0 {
+				if fw.write(frameStdin, buf[:n]) != nil {
+					return
+				}
+			}
+			if err != nil {
+				fw.write(frameStdin, nil) // EOF
+				return
+			}
+		}
+	}()
+
+	for {
+		typ, p, err := readFrame(conn)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("job %s: connection lost before it exited: %v (see flynn ps -a and flynn log -j %s)", jobID, err, jobID)
+		}
+		switch typ {
+		case frameStdout:
+			stdout.Write(p)
+		case frameStderr:
+			stderr.Write(p)
+		case frameExit:
+			var e jobExit
+			if err := json.Unmarshal(p, &e); err != nil {
+				return fmt.Errorf("job %s: bad exit frame: %v", jobID, err)
+			}
+			if e.Error != "" {
+				return fmt.Errorf("job %s failed: %s", jobID, e.Error)
+			}
+			if e.OOM {
+				fmt.Fprintf(stderr, "job %s ran out of memory\n", jobID)
+			}
+			if e.ExitStatus != 0 {
+				return exitError{code: e.ExitStatus}
+			}
+			return nil
+		case frameError:
+			return fmt.Errorf("job %s: %s", jobID, p)
+		}
+	}
+}

@@ -222,8 +222,19 @@ func (r *Router) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	var fast *fastServer
 	if r.httpLn != nil {
-		serve(r.newServer(&frontend{r: r, proto: "http", port: portOf(r.httpLn)}), r.httpLn, false)
+		fe := &frontend{r: r, proto: "http", port: portOf(r.httpLn)}
+		fast = newFastServer(r, fe, r.httpLn)
+		// net/http serves what the fast path hands over.
+		serve(r.newServer(fe), fast.handoff, false)
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			if err := fast.serve(r.httpLn); err != nil {
+				errc <- err
+			}
+		}()
 	}
 	if r.httpsLn != nil {
 		srv := r.newServer(&frontend{r: r, proto: "https", port: portOf(r.httpsLn)})
@@ -255,6 +266,12 @@ func (r *Router) Run(ctx context.Context) error {
 	r.log.Info("router shutting down")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ShutdownTimeout)
 	var swg sync.WaitGroup
+	if fast != nil {
+		r.httpLn.Close()
+		deadline, _ := sctx.Deadline()
+		swg.Add(1)
+		go func() { defer swg.Done(); fast.shutdown(deadline) }()
+	}
 	for _, srv := range servers {
 		swg.Add(1)
 		go func() { defer swg.Done(); srv.Shutdown(sctx) }()

@@ -203,6 +203,7 @@ func (s *fastServer) handOff(c net.Conn, br *bufio.Reader, bw *bufio.Writer) boo
 		return false
 	}
 	c.SetReadDeadline(time.Time{})
+	s.r.metrics.handoffs.Inc()
 	return s.handoff.push(&replayConn{Conn: c, br: br})
 }
 

@@ -31,7 +31,10 @@ import (
 
 // harness is a running router with its etcd and in-memory discoverd.
 type harness struct {
-	t     *testing.T
+	t *testing.T
+	// https makes client() use the HTTPS listener with HTTP/1.1, which
+	// takes the net/http path; plain HTTP takes the fast path.
+	https bool
 	r     *Router
 	etcd  *clientv3.Client
 	disc  *MemDiscoverer
@@ -53,6 +56,7 @@ func startRouter(t *testing.T, mod func(*Config)) *harness {
 		CookieKey:  []byte(strings.Repeat("k", 32)),
 		Token:      "secret",
 	}
+	cfg.DefaultCert = keyPair(t, "*.test")
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -148,12 +152,21 @@ func (b *testBackend) addr() string { return b.srv.Listener.Addr().String() }
 // client returns an HTTP client that sends every request to the router's
 // HTTP listener, whatever the URL's host.
 func (h *harness) client() *http.Client {
-	return &http.Client{
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "tcp", h.addrs.HTTP)
-			},
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", h.addrs.HTTP)
 		},
+	}
+	if h.https {
+		tr.DialContext = nil
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(addr)
+			d := &tls.Dialer{Config: &tls.Config{ServerName: host, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}}
+			return d.DialContext(ctx, "tcp", h.addrs.HTTPS)
+		}
+	}
+	return &http.Client{
+		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Timeout:       30 * time.Second,
 	}
@@ -166,7 +179,26 @@ type reply struct {
 	header  http.Header
 }
 
+// modes runs f once over the fast path (plain HTTP) and once over the
+// net/http path (HTTPS, HTTP/1.1).
+func (h *harness) modes(t *testing.T, f func(t *testing.T, scheme string)) {
+	for _, https := range []bool{false, true} {
+		scheme := "http"
+		if https {
+			scheme = "https"
+		}
+		t.Run(scheme, func(t *testing.T) {
+			h.https = https
+			defer func() { h.https = false }()
+			f(t, scheme)
+		})
+	}
+}
+
 func (h *harness) get(url string, hdr map[string]string) (reply, error) {
+	if h.https {
+		url = strings.Replace(url, "http://", "https://", 1)
+	}
 	req, err := http.NewRequest("GET", url, nil)
 	if err != nil {
 		return reply{}, err

@@ -13,6 +13,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	noRoute  prometheus.Counter
+	handoffs prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -31,8 +32,12 @@ func newMetrics() *metrics {
 			Name: "router_requests_no_route_total",
 			Help: "Requests that matched no route.",
 		}),
+		handoffs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "router_http_handoffs_total",
+			Help: "Plain-HTTP connections the fast path handed to the general net/http path.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.noRoute,
+	m.reg.MustRegister(m.requests, m.duration, m.noRoute, m.handoffs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

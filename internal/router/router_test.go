@@ -378,12 +378,14 @@ func TestDeadBackendSkipped(t *testing.T) {
 	h.disc.Register("mixed-web", good.addr())
 	h.putRoute(api.Route{ID: "mixed", Domain: "mixed.test", Service: "mixed-web"})
 	h.expectBackend("http://mixed.test/", "good")
-	for i := range 30 {
-		r, err := h.get("http://mixed.test/", nil)
-		if err != nil || r.status != 200 || r.backend != "good" {
-			t.Fatalf("request %d: %v %d %q", i, err, r.status, r.backend)
+	h.modes(t, func(t *testing.T, scheme string) {
+		for i := range 30 {
+			r, err := h.get("http://mixed.test/", nil)
+			if err != nil || r.status != 200 || r.backend != "good" {
+				t.Fatalf("request %d: %v %d %q", i, err, r.status, r.backend)
+			}
 		}
-	}
+	})
 }
 
 func TestFailureMidResponseNotRetried(t *testing.T) {
@@ -399,40 +401,44 @@ func TestFailureMidResponseNotRetried(t *testing.T) {
 		{"partial body", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b", true, 0},
 		{"partial chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", true, 0},
 	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			bad := newBackend(t, "bad", func(w http.ResponseWriter, r *http.Request) {
-				c, buf, err := http.NewResponseController(w).Hijack()
-				if err != nil {
-					return
-				}
-				buf.WriteString(tt.reply)
-				buf.Flush()
-				c.Close()
-			})
-			svc := fmt.Sprintf("bad%d-web", i)
-			h.disc.Register(svc, bad.addr())
-			h.putRoute(api.Route{ID: svc, Domain: svc + ".test", Service: svc})
-			waitFor(t, "route", func() error {
-				if bad.hits.Load() > 0 {
-					return nil
-				}
-				h.get("http://"+svc+".test/", nil)
-				return errors.New("no hit yet")
-			})
-			before := bad.hits.Load()
-			r, err := h.get("http://"+svc+".test/", nil)
-			if tt.wantErr {
-				if err == nil {
-					t.Fatalf("client got a complete reply %d %q from a broken backend", r.status, r.body)
-				}
-			} else if err != nil || r.status != tt.status {
-				t.Fatalf("got %v %d, want %d", err, r.status, tt.status)
-			}
-			if n := bad.hits.Load() - before; n != 1 {
-				t.Fatalf("backend got %d requests, want 1 (no retry)", n)
-			}
-		})
+	h.modes(t, func(t *testing.T, scheme string) {
+		for i, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) { testMidResponse(t, h, scheme, i, tt.reply, tt.wantErr, tt.status) })
+		}
+	})
+}
+
+func testMidResponse(t *testing.T, h *harness, scheme string, i int, reply string, wantErr bool, status int) {
+	bad := newBackend(t, "bad", func(w http.ResponseWriter, r *http.Request) {
+		c, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		buf.WriteString(reply)
+		buf.Flush()
+		c.Close()
+	})
+	svc := fmt.Sprintf("bad%d-%s", i, scheme)
+	h.disc.Register(svc, bad.addr())
+	h.putRoute(api.Route{ID: svc, Domain: svc + ".test", Service: svc})
+	waitFor(t, "route", func() error {
+		if bad.hits.Load() > 0 {
+			return nil
+		}
+		h.get("http://"+svc+".test/", nil)
+		return errors.New("no hit yet")
+	})
+	before := bad.hits.Load()
+	r, err := h.get("http://"+svc+".test/", nil)
+	if wantErr {
+		if err == nil {
+			t.Fatalf("client got a complete reply %d %q from a broken backend", r.status, r.body)
+		}
+	} else if err != nil || r.status != status {
+		t.Fatalf("got %v %d, want %d", err, r.status, status)
+	}
+	if n := bad.hits.Load() - before; n != 1 {
+		t.Fatalf("backend got %d requests, want 1 (no retry)", n)
 	}
 }
 
@@ -443,6 +449,10 @@ func TestStickySessions(t *testing.T) {
 	h.disc.Register("sticky-web", b1.addr())
 	h.disc.Register("sticky-web", b2.addr())
 	h.putRoute(api.Route{ID: "sticky", Domain: "sticky.test", Service: "sticky-web", Sticky: true})
+	h.modes(t, func(t *testing.T, scheme string) { testSticky(t, h) })
+}
+
+func testSticky(t *testing.T, h *harness) {
 	waitFor(t, "both backends up", func() error {
 		seen := map[string]bool{}
 		for range 40 {
@@ -514,7 +524,15 @@ func TestForwardedHeaders(t *testing.T) {
 	h.disc.Register("hdr-web", b.addr())
 	h.putRoute(api.Route{ID: "hdr", Domain: "hdr.test", Service: "hdr-web"})
 	h.expectBackend("http://hdr.test/", "hdr")
-	_, httpPort, _ := net.SplitHostPort(h.addrs.HTTP)
+	h.modes(t, func(t *testing.T, scheme string) { testForwardedHeaders(t, h, b, scheme) })
+}
+
+func testForwardedHeaders(t *testing.T, h *harness, b *testBackend, scheme string) {
+	addr := h.addrs.HTTP
+	if scheme == "https" {
+		addr = h.addrs.HTTPS
+	}
+	_, port, _ := net.SplitHostPort(addr)
 	validID := "abcdefghij-0123456789"
 	tests := []struct {
 		name   string
@@ -526,6 +544,7 @@ func TestForwardedHeaders(t *testing.T) {
 		{"prior forwarded", map[string]string{"X-Forwarded-For": "10.1.2.3", "X-Request-Id": validID}, "10.1.2.3, 127.0.0.1", validID},
 		{"invalid id", map[string]string{"X-Request-Id": "short"}, "127.0.0.1", ""},
 		{"hop by hop", map[string]string{"Connection": "X-Secret", "X-Secret": "1", "Keep-Alive": "timeout=5", "Proxy-Authorization": "x"}, "127.0.0.1", ""},
+		{"keep-alive only", map[string]string{"Connection": "keep-alive", "Keep-Alive": "timeout=5", "Te": "trailers"}, "127.0.0.1", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -540,8 +559,9 @@ func TestForwardedHeaders(t *testing.T) {
 			got := b.last.Load()
 			want := map[string]string{
 				"X-Forwarded-For":     tt.wantFF,
-				"X-Forwarded-Proto":   "http",
-				"X-Forwarded-Port":    httpPort,
+				"X-Forwarded-Proto":   scheme,
+				"X-Forwarded-Port":    port,
+				"Te":                  "",
 				"X-Keep":              "yes",
 				"X-Secret":            "",
 				"Keep-Alive":          "",
@@ -586,20 +606,28 @@ func TestRequestBodies(t *testing.T) {
 		{"chunked", io.MultiReader(strings.NewReader(big)), "POST 1048576 [chunked]"},
 		{"empty", nil, "POST 0 []"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest("POST", "http://body.test/", tt.body)
-			res, err := h.client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if string(got) != tt.want {
-				t.Fatalf("got %q, want %q", got, tt.want)
-			}
-		})
-	}
+	h.modes(t, func(t *testing.T, scheme string) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if s, ok := tt.body.(*strings.Reader); ok {
+					s.Seek(0, io.SeekStart)
+				}
+				if tt.name == "chunked" {
+					tt.body = io.MultiReader(strings.NewReader(big))
+				}
+				req, _ := http.NewRequest("POST", scheme+"://body.test/", tt.body)
+				res, err := h.client().Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if string(got) != tt.want {
+					t.Fatalf("got %q, want %q", got, tt.want)
+				}
+			})
+		}
+	})
 }
 
 func TestBadClients(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -67,19 +68,53 @@ type upConn struct {
 
 var dialer = &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
 
-// getConn returns an idle pooled connection or dials a new one.
-func (b *backend) getConn(ctx context.Context) (*upConn, error) {
-	b.mu.Lock()
-	if n := len(b.idle); n > 0 {
+// getConn returns an idle pooled connection or dials a new one. With
+// check, a pooled connection is first probed for a close by the backend
+// (an idle timeout), because a request with a body cannot be retried once
+// sent; requests without a body skip the probe and retry instead.
+func (b *backend) getConn(ctx context.Context, check bool) (*upConn, error) {
+	for {
+		b.mu.Lock()
+		n := len(b.idle)
+		if n == 0 {
+			b.mu.Unlock()
+			return b.dial(ctx)
+		}
 		c := b.idle[n-1]
 		b.idle[n-1] = nil
 		b.idle = b.idle[:n-1]
 		b.mu.Unlock()
+		if check && !alive(c) {
+			c.conn.Close()
+			continue
+		}
 		c.reused = true
 		return c, nil
 	}
-	b.mu.Unlock()
-	return b.dial(ctx)
+}
+
+// alive reports whether an idle connection is still open and has nothing
+// unread: a non-blocking peek must find no data and no EOF.
+func alive(c *upConn) bool {
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = false
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ok = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	})
+	return err == nil && ok
 }
 
 func (b *backend) dial(ctx context.Context) (*upConn, error) {

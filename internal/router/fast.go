@@ -519,7 +519,7 @@ func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bu
 		if e.route.DisableKeepAlives {
 			pc, err = b.dial(context.Background())
 		} else {
-			pc, err = b.getConn(context.Background())
+			pc, err = b.getConn(context.Background(), req.contentLen > 0)
 		}
 		if err != nil {
 			b.release()
@@ -729,7 +729,7 @@ type fastResp struct {
 	contentLen int64
 	chunked    bool
 	close      bool
-	lines      [96][2]int32
+	lines      [256][2]int32
 	nlines     int
 }
 

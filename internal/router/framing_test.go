@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -181,4 +182,57 @@ func TestRawHTTP1(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStalePooledConnection: a backend that closes idle keep-alive
+// connections must not cause errors for the next requests, with or
+// without a body.
+func TestStalePooledConnection(t *testing.T) {
+	h := startRouter(t, nil)
+	closed := make(chan struct{}, 100)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Backend", "idle")
+		fmt.Fprintf(w, "%s %q", r.Method, body)
+	}))
+	srv.Config.IdleTimeout = 50 * time.Millisecond
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	h.disc.Register("idle-web", srv.Listener.Addr().String())
+	h.putRoute(api.Route{ID: "idle", Domain: "idle.test", Service: "idle-web"})
+	h.expectBackend("http://idle.test/", "idle")
+	h.modes(t, func(t *testing.T, scheme string) {
+		for _, method := range []string{"GET", "POST", "GET", "POST"} {
+			// Wait until the backend has closed the router's idle connection.
+			select {
+			case <-closed:
+			case <-time.After(15 * time.Second):
+				t.Fatal("the backend did not close its idle connection")
+			}
+			for len(closed) > 0 {
+				<-closed
+			}
+			var body io.Reader
+			want := method + ` ""`
+			if method == "POST" {
+				body = strings.NewReader("data")
+				want = `POST "data"`
+			}
+			req, _ := http.NewRequest(method, scheme+"://idle.test/", body)
+			res, err := h.client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != 200 || string(got) != want {
+				t.Fatalf("%s after the backend closed the pooled connection: %d %q", method, res.StatusCode, got)
+			}
+		}
+	})
 }

@@ -104,7 +104,7 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 		if upgrade || e.route.DisableKeepAlives {
 			pc, err = b.dial(req.Context())
 		} else {
-			pc, err = b.getConn(req.Context())
+			pc, err = b.getConn(req.Context(), hasBody(req))
 		}
 		if err != nil {
 			b.release()
@@ -211,6 +211,11 @@ func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time
 		return nil, err
 	}
 	if err := bw.Flush(); err != nil {
+		return nil, err
+	}
+	// A bare EOF before any byte of a reply marks a connection the backend
+	// had closed (ReadResponse would report it as unexpected).
+	if _, err := pc.br.Peek(1); err != nil {
 		return nil, err
 	}
 	for {

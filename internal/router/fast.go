@@ -617,12 +617,11 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 		bw.WriteString(s.r.cookies.seal(b.addr))
 		bw.WriteString("; Path=/; HttpOnly\r\n")
 	}
-	var num [24]byte
 	if resp.chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	} else if resp.contentLen >= 0 {
 		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(num[:0], resp.contentLen, 10))
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), resp.contentLen, 10))
 		bw.WriteString("\r\n")
 	}
 	keep := !closeDelimited && !req.close
@@ -685,9 +684,8 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 	w.WriteString(req.clientIP)
 	w.WriteString("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ")
 	w.WriteString(s.fe.port)
-	var num [24]byte
 	w.WriteString("\r\nX-Request-Start: ")
-	w.Write(strconv.AppendInt(num[:0], start.UnixMilli(), 10))
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), start.UnixMilli(), 10))
 	w.WriteString("\r\nX-Request-Id: ")
 	if len(req.requestID) > 0 && validRequestID(view(req.requestID)) {
 		w.Write(req.requestID)
@@ -700,7 +698,7 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 	}
 	if req.contentLen > 0 || methodWantsLength(req.method) {
 		w.WriteString("Content-Length: ")
-		w.Write(strconv.AppendInt(num[:0], req.contentLen, 10))
+		w.Write(strconv.AppendInt(w.AvailableBuffer(), req.contentLen, 10))
 		w.WriteString("\r\n")
 	}
 	w.WriteString("\r\n")

@@ -285,7 +285,6 @@ func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *rout
 			bw.WriteString("\r\n")
 		}
 	}
-	var num [24]byte
 	bw.WriteString("X-Forwarded-For: ")
 	if prior := req.Header["X-Forwarded-For"]; len(prior) > 0 {
 		for _, p := range prior {
@@ -303,7 +302,7 @@ func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *rout
 	bw.WriteString("\r\nX-Forwarded-Port: ")
 	bw.WriteString(f.port)
 	bw.WriteString("\r\nX-Request-Start: ")
-	bw.Write(strconv.AppendInt(num[:0], start.UnixMilli(), 10))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), start.UnixMilli(), 10))
 	bw.WriteString("\r\nX-Request-Id: ")
 	if id := req.Header["X-Request-Id"]; len(id) > 0 && validRequestID(id[0]) {
 		bw.WriteString(id[0])
@@ -321,7 +320,7 @@ func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *rout
 	if hasBody(req) {
 		if req.ContentLength > 0 {
 			bw.WriteString("Content-Length: ")
-			bw.Write(strconv.AppendInt(num[:0], req.ContentLength, 10))
+			bw.Write(strconv.AppendInt(bw.AvailableBuffer(), req.ContentLength, 10))
 			bw.WriteString("\r\n")
 		} else {
 			bw.WriteString("Transfer-Encoding: chunked\r\n")

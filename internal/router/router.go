@@ -574,7 +574,5 @@ func writeNewRequestID(bw *bufio.Writer) {
 		b[i] = byte(u1 >> (8 * i))
 		b[8+i] = byte(u2 >> (8 * i))
 	}
-	var out [32]byte
-	hex.Encode(out[:], b[:])
-	bw.Write(out[:])
+	bw.Write(hex.AppendEncode(bw.AvailableBuffer(), b[:]))
 }

@@ -36,6 +36,13 @@ import (
 
 var errHeadTooBig = errors.New("head too big")
 
+// Client connection buffers. A request head must fit in the read buffer to
+// take the fast path; bigger heads go to net/http.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
 // fastServer accepts plain-HTTP connections.
 type fastServer struct {
 	r       *Router
@@ -146,10 +153,22 @@ type fastReq struct {
 
 // serveConn serves requests on one connection. It reports whether the
 // connection was handed to net/http.
-func (s *fastServer) serveConn(fc *fastConn) bool {
+func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 	c := fc.conn
-	br := bufio.NewReaderSize(c, 8<<10)
-	bw := bufio.NewWriterSize(c, 8<<10)
+	br := readerPool.Get().(*bufio.Reader)
+	bw := writerPool.Get().(*bufio.Writer)
+	br.Reset(c)
+	bw.Reset(c)
+	defer func() {
+		// A handed-off connection keeps reading through br until it is
+		// drained, so only a finished connection returns it.
+		if !handedOff {
+			br.Reset(nil)
+			readerPool.Put(br)
+		}
+		bw.Reset(nil)
+		writerPool.Put(bw)
+	}()
 	var req fastReq
 	cfg := &s.r.cfg
 	ip := c.RemoteAddr().String()

@@ -138,6 +138,8 @@ func TestRawHTTP1(t *testing.T) {
 			[]string{`POST /e "hi"`}, false, true},
 		{"chunked body", []string{"POST /ch HTTP/1.1\r\nHost: raw.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"},
 			[]string{`POST /ch "ab"`}, false, true},
+		{"big head", []string{"GET /big HTTP/1.1\r\nHost: raw.test\r\nCookie: " + strings.Repeat("c", 6000) + "\r\n\r\n"},
+			[]string{`GET /big ""`}, false, true},
 		{"split head", []string{"GET /s HTTP/1.1\r\nHo", "st: raw.test\r\n", "\r\n"}, []string{`GET /s ""`}, false, false},
 	}
 	for _, tt := range tests {

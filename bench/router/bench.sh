@@ -85,6 +85,7 @@ pids+=($!)
 "${pin_proxy[@]}" "$work/routerbench" -addr 127.0.0.1:$ROUTER_PORT -api-addr 127.0.0.1:$API_PORT -domain $HOST \
 	-backends 127.0.0.1:$BACKEND1,127.0.0.1:$BACKEND2 &
 pids+=($!)
+router_pid=$!
 
 mkdir -p "$work/nginx"
 cat >"$work/nginx.conf" <<CONF
@@ -120,6 +121,7 @@ http {
 CONF
 "${pin_proxy[@]}" nginx -c "$work/nginx.conf" -p "$work/nginx" &
 pids+=($!)
+nginx_pid=$!
 
 cat >"$work/haproxy.cfg" <<CONF
 global
@@ -142,6 +144,7 @@ backend be
 CONF
 "${pin_proxy[@]}" haproxy -db -f "$work/haproxy.cfg" &
 pids+=($!)
+haproxy_pid=$!
 
 for p in $BACKEND1 $BACKEND2 $ROUTER_PORT $NGINX_PORT $HAPROXY_PORT; do wait_port "$p"; done
 for p in $ROUTER_PORT $NGINX_PORT $HAPROXY_PORT; do
@@ -159,27 +162,44 @@ to_ms() {
 	}'
 }
 
-run() { # name port → "rps p50 p99"
+# cpu_ticks prints the user+system CPU ticks of a process and its children
+# (nginx workers).
+cpu_ticks() {
+	local total=0 p
+	for p in "$1" $(pgrep -P "$1" || true); do
+		[ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+	done
+	echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+run() { # name port → "rps p50 p99 cpu_us_per_request"
+	local pid_var="${1}_pid" before after
+	before=$(cpu_ticks "${!pid_var}")
 	"${pin_wrk[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "Host: $HOST" "http://127.0.0.1:$2/" >"$work/wrk.$1" 2>&1
-	local rps p50 p99
+	after=$(cpu_ticks "${!pid_var}")
+	local rps p50 p99 reqs cpu
+	reqs=$(awk '/requests in/ {print $1}' "$work/wrk.$1")
+	cpu=$(awk -v t=$((after - before)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
 	rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.$1")
 	p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.$1")
 	p99=$(awk '$1 == "99%" {print $2}' "$work/wrk.$1")
 	if grep -q "Non-2xx\|Socket errors" "$work/wrk.$1"; then
 		grep "Non-2xx\|Socket errors" "$work/wrk.$1" | sed "s/^/$1: /" >&2
 	fi
-	echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+	echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu"
 }
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
 names=(router nginx haproxy)
 declare -A PORT=([router]=$ROUTER_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 # Warm up every proxy's upstream pool.
 for n in "${names[@]}"; do "${pin_wrk[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s -H "Host: $HOST" "http://127.0.0.1:${PORT[$n]}/" >/dev/null; done
 for rep in $(seq "$REPEAT"); do
 	for n in "${names[@]}"; do
-		read -r rps p50 p99 < <(run "$n" "${PORT[$n]}")
-		echo "rep $rep $n: $rps req/s p50 ${p50}ms p99 ${p99}ms" >&2
+		read -r rps p50 p99 cpu < <(run "$n" "${PORT[$n]}")
+		echo "rep $rep $n: $rps req/s p50 ${p50}ms p99 ${p99}ms, proxy CPU ${cpu}us/request" >&2
+		CPU[$n]="${CPU[$n]:-} $cpu"
 		RPS[$n]="${RPS[$n]:-} $rps"
 		P50[$n]="${P50[$n]:-} $p50"
 		P99[$n]="${P99[$n]:-} $p99"
@@ -190,11 +210,15 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, body $BODY B, 2 keep-alive backends, pinned=$PIN, median of $REPEAT"
-printf "%-8s %12s %9s %9s %14s\n" proxy "req/s" "p50 ms" "p99 ms" "req/s vs nginx"
+echo "(CPU us/req: the proxy's own user+system CPU per request, which other load on the machine disturbs least)"
+printf "%-8s %12s %9s %9s %14s %11s %14s\n" proxy "req/s" "p50 ms" "p99 ms" "req/s vs nginx" "CPU us/req" "CPU vs nginx"
 nginx_rps=$(echo "${RPS[nginx]}" | median)
+nginx_cpu=$(echo "${CPU[nginx]}" | median)
 for n in "${names[@]}"; do
 	rps=$(echo "${RPS[$n]}" | median)
 	p50=$(echo "${P50[$n]}" | median)
 	p99=$(echo "${P99[$n]}" | median)
-	printf "%-8s %12.0f %9.2f %9.2f %14.2f\n" "$n" "$rps" "$p50" "$p99" "$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {print a / b}')"
+	cpu=$(echo "${CPU[$n]}" | median)
+	printf "%-8s %12.0f %9.2f %9.2f %14.2f %11.1f %14.2f\n" "$n" "$rps" "$p50" "$p99" \
+		"$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {print a / b}')" "$cpu" "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN {print a / b}')"
 done

@@ -259,6 +259,7 @@ func TestTCPRoute(t *testing.T) {
 
 func TestLiveChangesAndDrain(t *testing.T) {
 	h := startRouter(t, nil)
+	var routeApplied, backendApplied time.Time
 	release := make(chan struct{})
 	slowStarted := make(chan struct{}, 1)
 	slow := newBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
@@ -275,8 +276,11 @@ func TestLiveChangesAndDrain(t *testing.T) {
 	if err != nil || r.status != 404 {
 		t.Fatalf("before the route: %v %d", err, r.status)
 	}
+	putAt := time.Now()
 	h.putRoute(api.Route{ID: "live", Domain: "live.test", Service: "live-web", DrainBackends: true})
+	defer func() { t.Logf("route took effect after %v", routeApplied.Sub(putAt)) }()
 	waitFor(t, "route applied", func() error {
+		routeApplied = time.Now()
 		r, err := h.get("http://live.test/", nil)
 		if err != nil || r.status != 503 {
 			return fmt.Errorf("%v %d", err, r.status)
@@ -284,8 +288,11 @@ func TestLiveChangesAndDrain(t *testing.T) {
 		return nil
 	})
 	// A backend registered while the router runs gets traffic.
+	regAt := time.Now()
 	h.disc.Register("live-web", slow.addr())
 	h.expectBackend("http://live.test/", "slow")
+	backendApplied = time.Now()
+	t.Logf("backend took effect after %v", backendApplied.Sub(regAt))
 
 	events, err := h.api.Stream(context.Background(), "/events")
 	if err != nil {

@@ -1,0 +1,116 @@
+package hostcmd
+
+import (
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/router"
+)
+
+// newRouterCmd is `flynn-host component router`.
+func newRouterCmd() *cobra.Command {
+	var (
+		httpAddr, httpsAddr, apiAddr, tcpIP, tcpRange string
+		etcdEndpoints, discoverdURL, token            string
+		certFile, keyFile, cookieKey, logLevel        string
+	)
+	cmd := &cobra.Command{
+		Use:   "router",
+		Short: "Run the HTTP/HTTPS/TCP router",
+		Long: `router serves the cluster's HTTP, HTTPS and TCP routes. It follows routes in
+etcd and the backends of each route's service in discoverd, and serves
+/metrics, /drained and /events on --api-addr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := logging.New(cmd.ErrOrStderr(), logging.Config{Level: logLevel})
+			if err != nil {
+				return err
+			}
+			cfg := router.Config{HTTPAddr: httpAddr, HTTPSAddr: httpsAddr, APIAddr: apiAddr, TCPIP: tcpIP, Token: token}
+			if cfg.TCPPortMin, cfg.TCPPortMax, err = parsePortRange(tcpRange); err != nil {
+				return err
+			}
+			if discoverdURL == "" {
+				return fmt.Errorf("--discoverd is required: the URL of discoverd's HTTP API")
+			}
+			cfg.Discoverer = &router.HTTPDiscoverer{Client: &httpclient.Client{URL: strings.TrimSuffix(discoverdURL, "/"), Key: token}}
+			if (certFile == "") != (keyFile == "") {
+				return fmt.Errorf("--tls-cert and --tls-key go together")
+			}
+			if certFile != "" {
+				cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+				if err != nil {
+					return fmt.Errorf("load the cluster certificate: %w", err)
+				}
+				cfg.DefaultCert = &cert
+			}
+			if cookieKey != "" {
+				if cfg.CookieKey, err = decodeKey(cookieKey); err != nil {
+					return err
+				}
+			}
+			if etcdEndpoints == "" {
+				return fmt.Errorf("--etcd is required: comma-separated etcd client URLs")
+			}
+			etcd, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(etcdEndpoints, ","), DialTimeout: 5 * time.Second})
+			if err != nil {
+				return fmt.Errorf("connect to etcd: %w", err)
+			}
+			defer etcd.Close()
+			cfg.Etcd = etcd
+			r, err := router.New(cfg, log.With("component", "router"))
+			if err != nil {
+				return err
+			}
+			a := r.Addrs()
+			log.Info("router listening", "http", a.HTTP, "https", a.HTTPS, "api", a.API)
+			return r.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&httpAddr, "http-addr", ":80", "HTTP listen address (empty disables)")
+	f.StringVar(&httpsAddr, "https-addr", ":443", "HTTPS listen address (empty disables)")
+	f.StringVar(&apiAddr, "api-addr", "127.0.0.1:5000", "router API address: /metrics, /drained, /events")
+	f.StringVar(&tcpIP, "tcp-ip", "", "address TCP route listeners bind to (empty: all)")
+	f.StringVar(&tcpRange, "tcp-range", "3000-3500", "ports TCP routes may use")
+	f.StringVar(&etcdEndpoints, "etcd", "http://127.0.0.1:2379", "etcd client URLs, comma-separated")
+	f.StringVar(&discoverdURL, "discoverd", "http://127.0.0.1:1111", "discoverd HTTP API URL")
+	f.StringVar(&token, "token", "", "cluster key: protects the router API and authenticates to discoverd")
+	f.StringVar(&certFile, "tls-cert", "", "cluster wildcard certificate (PEM), used when no route certificate matches")
+	f.StringVar(&keyFile, "tls-key", "", "key of --tls-cert (PEM)")
+	f.StringVar(&cookieKey, "cookie-key", "", "32-byte sticky-session key, hex or base64 (the same on every router)")
+	f.StringVar(&logLevel, "log-level", "info", "debug logs every request")
+	return cmd
+}
+
+func parsePortRange(s string) (int, int, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	a, err1 := strconv.Atoi(lo)
+	b, err2 := strconv.Atoi(hi)
+	if !ok || err1 != nil || err2 != nil || a < 1 || b > 65535 || a > b {
+		return 0, 0, fmt.Errorf("--tcp-range %q: want LOW-HIGH, like 3000-3500", s)
+	}
+	return a, b, nil
+}
+
+func decodeKey(s string) ([]byte, error) {
+	if b, err := hex.DecodeString(s); err == nil && len(b) == 32 {
+		return b, nil
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil && len(b) == 32 {
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("--cookie-key must be 32 bytes in hex or base64")
+}

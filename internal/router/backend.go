@@ -1,0 +1,442 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+// maxIdlePerBackend caps the pooled keep-alive connections to one backend.
+const maxIdlePerBackend = 512
+
+// backend is one instance of a service. Requests and TCP connections count
+// in inflight; once the instance leaves discoverd (gone) it gets no new
+// work and is reported drained when inflight reaches zero.
+type backend struct {
+	addr     string
+	service  string
+	inflight atomic.Int64
+	gone     atomic.Bool
+	drained  atomic.Bool
+	drain    *drainTracker
+
+	mu   sync.Mutex
+	idle []*upConn
+}
+
+func (b *backend) acquire() { b.inflight.Add(1) }
+
+func (b *backend) release() {
+	if b.inflight.Add(-1) == 0 && b.gone.Load() {
+		b.drain.done(b)
+	}
+}
+
+// markGone takes the backend out of service: idle connections close and,
+// once nothing is in flight, it is reported drained.
+func (b *backend) markGone() {
+	b.gone.Store(true)
+	b.drain.events.publish(api.RouterEvent{Event: api.RouterEventBackendDown, Service: b.service, Addr: b.addr})
+	b.mu.Lock()
+	idle := b.idle
+	b.idle = nil
+	b.mu.Unlock()
+	for _, c := range idle {
+		c.conn.Close()
+	}
+	if b.inflight.Load() == 0 {
+		b.drain.done(b)
+	}
+}
+
+// upConn is a keep-alive connection to a backend.
+type upConn struct {
+	conn   net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	reused bool
+}
+
+var dialer = &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
+
+// getConn returns an idle pooled connection or dials a new one. With
+// check, a pooled connection is first probed for a close by the backend
+// (an idle timeout), because a request with a body cannot be retried once
+// sent; requests without a body skip the probe and retry instead.
+func (b *backend) getConn(ctx context.Context, check bool) (*upConn, error) {
+	for {
+		b.mu.Lock()
+		n := len(b.idle)
+		if n == 0 {
+			b.mu.Unlock()
+			return b.dial(ctx)
+		}
+		c := b.idle[n-1]
+		b.idle[n-1] = nil
+		b.idle = b.idle[:n-1]
+		b.mu.Unlock()
+		if check && !alive(c) {
+			c.conn.Close()
+			continue
+		}
+		c.reused = true
+		return c, nil
+	}
+}
+
+// alive reports whether an idle connection is still open and has nothing
+// unread: a non-blocking peek must find no data and no EOF.
+func alive(c *upConn) bool {
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = false
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ok = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	})
+	return err == nil && ok
+}
+
+func (b *backend) dial(ctx context.Context) (*upConn, error) {
+	conn, err := dialer.DialContext(ctx, "tcp", b.addr)
+	if err != nil {
+		return nil, err
+	}
+	return &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 8<<10)}, nil
+}
+
+// putConn returns a connection whose last response was read completely.
+func (b *backend) putConn(c *upConn) {
+	if b.gone.Load() {
+		c.conn.Close()
+		return
+	}
+	b.mu.Lock()
+	if len(b.idle) >= maxIdlePerBackend {
+		b.mu.Unlock()
+		c.conn.Close()
+		return
+	}
+	b.idle = append(b.idle, c)
+	b.mu.Unlock()
+}
+
+// backendSet is an immutable snapshot of a service's live backends.
+type backendSet struct {
+	all    []*backend
+	leader *backend
+	byAddr map[string]*backend
+}
+
+// pick chooses among candidates by the power of two random choices on
+// in-flight requests, skipping those in tried.
+func pick(cands []*backend, tried []*backend) *backend {
+	n := len(cands)
+	if n == 0 {
+		return nil
+	}
+	if len(tried) == 0 {
+		if n == 1 {
+			return cands[0]
+		}
+		i := rand.IntN(n)
+		j := rand.IntN(n - 1)
+		if j >= i {
+			j++
+		}
+		a, b := cands[i], cands[j]
+		if b.inflight.Load() < a.inflight.Load() {
+			return b
+		}
+		return a
+	}
+	// A retry after a failed dial: the least loaded untried backend,
+	// starting at a random offset so ties spread out.
+	var best *backend
+	off := rand.IntN(n)
+	for k := range n {
+		c := cands[(off+k)%n]
+		if contains(tried, c) {
+			continue
+		}
+		if best == nil || c.inflight.Load() < best.inflight.Load() {
+			best = c
+		}
+	}
+	return best
+}
+
+func contains(list []*backend, b *backend) bool {
+	for _, x := range list {
+		if x == b {
+			return true
+		}
+	}
+	return false
+}
+
+// service follows one discoverd service and publishes its backends.
+type service struct {
+	name   string
+	snap   atomic.Pointer[backendSet]
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *service) backends() *backendSet { return s.snap.Load() }
+
+// follow watches the service until ctx ends, re-watching after failures.
+func (s *service) follow(ctx context.Context, d Discoverer, drain *drainTracker, log *slog.Logger) {
+	defer close(s.done)
+	live := map[string]*backend{} // by instance ID
+	var instances = map[string]*api.Instance{}
+	leaderID := ""
+	publish := func() {
+		set := &backendSet{byAddr: make(map[string]*backend, len(live))}
+		ids := make([]string, 0, len(live))
+		for id := range live {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return instances[ids[i]].Index < instances[ids[j]].Index })
+		for _, id := range ids {
+			b := live[id]
+			set.all = append(set.all, b)
+			set.byAddr[b.addr] = b
+		}
+		if b := live[leaderID]; b != nil {
+			set.leader = b
+		} else if len(set.all) > 0 {
+			set.leader = set.all[0] // oldest instance
+		}
+		s.snap.Store(set)
+	}
+	add := func(in *api.Instance) {
+		if in == nil || in.Addr == "" {
+			return
+		}
+		if old := live[in.ID]; old != nil {
+			if old.addr == in.Addr {
+				instances[in.ID] = in
+				return
+			}
+			delete(live, in.ID)
+			old.markGone()
+		}
+		b := &backend{addr: in.Addr, service: s.name, drain: drain}
+		drain.add(b)
+		live[in.ID] = b
+		instances[in.ID] = in
+	}
+	remove := func(id string) {
+		if b := live[id]; b != nil {
+			delete(live, id)
+			delete(instances, id)
+			b.markGone()
+		}
+	}
+	defer func() {
+		for id := range live {
+			remove(id)
+		}
+		s.snap.Store(&backendSet{})
+	}()
+	backoff := 100 * time.Millisecond
+	synced := false
+	for ctx.Err() == nil {
+		ch, err := d.Watch(ctx, s.name)
+		if err != nil {
+			log.Warn("watch service failed", "service", s.name, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		// After a reconnect, collect the new snapshot before replacing the
+		// old one, so a flapping stream does not empty the backend set.
+		var pending map[string]*api.Instance
+		if synced {
+			pending = map[string]*api.Instance{}
+		}
+		for ev := range ch {
+			switch ev.Kind {
+			case api.EventKindUp, api.EventKindUpdate:
+				if pending != nil {
+					if ev.Instance != nil {
+						pending[ev.Instance.ID] = ev.Instance
+					}
+					continue
+				}
+				add(ev.Instance)
+			case api.EventKindDown:
+				if ev.Instance == nil {
+					continue
+				}
+				if pending != nil {
+					delete(pending, ev.Instance.ID)
+					continue
+				}
+				remove(ev.Instance.ID)
+			case api.EventKindLeader:
+				if ev.Instance != nil {
+					leaderID = ev.Instance.ID
+				}
+			case api.EventKindCurrent:
+				synced = true
+				backoff = 100 * time.Millisecond
+				if pending != nil {
+					for id := range live {
+						if _, ok := pending[id]; !ok {
+							remove(id)
+						}
+					}
+					for _, in := range pending {
+						add(in)
+					}
+					pending = nil
+				}
+			default:
+				continue
+			}
+			publish()
+		}
+		if ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+		}
+	}
+}
+
+// drainTracker knows every backend that is live or still draining, and
+// tells waiters when an address has drained.
+type drainTracker struct {
+	events *eventHub
+	mu     sync.Mutex
+	byAddr map[string]map[*backend]struct{}
+	change chan struct{} // closed and replaced on every change
+}
+
+func newDrainTracker(events *eventHub) *drainTracker {
+	return &drainTracker{events: events, byAddr: map[string]map[*backend]struct{}{}, change: make(chan struct{})}
+}
+
+func (d *drainTracker) add(b *backend) {
+	d.mu.Lock()
+	m := d.byAddr[b.addr]
+	if m == nil {
+		m = map[*backend]struct{}{}
+		d.byAddr[b.addr] = m
+	}
+	m[b] = struct{}{}
+	d.notifyLocked()
+	d.mu.Unlock()
+	d.events.publish(api.RouterEvent{Event: api.RouterEventBackendUp, Service: b.service, Addr: b.addr})
+}
+
+// done records that a gone backend has nothing in flight. It is safe to
+// call more than once.
+func (d *drainTracker) done(b *backend) {
+	if !b.drained.CompareAndSwap(false, true) {
+		return
+	}
+	d.mu.Lock()
+	if m := d.byAddr[b.addr]; m != nil {
+		delete(m, b)
+		if len(m) == 0 {
+			delete(d.byAddr, b.addr)
+		}
+	}
+	d.notifyLocked()
+	d.mu.Unlock()
+	d.events.publish(api.RouterEvent{Event: api.RouterEventBackendDrained, Service: b.service, Addr: b.addr})
+}
+
+func (d *drainTracker) notifyLocked() {
+	close(d.change)
+	d.change = make(chan struct{})
+}
+
+// status reports whether addr is drained, and a channel closed on the next
+// change.
+func (d *drainTracker) status(addr string) (api.DrainStatus, <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := api.DrainStatus{Addr: addr, Drained: len(d.byAddr[addr]) == 0}
+	for b := range d.byAddr[addr] {
+		st.InFlight += b.inflight.Load()
+	}
+	return st, d.change
+}
+
+// wait blocks until addr is drained or ctx ends.
+func (d *drainTracker) wait(ctx context.Context, addr string) api.DrainStatus {
+	for {
+		st, ch := d.status(addr)
+		if st.Drained {
+			return st
+		}
+		// In-flight counts change without notification; poll them too.
+		select {
+		case <-ctx.Done():
+			return st
+		case <-ch:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// eventHub fans router events out to API subscribers. A subscriber that
+// falls behind loses events; GET /drained is the reliable way to wait.
+type eventHub struct {
+	mu   sync.Mutex
+	subs map[chan api.RouterEvent]struct{}
+}
+
+func newEventHub() *eventHub { return &eventHub{subs: map[chan api.RouterEvent]struct{}{}} }
+
+func (h *eventHub) subscribe() (<-chan api.RouterEvent, func()) {
+	ch := make(chan api.RouterEvent, 256)
+	h.mu.Lock()
+	h.subs[ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.subs, ch)
+		h.mu.Unlock()
+	}
+}
+
+func (h *eventHub) publish(ev api.RouterEvent) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs {
+		select {
+		case ch <- ev:
+		default:
+		}
+	}
+}

@@ -1,0 +1,118 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"testing"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+)
+
+// BenchmarkProxy measures one keep-alive request through the router to a
+// 2-byte backend, over the fast path and over the net/http path (forced by
+// a Connection option). The client writes raw requests so it costs little.
+//
+//	go test -run - -bench Proxy -benchmem -cpuprofile cpu.out ./internal/router
+func BenchmarkProxy(b *testing.B) {
+	// A raw backend, so allocations counted are the router's (and the
+	// client's response parsing).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go rawBackend(c)
+		}
+	}()
+	disc := NewMemDiscoverer()
+	disc.Register("bench-web", ln.Addr().String())
+	r, err := New(Config{
+		HTTPAddr:   "127.0.0.1:0",
+		Routes:     []api.Route{{ID: "bench", Type: api.RouteHTTP, Domain: "bench.test", Service: "bench-web"}},
+		Discoverer: disc,
+		CookieKey:  make([]byte, 32),
+	}, logging.Discard())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	for _, bc := range []struct{ name, req string }{
+		{"fast", "GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"},
+		{"nethttp", "GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\nConnection: X-Opt\r\n\r\n"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c, err := net.Dial("tcp", r.Addrs().HTTP)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			req := []byte(bc.req)
+			roundTrip := func() {
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				head, err := peekHead(br, 64<<10)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var resp fastResp
+				if !parseResponseHead(head, &resp) || resp.status != 200 || resp.contentLen != 2 {
+					b.Fatalf("bad reply %q", head)
+				}
+				br.Discard(len(head) + 2)
+			}
+			for range 100 { // wait for the route, warm the pool
+				roundTrip()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				roundTrip()
+			}
+		})
+	}
+}
+
+// rawBackend answers every request head on c with a fixed 2-byte reply.
+func rawBackend(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	reply := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+	for {
+		head, err := peekHead(br, 64<<10)
+		if err != nil {
+			return
+		}
+		br.Discard(len(head))
+		if _, err := c.Write(reply); err != nil {
+			return
+		}
+	}
+}
+
+// BenchmarkParseRequestHead measures the fast path's request parser.
+func BenchmarkParseRequestHead(b *testing.B) {
+	head := []byte("GET /some/path?x=1 HTTP/1.1\r\nHost: app.example.com\r\nUser-Agent: Mozilla/5.0\r\n" +
+		"Accept: text/html\r\nAccept-Encoding: gzip\r\nCookie: a=b\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n")
+	b.ReportAllocs()
+	var req fastReq
+	for range b.N {
+		req = fastReq{head: head}
+		if !parseRequestHead(&req) {
+			b.Fatal("parse failed")
+		}
+	}
+}

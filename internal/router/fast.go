@@ -1,0 +1,1028 @@
+package router
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"html"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+// The fast path serves plain-HTTP/1.1 keep-alive traffic without net/http:
+// it parses a request head in place in the connection's read buffer,
+// forwards it byte for byte (minus hop-by-hop headers, plus the forwarding
+// headers) over a pooled backend connection, and relays the response head
+// and body the same way, re-framing nothing. Per request it allocates
+// nothing and starts no goroutine.
+//
+// Anything it does not handle itself (HTTP/1.0, chunked or 100-continue
+// request bodies, upgrades, absolute-form or percent-encoded targets,
+// Connection options, malformed or oversized heads) is handed over, with
+// the bytes already buffered, to the net/http server of the same listener,
+// which proxies it with the general path in proxy.go.
+
+var errHeadTooBig = errors.New("head too big")
+
+// Client connection buffers. A request head must fit in the read buffer to
+// take the fast path; bigger heads go to net/http.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// fastServer accepts plain-HTTP connections.
+type fastServer struct {
+	r       *Router
+	fe      *frontend
+	handoff *connQueue
+
+	mu      sync.Mutex
+	conns   map[*fastConn]struct{}
+	closing atomic.Bool
+	wg      sync.WaitGroup
+}
+
+type fastConn struct {
+	conn net.Conn
+	idle atomic.Bool
+}
+
+func newFastServer(r *Router, fe *frontend, ln net.Listener) *fastServer {
+	return &fastServer{r: r, fe: fe, handoff: newConnQueue(ln.Addr()), conns: map[*fastConn]struct{}{}}
+}
+
+// serve accepts connections until ln is closed.
+func (s *fastServer) serve(ln net.Listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		fc := &fastConn{conn: c}
+		s.mu.Lock()
+		if s.closing.Load() {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.conns[fc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			handedOff := s.serveConn(fc)
+			s.mu.Lock()
+			delete(s.conns, fc)
+			s.mu.Unlock()
+			if !handedOff {
+				c.Close()
+			}
+		}()
+	}
+}
+
+// shutdown wakes idle connections so they close, and waits for the busy
+// ones to finish their current request, until the deadline.
+func (s *fastServer) shutdown(deadline time.Time) {
+	s.closing.Store(true)
+	s.handoff.Close()
+	s.mu.Lock()
+	for fc := range s.conns {
+		if fc.idle.Load() {
+			fc.conn.SetReadDeadline(aLongTimeAgo)
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(time.Until(deadline)):
+	}
+	s.mu.Lock()
+	for fc := range s.conns {
+		fc.conn.Close()
+	}
+	s.mu.Unlock()
+	<-done
+}
+
+// fastReq is a parsed request head; its byte slices point into the read
+// buffer and are valid until the body is read.
+type fastReq struct {
+	head       []byte
+	method     []byte
+	target     []byte
+	path       []byte
+	host       []byte
+	xff        [4][]byte
+	nxff       int
+	requestID  []byte
+	cookies    [4][]byte
+	ncookies   int
+	clientIP   string
+	isHEAD     bool
+	wantsHTML  bool
+	contentLen int64
+	close      bool
+	// lines are the header lines to forward, as [start,end) offsets in head.
+	lines  [64][2]int32
+	nlines int
+}
+
+// serveConn serves requests on one connection. It reports whether the
+// connection was handed to net/http.
+func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
+	c := fc.conn
+	br := readerPool.Get().(*bufio.Reader)
+	bw := writerPool.Get().(*bufio.Writer)
+	br.Reset(c)
+	bw.Reset(c)
+	defer func() {
+		// A handed-off connection keeps reading through br until it is
+		// drained, so only a finished connection returns it.
+		if !handedOff {
+			br.Reset(nil)
+			readerPool.Put(br)
+		}
+		bw.Reset(nil)
+		writerPool.Put(bw)
+	}()
+	var req fastReq
+	cfg := &s.r.cfg
+	ip := c.RemoteAddr().String()
+	if h, _, err := net.SplitHostPort(ip); err == nil {
+		ip = h
+	}
+	for {
+		if s.closing.Load() {
+			return false
+		}
+		if br.Buffered() == 0 {
+			bw.Flush()
+			fc.idle.Store(true)
+			c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+			if s.closing.Load() {
+				return false
+			}
+			_, err := br.Peek(1)
+			fc.idle.Store(false)
+			if err != nil {
+				return false
+			}
+		}
+		c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+		head, err := peekHead(br, cfg.MaxHeaderBytes)
+		if err != nil {
+			if errors.Is(err, errHeadTooBig) {
+				return s.handOff(c, br, bw)
+			}
+			return false
+		}
+		req = fastReq{head: head, clientIP: ip}
+		if !parseRequestHead(&req) {
+			return s.handOff(c, br, bw)
+		}
+		br.Discard(len(head))
+		if req.contentLen > 0 {
+			c.SetReadDeadline(time.Time{})
+		}
+		start := time.Now()
+		keep := s.serveRequest(&req, br, bw, start)
+		if !keep || req.close {
+			bw.Flush()
+			return false
+		}
+	}
+}
+
+func (s *fastServer) handOff(c net.Conn, br *bufio.Reader, bw *bufio.Writer) bool {
+	if bw.Flush() != nil {
+		return false
+	}
+	c.SetReadDeadline(time.Time{})
+	s.r.metrics.handoffs.Inc()
+	return s.handoff.push(&replayConn{Conn: c, br: br})
+}
+
+// peekHead returns the bytes up to and including the blank line that ends
+// a message head, without consuming them.
+func peekHead(br *bufio.Reader, limit int) ([]byte, error) {
+	scanned := 0
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		from := max(scanned-3, 0)
+		if i := bytes.Index(buf[from:], crlfcrlf); i >= 0 {
+			return buf[:from+i+4], nil
+		}
+		scanned = len(buf)
+		if scanned >= br.Size() || scanned >= limit {
+			return nil, errHeadTooBig
+		}
+		if _, err := br.Peek(scanned + 1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// parseRequestHead parses req.head. It returns false for anything the fast
+// path leaves to net/http.
+func parseRequestHead(req *fastReq) bool {
+	h := req.head
+	eol := bytes.IndexByte(h, '\n')
+	if eol < 1 || h[eol-1] != '\r' {
+		return false
+	}
+	line := h[:eol-1]
+	sp1 := bytes.IndexByte(line, ' ')
+	if sp1 < 1 || sp1 > 20 {
+		return false
+	}
+	req.method = line[:sp1]
+	for _, ch := range req.method {
+		if ch < 'A' || ch > 'Z' {
+			return false
+		}
+	}
+	rest := line[sp1+1:]
+	sp2 := bytes.IndexByte(rest, ' ')
+	if sp2 < 1 || string(rest[sp2+1:]) != "HTTP/1.1" {
+		return false
+	}
+	req.target = rest[:sp2]
+	if req.target[0] != '/' {
+		return false
+	}
+	req.path = req.target
+	for i, ch := range req.target {
+		if ch <= ' ' || ch >= 0x7f || ch == '%' || ch == '#' {
+			return false
+		}
+		if ch == '?' {
+			req.path = req.target[:i]
+			break
+		}
+	}
+	req.isHEAD = string(req.method) == "HEAD"
+	req.contentLen = 0
+	haveHost, haveLen := false, false
+	pos := eol + 1
+	for {
+		nl := bytes.IndexByte(h[pos:], '\n')
+		if nl < 1 || h[pos+nl-1] != '\r' {
+			return false
+		}
+		end := pos + nl - 1 // excludes CRLF
+		if end == pos {
+			break // blank line
+		}
+		line := h[pos:end]
+		colon := bytes.IndexByte(line, ':')
+		if colon < 1 {
+			return false
+		}
+		name := line[:colon]
+		for _, ch := range name {
+			if !isTokenChar(ch) {
+				return false
+			}
+		}
+		value := bytes.Trim(line[colon+1:], " \t")
+		for _, ch := range value {
+			if ch < ' ' && ch != '\t' || ch == 0x7f {
+				return false
+			}
+		}
+		forward := true
+		switch len(name) {
+		case 4:
+			if equalFold(name, "host") {
+				if haveHost || len(value) == 0 {
+					return false
+				}
+				haveHost = true
+				req.host = value
+				forward = false
+			}
+		case 6:
+			if equalFold(name, "cookie") {
+				if req.ncookies < len(req.cookies) {
+					req.cookies[req.ncookies] = value
+					req.ncookies++
+				}
+			} else if equalFold(name, "accept") {
+				req.wantsHTML = bytes.Contains(value, []byte("text/html"))
+			} else if equalFold(name, "expect") {
+				return false
+			}
+		case 7:
+			if equalFold(name, "upgrade") {
+				return false
+			}
+		case 10:
+			if equalFold(name, "connection") {
+				if !parseConnection(value, req) {
+					return false
+				}
+				forward = false
+			} else if equalFold(name, "keep-alive") {
+				forward = false
+			}
+		case 2:
+			if equalFold(name, "te") {
+				forward = false
+			}
+		case 7 + 7:
+			if equalFold(name, "content-length") {
+				n, ok := parseContentLength(value)
+				if haveLen || !ok {
+					return false
+				}
+				haveLen = true
+				req.contentLen = n
+				forward = false
+			}
+		case 17:
+			if equalFold(name, "transfer-encoding") {
+				return false
+			} else if equalFold(name, "x-forwarded-proto") {
+				forward = false
+			}
+		case 15:
+			if equalFold(name, "x-forwarded-for") {
+				if req.nxff >= len(req.xff) {
+					return false
+				}
+				req.xff[req.nxff] = value
+				req.nxff++
+				forward = false
+			} else if equalFold(name, "x-request-start") {
+				forward = false
+			}
+		case 16:
+			if equalFold(name, "x-forwarded-port") || equalFold(name, "proxy-connection") {
+				forward = false
+			}
+		case 12:
+			if equalFold(name, "x-request-id") {
+				req.requestID = value
+				forward = false
+			}
+		case 19:
+			if equalFold(name, "proxy-authorization") {
+				forward = false
+			}
+		case 18:
+			if equalFold(name, "proxy-authenticate") {
+				forward = false
+			}
+		}
+		if equalFold(name, "trailer") {
+			forward = false
+		}
+		if forward {
+			if req.nlines >= len(req.lines) {
+				return false
+			}
+			req.lines[req.nlines] = [2]int32{int32(pos), int32(end)}
+			req.nlines++
+		}
+		pos = end + 2
+	}
+	return haveHost
+}
+
+// parseConnection accepts only the close and keep-alive options; any other
+// option names a header to drop, which the general path handles.
+func parseConnection(v []byte, req *fastReq) bool {
+	for len(v) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			tok, v = v[:i], v[i+1:]
+		} else {
+			tok, v = v, nil
+		}
+		tok = bytes.Trim(tok, " \t")
+		switch {
+		case len(tok) == 0 || equalFold(tok, "keep-alive"):
+		case equalFold(tok, "close"):
+			req.close = true
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func parseContentLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, ch := range v {
+		if ch < '0' || ch > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(ch-'0')
+	}
+	return n, true
+}
+
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return c < 0x7f && strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// equalFold compares ASCII b with lower-case s, ignoring case.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// view returns b as a string without copying; it must not outlive b.
+func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// serveRequest proxies one parsed request and reports whether the client
+// connection can carry another.
+func (s *fastServer) serveRequest(req *fastReq, br *bufio.Reader, bw *bufio.Writer, start time.Time) bool {
+	r := s.r
+	e := r.table.Load().lookup(view(req.host), view(req.path))
+	if e == nil {
+		r.metrics.noRoute.Inc()
+		return writeFastError(bw, req, http.StatusNotFound, api.CodeNotFound, "no route matches "+string(req.host)+string(req.path)) && discardBody(br, req)
+	}
+	status, keep := s.proxy(req, e, br, bw, start)
+	d := time.Since(start)
+	e.metrics.observe(status, d)
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.log.Debug("request", "route", e.route.ID, "method", string(req.method), "host", string(req.host),
+			"path", string(req.path), "status", status, "duration", d)
+	}
+	return keep
+}
+
+func discardBody(br *bufio.Reader, req *fastReq) bool {
+	if req.contentLen == 0 {
+		return true
+	}
+	if req.contentLen > 1<<20 {
+		return false
+	}
+	_, err := br.Discard(int(req.contentLen))
+	return err == nil
+}
+
+func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bufio.Writer, start time.Time) (status int, keep bool) {
+	var one [1]*backend
+	cands, set := candidates(e, &one)
+	var chosen *backend
+	var sticky string
+	if e.route.Sticky && !e.route.Leader && set != nil {
+		sticky = s.fastStickyAddr(req)
+		if sticky != "" {
+			chosen = set.byAddr[sticky]
+		}
+	}
+	var tried [maxAttempts]*backend
+	for n := 0; n < maxAttempts; {
+		b := chosen
+		chosen = nil
+		if b == nil {
+			b = pick(cands, tried[:n])
+		}
+		if b == nil {
+			break
+		}
+		tried[n] = b
+		n++
+		b.acquire()
+		var pc *upConn
+		var err error
+		if e.route.DisableKeepAlives {
+			pc, err = b.dial(context.Background())
+		} else {
+			pc, err = b.getConn(context.Background(), req.contentLen > 0)
+		}
+		if err != nil {
+			b.release()
+			s.r.log.Debug("backend dial failed", "route", e.route.ID, "addr", b.addr, "err", err)
+			continue
+		}
+		setCookie := e.route.Sticky && b.addr != sticky
+		status, keep = s.roundTrip(req, e, b, pc, br, bw, start, setCookie)
+		b.release()
+		return status, keep
+	}
+	msg := "no backend is available for " + string(req.host) + ": the app may be scaled to zero or starting"
+	return http.StatusServiceUnavailable, writeFastError(bw, req, http.StatusServiceUnavailable, api.CodeUnavailable, msg) && discardBody(br, req)
+}
+
+func (s *fastServer) fastStickyAddr(req *fastReq) string {
+	for i := 0; i < req.ncookies; i++ {
+		v := req.cookies[i]
+		for len(v) > 0 {
+			var part []byte
+			if j := bytes.IndexByte(v, ';'); j >= 0 {
+				part, v = v[:j], v[j+1:]
+			} else {
+				part, v = v, nil
+			}
+			part = bytes.TrimLeft(part, " ")
+			if len(part) > len(stickyCookie)+1 && string(part[:len(stickyCookie)+1]) == stickyCookie+"=" {
+				addr, err := s.r.cookies.open(string(part[len(stickyCookie)+1:]))
+				if err == nil {
+					return addr
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// roundTrip forwards the request over pc and relays the response. It
+// retries once on a fresh connection only when a pooled connection was
+// closed by the backend before it answered anything, and the request has
+// no body.
+func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upConn, br *bufio.Reader, bw *bufio.Writer, start time.Time, setCookie bool) (int, bool) {
+	head, err := s.sendFast(req, e, pc, br, start)
+	if err != nil && pc.reused && req.contentLen == 0 && isStale(err) {
+		pc.conn.Close()
+		pc, err = b.dial(context.Background())
+		if err != nil {
+			return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend closed the connection")
+		}
+		head, err = s.sendFast(req, e, pc, br, start)
+	}
+	if err != nil {
+		pc.conn.Close()
+		s.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
+		if errors.Is(err, errClientBody) {
+			return 499, false
+		}
+		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+	}
+	var resp fastResp
+	for {
+		resp = fastResp{}
+		if !parseResponseHead(head, &resp) {
+			pc.conn.Close()
+			return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend sent a malformed response")
+		}
+		if resp.status >= 200 || resp.status == http.StatusSwitchingProtocols {
+			break
+		}
+		// Informational: relay and read on.
+		bw.Write(head)
+		pc.br.Discard(len(head))
+		if head, err = peekHead(pc.br, pc.br.Size()); err != nil {
+			pc.conn.Close()
+			return http.StatusBadGateway, false
+		}
+	}
+	if resp.status == http.StatusSwitchingProtocols {
+		pc.conn.Close()
+		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend switched protocols without being asked")
+	}
+	noBody := req.isHEAD || resp.status == 204 || resp.status == 304
+	closeDelimited := !noBody && !resp.chunked && resp.contentLen < 0
+	// Response head: HTTP/1.1, the backend's end-to-end headers, framing.
+	bw.WriteString("HTTP/1.1")
+	bw.Write(resp.statusRest)
+	bw.WriteString("\r\n")
+	for i := 0; i < resp.nlines; i++ {
+		l := resp.lines[i]
+		bw.Write(head[l[0]:l[1]])
+		bw.WriteString("\r\n")
+	}
+	if setCookie {
+		bw.WriteString("Set-Cookie: " + stickyCookie + "=")
+		bw.WriteString(s.r.cookies.seal(b.addr))
+		bw.WriteString("; Path=/; HttpOnly\r\n")
+	}
+	if resp.chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	} else if resp.contentLen >= 0 {
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), resp.contentLen, 10))
+		bw.WriteString("\r\n")
+	}
+	keep := !closeDelimited && !req.close
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	pc.br.Discard(len(head))
+
+	var cerr error
+	upstreamOK := true
+	switch {
+	case noBody:
+	case resp.chunked:
+		upstreamOK, cerr = relayChunked(bw, pc.br)
+	case resp.contentLen >= 0:
+		upstreamOK, cerr = relayN(bw, pc.br, resp.contentLen)
+	default:
+		upstreamOK, cerr = relayUntilEOF(bw, pc.br)
+		upstreamOK = false // the backend connection is finished
+	}
+	if br.Buffered() == 0 && cerr == nil {
+		cerr = bw.Flush()
+	}
+	if upstreamOK && !resp.close && !e.route.DisableKeepAlives {
+		b.putConn(pc)
+	} else {
+		pc.conn.Close()
+	}
+	if cerr != nil || (!upstreamOK && !closeDelimited) {
+		// A backend that failed mid-response: cut the client off so the
+		// truncation shows.
+		return resp.status, false
+	}
+	return resp.status, keep
+}
+
+var errClientBody = errors.New("client request body")
+
+// sendFast writes the request to the backend and peeks the response head.
+func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio.Reader, start time.Time) ([]byte, error) {
+	w := pc.bw
+	h := req.head
+	w.Write(req.method)
+	w.WriteByte(' ')
+	w.Write(req.target)
+	w.WriteString(" HTTP/1.1\r\nHost: ")
+	w.Write(req.host)
+	w.WriteString("\r\n")
+	for i := 0; i < req.nlines; i++ {
+		l := req.lines[i]
+		w.Write(h[l[0]:l[1]])
+		w.WriteString("\r\n")
+	}
+	w.WriteString("X-Forwarded-For: ")
+	for i := 0; i < req.nxff; i++ {
+		w.Write(req.xff[i])
+		w.WriteString(", ")
+	}
+	w.WriteString(req.clientIP)
+	w.WriteString("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ")
+	w.WriteString(s.fe.port)
+	w.WriteString("\r\nX-Request-Start: ")
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), start.UnixMilli(), 10))
+	w.WriteString("\r\nX-Request-Id: ")
+	if len(req.requestID) > 0 && validRequestID(view(req.requestID)) {
+		w.Write(req.requestID)
+	} else {
+		writeNewRequestID(w)
+	}
+	w.WriteString("\r\n")
+	if e.route.DisableKeepAlives {
+		w.WriteString("Connection: close\r\n")
+	}
+	if req.contentLen > 0 || methodWantsLength(req.method) {
+		w.WriteString("Content-Length: ")
+		w.Write(strconv.AppendInt(w.AvailableBuffer(), req.contentLen, 10))
+		w.WriteString("\r\n")
+	}
+	w.WriteString("\r\n")
+	if req.contentLen > 0 {
+		// The head slices die here: reading the body reuses the buffer.
+		n, err := io.CopyN(w, br, req.contentLen)
+		if n < req.contentLen {
+			return nil, errors.Join(errClientBody, err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return nil, err
+	}
+	return peekHead(pc.br, pc.br.Size())
+}
+
+func methodWantsLength(m []byte) bool {
+	s := view(m)
+	return s == "POST" || s == "PUT" || s == "PATCH"
+}
+
+// fastResp is a parsed response head; offsets point into the head.
+type fastResp struct {
+	status     int
+	statusRest []byte // " 200 OK"
+	contentLen int64
+	chunked    bool
+	close      bool
+	lines      [256][2]int32
+	nlines     int
+}
+
+// parseResponseHead parses a backend response head, keeping the
+// end-to-end header lines.
+func parseResponseHead(h []byte, resp *fastResp) bool {
+	eol := bytes.IndexByte(h, '\n')
+	if eol < 12 || h[eol-1] != '\r' {
+		return false
+	}
+	line := h[:eol-1]
+	if !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' {
+		return false
+	}
+	http10 := line[7] == '0'
+	resp.statusRest = line[8:]
+	code := line[9:]
+	if len(code) < 3 || (len(code) > 3 && code[3] != ' ') {
+		return false
+	}
+	for _, ch := range code[:3] {
+		if ch < '0' || ch > '9' {
+			return false
+		}
+		resp.status = resp.status*10 + int(ch-'0')
+	}
+	resp.contentLen = -1
+	resp.close = http10
+	haveLen := false
+	pos := eol + 1
+	for {
+		nl := bytes.IndexByte(h[pos:], '\n')
+		if nl < 1 || h[pos+nl-1] != '\r' {
+			return false
+		}
+		end := pos + nl - 1
+		if end == pos {
+			break
+		}
+		line := h[pos:end]
+		colon := bytes.IndexByte(line, ':')
+		if colon < 1 || line[0] == ' ' || line[0] == '\t' {
+			return false
+		}
+		name := line[:colon]
+		value := bytes.Trim(line[colon+1:], " \t")
+		forward := true
+		switch {
+		case equalFold(name, "content-length"):
+			n, ok := parseContentLength(value)
+			if !ok || haveLen && n != resp.contentLen {
+				return false
+			}
+			haveLen = true
+			resp.contentLen = n
+			forward = false
+		case equalFold(name, "transfer-encoding"):
+			if !equalFold(value, "chunked") {
+				return false
+			}
+			resp.chunked = true
+			forward = false
+		case equalFold(name, "connection"):
+			if bytes.Contains(bytes.ToLower(value), []byte("close")) {
+				resp.close = true
+			} else if http10 && bytes.Contains(bytes.ToLower(value), []byte("keep-alive")) {
+				resp.close = false
+			}
+			if bytes.IndexByte(value, ',') >= 0 || !(equalFold(value, "close") || equalFold(value, "keep-alive")) {
+				// Named options: not worth the fast path's trouble, and
+				// rare from app servers; drop the whole response's keep-alive.
+				resp.close = true
+			}
+			forward = false
+		case equalFold(name, "keep-alive"), equalFold(name, "proxy-connection"), equalFold(name, "upgrade"),
+			equalFold(name, "trailer"), equalFold(name, "te"), equalFold(name, "proxy-authenticate"):
+			forward = false
+		}
+		if forward {
+			if resp.nlines >= len(resp.lines) {
+				return false
+			}
+			resp.lines[resp.nlines] = [2]int32{int32(pos), int32(end)}
+			resp.nlines++
+		}
+		pos = end + 2
+	}
+	if resp.chunked {
+		resp.contentLen = -1
+	}
+	return true
+}
+
+// relayN copies n body bytes from the backend to the client, flushing
+// the client whenever the backend has nothing buffered, so slow bodies
+// stream. upstreamOK is false if the backend failed; cerr is a client
+// write error.
+func relayN(bw *bufio.Writer, src *bufio.Reader, n int64) (upstreamOK bool, cerr error) {
+	for n > 0 {
+		if src.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return false, err
+			}
+			if _, err := src.Peek(1); err != nil {
+				return false, nil
+			}
+		}
+		chunk, _ := src.Peek(int(min(int64(src.Buffered()), n)))
+		if _, err := bw.Write(chunk); err != nil {
+			return false, err
+		}
+		src.Discard(len(chunk))
+		n -= int64(len(chunk))
+	}
+	return true, nil
+}
+
+// relayChunked copies a chunked body as is, following its framing to find
+// its end.
+func relayChunked(bw *bufio.Writer, src *bufio.Reader) (upstreamOK bool, cerr error) {
+	for {
+		if src.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return false, err
+			}
+		}
+		line, err := src.ReadSlice('\n')
+		if err != nil || len(line) < 3 || line[len(line)-2] != '\r' {
+			return false, nil
+		}
+		if _, err := bw.Write(line); err != nil {
+			return false, err
+		}
+		size, ok := parseChunkSize(line[:len(line)-2])
+		if !ok {
+			return false, nil
+		}
+		if size == 0 {
+			// Trailers, then the final blank line.
+			for {
+				tl, err := src.ReadSlice('\n')
+				if err != nil {
+					return false, nil
+				}
+				if _, err := bw.Write(tl); err != nil {
+					return false, err
+				}
+				if len(tl) == 2 && tl[0] == '\r' {
+					return true, nil
+				}
+			}
+		}
+		if ok, err := relayN(bw, src, size+2); !ok || err != nil {
+			return false, err
+		}
+	}
+}
+
+func parseChunkSize(b []byte) (int64, bool) {
+	if i := bytes.IndexByte(b, ';'); i >= 0 {
+		b = b[:i]
+	}
+	b = bytes.TrimRight(b, " \t")
+	if len(b) == 0 || len(b) > 15 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | int64(d)
+	}
+	return n, true
+}
+
+// relayUntilEOF copies a close-delimited body.
+func relayUntilEOF(bw *bufio.Writer, src *bufio.Reader) (upstreamOK bool, cerr error) {
+	for {
+		if src.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return false, err
+			}
+		}
+		if _, err := src.Peek(1); err != nil {
+			return errors.Is(err, io.EOF), nil
+		}
+		chunk, _ := src.Peek(src.Buffered())
+		if _, err := bw.Write(chunk); err != nil {
+			return false, err
+		}
+		src.Discard(len(chunk))
+	}
+}
+
+// writeFastError writes the router's own error reply (JSON, or HTML for
+// browsers). It reports whether the connection can go on.
+func writeFastError(bw *bufio.Writer, req *fastReq, status int, code api.ErrorCode, msg string) bool {
+	var body []byte
+	ctype := "application/json"
+	if req.wantsHTML {
+		ctype = "text/html; charset=utf-8"
+		body = []byte("<!DOCTYPE html>\n<html><head><title>" + strconv.Itoa(status) + " " + http.StatusText(status) +
+			"</title></head><body><h1>" + http.StatusText(status) + "</h1><p>" + html.EscapeString(msg) + "</p></body></html>\n")
+	} else {
+		body, _ = json.Marshal(&api.Error{Code: code, Message: msg})
+		body = append(body, '\n')
+	}
+	bw.WriteString("HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\nContent-Type: " + ctype +
+		"\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n")
+	if req.close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	bw.Write(body)
+	return bw.Flush() == nil
+}
+
+// replayConn is a connection handed to net/http: reads first drain what
+// the fast path had buffered.
+type replayConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if c.br != nil {
+		if c.br.Buffered() > 0 {
+			return c.br.Read(p)
+		}
+		c.br = nil
+	}
+	return c.Conn.Read(p)
+}
+
+// connQueue is a net.Listener fed with handed-off connections.
+type connQueue struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{}), addr: addr}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
+
+func (q *connQueue) push(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}

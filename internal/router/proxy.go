@@ -1,0 +1,515 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"html"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+)
+
+// maxAttempts bounds how many backends one request tries when dials fail.
+const maxAttempts = 4
+
+// frontend serves one HTTP or HTTPS listener.
+type frontend struct {
+	r     *Router
+	proto string // "http" or "https"
+	port  string
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// aLongTimeAgo is a deadline that makes blocked IO return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (f *frontend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	start := time.Now()
+	r := f.r
+	e := r.table.Load().lookup(req.Host, req.URL.Path)
+	if e == nil {
+		r.metrics.noRoute.Inc()
+		writeErrorPage(w, req, http.StatusNotFound, api.CodeNotFound, "no route matches "+req.Host+req.URL.Path)
+		return
+	}
+	status, abort := f.proxy(w, req, e, start)
+	d := time.Since(start)
+	e.metrics.observe(status, d)
+	if r.log.Enabled(req.Context(), slog.LevelDebug) {
+		r.log.Debug("request", "route", e.route.ID, "method", req.Method, "host", req.Host, "path", req.URL.Path,
+			"status", status, "duration", d, "remote", req.RemoteAddr)
+	}
+	if abort {
+		// The backend failed mid-response: cut the client connection so it
+		// cannot mistake a truncated body for a complete one.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// candidates returns the backends a route may use.
+func candidates(e *routeEntry, one *[1]*backend) ([]*backend, *backendSet) {
+	set := e.svc.backends()
+	if set == nil {
+		return nil, nil
+	}
+	if e.route.Leader {
+		if set.leader == nil {
+			return nil, set
+		}
+		one[0] = set.leader
+		return one[:], set
+	}
+	return set.all, set
+}
+
+func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry, start time.Time) (status int, abort bool) {
+	var one [1]*backend
+	cands, set := candidates(e, &one)
+	upgrade := isUpgrade(req)
+	var chosen *backend
+	sticky := ""
+	if e.route.Sticky && !e.route.Leader && set != nil {
+		sticky = f.r.cookies.stickyAddr(req)
+		if sticky != "" {
+			chosen = set.byAddr[sticky]
+		}
+	}
+	var tried [maxAttempts]*backend
+	for n := 0; n < maxAttempts; {
+		b := chosen
+		chosen = nil
+		if b == nil {
+			b = pick(cands, tried[:n])
+		}
+		if b == nil {
+			break
+		}
+		tried[n] = b
+		n++
+		b.acquire()
+		var pc *upConn
+		var err error
+		if upgrade || e.route.DisableKeepAlives {
+			pc, err = b.dial(req.Context())
+		} else {
+			pc, err = b.getConn(req.Context(), hasBody(req))
+		}
+		if err != nil {
+			b.release()
+			f.r.log.Debug("backend dial failed", "route", e.route.ID, "addr", b.addr, "err", err)
+			if req.Context().Err() != nil {
+				return 499, false
+			}
+			continue
+		}
+		if e.route.Sticky && b.addr != sticky {
+			http.SetCookie(w, &http.Cookie{Name: stickyCookie, Value: f.r.cookies.seal(b.addr), Path: "/", HttpOnly: true})
+		}
+		if upgrade {
+			status = f.upgrade(w, req, e, b, pc, start)
+		} else {
+			status, abort = f.roundTrip(w, req, e, b, pc, start)
+		}
+		b.release()
+		return status, abort
+	}
+	writeErrorPage(w, req, http.StatusServiceUnavailable, api.CodeUnavailable,
+		"no backend is available for "+req.Host+": the app may be scaled to zero or starting")
+	return http.StatusServiceUnavailable, false
+}
+
+// roundTrip sends req over pc and copies the response to w. It retries
+// once on a fresh connection only when a pooled connection turns out to
+// have been closed by the backend before it read anything, and the request
+// has no body.
+func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time) (int, bool) {
+	stop := context.AfterFunc(req.Context(), func() { pc.conn.SetDeadline(aLongTimeAgo) })
+	resp, err := f.send(req, e, pc, start, false)
+	if err != nil && pc.reused && req.ContentLength == 0 && isStale(err) && req.Context().Err() == nil {
+		stop()
+		pc.conn.Close()
+		pc, err = b.dial(req.Context())
+		if err != nil {
+			writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend closed the connection")
+			return http.StatusBadGateway, false
+		}
+		stop = context.AfterFunc(req.Context(), func() { pc.conn.SetDeadline(aLongTimeAgo) })
+		resp, err = f.send(req, e, pc, start, false)
+	}
+	if err != nil {
+		stop()
+		pc.conn.Close()
+		if req.Context().Err() != nil {
+			return 499, false
+		}
+		f.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
+		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+		return http.StatusBadGateway, false
+	}
+	copyResponseHeader(w.Header(), resp.Header)
+	w.WriteHeader(resp.StatusCode)
+	complete, upstreamErr := copyBody(w, resp, pc)
+	reusable := stop() && complete && !resp.Close && !e.route.DisableKeepAlives
+	if reusable {
+		b.putConn(pc)
+	} else {
+		pc.conn.Close()
+	}
+	return resp.StatusCode, upstreamErr
+}
+
+// copyBody streams the response body to the client. Responses without a
+// length are flushed whenever the backend has nothing more buffered, so
+// event streams are not held back.
+func copyBody(w http.ResponseWriter, resp *http.Response, pc *upConn) (complete, upstreamErr bool) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	flusher, _ := w.(http.Flusher)
+	stream := resp.ContentLength < 0 && flusher != nil
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return false, false
+			}
+			if stream && pc.br.Buffered() == 0 {
+				flusher.Flush()
+			}
+		}
+		if err == io.EOF {
+			return true, false
+		}
+		if err != nil {
+			return false, true
+		}
+	}
+}
+
+func isStale(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// send writes the request to the backend and reads the response head,
+// skipping informational responses other than 101.
+func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time.Time, upgrade bool) (*http.Response, error) {
+	bw := pc.bw
+	f.writeRequestHead(bw, req, e, start, upgrade)
+	if err := writeBody(bw, req); err != nil {
+		return nil, err
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, err
+	}
+	// A bare EOF before any byte of a reply marks a connection the backend
+	// had closed (ReadResponse would report it as unexpected).
+	if _, err := pc.br.Peek(1); err != nil {
+		return nil, err
+	}
+	for {
+		resp, err := http.ReadResponse(pc.br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		return resp, nil
+	}
+}
+
+func hasBody(req *http.Request) bool {
+	return req.Body != nil && req.Body != http.NoBody && req.ContentLength != 0
+}
+
+func writeBody(bw *bufio.Writer, req *http.Request) error {
+	if !hasBody(req) {
+		return nil
+	}
+	if req.ContentLength > 0 {
+		n, err := io.CopyN(bw, req.Body, req.ContentLength)
+		if err != nil && n < req.ContentLength {
+			return err
+		}
+		return nil
+	}
+	cw := httputil.NewChunkedWriter(bw)
+	if _, err := io.Copy(cw, req.Body); err != nil {
+		return err
+	}
+	if err := cw.Close(); err != nil {
+		return err
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// writeRequestHead writes the request line and headers for the backend:
+// the client's end-to-end headers plus the forwarding headers, without
+// hop-by-hop headers.
+func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *routeEntry, start time.Time, upgrade bool) {
+	uri := req.RequestURI
+	if uri == "" || req.ProtoMajor == 2 && !strings.HasPrefix(uri, "/") {
+		uri = req.URL.RequestURI()
+	}
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(uri)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.Host)
+	bw.WriteString("\r\n")
+	var connTokens []string
+	if v, ok := req.Header["Connection"]; ok {
+		connTokens = connectionTokens(v)
+	}
+	for k, vv := range req.Header {
+		if skipRequestHeader(k) || (connTokens != nil && listed(connTokens, k)) {
+			continue
+		}
+		for _, v := range vv {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	bw.WriteString("X-Forwarded-For: ")
+	if prior := req.Header["X-Forwarded-For"]; len(prior) > 0 {
+		for _, p := range prior {
+			bw.WriteString(p)
+			bw.WriteString(", ")
+		}
+	}
+	if ip, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
+		bw.WriteString(ip)
+	} else {
+		bw.WriteString(req.RemoteAddr)
+	}
+	bw.WriteString("\r\nX-Forwarded-Proto: ")
+	bw.WriteString(f.proto)
+	bw.WriteString("\r\nX-Forwarded-Port: ")
+	bw.WriteString(f.port)
+	bw.WriteString("\r\nX-Request-Start: ")
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), start.UnixMilli(), 10))
+	bw.WriteString("\r\nX-Request-Id: ")
+	if id := req.Header["X-Request-Id"]; len(id) > 0 && validRequestID(id[0]) {
+		bw.WriteString(id[0])
+	} else {
+		writeNewRequestID(bw)
+	}
+	bw.WriteString("\r\n")
+	if upgrade {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		bw.WriteString(req.Header.Get("Upgrade"))
+		bw.WriteString("\r\n")
+	} else if e.route.DisableKeepAlives {
+		bw.WriteString("Connection: close\r\n")
+	}
+	if hasBody(req) {
+		if req.ContentLength > 0 {
+			bw.WriteString("Content-Length: ")
+			bw.Write(strconv.AppendInt(bw.AvailableBuffer(), req.ContentLength, 10))
+			bw.WriteString("\r\n")
+		} else {
+			bw.WriteString("Transfer-Encoding: chunked\r\n")
+		}
+	} else if req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch {
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// skipRequestHeader reports headers the router drops or sets itself.
+func skipRequestHeader(k string) bool {
+	switch k {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect",
+		"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Request-Start", "X-Request-Id":
+		return true
+	}
+	return false
+}
+
+func isHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+func connectionTokens(vv []string) []string {
+	var out []string
+	for _, v := range vv {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, http.CanonicalHeaderKey(t))
+			}
+		}
+	}
+	if out == nil {
+		out = []string{}
+	}
+	return out
+}
+
+func listed(tokens []string, k string) bool {
+	for _, t := range tokens {
+		if t == k {
+			return true
+		}
+	}
+	return false
+}
+
+// copyResponseHeader copies the backend's end-to-end headers. The header
+// slices are shared, not copied: the response is not used afterwards.
+func copyResponseHeader(dst, src http.Header) {
+	var connTokens []string
+	if v, ok := src["Connection"]; ok {
+		connTokens = connectionTokens(v)
+	}
+	for k, vv := range src {
+		if isHopHeader(k) || (connTokens != nil && listed(connTokens, k)) {
+			continue
+		}
+		dst[k] = vv
+	}
+	if _, ok := dst["Content-Type"]; !ok {
+		dst["Content-Type"] = nil // no content sniffing by net/http
+	}
+}
+
+// isUpgrade reports an HTTP/1.1 request asking to switch protocols
+// (WebSocket and others).
+func isUpgrade(req *http.Request) bool {
+	if req.ProtoMajor != 1 {
+		return false
+	}
+	v, ok := req.Header["Connection"]
+	if !ok || len(req.Header["Upgrade"]) == 0 {
+		return false
+	}
+	for _, s := range v {
+		for _, t := range strings.Split(s, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// validRequestID accepts a client's X-Request-Id of 20-200 characters from
+// a safe set.
+func validRequestID(id string) bool {
+	if len(id) < 20 || len(id) > 200 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '+' || c == '/' || c == '=' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+// upgrade proxies a protocol switch: after the backend answers 101, the
+// two connections are piped until either side closes.
+func (f *frontend) upgrade(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time) int {
+	resp, err := f.send(req, e, pc, start, true)
+	if err != nil {
+		pc.conn.Close()
+		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+		return http.StatusBadGateway
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		copyResponseHeader(w.Header(), resp.Header)
+		w.WriteHeader(resp.StatusCode)
+		copyBody(w, resp, pc)
+		pc.conn.Close()
+		return resp.StatusCode
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		pc.conn.Close()
+		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "protocol upgrades need HTTP/1.1")
+		return http.StatusBadGateway
+	}
+	cconn, cbuf, err := hj.Hijack()
+	if err != nil {
+		pc.conn.Close()
+		return http.StatusBadGateway
+	}
+	if !f.r.conns.add(cconn) {
+		cconn.Close()
+		pc.conn.Close()
+		return http.StatusServiceUnavailable
+	}
+	defer f.r.conns.remove(cconn)
+	cconn.SetDeadline(time.Time{})
+	cbuf.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	resp.Header.Write(cbuf)
+	cbuf.WriteString("\r\n")
+	if err := cbuf.Flush(); err != nil {
+		cconn.Close()
+		pc.conn.Close()
+		return http.StatusSwitchingProtocols
+	}
+	pipe(cconn, cbuf.Reader, pc.conn, pc.br)
+	return http.StatusSwitchingProtocols
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// pipe copies a→b and b→a until both directions end, half-closing as each
+// finishes, then closes both connections. ar and br read from a and b
+// (possibly through buffers holding bytes already read).
+func pipe(a net.Conn, ar io.Reader, b net.Conn, br io.Reader) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(b, ar)
+		if cw, ok := b.(closeWriter); ok {
+			cw.CloseWrite()
+		} else {
+			b.Close()
+		}
+	}()
+	io.Copy(a, br)
+	if cw, ok := a.(closeWriter); ok {
+		cw.CloseWrite()
+	} else {
+		a.Close()
+	}
+	<-done
+	a.Close()
+	b.Close()
+}
+
+// writeErrorPage answers with the router's own error: HTML for browsers,
+// JSON otherwise.
+func writeErrorPage(w http.ResponseWriter, req *http.Request, status int, code api.ErrorCode, msg string) {
+	if strings.Contains(req.Header.Get("Accept"), "text/html") {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(status)
+		io.WriteString(w, "<!DOCTYPE html>\n<html><head><title>"+strconv.Itoa(status)+" "+http.StatusText(status)+
+			"</title></head><body><h1>"+http.StatusText(status)+"</h1><p>"+html.EscapeString(msg)+"</p></body></html>\n")
+		return
+	}
+	httpapi.WriteJSON(w, status, &api.Error{Code: code, Message: msg})
+}

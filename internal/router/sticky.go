@@ -1,0 +1,51 @@
+package router
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"net/http"
+
+	"golang.org/x/crypto/nacl/secretbox"
+)
+
+// stickyCookie is the cookie that pins a client to a backend. Its value is
+// the backend address sealed with NaCl secretbox under the cookie key, so
+// clients can neither read nor forge it.
+const stickyCookie = "_backend"
+
+type cookieKey [32]byte
+
+func (k *cookieKey) seal(addr string) string {
+	var nonce [24]byte
+	rand.Read(nonce[:])
+	out := secretbox.Seal(nonce[:], []byte(addr), &nonce, (*[32]byte)(k))
+	return base64.RawURLEncoding.EncodeToString(out)
+}
+
+func (k *cookieKey) open(v string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(v)
+	if err != nil || len(b) < 24+secretbox.Overhead {
+		return "", errors.New("malformed sticky cookie")
+	}
+	var nonce [24]byte
+	copy(nonce[:], b[:24])
+	addr, ok := secretbox.Open(nil, b[24:], &nonce, (*[32]byte)(k))
+	if !ok {
+		return "", errors.New("sticky cookie does not verify")
+	}
+	return string(addr), nil
+}
+
+// stickyAddr returns the backend address a request's cookie names, if any.
+func (k *cookieKey) stickyAddr(r *http.Request) string {
+	c, err := r.Cookie(stickyCookie)
+	if err != nil {
+		return ""
+	}
+	addr, err := k.open(c.Value)
+	if err != nil {
+		return ""
+	}
+	return addr
+}

@@ -51,6 +51,7 @@ administration, and the entrypoints of the platform's components.`,
 	root.SetErr(env.Stderr)
 	root.AddCommand(
 		newVersionCmd(),
+		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env),
 	)
 	return root
 }

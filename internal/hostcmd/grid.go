@@ -181,6 +181,9 @@ func newStatusCmd(env Env) *cobra.Command {
 				}
 				token = hc.Token
 			}
+			if addr == "" {
+				addr = daemon.DefaultListenIP()
+			}
 			u, err := peerURL(addr)
 			if err != nil {
 				return err
@@ -201,7 +204,7 @@ func newStatusCmd(env Env) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config (for the token)")
-	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1", "discoverd address of a host, host[:port]")
+	cmd.Flags().StringVar(&addr, "addr", "", "discoverd address of a host, host[:port] (default: this host's cluster address, port 1111)")
 	cmd.Flags().StringVar(&token, "token", "", "cluster token (default: from the host config)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd

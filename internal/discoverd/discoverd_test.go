@@ -261,6 +261,30 @@ func TestMetaCAS(t *testing.T) {
 	if w.Meta().Index != m.Index {
 		t.Fatalf("cached meta index %d, want %d", w.Meta().Index, m.Index)
 	}
+	// GET meta as SSE streams only meta events.
+	er, err := (&httpclient.Client{URL: e.url, Key: token}).Stream(ctx, "/services/pg/meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer er.Close()
+	if _, err := e.c.Register(ctx, "pg", "10.0.3.1:5432", nil); err != nil {
+		t.Fatal(err)
+	}
+	m.Data = json.RawMessage(`{"primary":"d"}`)
+	if err := e.c.SetMeta(ctx, "pg", m); err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for range 3 {
+		ev, err := er.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, ev.Event)
+	}
+	if diff := cmp.Diff([]string{"service_meta", "current", "service_meta"}, kinds); diff != "" {
+		t.Fatalf("meta stream (-want +got):\n%s", diff)
+	}
 }
 
 func TestBadInput(t *testing.T) {

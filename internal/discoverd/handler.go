@@ -169,6 +169,11 @@ func (h *handler) leader(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) getMeta(w http.ResponseWriter, r *http.Request) error {
+	if httpapi.WantsSSE(r) {
+		return h.stream(w, r, func(ev *api.ServiceEvent) bool {
+			return ev.Kind == api.EventKindServiceMeta || ev.Kind == api.EventKindCurrent
+		})
+	}
 	m, err := h.store.Meta(r.Context(), r.PathValue("service"))
 	if err != nil {
 		return err

@@ -178,7 +178,13 @@ func (n *node) waitHealthy(ctx context.Context, hosts, healthyWant, members int)
 		} else {
 			last = err.Error()
 		}
+		var exited chan struct{}
+		if n.cmd != nil {
+			exited = n.exited
+		}
 		select {
+		case <-exited:
+			n.t.Fatalf("%s exited while waiting for it to be healthy\nlog:\n%s", n.name, n.log())
 		case <-ctx.Done():
 			n.t.Fatalf("%s not healthy (%d hosts, %d members): %s\nlog:\n%s", n.name, hosts, members, last, n.log())
 		case <-time.After(200 * time.Millisecond):

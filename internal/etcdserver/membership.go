@@ -159,5 +159,22 @@ func Join(ctx context.Context, cli *clientv3.Client, cfg Config) (*Server, error
 		s.Close()
 		return nil, err
 	}
-	return s, nil
+	// The member applies its own promotion a moment after the leader
+	// does; until then it refuses linearizable requests as a learner.
+	for {
+		_, err := s.client.MemberList(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if !strings.Contains(err.Error(), "not supported for learner") {
+			s.Close()
+			return nil, fmt.Errorf("join etcd: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return nil, fmt.Errorf("join etcd: wait for promotion: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

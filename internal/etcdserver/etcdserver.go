@@ -8,6 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -43,6 +46,9 @@ type Server struct {
 	etcd   *embed.Etcd
 	client *clientv3.Client
 	cfg    Config
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Start starts the member and waits until it is ready to serve (or ctx is
@@ -121,12 +127,25 @@ func (s *Server) Endpoint() string { return s.cfg.ClientURL }
 // Err reports a fatal error of the running member.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
 
-// Close stops the member and its client.
+// Close stops the member and its client. It is safe to call more than
+// once.
 func (s *Server) Close() error {
-	errc := s.client.Close()
-	s.etcd.Close()
-	if errc != nil && !errors.Is(errc, context.Canceled) {
-		return errc
-	}
-	return nil
+	s.closeOnce.Do(func() {
+		errc := s.client.Close()
+		s.etcd.Close()
+		if errc != nil && !errors.Is(errc, context.Canceled) {
+			s.closeErr = errc
+		}
+	})
+	return s.closeErr
+}
+
+// ID is the member's id in the cluster.
+func (s *Server) ID() uint64 { return uint64(s.etcd.Server.MemberID()) }
+
+// HasData reports whether dataDir holds a member's data, so that Start
+// restarts that member (its cluster settings then come from the data).
+func HasData(dataDir string) bool {
+	_, err := os.Stat(filepath.Join(dataDir, "member", "wal"))
+	return err == nil
 }

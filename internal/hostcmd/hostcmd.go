@@ -53,6 +53,7 @@ administration, and the entrypoints of the platform's components.`,
 		newVersionCmd(),
 		newComponentCmd(env),
 		newStackCmd(env), newSlugbuilderCmd(env), newSlugrunnerCmd(env),
+		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env),
 	)
 	return root
 }

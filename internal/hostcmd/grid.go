@@ -1,0 +1,261 @@
+package hostcmd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/internal/daemon"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+)
+
+// The layer 0 commands: daemon, init, join, status.
+
+func newDaemonCmd(env Env) *cobra.Command {
+	cfg := daemon.Config{}
+	var logLevel string
+	var logJSON bool
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the host daemon (etcd, discoverd, host agent)",
+		Long: `Run the host daemon: the embedded etcd member (or an etcd client), discoverd
+(HTTP API and DNS) and the host's registration in the cluster. Run
+'flynn-host init' or 'flynn-host join' once before the first start.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if logLevel == "" && env.Getenv != nil {
+				logLevel = env.Getenv("FLYNN_LOG_LEVEL")
+			}
+			log, err := logging.New(env.Stderr, logging.Config{Level: logLevel, JSON: logJSON})
+			if err != nil {
+				return err
+			}
+			return daemon.Run(cmd.Context(), cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config and etcd data")
+	f.StringVar(&cfg.ListenIP, "listen-ip", "", "the host's cluster address (default: the address of the default route, else 127.0.0.1)")
+	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", daemon.DefaultEtcdClientPort, "etcd client port")
+	f.IntVar(&cfg.EtcdPeerPort, "etcd-peer-port", daemon.DefaultEtcdPeerPort, "etcd peer port")
+	f.IntVar(&cfg.DiscoverdPort, "discoverd-port", daemon.DefaultDiscoverdPort, "discoverd HTTP port")
+	f.IntVar(&cfg.DNSPort, "dns-port", daemon.DefaultDNSPort, "discoverd DNS port (-1 disables DNS)")
+	f.IntVar(&cfg.HostPort, "host-port", daemon.DefaultHostPort, "host agent HTTP port (advertised)")
+	f.DurationVar(&cfg.TTL, "ttl", 10*time.Second, "how long a host or service instance lives without heartbeats")
+	f.StringToStringVar(&cfg.Tags, "tag", nil, "host tag key=value (repeatable)")
+	f.StringSliceVar(&cfg.Recursors, "recursor", nil, "DNS resolver ip:port for names outside .discoverd (default: from /etc/resolv.conf)")
+	f.BoolVar(&cfg.EtcdFast, "etcd-fast", false, "short etcd ticks, for tests")
+	f.MarkHidden("etcd-fast")
+	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error (default $FLYNN_LOG_LEVEL or info)")
+	f.BoolVar(&logJSON, "log-json", false, "log JSON lines")
+	return cmd
+}
+
+func newInitCmd(env Env) *cobra.Command {
+	var stateDir, token string
+	var maxMembers int
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Make this host the first host of a new cluster",
+		Long: `Create a new cluster: a cluster id and a random cluster token, with this host
+as its first etcd member. It writes the host config to the state dir; start
+the host with 'flynn-host daemon' and add hosts with 'flynn-host join'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if maxMembers < 1 || maxMembers > 7 || maxMembers%2 == 0 {
+				return fmt.Errorf("--max-etcd-members %d: use an odd number from 1 to 7 (3 or 5 are usual)", maxMembers)
+			}
+			if _, err := daemon.LoadHostConfig(stateDir); !errors.Is(err, daemon.ErrNoHostConfig) {
+				return fmt.Errorf("%s already has a host config: this host is set up already", stateDir)
+			}
+			if token == "" {
+				token = daemon.RandomID(24)
+			}
+			hc := &daemon.HostConfig{
+				HostID: daemon.RandomID(8), ClusterID: daemon.RandomID(16), Token: token,
+				Role: daemon.RoleInit, MaxEtcdMembers: maxMembers,
+			}
+			if err := hc.Save(stateDir); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "cluster: %s\nhost: %s\ntoken: %s\n", hc.ClusterID, hc.HostID, hc.Token)
+			fmt.Fprintf(w, "Start this host with `flynn-host daemon`, then add hosts with\n  flynn-host join --peer <this host's IP> --token %s\n", hc.Token)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config and etcd data")
+	cmd.Flags().IntVar(&maxMembers, "max-etcd-members", daemon.DefaultMaxEtcdMembers, "how many hosts run an etcd member (3 or 5)")
+	cmd.Flags().StringVar(&token, "token", "", "cluster token (default: random)")
+	return cmd
+}
+
+// peerURL turns "host[:port]" or a URL into discoverd's base URL.
+func peerURL(peer string) (string, error) {
+	if strings.Contains(peer, "://") {
+		return strings.TrimSuffix(peer, "/"), nil
+	}
+	if _, _, err := net.SplitHostPort(peer); err != nil {
+		if net.ParseIP(strings.Trim(peer, "[]")) == nil && strings.Contains(peer, ":") {
+			return "", fmt.Errorf("invalid peer address %q: want host or host:port", peer)
+		}
+		peer = net.JoinHostPort(strings.Trim(peer, "[]"), fmt.Sprint(daemon.DefaultDiscoverdPort))
+	}
+	return "http://" + peer, nil
+}
+
+func newJoinCmd(env Env) *cobra.Command {
+	var stateDir, peer, token string
+	cmd := &cobra.Command{
+		Use:   "join --peer ADDR --token TOKEN",
+		Short: "Make this host join an existing cluster",
+		Long: `Join the cluster of the host at ADDR (its discoverd address, host[:1111]),
+proving membership with the cluster token. It writes the host config; on
+its first start 'flynn-host daemon' becomes an etcd member while the
+cluster has fewer than its configured members, otherwise an etcd client.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if token == "" && env.Getenv != nil {
+				token = env.Getenv("FLYNN_CLUSTER_TOKEN")
+			}
+			if peer == "" || token == "" {
+				return errors.New("join needs --peer ADDR and --token TOKEN (from `flynn-host init` on the first host)")
+			}
+			if _, err := daemon.LoadHostConfig(stateDir); !errors.Is(err, daemon.ErrNoHostConfig) {
+				return fmt.Errorf("%s already has a host config: this host is set up already", stateDir)
+			}
+			u, err := peerURL(peer)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			var info api.ClusterInfo
+			hc := &httpclient.Client{URL: u, Key: token}
+			if err := hc.Do(ctx, "GET", "/grid/cluster", nil, &info); err != nil {
+				if errors.Is(err, api.ErrUnauthorized) {
+					return fmt.Errorf("peer %s refused the token: check --token", peer)
+				}
+				return fmt.Errorf("ask peer %s about its cluster: %w", peer, err)
+			}
+			conf := &daemon.HostConfig{
+				HostID: daemon.RandomID(8), ClusterID: info.ID, Token: token, Role: daemon.RoleJoin,
+				MaxEtcdMembers: info.MaxEtcdMembers, EtcdEndpoints: info.EtcdEndpoints,
+			}
+			if err := conf.Save(stateDir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster: %s\nhost: %s\nStart this host with `flynn-host daemon` to join.\n", conf.ClusterID, conf.HostID)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config and etcd data")
+	cmd.Flags().StringVar(&peer, "peer", "", "discoverd address of a host of the cluster, host[:port]")
+	cmd.Flags().StringVar(&token, "token", "", "cluster token (default $FLYNN_CLUSTER_TOKEN)")
+	return cmd
+}
+
+func newStatusCmd(env Env) *cobra.Command {
+	var stateDir, addr, token string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the cluster: hosts, etcd members, discoverd services",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if token == "" {
+				hc, err := daemon.LoadHostConfig(stateDir)
+				if err != nil {
+					return fmt.Errorf("no --token given and %w", err)
+				}
+				token = hc.Token
+			}
+			if addr == "" {
+				addr = daemon.DefaultListenIP()
+			}
+			u, err := peerURL(addr)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			var st api.GridStatus
+			if err := (&httpclient.Client{URL: u, Key: token}).Do(ctx, "GET", "/grid/status", nil, &st); err != nil {
+				return fmt.Errorf("get status from %s: %w", addr, err)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(cmd.OutOrStdout(), &st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config (for the token)")
+	cmd.Flags().StringVar(&addr, "addr", "", "discoverd address of a host, host[:port] (default: this host's cluster address, port 1111)")
+	cmd.Flags().StringVar(&token, "token", "", "cluster token (default: from the host config)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(out io.Writer, st *api.GridStatus) {
+	fmt.Fprintf(out, "Cluster %s (seen from host %s)\n\n", st.ClusterID, st.HostID)
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "HOST\tADDR\tETCD MEMBER\tCPUS\tMEMORY\tTAGS\n")
+	sort.Slice(st.Hosts, func(i, j int) bool { return st.Hosts[i].ID < st.Hosts[j].ID })
+	for _, h := range st.Hosts {
+		var tags []string
+		for k, v := range h.Tags {
+			tags = append(tags, k+"="+v)
+		}
+		sort.Strings(tags)
+		fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%d MiB\t%s\n", h.ID, h.Addr, h.EtcdMember, h.CPUs, h.Memory>>20, strings.Join(tags, ","))
+	}
+	w.Flush()
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "ETCD MEMBER\tID\tCLIENT URL\tSTATUS\n")
+	for _, m := range st.Members {
+		status := "healthy"
+		if !m.Healthy {
+			status = "unhealthy: " + m.Error
+		}
+		if m.IsLeader {
+			status += " (leader)"
+		}
+		if m.IsLearner {
+			status += " (learner)"
+		}
+		name := m.Name
+		if name == "" {
+			name = "(unstarted)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", name, m.ID, strings.Join(m.ClientURLs, ","), status)
+	}
+	w.Flush()
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "SERVICE\tINSTANCES\tLEADER\n")
+	for _, s := range st.Services {
+		leader := "-"
+		for _, i := range s.Instances {
+			if i.ID == s.Leader {
+				leader = i.Addr
+			}
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\n", s.Name, len(s.Instances), leader)
+	}
+	w.Flush()
+}

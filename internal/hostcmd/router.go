@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/router"
 )
@@ -43,7 +43,7 @@ etcd and the backends of each route's service in discoverd, and serves
 			if discoverdURL == "" {
 				return fmt.Errorf("--discoverd is required: the URL of discoverd's HTTP API")
 			}
-			cfg.Discoverer = &router.HTTPDiscoverer{Client: &httpclient.Client{URL: strings.TrimSuffix(discoverdURL, "/"), Key: token}}
+			cfg.Discoverer = &router.Discoverd{Client: discoverdclient.New(discoverdURL, token)}
 			if (certFile == "") != (keyFile == "") {
 				return fmt.Errorf("--tls-cert and --tls-key go together")
 			}

@@ -4,13 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"sync"
 
-	"encoding/json"
-
 	"github.com/flynnrebuilt/flynn/api"
-	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 )
 
 // Discoverer follows the instances of a discoverd service. Watch sends the
@@ -135,37 +132,26 @@ func (m *MemDiscoverer) Watch(ctx context.Context, service string) (<-chan api.S
 	return ch, nil
 }
 
-// HTTPDiscoverer follows services through discoverd's HTTP API: an SSE
-// stream at GET /services/<service> whose data lines are api.ServiceEvent.
-// It stands in until client/discoverdclient exists.
-type HTTPDiscoverer struct {
-	Client *httpclient.Client
+// Discoverd follows services through discoverd with the Go client. The
+// client's watcher reconnects by itself and reports only what changed while
+// it was away, so the router sees one continuous stream per service.
+type Discoverd struct {
+	Client *discoverdclient.Client
 }
 
 // Watch implements Discoverer.
-func (d *HTTPDiscoverer) Watch(ctx context.Context, service string) (<-chan api.ServiceEvent, error) {
-	er, err := d.Client.Stream(ctx, "/services/"+url.PathEscape(service))
+func (d *Discoverd) Watch(ctx context.Context, service string) (<-chan api.ServiceEvent, error) {
+	w, err := d.Client.Watch(ctx, service)
 	if err != nil {
 		return nil, fmt.Errorf("watch service %q: %w", service, err)
 	}
 	ch := make(chan api.ServiceEvent, 64)
 	go func() {
 		defer close(ch)
-		defer er.Close()
-		for {
-			ev, err := er.Next()
-			if err != nil {
-				return
-			}
-			var se api.ServiceEvent
-			if err := json.Unmarshal(ev.Data, &se); err != nil {
-				continue
-			}
-			if se.Kind == "" {
-				se.Kind = ev.Event
-			}
+		defer w.Close()
+		for ev := range w.Events() {
 			select {
-			case ch <- se:
+			case ch <- *ev:
 			case <-ctx.Done():
 				return
 			}

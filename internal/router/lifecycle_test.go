@@ -2,18 +2,19 @@ package router
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-
 	"github.com/flynnrebuilt/flynn/api"
-	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/discoverd"
+	"github.com/flynnrebuilt/flynn/internal/etcdtest"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
 
@@ -76,41 +77,51 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
-// TestHTTPDiscoverer follows a discoverd-style SSE stream.
-func TestHTTPDiscoverer(t *testing.T) {
-	events := []api.ServiceEvent{
-		{Service: "web", Kind: api.EventKindUp, Instance: &api.Instance{ID: "a", Addr: "10.0.0.1:80", Index: 1}},
-		{Service: "web", Kind: api.EventKindCurrent},
-		{Service: "web", Kind: api.EventKindDown, Instance: &api.Instance{ID: "a", Addr: "10.0.0.1:80", Index: 1}},
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/services/web" || r.Header.Get("Accept") != "text/event-stream" {
-			http.Error(w, "wrong request", 400)
-			return
-		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		for _, ev := range events {
-			b, _ := json.Marshal(ev)
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.Kind, b)
-		}
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-	}))
-	defer srv.Close()
-	d := &HTTPDiscoverer{Client: &httpclient.Client{URL: srv.URL}}
+// TestRealDiscoverd routes through a real discoverd (registry on etcd,
+// HTTP API, Go client): a registered backend gets traffic, a deregistered
+// one stops getting it.
+func TestRealDiscoverd(t *testing.T) {
+	etcd := etcdtest.Client(t)
+	store := discoverd.NewStore(etcd, 5*time.Second)
+	dsrv := httptest.NewServer(discoverd.Handler(store, httpapi.NewKeyAuth("tok"), logging.Discard()))
+	t.Cleanup(dsrv.Close) // after the router stops watching
+	dc := discoverdclient.New(dsrv.URL, "tok")
 	ctx, cancel := context.WithCancel(context.Background())
-	ch, err := d.Watch(ctx, "web")
+	defer cancel()
+	if err := dc.AddService(ctx, "app-web"); err != nil {
+		t.Fatal(err)
+	}
+	h := startRouter(t, func(c *Config) { c.Discoverer = &Discoverd{Client: dc} })
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "from backend")
+	}))
+	defer backend.Close()
+	h.putRoute(api.Route{ID: "r1", Domain: "app.test", Service: "app-web"})
+	reg, err := dc.Register(ctx, "app-web", strings.TrimPrefix(backend.URL, "http://"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []api.ServiceEvent
-	for range events {
-		got = append(got, <-ch)
+	waitFor(t, "backend reachable", func() error {
+		r, err := h.get("http://app.test/", map[string]string{"Host": "app.test"})
+		if err != nil {
+			return err
+		}
+		if r.status != 200 || r.body != "from backend" {
+			return fmt.Errorf("got %d %q", r.status, r.body)
+		}
+		return nil
+	})
+	if err := reg.Deregister(ctx); err != nil {
+		t.Fatal(err)
 	}
-	if diff := cmp.Diff(events, got); diff != "" {
-		t.Fatalf("events (-want +got):\n%s", diff)
-	}
-	cancel()
-	for range ch {
-	}
+	waitFor(t, "503 after deregistration", func() error {
+		r, err := h.get("http://app.test/", map[string]string{"Host": "app.test"})
+		if err != nil {
+			return err
+		}
+		if r.status != 503 {
+			return fmt.Errorf("got %d %q", r.status, r.body)
+		}
+		return nil
+	})
 }

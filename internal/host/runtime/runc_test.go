@@ -96,11 +96,12 @@ func TestRuncJob(t *testing.T) {
 	r, layer := newTestRunc(t, "fltrt0", "100.80.251.0/24")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	spec := &Spec{ID: "fltrt-1", Layers: []string{layer}, Args: []string{"sh", "-c", "echo out; echo err >&2; id -u; exit 3"}}
+	spec := &Spec{ID: "fltrt-1", Layers: []string{layer}, Args: []string{"sh", "-c", "echo out; echo err >&2; id -u; exit 3"}, UID: NobodyID, GID: NobodyID}
 	st, err := r.Start(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { killAndRemove(r, spec.ID) })
 	if st.PID == 0 || st.IP == "" {
 		t.Fatalf("started %+v", st)
 	}
@@ -137,4 +138,14 @@ func fmtDiff(want, got any) string {
 		return fmt.Sprintf("got %s, want %s", g, w)
 	}
 	return ""
+}
+
+// killAndRemove is a test clean-up that ends and removes a job whatever
+// state it is in.
+func killAndRemove(r *Runc, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r.Signal(ctx, id, 9)
+	r.Wait(ctx, id)
+	r.Remove(ctx, id)
 }

@@ -52,6 +52,7 @@ administration, and the entrypoints of the platform's components.`,
 	root.AddCommand(
 		newVersionCmd(),
 	)
+	root.AddCommand(newJobCmds(env)...)
 	return root
 }
 

@@ -308,4 +308,3 @@ func parseSignal(s string) (unix.Signal, bool) {
 	sig := unix.SignalNum(name)
 	return sig, sig != 0
 }
-

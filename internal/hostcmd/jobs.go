@@ -374,4 +374,3 @@ func artifactFor(img string) (*api.Artifact, error) {
 	}
 	return nil, fmt.Errorf("image %q is neither a layer file nor an image reference", img)
 }
-

@@ -290,4 +290,3 @@ func writeEvilTar(t *testing.T, file string) {
 		t.Fatal(err)
 	}
 }
-

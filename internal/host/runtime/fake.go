@@ -160,3 +160,14 @@ var (
 	_ Runtime = (*Fake)(nil)
 	_ Runtime = (*Runc)(nil)
 )
+
+// Spec returns the spec a job was started with.
+func (f *Fake) Spec(id string) (*Spec, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j, ok := f.jobs[id]
+	if !ok {
+		return nil, false
+	}
+	return j.spec, true
+}

@@ -59,7 +59,7 @@ var agentSeq atomic.Int32
 
 // agentProc is a `flynn-host agent` process under test.
 type agentProc struct {
-	t        *testing.T
+	t        testing.TB
 	stateDir string
 	args     []string
 	url      string
@@ -72,7 +72,7 @@ type agentProc struct {
 
 const testToken = "test-token"
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	// Bind port 0 to let the kernel pick, then release it for the agent.
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -85,7 +85,7 @@ func freePort(t *testing.T) int {
 
 // startAgent starts an agent with its own state dir, bridge, subnet and
 // cgroup parent, and registers clean-up of everything it made.
-func startAgent(t *testing.T) *agentProc {
+func startAgent(t testing.TB) *agentProc {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("integration test: needs root")

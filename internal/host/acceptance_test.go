@@ -45,6 +45,12 @@ func TestStopIgnoringSIGTERM(t *testing.T) {
 	a := startAgent(t)
 	a.add(busyboxJob("stubborn", "sh", "-c", "trap 'echo got TERM' TERM; echo ready; while true; do sleep 0.1; done"))
 	waitLog(t, a, "stubborn", "ready")
+	// A follower of the log sees the job's last words and ends with it.
+	followed := make(chan string, 1)
+	go func() {
+		out, _, _ := a.cli("log", "-f", "stubborn")
+		followed <- out
+	}()
 	out, stderr, err := a.cli("stop", "stubborn")
 	if err != nil {
 		t.Fatalf("stop: %v %s", err, stderr)
@@ -57,6 +63,51 @@ func TestStopIgnoringSIGTERM(t *testing.T) {
 		t.Fatalf("exit %d, want 137 (killed after the grace period)", exitStatus(aj))
 	}
 	waitLog(t, a, "stubborn", "got TERM")
+	select {
+	case out := <-followed:
+		if out != "ready\ngot TERM\n" {
+			t.Fatalf("log -f printed %q", out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("log -f did not end with the job")
+	}
+}
+
+func TestLimitsAndConfinement(t *testing.T) {
+	a := startAgent(t)
+	fds, procs := int64(123), int64(77)
+	j := busyboxJob("conf", "sh", "-c", `ulimit -n; cat /sys/fs/cgroup/pids/pids.max; cat /sys/fs/cgroup/memory/memory.limit_in_bytes
+grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status
+stat -c keys=%t,%T /proc/keys; echo shm > /dev/shm/x && cat /dev/shm/x
+mount -t tmpfs none /tmp 2>&1 || echo mount refused
+grep nameserver /etc/resolv.conf`)
+	j.Resources = api.Resources{api.ResourceMaxFD: {Limit: &fds}, api.ResourceMaxProcs: {Limit: &procs}}
+	a.add(j)
+	if aj := a.waitEnded("conf"); exitStatus(aj) != 0 {
+		out, errs, _ := a.cli("log", "conf")
+		t.Fatalf("exit %d: %s %s", exitStatus(aj), out, errs)
+	}
+	out, _, _ := a.cli("log", "conf")
+	for _, want := range []string{"123\n", "77\n", fmt.Sprintf("%d\n", 1<<30), "NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "keys=1,3", "shm\n", "mount refused", "nameserver 100.80."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("job output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestHostNetworkJob(t *testing.T) {
+	a := startAgent(t)
+	j := busyboxJob("hostnet", "sh", "-c", "mkdir -p /tmp/w; echo on host port $PORT > /tmp/w/index.html; exec httpd -f -p 127.0.0.1:$PORT -h /tmp/w")
+	j.Config.HostNetwork = true
+	j.Config.Ports = []api.Port{{Port: 0}}
+	aj := a.add(j)
+	if aj.InternalIP != "" || len(aj.HostPorts) != 1 {
+		t.Fatalf("host network job %+v", aj)
+	}
+	got := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/", aj.HostPorts[0]))
+	if want := fmt.Sprintf("on host port %d\n", aj.HostPorts[0]); got != want {
+		t.Fatalf("GET = %q, want %q", got, want)
+	}
 }
 
 // waitLog waits until the job's log contains s.
@@ -149,6 +200,18 @@ func TestRunTTY(t *testing.T) {
 	ptmx.Write([]byte("stty size; echo $((6*7))x\r"))
 	expect(`33 111\r?\n`)
 	expect(`42x`)
+	// A resize of the client's terminal reaches the job's TTY.
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 41, Cols: 122}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String(), "41 122") {
+		if time.Now().After(deadline) {
+			t.Fatalf("resize never reached the job; terminal shows %q", out.String())
+		}
+		ptmx.Write([]byte("stty size\r"))
+		time.Sleep(200 * time.Millisecond)
+	}
 	ptmx.Write([]byte("exit 7\r"))
 	err = cmd.Wait()
 	var ee *exec.ExitError

@@ -16,6 +16,9 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/host/runtime"
 )
 
+// startTimeout bounds how long the runtime may take to start a job.
+const startTimeout = 2 * time.Minute
+
 // AddJob validates, prepares and starts a job. Invalid specs (including
 // images that cannot be resolved) return a validation error and leave
 // nothing behind. A job that fails in the runtime is recorded as failed.
@@ -50,7 +53,11 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 		return nil, fmt.Errorf("add job %s: %w", hj.ID, err)
 	}
 
-	st, err := a.rt.Start(ctx, spec)
+	// Starting is not cancelled with the request: a container half
+	// started when the client went away would be orphaned.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
+	st, err := a.rt.Start(sctx, spec)
+	cancel()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	aj := j.active

@@ -55,7 +55,7 @@ type Manager struct {
 	cfg     Config
 	cni     *libcni.CNIConfig
 	list    *libcni.NetworkConfigList
-	lo      *libcni.PluginConfig
+	noPorts *libcni.NetworkConfigList
 	gateway string
 
 	mu    sync.Mutex
@@ -116,7 +116,10 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	lo, err := libcni.NetworkPluginConfFromBytes([]byte(`{"cniVersion":"1.0.0","name":"lo","type":"loopback"}`))
+	// Jobs without ports skip the portmap plugin (one exec less).
+	conf["plugins"] = conf["plugins"].([]any)[:1]
+	b, _ = json.Marshal(conf)
+	noPorts, err := libcni.NetworkConfFromBytes(b)
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
@@ -124,7 +127,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg:     cfg,
 		cni:     libcni.NewCNIConfigWithCacheDir([]string{cfg.PluginDir}, filepath.Join(cfg.StateDir, "cache"), nil),
 		list:    list,
-		lo:      lo,
+		noPorts: noPorts,
 		gateway: gw.String(),
 		ports:   map[int]bool{},
 	}, nil
@@ -215,6 +218,13 @@ func (m *Manager) runtimeConf(id string, ports []Port, hostPorts []int, ifname s
 	return rt
 }
 
+func (m *Manager) listFor(ports []Port) *libcni.NetworkConfigList {
+	if len(ports) == 0 {
+		return m.noPorts
+	}
+	return m.list
+}
+
 // Attach creates and pins job id's network namespace, attaches it to the
 // bridge and publishes ports on hostPorts (one per port). On error
 // everything it did is undone.
@@ -231,10 +241,7 @@ func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts
 			m.Detach(context.WithoutCancel(ctx), id, ports, hostPorts)
 		}
 	}()
-	if _, err := m.cni.AddNetwork(ctx, m.lo, m.runtimeConf(id, nil, nil, "lo")); err != nil {
-		return nil, fmt.Errorf("attach network: loopback: %w", err)
-	}
-	res, err := m.cni.AddNetworkList(ctx, m.list, m.runtimeConf(id, ports, hostPorts, "eth0"))
+	res, err := m.cni.AddNetworkList(ctx, m.listFor(ports), m.runtimeConf(id, ports, hostPorts, "eth0"))
 	if err != nil {
 		return nil, fmt.Errorf("attach network: %w", err)
 	}
@@ -258,10 +265,9 @@ func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts
 		ports, hostPorts = nil, nil
 	}
 	if _, err := os.Stat(path); err == nil {
-		if err := m.cni.DelNetworkList(ctx, m.list, m.runtimeConf(id, ports, hostPorts, "eth0")); err != nil {
+		if err := m.cni.DelNetworkList(ctx, m.listFor(ports), m.runtimeConf(id, ports, hostPorts, "eth0")); err != nil {
 			errs = append(errs, fmt.Errorf("cni del: %w", err))
 		}
-		m.cni.DelNetwork(ctx, m.lo, m.runtimeConf(id, nil, nil, "lo"))
 	}
 	if err := unpinNetNS(path); err != nil {
 		errs = append(errs, err)
@@ -295,14 +301,17 @@ func pinNetNS(path string) error {
 			errc <- fmt.Errorf("unshare: %w", err)
 			return
 		}
-		merr := unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
+		merr := loopbackUp()
+		if merr == nil {
+			merr = unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
+		}
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("restore netns: %w", err)
 			return
 		}
 		runtime.UnlockOSThread()
 		if merr != nil {
-			merr = fmt.Errorf("bind netns: %w", merr)
+			merr = fmt.Errorf("set up netns: %w", merr)
 		}
 		errc <- merr
 	}()
@@ -319,6 +328,27 @@ func unpinNetNS(path string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("unpin netns: %w", err)
+	}
+	return nil
+}
+
+// loopbackUp brings up lo in the calling thread's network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo up: %w", err)
 	}
 	return nil
 }

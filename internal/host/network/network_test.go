@@ -74,6 +74,9 @@ func TestAttachPublishDetach(t *testing.T) {
 		t.Fatalf("ip %s", att.IP)
 	}
 	l := listenIn(t, att.NetNS, 8080)
+	// Loopback is up inside the namespace.
+	lc := dialIn(t, att.NetNS, "127.0.0.1:8080")
+	lc.Close()
 	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hi") }))
 	defer l.Close()
 	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", hp[0]), att.IP + ":8080"} {
@@ -100,4 +103,39 @@ func TestAttachPublishDetach(t *testing.T) {
 	if err := m.Detach(ctx, "fltjob1", ports, hp); err != nil {
 		t.Fatalf("second detach: %v", err)
 	}
+}
+
+// dialIn connects to addr from inside the namespace pinned at path.
+func dialIn(t *testing.T, path, addr string) net.Conn {
+	t.Helper()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	c := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, _ := os.Open("/proc/thread-self/ns/net")
+		defer orig.Close()
+		ns, err := os.Open(path)
+		if err != nil {
+			c <- res{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			c <- res{err: err}
+			return
+		}
+		conn, err := net.Dial("tcp4", addr)
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		c <- res{conn, err}
+	}()
+	r := <-c
+	if r.err != nil {
+		t.Fatalf("dial %s in netns: %v", addr, r.err)
+	}
+	return r.c
 }

@@ -61,6 +61,9 @@ type Config struct {
 	// StopGrace is how long DELETE waits after SIGTERM before SIGKILL
 	// (default 10s).
 	StopGrace time.Duration
+	// MaxEndedJobs is how many ended jobs (with their logs) the host
+	// keeps; older ones are removed (default 100).
+	MaxEndedJobs int
 	// Runtime replaces the runc runtime (unit tests use runtime.Fake).
 	Runtime runtime.Runtime
 }
@@ -104,6 +107,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = ":1113"
+	}
+	if cfg.MaxEndedJobs <= 0 {
+		cfg.MaxEndedJobs = 100
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 10 * time.Second
@@ -222,6 +228,37 @@ func (a *Agent) Close() error {
 	a.stopRun()
 	a.wg.Wait()
 	return a.db.Close()
+}
+
+// collect removes the oldest ended jobs beyond MaxEndedJobs, with their
+// logs and records.
+func (a *Agent) collect() {
+	a.mu.Lock()
+	var ended []*api.ActiveJob
+	for _, j := range a.jobs {
+		if !running(j.active.Status) {
+			ended = append(ended, j.active)
+		}
+	}
+	if len(ended) <= a.cfg.MaxEndedJobs {
+		a.mu.Unlock()
+		return
+	}
+	sort.Slice(ended, func(i, k int) bool { return ended[i].EndedAt.Before(ended[k].EndedAt) })
+	var ids []string
+	for _, aj := range ended[:len(ended)-a.cfg.MaxEndedJobs] {
+		ids = append(ids, aj.Job.ID)
+		delete(a.jobs, aj.Job.ID)
+	}
+	a.mu.Unlock()
+	for _, id := range ids {
+		if err := a.rt.Remove(context.Background(), id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
+			a.log.Error("remove ended job", "job", id, "err", err)
+		}
+		if err := a.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketJobs).Delete([]byte(id)) }); err != nil {
+			a.log.Error("remove ended job", "job", id, "err", err)
+		}
+	}
 }
 
 func (a *Agent) persist(aj *api.ActiveJob) error {

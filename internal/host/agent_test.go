@@ -169,6 +169,34 @@ func TestDockerArtifactFromRegistry(t *testing.T) {
 	}
 }
 
+func TestEndedJobsAreCollected(t *testing.T) {
+	if busyboxLayer == "" {
+		t.Skip("needs the busybox layer (root)")
+	}
+	fake := runtime.NewFake()
+	a, err := host.New(host.Config{ID: "h1", StateDir: t.TempDir(), Keys: []string{"k"}, Runtime: fake, MaxEndedJobs: 2}, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	for _, id := range []string{"f1", "f2", "f3", "f4"} {
+		// Jobs that fail to start end at once.
+		aj, err := a.AddJob(ctx, fakeJob(id, "fail"))
+		if err != nil || aj.Status != api.HostJobFailed {
+			t.Fatalf("add %s: %v %+v", id, err, aj)
+		}
+		time.Sleep(time.Millisecond) // distinct end times
+	}
+	var ids []string
+	for _, aj := range a.List() {
+		ids = append(ids, aj.Job.ID)
+	}
+	if diff := cmp.Diff([]string{"f3", "f4"}, ids); diff != "" {
+		t.Fatalf("kept jobs (-want +got):\n%s", diff)
+	}
+}
+
 func contains(ss []string, s string) bool {
 	for _, x := range ss {
 		if x == s {

@@ -70,7 +70,11 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 		if perr := a.persist(aj); perr != nil {
 			a.log.Error("persist job", "job", hj.ID, "err", perr)
 		}
-		return copyActive(aj), nil
+		out := copyActive(aj)
+		a.mu.Unlock()
+		a.collect()
+		a.mu.Lock() // for the deferred unlock
+		return out, nil
 	}
 	aj.Status, aj.PID, aj.InternalIP, aj.HostPorts, aj.StartedAt = api.HostJobRunning, st.PID, st.IP, st.HostPorts, time.Now().UTC()
 	if err := a.persist(aj); err != nil {
@@ -119,6 +123,9 @@ func (a *Agent) watch(id string, j *job) {
 		close(j.done)
 		a.emit(api.HostEventStop, aj)
 		a.log.Info("job ended", "job", id, "status", aj.Status, "exit_status", exit.ExitStatus, "oom", exit.OOM)
+		a.mu.Unlock()
+		a.collect()
+		a.mu.Lock() // for the deferred unlock
 	}()
 }
 

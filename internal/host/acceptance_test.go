@@ -353,3 +353,42 @@ func writeEvilTar(t *testing.T, file string) {
 		t.Fatal(err)
 	}
 }
+
+func TestAttachReplaysLogsAndExit(t *testing.T) {
+	a := startAgent(t)
+	ctx := context.Background()
+	// A running job: the replay comes first, then live output, then the exit.
+	j := busyboxJob("talk", "sh", "-c", "echo one; echo two >&2; read line; echo got $line; exit 4")
+	j.Config.Stdin = true
+	a.add(j)
+	att, err := a.client.Attach(ctx, &api.AttachRequest{JobID: "talk", Stdin: true, Logs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	att.Write([]byte("hello\n"))
+	var stdout, stderr bytes.Buffer
+	exit, err := att.Receive(&stdout, &stderr)
+	att.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.ExitStatus != 4 || stdout.String() != "one\ngot hello\n" || stderr.String() != "two\n" {
+		t.Fatalf("exit %+v stdout %q stderr %q", exit, stdout.String(), stderr.String())
+	}
+	a.waitEnded("talk")
+	// An ended job: the log is replayed and the exit reported.
+	att, err = a.client.Attach(ctx, &api.AttachRequest{JobID: "talk", Logs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	exit, err = att.Receive(&stdout, &stderr)
+	att.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.ExitStatus != 4 || stdout.String() != "one\ngot hello\n" || stderr.String() != "two\n" {
+		t.Fatalf("replay: exit %+v stdout %q stderr %q", exit, stdout.String(), stderr.String())
+	}
+}

@@ -168,7 +168,8 @@ func (a *Agent) attach(w http.ResponseWriter, r *http.Request) error {
 	go func() {
 		defer wg.Done()
 		io.Copy(stream, brw.Reader) // client frames to the supervisor
-		// The client went away or closed its side.
+		// The client went away: end the session (the job runs on).
+		stream.Close()
 	}()
 	io.Copy(conn, stream) // supervisor frames to the client, up to its exit frame
 	conn.Close()

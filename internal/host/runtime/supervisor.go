@@ -164,7 +164,14 @@ func Supervise(dir string) error {
 	s.mu.Unlock()
 	ln.Close()
 	os.Remove(filepath.Join(dir, fileSock))
-	conns.Wait()
+	// Give clients a moment to read the exit; a stuck one does not keep
+	// the supervisor alive.
+	connsDone := make(chan struct{})
+	go func() { conns.Wait(); close(connsDone) }()
+	select {
+	case <-connsDone:
+	case <-time.After(5 * time.Second):
+	}
 	s.logf.Close()
 	return nil
 }
@@ -428,19 +435,28 @@ func (s *supervisor) handle(c net.Conn) {
 			}
 		})
 	}
-	go s.input(br, req.Stdin)
+	go func() {
+		s.input(br, req.Stdin)
+		// The client has gone: stop sending to it.
+		s.drop(sub)
+	}()
 	for f := range sub.ch {
 		if err := api.WriteFrame(c, f.typ, f.data); err != nil {
-			s.mu.Lock()
-			if s.subs[sub] {
-				delete(s.subs, sub)
-				close(sub.ch)
-			}
-			s.mu.Unlock()
+			s.drop(sub)
 			for range sub.ch {
 			}
 			return
 		}
+	}
+}
+
+// drop unsubscribes a client.
+func (s *supervisor) drop(sub *subscriber) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.subs[sub] {
+		delete(s.subs, sub)
+		close(sub.ch)
 	}
 }
 

@@ -193,7 +193,7 @@ func TestRunTTY(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	expect(`/ # `)
+	expect(`/ [#$] `)
 	if strings.Contains(out.String(), "\x1b[6n") {
 		ptmx.Write([]byte("\x1b[1;1R")) // answer the shell's cursor position query
 	}
@@ -222,7 +222,7 @@ func TestRunTTY(t *testing.T) {
 
 func TestAgentRestartKeepsJobs(t *testing.T) {
 	a := startAgent(t)
-	a.add(busyboxJob("ticker", "sh", "-c", "trap '' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"))
+	a.add(busyboxJob("ticker", "sh", "-c", "trap '' TERM; trap 'echo got HUP' HUP; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"))
 	waitLog(t, a, "ticker", "tick 3")
 	a.stop()
 	before, err := os.ReadFile(filepath.Join(a.stateDir, "containers", "jobs", "ticker", "log"))
@@ -238,6 +238,14 @@ func TestAgentRestartKeepsJobs(t *testing.T) {
 	if len(jobs) != 1 || jobs[0].Job.ID != "ticker" || jobs[0].Status != api.HostJobRunning {
 		t.Fatalf("after restart: %+v", jobs)
 	}
+	if out, _, _ := a.cli("ps"); !regexp.MustCompile(`(?m)^ticker +running`).MatchString(out) {
+		t.Fatalf("ps after restart:\n%s", out)
+	}
+	// Signals still reach the adopted job.
+	if _, stderr, err := a.cli("signal", "ticker", "HUP"); err != nil {
+		t.Fatalf("signal: %v %s", err, stderr)
+	}
+	waitLog(t, a, "ticker", "got HUP")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		out, _, _ := a.cli("log", "ticker")

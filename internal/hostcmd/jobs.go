@@ -258,6 +258,7 @@ func newSignalCmd(env Env) *cobra.Command {
 func newRunCmd(env Env) *cobra.Command {
 	var tty bool
 	var id string
+	var uid int
 	cmd := &cobra.Command{
 		Use:   "run [--tty] IMAGE -- CMD...",
 		Short: "Run a job interactively and exit with its exit status",
@@ -268,6 +269,7 @@ layer file (tar or tar.gz) on the host or an OCI image reference.`,
 	client := hostFlags(cmd, env)
 	cmd.Flags().BoolVarP(&tty, "tty", "t", false, "allocate a terminal")
 	cmd.Flags().StringVar(&id, "id", "", "job id (default random)")
+	cmd.Flags().IntVar(&uid, "uid", -1, "user id to run as (default the host's unprivileged default)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		art, err := artifactFor(args[0])
@@ -281,8 +283,10 @@ layer file (tar or tar.gz) on the host or an OCI image reference.`,
 		}
 		c := client()
 		job := &api.HostJob{ID: id, Artifacts: []*api.Artifact{art}, Config: api.HostJobConfig{Args: args[1:], TTY: tty, Stdin: true}}
-		uid := uint32(0)
-		job.Config.Uid = &uid
+		if uid >= 0 {
+			u := uint32(uid)
+			job.Config.Uid = &u
+		}
 		aj, err := c.AddJob(ctx, job)
 		if err != nil {
 			return err

@@ -400,3 +400,24 @@ func TestAttachReplaysLogsAndExit(t *testing.T) {
 		t.Fatalf("replay: exit %+v stdout %q stderr %q", exit, stdout.String(), stderr.String())
 	}
 }
+
+func TestStartFailureIsReportedAndCleanedUp(t *testing.T) {
+	a := startAgent(t)
+	j := busyboxJob("nocmd", "/no/such/binary")
+	j.Config.Ports = []api.Port{{Port: 80}}
+	aj, err := a.client.AddJob(context.Background(), j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aj.Status != api.HostJobFailed || aj.Error == nil || !strings.Contains(*aj.Error, "/no/such/binary") {
+		t.Fatalf("job %s error %v", aj.Status, aj.Error)
+	}
+	t.Logf("start error: %s", *aj.Error)
+	left, _ := os.ReadDir(filepath.Join(a.stateDir, "containers", "jobs"))
+	if len(left) != 0 {
+		t.Fatalf("job dirs left: %v", left)
+	}
+	if pins, _ := os.ReadDir(filepath.Join(a.stateDir, "net", "netns")); len(pins) != 0 {
+		t.Fatalf("netns pins left: %v", pins)
+	}
+}

@@ -19,8 +19,13 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/hostcmd"
 	"github.com/flynnrebuilt/flynn/internal/image"
 )
+
+// The tests run the flynn-host binary they build; referring to its
+// package makes `go test` caching notice changes to any of its code.
+var _ = hostcmd.Run
 
 // flynnHost is the flynn-host binary built for the integration tests, and
 // busyboxLayer a busybox layer file made with `flynn-host image busybox`.

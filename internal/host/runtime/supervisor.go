@@ -185,7 +185,7 @@ func (s *supervisor) writeExit(e *api.HostJobExit) {
 }
 
 func (s *supervisor) runc(args ...string) *exec.Cmd {
-	return exec.Command(s.cfg.Runc, append([]string{"--root", s.cfg.RuncRoot, "--log", filepath.Join(s.dir, fileRuncLog)}, args...)...)
+	return exec.Command(s.cfg.Runc, append([]string{"--root", s.cfg.RuncRoot, "--log", filepath.Join(s.dir, fileRuncLog), "--log-format", "json"}, args...)...)
 }
 
 // startContainer creates (and, unless the job waits for an attach, starts)

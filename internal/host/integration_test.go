@@ -43,7 +43,11 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		flynnHost = filepath.Join(dir, "flynn-host")
-		out, err := exec.Command("go", "build", "-o", flynnHost, "github.com/flynnrebuilt/flynn/cmd/flynn-host").CombinedOutput()
+		args := []string{"build", "-o", flynnHost}
+		if os.Getenv("FLYNN_TEST_RACE") != "" {
+			args = append(args, "-race") // run the agent and supervisors under the race detector
+		}
+		out, err := exec.Command("go", append(args, "github.com/flynnrebuilt/flynn/cmd/flynn-host")...).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build flynn-host: %v\n%s", err, out)
 			return 1
@@ -119,7 +123,9 @@ func startAgent(t testing.TB) *agentProc {
 
 func (a *agentProc) start() {
 	a.t.Helper()
-	a.logs = &bytes.Buffer{}
+	if a.logs == nil {
+		a.logs = &bytes.Buffer{}
+	}
 	a.cmd = exec.Command(flynnHost, a.args...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
@@ -171,6 +177,15 @@ func (a *agentProc) cleanup() {
 		}
 	}
 	a.stop()
+	sups, _ := filepath.Glob(filepath.Join(a.stateDir, "containers", "jobs", "*", "supervisor.log"))
+	for _, f := range sups {
+		if b, _ := os.ReadFile(f); bytes.Contains(b, []byte("DATA RACE")) {
+			a.t.Errorf("race in supervisor:\n%s", b)
+		}
+	}
+	if strings.Contains(a.logs.String(), "DATA RACE") {
+		a.t.Error("race in the agent")
+	}
 	if a.t.Failed() {
 		a.t.Logf("agent log:\n%s", a.logs)
 	}

@@ -56,6 +56,8 @@ type Config struct {
 	HostIP string
 	// DNS is the nameserver jobs use (default the bridge address).
 	DNS string
+	// Discoverd is the discoverd URL given to jobs as $DISCOVERD.
+	Discoverd string
 	// CgroupParent is the cgroup jobs go under (default "flynn").
 	CgroupParent string
 	// StopGrace is how long DELETE waits after SIGTERM before SIGKILL

@@ -229,6 +229,9 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 		env[k] = v
 	}
 	env["FLYNN_JOB_ID"] = hj.ID
+	if a.cfg.Discoverd != "" {
+		env["DISCOVERD"] = a.cfg.Discoverd
+	}
 	env["HOSTNAME"] = hj.ID
 	for k, meta := range map[string]string{
 		"FLYNN_APP_ID": api.JobMetaApp, "FLYNN_APP_NAME": api.JobMetaAppName,
@@ -262,6 +265,9 @@ func (a *Agent) StopJob(ctx context.Context, id string) (*api.ActiveJob, error) 
 	default:
 	}
 	if err := a.rt.Signal(ctx, id, unix.SIGTERM); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
+		if errors.Is(err, runtime.ErrNotFound) {
+			return nil, api.Conflict("job %q is still starting; stop it once it runs", id)
+		}
 		return nil, fmt.Errorf("stop job %s: %w", id, err)
 	}
 	select {

@@ -69,6 +69,7 @@ func newAgentCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.Subnet, "subnet", "100.64.0.0/16", "job network")
 	f.StringVar(&cfg.HostIP, "host-ip", "", "address job ports are published on (default all)")
 	f.StringVar(&cfg.DNS, "dns", "", "nameserver for jobs (default the bridge address)")
+	f.StringVar(&cfg.Discoverd, "discoverd", "", "discoverd URL given to jobs as $DISCOVERD")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "flynn", "cgroup jobs are placed under")
 	f.DurationVar(&cfg.StopGrace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a job")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")

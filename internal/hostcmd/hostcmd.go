@@ -55,6 +55,7 @@ administration, and the entrypoints of the platform's components.`,
 		newStackCmd(env), newSlugbuilderCmd(env), newSlugrunnerCmd(env),
 		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env),
 	)
+	root.AddCommand(newJobCmds(env)...)
 	return root
 }
 

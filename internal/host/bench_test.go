@@ -1,0 +1,208 @@
+package host_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/image"
+)
+
+// The start benchmarks measure the time from the API call to a running
+// process, for 50 jobs one after another and 20 at once, and the same for
+// a bare `runc run -d` of the busybox rootfs (no overlay, CNI, supervisor
+// or API). Run with -benchtime=1x; they report ms/job.
+
+const (
+	benchSeq  = 50
+	benchConc = 20
+)
+
+func BenchmarkStartAgentSequential(b *testing.B) {
+	a := startAgent(b)
+	a.add(busyboxJob("warm", "true")) // fetch the layer outside the timing
+	b.ResetTimer()
+	var total time.Duration
+	for n := 0; n < b.N; n++ {
+		for i := 0; i < benchSeq; i++ {
+			j := busyboxJob(fmt.Sprintf("seq-%d-%d", n, i), "sleep", "1000")
+			start := time.Now()
+			a.add(j)
+			total += time.Since(start)
+		}
+		b.StopTimer()
+		killAll(b, a)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N*benchSeq), "ms/job")
+}
+
+func BenchmarkStartAgentConcurrent(b *testing.B) {
+	a := startAgent(b)
+	a.add(busyboxJob("warm", "true"))
+	b.ResetTimer()
+	var wall time.Duration
+	for n := 0; n < b.N; n++ {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := 0; i < benchConc; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				j := busyboxJob(fmt.Sprintf("conc-%d-%d", n, i), "sleep", "1000")
+				aj, err := a.client.AddJob(context.Background(), j)
+				if err != nil || aj.Status != api.HostJobRunning {
+					b.Errorf("add %s: %v %+v", j.ID, err, aj)
+				}
+			}()
+		}
+		wg.Wait()
+		wall += time.Since(start)
+		b.StopTimer()
+		killAll(b, a)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(wall.Milliseconds())/float64(b.N), "ms/20jobs")
+	b.ReportMetric(float64(wall.Milliseconds())/float64(b.N*benchConc), "ms/job")
+}
+
+func killAll(b testing.TB, a *agentProc) {
+	ctx := context.Background()
+	jobs, _ := a.client.ListJobs(ctx)
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		if j.Status == api.HostJobRunning {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.client.SignalJob(ctx, j.Job.ID, "KILL")
+				a.waitEnded(j.Job.ID)
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+// bareRunc prepares a bundle whose rootfs is the extracted busybox layer.
+func bareRunc(b *testing.B) (run func(id string) error, cleanup func(ids []string)) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	dir := b.TempDir()
+	store, err := image.NewStore(filepath.Join(dir, "images"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, layer, err := store.ImportFile(context.Background(), busyboxLayer, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "bundle")
+	os.Mkdir(bundle, 0o755)
+	if out, err := exec.Command("runc", "spec", "--bundle", bundle).CombinedOutput(); err != nil {
+		b.Fatalf("runc spec: %v %s", err, out)
+	}
+	var spec map[string]any
+	raw, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
+	json.Unmarshal(raw, &spec)
+	spec["root"] = map[string]any{"path": layer, "readonly": true}
+	proc := spec["process"].(map[string]any)
+	proc["terminal"] = false
+	proc["args"] = []string{"sleep", "1000"}
+	linux := spec["linux"].(map[string]any)
+	linux["cgroupsPath"] = "/flt-bench-bare/" // each run gets its own below
+	raw, _ = json.Marshal(spec)
+	os.WriteFile(filepath.Join(bundle, "config.json"), raw, 0o644)
+	root := filepath.Join(dir, "runc")
+	run = func(id string) error {
+		// A cgroup per container, like the agent's.
+		linux["cgroupsPath"] = "/flt-bench-bare/" + id
+		raw, _ := json.Marshal(spec)
+		if err := os.WriteFile(filepath.Join(bundle, "config.json"), raw, 0o644); err != nil {
+			return err
+		}
+		// runc run -d hands its stdio to the container, so it must not
+		// be a pipe this process waits on.
+		cmd := exec.Command("runc", "--root", root, "--log", filepath.Join(dir, "runc.log"), "run", "-d", "--bundle", bundle, id)
+		if err := cmd.Run(); err != nil {
+			b, _ := os.ReadFile(filepath.Join(dir, "runc.log"))
+			return fmt.Errorf("runc run: %v %s", err, b)
+		}
+		return nil
+	}
+	cleanup = func(ids []string) {
+		for _, id := range ids {
+			exec.Command("runc", "--root", root, "delete", "-f", id).Run()
+		}
+		ents, _ := os.ReadDir("/sys/fs/cgroup")
+		for _, e := range ents {
+			os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), "flt-bench-bare"))
+		}
+	}
+	return run, cleanup
+}
+
+func BenchmarkStartBareRuncSequential(b *testing.B) {
+	run, cleanup := bareRunc(b)
+	var total time.Duration
+	for n := 0; n < b.N; n++ {
+		var ids []string
+		for i := 0; i < benchSeq; i++ {
+			id := fmt.Sprintf("flt-bare-%d-%d", n, i)
+			start := time.Now()
+			if err := run(id); err != nil {
+				cleanup(ids)
+				b.Fatal(err)
+			}
+			total += time.Since(start)
+			ids = append(ids, id)
+		}
+		b.StopTimer()
+		cleanup(ids)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N*benchSeq), "ms/job")
+}
+
+func BenchmarkStartBareRuncConcurrent(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	// Concurrent runs need one bundle each (config.json differs by cgroup).
+	var wall time.Duration
+	for n := 0; n < b.N; n++ {
+		var runs []func(string) error
+		var cleanups []func([]string)
+		for i := 0; i < benchConc; i++ {
+			r, c := bareRunc(b)
+			runs, cleanups = append(runs, r), append(cleanups, c)
+		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := 0; i < benchConc; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := runs[i](fmt.Sprintf("flt-barec-%d-%d", n, i)); err != nil {
+					b.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		wall += time.Since(start)
+		b.StopTimer()
+		for i, c := range cleanups {
+			c([]string{fmt.Sprintf("flt-barec-%d-%d", n, i)})
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(wall.Milliseconds())/float64(b.N), "ms/20jobs")
+	b.ReportMetric(float64(wall.Milliseconds())/float64(b.N*benchConc), "ms/job")
+}

@@ -1,0 +1,293 @@
+package host_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/hostcmd"
+	"github.com/flynnrebuilt/flynn/internal/image"
+)
+
+// The tests run the flynn-host binary they build; referring to its
+// package makes `go test` caching notice changes to any of its code.
+var _ = hostcmd.Run
+
+// flynnHost is the flynn-host binary built for the integration tests, and
+// busyboxLayer a busybox layer file made with `flynn-host image busybox`.
+var flynnHost, busyboxLayer, busyboxDigest string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			return m.Run() // integration tests skip themselves
+		}
+		dir, err := os.MkdirTemp("", "flt-host-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		flynnHost = filepath.Join(dir, "flynn-host")
+		args := []string{"build", "-o", flynnHost}
+		if os.Getenv("FLYNN_TEST_RACE") != "" {
+			args = append(args, "-race") // run the agent and supervisors under the race detector
+		}
+		out, err := exec.Command("go", append(args, "github.com/flynnrebuilt/flynn/cmd/flynn-host")...).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build flynn-host: %v\n%s", err, out)
+			return 1
+		}
+		busyboxLayer = filepath.Join(dir, "busybox.tar.gz")
+		out, err = exec.Command(flynnHost, "image", "busybox", "--out", busyboxLayer).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build busybox layer: %v\n%s", err, out)
+			return 1
+		}
+		busyboxDigest, _ = image.FileDigest(busyboxLayer)
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+var agentSeq atomic.Int32
+
+// agentProc is a `flynn-host agent` process under test.
+type agentProc struct {
+	t        testing.TB
+	stateDir string
+	args     []string
+	url      string
+	cmd      *exec.Cmd
+	logs     *bytes.Buffer
+	client   *hostclient.Client
+	bridge   string
+	cgroup   string
+}
+
+const testToken = "test-token"
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	// Bind port 0 to let the kernel pick, then release it for the agent.
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startAgent starts an agent with its own state dir, bridge, subnet and
+// cgroup parent, and registers clean-up of everything it made.
+func startAgent(t testing.TB) *agentProc {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("integration test: needs root")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("integration test: needs runc")
+	}
+	n := agentSeq.Add(1) + int32(os.Getpid()%50)*4
+	dir, err := os.MkdirTemp("", "flt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agentProc{
+		t: t, stateDir: dir, bridge: fmt.Sprintf("flth%d", n), cgroup: fmt.Sprintf("flt-host-%d", n),
+	}
+	port := freePort(t)
+	a.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	a.args = []string{"agent", "--state-dir", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token", testToken,
+		"--host-id", "test", "--bridge", a.bridge, "--subnet", fmt.Sprintf("100.80.%d.0/24", n), "--cgroup-parent", a.cgroup,
+		"--stop-grace", "1s", "--log-level", "debug"}
+	a.client = hostclient.New(a.url, testToken)
+	t.Cleanup(a.cleanup)
+	a.start()
+	return a
+}
+
+func (a *agentProc) start() {
+	a.t.Helper()
+	if a.logs == nil {
+		a.logs = &bytes.Buffer{}
+	}
+	a.cmd = exec.Command(flynnHost, a.args...)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	if err := a.cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := a.client.Status(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("agent did not come up: %v\n%s", err, a.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop ends the agent process (SIGTERM); its jobs keep running.
+func (a *agentProc) stop() {
+	if a.cmd == nil {
+		return
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { a.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		a.cmd.Process.Kill()
+		<-done
+	}
+	a.cmd = nil
+}
+
+func (a *agentProc) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if a.cmd != nil {
+		if jobs, err := a.client.ListJobs(ctx); err == nil {
+			for _, j := range jobs {
+				if j.Status == api.HostJobRunning || j.Status == api.HostJobStarting {
+					a.client.SignalJob(ctx, j.Job.ID, "KILL")
+					a.client.StopJob(ctx, j.Job.ID)
+				}
+			}
+		}
+	}
+	a.stop()
+	sups, _ := filepath.Glob(filepath.Join(a.stateDir, "containers", "jobs", "*", "supervisor.log"))
+	for _, f := range sups {
+		if b, _ := os.ReadFile(f); bytes.Contains(b, []byte("DATA RACE")) {
+			a.t.Errorf("race in supervisor:\n%s", b)
+		}
+	}
+	if strings.Contains(a.logs.String(), "DATA RACE") {
+		a.t.Error("race in the agent")
+	}
+	if a.t.Failed() {
+		a.t.Logf("agent log:\n%s", a.logs)
+	}
+	// Anything still mounted under the state dir is a leak: report it
+	// and undo it so the machine stays clean.
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], a.stateDir) {
+			a.t.Errorf("mount left behind: %s", f[4])
+			syscall.Unmount(f[4], syscall.MNT_DETACH)
+		}
+	}
+	exec.Command("ip", "link", "del", a.bridge).Run()
+	ents, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, e := range ents {
+		os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), a.cgroup))
+	}
+	os.RemoveAll(a.stateDir)
+}
+
+// cli runs a flynn-host client command against the agent.
+func (a *agentProc) cli(args ...string) (string, string, error) {
+	cmd := exec.Command(flynnHost, args...)
+	cmd.Env = append(os.Environ(), "FLYNN_HOST_URL="+a.url, "FLYNN_TOKEN="+testToken)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+func busyboxArtifact() *api.Artifact {
+	return &api.Artifact{Type: api.ArtifactTypeFlynn, URI: "file://" + busyboxLayer, Manifest: &api.ImageManifest{
+		Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{{ID: busyboxDigest, Type: api.LayerTypeTarGz, Hashes: map[string]string{"sha256": busyboxDigest}, URL: "file://" + busyboxLayer}}}},
+	}}
+}
+
+func busyboxJob(id string, args ...string) *api.HostJob {
+	return &api.HostJob{ID: id, Artifacts: []*api.Artifact{busyboxArtifact()}, Config: api.HostJobConfig{Args: args}}
+}
+
+func (a *agentProc) add(j *api.HostJob) *api.ActiveJob {
+	a.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	aj, err := a.client.AddJob(ctx, j)
+	if err != nil {
+		a.t.Fatalf("add job %s: %v", j.ID, err)
+	}
+	if aj.Status != api.HostJobRunning {
+		msg := ""
+		if aj.Error != nil {
+			msg = *aj.Error
+		}
+		a.t.Fatalf("job %s status %s: %s", j.ID, aj.Status, msg)
+	}
+	return aj
+}
+
+// waitEnded polls until the job has ended.
+func (a *agentProc) waitEnded(id string) *api.ActiveJob {
+	a.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		aj, err := a.client.GetJob(context.Background(), id)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		if aj.Status != api.HostJobRunning && aj.Status != api.HostJobStarting {
+			return aj
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("job %s still %s", id, aj.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// httpGet fetches url, retrying until the job's server is up.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, err := http.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return string(b)
+			}
+			err = errors.New(res.Status)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func exitStatus(aj *api.ActiveJob) int {
+	if aj.ExitStatus == nil {
+		return -999
+	}
+	return *aj.ExitStatus
+}

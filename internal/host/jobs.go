@@ -1,0 +1,330 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/host/runtime"
+)
+
+// startTimeout bounds how long the runtime may take to start a job.
+const startTimeout = 2 * time.Minute
+
+// AddJob validates, prepares and starts a job. Invalid specs (including
+// images that cannot be resolved) return a validation error and leave
+// nothing behind. A job that fails in the runtime is recorded as failed.
+func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, error) {
+	if err := a.validate(hj); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if _, ok := a.jobs[hj.ID]; ok {
+		a.mu.Unlock()
+		return nil, api.Exists("job %q exists on this host", hj.ID)
+	}
+	// Reserve the id while the image is fetched.
+	j := &job{active: &api.ActiveJob{Job: hj, HostID: a.cfg.ID, Status: api.HostJobStarting, CreatedAt: time.Now().UTC()}, done: make(chan struct{})}
+	a.jobs[hj.ID] = j
+	a.mu.Unlock()
+
+	spec, err := a.resolve(ctx, hj)
+	if err != nil {
+		a.mu.Lock()
+		delete(a.jobs, hj.ID)
+		a.mu.Unlock()
+		return nil, err
+	}
+	a.mu.Lock()
+	a.emit(api.HostEventCreate, j.active)
+	a.mu.Unlock()
+	if err := a.persist(j.active); err != nil {
+		a.mu.Lock()
+		delete(a.jobs, hj.ID)
+		a.mu.Unlock()
+		return nil, fmt.Errorf("add job %s: %w", hj.ID, err)
+	}
+
+	// Starting is not cancelled with the request: a container half
+	// started when the client went away would be orphaned.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
+	st, err := a.rt.Start(sctx, spec)
+	cancel()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	aj := j.active
+	if err != nil {
+		msg := err.Error()
+		aj.Status, aj.Error, aj.EndedAt = api.HostJobFailed, &msg, time.Now().UTC()
+		close(j.done)
+		a.log.Warn("job failed to start", "job", hj.ID, "err", err)
+		a.emit(api.HostEventError, aj)
+		if perr := a.persist(aj); perr != nil {
+			a.log.Error("persist job", "job", hj.ID, "err", perr)
+		}
+		out := copyActive(aj)
+		a.mu.Unlock()
+		a.collect()
+		a.mu.Lock() // for the deferred unlock
+		return out, nil
+	}
+	aj.Status, aj.PID, aj.InternalIP, aj.HostPorts, aj.StartedAt = api.HostJobRunning, st.PID, st.IP, st.HostPorts, time.Now().UTC()
+	if err := a.persist(aj); err != nil {
+		a.log.Error("persist job", "job", hj.ID, "err", err)
+	}
+	a.emit(api.HostEventStart, aj)
+	a.watch(hj.ID, j)
+	return copyActive(aj), nil
+}
+
+// watch follows a running job until it ends; the caller holds a.mu.
+func (a *Agent) watch(id string, j *job) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		exit, err := a.rt.Wait(a.runCtx, id)
+		if err != nil {
+			if a.runCtx.Err() == nil {
+				a.log.Error("wait for job", "job", id, "err", err)
+			}
+			return // the agent is stopping; the job keeps running
+		}
+		cerr := a.rt.Cleanup(context.Background(), id)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		aj := j.active
+		aj.ExitStatus, aj.OOM, aj.EndedAt = &exit.ExitStatus, exit.OOM, time.Now().UTC()
+		switch {
+		case exit.Error != "":
+			aj.Status, aj.Error = api.HostJobFailed, &exit.Error
+		case exit.ExitStatus == 0 || j.stopping:
+			aj.Status = api.HostJobDone
+		default:
+			aj.Status = api.HostJobCrashed
+		}
+		if exit.OOM {
+			msg := "out of memory: the job was killed for using more than its memory limit"
+			aj.Error = &msg
+		}
+		if cerr != nil {
+			a.log.Error("clean up job", "job", id, "err", cerr)
+		}
+		if err := a.persist(aj); err != nil {
+			a.log.Error("persist job", "job", id, "err", err)
+		}
+		close(j.done)
+		a.emit(api.HostEventStop, aj)
+		a.log.Info("job ended", "job", id, "status", aj.Status, "exit_status", exit.ExitStatus, "oom", exit.OOM)
+		a.mu.Unlock()
+		a.collect()
+		a.mu.Lock() // for the deferred unlock
+	}()
+}
+
+// resolve turns a job's artifacts into layers (fetching what is missing)
+// and its config into a runtime spec.
+func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, error) {
+	c := hj.Config
+	spec := &runtime.Spec{
+		ID: hj.ID, Args: c.Args, WorkingDir: c.WorkingDir, TTY: c.TTY, Stdin: c.Stdin || c.TTY,
+		HostNetwork: c.HostNetwork, UID: runtime.NobodyID, GID: runtime.NobodyID,
+	}
+	env := map[string]string{}
+	for i, art := range hj.Artifacts {
+		f := fmt.Sprintf("artifacts[%d]", i)
+		switch art.Type {
+		case api.ArtifactTypeDocker:
+			img, err := a.images.Pull(ctx, art.URI)
+			if err != nil {
+				return nil, api.Validation(f+".uri", "cannot pull image: %v", err)
+			}
+			for _, l := range img.Layers {
+				spec.Layers = append(spec.Layers, a.images.Path(l))
+			}
+			if len(spec.Args) == 0 {
+				spec.Args = append(append([]string(nil), img.Entrypoint...), img.Cmd...)
+			}
+			if spec.WorkingDir == "" {
+				spec.WorkingDir = img.WorkingDir
+			}
+			for _, kv := range img.Env {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					env[k] = v
+				}
+			}
+		case api.ArtifactTypeFlynn:
+			for k, l := range art.Manifest.Rootfs[0].Layers {
+				digest := l.Hashes["sha256"]
+				dir := a.images.Path(digest)
+				if l.URL != "" {
+					var err error
+					dir, err = a.images.Fetch(ctx, l.URL, digest)
+					if err != nil {
+						return nil, api.Validation(fmt.Sprintf("%s.manifest.rootfs[0].layers[%d]", f, k), "unknown layer: %v", err)
+					}
+				}
+				spec.Layers = append(spec.Layers, dir)
+			}
+			if ep := art.Manifest.Entrypoints["_default"]; ep != nil {
+				if len(spec.Args) == 0 {
+					spec.Args = ep.Args
+				}
+				if spec.WorkingDir == "" {
+					spec.WorkingDir = ep.WorkingDir
+				}
+				for k, v := range ep.Env {
+					env[k] = v
+				}
+			}
+		}
+	}
+	if len(spec.Args) == 0 {
+		return nil, api.Validation("config.args", "the job has no command and its image gives none")
+	}
+	if c.Uid != nil {
+		spec.UID = *c.Uid
+		spec.GID = *c.Uid
+	}
+	if c.Gid != nil {
+		spec.GID = *c.Gid
+	}
+	for _, p := range c.Ports {
+		spec.Ports = append(spec.Ports, runtime.Port{Port: p.Port, Proto: p.Proto})
+	}
+	for i, m := range c.Mounts {
+		if _, err := os.Stat(m.Location); err != nil {
+			return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "mount location %s does not exist on this host", m.Location)
+		}
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: m.Location, Target: m.Target, Writeable: m.Writeable})
+	}
+	limit := func(name string) int64 {
+		r, ok := hj.Resources[name]
+		if !ok {
+			return 0
+		}
+		if r.Limit != nil {
+			return *r.Limit
+		}
+		if r.Request != nil {
+			return *r.Request
+		}
+		return 0
+	}
+	spec.Memory = limit(api.ResourceMemory)
+	if cpu := limit(api.ResourceCPU); cpu > 0 {
+		spec.CPUShares = runtime.CPUShares(cpu)
+	}
+	spec.MaxFD = uint64(limit(api.ResourceMaxFD))
+	spec.MaxProcs = limit(api.ResourceMaxProcs)
+
+	for k, v := range c.Env {
+		env[k] = v
+	}
+	env["FLYNN_JOB_ID"] = hj.ID
+	if a.cfg.Discoverd != "" {
+		env["DISCOVERD"] = a.cfg.Discoverd
+	}
+	env["HOSTNAME"] = hj.ID
+	for k, meta := range map[string]string{
+		"FLYNN_APP_ID": api.JobMetaApp, "FLYNN_APP_NAME": api.JobMetaAppName,
+		"FLYNN_RELEASE_ID": api.JobMetaRelease, "FLYNN_PROCESS_TYPE": api.JobMetaProcessType,
+	} {
+		if v, ok := hj.Metadata[meta]; ok {
+			env[k] = v
+		}
+	}
+	for k, v := range env {
+		spec.Env = append(spec.Env, k+"="+v)
+	}
+	sort.Strings(spec.Env)
+	return spec, nil
+}
+
+// StopJob sends SIGTERM, and SIGKILL after the grace period, and waits for
+// the job to end.
+func (a *Agent) StopJob(ctx context.Context, id string) (*api.ActiveJob, error) {
+	a.mu.Lock()
+	j, ok := a.jobs[id]
+	if !ok {
+		a.mu.Unlock()
+		return nil, api.NotFound("job %q not found on host %s", id, a.cfg.ID)
+	}
+	j.stopping = true
+	a.mu.Unlock()
+	select {
+	case <-j.done:
+		return a.Get(id)
+	default:
+	}
+	if err := a.rt.Signal(ctx, id, unix.SIGTERM); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
+		if errors.Is(err, runtime.ErrNotFound) {
+			return nil, api.Conflict("job %q is still starting; stop it once it runs", id)
+		}
+		return nil, fmt.Errorf("stop job %s: %w", id, err)
+	}
+	select {
+	case <-j.done:
+		return a.Get(id)
+	case <-time.After(a.cfg.StopGrace):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if err := a.rt.Signal(ctx, id, unix.SIGKILL); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
+		return nil, fmt.Errorf("stop job %s: %w", id, err)
+	}
+	select {
+	case <-j.done:
+		return a.Get(id)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// SignalJob sends a signal (a number or a name like TERM or SIGTERM).
+func (a *Agent) SignalJob(ctx context.Context, id, signame string) error {
+	sig, ok := parseSignal(signame)
+	if !ok {
+		return api.Validation("signal", "unknown signal %q", signame)
+	}
+	a.mu.Lock()
+	j, ok := a.jobs[id]
+	a.mu.Unlock()
+	if !ok {
+		return api.NotFound("job %q not found on host %s", id, a.cfg.ID)
+	}
+	select {
+	case <-j.done:
+		return api.Conflict("job %q is not running", id)
+	default:
+	}
+	if err := a.rt.Signal(ctx, id, sig); err != nil {
+		if errors.Is(err, runtime.ErrNotRunning) {
+			return api.Conflict("job %q is not running", id)
+		}
+		return err
+	}
+	return nil
+}
+
+func parseSignal(s string) (unix.Signal, bool) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n > 0 && n < 65 {
+			return unix.Signal(n), true
+		}
+		return 0, false
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	sig := unix.SignalNum(name)
+	return sig, sig != 0
+}

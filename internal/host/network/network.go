@@ -1,0 +1,354 @@
+// Package network gives each job its own network namespace, pinned to a
+// file so it outlives any process, attached to the host's bridge with CNI
+// (bridge + host-local + portmap), and publishes the job's ports on host
+// ports it allocates. Detach undoes all of it.
+package network
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
+)
+
+// Config says which bridge, subnet and CNI plugins jobs use.
+type Config struct {
+	// Bridge is the Linux bridge jobs attach to (default flynnbr0).
+	Bridge string
+	// Subnet is the jobs' address range (default 100.64.0.0/16); the
+	// bridge takes its first address.
+	Subnet string
+	// PluginDir holds the CNI plugin binaries (default /usr/lib/cni).
+	PluginDir string
+	// StateDir holds pinned namespaces, the CNI cache and IPAM data.
+	StateDir string
+	// HostIP is the address ports are published on; empty means every
+	// local address.
+	HostIP string
+}
+
+// Port is a container port to publish.
+type Port struct {
+	Port  int
+	Proto string // tcp or udp
+}
+
+// Attachment is a job's network: its pinned namespace, address and the
+// host port published for each requested port, in order.
+type Attachment struct {
+	NetNS     string
+	IP        string
+	HostPorts []int
+}
+
+// Manager attaches and detaches job networks.
+type Manager struct {
+	cfg     Config
+	cni     *libcni.CNIConfig
+	list    *libcni.NetworkConfigList
+	noPorts *libcni.NetworkConfigList
+	gateway string
+
+	mu    sync.Mutex
+	ports map[int]bool
+}
+
+// New checks cfg and prepares the CNI configuration.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Bridge == "" {
+		cfg.Bridge = "flynnbr0"
+	}
+	if cfg.Subnet == "" {
+		cfg.Subnet = "100.64.0.0/16"
+	}
+	if cfg.PluginDir == "" {
+		cfg.PluginDir = "/usr/lib/cni"
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("network: StateDir is required")
+	}
+	ip, ipnet, err := net.ParseCIDR(cfg.Subnet)
+	if err != nil || ip.To4() == nil {
+		return nil, fmt.Errorf("network: subnet %q is not an IPv4 CIDR", cfg.Subnet)
+	}
+	gw := make(net.IP, 4)
+	copy(gw, ipnet.IP.To4())
+	gw[3]++
+	for _, d := range []string{"netns", "cache", "ipam"} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("network: %w", err)
+		}
+	}
+	conf := map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       cfg.Bridge,
+		"plugins": []any{
+			map[string]any{
+				"type":      "bridge",
+				"bridge":    cfg.Bridge,
+				"isGateway": true,
+				"ipMasq":    true,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"ranges":  [][]map[string]string{{{"subnet": cfg.Subnet, "gateway": gw.String()}}},
+					"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+					"dataDir": filepath.Join(cfg.StateDir, "ipam"),
+				},
+			},
+			map[string]any{
+				"type":         "portmap",
+				"capabilities": map[string]bool{"portMappings": true},
+				"snat":         true,
+			},
+		},
+	}
+	b, _ := json.Marshal(conf)
+	list, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	// Jobs without ports skip the portmap plugin (one exec less).
+	conf["plugins"] = conf["plugins"].([]any)[:1]
+	b, _ = json.Marshal(conf)
+	noPorts, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	return &Manager{
+		cfg:     cfg,
+		cni:     libcni.NewCNIConfigWithCacheDir([]string{cfg.PluginDir}, filepath.Join(cfg.StateDir, "cache"), nil),
+		list:    list,
+		noPorts: noPorts,
+		gateway: gw.String(),
+		ports:   map[int]bool{},
+	}, nil
+}
+
+// Gateway is the bridge's address, which jobs see as their gateway.
+func (m *Manager) Gateway() string { return m.gateway }
+
+// NetNSPath is where job id's namespace is pinned.
+func (m *Manager) NetNSPath(id string) string {
+	return filepath.Join(m.cfg.StateDir, "netns", id)
+}
+
+// Reserve marks host ports as in use, e.g. those of jobs that survived a
+// restart of the agent.
+func (m *Manager) Reserve(ports []int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range ports {
+		m.ports[p] = true
+	}
+}
+
+// Release frees host ports.
+func (m *Manager) Release(ports []int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range ports {
+		delete(m.ports, p)
+	}
+}
+
+// AllocPorts picks n free host ports (free for both TCP and UDP on the host
+// address, and not given to another job).
+func (m *Manager) AllocPorts(n int) ([]int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []int
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 100*n+100 {
+			m.releaseLocked(out)
+			return nil, errors.New("no free host port")
+		}
+		l, err := net.Listen("tcp4", net.JoinHostPort(m.cfg.HostIP, "0"))
+		if err != nil {
+			m.releaseLocked(out)
+			return nil, fmt.Errorf("allocate host port: %w", err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if m.ports[p] {
+			continue
+		}
+		u, err := net.ListenPacket("udp4", net.JoinHostPort(m.cfg.HostIP, fmt.Sprint(p)))
+		if err != nil {
+			continue
+		}
+		u.Close()
+		m.ports[p] = true
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (m *Manager) releaseLocked(ports []int) {
+	for _, p := range ports {
+		delete(m.ports, p)
+	}
+}
+
+func (m *Manager) runtimeConf(id string, ports []Port, hostPorts []int, ifname string) *libcni.RuntimeConf {
+	rt := &libcni.RuntimeConf{ContainerID: id, NetNS: m.NetNSPath(id), IfName: ifname}
+	if len(ports) > 0 {
+		var pm []map[string]any
+		for i, p := range ports {
+			proto := p.Proto
+			if proto == "" {
+				proto = "tcp"
+			}
+			e := map[string]any{"hostPort": hostPorts[i], "containerPort": p.Port, "protocol": proto}
+			if m.cfg.HostIP != "" {
+				e["hostIP"] = m.cfg.HostIP
+			}
+			pm = append(pm, e)
+		}
+		rt.CapabilityArgs = map[string]any{"portMappings": pm}
+	}
+	return rt
+}
+
+func (m *Manager) listFor(ports []Port) *libcni.NetworkConfigList {
+	if len(ports) == 0 {
+		return m.noPorts
+	}
+	return m.list
+}
+
+// Attach creates and pins job id's network namespace, attaches it to the
+// bridge and publishes ports on hostPorts (one per port). On error
+// everything it did is undone.
+func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts []int) (_ *Attachment, err error) {
+	if len(ports) != len(hostPorts) {
+		return nil, errors.New("attach network: one host port per port is needed")
+	}
+	path := m.NetNSPath(id)
+	if err := pinNetNS(path); err != nil {
+		return nil, fmt.Errorf("attach network: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			m.Detach(context.WithoutCancel(ctx), id, ports, hostPorts)
+		}
+	}()
+	res, err := m.cni.AddNetworkList(ctx, m.listFor(ports), m.runtimeConf(id, ports, hostPorts, "eth0"))
+	if err != nil {
+		return nil, fmt.Errorf("attach network: %w", err)
+	}
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("attach network: %w", err)
+	}
+	if len(r.IPs) == 0 {
+		return nil, errors.New("attach network: CNI gave no address")
+	}
+	return &Attachment{NetNS: path, IP: r.IPs[0].Address.IP.String(), HostPorts: hostPorts}, nil
+}
+
+// Detach removes job id's CNI attachment (address, port mappings, veth),
+// unpins and deletes its namespace and frees its host ports. It is safe to
+// call on a partly attached or already detached job.
+func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts []int) error {
+	var errs []error
+	path := m.NetNSPath(id)
+	if len(ports) != len(hostPorts) {
+		ports, hostPorts = nil, nil
+	}
+	if _, err := os.Stat(path); err == nil {
+		if err := m.cni.DelNetworkList(ctx, m.listFor(ports), m.runtimeConf(id, ports, hostPorts, "eth0")); err != nil {
+			errs = append(errs, fmt.Errorf("cni del: %w", err))
+		}
+	}
+	if err := unpinNetNS(path); err != nil {
+		errs = append(errs, err)
+	}
+	m.Release(hostPorts)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("detach network of %s: %w", id, err)
+	}
+	return nil
+}
+
+// pinNetNS creates a new network namespace and bind-mounts it on path.
+func pinNetNS(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// The thread changes namespace; it is thrown away (never
+		// unlocked) unless it gets back to the original one.
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		merr := loopbackUp()
+		if merr == nil {
+			merr = unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
+		}
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("restore netns: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		if merr != nil {
+			merr = fmt.Errorf("set up netns: %w", merr)
+		}
+		errc <- merr
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	return nil
+}
+
+func unpinNetNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unpin netns: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unpin netns: %w", err)
+	}
+	return nil
+}
+
+// loopbackUp brings up lo in the calling thread's network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo up: %w", err)
+	}
+	return nil
+}

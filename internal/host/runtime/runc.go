@@ -1,0 +1,482 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/host/network"
+)
+
+// Config configures the runc runtime.
+type Config struct {
+	// StateDir holds one directory per job and runc's state.
+	StateDir string
+	// Runc is the OCI runtime binary (default "runc").
+	Runc string
+	// SupervisorCmd runs a job's supervisor; the job directory is
+	// appended. Default: this executable with the argument "supervise".
+	SupervisorCmd []string
+	// CgroupParent is the cgroup jobs are placed under (default "flynn").
+	CgroupParent string
+	// DNS is the nameserver written to jobs' /etc/resolv.conf (default
+	// the bridge gateway, where discoverd's DNS listens).
+	DNS string
+	// Network attaches jobs to the bridge.
+	Network *network.Manager
+}
+
+// Runc runs jobs with runc. It implements Runtime.
+type Runc struct {
+	cfg Config
+}
+
+// jobState is what Start records in the job directory so any later agent
+// process can clean the job up.
+type jobState struct {
+	Spec      *Spec  `json:"spec"`
+	HostPorts []int  `json:"host_ports,omitempty"`
+	Cgroups   string `json:"cgroups_path"`
+}
+
+// NewRunc returns a runc runtime. Host ports of jobs already in StateDir
+// are reserved.
+func NewRunc(cfg Config) (*Runc, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("runtime: StateDir is required")
+	}
+	if cfg.Network == nil {
+		return nil, errors.New("runtime: Network is required")
+	}
+	if cfg.Runc == "" {
+		cfg.Runc = "runc"
+	}
+	if _, err := exec.LookPath(cfg.Runc); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	if len(cfg.SupervisorCmd) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("runtime: %w", err)
+		}
+		cfg.SupervisorCmd = []string{exe, "supervise"}
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = "flynn"
+	}
+	if cfg.DNS == "" {
+		cfg.DNS = cfg.Network.Gateway()
+	}
+	for _, d := range []string{"jobs", "runc"} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o711); err != nil {
+			return nil, fmt.Errorf("runtime: %w", err)
+		}
+	}
+	r := &Runc{cfg: cfg}
+	ents, _ := os.ReadDir(filepath.Join(cfg.StateDir, "jobs"))
+	for _, e := range ents {
+		if st, err := r.readState(e.Name()); err == nil {
+			cfg.Network.Reserve(st.HostPorts)
+		}
+	}
+	return r, nil
+}
+
+func (r *Runc) dir(id string) string { return filepath.Join(r.cfg.StateDir, "jobs", id) }
+
+func (r *Runc) readState(id string) (*jobState, error) {
+	b, err := os.ReadFile(filepath.Join(r.dir(id), "state.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := &jobState{}
+	return st, json.Unmarshal(b, st)
+}
+
+func netPorts(ps []Port) []network.Port {
+	out := make([]network.Port, len(ps))
+	for i, p := range ps {
+		out[i] = network.Port{Port: p.Port, Proto: p.Proto}
+	}
+	return out
+}
+
+// Start implements Runtime.
+func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
+	dir := r.dir(spec.ID)
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, ErrExists
+		}
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			if rerr := r.Remove(context.WithoutCancel(ctx), spec.ID); rerr != nil {
+				err = fmt.Errorf("%w (and cleaning up: %v)", err, rerr)
+			}
+		}
+	}()
+	hostPorts, err := r.cfg.Network.AllocPorts(len(spec.Ports))
+	if err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	st := &jobState{Spec: spec, HostPorts: hostPorts, Cgroups: "/" + r.cfg.CgroupParent + "/" + spec.ID}
+	if err := writeJSON(filepath.Join(dir, "state.json"), st); err != nil {
+		r.cfg.Network.Release(hostPorts)
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+
+	// Root filesystem: the image layers under a per-job upper dir.
+	for _, d := range []string{"upper", "work", "rootfs"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("start job: %w", err)
+		}
+	}
+	opts, err := overlayOptions(spec.Layers, filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
+	if err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	if err := unix.Mount("overlay", filepath.Join(dir, "rootfs"), "overlay", 0, opts); err != nil {
+		return nil, fmt.Errorf("start job: mount rootfs: %w", err)
+	}
+
+	started := &Started{HostPorts: hostPorts}
+	env := append([]string(nil), spec.Env...)
+	var netns string
+	if spec.HostNetwork {
+		for i, hp := range hostPorts {
+			env = append(env, fmt.Sprintf("PORT_%d=%d", i, hp))
+		}
+		if len(hostPorts) > 0 {
+			env = append(env, fmt.Sprintf("PORT=%d", hostPorts[0]))
+		}
+	} else {
+		att, err := r.cfg.Network.Attach(ctx, spec.ID, netPorts(spec.Ports), hostPorts)
+		if err != nil {
+			return nil, fmt.Errorf("start job: %w", err)
+		}
+		netns, started.IP = att.NetNS, att.IP
+		for i, p := range spec.Ports {
+			env = append(env, fmt.Sprintf("PORT_%d=%d", i, p.Port))
+		}
+		if len(spec.Ports) > 0 {
+			env = append(env, fmt.Sprintf("PORT=%d", spec.Ports[0].Port))
+		}
+	}
+	resolv := fmt.Sprintf("nameserver %s\nsearch discoverd\noptions ndots:1\n", r.cfg.DNS)
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolv), 0o644); err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	s2 := *spec
+	s2.Env = env
+	if err := writeJSON(filepath.Join(dir, "config.json"), ociSpec(&s2, dir, netns, st.Cgroups)); err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	pid, err := r.launchSupervisor(ctx, dir, &supervisorConfig{
+		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
+		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	started.PID = pid
+	return started, nil
+}
+
+func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisorConfig) (int, error) {
+	if err := writeJSON(filepath.Join(dir, fileSupConfig), cfg); err != nil {
+		return 0, err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, fileSupLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer rd.Close()
+	args := append(append([]string(nil), r.cfg.SupervisorCmd[1:]...), dir)
+	cmd := exec.Command(r.cfg.SupervisorCmd[0], args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{wr}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		wr.Close()
+		return 0, fmt.Errorf("start supervisor: %w", err)
+	}
+	wr.Close()
+	// Reap the supervisor when it ends. After a restart of the agent the
+	// orphaned supervisors are reaped by init instead.
+	go cmd.Wait()
+
+	type result struct {
+		msg readyMsg
+		err error
+	}
+	c := make(chan result, 1)
+	go func() {
+		var m readyMsg
+		err := json.NewDecoder(rd).Decode(&m)
+		c <- result{m, err}
+	}()
+	select {
+	case res := <-c:
+		if res.err != nil {
+			b, _ := os.ReadFile(filepath.Join(dir, fileSupLog))
+			return 0, fmt.Errorf("supervisor: %v: %s", res.err, strings.TrimSpace(string(b)))
+		}
+		if res.msg.Error != "" {
+			return 0, errors.New(res.msg.Error)
+		}
+		return res.msg.PID, nil
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		return 0, ctx.Err()
+	}
+}
+
+func (r *Runc) dial(id string, req *supRequest) (net.Conn, *bufio.Reader, error) {
+	c, err := net.Dial("unix", filepath.Join(r.dir(id), fileSock))
+	if err != nil {
+		return nil, nil, err
+	}
+	b, _ := json.Marshal(req)
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, bufio.NewReader(c), nil
+}
+
+func (r *Runc) readExit(id string) (*api.HostJobExit, error) {
+	b, err := os.ReadFile(filepath.Join(r.dir(id), fileExit))
+	if err != nil {
+		return nil, err
+	}
+	e := &api.HostJobExit{}
+	return e, json.Unmarshal(b, e)
+}
+
+// Wait implements Runtime.
+func (r *Runc) Wait(ctx context.Context, id string) (*api.HostJobExit, error) {
+	if _, err := os.Stat(r.dir(id)); err != nil {
+		return nil, ErrNotFound
+	}
+	c, br, err := r.dial(id, &supRequest{Wait: true})
+	if err != nil {
+		// No supervisor: the job has ended (or its supervisor died).
+		if e, err := r.readExit(id); err == nil {
+			return e, nil
+		}
+		return &api.HostJobExit{ExitStatus: -1, Error: "the job's supervisor is gone; its exit status is unknown"}, nil
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	for {
+		typ, p, err := api.ReadFrame(br)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if e, err := r.readExit(id); err == nil {
+				return e, nil
+			}
+			return &api.HostJobExit{ExitStatus: -1, Error: "lost the job's supervisor; its exit status is unknown"}, nil
+		}
+		if typ == api.FrameExit {
+			e := &api.HostJobExit{}
+			return e, json.Unmarshal(p, e)
+		}
+	}
+}
+
+// Signal implements Runtime.
+func (r *Runc) Signal(ctx context.Context, id string, sig unix.Signal) error {
+	if _, err := os.Stat(r.dir(id)); err != nil {
+		return ErrNotFound
+	}
+	if _, err := os.Stat(filepath.Join(r.dir(id), fileExit)); err == nil {
+		return ErrNotRunning
+	}
+	out, err := exec.CommandContext(ctx, r.cfg.Runc, "--root", filepath.Join(r.cfg.StateDir, "runc"), "kill", id, strconv.Itoa(int(sig))).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "not running") || strings.Contains(string(out), "does not exist") {
+			return ErrNotRunning
+		}
+		return fmt.Errorf("signal job %s: %v: %s", id, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Attach implements Runtime.
+func (r *Runc) Attach(ctx context.Context, id string, o AttachOptions) (io.ReadWriteCloser, error) {
+	if _, err := os.Stat(r.dir(id)); err != nil {
+		return nil, ErrNotFound
+	}
+	c, br, err := r.dial(id, &supRequest{Stdin: o.Stdin, Logs: o.Logs, Height: o.Height, Width: o.Width})
+	if err != nil {
+		return nil, ErrNotRunning
+	}
+	return &bufConn{Reader: br, Conn: c}, nil
+}
+
+type bufConn struct {
+	io.Reader
+	net.Conn
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.Reader.Read(p) }
+
+// Log implements Runtime.
+func (r *Runc) Log(ctx context.Context, id string, follow bool) (io.ReadCloser, error) {
+	dir := r.dir(id)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, ErrNotFound
+	}
+	f, err := os.Open(filepath.Join(dir, fileLog))
+	if errors.Is(err, os.ErrNotExist) {
+		if !follow {
+			return io.NopCloser(strings.NewReader("")), nil
+		}
+		// The supervisor creates the log; wait for it briefly.
+		for i := 0; i < 50 && errors.Is(err, os.ErrNotExist); i++ {
+			time.Sleep(100 * time.Millisecond)
+			f, err = os.Open(filepath.Join(dir, fileLog))
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !follow {
+		return f, nil
+	}
+	return &followReader{ctx: ctx, f: f, exitFile: filepath.Join(dir, fileExit)}, nil
+}
+
+// followReader reads a growing log file until the job has exited and the
+// file is read to its end.
+type followReader struct {
+	ctx      context.Context
+	f        *os.File
+	exitFile string
+}
+
+func (fr *followReader) Read(p []byte) (int, error) {
+	for {
+		n, err := fr.f.Read(p)
+		if n > 0 || (err != nil && err != io.EOF) {
+			return n, err
+		}
+		if _, serr := os.Stat(fr.exitFile); serr == nil {
+			// Exited: one more read catches lines written just before.
+			n, err := fr.f.Read(p)
+			if n > 0 {
+				return n, nil
+			}
+			if err == nil {
+				err = io.EOF
+			}
+			return 0, err
+		}
+		select {
+		case <-fr.ctx.Done():
+			return 0, fr.ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (fr *followReader) Close() error { return fr.f.Close() }
+
+// Cleanup implements Runtime.
+func (r *Runc) Cleanup(ctx context.Context, id string) error {
+	dir := r.dir(id)
+	st, err := r.readState(id)
+	if errors.Is(err, ErrNotFound) {
+		if _, serr := os.Stat(dir); serr != nil {
+			return ErrNotFound
+		}
+		st = &jobState{Spec: &Spec{ID: id}}
+	} else if err != nil {
+		return fmt.Errorf("clean up job %s: %w", id, err)
+	}
+	var errs []error
+	// runc delete removes the container's state and cgroup; the
+	// supervisor normally did it already.
+	exec.CommandContext(ctx, r.cfg.Runc, "--root", filepath.Join(r.cfg.StateDir, "runc"), "delete", "--force", id).Run()
+	if st.Cgroups != "" {
+		removeCgroup(st.Cgroups)
+	}
+	rootfs := filepath.Join(dir, "rootfs")
+	if err := unix.Unmount(rootfs, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		errs = append(errs, fmt.Errorf("unmount rootfs: %w", err))
+	} else {
+		for _, d := range []string{"rootfs", "upper", "work"} {
+			if err := os.RemoveAll(filepath.Join(dir, d)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := r.cfg.Network.Detach(ctx, id, netPorts(st.Spec.Ports), st.HostPorts); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clean up job %s: %w", id, err)
+	}
+	return nil
+}
+
+// Remove implements Runtime.
+func (r *Runc) Remove(ctx context.Context, id string) error {
+	if err := r.Cleanup(ctx, id); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(r.dir(id)); err != nil {
+		return fmt.Errorf("remove job %s: %w", id, err)
+	}
+	return nil
+}
+
+// removeCgroup removes a job's cgroup directories in every hierarchy
+// (runc delete normally has).
+func removeCgroup(path string) {
+	ents, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, e := range ents {
+		os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), path))
+	}
+	os.Remove(filepath.Join("/sys/fs/cgroup", path))
+}
+
+func writeJSON(file string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}

@@ -1,0 +1,151 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/host/network"
+	"github.com/flynnrebuilt/flynn/internal/image"
+)
+
+func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == "supervise" {
+		if err := Supervise(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// newTestRunc returns a runc runtime on its own bridge and a busybox layer.
+func newTestRunc(t *testing.T, bridge, subnet string) (*Runc, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("needs runc")
+	}
+	dir := t.TempDir()
+	store, err := image.NewStore(filepath.Join(dir, "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := image.WriteBusyboxLayer(&buf, image.DefaultBusybox); err != nil {
+		t.Fatal(err)
+	}
+	layerFile := filepath.Join(dir, "busybox.tar.gz")
+	os.WriteFile(layerFile, buf.Bytes(), 0o644)
+	_, layer, err := store.ImportFile(context.Background(), layerFile, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	netm, err := network.New(network.Config{Bridge: bridge, Subnet: subnet, StateDir: filepath.Join(dir, "net")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := "flt-" + filepath.Base(dir)
+	r, err := NewRunc(Config{StateDir: filepath.Join(dir, "state"), SupervisorCmd: []string{os.Args[0], "supervise"}, CgroupParent: cg, Network: netm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", bridge).Run()
+		removeCgroup("/" + cg)
+	})
+	return r, layer
+}
+
+func readLog(t *testing.T, r Runtime, id string) []api.HostLogLine {
+	t.Helper()
+	rc, err := r.Log(context.Background(), id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(rc)
+	var out []api.HostLogLine
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l == "" {
+			continue
+		}
+		var ll api.HostLogLine
+		if err := json.Unmarshal([]byte(l), &ll); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		out = append(out, ll)
+	}
+	return out
+}
+
+func TestRuncJob(t *testing.T) {
+	r, layer := newTestRunc(t, "fltrt0", "100.80.251.0/24")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	spec := &Spec{ID: "fltrt-1", Layers: []string{layer}, Args: []string{"sh", "-c", "echo out; echo err >&2; id -u; exit 3"}, UID: NobodyID, GID: NobodyID}
+	st, err := r.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killAndRemove(r, spec.ID) })
+	if st.PID == 0 || st.IP == "" {
+		t.Fatalf("started %+v", st)
+	}
+	exit, err := r.Wait(ctx, spec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := fmtDiff(&api.HostJobExit{ExitStatus: 3}, exit); diff != "" {
+		t.Fatal(diff)
+	}
+	var got []string
+	for _, l := range readLog(t, r, spec.ID) {
+		got = append(got, l.Stream+":"+l.Msg)
+	}
+	// stdout and stderr are separate pipes: only the order within one
+	// stream is defined.
+	sort.Strings(got)
+	want := []string{"stderr:err", "stdout:65534", "stdout:out"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("log %v, want %v", got, want)
+	}
+	if err := r.Remove(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(r.dir(spec.ID)); !os.IsNotExist(err) {
+		t.Fatalf("job dir left: %v", err)
+	}
+}
+
+func fmtDiff(want, got any) string {
+	w, _ := json.Marshal(want)
+	g, _ := json.Marshal(got)
+	if string(w) != string(g) {
+		return fmt.Sprintf("got %s, want %s", g, w)
+	}
+	return ""
+}
+
+// killAndRemove is a test clean-up that ends and removes a job whatever
+// state it is in.
+func killAndRemove(r *Runc, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r.Signal(ctx, id, 9)
+	r.Wait(ctx, id)
+	r.Remove(ctx, id)
+}

@@ -1,0 +1,64 @@
+// Package runtime runs host jobs in containers: per job an overlayfs rootfs
+// (image layers below, a per-job upper dir), a pinned network namespace
+// attached with CNI, an OCI bundle run by runc, and a supervisor process
+// (flynn-host re-executed in its own session) that owns the container's
+// stdio, writes its log and records its exit, so jobs outlive restarts of
+// the agent. Runtime is the interface the agent uses; Runc is the real
+// implementation and Fake an in-memory one for unit tests.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"golang.org/x/sys/unix"
+)
+
+// Errors a Runtime returns.
+var (
+	ErrNotFound   = errors.New("job not found")
+	ErrExists     = errors.New("job exists")
+	ErrNotRunning = errors.New("job is not running")
+)
+
+// Started describes a job that is running.
+type Started struct {
+	PID int
+	// IP is the job's address on the bridge (empty with host network).
+	IP string
+	// HostPorts are the published host ports, one per Spec.Ports entry.
+	HostPorts []int
+}
+
+// AttachOptions say what an attach stream carries.
+type AttachOptions struct {
+	Stdin         bool
+	Logs          bool
+	Height, Width uint16
+}
+
+// Runtime runs jobs. Every method is safe for concurrent use.
+type Runtime interface {
+	// Start prepares and starts a job; on error nothing is left behind.
+	Start(ctx context.Context, spec *Spec) (*Started, error)
+	// Wait blocks until the job exits (or ctx ends) and returns how it
+	// ended. It works for jobs started by an earlier agent process.
+	Wait(ctx context.Context, id string) (*api.HostJobExit, error)
+	// Signal sends sig to the job's process.
+	Signal(ctx context.Context, id string, sig unix.Signal) error
+	// Attach opens a framed stream (api.WriteFrame/ReadFrame) to the
+	// job: the caller writes stdin and resize frames and reads output
+	// frames until an exit frame.
+	Attach(ctx context.Context, id string, opts AttachOptions) (io.ReadWriteCloser, error)
+	// Log opens the job's log (JSON lines of api.HostLogLine). With
+	// follow the reader keeps returning new lines until the job has
+	// exited and the log is read to its end.
+	Log(ctx context.Context, id string, follow bool) (io.ReadCloser, error)
+	// Cleanup frees what an exited job holds on the host (mounts,
+	// network namespace, CNI state, cgroup, ports) but keeps its log.
+	Cleanup(ctx context.Context, id string) error
+	// Remove cleans a job up and deletes its log too.
+	Remove(ctx context.Context, id string) error
+}

@@ -1,0 +1,566 @@
+package runtime
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+// Files in a job's directory.
+const (
+	fileSupConfig = "supervisor.json"
+	fileSupLog    = "supervisor.log"
+	fileSock      = "sup.sock"
+	fileConsole   = "console.sock"
+	filePID       = "pid"
+	fileExit      = "exit.json"
+	fileLog       = "log"
+	fileRuncLog   = "runc.log"
+)
+
+// supervisorConfig is what Start tells a job's supervisor.
+type supervisorConfig struct {
+	ID          string `json:"id"`
+	Runc        string `json:"runc"`
+	RuncRoot    string `json:"runc_root"`
+	TTY         bool   `json:"tty,omitempty"`
+	Stdin       bool   `json:"stdin,omitempty"`
+	CgroupsPath string `json:"cgroups_path"`
+	DisableLog  bool   `json:"disable_log,omitempty"`
+}
+
+// readyMsg is what a supervisor writes on fd 3 once the container process
+// exists, or when it could not start it.
+type readyMsg struct {
+	PID   int    `json:"pid,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// supRequest is the first line a client writes on the supervisor socket.
+type supRequest struct {
+	// Wait asks only for the exit frame.
+	Wait   bool   `json:"wait,omitempty"`
+	Stdin  bool   `json:"stdin,omitempty"`
+	Logs   bool   `json:"logs,omitempty"`
+	Height uint16 `json:"height,omitempty"`
+	Width  uint16 `json:"width,omitempty"`
+}
+
+type frame struct {
+	typ  byte
+	data []byte
+}
+
+type subscriber struct {
+	ch     chan frame
+	output bool
+}
+
+type supervisor struct {
+	dir string
+	cfg supervisorConfig
+
+	mu      sync.Mutex
+	logf    *os.File
+	subs    map[*subscriber]bool
+	exit    *api.HostJobExit
+	stdin   io.WriteCloser // pipe to the job, or the pty master
+	pty     *os.File
+	started sync.Once
+}
+
+// Supervise is the body of a job's supervisor process (the hidden
+// `flynn-host supervise DIR` command). It starts the container described by
+// DIR with runc, owns its stdio, writes its log, serves attach and wait
+// requests on DIR/sup.sock, and records its exit in DIR/exit.json. It
+// returns when the container has exited and been deleted.
+func Supervise(dir string) error {
+	ready := os.NewFile(3, "ready")
+	signal.Ignore(unix.SIGHUP, unix.SIGINT, unix.SIGPIPE, unix.SIGTERM)
+	b, err := os.ReadFile(filepath.Join(dir, fileSupConfig))
+	if err != nil {
+		return err
+	}
+	s := &supervisor{dir: dir, subs: map[*subscriber]bool{}}
+	if err := json.Unmarshal(b, &s.cfg); err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		s.writeExit(&api.HostJobExit{ExitStatus: -1, Error: err.Error()})
+		json.NewEncoder(ready).Encode(readyMsg{Error: err.Error()})
+		return err
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fail(fmt.Errorf("become subreaper: %w", err))
+	}
+	s.logf, err = os.OpenFile(filepath.Join(dir, fileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fail(err)
+	}
+	ln, err := net.Listen("unix", filepath.Join(dir, fileSock))
+	if err != nil {
+		return fail(err)
+	}
+	var pumps sync.WaitGroup
+	pid, err := s.startContainer(&pumps)
+	if err != nil {
+		ln.Close()
+		return fail(err)
+	}
+	json.NewEncoder(ready).Encode(readyMsg{PID: pid})
+	ready.Close()
+
+	if !s.cfg.TTY && !s.cfg.Stdin {
+		s.started.Do(func() {}) // runc run already started it
+	}
+	var conns sync.WaitGroup
+	go s.serve(ln, &conns)
+	status := reap(pid)
+	// The pid namespace is gone with its init, so the pipes close; wait
+	// a little for the last output.
+	done := make(chan struct{})
+	go func() { pumps.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	exit := &api.HostJobExit{ExitStatus: status}
+	if status == 128+int(unix.SIGKILL) && oomKilled(s.cfg.CgroupsPath) {
+		exit.OOM = true
+	}
+	out, err := exec.Command(s.cfg.Runc, "--root", s.cfg.RuncRoot, "delete", "--force", s.cfg.ID).CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "runc delete: %v: %s\n", err, out)
+	}
+	s.writeExit(exit)
+	s.mu.Lock()
+	s.exit = exit
+	payload, _ := json.Marshal(exit)
+	for sub := range s.subs {
+		select {
+		case sub.ch <- frame{api.FrameExit, payload}:
+		default:
+		}
+		close(sub.ch)
+		delete(s.subs, sub)
+	}
+	s.mu.Unlock()
+	ln.Close()
+	os.Remove(filepath.Join(dir, fileSock))
+	// Give clients a moment to read the exit; a stuck one does not keep
+	// the supervisor alive.
+	connsDone := make(chan struct{})
+	go func() { conns.Wait(); close(connsDone) }()
+	select {
+	case <-connsDone:
+	case <-time.After(5 * time.Second):
+	}
+	s.logf.Close()
+	return nil
+}
+
+func (s *supervisor) writeExit(e *api.HostJobExit) {
+	b, _ := json.Marshal(e)
+	tmp := filepath.Join(s.dir, fileExit+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err == nil {
+		os.Rename(tmp, filepath.Join(s.dir, fileExit))
+	}
+}
+
+func (s *supervisor) runc(args ...string) *exec.Cmd {
+	return exec.Command(s.cfg.Runc, append([]string{"--root", s.cfg.RuncRoot, "--log", filepath.Join(s.dir, fileRuncLog), "--log-format", "json"}, args...)...)
+}
+
+// startContainer creates (and, unless the job waits for an attach, starts)
+// the container, wiring its stdio to pipes or a pty it owns.
+func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
+	interactive := s.cfg.TTY || s.cfg.Stdin
+	verb := "run"
+	if interactive {
+		verb = "create"
+	}
+	args := []string{verb}
+	if verb == "run" {
+		args = append(args, "--detach")
+	}
+	args = append(args, "--pid-file", filepath.Join(s.dir, filePID), "--bundle", s.dir)
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer devnull.Close()
+	var cmd *exec.Cmd
+	var consoleErr chan error
+	var closeAfter []*os.File
+	if s.cfg.TTY {
+		sock := filepath.Join(s.dir, fileConsole)
+		cl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+		if err != nil {
+			return 0, err
+		}
+		defer os.Remove(sock)
+		defer cl.Close()
+		consoleErr = make(chan error, 1)
+		go func() { consoleErr <- s.recvConsole(cl) }()
+		args = append(args, "--console-socket", sock, s.cfg.ID)
+		cmd = s.runc(args...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	} else {
+		args = append(args, s.cfg.ID)
+		cmd = s.runc(args...)
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			return 0, err
+		}
+		errR, errW, err := os.Pipe()
+		if err != nil {
+			return 0, err
+		}
+		cmd.Stdout, cmd.Stderr = outW, errW
+		closeAfter = append(closeAfter, outW, errW)
+		cmd.Stdin = devnull
+		if s.cfg.Stdin {
+			inR, inW, err := os.Pipe()
+			if err != nil {
+				return 0, err
+			}
+			cmd.Stdin = inR
+			closeAfter = append(closeAfter, inR)
+			s.stdin = inW
+		}
+		pumps.Add(2)
+		go func() { defer pumps.Done(); s.pump(outR, "stdout", api.FrameStdout) }()
+		go func() { defer pumps.Done(); s.pump(errR, "stderr", api.FrameStderr) }()
+	}
+	err = cmd.Run()
+	for _, f := range closeAfter {
+		f.Close()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("runc %s: %v: %s", verb, err, runcError(filepath.Join(s.dir, fileRuncLog)))
+	}
+	if consoleErr != nil {
+		if err := <-consoleErr; err != nil {
+			return 0, err
+		}
+		pumps.Add(1)
+		go func() { defer pumps.Done(); s.pump(s.pty, "stdout", api.FrameStdout) }()
+	}
+	b, err := os.ReadFile(filepath.Join(s.dir, filePID))
+	if err != nil {
+		return 0, fmt.Errorf("read pid: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("read pid: %w", err)
+	}
+	return pid, nil
+}
+
+// runcError is the last error runc logged.
+func runcError(logFile string) string {
+	b, _ := os.ReadFile(logFile)
+	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		var l struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(lines[i], &l) == nil && (l.Level == "error" || l.Level == "fatal") {
+			return l.Msg
+		}
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// recvConsole accepts runc's connection on the console socket and takes
+// the pty master it sends.
+func (s *supervisor) recvConsole(l *net.UnixListener) error {
+	l.SetDeadline(time.Now().Add(30 * time.Second))
+	c, err := l.AcceptUnix()
+	if err != nil {
+		return fmt.Errorf("console socket: %w", err)
+	}
+	defer c.Close()
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return fmt.Errorf("console socket: %w", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return fmt.Errorf("console socket: no control message")
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return fmt.Errorf("console socket: no pty fd")
+	}
+	s.pty = os.NewFile(uintptr(fds[0]), "pty")
+	s.stdin = s.pty
+	return nil
+}
+
+// pump copies one output stream to the log and to attached clients.
+func (s *supervisor) pump(r io.Reader, stream string, typ byte) {
+	buf := make([]byte, 32<<10)
+	var partial []byte
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			s.mu.Lock()
+			data := append([]byte(nil), buf[:n]...)
+			for sub := range s.subs {
+				if !sub.output {
+					continue
+				}
+				select {
+				case sub.ch <- frame{typ, data}:
+				default: // too slow: cut it off
+					close(sub.ch)
+					delete(s.subs, sub)
+				}
+			}
+			partial = append(partial, data...)
+			for {
+				i := bytes.IndexByte(partial, '\n')
+				if i < 0 {
+					break
+				}
+				s.logLine(stream, partial[:i])
+				partial = partial[i+1:]
+			}
+			if len(partial) > 64<<10 {
+				s.logLine(stream, partial)
+				partial = nil
+			}
+			partial = append([]byte(nil), partial...)
+			s.mu.Unlock()
+		}
+		if err != nil {
+			break
+		}
+	}
+	if len(partial) > 0 {
+		s.mu.Lock()
+		s.logLine(stream, partial)
+		s.mu.Unlock()
+	}
+}
+
+func (s *supervisor) logLine(stream string, line []byte) {
+	if s.cfg.DisableLog {
+		return
+	}
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	b, _ := json.Marshal(api.HostLogLine{Time: time.Now().UTC(), Stream: stream, Msg: string(line)})
+	s.logf.Write(append(b, '\n'))
+}
+
+func (s *supervisor) serve(ln net.Listener, conns *sync.WaitGroup) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			s.handle(c)
+		}()
+	}
+}
+
+func (s *supervisor) handle(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	var req supRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		api.WriteFrame(c, api.FrameError, []byte("bad request"))
+		return
+	}
+	sub := &subscriber{ch: make(chan frame, 1024), output: !req.Wait}
+	s.mu.Lock()
+	var replayUpTo int64
+	if req.Logs && !req.Wait {
+		if fi, err := s.logf.Stat(); err == nil {
+			replayUpTo = fi.Size()
+		}
+	}
+	exit := s.exit
+	if exit == nil {
+		s.subs[sub] = true
+	}
+	s.mu.Unlock()
+	if replayUpTo > 0 {
+		if err := replayLog(c, filepath.Join(s.dir, fileLog), replayUpTo); err != nil {
+			return
+		}
+	}
+	if exit != nil {
+		payload, _ := json.Marshal(exit)
+		api.WriteFrame(c, api.FrameExit, payload)
+		return
+	}
+	if req.Height > 0 && req.Width > 0 {
+		s.resize(req.Height, req.Width)
+	}
+	if !req.Wait {
+		s.started.Do(func() {
+			if out, err := s.runc("start", s.cfg.ID).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "runc start: %v: %s\n", err, out)
+			}
+		})
+	}
+	go func() {
+		s.input(br, req.Stdin)
+		// The client has gone: stop sending to it.
+		s.drop(sub)
+	}()
+	for f := range sub.ch {
+		if err := api.WriteFrame(c, f.typ, f.data); err != nil {
+			s.drop(sub)
+			for range sub.ch {
+			}
+			return
+		}
+	}
+}
+
+// drop unsubscribes a client.
+func (s *supervisor) drop(sub *subscriber) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.subs[sub] {
+		delete(s.subs, sub)
+		close(sub.ch)
+	}
+}
+
+// input reads a client's frames: stdin data and resizes.
+func (s *supervisor) input(r io.Reader, stdin bool) {
+	for {
+		typ, p, err := api.ReadFrame(r)
+		if err != nil {
+			return
+		}
+		switch typ {
+		case api.FrameStdin:
+			if !stdin || s.stdin == nil {
+				continue
+			}
+			if len(p) == 0 {
+				if !s.cfg.TTY {
+					s.stdin.Close()
+				}
+				continue
+			}
+			s.stdin.Write(p)
+		case api.FrameResize:
+			if len(p) == 4 {
+				s.resize(binary.BigEndian.Uint16(p[0:2]), binary.BigEndian.Uint16(p[2:4]))
+			}
+		}
+	}
+}
+
+func (s *supervisor) resize(h, w uint16) {
+	if s.pty == nil {
+		return
+	}
+	unix.IoctlSetWinsize(int(s.pty.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: h, Col: w})
+}
+
+// replayLog sends the first n bytes of the log file as output frames.
+func replayLog(w io.Writer, file string, n int64) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.LimitReader(f, n))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var l api.HostLogLine
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		typ := api.FrameStdout
+		if l.Stream == "stderr" {
+			typ = api.FrameStderr
+		}
+		if err := api.WriteFrame(w, typ, []byte(l.Msg+"\n")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reap waits for the container's init, which became our child when runc
+// exited (we are a subreaper), and returns its exit status (128+signal
+// when killed).
+func reap(pid int) int {
+	for {
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(pid, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			// Not our child after all: watch it from outside.
+			for unix.Kill(pid, 0) == nil {
+				time.Sleep(100 * time.Millisecond)
+			}
+			return -1
+		}
+		if ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		if ws.Exited() {
+			return ws.ExitStatus()
+		}
+	}
+}
+
+// oomKilled reports whether the kernel OOM-killed a process of the cgroup.
+func oomKilled(cgroupsPath string) bool {
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control"),
+		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events"),
+	} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, " "); ok && k == "oom_kill" {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				return n > 0
+			}
+		}
+	}
+	return false
+}

@@ -119,7 +119,7 @@ func (n *node) start() {
 	n.cmd = exec.Command(flynnHost, "daemon", "--state-dir", n.dir, "--listen-ip", n.ip,
 		"--etcd-client-port", fmt.Sprint(n.etcdClient), "--etcd-peer-port", fmt.Sprint(n.etcdPeer),
 		"--discoverd-port", fmt.Sprint(n.discPort), "--dns-port", fmt.Sprint(n.dnsPort),
-		"--recursor", "127.0.0.1:1", "--ttl", "2s", "--etcd-fast", "--tag", "node="+n.name)
+		"--recursor", "127.0.0.1:1", "--ttl", "2s", "--etcd-fast", "--tag", "node="+n.name, "--no-agent")
 	n.cmd.Stdout, n.cmd.Stderr = logf, logf
 	if err := n.cmd.Start(); err != nil {
 		n.t.Fatal(err)

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
+	"github.com/flynnrebuilt/flynn/internal/host"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
 
@@ -26,6 +30,8 @@ func newDaemonCmd(env Env) *cobra.Command {
 	cfg := daemon.Config{}
 	var logLevel string
 	var logJSON bool
+	var agent host.Config
+	var noAgent bool
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the host daemon (etcd, discoverd, host agent)",
@@ -41,10 +47,19 @@ func newDaemonCmd(env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if !noAgent {
+				cfg.Services = append(cfg.Services, hostAgentService(cfg, agent, log))
+			}
 			return daemon.Run(cmd.Context(), cfg, log)
 		},
 	}
 	f := cmd.Flags()
+	f.BoolVar(&noAgent, "no-agent", false, "do not run the host agent (jobs API on --host-port)")
+	f.StringVar(&agent.Runc, "runc", "runc", "OCI runtime binary")
+	f.StringVar(&agent.Bridge, "bridge", "flynnbr0", "bridge jobs attach to")
+	f.StringVar(&agent.Subnet, "subnet", "100.64.0.0/16", "job network")
+	f.StringVar(&agent.CgroupParent, "cgroup-parent", "flynn", "cgroup jobs are placed under")
+	f.DurationVar(&agent.StopGrace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a job")
 	f.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config and etcd data")
 	f.StringVar(&cfg.ListenIP, "listen-ip", "", "the host's cluster address (default: the address of the default route, else 127.0.0.1)")
 	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", daemon.DefaultEtcdClientPort, "etcd client port")
@@ -258,4 +273,31 @@ func printStatus(out io.Writer, st *api.GridStatus) {
 		fmt.Fprintf(w, "%s\t%d\t%s\n", s.Name, len(s.Instances), leader)
 	}
 	w.Flush()
+}
+
+// hostAgentService runs the host agent inside the daemon, with the host's
+// id and cluster token, listening on the advertised host port. Its state
+// lives in <state-dir>/host. Jobs keep running when the daemon stops.
+func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) func(context.Context, *daemon.Deps) error {
+	return func(ctx context.Context, d *daemon.Deps) error {
+		cfg := acfg
+		cfg.ID = d.HostID
+		cfg.Keys = []string{d.Token}
+		port := dcfg.HostPort
+		if port == 0 {
+			port = daemon.DefaultHostPort
+		}
+		cfg.Listen = net.JoinHostPort(d.ListenIP, strconv.Itoa(port))
+		stateDir := dcfg.StateDir
+		if stateDir == "" {
+			stateDir = daemon.DefaultStateDir
+		}
+		cfg.StateDir = filepath.Join(stateDir, "host")
+		cfg.Discoverd = d.DiscoverdURL
+		a, err := host.New(cfg, log.With("component", "host"))
+		if err != nil {
+			return fmt.Errorf("host agent: %w", err)
+		}
+		return a.Run(ctx)
+	}
 }

@@ -235,9 +235,10 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		mounts = append(mounts, api.Mount{Location: r.cfg.CABundle, Target: DefaultCABundle})
 	}
 	job := &api.HostJob{
-		ID:        "build-" + app.ID[:min(8, len(app.ID))] + "-" + p.NewRev[:min(12, len(p.NewRev))] + "-" + randID(),
+		// Short: the host agent keeps per-job sockets under its state dir.
+		ID:        "build-" + randID(),
 		Artifacts: []*api.Artifact{{Type: api.ArtifactTypeFlynn, Manifest: &api.ImageManifest{Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{r.cfg.StackLayer}}}}}},
-		Metadata:  map[string]string{api.JobMetaApp: app.ID, api.JobMetaAppName: app.Name, api.JobMetaProcessType: "slugbuilder"},
+		Metadata:  map[string]string{api.JobMetaApp: app.ID, api.JobMetaAppName: app.Name, api.JobMetaProcessType: "slugbuilder", "gitreceive.rev": p.NewRev},
 		Config: api.HostJobConfig{
 			Args:        []string{FlynnHostPath, "slugbuilder"},
 			Env:         env,

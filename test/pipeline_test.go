@@ -44,6 +44,8 @@ type pipeline struct {
 	hc      *hostclient.Client
 	gitURL  string
 	dumpLog func() string
+
+	token, ctrlURL, blobURL, etcdURL string
 }
 
 // startPipelineDaemon starts flynn-host init + daemon on loopback and
@@ -122,7 +124,10 @@ func stackLayer(t *testing.T, rootfs, dst string) *api.ImageLayer {
 	return &api.ImageLayer{ID: digest, Type: api.LayerTypeTar, Length: fi.Size(), URL: "file://" + dst, Hashes: map[string]string{"sha256": digest}}
 }
 
-func startPipeline(t *testing.T, layer *api.ImageLayer) *pipeline {
+// startPipeline starts the cluster pieces and, unless component is set,
+// an in-process gitreceive; with component the caller runs `flynn-host
+// component gitreceive` against p's controller, blobstore and host.
+func startPipeline(t *testing.T, layer *api.ImageLayer, component bool) *pipeline {
 	t.Helper()
 	token, hostURL, etcd, dumpLog := startPipelineDaemon(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -145,15 +150,19 @@ func startPipeline(t *testing.T, layer *api.ImageLayer) *pipeline {
 	t.Cleanup(blobSrv.Close)
 	blobs := blobclient.New(blobSrv.URL, pipelineKey, nil)
 
-	flynnHost := filepath.Join(binDir, "flynn-host")
-	caBundle := ""
-	if _, err := os.Stat(gitreceive.DefaultCABundle); err == nil {
-		caBundle = gitreceive.DefaultCABundle
+	p := &pipeline{ctrl: ctrl, hc: hostclient.New(hostURL, token), dumpLog: dumpLog,
+		token: token, ctrlURL: ctrlSrv.URL, blobURL: blobSrv.URL, etcdURL: etcd.Endpoints()[0]}
+	wg.Add(1)
+	go func() { defer wg.Done(); p.playScheduler(ctx, t) }()
+	if component {
+		return p
 	}
+
+	flynnHost := filepath.Join(binDir, "flynn-host")
 	recv, err := gitreceive.NewReceiver(gitreceive.ReceiverConfig{
 		Controller: ctrl, Blobs: blobs, BlobKey: pipelineKey,
 		Jobs:       &gitreceive.HostJobRunner{Etcd: etcd, Token: token},
-		StackLayer: layer, FlynnHostBin: flynnHost, CABundle: caBundle,
+		StackLayer: layer, FlynnHostBin: flynnHost, CABundle: caBundle(),
 		DeployTimeout: 2 * time.Minute,
 	}, logging.Discard())
 	if err != nil {
@@ -170,11 +179,15 @@ func startPipeline(t *testing.T, layer *api.ImageLayer) *pipeline {
 	go func() { defer wg.Done(); srv.Run(ctx) }()
 	gitSrv := httptest.NewServer(srv.Handler(httpapi.NewKeyAuth(pipelineKey)))
 	t.Cleanup(gitSrv.Close)
-
-	p := &pipeline{ctrl: ctrl, hc: hostclient.New(hostURL, token), gitURL: gitSrv.URL, dumpLog: dumpLog}
-	wg.Add(1)
-	go func() { defer wg.Done(); p.playScheduler(ctx, t) }()
+	p.gitURL = gitSrv.URL
 	return p
+}
+
+func caBundle() string {
+	if _, err := os.Stat(gitreceive.DefaultCABundle); err == nil {
+		return gitreceive.DefaultCABundle
+	}
+	return ""
 }
 
 // playScheduler stands in for the scheduler: for each formation scaled to
@@ -315,7 +328,7 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 	if err := stack.BuildBusybox(context.Background(), rootfs); err != nil {
 		t.Fatal(err)
 	}
-	p := startPipeline(t, stackLayer(t, rootfs, filepath.Join(t.TempDir(), "busybox-stack.tar")))
+	p := startPipeline(t, stackLayer(t, rootfs, filepath.Join(t.TempDir(), "busybox-stack.tar")), false)
 	ctx := context.Background()
 
 	app := &api.App{Name: "procapp"}
@@ -377,5 +390,93 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 	out, ok = p.push(t, repo, "nosuchapp")
 	if ok || !strings.Contains(out, `app "nosuchapp" does not exist`) {
 		t.Errorf("push to a missing app (ok=%v):\n%s", ok, out)
+	}
+}
+
+// TestGitreceiveComponent runs `flynn-host component gitreceive` and
+// pushes over SSH with a key registered in the controller.
+func TestGitreceiveComponent(t *testing.T) {
+	requirePipeline(t)
+	rootfs := t.TempDir()
+	if err := stack.BuildBusybox(context.Background(), rootfs); err != nil {
+		t.Fatal(err)
+	}
+	layer := stackLayer(t, rootfs, filepath.Join(t.TempDir(), "busybox-stack.tar"))
+	p := startPipeline(t, layer, true)
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	keyFile := filepath.Join(dir, "id_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keyFile).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v: %s", err, out)
+	}
+	pub, err := os.ReadFile(keyFile + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ctrl.CreateKey(ctx, strings.TrimSpace(string(pub))); err != nil {
+		t.Fatal(err)
+	}
+	otherKey := filepath.Join(dir, "id_other")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", otherKey).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v: %s", err, out)
+	}
+
+	sshPort, httpPort := freePort(t), freePort(t)
+	logPath := filepath.Join(dir, "gitreceive.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), "component", "gitreceive",
+		"--ssh-addr", fmt.Sprintf("127.0.0.1:%d", sshPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
+		"--controller", p.ctrlURL, "--controller-key", pipelineKey, "--blobstore", p.blobURL,
+		"--etcd", p.etcdURL, "--token", p.token, "--host-key", filepath.Join(dir, "hostkey"),
+		"--repo-dir", filepath.Join(dir, "repos"), "--stack-url", layer.URL, "--stack-sha256", layer.Hashes["sha256"],
+		"--flynn-host-bin", filepath.Join(binDir, "flynn-host"), "--ca-bundle", caBundle(), "--deploy-timeout", "2m")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		logf.Close()
+	})
+	dumpLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+
+	app := &api.App{Name: "sshapp"}
+	if err := p.ctrl.CreateApp(ctx, app); err != nil {
+		t.Fatal(err)
+	}
+	repo := gitRepo(t, "apps/procfile")
+	push := func(key string) (string, bool) {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			c := exec.Command("git", "push", fmt.Sprintf("ssh://git@127.0.0.1:%d/sshapp.git", sshPort), "main")
+			c.Dir = repo
+			c.Env = append(os.Environ(), "GIT_SSH_COMMAND=ssh -i "+key+" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes")
+			out, err := c.CombinedOutput()
+			// Retry only while the component is still starting.
+			if err != nil && strings.Contains(string(out), "Connection refused") && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return string(out), err == nil
+		}
+	}
+	if out, ok := push(otherKey); ok || !strings.Contains(out, "Permission denied") {
+		t.Fatalf("push with an unregistered key (ok=%v):\n%s", ok, out)
+	}
+	out, ok := push(keyFile)
+	if !ok || !strings.Contains(out, "remote: -----> Procfile app detected") || !strings.Contains(out, "remote: =====> Application deployed") {
+		t.Fatalf("push (ok=%v):\n%s\ngitreceive log:\n%s", ok, out, dumpLog())
+	}
+	rel, err := p.ctrl.GetAppRelease(ctx, app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := getBody(t, p.webURL(t, rel.ID)+"/"); !strings.Contains(body, "hello from the procfile app") {
+		t.Errorf("web page = %q", body)
 	}
 }

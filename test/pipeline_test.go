@@ -29,6 +29,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/image"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/stack"
+	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
 )
 
 // The build pipeline end to end, short of the scheduler: a real daemon
@@ -477,6 +478,61 @@ func TestGitreceiveComponent(t *testing.T) {
 		t.Fatal(err)
 	}
 	if body := getBody(t, p.webURL(t, rel.ID)+"/"); !strings.Contains(body, "hello from the procfile app") {
+		t.Errorf("web page = %q", body)
+	}
+}
+
+// TestGitPushGoApp pushes the Go sample app onto the debootstrap stack:
+// the Go buildpack fetches its toolchain and modules through the app's
+// GOPROXY, set with a release before the first push.
+func TestGitPushGoApp(t *testing.T) {
+	requirePipeline(t)
+	stacktest.DefaultStack(t) // skips under -short; builds and caches the stack
+	res, err := stack.Build(context.Background(), stack.Config{Dir: stacktest.CacheDir, Tar: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, err := image.FileDigest(res.Layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := &api.ImageLayer{ID: digest, Type: api.LayerTypeTar, URL: "file://" + res.Layer, Hashes: map[string]string{"sha256": digest}}
+	p := startPipeline(t, layer, false)
+	ctx := context.Background()
+
+	app := &api.App{Name: "goapp"}
+	if err := p.ctrl.CreateApp(ctx, app); err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := exec.Command("go", "env", "GOPROXY").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	envRel := &api.Release{Env: map[string]string{"GOPROXY": strings.TrimSpace(string(proxy))}}
+	if err := p.ctrl.CreateRelease(ctx, envRel); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ctrl.CreateDeployment(ctx, app.ID, envRel.ID); err != nil {
+		t.Fatal(err)
+	}
+	out, ok := p.push(t, gitRepo(t, "apps/go"), "goapp")
+	if !ok {
+		t.Fatalf("push failed:\n%s\ndaemon log:\n%s", out, p.dumpLog())
+	}
+	t.Logf("push output:\n%s", out)
+	for _, want := range []string{"remote: -----> Go app detected", "remote: =====> Scaling initial release to web=1", "remote: =====> Application deployed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("push output lacks %q", want)
+		}
+	}
+	rel, err := p.ctrl.GetAppRelease(ctx, app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rel.Env["GOPROXY"] == "" {
+		t.Errorf("release env lost GOPROXY: %v", rel.Env)
+	}
+	if body := getBody(t, p.webURL(t, rel.ID)+"/"); !strings.Contains(body, "hello from the go app") {
 		t.Errorf("web page = %q", body)
 	}
 }

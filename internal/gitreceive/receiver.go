@@ -181,7 +181,7 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) erro
 	}
 	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
 	fmt.Fprintln(out, "-----> Deploying...")
-	if err := r.deploy(ctx, app, prev, rel, out); err != nil {
+	if err := r.deploy(ctx, app, rel, out); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "=====> Application deployed")
@@ -443,7 +443,7 @@ func (r *BuildReceiver) deployTimeout(app *api.App) time.Duration {
 // deploy deploys rel and waits for it: for the deployment to finish when
 // the app runs processes, or, on an app's first deploy with a web type,
 // for the first web job to come up.
-func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, prev *api.Release, rel *api.Release, out io.Writer) error {
+func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, out io.Writer) error {
 	timeout := r.deployTimeout(app)
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -486,11 +486,12 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, prev *api.Rele
 			return err
 		}
 	}
+	// The first deploy of an app with a web type (nothing was scaled up
+	// before, e.g. only `flynn env set` ran): run one web process.
 	_, hasWeb := rel.Processes["web"]
-	if prev != nil || !hasWeb {
+	if running(d.Processes) || !hasWeb {
 		return nil
 	}
-	// The first deploy of an app with a web type: run one web process.
 	fmt.Fprintln(out, "=====> Scaling initial release to web=1")
 	if err := r.cfg.Controller.PutFormation(ctx, &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 1}}); err != nil {
 		return fmt.Errorf("scale web=1: %w", err)
@@ -503,6 +504,16 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, prev *api.Rele
 	}
 	fmt.Fprintln(out, "=====> web job started")
 	return nil
+}
+
+// running says whether a formation runs any process.
+func running(procs map[string]int) bool {
+	for _, n := range procs {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, evc <-chan *api.Event, out io.Writer, timeout time.Duration) error {

@@ -119,6 +119,11 @@ func fakeCluster(ctx context.Context, c *controllerclient.Client, appID string, 
 	for ctx.Err() == nil {
 		ds, _ := c.ListDeployments(ctx, api.DeploymentPending)
 		for _, d := range ds {
+			// Move the processes to the new release, as the deployer does.
+			c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.NewReleaseID, Processes: d.Processes})
+			if d.OldReleaseID != "" {
+				c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.OldReleaseID, Processes: map[string]int{}})
+			}
 			c.UpdateDeployment(ctx, d.ID, api.DeploymentComplete, "")
 		}
 		fs, _ := c.FormationList(ctx, appID)

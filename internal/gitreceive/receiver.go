@@ -252,7 +252,11 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 	bctx, cancel := context.WithTimeout(ctx, r.cfg.BuildTimeout)
 	defer cancel()
 	start := time.Now()
-	exit, err := r.cfg.Jobs.RunJob(bctx, job, out)
+	// The job's URLs carry the blobstore key; keep it out of the output
+	// (an SSH pusher need not know it).
+	jobOut := newRedactor(out, r.cfg.BlobKey)
+	exit, err := r.cfg.Jobs.RunJob(bctx, job, jobOut)
+	jobOut.Flush()
 	if err != nil {
 		if bctx.Err() != nil && ctx.Err() == nil {
 			return nil, fmt.Errorf("build timed out after %s", r.cfg.BuildTimeout)
@@ -601,5 +605,37 @@ func waitWebUp(ctx context.Context, releaseID string, evc <-chan *api.Event, tim
 				return fmt.Errorf("the web process failed to start: %s; see `flynn log`", why)
 			}
 		}
+	}
+}
+
+// redactor copies output line by line with a secret replaced.
+type redactor struct {
+	w      io.Writer
+	secret string
+	buf    []byte
+}
+
+func newRedactor(w io.Writer, secret string) *redactor { return &redactor{w: w, secret: secret} }
+
+func (r *redactor) Write(p []byte) (int, error) {
+	if r.secret == "" {
+		return r.w.Write(p)
+	}
+	r.buf = append(r.buf, p...)
+	if i := strings.LastIndexByte(string(r.buf), '\n'); i >= 0 {
+		line := strings.ReplaceAll(string(r.buf[:i+1]), r.secret, "***")
+		r.buf = append(r.buf[:0], r.buf[i+1:]...)
+		if _, err := io.WriteString(r.w, line); err != nil {
+			return len(p), err
+		}
+	}
+	return len(p), nil
+}
+
+// Flush writes what is left of an unfinished line.
+func (r *redactor) Flush() {
+	if len(r.buf) > 0 {
+		io.WriteString(r.w, strings.ReplaceAll(string(r.buf), r.secret, "***"))
+		r.buf = r.buf[:0]
 	}
 }

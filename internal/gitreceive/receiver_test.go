@@ -85,6 +85,7 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	fmt.Fprintln(out, "-----> Fake buildpack app detected")
 	if fail {
 		fmt.Fprintln(out, " !     compile failed")
+		fmt.Fprintf(out, " !     cannot GET %s\n", env["BUILD_CACHE_URL"])
 		return &api.HostJobExit{ExitStatus: 1}, nil
 	}
 	types := map[string]string{}
@@ -355,6 +356,9 @@ func TestReceiverRejects(t *testing.T) {
 		out, ok := e.push(t, "myapp")
 		if ok || !strings.Contains(out, "remote:  !     compile failed") || !strings.Contains(out, "build failed (slugbuilder exited with status 1)") {
 			t.Fatalf("failed build (ok=%v):\n%s", ok, out)
+		}
+		if strings.Contains(out, testBlobKey) || !strings.Contains(out, "http://flynn:***@") {
+			t.Errorf("the blobstore key was not redacted from the build output:\n%s", out)
 		}
 		if _, err := e.ctrl.GetAppRelease(context.Background(), e.app.ID); err == nil {
 			t.Fatal("a failed build made a release")

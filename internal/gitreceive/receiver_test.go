@@ -154,6 +154,7 @@ type recvEnv struct {
 	httpURL string
 	repo    string
 	app     *api.App
+	fresh   func() string
 }
 
 func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
@@ -208,7 +209,21 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	os.WriteFile(filepath.Join(repo, "Procfile"), []byte("web: ./server\nworker: ./work\n"), 0o644)
 	gitIn(t, repo, "add", ".")
 	gitIn(t, repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
-	return &recvEnv{ctrl: ctrl, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
+	e := &recvEnv{ctrl: ctrl, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
+	// fresh starts another gitreceive with an empty repo dir on the same
+	// cluster, as after a restart on another host.
+	e.fresh = func() string {
+		s, err := New(Config{RepoDir: filepath.Join(t.TempDir(), "repos"), HookBin: hook, Receiver: recv, Cache: &BlobRepoCache{Blobs: blobs}}, logging.Discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Run(ctx) }()
+		hs := httptest.NewServer(s.Handler(httpapi.NewKeyAuth(testCtrlKey)))
+		t.Cleanup(hs.Close)
+		return hs.URL
+	}
+	return e
 }
 
 func (e *recvEnv) push(t *testing.T, app string) (string, bool) {
@@ -379,6 +394,17 @@ func TestRepoCacheRestoresObjects(t *testing.T) {
 	if !ok {
 		t.Fatalf("push: %s", out)
 	}
+	// A fresh gitreceive has the pushed objects: the next push is a
+	// fast-forward of main, not a new branch.
+	first := strings.TrimSpace(gitIn(t, e.repo, "rev-parse", "HEAD"))
+	os.WriteFile(filepath.Join(e.repo, "Procfile"), []byte("web: ./server3\n"), 0o644)
+	gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "third")
+	e.httpURL = e.fresh()
+	out, ok = e.push(t, "myapp")
+	if !ok || !strings.Contains(out, first[:7]+"..") || strings.Contains(out, "[new branch]") {
+		t.Fatalf("push to a fresh gitreceive (ok=%v) is not an update of %s:\n%s", ok, first[:7], out)
+	}
+
 	cache := &BlobRepoCache{Blobs: e.blobs}
 	dir := filepath.Join(t.TempDir(), "myapp.git")
 	if err := cache.Restore(context.Background(), "myapp", dir); err != nil {

@@ -27,10 +27,12 @@ func Run(ctx context.Context, args []string, env Env) int {
 	root := newRoot(env)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(env.Stderr, "flynn-host: %v\n", err)
+		// An exitError passes on a status that was already reported (a
+		// job's exit status, a rejected push): print nothing more.
 		if ee, ok := err.(exitError); ok {
 			return ee.code
 		}
+		fmt.Fprintf(env.Stderr, "flynn-host: %v\n", err)
 		return 1
 	}
 	return 0

@@ -183,6 +183,14 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 				for k, v := range ep.Env {
 					env[k] = v
 				}
+				// The image's user (e.g. a slug's app user) unless the
+				// job's config names one.
+				if ep.Uid != nil {
+					spec.UID, spec.GID = *ep.Uid, *ep.Uid
+				}
+				if ep.Gid != nil {
+					spec.GID = *ep.Gid
+				}
 			}
 		}
 	}

@@ -13,9 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/host"
 	"github.com/flynnrebuilt/flynn/internal/image"
 )
 
@@ -365,4 +369,135 @@ func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
 		b, err := runningJobs(ctx, c.b.hc, app.ID)
 		return len(a)+len(b) == 0, err
 	})
+}
+
+// jobsByRelease counts running jobs of app on the cluster's hosts per
+// release.
+func (c *cluster) jobsByRelease(ctx context.Context, appID string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, h := range []*gridHost{c.a, c.b} {
+		jobs, err := h.hc.ListJobs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, j := range jobs {
+			if j.Job.Metadata[api.JobMetaApp] == appID && (j.Status == api.HostJobRunning || j.Status == api.HostJobStarting) {
+				rel := j.Job.Metadata[api.JobMetaRelease]
+				out[rel] = append(out[rel], j.Job.ID)
+			}
+		}
+	}
+	for _, ids := range out {
+		sort.Strings(ids)
+	}
+	return out, nil
+}
+
+// TestDeployCrashingReleaseRollsBack deploys a release whose web process
+// crashes through the real controller, scheduler and deployer: the
+// deployment fails and the old release keeps running untouched.
+func TestDeployCrashingReleaseRollsBack(t *testing.T) {
+	dir := shortTempDir(t)
+	c := startCluster(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	art := busyboxArtifact(t, dir)
+	// web serves on 8080 and registers in discoverd once a TCP check
+	// passes; the deployer counts new jobs only once registered.
+	check := &api.HealthCheck{Type: "tcp", Interval: api.Duration(200 * time.Millisecond), Threshold: 1}
+	ports := []api.Port{{Port: 8080, Proto: "tcp", Service: &api.Service{Name: "rollback-web", Create: true, Check: check}}}
+	app, r1 := createApp(t, ctx, c.cc, art, "rollback", map[string]*api.ProcessType{
+		"web": {Args: []string{"httpd", "-f", "-p", "8080", "-h", "/"}, Ports: ports},
+	})
+	t.Cleanup(func() { c.stopAppJobs(app.ID) })
+	if err := c.cc.PutFormation(ctx, &api.Formation{AppID: app.ID, ReleaseID: r1.ID, Processes: map[string]int{"web": 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cc.SetAppRelease(ctx, app.ID, r1.ID); err != nil {
+		t.Fatal(err)
+	}
+	var before map[string][]string
+	waitFor(t, ctx, "release 1 running web=2", c.dump, func() (bool, error) {
+		var err error
+		before, err = c.jobsByRelease(ctx, app.ID)
+		return len(before[r1.ID]) == 2, err
+	})
+	dc := discoverdclient.New(fmt.Sprintf("http://%s:%d", c.a.ip, c.a.discPort), c.token)
+	registered := func() ([]string, error) {
+		insts, err := dc.Instances(ctx, "rollback-web")
+		var ids []string
+		for _, in := range insts {
+			ids = append(ids, in.Meta[host.InstanceMetaJobID])
+		}
+		sort.Strings(ids)
+		return ids, err
+	}
+	waitFor(t, ctx, "release 1's jobs registered in discoverd", c.dump, func() (bool, error) {
+		ids, err := registered()
+		return cmp.Equal(ids, before[r1.ID]), err
+	})
+
+	r2 := &api.Release{AppID: app.ID, ArtifactIDs: []string{art.ID}, Processes: map[string]*api.ProcessType{
+		"web": {Args: []string{"sh", "-c", "echo crashing; exit 3"}, Ports: ports},
+	}}
+	if err := c.cc.CreateRelease(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	dep, err := c.cc.CreateDeployment(ctx, app.ID, r2.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the deployment to fail", c.dump, func() (bool, error) {
+		d, err := c.cc.GetDeployment(ctx, dep.ID)
+		if err != nil {
+			return false, err
+		}
+		if d.Status == api.DeploymentComplete {
+			t.Fatalf("deployment of a crashing release completed: %+v", d)
+		}
+		return d.Status == api.DeploymentFailed, nil
+	})
+	cur, err := c.cc.GetAppRelease(ctx, app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.ID != r1.ID {
+		t.Fatalf("app release after the failed deploy = %s, want the old %s", cur.ID, r1.ID)
+	}
+	f, err := c.cc.GetFormation(ctx, app.ID, r2.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Processes["web"] != 0 {
+		t.Fatalf("new release's formation after rollback = %v, want web=0", f.Processes)
+	}
+	// The new release's jobs go away; the old ones are the same jobs.
+	waitFor(t, ctx, "no job of the new release", c.dump, func() (bool, error) {
+		now, err := c.jobsByRelease(ctx, app.ID)
+		return err == nil && len(now[r2.ID]) == 0, err
+	})
+	after, err := c.jobsByRelease(ctx, app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before[r1.ID], after[r1.ID]); diff != "" {
+		t.Fatalf("old release's jobs changed (-before +after):\n%s\n%s", diff, c.dump())
+	}
+	if ids, err := registered(); err != nil || !cmp.Equal(ids, before[r1.ID]) {
+		t.Fatalf("registered instances after the failed deploy = %v, %v; want the old jobs %v", ids, err, before[r1.ID])
+	}
+	var failed bool
+	evs, err := c.cc.ListEvents(ctx, controllerclient.EventOptions{AppID: app.ID, ObjectTypes: []string{api.EventTypeDeployment}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if strings.Contains(string(e.Data), "exited with status 3") {
+			failed = true
+		}
+	}
+	if !failed {
+		t.Fatalf("no deployment event says the job exited with status 3: %d events", len(evs))
+	}
 }

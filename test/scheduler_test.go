@@ -20,7 +20,6 @@ import (
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/host"
-	"github.com/flynnrebuilt/flynn/internal/image"
 )
 
 // gridHost is one real flynn-host daemon of a test grid.
@@ -115,28 +114,6 @@ func runningJobs(ctx context.Context, hc *hostclient.Client, appID string) ([]st
 	}
 	sort.Strings(ids)
 	return ids, nil
-}
-
-// busyboxArtifact writes the busybox layer into dir and returns an
-// artifact of it (by file:// URL).
-func busyboxArtifact(t *testing.T, dir string) *api.Artifact {
-	t.Helper()
-	layer := filepath.Join(dir, "busybox.tar.gz")
-	f, err := os.Create(layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := image.WriteBusyboxLayer(f, image.DefaultBusybox); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	digest, err := image.FileDigest(layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &api.Artifact{Type: api.ArtifactTypeFlynn, URI: "file://" + layer, Manifest: &api.ImageManifest{
-		Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{{ID: digest, Type: api.LayerTypeTarGz, Hashes: map[string]string{"sha256": digest}, URL: "file://" + layer}}}},
-	}}
 }
 
 // cluster is two real hosts (the first the only etcd member), a
@@ -285,7 +262,7 @@ func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	art := busyboxArtifact(t, dir)
+	art := busyboxArtifact(t)
 	app, rel := createApp(t, ctx, c.cc, art, "spread", map[string]*api.ProcessType{
 		"web": {Args: []string{"sh", "-c", "echo $GREETING $FLYNN_APP_NAME $FLYNN_PROCESS_TYPE; exec sleep 3600"}},
 	})
@@ -402,7 +379,7 @@ func TestDeployCrashingReleaseRollsBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	art := busyboxArtifact(t, dir)
+	art := busyboxArtifact(t)
 	// web serves on 8080 and registers in discoverd once a TCP check
 	// passes; the deployer counts new jobs only once registered.
 	check := &api.HealthCheck{Type: "tcp", Interval: api.Duration(200 * time.Millisecond), Threshold: 1}

@@ -274,7 +274,11 @@ func (c *Client) GetJob(ctx context.Context, appID, jobID string) (*api.Job, err
 
 // PutJob records a job's state (the scheduler reports jobs this way).
 func (c *Client) PutJob(ctx context.Context, job *api.Job) error {
-	return c.c.Do(ctx, "PUT", p("/apps/%s/jobs/%s", job.AppID, job.ID), job, job)
+	id := job.ID
+	if id == "" {
+		id = job.UUID // not placed yet
+	}
+	return c.c.Do(ctx, "PUT", p("/apps/%s/jobs/%s", job.AppID, id), job, job)
 }
 
 // DeleteJob stops a job.

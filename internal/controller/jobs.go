@@ -64,7 +64,7 @@ func (s *Server) putJob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if j.ID != r.PathValue("job") {
+	if pv := r.PathValue("job"); pv != j.ID && (j.ID != "" || pv != j.UUID) {
 		return api.Validation("id", "job id %q does not match the path", j.ID)
 	}
 	app, err := s.app(r)

@@ -356,8 +356,18 @@ var jobStates = map[string]bool{
 }
 
 func validateJob(j *api.Job) error {
-	if err := validateID("id", j.ID); err != nil {
-		return err
+	if j.ID == "" && j.UUID == "" {
+		return api.Validation("id", "a job needs an id or, before it is placed, a uuid")
+	}
+	if j.ID != "" {
+		if err := validateID("id", j.ID); err != nil {
+			return err
+		}
+	}
+	if j.UUID != "" {
+		if err := validateID("uuid", j.UUID); err != nil {
+			return err
+		}
 	}
 	if !jobStates[j.State] {
 		return api.Validation("state", "unknown job state %q", j.State)

@@ -182,10 +182,6 @@ func (c *HostCluster) StopJob(ctx context.Context, hostID, jobID string) error {
 
 // ControllerClient is the Controller of a real controller, over
 // client/controllerclient.
-//
-// The controller keys jobs by host job id, so a job that has not been
-// placed yet (pending without a host, or blocked) cannot be recorded:
-// PutJob skips those and records them once they are placed.
 type ControllerClient struct {
 	C *controllerclient.Client
 }
@@ -238,10 +234,10 @@ func (c *ControllerClient) StreamFormations(ctx context.Context, fn func(*api.Ex
 	}
 }
 
-// PutJob records a placed job's state; unplaced jobs are skipped (see
-// ControllerClient).
+// PutJob records a job's state. The controller keys jobs by UUID, so
+// jobs that are not placed yet (pending, blocked) are recorded too.
 func (c *ControllerClient) PutJob(ctx context.Context, job *api.Job) error {
-	if job.ID == "" {
+	if job.ID == "" && job.UUID == "" {
 		return nil
 	}
 	cp := *job

@@ -8,11 +8,26 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 )
 
+// jobKey is the key a job is stored under: its UUID when it has one (so a
+// job is one record from pending, before it has a host and an id, to
+// down), else its id.
+func jobKey(job *api.Job) string {
+	if job.UUID != "" {
+		return job.UUID
+	}
+	return job.ID
+}
+
+// uuidLen is the length of a job UUID, the tail of a job id
+// "<host-id>-<uuid>".
+const uuidLen = 36
+
 // PutJob creates or updates a job's record (the scheduler reports job
-// states this way). The creation time of an existing job is kept.
+// states this way). The creation time of an existing job is kept, and so
+// is its id once it has one.
 func (s *Store) PutJob(ctx context.Context, job *api.Job) (*api.Job, error) {
 	for range maxRetries {
-		key := s.key(pJobs, job.AppID, job.ID)
+		key := s.key(pJobs, job.AppID, jobKey(job))
 		old := &api.Job{}
 		rev, err := s.get(ctx, key, old)
 		if err != nil && err != errMissing {
@@ -26,11 +41,14 @@ func (s *Store) PutJob(ctx context.Context, job *api.Job) (*api.Job, error) {
 			}
 		} else {
 			job.CreatedAt = old.CreatedAt
+			if job.ID == "" {
+				job.ID = old.ID
+			}
 		}
 		t := s.txn()
 		t.unchanged(key, rev)
 		t.put(key, job)
-		t.event(job.AppID, api.EventTypeJob, job.ID, job)
+		t.event(job.AppID, api.EventTypeJob, jobKey(job), job)
 		ok, err := t.commit(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("put job %s: %w", job.ID, err)
@@ -42,10 +60,18 @@ func (s *Store) PutJob(ctx context.Context, job *api.Job) (*api.Job, error) {
 	return nil, errRetry
 }
 
-// GetJob returns a job of an app.
+// GetJob returns a job of an app by its id or its UUID.
 func (s *Store) GetJob(ctx context.Context, appID, id string) (*api.Job, error) {
 	j := &api.Job{}
-	if _, err := s.getObj(ctx, s.key(pJobs, appID, id), "job", id, j); err != nil {
+	_, err := s.getObj(ctx, s.key(pJobs, appID, id), "job", id, j)
+	if err != nil && len(id) > uuidLen+1 && id[len(id)-uuidLen-1] == '-' {
+		// A placed job's id: the record is under its UUID.
+		j = &api.Job{}
+		if _, err2 := s.getObj(ctx, s.key(pJobs, appID, id[len(id)-uuidLen:]), "job", id, j); err2 == nil && j.ID == id {
+			return j, nil
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	return j, nil

@@ -54,6 +54,7 @@ administration, and the entrypoints of the platform's components.`,
 		newComponentCmd(env),
 		newStackCmd(env), newSlugbuilderCmd(env), newSlugrunnerCmd(env),
 		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env),
+		newBootstrapCmd(env), newUpCmd(env), newDownCmd(env),
 	)
 	root.AddCommand(newJobCmds(env)...)
 	return root

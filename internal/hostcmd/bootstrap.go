@@ -151,6 +151,7 @@ func newUpCmd(env Env) *cobra.Command {
 		b                                          bootstrapFlags
 		stateDir, listenIP, bridge, subnet, cgroup string
 		stackDir, clusterName, deps, flynnCLI      string
+		manifest                                   string
 		etcdClient, etcdPeer, discPort, dnsPort    int
 		hostPort                                   int
 		noStack, etcdFast, noCLI                   bool
@@ -234,7 +235,7 @@ Running it again on a running cluster is safe and fast.`,
 			fmt.Fprintln(out, "==> bootstrap")
 			bctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 			defer cancel()
-			res, err := runBootstrap(bctx, stateDir, st.DiscoverdURL, "", stackLayer, b, &prefixWriter{w: out, prefix: "    "}, log)
+			res, err := runBootstrap(bctx, stateDir, st.DiscoverdURL, manifest, stackLayer, b, &prefixWriter{w: out, prefix: "    "}, log)
 			if err != nil {
 				return err
 			}
@@ -272,6 +273,7 @@ Running it again on a running cluster is safe and fast.`,
 	f.StringVar(&clusterName, "cluster-name", "default", "name of the cluster in the flynn CLI config")
 	f.StringVar(&flynnCLI, "flynn", "", "flynn CLI binary (default: flynn next to this flynn-host, else in $PATH)")
 	f.BoolVar(&noCLI, "no-cli", false, "do not configure the flynn CLI")
+	f.StringVar(&manifest, "manifest", "", "bootstrap manifest JSON file (default: the built-in one)")
 	f.BoolVar(&etcdFast, "etcd-fast", false, "short etcd ticks, for tests")
 	f.MarkHidden("etcd-fast")
 	return cmd

@@ -28,18 +28,35 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// TestDaemonRunsJobs brings up one real host (flynn-host init + daemon)
-// and runs a busybox job through the agent the daemon serves, found
-// through the host's registration.
-func TestDaemonRunsJobs(t *testing.T) {
+// testDaemon is one real host: flynn-host init + daemon (with its agent).
+type testDaemon struct {
+	token   string
+	etcd    string
+	disc    string
+	hostURL string
+	logPath string
+}
+
+func (d *testDaemon) log() string { b, _ := os.ReadFile(d.logPath); return string(b) }
+
+// startDaemon inits and starts a daemon on 127.0.0.1 with free ports, its
+// own bridge, subnet and cgroup parent, and waits for its agent.
+func startDaemon(t *testing.T, bridge, subnet string) *testDaemon {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (containers)")
 	}
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatalf("runc not installed (make deps installs it): %v", err)
 	}
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
+	// A short state dir: job ids ("<host>-<uuid>") plus the supervisor's
+	// socket path must fit in a unix socket address (108 bytes).
+	dir, err := os.MkdirTemp("/tmp", "flt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	state := filepath.Join(dir, "s")
 	out, _, code := run(t, "flynn-host", "init", "--state-dir", state)
 	if code != 0 {
 		t.Fatalf("init: %s", out)
@@ -48,58 +65,63 @@ func TestDaemonRunsJobs(t *testing.T) {
 	if m == nil {
 		t.Fatalf("init printed no token: %s", out)
 	}
-	token := m[1]
-	hostPort := freePort(t)
-	logPath := filepath.Join(dir, "daemon.log")
-	logf, err := os.Create(logPath)
+	etcdPort, discPort, hostPort := freePort(t), freePort(t), freePort(t)
+	d := &testDaemon{
+		token:   m[1],
+		etcd:    fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
+		disc:    fmt.Sprintf("http://127.0.0.1:%d", discPort),
+		hostURL: fmt.Sprintf("http://127.0.0.1:%d", hostPort),
+		logPath: filepath.Join(dir, "daemon.log"),
+	}
+	logf, err := os.Create(d.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	daemon := exec.Command(filepath.Join(binDir, "flynn-host"), "daemon", "--state-dir", state, "--listen-ip", "127.0.0.1",
-		"--etcd-client-port", fmt.Sprint(freePort(t)), "--etcd-peer-port", fmt.Sprint(freePort(t)),
-		"--discoverd-port", fmt.Sprint(freePort(t)), "--dns-port", "-1", "--host-port", fmt.Sprint(hostPort),
-		"--etcd-fast", "--bridge", "flte2e0", "--subnet", "100.82.0.0/24", "--cgroup-parent", "flynn-e2e", "--stop-grace", "1s")
-	daemon.Stdout, daemon.Stderr = logf, logf
-	if err := daemon.Start(); err != nil {
+	cgroup := "flynn-" + bridge
+	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), "daemon", "--state-dir", state, "--listen-ip", "127.0.0.1",
+		"--etcd-client-port", fmt.Sprint(etcdPort), "--etcd-peer-port", fmt.Sprint(freePort(t)),
+		"--discoverd-port", fmt.Sprint(discPort), "--dns-port", "-1", "--host-port", fmt.Sprint(hostPort),
+		"--etcd-fast", "--bridge", bridge, "--subnet", subnet, "--cgroup-parent", cgroup, "--stop-grace", "1s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		exec.Command("ip", "link", "del", "flte2e0").Run()
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/flynn-e2e")
-		for _, d := range append(dirs, "/sys/fs/cgroup/flynn-e2e") {
+		// Stop the host's jobs, then the daemon, then remove what they made.
+		hc := hostclient.New(d.hostURL, d.token)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if jobs, err := hc.ListJobs(ctx); err == nil {
+			for _, j := range jobs {
+				hc.StopJob(ctx, j.Job.ID)
+			}
+		}
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		logf.Close()
+		exec.Command("ip", "link", "del", bridge).Run()
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + cgroup)
+		for _, d := range append(dirs, "/sys/fs/cgroup/"+cgroup) {
 			os.Remove(d)
 		}
 	})
-	dumpLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
-
-	hc := hostclient.New(fmt.Sprintf("http://127.0.0.1:%d", hostPort), token)
+	hc := hostclient.New(d.hostURL, d.token)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var status *api.HostStatus
 	for {
-		status, err = hc.Status(ctx)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("host agent never came up: %v\n%s", err, dumpLog())
+		if _, err := hc.Status(ctx); err == nil {
+			return d
+		} else if ctx.Err() != nil {
+			t.Fatalf("host agent never came up: %v\n%s", err, d.log())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if status.ID == "" {
-		t.Fatalf("status without host id: %+v", status)
-	}
-	{
-		bad := hostclient.New(fmt.Sprintf("http://127.0.0.1:%d", hostPort), "wrong")
-		if _, err := bad.Status(ctx); err == nil {
-			t.Fatal("agent accepted a wrong token")
-		}
-	}
+}
 
-	layer := filepath.Join(dir, "busybox.tar.gz")
+// busyboxArtifact writes a busybox layer and returns an artifact of it.
+func busyboxArtifact(t *testing.T) *api.Artifact {
+	t.Helper()
+	layer := filepath.Join(t.TempDir(), "busybox.tar.gz")
 	f, err := os.Create(layer)
 	if err != nil {
 		t.Fatal(err)
@@ -112,15 +134,32 @@ func TestDaemonRunsJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &api.Artifact{Type: api.ArtifactTypeFlynn, URI: "file://" + layer, Manifest: &api.ImageManifest{
+		Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{{ID: digest, Type: api.LayerTypeTarGz, Hashes: map[string]string{"sha256": digest}, URL: "file://" + layer}}}},
+	}}
+}
+
+// TestDaemonRunsJobs brings up one real host (flynn-host init + daemon)
+// and runs a busybox job through the agent the daemon serves.
+func TestDaemonRunsJobs(t *testing.T) {
+	d := startDaemon(t, "flte2e0", "100.82.0.0/24")
+	hc := hostclient.New(d.hostURL, d.token)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	status, err := hc.Status(ctx)
+	if err != nil || status.ID == "" {
+		t.Fatalf("status = %+v, %v", status, err)
+	}
+	if _, err := hostclient.New(d.hostURL, "wrong").Status(ctx); err == nil {
+		t.Fatal("agent accepted a wrong token")
+	}
 	job := &api.HostJob{
-		ID: "e2e-echo",
-		Artifacts: []*api.Artifact{{Type: api.ArtifactTypeFlynn, Manifest: &api.ImageManifest{
-			Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{{ID: digest, Type: api.LayerTypeTarGz, Hashes: map[string]string{"sha256": digest}, URL: "file://" + layer}}}},
-		}}},
-		Config: api.HostJobConfig{Args: []string{"sh", "-c", "echo hello from $FLYNN_JOB_ID on $DISCOVERD"}},
+		ID:        "e2e-echo",
+		Artifacts: []*api.Artifact{busyboxArtifact(t)},
+		Config:    api.HostJobConfig{Args: []string{"sh", "-c", "echo hello from $FLYNN_JOB_ID on $DISCOVERD"}},
 	}
 	if _, err := hc.AddJob(ctx, job); err != nil {
-		t.Fatalf("add job: %v\n%s", err, dumpLog())
+		t.Fatalf("add job: %v\n%s", err, d.log())
 	}
 	for {
 		j, err := hc.GetJob(ctx, job.ID)

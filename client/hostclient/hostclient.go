@@ -224,3 +224,8 @@ func (a *Attach) Receive(stdout, stderr io.Writer) (*api.HostJobExit, error) {
 		}
 	}
 }
+
+// Raw returns the attach session's underlying stream: api frames in both
+// directions. Use it to relay the session (the controller does) instead of
+// the typed methods; do not mix the two.
+func (a *Attach) Raw() io.ReadWriteCloser { return a.rwc }

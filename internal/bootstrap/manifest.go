@@ -161,7 +161,9 @@ func DefaultManifest() *Manifest {
 		"CONTROLLER_KEY": "${CONTROLLER_KEY}",
 		"AUTH_KEY":       "${CONTROLLER_KEY}",
 		"CLUSTER_TOKEN":  "${CLUSTER_TOKEN}",
-		"DISCOVERD":      "${DISCOVERD}",
+		// The scheduler's name for the token the host agents accept.
+		"FLYNN_CLUSTER_TOKEN": "${CLUSTER_TOKEN}",
+		"DISCOVERD":           "${DISCOVERD}",
 	}
 
 	router := &api.ProcessType{

@@ -263,18 +263,18 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 		}
 		fw := &frameWriter{w: b}
 		exit := func(n int) {
-			p, _ := json.Marshal(jobExit{ExitStatus: n})
-			fw.write(frameExit, p)
+			p, _ := json.Marshal(api.HostJobExit{ExitStatus: n})
+			fw.write(api.FrameExit, p)
 		}
 		args := j.Config.Args
 		switch args[0] {
 		case "echo":
-			fw.write(frameStdout, []byte(strings.Join(args[1:], " ")+"\n"))
+			fw.write(api.FrameStdout, []byte(strings.Join(args[1:], " ")+"\n"))
 			exit(0)
 			return
 		case "fail":
 			n, _ := strconv.Atoi(args[1])
-			fw.write(frameStderr, []byte("failing\n"))
+			fw.write(api.FrameStderr, []byte("failing\n"))
 			exit(n)
 			return
 		}
@@ -282,14 +282,14 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 		if req.TTY {
 			nl = "\r\n"
 		}
-		fw.write(frameStdout, []byte(fmt.Sprintf("attached tty=%t size=%dx%d env=%s%s", req.TTY, req.Width, req.Height, j.Config.Env["GREETING"], nl)))
+		fw.write(api.FrameStdout, []byte(fmt.Sprintf("attached tty=%t size=%dx%d env=%s%s", req.TTY, req.Width, req.Height, j.Config.Env["GREETING"], nl)))
 		var line []byte
 		for {
-			typ, p, err := readFrame(b)
+			typ, p, err := api.ReadFrame(b)
 			if err != nil {
 				return
 			}
-			if typ != frameStdin {
+			if typ != api.FrameStdin {
 				continue
 			}
 			if len(p) == 0 {
@@ -299,7 +299,7 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 			for _, c := range p {
 				switch c {
 				case 3:
-					fw.write(frameStdout, []byte("got ^C"+nl))
+					fw.write(api.FrameStdout, []byte("got ^C"+nl))
 				case '\r', '\n':
 					l := string(line)
 					line = nil
@@ -309,7 +309,7 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 						return
 					}
 					if l != "" {
-						fw.write(frameStdout, []byte("echo: "+l+nl))
+						fw.write(api.FrameStdout, []byte("echo: "+l+nl))
 					}
 				default:
 					line = append(line, c)

@@ -70,30 +70,10 @@ otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
 	return c
 }
 
-// Attach frames as the host agent's attach protocol defines them (relayed
-// unchanged by the controller): one type byte, a big-endian uint32 payload
-// length, the payload.
-const (
-	frameStdin  byte = 0
-	frameStdout byte = 1
-	frameStderr byte = 2
-	frameExit   byte = 3
-	frameError  byte = 4
-	frameResize byte = 5
-
-	maxFrame = 1 << 20
-)
-
 // attachUpgrade is the protocol the controller's POST /apps/{app}/jobs
-// upgrades to.
+// upgrades to; after it the host agent's attach frames (api.ReadFrame,
+// api.WriteFrame) are relayed unchanged.
 const attachUpgrade = "flynn-attach/0"
-
-// jobExit is the payload of an exit frame.
-type jobExit struct {
-	ExitStatus int    `json:"exit_status"`
-	OOM        bool   `json:"oom,omitempty"`
-	Error      string `json:"error,omitempty"`
-}
 
 type frameWriter struct {
 	mu sync.Mutex
@@ -103,28 +83,7 @@ type frameWriter struct {
 func (fw *frameWriter) write(typ byte, p []byte) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	buf := make([]byte, 5+len(p))
-	buf[0] = typ
-	binary.BigEndian.PutUint32(buf[1:5], uint32(len(p)))
-	copy(buf[5:], p)
-	_, err := fw.w.Write(buf)
-	return err
-}
-
-func readFrame(r io.Reader) (byte, []byte, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > maxFrame {
-		return 0, nil, errors.New("attach frame too large")
-	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
-		return 0, nil, err
-	}
-	return hdr[0], p, nil
+	return api.WriteFrame(fw.w, typ, p)
 }
 
 // runAttached runs nj attached to this terminal and returns the job's
@@ -175,7 +134,7 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 					var p [4]byte
 					binary.BigEndian.PutUint16(p[0:2], uint16(h))
 					binary.BigEndian.PutUint16(p[2:4], uint16(w))
-					fw.write(frameResize, p[:])
+					fw.write(api.FrameResize, p[:])
 				}
 			}
 		}()
@@ -202,19 +161,19 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 		for {
 			n, err := stdin.Read(buf)
 			if n > 0 {
-				if fw.write(frameStdin, buf[:n]) != nil {
+				if fw.write(api.FrameStdin, buf[:n]) != nil {
 					return
 				}
 			}
 			if err != nil {
-				fw.write(frameStdin, nil) // EOF
+				fw.write(api.FrameStdin, nil) // EOF
 				return
 			}
 		}
 	}()
 
 	for {
-		typ, p, err := readFrame(conn)
+		typ, p, err := api.ReadFrame(conn)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -222,12 +181,12 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 			return fmt.Errorf("job %s: connection lost before it exited: %v (see flynn ps -a and flynn log -j %s)", jobID, err, jobID)
 		}
 		switch typ {
-		case frameStdout:
+		case api.FrameStdout:
 			stdout.Write(p)
-		case frameStderr:
+		case api.FrameStderr:
 			stderr.Write(p)
-		case frameExit:
-			var e jobExit
+		case api.FrameExit:
+			var e api.HostJobExit
 			if err := json.Unmarshal(p, &e); err != nil {
 				return fmt.Errorf("job %s: bad exit frame: %v", jobID, err)
 			}
@@ -241,7 +200,7 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 				return exitError{code: e.ExitStatus}
 			}
 			return nil
-		case frameError:
+		case api.FrameError:
 			return fmt.Errorf("job %s: %s", jobID, p)
 		}
 	}

@@ -3,6 +3,13 @@
 // that updates the default branch (main or master) runs the Receiver (the
 // build) from git's pre-receive hook, so the build's output streams live to
 // the pusher as "remote:" lines and a failed build rejects the push.
+//
+// BuildReceiver is the cluster's Receiver: it archives the pushed tree to
+// the blobstore, runs `flynn-host slugbuilder` as a job on a host agent
+// (HostJobRunner), turns the slug into a layer, creates the artifact and
+// release through the controller and deploys it. BlobRepoCache keeps the
+// repositories in the blobstore and ControllerKeys checks SSH keys against
+// the controller's key list.
 package gitreceive
 
 import (

@@ -69,6 +69,11 @@ type Config struct {
 	MaxEndedJobs int
 	// Runtime replaces the runc runtime (unit tests use runtime.Fake).
 	Runtime runtime.Runtime
+	// Registry, when set, registers jobs' service ports (see register.go).
+	Registry Registry
+	// DrainTimeout bounds the wait for routers to drain a stopping job
+	// (default 10s).
+	DrainTimeout time.Duration
 }
 
 // Agent is a running host agent.
@@ -83,7 +88,8 @@ type Agent struct {
 	mu      sync.Mutex
 	jobs    map[string]*job
 	subs    map[chan *api.HostJobEvent]bool
-	wg      sync.WaitGroup // job watchers
+	regs    map[string]*jobRegs // service registrations by job id
+	wg      sync.WaitGroup      // job watchers
 	runCtx  context.Context
 	stopRun context.CancelFunc
 	ship    *logShipper // nil without discoverd
@@ -118,6 +124,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 10 * time.Second
 	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 10 * time.Second
+	}
 	if len(cfg.Keys) == 0 {
 		return nil, errors.New("host agent: a cluster token is required")
 	}
@@ -149,7 +158,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: log.With("component", "host"), db: db, rt: rt, images: images,
 		auth: httpapi.NewKeyAuth(cfg.Keys...),
-		jobs: map[string]*job{}, subs: map[chan *api.HostJobEvent]bool{},
+		jobs: map[string]*job{}, subs: map[chan *api.HostJobEvent]bool{}, regs: map[string]*jobRegs{},
 	}
 	a.runCtx, a.stopRun = context.WithCancel(context.Background())
 	if cfg.Discoverd != "" {
@@ -213,6 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if running(j.active.Status) {
 			a.log.Info("adopting job", "job", id, "pid", j.active.PID)
 			a.watch(id, j)
+			a.registerJob(j.active)
 		}
 	}
 	a.mu.Unlock()

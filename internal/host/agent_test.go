@@ -205,3 +205,36 @@ func contains(ss []string, s string) bool {
 	}
 	return false
 }
+
+// TestImageUser: a job runs as its image's user (a slug's app user) unless
+// its config names one, and as nobody when neither does.
+func TestImageUser(t *testing.T) {
+	if busyboxLayer == "" {
+		t.Skip("needs the busybox layer (root)")
+	}
+	c, fake, _ := fakeAgent(t)
+	ctx := context.Background()
+	uid := uint32(1000)
+	tests := []struct {
+		id      string
+		imgUID  *uint32
+		jobUID  *uint32
+		wantUID uint32
+	}{
+		{"u-none", nil, nil, runtime.NobodyID},
+		{"u-image", &uid, nil, 1000},
+		{"u-job", &uid, new(uint32), 0},
+	}
+	for _, tt := range tests {
+		j := fakeJob(tt.id, "true")
+		j.Artifacts[0].Manifest.Entrypoints = map[string]*api.Entrypoint{"_default": {Uid: tt.imgUID, Gid: tt.imgUID}}
+		j.Config.Uid = tt.jobUID
+		if _, err := c.AddJob(ctx, j); err != nil {
+			t.Fatalf("%s: %v", tt.id, err)
+		}
+		spec, _ := fake.Spec(tt.id)
+		if spec.UID != tt.wantUID || spec.GID != tt.wantUID {
+			t.Errorf("%s: uid/gid %d/%d, want %d", tt.id, spec.UID, spec.GID, tt.wantUID)
+		}
+	}
+}

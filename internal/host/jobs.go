@@ -82,6 +82,7 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 	}
 	a.emit(api.HostEventStart, aj)
 	a.watch(hj.ID, j)
+	a.registerJob(aj)
 	return copyActive(aj), nil
 }
 
@@ -100,6 +101,7 @@ func (a *Agent) watch(id string, j *job) {
 			}
 			return // the agent is stopping; the job keeps running
 		}
+		a.deregisterJob(id)
 		cerr := a.rt.Cleanup(context.Background(), id)
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -186,6 +188,14 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 				for k, v := range ep.Env {
 					env[k] = v
 				}
+				// The image's user (e.g. a slug's app user) unless the
+				// job's config names one.
+				if ep.Uid != nil {
+					spec.UID, spec.GID = *ep.Uid, *ep.Uid
+				}
+				if ep.Gid != nil {
+					spec.GID = *ep.Gid
+				}
 			}
 		}
 	}
@@ -267,6 +277,7 @@ func (a *Agent) StopJob(ctx context.Context, id string) (*api.ActiveJob, error) 
 		return a.Get(id)
 	default:
 	}
+	a.drain(ctx, id)
 	if err := a.rt.Signal(ctx, id, unix.SIGTERM); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
 		if errors.Is(err, runtime.ErrNotFound) {
 			return nil, api.Conflict("job %q is still starting; stop it once it runs", id)

@@ -17,6 +17,7 @@ flynn-host bootstrap deploys; run them by hand only for development.`,
 		newRouterCmd(),
 		newBlobstoreCmd(env),
 		newLogaggCmd(env),
+		newGitreceiveCmd(env),
 	)
 	return cmd
 }

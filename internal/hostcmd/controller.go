@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/controller"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
@@ -40,6 +42,9 @@ func newControllerCmd(env Env) *cobra.Command {
 		keys      string
 		logLevel  string
 		logJSON   bool
+		discURL   string
+		token     string
+		advertise string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -68,6 +73,25 @@ func newControllerCmd(env Env) *cobra.Command {
 			defer cli.Close()
 			cfg.Etcd = cli
 			ctx := cmd.Context()
+			if token != "" {
+				cfg.Runner = &controller.HostRunner{Token: token}
+			}
+			if discURL != "" {
+				dc := discoverdclient.New(discURL, token)
+				cfg.OnListen = func(ctx context.Context, addr string) error {
+					reg, err := dc.Register(ctx, "controller", advertiseAddr(advertise, addr, get("EXTERNAL_IP")), nil)
+					if err != nil {
+						return err
+					}
+					go func() {
+						<-ctx.Done()
+						dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+						defer cancel()
+						reg.Deregister(dctx)
+					}()
+					return nil
+				}
+			}
 			err = controller.Run(ctx, cfg, log)
 			if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil {
 				return nil
@@ -82,6 +106,9 @@ func newControllerCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", get("CLUSTER_DOMAIN"), "domain for default app routes <app>.<domain> (default $CLUSTER_DOMAIN)")
 	f.StringVar(&cfg.CACertFile, "ca-cert", get("CA_CERT_FILE"), "PEM file served at /ca-cert (default $CA_CERT_FILE)")
 	f.StringVar(&cfg.LogAggregatorURL, "logaggregator", get("LOGAGGREGATOR_URL"), "log aggregator base URL for app logs (default $LOGAGGREGATOR_URL)")
+	f.StringVar(&discURL, "discoverd", get("DISCOVERD"), "discoverd URL to register as service controller in (default $DISCOVERD)")
+	f.StringVar(&token, "token", get("FLYNN_CLUSTER_TOKEN"), "cluster token for discoverd and host agents (default $FLYNN_CLUSTER_TOKEN); enables one-off jobs")
+	f.StringVar(&advertise, "advertise", "", "host:port to register in discoverd (default the listen address, with $EXTERNAL_IP or 127.0.0.1 for an unspecified host)")
 	f.StringVar(&logLevel, "log-level", orDefaultCtl(get("FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
 	return cmd
@@ -92,4 +119,23 @@ func orDefaultCtl(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// advertiseAddr is the address to register: explicit, else the bound
+// address with an unspecified host replaced by ip (or 127.0.0.1).
+func advertiseAddr(explicit, bound, ip string) string {
+	if explicit != "" {
+		return explicit
+	}
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	if h := net.ParseIP(host); h == nil || h.IsUnspecified() {
+		host = ip
+		if host == "" {
+			host = "127.0.0.1"
+		}
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -294,6 +294,7 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 		}
 		cfg.StateDir = filepath.Join(stateDir, "host")
 		cfg.Discoverd = d.DiscoverdURL
+		cfg.Registry = host.DiscoverdRegistry(d.Discoverd, d.Token)
 		a, err := host.New(cfg, log.With("component", "host"))
 		if err != nil {
 			return fmt.Errorf("host agent: %w", err)

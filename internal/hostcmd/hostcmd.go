@@ -27,10 +27,12 @@ func Run(ctx context.Context, args []string, env Env) int {
 	root := newRoot(env)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(env.Stderr, "flynn-host: %v\n", err)
+		// An exitError passes on a status that was already reported (a
+		// job's exit status, a rejected push): print nothing more.
 		if ee, ok := err.(exitError); ok {
 			return ee.code
 		}
+		fmt.Fprintf(env.Stderr, "flynn-host: %v\n", err)
 		return 1
 	}
 	return 0
@@ -54,6 +56,7 @@ administration, and the entrypoints of the platform's components.`,
 		newComponentCmd(env),
 		newStackCmd(env), newSlugbuilderCmd(env), newSlugrunnerCmd(env),
 		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env),
+		newGitreceiveHookCmd(env),
 		newBootstrapCmd(env), newUpCmd(env), newDownCmd(env),
 	)
 	root.AddCommand(newJobCmds(env)...)

@@ -1,6 +1,7 @@
 package hostcmd
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/host"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/router"
 )
@@ -43,7 +45,8 @@ etcd and the backends of each route's service in discoverd, and serves
 			if discoverdURL == "" {
 				return fmt.Errorf("--discoverd is required: the URL of discoverd's HTTP API")
 			}
-			cfg.Discoverer = &router.Discoverd{Client: discoverdclient.New(discoverdURL, token)}
+			dc := discoverdclient.New(discoverdURL, token)
+			cfg.Discoverer = &router.Discoverd{Client: dc}
 			if (certFile == "") != (keyFile == "") {
 				return fmt.Errorf("--tls-cert and --tls-key go together")
 			}
@@ -74,7 +77,19 @@ etcd and the backends of each route's service in discoverd, and serves
 			}
 			a := r.Addrs()
 			log.Info("router listening", "http", a.HTTP, "https", a.HTTPS, "api", a.API)
-			return r.Run(cmd.Context())
+			// Host agents find routers through this service to wait for
+			// a stopping job's requests to drain.
+			ctx := cmd.Context()
+			if reg, err := dc.Register(ctx, host.RouterAPIService, advertiseAddr("", a.API, ""), nil); err != nil {
+				log.Warn("register router API in discoverd; drains will not be awaited", "err", err)
+			} else {
+				defer func() {
+					dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+					defer cancel()
+					reg.Deregister(dctx)
+				}()
+			}
+			return r.Run(ctx)
 		},
 	}
 	f := cmd.Flags()

@@ -13,6 +13,8 @@ import (
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/deployer"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
@@ -23,35 +25,50 @@ import (
 
 // schedulerFlags is the configuration of `flynn-host component scheduler`.
 type schedulerFlags struct {
-	etcd        string
-	id          string
-	electionTTL time.Duration
-	resync      time.Duration
-	drain       time.Duration
-	logLevel    string
+	etcd          string
+	controller    string
+	controllerKey string
+	discoverd     string
+	token         string
+	id            string
+	electionTTL   time.Duration
+	resync        time.Duration
+	logLevel      string
 }
 
 // schedulerDeps are the adapters the scheduler and deployer run on.
 type schedulerDeps struct {
 	cluster    scheduler.Cluster
 	controller scheduler.Controller
-	drainer    scheduler.Drainer // optional
 	deploy     deployer.Controller
 	discoverd  deployer.Discoverd // optional
 }
 
-// errSchedulerNotWired is returned until the host and controller clients
-// are wired into newSchedulerDeps.
-var errSchedulerNotWired = errors.New("the scheduler's host and controller adapters are not wired in yet")
-
 // newSchedulerDeps builds the adapters to the host agents (hosts from
 // etcd, jobs through each host's API), the controller and discoverd.
-func newSchedulerDeps(ctx context.Context, f schedulerFlags, etcd *clientv3.Client, log *slog.Logger) (*schedulerDeps, error) {
-	// To wire: the Cluster is scheduler.EtcdHosts{Client: etcd, Log: log}
-	// for ListHosts/StreamHosts plus client/hostclient for the job methods;
-	// the Controller and deployer.Controller wrap client/controllerclient;
-	// Drainer and deployer.Discoverd wrap client/discoverdclient.
-	return nil, errSchedulerNotWired
+// Jobs are drained by their host agents when stopped (they deregister
+// from discoverd and wait for routers first), so the scheduler has no
+// Drainer of its own.
+func newSchedulerDeps(f schedulerFlags, etcd *clientv3.Client, log *slog.Logger) (*schedulerDeps, error) {
+	if f.controller == "" {
+		return nil, errors.New("--controller URL is required")
+	}
+	if f.controllerKey == "" {
+		return nil, errors.New("--controller-key is required")
+	}
+	if f.token == "" {
+		return nil, errors.New("--token (the cluster token host agents accept) is required")
+	}
+	cc := controllerclient.New(f.controller, f.controllerKey)
+	deps := &schedulerDeps{
+		cluster:    scheduler.NewHostCluster(etcd, f.token, log),
+		controller: &scheduler.ControllerClient{C: cc},
+		deploy:     &deployer.ControllerClient{C: cc},
+	}
+	if f.discoverd != "" {
+		deps.discoverd = &deployer.DiscoverdWaiter{C: discoverdclient.New(f.discoverd, f.token)}
+	}
+	return deps, nil
 }
 
 func newSchedulerCmd(env Env) *cobra.Command {
@@ -68,17 +85,26 @@ func newSchedulerCmd(env Env) *cobra.Command {
 			return runScheduler(cmd.Context(), f, log)
 		},
 	}
+	get := func(k string) string {
+		if env.Getenv == nil {
+			return ""
+		}
+		return env.Getenv(k)
+	}
 	hostname, _ := os.Hostname()
 	etcd := "http://127.0.0.1:2379"
-	if env.Getenv != nil && env.Getenv("FLYNN_ETCD") != "" {
-		etcd = env.Getenv("FLYNN_ETCD")
+	if get("FLYNN_ETCD") != "" {
+		etcd = get("FLYNN_ETCD")
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.etcd, "etcd", etcd, "etcd client URLs, comma-separated ($FLYNN_ETCD)")
 	fl.StringVar(&f.id, "id", hostname, "this replica's id in the leader election")
 	fl.DurationVar(&f.electionTTL, "election-ttl", 5*time.Second, "how long a dead leader keeps leadership")
 	fl.DurationVar(&f.resync, "resync", 30*time.Second, "interval of full resyncs of hosts, jobs and formations")
-	fl.DurationVar(&f.drain, "drain-timeout", 10*time.Second, "how long a job may drain before it is stopped")
+	fl.StringVar(&f.controller, "controller", get("CONTROLLER_URL"), "controller URL ($CONTROLLER_URL)")
+	fl.StringVar(&f.controllerKey, "controller-key", get("CONTROLLER_KEY"), "controller auth key ($CONTROLLER_KEY)")
+	fl.StringVar(&f.discoverd, "discoverd", get("DISCOVERD"), "discoverd URL, to wait for new jobs' service registrations in deploys ($DISCOVERD)")
+	fl.StringVar(&f.token, "token", get("FLYNN_CLUSTER_TOKEN"), "cluster token the host agents accept ($FLYNN_CLUSTER_TOKEN)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -92,15 +118,13 @@ func runScheduler(ctx context.Context, f schedulerFlags, log *slog.Logger) error
 		return fmt.Errorf("connect to etcd %s: %w", f.etcd, err)
 	}
 	defer etcd.Close()
-	deps, err := newSchedulerDeps(ctx, f, etcd, log)
+	deps, err := newSchedulerDeps(f, etcd, log)
 	if err != nil {
 		return err
 	}
 	s, err := scheduler.New(scheduler.Config{
 		Cluster:        deps.cluster,
 		Controller:     deps.controller,
-		Drainer:        deps.drainer,
-		DrainTimeout:   f.drain,
 		ResyncInterval: f.resync,
 	}, log)
 	if err != nil {

@@ -801,12 +801,23 @@ func (l *loop) stop(ctx context.Context, j *Job) {
 	})
 }
 
+// HostJob is the host's description of formation job j: the formation's
+// artifacts, the release env overlaid with the process env and the
+// FLYNN_APP_ID, FLYNN_APP_NAME, FLYNN_RELEASE_ID and FLYNN_PROCESS_TYPE
+// variables, the process's args, ports, mounts and resources, and the
+// app, release and type metadata keys.
+func HostJob(f *api.ExpandedFormation, j *Job) *api.HostJob { return hostJob(f, j) }
+
 // hostJob is the host's description of formation job j.
 func hostJob(f *api.ExpandedFormation, j *Job) *api.HostJob {
 	proc := f.Release.Processes[j.Type]
 	env := make(map[string]string, len(f.Release.Env)+len(proc.Env))
 	maps.Copy(env, f.Release.Env)
 	maps.Copy(env, proc.Env)
+	env["FLYNN_APP_ID"] = j.AppID
+	env["FLYNN_APP_NAME"] = f.App.Name
+	env["FLYNN_RELEASE_ID"] = j.ReleaseID
+	env["FLYNN_PROCESS_TYPE"] = j.Type
 	return &api.HostJob{
 		ID:        j.ID,
 		Artifacts: f.Artifacts,

@@ -1,0 +1,99 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/hostclient"
+)
+
+// HostRunner is the JobRunner that talks to real host agents with
+// client/hostclient, authenticating with the cluster token.
+type HostRunner struct {
+	Token string
+}
+
+func (h *HostRunner) client(host *api.Host) *hostclient.Client {
+	return hostclient.New(host.URL, h.Token)
+}
+
+// AddJob implements JobRunner.
+func (h *HostRunner) AddJob(ctx context.Context, host *api.Host, job *api.HostJob) error {
+	aj, err := h.client(host).AddJob(ctx, job)
+	if err != nil {
+		return err
+	}
+	if aj != nil && aj.Status == api.HostJobFailed {
+		msg := "job failed to start"
+		if aj.Error != nil {
+			msg += ": " + *aj.Error
+		}
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// StopJob implements JobRunner.
+func (h *HostRunner) StopJob(ctx context.Context, host *api.Host, jobID string) error {
+	_, err := h.client(host).StopJob(ctx, jobID)
+	return err
+}
+
+// Attach implements JobRunner. The host agent can only attach to a job it
+// knows, and the controller attaches before it adds the job, so the
+// session is opened on first use (after AddJob). Output is not lost: the
+// session replays the job's log, and stdin/TTY jobs wait for their first
+// attach before they start.
+func (h *HostRunner) Attach(ctx context.Context, host *api.Host, req AttachRequest) (io.ReadWriteCloser, error) {
+	return &lazyAttach{ctx: ctx, c: h.client(host), req: &api.AttachRequest{
+		JobID: req.JobID, Stdin: req.Stdin || req.TTY, Logs: true,
+		Height: uint16(req.Height), Width: uint16(req.Width),
+	}}, nil
+}
+
+type lazyAttach struct {
+	ctx  context.Context
+	c    *hostclient.Client
+	req  *api.AttachRequest
+	once sync.Once
+	rwc  io.ReadWriteCloser
+	err  error
+}
+
+func (l *lazyAttach) open() error {
+	l.once.Do(func() {
+		a, err := l.c.Attach(l.ctx, l.req)
+		if err != nil {
+			l.err = fmt.Errorf("attach to job %s: %w", l.req.JobID, err)
+			return
+		}
+		l.rwc = a.Raw()
+	})
+	return l.err
+}
+
+func (l *lazyAttach) Read(p []byte) (int, error) {
+	if err := l.open(); err != nil {
+		return 0, err
+	}
+	return l.rwc.Read(p)
+}
+
+func (l *lazyAttach) Write(p []byte) (int, error) {
+	if err := l.open(); err != nil {
+		return 0, err
+	}
+	return l.rwc.Write(p)
+}
+
+func (l *lazyAttach) Close() error {
+	l.once.Do(func() { l.err = errors.New("attach session closed") })
+	if l.rwc != nil {
+		return l.rwc.Close()
+	}
+	return nil
+}

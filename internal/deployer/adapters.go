@@ -1,0 +1,199 @@
+package deployer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+)
+
+// ControllerClient is the Controller of a real controller, over
+// client/controllerclient. Deployments and jobs are followed through the
+// controller's event stream (object types deployment and job), after a
+// listing of the current ones.
+type ControllerClient struct {
+	C *controllerclient.Client
+}
+
+// follow opens an event stream and, once it is open (so nothing
+// committed afterwards is missed), calls list, then fn for each event.
+func (c *ControllerClient) follow(ctx context.Context, o controllerclient.EventOptions, list func() error, fn func(*api.Event) error) error {
+	s, err := c.C.StreamEvents(ctx, o)
+	if err != nil {
+		return fmt.Errorf("follow %v events: %w", o.ObjectTypes, err)
+	}
+	defer s.Close()
+	if err := list(); err != nil {
+		return err
+	}
+	for {
+		e, err := s.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%v event stream ended", o.ObjectTypes)
+			}
+			return fmt.Errorf("follow %v events: %w", o.ObjectTypes, err)
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+}
+
+// StreamDeployments reports pending deployments: those pending when the
+// stream opens, then each one created.
+func (c *ControllerClient) StreamDeployments(ctx context.Context, fn func(*api.Deployment)) error {
+	o := controllerclient.EventOptions{ObjectTypes: []string{api.EventTypeDeployment}}
+	return c.follow(ctx, o, func() error {
+		ds, err := c.C.ListDeployments(ctx, api.DeploymentPending)
+		if err != nil {
+			return fmt.Errorf("list pending deployments: %w", err)
+		}
+		for _, d := range ds {
+			fn(d)
+		}
+		return nil
+	}, func(e *api.Event) error {
+		var de api.DeploymentEvent
+		if err := json.Unmarshal(e.Data, &de); err != nil || de.Status != api.DeploymentPending {
+			return nil
+		}
+		d, err := c.C.GetDeployment(ctx, e.ObjectID)
+		if errors.Is(err, api.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("get deployment %s: %w", e.ObjectID, err)
+		}
+		if d.Status == api.DeploymentPending {
+			fn(d)
+		}
+		return nil
+	})
+}
+
+// GetRelease returns a release.
+func (c *ControllerClient) GetRelease(ctx context.Context, id string) (*api.Release, error) {
+	return c.C.GetRelease(ctx, id)
+}
+
+// GetFormation returns the formation of an app's release.
+func (c *ControllerClient) GetFormation(ctx context.Context, appID, releaseID string) (*api.Formation, error) {
+	return c.C.GetFormation(ctx, appID, releaseID)
+}
+
+// PutFormation creates or replaces a formation.
+func (c *ControllerClient) PutFormation(ctx context.Context, f *api.Formation) error {
+	return c.C.PutFormation(ctx, f)
+}
+
+// StreamJobs reports the app's jobs as recorded, then every change.
+func (c *ControllerClient) StreamJobs(ctx context.Context, appID string, fn func(*api.Job)) error {
+	o := controllerclient.EventOptions{AppID: appID, ObjectTypes: []string{api.EventTypeJob}}
+	return c.follow(ctx, o, func() error {
+		jobs, err := c.C.JobList(ctx, appID)
+		if err != nil {
+			return fmt.Errorf("list jobs of app %s: %w", appID, err)
+		}
+		for _, j := range jobs {
+			fn(j)
+		}
+		return nil
+	}, func(e *api.Event) error {
+		j := &api.Job{}
+		if err := json.Unmarshal(e.Data, j); err != nil {
+			return fmt.Errorf("decode job event %d: %w", e.ID, err)
+		}
+		fn(j)
+		return nil
+	})
+}
+
+// UpdateDeployment records a deployment's status.
+func (c *ControllerClient) UpdateDeployment(ctx context.Context, d *api.Deployment) error {
+	_, err := c.C.UpdateDeployment(ctx, d.ID, d.Status, "")
+	return err
+}
+
+// AddDeploymentEvent records a step of a deployment.
+func (c *ControllerClient) AddDeploymentEvent(ctx context.Context, e *api.DeploymentEvent) error {
+	return c.C.AddDeploymentEvent(ctx, e.DeploymentID, e)
+}
+
+// SetAppRelease makes a release the app's current one.
+func (c *ControllerClient) SetAppRelease(ctx context.Context, appID, releaseID string) error {
+	return c.C.SetAppRelease(ctx, appID, releaseID)
+}
+
+// InstanceMetaJobID is the discoverd instance meta key that carries the
+// host job id of the job that registered the instance (host agents set
+// it).
+const InstanceMetaJobID = "FLYNN_JOB_ID"
+
+// DiscoverdWaiter is the Discoverd of a real discoverd: it watches a
+// service for an instance whose meta FLYNN_JOB_ID is the job.
+type DiscoverdWaiter struct {
+	C *discoverdclient.Client
+}
+
+// WaitInstance returns once the job's instance is registered in service.
+func (w *DiscoverdWaiter) WaitInstance(ctx context.Context, service, jobID string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wt *discoverdclient.Watcher
+	for {
+		var err error
+		wt, err = w.C.Watch(ctx, service)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, api.ErrNotFound) {
+			return fmt.Errorf("watch service %s: %w", service, err)
+		}
+		// The service appears with its first registration.
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer wt.Close()
+	has := func() bool {
+		for _, inst := range wt.Instances() {
+			if inst.Meta[InstanceMetaJobID] == jobID {
+				return true
+			}
+		}
+		return false
+	}
+	for {
+		if has() {
+			return nil
+		}
+		select {
+		case _, ok := <-wt.Events():
+			if !ok {
+				if err := wt.Err(); err != nil {
+					return fmt.Errorf("watch service %s: %w", service, err)
+				}
+				return fmt.Errorf("watch service %s ended", service)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+var (
+	_ Controller = (*ControllerClient)(nil)
+	_ Discoverd  = (*DiscoverdWaiter)(nil)
+)

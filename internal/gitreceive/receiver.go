@@ -1,0 +1,641 @@
+package gitreceive
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net/url"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/internal/stack"
+)
+
+// FlynnHostPath is where the flynn-host binary is mounted in build and app
+// jobs: the slugbuilder and slugrunner entrypoints.
+const FlynnHostPath = "/usr/local/bin/flynn-host"
+
+// DefaultCABundle is the host's CA bundle, mounted into build jobs so
+// buildpacks can fetch over TLS (egress may go through a TLS proxy only
+// the host trusts).
+const DefaultCABundle = "/etc/ssl/certs/ca-certificates.crt"
+
+// JobRunner runs a build job somewhere in the cluster, streams its output
+// to out while it runs, and returns how it exited.
+type JobRunner interface {
+	RunJob(ctx context.Context, job *api.HostJob, out io.Writer) (*api.HostJobExit, error)
+}
+
+// ReceiverConfig configures a BuildReceiver.
+type ReceiverConfig struct {
+	Controller *controllerclient.Client
+	Blobs      *blobclient.Client
+	// JobBlobURL is the blobstore's base URL as build jobs reach it
+	// (default Blobs' URL) and BlobKey the key jobs write with; it travels
+	// in the URLs given to the job.
+	JobBlobURL string
+	BlobKey    string
+	Jobs       JobRunner
+	// StackLayer is the root filesystem builds and apps run on: a layer
+	// with URL and Hashes["sha256"].
+	StackLayer *api.ImageLayer
+	// FlynnHostBin is the flynn-host binary on the hosts, mounted
+	// read-only at FlynnHostPath into build and app jobs.
+	FlynnHostBin string
+	// CABundle is mounted into build jobs when set (default none).
+	CABundle string
+	// BuildTimeout bounds a build (default 15 minutes); DeployTimeout the
+	// wait for the deployment or the first web job (default the app's
+	// deploy timeout, else api.DefaultDeployTimeout seconds).
+	BuildTimeout  time.Duration
+	DeployTimeout time.Duration
+}
+
+// BuildReceiver is the Receiver of a cluster: it builds a push with the
+// slugbuilder as a job on a host, turns the slug into an artifact and a
+// release, and deploys it through the controller.
+type BuildReceiver struct {
+	cfg ReceiverConfig
+	log *slog.Logger
+}
+
+// NewReceiver returns a BuildReceiver.
+func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*BuildReceiver, error) {
+	switch {
+	case cfg.Controller == nil || cfg.Blobs == nil || cfg.Jobs == nil:
+		return nil, errors.New("gitreceive: receiver needs a controller, a blobstore and a job runner")
+	case cfg.StackLayer == nil || cfg.StackLayer.URL == "" || cfg.StackLayer.Hashes["sha256"] == "":
+		return nil, errors.New("gitreceive: receiver needs the stack layer's URL and sha256")
+	case cfg.FlynnHostBin == "":
+		return nil, errors.New("gitreceive: receiver needs the path of flynn-host on the hosts")
+	}
+	if cfg.JobBlobURL == "" {
+		cfg.JobBlobURL = strings.TrimSuffix(cfg.Blobs.URL("/"), "/")
+	}
+	if _, err := url.Parse(cfg.JobBlobURL); err != nil {
+		return nil, fmt.Errorf("gitreceive: job blobstore URL: %w", err)
+	}
+	if cfg.BuildTimeout == 0 {
+		cfg.BuildTimeout = 15 * time.Minute
+	}
+	return &BuildReceiver{cfg: cfg, log: log}, nil
+}
+
+// Authorize checks that the app exists.
+func (r *BuildReceiver) Authorize(ctx context.Context, app string) error {
+	_, err := r.cfg.Controller.GetApp(ctx, app)
+	if errors.Is(err, api.ErrNotFound) {
+		return api.NotFound("app %q does not exist: create it first with `flynn create %s`", app, app)
+	}
+	if err != nil {
+		return fmt.Errorf("look up app %q: %w", app, err)
+	}
+	return nil
+}
+
+// jobURL is the URL of a blob as the build job uses it, with the write key.
+func (r *BuildReceiver) jobURL(p string) string {
+	u, _ := url.Parse(r.cfg.JobBlobURL)
+	if r.cfg.BlobKey != "" {
+		u.User = url.UserPassword("flynn", r.cfg.BlobKey)
+	}
+	return u.String() + escapePath(p)
+}
+
+func escapePath(p string) string {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		parts[i] = url.PathEscape(s)
+	}
+	return strings.Join(parts, "/")
+}
+
+// Receive builds, releases and deploys one push.
+func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) error {
+	app, err := r.cfg.Controller.GetApp(ctx, p.App)
+	if err != nil {
+		return fmt.Errorf("look up app %q: %w", p.App, err)
+	}
+	prev, err := r.cfg.Controller.GetAppRelease(ctx, app.ID)
+	if err != nil && !errors.Is(err, api.ErrNotFound) {
+		return fmt.Errorf("current release of %s: %w", app.Name, err)
+	}
+	if err != nil {
+		prev = nil
+	}
+	fmt.Fprintf(out, "-----> Building %s...\n", app.Name)
+
+	src := fmt.Sprintf("/repos/%s/%s.tar", app.ID, p.NewRev)
+	if err := r.uploadSource(ctx, p, src); err != nil {
+		return err
+	}
+	defer r.cfg.Blobs.Delete(context.WithoutCancel(ctx), src)
+
+	res, err := r.build(ctx, app, prev, p, src, out)
+	if err != nil {
+		return err
+	}
+	layer, err := r.slugLayer(ctx, app, p.NewRev)
+	if err != nil {
+		return err
+	}
+
+	fmt.Fprintln(out, "-----> Creating release...")
+	art := &api.Artifact{
+		Type: api.ArtifactTypeFlynn,
+		URI:  r.cfg.Blobs.URL(layer.URL),
+		Meta: map[string]string{"gitreceive.rev": p.NewRev, "gitreceive.buildpack": res.Buildpack},
+		Manifest: &api.ImageManifest{
+			Type: api.ManifestType,
+			Entrypoints: map[string]*api.Entrypoint{"_default": {
+				WorkingDir: "/app",
+				Env:        map[string]string{"PATH": defaultPath, "HOME": "/app"},
+				Uid:        ptr(uint32(stack.AppUID)), Gid: ptr(uint32(stack.AppGID)),
+			}},
+			Rootfs: []*api.ImageRootfs{{
+				Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"},
+				Layers:   []*api.ImageLayer{r.cfg.StackLayer, layer.layer(r.cfg.Blobs)},
+			}},
+		},
+	}
+	if err := r.cfg.Controller.CreateArtifact(ctx, art); err != nil {
+		return fmt.Errorf("create artifact: %w", err)
+	}
+	rel := r.release(app, prev, art.ID, res, p.NewRev)
+	if err := r.cfg.Controller.CreateRelease(ctx, rel); err != nil {
+		return fmt.Errorf("create release: %w", err)
+	}
+	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
+	fmt.Fprintln(out, "-----> Deploying...")
+	if err := r.deploy(ctx, app, rel, out); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "=====> Application deployed")
+	return nil
+}
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+func ptr[T any](v T) *T { return &v }
+
+// uploadSource archives the pushed tree into the blobstore at path.
+func (r *BuildReceiver) uploadSource(ctx context.Context, p Push, blob string) error {
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		err := p.Archive(ctx, pw)
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	_, err := r.cfg.Blobs.Put(ctx, blob, pr, nil)
+	pr.CloseWithError(errors.New("upload ended"))
+	if aerr := <-errc; aerr != nil {
+		return fmt.Errorf("archive the pushed tree: %w", aerr)
+	}
+	if err != nil {
+		return fmt.Errorf("upload the source to the blobstore: %w", err)
+	}
+	return nil
+}
+
+func slugPath(appID, rev string) string   { return fmt.Sprintf("/slugs/%s/%s.tgz", appID, rev) }
+func resultPath(appID, rev string) string { return fmt.Sprintf("/slugs/%s/%s.json", appID, rev) }
+
+// build runs the slugbuilder job and returns its result.
+func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Release, p Push, src string, out io.Writer) (*api.SlugBuildResult, error) {
+	env := map[string]string{}
+	if prev != nil {
+		maps.Copy(env, prev.Env)
+	}
+	maps.Copy(env, map[string]string{
+		"PATH":            defaultPath,
+		"HOME":            "/app",
+		"SOURCE_URL":      r.jobURL(src),
+		"SLUG_URL":        r.jobURL(slugPath(app.ID, p.NewRev)),
+		"SLUG_RESULT_URL": r.jobURL(resultPath(app.ID, p.NewRev)),
+		"BUILD_CACHE_URL": r.jobURL(fmt.Sprintf("/caches/%s.tgz", app.ID)),
+		"SOURCE_VERSION":  p.NewRev,
+	})
+	mounts := []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}}
+	if r.cfg.CABundle != "" {
+		mounts = append(mounts, api.Mount{Location: r.cfg.CABundle, Target: DefaultCABundle})
+	}
+	job := &api.HostJob{
+		// Short: the host agent keeps per-job sockets under its state dir.
+		ID:        "build-" + randID(),
+		Artifacts: []*api.Artifact{{Type: api.ArtifactTypeFlynn, Manifest: &api.ImageManifest{Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{r.cfg.StackLayer}}}}}},
+		Metadata:  map[string]string{api.JobMetaApp: app.ID, api.JobMetaAppName: app.Name, api.JobMetaProcessType: "slugbuilder", "gitreceive.rev": p.NewRev},
+		Config: api.HostJobConfig{
+			Args:        []string{FlynnHostPath, "slugbuilder"},
+			Env:         env,
+			WorkingDir:  "/app",
+			Uid:         ptr(uint32(stack.AppUID)),
+			Gid:         ptr(uint32(stack.AppGID)),
+			Mounts:      mounts,
+			HostNetwork: true,
+		},
+	}
+	bctx, cancel := context.WithTimeout(ctx, r.cfg.BuildTimeout)
+	defer cancel()
+	start := time.Now()
+	// The job's URLs carry the blobstore key; keep it out of the output
+	// (an SSH pusher need not know it).
+	jobOut := newRedactor(out, r.cfg.BlobKey)
+	exit, err := r.cfg.Jobs.RunJob(bctx, job, jobOut)
+	jobOut.Flush()
+	if err != nil {
+		if bctx.Err() != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("build timed out after %s", r.cfg.BuildTimeout)
+		}
+		return nil, fmt.Errorf("run the build job: %w", err)
+	}
+	switch {
+	case exit.Error != "":
+		return nil, fmt.Errorf("build job failed: %s", exit.Error)
+	case exit.OOM:
+		return nil, errors.New("build ran out of memory")
+	case exit.ExitStatus != 0:
+		return nil, fmt.Errorf("build failed (slugbuilder exited with status %d); see the output above", exit.ExitStatus)
+	}
+	rc, _, err := r.cfg.Blobs.Get(ctx, resultPath(app.ID, p.NewRev))
+	if err != nil {
+		return nil, fmt.Errorf("read the build result: %w", err)
+	}
+	defer rc.Close()
+	var res api.SlugBuildResult
+	if err := json.NewDecoder(rc).Decode(&res); err != nil {
+		return nil, fmt.Errorf("read the build result: %w", err)
+	}
+	if len(res.ProcessTypes) == 0 {
+		return nil, errors.New("the build defines no process types: add a Procfile")
+	}
+	r.log.Info("build done", "app", app.Name, "rev", p.NewRev, "buildpack", res.Buildpack, "duration", time.Since(start))
+	return &res, nil
+}
+
+// slugLayerInfo is the slug as an image layer in the blobstore.
+type slugLayerInfo struct {
+	URL    string // blob path
+	SHA256 string
+	Size   int64
+}
+
+func (l slugLayerInfo) layer(b *blobclient.Client) *api.ImageLayer {
+	return &api.ImageLayer{ID: l.SHA256, Type: api.LayerTypeTarGz, Length: l.Size,
+		Hashes: map[string]string{"sha256": l.SHA256}, URL: b.URL(l.URL)}
+}
+
+// slugLayer turns the slug (a tar.gz of /app's contents) into a layer
+// rooted at / (entries under app/) and stores it at
+// /layers/<sha256>.tgz.
+func (r *BuildReceiver) slugLayer(ctx context.Context, app *api.App, rev string) (*slugLayerInfo, error) {
+	rc, _, err := r.cfg.Blobs.Get(ctx, slugPath(app.ID, rev))
+	if err != nil {
+		return nil, fmt.Errorf("read the slug: %w", err)
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp("", "slug-layer-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(tmp, h)}
+	if err := RootSlug(cw, rc); err != nil {
+		return nil, fmt.Errorf("convert the slug to a layer: %w", err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	p := "/layers/" + sum + ".tgz"
+	if _, err := r.cfg.Blobs.Put(ctx, p, tmp, &blobclient.PutOptions{SHA256: sum, Size: cw.n}); err != nil {
+		return nil, fmt.Errorf("upload the slug layer: %w", err)
+	}
+	return &slugLayerInfo{URL: p, SHA256: sum, Size: cw.n}, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// RootSlug rewrites a slug (a tar or tar.gz whose names are relative to
+// the app directory) as a gzipped layer tar whose names are under app/.
+func RootSlug(w io.Writer, slug io.Reader) error {
+	zr, err := gzip.NewReader(slug)
+	if err != nil {
+		return err
+	}
+	tr := tar.NewReader(zr)
+	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	sawRoot := false
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		name := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
+		if path.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
+			return fmt.Errorf("slug entry %q leaves the app directory", hdr.Name)
+		}
+		if name == "." {
+			sawRoot = true
+			hdr.Name = "app/"
+		} else {
+			if !sawRoot {
+				if err := tw.WriteHeader(appDirHeader()); err != nil {
+					return err
+				}
+				sawRoot = true
+			}
+			hdr.Name = "app/" + name
+			if hdr.Typeflag == tar.TypeDir {
+				hdr.Name += "/"
+			}
+		}
+		if hdr.Typeflag == tar.TypeLink {
+			hdr.Linkname = "app/" + path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return err
+		}
+	}
+	if !sawRoot {
+		if err := tw.WriteHeader(appDirHeader()); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+func appDirHeader() *tar.Header {
+	return &tar.Header{Typeflag: tar.TypeDir, Name: "app/", Mode: 0o755, Uid: stack.AppUID, Gid: stack.AppGID, ModTime: time.Unix(0, 0)}
+}
+
+// isWebType says whether a process type serves HTTP on $PORT.
+func isWebType(t string) bool { return t == "web" || strings.HasSuffix(t, "-web") }
+
+// release builds the new release: the previous env, the build's process
+// types run by slugrunner, web types on port 8080 behind <app>-<type>.
+func (r *BuildReceiver) release(app *api.App, prev *api.Release, artifactID string, res *api.SlugBuildResult, rev string) *api.Release {
+	rel := &api.Release{
+		ArtifactIDs: []string{artifactID},
+		Env:         map[string]string{},
+		Meta:        map[string]string{"git": "true", "rev": rev},
+		Processes:   map[string]*api.ProcessType{},
+	}
+	if prev != nil {
+		maps.Copy(rel.Env, prev.Env)
+	}
+	for typ := range res.ProcessTypes {
+		pt := &api.ProcessType{
+			Args:   []string{FlynnHostPath, "slugrunner", "start", typ},
+			Mounts: []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}},
+		}
+		if isWebType(typ) {
+			pt.Ports = []api.Port{{Port: 8080, Proto: "tcp", Service: &api.Service{
+				Name: app.Name + "-" + typ, Create: true, Check: &api.HealthCheck{Type: "tcp"},
+			}}}
+		}
+		rel.Processes[typ] = pt
+	}
+	return rel
+}
+
+func (r *BuildReceiver) deployTimeout(app *api.App) time.Duration {
+	if r.cfg.DeployTimeout > 0 {
+		return r.cfg.DeployTimeout
+	}
+	if app.DeployTimeout > 0 {
+		return time.Duration(app.DeployTimeout) * time.Second
+	}
+	return api.DefaultDeployTimeout * time.Second
+}
+
+// deploy deploys rel and waits for it: for the deployment to finish when
+// the app runs processes, or, on an app's first deploy with a web type,
+// for the first web job to come up.
+func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, out io.Writer) error {
+	timeout := r.deployTimeout(app)
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	// Follow the app's events from before the deployment, so none is missed.
+	events, err := r.cfg.Controller.StreamEvents(wctx, controllerclient.EventOptions{
+		AppID: app.ID, ObjectTypes: []string{api.EventTypeDeployment, api.EventTypeJob},
+	})
+	if err != nil {
+		return fmt.Errorf("follow the deployment: %w", err)
+	}
+	defer events.Close()
+	evc := make(chan *api.Event)
+	go func() {
+		defer close(evc)
+		for {
+			ev, err := events.Next()
+			if err != nil {
+				return
+			}
+			select {
+			case evc <- ev:
+			case <-wctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		events.Close()
+		for range evc {
+		}
+	}()
+
+	d, err := r.cfg.Controller.CreateDeployment(ctx, app.ID, rel.ID)
+	if err != nil {
+		return fmt.Errorf("deploy release %s: %w", rel.ID, err)
+	}
+	if d.Status != api.DeploymentComplete {
+		if err := r.waitDeployment(wctx, d, evc, out, timeout); err != nil {
+			return err
+		}
+	}
+	// The first deploy of an app with a web type (nothing was scaled up
+	// before, e.g. only `flynn env set` ran): run one web process.
+	_, hasWeb := rel.Processes["web"]
+	if running(d.Processes) || !hasWeb {
+		return nil
+	}
+	fmt.Fprintln(out, "=====> Scaling initial release to web=1")
+	if err := r.cfg.Controller.PutFormation(ctx, &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 1}}); err != nil {
+		return fmt.Errorf("scale web=1: %w", err)
+	}
+	fmt.Fprintln(out, "-----> Waiting for web job to start...")
+	if err := waitWebUp(wctx, rel.ID, evc, timeout); err != nil {
+		// Take the crashing app down again, as Flynn does.
+		r.cfg.Controller.PutFormation(context.WithoutCancel(ctx), &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 0}})
+		return err
+	}
+	fmt.Fprintln(out, "=====> web job started")
+	return nil
+}
+
+// running says whether a formation runs any process.
+func running(procs map[string]int) bool {
+	for _, n := range procs {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, evc <-chan *api.Event, out io.Writer, timeout time.Duration) error {
+	// The deployment may have finished before the stream saw it.
+	check := func() (bool, error) {
+		cur, err := r.cfg.Controller.GetDeployment(ctx, d.ID)
+		if err != nil {
+			return false, nil
+		}
+		switch cur.Status {
+		case api.DeploymentComplete:
+			return true, nil
+		case api.DeploymentFailed:
+			return true, fmt.Errorf("deployment %s failed", d.ID)
+		}
+		return false, nil
+	}
+	if done, err := check(); done {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("deployment %s did not finish within %s (is the scheduler running? see `flynn deployment`)", d.ID, timeout)
+		case ev, ok := <-evc:
+			if !ok {
+				if done, err := check(); done {
+					return err
+				}
+				return fmt.Errorf("lost the event stream while deploying %s", d.ID)
+			}
+			if ev.ObjectType != api.EventTypeDeployment || ev.ObjectID != d.ID {
+				continue
+			}
+			var de api.DeploymentEvent
+			if json.Unmarshal(ev.Data, &de) != nil {
+				continue
+			}
+			if de.JobType != "" && de.JobState != "" {
+				fmt.Fprintf(out, "=====> %s job %s\n", de.JobType, de.JobState)
+			}
+			switch de.Status {
+			case api.DeploymentComplete:
+				return nil
+			case api.DeploymentFailed:
+				msg := de.Error
+				if msg == "" {
+					msg = "no reason given"
+				}
+				return fmt.Errorf("deployment failed: %s", msg)
+			}
+		}
+	}
+}
+
+// waitWebUp waits for a web job of release to be up; one that goes down
+// first fails the push.
+func waitWebUp(ctx context.Context, releaseID string, evc <-chan *api.Event, timeout time.Duration) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the web process did not start within %s (is the scheduler running?)", timeout)
+		case ev, ok := <-evc:
+			if !ok {
+				return errors.New("lost the event stream while waiting for the web process")
+			}
+			if ev.ObjectType != api.EventTypeJob {
+				continue
+			}
+			var j api.Job
+			if json.Unmarshal(ev.Data, &j) != nil || j.ReleaseID != releaseID || j.Type != "web" {
+				continue
+			}
+			switch j.State {
+			case api.JobStateUp:
+				return nil
+			case api.JobStateDown:
+				why := "it exited"
+				if j.ExitStatus != nil {
+					why = fmt.Sprintf("it exited with status %d", *j.ExitStatus)
+				}
+				if j.HostError != nil {
+					why = *j.HostError
+				}
+				return fmt.Errorf("the web process failed to start: %s; see `flynn log`", why)
+			}
+		}
+	}
+}
+
+// redactor copies output line by line with a secret replaced.
+type redactor struct {
+	w      io.Writer
+	secret string
+	buf    []byte
+}
+
+func newRedactor(w io.Writer, secret string) *redactor { return &redactor{w: w, secret: secret} }
+
+func (r *redactor) Write(p []byte) (int, error) {
+	if r.secret == "" {
+		return r.w.Write(p)
+	}
+	r.buf = append(r.buf, p...)
+	if i := strings.LastIndexByte(string(r.buf), '\n'); i >= 0 {
+		line := strings.ReplaceAll(string(r.buf[:i+1]), r.secret, "***")
+		r.buf = append(r.buf[:0], r.buf[i+1:]...)
+		if _, err := io.WriteString(r.w, line); err != nil {
+			return len(p), err
+		}
+	}
+	return len(p), nil
+}
+
+// Flush writes what is left of an unfinished line.
+func (r *redactor) Flush() {
+	if len(r.buf) > 0 {
+		io.WriteString(r.w, strings.ReplaceAll(string(r.buf), r.secret, "***"))
+		r.buf = r.buf[:0]
+	}
+}

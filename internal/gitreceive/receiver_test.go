@@ -1,0 +1,484 @@
+package gitreceive
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/internal/blobstore"
+	"github.com/flynnrebuilt/flynn/internal/controller"
+	"github.com/flynnrebuilt/flynn/internal/etcdtest"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+)
+
+const (
+	testCtrlKey = "ctrlkey"
+	testBlobKey = "blobkey"
+)
+
+// fakeBuilder stands in for the slugbuilder job: it reads the source the
+// job's env points at and writes a slug and result where the env says,
+// over HTTP with the credentials in the URLs, as the real job does.
+type fakeBuilder struct {
+	mu   sync.Mutex
+	jobs []*api.HostJob
+	fail bool
+}
+
+func httpPut(u string, body []byte) error {
+	req, _ := http.NewRequest(http.MethodPut, u, bytes.NewReader(body))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	res.Body.Close()
+	if res.StatusCode/100 != 2 {
+		return fmt.Errorf("PUT %s: %s", u, res.Status)
+	}
+	return nil
+}
+
+func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Writer) (*api.HostJobExit, error) {
+	f.mu.Lock()
+	f.jobs = append(f.jobs, job)
+	fail := f.fail
+	f.mu.Unlock()
+	env := job.Config.Env
+	res, err := http.Get(env["SOURCE_URL"])
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	tr := tar.NewReader(res.Body)
+	var procfile []byte
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if hdr.Name == "Procfile" {
+			procfile, _ = io.ReadAll(tr)
+		}
+	}
+	fmt.Fprintln(out, "-----> Fake buildpack app detected")
+	if fail {
+		fmt.Fprintln(out, " !     compile failed")
+		fmt.Fprintf(out, " !     cannot GET %s\n", env["BUILD_CACHE_URL"])
+		return &api.HostJobExit{ExitStatus: 1}, nil
+	}
+	types := map[string]string{}
+	for _, line := range strings.Split(string(procfile), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			types[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	var slug bytes.Buffer
+	zw := gzip.NewWriter(&slug)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, Uid: 1000, Gid: 1000})
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "./Procfile", Mode: 0o644, Size: int64(len(procfile)), Uid: 1000, Gid: 1000})
+	tw.Write(procfile)
+	tw.Close()
+	zw.Close()
+	if err := httpPut(env["SLUG_URL"], slug.Bytes()); err != nil {
+		return nil, err
+	}
+	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"]})
+	if err := httpPut(env["SLUG_RESULT_URL"], result); err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(out, "-----> Compiled slug")
+	return &api.HostJobExit{ExitStatus: 0}, nil
+}
+
+// fakeCluster plays the scheduler and deployer: it completes pending
+// deployments and reports a web job of a formation scaled up, up or down.
+func fakeCluster(ctx context.Context, c *controllerclient.Client, appID string, webCrashes bool) {
+	seen := map[string]bool{}
+	for ctx.Err() == nil {
+		ds, _ := c.ListDeployments(ctx, api.DeploymentPending)
+		for _, d := range ds {
+			// Move the processes to the new release, as the deployer does.
+			c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.NewReleaseID, Processes: d.Processes})
+			if d.OldReleaseID != "" {
+				c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.OldReleaseID, Processes: map[string]int{}})
+			}
+			c.UpdateDeployment(ctx, d.ID, api.DeploymentComplete, "")
+		}
+		fs, _ := c.FormationList(ctx, appID)
+		for _, f := range fs {
+			if f.Processes["web"] > 0 && !seen[f.ReleaseID] {
+				seen[f.ReleaseID] = true
+				state := api.JobStateUp
+				var exit *int32
+				if webCrashes {
+					state, exit = api.JobStateDown, new(int32)
+					*exit = 2
+				}
+				id := fmt.Sprintf("host1-%08d-0000-4000-8000-000000000000", len(seen))
+				if err := c.PutJob(ctx, &api.Job{ID: id, AppID: appID, ReleaseID: f.ReleaseID, Type: "web", State: state, ExitStatus: exit}); err != nil {
+					panic(err)
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type recvEnv struct {
+	ctrl    *controllerclient.Client
+	blobs   *blobclient.Client
+	builder *fakeBuilder
+	httpURL string
+	repo    string
+	app     *api.App
+	fresh   func() string
+}
+
+func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
+	t.Helper()
+	cs, err := controller.New(controller.Config{Etcd: etcdtest.Client(t), AuthKeys: []string{testCtrlKey}}, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrlSrv := httptest.NewServer(cs)
+	t.Cleanup(ctrlSrv.Close)
+	ctrl := controllerclient.New(ctrlSrv.URL, testCtrlKey)
+	blobSrv := httptest.NewServer(blobstore.NewServer(blobstore.NewMem(), []string{testBlobKey}, 0, logging.Discard()).Handler())
+	t.Cleanup(blobSrv.Close)
+	blobs := blobclient.New(blobSrv.URL, testBlobKey, nil)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	app := &api.App{Name: "myapp"}
+	if err := ctrl.CreateApp(ctx, app); err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); fakeCluster(ctx, ctrl, app.ID, webCrashes) }()
+
+	builder := &fakeBuilder{}
+	recv, err := NewReceiver(ReceiverConfig{
+		Controller: ctrl, Blobs: blobs, BlobKey: testBlobKey, Jobs: builder,
+		StackLayer:   &api.ImageLayer{ID: "stack", Type: api.LayerTypeTar, URL: "file:///stack.tar", Hashes: map[string]string{"sha256": strings.Repeat("a", 64)}},
+		FlynnHostBin: "/usr/bin/flynn-host", CABundle: DefaultCABundle,
+		DeployTimeout: 30 * time.Second,
+	}, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	self, _ := os.Executable()
+	hook := filepath.Join(dir, "hook.sh")
+	os.WriteFile(hook, []byte("#!/bin/sh\nFLYNN_TEST_HOOK=1 exec "+self+"\n"), 0o755)
+	s, err := New(Config{RepoDir: filepath.Join(dir, "repos"), HookBin: hook, Receiver: recv, Cache: &BlobRepoCache{Blobs: blobs}}, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); s.Run(ctx) }()
+	hs := httptest.NewServer(s.Handler(httpapi.NewKeyAuth(testCtrlKey)))
+	t.Cleanup(hs.Close)
+
+	repo := filepath.Join(dir, "work")
+	gitIn(t, "", "init", "-q", "-b", "main", repo)
+	os.WriteFile(filepath.Join(repo, "Procfile"), []byte("web: ./server\nworker: ./work\n"), 0o644)
+	gitIn(t, repo, "add", ".")
+	gitIn(t, repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+	e := &recvEnv{ctrl: ctrl, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
+	// fresh starts another gitreceive with an empty repo dir on the same
+	// cluster, as after a restart on another host.
+	e.fresh = func() string {
+		s, err := New(Config{RepoDir: filepath.Join(t.TempDir(), "repos"), HookBin: hook, Receiver: recv, Cache: &BlobRepoCache{Blobs: blobs}}, logging.Discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Run(ctx) }()
+		hs := httptest.NewServer(s.Handler(httpapi.NewKeyAuth(testCtrlKey)))
+		t.Cleanup(hs.Close)
+		return hs.URL
+	}
+	return e
+}
+
+func (e *recvEnv) push(t *testing.T, app string) (string, bool) {
+	t.Helper()
+	ee := &env{httpURL: e.httpURL, workRepo: e.repo}
+	return ee.push(t, false, testCtrlKey, app, "main")
+}
+
+func TestReceiverBuildsAndReleases(t *testing.T) {
+	e := setupReceiver(t, false)
+	ctx := context.Background()
+	out, ok := e.push(t, "myapp")
+	if !ok {
+		t.Fatalf("push failed:\n%s", out)
+	}
+	for _, want := range []string{
+		"remote: -----> Building myapp...", "remote: -----> Fake buildpack app detected", "remote: -----> Creating release...",
+		"remote: -----> Deploying...", "remote: =====> Scaling initial release to web=1", "remote: =====> web job started",
+		"remote: =====> Application deployed",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("push output lacks %q:\n%s", want, out)
+		}
+	}
+	rev := strings.TrimSpace(gitIn(t, e.repo, "rev-parse", "HEAD"))
+
+	// The build job.
+	if len(e.builder.jobs) != 1 {
+		t.Fatalf("%d build jobs, want 1", len(e.builder.jobs))
+	}
+	job := e.builder.jobs[0]
+	if got, want := job.Config.Args, []string{FlynnHostPath, "slugbuilder"}; !cmp.Equal(got, want) {
+		t.Errorf("build args %q, want %q", got, want)
+	}
+	wantMounts := []api.Mount{{Location: "/usr/bin/flynn-host", Target: FlynnHostPath}, {Location: DefaultCABundle, Target: DefaultCABundle}}
+	if diff := cmp.Diff(wantMounts, job.Config.Mounts); diff != "" {
+		t.Errorf("build mounts (-want +got):\n%s", diff)
+	}
+	if !job.Config.HostNetwork || job.Config.Env["SOURCE_VERSION"] != rev || !strings.Contains(job.Config.Env["SLUG_URL"], ":"+testBlobKey+"@") {
+		t.Errorf("build job config %+v", job.Config)
+	}
+
+	// The release.
+	app, err := e.ctrl.GetApp(ctx, "myapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := e.ctrl.GetAppRelease(ctx, app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounts := []api.Mount{{Location: "/usr/bin/flynn-host", Target: FlynnHostPath}}
+	wantProcs := map[string]*api.ProcessType{
+		"web": {Args: []string{FlynnHostPath, "slugrunner", "start", "web"}, Mounts: mounts, Ports: []api.Port{{Port: 8080, Proto: "tcp",
+			Service: &api.Service{Name: "myapp-web", Create: true, Check: &api.HealthCheck{Type: "tcp"}}}}},
+		"worker": {Args: []string{FlynnHostPath, "slugrunner", "start", "worker"}, Mounts: mounts},
+	}
+	if diff := cmp.Diff(wantProcs, rel.Processes); diff != "" {
+		t.Errorf("release processes (-want +got):\n%s", diff)
+	}
+	f, err := e.ctrl.GetFormation(ctx, app.ID, rel.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]int{"web": 1}, f.Processes); diff != "" {
+		t.Errorf("formation (-want +got):\n%s", diff)
+	}
+
+	// The artifact: stack + slug layer rooted at /app, in the blobstore.
+	art, err := e.ctrl.GetArtifact(ctx, rel.ArtifactIDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := art.Manifest.Rootfs[0].Layers
+	if len(layers) != 2 || layers[0].ID != "stack" {
+		t.Fatalf("artifact layers %+v", layers)
+	}
+	res, err := http.Get(layers[1].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	zr, err := gzip.NewReader(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	tr := tar.NewReader(zr)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, hdr.Name)
+	}
+	sort.Strings(names)
+	if diff := cmp.Diff([]string{"app/", "app/Procfile"}, names); diff != "" {
+		t.Errorf("slug layer entries (-want +got):\n%s", diff)
+	}
+
+	// A second push keeps the env and deploys through a deployment.
+	rel.Env = map[string]string{"GREETING": "hi"}
+	rel.ID = ""
+	if err := e.ctrl.CreateRelease(ctx, rel); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ctrl.CreateDeployment(ctx, app.ID, rel.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitRelease(t, e.ctrl, app.ID, rel.ID)
+	os.WriteFile(filepath.Join(e.repo, "Procfile"), []byte("web: ./server2\n"), 0o644)
+	gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "second")
+	out, ok = e.push(t, "myapp")
+	if !ok || strings.Contains(out, "Scaling initial") || !strings.Contains(out, "Application deployed") {
+		t.Fatalf("second push (ok=%v):\n%s", ok, out)
+	}
+	rel2, err := e.ctrl.GetAppRelease(ctx, app.ID)
+	if err != nil || rel2.ID == rel.ID {
+		t.Fatalf("release after second push: %v %v", rel2, err)
+	}
+	if diff := cmp.Diff(map[string]string{"GREETING": "hi"}, rel2.Env); diff != "" {
+		t.Errorf("env not kept (-want +got):\n%s", diff)
+	}
+	if got := e.builder.jobs[1].Config.Env["GREETING"]; got != "hi" {
+		t.Errorf("build job env GREETING = %q, want the app's config", got)
+	}
+}
+
+func TestReceiverRejects(t *testing.T) {
+	t.Run("unknown app", func(t *testing.T) {
+		e := setupReceiver(t, false)
+		out, ok := e.push(t, "nosuchapp")
+		if ok || !strings.Contains(out, `app "nosuchapp" does not exist`) {
+			t.Fatalf("push to a missing app (ok=%v):\n%s", ok, out)
+		}
+	})
+	t.Run("failed build", func(t *testing.T) {
+		e := setupReceiver(t, false)
+		e.builder.mu.Lock()
+		e.builder.fail = true
+		e.builder.mu.Unlock()
+		out, ok := e.push(t, "myapp")
+		if ok || !strings.Contains(out, "remote:  !     compile failed") || !strings.Contains(out, "build failed (slugbuilder exited with status 1)") {
+			t.Fatalf("failed build (ok=%v):\n%s", ok, out)
+		}
+		if strings.Contains(out, testBlobKey) || !strings.Contains(out, "http://flynn:***@") {
+			t.Errorf("the blobstore key was not redacted from the build output:\n%s", out)
+		}
+		if _, err := e.ctrl.GetAppRelease(context.Background(), e.app.ID); err == nil {
+			t.Fatal("a failed build made a release")
+		}
+	})
+	t.Run("crashing web", func(t *testing.T) {
+		e := setupReceiver(t, true)
+		out, ok := e.push(t, "myapp")
+		if ok || !strings.Contains(out, "the web process failed to start: it exited with status 2") {
+			t.Fatalf("crashing app (ok=%v):\n%s", ok, out)
+		}
+	})
+}
+
+func TestRepoCacheRestoresObjects(t *testing.T) {
+	e := setupReceiver(t, false)
+	out, ok := e.push(t, "myapp")
+	if !ok {
+		t.Fatalf("push: %s", out)
+	}
+	// A fresh gitreceive has the pushed objects: the next push is a
+	// fast-forward of main, not a new branch.
+	first := strings.TrimSpace(gitIn(t, e.repo, "rev-parse", "HEAD"))
+	os.WriteFile(filepath.Join(e.repo, "Procfile"), []byte("web: ./server3\n"), 0o644)
+	gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "third")
+	e.httpURL = e.fresh()
+	out, ok = e.push(t, "myapp")
+	if !ok || !strings.Contains(out, first[:7]+"..") || strings.Contains(out, "[new branch]") {
+		t.Fatalf("push to a fresh gitreceive (ok=%v) is not an update of %s:\n%s", ok, first[:7], out)
+	}
+
+	cache := &BlobRepoCache{Blobs: e.blobs}
+	dir := filepath.Join(t.TempDir(), "myapp.git")
+	if err := cache.Restore(context.Background(), "myapp", dir); err != nil {
+		t.Fatal(err)
+	}
+	rev := strings.TrimSpace(gitIn(t, e.repo, "rev-parse", "HEAD"))
+	got := strings.TrimSpace(gitIn(t, "", "--git-dir", dir, "rev-parse", "refs/heads/main"))
+	if got != rev {
+		t.Fatalf("restored repo has main at %q, want %q", got, rev)
+	}
+	if err := cache.Restore(context.Background(), "other", filepath.Join(t.TempDir(), "x.git")); err != nil {
+		t.Fatalf("restore of an uncached app: %v", err)
+	}
+}
+
+func TestRootSlug(t *testing.T) {
+	var slug bytes.Buffer
+	zw := gzip.NewWriter(&slug)
+	tw := tar.NewWriter(zw)
+	for _, h := range []*tar.Header{
+		{Typeflag: tar.TypeDir, Name: "./bin/", Mode: 0o755},
+		{Typeflag: tar.TypeReg, Name: "./bin/server", Mode: 0o755},
+		{Typeflag: tar.TypeLink, Name: "./bin/server2", Linkname: "./bin/server"},
+		{Typeflag: tar.TypeSymlink, Name: "./cur", Linkname: "bin"},
+	} {
+		tw.WriteHeader(h)
+	}
+	tw.Close()
+	zw.Close()
+	var out bytes.Buffer
+	if err := RootSlug(&out, &slug); err != nil {
+		t.Fatal(err)
+	}
+	zr, _ := gzip.NewReader(&out)
+	tr := tar.NewReader(zr)
+	var got [][2]string
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, [2]string{h.Name, h.Linkname})
+	}
+	want := [][2]string{{"app/", ""}, {"app/bin/", ""}, {"app/bin/server", ""}, {"app/bin/server2", "app/bin/server"}, {"app/cur", "bin"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+
+	var bad bytes.Buffer
+	zw = gzip.NewWriter(&bad)
+	tw = tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "../escape"})
+	tw.Close()
+	zw.Close()
+	if err := RootSlug(io.Discard, &bad); err == nil {
+		t.Fatal("a slug entry outside the app dir was accepted")
+	}
+}
+
+// waitRelease waits for appID's current release to be releaseID.
+func waitRelease(t *testing.T, c *controllerclient.Client, appID, releaseID string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rel, err := c.GetAppRelease(context.Background(), appID)
+		if err == nil && rel.ID == releaseID {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("release %s never became current (%v, %v)", releaseID, rel, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

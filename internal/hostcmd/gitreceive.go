@@ -1,0 +1,238 @@
+package hostcmd
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/internal/gitreceive"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+)
+
+// newGitreceiveHookCmd is the pre-receive hook git runs inside gitreceive
+// (hidden: gitreceive installs it in every app repository).
+func newGitreceiveHookCmd(env Env) *cobra.Command {
+	return &cobra.Command{
+		Use:    "gitreceive-hook",
+		Short:  "git pre-receive hook of gitreceive (internal)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if code := gitreceive.HookMain(env.Stdin, env.Stdout, env.Stderr, env.Getenv); code != 0 {
+				return exitError{code: code}
+			}
+			return nil
+		},
+	}
+}
+
+// gitreceiveFlags are the settings of `flynn-host component gitreceive`.
+type gitreceiveFlags struct {
+	sshAddr, httpAddr        string
+	controllerURL, ctrlKey   string
+	blobURL, jobBlobURL      string
+	blobKey                  string
+	etcd, token              string
+	hostKeyFile, repoDir     string
+	stackURL, stackSHA256    string
+	flynnHostBin, caBundle   string
+	logLevel                 string
+	buildTimeout, deployWait time.Duration
+}
+
+// newGitreceiveCmd is `flynn-host component gitreceive`: git push over SSH
+// and smart HTTP, building with slugbuilder jobs and deploying through the
+// controller.
+func newGitreceiveCmd(env Env) *cobra.Command {
+	get := func(k string) string {
+		if env.Getenv == nil {
+			return ""
+		}
+		return env.Getenv(k)
+	}
+	def := func(k, d string) string {
+		if v := get(k); v != "" {
+			return v
+		}
+		return d
+	}
+	var fl gitreceiveFlags
+	cmd := &cobra.Command{
+		Use:   "gitreceive",
+		Short: "Accept git pushes (SSH and HTTP), build them and deploy",
+		Long: `Serves git push over SSH (keys registered with flynn key add) and smart HTTP
+(the cluster key as password). A push to main or master is archived to the
+blobstore and built by a slugbuilder job on a host; its output streams to
+the pusher. The slug becomes an artifact and a release (previous env kept),
+which is deployed; the first deploy of an app with a web type scales web=1.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runGitreceive(cmd.Context(), env, fl)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&fl.sshAddr, "ssh-addr", def("SSH_ADDR", ":2222"), "address to serve git over SSH on (empty: no SSH)")
+	f.StringVar(&fl.httpAddr, "http-addr", ":"+def("PORT", "8080"), "address to serve git over HTTP on (default :$PORT)")
+	f.StringVar(&fl.controllerURL, "controller", def("CONTROLLER_URL", "http://controller.discoverd"), "controller URL (default $CONTROLLER_URL)")
+	f.StringVar(&fl.ctrlKey, "controller-key", def("CONTROLLER_KEY", get("AUTH_KEY")), "controller key, also the HTTP push password (default $CONTROLLER_KEY)")
+	f.StringVar(&fl.blobURL, "blobstore", def("BLOBSTORE_URL", "http://blobstore.discoverd"), "blobstore URL (default $BLOBSTORE_URL)")
+	f.StringVar(&fl.jobBlobURL, "job-blobstore", get("JOB_BLOBSTORE_URL"), "blobstore URL as build jobs reach it (default --blobstore)")
+	f.StringVar(&fl.blobKey, "blobstore-key", get("BLOBSTORE_KEY"), "blobstore write key (default the controller key)")
+	f.StringVar(&fl.etcd, "etcd", def("ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated, to find hosts (default $ETCD_ENDPOINTS)")
+	f.StringVar(&fl.token, "token", get("FLYNN_HOST_TOKEN"), "host agents' key (default $FLYNN_HOST_TOKEN)")
+	f.StringVar(&fl.hostKeyFile, "host-key", def("SSH_HOST_KEY_FILE", "/var/lib/flynn/gitreceive/ssh_host_ed25519_key"), "SSH host key file, generated when missing")
+	f.StringVar(&fl.repoDir, "repo-dir", def("REPO_DIR", "/var/lib/flynn/gitreceive/repos"), "where app repositories are kept (a cache of the blobstore copy)")
+	f.StringVar(&fl.stackURL, "stack-url", get("STACK_URL"), "URL of the stack layer builds and apps run on (default $STACK_URL)")
+	f.StringVar(&fl.stackSHA256, "stack-sha256", get("STACK_SHA256"), "hex sha256 of the stack layer (default $STACK_SHA256)")
+	f.StringVar(&fl.flynnHostBin, "flynn-host-bin", def("FLYNN_HOST_BIN", "/usr/local/bin/flynn-host"), "flynn-host binary on the hosts, mounted into build and app jobs")
+	f.StringVar(&fl.caBundle, "ca-bundle", def("CA_BUNDLE", gitreceive.DefaultCABundle), "CA bundle on the hosts mounted into build jobs (empty: none)")
+	f.DurationVar(&fl.buildTimeout, "build-timeout", 15*time.Minute, "longest a build may take")
+	f.DurationVar(&fl.deployWait, "deploy-timeout", 0, "longest to wait for a deploy (default the app's deploy timeout)")
+	f.StringVar(&fl.logLevel, "log-level", def("FLYNN_LOG_LEVEL", "info"), "debug, info, warn or error")
+	return cmd
+}
+
+func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
+	log, err := logging.New(env.Stderr, logging.Config{Level: fl.logLevel})
+	if err != nil {
+		return err
+	}
+	log = log.With("component", "gitreceive")
+	switch {
+	case fl.ctrlKey == "":
+		return errors.New("no controller key: set --controller-key or $CONTROLLER_KEY")
+	case fl.stackURL == "" || fl.stackSHA256 == "":
+		return errors.New("no stack layer: set --stack-url and --stack-sha256 (flynn-host stack build --tar makes one)")
+	case fl.token == "":
+		return errors.New("no host token: set --token or $FLYNN_HOST_TOKEN")
+	}
+	if fl.blobKey == "" {
+		fl.blobKey = fl.ctrlKey
+	}
+	hookBin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find flynn-host: %w", err)
+	}
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(fl.etcd, ","), DialTimeout: 10 * time.Second})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer etcd.Close()
+	ctrl := controllerclient.New(fl.controllerURL, fl.ctrlKey)
+	blobs := blobclient.New(fl.blobURL, fl.blobKey, nil)
+	recv, err := gitreceive.NewReceiver(gitreceive.ReceiverConfig{
+		Controller: ctrl, Blobs: blobs, JobBlobURL: fl.jobBlobURL, BlobKey: fl.blobKey,
+		Jobs: &gitreceive.HostJobRunner{Etcd: etcd, Token: fl.token},
+		StackLayer: &api.ImageLayer{ID: fl.stackSHA256, Type: api.LayerTypeTar, URL: fl.stackURL,
+			Hashes: map[string]string{"sha256": fl.stackSHA256}},
+		FlynnHostBin: fl.flynnHostBin, CABundle: fl.caBundle,
+		BuildTimeout: fl.buildTimeout, DeployTimeout: fl.deployWait,
+	}, log)
+	if err != nil {
+		return err
+	}
+	srv, err := gitreceive.New(gitreceive.Config{
+		RepoDir: fl.repoDir, HookBin: hookBin, HookArgs: []string{"gitreceive-hook"},
+		Receiver: recv, Cache: &gitreceive.BlobRepoCache{Blobs: blobs},
+	}, log)
+	if err != nil {
+		return err
+	}
+	var sshLn net.Listener
+	var hostKey ssh.Signer
+	if fl.sshAddr != "" {
+		if hostKey, err = loadOrCreateHostKey(fl.hostKeyFile); err != nil {
+			return err
+		}
+		if sshLn, err = net.Listen("tcp", fl.sshAddr); err != nil {
+			return fmt.Errorf("ssh listen: %w", err)
+		}
+	}
+	httpLn, err := net.Listen("tcp", fl.httpAddr)
+	if err != nil {
+		if sshLn != nil {
+			sshLn.Close()
+		}
+		return fmt.Errorf("http listen: %w", err)
+	}
+	log.Info("gitreceive listening", "http", httpLn.Addr().String(), "ssh", fl.sshAddr)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	start := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && ctx.Err() == nil {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	start(func() error { return srv.Run(ctx) })
+	start(func() error {
+		return httpapi.Serve(ctx, httpLn, srv.Handler(httpapi.NewKeyAuth(fl.ctrlKey)), log)
+	})
+	if sshLn != nil {
+		start(func() error {
+			return srv.ServeSSH(ctx, sshLn, hostKey, &gitreceive.ControllerKeys{Controller: ctrl})
+		})
+	}
+	<-ctx.Done()
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// loadOrCreateHostKey reads an SSH host key, generating an ed25519 one
+// when the file does not exist.
+func loadOrCreateHostKey(path string) (ssh.Signer, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		_, priv, gerr := ed25519.GenerateKey(rand.Reader)
+		if gerr != nil {
+			return nil, gerr
+		}
+		blk, merr := ssh.MarshalPrivateKey(priv, "gitreceive")
+		if merr != nil {
+			return nil, merr
+		}
+		data = pem.EncodeToMemory(blk)
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("host key: %w", err)
+		}
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			return nil, fmt.Errorf("host key: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("host key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("host key %s: %w", path, err)
+	}
+	return signer, nil
+}

@@ -1,0 +1,257 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/hostclient"
+)
+
+// HostCluster is the Cluster of a real grid: hosts from their etcd
+// registrations (EtcdHosts), jobs through each host agent's HTTP API
+// (client/hostclient) with the cluster token.
+type HostCluster struct {
+	EtcdHosts
+	// Token is the cluster token the host agents accept.
+	Token string
+	// RequestTimeout bounds AddJob and StopJob calls (default 3 min: a
+	// start may fetch layers).
+	RequestTimeout time.Duration
+
+	mu    sync.Mutex
+	hosts map[string]*api.Host // by id, as last seen
+}
+
+// NewHostCluster returns the Cluster of the hosts registered in etcd.
+func NewHostCluster(etcd *clientv3.Client, token string, log *slog.Logger) *HostCluster {
+	return &HostCluster{EtcdHosts: EtcdHosts{Client: etcd, Log: log}, Token: token}
+}
+
+// ListHosts returns the registered hosts.
+func (c *HostCluster) ListHosts(ctx context.Context) ([]*api.Host, error) {
+	hosts, err := c.EtcdHosts.ListHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.hosts = make(map[string]*api.Host, len(hosts))
+	for _, h := range hosts {
+		c.hosts[h.ID] = h
+	}
+	c.mu.Unlock()
+	return hosts, nil
+}
+
+// StreamHosts reports registrations and removals.
+func (c *HostCluster) StreamHosts(ctx context.Context, fn func(HostEvent)) error {
+	return c.EtcdHosts.StreamHosts(ctx, func(e HostEvent) {
+		if e.Up && e.Host != nil {
+			c.mu.Lock()
+			if c.hosts == nil {
+				c.hosts = make(map[string]*api.Host)
+			}
+			c.hosts[e.Host.ID] = e.Host
+			c.mu.Unlock()
+		}
+		fn(e)
+	})
+}
+
+// client returns the agent client of a host, reading its registration
+// from etcd when it has not been seen yet.
+func (c *HostCluster) client(ctx context.Context, hostID string) (*hostclient.Client, error) {
+	c.mu.Lock()
+	h := c.hosts[hostID]
+	c.mu.Unlock()
+	if h == nil {
+		resp, err := c.Client.Get(ctx, api.KeyHosts+hostID)
+		if err != nil {
+			return nil, fmt.Errorf("look up host %s: %w", hostID, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("host %s is not registered", hostID)}
+		}
+		if h = c.decode(resp.Kvs[0].Key, resp.Kvs[0].Value); h == nil {
+			return nil, fmt.Errorf("host %s has a bad registration", hostID)
+		}
+		c.mu.Lock()
+		if c.hosts == nil {
+			c.hosts = make(map[string]*api.Host)
+		}
+		c.hosts[hostID] = h
+		c.mu.Unlock()
+	}
+	if h.URL == "" {
+		return nil, fmt.Errorf("host %s registered no agent URL", hostID)
+	}
+	return hostclient.New(h.URL, c.Token), nil
+}
+
+func (c *HostCluster) timeout() time.Duration {
+	if c.RequestTimeout > 0 {
+		return c.RequestTimeout
+	}
+	return 3 * time.Minute
+}
+
+// ListJobs returns the jobs a host knows.
+func (c *HostCluster) ListJobs(ctx context.Context, hostID string) ([]*api.ActiveJob, error) {
+	hc, err := c.client(ctx, hostID)
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := hc.ListJobs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs of host %s: %w", hostID, err)
+	}
+	return jobs, nil
+}
+
+// StreamJobs follows a host's job events until ctx ends or the stream
+// breaks.
+func (c *HostCluster) StreamJobs(ctx context.Context, hostID string, fn func(*api.HostJobEvent)) error {
+	hc, err := c.client(ctx, hostID)
+	if err != nil {
+		return err
+	}
+	evs, err := hc.StreamEvents(ctx)
+	if err != nil {
+		return fmt.Errorf("follow jobs of host %s: %w", hostID, err)
+	}
+	defer evs.Close()
+	for {
+		ev, err := evs.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("job stream of host %s ended", hostID)
+			}
+			return fmt.Errorf("job stream of host %s: %w", hostID, err)
+		}
+		fn(ev)
+	}
+}
+
+// AddJob starts job on a host. A job the host accepted but could not
+// start is an error too (the host also reports it failed).
+func (c *HostCluster) AddJob(ctx context.Context, hostID string, job *api.HostJob) error {
+	hc, err := c.client(ctx, hostID)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	aj, err := hc.AddJob(ctx, job)
+	if err != nil {
+		return fmt.Errorf("add job %s to host %s: %w", job.ID, hostID, err)
+	}
+	if aj.Status == api.HostJobFailed {
+		msg := "failed to start"
+		if aj.Error != nil {
+			msg = *aj.Error
+		}
+		return fmt.Errorf("job %s on host %s: %s", job.ID, hostID, msg)
+	}
+	return nil
+}
+
+// StopJob stops a job; api.ErrNotFound when the host does not know it.
+func (c *HostCluster) StopJob(ctx context.Context, hostID, jobID string) error {
+	hc, err := c.client(ctx, hostID)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	if _, err := hc.StopJob(ctx, jobID); err != nil {
+		return fmt.Errorf("stop job %s on host %s: %w", jobID, hostID, err)
+	}
+	return nil
+}
+
+// ControllerClient is the Controller of a real controller, over
+// client/controllerclient.
+//
+// The controller keys jobs by host job id, so a job that has not been
+// placed yet (pending without a host, or blocked) cannot be recorded:
+// PutJob skips those and records them once they are placed.
+type ControllerClient struct {
+	C *controllerclient.Client
+}
+
+// ListFormations returns every formation, including ones scaled to zero,
+// expanded: the initial list of the formation stream.
+func (c *ControllerClient) ListFormations(ctx context.Context) ([]*api.ExpandedFormation, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := c.C.StreamFormations(ctx, time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("list formations: %w", err)
+	}
+	defer s.Close()
+	var out []*api.ExpandedFormation
+	for {
+		f, err := s.Next()
+		if err != nil {
+			return nil, fmt.Errorf("list formations: %w", err)
+		}
+		if f.App == nil {
+			return out, nil // up to date
+		}
+		if !f.Deleted {
+			out = append(out, f)
+		}
+	}
+}
+
+// StreamFormations reports formations as they change. It replays the
+// current ones first, which the scheduler applies idempotently.
+func (c *ControllerClient) StreamFormations(ctx context.Context, fn func(*api.ExpandedFormation)) error {
+	s, err := c.C.StreamFormations(ctx, time.Time{})
+	if err != nil {
+		return fmt.Errorf("follow formations: %w", err)
+	}
+	defer s.Close()
+	for {
+		f, err := s.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("follow formations: %w", err)
+		}
+		if f.App == nil || f.Release == nil {
+			continue
+		}
+		fn(f)
+	}
+}
+
+// PutJob records a placed job's state; unplaced jobs are skipped (see
+// ControllerClient).
+func (c *ControllerClient) PutJob(ctx context.Context, job *api.Job) error {
+	if job.ID == "" {
+		return nil
+	}
+	cp := *job
+	if err := c.C.PutJob(ctx, &cp); err != nil {
+		return fmt.Errorf("record job %s: %w", job.ID, err)
+	}
+	return nil
+}
+
+var (
+	_ Cluster    = (*HostCluster)(nil)
+	_ Controller = (*ControllerClient)(nil)
+)

@@ -1,0 +1,119 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+)
+
+// startController runs `flynn-host component controller` against the
+// daemon's etcd and discoverd and waits until it answers.
+func startController(t *testing.T, d *testDaemon, key string) string {
+	t.Helper()
+	url := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	logPath := filepath.Join(t.TempDir(), "controller.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), "component", "controller",
+		"--listen", strings.TrimPrefix(url, "http://"), "--etcd", d.etcd, "--auth-key", key,
+		"--cluster-domain", "e2e.localhost", "--discoverd", d.disc, "--token", d.token)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		logf.Close()
+	})
+	cc := controllerclient.New(url, key)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for cc.Ping(ctx) != nil {
+		if ctx.Err() != nil {
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("controller never answered:\n%s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return url
+}
+
+// TestOneOffJobThroughController runs the controller as a component on a
+// real host, checks it registered in discoverd, and runs one-off jobs on
+// the host with `flynn run`, as a user would.
+func TestOneOffJobThroughController(t *testing.T) {
+	d := startDaemon(t, "flte2e2", "100.82.2.0/24")
+	url := startController(t, d, "ctrlkey")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	insts, err := discoverdclient.New(d.disc, d.token).Instances(ctx, "controller")
+	if err != nil || len(insts) != 1 || "http://"+insts[0].Addr != url {
+		t.Fatalf("controller in discoverd = %v, %v; want one instance at %s", insts, err, url)
+	}
+
+	cc := controllerclient.New(url, "ctrlkey")
+	app := &api.App{Name: "oneoff"}
+	if err := cc.CreateApp(ctx, app); err != nil {
+		t.Fatal(err)
+	}
+	art := busyboxArtifact(t)
+	if err := cc.CreateArtifact(ctx, art); err != nil {
+		t.Fatal(err)
+	}
+	rel := &api.Release{ArtifactIDs: []string{art.ID}, Env: map[string]string{"GREETING": "hello"}}
+	if err := cc.CreateRelease(ctx, rel); err != nil {
+		t.Fatal(err)
+	}
+	if err := cc.SetAppRelease(ctx, app.ID, rel.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	home := t.TempDir()
+	flynn := func(args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(binDir, "flynn"), args...)
+		cmd.Env = append(os.Environ(), "HOME="+home, "FLYNNRC="+filepath.Join(home, ".flynnrc"))
+		var o, e strings.Builder
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return o.String(), e.String(), code
+	}
+	if out, errOut, code := flynn("cluster", "add", "--controller-url", url, "e2e", "e2e.localhost", "ctrlkey"); code != 0 {
+		t.Fatalf("cluster add: %s %s", out, errOut)
+	}
+	out, errOut, code := flynn("-a", "oneoff", "run", "sh", "-c", "echo $GREETING from $FLYNN_APP_NAME")
+	if code != 0 || !strings.Contains(out, "hello from oneoff") {
+		t.Fatalf("flynn run: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	_, _, code = flynn("-a", "oneoff", "run", "sh", "-c", "exit 3")
+	if code != 3 {
+		t.Fatalf("flynn run exit 3: got exit %d", code)
+	}
+	out, errOut, code = flynn("-a", "oneoff", "run", "-d", "sleep", "1")
+	if code != 0 {
+		t.Fatalf("flynn run -d: exit %d %q %q", code, out, errOut)
+	}
+	jobs, err := cc.JobList(ctx, app.ID)
+	if err != nil || len(jobs) == 0 {
+		t.Fatalf("controller lists no jobs of the app: %v, %v", jobs, err)
+	}
+}

@@ -152,6 +152,8 @@ func DefaultManifest() *Manifest {
 	ctl.Env["LOGAGGREGATOR_URL"] = "http://${LISTEN_IP}:${LOGAGG_PORT}"
 	ctl.Env["DISCOVERD"] = "${DISCOVERD}"
 	ctl.Env["CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	ctl.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}" // discoverd registration, one-off jobs
+	ctl.Env["EXTERNAL_IP"] = "${LISTEN_IP}"
 
 	sched := proc("", "", "scheduler", "--etcd", "${ETCD_ENDPOINTS}")
 	sched.Env = map[string]string{

@@ -33,11 +33,12 @@ test: deps build vet
 test-short: build
 	$(GO) test -short ./...
 
-up:
-	@echo "make up: not yet (the single-node cluster arrives with the bootstrap issue)"; exit 1
+up: build
+	bin/flynn-host up
 
 down:
-	@echo "make down: not yet (the single-node cluster arrives with the bootstrap issue)"; exit 1
+	@test -x bin/flynn-host || $(MAKE) build
+	bin/flynn-host down
 
 clean:
 	rm -rf bin

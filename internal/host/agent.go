@@ -22,6 +22,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/host/runtime"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
@@ -91,6 +92,7 @@ type Agent struct {
 	wg      sync.WaitGroup      // job watchers
 	runCtx  context.Context
 	stopRun context.CancelFunc
+	ship    *logShipper // nil without discoverd
 }
 
 // job is the agent's record of one job.
@@ -159,6 +161,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		jobs: map[string]*job{}, subs: map[chan *api.HostJobEvent]bool{}, regs: map[string]*jobRegs{},
 	}
 	a.runCtx, a.stopRun = context.WithCancel(context.Background())
+	if cfg.Discoverd != "" {
+		a.ship = newLogShipper(a, discoverdclient.New(cfg.Discoverd, cfg.Keys[0]), cfg.Keys[0])
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketJobs)
 		if err != nil {
@@ -208,6 +213,10 @@ func (a *Agent) URL() string {
 // then waits for its goroutines and closes the state. Jobs keep running.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.db.Close()
+	if a.ship != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.ship.run(a.runCtx) }()
+	}
 	a.mu.Lock()
 	for id, j := range a.jobs {
 		if running(j.active.Status) {

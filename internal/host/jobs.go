@@ -88,6 +88,9 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 
 // watch follows a running job until it ends; the caller holds a.mu.
 func (a *Agent) watch(id string, j *job) {
+	if a.ship != nil {
+		a.ship.follow(id, j.active.Job, j.active.CreatedAt)
+	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

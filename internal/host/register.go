@@ -193,9 +193,9 @@ func (a *Agent) keepRegistered(ctx context.Context, jobID string, svc *api.Servi
 	defer deregister()
 	register := func() {
 		for reg == nil && ctx.Err() == nil {
-			var err error
-			reg, err = a.cfg.Registry.Register(ctx, svc.Name, addr, meta)
+			r, err := a.cfg.Registry.Register(ctx, svc.Name, addr, meta)
 			if err == nil {
+				reg = r // not on error: a nil *Registration in the interface is not nil
 				log.Info("job registered")
 				return
 			}

@@ -138,6 +138,17 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
+	if spec.HostNetwork {
+		// A host network job listens on the host: a port it names is
+		// its host port.
+		for i, p := range spec.Ports {
+			if p.Port != 0 {
+				r.cfg.Network.Release(hostPorts[i : i+1])
+				hostPorts[i] = p.Port
+				r.cfg.Network.Reserve(hostPorts[i : i+1])
+			}
+		}
+	}
 	st := &jobState{Spec: spec, HostPorts: hostPorts, Cgroups: "/" + r.cfg.CgroupParent + "/" + spec.ID}
 	if err := writeJSON(filepath.Join(dir, "state.json"), st); err != nil {
 		r.cfg.Network.Release(hostPorts)

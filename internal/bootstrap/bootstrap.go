@@ -1,0 +1,596 @@
+package bootstrap
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/internal/image"
+)
+
+// MarkerKey is the etcd key that records a finished bootstrap.
+const MarkerKey = "/flynn/bootstrap"
+
+// Ports are the host ports the system components listen on (they all run
+// with host networking).
+type Ports struct {
+	Controller, HTTP, HTTPS, RouterAPI, Blobstore, Logagg, GitHTTP, GitSSH int
+}
+
+// DefaultPorts are the ports of a production cluster.
+var DefaultPorts = Ports{Controller: 1200, HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222}
+
+// Config says which cluster to bootstrap and how.
+type Config struct {
+	// DiscoverdURL is a host's discoverd API; Token the cluster token.
+	DiscoverdURL string
+	Token        string
+	// Domain is CLUSTER_DOMAIN: apps are served at <app>.<Domain>.
+	Domain string
+	// StateDir is where the secrets, certificates, the busybox layer and
+	// the system apps' data are kept on this host.
+	StateDir string
+	// FlynnHost is the flynn-host binary bind-mounted into system jobs
+	// (default: this executable).
+	FlynnHost string
+	// Busybox is the busybox binary of the system jobs' rootfs.
+	Busybox string
+	Ports   Ports
+	// Manifest is the steps to run (default DefaultManifest()).
+	Manifest *Manifest
+	// StackLayer is the build stack's layer tar on this host, given to
+	// gitreceive as $STACK_URL (file://...).
+	StackLayer string
+	// StartJobs makes deploy-app start the jobs itself, as run-app does,
+	// instead of waiting for the scheduler to start them.
+	StartJobs bool
+	// Out gets one progress line per step.
+	Out io.Writer
+}
+
+// Result is what a bootstrapped cluster's users need.
+type Result struct {
+	Domain string `json:"domain"`
+	// Key is the controller (cluster API) key.
+	Key string `json:"key"`
+	// Pin is base64 sha256 of the wildcard certificate's DER.
+	Pin string `json:"pin"`
+	// CACert is the cluster CA (PEM).
+	CACert string `json:"ca_cert"`
+	// ControllerURL and GitURL reach the controller and gitreceive
+	// without the router (on the host's cluster address).
+	ControllerURL string `json:"controller_url"`
+	GitURL        string `json:"git_url"`
+	// AlreadyDone is set when the cluster was bootstrapped before.
+	AlreadyDone bool `json:"-"`
+}
+
+// ClusterAddLine is the command that adds the cluster to a flynn CLI.
+func (r *Result) ClusterAddLine(name string) string {
+	return fmt.Sprintf("flynn cluster add -p %s %s %s %s", r.Pin, name, r.Domain, r.Key)
+}
+
+// run is the state of one bootstrap.
+type run struct {
+	cfg    Config
+	log    *slog.Logger
+	vars   map[string]string
+	hosts  []*api.Host
+	etcd   *clientv3.Client
+	ctl    *controllerclient.Client
+	res    *Result
+	art    *api.Artifact
+	apps   map[string]*appState
+	tlsDir string
+}
+
+// appState is what the bootstrap made of one system app.
+type appState struct {
+	app     *api.App
+	release *api.Release
+	started bool
+}
+
+// Run bootstraps the cluster. On a cluster bootstrapped before it changes
+// nothing and returns the recorded result with AlreadyDone set.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
+	if cfg.Domain == "" {
+		return nil, errors.New("bootstrap: the cluster domain is required")
+	}
+	if cfg.Manifest == nil {
+		cfg.Manifest = DefaultManifest()
+	}
+	if err := cfg.Manifest.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Ports == (Ports{}) {
+		cfg.Ports = DefaultPorts
+	}
+	if cfg.FlynnHost == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cfg.FlynnHost = exe
+	}
+	if cfg.Busybox == "" {
+		cfg.Busybox = image.DefaultBusybox
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	r := &run{cfg: cfg, log: log, apps: map[string]*appState{}, tlsDir: filepath.Join(cfg.StateDir, "bootstrap")}
+	dc := &httpclient.Client{URL: strings.TrimSuffix(cfg.DiscoverdURL, "/"), Key: cfg.Token}
+	var info api.ClusterInfo
+	if err := dc.Do(ctx, "GET", "/grid/cluster", nil, &info); err != nil {
+		return nil, fmt.Errorf("bootstrap: ask discoverd at %s about the cluster (is flynn-host daemon running?): %w", cfg.DiscoverdURL, err)
+	}
+	var st api.GridStatus
+	if err := dc.Do(ctx, "GET", "/grid/status", nil, &st); err != nil {
+		return nil, fmt.Errorf("bootstrap: list hosts: %w", err)
+	}
+	if len(st.Hosts) == 0 {
+		return nil, errors.New("bootstrap: no host is up: start flynn-host daemon first")
+	}
+	sort.Slice(st.Hosts, func(i, j int) bool { return st.Hosts[i].ID < st.Hosts[j].ID })
+	for _, h := range st.Hosts {
+		if h.ID == st.HostID { // the host we talk to goes first
+			r.hosts = append([]*api.Host{h}, r.hosts...)
+		} else {
+			r.hosts = append(r.hosts, h)
+		}
+	}
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: etcd: %w", err)
+	}
+	defer etcd.Close()
+	r.etcd = etcd
+	if prev, err := r.marker(ctx); err != nil || prev != nil {
+		return prev, err
+	}
+	listenIP := r.hosts[0].Addr
+	p := cfg.Ports
+	r.vars = map[string]string{
+		"CLUSTER_DOMAIN":  cfg.Domain,
+		"CLUSTER_TOKEN":   cfg.Token,
+		"DISCOVERD":       strings.TrimSuffix(cfg.DiscoverdURL, "/"),
+		"ETCD_ENDPOINTS":  strings.Join(info.EtcdEndpoints, ","),
+		"LISTEN_IP":       listenIP,
+		"CONTROLLER_PORT": strconv.Itoa(p.Controller),
+		"HTTP_PORT":       strconv.Itoa(p.HTTP),
+		"HTTPS_PORT":      strconv.Itoa(p.HTTPS),
+		"ROUTER_API_PORT": strconv.Itoa(p.RouterAPI),
+		"BLOBSTORE_PORT":  strconv.Itoa(p.Blobstore),
+		"LOGAGG_PORT":     strconv.Itoa(p.Logagg),
+		"GIT_HTTP_PORT":   strconv.Itoa(p.GitHTTP),
+		"GIT_SSH_PORT":    strconv.Itoa(p.GitSSH),
+	}
+	if cfg.StackLayer != "" {
+		r.vars["STACK_URL"] = "file://" + cfg.StackLayer
+	}
+	r.res = &Result{
+		Domain:        cfg.Domain,
+		ControllerURL: "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.Controller)),
+		GitURL:        "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.GitHTTP)),
+	}
+	for _, s := range cfg.Manifest.Steps {
+		start := time.Now()
+		err := r.step(ctx, s)
+		switch {
+		case err != nil && s.Optional:
+			fmt.Fprintf(cfg.Out, "%-24s skipped (optional): %v\n", s.ID, err)
+		case err != nil:
+			fmt.Fprintf(cfg.Out, "%-24s FAILED\n", s.ID)
+			return nil, fmt.Errorf("bootstrap step %s (%s): %w", s.ID, s.Action, err)
+		default:
+			fmt.Fprintf(cfg.Out, "%-24s done in %s\n", s.ID, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	b, _ := json.Marshal(r.res)
+	if _, err := etcd.Put(ctx, MarkerKey, string(b)); err != nil {
+		return nil, fmt.Errorf("bootstrap: record completion: %w", err)
+	}
+	return r.res, nil
+}
+
+// marker returns the result of an earlier bootstrap, or nil.
+func (r *run) marker(ctx context.Context) (*Result, error) {
+	resp, err := r.etcd.Get(ctx, MarkerKey)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: read %s: %w", MarkerKey, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	res := &Result{AlreadyDone: true}
+	if err := json.Unmarshal(resp.Kvs[0].Value, res); err != nil {
+		return nil, fmt.Errorf("bootstrap: decode %s: %w", MarkerKey, err)
+	}
+	return res, nil
+}
+
+// expand replaces ${NAME} with the bootstrap's variables.
+func (r *run) expand(s string) string {
+	return os.Expand(s, func(k string) string { return r.vars[k] })
+}
+
+func (r *run) step(ctx context.Context, s *Step) error {
+	timeout := time.Duration(s.Timeout)
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	switch s.Action {
+	case ActionGenKeys:
+		r.res.Key = randomHex(16)
+		r.vars["CONTROLLER_KEY"] = r.res.Key
+		r.vars["ROUTER_COOKIE_KEY"] = randomHex(32)
+		return nil
+	case ActionGenTLS:
+		return r.genTLS()
+	case ActionRunApp:
+		return r.runApp(ctx, s.App)
+	case ActionWaitController:
+		return r.waitController(ctx, timeout)
+	case ActionAddApp:
+		return r.addApp(ctx, s.App)
+	case ActionDeployApp:
+		if r.cfg.StartJobs {
+			if err := r.runApp(ctx, s.App); err != nil {
+				return err
+			}
+		}
+		if err := r.addApp(ctx, s.App); err != nil {
+			return err
+		}
+		return r.waitApp(ctx, s.App, timeout)
+	case ActionAddRoute:
+		return r.addRoute(ctx, s)
+	case ActionWaitHTTP:
+		return waitHTTP(ctx, r.expand(s.URL), r.expand(s.Host), s.Status, timeout)
+	}
+	return fmt.Errorf("unknown action %q", s.Action)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// artifact is the system apps' image: a busybox layer (kept under the
+// state dir) that the flynn-host binary is bind-mounted into.
+func (r *run) artifact() (*api.Artifact, error) {
+	if r.art != nil {
+		return r.art, nil
+	}
+	file := filepath.Join(r.tlsDir, "busybox.tar.gz")
+	if _, err := os.Stat(file); err != nil {
+		tmp := file + ".tmp"
+		f, err := os.Create(tmp)
+		if err != nil {
+			return nil, err
+		}
+		if err := image.WriteBusyboxLayer(f, r.cfg.Busybox); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("busybox layer: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return nil, err
+		}
+		if err := os.Rename(tmp, file); err != nil {
+			return nil, err
+		}
+	}
+	digest, err := image.FileDigest(file)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return nil, err
+	}
+	r.art = &api.Artifact{
+		ID: uuid.NewString(), Type: api.ArtifactTypeFlynn, URI: "file://" + file,
+		Meta: map[string]string{"flynn.component": "system"},
+		Manifest: &api.ImageManifest{Type: api.ManifestType, Rootfs: []*api.ImageRootfs{{
+			Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"},
+			Layers: []*api.ImageLayer{{
+				ID: digest, Type: api.LayerTypeTarGz, Length: fi.Size(),
+				Hashes: map[string]string{"sha256": digest}, URL: "file://" + file,
+			}},
+		}}},
+	}
+	return r.art, nil
+}
+
+// release builds the app's release: the manifest's process types with the
+// variables filled in, ports set from $PORT, and the mounts every system
+// job needs.
+func (r *run) release(name string) (*appState, error) {
+	if st := r.apps[name]; st != nil {
+		return st, nil
+	}
+	spec := r.cfg.Manifest.Apps[name]
+	art, err := r.artifact()
+	if err != nil {
+		return nil, err
+	}
+	dataDir := filepath.Join(r.cfg.StateDir, "data", name)
+	if spec.DataDir {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			return nil, err
+		}
+		if !spec.Root {
+			os.Chown(dataDir, 65534, 65534)
+		}
+	}
+	procs := map[string]*api.ProcessType{}
+	for typ, p := range spec.Processes {
+		q := *p
+		q.Args = nil
+		for _, a := range p.Args {
+			q.Args = append(q.Args, r.expand(a))
+		}
+		q.Env = map[string]string{}
+		for k, v := range p.Env {
+			q.Env[k] = r.expand(v)
+		}
+		q.Ports = nil
+		for i, pt := range p.Ports {
+			if pt.Port == 0 && i == 0 && q.Env["PORT"] != "" {
+				pt.Port, _ = strconv.Atoi(q.Env["PORT"])
+			}
+			if pt.Port == 0 {
+				return nil, fmt.Errorf("app %s: process %s: port %d has no number (set PORT)", name, typ, i)
+			}
+			q.Ports = append(q.Ports, pt)
+		}
+		q.Mounts = append(append([]api.Mount(nil), p.Mounts...),
+			api.Mount{Location: r.cfg.FlynnHost, Target: "/bin/flynn-host"},
+			api.Mount{Location: r.tlsDir + "/public", Target: "/etc/flynn"},
+		)
+		if spec.Root {
+			q.Mounts[len(q.Mounts)-1].Location = r.tlsDir
+		}
+		if spec.DataDir {
+			q.Mounts = append(q.Mounts, api.Mount{Location: dataDir, Target: "/data", Writeable: true})
+		}
+		procs[typ] = &q
+	}
+	meta := map[string]string{api.MetaSystemApp: "true"}
+	if spec.Critical {
+		meta[api.MetaSystemCritical] = "true"
+	}
+	appID := uuid.NewString()
+	st := &appState{
+		app:     &api.App{ID: appID, Name: name, Meta: meta},
+		release: &api.Release{ID: uuid.NewString(), AppID: appID, ArtifactIDs: []string{art.ID}, Processes: procs, Meta: map[string]string{api.MetaSystemApp: "true"}},
+	}
+	r.apps[name] = st
+	return st, nil
+}
+
+// runApp starts the app's formation directly: one job per count on the
+// first host, omni types on every host.
+func (r *run) runApp(ctx context.Context, name string) error {
+	st, err := r.release(name)
+	if err != nil {
+		return err
+	}
+	spec := r.cfg.Manifest.Apps[name]
+	types := make([]string, 0, len(spec.Formation))
+	for t := range spec.Formation {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	for _, typ := range types {
+		proc := st.release.Processes[typ]
+		hosts := r.hosts[:1]
+		n := spec.Formation[typ]
+		if proc.Omni {
+			hosts, n = r.hosts, 1
+		}
+		for _, h := range hosts {
+			for i := 0; i < n; i++ {
+				if err := r.startJob(ctx, h, st, typ, spec.Root); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	st.started = true
+	return nil
+}
+
+func (r *run) startJob(ctx context.Context, h *api.Host, st *appState, typ string, root bool) error {
+	proc := st.release.Processes[typ]
+	env := maps.Clone(st.release.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	maps.Copy(env, proc.Env)
+	hj := &api.HostJob{
+		ID:        h.ID + "-" + uuid.NewString(),
+		Artifacts: []*api.Artifact{r.art},
+		Metadata: map[string]string{
+			api.JobMetaApp: st.app.ID, api.JobMetaAppName: st.app.Name,
+			api.JobMetaRelease: st.release.ID, api.JobMetaProcessType: typ,
+		},
+		Config: api.HostJobConfig{
+			Args: proc.Args, Env: env, Ports: proc.Ports, Mounts: proc.Mounts, HostNetwork: proc.HostNetwork,
+		},
+		Resources: proc.Resources,
+	}
+	if root {
+		zero := uint32(0)
+		hj.Config.Uid, hj.Config.Gid = &zero, &zero
+	}
+	hc := hostclient.New(h.URL, r.cfg.Token)
+	aj, err := hc.AddJob(ctx, hj)
+	if err != nil {
+		return fmt.Errorf("start %s/%s on host %s: %w", st.app.Name, typ, h.ID, err)
+	}
+	if aj.Status != api.HostJobRunning && aj.Status != api.HostJobStarting {
+		msg := aj.Status
+		if aj.Error != nil {
+			msg += ": " + *aj.Error
+		}
+		return fmt.Errorf("start %s/%s on host %s: %s", st.app.Name, typ, h.ID, msg)
+	}
+	r.log.Info("system job started", "app", st.app.Name, "type", typ, "job", hj.ID)
+	return nil
+}
+
+func (r *run) waitController(ctx context.Context, timeout time.Duration) error {
+	r.ctl = controllerclient.New(r.res.ControllerURL, r.res.Key)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := r.ctl.ListApps(pctx)
+		pcancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the controller at %s did not answer: %w", r.res.ControllerURL, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// addApp registers the app, its artifact, release and formation in the
+// controller, and makes the release current.
+func (r *run) addApp(ctx context.Context, name string) error {
+	if r.ctl == nil {
+		return errors.New("the controller is not up yet: put wait-controller first")
+	}
+	st, err := r.release(name)
+	if err != nil {
+		return err
+	}
+	if _, err := r.ctl.GetArtifact(ctx, r.art.ID); errors.Is(err, api.ErrNotFound) {
+		if err := r.ctl.CreateArtifact(ctx, r.art); err != nil {
+			return fmt.Errorf("create artifact: %w", err)
+		}
+	}
+	app := *st.app
+	if err := r.ctl.CreateApp(ctx, &app); err != nil {
+		return fmt.Errorf("create app %s: %w", name, err)
+	}
+	rel := *st.release
+	if err := r.ctl.CreateRelease(ctx, &rel); err != nil {
+		return fmt.Errorf("create release of %s: %w", name, err)
+	}
+	if err := r.ctl.PutFormation(ctx, &api.Formation{AppID: st.app.ID, ReleaseID: st.release.ID, Processes: r.cfg.Manifest.Apps[name].Formation}); err != nil {
+		return fmt.Errorf("put formation of %s: %w", name, err)
+	}
+	if err := r.ctl.SetAppRelease(ctx, st.app.ID, st.release.ID); err != nil {
+		return fmt.Errorf("set release of %s: %w", name, err)
+	}
+	return nil
+}
+
+// waitApp waits until every port of the app's processes accepts
+// connections on the first host.
+func (r *run) waitApp(ctx context.Context, name string, timeout time.Duration) error {
+	st := r.apps[name]
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for typ, p := range st.release.Processes {
+		if r.cfg.Manifest.Apps[name].Formation[typ] == 0 {
+			continue
+		}
+		for _, pt := range p.Ports {
+			addr := net.JoinHostPort(r.vars["LISTEN_IP"], strconv.Itoa(pt.Port))
+			for {
+				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+				if err == nil {
+					c.Close()
+					break
+				}
+				select {
+				case <-ctx.Done():
+					hint := ""
+					if !st.started {
+						hint = " (the scheduler starts it: is the scheduler running?)"
+					}
+					return fmt.Errorf("%s/%s is not listening on %s%s", name, typ, addr, hint)
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (r *run) addRoute(ctx context.Context, s *Step) error {
+	st := r.apps[s.App]
+	if st == nil {
+		return fmt.Errorf("app %s was not added before its route", s.App)
+	}
+	rt := &api.Route{Type: "http", Domain: r.expand(s.Domain), Service: r.expand(s.Service)}
+	if err := r.ctl.CreateRoute(ctx, st.app.ID, rt); err != nil && !errors.Is(err, api.ErrConflict) {
+		return fmt.Errorf("route %s: %w", rt.Domain, err)
+	}
+	return nil
+}
+
+// waitHTTP polls url (with Host header host) until it answers with one of
+// want (any status below 500 when want is empty).
+func waitHTTP(ctx context.Context, url, host string, want []int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last string
+	for {
+		req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+		if err != nil {
+			return err
+		}
+		if host != "" {
+			req.Host = host
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err == nil {
+			res.Body.Close()
+			ok := len(want) == 0 && res.StatusCode < 500
+			for _, w := range want {
+				ok = ok || res.StatusCode == w
+			}
+			if ok {
+				return nil
+			}
+			last = res.Status
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s (host %s) did not answer as expected; last: %s", url, host, last)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,225 @@
+// Package bootstrap brings a cluster of running flynn-host daemons up to a
+// working platform: it runs a manifest of ordered steps that generate the
+// cluster's secrets and certificates, start the controller and the
+// scheduler as jobs, register every system app in the controller with
+// releases and formations (so the scheduler keeps them running), deploy
+// the router, blobstore, gitreceive and logaggregator, add the platform's
+// routes, wait for health, and record that the cluster is bootstrapped so
+// a second run changes nothing.
+package bootstrap
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/flynnrebuilt/flynn/api"
+)
+
+// Step actions.
+const (
+	// ActionGenKeys makes the controller key and the router cookie key.
+	ActionGenKeys = "gen-keys"
+	// ActionGenTLS makes the cluster CA and the wildcard certificate.
+	ActionGenTLS = "gen-tls-cert"
+	// ActionRunApp starts an app's jobs directly on the hosts (for the
+	// controller and the scheduler, which nothing else can start).
+	ActionRunApp = "run-app"
+	// ActionWaitController waits until the controller answers.
+	ActionWaitController = "wait-controller"
+	// ActionAddApp registers an app started by run-app in the controller:
+	// app, artifact, release and formation matching the running jobs, so
+	// the scheduler adopts them.
+	ActionAddApp = "add-app"
+	// ActionDeployApp registers an app with its formation and waits for
+	// the scheduler to run it.
+	ActionDeployApp = "deploy-app"
+	// ActionAddRoute adds an HTTP route in the controller.
+	ActionAddRoute = "add-route"
+	// ActionWaitHTTP waits until a URL answers with one of Status.
+	ActionWaitHTTP = "wait-http"
+)
+
+// Manifest is the ordered list of steps and the system apps they refer to.
+type Manifest struct {
+	Steps []*Step             `json:"steps"`
+	Apps  map[string]*AppSpec `json:"apps"`
+}
+
+// Step is one step of a manifest. Strings may refer to the bootstrap's
+// variables as ${NAME} (see Vars).
+type Step struct {
+	ID     string `json:"id"`
+	Action string `json:"action"`
+	// App names an entry of Manifest.Apps (run-app, add-app, deploy-app,
+	// add-route).
+	App string `json:"app,omitempty"`
+	// Domain and Service describe an add-route step.
+	Domain  string `json:"domain,omitempty"`
+	Service string `json:"service,omitempty"`
+	// URL, Host and Status describe a wait-http step.
+	URL    string `json:"url,omitempty"`
+	Host   string `json:"host,omitempty"`
+	Status []int  `json:"status,omitempty"`
+	// Timeout bounds a waiting step (default 2 minutes).
+	Timeout api.Duration `json:"timeout,omitempty"`
+	// Optional steps may fail with a warning.
+	Optional bool `json:"optional,omitempty"`
+}
+
+// AppSpec is a system app: its process types and how many of each run.
+type AppSpec struct {
+	// Critical apps are never scaled to zero (meta flynn-system-critical).
+	Critical  bool                        `json:"critical,omitempty"`
+	Processes map[string]*api.ProcessType `json:"processes"`
+	Formation map[string]int              `json:"formation"`
+	// Root runs the app's processes as uid 0 (the router binds :80).
+	Root bool `json:"root,omitempty"`
+	// DataDir mounts <state-dir>/data/<app> writable at /data.
+	DataDir bool `json:"data_dir,omitempty"`
+}
+
+// LoadManifest reads a JSON manifest.
+func LoadManifest(file string) (*Manifest, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manifest{}
+	if err := json.Unmarshal(b, m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", file, err)
+	}
+	return m, m.Validate()
+}
+
+// Validate checks that the steps are known and refer to known apps.
+func (m *Manifest) Validate() error {
+	if len(m.Steps) == 0 {
+		return fmt.Errorf("manifest has no steps")
+	}
+	for i, s := range m.Steps {
+		if s == nil {
+			return fmt.Errorf("manifest step %d is null", i)
+		}
+		switch s.Action {
+		case ActionGenKeys, ActionGenTLS, ActionWaitController:
+		case ActionRunApp, ActionAddApp, ActionDeployApp, ActionAddRoute:
+			if m.Apps[s.App] == nil {
+				return fmt.Errorf("manifest step %d (%s): unknown app %q", i, s.Action, s.App)
+			}
+			if s.Action == ActionAddRoute && (s.Domain == "" || s.Service == "") {
+				return fmt.Errorf("manifest step %d (add-route): domain and service are required", i)
+			}
+		case ActionWaitHTTP:
+			if s.URL == "" {
+				return fmt.Errorf("manifest step %d (wait-http): url is required", i)
+			}
+		default:
+			return fmt.Errorf("manifest step %d: unknown action %q", i, s.Action)
+		}
+	}
+	for name, a := range m.Apps {
+		if a == nil || len(a.Processes) == 0 {
+			return fmt.Errorf("manifest app %q has no processes", name)
+		}
+		for typ := range a.Formation {
+			if a.Processes[typ] == nil {
+				return fmt.Errorf("manifest app %q: formation names unknown process type %q", name, typ)
+			}
+		}
+	}
+	return nil
+}
+
+// DefaultManifest is the platform's own manifest. The system components
+// all run `flynn-host component ...` with host networking on the ports of
+// Config.Ports.
+func DefaultManifest() *Manifest {
+	proc := func(svc, portVar string, args ...string) *api.ProcessType {
+		p := &api.ProcessType{Args: append([]string{"/bin/flynn-host", "component"}, args...), HostNetwork: true}
+		if svc != "" {
+			// The port number is filled in from the variable at run time.
+			p.Ports = []api.Port{{Proto: "tcp", Service: &api.Service{Name: svc, Create: true}}}
+			p.Env = map[string]string{"PORT": "${" + portVar + "}"}
+		}
+		return p
+	}
+	ctl := proc("controller", "CONTROLLER_PORT", "controller")
+	ctl.Env["ETCD_ENDPOINTS"] = "${ETCD_ENDPOINTS}"
+	ctl.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
+	ctl.Env["CLUSTER_DOMAIN"] = "${CLUSTER_DOMAIN}"
+	ctl.Env["CA_CERT_FILE"] = "/etc/flynn/ca.crt"
+	ctl.Env["LOGAGGREGATOR_URL"] = "http://${LISTEN_IP}:${LOGAGG_PORT}"
+	ctl.Env["DISCOVERD"] = "${DISCOVERD}"
+	ctl.Env["CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	ctl.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}" // discoverd registration, one-off jobs
+	ctl.Env["EXTERNAL_IP"] = "${LISTEN_IP}"
+
+	sched := proc("", "", "scheduler", "--etcd", "${ETCD_ENDPOINTS}")
+	sched.Env = map[string]string{
+		"FLYNN_ETCD":     "${ETCD_ENDPOINTS}",
+		"ETCD_ENDPOINTS": "${ETCD_ENDPOINTS}",
+		"CONTROLLER_URL": "http://${LISTEN_IP}:${CONTROLLER_PORT}",
+		"CONTROLLER_KEY": "${CONTROLLER_KEY}",
+		"AUTH_KEY":       "${CONTROLLER_KEY}",
+		"CLUSTER_TOKEN":  "${CLUSTER_TOKEN}",
+		// The scheduler's name for the token the host agents accept.
+		"FLYNN_CLUSTER_TOKEN": "${CLUSTER_TOKEN}",
+		"DISCOVERD":           "${DISCOVERD}",
+	}
+
+	router := &api.ProcessType{
+		Args: []string{"/bin/flynn-host", "component", "router",
+			"--http-addr", ":${HTTP_PORT}", "--https-addr", ":${HTTPS_PORT}",
+			"--api-addr", "${LISTEN_IP}:${ROUTER_API_PORT}",
+			"--etcd", "${ETCD_ENDPOINTS}", "--discoverd", "${DISCOVERD}", "--token", "${CLUSTER_TOKEN}",
+			"--tls-cert", "/etc/flynn/tls.crt", "--tls-key", "/etc/flynn/tls.key",
+			"--cookie-key", "${ROUTER_COOKIE_KEY}"},
+		HostNetwork: true, Omni: true,
+		Ports: []api.Port{{Port: 0, Proto: "tcp", Service: &api.Service{Name: "router-api", Create: true}}},
+		Env:   map[string]string{"PORT": "${ROUTER_API_PORT}"},
+	}
+
+	blob := proc("blobstore", "BLOBSTORE_PORT", "blobstore", "--dir", "/data")
+	blob.Env["FLYNN_AUTH_KEY"] = "${CONTROLLER_KEY}"
+	logagg := proc("logaggregator", "LOGAGG_PORT", "logaggregator")
+
+	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")
+	git.Env["SSH_PORT"] = "${GIT_SSH_PORT}"
+	git.Env["CONTROLLER_URL"] = "http://${LISTEN_IP}:${CONTROLLER_PORT}"
+	git.Env["CONTROLLER_KEY"] = "${CONTROLLER_KEY}"
+	git.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
+	git.Env["BLOBSTORE_URL"] = "http://${LISTEN_IP}:${BLOBSTORE_PORT}"
+	git.Env["DISCOVERD"] = "${DISCOVERD}"
+	git.Env["STACK_URL"] = "${STACK_URL}"
+	git.Env["CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+
+	return &Manifest{
+		Apps: map[string]*AppSpec{
+			"controller":    {Critical: true, Processes: map[string]*api.ProcessType{"web": ctl}, Formation: map[string]int{"web": 1}},
+			"scheduler":     {Critical: true, Processes: map[string]*api.ProcessType{"scheduler": sched}, Formation: map[string]int{"scheduler": 1}},
+			"router":        {Critical: true, Root: true, Processes: map[string]*api.ProcessType{"app": router}, Formation: map[string]int{"app": 1}},
+			"blobstore":     {Critical: true, DataDir: true, Processes: map[string]*api.ProcessType{"web": blob}, Formation: map[string]int{"web": 1}},
+			"logaggregator": {Processes: map[string]*api.ProcessType{"app": logagg}, Formation: map[string]int{"app": 1}},
+			"gitreceive":    {DataDir: true, Processes: map[string]*api.ProcessType{"app": git}, Formation: map[string]int{"app": 1}},
+		},
+		Steps: []*Step{
+			{ID: "keys", Action: ActionGenKeys},
+			{ID: "tls", Action: ActionGenTLS},
+			{ID: "controller", Action: ActionRunApp, App: "controller"},
+			{ID: "wait-controller", Action: ActionWaitController},
+			{ID: "controller-inception", Action: ActionAddApp, App: "controller"},
+			{ID: "scheduler", Action: ActionRunApp, App: "scheduler"},
+			{ID: "scheduler-app", Action: ActionAddApp, App: "scheduler"},
+			{ID: "logaggregator", Action: ActionDeployApp, App: "logaggregator"},
+			{ID: "blobstore", Action: ActionDeployApp, App: "blobstore"},
+			{ID: "router", Action: ActionDeployApp, App: "router"},
+			{ID: "gitreceive", Action: ActionDeployApp, App: "gitreceive", Optional: true},
+			{ID: "route-controller", Action: ActionAddRoute, App: "controller", Domain: "controller.${CLUSTER_DOMAIN}", Service: "controller"},
+			{ID: "route-git", Action: ActionAddRoute, App: "gitreceive", Domain: "git.${CLUSTER_DOMAIN}", Service: "gitreceive"},
+			{ID: "wait-controller-route", Action: ActionWaitHTTP, URL: "http://127.0.0.1:${HTTP_PORT}/ping", Host: "controller.${CLUSTER_DOMAIN}", Status: []int{200, 401}},
+			{ID: "wait-blobstore", Action: ActionWaitHTTP, URL: "http://${LISTEN_IP}:${BLOBSTORE_PORT}/", Status: []int{200, 401, 404}},
+			{ID: "wait-logaggregator", Action: ActionWaitHTTP, URL: "http://${LISTEN_IP}:${LOGAGG_PORT}/.well-known/status", Status: []int{200}},
+		},
+	}
+}

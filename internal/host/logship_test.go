@@ -1,0 +1,90 @@
+package host_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/client/logaggclient"
+	"github.com/flynnrebuilt/flynn/internal/discoverd"
+	"github.com/flynnrebuilt/flynn/internal/etcdtest"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+	"github.com/flynnrebuilt/flynn/internal/logagg"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+)
+
+// TestLogShipping runs a real job of an app and reads its output back from
+// a log aggregator the agent found through discoverd.
+func TestLogShipping(t *testing.T) {
+	a := startAgent(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	store := discoverd.NewStore(etcdtest.Client(t), time.Second)
+	dsrv := httptest.NewServer(discoverd.Handler(store, httpapi.NewKeyAuth(testToken), logging.Discard()))
+	defer dsrv.Close()
+	lsrv := httptest.NewServer(logagg.NewServer(logagg.Config{}, logging.Discard()).Handler())
+	defer lsrv.Close()
+	disc := discoverdclient.New(dsrv.URL, testToken)
+	reg, err := disc.Register(ctx, "logaggregator", strings.TrimPrefix(lsrv.URL, "http://"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Deregister(context.Background())
+
+	a.stop()
+	a.args = append(a.args, "--discoverd", dsrv.URL)
+	a.start()
+
+	j := busyboxJob("ship1", "sh", "-c", "echo out-line; echo err-line >&2")
+	j.Metadata = map[string]string{api.JobMetaApp: "app-1", api.JobMetaProcessType: "web"}
+	a.add(j)
+	// A job without an app is not shipped.
+	a.add(busyboxJob("ship2", "echo", "no-app"))
+
+	lc := logaggclient.New(lsrv.URL, "", nil)
+	type line struct{ Job, Type, Stream, Msg string }
+	want := []line{{"ship1", "web", "stderr", "err-line"}, {"ship1", "web", "stdout", "out-line"}}
+	var got []line
+	for {
+		r, err := lc.Read(ctx, "app-1", logaggclient.ReadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for {
+			m, err := r.Next()
+			if err != nil {
+				break
+			}
+			if m.Timestamp.IsZero() {
+				t.Errorf("line %q has no timestamp", m.Msg)
+			}
+			got = append(got, line{m.JobID, m.ProcessType, m.Stream, m.Msg})
+		}
+		r.Close()
+		if len(got) >= 2 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// stdout and stderr are separate pipes: their order is not fixed.
+	if len(got) == 2 && got[0].Stream == "stdout" {
+		got[0], got[1] = got[1], got[0]
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("shipped lines (-want +got):\n%s", d)
+	}
+	// The host still has the job's log.
+	l, err := a.client.JobLog(ctx, "ship1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+}

@@ -93,22 +93,24 @@ func (r *Result) ClusterAddLine(name string) string {
 
 // run is the state of one bootstrap.
 type run struct {
-	cfg    Config
-	log    *slog.Logger
-	vars   map[string]string
-	hosts  []*api.Host
-	etcd   *clientv3.Client
-	ctl    *controllerclient.Client
-	res    *Result
-	art    *api.Artifact
-	apps   map[string]*appState
-	tlsDir string
+	cfg      Config
+	log      *slog.Logger
+	vars     map[string]string
+	hosts    []*api.Host
+	etcd     *clientv3.Client
+	ctl      *controllerclient.Client
+	res      *Result
+	art      *api.Artifact
+	stackArt *api.Artifact
+	apps     map[string]*appState
+	tlsDir   string
 }
 
 // appState is what the bootstrap made of one system app.
 type appState struct {
 	app     *api.App
 	release *api.Release
+	art     *api.Artifact
 	started bool
 }
 
@@ -187,8 +189,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		"GIT_HTTP_PORT":   strconv.Itoa(p.GitHTTP),
 		"GIT_SSH_PORT":    strconv.Itoa(p.GitSSH),
 	}
+	r.vars["FLYNN_HOST_BIN"] = cfg.FlynnHost
 	if cfg.StackLayer != "" {
+		digest, err := stackDigest(cfg.StackLayer)
+		if err != nil {
+			return nil, fmt.Errorf("stack layer: %w", err)
+		}
 		r.vars["STACK_URL"] = "file://" + cfg.StackLayer
+		r.vars["STACK_SHA256"] = digest
 	}
 	r.res = &Result{
 		Domain:        cfg.Domain,
@@ -314,7 +322,11 @@ func (r *run) artifact() (*api.Artifact, error) {
 	r.art = &api.Artifact{
 		ID: uuid.NewString(), Type: api.ArtifactTypeFlynn, URI: "file://" + file,
 		Meta: map[string]string{"flynn.component": "system"},
-		Manifest: &api.ImageManifest{Type: api.ManifestType, Rootfs: []*api.ImageRootfs{{
+		// System components run as root (host ports, the cluster's TLS
+		// key, the state dir); apps run as an unprivileged user.
+		Manifest: &api.ImageManifest{Type: api.ManifestType, Entrypoints: map[string]*api.Entrypoint{
+			"_default": {Uid: &rootID, Gid: &rootID},
+		}, Rootfs: []*api.ImageRootfs{{
 			Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"},
 			Layers: []*api.ImageLayer{{
 				ID: digest, Type: api.LayerTypeTarGz, Length: fi.Size(),
@@ -324,6 +336,8 @@ func (r *run) artifact() (*api.Artifact, error) {
 	}
 	return r.art, nil
 }
+
+var rootID uint32
 
 // release builds the app's release: the manifest's process types with the
 // variables filled in, ports set from $PORT, and the mounts every system
@@ -336,6 +350,9 @@ func (r *run) release(name string) (*appState, error) {
 	art, err := r.artifact()
 	if err != nil {
 		return nil, err
+	}
+	if spec.Stack && r.vars["STACK_URL"] != "" {
+		art = r.stackArtifact()
 	}
 	dataDir := filepath.Join(r.cfg.StateDir, "data", name)
 	if spec.DataDir {
@@ -388,8 +405,33 @@ func (r *run) release(name string) (*appState, error) {
 		app:     &api.App{ID: appID, Name: name, Meta: meta},
 		release: &api.Release{ID: uuid.NewString(), AppID: appID, ArtifactIDs: []string{art.ID}, Processes: procs, Meta: map[string]string{api.MetaSystemApp: "true"}},
 	}
+	st.art = art
 	r.apps[name] = st
 	return st, nil
+}
+
+// stackArtifact is the build stack's layer as a system image (run as root,
+// with flynn-host bind-mounted like the busybox one).
+func (r *run) stackArtifact() *api.Artifact {
+	if r.stackArt != nil {
+		return r.stackArt
+	}
+	digest := r.vars["STACK_SHA256"]
+	url := r.vars["STACK_URL"]
+	r.stackArt = &api.Artifact{
+		ID: uuid.NewString(), Type: api.ArtifactTypeFlynn, URI: url,
+		Meta: map[string]string{"flynn.component": "system", "flynn.stack": "true"},
+		Manifest: &api.ImageManifest{Type: api.ManifestType, Entrypoints: map[string]*api.Entrypoint{
+			"_default": {Uid: &rootID, Gid: &rootID},
+		}, Rootfs: []*api.ImageRootfs{{
+			Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"},
+			Layers: []*api.ImageLayer{{
+				ID: digest, Type: api.LayerTypeTar,
+				Hashes: map[string]string{"sha256": digest}, URL: url,
+			}},
+		}}},
+	}
+	return r.stackArt
 }
 
 // runApp starts the app's formation directly: one job per count on the
@@ -433,7 +475,7 @@ func (r *run) startJob(ctx context.Context, h *api.Host, st *appState, typ strin
 	maps.Copy(env, proc.Env)
 	hj := &api.HostJob{
 		ID:        h.ID + "-" + uuid.NewString(),
-		Artifacts: []*api.Artifact{r.art},
+		Artifacts: []*api.Artifact{st.art},
 		Metadata: map[string]string{
 			api.JobMetaApp: st.app.ID, api.JobMetaAppName: st.app.Name,
 			api.JobMetaRelease: st.release.ID, api.JobMetaProcessType: typ,
@@ -492,8 +534,8 @@ func (r *run) addApp(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := r.ctl.GetArtifact(ctx, r.art.ID); errors.Is(err, api.ErrNotFound) {
-		if err := r.ctl.CreateArtifact(ctx, r.art); err != nil {
+	if _, err := r.ctl.GetArtifact(ctx, st.art.ID); errors.Is(err, api.ErrNotFound) {
+		if err := r.ctl.CreateArtifact(ctx, st.art); err != nil {
 			return fmt.Errorf("create artifact: %w", err)
 		}
 	}
@@ -593,4 +635,25 @@ func waitHTTP(ctx context.Context, url, host string, want []int, timeout time.Du
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// stackDigest is the sha256 of the stack layer, cached beside it in
+// <layer>.sha256 (hashing half a gigabyte on every up would be slow).
+func stackDigest(layer string) (string, error) {
+	fi, err := os.Stat(layer)
+	if err != nil {
+		return "", err
+	}
+	cache := layer + ".sha256"
+	if ci, err := os.Stat(cache); err == nil && !ci.ModTime().Before(fi.ModTime()) {
+		if b, err := os.ReadFile(cache); err == nil && len(strings.TrimSpace(string(b))) == 64 {
+			return strings.TrimSpace(string(b)), nil
+		}
+	}
+	digest, err := image.FileDigest(layer)
+	if err != nil {
+		return "", err
+	}
+	os.WriteFile(cache, []byte(digest+"\n"), 0o644) // only a cache
+	return digest, nil
 }

@@ -77,6 +77,9 @@ type AppSpec struct {
 	Root bool `json:"root,omitempty"`
 	// DataDir mounts <state-dir>/data/<app> writable at /data.
 	DataDir bool `json:"data_dir,omitempty"`
+	// Stack runs the app on the build stack instead of busybox (gitreceive
+	// needs git), when the cluster has a stack layer.
+	Stack bool `json:"stack,omitempty"`
 }
 
 // LoadManifest reads a JSON manifest.
@@ -185,14 +188,16 @@ func DefaultManifest() *Manifest {
 	logagg := proc("logaggregator", "LOGAGG_PORT", "logaggregator")
 
 	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")
-	git.Env["SSH_PORT"] = "${GIT_SSH_PORT}"
+	git.Env["SSH_ADDR"] = ":${GIT_SSH_PORT}"
 	git.Env["CONTROLLER_URL"] = "http://${LISTEN_IP}:${CONTROLLER_PORT}"
 	git.Env["CONTROLLER_KEY"] = "${CONTROLLER_KEY}"
-	git.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
 	git.Env["BLOBSTORE_URL"] = "http://${LISTEN_IP}:${BLOBSTORE_PORT}"
 	git.Env["DISCOVERD"] = "${DISCOVERD}"
+	git.Env["ETCD_ENDPOINTS"] = "${ETCD_ENDPOINTS}"
 	git.Env["STACK_URL"] = "${STACK_URL}"
-	git.Env["CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	git.Env["STACK_SHA256"] = "${STACK_SHA256}"
+	git.Env["FLYNN_HOST_TOKEN"] = "${CLUSTER_TOKEN}"
+	git.Env["FLYNN_HOST_BIN"] = "${FLYNN_HOST_BIN}"
 
 	return &Manifest{
 		Apps: map[string]*AppSpec{
@@ -201,7 +206,7 @@ func DefaultManifest() *Manifest {
 			"router":        {Critical: true, Root: true, Processes: map[string]*api.ProcessType{"app": router}, Formation: map[string]int{"app": 1}},
 			"blobstore":     {Critical: true, DataDir: true, Processes: map[string]*api.ProcessType{"web": blob}, Formation: map[string]int{"web": 1}},
 			"logaggregator": {Processes: map[string]*api.ProcessType{"app": logagg}, Formation: map[string]int{"app": 1}},
-			"gitreceive":    {DataDir: true, Processes: map[string]*api.ProcessType{"app": git}, Formation: map[string]int{"app": 1}},
+			"gitreceive":    {DataDir: true, Stack: true, Processes: map[string]*api.ProcessType{"app": git}, Formation: map[string]int{"app": 1}},
 		},
 		Steps: []*Step{
 			{ID: "keys", Action: ActionGenKeys},

@@ -22,6 +22,8 @@ import (
 const (
 	DefaultInterval  = 10 * time.Second
 	DefaultThreshold = 2
+	// StartInterval is how often a check runs until it first passes.
+	StartInterval = 250 * time.Millisecond
 	// DefaultProbeTimeout bounds one probe when the interval is longer.
 	DefaultProbeTimeout = 2 * time.Second
 )
@@ -154,7 +156,10 @@ func (c *Checker) Monitor(ctx context.Context, fn func(healthy bool, err error))
 	}
 	healthy := false
 	passes, fails := 0, 0
-	tick := time.NewTicker(c.interval)
+	// Until the first time it is healthy, check often, so a new job gets
+	// traffic as soon as it serves; then at the configured interval.
+	starting := true
+	tick := time.NewTicker(min(c.interval, StartInterval))
 	defer tick.Stop()
 	for {
 		err := c.Check(ctx)
@@ -166,6 +171,10 @@ func (c *Checker) Monitor(ctx context.Context, fn func(healthy bool, err error))
 			if !healthy && passes >= c.threshold {
 				healthy = true
 				startDeadline = nil
+				if starting {
+					starting = false
+					tick.Reset(c.interval)
+				}
 				fn(true, nil)
 			}
 		} else {

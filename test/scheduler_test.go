@@ -223,6 +223,7 @@ func startCluster(t *testing.T, dir string) *cluster {
 // stopAppJobs stops every job of app on the hosts that answer, through
 // their agents.
 func (c *cluster) stopAppJobs(appID string) {
+	c.sched.stop() // else it replaces the jobs stopped here
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, h := range []*gridHost{c.a, c.b} {

@@ -2,7 +2,10 @@
 // `flynn-host slugrunner`): it runs a Procfile process type, or any
 // command, in the slug's directory (/app, also $HOME) after sourcing the
 // buildpacks' .profile.d/*.sh scripts and the app's .profile. The shell
-// execs the command, so signals sent to the job reach the process itself.
+// execs the command. As the container's PID 1 (an app job), slugrunner
+// stays as a small init that forwards signals to the process, because the
+// kernel drops signals to a PID 1 that has no handler for them (a plain
+// server would ignore the SIGTERM that stops it); otherwise it execs.
 // It also holds the static file server the static buildpack uses.
 package slugrunner
 
@@ -10,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -144,7 +149,46 @@ func Exec(appDir string, args []string, environ []string) error {
 	if err := os.Chdir(appDir); err != nil {
 		return fmt.Errorf("slugrunner: %w", err)
 	}
+	if os.Getpid() == 1 {
+		return runAsInit(argv, env)
+	}
 	return fmt.Errorf("slugrunner: exec %s: %w", argv[0], syscall.Exec(argv[0], argv, env))
+}
+
+// runAsInit runs argv as a child, forwards every signal to it, and exits
+// with its status (128+N when signal N ended it). It returns only when the
+// child cannot start.
+func runAsInit(argv, env []string) error {
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		signal.Stop(sigs)
+		return fmt.Errorf("slugrunner: start %s: %w", argv[0], err)
+	}
+	go func() {
+		for sig := range sigs {
+			if sig == syscall.SIGCHLD || sig == syscall.SIGURG {
+				continue // our own child's news, and Go's preemption signal
+			}
+			cmd.Process.Signal(sig)
+		}
+	}()
+	err := cmd.Wait()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	} else if err != nil {
+		code = 1
+	}
+	os.Exit(code)
+	return nil
 }
 
 // Start replaces the current process with the Procfile process type typ.

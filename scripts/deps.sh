@@ -10,6 +10,7 @@ fi
 
 # Packages for running and testing Flynn:
 #   runc                         container runtime
+#   tini                         the init (PID 1) of every job: signals, reaping
 #   busybox-static               the tiny rootfs for tests and examples
 #   containernetworking-plugins  CNI bridge, host-local, portmap
 #   iptables                     used by the CNI plugins
@@ -19,7 +20,7 @@ fi
 #   dnsutils                     dig, for DNS tests
 #   curl ca-certificates procps  what the tests and walkthrough use
 PACKAGES=(
-	runc busybox-static containernetworking-plugins iptables iproute2
+	runc tini busybox-static containernetworking-plugins iptables iproute2
 	git openssh-client debootstrap dnsutils curl ca-certificates procps
 	xz-utils
 )

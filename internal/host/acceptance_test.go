@@ -41,6 +41,20 @@ func TestJobOutputAndExit(t *testing.T) {
 	}
 }
 
+// TestStopReachesPlainProcess: a process with no SIGTERM handler of its
+// own (which the kernel would shield as PID 1) is ended by the SIGTERM of
+// stop, through the job's init, not by the SIGKILL after the grace period.
+func TestStopReachesPlainProcess(t *testing.T) {
+	a := startAgent(t)
+	a.add(busyboxJob("plain", "sleep", "1000"))
+	if _, stderr, err := a.cli("stop", "plain"); err != nil {
+		t.Fatalf("stop: %v %s", err, stderr)
+	}
+	if aj := a.waitEnded("plain"); exitStatus(aj) != 128+15 {
+		t.Fatalf("exit %d, want 143 (ended by SIGTERM)", exitStatus(aj))
+	}
+}
+
 func TestStopIgnoringSIGTERM(t *testing.T) {
 	a := startAgent(t)
 	a.add(busyboxJob("stubborn", "sh", "-c", "trap 'echo got TERM' TERM; echo ready; while true; do sleep 0.1; done"))

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -38,7 +39,15 @@ type Config struct {
 	DNS string
 	// Network attaches jobs to the bridge.
 	Network *network.Manager
+	// Init is a static init (tini) run as every job's PID 1, so signals
+	// reach the job's process and orphans are reaped. Default
+	// /usr/bin/tini-static when it exists; "none" runs jobs as PID 1.
+	Init string
 }
+
+// DefaultInit is the init jobs run under when it is installed (Debian's
+// tini package; make deps installs it).
+const DefaultInit = "/usr/bin/tini-static"
 
 // Runc runs jobs with runc. It implements Runtime.
 type Runc struct {
@@ -169,6 +178,10 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 		return nil, fmt.Errorf("start job: mount rootfs: %w", err)
 	}
 
+	if err := checkCommand(filepath.Join(dir, "rootfs"), spec); err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+
 	started := &Started{HostPorts: hostPorts}
 	env := append([]string(nil), spec.Env...)
 	var netns string
@@ -198,6 +211,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	}
 	s2 := *spec
 	s2.Env = env
+	s2.Init = r.init()
 	if err := writeJSON(filepath.Join(dir, "config.json"), ociSpec(&s2, dir, netns, st.Cgroups)); err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
@@ -490,4 +504,66 @@ func writeJSON(file string, v any) error {
 		return err
 	}
 	return os.Rename(tmp, file)
+}
+
+// init is the init binary jobs run under, or "" for none.
+func (r *Runc) init() string {
+	switch r.cfg.Init {
+	case "none":
+		return ""
+	case "":
+		if _, err := os.Stat(DefaultInit); err == nil {
+			return DefaultInit
+		}
+		return ""
+	}
+	return r.cfg.Init
+}
+
+// checkCommand fails when the job's command is certainly not in its
+// rootfs (or a mount), so a typo is reported at start, as runc would have,
+// rather than as the init's exit status 127. Anything it cannot tell for
+// sure (e.g. an absolute symlink on the way) passes.
+func checkCommand(rootfs string, spec *Spec) error {
+	if len(spec.Args) == 0 {
+		return nil
+	}
+	cmd := spec.Args[0]
+	candidates := []string{cmd}
+	if !strings.Contains(cmd, "/") {
+		candidates = nil
+		pathVar := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+		for _, kv := range spec.Env {
+			if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+				pathVar = v
+			}
+		}
+		for _, d := range filepath.SplitList(pathVar) {
+			if d != "" {
+				candidates = append(candidates, filepath.Join(d, cmd))
+			}
+		}
+	}
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return nil
+	}
+	defer root.Close()
+	for _, c := range candidates {
+		if !filepath.IsAbs(c) {
+			c = filepath.Join(spec.WorkingDir, c)
+			if !filepath.IsAbs(c) {
+				return nil // relative to an unknown working dir: let it run
+			}
+		}
+		for _, m := range spec.Mounts {
+			if filepath.Clean(m.Target) == filepath.Clean(c) {
+				return nil
+			}
+		}
+		if _, err := root.Stat(strings.TrimPrefix(c, "/")); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+	}
+	return fmt.Errorf("exec: %q: no such file or directory in the job's image", cmd)
 }

@@ -55,7 +55,13 @@ type Spec struct {
 	CPUShares uint64 `json:"cpu_shares,omitempty"`
 	MaxProcs  int64  `json:"max_procs,omitempty"`
 	MaxFD     uint64 `json:"max_fd,omitempty"`
+	// Init is a static init binary on the host (tini) run as the
+	// container's PID 1 in front of Args; empty runs Args as PID 1.
+	Init string `json:"init,omitempty"`
 }
+
+// InitPath is where a job's init is mounted in its container.
+const InitPath = "/.flynn/init"
 
 // jobCaps are the capabilities a job's root user keeps: enough to run
 // ordinary daemons, none that reach outside the container.
@@ -156,6 +162,14 @@ func ociSpec(s *Spec, bundle, netns, cgroupsPath string) *specs.Spec {
 		}
 		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: opts})
 	}
+	args := s.Args
+	if s.Init != "" {
+		// PID 1 gets no signal it has no handler for, and reaps orphans:
+		// a small init does both for the job (-g: signals go to the
+		// job's whole process group, as to a shell pipeline).
+		mounts = append(mounts, specs.Mount{Destination: InitPath, Type: "bind", Source: s.Init, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+		args = append([]string{InitPath, "-g", "--"}, s.Args...)
+	}
 	ns := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}}
 	if !s.HostNetwork {
 		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns})
@@ -167,7 +181,7 @@ func ociSpec(s *Spec, bundle, netns, cgroupsPath string) *specs.Spec {
 		Process: &specs.Process{
 			Terminal:        s.TTY,
 			User:            specs.User{UID: s.UID, GID: s.GID},
-			Args:            s.Args,
+			Args:            args,
 			Env:             env,
 			Cwd:             cwd,
 			Capabilities:    caps,

@@ -649,6 +649,11 @@ func (l *loop) adopt(hostID string, aj *api.ActiveJob) *Job {
 		CreatedAt: aj.CreatedAt,
 		StartedAt: aj.StartedAt,
 	}
+	if j.ReleaseID == "" {
+		// Not a formation's job (e.g. a build job, which names a process
+		// type for its logs): watch it like a one-off job, never stop it.
+		j.Type = ""
+	}
 	if j.CreatedAt.IsZero() {
 		j.CreatedAt = l.clock.Now()
 	}

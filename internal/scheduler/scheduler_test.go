@@ -292,3 +292,20 @@ func TestLeaderFailover(t *testing.T) {
 func clientOpts() []clientv3.OpOption {
 	return []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)}
 }
+
+// TestJobsWithoutReleaseAreLeftAlone: a job that names an app and a
+// process type but no release (a build job) is no formation's job: the
+// scheduler never stops it, even while formations converge.
+func TestJobsWithoutReleaseAreLeftAlone(t *testing.T) {
+	c := newFakeCluster(host("h1", 0))
+	ctl := newFakeController()
+	runScheduler(t, c, ctl, nil)
+	c.runJob("h1", &api.HostJob{ID: "h1-build", Metadata: map[string]string{api.JobMetaApp: "app1", api.JobMetaProcessType: "slugbuilder"}})
+	ctl.setFormation(webFormation(1))
+	waitFor(t, "the web job and the build job", func() bool { return len(c.running()) == 2 })
+	ctl.setFormation(webFormation(0))
+	waitFor(t, "the build job alone", func() bool {
+		r := c.running()
+		return len(r) == 1 && r[0].id == "h1-build"
+	})
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
@@ -63,6 +64,10 @@ type ReceiverConfig struct {
 	// deploy timeout, else api.DefaultDeployTimeout seconds).
 	BuildTimeout  time.Duration
 	DeployTimeout time.Duration
+	// Discoverd, when set, is used to wait until a first web process is
+	// registered (so the app answers through the router) before the push
+	// reports success.
+	Discoverd *discoverdclient.Client
 }
 
 // BuildReceiver is the Receiver of a cluster: it builds a push with the
@@ -506,8 +511,35 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 		r.cfg.Controller.PutFormation(context.WithoutCancel(ctx), &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 0}})
 		return err
 	}
+	if r.cfg.Discoverd != nil {
+		if err := r.waitRegistered(wctx, app.Name+"-web", rel.ID); err != nil {
+			return fmt.Errorf("the web process started but never became reachable (%v): check flynn log", err)
+		}
+	}
 	fmt.Fprintln(out, "=====> web job started")
 	return nil
+}
+
+// waitRegistered waits until service has an instance of release.
+func (r *BuildReceiver) waitRegistered(ctx context.Context, service, releaseID string) error {
+	for {
+		insts, err := r.cfg.Discoverd.Instances(ctx, service)
+		if err == nil {
+			for _, in := range insts {
+				if in.Meta["FLYNN_RELEASE_ID"] == releaseID {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = ctx.Err()
+			}
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // running says whether a formation runs any process.

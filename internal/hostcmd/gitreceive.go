@@ -21,6 +21,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/gitreceive"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/logging"
@@ -45,6 +46,7 @@ func newGitreceiveHookCmd(env Env) *cobra.Command {
 
 // gitreceiveFlags are the settings of `flynn-host component gitreceive`.
 type gitreceiveFlags struct {
+	discoverd                string
 	sshAddr, httpAddr        string
 	controllerURL, ctrlKey   string
 	blobURL, jobBlobURL      string
@@ -95,6 +97,7 @@ which is deployed; the first deploy of an app with a web type scales web=1.`,
 	f.StringVar(&fl.blobURL, "blobstore", def("BLOBSTORE_URL", "http://blobstore.discoverd"), "blobstore URL (default $BLOBSTORE_URL)")
 	f.StringVar(&fl.jobBlobURL, "job-blobstore", get("JOB_BLOBSTORE_URL"), "blobstore URL as build jobs reach it (default --blobstore)")
 	f.StringVar(&fl.blobKey, "blobstore-key", get("BLOBSTORE_KEY"), "blobstore write key (default the controller key)")
+	f.StringVar(&fl.discoverd, "discoverd", get("DISCOVERD"), "discoverd URL, to wait until a first web process is routable (default $DISCOVERD)")
 	f.StringVar(&fl.etcd, "etcd", def("ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated, to find hosts (default $ETCD_ENDPOINTS)")
 	f.StringVar(&fl.token, "token", get("FLYNN_HOST_TOKEN"), "host agents' key (default $FLYNN_HOST_TOKEN)")
 	f.StringVar(&fl.hostKeyFile, "host-key", def("SSH_HOST_KEY_FILE", "/var/lib/flynn/gitreceive/ssh_host_ed25519_key"), "SSH host key file, generated when missing")
@@ -144,6 +147,7 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 			Hashes: map[string]string{"sha256": fl.stackSHA256}},
 		FlynnHostBin: fl.flynnHostBin, CABundle: fl.caBundle,
 		BuildTimeout: fl.buildTimeout, DeployTimeout: fl.deployWait,
+		Discoverd: discoverdFor(fl.discoverd, fl.token),
 	}, log)
 	if err != nil {
 		return err
@@ -235,4 +239,12 @@ func loadOrCreateHostKey(path string) (ssh.Signer, error) {
 		return nil, fmt.Errorf("host key %s: %w", path, err)
 	}
 	return signer, nil
+}
+
+// discoverdFor is a discoverd client, or nil without a URL.
+func discoverdFor(url, token string) *discoverdclient.Client {
+	if url == "" {
+		return nil
+	}
+	return discoverdclient.New(url, token)
 }

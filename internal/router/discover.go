@@ -141,6 +141,12 @@ type Discoverd struct {
 
 // Watch implements Discoverer.
 func (d *Discoverd) Watch(ctx context.Context, service string) (<-chan api.ServiceEvent, error) {
+	// A route may name a service before its first instance exists (a new
+	// app): create it, so the watch starts now and sees that instance at
+	// once instead of polling for the service to appear.
+	if err := d.Client.AddService(ctx, service); err != nil && !errors.Is(err, api.ErrObjectExists) {
+		return nil, fmt.Errorf("watch service %q: %w", service, err)
+	}
 	w, err := d.Client.Watch(ctx, service)
 	if err != nil {
 		return nil, fmt.Errorf("watch service %q: %w", service, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,30 +105,11 @@ func (c *e2eCluster) flynn(dir string, args ...string) string {
 	return string(out)
 }
 
-// withoutRouterWait is the default manifest without the steps that need
-// discoverd registration of job ports (the router reaching the controller)
-// and gitreceive.
-func withoutRouterWait() *bootstrap.Manifest {
-	m := bootstrap.DefaultManifest()
-	var steps []*bootstrap.Step
-	for _, s := range m.Steps {
-		if s.ID == "wait-controller-route" || s.ID == "gitreceive" || s.ID == "route-git" {
-			continue
-		}
-		steps = append(steps, s)
-	}
-	m.Steps = steps
-	return m
-}
-
 // TestUpTwiceAndDown: up brings a cluster whose controller the CLI reaches
 // with every system app registered; a second up changes nothing; down
 // leaves no bridge, cgroup, mount or state dir behind.
 func TestUpTwiceAndDown(t *testing.T) {
-	t.Skip("passed before main's schedwire merge (commit 'bootstrap: make up/down, e2e test ...'); since the merge the router job exits 1 under the wired scheduler; to investigate")
-	// Until the scheduler is wired (branch schedwire), nothing would
-	// start deployed apps: --start-jobs starts them directly.
-	c := startE2ECluster(t, withoutRouterWait(), "--start-jobs")
+	c := startE2ECluster(t, nil)
 	apps := c.flynn(t.TempDir(), "apps")
 	for _, app := range []string{"controller", "scheduler", "router", "blobstore", "logaggregator"} {
 		if !strings.Contains(apps, app) {
@@ -157,67 +139,123 @@ func TestUpTwiceAndDown(t *testing.T) {
 // TestUserJourney is the walkthrough of the README, through the flynn CLI,
 // git and HTTP only.
 func TestUserJourney(t *testing.T) {
-	t.Skip("needs the host agent to register job ports in discoverd and the scheduler wired (branch schedwire), and `flynn-host component gitreceive` (branch pipeline); unskip when they land")
 	c := startE2ECluster(t, nil)
 	work := t.TempDir()
 	app := filepath.Join(work, "procfile")
 	copyDir(t, "apps/procfile", app)
-	git := func(args ...string) {
+	git := func(args ...string) string {
 		cmd := exec.Command("git", args...)
 		cmd.Dir = app
 		cmd.Env = append(os.Environ(), "FLYNNRC="+c.rc, "PATH="+binDir+":"+os.Getenv("PATH"),
 			"GIT_AUTHOR_NAME=e2e", "GIT_AUTHOR_EMAIL=e2e@example.com", "GIT_COMMITTER_NAME=e2e", "GIT_COMMITTER_EMAIL=e2e@example.com")
-		if out, err := cmd.CombinedOutput(); err != nil {
+		out, err := cmd.CombinedOutput()
+		if err != nil {
 			t.Fatalf("git %v: %v\n%s", args, err, out)
 		}
+		return string(out)
 	}
 	git("init", "-b", "main")
 	git("add", ".")
 	git("commit", "-m", "app")
 	c.flynn(app, "create", "e2eapp")
-	git("push", "flynn", "main")
-	get := func(host string) string {
+	push := git("push", "flynn", "main")
+	for _, want := range []string{"remote: -----> Procfile app detected", "remote: =====> Application deployed"} {
+		if !strings.Contains(push, want) {
+			t.Errorf("git push output lacks %q:\n%s", want, push)
+		}
+	}
+
+	// get fetches path through the router until cond holds (a minute at
+	// most) and returns the body.
+	get := func(host, path string, cond func(status int, body string) bool) string {
+		t.Helper()
 		var last string
 		deadline := time.Now().Add(time.Minute)
 		for time.Now().Before(deadline) {
-			out, err := exec.Command("curl", "-sS", "-H", "Host: "+host, fmt.Sprintf("http://127.0.0.1:%d/", c.httpPort)).CombinedOutput()
-			if err == nil && !strings.Contains(string(out), "no route") && !strings.Contains(string(out), "unavailable") {
-				return string(out)
+			out, err := exec.Command("curl", "-sS", "-w", "\n%{http_code}", "-H", "Host: "+host, fmt.Sprintf("http://127.0.0.1:%d%s", c.httpPort, path)).Output()
+			if err == nil {
+				// The body, then a line with the status code.
+				i := strings.LastIndexByte(string(out), '\n')
+				body := string(out[:i])
+				status, _ := strconv.Atoi(strings.TrimSpace(string(out[i+1:])))
+				if cond(status, body) {
+					return body
+				}
+				last = fmt.Sprintf("%d %s", status, body)
+			} else {
+				last = err.Error()
 			}
-			last = string(out)
-			time.Sleep(200 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 		}
-		t.Fatalf("GET %s: %s", host, last)
+		t.Fatalf("GET http://%s%s: last reply %s", host, path, last)
 		return ""
 	}
+	ok := func(status int, body string) bool { return status == 200 }
 	host := "e2eapp." + c.domain
-	get(host)
+	// The push returned once the web process was routable.
+	if out, _ := exec.Command("curl", "-sS", "-H", "Host: "+host, fmt.Sprintf("http://127.0.0.1:%d/", c.httpPort)).Output(); !strings.Contains(string(out), "hello from the procfile app") {
+		t.Errorf("right after the push, GET / = %q", out)
+	}
+
+	// Three processes: three different jobs answer.
 	c.flynn(app, "scale", "web=3")
-	seen := map[string]bool{}
-	for i := 0; i < 60 && len(seen) < 3; i++ {
-		seen[get(host)] = true
+	jobs := map[string]bool{}
+	for i := 0; i < 200 && len(jobs) < 3; i++ {
+		body := get(host, "/cgi-bin/hello", ok)
+		for _, l := range strings.Split(body, "\n") {
+			if id, found := strings.CutPrefix(l, "job="); found && id != "" {
+				jobs[id] = true
+			}
+		}
 	}
-	if len(seen) < 3 {
-		t.Errorf("3 web jobs: %d different answers", len(seen))
+	if len(jobs) != 3 {
+		t.Errorf("after scale web=3, %d different jobs answered: %v", len(jobs), jobs)
 	}
-	c.flynn(app, "env", "set", "GREETING=e2e-hello")
-	if out := c.flynn(app, "env", "get", "GREETING"); !strings.Contains(out, "e2e-hello") {
-		t.Errorf("env get: %s", out)
+
+	// Config: a new release, restarted processes see the value.
+	c.flynn(app, "env", "set", "APP_VALUE=e2e-hello")
+	if out := c.flynn(app, "env", "get", "APP_VALUE"); strings.TrimSpace(out) != "e2e-hello" {
+		t.Errorf("env get: %q", out)
 	}
-	if out := c.flynn(app, "log"); out == "" {
-		t.Error("flynn log shows nothing")
+	get(host, "/cgi-bin/hello", func(s int, b string) bool { return s == 200 && strings.Contains(b, "value=e2e-hello") })
+
+	if out := c.flynn(app, "log", "-n", "1000"); !strings.Contains(out, "web starting on port") {
+		t.Errorf("flynn log lacks the web process's output:\n%s", out)
 	}
-	if out := c.flynn(app, "run", "echo", "one-off"); !strings.Contains(out, "one-off") {
-		t.Errorf("flynn run: %s", out)
+	if out := c.flynn(app, "run", "sh", "-c", "echo one-off $APP_VALUE"); !strings.Contains(out, "one-off e2e-hello") {
+		t.Errorf("flynn run: %q", out)
 	}
+
 	c.flynn(app, "route", "add", "http", "second."+c.domain)
-	get("second." + c.domain)
-	c.flynn(app, "release", "rollback")
+	get("second."+c.domain, "/", ok)
+
+	// Rollback: the release before env set, without the value.
+	c.flynn(app, "release", "rollback", "-y")
+	get(host, "/cgi-bin/hello", func(s int, b string) bool { return s == 200 && strings.Contains(b, "value=\n") })
+
+	// A killed job is replaced.
 	ps := c.flynn(app, "ps")
 	id := strings.Fields(strings.Split(strings.TrimSpace(ps), "\n")[1])[0]
 	c.flynn(app, "kill", id)
-	get(host)
-	c.flynn(app, "delete", "--yes")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ps = c.flynn(app, "ps")
+		if !strings.Contains(ps, id) && strings.Count(ps, " up ") == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("killed job %s not replaced:\n%s", id, ps)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// Delete: the routes go (404) and so do the jobs.
+	c.flynn(app, "delete", "-y")
+	get(host, "/", func(s int, b string) bool { return s == 404 })
+	get("second."+c.domain, "/", func(s int, b string) bool { return s == 404 })
+	if out := c.flynn(app, "apps"); strings.Contains(out, "e2eapp") {
+		t.Errorf("flynn apps still lists the app:\n%s", out)
+	}
 }
 
 func copyDir(t *testing.T, from, to string) {

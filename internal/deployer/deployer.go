@@ -376,6 +376,11 @@ func (r *run) apply(ctx context.Context, j *api.Job) error {
 	if prev != nil && prev.State == j.State {
 		return nil
 	}
+	if prev == nil && j.State == api.JobStateDown && !r.dep.CreatedAt.IsZero() && j.UpdatedAt.Before(r.dep.CreatedAt) {
+		// History: a job of this release that ended before the deployment
+		// began (rolling back to a release that ran before).
+		return nil
+	}
 	isNew := j.ReleaseID == r.dep.NewReleaseID && r.target[j.Type] > 0
 	isOld := j.ReleaseID == r.dep.OldReleaseID && r.dep.OldReleaseID != r.dep.NewReleaseID
 	switch {

@@ -416,6 +416,7 @@ func isWebType(t string) bool { return t == "web" || strings.HasSuffix(t, "-web"
 // types run by slugrunner, web types on port 8080 behind <app>-<type>.
 func (r *BuildReceiver) release(app *api.App, prev *api.Release, artifactID string, res *api.SlugBuildResult, rev string) *api.Release {
 	rel := &api.Release{
+		AppID:       app.ID,
 		ArtifactIDs: []string{artifactID},
 		Env:         map[string]string{},
 		Meta:        map[string]string{"git": "true", "rev": rev},

@@ -443,3 +443,26 @@ func TestRunDeploysPending(t *testing.T) {
 		t.Error("a complete deployment was run again")
 	}
 }
+
+// TestDeployToReleaseThatRanBefore: rolling back to a release whose jobs
+// ended before the deployment (they are in the app's job history) deploys
+// it; those old ends are not crashes of the new jobs.
+func TestDeployToReleaseThatRanBefore(t *testing.T) {
+	c, d := setup(t)
+	c.mu.Lock()
+	for i, uuid := range []string{"old-r2-a", "old-r2-b"} {
+		status := int32(143)
+		j := &api.Job{UUID: uuid, ID: "h-" + uuid, AppID: "a1", ReleaseID: "r2", Type: "web", State: api.JobStateDown,
+			ExitStatus: &status, UpdatedAt: time.Now().Add(-time.Duration(i+1) * time.Minute)}
+		c.jobs[uuid] = j
+		c.order = append(c.order, uuid)
+	}
+	c.mu.Unlock()
+	dep := &api.Deployment{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2", Status: api.DeploymentPending, CreatedAt: time.Now()}
+	if err := d.Deploy(context.Background(), dep); err != nil {
+		t.Fatalf("Deploy: %v", err)
+	}
+	if got := c.deployments["d1"]; got.Status != api.DeploymentComplete {
+		t.Fatalf("deployment = %+v, want complete", got)
+	}
+}

@@ -82,6 +82,8 @@ type Result struct {
 	// without the router (on the host's cluster address).
 	ControllerURL string `json:"controller_url"`
 	GitURL        string `json:"git_url"`
+	// SSHGit is host:port of git over SSH.
+	SSHGit string `json:"ssh_git,omitempty"`
 	// AlreadyDone is set when the cluster was bootstrapped before.
 	AlreadyDone bool `json:"-"`
 }
@@ -202,6 +204,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		Domain:        cfg.Domain,
 		ControllerURL: "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.Controller)),
 		GitURL:        "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.GitHTTP)),
+		SSHGit:        net.JoinHostPort(listenIP, strconv.Itoa(p.GitSSH)),
 	}
 	for _, s := range cfg.Manifest.Steps {
 		start := time.Now()

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -152,6 +153,9 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) erro
 
 	res, err := r.build(ctx, app, prev, p, src, out)
 	if err != nil {
+		return err
+	}
+	if err := needsWeb(res); err != nil {
 		return err
 	}
 	layer, err := r.slugLayer(ctx, app, p.NewRev)
@@ -410,6 +414,23 @@ func appDirHeader() *tar.Header {
 }
 
 // isWebType says whether a process type serves HTTP on $PORT.
+// needsWeb refuses a build that defines no web process: nothing would
+// serve the app's route. The previous release keeps running.
+func needsWeb(res *api.SlugBuildResult) error {
+	var types []string
+	for t := range res.ProcessTypes {
+		if isWebType(t) {
+			return nil
+		}
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	if len(types) == 0 {
+		return errors.New("the build defines no process types: add a Procfile with a line like `web: ./server` (it must listen on $PORT)")
+	}
+	return fmt.Errorf("the build defines no web process (only %s): add a line like `web: ./server` to the Procfile (it must listen on $PORT)", strings.Join(types, ", "))
+}
+
 func isWebType(t string) bool { return t == "web" || strings.HasSuffix(t, "-web") }
 
 // release builds the new release: the previous env, the build's process

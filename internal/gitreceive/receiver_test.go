@@ -482,3 +482,20 @@ func waitRelease(t *testing.T, c *controllerclient.Client, appID, releaseID stri
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestNeedsWeb(t *testing.T) {
+	for _, tt := range []struct {
+		types map[string]string
+		want  string
+	}{
+		{map[string]string{"web": "./server", "worker": "./w"}, ""},
+		{map[string]string{"api-web": "./api"}, ""},
+		{map[string]string{"worker": "./w", "clock": "./c"}, "only clock, worker"},
+		{nil, "no process types"},
+	} {
+		err := needsWeb(&api.SlugBuildResult{ProcessTypes: tt.types})
+		if (tt.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("needsWeb(%v) = %v, want %q", tt.types, err, tt.want)
+		}
+	}
+}

@@ -422,6 +422,9 @@ func addToCLI(ctx context.Context, env Env, flynnBin, name string, res *bootstra
 	if addrs, err := net.DefaultResolver.LookupHost(ctx, "controller."+res.Domain); err != nil || len(addrs) == 0 {
 		args = append(args, "--controller-url", res.ControllerURL, "--git-url", res.GitURL)
 	}
+	if res.SSHGit != "" {
+		args = append(args, "--ssh-git", res.SSHGit)
+	}
 	args = append(args, name, res.Domain, res.Key)
 	c := exec.CommandContext(ctx, flynnBin, args...)
 	c.Env = append(os.Environ(), "FLYNNRC="+rc, "HOME="+home)

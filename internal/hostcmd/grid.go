@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -294,6 +295,9 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 		}
 		cfg.StateDir = filepath.Join(stateDir, "host")
 		cfg.Discoverd = d.DiscoverdURL
+		if cfg.DNS == "" {
+			cfg.DNS = jobDNS(dcfg.DNSPort, d.ListenIP)
+		}
 		cfg.Registry = host.DiscoverdRegistry(d.Discoverd, d.Token)
 		a, err := host.New(cfg, log.With("component", "host"))
 		if err != nil {
@@ -301,4 +305,30 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 		}
 		return a.Run(ctx)
 	}
+}
+
+// jobDNS is the nameserver for jobs in their own network namespace: this
+// host's discoverd DNS when it serves on port 53 at an address jobs can
+// reach, else the host's first resolver that is not on loopback (names
+// outside the cluster still resolve), else "" (the agent's default).
+func jobDNS(port int, listenIP string) string {
+	if port == 0 {
+		port = daemon.DefaultDNSPort
+	}
+	if ip := net.ParseIP(listenIP); port == 53 && ip != nil && !ip.IsLoopback() {
+		return listenIP
+	}
+	b, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == "nameserver" {
+			if ip := net.ParseIP(f[1]); ip != nil && !ip.IsLoopback() && ip.To4() != nil {
+				return f[1]
+			}
+		}
+	}
+	return ""
 }

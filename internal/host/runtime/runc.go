@@ -205,8 +205,16 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 			env = append(env, fmt.Sprintf("PORT=%d", spec.Ports[0].Port))
 		}
 	}
-	resolv := fmt.Sprintf("nameserver %s\nsearch discoverd\noptions ndots:1\n", r.cfg.DNS)
-	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolv), 0o644); err != nil {
+	resolv := []byte(fmt.Sprintf("nameserver %s\nsearch discoverd\noptions ndots:1\n", r.cfg.DNS))
+	if spec.HostNetwork {
+		// On the host's network the host's resolvers are reachable (the
+		// bridge address may not be); system and build jobs name the
+		// cluster's services by URL.
+		if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+			resolv = b
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), resolv, 0o644); err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
 	s2 := *spec

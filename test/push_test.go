@@ -1,0 +1,200 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// pushApp is one sample app pushed to the cluster.
+type pushApp struct {
+	c    *e2eCluster
+	t    *testing.T
+	name string
+	dir  string
+	env  []string
+}
+
+// newPushApp copies test/apps/<sample> into a git repo and creates the app
+// with `flynn create`, over SSH when ssh is set.
+func newPushApp(t *testing.T, c *e2eCluster, env []string, sample, name string, ssh bool) *pushApp {
+	t.Helper()
+	a := &pushApp{c: c, t: t, name: name, dir: filepath.Join(t.TempDir(), name), env: env}
+	copyDir(t, "apps/"+sample, a.dir)
+	a.git("init", "-b", "main")
+	a.git("add", ".")
+	a.git("commit", "-m", "app")
+	args := []string{"create", name}
+	if ssh {
+		args = []string{"create", "--ssh", name}
+	}
+	a.flynn(args...)
+	return a
+}
+
+func (a *pushApp) cmd(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = a.dir
+	cmd.Env = append(append(os.Environ(), "FLYNNRC="+a.c.rc, "PATH="+binDir+":"+os.Getenv("PATH"),
+		"GIT_AUTHOR_NAME=e2e", "GIT_AUTHOR_EMAIL=e2e@example.com", "GIT_COMMITTER_NAME=e2e", "GIT_COMMITTER_EMAIL=e2e@example.com"), a.env...)
+	return cmd
+}
+
+func (a *pushApp) git(args ...string) string {
+	a.t.Helper()
+	out, err := a.cmd("git", args...).CombinedOutput()
+	if err != nil {
+		a.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func (a *pushApp) flynn(args ...string) string {
+	a.t.Helper()
+	out, err := a.cmd(filepath.Join(binDir, "flynn"), args...).CombinedOutput()
+	if err != nil {
+		a.t.Fatalf("flynn %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// push runs git push and returns its output and whether it succeeded.
+func (a *pushApp) push(refspec string) (string, bool) {
+	out, err := a.cmd("git", "push", "flynn", refspec).CombinedOutput()
+	return string(out), err == nil
+}
+
+// get fetches / through the router.
+func (a *pushApp) get() (int, string) {
+	out, err := exec.Command("curl", "-sS", "-m", "5", "-w", "\n%{http_code}", "-H", "Host: "+a.name+"."+a.c.domain,
+		fmt.Sprintf("http://127.0.0.1:%d/", a.c.httpPort)).Output()
+	if err != nil {
+		return 0, err.Error()
+	}
+	i := strings.LastIndexByte(string(out), '\n')
+	status, _ := strconv.Atoi(strings.TrimSpace(string(out[i+1:])))
+	return status, string(out[:i])
+}
+
+// pushAndServe pushes main and returns the time from the push to the
+// first 200 with want in the body.
+func (a *pushApp) pushAndServe(want string) time.Duration {
+	a.t.Helper()
+	start := time.Now()
+	out, ok := a.push("main")
+	if !ok {
+		a.t.Fatalf("push %s failed:\n%s", a.name, out)
+	}
+	if !strings.Contains(out, "remote: -----> ") || !strings.Contains(out, "remote: =====> Application deployed") {
+		a.t.Errorf("push %s: no live build output:\n%s", a.name, out)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		status, body := a.get()
+		if status == 200 && strings.Contains(body, want) {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("%s never answered %q: last %d %s", a.name, want, status, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// commit changes the app trivially so a second push has something new.
+func (a *pushApp) commit(msg string) {
+	a.t.Helper()
+	os.WriteFile(filepath.Join(a.dir, "CHANGES"), []byte(msg+"\n"), 0o644)
+	a.git("add", ".")
+	a.git("commit", "-m", msg)
+}
+
+// TestPushApps pushes the Go, Node.js, static and Procfile sample apps,
+// over SSH and over HTTP, to a cluster brought up like make up, each
+// answering through the router; a second push of the Go and Node apps uses
+// the repo and build caches; bad pushes are refused and the previous
+// release keeps serving.
+func TestPushApps(t *testing.T) {
+	c := startE2ECluster(t, nil)
+	home := t.TempDir()
+	key := filepath.Join(home, "id_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	sshEnv := []string{"GIT_SSH_COMMAND=ssh -i " + key + " -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes"}
+	c.flynn(home, "key", "add", key+".pub")
+
+	type result struct {
+		name       string
+		cold, warm time.Duration
+		transport  string
+	}
+	var results []result
+	for _, tt := range []struct {
+		sample, name, want string
+		ssh, warm          bool
+	}{
+		{"go", "pushgo", "hello from the go app", true, true},
+		{"nodejs", "pushnode", "hello from the node app", false, true},
+		{"static", "pushstatic", "hello from the static app", true, false},
+		{"procfile", "pushproc", "hello from the procfile app", false, false},
+	} {
+		var env []string
+		if tt.ssh {
+			env = sshEnv
+		}
+		a := newPushApp(t, c, env, tt.sample, tt.name, tt.ssh)
+		r := result{name: tt.name, transport: map[bool]string{true: "ssh", false: "http"}[tt.ssh]}
+		r.cold = a.pushAndServe(tt.want)
+		if tt.warm {
+			a.commit("second")
+			r.warm = a.pushAndServe(tt.want)
+		}
+		results = append(results, r)
+	}
+	for _, r := range results {
+		t.Logf("push to first 200: %-10s over %-4s cold %v warm %v", r.name, r.transport, r.cold.Round(10*time.Millisecond), r.warm.Round(10*time.Millisecond))
+	}
+
+	// Refusals, each with a clear message, on the procfile app: its
+	// release keeps serving.
+	a := newPushApp(t, c, nil, "procfile", "pushbad", false)
+	a.pushAndServe("hello from the procfile app")
+	refuse := func(what, want string) {
+		t.Helper()
+		out, ok := a.push("main")
+		if ok || !strings.Contains(out, want) {
+			t.Errorf("%s: push ok=%v, want refusal with %q:\n%s", what, ok, want, out)
+		}
+		a.git("reset", "-q", "--hard", "HEAD~1")
+		if status, body := a.get(); status != 200 || !strings.Contains(body, "hello from the procfile app") {
+			t.Errorf("after %s the previous release stopped serving: %d %s", what, status, body)
+		}
+	}
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), []byte("worker: sleep 1000\n"), 0o644)
+	a.git("commit", "-qam", "no web")
+	refuse("a Procfile with no web process", "no web process")
+
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), []byte("web: exit 3\n"), 0o644)
+	a.git("commit", "-qam", "crashing web")
+	refuse("a crashing web process", "Push rejected")
+
+	a.git("rm", "-q", "Procfile")
+	a.git("commit", "-qam", "nothing to run")
+	refuse("a failing build", "Push rejected")
+
+	if out, ok := a.push("main:feature"); ok || !strings.Contains(out, "only a push to main or master deploys") {
+		t.Errorf("push to another branch: ok=%v\n%s", ok, out)
+	}
+	other := filepath.Join(home, "id_other")
+	exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other).Run()
+	s := newPushApp(t, c, []string{"GIT_SSH_COMMAND=ssh -i " + other + " -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes"}, "procfile", "pushkey", true)
+	if out, ok := s.push("main"); ok || !strings.Contains(out, "Permission denied") {
+		t.Errorf("push with an unknown key: ok=%v\n%s", ok, out)
+	}
+}

@@ -1,4 +1,6 @@
 # Flynn: build, install OS dependencies, test.
+# Test packages run one at a time (-p 1): several start real clusters,
+# containers and builds, and share the machine's two cores.
 #   make          build bin/flynn and bin/flynn-host
 #   make deps     install the OS packages Flynn needs (root)
 #   make test     deps + build + vet + the whole test suite (root)
@@ -8,7 +10,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/flynnrebuilt/flynn/internal/version.Version=$(VERSION)
 GOFLAGS   ?=
-TESTFLAGS ?= -count=1 -timeout 45m
+TESTFLAGS ?= -count=1 -p 1 -timeout 45m
 
 export CGO_ENABLED = 0
 

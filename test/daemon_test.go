@@ -100,10 +100,7 @@ func startDaemon(t *testing.T, bridge, subnet string) *testDaemon {
 		cmd.Wait()
 		logf.Close()
 		exec.Command("ip", "link", "del", bridge).Run()
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + cgroup)
-		for _, d := range append(dirs, "/sys/fs/cgroup/"+cgroup) {
-			os.Remove(d)
-		}
+		cleanHostState(bridge, strings.TrimSuffix(subnet, "0/24"), cgroup)
 	})
 	hc := hostclient.New(d.hostURL, d.token)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

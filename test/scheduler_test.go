@@ -184,10 +184,7 @@ func startCluster(t *testing.T, dir string) *cluster {
 	t.Cleanup(func() {
 		for _, h := range []*gridHost{c.a, c.b} {
 			exec.Command("ip", "link", "del", h.bridge).Run()
-			dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + h.cgroup)
-			for _, d := range append(dirs, "/sys/fs/cgroup/"+h.cgroup) {
-				os.Remove(d)
-			}
+			cleanHostState(h.bridge, strings.TrimSuffix(h.subnet, "0/24"), h.cgroup)
 		}
 	})
 	c.procA = c.a.start(t, c.token)

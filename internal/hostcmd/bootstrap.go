@@ -592,8 +592,8 @@ func removeIptablesRules(subnet string) {
 			if !strings.HasPrefix(line, "-A ") || !strings.Contains(line, subnet) {
 				continue
 			}
-			args := append([]string{"-t", table, "-D"}, strings.Fields(strings.TrimPrefix(line, "-A "))...)
-			exec.Command("iptables", args...).Run()
+			// iptables-save quotes as a shell does (comments have spaces).
+			exec.Command("sh", "-c", "iptables -t "+table+" -D "+strings.TrimPrefix(line, "-A ")).Run()
 		}
 	}
 }

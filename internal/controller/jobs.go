@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -111,13 +112,17 @@ func (s *Server) killJob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Runner.StopJob(r.Context(), h, j.ID); err != nil {
-		return fmt.Errorf("stop job %s: %w", j.ID, err)
-	}
+	// Record "stopping" before stopping: the host stops the job at once
+	// and the scheduler records it down, which must not be overwritten.
+	prevState := j.State
 	j.State = api.JobStateStopping
-	j, err = s.store.PutJob(r.Context(), j)
-	if err != nil {
+	if j, err = s.store.PutJob(r.Context(), j); err != nil {
 		return err
+	}
+	if err := s.cfg.Runner.StopJob(r.Context(), h, j.ID); err != nil {
+		j.State = prevState
+		s.store.PutJob(context.WithoutCancel(r.Context()), j)
+		return fmt.Errorf("stop job %s: %w", j.ID, err)
 	}
 	return ok(w, j)
 }

@@ -245,15 +245,9 @@ func newAppsCmd(s *state) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return writeJSON(cmd, apps)
-			}
-			tw := table(cmd)
-			fmt.Fprintln(tw, "ID\tNAME\tRELEASE\tCREATED")
-			for _, a := range apps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.ID, a.Name, a.ReleaseID, ago(a.CreatedAt))
-			}
-			return tw.Flush()
+			return printList(cmd, asJSON, apps, "ID\tNAME\tRELEASE\tCREATED", func(a *api.App) []string {
+				return []string{a.ID, a.Name, a.ReleaseID, ago(a.CreatedAt)}
+			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -111,6 +111,20 @@ func table(cmd *cobra.Command) *tabwriter.Writer {
 	return tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 3, ' ', 0)
 }
 
+// printList prints items as JSON (asJSON) or as an aligned table with
+// header (tab-separated columns) and one row of columns per item.
+func printList[T any](cmd *cobra.Command, asJSON bool, items []T, header string, row func(T) []string) error {
+	if asJSON {
+		return writeJSON(cmd, items)
+	}
+	tw := table(cmd)
+	fmt.Fprintln(tw, header)
+	for _, it := range items {
+		fmt.Fprintln(tw, strings.Join(row(it), "\t"))
+	}
+	return tw.Flush()
+}
+
 var procTypeRE = regexp.MustCompile(`^[a-z\d]+(-[a-z\d]+)*$`)
 
 // parseScaleArgs parses TYPE=N arguments.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 )
@@ -26,19 +25,13 @@ func newClusterCmd(s *state) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return writeJSON(cmd, cfg.Clusters)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tCONTROLLER URL\tGIT URL")
-			for _, cl := range cfg.Clusters {
+			return printList(cmd, asJSON, cfg.Clusters, "NAME\tCONTROLLER URL\tGIT URL", func(cl *Cluster) []string {
 				name := cl.Name
 				if name == cfg.Default {
 					name += " (default)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", name, cl.ControllerURL, cl.GitURL)
-			}
-			return tw.Flush()
+				return []string{name, cl.ControllerURL, cl.GitURL}
+			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -137,22 +137,27 @@ func deploymentResult(status, msg, id string) error {
 	return fmt.Errorf("deployment %s failed (%s): the old release is still running; see flynn log", id, msg)
 }
 
+// currentEnv is the environment of the app's current release (of one
+// process type when typ is set).
+func (s *state) currentEnv(ctx context.Context, typ string) (map[string]string, error) {
+	c, app, err := s.appClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rel, err := currentRelease(ctx, c, app)
+	if err != nil {
+		return nil, err
+	}
+	return releaseEnv(rel, typ)
+}
+
 func newEnvCmd(s *state) *cobra.Command {
 	var (
 		typ    string
 		asJSON bool
 	)
 	show := func(cmd *cobra.Command, args []string) error {
-		ctx := cmd.Context()
-		c, app, err := s.appClient(ctx)
-		if err != nil {
-			return err
-		}
-		rel, err := currentRelease(ctx, c, app)
-		if err != nil {
-			return err
-		}
-		env, err := releaseEnv(rel, typ)
+		env, err := s.currentEnv(cmd.Context(), typ)
 		if err != nil {
 			return err
 		}
@@ -185,16 +190,7 @@ of one process type with -t). set and unset make a new release and deploy it.`,
 		Example: "  flynn env get DATABASE_URL",
 		Args:    exactArgs(1, "KEY"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, app, err := s.appClient(ctx)
-			if err != nil {
-				return err
-			}
-			rel, err := currentRelease(ctx, c, app)
-			if err != nil {
-				return err
-			}
-			env, err := releaseEnv(rel, typ)
+			env, err := s.currentEnv(cmd.Context(), typ)
 			if err != nil {
 				return err
 			}

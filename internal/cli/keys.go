@@ -122,13 +122,7 @@ func (s *state) listKeys(cmd *cobra.Command, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		return writeJSON(cmd, keys)
-	}
-	tw := table(cmd)
-	fmt.Fprintln(tw, "FINGERPRINT\tCOMMENT\tID")
-	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", k.Fingerprint, k.Comment, k.ID)
-	}
-	return tw.Flush()
+	return printList(cmd, asJSON, keys, "FINGERPRINT\tCOMMENT\tID", func(k *api.Key) []string {
+		return []string{k.Fingerprint, k.Comment, k.ID}
+	})
 }

@@ -238,19 +238,13 @@ func newDeploymentCmd(s *state) *cobra.Command {
 				return err
 			}
 			sort.SliceStable(ds, func(i, j int) bool { return ds[i].CreatedAt.After(ds[j].CreatedAt) })
-			if asJSON {
-				return writeJSON(cmd, ds)
-			}
-			tw := table(cmd)
-			fmt.Fprintln(tw, "ID\tSTATUS\tCREATED\tFINISHED\tOLD RELEASE\tNEW RELEASE")
-			for _, d := range ds {
+			return printList(cmd, asJSON, ds, "ID\tSTATUS\tCREATED\tFINISHED\tOLD RELEASE\tNEW RELEASE", func(d *api.Deployment) []string {
 				fin := ""
 				if d.FinishedAt != nil {
 					fin = ago(*d.FinishedAt)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Status, ago(d.CreatedAt), fin, d.OldReleaseID, d.NewReleaseID)
-			}
-			return tw.Flush()
+				return []string{d.ID, d.Status, ago(d.CreatedAt), fin, d.OldReleaseID, d.NewReleaseID}
+			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -27,15 +27,9 @@ func newProviderCmd(s *state) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return writeJSON(cmd, ps)
-			}
-			tw := table(cmd)
-			fmt.Fprintln(tw, "ID\tNAME\tURL\tCREATED")
-			for _, p := range ps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.ID, p.Name, p.URL, ago(p.CreatedAt))
-			}
-			return tw.Flush()
+			return printList(cmd, asJSON, ps, "ID\tNAME\tURL\tCREATED", func(p *api.Provider) []string {
+				return []string{p.ID, p.Name, p.URL, ago(p.CreatedAt)}
+			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -83,21 +77,15 @@ func newResourceCmd(s *state) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return writeJSON(cmd, rs)
-			}
 			names := map[string]string{}
-			if ps, err := c.ProviderList(ctx); err == nil {
+			if ps, err := c.ProviderList(ctx); err == nil && !asJSON {
 				for _, p := range ps {
 					names[p.ID] = p.Name
 				}
 			}
-			tw := table(cmd)
-			fmt.Fprintln(tw, "ID\tPROVIDER\tEXTERNAL ID\tCREATED")
-			for _, r := range rs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.ID, orDefault(names[r.ProviderID], r.ProviderID), r.ExternalID, ago(r.CreatedAt))
-			}
-			return tw.Flush()
+			return printList(cmd, asJSON, rs, "ID\tPROVIDER\tEXTERNAL ID\tCREATED", func(r *api.Resource) []string {
+				return []string{r.ID, orDefault(names[r.ProviderID], r.ProviderID), r.ExternalID, ago(r.CreatedAt)}
+			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -117,19 +117,13 @@ func newRouteCmd(s *state) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return writeJSON(cmd, routes)
-			}
-			tw := table(cmd)
-			fmt.Fprintln(tw, "ROUTE\tSERVICE\tID\tSTICKY\tLEADER\tPATH")
-			for _, r := range routes {
+			return printList(cmd, asJSON, routes, "ROUTE\tSERVICE\tID\tSTICKY\tLEADER\tPATH", func(r *api.Route) []string {
 				target := r.Domain
 				if r.Type == api.RouteTCP || r.Port != 0 {
 					target += ":" + strconv.Itoa(int(r.Port))
 				}
-				fmt.Fprintf(tw, "%s:%s\t%s\t%s/%s\t%t\t%t\t%s\n", r.Type, target, r.Service, r.Type, r.ID, r.Sticky, r.Leader, orDefault(r.Path, pathDefault(r)))
-			}
-			return tw.Flush()
+				return []string{r.Type + ":" + target, r.Service, r.Type + "/" + r.ID, strconv.FormatBool(r.Sticky), strconv.FormatBool(r.Leader), orDefault(r.Path, pathDefault(r))}
+			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")

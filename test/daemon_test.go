@@ -49,13 +49,9 @@ func startDaemon(t *testing.T, bridge, subnet string) *testDaemon {
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatalf("runc not installed (make deps installs it): %v", err)
 	}
-	// A short state dir: job ids ("<host>-<uuid>") plus the supervisor's
-	// socket path must fit in a unix socket address (108 bytes).
-	dir, err := os.MkdirTemp("/tmp", "flt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	// A long state dir on purpose: job ids ("<host>-<uuid>") and the
+	// state dir's length are independent of socket address limits.
+	dir := t.TempDir()
 	state := filepath.Join(dir, "s")
 	out, _, code := run(t, "flynn-host", "init", "--state-dir", state)
 	if code != 0 {

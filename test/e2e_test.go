@@ -41,13 +41,8 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 			t.Skipf("end-to-end: needs %s", bin)
 		}
 	}
-	// Short: job sockets live under the state dir.
-	state, err := os.MkdirTemp("/tmp", "fle")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(state) // up creates it
 	dir := t.TempDir()
+	state := filepath.Join(dir, "state") // up creates it
 	c := &e2eCluster{t: t, stateDir: state, rc: filepath.Join(dir, "flynnrc"), domain: e2eDomain}
 	c.httpPort = freePort(t)
 	c.upArgs = []string{"up", "--state-dir", c.stateDir, "--listen-ip", "127.0.0.1",

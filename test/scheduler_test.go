@@ -129,18 +129,6 @@ type cluster struct {
 	dump  func() string
 }
 
-// shortTempDir is a temporary directory with a short path: a host's
-// state dir must leave room for job ids in socket paths (sockaddr_un).
-func shortTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "fs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 func startCluster(t *testing.T, dir string) *cluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -255,7 +243,7 @@ func createApp(t *testing.T, ctx context.Context, cc *controllerclient.Client, a
 // two real hosts and a real controller: web=4 spreads 2+2, and the jobs
 // of a host that dies (SIGKILL; its lease expires) move to the other.
 func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := t.TempDir()
 	c := startCluster(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -372,7 +360,7 @@ func (c *cluster) jobsByRelease(ctx context.Context, appID string) (map[string][
 // crashes through the real controller, scheduler and deployer: the
 // deployment fails and the old release keeps running untouched.
 func TestDeployCrashingReleaseRollsBack(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := t.TempDir()
 	c := startCluster(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/url"
 	"path"
-	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -29,10 +28,6 @@ var forbiddenTargets = []string{"/", "/proc", "/sys", "/dev"}
 func (a *Agent) validate(j *api.HostJob) error {
 	if !jobIDRe.MatchString(j.ID) {
 		return api.Validation("id", "job id %q must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", j.ID)
-	}
-	// The supervisor's socket path must fit in a sockaddr_un.
-	if n := len(filepath.Join(a.cfg.StateDir, "containers", "jobs", j.ID, "sup.sock")); n > 107 {
-		return api.Validation("id", "job id %q is too long for this host's state directory", j.ID)
 	}
 	if len(j.Artifacts) == 0 {
 		return api.Validation("artifacts", "a job needs an image: give at least one artifact")

@@ -290,7 +290,7 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 }
 
 func (r *Runc) dial(id string, req *supRequest) (net.Conn, *bufio.Reader, error) {
-	c, err := net.Dial("unix", filepath.Join(r.dir(id), fileSock))
+	c, err := net.Dial("unix", supervisorAddr(r.dir(id)))
 	if err != nil {
 		return nil, nil, err
 	}

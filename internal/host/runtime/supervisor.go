@@ -3,7 +3,9 @@ package runtime
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,8 +29,6 @@ import (
 const (
 	fileSupConfig = "supervisor.json"
 	fileSupLog    = "supervisor.log"
-	fileSock      = "sup.sock"
-	fileConsole   = "console.sock"
 	filePID       = "pid"
 	fileExit      = "exit.json"
 	fileLog       = "log"
@@ -89,7 +89,7 @@ type supervisor struct {
 // Supervise is the body of a job's supervisor process (the hidden
 // `flynn-host supervise DIR` command). It starts the container described by
 // DIR with runc, owns its stdio, writes its log, serves attach and wait
-// requests on DIR/sup.sock, and records its exit in DIR/exit.json. It
+// requests on supervisorAddr(DIR), and records its exit in DIR/exit.json. It
 // returns when the container has exited and been deleted.
 func Supervise(dir string) error {
 	ready := os.NewFile(3, "ready")
@@ -114,7 +114,7 @@ func Supervise(dir string) error {
 	if err != nil {
 		return fail(err)
 	}
-	ln, err := net.Listen("unix", filepath.Join(dir, fileSock))
+	ln, err := net.Listen("unix", supervisorAddr(dir))
 	if err != nil {
 		return fail(err)
 	}
@@ -163,7 +163,6 @@ func Supervise(dir string) error {
 	}
 	s.mu.Unlock()
 	ln.Close()
-	os.Remove(filepath.Join(dir, fileSock))
 	// Give clients a moment to read the exit; a stuck one does not keep
 	// the supervisor alive.
 	connsDone := make(chan struct{})
@@ -210,12 +209,17 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 	var consoleErr chan error
 	var closeAfter []*os.File
 	if s.cfg.TTY {
-		sock := filepath.Join(s.dir, fileConsole)
+		// runc wants a path; keep it short whatever the state dir is.
+		sockDir, err := os.MkdirTemp("", "flynn-console-")
+		if err != nil {
+			return 0, err
+		}
+		defer os.RemoveAll(sockDir)
+		sock := filepath.Join(sockDir, "c.sock")
 		cl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 		if err != nil {
 			return 0, err
 		}
-		defer os.Remove(sock)
 		defer cl.Close()
 		consoleErr = make(chan error, 1)
 		go func() { consoleErr <- s.recvConsole(cl) }()
@@ -563,4 +567,15 @@ func oomKilled(cgroupsPath string) bool {
 		}
 	}
 	return false
+}
+
+// supervisorAddr is where the supervisor of the job in dir listens: an
+// abstract unix socket (in the host's network namespace) named after the
+// job directory, so its length does not depend on the state dir's.
+func supervisorAddr(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return "@flynn-supervisor-" + hex.EncodeToString(sum[:16])
 }

@@ -73,6 +73,11 @@ func newControllerCmd(env Env) *cobra.Command {
 			defer cli.Close()
 			cfg.Etcd = cli
 			ctx := cmd.Context()
+			if advertise != "" {
+				if _, port, err := net.SplitHostPort(advertise); err != nil || port == "" {
+					return fmt.Errorf("--advertise %q: give host:port, e.g. 10.0.0.1:1200", advertise)
+				}
+			}
 			if token != "" {
 				cfg.Runner = &controller.HostRunner{Token: token}
 			}

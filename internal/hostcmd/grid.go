@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,6 +51,9 @@ func newDaemonCmd(env Env) *cobra.Command {
 				return err
 			}
 			if !noAgent {
+				if err := validateAgentFlags(agent); err != nil {
+					return err
+				}
 				cfg.Services = append(cfg.Services, hostAgentService(cfg, agent, log))
 			}
 			return daemon.Run(cmd.Context(), cfg, log)
@@ -301,7 +306,7 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 		cfg.Registry = host.DiscoverdRegistry(d.Discoverd, d.Token)
 		a, err := host.New(cfg, log.With("component", "host"))
 		if err != nil {
-			return fmt.Errorf("host agent: %w", err)
+			return err // already says "host agent: ..."
 		}
 		return a.Run(ctx)
 	}
@@ -331,4 +336,26 @@ func jobDNS(port int, listenIP string) string {
 		}
 	}
 	return ""
+}
+
+var bridgeNameRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
+
+// validateAgentFlags checks the host agent's flags before the daemon starts
+// anything, so a typo is a one-line error rather than a failure later.
+func validateAgentFlags(c host.Config) error {
+	if !bridgeNameRE.MatchString(c.Bridge) {
+		return fmt.Errorf("--bridge %q: a network interface name of 1-15 letters, digits, '.', '_' or '-'", c.Bridge)
+	}
+	if ip, n, err := net.ParseCIDR(c.Subnet); err != nil || ip.To4() == nil {
+		return fmt.Errorf("--subnet %q: give an IPv4 network like 100.64.0.0/16", c.Subnet)
+	} else if ones, _ := n.Mask.Size(); ones > 29 {
+		return fmt.Errorf("--subnet %q: too small for jobs, use /29 or larger", c.Subnet)
+	}
+	if c.StopGrace < 0 {
+		return fmt.Errorf("--stop-grace %s: must not be negative", c.StopGrace)
+	}
+	if _, err := exec.LookPath(c.Runc); err != nil {
+		return fmt.Errorf("--runc %q: not found (make deps installs runc)", c.Runc)
+	}
+	return nil
 }

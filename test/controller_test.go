@@ -3,12 +3,15 @@ package test
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/creack/pty"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
@@ -112,6 +115,37 @@ func TestOneOffJobThroughController(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("flynn run -d: exit %d %q %q", code, out, errOut)
 	}
+	// Interactive, with a terminal: typed input runs, the window size
+	// reaches the job, the exit status comes back.
+	cmd := exec.Command(filepath.Join(binDir, "flynn"), "-a", "oneoff", "run", "sh")
+	cmd.Env = append(os.Environ(), "HOME="+home, "FLYNNRC="+filepath.Join(home, ".flynnrc"), "TERM=xterm")
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 33, Cols: 111})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	var screen strings.Builder
+	readDone := make(chan struct{})
+	go func() { io.Copy(&screen, tty); close(readDone) }()
+	io.WriteString(tty, "stty size; echo typed-$((6*7)); exit 5\r")
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	select {
+	case err := <-waitErr:
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 5 {
+			t.Fatalf("flynn run with a TTY: %v, want exit status 5; screen:\n%s", err, screen.String())
+		}
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		t.Fatalf("flynn run with a TTY did not end; screen:\n%s", screen.String())
+	}
+	tty.Close()
+	<-readDone
+	if out := screen.String(); !strings.Contains(out, "33 111") || !strings.Contains(out, "typed-42") {
+		t.Fatalf("TTY screen lacks the window size or the command's output:\n%s", out)
+	}
+
 	jobs, err := cc.JobList(ctx, app.ID)
 	if err != nil || len(jobs) == 0 {
 		t.Fatalf("controller lists no jobs of the app: %v, %v", jobs, err)

@@ -379,6 +379,11 @@ const (
 	EventTypeKeyDeletion      = "key_deletion"
 )
 
+// EventSinceHeader is the response header in which the controller tells
+// an event stream's reader the id it streams from (events after it), so a
+// reader that has not seen an event yet can still resume exactly.
+const EventSinceHeader = "Flynn-Since-Id"
+
 // Event is a change to a controller object. IDs increase monotonically, so
 // a follower resumes with since_id.
 type Event struct {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ type e2eCluster struct {
 	t        *testing.T
 	stateDir string
 	rc       string // the CLI config up wrote
+	home     string // HOME of the CLI and git (the cluster CA goes there)
 	httpPort int
 	domain   string
 	upArgs   []string
@@ -43,13 +45,14 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 	}
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state") // up creates it
-	c := &e2eCluster{t: t, stateDir: state, rc: filepath.Join(dir, "flynnrc"), domain: e2eDomain}
+	c := &e2eCluster{t: t, stateDir: state, rc: filepath.Join(dir, "flynnrc"), home: filepath.Join(dir, "home"), domain: e2eDomain}
+	os.Mkdir(c.home, 0o755)
 	c.httpPort = freePort(t)
 	c.upArgs = []string{"up", "--state-dir", c.stateDir, "--listen-ip", "127.0.0.1",
 		"--bridge", "flte2e1", "--subnet", "100.84.0.0/24", "--cgroup-parent", "flte2e1",
 		"--etcd-client-port", fmt.Sprint(freePort(t)), "--etcd-peer-port", fmt.Sprint(freePort(t)),
 		"--discoverd-port", fmt.Sprint(freePort(t)), "--dns-port", "-1", "--host-port", fmt.Sprint(freePort(t)),
-		"--domain", c.domain, "--controller-port", fmt.Sprint(freePort(t)),
+		"--domain", c.domain,
 		"--http-port", fmt.Sprint(c.httpPort), "--https-port", fmt.Sprint(freePort(t)),
 		"--router-api-port", fmt.Sprint(freePort(t)), "--blobstore-port", fmt.Sprint(freePort(t)),
 		"--logaggregator-port", fmt.Sprint(freePort(t)), "--git-http-port", fmt.Sprint(freePort(t)),
@@ -71,7 +74,7 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 func (c *e2eCluster) up() string {
 	c.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), c.upArgs...)
-	cmd.Env = append(os.Environ(), "FLYNNRC="+c.rc, "SUDO_USER=")
+	cmd.Env = append(c.env(), "SUDO_USER=")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(c.stateDir, "daemon.log"))
@@ -87,12 +90,34 @@ func (c *e2eCluster) down() {
 	}
 }
 
+// env is the environment of the CLI and git: the cluster's config, its
+// own HOME, the binaries under test first in PATH, a git identity, and no
+// GIT_SSL_CAINFO (which would override the cluster CA flynn create
+// configures).
+func (c *e2eCluster) env() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != "GIT_SSL_CAINFO" && k != "HOME" && k != "PATH" {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "FLYNNRC="+c.rc, "HOME="+c.home, "PATH="+binDir+":"+os.Getenv("PATH"),
+		"GIT_AUTHOR_NAME=e2e", "GIT_AUTHOR_EMAIL=e2e@example.com", "GIT_COMMITTER_NAME=e2e", "GIT_COMMITTER_EMAIL=e2e@example.com")
+}
+
+// url is the address of host (a name under the cluster domain, which
+// curl resolves to this machine as every *.localhost name) through the
+// router's HTTP port.
+func (c *e2eCluster) url(host, path string) string {
+	return fmt.Sprintf("http://%s:%d%s", host, c.httpPort, path)
+}
+
 // flynn runs the CLI with the cluster's config in dir.
 func (c *e2eCluster) flynn(dir string, args ...string) string {
 	c.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "flynn"), args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "FLYNNRC="+c.rc)
+	cmd.Env = c.env()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		c.t.Fatalf("flynn %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -112,7 +137,7 @@ func TestUpTwiceAndDown(t *testing.T) {
 		}
 	}
 	out := c.up()
-	if !strings.Contains(out, "bootstrapped already") {
+	if !strings.Contains(out, "The cluster is bootstrapped already") {
 		t.Errorf("second up did not notice the cluster is bootstrapped:\n%s", out)
 	}
 	c.down()
@@ -131,43 +156,91 @@ func TestUpTwiceAndDown(t *testing.T) {
 	}
 }
 
-// TestUserJourney is the walkthrough of the README, through the flynn CLI,
-// git and HTTP only.
-func TestUserJourney(t *testing.T) {
+// TestSystemApps: the platform's own apps are operated like any app: the
+// controller scales to two jobs on one host (each gets its own port, the
+// CLI reaches them through the router), and a killed router or controller
+// job is replaced by the scheduler while the CLI keeps working.
+func TestSystemApps(t *testing.T) {
 	c := startE2ECluster(t, nil)
-	work := t.TempDir()
-	app := filepath.Join(work, "procfile")
-	copyDir(t, "apps/procfile", app)
-	git := func(args ...string) string {
-		cmd := exec.Command("git", args...)
-		cmd.Dir = app
-		cmd.Env = append(os.Environ(), "FLYNNRC="+c.rc, "PATH="+binDir+":"+os.Getenv("PATH"),
-			"GIT_AUTHOR_NAME=e2e", "GIT_AUTHOR_EMAIL=e2e@example.com", "GIT_COMMITTER_NAME=e2e", "GIT_COMMITTER_EMAIL=e2e@example.com")
-		out, err := cmd.CombinedOutput()
+	dir := t.TempDir()
+	// upJobs returns the ids of the app's jobs that are up (none while
+	// the CLI cannot reach the controller, as while the router restarts).
+	upJobs := func(app string) []string {
+		cmd := exec.Command(filepath.Join(binDir, "flynn"), "-a", app, "ps")
+		cmd.Env = c.env()
+		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
+			return nil
 		}
-		return string(out)
+		var ids []string
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[2] == "up" {
+				ids = append(ids, f[0])
+			}
+		}
+		return ids
 	}
-	git("init", "-b", "main")
-	git("add", ".")
-	git("commit", "-m", "app")
-	c.flynn(app, "create", "e2eapp")
-	push := git("push", "flynn", "main")
-	for _, want := range []string{"remote: -----> Procfile app detected", "remote: =====> Application deployed"} {
-		if !strings.Contains(push, want) {
-			t.Errorf("git push output lacks %q:\n%s", want, push)
+	// replaced waits until app runs n jobs, none of them killed.
+	replaced := func(app, killed string, n int) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			ids := upJobs(app)
+			if len(ids) == n && !slices.Contains(ids, killed) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s job %s was not replaced: up %v", app, killed, ids)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
+	}
+	if ids := upJobs("router"); len(ids) != 1 {
+		t.Fatalf("flynn -a router ps: %d jobs up, want 1", len(ids))
 	}
 
-	// get fetches path through the router until cond holds (a minute at
-	// most) and returns the body.
-	get := func(host, path string, cond func(status int, body string) bool) string {
+	if out := c.flynn(dir, "-a", "controller", "scale", "web=2"); !strings.Contains(out, "scale completed") {
+		t.Errorf("flynn -a controller scale web=2:\n%s", out)
+	}
+	ctls := upJobs("controller")
+	if len(ctls) != 2 {
+		t.Fatalf("after scale web=2, controller jobs up: %v", ctls)
+	}
+	for range 10 { // spread over both controllers by the router
+		c.flynn(dir, "apps")
+	}
+
+	c.flynn(dir, "-a", "controller", "kill", ctls[0])
+	replaced("controller", ctls[0], 2)
+	c.flynn(dir, "-a", "controller", "scale", "web=1")
+
+	router := upJobs("router")[0]
+	c.flynn(dir, "-a", "router", "kill", router)
+	replaced("router", router, 1)
+
+	// The only controller, killed through itself, comes back.
+	ctl := upJobs("controller")[0]
+	c.flynn(dir, "-a", "controller", "kill", ctl)
+	replaced("controller", ctl, 1)
+	if out := c.flynn(dir, "apps"); !strings.Contains(out, "gitreceive") {
+		t.Errorf("flynn apps after the restarts:\n%s", out)
+	}
+}
+
+// TestUserJourney is the walkthrough of the README, through the flynn CLI,
+// git and curl only: a Go and a Node.js app pushed over HTTPS through the
+// router, then the Go app scaled, configured, logged, run, routed, rolled
+// back, killed and deleted.
+func TestUserJourney(t *testing.T) {
+	c := startE2ECluster(t, nil)
+	// get fetches a URL until cond holds (a minute at most) and returns
+	// the body.
+	get := func(url string, cond func(status int, body string) bool) string {
 		t.Helper()
 		var last string
 		deadline := time.Now().Add(time.Minute)
 		for time.Now().Before(deadline) {
-			out, err := exec.Command("curl", "-sS", "-w", "\n%{http_code}", "-H", "Host: "+host, fmt.Sprintf("http://127.0.0.1:%d%s", c.httpPort, path)).Output()
+			out, err := exec.Command("curl", "-sS", "-m", "10", "-w", "\n%{http_code}", url).Output()
 			if err == nil {
 				// The body, then a line with the status code.
 				i := strings.LastIndexByte(string(out), '\n')
@@ -182,21 +255,40 @@ func TestUserJourney(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		t.Fatalf("GET http://%s%s: last reply %s", host, path, last)
+		t.Fatalf("GET %s: last reply %s", url, last)
 		return ""
 	}
 	ok := func(status int, body string) bool { return status == 200 }
-	host := "e2eapp." + c.domain
-	// The push returned once the web process was routable.
-	if out, _ := exec.Command("curl", "-sS", "-H", "Host: "+host, fmt.Sprintf("http://127.0.0.1:%d/", c.httpPort)).Output(); !strings.Contains(string(out), "hello from the procfile app") {
-		t.Errorf("right after the push, GET / = %q", out)
+	pushed := func(a *pushApp, detected, want string) {
+		t.Helper()
+		out, pushOK := a.push("main")
+		if !pushOK {
+			t.Fatalf("git push of %s failed:\n%s", a.name, out)
+		}
+		for _, w := range []string{"remote: -----> " + detected + " app detected", "remote: =====> Application deployed"} {
+			if !strings.Contains(out, w) {
+				t.Errorf("git push of %s: output lacks %q:\n%s", a.name, w, out)
+			}
+		}
+		// The push returned once the web process was routable.
+		if status, body := a.get(); status != 200 || !strings.Contains(body, want) {
+			t.Errorf("right after the push of %s, GET / = %d %q", a.name, status, body)
+		}
 	}
 
+	// flynn create (the git remote), git push over HTTPS, curl by name.
+	node := newPushApp(t, c, nil, "nodejs", "e2enode", false)
+	pushed(node, "Node.js", "hello from the node app")
+	a := newPushApp(t, c, nil, "go", "e2eapp", false)
+	pushed(a, "Go", "hello from the go app")
+	host := "e2eapp." + c.domain
+	get(c.url(host, "/"), func(s int, b string) bool { return s == 200 && strings.Contains(b, "hello from the go app") })
+
 	// Three processes: three different jobs answer.
-	c.flynn(app, "scale", "web=3")
+	a.flynn("scale", "web=3")
 	jobs := map[string]bool{}
 	for i := 0; i < 200 && len(jobs) < 3; i++ {
-		body := get(host, "/cgi-bin/hello", ok)
+		body := get(c.url(host, "/"), ok)
 		for _, l := range strings.Split(body, "\n") {
 			if id, found := strings.CutPrefix(l, "job="); found && id != "" {
 				jobs[id] = true
@@ -208,33 +300,33 @@ func TestUserJourney(t *testing.T) {
 	}
 
 	// Config: a new release, restarted processes see the value.
-	c.flynn(app, "env", "set", "APP_VALUE=e2e-hello")
-	if out := c.flynn(app, "env", "get", "APP_VALUE"); strings.TrimSpace(out) != "e2e-hello" {
+	a.flynn("env", "set", "APP_VALUE=e2e-hello")
+	if out := a.flynn("env", "get", "APP_VALUE"); strings.TrimSpace(out) != "e2e-hello" {
 		t.Errorf("env get: %q", out)
 	}
-	get(host, "/cgi-bin/hello", func(s int, b string) bool { return s == 200 && strings.Contains(b, "value=e2e-hello") })
+	get(c.url(host, "/"), func(s int, b string) bool { return s == 200 && strings.Contains(b, "value=e2e-hello\n") })
 
-	if out := c.flynn(app, "log", "-n", "1000"); !strings.Contains(out, "web starting on port") {
+	if out := a.flynn("log", "-n", "1000"); !strings.Contains(out, "web starting on port") {
 		t.Errorf("flynn log lacks the web process's output:\n%s", out)
 	}
-	if out := c.flynn(app, "run", "sh", "-c", "echo one-off $APP_VALUE"); !strings.Contains(out, "one-off e2e-hello") {
+	if out := a.flynn("run", "sh", "-c", "echo one-off $APP_VALUE"); !strings.Contains(out, "one-off e2e-hello") {
 		t.Errorf("flynn run: %q", out)
 	}
 
-	c.flynn(app, "route", "add", "http", "second."+c.domain)
-	get("second."+c.domain, "/", ok)
+	a.flynn("route", "add", "http", "second."+c.domain)
+	get(c.url("second."+c.domain, "/"), func(s int, b string) bool { return s == 200 && strings.Contains(b, "hello from the go app") })
 
 	// Rollback: the release before env set, without the value.
-	c.flynn(app, "release", "rollback", "-y")
-	get(host, "/cgi-bin/hello", func(s int, b string) bool { return s == 200 && strings.Contains(b, "value=\n") })
+	a.flynn("release", "rollback", "-y")
+	get(c.url(host, "/"), func(s int, b string) bool { return s == 200 && strings.Contains(b, "value=\n") })
 
 	// A killed job is replaced.
-	ps := c.flynn(app, "ps")
+	ps := a.flynn("ps")
 	id := strings.Fields(strings.Split(strings.TrimSpace(ps), "\n")[1])[0]
-	c.flynn(app, "kill", id)
+	a.flynn("kill", id)
 	deadline := time.Now().Add(time.Minute)
 	for {
-		ps = c.flynn(app, "ps")
+		ps = a.flynn("ps")
 		if !strings.Contains(ps, id) && strings.Count(ps, " up ") == 3 {
 			break
 		}
@@ -245,11 +337,11 @@ func TestUserJourney(t *testing.T) {
 	}
 
 	// Delete: the routes go (404) and so do the jobs.
-	c.flynn(app, "delete", "-y")
-	get(host, "/", func(s int, b string) bool { return s == 404 })
-	get("second."+c.domain, "/", func(s int, b string) bool { return s == 404 })
-	if out := c.flynn(app, "apps"); strings.Contains(out, "e2eapp") {
-		t.Errorf("flynn apps still lists the app:\n%s", out)
+	a.flynn("delete", "-y")
+	get(c.url(host, "/"), func(s int, b string) bool { return s == 404 })
+	get(c.url("second."+c.domain, "/"), func(s int, b string) bool { return s == 404 })
+	if out := a.flynn("apps"); strings.Contains(out, "e2eapp") || !strings.Contains(out, "e2enode") {
+		t.Errorf("flynn apps after deleting e2eapp:\n%s", out)
 	}
 }
 

@@ -1,7 +1,6 @@
 package test
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,8 +39,7 @@ func newPushApp(t *testing.T, c *e2eCluster, env []string, sample, name string, 
 func (a *pushApp) cmd(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = a.dir
-	cmd.Env = append(append(os.Environ(), "FLYNNRC="+a.c.rc, "PATH="+binDir+":"+os.Getenv("PATH"),
-		"GIT_AUTHOR_NAME=e2e", "GIT_AUTHOR_EMAIL=e2e@example.com", "GIT_COMMITTER_NAME=e2e", "GIT_COMMITTER_EMAIL=e2e@example.com"), a.env...)
+	cmd.Env = append(a.c.env(), a.env...)
 	return cmd
 }
 
@@ -71,8 +69,7 @@ func (a *pushApp) push(refspec string) (string, bool) {
 
 // get fetches / through the router.
 func (a *pushApp) get() (int, string) {
-	out, err := exec.Command("curl", "-sS", "-m", "5", "-w", "\n%{http_code}", "-H", "Host: "+a.name+"."+a.c.domain,
-		fmt.Sprintf("http://127.0.0.1:%d/", a.c.httpPort)).Output()
+	out, err := exec.Command("curl", "-sS", "-m", "5", "-w", "\n%{http_code}", a.c.url(a.name+"."+a.c.domain, "/")).Output()
 	if err != nil {
 		return 0, err.Error()
 	}
@@ -149,7 +146,7 @@ func TestPushApps(t *testing.T) {
 			env = sshEnv
 		}
 		a := newPushApp(t, c, env, tt.sample, tt.name, tt.ssh)
-		r := result{name: tt.name, transport: map[bool]string{true: "ssh", false: "http"}[tt.ssh]}
+		r := result{name: tt.name, transport: map[bool]string{true: "ssh", false: "https"}[tt.ssh]}
 		r.cold = a.pushAndServe(tt.want)
 		if tt.warm {
 			a.commit("second")
@@ -158,7 +155,7 @@ func TestPushApps(t *testing.T) {
 		results = append(results, r)
 	}
 	for _, r := range results {
-		t.Logf("push to first 200: %-10s over %-4s cold %v warm %v", r.name, r.transport, r.cold.Round(10*time.Millisecond), r.warm.Round(10*time.Millisecond))
+		t.Logf("push to first 200: %-10s over %-5s cold %v warm %v", r.name, r.transport, r.cold.Round(10*time.Millisecond), r.warm.Round(10*time.Millisecond))
 	}
 
 	// Refusals, each with a clear message, on the procfile app: its

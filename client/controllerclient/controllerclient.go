@@ -8,6 +8,7 @@ package controllerclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 
@@ -15,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -517,26 +519,97 @@ func (c *Client) GetEvent(ctx context.Context, id int64) (*api.Event, error) {
 	return &out, c.c.Do(ctx, "GET", "/events/"+strconv.FormatInt(id, 10), nil, &out)
 }
 
-// EventStream is a stream of controller events.
+// EventStream is a stream of controller events. When the connection ends
+// early (the controller instance serving it stopped, a network blip) it
+// reconnects, through the same URL, from the last event it returned, so
+// its reader misses nothing and sees nothing twice.
 type EventStream struct {
-	er *httpclient.EventReader
+	c      *Client
+	ctx    context.Context
+	opts   EventOptions
+	mu     sync.Mutex
+	er     *httpclient.EventReader
+	lastID int64
+	closed bool
 }
 
-// Next returns the next event; io.EOF when the stream ended.
+// reconnectFor is how long an EventStream keeps trying to reconnect.
+const reconnectFor = 30 * time.Second
+
+// Next returns the next event; io.EOF when the stream ended and could not
+// be resumed.
 func (s *EventStream) Next() (*api.Event, error) {
-	ev, err := s.er.Next()
-	if err != nil {
-		return nil, err
+	var deadline time.Time
+	for {
+		s.mu.Lock()
+		er := s.er
+		s.mu.Unlock()
+		ev, err := er.Next()
+		if err == nil {
+			e := &api.Event{}
+			if err := json.Unmarshal(ev.Data, e); err != nil {
+				return nil, fmt.Errorf("decode event: %w", err)
+			}
+			if e.ID > 0 {
+				s.mu.Lock()
+				s.lastID = e.ID
+				s.mu.Unlock()
+			}
+			return e, nil
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(reconnectFor)
+		}
+		if rerr := s.reconnect(deadline); rerr != nil {
+			return nil, err
+		}
 	}
-	e := &api.Event{}
-	if err := json.Unmarshal(ev.Data, e); err != nil {
-		return nil, fmt.Errorf("decode event: %w", err)
+}
+
+// reconnect reopens the stream from the last event, retrying until
+// deadline; it fails at once when the stream was closed or its context
+// ended, or when the stream cannot resume (no position known).
+func (s *EventStream) reconnect(deadline time.Time) error {
+	for {
+		s.mu.Lock()
+		closed, since := s.closed, s.lastID
+		s.mu.Unlock()
+		if closed || s.ctx.Err() != nil || since == 0 {
+			return errors.New("cannot resume")
+		}
+		o := s.opts
+		o.SinceID, o.Past = since, false
+		er, err := s.c.c.Stream(s.ctx, "/events"+o.query())
+		if err == nil {
+			s.mu.Lock()
+			if s.closed {
+				s.mu.Unlock()
+				er.Close()
+				return errors.New("closed")
+			}
+			s.er.Close()
+			s.er = er
+			s.mu.Unlock()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
-	return e, nil
 }
 
 // Close ends the stream.
-func (s *EventStream) Close() error { return s.er.Close() }
+func (s *EventStream) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return s.er.Close()
+}
 
 // StreamEvents follows events matching o. With o.SinceID it first
 // replays every later event, so a follower that reconnects with the last
@@ -546,7 +619,11 @@ func (c *Client) StreamEvents(ctx context.Context, o EventOptions) (*EventStream
 	if err != nil {
 		return nil, err
 	}
-	return &EventStream{er: er}, nil
+	s := &EventStream{c: c, ctx: ctx, opts: o, er: er, lastID: o.SinceID}
+	if v, err := strconv.ParseInt(er.Header.Get(api.EventSinceHeader), 10, 64); err == nil && v > s.lastID {
+		s.lastID = v
+	}
+	return s, nil
 }
 
 // FormationStream is a stream of expanded formations.

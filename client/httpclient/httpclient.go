@@ -139,13 +139,17 @@ func (c *Client) Stream(ctx context.Context, path string) (*EventReader, error) 
 	if err != nil {
 		return nil, err
 	}
-	return NewEventReader(res.Body), nil
+	er := NewEventReader(res.Body)
+	er.Header = res.Header
+	return er, nil
 }
 
 // EventReader reads events from an SSE body.
 type EventReader struct {
-	body io.ReadCloser
-	r    *bufio.Reader
+	// Header is the stream's response header (nil from NewEventReader).
+	Header http.Header
+	body   io.ReadCloser
+	r      *bufio.Reader
 }
 
 // NewEventReader reads SSE events from body.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
 	"github.com/flynnrebuilt/flynn/internal/image"
@@ -33,13 +34,15 @@ import (
 const MarkerKey = "/flynn/bootstrap"
 
 // Ports are the host ports the system components listen on (they all run
-// with host networking).
+// with host networking). The controller has none: each of its jobs gets a
+// port from its host and is found through discoverd (service controller)
+// and the router (controller.DOMAIN), so it scales like any app.
 type Ports struct {
-	Controller, HTTP, HTTPS, RouterAPI, Blobstore, Logagg, GitHTTP, GitSSH int
+	HTTP, HTTPS, RouterAPI, Blobstore, Logagg, GitHTTP, GitSSH int
 }
 
 // DefaultPorts are the ports of a production cluster.
-var DefaultPorts = Ports{Controller: 1200, HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222}
+var DefaultPorts = Ports{HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222}
 
 // Config says which cluster to bootstrap and how.
 type Config struct {
@@ -79,7 +82,8 @@ type Result struct {
 	// CACert is the cluster CA (PEM).
 	CACert string `json:"ca_cert"`
 	// ControllerURL and GitURL reach the controller and gitreceive
-	// without the router (on the host's cluster address).
+	// through the router: https://controller.DOMAIN and
+	// https://git.DOMAIN, with the HTTPS port when it is not 443.
 	ControllerURL string `json:"controller_url"`
 	GitURL        string `json:"git_url"`
 	// SSHGit is host:port of git over SSH.
@@ -90,7 +94,22 @@ type Result struct {
 
 // ClusterAddLine is the command that adds the cluster to a flynn CLI.
 func (r *Result) ClusterAddLine(name string) string {
-	return fmt.Sprintf("flynn cluster add -p %s %s %s %s", r.Pin, name, r.Domain, r.Key)
+	return "flynn " + strings.Join(r.ClusterAddArgs(name), " ")
+}
+
+// ClusterAddArgs are the flynn CLI's arguments that add the cluster.
+func (r *Result) ClusterAddArgs(name string) []string {
+	args := []string{"cluster", "add", "-p", r.Pin}
+	if r.ControllerURL != "" && r.ControllerURL != "https://controller."+r.Domain {
+		args = append(args, "--controller-url", r.ControllerURL)
+	}
+	if r.GitURL != "" && r.GitURL != "https://git."+r.Domain {
+		args = append(args, "--git-url", r.GitURL)
+	}
+	if r.SSHGit != "" {
+		args = append(args, "--ssh-git", r.SSHGit)
+	}
+	return append(args, name, r.Domain, r.Key)
 }
 
 // run is the state of one bootstrap.
@@ -100,6 +119,7 @@ type run struct {
 	vars     map[string]string
 	hosts    []*api.Host
 	etcd     *clientv3.Client
+	disc     *discoverdclient.Client
 	ctl      *controllerclient.Client
 	res      *Result
 	art      *api.Artifact
@@ -146,6 +166,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	}
 	r := &run{cfg: cfg, log: log, apps: map[string]*appState{}, tlsDir: filepath.Join(cfg.StateDir, "bootstrap")}
 	dc := &httpclient.Client{URL: strings.TrimSuffix(cfg.DiscoverdURL, "/"), Key: cfg.Token}
+	r.disc = discoverdclient.New(strings.TrimSuffix(cfg.DiscoverdURL, "/"), cfg.Token)
 	var info api.ClusterInfo
 	if err := dc.Do(ctx, "GET", "/grid/cluster", nil, &info); err != nil {
 		return nil, fmt.Errorf("bootstrap: ask discoverd at %s about the cluster (is flynn-host daemon running?): %w", cfg.DiscoverdURL, err)
@@ -182,7 +203,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		"DISCOVERD":       strings.TrimSuffix(cfg.DiscoverdURL, "/"),
 		"ETCD_ENDPOINTS":  strings.Join(info.EtcdEndpoints, ","),
 		"LISTEN_IP":       listenIP,
-		"CONTROLLER_PORT": strconv.Itoa(p.Controller),
 		"HTTP_PORT":       strconv.Itoa(p.HTTP),
 		"HTTPS_PORT":      strconv.Itoa(p.HTTPS),
 		"ROUTER_API_PORT": strconv.Itoa(p.RouterAPI),
@@ -202,8 +222,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	}
 	r.res = &Result{
 		Domain:        cfg.Domain,
-		ControllerURL: "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.Controller)),
-		GitURL:        "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.GitHTTP)),
+		ControllerURL: routedURL("controller."+cfg.Domain, p.HTTPS),
+		GitURL:        routedURL("git."+cfg.Domain, p.HTTPS),
 		SSHGit:        net.JoinHostPort(listenIP, strconv.Itoa(p.GitSSH)),
 	}
 	for _, s := range cfg.Manifest.Steps {
@@ -224,6 +244,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		return nil, fmt.Errorf("bootstrap: record completion: %w", err)
 	}
 	return r.res, nil
+}
+
+// routedURL is the HTTPS URL of host through the router.
+func routedURL(host string, httpsPort int) string {
+	if httpsPort == 443 {
+		return "https://" + host
+	}
+	return "https://" + net.JoinHostPort(host, strconv.Itoa(httpsPort))
 }
 
 // marker returns the result of an earlier bootstrap, or nil.
@@ -382,7 +410,7 @@ func (r *run) release(name string) (*appState, error) {
 			if pt.Port == 0 && i == 0 && q.Env["PORT"] != "" {
 				pt.Port, _ = strconv.Atoi(q.Env["PORT"])
 			}
-			if pt.Port == 0 {
+			if pt.Port == 0 && !q.HostNetwork {
 				return nil, fmt.Errorf("app %s: process %s: port %d has no number (set PORT)", name, typ, i)
 			}
 			q.Ports = append(q.Ports, pt)
@@ -508,8 +536,10 @@ func (r *run) startJob(ctx context.Context, h *api.Host, st *appState, typ strin
 	return nil
 }
 
+// waitController waits until a controller registered in discoverd
+// answers, and talks to the controller through discoverd from then on.
 func (r *run) waitController(ctx context.Context, timeout time.Duration) error {
-	r.ctl = controllerclient.New(r.res.ControllerURL, r.res.Key)
+	r.ctl = controllerclient.NewWithHTTP("http://controller"+discoverdclient.ServiceDomain, r.res.Key, r.disc.HTTPClient())
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
@@ -521,7 +551,7 @@ func (r *run) waitController(ctx context.Context, timeout time.Duration) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the controller at %s did not answer: %w", r.res.ControllerURL, err)
+			return fmt.Errorf("no controller registered in discoverd answered: %w", err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -570,6 +600,12 @@ func (r *run) waitApp(ctx context.Context, name string, timeout time.Duration) e
 			continue
 		}
 		for _, pt := range p.Ports {
+			if pt.Port == 0 && pt.Service != nil {
+				if err := r.waitService(ctx, name, typ, pt.Service.Name, st.started); err != nil {
+					return err
+				}
+				continue
+			}
 			addr := net.JoinHostPort(r.vars["LISTEN_IP"], strconv.Itoa(pt.Port))
 			for {
 				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
@@ -590,6 +626,26 @@ func (r *run) waitApp(ctx context.Context, name string, timeout time.Duration) e
 		}
 	}
 	return nil
+}
+
+// waitService waits until service has a live instance (a port the host
+// gave the job, registered once healthy).
+func (r *run) waitService(ctx context.Context, app, typ, service string, started bool) error {
+	for {
+		insts, err := r.disc.Instances(ctx, service)
+		if err == nil && len(insts) > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			hint := ""
+			if !started {
+				hint = " (the scheduler starts it: is the scheduler running?)"
+			}
+			return fmt.Errorf("%s/%s has not registered in service %s%s", app, typ, service, hint)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func (r *run) addRoute(ctx context.Context, s *Step) error {

@@ -147,7 +147,11 @@ func DefaultManifest() *Manifest {
 		}
 		return p
 	}
-	ctl := proc("controller", "CONTROLLER_PORT", "controller")
+	// The controller's port comes from its host ($PORT), so several
+	// controller jobs can share a host: the others find it through
+	// discoverd (http://controller.discoverd), users through the router.
+	ctl := proc("controller", "", "controller")
+	delete(ctl.Env, "PORT")
 	ctl.Env["ETCD_ENDPOINTS"] = "${ETCD_ENDPOINTS}"
 	ctl.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
 	ctl.Env["CLUSTER_DOMAIN"] = "${CLUSTER_DOMAIN}"
@@ -162,7 +166,7 @@ func DefaultManifest() *Manifest {
 	sched.Env = map[string]string{
 		"FLYNN_ETCD":     "${ETCD_ENDPOINTS}",
 		"ETCD_ENDPOINTS": "${ETCD_ENDPOINTS}",
-		"CONTROLLER_URL": "http://${LISTEN_IP}:${CONTROLLER_PORT}",
+		"CONTROLLER_URL": "http://controller.discoverd",
 		"CONTROLLER_KEY": "${CONTROLLER_KEY}",
 		"AUTH_KEY":       "${CONTROLLER_KEY}",
 		"CLUSTER_TOKEN":  "${CLUSTER_TOKEN}",
@@ -189,7 +193,7 @@ func DefaultManifest() *Manifest {
 
 	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")
 	git.Env["SSH_ADDR"] = ":${GIT_SSH_PORT}"
-	git.Env["CONTROLLER_URL"] = "http://${LISTEN_IP}:${CONTROLLER_PORT}"
+	git.Env["CONTROLLER_URL"] = "http://controller.discoverd"
 	git.Env["CONTROLLER_KEY"] = "${CONTROLLER_KEY}"
 	git.Env["BLOBSTORE_URL"] = "http://${LISTEN_IP}:${BLOBSTORE_PORT}"
 	git.Env["DISCOVERD"] = "${DISCOVERD}"

@@ -181,7 +181,13 @@ func (s *state) configureGitHTTPS(ctx context.Context, cmd *cobra.Command, c *co
 	if err := os.WriteFile(file, pem, 0o644); err != nil {
 		return fmt.Errorf("save cluster CA: %w", err)
 	}
-	return git(ctx, ".", "config", "--replace-all", "http."+cl.GitURL+".sslCAInfo", file)
+	if err := git(ctx, ".", "config", "--replace-all", "http."+cl.GitURL+".sslCAInfo", file); err != nil {
+		return err
+	}
+	if v := s.getenv("GIT_SSL_CAINFO"); v != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: GIT_SSL_CAINFO=%s overrides the cluster CA git was told to trust (%s): unset it for git push, or add that file to it\n", v, file)
+	}
+	return nil
 }
 
 func errOr(err error, msg string) error {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -159,6 +161,11 @@ func PinOf(der []byte) string {
 // server's leaf certificate against the pin instead of the CA chain.
 func (cl *Cluster) HTTPClient() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = dialLocalhost
+	// HTTP/1.1 only: flynn run's attach is an HTTP/1.1 protocol upgrade,
+	// which HTTP/2 (that the router offers over TLS) cannot carry.
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	if cl.TLSPin != "" {
 		want, _ := base64.StdEncoding.DecodeString(cl.TLSPin)
 		tr.TLSClientConfig = &tls.Config{
@@ -221,3 +228,18 @@ func clusterFor(cfg *Config, flag string, getenv func(string) string) (*Cluster,
 const defaultTimeout = 30 * time.Second
 
 func trimURL(s string) string { return strings.TrimSuffix(s, "/") }
+
+// dialLocalhost dials like net.Dialer, except that names under .localhost
+// (a single-node cluster's default domain, flynn.localhost) reach the
+// loopback address, as RFC 6761 asks and browsers and curl do, without a
+// DNS or /etc/hosts entry.
+func dialLocalhost(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		h := strings.ToLower(strings.TrimSuffix(host, "."))
+		if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
+	return d.DialContext(ctx, network, addr)
+}

@@ -96,6 +96,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	if eq.sinceID > 0 {
+		w.Header().Set(api.EventSinceHeader, strconv.FormatInt(eq.sinceID, 10))
+	}
 	sse, err := httpapi.NewSSE(w)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
@@ -119,13 +120,42 @@ func (s *Server) killJob(w http.ResponseWriter, r *http.Request) error {
 	if j, err = s.store.PutJob(r.Context(), j); err != nil {
 		return err
 	}
-	if err := s.cfg.Runner.StopJob(r.Context(), h, j.ID); err != nil {
-		j.State = prevState
-		s.store.PutJob(context.WithoutCancel(r.Context()), j)
-		return fmt.Errorf("stop job %s: %w", j.ID, err)
+	// The host answers once the job has ended, which can take its whole
+	// stop grace period, and the job may be this request's own path (a
+	// router, this controller): reply once the host has answered or after
+	// a moment, whichever is first, and let the stop go on. The scheduler
+	// records the job down when it ends.
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), stopJobTimeout)
+		defer cancel()
+		err := s.cfg.Runner.StopJob(ctx, h, j.ID)
+		if err != nil {
+			// Unless the scheduler saw it end meanwhile, the job is as it was.
+			if cur, gerr := s.store.GetJob(ctx, app.ID, j.ID); gerr == nil && cur.State == api.JobStateStopping {
+				cur.State = prevState
+				s.store.PutJob(ctx, cur)
+			}
+			s.log.Warn("stop job failed", "job", j.ID, "err", err)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("stop job %s: %w", j.ID, err)
+		}
+	case <-time.After(stopJobReplyAfter):
 	}
 	return ok(w, j)
 }
+
+// A kill waits this long for the host before replying "stopping", and the
+// stop itself gets stopJobTimeout.
+const (
+	stopJobReplyAfter = 2 * time.Second
+	stopJobTimeout    = 5 * time.Minute
+)
 
 func decodeNewJob(r *http.Request) (*api.NewJob, error) {
 	j := &api.NewJob{}

@@ -48,7 +48,6 @@ func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
 	f := cmd.Flags()
 	p := bootstrap.DefaultPorts
 	f.StringVar(&b.domain, "domain", domain, "cluster domain: apps are served at APP.DOMAIN (default $CLUSTER_DOMAIN or flynn.localhost)")
-	f.IntVar(&b.ports.Controller, "controller-port", p.Controller, "controller port")
 	f.IntVar(&b.ports.HTTP, "http-port", p.HTTP, "router HTTP port")
 	f.IntVar(&b.ports.HTTPS, "https-port", p.HTTPS, "router HTTPS port")
 	f.IntVar(&b.ports.RouterAPI, "router-api-port", p.RouterAPI, "router API port")
@@ -130,7 +129,9 @@ func printResult(w io.Writer, res *bootstrap.Result) {
 		fmt.Fprintln(w, "Flynn bootstrapping complete. Add the cluster to the flynn CLI with:")
 	}
 	fmt.Fprintf(w, "  %s\n", res.ClusterAddLine("default"))
-	fmt.Fprintf(w, "(when *.%s does not resolve, add --controller-url %s --git-url %s)\n", res.Domain, res.ControllerURL, res.GitURL)
+	if !strings.HasSuffix(res.Domain, ".localhost") && res.Domain != "localhost" {
+		fmt.Fprintf(w, "(controller.%s and git.%s must resolve to the cluster's routers)\n", res.Domain, res.Domain)
+	}
 }
 
 // upState is what `up` started, kept in <state-dir>/up.json for `down`.
@@ -418,14 +419,7 @@ func addToCLI(ctx context.Context, env Env, flynnBin, name string, res *bootstra
 	if p := getenv("FLYNNRC"); p != "" {
 		rc = p
 	}
-	args := []string{"cluster", "add", "-f", "-d", "-p", res.Pin}
-	if addrs, err := net.DefaultResolver.LookupHost(ctx, "controller."+res.Domain); err != nil || len(addrs) == 0 {
-		args = append(args, "--controller-url", res.ControllerURL, "--git-url", res.GitURL)
-	}
-	if res.SSHGit != "" {
-		args = append(args, "--ssh-git", res.SSHGit)
-	}
-	args = append(args, name, res.Domain, res.Key)
+	args := append([]string{"cluster", "add", "-f", "-d"}, res.ClusterAddArgs(name)[2:]...)
 	c := exec.CommandContext(ctx, flynnBin, args...)
 	c.Env = append(os.Environ(), "FLYNNRC="+rc, "HOME="+home)
 	var buf bytes.Buffer

@@ -81,7 +81,10 @@ func newControllerCmd(env Env) *cobra.Command {
 			if token != "" {
 				cfg.Runner = &controller.HostRunner{Token: token}
 			}
-			if discURL != "" {
+			// A controller job's host registers (and, when the job stops,
+			// drains) its port itself; a second registration of the same
+			// address would keep routers sending to a stopping controller.
+			if discURL != "" && get("FLYNN_JOB_ID") == "" {
 				dc := discoverdclient.New(discURL, token)
 				cfg.OnListen = func(ctx context.Context, addr string) error {
 					reg, err := dc.Register(ctx, "controller", advertiseAddr(advertise, addr, get("EXTERNAL_IP")), nil)
@@ -111,7 +114,7 @@ func newControllerCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", get("CLUSTER_DOMAIN"), "domain for default app routes <app>.<domain> (default $CLUSTER_DOMAIN)")
 	f.StringVar(&cfg.CACertFile, "ca-cert", get("CA_CERT_FILE"), "PEM file served at /ca-cert (default $CA_CERT_FILE)")
 	f.StringVar(&cfg.LogAggregatorURL, "logaggregator", get("LOGAGGREGATOR_URL"), "log aggregator base URL for app logs (default $LOGAGGREGATOR_URL)")
-	f.StringVar(&discURL, "discoverd", get("DISCOVERD"), "discoverd URL to register as service controller in (default $DISCOVERD)")
+	f.StringVar(&discURL, "discoverd", get("DISCOVERD"), "discoverd URL to register as service controller in (default $DISCOVERD; a job's host registers it instead)")
 	f.StringVar(&token, "token", get("FLYNN_CLUSTER_TOKEN"), "cluster token for discoverd and host agents (default $FLYNN_CLUSTER_TOKEN); enables one-off jobs")
 	f.StringVar(&advertise, "advertise", "", "host:port to register in discoverd (default the listen address, with $EXTERNAL_IP or 127.0.0.1 for an unspecified host)")
 	f.StringVar(&logLevel, "log-level", orDefaultCtl(get("FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,8 +139,10 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer etcd.Close()
-	ctrl := controllerclient.New(fl.controllerURL, fl.ctrlKey)
-	blobs := blobclient.New(fl.blobURL, fl.blobKey, nil)
+	disc := discoverdFor(fl.discoverd, fl.token)
+	hc := serviceHTTP(disc)
+	ctrl := controllerclient.NewWithHTTP(fl.controllerURL, fl.ctrlKey, hc)
+	blobs := blobclient.New(fl.blobURL, fl.blobKey, hc)
 	recv, err := gitreceive.NewReceiver(gitreceive.ReceiverConfig{
 		Controller: ctrl, Blobs: blobs, JobBlobURL: fl.jobBlobURL, BlobKey: fl.blobKey,
 		Jobs: &gitreceive.HostJobRunner{Etcd: etcd, Token: fl.token},
@@ -147,7 +150,7 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 			Hashes: map[string]string{"sha256": fl.stackSHA256}},
 		FlynnHostBin: fl.flynnHostBin, CABundle: fl.caBundle,
 		BuildTimeout: fl.buildTimeout, DeployTimeout: fl.deployWait,
-		Discoverd: discoverdFor(fl.discoverd, fl.token),
+		Discoverd: disc,
 	}, log)
 	if err != nil {
 		return err
@@ -247,4 +250,14 @@ func discoverdFor(url, token string) *discoverdclient.Client {
 		return nil
 	}
 	return discoverdclient.New(url, token)
+}
+
+// serviceHTTP is an HTTP client that reaches SERVICE.discoverd URLs (e.g.
+// http://controller.discoverd) through discoverd, or nil (the default
+// client) without discoverd.
+func serviceHTTP(disc *discoverdclient.Client) *http.Client {
+	if disc == nil {
+		return nil
+	}
+	return disc.HTTPClient()
 }

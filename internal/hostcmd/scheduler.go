@@ -59,14 +59,18 @@ func newSchedulerDeps(f schedulerFlags, etcd *clientv3.Client, log *slog.Logger)
 	if f.token == "" {
 		return nil, errors.New("--token (the cluster token host agents accept) is required")
 	}
-	cc := controllerclient.New(f.controller, f.controllerKey)
+	var disc *discoverdclient.Client
+	if f.discoverd != "" {
+		disc = discoverdclient.New(f.discoverd, f.token)
+	}
+	cc := controllerclient.NewWithHTTP(f.controller, f.controllerKey, serviceHTTP(disc))
 	deps := &schedulerDeps{
 		cluster:    scheduler.NewHostCluster(etcd, f.token, log),
 		controller: &scheduler.ControllerClient{C: cc},
 		deploy:     &deployer.ControllerClient{C: cc},
 	}
-	if f.discoverd != "" {
-		deps.discoverd = &deployer.DiscoverdWaiter{C: discoverdclient.New(f.discoverd, f.token)}
+	if disc != nil {
+		deps.discoverd = &deployer.DiscoverdWaiter{C: disc}
 	}
 	return deps, nil
 }

@@ -179,6 +179,11 @@ func copyBody(w http.ResponseWriter, resp *http.Response, pc *upConn) (complete,
 	buf := *bp
 	flusher, _ := w.(http.Flusher)
 	stream := resp.ContentLength < 0 && flusher != nil
+	if stream && pc.br.Buffered() == 0 {
+		// The head now: a client of an event stream waits for it before
+		// the first event, which may be long in coming.
+		flusher.Flush()
+	}
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {

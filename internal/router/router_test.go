@@ -702,3 +702,44 @@ func TestBadClients(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestEventStreamHead: the head of a response without a length (an event
+// stream) reaches the client before the first event, over both paths: a
+// client waits for the head before it reads events, and the first event
+// may be long in coming.
+func TestEventStreamHead(t *testing.T) {
+	h := startRouter(t, nil)
+	release := make(chan struct{})
+	b := newBackend(t, "sse", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/events" {
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprint(w, "data: first\n\n")
+	})
+	h.disc.Register("sse-web", b.addr())
+	h.putRoute(api.Route{ID: "sse", Domain: "sse.test", Service: "sse-web"})
+	h.expectBackend("http://sse.test/", "sse")
+	h.modes(t, func(t *testing.T, scheme string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", scheme+"://sse.test/events", nil)
+		res, err := h.client().Do(req)
+		if err != nil {
+			t.Fatalf("no response head before the first event: %v", err)
+		}
+		defer res.Body.Close()
+		release <- struct{}{}
+		line, err := bufio.NewReader(res.Body).ReadString('\n')
+		if err != nil || line != "data: first\n" {
+			t.Errorf("first event line %q, %v", line, err)
+		}
+	})
+}

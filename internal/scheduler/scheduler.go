@@ -871,18 +871,23 @@ func (l *loop) record(j *Job, status *int32, hostErr *string) {
 	l.persist.put(aj)
 }
 
-// persister sends job states to the controller off the loop goroutine,
-// keeping the latest state per job and the order of first change.
+// persister sends job states to the controller off the loop goroutine, in
+// the order they changed, retrying while the controller cannot be reached
+// (a restarting controller must not lose the states of the jobs that
+// replace it).
 type persister struct {
 	ctl    Controller
 	log    *slog.Logger
 	mu     sync.Mutex
 	queue  []*api.Job
 	notify chan struct{}
+	// retryMin and retryMax bound the wait between attempts while the
+	// controller cannot be reached.
+	retryMin, retryMax time.Duration
 }
 
 func newPersister(ctl Controller, log *slog.Logger) *persister {
-	return &persister{ctl: ctl, log: log, notify: make(chan struct{}, 1)}
+	return &persister{ctl: ctl, log: log, notify: make(chan struct{}, 1), retryMin: 200 * time.Millisecond, retryMax: 5 * time.Second}
 }
 
 func (p *persister) put(j *api.Job) {
@@ -896,23 +901,52 @@ func (p *persister) put(j *api.Job) {
 }
 
 func (p *persister) run(ctx context.Context) {
+	backoff := p.retryMin
 	for {
 		select {
 		case <-p.notify:
 		case <-ctx.Done():
 			return
 		}
-		p.mu.Lock()
-		batch := p.queue
-		p.queue = nil
-		p.mu.Unlock()
-		for _, j := range batch {
-			if err := p.ctl.PutJob(ctx, j); err != nil {
+		for {
+			p.mu.Lock()
+			batch := p.queue
+			p.queue = nil
+			p.mu.Unlock()
+			failed := -1
+			for i, j := range batch {
+				err := p.ctl.PutJob(ctx, j)
+				if err == nil {
+					continue
+				}
 				if ctx.Err() != nil {
 					return
 				}
-				p.log.Warn("record job state", "job", j.UUID, "state", j.State, "err", err)
+				if errors.Is(err, api.ErrValidation) || errors.Is(err, api.ErrNotFound) {
+					// The controller will never take it (e.g. the app
+					// is gone): drop it.
+					p.log.Warn("record job state: dropped", "job", j.UUID, "state", j.State, "err", err)
+					continue
+				}
+				// The controller is unreachable (e.g. restarting): keep
+				// this state and the later ones, in order, and retry.
+				p.log.Warn("record job state: will retry", "job", j.UUID, "state", j.State, "err", err, "in", backoff)
+				failed = i
+				break
 			}
+			if failed < 0 {
+				backoff = p.retryMin
+				break
+			}
+			p.mu.Lock()
+			p.queue = append(batch[failed:], p.queue...)
+			p.mu.Unlock()
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, p.retryMax)
 		}
 	}
 }

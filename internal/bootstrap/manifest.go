@@ -135,8 +135,9 @@ func (m *Manifest) Validate() error {
 }
 
 // DefaultManifest is the platform's own manifest. The system components
-// all run `flynn-host component ...` with host networking on the ports of
-// Config.Ports.
+// all run `flynn-host component ...` with host networking, on the ports of
+// Config.Ports, except the controller, whose jobs get a port from their
+// host.
 func DefaultManifest() *Manifest {
 	proc := func(svc, portVar string, args ...string) *api.ProcessType {
 		p := &api.ProcessType{Args: append([]string{"/bin/flynn-host", "component"}, args...), HostNetwork: true}

@@ -141,6 +141,9 @@ func TestUpTwiceAndDown(t *testing.T) {
 		t.Errorf("second up did not notice the cluster is bootstrapped:\n%s", out)
 	}
 	c.down()
+	if rc, _ := os.ReadFile(c.rc); strings.Contains(string(rc), c.domain) {
+		t.Errorf("the CLI config still lists the cluster:\n%s", rc)
+	}
 	if _, err := net.InterfaceByName("flte2e1"); err == nil {
 		t.Error("bridge flte2e1 left behind")
 	}

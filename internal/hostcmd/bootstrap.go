@@ -47,7 +47,7 @@ func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
 	}
 	f := cmd.Flags()
 	p := bootstrap.DefaultPorts
-	f.StringVar(&b.domain, "domain", domain, "cluster domain: apps are served at APP.DOMAIN (default $CLUSTER_DOMAIN or flynn.localhost)")
+	f.StringVar(&b.domain, "domain", domain, "cluster domain: apps are served at APP.DOMAIN (default $CLUSTER_DOMAIN if set)")
 	f.IntVar(&b.ports.HTTP, "http-port", p.HTTP, "router HTTP port")
 	f.IntVar(&b.ports.HTTPS, "https-port", p.HTTPS, "router HTTPS port")
 	f.IntVar(&b.ports.RouterAPI, "router-api-port", p.RouterAPI, "router API port")
@@ -384,6 +384,16 @@ func startDaemon(ctx context.Context, out io.Writer, stateDir string, st *upStat
 	}
 }
 
+// findFlynnCLI finds the flynn CLI next to this flynn-host, else in $PATH.
+func findFlynnCLI() (string, error) {
+	exe, _ := os.Executable()
+	bin := filepath.Join(filepath.Dir(exe), "flynn")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	return exec.LookPath("flynn")
+}
+
 // addToCLI adds the cluster to the flynn CLI config of the user who ran
 // up (through sudo: $SUDO_USER), as the default cluster.
 func addToCLI(ctx context.Context, env Env, flynnBin, name string, res *bootstrap.Result) (string, error) {
@@ -394,12 +404,9 @@ func addToCLI(ctx context.Context, env Env, flynnBin, name string, res *bootstra
 		return env.Getenv(k)
 	}
 	if flynnBin == "" {
-		exe, _ := os.Executable()
-		flynnBin = filepath.Join(filepath.Dir(exe), "flynn")
-		if _, err := os.Stat(flynnBin); err != nil {
-			if flynnBin, err = exec.LookPath("flynn"); err != nil {
-				return "", errors.New("cannot find the flynn CLI next to flynn-host or in $PATH: build it with make, or pass --no-cli")
-			}
+		var err error
+		if flynnBin, err = findFlynnCLI(); err != nil {
+			return "", errors.New("cannot find the flynn CLI next to flynn-host or in $PATH: build it with make, or pass --no-cli")
 		}
 	}
 	uid, gid := 0, 0
@@ -509,7 +516,7 @@ func down(ctx context.Context, out io.Writer, stateDir string, keepData bool) er
 	}
 	for _, rc := range st.Rcfiles {
 		// Leave the user's config as it was: drop the cluster up added.
-		if flynnBin, err := exec.LookPath("flynn"); err == nil {
+		if flynnBin, err := findFlynnCLI(); err == nil {
 			c := exec.Command(flynnBin, "cluster", "remove", st.Cluster)
 			c.Env = append(os.Environ(), "FLYNNRC="+rc)
 			c.Run()

@@ -24,8 +24,11 @@ type e2eCluster struct {
 	rc       string // the CLI config up wrote
 	home     string // HOME of the CLI and git (the cluster CA goes there)
 	httpPort int
-	domain   string
-	upArgs   []string
+	// httpsPort is the router's TLS port: the CLI and git over HTTPS
+	// reach the controller and gitreceive there.
+	httpsPort int
+	domain    string
+	upArgs    []string
 }
 
 const e2eDomain = "e2e.flynn.localhost"
@@ -47,13 +50,13 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 	state := filepath.Join(dir, "state") // up creates it
 	c := &e2eCluster{t: t, stateDir: state, rc: filepath.Join(dir, "flynnrc"), home: filepath.Join(dir, "home"), domain: e2eDomain}
 	os.Mkdir(c.home, 0o755)
-	c.httpPort = freePort(t)
+	c.httpPort, c.httpsPort = freePort(t), freePort(t)
 	c.upArgs = []string{"up", "--state-dir", c.stateDir, "--listen-ip", "127.0.0.1",
 		"--bridge", "flte2e1", "--subnet", "100.84.0.0/24", "--cgroup-parent", "flte2e1",
 		"--etcd-client-port", fmt.Sprint(freePort(t)), "--etcd-peer-port", fmt.Sprint(freePort(t)),
 		"--discoverd-port", fmt.Sprint(freePort(t)), "--dns-port", "-1", "--host-port", fmt.Sprint(freePort(t)),
 		"--domain", c.domain,
-		"--http-port", fmt.Sprint(c.httpPort), "--https-port", fmt.Sprint(freePort(t)),
+		"--http-port", fmt.Sprint(c.httpPort), "--https-port", fmt.Sprint(c.httpsPort),
 		"--router-api-port", fmt.Sprint(freePort(t)), "--blobstore-port", fmt.Sprint(freePort(t)),
 		"--logaggregator-port", fmt.Sprint(freePort(t)), "--git-http-port", fmt.Sprint(freePort(t)),
 		"--git-ssh-port", fmt.Sprint(freePort(t)),
@@ -283,6 +286,9 @@ func TestUserJourney(t *testing.T) {
 	node := newPushApp(t, c, nil, "nodejs", "e2enode", false)
 	pushed(node, "Node.js", "hello from the node app")
 	a := newPushApp(t, c, nil, "go", "e2eapp", false)
+	if u := strings.TrimSpace(a.git("remote", "get-url", "flynn")); u != fmt.Sprintf("https://git.%s:%d/e2eapp.git", c.domain, c.httpsPort) {
+		t.Errorf("flynn create's git remote is %s, want gitreceive through the router", u)
+	}
 	pushed(a, "Go", "hello from the go app")
 	host := "e2eapp." + c.domain
 	get(c.url(host, "/"), func(s int, b string) bool { return s == 200 && strings.Contains(b, "hello from the go app") })

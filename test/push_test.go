@@ -112,9 +112,9 @@ func (a *pushApp) commit(msg string) {
 }
 
 // TestPushApps pushes the Go, Node.js, static and Procfile sample apps,
-// over SSH and over HTTP, to a cluster brought up like make up, each
-// answering through the router; a second push of the Go and Node apps uses
-// the repo and build caches; bad pushes are refused and the previous
+// each over SSH and over HTTPS (through the router), to a cluster brought
+// up like make up, each answering through the router; the second push
+// uses the repo and build caches; bad pushes are refused and the previous
 // release keeps serving.
 func TestPushApps(t *testing.T) {
 	c := startE2ECluster(t, nil)
@@ -127,35 +127,37 @@ func TestPushApps(t *testing.T) {
 	c.flynn(home, "key", "add", key+".pub")
 
 	type result struct {
-		name       string
-		cold, warm time.Duration
-		transport  string
+		name                 string
+		cold, warm           time.Duration
+		coldOver, secondOver string
 	}
+	over := map[bool]string{true: "ssh", false: "https"}
 	var results []result
+	// Each app is pushed twice, over SSH and over HTTPS (through the
+	// router), the second push with the repo and build caches warm.
 	for _, tt := range []struct {
 		sample, name, want string
-		ssh, warm          bool
+		sshFirst           bool
 	}{
-		{"go", "pushgo", "hello from the go app", true, true},
-		{"nodejs", "pushnode", "hello from the node app", false, true},
-		{"static", "pushstatic", "hello from the static app", true, false},
-		{"procfile", "pushproc", "hello from the procfile app", false, false},
+		{"go", "pushgo", "hello from the go app", true},
+		{"nodejs", "pushnode", "hello from the node app", false},
+		{"static", "pushstatic", "hello from the static app", true},
+		{"procfile", "pushproc", "hello from the procfile app", false},
 	} {
-		var env []string
-		if tt.ssh {
-			env = sshEnv
-		}
-		a := newPushApp(t, c, env, tt.sample, tt.name, tt.ssh)
-		r := result{name: tt.name, transport: map[bool]string{true: "ssh", false: "https"}[tt.ssh]}
+		a := newPushApp(t, c, sshEnv, tt.sample, tt.name, tt.sshFirst)
+		r := result{name: tt.name, coldOver: over[tt.sshFirst], secondOver: over[!tt.sshFirst]}
 		r.cold = a.pushAndServe(tt.want)
-		if tt.warm {
-			a.commit("second")
-			r.warm = a.pushAndServe(tt.want)
+		if tt.sshFirst {
+			a.flynn("remote", "add", "-y")
+		} else {
+			a.flynn("remote", "add", "-y", "--ssh")
 		}
+		a.commit("second")
+		r.warm = a.pushAndServe(tt.want)
 		results = append(results, r)
 	}
 	for _, r := range results {
-		t.Logf("push to first 200: %-10s over %-5s cold %v warm %v", r.name, r.transport, r.cold.Round(10*time.Millisecond), r.warm.Round(10*time.Millisecond))
+		t.Logf("push to first 200: %-10s cold (%-5s) %-8v warm (%-5s) %v", r.name, r.coldOver, r.cold.Round(10*time.Millisecond), r.secondOver, r.warm.Round(10*time.Millisecond))
 	}
 
 	// Refusals, each with a clear message, on the procfile app: its

@@ -94,13 +94,13 @@ func (c *e2eCluster) down() {
 }
 
 // env is the environment of the CLI and git: the cluster's config, its
-// own HOME, the binaries under test first in PATH, a git identity, and no
-// GIT_SSL_CAINFO (which would override the cluster CA flynn create
-// configures).
+// own HOME, the binaries under test first in PATH and a git identity.
+// (The rest is the caller's: a GIT_SSL_CAINFO there must not stop git
+// from trusting the cluster CA flynn create configures.)
 func (c *e2eCluster) env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); k != "GIT_SSL_CAINFO" && k != "HOME" && k != "PATH" {
+		if k, _, _ := strings.Cut(kv, "="); k != "HOME" && k != "PATH" {
 			env = append(env, kv)
 		}
 	}

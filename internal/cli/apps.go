@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -173,19 +174,33 @@ func (s *state) configureGitHTTPS(ctx context.Context, cmd *cobra.Command, c *co
 	if err != nil {
 		return err
 	}
-	dir := filepath.Join(home, ".flynn", "ca-certs")
+	// The CA goes in a directory of its own, named both as sslCAInfo and
+	// sslCAPath: GIT_SSL_CAINFO (often set to the system bundle)
+	// overrides the first but not the second, and libcurl trusts both.
+	dir := filepath.Join(home, ".flynn", "ca-certs", cl.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("save cluster CA: %w", err)
 	}
-	file := filepath.Join(dir, cl.Name+".pem")
+	file := filepath.Join(dir, "ca.pem")
 	if err := os.WriteFile(file, pem, 0o644); err != nil {
 		return fmt.Errorf("save cluster CA: %w", err)
+	}
+	// OpenSSL builds of libcurl look certificates up by subject hash.
+	if out, err := exec.CommandContext(ctx, "openssl", "x509", "-noout", "-subject_hash", "-in", file).Output(); err == nil {
+		if h := strings.TrimSpace(string(out)); h != "" {
+			link := filepath.Join(dir, h+".0")
+			os.Remove(link)
+			os.Symlink("ca.pem", link)
+		}
 	}
 	if err := git(ctx, ".", "config", "--replace-all", "http."+cl.GitURL+".sslCAInfo", file); err != nil {
 		return err
 	}
-	if v := s.getenv("GIT_SSL_CAINFO"); v != "" {
-		fmt.Fprintf(cmd.ErrOrStderr(), "warning: GIT_SSL_CAINFO=%s overrides the cluster CA git was told to trust (%s): unset it for git push, or add that file to it\n", v, file)
+	if err := git(ctx, ".", "config", "--replace-all", "http."+cl.GitURL+".sslCAPath", dir); err != nil {
+		return err
+	}
+	if v := s.getenv("GIT_SSL_CAPATH"); v != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: GIT_SSL_CAPATH=%s overrides the cluster CA git was told to trust (%s): unset it for git push\n", v, dir)
 	}
 	return nil
 }

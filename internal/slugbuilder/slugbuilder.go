@@ -106,6 +106,7 @@ type build struct {
 	out                     io.Writer
 	work, cache, env, packs string
 	ownWork                 bool
+	cacheState              cacheState
 }
 
 func newBuild(cfg Config, log *slog.Logger) (*build, error) {
@@ -247,42 +248,6 @@ func (b *build) fetchSource(ctx context.Context) error {
 	b.step("Unpacking source")
 	if err := untar(r, dir); err != nil {
 		return fmt.Errorf("unpack source: %w", err)
-	}
-	return nil
-}
-
-func (b *build) restoreCache(ctx context.Context) error {
-	if b.cfg.CacheIn == "" {
-		return nil
-	}
-	rc, err := open(ctx, b.cfg.CacheIn)
-	if errors.Is(err, os.ErrNotExist) {
-		b.step("No build cache yet")
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("restore build cache: %w", err)
-	}
-	defer rc.Close()
-	b.step("Restoring build cache")
-	if err := untar(rc, b.cache); err != nil {
-		// A damaged cache must not fail the build: start from scratch.
-		b.info("build cache unusable (%v); building without it", err)
-		os.RemoveAll(b.cache)
-		return os.MkdirAll(b.cache, 0o755)
-	}
-	return nil
-}
-
-func (b *build) saveCache(ctx context.Context) error {
-	if b.cfg.CacheOut == "" {
-		return nil
-	}
-	b.step("Saving build cache")
-	if err := store(ctx, b.cfg.CacheOut, func(w io.Writer) error {
-		return writeTarGz(w, b.cache, os.Getuid(), os.Getgid())
-	}); err != nil {
-		return fmt.Errorf("save build cache: %w", err)
 	}
 	return nil
 }

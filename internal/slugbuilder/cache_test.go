@@ -1,0 +1,158 @@
+package slugbuilder
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/flynnrebuilt/flynn/internal/logging"
+)
+
+// cacheMembers reads a cache file and returns its members' names and
+// compressed bytes.
+func cacheMembers(t *testing.T, file string) map[string][]byte {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, err := restoreChunks(bytes.NewReader(data), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]byte{}
+	for _, m := range members {
+		got[m.name] = data[m.start:m.end]
+	}
+	return got
+}
+
+// TestBuildCache builds an app several times with a buildpack that changes
+// its cache on demand, and checks what each save writes: nothing when the
+// cache did not change, a fresh member only for a changed entry (the
+// others are copied byte for byte), no member for a removed entry, and a
+// cache in the old one-member format is read and rewritten in members.
+func TestBuildCache(t *testing.T) {
+	pack := t.TempDir()
+	writeTree(t, pack, map[string]string{
+		"bin/detect": "#!/bin/sh\necho Cachey\n",
+		// The app's CHANGE variable is a shell snippet run in CACHE_DIR;
+		// the restored cache is listed into the slug.
+		"bin/compile": "#!/bin/sh\nset -e\ncd \"$2\"\n(find . -type f | sort | xargs -r grep -H .) > \"$1/restored\" || true\n" +
+			"[ ! -f \"$3/CHANGE\" ] || sh \"$3/CHANGE\"\n",
+		"bin/release": "#!/bin/sh\nprintf 'default_process_types:\\n  web: true\\n'\n",
+	})
+	app := t.TempDir()
+	writeTree(t, app, map[string]string{"README": "hi"})
+	cache := filepath.Join(t.TempDir(), "cache.tgz")
+
+	build := func(t *testing.T, change string) (restored, out string) {
+		t.Helper()
+		dir := t.TempDir()
+		var buf syncBuffer
+		env := map[string]string{}
+		if change != "" {
+			env["CHANGE"] = change
+		}
+		_, err := Build(context.Background(), Config{
+			Stdin: bytes.NewReader(tarDir(t, app)), Output: &buf, BuildDir: dir,
+			CacheIn: cache, CacheOut: cache, BuildpackURL: pack, Env: env,
+		}, logging.Discard())
+		if err != nil {
+			t.Fatalf("%v\n%s", err, buf.String())
+		}
+		data, _ := os.ReadFile(filepath.Join(dir, "restored"))
+		return string(data), buf.String()
+	}
+	wantOut := func(t *testing.T, out, want string) {
+		t.Helper()
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	_, out := build(t, "mkdir -p tool sub/deep && echo v1 > tool/bin && echo 1 > sub/deep/n && echo x > gone")
+	wantOut(t, out, "-----> No build cache yet")
+	wantOut(t, out, "-----> Saving build cache\n")
+	first := cacheMembers(t, cache)
+	if diff := cmp.Diff([]string{"gone", "sub", "tool"}, sortedKeys(first)); diff != "" {
+		t.Fatalf("members (-want +got):\n%s", diff)
+	}
+
+	fi1, _ := os.Stat(cache)
+	restored, out := build(t, "")
+	if want := "./gone:x\n./sub/deep/n:1\n./tool/bin:v1\n"; restored != want {
+		t.Errorf("restored:\n%s\nwant:\n%s", restored, want)
+	}
+	wantOut(t, out, "-----> Build cache unchanged")
+	if fi2, _ := os.Stat(cache); !fi2.ModTime().Equal(fi1.ModTime()) {
+		t.Errorf("an unchanged cache was written again")
+	}
+
+	_, out = build(t, "echo 2 > sub/deep/n && rm gone")
+	wantOut(t, out, "-----> Saving build cache (changed: sub)")
+	second := cacheMembers(t, cache)
+	if diff := cmp.Diff([]string{"sub", "tool"}, sortedKeys(second)); diff != "" {
+		t.Errorf("members (-want +got):\n%s", diff)
+	}
+	if !bytes.Equal(first["tool"], second["tool"]) {
+		t.Errorf("the unchanged entry tool was compressed again instead of copied")
+	}
+	restored, _ = build(t, "chmod 600 tool/bin")
+	if want := "./sub/deep/n:2\n./tool/bin:v1\n"; restored != want {
+		t.Errorf("restored:\n%s\nwant:\n%s", restored, want)
+	}
+	third := cacheMembers(t, cache)
+	if bytes.Equal(second["tool"], third["tool"]) {
+		t.Errorf("a chmod in tool did not count as a change")
+	}
+	// Same size, same mtime: only the ctime tells.
+	build(t, "r=$(mktemp) && touch -r tool/bin $r && echo v3 > tool/bin && touch -r $r tool/bin")
+	if fourth := cacheMembers(t, cache); bytes.Equal(third["tool"], fourth["tool"]) {
+		t.Errorf("a rewrite of tool/bin that kept size and mtime did not count as a change")
+	}
+	if restored, _ = build(t, ""); !strings.Contains(restored, "./tool/bin:v3") {
+		t.Errorf("restored:\n%s\nwant tool/bin v3", restored)
+	}
+
+	// A cache written as one tar.gz of the whole tree.
+	old := t.TempDir()
+	writeTree(t, old, map[string]string{"a/f": "old a\n", "b": "old b\n"})
+	if err := os.WriteFile(cache, tarDir(t, old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	restored, out = build(t, "")
+	if want := "./a/f:old a\n./b:old b\n"; restored != want {
+		t.Errorf("restored from the old format:\n%s\nwant:\n%s", restored, want)
+	}
+	wantOut(t, out, "-----> Saving build cache\n")
+	if diff := cmp.Diff([]string{"a", "b"}, sortedKeys(cacheMembers(t, cache))); diff != "" {
+		t.Errorf("members after rewriting the old format (-want +got):\n%s", diff)
+	}
+
+	// A damaged cache is dropped, not fatal.
+	os.WriteFile(cache, []byte("\x1f\x8b garbage"), 0o644)
+	restored, out = build(t, "echo new > fresh")
+	wantOut(t, out, "build cache unusable")
+	if restored != "" {
+		t.Errorf("restored from a damaged cache: %q", restored)
+	}
+	if diff := cmp.Diff([]string{"fresh"}, sortedKeys(cacheMembers(t, cache))); diff != "" {
+		t.Errorf("members after a damaged cache (-want +got):\n%s", diff)
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

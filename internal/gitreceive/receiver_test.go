@@ -262,6 +262,9 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	if diff := cmp.Diff(wantMounts, job.Config.Mounts); diff != "" {
 		t.Errorf("build mounts (-want +got):\n%s", diff)
 	}
+	if mem := job.Resources[api.ResourceMemory].Limit; mem == nil || *mem != DefaultBuildMemory {
+		t.Errorf("build job memory limit = %v, want %d", mem, DefaultBuildMemory)
+	}
 	if !job.Config.HostNetwork || job.Config.Env["SOURCE_VERSION"] != rev || !strings.Contains(job.Config.Env["SLUG_URL"], ":"+testBlobKey+"@") {
 		t.Errorf("build job config %+v", job.Config)
 	}

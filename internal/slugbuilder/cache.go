@@ -27,10 +27,10 @@ import (
 // member holding the whole tree) is restored as well and rewritten in
 // chunks by the next save.
 //
-// Whether an entry changed is told by a fingerprint of its tree (path,
-// type, mode, size, mtime, ctime and inode of every file, symlink
-// targets), taken after the restore and again before the save. ctime
-// cannot be set by a process, so any write, rename or chmod shows.
+// Whether an entry changed is told by a fingerprint of its tree (the path
+// and mode of every entry; size, mtime, ctime and inode of every file;
+// symlink targets), taken after the restore and again before the save.
+// ctime cannot be set by a process, so any write, rename or chmod shows.
 
 // cacheMember is one gzip member of a restored cache.
 type cacheMember struct {
@@ -116,6 +116,13 @@ func fingerprints(dir string) (map[string]string, error) {
 				return err
 			}
 			rel, _ := filepath.Rel(dir, p)
+			if fi.IsDir() {
+				// Entries come and go with their own lines; a directory's
+				// times change even when a file was made and removed again
+				// (a tool's scratch space).
+				fmt.Fprintf(h, "%q %v\n", rel, fi.Mode())
+				return nil
+			}
 			fmt.Fprintf(h, "%q %v %d %d %s\n", rel, fi.Mode(), fi.Size(), fi.ModTime().UnixNano(), statKey(fi))
 			if fi.Mode()&fs.ModeSymlink != 0 {
 				target, err := os.Readlink(p)

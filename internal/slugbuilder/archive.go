@@ -146,13 +146,9 @@ func checkParents(dir, name string) error {
 }
 
 // writeTarGz writes the tree under dir as a gzipped tar with "./"-relative
-// names, owned by uid:gid.
+// names, owned by uid:gid. It compresses on a second core (writeBehind).
 func writeTarGz(w io.Writer, dir string, uid, gid int) error {
-	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
-	if err := writeTar(zw, dir, "", uid, gid); err != nil {
-		return err
-	}
-	return zw.Close()
+	return writeChunk(w, dir, "", uid, gid)
 }
 
 // writeTar writes the tree under dir as a tar with "./"-relative names,

@@ -82,13 +82,17 @@ func restoreChunks(r io.Reader, dir string) ([]cacheMember, error) {
 			return nil, fmt.Errorf("cache member at byte %d: %w", start, err)
 		}
 		zr.Multistream(false)
-		top, err := untarTop(zr, dir)
+		ra := newReadAhead(zr)
+		top, err := untarTop(ra, dir)
+		if err == nil {
+			// Read the rest of the member (tar padding, gzip trailer).
+			if _, err = io.Copy(io.Discard, ra); err != nil {
+				err = fmt.Errorf("cache member at byte %d: %w", start, err)
+			}
+		}
+		ra.Close()
 		if err != nil {
 			return nil, err
-		}
-		// Read the rest of the member (tar padding, gzip trailer).
-		if _, err := io.Copy(io.Discard, zr); err != nil {
-			return nil, fmt.Errorf("cache member at byte %d: %w", start, err)
 		}
 		m := cacheMember{start: start, end: cr.n}
 		if len(top) == 1 {
@@ -277,10 +281,16 @@ func (b *build) copyMembers(ctx context.Context, w io.Writer, members []cacheMem
 	return nil
 }
 
-// writeChunk writes the top-level entry name of dir as one gzip member.
+// writeChunk writes the top-level entry name of dir (all of dir when name
+// is empty) as one gzip member, compressed on a second core.
 func writeChunk(w io.Writer, dir, name string, uid, gid int) error {
 	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
-	if err := writeTar(zw, dir, name, uid, gid); err != nil {
+	wb := newWriteBehind(zw)
+	err := writeTar(wb, dir, name, uid, gid)
+	if cerr := wb.Close(); cerr != nil {
+		return cerr
+	}
+	if err != nil {
 		return err
 	}
 	return zw.Close()

@@ -2,8 +2,9 @@
 // build job (as `flynn-host slugbuilder`), unpacks the source into the
 // build directory (/app), applies .slugignore, runs buildpacks with the
 // Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
-// and saves the per-app build cache, and writes the slug (a tar.gz of the
-// build directory) plus a result naming its process types.
+// and saves the per-app build cache (one gzip member per top-level entry,
+// saved only when an entry changed; see cache.go), and writes the slug (a
+// tar.gz of the build directory) plus a result naming its process types.
 package slugbuilder
 
 import (
@@ -48,8 +49,10 @@ type Config struct {
 	// Slug is where the slug goes: a path or a URL to PUT to. Empty means
 	// the slug is not written (the result still has its hash and size).
 	Slug string
-	// CacheIn and CacheOut are the build cache (tar.gz), a path or URL
-	// each; a missing cache is an empty one. Empty disables that side.
+	// CacheIn and CacheOut are the build cache (a tar.gz stream of one
+	// member per top-level entry), a path or URL each; a missing cache is
+	// an empty one. Empty disables that side. When they are the same and
+	// the build changed nothing in the cache, nothing is written.
 	CacheIn, CacheOut string
 	// Result, when set, receives the JSON result (path or URL to PUT to).
 	Result string

@@ -148,12 +148,13 @@ func checkParents(dir, name string) error {
 // writeTarGz writes the tree under dir as a gzipped tar with "./"-relative
 // names, owned by uid:gid. It compresses on a second core (writeBehind).
 func writeTarGz(w io.Writer, dir string, uid, gid int) error {
-	return writeChunk(w, dir, "", uid, gid)
+	return writeChunk(w, dir, "", "./", uid, gid)
 }
 
-// writeTar writes the tree under dir as a tar with "./"-relative names,
-// owned by uid:gid; with only set, just the top-level entry of that name.
-func writeTar(w io.Writer, dir, only string, uid, gid int) error {
+// writeTar writes the tree under dir as a tar whose names are prefix
+// (which ends in "/") and the path relative to dir, owned by uid:gid; with
+// only set, just the top-level entry of that name.
+func writeTar(w io.Writer, dir, only, prefix string, uid, gid int) error {
 	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{}
 	root := dir
@@ -182,9 +183,9 @@ func writeTar(w io.Writer, dir, only string, uid, gid int) error {
 		if err != nil {
 			return nil // sockets and the like are skipped
 		}
-		hdr.Name = "./" + filepath.ToSlash(rel)
+		hdr.Name = prefix + filepath.ToSlash(rel)
 		if rel == "." {
-			hdr.Name = "./"
+			hdr.Name = prefix
 		}
 		if fi.IsDir() && rel != "." {
 			hdr.Name += "/"

@@ -242,7 +242,7 @@ func (b *build) saveCache(ctx context.Context) error {
 			}
 		}
 		for _, name := range plan.write {
-			if err := writeChunk(w, b.cache, name, os.Getuid(), os.Getgid()); err != nil {
+			if err := writeChunk(w, b.cache, name, "./", os.Getuid(), os.Getgid()); err != nil {
 				return err
 			}
 		}
@@ -282,11 +282,12 @@ func (b *build) copyMembers(ctx context.Context, w io.Writer, members []cacheMem
 }
 
 // writeChunk writes the top-level entry name of dir (all of dir when name
-// is empty) as one gzip member, compressed on a second core.
-func writeChunk(w io.Writer, dir, name string, uid, gid int) error {
+// is empty) as one gzip member with names under prefix (see writeTar),
+// compressed on a second core.
+func writeChunk(w io.Writer, dir, name, prefix string, uid, gid int) error {
 	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 	wb := newWriteBehind(zw)
-	err := writeTar(wb, dir, name, uid, gid)
+	err := writeTar(wb, dir, name, prefix, uid, gid)
 	if cerr := wb.Close(); cerr != nil {
 		return cerr
 	}

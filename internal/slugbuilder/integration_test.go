@@ -141,7 +141,8 @@ func buildApp(t *testing.T, rootfs, app, iodir string, o buildOpts) (*api.SlugBu
 	return &res, out.String()
 }
 
-// unpackSlug extracts io/slug.tgz (owned by the app user) into a new dir.
+// unpackSlug extracts io/slug.tgz (owned by the app user) into a new dir
+// and returns the app directory in it; the slug holds nothing else.
 func unpackSlug(t *testing.T, iodir string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -149,7 +150,10 @@ func unpackSlug(t *testing.T, iodir string) string {
 	if err != nil {
 		t.Fatalf("untar slug: %v: %s", err, out)
 	}
-	return dir
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 || entries[0].Name() != "app" {
+		t.Fatalf("slug holds %v, want only app/", entries)
+	}
+	return filepath.Join(dir, "app")
 }
 
 // runWeb starts the slug's web process with slugrunner and waits until
@@ -398,7 +402,7 @@ func readFacts(t *testing.T, iodir string) string {
 		if err != nil {
 			t.Fatalf("facts.txt not in slug: %v", err)
 		}
-		if hdr.Name == "./facts.txt" {
+		if hdr.Name == "./app/facts.txt" {
 			if hdr.Uid != stack.AppUID {
 				t.Errorf("facts.txt uid = %d, want %d", hdr.Uid, stack.AppUID)
 			}

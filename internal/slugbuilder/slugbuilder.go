@@ -4,7 +4,8 @@
 // Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
 // and saves the per-app build cache (one gzip member per top-level entry,
 // saved only when an entry changed; see cache.go), and writes the slug (a
-// tar.gz of the build directory) plus a result naming its process types.
+// tar.gz of the build directory under ./app/) plus a result naming its
+// process types.
 package slugbuilder
 
 import (
@@ -48,6 +49,8 @@ type Config struct {
 
 	// Slug is where the slug goes: a path or a URL to PUT to. Empty means
 	// the slug is not written (the result still has its hash and size).
+	// The slug is a tar.gz of the build directory with names under
+	// SlugPrefix, owned by the app user.
 	Slug string
 	// CacheIn and CacheOut are the build cache (a tar.gz stream of one
 	// member per top-level entry), a path or URL each; a missing cache is
@@ -75,6 +78,11 @@ type Config struct {
 	Buildpacks fs.FS
 	Order      []string
 }
+
+// SlugPrefix is the directory a slug's entries are in: the slug is the app
+// directory as Heroku's slug format has it (./app/...), which is also an
+// image layer that puts the app at /app, where app jobs run it.
+const SlugPrefix = "./app/"
 
 // Build runs one build and returns its result.
 func Build(ctx context.Context, cfg Config, log *slog.Logger) (*api.SlugBuildResult, error) {
@@ -300,7 +308,7 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
 	h := sha256.New()
 	var n countWriter
 	fill := func(w io.Writer) error {
-		return writeTarGz(io.MultiWriter(w, h, &n), b.cfg.BuildDir, stack.AppUID, stack.AppGID)
+		return writeChunk(io.MultiWriter(w, h, &n), b.cfg.BuildDir, "", SlugPrefix, stack.AppUID, stack.AppGID)
 	}
 	var err error
 	if b.cfg.Slug == "" {

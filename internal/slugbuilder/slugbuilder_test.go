@@ -3,6 +3,7 @@ package slugbuilder
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
 func TestParseProcfile(t *testing.T) {
@@ -269,6 +271,29 @@ func TestBuildOnHost(t *testing.T) {
 		}
 		if res.Buildpack != "Procfile" || res.Size == 0 || len(res.SHA256) != 64 || res.SourceVersion != "abc123" {
 			t.Errorf("result = %+v", res)
+		}
+		// The slug is the app under ./app/, owned by the app user.
+		var names []string
+		slug, _ := os.ReadFile(filepath.Join(work, "slug.tgz"))
+		zr, err := gzip.NewReader(bytes.NewReader(slug))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for tr := tar.NewReader(zr); ; {
+			hdr, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, hdr.Name)
+			if hdr.Uid != stack.AppUID || hdr.Gid != stack.AppGID {
+				t.Errorf("%s is owned by %d:%d", hdr.Name, hdr.Uid, hdr.Gid)
+			}
+		}
+		if diff := cmp.Diff([]string{"./app/", "./app/.slugignore", "./app/Procfile", "./app/run.sh"}, names); diff != "" {
+			t.Errorf("slug entries (-want +got):\n%s", diff)
 		}
 		if _, err := os.Stat(filepath.Join(build, "debug.log")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf(".slugignore'd debug.log is still in the slug (stat err %v)", err)

@@ -33,23 +33,23 @@ func maybeGunzip(r io.Reader) (io.Reader, error) {
 // would land outside dir (absolute paths, "..", writing through a
 // symlink), keeps permission bits, and ignores ownership and device nodes.
 func untar(r io.Reader, dir string) error {
-	_, err := untarTop(r, dir)
+	_, err := untarChunks(r, dir)
 	return err
 }
 
-// untarTop is untar that also returns the top-level names it extracted,
-// in the order first seen.
-func untarTop(r io.Reader, dir string) ([]string, error) {
+// untarChunks is untar that also returns the build cache chunks (see
+// chunkOf) of the entries it extracted, in the order first seen.
+func untarChunks(r io.Reader, dir string) ([]string, error) {
 	r, err := maybeGunzip(r)
 	if err != nil {
 		return nil, fmt.Errorf("untar: %w", err)
 	}
 	tr := tar.NewReader(r)
-	var top []string
+	var chunks []string
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return top, nil
+			return chunks, nil
 		}
 		if err != nil {
 			return nil, fmt.Errorf("untar: %w", err)
@@ -61,8 +61,8 @@ func untarTop(r io.Reader, dir string) ([]string, error) {
 		if path.IsAbs(hdr.Name) || name == ".." || strings.HasPrefix(name, "../") {
 			return nil, fmt.Errorf("untar: entry %q leaves the target directory", hdr.Name)
 		}
-		if first, _, _ := strings.Cut(name, "/"); !slices.Contains(top, first) {
-			top = append(top, first)
+		if c := chunkOf(name, hdr.Typeflag == tar.TypeDir); !slices.Contains(chunks, c) {
+			chunks = append(chunks, c)
 		}
 		if err := extractEntry(tr, hdr, dir, name); err != nil {
 			return nil, err
@@ -153,17 +153,21 @@ func writeTarGz(w io.Writer, dir string, uid, gid int) error {
 
 // writeTar writes the tree under dir as a tar whose names are prefix
 // (which ends in "/") and the path relative to dir, owned by uid:gid; with
-// only set, just the top-level entry of that name.
+// only set, just the entry at that relative path (alone, without what is
+// in it, when only ends in "/").
 func writeTar(w io.Writer, dir, only, prefix string, uid, gid int) error {
 	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{}
-	root := dir
+	root, alone := dir, strings.HasSuffix(only, "/")
 	if only != "" {
-		root = filepath.Join(dir, only)
+		root = filepath.Join(dir, filepath.FromSlash(only))
 	}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if alone && p != root {
+			return filepath.SkipDir
 		}
 		rel, err := filepath.Rel(dir, p)
 		if err != nil {

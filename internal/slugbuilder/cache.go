@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -16,25 +17,27 @@ import (
 	"strings"
 )
 
-// The build cache is stored as a series of gzip members, one per top-level
-// entry of CACHE_DIR (a "chunk": e.g. toolchain, gomod, gobuild). Each
-// member is a tar of that entry with names relative to CACHE_DIR, so the
-// whole blob is still a valid tar.gz stream. Splitting by entry lets a
-// save skip the cache when no entry changed, and copy the compressed bytes
-// of unchanged entries from the previous cache instead of compressing
-// them again: a Go build that only adds to the build cache does not
-// re-upload the toolchain. A cache written by an older slugbuilder (one
-// member holding the whole tree) is restored as well and rewritten in
-// chunks by the next save.
+// The build cache is stored as a series of gzip members, one per chunk
+// of CACHE_DIR. A chunk is an entry two levels down (toolchain/go1.22.5,
+// gobuild/0e, node/22.1.0), or a top-level file, or a top-level directory
+// itself without its contents (its mode). Each member is a tar of its
+// chunk with names relative to CACHE_DIR, so the whole blob is still a
+// valid tar.gz stream. Chunks let a save skip the cache when none changed,
+// and copy the compressed bytes of unchanged chunks from the previous
+// cache instead of compressing them again: a Go build that adds a few
+// entries to its build cache compresses those few buckets, not the
+// toolchain or the rest of the build cache. A cache written in another
+// layout (an older slugbuilder's single member of the whole tree, say) is
+// restored all the same and rewritten in chunks by the next save.
 //
-// Whether an entry changed is told by a fingerprint of its tree (the path
+// Whether a chunk changed is told by a fingerprint of its tree (the path
 // and mode of every entry; size, mtime, ctime and inode of every file;
 // symlink targets), taken after the restore and again before the save.
 // ctime cannot be set by a process, so any write, rename or chmod shows.
 
 // cacheMember is one gzip member of a restored cache.
 type cacheMember struct {
-	name       string // the one top-level entry it holds, "" when several
+	name       string // the one chunk it holds (see chunkOf), "" when several
 	start, end int64  // byte offsets in the cache blob
 }
 
@@ -42,7 +45,7 @@ type cacheMember struct {
 type cacheState struct {
 	restored bool // CacheIn was read completely
 	members  []cacheMember
-	prints   map[string]string // fingerprint per top-level entry after restore
+	prints   map[string]string // fingerprint per chunk after restore
 }
 
 // countingReader counts the bytes consumed from a bufio.Reader. It is an
@@ -68,7 +71,7 @@ func (c *countingReader) ReadByte() (byte, error) {
 }
 
 // restoreChunks extracts every gzip member of r into dir and returns where
-// each member lies in r and which top-level entry it holds.
+// each member lies in r and which chunk it holds.
 func restoreChunks(r io.Reader, dir string) ([]cacheMember, error) {
 	cr := &countingReader{r: bufio.NewReaderSize(r, 256<<10)}
 	var members []cacheMember
@@ -83,7 +86,7 @@ func restoreChunks(r io.Reader, dir string) ([]cacheMember, error) {
 		}
 		zr.Multistream(false)
 		ra := newReadAhead(zr)
-		top, err := untarTop(ra, dir)
+		chunks, err := untarChunks(ra, dir)
 		if err == nil {
 			// Read the rest of the member (tar padding, gzip trailer).
 			if _, err = io.Copy(io.Discard, ra); err != nil {
@@ -95,52 +98,70 @@ func restoreChunks(r io.Reader, dir string) ([]cacheMember, error) {
 			return nil, err
 		}
 		m := cacheMember{start: start, end: cr.n}
-		if len(top) == 1 {
-			m.name = top[0]
+		if len(chunks) == 1 {
+			m.name = chunks[0]
 		}
 		members = append(members, m)
 	}
 }
 
-// fingerprints returns a fingerprint of each top-level entry of dir.
+// chunkOf returns the chunk a path relative to CACHE_DIR belongs to: a
+// top-level directory itself is "name/", an entry two levels down and
+// everything under it "name/child", a top-level file "name".
+func chunkOf(rel string, isDir bool) string {
+	top, rest, nested := strings.Cut(rel, "/")
+	if !nested {
+		if isDir {
+			return top + "/"
+		}
+		return top
+	}
+	child, _, _ := strings.Cut(rest, "/")
+	return top + "/" + child
+}
+
+// fingerprints returns a fingerprint of each chunk of dir.
 func fingerprints(dir string) (map[string]string, error) {
-	entries, err := os.ReadDir(dir)
+	hashes := map[string]hash.Hash{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		chunk := chunkOf(rel, fi.IsDir())
+		h := hashes[chunk]
+		if h == nil {
+			h = sha256.New()
+			hashes[chunk] = h
+		}
+		if fi.IsDir() {
+			// Entries come and go with their own lines; a directory's
+			// times change even when a file was made and removed again
+			// (a tool's scratch space).
+			fmt.Fprintf(h, "%q %v\n", rel, fi.Mode())
+			return nil
+		}
+		fmt.Fprintf(h, "%q %v %d %d %s\n", rel, fi.Mode(), fi.Size(), fi.ModTime().UnixNano(), statKey(fi))
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "-> %q\n", target)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("fingerprint the build cache: %w", err)
 	}
 	prints := map[string]string{}
-	for _, e := range entries {
-		h := sha256.New()
-		err := filepath.WalkDir(filepath.Join(dir, e.Name()), func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(dir, p)
-			if fi.IsDir() {
-				// Entries come and go with their own lines; a directory's
-				// times change even when a file was made and removed again
-				// (a tool's scratch space).
-				fmt.Fprintf(h, "%q %v\n", rel, fi.Mode())
-				return nil
-			}
-			fmt.Fprintf(h, "%q %v %d %d %s\n", rel, fi.Mode(), fi.Size(), fi.ModTime().UnixNano(), statKey(fi))
-			if fi.Mode()&fs.ModeSymlink != 0 {
-				target, err := os.Readlink(p)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(h, "-> %q\n", target)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("fingerprint cache entry %s: %w", e.Name(), err)
-		}
-		prints[e.Name()] = hex.EncodeToString(h.Sum(nil))
+	for chunk, h := range hashes {
+		prints[chunk] = hex.EncodeToString(h.Sum(nil))
 	}
 	return prints, nil
 }
@@ -281,9 +302,10 @@ func (b *build) copyMembers(ctx context.Context, w io.Writer, members []cacheMem
 	return nil
 }
 
-// writeChunk writes the top-level entry name of dir (all of dir when name
-// is empty) as one gzip member with names under prefix (see writeTar),
-// compressed on a second core.
+// writeChunk writes the entry name of dir (all of dir when name is empty;
+// a directory alone, without its contents, when name ends in "/") as one
+// gzip member with names under prefix (see writeTar), compressed on a
+// second core.
 func writeChunk(w io.Writer, dir, name, prefix string, uid, gid int) error {
 	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 	wb := newWriteBehind(zw)

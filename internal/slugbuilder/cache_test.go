@@ -45,6 +45,7 @@ func TestBuildCache(t *testing.T) {
 		// The app's CHANGE variable is a shell snippet run in CACHE_DIR;
 		// the restored cache is listed into the slug.
 		"bin/compile": "#!/bin/sh\nset -e\ncd \"$2\"\n(find . -type f | sort | xargs -r grep -H .) > \"$1/restored\" || true\n" +
+			"[ ! -d sub ] || stat -c %a sub > \"$1/submode\"\n" +
 			"[ ! -f \"$3/CHANGE\" ] || sh \"$3/CHANGE\"\n",
 		"bin/release": "#!/bin/sh\nprintf 'default_process_types:\\n  web: true\\n'\n",
 	})
@@ -52,9 +53,11 @@ func TestBuildCache(t *testing.T) {
 	writeTree(t, app, map[string]string{"README": "hi"})
 	cache := filepath.Join(t.TempDir(), "cache.tgz")
 
+	var lastBuild string
 	build := func(t *testing.T, change string) (restored, out string) {
 		t.Helper()
 		dir := t.TempDir()
+		lastBuild = dir
 		var buf syncBuffer
 		env := map[string]string{}
 		if change != "" {
@@ -77,18 +80,18 @@ func TestBuildCache(t *testing.T) {
 		}
 	}
 
-	_, out := build(t, "mkdir -p tool sub/deep && echo v1 > tool/bin && echo 1 > sub/deep/n && echo x > gone")
+	_, out := build(t, "mkdir -p tool sub/deep sub/other && echo v1 > tool/bin && echo 1 > sub/deep/n && echo o > sub/other/o && echo x > gone")
 	wantOut(t, out, "-----> No build cache yet")
 	wantOut(t, out, "-----> Saving build cache\n")
 	first := cacheMembers(t, cache)
-	if diff := cmp.Diff([]string{"gone", "sub", "tool"}, sortedKeys(first)); diff != "" {
+	if diff := cmp.Diff([]string{"gone", "sub/", "sub/deep", "sub/other", "tool/", "tool/bin"}, sortedKeys(first)); diff != "" {
 		t.Fatalf("members (-want +got):\n%s", diff)
 	}
 
 	fi1, _ := os.Stat(cache)
 	// A file made and removed again (scratch space) is no change.
 	restored, out := build(t, "touch sub/deep/scratch && rm sub/deep/scratch")
-	if want := "./gone:x\n./sub/deep/n:1\n./tool/bin:v1\n"; restored != want {
+	if want := "./gone:x\n./sub/deep/n:1\n./sub/other/o:o\n./tool/bin:v1\n"; restored != want {
 		t.Errorf("restored:\n%s\nwant:\n%s", restored, want)
 	}
 	wantOut(t, out, "-----> Build cache unchanged")
@@ -97,29 +100,39 @@ func TestBuildCache(t *testing.T) {
 	}
 
 	_, out = build(t, "echo 2 > sub/deep/n && rm gone")
-	wantOut(t, out, "-----> Saving build cache (changed: sub)")
+	wantOut(t, out, "-----> Saving build cache (changed: sub/deep)")
 	second := cacheMembers(t, cache)
-	if diff := cmp.Diff([]string{"sub", "tool"}, sortedKeys(second)); diff != "" {
+	if diff := cmp.Diff([]string{"sub/", "sub/deep", "sub/other", "tool/", "tool/bin"}, sortedKeys(second)); diff != "" {
 		t.Errorf("members (-want +got):\n%s", diff)
 	}
-	if !bytes.Equal(first["tool"], second["tool"]) {
-		t.Errorf("the unchanged entry tool was compressed again instead of copied")
+	for _, c := range []string{"sub/", "sub/other", "tool/", "tool/bin"} {
+		if !bytes.Equal(first[c], second[c]) {
+			t.Errorf("the unchanged chunk %s was compressed again instead of copied", c)
+		}
 	}
 	restored, _ = build(t, "chmod 600 tool/bin")
-	if want := "./sub/deep/n:2\n./tool/bin:v1\n"; restored != want {
+	if want := "./sub/deep/n:2\n./sub/other/o:o\n./tool/bin:v1\n"; restored != want {
 		t.Errorf("restored:\n%s\nwant:\n%s", restored, want)
 	}
 	third := cacheMembers(t, cache)
-	if bytes.Equal(second["tool"], third["tool"]) {
+	if bytes.Equal(second["tool/bin"], third["tool/bin"]) {
 		t.Errorf("a chmod in tool did not count as a change")
 	}
 	// Same size, same mtime: only the ctime tells.
 	build(t, "r=$(mktemp) && touch -r tool/bin $r && echo v3 > tool/bin && touch -r $r tool/bin")
-	if fourth := cacheMembers(t, cache); bytes.Equal(third["tool"], fourth["tool"]) {
+	if fourth := cacheMembers(t, cache); bytes.Equal(third["tool/bin"], fourth["tool/bin"]) {
 		t.Errorf("a rewrite of tool/bin that kept size and mtime did not count as a change")
 	}
 	if restored, _ = build(t, ""); !strings.Contains(restored, "./tool/bin:v3") {
 		t.Errorf("restored:\n%s\nwant tool/bin v3", restored)
+	}
+
+	// A top-level directory's mode is a chunk of its own.
+	_, out = build(t, "chmod 700 sub")
+	wantOut(t, out, "-----> Saving build cache (changed: sub/)")
+	build(t, "")
+	if mode, _ := os.ReadFile(filepath.Join(lastBuild, "submode")); string(mode) != "700\n" {
+		t.Errorf("restored sub has mode %q, want 700", mode)
 	}
 
 	// A cache written as one tar.gz of the whole tree.
@@ -133,7 +146,7 @@ func TestBuildCache(t *testing.T) {
 		t.Errorf("restored from the old format:\n%s\nwant:\n%s", restored, want)
 	}
 	wantOut(t, out, "-----> Saving build cache\n")
-	if diff := cmp.Diff([]string{"a", "b"}, sortedKeys(cacheMembers(t, cache))); diff != "" {
+	if diff := cmp.Diff([]string{"a/", "a/f", "b"}, sortedKeys(cacheMembers(t, cache))); diff != "" {
 		t.Errorf("members after rewriting the old format (-want +got):\n%s", diff)
 	}
 

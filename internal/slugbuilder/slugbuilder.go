@@ -2,10 +2,10 @@
 // build job (as `flynn-host slugbuilder`), unpacks the source into the
 // build directory (/app), applies .slugignore, runs buildpacks with the
 // Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
-// and saves the per-app build cache (one gzip member per top-level entry,
-// saved only when an entry changed; see cache.go), and writes the slug (a
-// tar.gz of the build directory under ./app/) plus a result naming its
-// process types.
+// and saves the per-app build cache (one gzip member per chunk of the cache
+// directory, saved only when a chunk changed; see cache.go), and writes the
+// slug (a tar.gz of the build directory under ./app/) plus a result naming
+// its process types.
 package slugbuilder
 
 import (
@@ -53,9 +53,9 @@ type Config struct {
 	// SlugPrefix, owned by the app user.
 	Slug string
 	// CacheIn and CacheOut are the build cache (a tar.gz stream of one
-	// member per top-level entry), a path or URL each; a missing cache is
-	// an empty one. Empty disables that side. When they are the same and
-	// the build changed nothing in the cache, nothing is written.
+	// member per chunk, see cache.go), a path or URL each; a missing cache
+	// is an empty one. Empty disables that side. When they are the same
+	// and the build changed nothing in the cache, nothing is written.
 	CacheIn, CacheOut string
 	// Result, when set, receives the JSON result (path or URL to PUT to).
 	Result string

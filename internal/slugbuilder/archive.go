@@ -31,7 +31,8 @@ func maybeGunzip(r io.Reader) (io.Reader, error) {
 
 // untar extracts a tar or tar.gz stream into dir. It refuses entries that
 // would land outside dir (absolute paths, "..", writing through a
-// symlink), keeps permission bits, and ignores ownership and device nodes.
+// symlink), keeps permission bits and the mtimes of files, and ignores
+// ownership and device nodes.
 func untar(r io.Reader, dir string) error {
 	_, err := untarChunks(r, dir)
 	return err
@@ -96,6 +97,13 @@ func extractEntry(tr *tar.Reader, hdr *tar.Header, dir, name string) error {
 		}
 		if err != nil {
 			return fmt.Errorf("untar %s: %w", hdr.Name, err)
+		}
+		// Tools key caches by mtimes (the go command's package index of
+		// GOROOT, for one): a restored cache keeps them.
+		if !hdr.ModTime.IsZero() {
+			if err := os.Chtimes(target, hdr.ModTime, hdr.ModTime); err != nil {
+				return fmt.Errorf("untar: %w", err)
+			}
 		}
 	case tar.TypeSymlink:
 		os.Remove(target)

@@ -170,3 +170,45 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// TestCacheDirPath checks that builds without a work directory use the
+// same CACHE_DIR path each time (tools key caches by path), and a build
+// that finds it taken uses another.
+func TestCacheDirPath(t *testing.T) {
+	if _, err := os.Stat(stableCacheDir); err == nil {
+		t.Skipf("%s exists (another build is running?)", stableCacheDir)
+	}
+	pack := t.TempDir()
+	writeTree(t, pack, map[string]string{
+		"bin/detect":  "#!/bin/sh\necho Where\n",
+		"bin/compile": "#!/bin/sh\necho \"$2\" > \"$1/cachedir\"\n",
+		"bin/release": "#!/bin/sh\nprintf 'default_process_types:\\n  web: true\\n'\n",
+	})
+	app := t.TempDir()
+	writeTree(t, app, map[string]string{"README": "hi"})
+	cacheDir := func() string {
+		t.Helper()
+		dir := t.TempDir()
+		var out syncBuffer
+		if _, err := Build(context.Background(), Config{
+			Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: dir, BuildpackURL: pack,
+		}, logging.Discard()); err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		data, _ := os.ReadFile(filepath.Join(dir, "cachedir"))
+		return strings.TrimSpace(string(data))
+	}
+	if got := cacheDir(); got != stableCacheDir {
+		t.Errorf("CACHE_DIR = %s, want %s", got, stableCacheDir)
+	}
+	if _, err := os.Stat(stableCacheDir); err == nil {
+		t.Errorf("%s is left after the build", stableCacheDir)
+	}
+	if err := os.Mkdir(stableCacheDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(stableCacheDir)
+	if got := cacheDir(); got == stableCacheDir || got == "" {
+		t.Errorf("CACHE_DIR = %q while %s is taken", got, stableCacheDir)
+	}
+}

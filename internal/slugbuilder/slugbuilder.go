@@ -44,7 +44,8 @@ type Config struct {
 	// /app, the directory app jobs run in. It is emptied first.
 	BuildDir string
 	// WorkDir holds the cache, env and buildpack directories; default a
-	// new temporary directory.
+	// new temporary directory, with the cache at /tmp/slugbuilder-cache
+	// when no other build uses that (tools key their caches by path).
 	WorkDir string
 
 	// Slug is where the slug goes: a path or a URL to PUT to. Empty means
@@ -84,6 +85,10 @@ type Config struct {
 // image layer that puts the app at /app, where app jobs run it.
 const SlugPrefix = "./app/"
 
+// stableCacheDir is CACHE_DIR when Config.WorkDir is empty and no other
+// build of the machine uses it; else CACHE_DIR is under the work directory.
+const stableCacheDir = "/tmp/slugbuilder-cache"
+
 // Build runs one build and returns its result.
 func Build(ctx context.Context, cfg Config, log *slog.Logger) (*api.SlugBuildResult, error) {
 	start := time.Now()
@@ -116,7 +121,7 @@ type build struct {
 	log                     *slog.Logger
 	out                     io.Writer
 	work, cache, env, packs string
-	ownWork                 bool
+	ownWork, ownCache       bool
 	cacheState              cacheState
 }
 
@@ -150,6 +155,15 @@ func newBuild(cfg Config, log *slog.Logger) (*build, error) {
 		b.work, b.ownWork = w, true
 	}
 	b.cache = filepath.Join(b.work, "cache")
+	if b.ownWork {
+		// Tools key their caches by absolute paths (Go's build cache
+		// misses part of a cache restored under another GOROOT), so the
+		// cache directory has the same path in every build job: claim
+		// stableCacheDir unless another build of this machine has it.
+		if err := os.Mkdir(stableCacheDir, 0o755); err == nil {
+			b.cache, b.ownCache = stableCacheDir, true
+		}
+	}
 	b.env = filepath.Join(b.work, "env")
 	b.packs = filepath.Join(b.work, "buildpacks")
 	for _, d := range []string{b.cache, b.env, b.packs} {
@@ -163,6 +177,9 @@ func newBuild(cfg Config, log *slog.Logger) (*build, error) {
 func (b *build) cleanup() {
 	if b.ownWork {
 		os.RemoveAll(b.work)
+	}
+	if b.ownCache {
+		os.RemoveAll(b.cache)
 	}
 }
 

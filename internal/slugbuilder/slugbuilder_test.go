@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -199,6 +200,8 @@ func TestTarRoundTrip(t *testing.T) {
 	writeTree(t, src, map[string]string{"bin/run": "#!/bin/sh\necho hi\n", "a/b/c.txt": "c", "empty/": ""})
 	os.Symlink("a/b/c.txt", filepath.Join(src, "link"))
 	os.Link(filepath.Join(src, "a/b/c.txt"), filepath.Join(src, "hard"))
+	old := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	os.Chtimes(filepath.Join(src, "bin/run"), old, old)
 	var buf bytes.Buffer
 	if err := writeTarGz(&buf, src, 1000, 1000); err != nil {
 		t.Fatal(err)
@@ -213,6 +216,9 @@ func TestTarRoundTrip(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(dst, "bin/run"))
 	if err != nil || fi.Mode().Perm()&0o100 == 0 {
 		t.Errorf("bin/run lost its exec bit: %v %v", fi, err)
+	}
+	if fi != nil && !fi.ModTime().Equal(old) {
+		t.Errorf("bin/run mtime = %v, want %v", fi.ModTime(), old)
 	}
 	if l, _ := os.Readlink(filepath.Join(dst, "link")); l != "a/b/c.txt" {
 		t.Errorf("link = %q", l)

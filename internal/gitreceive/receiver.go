@@ -36,6 +36,12 @@ const FlynnHostPath = "/usr/local/bin/flynn-host"
 // the host trusts).
 const DefaultCABundle = "/etc/ssl/certs/ca-certificates.crt"
 
+// DefaultBuildMemory is the default memory limit of a build job, twice an
+// app job's: compilers want room, and the page cache of the files a build
+// writes (toolchains, the build cache, the slug) counts against the limit.
+// At 1 GiB the Go sample app's first build took about twice as long.
+const DefaultBuildMemory = 2 << 30
+
 // JobRunner runs a build job somewhere in the cluster, streams its output
 // to out while it runs, and returns how it exited.
 type JobRunner interface {
@@ -65,6 +71,9 @@ type ReceiverConfig struct {
 	// deploy timeout, else api.DefaultDeployTimeout seconds).
 	BuildTimeout  time.Duration
 	DeployTimeout time.Duration
+	// BuildMemory is the memory limit of build jobs in bytes (default
+	// DefaultBuildMemory).
+	BuildMemory int64
 	// Discoverd, when set, is used to wait until a first web process is
 	// registered (so the app answers through the router) before the push
 	// reports success.
@@ -97,6 +106,9 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*BuildReceiver, error) {
 	}
 	if cfg.BuildTimeout == 0 {
 		cfg.BuildTimeout = 15 * time.Minute
+	}
+	if cfg.BuildMemory == 0 {
+		cfg.BuildMemory = DefaultBuildMemory
 	}
 	return &BuildReceiver{cfg: cfg, log: log}, nil
 }
@@ -257,6 +269,7 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 			Mounts:      mounts,
 			HostNetwork: true,
 		},
+		Resources: api.Resources{api.ResourceMemory: {Limit: ptr(r.cfg.BuildMemory)}},
 	}
 	bctx, cancel := context.WithTimeout(ctx, r.cfg.BuildTimeout)
 	defer cancel()
@@ -308,10 +321,87 @@ func (l slugLayerInfo) layer(b *blobclient.Client) *api.ImageLayer {
 		Hashes: map[string]string{"sha256": l.SHA256}, URL: b.URL(l.URL)}
 }
 
-// slugLayer turns the slug (a tar.gz of /app's contents) into a layer
-// rooted at / (entries under app/) and stores it at
+// slugLayer makes the slug the app's image layer. The slugbuilder writes
+// the slug as the app under ./app/ (Heroku's slug format), owned by the
+// app user, which is a layer as it is: then its blob is the layer, and
+// only its hash is computed. The build runs the app's code and could have
+// written anything to the slug's URL, so every entry is checked; a slug
+// that is not a safe layer (or one from an older slugbuilder, with names
+// relative to the app directory) is rewritten by RootSlug and stored at
 // /layers/<sha256>.tgz.
 func (r *BuildReceiver) slugLayer(ctx context.Context, app *api.App, rev string) (*slugLayerInfo, error) {
+	rc, _, err := r.cfg.Blobs.Get(ctx, slugPath(app.ID, rev))
+	if err != nil {
+		return nil, fmt.Errorf("read the slug: %w", err)
+	}
+	h := sha256.New()
+	cw := &countWriter{w: h}
+	ok, err := isAppLayer(io.TeeReader(rc, cw))
+	if err == nil {
+		// The hash covers all of the blob, trailing bytes too.
+		_, err = io.Copy(cw, rc)
+	}
+	rc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read the slug: %w", err)
+	}
+	if ok {
+		return &slugLayerInfo{URL: slugPath(app.ID, rev), SHA256: hex.EncodeToString(h.Sum(nil)), Size: cw.n}, nil
+	}
+	return r.rewriteSlug(ctx, app, rev)
+}
+
+// isAppLayer reads a gzipped tar and says whether it is a safe app layer:
+// every entry is app/ or under it, owned by the app user, a file,
+// directory or link without setuid or setgid bits, and hard links point
+// under app/.
+func isAppLayer(r io.Reader) (bool, error) {
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return false, err
+	}
+	tr := tar.NewReader(zr)
+	ok := true
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return false, err
+		}
+		if ok && !safeAppEntry(hdr) {
+			ok = false
+		}
+	}
+	// Read to the end so the gzip checksum is verified.
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return false, err
+	}
+	return ok, nil
+}
+
+func safeAppEntry(hdr *tar.Header) bool {
+	if !underApp(hdr.Name) || hdr.Uid != stack.AppUID || hdr.Gid != stack.AppGID || hdr.Mode&0o6000 != 0 {
+		return false
+	}
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink:
+		return true
+	case tar.TypeLink:
+		return underApp(hdr.Linkname)
+	}
+	return false
+}
+
+// underApp says whether a layer entry name is app/ or under it.
+func underApp(name string) bool {
+	n := path.Clean(strings.TrimPrefix(name, "./"))
+	return n == "app" || strings.HasPrefix(n, "app/")
+}
+
+// rewriteSlug stores RootSlug's layer of the slug at /layers/<sha256>.tgz.
+func (r *BuildReceiver) rewriteSlug(ctx context.Context, app *api.App, rev string) (*slugLayerInfo, error) {
 	rc, _, err := r.cfg.Blobs.Get(ctx, slugPath(app.ID, rev))
 	if err != nil {
 		return nil, fmt.Errorf("read the slug: %w", err)
@@ -350,8 +440,12 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// RootSlug rewrites a slug (a tar or tar.gz whose names are relative to
-// the app directory) as a gzipped layer tar whose names are under app/.
+// RootSlug rewrites a slug (a tar or tar.gz) as a gzipped layer tar whose
+// names are under app/, owned by the app user, without setuid or setgid
+// bits, devices or other special files. A slug whose first entry is app/
+// (or under it) already has its names under app/ and keeps them, and
+// entries outside app/ are dropped; otherwise names are relative to the
+// app directory and get app/ put in front.
 func RootSlug(w io.Writer, slug io.Reader) error {
 	zr, err := gzip.NewReader(slug)
 	if err != nil {
@@ -360,7 +454,7 @@ func RootSlug(w io.Writer, slug io.Reader) error {
 	tr := tar.NewReader(zr)
 	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 	tw := tar.NewWriter(zw)
-	sawRoot := false
+	sawRoot, first, rooted := false, true, false
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -373,24 +467,50 @@ func RootSlug(w io.Writer, slug io.Reader) error {
 		if path.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
 			return fmt.Errorf("slug entry %q leaves the app directory", hdr.Name)
 		}
-		if name == "." {
+		if first {
+			rooted, first = name == "app" || strings.HasPrefix(name, "app/"), false
+		}
+		switch {
+		case rooted && !underApp(name):
+			continue
+		case rooted:
+		case name == ".":
+			name = "app"
+		default:
+			name = "app/" + name
+		}
+		switch hdr.Typeflag {
+		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink:
+		case tar.TypeLink:
+			link := path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
+			if path.IsAbs(link) || link == ".." || strings.HasPrefix(link, "../") {
+				return fmt.Errorf("slug hard link %q leaves the app directory", hdr.Name)
+			}
+			if !rooted {
+				link = "app/" + link
+			}
+			if !underApp(link) {
+				continue
+			}
+			hdr.Linkname = link
+		default:
+			continue
+		}
+		if name == "app" {
 			sawRoot = true
-			hdr.Name = "app/"
-		} else {
-			if !sawRoot {
-				if err := tw.WriteHeader(appDirHeader()); err != nil {
-					return err
-				}
-				sawRoot = true
+		} else if !sawRoot {
+			if err := tw.WriteHeader(appDirHeader()); err != nil {
+				return err
 			}
-			hdr.Name = "app/" + name
-			if hdr.Typeflag == tar.TypeDir {
-				hdr.Name += "/"
-			}
+			sawRoot = true
 		}
-		if hdr.Typeflag == tar.TypeLink {
-			hdr.Linkname = "app/" + path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
+		hdr.Name = name
+		if hdr.Typeflag == tar.TypeDir {
+			hdr.Name += "/"
 		}
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = stack.AppUID, stack.AppGID, "", ""
+		hdr.Mode &^= 0o6000
+		hdr.PAXRecords, hdr.Format = nil, tar.FormatUnknown
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}

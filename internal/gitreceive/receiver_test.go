@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,6 +30,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
 const (
@@ -97,8 +100,8 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	var slug bytes.Buffer
 	zw := gzip.NewWriter(&slug)
 	tw := tar.NewWriter(zw)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, Uid: 1000, Gid: 1000})
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "./Procfile", Mode: 0o644, Size: int64(len(procfile)), Uid: 1000, Gid: 1000})
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "./app/", Mode: 0o755, Uid: stack.AppUID, Gid: stack.AppGID})
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "./app/Procfile", Mode: 0o644, Size: int64(len(procfile)), Uid: stack.AppUID, Gid: stack.AppGID})
 	tw.Write(procfile)
 	tw.Close()
 	zw.Close()
@@ -262,6 +265,9 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	if diff := cmp.Diff(wantMounts, job.Config.Mounts); diff != "" {
 		t.Errorf("build mounts (-want +got):\n%s", diff)
 	}
+	if mem := job.Resources[api.ResourceMemory].Limit; mem == nil || *mem != DefaultBuildMemory {
+		t.Errorf("build job memory limit = %v, want %d", mem, DefaultBuildMemory)
+	}
 	if !job.Config.HostNetwork || job.Config.Env["SOURCE_VERSION"] != rev || !strings.Contains(job.Config.Env["SLUG_URL"], ":"+testBlobKey+"@") {
 		t.Errorf("build job config %+v", job.Config)
 	}
@@ -301,12 +307,20 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	if len(layers) != 2 || layers[0].ID != "stack" {
 		t.Fatalf("artifact layers %+v", layers)
 	}
+	// The slug is a safe layer as it is: its blob is the layer.
+	if want := e.blobs.URL(slugPath(app.ID, rev)); layers[1].URL != want {
+		t.Errorf("slug layer URL = %s, want the slug's %s", layers[1].URL, want)
+	}
 	res, err := http.Get(layers[1].URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
-	zr, err := gzip.NewReader(res.Body)
+	blob, _ := io.ReadAll(res.Body)
+	if sum := sha256.Sum256(blob); layers[1].Hashes["sha256"] != hex.EncodeToString(sum[:]) || layers[1].Length != int64(len(blob)) {
+		t.Errorf("slug layer %+v does not describe the %d byte blob", layers[1], len(blob))
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(blob))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +337,7 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 		names = append(names, hdr.Name)
 	}
 	sort.Strings(names)
-	if diff := cmp.Diff([]string{"app/", "app/Procfile"}, names); diff != "" {
+	if diff := cmp.Diff([]string{"./app/", "./app/Procfile"}, names); diff != "" {
 		t.Errorf("slug layer entries (-want +got):\n%s", diff)
 	}
 
@@ -420,50 +434,145 @@ func TestRepoCacheRestoresObjects(t *testing.T) {
 	}
 }
 
-func TestRootSlug(t *testing.T) {
-	var slug bytes.Buffer
-	zw := gzip.NewWriter(&slug)
+// tgz writes headers (with content for regular files) as a tar.gz.
+func tgz(hdrs ...*tar.Header) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
-	for _, h := range []*tar.Header{
-		{Typeflag: tar.TypeDir, Name: "./bin/", Mode: 0o755},
-		{Typeflag: tar.TypeReg, Name: "./bin/server", Mode: 0o755},
-		{Typeflag: tar.TypeLink, Name: "./bin/server2", Linkname: "./bin/server"},
-		{Typeflag: tar.TypeSymlink, Name: "./cur", Linkname: "bin"},
-	} {
+	for _, h := range hdrs {
+		h.Size = 0
+		if h.Typeflag == tar.TypeReg {
+			h.Size = 2
+		}
 		tw.WriteHeader(h)
+		if h.Typeflag == tar.TypeReg {
+			tw.Write([]byte("hi"))
+		}
 	}
 	tw.Close()
 	zw.Close()
-	var out bytes.Buffer
-	if err := RootSlug(&out, &slug); err != nil {
+	return buf.Bytes()
+}
+
+// layerEntry is what a test checks of a layer's entry.
+type layerEntry struct {
+	Name, Link string
+	Uid        int
+	Mode       int64
+}
+
+func layerEntries(t *testing.T, data []byte) []layerEntry {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
 		t.Fatal(err)
 	}
-	zr, _ := gzip.NewReader(&out)
-	tr := tar.NewReader(zr)
-	var got [][2]string
-	for {
+	var got []layerEntry
+	for tr := tar.NewReader(zr); ; {
 		h, err := tr.Next()
 		if err == io.EOF {
-			break
+			return got
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, [2]string{h.Name, h.Linkname})
+		got = append(got, layerEntry{h.Name, h.Linkname, h.Uid, h.Mode})
 	}
-	want := [][2]string{{"app/", ""}, {"app/bin/", ""}, {"app/bin/server", ""}, {"app/bin/server2", "app/bin/server"}, {"app/cur", "bin"}}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("(-want +got):\n%s", diff)
+}
+
+// TestSlugLayer checks which slugs serve as the app's layer as they are
+// (the slugbuilder's: everything under app/, owned by the app user) and
+// what RootSlug makes of the others: a slug with names relative to the
+// app directory (older slugbuilders) and slugs a build tampered with.
+func TestSlugLayer(t *testing.T) {
+	app := stack.AppUID
+	hdr := func(typ byte, name string, mode int64) *tar.Header {
+		return &tar.Header{Typeflag: typ, Name: name, Mode: mode, Uid: app, Gid: stack.AppGID}
+	}
+	link := func(typ byte, name, target string) *tar.Header {
+		h := hdr(typ, name, 0o777)
+		h.Linkname = target
+		return h
+	}
+	root := func(h *tar.Header) *tar.Header { h.Uid, h.Gid = 0, 0; return h }
+	tests := []struct {
+		name   string
+		slug   []*tar.Header
+		asIs   bool
+		rooted []layerEntry // RootSlug's output
+	}{
+		{
+			name: "slugbuilder's",
+			slug: []*tar.Header{hdr(tar.TypeDir, "./app/", 0o755), hdr(tar.TypeDir, "./app/bin/", 0o755), hdr(tar.TypeReg, "./app/bin/server", 0o755),
+				link(tar.TypeLink, "./app/bin/server2", "./app/bin/server"), link(tar.TypeSymlink, "./app/cur", "/etc")},
+			asIs: true,
+			rooted: []layerEntry{{"app/", "", app, 0o755}, {"app/bin/", "", app, 0o755}, {"app/bin/server", "", app, 0o755},
+				{"app/bin/server2", "app/bin/server", app, 0o777}, {"app/cur", "/etc", app, 0o777}},
+		},
+		{
+			name: "relative to the app dir",
+			slug: []*tar.Header{root(hdr(tar.TypeDir, "./", 0o755)), root(hdr(tar.TypeDir, "./bin/", 0o755)), root(hdr(tar.TypeReg, "./bin/server", 0o755)),
+				link(tar.TypeLink, "./bin/server2", "./bin/server"), link(tar.TypeSymlink, "./cur", "bin")},
+			rooted: []layerEntry{{"app/", "", app, 0o755}, {"app/bin/", "", app, 0o755}, {"app/bin/server", "", app, 0o755},
+				{"app/bin/server2", "app/bin/server", app, 0o777}, {"app/cur", "bin", app, 0o777}},
+		},
+		{
+			name:   "relative, no root entry",
+			slug:   []*tar.Header{hdr(tar.TypeReg, "Procfile", 0o644)},
+			rooted: []layerEntry{{"app/", "", app, 0o755}, {"app/Procfile", "", app, 0o644}},
+		},
+		{
+			name:   "root-owned file",
+			slug:   []*tar.Header{hdr(tar.TypeDir, "./app/", 0o755), root(hdr(tar.TypeReg, "./app/f", 0o644))},
+			rooted: []layerEntry{{"app/", "", app, 0o755}, {"app/f", "", app, 0o644}},
+		},
+		{
+			name:   "setuid file",
+			slug:   []*tar.Header{hdr(tar.TypeDir, "./app/", 0o755), hdr(tar.TypeReg, "./app/su", 0o2755)},
+			rooted: []layerEntry{{"app/", "", app, 0o755}, {"app/su", "", app, 0o755}},
+		},
+		{
+			name:   "root-owned setuid file",
+			slug:   []*tar.Header{hdr(tar.TypeDir, "./app/", 0o755), root(hdr(tar.TypeReg, "./app/su", 0o4755))},
+			rooted: []layerEntry{{"app/", "", app, 0o755}, {"app/su", "", app, 0o755}},
+		},
+		{
+			name: "entries outside app/",
+			slug: []*tar.Header{hdr(tar.TypeDir, "./app/", 0o755), hdr(tar.TypeReg, "./etc/passwd", 0o644),
+				link(tar.TypeLink, "./app/shadow", "etc/shadow"), hdr(tar.TypeReg, "./app/ok", 0o600)},
+			rooted: []layerEntry{{"app/", "", app, 0o755}, {"app/ok", "", app, 0o600}},
+		},
+		{
+			name:   "device",
+			slug:   []*tar.Header{hdr(tar.TypeDir, "./app/", 0o755), hdr(tar.TypeChar, "./app/mem", 0o666)},
+			rooted: []layerEntry{{"app/", "", app, 0o755}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			slug := tgz(tt.slug...)
+			asIs, err := isAppLayer(bytes.NewReader(slug))
+			if err != nil || asIs != tt.asIs {
+				t.Errorf("isAppLayer = %v, %v; want %v", asIs, err, tt.asIs)
+			}
+			var out bytes.Buffer
+			if err := RootSlug(&out, bytes.NewReader(slug)); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.rooted, layerEntries(t, out.Bytes())); diff != "" {
+				t.Errorf("RootSlug (-want +got):\n%s", diff)
+			}
+			if ok, err := isAppLayer(bytes.NewReader(out.Bytes())); !ok || err != nil {
+				t.Errorf("RootSlug's layer is not a safe app layer (%v)", err)
+			}
+		})
 	}
 
-	var bad bytes.Buffer
-	zw = gzip.NewWriter(&bad)
-	tw = tar.NewWriter(zw)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "../escape"})
-	tw.Close()
-	zw.Close()
-	if err := RootSlug(io.Discard, &bad); err == nil {
-		t.Fatal("a slug entry outside the app dir was accepted")
+	if err := RootSlug(io.Discard, bytes.NewReader(tgz(hdr(tar.TypeReg, "../escape", 0o644)))); err == nil {
+		t.Error("a slug entry outside the app dir was accepted")
+	}
+	if _, err := isAppLayer(bytes.NewReader([]byte("not gzip"))); err == nil {
+		t.Error("isAppLayer accepted a damaged slug")
 	}
 }
 

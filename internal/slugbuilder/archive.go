@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -30,73 +31,101 @@ func maybeGunzip(r io.Reader) (io.Reader, error) {
 
 // untar extracts a tar or tar.gz stream into dir. It refuses entries that
 // would land outside dir (absolute paths, "..", writing through a
-// symlink), keeps permission bits, and ignores ownership and device nodes.
+// symlink), keeps permission bits and the mtimes of files, and ignores
+// ownership and device nodes.
 func untar(r io.Reader, dir string) error {
+	_, err := untarChunks(r, dir)
+	return err
+}
+
+// untarChunks is untar that also returns the build cache chunks (see
+// chunkOf) of the entries it extracted, in the order first seen.
+func untarChunks(r io.Reader, dir string) ([]string, error) {
 	r, err := maybeGunzip(r)
 	if err != nil {
-		return fmt.Errorf("untar: %w", err)
+		return nil, fmt.Errorf("untar: %w", err)
 	}
 	tr := tar.NewReader(r)
+	var chunks []string
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return nil
+			return chunks, nil
 		}
 		if err != nil {
-			return fmt.Errorf("untar: %w", err)
+			return nil, fmt.Errorf("untar: %w", err)
 		}
 		name := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
 		if name == "." || hdr.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
 		if path.IsAbs(hdr.Name) || name == ".." || strings.HasPrefix(name, "../") {
-			return fmt.Errorf("untar: entry %q leaves the target directory", hdr.Name)
+			return nil, fmt.Errorf("untar: entry %q leaves the target directory", hdr.Name)
 		}
-		target := filepath.Join(dir, filepath.FromSlash(name))
-		if err := checkParents(dir, name); err != nil {
-			return err
+		if c := chunkOf(name, hdr.Typeflag == tar.TypeDir); !slices.Contains(chunks, c) {
+			chunks = append(chunks, c)
 		}
-		mode := fs.FileMode(hdr.Mode).Perm()
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(target, 0o755); err != nil {
-				return fmt.Errorf("untar: %w", err)
-			}
-			os.Chmod(target, mode|0o700)
-		case tar.TypeReg:
-			os.Remove(target)
-			f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode|0o600)
-			if err != nil {
-				return fmt.Errorf("untar: %w", err)
-			}
-			_, err = io.Copy(f, tr)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return fmt.Errorf("untar %s: %w", hdr.Name, err)
-			}
-		case tar.TypeSymlink:
-			os.Remove(target)
-			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return fmt.Errorf("untar: %w", err)
-			}
-		case tar.TypeLink:
-			src := path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
-			if path.IsAbs(hdr.Linkname) || src == ".." || strings.HasPrefix(src, "../") {
-				return fmt.Errorf("untar: hard link %q leaves the target directory", hdr.Name)
-			}
-			if err := checkParents(dir, src); err != nil {
-				return err
-			}
-			os.Remove(target)
-			if err := os.Link(filepath.Join(dir, filepath.FromSlash(src)), target); err != nil {
-				return fmt.Errorf("untar: %w", err)
-			}
-		default:
-			// Devices, fifos and the like have no place in an app.
+		if err := extractEntry(tr, hdr, dir, name); err != nil {
+			return nil, err
 		}
 	}
+}
+
+// extractEntry writes one tar entry, whose cleaned relative name is name,
+// under dir.
+func extractEntry(tr *tar.Reader, hdr *tar.Header, dir, name string) error {
+	target := filepath.Join(dir, filepath.FromSlash(name))
+	if err := checkParents(dir, name); err != nil {
+		return err
+	}
+	mode := fs.FileMode(hdr.Mode).Perm()
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return fmt.Errorf("untar: %w", err)
+		}
+		os.Chmod(target, mode|0o700)
+	case tar.TypeReg:
+		os.Remove(target)
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode|0o600)
+		if err != nil {
+			return fmt.Errorf("untar: %w", err)
+		}
+		_, err = io.Copy(f, tr)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("untar %s: %w", hdr.Name, err)
+		}
+		// Tools key caches by mtimes (the go command's package index of
+		// GOROOT, for one): a restored cache keeps them.
+		if !hdr.ModTime.IsZero() {
+			if err := os.Chtimes(target, hdr.ModTime, hdr.ModTime); err != nil {
+				return fmt.Errorf("untar: %w", err)
+			}
+		}
+	case tar.TypeSymlink:
+		os.Remove(target)
+		if err := os.Symlink(hdr.Linkname, target); err != nil {
+			return fmt.Errorf("untar: %w", err)
+		}
+	case tar.TypeLink:
+		src := path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
+		if path.IsAbs(hdr.Linkname) || src == ".." || strings.HasPrefix(src, "../") {
+			return fmt.Errorf("untar: hard link %q leaves the target directory", hdr.Name)
+		}
+		if err := checkParents(dir, src); err != nil {
+			return err
+		}
+		os.Remove(target)
+		if err := os.Link(filepath.Join(dir, filepath.FromSlash(src)), target); err != nil {
+			return fmt.Errorf("untar: %w", err)
+		}
+	default:
+		// Devices, fifos and the like have no place in an app.
+	}
+	return nil
 }
 
 // checkParents makes sure no directory above name (relative to dir) is a
@@ -125,14 +154,28 @@ func checkParents(dir, name string) error {
 }
 
 // writeTarGz writes the tree under dir as a gzipped tar with "./"-relative
-// names, owned by uid:gid.
+// names, owned by uid:gid. It compresses on a second core (writeBehind).
 func writeTarGz(w io.Writer, dir string, uid, gid int) error {
-	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
-	tw := tar.NewWriter(zw)
+	return writeChunk(w, dir, "", "./", uid, gid)
+}
+
+// writeTar writes the tree under dir as a tar whose names are prefix
+// (which ends in "/") and the path relative to dir, owned by uid:gid; with
+// only set, just the entry at that relative path (alone, without what is
+// in it, when only ends in "/").
+func writeTar(w io.Writer, dir, only, prefix string, uid, gid int) error {
+	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	root, alone := dir, strings.HasSuffix(only, "/")
+	if only != "" {
+		root = filepath.Join(dir, filepath.FromSlash(only))
+	}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if alone && p != root {
+			return filepath.SkipDir
 		}
 		rel, err := filepath.Rel(dir, p)
 		if err != nil {
@@ -152,9 +195,9 @@ func writeTarGz(w io.Writer, dir string, uid, gid int) error {
 		if err != nil {
 			return nil // sockets and the like are skipped
 		}
-		hdr.Name = "./" + filepath.ToSlash(rel)
+		hdr.Name = prefix + filepath.ToSlash(rel)
 		if rel == "." {
-			hdr.Name = "./"
+			hdr.Name = prefix
 		}
 		if fi.IsDir() && rel != "." {
 			hdr.Name += "/"
@@ -186,8 +229,5 @@ func writeTarGz(w io.Writer, dir string, uid, gid int) error {
 	if err != nil {
 		return fmt.Errorf("tar %s: %w", dir, err)
 	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	return zw.Close()
+	return tw.Close()
 }

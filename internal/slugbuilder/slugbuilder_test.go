@@ -3,6 +3,7 @@ package slugbuilder
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,11 +16,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
 func TestParseProcfile(t *testing.T) {
@@ -197,6 +200,8 @@ func TestTarRoundTrip(t *testing.T) {
 	writeTree(t, src, map[string]string{"bin/run": "#!/bin/sh\necho hi\n", "a/b/c.txt": "c", "empty/": ""})
 	os.Symlink("a/b/c.txt", filepath.Join(src, "link"))
 	os.Link(filepath.Join(src, "a/b/c.txt"), filepath.Join(src, "hard"))
+	old := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	os.Chtimes(filepath.Join(src, "bin/run"), old, old)
 	var buf bytes.Buffer
 	if err := writeTarGz(&buf, src, 1000, 1000); err != nil {
 		t.Fatal(err)
@@ -211,6 +216,9 @@ func TestTarRoundTrip(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(dst, "bin/run"))
 	if err != nil || fi.Mode().Perm()&0o100 == 0 {
 		t.Errorf("bin/run lost its exec bit: %v %v", fi, err)
+	}
+	if fi != nil && !fi.ModTime().Equal(old) {
+		t.Errorf("bin/run mtime = %v, want %v", fi.ModTime(), old)
 	}
 	if l, _ := os.Readlink(filepath.Join(dst, "link")); l != "a/b/c.txt" {
 		t.Errorf("link = %q", l)
@@ -269,6 +277,29 @@ func TestBuildOnHost(t *testing.T) {
 		}
 		if res.Buildpack != "Procfile" || res.Size == 0 || len(res.SHA256) != 64 || res.SourceVersion != "abc123" {
 			t.Errorf("result = %+v", res)
+		}
+		// The slug is the app under ./app/, owned by the app user.
+		var names []string
+		slug, _ := os.ReadFile(filepath.Join(work, "slug.tgz"))
+		zr, err := gzip.NewReader(bytes.NewReader(slug))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for tr := tar.NewReader(zr); ; {
+			hdr, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, hdr.Name)
+			if hdr.Uid != stack.AppUID || hdr.Gid != stack.AppGID {
+				t.Errorf("%s is owned by %d:%d", hdr.Name, hdr.Uid, hdr.Gid)
+			}
+		}
+		if diff := cmp.Diff([]string{"./app/", "./app/.slugignore", "./app/Procfile", "./app/run.sh"}, names); diff != "" {
+			t.Errorf("slug entries (-want +got):\n%s", diff)
 		}
 		if _, err := os.Stat(filepath.Join(build, "debug.log")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf(".slugignore'd debug.log is still in the slug (stat err %v)", err)

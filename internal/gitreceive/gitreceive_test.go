@@ -1,6 +1,7 @@
 package gitreceive
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -38,6 +40,9 @@ type fakeReceiver struct {
 	mu     sync.Mutex
 	pushes []Push
 	fail   string
+	// gate, when set, holds the build after its first line until closed
+	// (30s at most): the pusher must see that line meanwhile.
+	gate chan struct{}
 }
 
 func (f *fakeReceiver) Authorize(ctx context.Context, app string) error {
@@ -57,6 +62,13 @@ func (f *fakeReceiver) Receive(ctx context.Context, p Push, out io.Writer) error
 		return fmt.Errorf("ls-tree: %w", err)
 	}
 	fmt.Fprintf(out, "-----> Building %s at %s\n", p.App, p.NewRev[:7])
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-time.After(30 * time.Second):
+			return errors.New("the pusher did not see the build output live")
+		}
+	}
 	fmt.Fprintf(out, "       files: %s\n", strings.Join(strings.Fields(string(files)), ","))
 	if fail != "" {
 		return errors.New(fail)
@@ -164,6 +176,13 @@ func gitIn(t *testing.T, dir string, args ...string) string {
 // push runs git push and returns its combined output and whether it worked.
 func (e *env) push(t *testing.T, viaSSH bool, key, app string, refspec ...string) (string, bool) {
 	t.Helper()
+	return e.pushTo(t, viaSSH, key, app, nil, refspec...)
+}
+
+// pushTo is push with git's stderr (its progress and the remote's
+// output) going to stderr as it comes, when stderr is not nil.
+func (e *env) pushTo(t *testing.T, viaSSH bool, key, app string, stderr io.Writer, refspec ...string) (string, bool) {
+	t.Helper()
 	var remote string
 	cmd := exec.Command("git")
 	cmd.Dir = e.workRepo
@@ -176,6 +195,12 @@ func (e *env) push(t *testing.T, viaSSH bool, key, app string, refspec ...string
 		remote = strings.Replace(e.httpURL, "http://", "http://user:"+key+"@", 1) + "/" + app + ".git"
 	}
 	cmd.Args = append([]string{"git", "push", remote}, refspec...)
+	if stderr != nil {
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, stderr
+		err := cmd.Run()
+		return out.String(), err == nil
+	}
 	out, err := cmd.CombinedOutput()
 	return string(out), err == nil
 }
@@ -234,6 +259,55 @@ func TestPush(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLiveOutput: build output reaches the pusher while the build runs,
+// over SSH and over HTTP.
+func TestLiveOutput(t *testing.T) {
+	for _, viaSSH := range []bool{true, false} {
+		t.Run(map[bool]string{true: "ssh", false: "http"}[viaSSH], func(t *testing.T) {
+			e := setup(t)
+			key := e.keyFile
+			if !viaSSH {
+				key = "clusterkey"
+			}
+			gate := make(chan struct{})
+			e.recv.gate = gate
+			r, w := io.Pipe()
+			done := make(chan string)
+			go func() {
+				var all strings.Builder
+				sc := bufio.NewScanner(r)
+				sc.Split(scanLinesOrCR)
+				for sc.Scan() {
+					all.WriteString(sc.Text() + "\n")
+					if strings.Contains(sc.Text(), "remote: -----> Building myapp") {
+						close(gate)
+					}
+				}
+				done <- all.String()
+			}()
+			out, ok := e.pushTo(t, viaSSH, key, "myapp", w, "main")
+			w.Close()
+			all := <-done
+			if !ok || strings.Contains(all, "did not see the build output live") {
+				t.Fatalf("push ok=%v:\n%s%s", ok, out, all)
+			}
+		})
+	}
+}
+
+// scanLinesOrCR splits git's output at newlines and carriage returns.
+func scanLinesOrCR(data []byte, atEOF bool) (int, []byte, error) {
+	for i, b := range data {
+		if b == '\n' || b == '\r' {
+			return i + 1, data[:i], nil
+		}
+	}
+	if atEOF && len(data) > 0 {
+		return len(data), data, nil
+	}
+	return 0, nil, nil
 }
 
 func TestRefused(t *testing.T) {

@@ -76,9 +76,24 @@ func (s *Server) Handler(auth *httpapi.KeyAuth) http.Handler {
 		}
 		r2 := r.Clone(r.Context())
 		r2.URL.Path = "/" + app + ".git/" + rest
-		h.ServeHTTP(w, r2)
+		h.ServeHTTP(flushingResponse{w}, r2)
 		if unlock != nil {
 			s.afterPush(r.Context(), app, dir)
 		}
 	})
 }
+
+// flushingResponse sends each write of the CGI's output at once: the net/http
+// CGI handler never flushes, and the build's output must reach the pusher
+// live.
+type flushingResponse struct{ http.ResponseWriter }
+
+func (f flushingResponse) Write(p []byte) (int, error) {
+	n, err := f.ResponseWriter.Write(p)
+	if n > 0 {
+		http.NewResponseController(f.ResponseWriter).Flush()
+	}
+	return n, err
+}
+
+func (f flushingResponse) Unwrap() http.ResponseWriter { return f.ResponseWriter }

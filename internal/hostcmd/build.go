@@ -107,7 +107,8 @@ func newSlugbuilderCmd(env Env) *cobra.Command {
 		Short: "Build an app's source into a slug with buildpacks (build job entrypoint)",
 		Long: `Reads the app's source (a tar or tar.gz) from --source or stdin, builds it
 in --build-dir with buildpacks (Heroku buildpack API v2), and writes the slug
-(a tar.gz of the build directory) to --slug and a JSON result to --result.
+(a tar.gz of the build directory under ./app/, owned by the app user, as
+Heroku slugs are) to --slug and a JSON result to --result.
 Build output goes to stdout line by line.
 
 Every variable of the environment that is not a build setting (PATH, HOME,

@@ -61,18 +61,6 @@ func (h *hookServer) run(ctx context.Context) error {
 	}
 }
 
-// flushWriter flushes after every write so output reaches the pusher live.
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
-}
-
-func (f flushWriter) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	f.rc.Flush()
-	return n, err
-}
-
 func (h *hookServer) serve(w http.ResponseWriter, r *http.Request) {
 	var req hookRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
@@ -82,7 +70,7 @@ func (h *hookServer) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Trailer", statusTrailer)
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(http.StatusOK)
-	out := flushWriter{w: w, rc: http.NewResponseController(w)}
+	out := flushingResponse{w}
 	err := h.recv.Receive(r.Context(), Push{App: req.App, Ref: req.Ref, OldRev: req.OldRev, NewRev: req.NewRev, RepoDir: req.Repo, GitEnv: req.Env}, out)
 	status := "ok"
 	if err != nil {

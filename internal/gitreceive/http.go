@@ -83,9 +83,9 @@ func (s *Server) Handler(auth *httpapi.KeyAuth) http.Handler {
 	})
 }
 
-// flushingResponse sends each write of the CGI's output at once: the net/http
-// CGI handler never flushes, and the build's output must reach the pusher
-// live.
+// flushingResponse sends each write at once, so build output reaches the
+// pusher live: the hook's relay of the build, and git http-backend's
+// output through the net/http CGI handler, which never flushes.
 type flushingResponse struct{ http.ResponseWriter }
 
 func (f flushingResponse) Write(p []byte) (int, error) {

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -94,12 +95,13 @@ type Result struct {
 
 // ClusterAddLine is the command that adds the cluster to a flynn CLI.
 func (r *Result) ClusterAddLine(name string) string {
-	return "flynn " + strings.Join(r.ClusterAddArgs(name), " ")
+	return "flynn cluster add " + strings.Join(r.ClusterAddArgs(name), " ")
 }
 
-// ClusterAddArgs are the flynn CLI's arguments that add the cluster.
+// ClusterAddArgs are the arguments of `flynn cluster add` that add the
+// cluster as name.
 func (r *Result) ClusterAddArgs(name string) []string {
-	args := []string{"cluster", "add", "-p", r.Pin}
+	args := []string{"-p", r.Pin}
 	if r.ControllerURL != "" && r.ControllerURL != "https://controller."+r.Domain {
 		args = append(args, "--controller-url", r.ControllerURL)
 	}
@@ -542,20 +544,35 @@ func (r *run) waitController(ctx context.Context, timeout time.Duration) error {
 	r.ctl = controllerclient.NewWithHTTP("http://controller"+discoverdclient.ServiceDomain, r.res.Key, r.disc.HTTPClient())
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for {
-		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	err := poll(ctx, func() error {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
 		_, err := r.ctl.ListApps(pctx)
-		pcancel()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("no controller registered in discoverd answered: %w", err)
+	}
+	return nil
+}
+
+// poll calls check every pollInterval until it succeeds, and returns nil,
+// or until ctx ends, and returns check's last error.
+func poll(ctx context.Context, check func() error) error {
+	for {
+		err := check()
 		if err == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("no controller registered in discoverd answered: %w", err)
-		case <-time.After(200 * time.Millisecond):
+			return err
+		case <-time.After(pollInterval):
 		}
 	}
 }
+
+const pollInterval = 200 * time.Millisecond
 
 // addApp registers the app, its artifact, release and formation in the
 // controller, and makes the release current.
@@ -589,8 +606,9 @@ func (r *run) addApp(ctx context.Context, name string) error {
 	return nil
 }
 
-// waitApp waits until every port of the app's processes accepts
-// connections on the first host.
+// waitApp waits until every port of the app's processes is ready: a
+// fixed port accepts connections on the first host, a port the host gave
+// the job is registered in its service (once healthy).
 func (r *run) waitApp(ctx context.Context, name string, timeout time.Duration) error {
 	st := r.apps[name]
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -600,52 +618,38 @@ func (r *run) waitApp(ctx context.Context, name string, timeout time.Duration) e
 			continue
 		}
 		for _, pt := range p.Ports {
+			var check func() error
+			var what string
 			if pt.Port == 0 && pt.Service != nil {
-				if err := r.waitService(ctx, name, typ, pt.Service.Name, st.started); err != nil {
+				what = "has not registered in service " + pt.Service.Name
+				check = func() error {
+					insts, err := r.disc.Instances(ctx, pt.Service.Name)
+					if err == nil && len(insts) == 0 {
+						err = errors.New("no instance")
+					}
 					return err
 				}
-				continue
-			}
-			addr := net.JoinHostPort(r.vars["LISTEN_IP"], strconv.Itoa(pt.Port))
-			for {
-				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-				if err == nil {
-					c.Close()
-					break
-				}
-				select {
-				case <-ctx.Done():
-					hint := ""
-					if !st.started {
-						hint = " (the scheduler starts it: is the scheduler running?)"
+			} else {
+				addr := net.JoinHostPort(r.vars["LISTEN_IP"], strconv.Itoa(pt.Port))
+				what = "is not listening on " + addr
+				check = func() error {
+					c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+					if err == nil {
+						c.Close()
 					}
-					return fmt.Errorf("%s/%s is not listening on %s%s", name, typ, addr, hint)
-				case <-time.After(200 * time.Millisecond):
+					return err
 				}
+			}
+			if poll(ctx, check) != nil {
+				hint := ""
+				if !st.started {
+					hint = " (the scheduler starts it: is the scheduler running?)"
+				}
+				return fmt.Errorf("%s/%s %s%s", name, typ, what, hint)
 			}
 		}
 	}
 	return nil
-}
-
-// waitService waits until service has a live instance (a port the host
-// gave the job, registered once healthy).
-func (r *run) waitService(ctx context.Context, app, typ, service string, started bool) error {
-	for {
-		insts, err := r.disc.Instances(ctx, service)
-		if err == nil && len(insts) > 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			hint := ""
-			if !started {
-				hint = " (the scheduler starts it: is the scheduler running?)"
-			}
-			return fmt.Errorf("%s/%s has not registered in service %s%s", app, typ, service, hint)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 func (r *run) addRoute(ctx context.Context, s *Step) error {
@@ -665,35 +669,28 @@ func (r *run) addRoute(ctx context.Context, s *Step) error {
 func waitHTTP(ctx context.Context, url, host string, want []int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var last string
-	for {
-		req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return err
+	}
+	if host != "" {
+		req.Host = host
+	}
+	err = poll(ctx, func() error {
+		res, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return err
 		}
-		if host != "" {
-			req.Host = host
+		res.Body.Close()
+		if len(want) == 0 && res.StatusCode < 500 || slices.Contains(want, res.StatusCode) {
+			return nil
 		}
-		res, err := http.DefaultClient.Do(req)
-		if err == nil {
-			res.Body.Close()
-			ok := len(want) == 0 && res.StatusCode < 500
-			for _, w := range want {
-				ok = ok || res.StatusCode == w
-			}
-			if ok {
-				return nil
-			}
-			last = res.Status
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s (host %s) did not answer as expected; last: %s", url, host, last)
-		case <-time.After(250 * time.Millisecond):
-		}
+		return errors.New(res.Status)
+	})
+	if err != nil {
+		return fmt.Errorf("%s (host %s) did not answer as expected; last: %v", url, host, err)
 	}
+	return nil
 }
 
 // stackDigest is the sha256 of the stack layer, cached beside it in

@@ -141,18 +141,21 @@ func (m *Manifest) Validate() error {
 func DefaultManifest() *Manifest {
 	proc := func(svc, portVar string, args ...string) *api.ProcessType {
 		p := &api.ProcessType{Args: append([]string{"/bin/flynn-host", "component"}, args...), HostNetwork: true}
+		p.Env = map[string]string{}
 		if svc != "" {
-			// The port number is filled in from the variable at run time.
 			p.Ports = []api.Port{{Proto: "tcp", Service: &api.Service{Name: svc, Create: true}}}
-			p.Env = map[string]string{"PORT": "${" + portVar + "}"}
+		}
+		if portVar != "" {
+			// The port number is filled in from the variable at run
+			// time; without one the host gives the job a port ($PORT).
+			p.Env["PORT"] = "${" + portVar + "}"
 		}
 		return p
 	}
-	// The controller's port comes from its host ($PORT), so several
-	// controller jobs can share a host: the others find it through
-	// discoverd (http://controller.discoverd), users through the router.
+	// The controller's port comes from its host, so several controller
+	// jobs can share a host: the others find it through discoverd
+	// (http://controller.discoverd), users through the router.
 	ctl := proc("controller", "", "controller")
-	delete(ctl.Env, "PORT")
 	ctl.Env["ETCD_ENDPOINTS"] = "${ETCD_ENDPOINTS}"
 	ctl.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
 	ctl.Env["CLUSTER_DOMAIN"] = "${CLUSTER_DOMAIN}"

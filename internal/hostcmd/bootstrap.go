@@ -426,7 +426,7 @@ func addToCLI(ctx context.Context, env Env, flynnBin, name string, res *bootstra
 	if p := getenv("FLYNNRC"); p != "" {
 		rc = p
 	}
-	args := append([]string{"cluster", "add", "-f", "-d"}, res.ClusterAddArgs(name)[2:]...)
+	args := append([]string{"cluster", "add", "-f", "-d"}, res.ClusterAddArgs(name)...)
 	c := exec.CommandContext(ctx, flynnBin, args...)
 	c.Env = append(os.Environ(), "FLYNNRC="+rc, "HOME="+home)
 	var buf bytes.Buffer

@@ -89,14 +89,6 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-func (s *Server) listApps(w http.ResponseWriter, r *http.Request) error {
-	apps, err := s.store.ListApps(r.Context())
-	if err != nil {
-		return err
-	}
-	return ok(w, apps)
-}
-
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) error {
 	app, err := s.app(r)
 	if err != nil {
@@ -270,22 +262,6 @@ func (s *Server) createArtifact(w http.ResponseWriter, r *http.Request) error {
 	return ok(w, a)
 }
 
-func (s *Server) listArtifacts(w http.ResponseWriter, r *http.Request) error {
-	as, err := s.store.ListArtifacts(r.Context())
-	if err != nil {
-		return err
-	}
-	return ok(w, as)
-}
-
-func (s *Server) getArtifact(w http.ResponseWriter, r *http.Request) error {
-	a, err := s.store.GetArtifact(r.Context(), r.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	return ok(w, a)
-}
-
 func decodeRelease(r *http.Request) (*api.Release, error) {
 	rel := &api.Release{}
 	if err := httpapi.DecodeJSON(r, rel); err != nil {
@@ -311,22 +287,6 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) error {
 	}
 	rel.CreatedAt = now()
 	if err := s.store.CreateRelease(r.Context(), rel); err != nil {
-		return err
-	}
-	return ok(w, rel)
-}
-
-func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
-	rels, err := s.store.ListReleases(r.Context(), "")
-	if err != nil {
-		return err
-	}
-	return ok(w, rels)
-}
-
-func (s *Server) getRelease(w http.ResponseWriter, r *http.Request) error {
-	rel, err := s.store.GetRelease(r.Context(), r.PathValue("id"))
-	if err != nil {
 		return err
 	}
 	return ok(w, rel)
@@ -546,14 +506,6 @@ func (s *Server) listDeployments(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return ok(w, ds)
-}
-
-func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
-	d, err := s.store.GetDeployment(r.Context(), r.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	return ok(w, d)
 }
 
 // DeploymentUpdate is the body of PUT /deployments/{id}, which a deployer

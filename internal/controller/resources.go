@@ -47,22 +47,6 @@ func (s *Server) createProvider(w http.ResponseWriter, r *http.Request) error {
 	return ok(w, p)
 }
 
-func (s *Server) listProviders(w http.ResponseWriter, r *http.Request) error {
-	ps, err := s.store.ListProviders(r.Context())
-	if err != nil {
-		return err
-	}
-	return ok(w, ps)
-}
-
-func (s *Server) getProvider(w http.ResponseWriter, r *http.Request) error {
-	p, err := s.store.GetProvider(r.Context(), r.PathValue("provider"))
-	if err != nil {
-		return err
-	}
-	return ok(w, p)
-}
-
 // ResourceRequest is the body of POST /providers/{provider}/resources.
 type ResourceRequest struct {
 	// Apps get the resource's env merged into a new release.
@@ -223,14 +207,6 @@ func (s *Server) listProviderResources(w http.ResponseWriter, r *http.Request) e
 	return ok(w, rs)
 }
 
-func (s *Server) listResources(w http.ResponseWriter, r *http.Request) error {
-	rs, err := s.store.ListResources(r.Context(), "", "")
-	if err != nil {
-		return err
-	}
-	return ok(w, rs)
-}
-
 func (s *Server) listAppResources(w http.ResponseWriter, r *http.Request) error {
 	app, err := s.app(r)
 	if err != nil {
@@ -345,14 +321,6 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return ok(w, k)
-}
-
-func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) error {
-	ks, err := s.store.ListKeys(r.Context())
-	if err != nil {
-		return err
-	}
-	return ok(w, ks)
 }
 
 func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {

@@ -38,14 +38,6 @@ func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) error {
 	return ok(w, rt)
 }
 
-func (s *Server) listAllRoutes(w http.ResponseWriter, r *http.Request) error {
-	rts, err := s.store.ListRoutes(r.Context(), "")
-	if err != nil {
-		return err
-	}
-	return ok(w, rts)
-}
-
 func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) error {
 	app, err := s.app(r)
 	if err != nil {

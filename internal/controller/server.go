@@ -140,7 +140,7 @@ func (s *Server) routes() http.Handler {
 	m.Handle("GET /ca-cert", hf(s.caCert))
 
 	m.Handle("POST /apps", hf(s.createApp))
-	m.Handle("GET /apps", hf(s.listApps))
+	m.Handle("GET /apps", list(s.store.ListApps))
 	m.Handle("GET /apps/{app}", hf(s.getApp))
 	m.Handle("POST /apps/{app}", hf(s.updateApp))
 	m.Handle("POST /apps/{app}/meta", hf(s.updateApp))
@@ -166,17 +166,17 @@ func (s *Server) routes() http.Handler {
 	m.Handle("POST /apps/{app}/deploy", hf(s.deploy))
 	m.Handle("GET /apps/{app}/deployments", hf(s.listAppDeployments))
 	m.Handle("GET /deployments", hf(s.listDeployments))
-	m.Handle("GET /deployments/{id}", hf(s.getDeployment))
+	m.Handle("GET /deployments/{id}", byPath("id", s.store.GetDeployment))
 	m.Handle("PUT /deployments/{id}", hf(s.updateDeployment))
 	m.Handle("POST /deployments/{id}/events", hf(s.addDeploymentEvent))
 	m.Handle("POST /releases", hf(s.createRelease))
-	m.Handle("GET /releases", hf(s.listReleases))
-	m.Handle("GET /releases/{id}", hf(s.getRelease))
+	m.Handle("GET /releases", list(func(ctx context.Context) ([]*api.Release, error) { return s.store.ListReleases(ctx, "") }))
+	m.Handle("GET /releases/{id}", byPath("id", s.store.GetRelease))
 	m.Handle("POST /artifacts", hf(s.createArtifact))
-	m.Handle("GET /artifacts", hf(s.listArtifacts))
-	m.Handle("GET /artifacts/{id}", hf(s.getArtifact))
+	m.Handle("GET /artifacts", list(s.store.ListArtifacts))
+	m.Handle("GET /artifacts/{id}", byPath("id", s.store.GetArtifact))
 
-	m.Handle("GET /routes", hf(s.listAllRoutes))
+	m.Handle("GET /routes", list(func(ctx context.Context) ([]*api.Route, error) { return s.store.ListRoutes(ctx, "") }))
 	m.Handle("GET /apps/{app}/routes", hf(s.listRoutes))
 	m.Handle("POST /apps/{app}/routes", hf(s.createRoute))
 	m.Handle("GET /apps/{app}/routes/{type}/{id}", hf(s.getRoute))
@@ -184,8 +184,8 @@ func (s *Server) routes() http.Handler {
 	m.Handle("DELETE /apps/{app}/routes/{type}/{id}", hf(s.deleteRoute))
 
 	m.Handle("POST /providers", hf(s.createProvider))
-	m.Handle("GET /providers", hf(s.listProviders))
-	m.Handle("GET /providers/{provider}", hf(s.getProvider))
+	m.Handle("GET /providers", list(s.store.ListProviders))
+	m.Handle("GET /providers/{provider}", byPath("provider", s.store.GetProvider))
 	m.Handle("POST /providers/{provider}/resources", hf(s.provisionResource))
 	m.Handle("GET /providers/{provider}/resources", hf(s.listProviderResources))
 	m.Handle("GET /providers/{provider}/resources/{id}", hf(s.getResource))
@@ -193,13 +193,13 @@ func (s *Server) routes() http.Handler {
 	m.Handle("DELETE /providers/{provider}/resources/{id}", hf(s.deprovisionResource))
 	m.Handle("PUT /providers/{provider}/resources/{id}/apps/{app}", hf(s.attachResource))
 	m.Handle("DELETE /providers/{provider}/resources/{id}/apps/{app}", hf(s.detachResource))
-	m.Handle("GET /resources", hf(s.listResources))
+	m.Handle("GET /resources", list(func(ctx context.Context) ([]*api.Resource, error) { return s.store.ListResources(ctx, "", "") }))
 	m.Handle("GET /apps/{app}/resources", hf(s.listAppResources))
 
 	m.Handle("GET /events", hf(s.events))
 	m.Handle("GET /events/{id}", hf(s.getEvent))
 
-	m.Handle("GET /keys", hf(s.listKeys))
+	m.Handle("GET /keys", list(s.store.ListKeys))
 	m.Handle("POST /keys", hf(s.createKey))
 	m.Handle("DELETE /keys/{id}", hf(s.deleteKey))
 
@@ -228,6 +228,29 @@ func (s *Server) app(r *http.Request) (*api.App, error) {
 }
 
 func ok(w http.ResponseWriter, v any) error { return httpapi.WriteJSON(w, http.StatusOK, v) }
+
+// list serves what fn lists, as JSON.
+func list[T any](fn func(context.Context) (T, error)) hf {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		v, err := fn(r.Context())
+		if err != nil {
+			return err
+		}
+		return ok(w, v)
+	}
+}
+
+// byPath serves, as JSON, what fn finds by the request's path value key
+// (e.g. the {id} of GET /releases/{id}).
+func byPath[T any](key string, fn func(context.Context, string) (T, error)) hf {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		v, err := fn(r.Context(), r.PathValue(key))
+		if err != nil {
+			return err
+		}
+		return ok(w, v)
+	}
+}
 
 func now() time.Time { return time.Now().UTC() }
 

@@ -125,6 +125,14 @@ func printList[T any](cmd *cobra.Command, asJSON bool, items []T, header string,
 	return tw.Flush()
 }
 
+// printIDs prints one id per item (the -q of listings).
+func printIDs[T any](cmd *cobra.Command, items []T, id func(T) string) error {
+	for _, it := range items {
+		fmt.Fprintln(cmd.OutOrStdout(), id(it))
+	}
+	return nil
+}
+
 var procTypeRE = regexp.MustCompile(`^[a-z\d]+(-[a-z\d]+)*$`)
 
 // parseScaleArgs parses TYPE=N arguments.

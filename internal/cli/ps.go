@@ -45,18 +45,10 @@ func newPsCmd(s *state) *cobra.Command {
 					shown = append(shown, j)
 				}
 			}
-			if asJSON {
-				return writeJSON(cmd, shown)
+			if quiet && !asJSON {
+				return printIDs(cmd, shown, func(j *api.Job) string { return j.ID })
 			}
-			if quiet {
-				for _, j := range shown {
-					fmt.Fprintln(cmd.OutOrStdout(), j.ID)
-				}
-				return nil
-			}
-			tw := table(cmd)
-			fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tCREATED\tRELEASE")
-			for _, j := range shown {
+			return printList(cmd, asJSON, shown, "ID\tTYPE\tSTATE\tCREATED\tRELEASE", func(j *api.Job) []string {
 				t := j.Type
 				if t == "" {
 					t = "run"
@@ -64,9 +56,8 @@ func newPsCmd(s *state) *cobra.Command {
 						t = "run " + strings.Join(j.Args, " ")
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", j.ID, t, j.State, ago(j.CreatedAt), j.ReleaseID)
-			}
-			return tw.Flush()
+				return []string{j.ID, t, j.State, ago(j.CreatedAt), j.ReleaseID}
+			})
 		},
 	}
 	f := c.Flags()

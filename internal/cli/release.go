@@ -27,25 +27,16 @@ func newReleaseCmd(s *state) *cobra.Command {
 			return err
 		}
 		sort.SliceStable(rels, func(i, j int) bool { return rels[i].CreatedAt.After(rels[j].CreatedAt) })
-		if asJSON {
-			return writeJSON(cmd, rels)
+		if quiet && !asJSON {
+			return printIDs(cmd, rels, func(r *api.Release) string { return r.ID })
 		}
-		if quiet {
-			for _, r := range rels {
-				fmt.Fprintln(cmd.OutOrStdout(), r.ID)
-			}
-			return nil
-		}
-		tw := table(cmd)
-		fmt.Fprintln(tw, "ID\tCREATED\tCURRENT")
-		for _, r := range rels {
+		return printList(cmd, asJSON, rels, "ID\tCREATED\tCURRENT", func(r *api.Release) []string {
 			cur := ""
 			if r.ID == app.ReleaseID {
 				cur = "*"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.ID, ago(r.CreatedAt), cur)
-		}
-		return tw.Flush()
+			return []string{r.ID, ago(r.CreatedAt), cur}
+		})
 	}
 	c := &cobra.Command{
 		Use:   "release [-q]",

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
 )
 
 func newReleaseCmd(s *state) *cobra.Command {
@@ -22,11 +24,10 @@ func newReleaseCmd(s *state) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		rels, err := c.AppReleaseList(ctx, app.ID)
+		rels, err := newestReleases(ctx, c, app.ID)
 		if err != nil {
 			return err
 		}
-		sort.SliceStable(rels, func(i, j int) bool { return rels[i].CreatedAt.After(rels[j].CreatedAt) })
 		if quiet && !asJSON {
 			return printIDs(cmd, rels, func(r *api.Release) string { return r.ID })
 		}
@@ -169,11 +170,10 @@ env is merged over it.`,
 			if err != nil {
 				return err
 			}
-			rels, err := c.AppReleaseList(ctx, app.ID)
+			rels, err := newestReleases(ctx, c, app.ID)
 			if err != nil {
 				return err
 			}
-			sort.SliceStable(rels, func(i, j int) bool { return rels[i].CreatedAt.After(rels[j].CreatedAt) })
 			target := ""
 			if len(args) == 1 {
 				for _, r := range rels {
@@ -207,6 +207,13 @@ env is merged over it.`,
 	rollback.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	c.AddCommand(lc, show, add, rollback)
 	return c
+}
+
+// newestReleases lists the app's releases, newest first.
+func newestReleases(ctx context.Context, c *controllerclient.Client, appID string) ([]*api.Release, error) {
+	rels, err := c.AppReleaseList(ctx, appID)
+	sort.SliceStable(rels, func(i, j int) bool { return rels[i].CreatedAt.After(rels[j].CreatedAt) })
+	return rels, err
 }
 
 func newDeploymentCmd(s *state) *cobra.Command {

@@ -16,40 +16,23 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // startController runs `flynn-host component controller` against the
 // daemon's etcd and discoverd and waits until it answers.
 func startController(t *testing.T, d *testDaemon, key string) string {
 	t.Helper()
-	url := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	logPath := filepath.Join(t.TempDir(), "controller.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), "component", "controller",
+	url := fmt.Sprintf("http://127.0.0.1:%d", testslot.Port(t))
+	ctl := startBg(t, "controller", filepath.Join(testslot.Dir(t), "controller.log"), "component", "controller",
 		"--listen", strings.TrimPrefix(url, "http://"), "--etcd", d.etcd, "--auth-key", key,
 		"--cluster-domain", "e2e.localhost", "--discoverd", d.disc, "--token", d.token)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		logf.Close()
-	})
 	cc := controllerclient.New(url, key)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for cc.Ping(ctx) != nil {
-		if ctx.Err() != nil {
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("controller never answered:\n%s", b)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	ctx := within(t, time.Minute)
+	waitFor(t, ctx, "the controller to answer", watching(ctl, d.proc), func() (bool, error) {
+		err := cc.Ping(ctx)
+		return err == nil, err
+	})
 	return url
 }
 
@@ -57,7 +40,7 @@ func startController(t *testing.T, d *testDaemon, key string) string {
 // real host, checks it registered in discoverd, and runs one-off jobs on
 // the host with `flynn run`, as a user would.
 func TestOneOffJobThroughController(t *testing.T) {
-	d := startDaemon(t, "flte2e2", "100.82.2.0/24")
+	d := startDaemon(t)
 	url := startController(t, d, "ctrlkey")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,17 +15,8 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/image"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 // testDaemon is one real host: flynn-host init + daemon (with its agent).
 type testDaemon struct {
@@ -34,14 +24,14 @@ type testDaemon struct {
 	etcd    string
 	disc    string
 	hostURL string
-	logPath string
+	proc    *bgProc
+	hc      *hostclient.Client
 }
 
-func (d *testDaemon) log() string { b, _ := os.ReadFile(d.logPath); return string(b) }
-
-// startDaemon inits and starts a daemon on 127.0.0.1 with free ports, its
-// own bridge, subnet and cgroup parent, and waits for its agent.
-func startDaemon(t *testing.T, bridge, subnet string) *testDaemon {
+// startDaemon inits and starts a daemon on 127.0.0.1 with ports, bridge,
+// subnet, cgroup parent and state dir of its own (see testslot), and
+// waits until its host agent answers and the host is registered.
+func startDaemon(t *testing.T) *testDaemon {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (containers)")
@@ -51,8 +41,8 @@ func startDaemon(t *testing.T, bridge, subnet string) *testDaemon {
 	}
 	// A long state dir on purpose: job ids ("<host>-<uuid>") and the
 	// state dir's length are independent of socket address limits.
-	dir := t.TempDir()
-	state := filepath.Join(dir, "s")
+	dir := testslot.Dir(t)
+	state := filepath.Join(dir, "state-dir-with-a-rather-long-name-to-show-socket-paths-do-not-depend-on-it")
 	out, _, code := run(t, "flynn-host", "init", "--state-dir", state)
 	if code != 0 {
 		t.Fatalf("init: %s", out)
@@ -61,55 +51,48 @@ func startDaemon(t *testing.T, bridge, subnet string) *testDaemon {
 	if m == nil {
 		t.Fatalf("init printed no token: %s", out)
 	}
-	etcdPort, discPort, hostPort := freePort(t), freePort(t), freePort(t)
+	etcdPort, discPort, hostPort := testslot.Port(t), testslot.Port(t), testslot.Port(t)
 	d := &testDaemon{
 		token:   m[1],
 		etcd:    fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
 		disc:    fmt.Sprintf("http://127.0.0.1:%d", discPort),
 		hostURL: fmt.Sprintf("http://127.0.0.1:%d", hostPort),
-		logPath: filepath.Join(dir, "daemon.log"),
 	}
-	logf, err := os.Create(d.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cgroup := "flynn-" + bridge
-	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), "daemon", "--state-dir", state, "--listen-ip", "127.0.0.1",
-		"--etcd-client-port", fmt.Sprint(etcdPort), "--etcd-peer-port", fmt.Sprint(freePort(t)),
-		"--discoverd-port", fmt.Sprint(discPort), "--dns-port", "-1", "--host-port", fmt.Sprint(hostPort),
-		"--etcd-fast", "--bridge", bridge, "--subnet", subnet, "--cgroup-parent", cgroup, "--stop-grace", "1s")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	d.hc = hostclient.New(d.hostURL, d.token)
+	bridge, subnet, cgroup := testslot.Name(t, "br"), testslot.Subnet(t), testslot.Name(t, "cg")
+	// Cleanups run last-registered first: this one after the daemon has
+	// stopped, removing what its jobs may have left.
 	t.Cleanup(func() {
-		// Stop the host's jobs, then the daemon, then remove what they made.
-		hc := hostclient.New(d.hostURL, d.token)
+		exec.Command("ip", "link", "del", bridge).Run()
+		testslot.RemoveIptables(strings.TrimSuffix(subnet, "0/24"), bridge)
+		testslot.RemoveCgroups(cgroup)
+	})
+	d.proc = startBg(t, "daemon", filepath.Join(dir, "daemon.log"), "daemon", "--state-dir", state, "--listen-ip", "127.0.0.1",
+		"--etcd-client-port", fmt.Sprint(etcdPort), "--etcd-peer-port", fmt.Sprint(testslot.Port(t)),
+		"--discoverd-port", fmt.Sprint(discPort), "--dns-port", "-1", "--host-port", fmt.Sprint(hostPort),
+		"--etcd-fast", "--bridge", bridge, "--subnet", subnet, "--cgroup-parent", cgroup,
+		"--port-range", testslot.PortRange(t, 40), "--stop-grace", "1s")
+	// Stop the host's jobs before the daemon stops (this cleanup runs
+	// before startBg's).
+	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if jobs, err := hc.ListJobs(ctx); err == nil {
+		if jobs, err := d.hc.ListJobs(ctx); err == nil {
 			for _, j := range jobs {
-				hc.StopJob(ctx, j.Job.ID)
+				d.hc.StopJob(ctx, j.Job.ID)
 			}
 		}
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		logf.Close()
-		exec.Command("ip", "link", "del", bridge).Run()
-		cleanHostState(bridge, strings.TrimSuffix(subnet, "0/24"), cgroup)
 	})
-	hc := hostclient.New(d.hostURL, d.token)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for {
-		if _, err := hc.Status(ctx); err == nil {
-			return d
-		} else if ctx.Err() != nil {
-			t.Fatalf("host agent never came up: %v\n%s", err, d.log())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitFor(t, within(t, 2*time.Minute), "the host agent to answer", d.watch(), func() (bool, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := d.hc.Status(ctx)
+		return err == nil, err
+	})
+	return d
 }
+
+func (d *testDaemon) watch() watch { return watching(d.proc) }
 
 // busyboxArtifact writes a busybox layer and returns an artifact of it.
 func busyboxArtifact(t *testing.T) *api.Artifact {
@@ -135,8 +118,8 @@ func busyboxArtifact(t *testing.T) *api.Artifact {
 // TestDaemonRunsJobs brings up one real host (flynn-host init + daemon)
 // and runs a busybox job through the agent the daemon serves.
 func TestDaemonRunsJobs(t *testing.T) {
-	d := startDaemon(t, "flte2e0", "100.82.0.0/24")
-	hc := hostclient.New(d.hostURL, d.token)
+	d := startDaemon(t)
+	hc := d.hc
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	status, err := hc.Status(ctx)
@@ -152,24 +135,21 @@ func TestDaemonRunsJobs(t *testing.T) {
 		Config:    api.HostJobConfig{Args: []string{"sh", "-c", "echo hello from $FLYNN_JOB_ID on $DISCOVERD"}},
 	}
 	if _, err := hc.AddJob(ctx, job); err != nil {
-		t.Fatalf("add job: %v\n%s", err, d.log())
+		t.Fatalf("add job: %v\n%s", err, d.watch())
 	}
-	for {
+	waitFor(t, ctx, "the job to end", d.watch(), func() (bool, error) {
 		j, err := hc.GetJob(ctx, job.ID)
 		if err != nil {
-			t.Fatal(err)
+			return false, err
 		}
 		if j.Status != api.HostJobStarting && j.Status != api.HostJobRunning {
 			if j.ExitStatus == nil || *j.ExitStatus != 0 {
 				t.Fatalf("job ended %s with %v", j.Status, j.ExitStatus)
 			}
-			break
+			return true, nil
 		}
-		if ctx.Err() != nil {
-			t.Fatal("job never ended")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false, fmt.Errorf("job %s", j.Status)
+	})
 	lg, err := hc.JobLog(ctx, job.ID, false)
 	if err != nil {
 		t.Fatal(err)

@@ -1,19 +1,27 @@
 package test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/bootstrap"
+	"github.com/flynnrebuilt/flynn/internal/daemon"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // e2eCluster is a single-node cluster started with `flynn-host up`, the
@@ -29,6 +37,9 @@ type e2eCluster struct {
 	httpsPort int
 	domain    string
 	upArgs    []string
+	bridge    string
+	cgroup    string
+	hostURL   string
 }
 
 const e2eDomain = "e2e.flynn.localhost"
@@ -46,20 +57,25 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 			t.Skipf("end-to-end: needs %s", bin)
 		}
 	}
-	dir := t.TempDir()
+	dir := testslot.Dir(t)
 	state := filepath.Join(dir, "state") // up creates it
-	c := &e2eCluster{t: t, stateDir: state, rc: filepath.Join(dir, "flynnrc"), home: filepath.Join(dir, "home"), domain: e2eDomain}
+	c := &e2eCluster{t: t, stateDir: state, rc: filepath.Join(dir, "flynnrc"), home: filepath.Join(dir, "home"), domain: e2eDomain,
+		bridge: testslot.Name(t, "e2e"), cgroup: testslot.Name(t, "e2ecg")}
 	os.Mkdir(c.home, 0o755)
-	c.httpPort, c.httpsPort = freePort(t), freePort(t)
+	port := func() string { return fmt.Sprint(testslot.Port(t)) }
+	c.httpPort, c.httpsPort = testslot.Port(t), testslot.Port(t)
+	hostPort := port()
+	c.hostURL = "http://127.0.0.1:" + hostPort
 	c.upArgs = []string{"up", "--state-dir", c.stateDir, "--listen-ip", "127.0.0.1",
-		"--bridge", "flte2e1", "--subnet", "100.84.0.0/24", "--cgroup-parent", "flte2e1",
-		"--etcd-client-port", fmt.Sprint(freePort(t)), "--etcd-peer-port", fmt.Sprint(freePort(t)),
-		"--discoverd-port", fmt.Sprint(freePort(t)), "--dns-port", "-1", "--host-port", fmt.Sprint(freePort(t)),
+		"--bridge", c.bridge, "--subnet", testslot.Subnet(t), "--cgroup-parent", c.cgroup,
+		"--port-range", testslot.PortRange(t, 60),
+		"--etcd-client-port", port(), "--etcd-peer-port", port(),
+		"--discoverd-port", port(), "--dns-port", "-1", "--host-port", hostPort,
 		"--domain", c.domain,
 		"--http-port", fmt.Sprint(c.httpPort), "--https-port", fmt.Sprint(c.httpsPort),
-		"--router-api-port", fmt.Sprint(freePort(t)), "--blobstore-port", fmt.Sprint(freePort(t)),
-		"--logaggregator-port", fmt.Sprint(freePort(t)), "--git-http-port", fmt.Sprint(freePort(t)),
-		"--git-ssh-port", fmt.Sprint(freePort(t)),
+		"--router-api-port", port(), "--blobstore-port", port(),
+		"--logaggregator-port", port(), "--git-http-port", port(),
+		"--git-ssh-port", port(),
 		"--stack-dir", "/var/cache/flynn-test/stack", "--deps", "../scripts/deps.sh",
 		"--flynn", filepath.Join(binDir, "flynn"), "--etcd-fast"}
 	c.upArgs = append(c.upArgs, extra...)
@@ -80,10 +96,72 @@ func (c *e2eCluster) up() string {
 	cmd.Env = append(c.env(), "SUDO_USER=")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		log, _ := os.ReadFile(filepath.Join(c.stateDir, "daemon.log"))
-		c.t.Fatalf("flynn-host up: %v\n%s\ndaemon log:\n%s", err, out, log)
+		c.t.Fatalf("flynn-host up: %v\n%s\n%s", err, out, c.watch())
 	}
 	return string(out)
+}
+
+// daemonLog is the host daemon's log (up starts it in the background).
+func (c *e2eCluster) daemonLog() string {
+	b, _ := os.ReadFile(filepath.Join(c.stateDir, "daemon.log"))
+	return string(b)
+}
+
+// watch reports the daemon's log tail and the host's jobs, and ends a
+// wait when the daemon is gone.
+func (c *e2eCluster) watch() watch {
+	return watch{
+		dump: func() string {
+			return fmt.Sprintf("==== daemon log (tail):\n%s\n==== jobs on the host:\n%s", tail(c.daemonLog(), 60), c.jobTable())
+		},
+		dead: func() string {
+			if daemonPID(c.stateDir) == 0 {
+				return "the host daemon is not running"
+			}
+			return ""
+		},
+	}
+}
+
+// jobTable lists the host's jobs, newest last, for failure reports.
+func (c *e2eCluster) jobTable() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hcfg, err := daemon.LoadHostConfig(c.stateDir)
+	if err != nil {
+		return err.Error()
+	}
+	jobs, err := hostclient.New(c.hostURL, hcfg.Token).ListJobs(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	sort.Slice(jobs, func(i, j int) bool { return jobs[i].CreatedAt.Before(jobs[j].CreatedAt) })
+	var sb strings.Builder
+	for _, j := range jobs {
+		exit := ""
+		if j.ExitStatus != nil {
+			exit = fmt.Sprintf(" exit=%d", *j.ExitStatus)
+		}
+		if j.Error != nil {
+			exit += " error=" + *j.Error
+		}
+		fmt.Fprintf(&sb, "%s %s/%s %s%s\n", j.Job.ID, j.Job.Metadata[api.JobMetaAppName], j.Job.Metadata[api.JobMetaProcessType], j.Status, exit)
+	}
+	return sb.String()
+}
+
+// daemonPID is the pid of the daemon up started for stateDir, or 0 when
+// it is not running.
+func daemonPID(stateDir string) int {
+	b, err := os.ReadFile(filepath.Join(stateDir, "daemon.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
 }
 
 func (c *e2eCluster) down() {
@@ -147,8 +225,8 @@ func TestUpTwiceAndDown(t *testing.T) {
 	if rc, _ := os.ReadFile(c.rc); strings.Contains(string(rc), c.domain) {
 		t.Errorf("the CLI config still lists the cluster:\n%s", rc)
 	}
-	if _, err := net.InterfaceByName("flte2e1"); err == nil {
-		t.Error("bridge flte2e1 left behind")
+	if _, err := net.InterfaceByName(c.bridge); err == nil {
+		t.Errorf("bridge %s left behind", c.bridge)
 	}
 	if _, err := os.Stat(c.stateDir); err == nil {
 		t.Error("state dir left behind")
@@ -157,7 +235,7 @@ func TestUpTwiceAndDown(t *testing.T) {
 	if strings.Contains(string(mi), c.stateDir) {
 		t.Error("mounts left behind")
 	}
-	if m, _ := filepath.Glob("/sys/fs/cgroup/*/flte2e1"); len(m) > 0 {
+	if m, _ := filepath.Glob("/sys/fs/cgroup/*/" + c.cgroup); len(m) > 0 {
 		t.Errorf("cgroups left behind: %v", m)
 	}
 }
@@ -189,17 +267,10 @@ func TestSystemApps(t *testing.T) {
 	// replaced waits until app runs n jobs, none of them killed.
 	replaced := func(app, killed string, n int) {
 		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for {
+		waitFor(t, within(t, time.Minute), fmt.Sprintf("%s job %s to be replaced (%d up)", app, killed, n), c.watch(), func() (bool, error) {
 			ids := upJobs(app)
-			if len(ids) == n && !slices.Contains(ids, killed) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s job %s was not replaced: up %v", app, killed, ids)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return len(ids) == n && !slices.Contains(ids, killed), fmt.Errorf("up: %v", ids)
+		})
 	}
 	if ids := upJobs("router"); len(ids) != 1 {
 		t.Fatalf("flynn -a router ps: %d jobs up, want 1", len(ids))
@@ -243,26 +314,19 @@ func TestUserJourney(t *testing.T) {
 	// the body.
 	get := func(url string, cond func(status int, body string) bool) string {
 		t.Helper()
-		var last string
-		deadline := time.Now().Add(time.Minute)
-		for time.Now().Before(deadline) {
+		var body string
+		waitFor(t, within(t, time.Minute), "the wanted reply from GET "+url, c.watch(), func() (bool, error) {
 			out, err := exec.Command("curl", "-sS", "-m", "10", "-w", "\n%{http_code}", url).Output()
-			if err == nil {
-				// The body, then a line with the status code.
-				i := strings.LastIndexByte(string(out), '\n')
-				body := string(out[:i])
-				status, _ := strconv.Atoi(strings.TrimSpace(string(out[i+1:])))
-				if cond(status, body) {
-					return body
-				}
-				last = fmt.Sprintf("%d %s", status, body)
-			} else {
-				last = err.Error()
+			if err != nil {
+				return false, err
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Fatalf("GET %s: last reply %s", url, last)
-		return ""
+			// The body, then a line with the status code.
+			i := strings.LastIndexByte(string(out), '\n')
+			body = string(out[:i])
+			status, _ := strconv.Atoi(strings.TrimSpace(string(out[i+1:])))
+			return cond(status, body), fmt.Errorf("%d %s", status, body)
+		})
+		return body
 	}
 	ok := func(status int, body string) bool { return status == 200 }
 	pushed := func(a *pushApp, detected, want string) {
@@ -333,17 +397,10 @@ func TestUserJourney(t *testing.T) {
 	ps := a.flynn("ps")
 	id := strings.Fields(strings.Split(strings.TrimSpace(ps), "\n")[1])[0]
 	a.flynn("kill", id)
-	deadline := time.Now().Add(time.Minute)
-	for {
+	waitFor(t, within(t, time.Minute), "killed job "+id+" to be replaced", c.watch(), func() (bool, error) {
 		ps = a.flynn("ps")
-		if !strings.Contains(ps, id) && strings.Count(ps, " up ") == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("killed job %s not replaced:\n%s", id, ps)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return !strings.Contains(ps, id) && strings.Count(ps, " up ") == 3, errors.New(ps)
+	})
 
 	// Delete: the routes go (404) and so do the jobs.
 	a.flynn("delete", "-y")

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +30,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // The build pipeline end to end, short of the scheduler: a real daemon
@@ -53,61 +54,24 @@ type pipeline struct {
 // returns the host token, agent URL, etcd client and a log dumper.
 func startPipelineDaemon(t *testing.T) (string, string, *clientv3.Client, func() string) {
 	t.Helper()
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	out, _, code := run(t, "flynn-host", "init", "--state-dir", state)
-	if code != 0 {
-		t.Fatalf("init: %s", out)
-	}
-	m := regexp.MustCompile(`(?m)^token: (\S+)$`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("init printed no token: %s", out)
-	}
-	hostPort, etcdPort := freePort(t), freePort(t)
-	logPath := filepath.Join(dir, "daemon.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	daemon := exec.Command(filepath.Join(binDir, "flynn-host"), "daemon", "--state-dir", state, "--listen-ip", "127.0.0.1",
-		"--etcd-client-port", fmt.Sprint(etcdPort), "--etcd-peer-port", fmt.Sprint(freePort(t)),
-		"--discoverd-port", fmt.Sprint(freePort(t)), "--dns-port", "-1", "--host-port", fmt.Sprint(hostPort),
-		"--etcd-fast", "--bridge", "fltpipe0", "--subnet", "100.113.7.0/24", "--cgroup-parent", "flynn-pipeline", "--stop-grace", "1s")
-	daemon.Stdout, daemon.Stderr = logf, logf
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		logf.Close()
-		exec.Command("ip", "link", "del", "fltpipe0").Run()
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/flynn-pipeline")
-		for _, d := range append(dirs, "/sys/fs/cgroup/flynn-pipeline") {
-			os.Remove(d)
-		}
-	})
-	dumpLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("http://127.0.0.1:%d", etcdPort)}, DialTimeout: 5 * time.Second})
+	d := startDaemon(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{d.etcd}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
 	// Wait for the host's registration, which the runner picks hosts from.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		res, err := cli.Get(ctx, api.KeyHosts, clientv3.WithPrefix())
-		cancel()
-		if err == nil && len(res.Kvs) > 0 {
-			break
+	ctx := within(t, 2*time.Minute)
+	waitFor(t, ctx, "the host to register in etcd", d.watch(), func() (bool, error) {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		res, err := cli.Get(cctx, api.KeyHosts, clientv3.WithPrefix())
+		if err == nil && len(res.Kvs) == 0 {
+			err = errors.New("no host registered")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("host never registered (%v)\n%s", err, dumpLog())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return m[1], fmt.Sprintf("http://127.0.0.1:%d", hostPort), cli, dumpLog
+		return err == nil, err
+	})
+	return d.token, d.hostURL, cli, d.watch().String
 }
 
 // stackLayer writes the stack in rootfs as a layer tar and returns it as
@@ -296,22 +260,21 @@ func (p *pipeline) webURL(t *testing.T, releaseID string) string {
 
 func getBody(t *testing.T, url string) string {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
+	var body string
+	waitFor(t, within(t, time.Minute), "200 from GET "+url, watch{}, func() (bool, error) {
 		res, err := http.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return string(body)
-			}
-			err = fmt.Errorf("%s: %s", res.Status, body)
+		if err != nil {
+			return false, err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: %v", url, err)
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		body = string(b)
+		if res.StatusCode != http.StatusOK {
+			return false, fmt.Errorf("%s: %s", res.Status, b)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return true, nil
+	})
+	return body
 }
 
 func requirePipeline(t *testing.T) {
@@ -423,28 +386,13 @@ func TestGitreceiveComponent(t *testing.T) {
 		t.Fatalf("ssh-keygen: %v: %s", err, out)
 	}
 
-	sshPort, httpPort := freePort(t), freePort(t)
-	logPath := filepath.Join(dir, "gitreceive.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), "component", "gitreceive",
+	sshPort, httpPort := testslot.Port(t), testslot.Port(t)
+	gr := startBg(t, "gitreceive", filepath.Join(dir, "gitreceive.log"), "component", "gitreceive",
 		"--ssh-addr", fmt.Sprintf("127.0.0.1:%d", sshPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
 		"--controller", p.ctrlURL, "--controller-key", pipelineKey, "--blobstore", p.blobURL,
 		"--etcd", p.etcdURL, "--token", p.token, "--host-key", filepath.Join(dir, "hostkey"),
 		"--repo-dir", filepath.Join(dir, "repos"), "--stack-url", layer.URL, "--stack-sha256", layer.Hashes["sha256"],
 		"--flynn-host-bin", filepath.Join(binDir, "flynn-host"), "--ca-bundle", caBundle(), "--deploy-timeout", "2m")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		logf.Close()
-	})
-	dumpLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
 
 	app := &api.App{Name: "sshapp"}
 	if err := p.ctrl.CreateApp(ctx, app); err != nil {
@@ -459,7 +407,7 @@ func TestGitreceiveComponent(t *testing.T) {
 			c.Env = append(os.Environ(), "GIT_SSH_COMMAND=ssh -i "+key+" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes")
 			out, err := c.CombinedOutput()
 			// Retry only while the component is still starting.
-			if err != nil && strings.Contains(string(out), "Connection refused") && time.Now().Before(deadline) {
+			if err != nil && strings.Contains(string(out), "Connection refused") && time.Now().Before(deadline) && gr.alive() {
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
@@ -471,7 +419,7 @@ func TestGitreceiveComponent(t *testing.T) {
 	}
 	out, ok := push(keyFile)
 	if !ok || !strings.Contains(out, "remote: -----> Procfile app detected") || !strings.Contains(out, "remote: =====> Application deployed") {
-		t.Fatalf("push (ok=%v):\n%s\ngitreceive log:\n%s", ok, out, dumpLog())
+		t.Fatalf("push (ok=%v):\n%s\n%s", ok, out, watching(gr))
 	}
 	rel, err := p.ctrl.GetAppRelease(ctx, app.ID)
 	if err != nil {

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,17 +91,11 @@ func (a *pushApp) pushAndServe(want string) time.Duration {
 	if !strings.Contains(out, "remote: -----> ") || !strings.Contains(out, "remote: =====> Application deployed") {
 		a.t.Errorf("push %s: no live build output:\n%s", a.name, out)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
+	waitFor(a.t, within(a.t, 2*time.Minute), fmt.Sprintf("%s to answer %q", a.name, want), a.c.watch(), func() (bool, error) {
 		status, body := a.get()
-		if status == 200 && strings.Contains(body, want) {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			a.t.Fatalf("%s never answered %q: last %d %s", a.name, want, status, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return status == 200 && strings.Contains(body, want), fmt.Errorf("%d %s", status, body)
+	})
+	return time.Since(start)
 }
 
 // commit changes the app trivially so a second push has something new.

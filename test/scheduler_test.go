@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,84 +19,28 @@ import (
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/host"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // gridHost is one real flynn-host daemon of a test grid.
 type gridHost struct {
 	name, ip, state, bridge, subnet, cgroup string
 	hostPort, discPort, etcdPort, peerPort  int
+	portRange                               string
 	logPath                                 string
-	cmd                                     *exec.Cmd
+	proc                                    *bgProc
 	hc                                      *hostclient.Client
 }
 
-// proc is a background flynn-host process with its log file.
-type proc struct {
-	cmd     *exec.Cmd
-	logPath string
-}
-
-func startProc(t *testing.T, logPath string, args ...string) *proc {
+func (h *gridHost) start(t *testing.T, token string) *bgProc {
 	t.Helper()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(binDir, "flynn-host"), args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	return &proc{cmd: cmd, logPath: logPath}
-}
-
-// stop interrupts the process and waits for it (kills it after 20 s).
-func (p *proc) stop() {
-	if p == nil || p.cmd.ProcessState != nil {
-		return
-	}
-	p.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		p.cmd.Process.Kill()
-		<-done
-	}
-}
-
-func (p *proc) log() string { b, _ := os.ReadFile(p.logPath); return string(b) }
-
-func (h *gridHost) start(t *testing.T, token string) *proc {
-	t.Helper()
-	p := startProc(t, h.logPath, "daemon", "--state-dir", h.state, "--listen-ip", h.ip,
+	h.proc = startBg(t, "host "+h.name, h.logPath, "daemon", "--state-dir", h.state, "--listen-ip", h.ip,
 		"--etcd-client-port", fmt.Sprint(h.etcdPort), "--etcd-peer-port", fmt.Sprint(h.peerPort),
 		"--discoverd-port", fmt.Sprint(h.discPort), "--dns-port", "-1", "--host-port", fmt.Sprint(h.hostPort),
 		"--ttl", "3s", "--etcd-fast", "--bridge", h.bridge, "--subnet", h.subnet, "--cgroup-parent", h.cgroup,
-		"--stop-grace", "1s")
-	h.cmd = p.cmd
+		"--port-range", h.portRange, "--stop-grace", "1s")
 	h.hc = hostclient.New(fmt.Sprintf("http://%s:%d", h.ip, h.hostPort), token)
-	return p
-}
-
-func waitFor(t *testing.T, ctx context.Context, what string, dump func() string, cond func() (bool, error)) {
-	t.Helper()
-	var last error
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		if err != nil {
-			last = err
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("timed out waiting for %s (last error: %v)\n%s", what, last, dump())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return h.proc
 }
 
 // runningJobs returns the ids of a host's running jobs of app.
@@ -120,16 +63,22 @@ func runningJobs(ctx context.Context, hc *hostclient.Client, appID string) ([]st
 // controller and the scheduler component.
 type cluster struct {
 	a, b  *gridHost
-	procA *proc
-	procB *proc
-	ctl   *proc
-	sched *proc
+	ctl   *bgProc
+	sched *bgProc
 	token string
 	cc    *controllerclient.Client
-	dump  func() string
 }
 
-func startCluster(t *testing.T, dir string) *cluster {
+// watch reports the controller's and scheduler's logs, and ends a wait
+// when either exits; the hosts' logs are in the report too, but tests
+// kill and restart hosts on purpose.
+func (c *cluster) watch() watch {
+	return watch{procs: []*bgProc{c.ctl, c.sched}, dump: func() string {
+		return watching(c.a.proc, c.b.proc).String()
+	}}
+}
+
+func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (containers)")
@@ -137,26 +86,16 @@ func startCluster(t *testing.T, dir string) *cluster {
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatalf("runc not installed (make deps installs it): %v", err)
 	}
+	dir := testslot.Dir(t)
 	c := &cluster{}
-	mk := func(name, ip, bridge, subnet string) *gridHost {
-		return &gridHost{name: name, ip: ip, state: filepath.Join(dir, name), bridge: bridge, subnet: subnet,
-			cgroup: "flynn-" + bridge, hostPort: freePort(t), discPort: freePort(t), etcdPort: freePort(t), peerPort: freePort(t),
-			logPath: filepath.Join(dir, name+".log")}
+	mk := func(name, ip string) *gridHost {
+		return &gridHost{name: name, ip: ip, state: filepath.Join(dir, name),
+			bridge: testslot.Name(t, "sch"), subnet: testslot.Subnet(t), cgroup: testslot.Name(t, "schcg"),
+			hostPort: testslot.Port(t), discPort: testslot.Port(t), etcdPort: testslot.Port(t), peerPort: testslot.Port(t),
+			portRange: testslot.PortRange(t, 40), logPath: filepath.Join(dir, name+".log")}
 	}
-	c.a = mk("a", "127.0.0.2", "flts0", "100.83.0.0/24")
-	c.b = mk("b", "127.0.0.3", "flts1", "100.83.1.0/24")
-	ctlLog, schedLog := filepath.Join(dir, "controller.log"), filepath.Join(dir, "scheduler.log")
-	c.dump = func() string {
-		var sb strings.Builder
-		for _, p := range []string{c.a.logPath, c.b.logPath, ctlLog, schedLog} {
-			b, _ := os.ReadFile(p)
-			if len(b) > 6000 {
-				b = b[len(b)-6000:]
-			}
-			fmt.Fprintf(&sb, "==== %s (tail)\n%s\n", filepath.Base(p), b)
-		}
-		return sb.String()
-	}
+	c.a = mk("a", "127.0.0.2")
+	c.b = mk("b", "127.0.0.3")
 
 	out, _, code := run(t, "flynn-host", "init", "--state-dir", c.a.state, "--max-etcd-members", "1")
 	if code != 0 {
@@ -172,36 +111,33 @@ func startCluster(t *testing.T, dir string) *cluster {
 	t.Cleanup(func() {
 		for _, h := range []*gridHost{c.a, c.b} {
 			exec.Command("ip", "link", "del", h.bridge).Run()
-			cleanHostState(h.bridge, strings.TrimSuffix(h.subnet, "0/24"), h.cgroup)
+			testslot.RemoveIptables(strings.TrimSuffix(h.subnet, "0/24"), h.bridge)
+			testslot.RemoveCgroups(h.cgroup)
 		}
 	})
-	c.procA = c.a.start(t, c.token)
-	t.Cleanup(func() { c.procA.stop() })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	waitFor(t, ctx, "host a", c.dump, func() (bool, error) { _, err := c.a.hc.Status(ctx); return err == nil, err })
+	ctx := within(t, 2*time.Minute)
+	c.a.start(t, c.token)
+	waitFor(t, ctx, "host a's agent", watching(c.a.proc), func() (bool, error) { _, err := c.a.hc.Status(ctx); return err == nil, err })
 
 	out, errOut, code := run(t, "flynn-host", "join", "--state-dir", c.b.state, "--peer", fmt.Sprintf("%s:%d", c.a.ip, c.a.discPort), "--token", c.token)
 	if code != 0 {
 		t.Fatalf("join: %s%s", out, errOut)
 	}
-	c.procB = c.b.start(t, c.token)
-	t.Cleanup(func() { c.procB.stop() })
-	waitFor(t, ctx, "host b", c.dump, func() (bool, error) { _, err := c.b.hc.Status(ctx); return err == nil, err })
+	c.b.start(t, c.token)
+	waitFor(t, ctx, "host b's agent", watching(c.a.proc, c.b.proc), func() (bool, error) { _, err := c.b.hc.Status(ctx); return err == nil, err })
 
 	etcd := fmt.Sprintf("http://%s:%d", c.a.ip, c.a.etcdPort)
-	ctlPort := freePort(t)
+	ctlPort := testslot.Port(t)
 	const key = "test-controller-key"
-	c.ctl = startProc(t, ctlLog, "component", "controller", "--listen", fmt.Sprintf("127.0.0.1:%d", ctlPort), "--etcd", etcd, "--auth-key", key)
-	t.Cleanup(func() { c.ctl.stop() })
+	c.ctl = startBg(t, "controller", filepath.Join(dir, "controller.log"), "component", "controller",
+		"--listen", fmt.Sprintf("127.0.0.1:%d", ctlPort), "--etcd", etcd, "--auth-key", key)
 	c.cc = controllerclient.New(fmt.Sprintf("http://127.0.0.1:%d", ctlPort), key)
-	waitFor(t, ctx, "controller", c.dump, func() (bool, error) { err := c.cc.Ping(ctx); return err == nil, err })
+	waitFor(t, ctx, "the controller to answer", watching(c.ctl), func() (bool, error) { err := c.cc.Ping(ctx); return err == nil, err })
 
-	c.sched = startProc(t, schedLog, "component", "scheduler", "--etcd", etcd, "--controller", fmt.Sprintf("http://127.0.0.1:%d", ctlPort),
+	c.sched = startBg(t, "scheduler", filepath.Join(dir, "scheduler.log"), "component", "scheduler",
+		"--etcd", etcd, "--controller", fmt.Sprintf("http://127.0.0.1:%d", ctlPort),
 		"--controller-key", key, "--token", c.token, "--discoverd", fmt.Sprintf("http://%s:%d", c.a.ip, c.a.discPort),
 		"--id", "sched-test", "--election-ttl", "2s", "--resync", "5s", "--log-level", "debug")
-	t.Cleanup(func() { c.sched.stop() })
 	return c
 }
 
@@ -243,8 +179,7 @@ func createApp(t *testing.T, ctx context.Context, cc *controllerclient.Client, a
 // two real hosts and a real controller: web=4 spreads 2+2, and the jobs
 // of a host that dies (SIGKILL; its lease expires) move to the other.
 func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
-	dir := t.TempDir()
-	c := startCluster(t, dir)
+	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -258,7 +193,7 @@ func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
 	}
 
 	var onA, onB []string
-	waitFor(t, ctx, "web=4 spread 2+2", c.dump, func() (bool, error) {
+	waitFor(t, ctx, "web=4 spread 2+2", c.watch(), func() (bool, error) {
 		var err error
 		if onA, err = runningJobs(ctx, c.a.hc, app.ID); err != nil {
 			return false, err
@@ -269,7 +204,7 @@ func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
 		return len(onA) == 2 && len(onB) == 2, nil
 	})
 	// The controller records them up.
-	waitFor(t, ctx, "4 jobs up in the controller", c.dump, func() (bool, error) {
+	waitFor(t, ctx, "4 jobs up in the controller", c.watch(), func() (bool, error) {
 		jobs, err := c.cc.JobList(ctx, app.ID)
 		up := 0
 		for _, j := range jobs {
@@ -292,12 +227,9 @@ func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
 
 	// Host b dies.
 	killed := time.Now()
-	if err := c.b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	c.procB.cmd.Wait()
+	c.b.proc.kill()
 	mctx, mcancel := context.WithTimeout(ctx, 90*time.Second)
-	waitFor(t, mctx, "b's jobs to move to a", c.dump, func() (bool, error) {
+	waitFor(t, mctx, "b's jobs to move to a", c.watch(), func() (bool, error) {
 		var err error
 		onA, err = runningJobs(ctx, c.a.hc, app.ID)
 		return len(onA) == 4, err
@@ -307,8 +239,8 @@ func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
 
 	// b comes back with its two orphaned jobs (they kept running): the
 	// scheduler adopts them and stops two jobs, so web stays at 4.
-	c.procB = c.b.start(t, c.token)
-	waitFor(t, ctx, "web back at 4 with b back", c.dump, func() (bool, error) {
+	c.b.start(t, c.token)
+	waitFor(t, ctx, "web back at 4 with b back", c.watch(), func() (bool, error) {
 		a, err := runningJobs(ctx, c.a.hc, app.ID)
 		if err != nil {
 			return false, err
@@ -324,7 +256,7 @@ func TestSchedulerSpreadsAndMovesJobs(t *testing.T) {
 	if err := c.cc.PutFormation(ctx, &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 0}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, ctx, "web=0", c.dump, func() (bool, error) {
+	waitFor(t, ctx, "web=0", c.watch(), func() (bool, error) {
 		a, err := runningJobs(ctx, c.a.hc, app.ID)
 		if err != nil {
 			return false, err
@@ -360,8 +292,7 @@ func (c *cluster) jobsByRelease(ctx context.Context, appID string) (map[string][
 // crashes through the real controller, scheduler and deployer: the
 // deployment fails and the old release keeps running untouched.
 func TestDeployCrashingReleaseRollsBack(t *testing.T) {
-	dir := t.TempDir()
-	c := startCluster(t, dir)
+	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -381,7 +312,7 @@ func TestDeployCrashingReleaseRollsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	var before map[string][]string
-	waitFor(t, ctx, "release 1 running web=2", c.dump, func() (bool, error) {
+	waitFor(t, ctx, "release 1 running web=2", c.watch(), func() (bool, error) {
 		var err error
 		before, err = c.jobsByRelease(ctx, app.ID)
 		return len(before[r1.ID]) == 2, err
@@ -396,7 +327,7 @@ func TestDeployCrashingReleaseRollsBack(t *testing.T) {
 		sort.Strings(ids)
 		return ids, err
 	}
-	waitFor(t, ctx, "release 1's jobs registered in discoverd", c.dump, func() (bool, error) {
+	waitFor(t, ctx, "release 1's jobs registered in discoverd", c.watch(), func() (bool, error) {
 		ids, err := registered()
 		return cmp.Equal(ids, before[r1.ID]), err
 	})
@@ -411,7 +342,7 @@ func TestDeployCrashingReleaseRollsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, ctx, "the deployment to fail", c.dump, func() (bool, error) {
+	waitFor(t, ctx, "the deployment to fail", c.watch(), func() (bool, error) {
 		d, err := c.cc.GetDeployment(ctx, dep.ID)
 		if err != nil {
 			return false, err
@@ -436,7 +367,7 @@ func TestDeployCrashingReleaseRollsBack(t *testing.T) {
 		t.Fatalf("new release's formation after rollback = %v, want web=0", f.Processes)
 	}
 	// The new release's jobs go away; the old ones are the same jobs.
-	waitFor(t, ctx, "no job of the new release", c.dump, func() (bool, error) {
+	waitFor(t, ctx, "no job of the new release", c.watch(), func() (bool, error) {
 		now, err := c.jobsByRelease(ctx, app.ID)
 		return err == nil && len(now[r2.ID]) == 0, err
 	})
@@ -445,7 +376,7 @@ func TestDeployCrashingReleaseRollsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(before[r1.ID], after[r1.ID]); diff != "" {
-		t.Fatalf("old release's jobs changed (-before +after):\n%s\n%s", diff, c.dump())
+		t.Fatalf("old release's jobs changed (-before +after):\n%s\n%s", diff, c.watch())
 	}
 	if ids, err := registered(); err != nil || !cmp.Equal(ids, before[r1.ID]) {
 		t.Fatalf("registered instances after the failed deploy = %v, %v; want the old jobs %v", ids, err, before[r1.ID])

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 var flynnHost string // the built flynn-host binary
@@ -66,35 +66,13 @@ type node struct {
 	exited                                  chan struct{}
 }
 
-// freePort finds a port free for TCP (and UDP when udp) on ip.
-func freePort(t *testing.T, ip string, udp bool) int {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !udp {
-			return port
-		}
-		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, fmt.Sprint(port)))
-		if err == nil {
-			pc.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
 func newNode(t *testing.T, name, ip string) *node {
-	dir := t.TempDir()
+	dir := testslot.Dir(t) // a killed run's daemons die when the slot is next taken
 	return &node{
 		t: t, name: name, ip: ip, dir: filepath.Join(dir, "state"), logPath: filepath.Join(dir, "daemon.log"),
-		etcdClient: freePort(t, ip, false), etcdPeer: freePort(t, ip, false),
-		discPort: freePort(t, ip, false), dnsPort: freePort(t, ip, true),
+		// Ports from the test slot, free for TCP and UDP on every address.
+		etcdClient: testslot.Port(t), etcdPeer: testslot.Port(t),
+		discPort: testslot.Port(t), dnsPort: testslot.Port(t),
 	}
 }
 

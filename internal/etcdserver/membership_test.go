@@ -3,7 +3,6 @@ package etcdserver_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -12,24 +11,15 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/flynnrebuilt/flynn/internal/etcdserver"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 func memberConfig(t *testing.T, name, dir string) etcdserver.Config {
 	return etcdserver.Config{
 		Name:      name,
 		DataDir:   dir,
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
-		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", testslot.Port(t)),
+		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", testslot.Port(t)),
 		Token:     "test-cluster",
 		Fast:      true,
 	}

@@ -55,6 +55,9 @@ type Config struct {
 	Bridge string
 	Subnet string
 	HostIP string
+	// PortMin and PortMax bound the host ports given to jobs (default
+	// network.DefaultPortMin-DefaultPortMax).
+	PortMin, PortMax int
 	// DNS is the nameserver jobs use (default the bridge address).
 	DNS string
 	// Discoverd is the discoverd URL given to jobs as $DISCOVERD.
@@ -139,7 +142,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	rt := cfg.Runtime
 	if rt == nil {
-		netm, err := network.New(network.Config{Bridge: cfg.Bridge, Subnet: cfg.Subnet, HostIP: cfg.HostIP, StateDir: filepath.Join(cfg.StateDir, "net")})
+		netm, err := network.New(network.Config{
+			Bridge: cfg.Bridge, Subnet: cfg.Subnet, HostIP: cfg.HostIP, StateDir: filepath.Join(cfg.StateDir, "net"),
+			PortMin: cfg.PortMin, PortMax: cfg.PortMax,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("host agent: %w", err)
 		}

@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/hostcmd"
 	"github.com/flynnrebuilt/flynn/internal/image"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // The tests run the flynn-host binary they build; referring to its
@@ -64,8 +63,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var agentSeq atomic.Int32
-
 // agentProc is a `flynn-host agent` process under test.
 type agentProc struct {
 	t        testing.TB
@@ -73,24 +70,15 @@ type agentProc struct {
 	args     []string
 	url      string
 	cmd      *exec.Cmd
+	exited   chan struct{} // closed when cmd has exited
 	logs     *bytes.Buffer
 	client   *hostclient.Client
 	bridge   string
+	subnet   string
 	cgroup   string
 }
 
 const testToken = "test-token"
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	// Bind port 0 to let the kernel pick, then release it for the agent.
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // startAgent starts an agent with its own state dir, bridge, subnet and
 // cgroup parent, and registers clean-up of everything it made.
@@ -102,19 +90,17 @@ func startAgent(t testing.TB) *agentProc {
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Skip("integration test: needs runc")
 	}
-	n := agentSeq.Add(1) + int32(os.Getpid()%50)*4
-	dir, err := os.MkdirTemp("", "flt")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A state dir of its own, not removed by Dir's clean-up: cleanup
+	// reports what the agent left mounted there before removing it.
+	dir := filepath.Join(testslot.Dir(t), "state")
 	a := &agentProc{
-		t: t, stateDir: dir, bridge: fmt.Sprintf("flth%d", n), cgroup: fmt.Sprintf("flt-host-%d", n),
+		t: t, stateDir: dir, bridge: testslot.Name(t, "h"), subnet: testslot.Subnet(t), cgroup: testslot.Name(t, "hcg"),
 	}
-	port := freePort(t)
+	port := testslot.Port(t)
 	a.url = fmt.Sprintf("http://127.0.0.1:%d", port)
 	a.args = []string{"agent", "--state-dir", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token", testToken,
-		"--host-id", "test", "--bridge", a.bridge, "--subnet", fmt.Sprintf("100.80.%d.0/24", n), "--cgroup-parent", a.cgroup,
-		"--stop-grace", "1s", "--log-level", "debug"}
+		"--host-id", "test", "--bridge", a.bridge, "--subnet", a.subnet, "--cgroup-parent", a.cgroup,
+		"--port-range", testslot.PortRange(t, 40), "--stop-grace", "1s", "--log-level", "debug"}
 	a.client = hostclient.New(a.url, testToken)
 	t.Cleanup(a.cleanup)
 	a.start()
@@ -131,6 +117,8 @@ func (a *agentProc) start() {
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
+	a.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) { cmd.Wait(); close(exited) }(a.cmd, a.exited)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -139,8 +127,13 @@ func (a *agentProc) start() {
 		if err == nil {
 			return
 		}
+		select {
+		case <-a.exited:
+			a.t.Fatalf("agent exited (%v) before its API answered:\n%s", a.cmd.ProcessState, a.logs)
+		default:
+		}
 		if time.Now().After(deadline) {
-			a.t.Fatalf("agent did not come up: %v\n%s", err, a.logs)
+			a.t.Fatalf("agent API at %s did not answer within 20s: %v\nagent log:\n%s", a.url, err, a.logs)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -152,13 +145,11 @@ func (a *agentProc) stop() {
 		return
 	}
 	a.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { a.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-a.exited:
 	case <-time.After(20 * time.Second):
 		a.cmd.Process.Kill()
-		<-done
+		<-a.exited
 	}
 	a.cmd = nil
 }

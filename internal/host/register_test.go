@@ -17,6 +17,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/host"
 	"github.com/flynnrebuilt/flynn/internal/host/runtime"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // fakeRegistry records registrations as "+service addr job" and
@@ -38,10 +39,14 @@ func (r *fakeReg) Deregister(ctx context.Context) error {
 	return nil
 }
 
-func registryAgent(t *testing.T) (*hostclient.Client, *fakeRegistry) {
+// registryAgent is an agent on the fake runtime, which publishes a job's
+// ports on firstPort, firstPort+1, ...
+func registryAgent(t *testing.T, firstPort int) (*hostclient.Client, *fakeRegistry) {
 	t.Helper()
 	reg := &fakeRegistry{ops: make(chan string, 16)}
-	a, err := host.New(host.Config{ID: "h1", StateDir: t.TempDir(), Keys: []string{"k"}, Runtime: runtime.NewFake(),
+	fake := runtime.NewFake()
+	fake.FirstPort = firstPort
+	a, err := host.New(host.Config{ID: "h1", StateDir: t.TempDir(), Keys: []string{"k"}, Runtime: fake,
 		StopGrace: 50 * time.Millisecond, HostIP: "127.0.0.1", Registry: reg}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -62,26 +67,26 @@ func nextOp(t *testing.T, reg *fakeRegistry) string {
 	}
 }
 
-// The fake runtime publishes a job's ports on 40000, 40001, ...
 func TestRegisterServicePorts(t *testing.T) {
 	if busyboxLayer == "" {
 		t.Skip("needs the busybox layer (root)")
 	}
-	c, reg := registryAgent(t)
+	ports := testslot.Ports(t, 2)
+	c, reg := registryAgent(t, ports[0])
 	ctx := context.Background()
 	job := busyboxJob("reg1", "sleep", "100")
 	job.Config.Ports = []api.Port{{Port: 80, Proto: "tcp"}, {Port: 8080, Proto: "tcp", Service: &api.Service{Name: "web-svc"}}}
 	if _, err := c.AddJob(ctx, job); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff("+web-svc 127.0.0.1:40001 reg1", nextOp(t, reg)); diff != "" {
+	if diff := cmp.Diff(fmt.Sprintf("+web-svc 127.0.0.1:%d reg1", ports[1]), nextOp(t, reg)); diff != "" {
 		t.Fatalf("registration (-want +got):\n%s", diff)
 	}
 	stopped := make(chan error, 1)
 	go func() { _, err := c.StopJob(ctx, "reg1"); stopped <- err }()
 	// Deregistered before the job is signalled: the stop cannot finish
 	// until the deregistration is recorded.
-	if diff := cmp.Diff("-web-svc 127.0.0.1:40001", nextOp(t, reg)); diff != "" {
+	if diff := cmp.Diff(fmt.Sprintf("-web-svc 127.0.0.1:%d", ports[1]), nextOp(t, reg)); diff != "" {
 		t.Fatalf("deregistration (-want +got):\n%s", diff)
 	}
 	if err := <-stopped; err != nil {
@@ -93,9 +98,10 @@ func TestRegisterWaitsForHealthCheck(t *testing.T) {
 	if busyboxLayer == "" {
 		t.Skip("needs the busybox layer (root)")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:40000")
+	port := testslot.Port(t)
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
-		t.Skipf("port 40000 (the fake runtime's first host port) is busy: %v", err)
+		t.Fatal(err)
 	}
 	var healthy atomic.Bool
 	var failedProbes atomic.Int32
@@ -110,7 +116,7 @@ func TestRegisterWaitsForHealthCheck(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 
-	c, reg := registryAgent(t)
+	c, reg := registryAgent(t, port)
 	ctx := context.Background()
 	job := busyboxJob("reg2", "sleep", "100")
 	check := &api.HealthCheck{Type: "http", Interval: api.Duration(20 * time.Millisecond), Threshold: 1}
@@ -131,11 +137,11 @@ func TestRegisterWaitsForHealthCheck(t *testing.T) {
 		}
 	}
 	healthy.Store(true)
-	if diff := cmp.Diff("+checked 127.0.0.1:40000 reg2", nextOp(t, reg)); diff != "" {
+	if diff := cmp.Diff(fmt.Sprintf("+checked 127.0.0.1:%d reg2", port), nextOp(t, reg)); diff != "" {
 		t.Fatalf("registration (-want +got):\n%s", diff)
 	}
 	healthy.Store(false)
-	if diff := cmp.Diff("-checked 127.0.0.1:40000", nextOp(t, reg)); diff != "" {
+	if diff := cmp.Diff(fmt.Sprintf("-checked 127.0.0.1:%d", port), nextOp(t, reg)); diff != "" {
 		t.Fatalf("deregistration when unhealthy (-want +got):\n%s", diff)
 	}
 	if _, err := c.StopJob(ctx, "reg2"); err != nil {

@@ -152,7 +152,7 @@ func newUpCmd(env Env) *cobra.Command {
 		b                                          bootstrapFlags
 		stateDir, listenIP, bridge, subnet, cgroup string
 		stackDir, clusterName, deps, flynnCLI      string
-		manifest                                   string
+		manifest, portRange                        string
 		etcdClient, etcdPeer, discPort, dnsPort    int
 		hostPort                                   int
 		noStack, etcdFast, noCLI                   bool
@@ -171,6 +171,9 @@ Running it again on a running cluster is safe and fast.`,
 			out := cmd.OutOrStdout()
 			if os.Geteuid() != 0 {
 				return errors.New("flynn-host up must run as root (try: sudo make up)")
+			}
+			if _, _, err := parseJobPortRange(portRange); err != nil {
+				return err
 			}
 			start := time.Now()
 			ctx := cmd.Context()
@@ -219,7 +222,7 @@ Running it again on a running cluster is safe and fast.`,
 					"--etcd-client-port", strconv.Itoa(etcdClient), "--etcd-peer-port", strconv.Itoa(etcdPeer),
 					"--discoverd-port", strconv.Itoa(discPort), "--dns-port", strconv.Itoa(dnsPort),
 					"--host-port", strconv.Itoa(hostPort), "--bridge", bridge, "--subnet", subnet,
-					"--cgroup-parent", cgroup},
+					"--cgroup-parent", cgroup, "--port-range", portRange},
 			}
 			if etcdFast {
 				st.DaemonArgs = append(st.DaemonArgs, "--etcd-fast")
@@ -263,6 +266,7 @@ Running it again on a running cluster is safe and fast.`,
 	f.StringVar(&bridge, "bridge", "flynnbr0", "bridge jobs attach to")
 	f.StringVar(&subnet, "subnet", "100.64.0.0/16", "job network")
 	f.StringVar(&cgroup, "cgroup-parent", "flynn", "cgroup jobs are placed under")
+	f.StringVar(&portRange, "port-range", defaultPortRange, "host ports given to jobs, LO-HI (keep it outside net.ipv4.ip_local_port_range)")
 	f.IntVar(&etcdClient, "etcd-client-port", daemon.DefaultEtcdClientPort, "etcd client port")
 	f.IntVar(&etcdPeer, "etcd-peer-port", daemon.DefaultEtcdPeerPort, "etcd peer port")
 	f.IntVar(&discPort, "discoverd-port", daemon.DefaultDiscoverdPort, "discoverd HTTP port")

@@ -10,11 +10,12 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 func TestComponentController(t *testing.T) {
 	srv := etcdtest.Start(t)
-	port := etcdtest.FreePort(t)
+	port := testslot.Port(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	vars := map[string]string{"AUTH_KEY": "k1,k2", "CLUSTER_DOMAIN": "dev.test"}

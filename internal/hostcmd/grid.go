@@ -24,6 +24,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/httpclient"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
 	"github.com/flynnrebuilt/flynn/internal/host"
+	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
 
@@ -35,6 +36,7 @@ func newDaemonCmd(env Env) *cobra.Command {
 	var logJSON bool
 	var agent host.Config
 	var noAgent bool
+	var portRange string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the host daemon (etcd, discoverd, host agent)",
@@ -51,9 +53,13 @@ func newDaemonCmd(env Env) *cobra.Command {
 				return err
 			}
 			if !noAgent {
+				if agent.PortMin, agent.PortMax, err = parseJobPortRange(portRange); err != nil {
+					return err
+				}
 				if err := validateAgentFlags(agent); err != nil {
 					return err
 				}
+				warnEphemeral(log, agent.PortMin, agent.PortMax)
 				cfg.Services = append(cfg.Services, hostAgentService(cfg, agent, log))
 			}
 			return daemon.Run(cmd.Context(), cfg, log)
@@ -66,6 +72,7 @@ func newDaemonCmd(env Env) *cobra.Command {
 	f.StringVar(&agent.Subnet, "subnet", "100.64.0.0/16", "job network")
 	f.StringVar(&agent.CgroupParent, "cgroup-parent", "flynn", "cgroup jobs are placed under")
 	f.DurationVar(&agent.StopGrace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a job")
+	f.StringVar(&portRange, "port-range", defaultPortRange, "host ports given to jobs, LO-HI (keep it outside net.ipv4.ip_local_port_range)")
 	f.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config and etcd data")
 	f.StringVar(&cfg.ListenIP, "listen-ip", "", "the host's cluster address (default: the address of the default route, else 127.0.0.1)")
 	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", daemon.DefaultEtcdClientPort, "etcd client port")
@@ -342,6 +349,26 @@ var bridgeNameRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
 
 // validateAgentFlags checks the host agent's flags before the daemon starts
 // anything, so a typo is a one-line error rather than a failure later.
+var defaultPortRange = fmt.Sprintf("%d-%d", network.DefaultPortMin, network.DefaultPortMax)
+
+func parseJobPortRange(s string) (lo, hi int, err error) {
+	lo, hi, err = network.ParsePortRange(s)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--port-range: %w", err)
+	}
+	return lo, hi, nil
+}
+
+// warnEphemeral warns when the jobs' port range overlaps the kernel's
+// ephemeral ports: an outgoing connection can then take a job's port
+// before the job binds it.
+func warnEphemeral(log *slog.Logger, lo, hi int) {
+	if elo, ehi, ok := network.EphemeralOverlap(lo, hi); ok {
+		log.Warn("the jobs' port range overlaps the kernel's ephemeral ports; outgoing connections can take a job's port (change --port-range or net.ipv4.ip_local_port_range)",
+			"port_range", fmt.Sprintf("%d-%d", lo, hi), "ip_local_port_range", fmt.Sprintf("%d-%d", elo, ehi))
+	}
+}
+
 func validateAgentFlags(c host.Config) error {
 	if !bridgeNameRE.MatchString(c.Bridge) {
 		return fmt.Errorf("--bridge %q: a network interface name of 1-15 letters, digits, '.', '_' or '-'", c.Bridge)

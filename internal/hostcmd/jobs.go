@@ -37,7 +37,7 @@ func newJobCmds(env Env) []*cobra.Command {
 
 func newAgentCmd(env Env) *cobra.Command {
 	var cfg host.Config
-	var token, level string
+	var token, level, portRange string
 	cmd := &cobra.Command{
 		Use:    "agent",
 		Short:  "Run the host agent on its own (without etcd and discoverd)",
@@ -52,6 +52,10 @@ func newAgentCmd(env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if cfg.PortMin, cfg.PortMax, err = parseJobPortRange(portRange); err != nil {
+				return err
+			}
+			warnEphemeral(log, cfg.PortMin, cfg.PortMax)
 			a, err := host.New(cfg, log)
 			if err != nil {
 				return err
@@ -68,6 +72,7 @@ func newAgentCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.Bridge, "bridge", "flynnbr0", "bridge jobs attach to")
 	f.StringVar(&cfg.Subnet, "subnet", "100.64.0.0/16", "job network")
 	f.StringVar(&cfg.HostIP, "host-ip", "", "address job ports are published on (default all)")
+	f.StringVar(&portRange, "port-range", defaultPortRange, "host ports given to jobs, LO-HI")
 	f.StringVar(&cfg.DNS, "dns", "", "nameserver for jobs (default the bridge address)")
 	f.StringVar(&cfg.Discoverd, "discoverd", "", "discoverd URL given to jobs as $DISCOVERD")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "flynn", "cgroup jobs are placed under")

@@ -20,7 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/flynnrebuilt/flynn/api"
-	"github.com/flynnrebuilt/flynn/internal/etcdtest"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 func TestHTTPRouting(t *testing.T) {
@@ -212,7 +212,7 @@ func echoServer(t *testing.T) string {
 }
 
 func TestTCPRoute(t *testing.T) {
-	port := etcdtest.FreePort(t)
+	port := testslot.Port(t)
 	h := startRouter(t, func(c *Config) { c.TCPPortMin, c.TCPPortMax = port, port })
 	h.disc.Register("echo", echoServer(t))
 	// A port outside the range is refused.

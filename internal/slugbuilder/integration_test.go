@@ -21,6 +21,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // These tests build the sample apps in test/apps with `flynn-host
@@ -160,7 +161,7 @@ func unpackSlug(t *testing.T, iodir string) string {
 // path answers 200; it returns the body.
 func runWeb(t *testing.T, rootfs, slug, path string) string {
 	t.Helper()
-	port := stacktest.FreePort(t)
+	port := testslot.Port(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := stacktest.Command(ctx, t, stacktest.Spec{
 		Rootfs: rootfs,
@@ -329,7 +330,7 @@ func TestStaticContentTypes(t *testing.T) {
 		t.Fatalf("static buildpack not used:\n%s", out)
 	}
 	slug := unpackSlug(t, iodir)
-	port := stacktest.FreePort(t)
+	port := testslot.Port(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := stacktest.Command(ctx, t, stacktest.Spec{

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -108,6 +109,20 @@ func Build(ctx context.Context, cfg Config) (Result, error) {
 	key := Key(cfg.Suite, cfg.Packages)
 	base := filepath.Join(cfg.Dir, key)
 	res := Result{Key: key, Rootfs: filepath.Join(base, "rootfs")}
+	// One builder of a key at a time, machine-wide: another build's
+	// clean-up would remove a stack in use, and two writers of the layer
+	// would interleave. The lock goes with the process, however it ends.
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return Result{}, fmt.Errorf("stack: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.Dir, ".lock-"+key), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return Result{}, fmt.Errorf("stack: %w", err)
+	}
+	defer lock.Close()
+	if err := flock(ctx, lock); err != nil {
+		return Result{}, fmt.Errorf("stack: wait for another build of %s: %w", key, err)
+	}
 	if cfg.Tar {
 		res.Layer = filepath.Join(base, "layer.tar")
 	}
@@ -126,9 +141,6 @@ func Build(ctx context.Context, cfg Config) (Result, error) {
 
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		return Result{}, errors.New("stack: debootstrap not found; install it with `make deps`")
-	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
-		return Result{}, fmt.Errorf("stack: %w", err)
 	}
 	// Build into a temporary directory next to the final one and rename,
 	// so a crashed build never looks finished.
@@ -170,6 +182,24 @@ func Build(ctx context.Context, cfg Config) (Result, error) {
 	}
 	fmt.Fprintf(cfg.Progress, "-----> Stack %s built in %s\n", key, time.Since(start).Round(time.Second))
 	return res, nil
+}
+
+// flock takes an exclusive lock on f, waiting for it until ctx ends.
+func flock(ctx context.Context, f *os.File) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if err != syscall.EWOULDBLOCK {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // configure adds what every stack needs after debootstrap: the app user,

@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/containernetworking/cni/libcni"
@@ -34,6 +36,45 @@ type Config struct {
 	// HostIP is the address ports are published on; empty means every
 	// local address.
 	HostIP string
+	// PortMin and PortMax bound the host ports jobs get (default
+	// DefaultPortMin-DefaultPortMax). Keep the range outside the kernel's
+	// ephemeral range (net.ipv4.ip_local_port_range): a port picked there
+	// can be taken by any outgoing connection before the job binds it.
+	PortMin, PortMax int
+}
+
+// The default host port range of jobs: above Linux's default ephemeral
+// range (32768-60999).
+const (
+	DefaultPortMin = 61000
+	DefaultPortMax = 65535
+)
+
+// ParsePortRange parses "LO-HI".
+func ParsePortRange(s string) (lo, hi int, err error) {
+	a, b, ok := strings.Cut(s, "-")
+	lo, err1 := strconv.Atoi(a)
+	hi, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
+		return 0, 0, fmt.Errorf("port range %q: give LO-HI, two ports from 1 to 65535, LO <= HI", s)
+	}
+	return lo, hi, nil
+}
+
+// EphemeralOverlap reports the kernel's ephemeral port range when it
+// overlaps [lo, hi] (ok false when it does not, or cannot be read).
+func EphemeralOverlap(lo, hi int) (elo, ehi int, ok bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0, false
+	}
+	elo, _ = strconv.Atoi(f[0])
+	ehi, _ = strconv.Atoi(f[1])
+	return elo, ehi, lo <= ehi && elo <= hi
 }
 
 // Port is a container port to publish.
@@ -60,6 +101,7 @@ type Manager struct {
 
 	mu    sync.Mutex
 	ports map[int]bool
+	next  int // where the next search for a free port starts
 }
 
 // New checks cfg and prepares the CNI configuration.
@@ -72,6 +114,12 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.PluginDir == "" {
 		cfg.PluginDir = "/usr/lib/cni"
+	}
+	if cfg.PortMin == 0 && cfg.PortMax == 0 {
+		cfg.PortMin, cfg.PortMax = DefaultPortMin, DefaultPortMax
+	}
+	if cfg.PortMin < 1 || cfg.PortMax > 65535 || cfg.PortMin > cfg.PortMax {
+		return nil, fmt.Errorf("network: port range %d-%d is not within 1-65535", cfg.PortMin, cfg.PortMax)
 	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("network: StateDir is required")
@@ -130,6 +178,7 @@ func New(cfg Config) (*Manager, error) {
 		noPorts: noPorts,
 		gateway: gw.String(),
 		ports:   map[int]bool{},
+		next:    cfg.PortMin,
 	}, nil
 }
 
@@ -160,36 +209,47 @@ func (m *Manager) Release(ports []int) {
 	}
 }
 
-// AllocPorts picks n free host ports (free for both TCP and UDP on the host
-// address, and not given to another job).
+// AllocPorts picks n host ports from the configured range that no job
+// holds and that are free for both TCP and UDP on the host address. The
+// search goes round the range from where the last one ended, so a port
+// just released is the last to be given out again.
 func (m *Manager) AllocPorts(n int) ([]int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	size := m.cfg.PortMax - m.cfg.PortMin + 1
 	var out []int
-	for tries := 0; len(out) < n; tries++ {
-		if tries > 100*n+100 {
+	for tried := 0; len(out) < n; tried++ {
+		if tried >= size {
 			m.releaseLocked(out)
-			return nil, errors.New("no free host port")
+			return nil, fmt.Errorf("no free host port in %d-%d", m.cfg.PortMin, m.cfg.PortMax)
 		}
-		l, err := net.Listen("tcp4", net.JoinHostPort(m.cfg.HostIP, "0"))
-		if err != nil {
-			m.releaseLocked(out)
-			return nil, fmt.Errorf("allocate host port: %w", err)
+		p := m.next
+		if m.next++; m.next > m.cfg.PortMax {
+			m.next = m.cfg.PortMin
 		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if m.ports[p] {
+		if m.ports[p] || !m.portFree(p) {
 			continue
 		}
-		u, err := net.ListenPacket("udp4", net.JoinHostPort(m.cfg.HostIP, fmt.Sprint(p)))
-		if err != nil {
-			continue
-		}
-		u.Close()
 		m.ports[p] = true
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// portFree reports whether nothing on the host holds p, TCP or UDP.
+func (m *Manager) portFree(p int) bool {
+	addr := net.JoinHostPort(m.cfg.HostIP, strconv.Itoa(p))
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	u, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return false
+	}
+	u.Close()
+	return true
 }
 
 func (m *Manager) releaseLocked(ports []int) {

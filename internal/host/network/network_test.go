@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // listenIn opens a TCP listener inside the namespace pinned at path.
@@ -54,8 +56,9 @@ func TestAttachPublishDetach(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	bridge := "fltnet0"
-	m, err := New(Config{Bridge: bridge, Subnet: "100.80.250.0/24", StateDir: t.TempDir()})
+	bridge, subnet := testslot.Name(t, "net"), testslot.Subnet(t)
+	hostPorts := testslot.Ports(t, 4)
+	m, err := New(Config{Bridge: bridge, Subnet: subnet, StateDir: t.TempDir(), PortMin: hostPorts[0], PortMax: hostPorts[3]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +73,7 @@ func TestAttachPublishDetach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(att.IP, "100.80.250.") || att.IP == m.Gateway() {
+	if !strings.HasPrefix(att.IP, strings.TrimSuffix(subnet, "0/24")) || att.IP == m.Gateway() {
 		t.Fatalf("ip %s", att.IP)
 	}
 	l := listenIn(t, att.NetNS, 8080)
@@ -138,4 +141,44 @@ func dialIn(t *testing.T, path, addr string) net.Conn {
 		t.Fatalf("dial %s in netns: %v", addr, r.err)
 	}
 	return r.c
+}
+
+// TestAllocPorts: ports come from the configured range only, skip ports
+// something on the host holds, go round the range before reusing a
+// released port, and run out with an error naming the range.
+func TestAllocPorts(t *testing.T) {
+	p := testslot.Ports(t, 4)
+	m, err := New(Config{Bridge: "unused", StateDir: t.TempDir(), HostIP: "127.0.0.1", PortMin: p[0], PortMax: p[3]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", p[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	got, err := m.AllocPorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{p[0], p[2]}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("AllocPorts(2) = %v, want %v (port %d is held)", got, want, p[1])
+	}
+	m.Release(got[:1])
+	// p[3] next, then round to p[0] (released); p[1] is still held.
+	got2, err := m.AllocPorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{p[3], p[0]}; fmt.Sprint(got2) != fmt.Sprint(want) {
+		t.Fatalf("second AllocPorts(2) = %v, want %v", got2, want)
+	}
+	if _, err := m.AllocPorts(1); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d-%d", p[0], p[3])) {
+		t.Fatalf("AllocPorts on a full range: err = %v, want one naming the range", err)
+	}
+	for _, bad := range []string{"", "1", "0-10", "10-5", "1-70000", "a-b"} {
+		if _, _, err := ParsePortRange(bad); err == nil {
+			t.Errorf("ParsePortRange(%q) accepted", bad)
+		}
+	}
 }

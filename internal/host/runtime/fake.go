@@ -23,6 +23,9 @@ type Fake struct {
 	pid  int
 	// Starts counts successful and failed Start calls.
 	Starts int
+	// FirstPort is the host port a job's first port is published on, the
+	// next ports follow it (default 40000).
+	FirstPort int
 }
 
 type fakeJob struct {
@@ -70,7 +73,11 @@ func (f *Fake) Start(ctx context.Context, spec *Spec) (*Started, error) {
 	f.jobs[spec.ID] = &fakeJob{spec: spec, done: make(chan struct{})}
 	ports := make([]int, len(spec.Ports))
 	for i := range ports {
-		ports[i] = 40000 + i
+		first := f.FirstPort
+		if first == 0 {
+			first = 40000
+		}
+		ports[i] = first + i
 	}
 	return &Started{PID: f.pid, IP: "100.64.0.2", HostPorts: ports}, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/image"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 func TestMain(m *testing.M) {
@@ -31,7 +32,7 @@ func TestMain(m *testing.M) {
 }
 
 // newTestRunc returns a runc runtime on its own bridge and a busybox layer.
-func newTestRunc(t *testing.T, bridge, subnet string) (*Runc, string) {
+func newTestRunc(t *testing.T) (*Runc, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -54,11 +55,16 @@ func newTestRunc(t *testing.T, bridge, subnet string) (*Runc, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	netm, err := network.New(network.Config{Bridge: bridge, Subnet: subnet, StateDir: filepath.Join(dir, "net")})
+	bridge := testslot.Name(t, "rt")
+	ports := testslot.Ports(t, 10)
+	netm, err := network.New(network.Config{
+		Bridge: bridge, Subnet: testslot.Subnet(t), StateDir: filepath.Join(dir, "net"),
+		PortMin: ports[0], PortMax: ports[len(ports)-1],
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cg := "flt-" + filepath.Base(dir)
+	cg := testslot.Name(t, "rtcg")
 	r, err := NewRunc(Config{StateDir: filepath.Join(dir, "state"), SupervisorCmd: []string{os.Args[0], "supervise"}, CgroupParent: cg, Network: netm})
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +99,7 @@ func readLog(t *testing.T, r Runtime, id string) []api.HostLogLine {
 }
 
 func TestRuncJob(t *testing.T) {
-	r, layer := newTestRunc(t, "fltrt0", "100.80.251.0/24")
+	r, layer := newTestRunc(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	spec := &Spec{ID: "fltrt-1", Layers: []string{layer}, Args: []string{"sh", "-c", "echo out; echo err >&2; id -u; exit 3"}, UID: NobodyID, GID: NobodyID}

@@ -21,6 +21,10 @@ type App struct {
 const (
 	MetaSystemApp      = "flynn-system-app"
 	MetaSystemCritical = "flynn-system-critical"
+	// MetaSystemRestore marks the apps the host daemons themselves start
+	// again when none of their jobs runs (the scheduler, which restores
+	// every other app).
+	MetaSystemRestore = "flynn-system-restore"
 )
 
 // Deploy strategies.

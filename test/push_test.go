@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,15 +68,7 @@ func (a *pushApp) push(refspec string) (string, bool) {
 }
 
 // get fetches / through the router.
-func (a *pushApp) get() (int, string) {
-	out, err := exec.Command("curl", "-sS", "-m", "5", "-w", "\n%{http_code}", a.c.url(a.name+"."+a.c.domain, "/")).Output()
-	if err != nil {
-		return 0, err.Error()
-	}
-	i := strings.LastIndexByte(string(out), '\n')
-	status, _ := strconv.Atoi(strings.TrimSpace(string(out[i+1:])))
-	return status, string(out[:i])
-}
+func (a *pushApp) get() (int, string) { return a.c.curl(a.name+"."+a.c.domain, "/") }
 
 // pushAndServe pushes main and returns the time from the push to the
 // first 200 with want in the body.

@@ -243,6 +243,17 @@ Running it again on a running cluster is safe and fast.`,
 			if err != nil {
 				return err
 			}
+			if res.AlreadyDone {
+				// A cluster that was stopped (power loss, down
+				// --keep-data) restores itself: the daemons start the
+				// scheduler, which starts everything else.
+				fmt.Fprintln(out, "==> waiting for the platform (the hosts restore it from the cluster state)")
+				wstart := time.Now()
+				if err := bootstrap.WaitRouted(ctx, res, 5*time.Minute); err != nil {
+					return fmt.Errorf("%w (see %s and `flynn-host ps`)", err, filepath.Join(stateDir, "daemon.log"))
+				}
+				fmt.Fprintf(out, "    the controller answers through the router (%s)\n", time.Since(wstart).Round(100*time.Millisecond))
+			}
 			if !noCLI {
 				rc, err := addToCLI(ctx, env, flynnCLI, clusterName, res)
 				if err != nil {

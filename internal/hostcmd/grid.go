@@ -26,6 +26,8 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/host"
 	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/monitor"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // The layer 0 commands: daemon, init, join, status.
@@ -35,8 +37,9 @@ func newDaemonCmd(env Env) *cobra.Command {
 	var logLevel string
 	var logJSON bool
 	var agent host.Config
-	var noAgent bool
+	var noAgent, noMonitor bool
 	var portRange string
+	var monitorCfg monitor.Config
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the host daemon (etcd, discoverd, host agent)",
@@ -62,11 +65,16 @@ func newDaemonCmd(env Env) *cobra.Command {
 				warnEphemeral(log, agent.PortMin, agent.PortMax)
 				cfg.Services = append(cfg.Services, hostAgentService(cfg, agent, log))
 			}
+			if !noMonitor {
+				cfg.Services = append(cfg.Services, monitorService(monitorCfg, log))
+			}
 			return daemon.Run(cmd.Context(), cfg, log)
 		},
 	}
 	f := cmd.Flags()
 	f.BoolVar(&noAgent, "no-agent", false, "do not run the host agent (jobs API on --host-port)")
+	f.BoolVar(&noMonitor, "no-monitor", false, "do not take part in restoring the platform's scheduler when none runs")
+	f.DurationVar(&monitorCfg.Grace, "monitor-grace", 3*time.Second, "how long no scheduler job may run before the elected monitor starts one")
 	f.StringVar(&agent.Runc, "runc", "runc", "OCI runtime binary")
 	f.StringVar(&agent.Bridge, "bridge", "flynnbr0", "bridge jobs attach to")
 	f.StringVar(&agent.Subnet, "subnet", "100.64.0.0/16", "job network")
@@ -316,6 +324,17 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 			return err // already says "host agent: ..."
 		}
 		return a.Run(ctx)
+	}
+}
+
+// monitorService runs the host's part in restoring the platform: the
+// monitor elected among the daemons starts the scheduler when none runs.
+func monitorService(cfg monitor.Config, log *slog.Logger) func(context.Context, *daemon.Deps) error {
+	return func(ctx context.Context, d *daemon.Deps) error {
+		cfg.Etcd = d.Etcd
+		cfg.HostID = d.HostID
+		cfg.Cluster = scheduler.NewHostCluster(d.Etcd, d.Token, log.With("component", "monitor"))
+		return monitor.Run(ctx, cfg, log)
 	}
 }
 

@@ -66,7 +66,7 @@ func newSchedulerDeps(f schedulerFlags, etcd *clientv3.Client, log *slog.Logger)
 	}
 	cc := controllerclient.NewWithHTTP(f.controller, f.controllerKey, serviceHTTP(disc))
 	deps := &schedulerDeps{
-		cluster:    scheduler.NewHostCluster(etcd, f.token, log),
+		cluster: scheduler.NewHostCluster(etcd, f.token, log),
 		// Formations and job states straight from etcd: the scheduler
 		// restores the controller's jobs too when none runs.
 		controller: &scheduler.StoreController{S: ctrlstore.New(etcd)},

@@ -164,3 +164,67 @@ func TestClusterRestoresItself(t *testing.T) {
 	}
 	restored("down --keep-data")
 }
+
+// TestBackupRestore: `flynn cluster backup` writes the cluster to one
+// file; after the cluster is wiped (down), `flynn-host up --from-backup`
+// on a new cluster (other ports, so other blob URLs) brings the app back
+// serving with its env, routes and formation. A truncated or foreign file
+// is refused with one clear line before anything is made.
+func TestBackupRestore(t *testing.T) {
+	c := startE2ECluster(t, nil)
+	a := newPushApp(t, c, nil, "procfile", "keeper", false)
+	a.pushAndServe("hello from the procfile app")
+	a.flynn("env", "set", "KEEPER=kept")
+	a.flynn("scale", "web=2")
+	a.flynn("route", "add", "http", "second-keeper."+c.domain)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "backup.tar")
+	out := c.flynn(dir, "cluster", "backup", "--file", file)
+	if !strings.Contains(out, "backup of 1 apps") || !strings.Contains(out, "written to "+file) {
+		t.Errorf("flynn cluster backup:\n%s", out)
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.down()
+
+	// Bad files: refused before anything is made.
+	b, _ := os.ReadFile(file)
+	truncated := filepath.Join(dir, "truncated.tar")
+	os.WriteFile(truncated, b[:len(b)/2], 0o644)
+	notTar := filepath.Join(dir, "notes.txt")
+	os.WriteFile(notTar, []byte("not a backup\n"), 0o644)
+	for _, bad := range []string{truncated, notTar, filepath.Join(dir, "missing.tar")} {
+		state := filepath.Join(testslot.Dir(t), "state")
+		cmd := exec.Command(filepath.Join(binDir, "flynn-host"), "up", "--state-dir", state, "--from-backup", bad, "--no-stack", "--deps", "")
+		cmd.Env = append(c.env(), "SUDO_USER=")
+		out, err := cmd.CombinedOutput()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if err == nil || !strings.Contains(lines[len(lines)-1], filepath.Base(bad)) {
+			t.Errorf("up --from-backup %s: err %v, want a last line naming the file:\n%s", filepath.Base(bad), err, out)
+		}
+		if _, err := os.Stat(state); !os.IsNotExist(err) {
+			t.Errorf("up --from-backup %s made the state dir", filepath.Base(bad))
+		}
+	}
+
+	start := time.Now()
+	c2 := startE2ECluster(t, nil, "--from-backup", file)
+	a2 := &pushApp{c: c2, t: t, name: "keeper", dir: a.dir}
+	waitFor(t, within(t, 2*time.Minute), "the restored app to serve", c2.watch(), func() (bool, error) {
+		status, body := a2.get()
+		return status == 200 && strings.Contains(body, "hello from the procfile app"), fmt.Errorf("%d %s", status, body)
+	})
+	t.Logf("backup of %d bytes; up --from-backup to the app serving: %s", fi.Size(), time.Since(start).Round(100*time.Millisecond))
+	if out := c2.flynn(dir, "-a", "keeper", "env", "get", "KEEPER"); strings.TrimSpace(out) != "kept" {
+		t.Errorf("restored env KEEPER = %q", out)
+	}
+	waitFor(t, within(t, time.Minute), "web=2 up on the new cluster", c2.watch(), func() (bool, error) {
+		ps := c2.flynn(dir, "-a", "keeper", "ps")
+		return strings.Count(ps, " up ") == 2, errors.New(ps)
+	})
+	if status, body := c2.curl("second-keeper."+c2.domain, "/"); status != 200 {
+		t.Errorf("the restored second route answers %d %s", status, body)
+	}
+}

@@ -92,6 +92,8 @@ type Result struct {
 	GitURL        string `json:"git_url"`
 	// SSHGit is host:port of git over SSH.
 	SSHGit string `json:"ssh_git,omitempty"`
+	// BlobURL is the blobstore's base URL, as the apps' artifacts name it.
+	BlobURL string `json:"blob_url,omitempty"`
 	// AlreadyDone is set when the cluster was bootstrapped before.
 	AlreadyDone bool `json:"-"`
 }
@@ -230,6 +232,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		ControllerURL: routedURL("controller."+cfg.Domain, p.HTTPS),
 		GitURL:        routedURL("git."+cfg.Domain, p.HTTPS),
 		SSHGit:        net.JoinHostPort(listenIP, strconv.Itoa(p.GitSSH)),
+		BlobURL:       "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.Blobstore)),
 	}
 	for _, s := range cfg.Manifest.Steps {
 		start := time.Now()

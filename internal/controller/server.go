@@ -68,6 +68,9 @@ type Config struct {
 	LogAggregatorURL string
 	// Runner runs one-off jobs; one-off jobs and kills answer 503 without one.
 	Runner JobRunner
+	// BlobURL is the blobstore's base URL, as the apps' artifacts name
+	// it: GET /backup reads every blob there (503 when empty).
+	BlobURL string
 	// HTTP is the client for providers and the log aggregator
 	// (http.DefaultClient when nil).
 	HTTP *http.Client
@@ -138,6 +141,7 @@ func (s *Server) routes() http.Handler {
 		return nil
 	}))
 	m.Handle("GET /ca-cert", hf(s.caCert))
+	m.Handle("GET /backup", hf(s.backup))
 
 	m.Handle("POST /apps", hf(s.createApp))
 	m.Handle("GET /apps", list(s.store.ListApps))

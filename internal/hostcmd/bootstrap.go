@@ -23,8 +23,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/internal/backup"
 	"github.com/flynnrebuilt/flynn/internal/bootstrap"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
 	"github.com/flynnrebuilt/flynn/internal/logging"
@@ -38,6 +42,9 @@ type bootstrapFlags struct {
 	domain    string
 	ports     bootstrap.Ports
 	startJobs bool
+	// fromBackup is a backup file (flynn cluster backup) to restore
+	// once the platform runs.
+	fromBackup string
 }
 
 func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
@@ -55,6 +62,7 @@ func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
 	f.IntVar(&b.ports.Logagg, "logaggregator-port", p.Logagg, "log aggregator port")
 	f.IntVar(&b.ports.GitHTTP, "git-http-port", p.GitHTTP, "gitreceive smart-HTTP port")
 	f.IntVar(&b.ports.GitSSH, "git-ssh-port", p.GitSSH, "gitreceive SSH port")
+	f.StringVar(&b.fromBackup, "from-backup", "", "restore the apps of a backup file (flynn cluster backup) on this new cluster")
 	f.BoolVar(&b.startJobs, "start-jobs", false, "start every system job directly instead of leaving it to the scheduler")
 	f.MarkHidden("start-jobs")
 }
@@ -73,7 +81,31 @@ func runBootstrap(ctx context.Context, stateDir, discoverdURL, manifestFile stri
 			return nil, err
 		}
 	}
-	return bootstrap.Run(ctx, cfg, log)
+	if b.fromBackup != "" {
+		// The whole file is read before anything changes.
+		fmt.Fprintf(out, "checking the backup %s\n", b.fromBackup)
+		if _, err := backup.Check(b.fromBackup); err != nil {
+			return nil, err
+		}
+	}
+	res, err := bootstrap.Run(ctx, cfg, log)
+	if err != nil || b.fromBackup == "" {
+		return res, err
+	}
+	if res.AlreadyDone {
+		return nil, errors.New("this cluster is bootstrapped already and has apps of its own: --from-backup restores onto a new cluster (flynn-host down removes this one)")
+	}
+	disc := discoverdclient.New(strings.TrimSuffix(discoverdURL, "/"), hc.Token)
+	t := backup.Target{
+		Controller: controllerclient.NewWithHTTP("http://controller"+discoverdclient.ServiceDomain, res.Key, disc.HTTPClient()),
+		Blobs:      blobclient.New(res.BlobURL, res.Key, nil),
+		BlobURL:    res.BlobURL,
+		Progress:   out,
+	}
+	if _, err := backup.Restore(ctx, b.fromBackup, t); err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 func newBootstrapCmd(env Env) *cobra.Command {
@@ -162,10 +194,17 @@ func newUpCmd(env Env) *cobra.Command {
 		Short: "Run a single-node cluster on this machine and configure the flynn CLI",
 		Long: `As root: install missing OS packages, build the default stack if it is not
 built yet, create the cluster (init) if this host has none, start the host
-daemon in the background (log <state-dir>/daemon.log, pid
-<state-dir>/daemon.pid), bootstrap the platform, and add the cluster to the
-flynn CLI config of the invoking user ($SUDO_USER's ~/.flynnrc under sudo).
-Running it again on a running cluster is safe and fast.`,
+daemon, bootstrap the platform, and add the cluster to the flynn CLI config
+of the invoking user ($SUDO_USER's ~/.flynnrc under sudo).
+
+The daemon runs as the systemd service flynn-host.service (restarted when it
+dies, started at boot) on a machine whose init is systemd, else as a
+background process; either way its log is <state-dir>/daemon.log and its pid
+is in <state-dir>/daemon.pid.
+
+Running it again is safe and fast. On a cluster that was stopped (a power
+loss, a reboot, 'flynn-host down --keep-data') it starts the daemon and waits
+while the hosts restore the platform and every app from the cluster state.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			out := cmd.OutOrStdout()
@@ -174,6 +213,13 @@ Running it again on a running cluster is safe and fast.`,
 			}
 			if _, _, err := parseJobPortRange(portRange); err != nil {
 				return err
+			}
+			if b.fromBackup != "" {
+				// A bad backup changes nothing, not even this machine.
+				fmt.Fprintf(out, "==> checking the backup %s\n", b.fromBackup)
+				if _, err := backup.Check(b.fromBackup); err != nil {
+					return err
+				}
 			}
 			start := time.Now()
 			ctx := cmd.Context()
@@ -347,7 +393,16 @@ func daemonPID(stateDir string) int {
 // startDaemon starts `flynn-host daemon` in the background unless it runs
 // already, and waits until its discoverd and host agent answer.
 func startDaemon(ctx context.Context, out io.Writer, stateDir string, st *upState) error {
-	if pid := daemonPID(stateDir); pid != 0 {
+	service := systemdBooted()
+	if service {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		if err := installService(ctx, out, stateDir, exe, st.DaemonArgs); err != nil {
+			return err
+		}
+	} else if pid := daemonPID(stateDir); pid != 0 {
 		fmt.Fprintf(out, "==> daemon running (pid %d)\n", pid)
 	} else {
 		exe, err := os.Executable()
@@ -392,7 +447,8 @@ func startDaemon(ctx context.Context, out io.Writer, stateDir string, st *upStat
 		if err == nil {
 			return nil
 		}
-		if time.Now().After(deadline) || daemonPID(stateDir) == 0 {
+		// (systemd restarts a daemon that exits; a background one is gone.)
+		if time.Now().After(deadline) || (!service && daemonPID(stateDir) == 0) {
 			return fmt.Errorf("the daemon did not come up: %v (see %s)", err, filepath.Join(stateDir, "daemon.log"))
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -478,6 +534,10 @@ iptables rules. The state dir is deleted unless --keep-data.`,
 }
 
 func down(ctx context.Context, out io.Writer, stateDir string, keepData bool) error {
+	if _, err := os.Stat(stateDir); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(out, "==> no cluster state at %s: nothing to stop\n", stateDir)
+		return nil
+	}
 	st, err := loadUpState(stateDir)
 	if errors.Is(err, os.ErrNotExist) {
 		st = &upState{Bridge: "flynnbr0", Subnet: "100.64.0.0/16", CgroupParent: "flynn",
@@ -486,6 +546,9 @@ func down(ctx context.Context, out io.Writer, stateDir string, keepData bool) er
 		return err
 	}
 	var errs []error
+	if err := removeService(ctx, out, stateDir); err != nil {
+		errs = append(errs, err)
+	}
 	if pid := daemonPID(stateDir); pid != 0 {
 		if hc, err := daemon.LoadHostConfig(stateDir); err == nil {
 			stopAllJobs(ctx, out, hostclient.New(st.HostURL, hc.Token))

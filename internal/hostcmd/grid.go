@@ -68,6 +68,20 @@ func newDaemonCmd(env Env) *cobra.Command {
 			if !noMonitor {
 				cfg.Services = append(cfg.Services, monitorService(monitorCfg, log))
 			}
+			// The pid file tells up and down which process is the
+			// daemon, however it was started (systemd, up, by hand).
+			// (No state dir: Run says to init first.)
+			pidFile := filepath.Join(cfg.StateDir, "daemon.pid")
+			if _, err := os.Stat(cfg.StateDir); err == nil {
+				if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+					return fmt.Errorf("write %s: %w", pidFile, err)
+				}
+			}
+			defer func() {
+				if b, _ := os.ReadFile(pidFile); strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+					os.Remove(pidFile)
+				}
+			}()
 			return daemon.Run(cmd.Context(), cfg, log)
 		},
 	}

@@ -15,7 +15,7 @@ import (
 // StoreSource is the Source of a running cluster: the controller's store
 // in etcd and the blobstore.
 type StoreSource struct {
-	Store *ctrlstore.Store
+	Store     *ctrlstore.Store
 	Blobstore *blobclient.Client
 }
 

@@ -224,17 +224,7 @@ func newStatusCmd(env Env) *cobra.Command {
 		Short: "Show the cluster: hosts, etcd members, discoverd services",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if token == "" {
-				hc, err := daemon.LoadHostConfig(stateDir)
-				if err != nil {
-					return fmt.Errorf("no --token given and %w", err)
-				}
-				token = hc.Token
-			}
-			if addr == "" {
-				addr = daemon.DefaultListenIP()
-			}
-			u, err := peerURL(addr)
+			u, token, err := gridTarget(stateDir, addr, token)
 			if err != nil {
 				return err
 			}
@@ -255,6 +245,80 @@ func newStatusCmd(env Env) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config (for the token)")
 	cmd.Flags().StringVar(&addr, "addr", "", "discoverd address of a host, host[:port] (default: this host's cluster address, port 1111)")
+	cmd.Flags().StringVar(&token, "token", "", "cluster token (default: from the host config)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// gridTarget is the discoverd URL and token the host commands use: those
+// given, else this machine's cluster's (for one `up --hosts N` cluster,
+// its first host's).
+func gridTarget(stateDir, addr, token string) (string, string, error) {
+	if st, err := loadUpState(stateDir); err == nil && len(st.Hosts) > 0 {
+		if token == "" {
+			hc, err := daemon.LoadHostConfig(st.Hosts[0].StateDir)
+			if err != nil {
+				return "", "", fmt.Errorf("no --token given and %w", err)
+			}
+			token = hc.Token
+		}
+		if addr == "" {
+			return st.Hosts[0].DiscoverdURL, token, nil
+		}
+	}
+	if token == "" {
+		hc, err := daemon.LoadHostConfig(stateDir)
+		if err != nil {
+			return "", "", fmt.Errorf("no --token given and %w", err)
+		}
+		token = hc.Token
+	}
+	if addr == "" {
+		addr = daemon.DefaultListenIP()
+	}
+	u, err := peerURL(addr)
+	return u, token, err
+}
+
+func newListCmd(env Env) *cobra.Command {
+	var stateDir, addr, token string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List every host of the cluster: id, address, state, etcd role, jobs",
+		Long: `List every host that has joined the cluster, up or down, with its address,
+its etcd role (leader, member, learner or client) and how many jobs run on it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			u, token, err := gridTarget(stateDir, addr, token)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			var hosts []*api.HostListing
+			if err := (&httpclient.Client{URL: u, Key: token}).Do(ctx, "GET", "/grid/hosts", nil, &hosts); err != nil {
+				return fmt.Errorf("list hosts from %s: %w", u, err)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(hosts)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tADDR\tSTATE\tETCD\tJOBS")
+			for _, h := range hosts {
+				jobs := "?"
+				if h.Jobs >= 0 {
+					jobs = strconv.Itoa(h.Jobs)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Host.ID, h.Host.Addr, h.State, h.EtcdRole, jobs)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config (for the token)")
+	cmd.Flags().StringVar(&addr, "addr", "", "discoverd address of a host, host[:port] (default: this machine's cluster)")
 	cmd.Flags().StringVar(&token, "token", "", "cluster token (default: from the host config)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd

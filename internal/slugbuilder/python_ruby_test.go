@@ -1,0 +1,297 @@
+package slugbuilder_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/flynnrebuilt/flynn/buildpacks/buildpacktest"
+	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
+)
+
+// These tests build Python and Ruby apps with the shipped buildpacks in
+// the default Debian stack, from package indexes and gem sources the test
+// serves with packages it builds (buildpacktest), as build jobs would.
+
+// cacheEntries lists the names in the build cache of iodir.
+func cacheEntries(t *testing.T, iodir string) string {
+	t.Helper()
+	out, err := exec.Command("tar", "-tizf", filepath.Join(iodir, "cache.tgz")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("list cache: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+// wantBuildFailure builds app, which must fail with want in the output.
+func wantBuildFailure(t *testing.T, rootfs, app string, o buildOpts, want string) {
+	t.Helper()
+	_, out, err := tryBuild(t, rootfs, app, ioDir(t), o)
+	if err == nil {
+		t.Fatalf("the build succeeded, want a failure saying %q:\n%s", want, out)
+	}
+	wantOutput(t, out, want)
+}
+
+func exists(t *testing.T, path string) bool {
+	t.Helper()
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// TestPythonBuildpack covers the Python buildpack: requirements.txt from
+// two package indexes given in the app's env, the venv in the slug
+// running the web process, the wheel cache (a warm build asks no index
+// and leaves the cache as it was; a changed pin fetches the new version
+// and drops the old wheel), Pipfile.lock (its sources and hashes) and
+// pyproject.toml, the Python version files, and one-line errors.
+func TestPythonBuildpack(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	wheels := buildpacktest.BuildWheels(t, rootfs,
+		buildpacktest.PythonGreeting("flynn-extra", "1.0.0"),
+		buildpacktest.PythonGreeting("flynn-greeting", "1.0.0"),
+		buildpacktest.PythonGreeting("flynn-greeting", "2.0.0"))
+	extraWheel, greeting1, greeting2 := wheels[0], wheels[1], wheels[2]
+	index := buildpacktest.NewPyIndex(t, greeting1, greeting2)
+	extra := buildpacktest.NewPyIndex(t, extraWheel)
+	indexEnv := []string{"PIP_INDEX_URL=" + index.URL, "PIP_EXTRA_INDEX_URL=" + extra.URL}
+
+	t.Run("requirements.txt", func(t *testing.T) {
+		app, iodir := copySample(t, "python"), ioDir(t)
+		opts := buildOpts{env: indexEnv}
+		res, out := buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "-----> Python app detected", "-----> Using Python 3.11.2 (.python-version asks for 3.11)",
+			"fetching what the wheel cache lacks from "+index.URL+" and "+extra.URL,
+			"Successfully installed flynn-extra-1.0.0 flynn-greeting-1.0.0")
+		if res.Buildpack != "Python" || res.ProcessTypes["web"] != "python server.py" {
+			t.Errorf("result = %+v", res)
+		}
+		if index.Requests() == 0 || extra.Requests() == 0 {
+			t.Errorf("the build asked the index %d times and the extra index %d times; want both asked", index.Requests(), extra.Requests())
+		}
+		slug := unpackSlug(t, iodir)
+		if target, err := os.Readlink(filepath.Join(slug, ".venv/bin/python3.11")); err != nil || target != "/usr/bin/python3.11" {
+			t.Errorf("the slug's .venv/bin/python3.11 links to %q (%v), want the stack's /usr/bin/python3.11", target, err)
+		}
+		body := runWeb(t, rootfs, slug, "/")
+		if want := "hello from the python app: flynn-greeting 1.0.0, flynn-extra 1.0.0, python 3.11.2 in /app/.venv"; !strings.Contains(body, want) {
+			t.Errorf("body = %q, want %q", body, want)
+		}
+		if entries := cacheEntries(t, iodir); !strings.Contains(entries, "wheels/flynn_greeting-1.0.0-py3-none-any.whl") {
+			t.Errorf("the build cache lacks the wheel:\n%s", entries)
+		}
+
+		// Warm: everything from the wheel cache, no index asked, the
+		// cache left as it was.
+		asked := index.Requests() + extra.Requests()
+		_, out = buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "from the wheel cache (no package index asked)", "-----> Build cache unchanged")
+		if n := index.Requests() + extra.Requests() - asked; n != 0 {
+			t.Errorf("the warm build asked the indexes %d times, want none: %v", n, index.Paths())
+		}
+
+		// A changed pin: the new version comes from the index, the old
+		// wheel leaves the cache.
+		edit(t, app, "requirements.txt", "flynn-greeting==1.0.0", "flynn-greeting==2.0.0")
+		_, out = buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "fetching what the wheel cache lacks", "Successfully installed flynn-extra-1.0.0 flynn-greeting-2.0.0")
+		body = runWeb(t, rootfs, unpackSlug(t, iodir), "/")
+		if !strings.Contains(body, "flynn-greeting 2.0.0") {
+			t.Errorf("body = %q, want flynn-greeting 2.0.0", body)
+		}
+		entries := cacheEntries(t, iodir)
+		if strings.Contains(entries, "flynn_greeting-1.0.0") || !strings.Contains(entries, "flynn_greeting-2.0.0") {
+			t.Errorf("the build cache should hold flynn-greeting 2.0.0 only:\n%s", entries)
+		}
+	})
+
+	t.Run("unresolvable requirement", func(t *testing.T) {
+		app := copySample(t, "python")
+		edit(t, app, "requirements.txt", "flynn-extra==1.0.0", "flynn-extra==9.9.9")
+		wantBuildFailure(t, rootfs, app, buildOpts{env: indexEnv},
+			" !     requirements.txt: No matching distribution found for flynn-extra==9.9.9 (index "+index.URL+")")
+	})
+
+	t.Run("Pipfile.lock", func(t *testing.T) {
+		data, err := os.ReadFile(greeting1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		lock := func(hash string) string {
+			return `{"_meta": {"requires": {"python_version": "3.11"},
+  "sources": [{"name": "test", "url": "` + index.URL + `", "verify_ssl": false}]},
+ "default": {"flynn-greeting": {"version": "==1.0.0", "hashes": ["sha256:` + hash + `"]}},
+ "develop": {"flynn-extra": {"version": "==1.0.0"}}}`
+		}
+		app := t.TempDir()
+		writeFile(t, app, "Pipfile.lock", lock(hex.EncodeToString(sum[:])))
+		writeFile(t, app, "Procfile", "web: python -c 'import flynn_greeting'\n")
+		// No PIP_INDEX_URL: the lock's source is the index.
+		iodir := ioDir(t)
+		res, out := buildApp(t, rootfs, app, iodir, buildOpts{})
+		wantOutput(t, out, "Using Python 3.11.2 (Pipfile.lock asks for 3.11)", "Installing dependencies from Pipfile.lock",
+			"Successfully installed flynn-greeting-1.0.0")
+		if res.Buildpack != "Python" {
+			t.Errorf("buildpack = %q", res.Buildpack)
+		}
+		slug := unpackSlug(t, iodir)
+		if !exists(t, filepath.Join(slug, ".venv/lib/python3.11/site-packages/flynn_greeting/__init__.py")) {
+			t.Error("flynn_greeting is not in the slug's venv")
+		}
+		if exists(t, filepath.Join(slug, ".venv/lib/python3.11/site-packages/flynn_extra")) {
+			t.Error("the lock's develop package flynn-extra is in the slug")
+		}
+
+		writeFile(t, app, "Pipfile.lock", lock(strings.Repeat("0", 64)))
+		wantBuildFailure(t, rootfs, app, buildOpts{}, " !     Pipfile.lock: THESE PACKAGES DO NOT MATCH THE HASHES")
+	})
+
+	t.Run("pyproject.toml", func(t *testing.T) {
+		app, iodir := t.TempDir(), ioDir(t)
+		writeFile(t, app, "pyproject.toml", "[project]\nname = \"app\"\nversion = \"0\"\ndependencies = [\"flynn-greeting>=2\"]\n")
+		writeFile(t, app, "Procfile", "web: python -c 'import flynn_greeting'\n")
+		_, out := buildApp(t, rootfs, app, iodir, buildOpts{env: indexEnv})
+		wantOutput(t, out, "Using Debian's Python 3.11.2 (no runtime.txt or .python-version)",
+			"Installing dependencies from pyproject.toml [project] dependencies", "Successfully installed flynn-greeting-2.0.0")
+		if !exists(t, filepath.Join(unpackSlug(t, iodir), ".venv/lib/python3.11/site-packages/flynn_greeting")) {
+			t.Error("flynn_greeting is not in the slug's venv")
+		}
+
+		writeFile(t, app, "pyproject.toml", "[tool.poetry]\nname = \"app\"\n\n[tool.poetry.dependencies]\npython = \"^3.11\"\n")
+		wantBuildFailure(t, rootfs, app, buildOpts{}, " !     pyproject.toml is a Poetry project, which this buildpack does not install: commit a requirements.txt")
+	})
+
+	// The version files: what the stack has is used, anything else is
+	// noted and built with Debian's python3.
+	for _, tt := range []struct {
+		name, file, content string
+		env                 []string
+		want                []string
+	}{
+		{name: "runtime.txt patch", file: "runtime.txt", content: "python-3.11.99\n", want: []string{
+			"-----> Using Python 3.11.2 (runtime.txt asks for 3.11.99)",
+			" !     the stack's Python 3.11 is Debian's 3.11.2, not 3.11.99: building with 3.11.2"}},
+		{name: "missing version", file: ".python-version", content: "# pyenv\n3.13\n", want: []string{
+			"-----> Using Debian's Python 3.11.2",
+			" !     .python-version asks for Python 3.13, which this stack does not have (it has Debian's Python 3.11):",
+			" !     building with Python 3.11.2 instead; ask for 3.11 in .python-version to silence this note"}},
+		{name: "not a version", file: ".python-version", content: "pypy3.10-7.3.12\n", want: []string{
+			` !     .python-version says "pypy3.10-7.3.12", which is not a Python version like 3.11 or 3.11.2: building with Python 3.11.2`}},
+		{name: "PYTHON_VERSION wins", file: "runtime.txt", content: "python-3.13.0\n", env: []string{"PYTHON_VERSION=3.11"}, want: []string{
+			"-----> Using Python 3.11.2 (PYTHON_VERSION asks for 3.11)"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			app := t.TempDir()
+			writeFile(t, app, "requirements.txt", "# nothing\n")
+			writeFile(t, app, "Procfile", "web: python -V\n")
+			writeFile(t, app, tt.file, tt.content)
+			_, out := buildApp(t, rootfs, app, ioDir(t), buildOpts{env: tt.env})
+			wantOutput(t, out, append(tt.want, "-----> No dependencies in requirements.txt")...)
+		})
+	}
+}
+
+// TestRubyBuildpack covers the Ruby buildpack: an app with its gem in
+// vendor/cache builds with no network and its web process runs from the
+// bundle in the slug; a warm build reuses the installed gems and leaves
+// the cache as it was; gems from a gem source, a changed version
+// replacing the cached one; and one-line errors.
+func TestRubyBuildpack(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	gems := buildpacktest.BuildGems(t, rootfs, buildpacktest.RubyGreeting("1.0.0"), buildpacktest.RubyGreeting("2.0.0"))
+	gem1, gem2 := gems[0], gems[1]
+
+	// vendored copies the Ruby sample app with gem in vendor/cache.
+	vendored := func(t *testing.T, gem string) string {
+		app := copySample(t, "ruby")
+		data, err := os.ReadFile(gem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, app, "vendor/cache/"+filepath.Base(gem), string(data))
+		return app
+	}
+
+	t.Run("vendor/cache", func(t *testing.T) {
+		app, iodir := vendored(t, gem1), ioDir(t)
+		res, out := buildApp(t, rootfs, app, iodir, buildOpts{})
+		wantOutput(t, out, "-----> Ruby app detected", "-----> Using Ruby 3.1.2 and Bundler 2.3.15 (Debian's)",
+			"Gemfile.lock was written by Bundler 2.4.22; installing with 2.3.15",
+			"-----> Installing gems from vendor/cache (bundle install --local, no network)", "Installing flynn-greeting 1.0.0")
+		if res.Buildpack != "Ruby" || res.ProcessTypes["web"] != "bundle exec ruby app.rb" || res.ProcessTypes["rake"] != "bundle exec rake" {
+			t.Errorf("result = %+v", res)
+		}
+		slug := unpackSlug(t, iodir)
+		if m, _ := filepath.Glob(filepath.Join(slug, "vendor/bundle/ruby/*/cache")); len(m) > 0 {
+			t.Errorf("the slug holds the bundle's .gem cache %v", m)
+		}
+		body := runWeb(t, rootfs, slug, "/")
+		if want := "hello from the ruby app: flynn-greeting 1.0.0, ruby 3.1.2, bundle at /app/vendor/bundle/ruby/3.1.0"; !strings.Contains(body, want) {
+			t.Errorf("body = %q, want %q", body, want)
+		}
+
+		_, out = buildApp(t, rootfs, app, iodir, buildOpts{})
+		wantOutput(t, out, "restored 1 installed gems from the build cache", "Using flynn-greeting 1.0.0", "-----> Build cache unchanged")
+	})
+
+	t.Run("gem source", func(t *testing.T) {
+		src := buildpacktest.NewGemSource(t, rootfs, gem1, gem2)
+		app, iodir := copySample(t, "ruby"), ioDir(t)
+		os.RemoveAll(filepath.Join(app, "vendor"))
+		edit(t, app, "Gemfile", `source "https://rubygems.org"`, `source "`+src.URL+`"`)
+		edit(t, app, "Gemfile.lock", "remote: https://rubygems.org/", "remote: "+src.URL+"/")
+		_, out := buildApp(t, rootfs, app, iodir, buildOpts{})
+		wantOutput(t, out, "-----> Installing gems (bundle install)", "Installing flynn-greeting 1.0.0")
+		if src.Requests() == 0 {
+			t.Error("the build did not ask the gem source")
+		}
+
+		// Version 2: installed over the cached 1.0.0, which goes.
+		for _, f := range []string{"Gemfile", "Gemfile.lock"} {
+			edit(t, app, f, "1.0.0", "2.0.0")
+		}
+		_, out = buildApp(t, rootfs, app, iodir, buildOpts{})
+		wantOutput(t, out, "restored 1 installed gems from the build cache", "Installing flynn-greeting 2.0.0")
+		slug := unpackSlug(t, iodir)
+		got, _ := filepath.Glob(filepath.Join(slug, "vendor/bundle/ruby/*/gems/*"))
+		if len(got) != 1 || filepath.Base(got[0]) != "flynn-greeting-2.0.0" {
+			t.Errorf("the slug's gems are %v, want flynn-greeting-2.0.0 alone", got)
+		}
+		if body := runWeb(t, rootfs, slug, "/"); !strings.Contains(body, "flynn-greeting 2.0.0") {
+			t.Errorf("body = %q, want flynn-greeting 2.0.0", body)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		app := vendored(t, gem1)
+		os.Remove(filepath.Join(app, "Gemfile.lock"))
+		wantBuildFailure(t, rootfs, app, buildOpts{},
+			" !     Gemfile.lock is missing: run bundle lock (or bundle install) and commit Gemfile.lock")
+
+		app = vendored(t, gem1)
+		edit(t, app, "Gemfile", `source "https://rubygems.org"`, "source \"https://rubygems.org\"\nruby \"3.3.0\"")
+		wantBuildFailure(t, rootfs, app, buildOpts{},
+			" !     bundle install: Your Ruby version is 3.1.2, but your Gemfile specified 3.3.0; the stack has Debian's Ruby 3.1.2 only: change or drop the Gemfile's ruby line")
+
+		// vendor/cache without the gem: no network to fall back on.
+		app = vendored(t, gem2)
+		wantBuildFailure(t, rootfs, app, buildOpts{}, " !     bundle install: Could not find flynn-greeting-1.0.0 in any of the sources")
+	})
+}
+
+// writeFile writes content to name (slash-separated, parents made) in dir.
+func writeFile(t *testing.T, dir, name, content string) {
+	t.Helper()
+	p := filepath.Join(dir, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

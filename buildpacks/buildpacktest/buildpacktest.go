@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -60,7 +61,8 @@ func BuildWheels(t testing.TB, rootfs string, pkgs ...Package) []string {
 }
 
 // BuildGems builds each package into a gem with the stack's `gem build`
-// and returns the gems' paths.
+// and returns the gems' paths. Files named ext/NAME/extconf.rb are the
+// gem's native extensions, compiled where it is installed.
 func BuildGems(t testing.TB, rootfs string, pkgs ...Package) []string {
 	t.Helper()
 	var script strings.Builder
@@ -68,15 +70,19 @@ func BuildGems(t testing.TB, rootfs string, pkgs ...Package) []string {
 	io := ioDir(t)
 	for i, p := range pkgs {
 		dir := fmt.Sprintf("src/%d", i)
-		var names []string
+		var names, exts []string
 		for name := range p.Files {
 			names = append(names, fmt.Sprintf("%q", name))
+			if ok, _ := path.Match("ext/*/extconf.rb", name); ok {
+				exts = append(exts, fmt.Sprintf("%q", name))
+			}
 		}
 		sort.Strings(names)
+		sort.Strings(exts)
 		files := map[string]string{
 			p.Name + ".gemspec": fmt.Sprintf("Gem::Specification.new do |s|\n  s.name = %q\n  s.version = %q\n"+
 				"  s.summary = \"A gem built by a Flynn test\"\n  s.authors = [\"Flynn tests\"]\n  s.license = \"BSD-3-Clause\"\n"+
-				"  s.files = [%s]\nend\n", p.Name, p.Version, strings.Join(names, ", ")),
+				"  s.files = [%s]\n  s.extensions = [%s]\nend\n", p.Name, p.Version, strings.Join(names, ", "), strings.Join(exts, ", ")),
 		}
 		for name, content := range p.Files {
 			files[name] = content

@@ -1,6 +1,7 @@
 package slugbuilder_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/buildpacks/buildpacktest"
 	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
@@ -27,14 +29,35 @@ func cacheEntries(t *testing.T, iodir string) string {
 	return string(out)
 }
 
-// wantBuildFailure builds app, which must fail with want in the output.
-func wantBuildFailure(t *testing.T, rootfs, app string, o buildOpts, want string) {
+// wantBuildFailure builds app, which must fail with want in the output,
+// and returns the output.
+func wantBuildFailure(t *testing.T, rootfs, app string, o buildOpts, want string) string {
 	t.Helper()
 	_, out, err := tryBuild(t, rootfs, app, ioDir(t), o)
 	if err == nil {
 		t.Fatalf("the build succeeded, want a failure saying %q:\n%s", want, out)
 	}
 	wantOutput(t, out, want)
+	return out
+}
+
+// runInSlug runs a shell command line in the slug (at /app, on the stack)
+// with flynn-host slugrunner, as `flynn run` would, and returns its output.
+func runInSlug(t *testing.T, rootfs, slug, line string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := stacktest.Command(ctx, t, stacktest.Spec{
+		Rootfs: rootfs,
+		Binds:  []stacktest.Bind{{Src: flynnHost, Dst: stacktest.FlynnHostPath}, {Src: slug, Dst: "/app"}},
+		Env:    []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+		Args:   []string{stacktest.FlynnHostPath, "slugrunner", line},
+	})
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", line, err, out)
+	}
+	return string(out)
 }
 
 func exists(t *testing.T, path string) bool {
@@ -112,8 +135,13 @@ func TestPythonBuildpack(t *testing.T) {
 	t.Run("unresolvable requirement", func(t *testing.T) {
 		app := copySample(t, "python")
 		edit(t, app, "requirements.txt", "flynn-extra==1.0.0", "flynn-extra==9.9.9")
-		wantBuildFailure(t, rootfs, app, buildOpts{env: indexEnv},
-			" !     requirements.txt: No matching distribution found for flynn-extra==9.9.9 (index "+index.URL+")")
+		// An index URL with credentials: they stay out of the output.
+		withAuth := strings.Replace(index.URL, "://", "://reader:s3cret@", 1)
+		out := wantBuildFailure(t, rootfs, app, buildOpts{env: []string{"PIP_INDEX_URL=" + withAuth, "PIP_EXTRA_INDEX_URL=" + extra.URL}},
+			" !     requirements.txt: No matching distribution found for flynn-extra==9.9.9 (index "+strings.Replace(index.URL, "://", "://****@", 1)+")")
+		if strings.Contains(out, "s3cret") {
+			t.Errorf("the output shows the index's password:\n%s", out)
+		}
 	})
 
 	t.Run("Pipfile.lock", func(t *testing.T) {
@@ -237,6 +265,36 @@ func TestRubyBuildpack(t *testing.T) {
 
 		_, out = buildApp(t, rootfs, app, iodir, buildOpts{})
 		wantOutput(t, out, "restored 1 installed gems from the build cache", "Using flynn-greeting 1.0.0", "-----> Build cache unchanged")
+	})
+
+	t.Run("native extension", func(t *testing.T) {
+		native := buildpacktest.BuildGems(t, rootfs, buildpacktest.Package{Name: "flynn-native", Version: "1.0.0", Files: map[string]string{
+			"ext/flynn_native/extconf.rb": "require \"mkmf\"\ncreate_makefile(\"flynn_native\")\n",
+			"ext/flynn_native/flynn_native.c": "#include <ruby.h>\n\nstatic VALUE answer(VALUE self) { return INT2FIX(42); }\n\n" +
+				"void Init_flynn_native(void) {\n  VALUE m = rb_define_module(\"FlynnNative\");\n  rb_define_singleton_method(m, \"answer\", answer, 0);\n}\n",
+		}})[0]
+		app, iodir := t.TempDir(), ioDir(t)
+		data, err := os.ReadFile(native)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, app, "vendor/cache/flynn-native-1.0.0.gem", string(data))
+		writeFile(t, app, "Gemfile", "source \"https://rubygems.org\"\ngem \"flynn-native\"\n")
+		writeFile(t, app, "Gemfile.lock", "GEM\n  remote: https://rubygems.org/\n  specs:\n    flynn-native (1.0.0)\n\n"+
+			"PLATFORMS\n  ruby\n\nDEPENDENCIES\n  flynn-native\n\nBUNDLED WITH\n   2.3.15\n")
+		writeFile(t, app, "Procfile", "web: bundle exec ruby -e 'sleep'\n")
+		_, out := buildApp(t, rootfs, app, iodir, buildOpts{})
+		wantOutput(t, out, "Installing flynn-native 1.0.0 with native extensions")
+		slug := unpackSlug(t, iodir)
+		if got := runInSlug(t, rootfs, slug, `bundle exec ruby -e 'require "flynn_native"; print FlynnNative.answer'`); got != "42" {
+			t.Errorf("the compiled extension answers %q, want 42", got)
+		}
+		// Warm: the compiled gem comes from the cache, not compiled again.
+		_, out = buildApp(t, rootfs, app, iodir, buildOpts{})
+		wantOutput(t, out, "Using flynn-native 1.0.0", "-----> Build cache unchanged")
+		if strings.Contains(out, "with native extensions") {
+			t.Errorf("the warm build compiled the extension again:\n%s", out)
+		}
 	})
 
 	t.Run("gem source", func(t *testing.T) {

@@ -7,10 +7,13 @@
 package buildpacktest
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"html"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,6 +37,9 @@ import (
 type Package struct {
 	Name, Version string
 	Files         map[string]string
+	// Pyproject is more of a Python package's pyproject.toml, after its
+	// [project] table: entry points, say.
+	Pyproject string
 }
 
 // BuildWheels builds each package into a pure-Python wheel with the
@@ -46,18 +52,95 @@ func BuildWheels(t testing.TB, rootfs string, pkgs ...Package) []string {
 	io := ioDir(t)
 	for i, p := range pkgs {
 		dir := fmt.Sprintf("src/%d", i)
-		files := map[string]string{
-			"pyproject.toml": fmt.Sprintf("[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n"+
-				"[project]\nname = %q\nversion = %q\n", p.Name, p.Version),
-		}
-		for name, content := range p.Files {
-			files[name] = content
-		}
-		writeFiles(t, filepath.Join(io, dir), files)
+		writeFiles(t, filepath.Join(io, dir), pythonProject(p))
 		fmt.Fprintf(&script, "pip3 wheel -q --no-build-isolation --no-deps --wheel-dir /io/out /io/%s\n", dir)
 	}
 	runInStack(t, rootfs, io, script.String())
 	return outFiles(t, io, ".whl", len(pkgs))
+}
+
+// pythonProject is the source tree of a Python package: its files and a
+// pyproject.toml naming it, built with setuptools.
+func pythonProject(p Package) map[string]string {
+	files := map[string]string{
+		"pyproject.toml": fmt.Sprintf("[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n"+
+			"[project]\nname = %q\nversion = %q\n\n%s", p.Name, p.Version, p.Pyproject),
+	}
+	for name, content := range p.Files {
+		files[name] = content
+	}
+	return files
+}
+
+// WriteSdist writes the package as a source distribution (a tar.gz of
+// NAME-VERSION/ holding the package's files and a pyproject.toml; a
+// setup.py among the files can declare C extensions) into dir and
+// returns its path. pip builds it with setuptools, which it fetches from
+// the index.
+func WriteSdist(t testing.TB, dir string, p Package) string {
+	t.Helper()
+	base := strings.ReplaceAll(p.Name, "-", "_") + "-" + p.Version
+	dst := filepath.Join(dir, base+".tar.gz")
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	files := pythonProject(p)
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		hdr := &tar.Header{Name: base + "/" + name, Mode: 0o644, Size: int64(len(files[name])), ModTime: time.Unix(1e9, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(files[name])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// StackPackage reads a package Debian installed in the stack (a directory
+// under /usr/lib/python3/dist-packages) as a Package of that name and
+// version, bytecode left out: to build a wheel of it for an index. Its
+// entry points are the caller's to give.
+func StackPackage(t testing.TB, rootfs, module, name, version string) Package {
+	t.Helper()
+	root := filepath.Join(rootfs, "usr/lib/python3/dist-packages")
+	files := map[string]string{}
+	err := filepath.WalkDir(filepath.Join(root, module), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && d.Name() == "__pycache__" {
+			return filepath.SkipDir
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		files[filepath.ToSlash(rel)] = string(data)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read %s from the stack: %v", module, err)
+	}
+	return Package{Name: name, Version: version, Files: files}
 }
 
 // BuildGems builds each package into a gem with the stack's `gem build`

@@ -144,6 +144,50 @@ func TestPythonBuildpack(t *testing.T) {
 		}
 	})
 
+	t.Run("sdist with a C extension", func(t *testing.T) {
+		// The index serves the build backend too, as a PyPI mirror
+		// would: setuptools and wheel, Debian's own copies.
+		setuptools, _ := filepath.Glob(filepath.Join(rootfs, "usr/share/python-wheels/setuptools-*.whl"))
+		if len(setuptools) != 1 {
+			t.Fatalf("the stack's setuptools wheel: %v", setuptools)
+		}
+		wheelPkg := buildpacktest.StackPackage(t, rootfs, "wheel", "wheel", "0.38.4")
+		wheelPkg.Pyproject = "[project.entry-points.\"distutils.commands\"]\nbdist_wheel = \"wheel.bdist_wheel:bdist_wheel\"\n"
+		wheel := buildpacktest.BuildWheels(t, rootfs, wheelPkg)[0]
+		sdist := buildpacktest.WriteSdist(t, t.TempDir(), buildpacktest.Package{Name: "flynn-cext", Version: "1.0.0", Files: map[string]string{
+			"setup.py": "from setuptools import Extension, setup\n\nsetup(ext_modules=[Extension(\"flynn_cext\", [\"flynn_cext.c\"])])\n",
+			"flynn_cext.c": `#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(42); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, "The answer."}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "flynn_cext", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_flynn_cext(void) { return PyModule_Create(&module); }
+`,
+		}})
+		cindex := buildpacktest.NewPyIndex(t, sdist, setuptools[0], wheel)
+		app, iodir := t.TempDir(), ioDir(t)
+		writeFile(t, app, "requirements.txt", "flynn-cext==1.0.0\n")
+		writeFile(t, app, "Procfile", "web: python -c 'import flynn_cext'\n")
+		opts := buildOpts{env: []string{"PIP_INDEX_URL=" + cindex.URL}}
+		_, out := buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "Building wheel for flynn-cext", "Successfully installed flynn-cext-1.0.0")
+		if got := runInSlug(t, rootfs, unpackSlug(t, iodir), "python -c 'import flynn_cext; print(flynn_cext.answer())'"); got != "42\n" {
+			t.Errorf("the compiled extension answers %q, want 42", got)
+		}
+		// Warm: the wheel pip built is in the cache; nothing is built
+		// or fetched again.
+		asked := cindex.Requests()
+		_, out = buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "from the wheel cache (no package index asked)", "-----> Build cache unchanged")
+		if cindex.Requests() != asked {
+			t.Errorf("the warm build asked the index: %v", cindex.Paths())
+		}
+		if entries := cacheEntries(t, iodir); !strings.Contains(entries, "wheels/flynn_cext-1.0.0-cp311-cp311-linux_x86_64.whl") {
+			t.Errorf("the build cache lacks the wheel pip built:\n%s", entries)
+		}
+	})
+
 	t.Run("Pipfile.lock", func(t *testing.T) {
 		data, err := os.ReadFile(greeting1)
 		if err != nil {

@@ -136,6 +136,9 @@ func TestPushPythonAndRuby(t *testing.T) {
 	timings = append(timings, tm)
 
 	for _, tm := range timings {
+		if testing.Verbose() {
+			t.Logf("%s cold push:\n%s\n%s warm push:\n%s", tm.name, tm.coldOutput, tm.name, tm.warmOutput)
+		}
 		t.Logf("push to first 200: %-6s cold %-8v (build %s)  warm %-8v (build %s)", tm.name,
 			tm.cold.Round(10*time.Millisecond), buildTime(tm.coldOutput), tm.warm.Round(10*time.Millisecond), buildTime(tm.warmOutput))
 	}

@@ -70,8 +70,10 @@ func exists(t *testing.T, path string) bool {
 // two package indexes given in the app's env, the venv in the slug
 // running the web process, the wheel cache (a warm build asks no index
 // and leaves the cache as it was; a changed pin fetches the new version
-// and drops the old wheel), Pipfile.lock (its sources and hashes) and
-// pyproject.toml, the Python version files, and one-line errors.
+// and drops the old wheel), an sdist with a C extension built against
+// the stack's headers (its wheel cached) and an editable project,
+// Pipfile.lock (its sources and hashes) and pyproject.toml, the Python
+// version files, and one-line errors.
 func TestPythonBuildpack(t *testing.T) {
 	rootfs := stacktest.DefaultStack(t)
 	wheels := buildpacktest.BuildWheels(t, rootfs,
@@ -185,6 +187,20 @@ PyMODINIT_FUNC PyInit_flynn_cext(void) { return PyModule_Create(&module); }
 		}
 		if entries := cacheEntries(t, iodir); !strings.Contains(entries, "wheels/flynn_cext-1.0.0-cp311-cp311-linux_x86_64.whl") {
 			t.Errorf("the build cache lacks the wheel pip built:\n%s", entries)
+		}
+
+		// The app as an editable project (-e .): pip needs the build
+		// backend from the index to install it, so the install after
+		// the wheels asks the index.
+		writeFile(t, app, "pyproject.toml", "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n"+
+			"[project]\nname = \"myapp\"\nversion = \"0.1\"\ndependencies = [\"flynn-cext==1.0.0\"]\n")
+		writeFile(t, app, "myapp/__init__.py", "import flynn_cext\n\nANSWER = flynn_cext.answer()\n")
+		writeFile(t, app, "requirements.txt", "-e .\n")
+		_, out = buildApp(t, rootfs, app, iodir, opts)
+		// The wheel of the project itself stays out of the cache.
+		wantOutput(t, out, "Successfully installed flynn-cext-1.0.0 myapp-0.1", "-----> Build cache unchanged")
+		if got := runInSlug(t, rootfs, unpackSlug(t, iodir), "cd / && python -c 'import myapp; print(myapp.ANSWER)'"); got != "42\n" {
+			t.Errorf("the editable app answers %q, want 42", got)
 		}
 	})
 

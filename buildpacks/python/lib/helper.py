@@ -11,7 +11,9 @@ python3 helper.py pyproject pyproject.toml
     prints the [project] table's dependencies, one a line.
 python3 helper.py prune-wheels REPORT DIR
     removes the wheels in DIR that pip's installation report REPORT does
-    not name, so the wheel cache holds what the app uses.
+    not name (by file name: from the cache or an index), so the wheel
+    cache holds what the app uses; a wheel built from a local project
+    (-e .) goes too.
 
 Errors go to stderr as one line, with exit status 1.
 """

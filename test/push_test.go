@@ -74,6 +74,13 @@ func (a *pushApp) get() (int, string) { return a.c.curl(a.name+"."+a.c.domain, "
 // first 200 with want in the body.
 func (a *pushApp) pushAndServe(want string) time.Duration {
 	a.t.Helper()
+	d, _ := a.pushServe(want)
+	return d
+}
+
+// pushServe is pushAndServe that also returns the push's output.
+func (a *pushApp) pushServe(want string) (time.Duration, string) {
+	a.t.Helper()
 	start := time.Now()
 	out, ok := a.push("main")
 	if !ok {
@@ -86,7 +93,7 @@ func (a *pushApp) pushAndServe(want string) time.Duration {
 		status, body := a.get()
 		return status == 200 && strings.Contains(body, want), fmt.Errorf("%d %s", status, body)
 	})
-	return time.Since(start)
+	return time.Since(start), out
 }
 
 // commit changes the app trivially so a second push has something new.

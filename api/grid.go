@@ -6,6 +6,19 @@ import "time"
 // first host of a cluster.
 const KeyCluster = "/flynn/cluster"
 
+// KeyClusterTLS holds the cluster's TLS files (ClusterTLS), written by the
+// bootstrap; every host agent gives them to the platform's jobs that mount
+// "flynn-host:tls".
+const KeyClusterTLS = "/flynn/cluster-tls"
+
+// ClusterTLS is the cluster CA and its wildcard certificate for the
+// cluster domain, PEM.
+type ClusterTLS struct {
+	CACert string `json:"ca_cert"`
+	Cert   string `json:"cert"`
+	Key    string `json:"key"`
+}
+
 // Discoverd service leader types.
 const (
 	// LeaderTypeOldest makes the oldest live instance the leader (default).
@@ -34,6 +47,13 @@ type ClusterInfo struct {
 	ID             string   `json:"id"`
 	MaxEtcdMembers int      `json:"max_etcd_members"`
 	EtcdEndpoints  []string `json:"etcd_endpoints"`
+}
+
+// ClusterCA is GET /grid/ca: the cluster's internal CA (PEM), which a
+// joining host copies to issue its own certificates.
+type ClusterCA struct {
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
 }
 
 // EtcdMember is one member of the cluster's etcd.

@@ -77,6 +77,18 @@ type HostJobEvent struct {
 	Job   *ActiveJob `json:"job,omitempty"`
 }
 
+// HostMountPrefix starts the mount locations a host agent turns into its
+// own paths: "flynn-host:bin" (its flynn-host binary), "flynn-host:tls",
+// "flynn-host:tls-public" (the cluster's TLS files) and
+// "flynn-host:data/NAME" (a data dir). The platform's jobs mount these
+// instead of any host's paths.
+const HostMountPrefix = "flynn-host:"
+
+// LocalBusyboxLayer is the layer URL of a busybox rootfs each host builds
+// from its own busybox binary: the image the platform's components run
+// on, which no host has to fetch (the blobstore itself runs on it).
+const LocalBusyboxLayer = "flynn-host:busybox"
+
 // Host is a host's registration: /flynn/hosts/<id> in etcd, under a lease.
 type Host struct {
 	ID   string `json:"id"`

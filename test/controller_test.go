@@ -25,7 +25,7 @@ func startController(t *testing.T, d *testDaemon, key string) string {
 	t.Helper()
 	url := fmt.Sprintf("http://127.0.0.1:%d", testslot.Port(t))
 	ctl := startBg(t, "controller", filepath.Join(testslot.Dir(t), "controller.log"), "component", "controller",
-		"--listen", strings.TrimPrefix(url, "http://"), "--etcd", d.etcd, "--auth-key", key,
+		"--listen", strings.TrimPrefix(url, "http://"), "--etcd", d.etcd, "--etcd-tls", d.etcdTLS, "--auth-key", key,
 		"--cluster-domain", "e2e.localhost", "--discoverd", d.disc, "--token", d.token)
 	cc := controllerclient.New(url, key)
 	ctx := within(t, time.Minute)

@@ -20,8 +20,11 @@ import (
 
 // testDaemon is one real host: flynn-host init + daemon (with its agent).
 type testDaemon struct {
-	token   string
+	token string
+	// etcd is its etcd's URL; etcdTLS the host's PKI dir, whose component
+	// certificate a component presents to etcd (--etcd-tls).
 	etcd    string
+	etcdTLS string
 	disc    string
 	hostURL string
 	proc    *bgProc
@@ -54,7 +57,8 @@ func startDaemon(t *testing.T) *testDaemon {
 	etcdPort, discPort, hostPort := testslot.Port(t), testslot.Port(t), testslot.Port(t)
 	d := &testDaemon{
 		token:   m[1],
-		etcd:    fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
+		etcd:    fmt.Sprintf("https://127.0.0.1:%d", etcdPort),
+		etcdTLS: filepath.Join(state, "pki"),
 		disc:    fmt.Sprintf("http://127.0.0.1:%d", discPort),
 		hostURL: fmt.Sprintf("http://127.0.0.1:%d", hostPort),
 	}

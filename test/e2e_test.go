@@ -40,7 +40,20 @@ type e2eCluster struct {
 	bridge    string
 	subnet    string
 	cgroup    string
-	hostURL   string
+	// hosts are the cluster's hosts: one, or each of `up --hosts N`.
+	hosts []e2eHost
+	// net is the hosts' network with several hosts.
+	net e2eNet
+}
+
+// e2eHost is one host of an e2e cluster.
+type e2eHost struct {
+	stateDir, hostURL, ip string
+}
+
+// e2eNet names the network of `up --hosts N`.
+type e2eNet struct {
+	bridge, subnet, netnsPrefix, vethPrefix string
 }
 
 const e2eDomain = "e2e.flynn.localhost"
@@ -66,7 +79,7 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 	port := func() string { return fmt.Sprint(testslot.Port(t)) }
 	c.httpPort, c.httpsPort = testslot.Port(t), testslot.Port(t)
 	hostPort := port()
-	c.hostURL = "http://127.0.0.1:" + hostPort
+	c.hosts = []e2eHost{{stateDir: state, hostURL: "http://127.0.0.1:" + hostPort, ip: "127.0.0.1"}}
 	c.upArgs = []string{"up", "--state-dir", c.stateDir, "--listen-ip", "127.0.0.1",
 		"--bridge", c.bridge, "--subnet", c.subnet, "--cgroup-parent", c.cgroup,
 		"--port-range", testslot.PortRange(t, 60),
@@ -102,37 +115,53 @@ func (c *e2eCluster) up() string {
 	return string(out)
 }
 
-// daemonLog is the host daemon's log (up starts it in the background).
-func (c *e2eCluster) daemonLog() string {
-	b, _ := os.ReadFile(filepath.Join(c.stateDir, "daemon.log"))
-	return string(b)
-}
-
-// watch reports the daemon's log tail and the host's jobs, and ends a
-// wait when the daemon is gone.
+// watch reports each host daemon's log tail and jobs, and ends a wait when
+// a daemon is gone.
 func (c *e2eCluster) watch() watch {
 	return watch{
 		dump: func() string {
-			return fmt.Sprintf("==== daemon log (tail):\n%s\n==== jobs on the host:\n%s", tail(c.daemonLog(), 60), c.jobTable())
+			var sb strings.Builder
+			for _, h := range c.hosts {
+				b, _ := os.ReadFile(filepath.Join(h.stateDir, "daemon.log"))
+				fmt.Fprintf(&sb, "==== daemon log of %s (tail):\n%s\n==== its jobs:\n%s", h.stateDir, tail(string(b), 40), c.jobTable(h))
+			}
+			return sb.String()
 		},
 		dead: func() string {
-			if daemonPID(c.stateDir) == 0 {
-				return "the host daemon is not running"
+			for _, h := range c.hosts {
+				if daemonPID(h.stateDir) == 0 {
+					return "the host daemon of " + h.stateDir + " is not running"
+				}
 			}
 			return ""
 		},
 	}
 }
 
-// jobTable lists the host's jobs, newest last, for failure reports.
-func (c *e2eCluster) jobTable() string {
+// daemonLog is the first host daemon's log.
+func (c *e2eCluster) daemonLog() string {
+	b, _ := os.ReadFile(filepath.Join(c.hosts[0].stateDir, "daemon.log"))
+	return string(b)
+}
+
+// hostClient is a client of h's agent.
+func (c *e2eCluster) hostClient(h e2eHost) *hostclient.Client {
+	hcfg, err := daemon.LoadHostConfig(h.stateDir)
+	if err != nil {
+		c.t.Fatalf("host config of %s: %v", h.stateDir, err)
+	}
+	return hostclient.New(h.hostURL, hcfg.Token)
+}
+
+// jobTable lists a host's jobs, newest last, for failure reports.
+func (c *e2eCluster) jobTable(h e2eHost) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	hcfg, err := daemon.LoadHostConfig(c.stateDir)
+	hcfg, err := daemon.LoadHostConfig(h.stateDir)
 	if err != nil {
 		return err.Error()
 	}
-	jobs, err := hostclient.New(c.hostURL, hcfg.Token).ListJobs(ctx)
+	jobs, err := hostclient.New(h.hostURL, hcfg.Token).ListJobs(ctx)
 	if err != nil {
 		return err.Error()
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/image"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/pki"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
@@ -47,15 +48,19 @@ type pipeline struct {
 	gitURL  string
 	dumpLog func() string
 
-	token, ctrlURL, blobURL, etcdURL string
+	token, ctrlURL, blobURL, etcdURL, etcdTLS string
 }
 
 // startPipelineDaemon starts flynn-host init + daemon on loopback and
 // returns the host token, agent URL, etcd client and a log dumper.
-func startPipelineDaemon(t *testing.T) (string, string, *clientv3.Client, func() string) {
+func startPipelineDaemon(t *testing.T) (*testDaemon, *clientv3.Client) {
 	t.Helper()
 	d := startDaemon(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{d.etcd}, DialTimeout: 5 * time.Second})
+	tc, err := pki.TLSConfig(d.etcdTLS, pki.ComponentCert, pki.ComponentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{d.etcd}, DialTimeout: 5 * time.Second, TLS: tc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +76,7 @@ func startPipelineDaemon(t *testing.T) (string, string, *clientv3.Client, func()
 		}
 		return err == nil, err
 	})
-	return d.token, d.hostURL, cli, d.watch().String
+	return d, cli
 }
 
 // stackLayer writes the stack in rootfs as a layer tar and returns it as
@@ -94,7 +99,8 @@ func stackLayer(t *testing.T, rootfs, dst string) *api.ImageLayer {
 // component gitreceive` against p's controller, blobstore and host.
 func startPipeline(t *testing.T, layer *api.ImageLayer, component bool) *pipeline {
 	t.Helper()
-	token, hostURL, etcd, dumpLog := startPipelineDaemon(t)
+	d, etcd := startPipelineDaemon(t)
+	token, hostURL, dumpLog := d.token, d.hostURL, d.watch().String
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
@@ -116,7 +122,7 @@ func startPipeline(t *testing.T, layer *api.ImageLayer, component bool) *pipelin
 	blobs := blobclient.New(blobSrv.URL, pipelineKey, nil)
 
 	p := &pipeline{ctrl: ctrl, hc: hostclient.New(hostURL, token), dumpLog: dumpLog,
-		token: token, ctrlURL: ctrlSrv.URL, blobURL: blobSrv.URL, etcdURL: etcd.Endpoints()[0]}
+		token: token, ctrlURL: ctrlSrv.URL, blobURL: blobSrv.URL, etcdURL: etcd.Endpoints()[0], etcdTLS: d.etcdTLS}
 	wg.Add(1)
 	go func() { defer wg.Done(); p.playScheduler(ctx, t) }()
 	if component {
@@ -390,7 +396,7 @@ func TestGitreceiveComponent(t *testing.T) {
 	gr := startBg(t, "gitreceive", filepath.Join(dir, "gitreceive.log"), "component", "gitreceive",
 		"--ssh-addr", fmt.Sprintf("127.0.0.1:%d", sshPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
 		"--controller", p.ctrlURL, "--controller-key", pipelineKey, "--blobstore", p.blobURL,
-		"--etcd", p.etcdURL, "--token", p.token, "--host-key", filepath.Join(dir, "hostkey"),
+		"--etcd", p.etcdURL, "--etcd-tls", p.etcdTLS, "--token", p.token, "--host-key", filepath.Join(dir, "hostkey"),
 		"--repo-dir", filepath.Join(dir, "repos"), "--stack-url", layer.URL, "--stack-sha256", layer.Hashes["sha256"],
 		"--flynn-host-bin", filepath.Join(binDir, "flynn-host"), "--ca-bundle", caBundle(), "--deploy-timeout", "2m")
 

@@ -126,16 +126,17 @@ func startCluster(t *testing.T) *cluster {
 	c.b.start(t, c.token)
 	waitFor(t, ctx, "host b's agent", watching(c.a.proc, c.b.proc), func() (bool, error) { _, err := c.b.hc.Status(ctx); return err == nil, err })
 
-	etcd := fmt.Sprintf("http://%s:%d", c.a.ip, c.a.etcdPort)
+	etcd := fmt.Sprintf("https://%s:%d", c.a.ip, c.a.etcdPort)
+	etcdTLS := filepath.Join(c.a.state, "pki")
 	ctlPort := testslot.Port(t)
 	const key = "test-controller-key"
 	c.ctl = startBg(t, "controller", filepath.Join(dir, "controller.log"), "component", "controller",
-		"--listen", fmt.Sprintf("127.0.0.1:%d", ctlPort), "--etcd", etcd, "--auth-key", key)
+		"--listen", fmt.Sprintf("127.0.0.1:%d", ctlPort), "--etcd", etcd, "--etcd-tls", etcdTLS, "--auth-key", key)
 	c.cc = controllerclient.New(fmt.Sprintf("http://127.0.0.1:%d", ctlPort), key)
 	waitFor(t, ctx, "the controller to answer", watching(c.ctl), func() (bool, error) { err := c.cc.Ping(ctx); return err == nil, err })
 
 	c.sched = startBg(t, "scheduler", filepath.Join(dir, "scheduler.log"), "component", "scheduler",
-		"--etcd", etcd, "--controller", fmt.Sprintf("http://127.0.0.1:%d", ctlPort),
+		"--etcd", etcd, "--etcd-tls", etcdTLS, "--controller", fmt.Sprintf("http://127.0.0.1:%d", ctlPort),
 		"--controller-key", key, "--token", c.token, "--discoverd", fmt.Sprintf("http://%s:%d", c.a.ip, c.a.discPort),
 		"--id", "sched-test", "--election-ttl", "2s", "--resync", "5s", "--log-level", "debug")
 	return c

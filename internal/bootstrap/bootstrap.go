@@ -27,6 +27,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
@@ -74,6 +75,10 @@ type Config struct {
 	StartJobs bool
 	// Out gets one progress line per step.
 	Out io.Writer
+	// EtcdTLS is the client TLS config for the cluster's etcd (nil: plain
+	// HTTP, for a cluster with no internal CA). With it, the components
+	// that use etcd get the flynn-host:etcd-tls mount.
+	EtcdTLS *tls.Config
 }
 
 // Result is what a bootstrapped cluster's users need.
@@ -193,7 +198,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 			r.hosts = append(r.hosts, h)
 		}
 	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second, TLS: cfg.EtcdTLS})
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap: etcd: %w", err)
 	}
@@ -295,7 +300,7 @@ func (r *run) step(ctx context.Context, s *Step) error {
 		r.vars["ROUTER_COOKIE_KEY"] = randomHex(32)
 		return nil
 	case ActionGenTLS:
-		return r.genTLS()
+		return r.genTLS(ctx)
 	case ActionRunApp:
 		return r.runApp(ctx, s.App)
 	case ActionWaitController:
@@ -316,6 +321,8 @@ func (r *run) step(ctx context.Context, s *Step) error {
 		return r.addRoute(ctx, s)
 	case ActionWaitHTTP:
 		return waitHTTP(ctx, r.expand(s.URL), r.expand(s.Host), s.Status, timeout)
+	case ActionUploadStack:
+		return r.uploadStack(ctx)
 	}
 	return fmt.Errorf("unknown action %q", s.Action)
 }
@@ -326,40 +333,16 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// artifact is the system apps' image: a busybox layer (kept under the
-// state dir) that the flynn-host binary is bind-mounted into.
+// artifact is the system apps' image: a busybox layer each host builds
+// from its own busybox binary (api.LocalBusyboxLayer), with the
+// flynn-host binary bind-mounted in. No host has to fetch it, so the
+// platform can start on any host, the blobstore included.
 func (r *run) artifact() (*api.Artifact, error) {
 	if r.art != nil {
 		return r.art, nil
 	}
-	file := filepath.Join(r.tlsDir, "busybox.tar.gz")
-	if _, err := os.Stat(file); err != nil {
-		tmp := file + ".tmp"
-		f, err := os.Create(tmp)
-		if err != nil {
-			return nil, err
-		}
-		if err := image.WriteBusyboxLayer(f, r.cfg.Busybox); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("busybox layer: %w", err)
-		}
-		if err := f.Close(); err != nil {
-			return nil, err
-		}
-		if err := os.Rename(tmp, file); err != nil {
-			return nil, err
-		}
-	}
-	digest, err := image.FileDigest(file)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := os.Stat(file)
-	if err != nil {
-		return nil, err
-	}
 	r.art = &api.Artifact{
-		ID: uuid.NewString(), Type: api.ArtifactTypeFlynn, URI: "file://" + file,
+		ID: uuid.NewString(), Type: api.ArtifactTypeFlynn, URI: api.LocalBusyboxLayer,
 		Meta: map[string]string{"flynn.component": "system"},
 		// System components run as root (host ports, the cluster's TLS
 		// key, the state dir); apps run as an unprivileged user.
@@ -367,10 +350,7 @@ func (r *run) artifact() (*api.Artifact, error) {
 			"_default": {Uid: &rootID, Gid: &rootID},
 		}, Rootfs: []*api.ImageRootfs{{
 			Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"},
-			Layers: []*api.ImageLayer{{
-				ID: digest, Type: api.LayerTypeTarGz, Length: fi.Size(),
-				Hashes: map[string]string{"sha256": digest}, URL: "file://" + file,
-			}},
+			Layers:   []*api.ImageLayer{{ID: "busybox", Type: api.LayerTypeTarGz, URL: api.LocalBusyboxLayer}},
 		}}},
 	}
 	return r.art, nil
@@ -393,15 +373,6 @@ func (r *run) release(name string) (*appState, error) {
 	if spec.Stack && r.vars["STACK_URL"] != "" {
 		art = r.stackArtifact()
 	}
-	dataDir := filepath.Join(r.cfg.StateDir, "data", name)
-	if spec.DataDir {
-		if err := os.MkdirAll(dataDir, 0o700); err != nil {
-			return nil, err
-		}
-		if !spec.Root {
-			os.Chown(dataDir, 65534, 65534)
-		}
-	}
 	procs := map[string]*api.ProcessType{}
 	for typ, p := range spec.Processes {
 		q := *p
@@ -423,15 +394,22 @@ func (r *run) release(name string) (*appState, error) {
 			}
 			q.Ports = append(q.Ports, pt)
 		}
-		q.Mounts = append(append([]api.Mount(nil), p.Mounts...),
-			api.Mount{Location: r.cfg.FlynnHost, Target: "/bin/flynn-host"},
-			api.Mount{Location: r.tlsDir + "/public", Target: "/etc/flynn"},
-		)
+		// Paths of whichever host runs the job (see api.HostMountPrefix),
+		// never of the host bootstrapping.
+		tls := api.HostMountPrefix + "tls-public"
 		if spec.Root {
-			q.Mounts[len(q.Mounts)-1].Location = r.tlsDir
+			tls = api.HostMountPrefix + "tls"
 		}
+		q.Mounts = append(append([]api.Mount(nil), p.Mounts...),
+			api.Mount{Location: api.HostMountPrefix + "bin", Target: "/bin/flynn-host"},
+			api.Mount{Location: tls, Target: "/etc/flynn"},
+		)
 		if spec.DataDir {
-			q.Mounts = append(q.Mounts, api.Mount{Location: dataDir, Target: "/data", Writeable: true})
+			q.Mounts = append(q.Mounts, api.Mount{Location: api.HostMountPrefix + "data/" + name, Target: "/data", Writeable: true})
+		}
+		if spec.Etcd && r.cfg.EtcdTLS != nil {
+			q.Mounts = append(q.Mounts, api.Mount{Location: api.HostMountPrefix + "etcd-tls", Target: "/etc/flynn-etcd"})
+			q.Env["ETCD_TLS_DIR"] = "/etc/flynn-etcd"
 		}
 		procs[typ] = &q
 	}
@@ -476,8 +454,36 @@ func (r *run) stackArtifact() *api.Artifact {
 	return r.stackArt
 }
 
-// runApp starts the app's formation directly: one job per count on the
-// first host, omni types on every host.
+// uploadStack puts the stack layer in the blobstore, unless it is there,
+// and points STACK_URL at it there: build jobs and gitreceive, on any
+// host, fetch it from the blobstore (each host once per digest).
+func (r *run) uploadStack(ctx context.Context) error {
+	if r.cfg.StackLayer == "" {
+		return nil
+	}
+	digest := r.vars["STACK_SHA256"]
+	path := "/stacks/" + digest + ".tar"
+	blobs := blobclient.New("http://blobstore"+discoverdclient.ServiceDomain, r.res.Key, r.disc.HTTPClient())
+	fi, err := os.Stat(r.cfg.StackLayer)
+	if err != nil {
+		return err
+	}
+	if info, err := blobs.Head(ctx, path); err != nil || info.Size != fi.Size() {
+		f, err := os.Open(r.cfg.StackLayer)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := blobs.Put(ctx, path, f, &blobclient.PutOptions{SHA256: digest, Size: fi.Size()}); err != nil {
+			return fmt.Errorf("upload the stack layer: %w", err)
+		}
+	}
+	r.vars["STACK_URL"] = blobs.URL(path)
+	return nil
+}
+
+// runApp starts the app's formation directly, the jobs of each type
+// spread over the hosts in turn; omni types on every host.
 func (r *run) runApp(ctx context.Context, name string) error {
 	st, err := r.release(name)
 	if err != nil {
@@ -491,16 +497,17 @@ func (r *run) runApp(ctx context.Context, name string) error {
 	sort.Strings(types)
 	for _, typ := range types {
 		proc := st.release.Processes[typ]
-		hosts := r.hosts[:1]
-		n := spec.Formation[typ]
 		if proc.Omni {
-			hosts, n = r.hosts, 1
-		}
-		for _, h := range hosts {
-			for i := 0; i < n; i++ {
+			for _, h := range r.hosts {
 				if err := r.startJob(ctx, h, st, typ, spec.Root); err != nil {
 					return err
 				}
+			}
+			continue
+		}
+		for i := 0; i < r.count(name, typ); i++ {
+			if err := r.startJob(ctx, r.hosts[i%len(r.hosts)], st, typ, spec.Root); err != nil {
+				return err
 			}
 		}
 	}
@@ -606,13 +613,29 @@ func (r *run) addApp(ctx context.Context, name string) error {
 	if err := r.ctl.CreateRelease(ctx, &rel); err != nil {
 		return fmt.Errorf("create release of %s: %w", name, err)
 	}
-	if err := r.ctl.PutFormation(ctx, &api.Formation{AppID: st.app.ID, ReleaseID: st.release.ID, Processes: r.cfg.Manifest.Apps[name].Formation}); err != nil {
+	procs := map[string]int{}
+	for typ := range r.cfg.Manifest.Apps[name].Formation {
+		procs[typ] = r.count(name, typ)
+	}
+	if err := r.ctl.PutFormation(ctx, &api.Formation{AppID: st.app.ID, ReleaseID: st.release.ID, Processes: procs}); err != nil {
 		return fmt.Errorf("put formation of %s: %w", name, err)
 	}
 	if err := r.ctl.SetAppRelease(ctx, st.app.ID, st.release.ID); err != nil {
 		return fmt.Errorf("set release of %s: %w", name, err)
 	}
 	return nil
+}
+
+// count is how many jobs of the app's process type run: the manifest's
+// count, raised to 2 for an app that spreads when the cluster has 2 hosts
+// or more (one host's loss then leaves one running).
+func (r *run) count(name, typ string) int {
+	spec := r.cfg.Manifest.Apps[name]
+	n := spec.Formation[typ]
+	if spec.Spread && n > 0 && len(r.hosts) > 1 {
+		n = max(n, 2)
+	}
+	return n
 }
 
 // waitApp waits until every port of the app's processes is ready: a
@@ -629,7 +652,7 @@ func (r *run) waitApp(ctx context.Context, name string, timeout time.Duration) e
 		for _, pt := range p.Ports {
 			var check func() error
 			var what string
-			if pt.Port == 0 && pt.Service != nil {
+			if pt.Service != nil {
 				what = "has not registered in service " + pt.Service.Name
 				check = func() error {
 					insts, err := r.disc.Instances(ctx, pt.Service.Name)

@@ -38,6 +38,10 @@ const (
 	ActionAddRoute = "add-route"
 	// ActionWaitHTTP waits until a URL answers with one of Status.
 	ActionWaitHTTP = "wait-http"
+	// ActionUploadStack puts the build stack's layer in the blobstore
+	// (once per digest), where every host's build and gitreceive jobs
+	// fetch it; gitreceive's STACK_URL names it.
+	ActionUploadStack = "upload-stack"
 )
 
 // Manifest is the ordered list of steps and the system apps they refer to.
@@ -71,6 +75,9 @@ type Step struct {
 type AppSpec struct {
 	// Critical apps are never scaled to zero (meta flynn-system-critical).
 	Critical bool `json:"critical,omitempty"`
+	// Spread apps run 2 jobs of each process type (on different hosts)
+	// when the cluster has 2 hosts or more.
+	Spread bool `json:"spread,omitempty"`
 	// Restore apps are started again by the host daemons when none of
 	// their jobs runs anywhere (meta flynn-system-restore): the scheduler,
 	// which restores every other app.
@@ -81,6 +88,9 @@ type AppSpec struct {
 	Root bool `json:"root,omitempty"`
 	// DataDir mounts <state-dir>/data/<app> writable at /data.
 	DataDir bool `json:"data_dir,omitempty"`
+	// Etcd apps use etcd: they get the component certificate for its
+	// mutual TLS (the flynn-host:etcd-tls mount, at $ETCD_TLS_DIR).
+	Etcd bool `json:"etcd,omitempty"`
 	// Stack runs the app on the build stack instead of busybox (gitreceive
 	// needs git), when the cluster has a stack layer.
 	Stack bool `json:"stack,omitempty"`
@@ -109,7 +119,7 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("manifest step %d is null", i)
 		}
 		switch s.Action {
-		case ActionGenKeys, ActionGenTLS, ActionWaitController:
+		case ActionGenKeys, ActionGenTLS, ActionWaitController, ActionUploadStack:
 		case ActionRunApp, ActionAddApp, ActionDeployApp, ActionAddRoute:
 			if m.Apps[s.App] == nil {
 				return fmt.Errorf("manifest step %d (%s): unknown app %q", i, s.Action, s.App)
@@ -147,7 +157,9 @@ func DefaultManifest() *Manifest {
 		p := &api.ProcessType{Args: append([]string{"/bin/flynn-host", "component"}, args...), HostNetwork: true}
 		p.Env = map[string]string{}
 		if svc != "" {
-			p.Ports = []api.Port{{Proto: "tcp", Service: &api.Service{Name: svc, Create: true}}}
+			// Registered once it accepts connections: nothing is sent
+			// to a component that is still starting.
+			p.Ports = []api.Port{{Proto: "tcp", Service: &api.Service{Name: svc, Create: true, Check: &api.HealthCheck{Type: "tcp"}}}}
 		}
 		if portVar != "" {
 			// The port number is filled in from the variable at run
@@ -156,43 +168,41 @@ func DefaultManifest() *Manifest {
 		}
 		return p
 	}
+	// What differs between hosts (their address, their discoverd and etcd
+	// endpoints) is not in these releases: every host agent gives its
+	// host-network jobs EXTERNAL_IP, DISCOVERD and ETCD_ENDPOINTS, and the
+	// components find each other through discoverd (NAME.discoverd).
+	//
 	// The controller's port comes from its host, so several controller
 	// jobs can share a host: the others find it through discoverd
 	// (http://controller.discoverd), users through the router.
 	ctl := proc("controller", "", "controller")
-	ctl.Env["ETCD_ENDPOINTS"] = "${ETCD_ENDPOINTS}"
 	ctl.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
 	ctl.Env["CLUSTER_DOMAIN"] = "${CLUSTER_DOMAIN}"
 	ctl.Env["CA_CERT_FILE"] = "/etc/flynn/ca.crt"
-	ctl.Env["LOGAGGREGATOR_URL"] = "http://${LISTEN_IP}:${LOGAGG_PORT}"
-	ctl.Env["BLOBSTORE_URL"] = "http://${LISTEN_IP}:${BLOBSTORE_PORT}"
-	ctl.Env["DISCOVERD"] = "${DISCOVERD}"
+	ctl.Env["LOGAGGREGATOR_URL"] = "http://logaggregator.discoverd"
+	ctl.Env["BLOBSTORE_URL"] = "http://blobstore.discoverd"
 	ctl.Env["CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
 	ctl.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}" // discoverd registration, one-off jobs
-	ctl.Env["EXTERNAL_IP"] = "${LISTEN_IP}"
 
-	sched := proc("", "", "scheduler", "--etcd", "${ETCD_ENDPOINTS}")
+	sched := proc("", "", "scheduler")
 	sched.Env = map[string]string{
-		"FLYNN_ETCD":     "${ETCD_ENDPOINTS}",
-		"ETCD_ENDPOINTS": "${ETCD_ENDPOINTS}",
 		"CONTROLLER_URL": "http://controller.discoverd",
 		"CONTROLLER_KEY": "${CONTROLLER_KEY}",
 		"AUTH_KEY":       "${CONTROLLER_KEY}",
 		"CLUSTER_TOKEN":  "${CLUSTER_TOKEN}",
 		// The scheduler's name for the token the host agents accept.
 		"FLYNN_CLUSTER_TOKEN": "${CLUSTER_TOKEN}",
-		"DISCOVERD":           "${DISCOVERD}",
 	}
 
 	router := &api.ProcessType{
 		Args: []string{"/bin/flynn-host", "component", "router",
 			"--http-addr", ":${HTTP_PORT}", "--https-addr", ":${HTTPS_PORT}",
-			"--api-addr", "${LISTEN_IP}:${ROUTER_API_PORT}",
-			"--etcd", "${ETCD_ENDPOINTS}", "--discoverd", "${DISCOVERD}", "--token", "${CLUSTER_TOKEN}",
+			"--api-addr", ":${ROUTER_API_PORT}", "--token", "${CLUSTER_TOKEN}",
 			"--tls-cert", "/etc/flynn/tls.crt", "--tls-key", "/etc/flynn/tls.key",
 			"--cookie-key", "${ROUTER_COOKIE_KEY}"},
 		HostNetwork: true, Omni: true,
-		Ports: []api.Port{{Port: 0, Proto: "tcp", Service: &api.Service{Name: "router-api", Create: true}}},
+		Ports: []api.Port{{Port: 0, Proto: "tcp", Service: &api.Service{Name: "router-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}}},
 		Env:   map[string]string{"PORT": "${ROUTER_API_PORT}"},
 	}
 
@@ -204,22 +214,20 @@ func DefaultManifest() *Manifest {
 	git.Env["SSH_ADDR"] = ":${GIT_SSH_PORT}"
 	git.Env["CONTROLLER_URL"] = "http://controller.discoverd"
 	git.Env["CONTROLLER_KEY"] = "${CONTROLLER_KEY}"
-	git.Env["BLOBSTORE_URL"] = "http://${LISTEN_IP}:${BLOBSTORE_PORT}"
-	git.Env["DISCOVERD"] = "${DISCOVERD}"
-	git.Env["ETCD_ENDPOINTS"] = "${ETCD_ENDPOINTS}"
+	git.Env["BLOBSTORE_URL"] = "http://blobstore.discoverd"
 	git.Env["STACK_URL"] = "${STACK_URL}"
 	git.Env["STACK_SHA256"] = "${STACK_SHA256}"
 	git.Env["FLYNN_HOST_TOKEN"] = "${CLUSTER_TOKEN}"
-	git.Env["FLYNN_HOST_BIN"] = "${FLYNN_HOST_BIN}"
+	git.Env["FLYNN_HOST_BIN"] = api.HostMountPrefix + "bin"
 
 	return &Manifest{
 		Apps: map[string]*AppSpec{
-			"controller":    {Critical: true, Processes: map[string]*api.ProcessType{"web": ctl}, Formation: map[string]int{"web": 1}},
-			"scheduler":     {Critical: true, Restore: true, Processes: map[string]*api.ProcessType{"scheduler": sched}, Formation: map[string]int{"scheduler": 1}},
-			"router":        {Critical: true, Root: true, Processes: map[string]*api.ProcessType{"app": router}, Formation: map[string]int{"app": 1}},
-			"blobstore":     {Critical: true, DataDir: true, Processes: map[string]*api.ProcessType{"web": blob}, Formation: map[string]int{"web": 1}},
+			"controller":    {Critical: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"web": ctl}, Formation: map[string]int{"web": 1}},
+			"scheduler":     {Critical: true, Restore: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"scheduler": sched}, Formation: map[string]int{"scheduler": 1}},
+			"router":        {Critical: true, Root: true, Etcd: true, Processes: map[string]*api.ProcessType{"app": router}, Formation: map[string]int{"app": 1}},
+			"blobstore":     {Critical: true, DataDir: true, Spread: true, Processes: map[string]*api.ProcessType{"web": blob}, Formation: map[string]int{"web": 1}},
 			"logaggregator": {Processes: map[string]*api.ProcessType{"app": logagg}, Formation: map[string]int{"app": 1}},
-			"gitreceive":    {DataDir: true, Stack: true, Processes: map[string]*api.ProcessType{"app": git}, Formation: map[string]int{"app": 1}},
+			"gitreceive":    {DataDir: true, Stack: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"app": git}, Formation: map[string]int{"app": 1}},
 		},
 		Steps: []*Step{
 			{ID: "keys", Action: ActionGenKeys},
@@ -231,13 +239,12 @@ func DefaultManifest() *Manifest {
 			{ID: "scheduler-app", Action: ActionAddApp, App: "scheduler"},
 			{ID: "logaggregator", Action: ActionDeployApp, App: "logaggregator"},
 			{ID: "blobstore", Action: ActionDeployApp, App: "blobstore"},
+			{ID: "upload-stack", Action: ActionUploadStack},
 			{ID: "router", Action: ActionDeployApp, App: "router"},
 			{ID: "gitreceive", Action: ActionDeployApp, App: "gitreceive", Optional: true},
 			{ID: "route-controller", Action: ActionAddRoute, App: "controller", Domain: "controller.${CLUSTER_DOMAIN}", Service: "controller"},
 			{ID: "route-git", Action: ActionAddRoute, App: "gitreceive", Domain: "git.${CLUSTER_DOMAIN}", Service: "gitreceive"},
 			{ID: "wait-controller-route", Action: ActionWaitHTTP, URL: "http://127.0.0.1:${HTTP_PORT}/ping", Host: "controller.${CLUSTER_DOMAIN}", Status: []int{200, 401}},
-			{ID: "wait-blobstore", Action: ActionWaitHTTP, URL: "http://${LISTEN_IP}:${BLOBSTORE_PORT}/", Status: []int{200, 401, 404}},
-			{ID: "wait-logaggregator", Action: ActionWaitHTTP, URL: "http://${LISTEN_IP}:${LOGAGG_PORT}/.well-known/status", Status: []int{200}},
 		},
 	}
 }

@@ -1,6 +1,7 @@
 package bootstrap
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,19 +9,22 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
 )
 
 // genTLS makes the cluster CA and a certificate for DOMAIN and *.DOMAIN
 // signed by it. The CA's key is not kept: the CA only vouches for this
 // one certificate. tls.key is readable by root only; ca.crt and tls.crt
 // are also copied to public/, which non-root system jobs mount.
-func (r *run) genTLS() error {
+func (r *run) genTLS(ctx context.Context) error {
 	caPEM, certPEM, keyPEM, der, err := GenerateCerts(r.cfg.Domain, time.Now())
 	if err != nil {
 		return err
@@ -47,6 +51,11 @@ func (r *run) genTLS() error {
 	}
 	r.res.CACert = string(caPEM)
 	r.res.Pin = Pin(der)
+	// Every host gives the files to the jobs that mount flynn-host:tls.
+	b, _ := json.Marshal(api.ClusterTLS{CACert: string(caPEM), Cert: string(certPEM), Key: string(keyPEM)})
+	if _, err := r.etcd.Put(ctx, api.KeyClusterTLS, string(b)); err != nil {
+		return fmt.Errorf("store the cluster certificate: %w", err)
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/discoverd"
 	"github.com/flynnrebuilt/flynn/internal/etcdserver"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
+	"github.com/flynnrebuilt/flynn/internal/pki"
 )
 
 // Default ports.
@@ -180,7 +182,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	servers := newGroup(stopServices)
 	mux := http.NewServeMux()
 	discoverd.Routes(mux, store, log.With("component", "discoverd"))
-	g := &gridAPI{cli: cli, store: store, hc: hc}
+	g := &gridAPI{cli: cli, store: store, hc: hc, pkiDir: PKIDir(cfg.StateDir)}
 	g.routes(mux)
 	auth := httpapi.NewKeyAuth(hc.Token)
 	handler := httpapi.Wrap(log, auth.Require(func(r *http.Request) bool { return r.URL.Path == "/ping" }, mux))
@@ -221,6 +223,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return err
 }
 
+// PKIDir is the host's PKI dir (internal/pki) in stateDir.
+func PKIDir(stateDir string) string { return filepath.Join(stateDir, "pki") }
+
 // startEtcd starts, restarts or joins this host's etcd member, or connects
 // to the cluster as a client, per the host config; it records the outcome
 // in the host config. It returns a client, whether the host is a member,
@@ -234,6 +239,28 @@ func startEtcd(ctx context.Context, cfg *Config, hc *HostConfig, log *slog.Logge
 		Token:     hc.ClusterID,
 		Fast:      cfg.EtcdFast,
 	}
+	// Mutual TLS with the cluster's CA (a cluster made before it had one
+	// keeps plain HTTP).
+	pkiDir := PKIDir(cfg.StateDir)
+	ips := []net.IP{net.ParseIP(cfg.ListenIP)}
+	if ips[0].IsLoopback() && !ips[0].Equal(net.IPv4(127, 0, 0, 1)) {
+		// Hosts on 127.0.0.x reach each other from 127.0.0.1, and etcd
+		// checks a peer's certificate against its source address.
+		ips = append(ips, net.IPv4(127, 0, 0, 1))
+	}
+	tlsOn, err := pki.EnsureHost(pkiDir, hc.HostID, ips)
+	if err != nil {
+		return nil, false, nil, fmt.Errorf("host certificate: %w", err)
+	}
+	var clientTLS *tls.Config
+	if tlsOn {
+		ecfg.TLSDir = pkiDir
+		ecfg.ClientURL = "https" + strings.TrimPrefix(ecfg.ClientURL, "http")
+		ecfg.PeerURL = "https" + strings.TrimPrefix(ecfg.PeerURL, "http")
+		if clientTLS, err = pki.TLSConfig(pkiDir, pki.HostCert, pki.HostKey); err != nil {
+			return nil, false, nil, err
+		}
+	}
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	role := hc.Role
@@ -241,7 +268,6 @@ func startEtcd(ctx context.Context, cfg *Config, hc *HostConfig, log *slog.Logge
 		role = RoleMember
 	}
 	var srv *etcdserver.Server
-	var err error
 	switch role {
 	case RoleInit:
 		srv, err = etcdserver.Start(startCtx, ecfg)
@@ -255,7 +281,7 @@ func startEtcd(ctx context.Context, cfg *Config, hc *HostConfig, log *slog.Logge
 		srv, err = etcdserver.Start(startCtx, ecfg)
 	case RoleJoin, RoleClient:
 		var jcli *clientv3.Client
-		jcli, err = clusterClient(hc.EtcdEndpoints)
+		jcli, err = clusterClient(hc.EtcdEndpoints, clientTLS)
 		if err != nil {
 			return nil, false, nil, err
 		}
@@ -297,7 +323,7 @@ func startEtcd(ctx context.Context, cfg *Config, hc *HostConfig, log *slog.Logge
 	return srv.Client(), true, func() { srv.Close() }, nil
 }
 
-func clusterClient(endpoints []string) (*clientv3.Client, error) {
+func clusterClient(endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("host config lists no etcd endpoints: run `flynn-host join` again")
 	}
@@ -305,6 +331,7 @@ func clusterClient(endpoints []string) (*clientv3.Client, error) {
 		Endpoints:        endpoints,
 		DialTimeout:      5 * time.Second,
 		AutoSyncInterval: 30 * time.Second,
+		TLS:              tlsConfig,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)

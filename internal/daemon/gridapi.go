@@ -3,8 +3,11 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,20 +20,41 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/discoverd"
 	"github.com/flynnrebuilt/flynn/internal/etcdserver"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
+	"github.com/flynnrebuilt/flynn/internal/pki"
 )
 
 // gridAPI serves the cluster's own endpoints on the discoverd port:
 // GET /grid/cluster (what a joining host needs) and GET /grid/status.
 type gridAPI struct {
-	cli   *clientv3.Client
-	store *discoverd.Store
-	hc    *HostConfig
+	cli    *clientv3.Client
+	store  *discoverd.Store
+	hc     *HostConfig
+	pkiDir string
 }
 
 func (g *gridAPI) routes(mux *http.ServeMux) {
 	mux.Handle("GET /grid/cluster", httpapi.HandlerFunc(g.cluster))
 	mux.Handle("GET /grid/status", httpapi.HandlerFunc(g.status))
 	mux.Handle("GET /grid/hosts", httpapi.HandlerFunc(g.hosts))
+	mux.Handle("GET /grid/ca", httpapi.HandlerFunc(g.ca))
+}
+
+// ca is the cluster's internal CA, for a joining host (behind the
+// cluster token, like everything here): it issues the host's own
+// certificates with it.
+func (g *gridAPI) ca(w http.ResponseWriter, r *http.Request) error {
+	cert, err := os.ReadFile(filepath.Join(g.pkiDir, pki.CACert))
+	if errors.Is(err, os.ErrNotExist) {
+		return api.NotFound("this cluster has no internal CA (it was made before there was one)")
+	}
+	if err != nil {
+		return err
+	}
+	key, err := os.ReadFile(filepath.Join(g.pkiDir, pki.CAKey))
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, &api.ClusterCA{Cert: string(cert), Key: string(key)})
 }
 
 // hosts lists every host that ever joined: its state, etcd role and how

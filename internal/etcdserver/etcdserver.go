@@ -5,6 +5,7 @@ package etcdserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -13,9 +14,12 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/flynnrebuilt/flynn/internal/pki"
 )
 
 // Config says how to run one etcd member.
@@ -37,6 +41,10 @@ type Config struct {
 	Token string
 	// Fast uses short heartbeat and election timeouts (for tests).
 	Fast bool
+	// TLSDir, when set, is a PKI dir (internal/pki): clients and peers
+	// then speak mutual TLS with its host certificate, and must present a
+	// certificate of its CA. The URLs are https then.
+	TLSDir string
 	// Logger receives etcd's own logs; zap.NewNop when nil.
 	Logger *zap.Logger
 }
@@ -65,6 +73,19 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer url: %w", err)
 	}
+	var tlsConfig *tls.Config
+	if cfg.TLSDir != "" {
+		info := transport.TLSInfo{
+			CertFile:       filepath.Join(cfg.TLSDir, pki.HostCert),
+			KeyFile:        filepath.Join(cfg.TLSDir, pki.HostKey),
+			TrustedCAFile:  filepath.Join(cfg.TLSDir, pki.CACert),
+			ClientCertAuth: true,
+		}
+		ec.ClientTLSInfo, ec.PeerTLSInfo = info, info
+		if tlsConfig, err = pki.TLSConfig(cfg.TLSDir, pki.HostCert, pki.HostKey); err != nil {
+			return nil, err
+		}
+	}
 	ec.ListenClientUrls = []url.URL{*curl}
 	ec.AdvertiseClientUrls = []url.URL{*curl}
 	ec.ListenPeerUrls = []url.URL{*purl}
@@ -89,6 +110,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	lg := cfg.Logger
 	if lg == nil {
 		lg = zap.NewNop()
+		if os.Getenv("FLYNN_ETCD_DEBUG") != "" {
+			lg, _ = zap.NewDevelopment()
+		}
 	}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	ec.LogLevel = "error"
@@ -110,6 +134,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		Endpoints:   []string{cfg.ClientURL},
 		DialTimeout: 5 * time.Second,
 		Logger:      lg,
+		TLS:         tlsConfig,
 	})
 	if err != nil {
 		e.Close()

@@ -56,8 +56,12 @@ type ReceiverConfig struct {
 	// (default Blobs' URL) and BlobKey the key jobs write with; it travels
 	// in the URLs given to the job.
 	JobBlobURL string
-	BlobKey    string
-	Jobs       JobRunner
+	// JobBlobBase, when set, gives the blobstore's base URL for each
+	// build instead of JobBlobURL: a live instance's address, for build
+	// jobs, which cannot look services up themselves.
+	JobBlobBase func(ctx context.Context) (string, error)
+	BlobKey     string
+	Jobs        JobRunner
 	// StackLayer is the root filesystem builds and apps run on: a layer
 	// with URL and Hashes["sha256"].
 	StackLayer *api.ImageLayer
@@ -125,9 +129,10 @@ func (r *BuildReceiver) Authorize(ctx context.Context, app string) error {
 	return nil
 }
 
-// jobURL is the URL of a blob as the build job uses it, with the write key.
-func (r *BuildReceiver) jobURL(p string) string {
-	u, _ := url.Parse(r.cfg.JobBlobURL)
+// jobURL is the URL of a blob under base as the build job uses it, with
+// the write key.
+func (r *BuildReceiver) jobURL(base, p string) string {
+	u, _ := url.Parse(base)
 	if r.cfg.BlobKey != "" {
 		u.User = url.UserPassword("flynn", r.cfg.BlobKey)
 	}
@@ -242,13 +247,20 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 	if prev != nil {
 		maps.Copy(env, prev.Env)
 	}
+	base := r.cfg.JobBlobURL
+	if r.cfg.JobBlobBase != nil {
+		var err error
+		if base, err = r.cfg.JobBlobBase(ctx); err != nil {
+			return nil, fmt.Errorf("find the blobstore for the build: %w", err)
+		}
+	}
 	maps.Copy(env, map[string]string{
 		"PATH":            defaultPath,
 		"HOME":            "/app",
-		"SOURCE_URL":      r.jobURL(src),
-		"SLUG_URL":        r.jobURL(slugPath(app.ID, p.NewRev)),
-		"SLUG_RESULT_URL": r.jobURL(resultPath(app.ID, p.NewRev)),
-		"BUILD_CACHE_URL": r.jobURL(fmt.Sprintf("/caches/%s.tgz", app.ID)),
+		"SOURCE_URL":      r.jobURL(base, src),
+		"SLUG_URL":        r.jobURL(base, slugPath(app.ID, p.NewRev)),
+		"SLUG_RESULT_URL": r.jobURL(base, resultPath(app.ID, p.NewRev)),
+		"BUILD_CACHE_URL": r.jobURL(base, fmt.Sprintf("/caches/%s.tgz", app.ID)),
 		"SOURCE_VERSION":  p.NewRev,
 	})
 	mounts := []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}}

@@ -77,7 +77,29 @@ type Config struct {
 	// DrainTimeout bounds the wait for routers to drain a stopping job
 	// (default 10s).
 	DrainTimeout time.Duration
+	// HTTP fetches image layers (default http.DefaultClient); the daemon
+	// gives one that dials *.discoverd names through discoverd, so layers
+	// can live in the blobstore, on whichever host it runs.
+	HTTP *http.Client
+	// ResolveMount turns a mount location of the form "flynn-host:NAME"
+	// into a directory or file of this host (its flynn-host binary, the
+	// cluster's TLS files, a data dir): the platform's own jobs name what
+	// they need without naming any host's paths. Nil refuses such
+	// mounts.
+	ResolveMount func(ctx context.Context, location string) (string, error)
+	// SystemEnv, when set, gives env every host-network job gets (the
+	// platform's components): this host's address and etcd endpoints.
+	// The job's own env wins.
+	SystemEnv func() map[string]string
 }
+
+// MountPrefix starts the mount locations that Config.ResolveMount turns
+// into this host's paths.
+const MountPrefix = api.HostMountPrefix
+
+// LocalBusyboxLayer is built by each host from its own busybox binary; its
+// digest is the host's own, whatever the manifest says.
+const LocalBusyboxLayer = api.LocalBusyboxLayer
 
 // Agent is a running host agent.
 type Agent struct {
@@ -96,6 +118,9 @@ type Agent struct {
 	runCtx  context.Context
 	stopRun context.CancelFunc
 	ship    *logShipper // nil without discoverd
+
+	busyboxOnce sync.Mutex
+	busyboxDir  string
 }
 
 // job is the agent's record of one job.
@@ -142,6 +167,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	images, err := image.NewStore(filepath.Join(cfg.StateDir, "images"))
 	if err != nil {
 		return nil, fmt.Errorf("host agent: %w", err)
+	}
+	if cfg.HTTP != nil {
+		images.SetHTTPClient(cfg.HTTP)
 	}
 	rt := cfg.Runtime
 	if rt == nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/host/runtime"
+	"github.com/flynnrebuilt/flynn/internal/image"
 )
 
 // startTimeout bounds how long the runtime may take to start a job.
@@ -175,7 +176,12 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 			for k, l := range art.Manifest.Rootfs[0].Layers {
 				digest := l.Hashes["sha256"]
 				dir := a.images.Path(digest)
-				if l.URL != "" {
+				if l.URL == LocalBusyboxLayer {
+					var err error
+					if dir, err = a.busyboxLayer(ctx); err != nil {
+						return nil, fmt.Errorf("build the busybox layer: %w", err)
+					}
+				} else if l.URL != "" {
 					var err error
 					dir, err = a.images.Fetch(ctx, l.URL, digest)
 					if err != nil {
@@ -219,10 +225,20 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 		spec.Ports = append(spec.Ports, runtime.Port{Port: p.Port, Proto: p.Proto})
 	}
 	for i, m := range c.Mounts {
-		if _, err := os.Stat(m.Location); err != nil {
-			return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "mount location %s does not exist on this host", m.Location)
+		loc := m.Location
+		if strings.HasPrefix(loc, MountPrefix) {
+			if a.cfg.ResolveMount == nil {
+				return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "this host has no %s mounts", MountPrefix)
+			}
+			var err error
+			if loc, err = a.cfg.ResolveMount(ctx, m.Location); err != nil {
+				return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "%s: %v", m.Location, err)
+			}
 		}
-		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: m.Location, Target: m.Target, Writeable: m.Writeable})
+		if _, err := os.Stat(loc); err != nil {
+			return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "mount location %s does not exist on this host", loc)
+		}
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: loc, Target: m.Target, Writeable: m.Writeable})
 	}
 	limit := func(name string) int64 {
 		r, ok := hj.Resources[name]
@@ -244,6 +260,11 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 	spec.MaxFD = uint64(limit(api.ResourceMaxFD))
 	spec.MaxProcs = limit(api.ResourceMaxProcs)
 
+	if c.HostNetwork && a.cfg.SystemEnv != nil {
+		for k, v := range a.cfg.SystemEnv() {
+			env[k] = v
+		}
+	}
 	for k, v := range c.Env {
 		env[k] = v
 	}
@@ -265,6 +286,34 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 	}
 	sort.Strings(spec.Env)
 	return spec, nil
+}
+
+// busyboxLayer is the directory of this host's busybox layer
+// (LocalBusyboxLayer), built from its own busybox binary once.
+func (a *Agent) busyboxLayer(ctx context.Context) (string, error) {
+	a.busyboxOnce.Lock()
+	defer a.busyboxOnce.Unlock()
+	if a.busyboxDir != "" {
+		return a.busyboxDir, nil
+	}
+	f, err := os.CreateTemp(a.cfg.StateDir, "busybox-*.tar.gz")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	if err := image.WriteBusyboxLayer(f, image.DefaultBusybox); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	_, dir, err := a.images.ImportFile(ctx, f.Name(), "")
+	if err != nil {
+		return "", err
+	}
+	a.busyboxDir = dir
+	return dir, nil
 }
 
 // StopJob sends SIGTERM, and SIGKILL after the grace period, and waits for

@@ -51,6 +51,9 @@ func (a *Agent) validate(j *api.HostJob) error {
 				if l == nil {
 					return api.Validation(lf, "layer is null")
 				}
+				if l.URL == LocalBusyboxLayer {
+					continue // built by this host; its digest is the host's own
+				}
 				if !image.ValidDigest(l.Hashes["sha256"]) {
 					return api.Validation(lf+".hashes.sha256", "layer needs a hex sha256 in hashes.sha256")
 				}
@@ -97,8 +100,10 @@ func (a *Agent) validate(j *api.HostJob) error {
 	}
 	for i, m := range c.Mounts {
 		f := fmt.Sprintf("config.mounts[%d]", i)
-		if !cleanAbs(m.Location) {
-			return api.Validation(f+".location", "mount location must be a clean absolute host path without '..'")
+		if strings.HasPrefix(m.Location, MountPrefix) {
+			// Resolved to this host's path when the job starts.
+		} else if !cleanAbs(m.Location) {
+			return api.Validation(f+".location", "mount location must be a clean absolute host path without '..', or "+MountPrefix+"NAME")
 		}
 		if !cleanAbs(m.Target) {
 			return api.Validation(f+".target", "mount target must be a clean absolute path without '..'")

@@ -30,6 +30,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/bootstrap"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/pki"
 )
 
 // The cluster set-up commands: bootstrap, up, down.
@@ -72,6 +73,11 @@ func runBootstrap(ctx context.Context, stateDir, discoverdURL, manifestFile stri
 	cfg := bootstrap.Config{
 		DiscoverdURL: discoverdURL, Token: hc.Token, Domain: b.domain, StateDir: stateDir,
 		Ports: b.ports, StartJobs: b.startJobs, Out: out, StackLayer: stackLayer,
+	}
+	if pkiDir := daemon.PKIDir(stateDir); pki.HasCA(pkiDir) {
+		if cfg.EtcdTLS, err = pki.TLSConfig(pkiDir, pki.HostCert, pki.HostKey); err != nil {
+			return nil, err
+		}
 	}
 	if manifestFile != "" {
 		if cfg.Manifest, err = bootstrap.LoadManifest(manifestFile); err != nil {

@@ -14,7 +14,7 @@ flynn-host bootstrap deploys; run them by hand only for development.`,
 	cmd.AddCommand(
 		newControllerCmd(env),
 		newSchedulerCmd(env),
-		newRouterCmd(),
+		newRouterCmd(env),
 		newBlobstoreCmd(env),
 		newLogaggCmd(env),
 		newGitreceiveCmd(env),

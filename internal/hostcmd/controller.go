@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/controller"
@@ -45,6 +44,7 @@ func newControllerCmd(env Env) *cobra.Command {
 		discURL   string
 		token     string
 		advertise string
+		etcdTLS   string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -63,12 +63,9 @@ func newControllerCmd(env Env) *cobra.Command {
 			if len(cfg.AuthKeys) == 0 {
 				return errors.New("no auth key: set AUTH_KEY or --auth-key")
 			}
-			cli, err := clientv3.New(clientv3.Config{
-				Endpoints:   strings.Split(endpoints, ","),
-				DialTimeout: 10 * time.Second,
-			})
+			cli, err := etcdClient(endpoints, etcdTLS)
 			if err != nil {
-				return fmt.Errorf("etcd client: %w", err)
+				return err
 			}
 			defer cli.Close()
 			cfg.Etcd = cli
@@ -80,6 +77,11 @@ func newControllerCmd(env Env) *cobra.Command {
 			}
 			if token != "" {
 				cfg.Runner = &controller.HostRunner{Token: token}
+			}
+			if discURL != "" {
+				// The log aggregator and the blobstore by service name
+				// (http://logaggregator.discoverd), on whichever host.
+				cfg.HTTP = discoverdclient.New(discURL, token).HTTPClient()
 			}
 			// A controller job's host registers (and, when the job stops,
 			// drains) its port itself; a second registration of the same
@@ -110,6 +112,7 @@ func newControllerCmd(env Env) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", listen, "address to serve HTTP on (default :$PORT when set)")
 	f.StringVar(&endpoints, "etcd", etcd, "etcd endpoints, comma-separated (default $ETCD_ENDPOINTS)")
+	etcdTLSFlag(f, &etcdTLS, env.Getenv)
 	f.StringVar(&keys, "auth-key", get("AUTH_KEY"), "cluster key(s), comma-separated for rotation (default $AUTH_KEY)")
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", get("CLUSTER_DOMAIN"), "domain for default app routes <app>.<domain> (default $CLUSTER_DOMAIN)")
 	f.StringVar(&cfg.CACertFile, "ca-cert", get("CA_CERT_FILE"), "PEM file served at /ca-cert (default $CA_CERT_FILE)")

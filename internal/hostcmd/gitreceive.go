@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +17,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -48,6 +48,7 @@ func newGitreceiveHookCmd(env Env) *cobra.Command {
 // gitreceiveFlags are the settings of `flynn-host component gitreceive`.
 type gitreceiveFlags struct {
 	discoverd                string
+	etcdTLS                  string
 	sshAddr, httpAddr        string
 	controllerURL, ctrlKey   string
 	blobURL, jobBlobURL      string
@@ -100,6 +101,7 @@ which is deployed; the first deploy of an app with a web type scales web=1.`,
 	f.StringVar(&fl.blobKey, "blobstore-key", get("BLOBSTORE_KEY"), "blobstore write key (default the controller key)")
 	f.StringVar(&fl.discoverd, "discoverd", get("DISCOVERD"), "discoverd URL, to wait until a first web process is routable (default $DISCOVERD)")
 	f.StringVar(&fl.etcd, "etcd", def("ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated, to find hosts (default $ETCD_ENDPOINTS)")
+	etcdTLSFlag(f, &fl.etcdTLS, env.Getenv)
 	f.StringVar(&fl.token, "token", get("FLYNN_HOST_TOKEN"), "host agents' key (default $FLYNN_HOST_TOKEN)")
 	f.StringVar(&fl.hostKeyFile, "host-key", def("SSH_HOST_KEY_FILE", "/var/lib/flynn/gitreceive/ssh_host_ed25519_key"), "SSH host key file, generated when missing")
 	f.StringVar(&fl.repoDir, "repo-dir", def("REPO_DIR", "/var/lib/flynn/gitreceive/repos"), "where app repositories are kept (a cache of the blobstore copy)")
@@ -134,17 +136,33 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 	if err != nil {
 		return fmt.Errorf("find flynn-host: %w", err)
 	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(fl.etcd, ","), DialTimeout: 10 * time.Second})
+	etcd, err := etcdClient(fl.etcd, fl.etcdTLS)
 	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
+		return err
 	}
 	defer etcd.Close()
 	disc := discoverdFor(fl.discoverd, fl.token)
 	hc := serviceHTTP(disc)
 	ctrl := controllerclient.NewWithHTTP(fl.controllerURL, fl.ctrlKey, hc)
 	blobs := blobclient.New(fl.blobURL, fl.blobKey, hc)
+	var jobBlobBase func(context.Context) (string, error)
+	if u, err := url.Parse(fl.blobURL); err == nil && strings.HasSuffix(u.Hostname(), discoverdclient.ServiceDomain) && fl.jobBlobURL == "" && disc != nil {
+		// Build jobs get the address of a live instance: they cannot
+		// look services up themselves.
+		svc := strings.TrimSuffix(u.Hostname(), discoverdclient.ServiceDomain)
+		jobBlobBase = func(ctx context.Context) (string, error) {
+			insts, err := disc.Instances(ctx, svc)
+			if err != nil {
+				return "", err
+			}
+			if len(insts) == 0 {
+				return "", fmt.Errorf("no instance of service %s is up", svc)
+			}
+			return u.Scheme + "://" + insts[0].Addr, nil // the oldest: the replicas share what it stores
+		}
+	}
 	recv, err := gitreceive.NewReceiver(gitreceive.ReceiverConfig{
-		Controller: ctrl, Blobs: blobs, JobBlobURL: fl.jobBlobURL, BlobKey: fl.blobKey,
+		Controller: ctrl, Blobs: blobs, JobBlobURL: fl.jobBlobURL, JobBlobBase: jobBlobBase, BlobKey: fl.blobKey,
 		Jobs: &gitreceive.HostJobRunner{Etcd: etcd, Token: fl.token},
 		StackLayer: &api.ImageLayer{ID: fl.stackSHA256, Type: api.LayerTypeTar, URL: fl.stackURL,
 			Hashes: map[string]string{"sha256": fl.stackSHA256}},

@@ -27,6 +27,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/monitor"
+	"github.com/flynnrebuilt/flynn/internal/pki"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
@@ -139,6 +140,14 @@ the host with 'flynn-host daemon' and add hosts with 'flynn-host join'.`,
 			if err := hc.Save(stateDir); err != nil {
 				return err
 			}
+			// The internal CA: etcd speaks mutual TLS with what it issues.
+			caCert, caKey, err := pki.NewCA(hc.ClusterID)
+			if err != nil {
+				return err
+			}
+			if err := pki.WriteCA(daemon.PKIDir(stateDir), caCert, caKey); err != nil {
+				return err
+			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "cluster: %s\nhost: %s\ntoken: %s\n", hc.ClusterID, hc.HostID, hc.Token)
 			fmt.Fprintf(w, "Start this host with `flynn-host daemon`, then add hosts with\n  flynn-host join --peer <this host's IP> --token %s\n", hc.Token)
@@ -199,12 +208,22 @@ cluster has fewer than its configured members, otherwise an etcd client.`,
 				}
 				return fmt.Errorf("ask peer %s about its cluster: %w", peer, err)
 			}
+			var ca api.ClusterCA
+			err = hc.Do(ctx, "GET", "/grid/ca", nil, &ca)
+			if err != nil && !errors.Is(err, api.ErrNotFound) {
+				return fmt.Errorf("get the cluster's CA from peer %s: %w", peer, err)
+			}
 			conf := &daemon.HostConfig{
 				HostID: daemon.RandomID(8), ClusterID: info.ID, Token: token, Role: daemon.RoleJoin,
 				MaxEtcdMembers: info.MaxEtcdMembers, EtcdEndpoints: info.EtcdEndpoints,
 			}
 			if err := conf.Save(stateDir); err != nil {
 				return err
+			}
+			if err == nil { // (a cluster with no CA runs etcd without TLS)
+				if err := pki.WriteCA(daemon.PKIDir(stateDir), []byte(ca.Cert), []byte(ca.Key)); err != nil {
+					return err
+				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "cluster: %s\nhost: %s\nStart this host with `flynn-host daemon` to join.\n", conf.ClusterID, conf.HostID)
 			return nil
@@ -397,6 +416,21 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 			cfg.DNS = jobDNS(dcfg.DNSPort, d.ListenIP)
 		}
 		cfg.Registry = host.DiscoverdRegistry(d.Discoverd, d.Token)
+		// Layers from the blobstore through discoverd, the platform's
+		// mounts and env from this host and the cluster.
+		cfg.HTTP = d.Discoverd.HTTPClient()
+		// (The daemon's state dir: data dirs stay where bootstraps put
+		// them before there were flynn-host: mounts.)
+		mounts := &hostMounts{stateDir: stateDir, etcd: d.Etcd}
+		cfg.ResolveMount = mounts.resolve
+		cfg.SystemEnv = func() map[string]string {
+			return map[string]string{
+				"EXTERNAL_IP":    d.ListenIP,
+				"LISTEN_IP":      d.ListenIP,
+				"ETCD_ENDPOINTS": strings.Join(d.Etcd.Endpoints(), ","),
+				"FLYNN_ETCD":     strings.Join(d.Etcd.Endpoints(), ","),
+			}
+		}
 		a, err := host.New(cfg, log.With("component", "host"))
 		if err != nil {
 			return err // already says "host agent: ..."

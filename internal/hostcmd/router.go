@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/host"
@@ -20,10 +19,16 @@ import (
 )
 
 // newRouterCmd is `flynn-host component router`.
-func newRouterCmd() *cobra.Command {
+func newRouterCmd(env Env) *cobra.Command {
+	get := func(k string) string {
+		if env.Getenv == nil {
+			return ""
+		}
+		return env.Getenv(k)
+	}
 	var (
 		httpAddr, httpsAddr, apiAddr, tcpIP, tcpRange string
-		etcdEndpoints, discoverdURL, token            string
+		etcdEndpoints, discoverdURL, token, etcdTLS   string
 		certFile, keyFile, cookieKey, logLevel        string
 	)
 	cmd := &cobra.Command{
@@ -65,9 +70,9 @@ etcd and the backends of each route's service in discoverd, and serves
 			if etcdEndpoints == "" {
 				return fmt.Errorf("--etcd is required: comma-separated etcd client URLs")
 			}
-			etcd, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(etcdEndpoints, ","), DialTimeout: 5 * time.Second})
+			etcd, err := etcdClient(etcdEndpoints, etcdTLS)
 			if err != nil {
-				return fmt.Errorf("connect to etcd: %w", err)
+				return err
 			}
 			defer etcd.Close()
 			cfg.Etcd = etcd
@@ -80,7 +85,11 @@ etcd and the backends of each route's service in discoverd, and serves
 			// Host agents find routers through this service to wait for
 			// a stopping job's requests to drain.
 			ctx := cmd.Context()
-			if reg, err := dc.Register(ctx, host.RouterAPIService, advertiseAddr("", a.API, ""), nil); err != nil {
+			if get("FLYNN_JOB_ID") != "" {
+				// A job's host registers its API port (and drains it).
+				return r.Run(ctx)
+			}
+			if reg, err := dc.Register(ctx, host.RouterAPIService, advertiseAddr("", a.API, get("EXTERNAL_IP")), nil); err != nil {
 				log.Warn("register router API in discoverd; drains will not be awaited", "err", err)
 			} else {
 				defer func() {
@@ -98,8 +107,9 @@ etcd and the backends of each route's service in discoverd, and serves
 	f.StringVar(&apiAddr, "api-addr", "127.0.0.1:5000", "router API address: /metrics, /drained, /events")
 	f.StringVar(&tcpIP, "tcp-ip", "", "address TCP route listeners bind to (empty: all)")
 	f.StringVar(&tcpRange, "tcp-range", "3000-3500", "ports TCP routes may use")
-	f.StringVar(&etcdEndpoints, "etcd", "http://127.0.0.1:2379", "etcd client URLs, comma-separated")
-	f.StringVar(&discoverdURL, "discoverd", "http://127.0.0.1:1111", "discoverd HTTP API URL")
+	f.StringVar(&etcdEndpoints, "etcd", orDefaultCtl(get("ETCD_ENDPOINTS"), "http://127.0.0.1:2379"), "etcd client URLs, comma-separated (default $ETCD_ENDPOINTS)")
+	etcdTLSFlag(f, &etcdTLS, get)
+	f.StringVar(&discoverdURL, "discoverd", orDefaultCtl(get("DISCOVERD"), "http://127.0.0.1:1111"), "discoverd HTTP API URL (default $DISCOVERD)")
 	f.StringVar(&token, "token", "", "cluster key: protects the router API and authenticates to discoverd")
 	f.StringVar(&certFile, "tls-cert", "", "cluster wildcard certificate (PEM), used when no route certificate matches")
 	f.StringVar(&keyFile, "tls-key", "", "key of --tls-cert (PEM)")

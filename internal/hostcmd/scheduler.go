@@ -3,10 +3,8 @@ package hostcmd
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +25,7 @@ import (
 // schedulerFlags is the configuration of `flynn-host component scheduler`.
 type schedulerFlags struct {
 	etcd          string
+	etcdTLS       string
 	controller    string
 	controllerKey string
 	discoverd     string
@@ -105,6 +104,7 @@ func newSchedulerCmd(env Env) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.etcd, "etcd", etcd, "etcd client URLs, comma-separated ($FLYNN_ETCD)")
+	etcdTLSFlag(fl, &f.etcdTLS, env.Getenv)
 	fl.StringVar(&f.id, "id", hostname, "this replica's id in the leader election")
 	fl.DurationVar(&f.electionTTL, "election-ttl", 5*time.Second, "how long a dead leader keeps leadership")
 	fl.DurationVar(&f.resync, "resync", 30*time.Second, "interval of full resyncs of hosts, jobs and formations")
@@ -120,9 +120,9 @@ func runScheduler(ctx context.Context, f schedulerFlags, log *slog.Logger) error
 	if f.id == "" {
 		return errors.New("--id is required when the hostname is unknown")
 	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(f.etcd, ","), DialTimeout: 5 * time.Second})
+	etcd, err := etcdClient(f.etcd, f.etcdTLS)
 	if err != nil {
-		return fmt.Errorf("connect to etcd %s: %w", f.etcd, err)
+		return err
 	}
 	defer etcd.Close()
 	deps, err := newSchedulerDeps(f, etcd, log)

@@ -56,6 +56,9 @@ func NewStore(dir string) (*Store, error) {
 	return &Store{dir: dir, http: http.DefaultClient, inflight: map[string]*sync.Mutex{}}, nil
 }
 
+// SetHTTPClient sets the client Fetch uses for http and https layers.
+func (s *Store) SetHTTPClient(c *http.Client) { s.http = c }
+
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // ValidDigest reports whether s is a lower-case hex sha256.

@@ -219,10 +219,30 @@ func (h *harness) addLog(ctx context.Context, app, typ, stream, msg string) erro
 // is interactive: it reports whether it has a TTY, echoes input lines,
 // reports a Ctrl-C byte, and exits N on a line "exit N" (0 at EOF).
 type fakeRunner struct {
-	mu      sync.Mutex
-	jobs    map[string]chan *api.HostJob
-	added   []*api.HostJob
-	stopped []string
+	mu       sync.Mutex
+	jobs     map[string]chan *api.HostJob
+	added    []*api.HostJob
+	stopped  []string
+	signaled []string
+}
+
+// hostFrames writes the host agent's attach frames.
+type hostFrames struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (fw *hostFrames) write(typ byte, p []byte) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return api.WriteFrame(fw.w, typ, p)
+}
+
+func (f *fakeRunner) SignalJob(ctx context.Context, h *api.Host, id string, sig int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.signaled = append(f.signaled, fmt.Sprintf("%s:%d", id, sig))
+	return nil
 }
 
 func (f *fakeRunner) ch(id string) chan *api.HostJob {
@@ -261,7 +281,7 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 		case <-time.After(time.Minute):
 			return
 		}
-		fw := &frameWriter{w: b}
+		fw := &hostFrames{w: b}
 		exit := func(n int) {
 			p, _ := json.Marshal(api.HostJobExit{ExitStatus: n})
 			fw.write(api.FrameExit, p)

@@ -2,8 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -70,24 +68,20 @@ otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
 	return c
 }
 
-// attachUpgrade is the protocol the controller's POST /apps/{app}/jobs
-// upgrades to; after it the host agent's attach frames (api.ReadFrame,
-// api.WriteFrame) are relayed unchanged.
-const attachUpgrade = "flynn-attach/0"
-
 type frameWriter struct {
 	mu sync.Mutex
 	w  io.Writer
 }
 
-func (fw *frameWriter) write(typ byte, p []byte) error {
+func (fw *frameWriter) do(f func(io.Writer) error) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	return api.WriteFrame(fw.w, typ, p)
+	return f(fw.w)
 }
 
 // runAttached runs nj attached to this terminal and returns the job's
-// exit status as an exitError.
+// exit status as an exitError. The controller's attach stream speaks
+// Flynn's attach protocol (api.JobAttachUpgrade).
 func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.App, nj *api.NewJob) error {
 	stdin := cmd.InOrStdin()
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
@@ -101,7 +95,7 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 	}
 	res, err := s.raw(ctx, http.MethodPost, "/apps/"+url.PathEscape(app.ID)+"/jobs", nj, http.Header{
 		"Connection": {"Upgrade"},
-		"Upgrade":    {attachUpgrade},
+		"Upgrade":    {api.JobAttachUpgrade},
 	})
 	if err != nil {
 		return err
@@ -131,19 +125,21 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 		go func() {
 			for range winch {
 				if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-					var p [4]byte
-					binary.BigEndian.PutUint16(p[0:2], uint16(h))
-					binary.BigEndian.PutUint16(p[2:4], uint16(w))
-					fw.write(api.FrameResize, p[:])
+					fw.do(func(w2 io.Writer) error { return api.WriteAttachResize(w2, uint16(h), uint16(w)) })
 				}
 			}
 		}()
 	} else {
-		// Without a TTY, Ctrl-C cannot travel as a byte: stop the job.
-		intr := make(chan os.Signal, 1)
+		// Without a TTY, Ctrl-C cannot travel as a byte: send the job
+		// SIGINT, and stop it on a second Ctrl-C.
+		intr := make(chan os.Signal, 2)
 		signal.Notify(intr, os.Interrupt)
 		defer signal.Stop(intr)
 		go func() {
+			if _, ok := <-intr; !ok {
+				return
+			}
+			fw.do(func(w io.Writer) error { return api.WriteAttachValue(w, api.AttachSignal, int(syscall.SIGINT)) })
 			if _, ok := <-intr; !ok {
 				return
 			}
@@ -161,47 +157,40 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 		for {
 			n, err := stdin.Read(buf)
 			if n > 0 {
-				if fw.write(api.FrameStdin, buf[:n]) != nil {
+				if fw.do(func(w io.Writer) error { return api.WriteAttachData(w, api.AttachStdin, buf[:n]) }) != nil {
 					return
 				}
 			}
 			if err != nil {
-				fw.write(api.FrameStdin, nil) // EOF
+				fw.do(func(w io.Writer) error { return api.WriteAttachData(w, api.AttachStdin, nil) }) // EOF
 				return
 			}
 		}
 	}()
 
 	for {
-		typ, p, err := api.ReadFrame(conn)
+		f, err := api.ReadAttachFrame(conn)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("job %s: connection lost before it exited: %v (see flynn ps -a and flynn log -j %s)", jobID, err, jobID)
 		}
-		switch typ {
-		case api.FrameStdout:
-			stdout.Write(p)
-		case api.FrameStderr:
-			stderr.Write(p)
-		case api.FrameExit:
-			var e api.HostJobExit
-			if err := json.Unmarshal(p, &e); err != nil {
-				return fmt.Errorf("job %s: bad exit frame: %v", jobID, err)
+		switch f.Type {
+		case api.AttachData:
+			switch f.Stream {
+			case api.AttachStdout:
+				stdout.Write(f.Data)
+			case api.AttachStderr, api.AttachInitLog:
+				stderr.Write(f.Data)
 			}
-			if e.Error != "" {
-				return fmt.Errorf("job %s failed: %s", jobID, e.Error)
-			}
-			if e.OOM {
-				fmt.Fprintf(stderr, "job %s ran out of memory\n", jobID)
-			}
-			if e.ExitStatus != 0 {
-				return exitError{code: e.ExitStatus}
+		case api.AttachExit:
+			if f.Value != 0 {
+				return exitError{code: f.Value}
 			}
 			return nil
-		case api.FrameError:
-			return fmt.Errorf("job %s: %s", jobID, p)
+		case api.AttachError:
+			return fmt.Errorf("job %s failed: %s", jobID, f.Data)
 		}
 	}
 }

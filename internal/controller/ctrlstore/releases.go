@@ -98,9 +98,11 @@ func (s *Store) ListReleases(ctx context.Context, appID string) ([]*api.Release,
 	return listOf(ctx, s, s.key(pReleases), func(r *api.Release) bool { return appID == "" || r.AppID == appID })
 }
 
-// DeleteRelease deletes a release of an app and its formation. The app's
-// current release cannot be deleted.
-func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string) (*api.Release, error) {
+// DeleteRelease deletes a release of an app and its formation (which
+// makes the scheduler stop its jobs). The app's current release cannot be
+// deleted. files are the blobs the caller deletes with it, recorded in the
+// release_deletion event.
+func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string, files []string) (*api.Release, error) {
 	r, rev, err := s.getRelease(ctx, id)
 	if err != nil {
 		return nil, err
@@ -120,7 +122,12 @@ func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string) (*ap
 	t.unchanged(s.key(pApps, app.ID), appRev)
 	t.del(s.key(pReleases, id))
 	t.del(s.key(pFormations, app.ID, id))
-	t.event(app.ID, api.EventTypeReleaseDeletion, id, r)
+	if files == nil {
+		files = []string{}
+	}
+	t.event(app.ID, api.EventTypeReleaseDeletion, id, &api.ReleaseDeletionEvent{
+		ReleaseDeletion: &api.ReleaseDeletion{AppID: app.ID, ReleaseID: id, RemainingApps: []string{}, DeletedFiles: files},
+	})
 	ok, err := t.commit(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("delete release: %w", err)

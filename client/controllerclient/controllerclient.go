@@ -206,8 +206,10 @@ func (c *Client) FormationListActive(ctx context.Context) ([]*api.ExpandedFormat
 	return out, c.c.Do(ctx, "GET", "/formations?active=true", nil, &out)
 }
 
-// ScaleAppRelease creates a scale request that sets the processes (and
-// tags, when not nil) of (app, release).
+// ScaleAppRelease creates a scale request that sets the counts (and tags,
+// when not nil) of the process types it names in the formation of (app,
+// release); other types keep theirs. The deployer completes the request
+// once the formation runs and serves.
 func (c *Client) ScaleAppRelease(ctx context.Context, appID, releaseID string, processes map[string]int, tags map[string]map[string]string) (*api.ScaleRequest, error) {
 	req := &api.ScaleRequest{State: api.ScaleRequestPending, NewProcesses: &processes}
 	if tags != nil {
@@ -712,6 +714,12 @@ func (c *Client) GetAppLog(ctx context.Context, appID string, o LogOptions) (io.
 		return nil, err
 	}
 	return res.Body, nil
+}
+
+// PendingScaleRequests returns every app's pending scale requests.
+func (c *Client) PendingScaleRequests(ctx context.Context) ([]*api.ScaleRequest, error) {
+	var out []*api.ScaleRequest
+	return out, c.c.Do(ctx, "GET", "/scale-requests?state=pending", nil, &out)
 }
 
 // Status returns the controller's health and version.

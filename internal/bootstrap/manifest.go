@@ -161,6 +161,7 @@ func DefaultManifest() *Manifest {
 	ctl.Env["CLUSTER_DOMAIN"] = "${CLUSTER_DOMAIN}"
 	ctl.Env["CA_CERT_FILE"] = "/etc/flynn/ca.crt"
 	ctl.Env["LOGAGGREGATOR_URL"] = "http://${LISTEN_IP}:${LOGAGG_PORT}"
+	ctl.Env["BLOBSTORE_URL"] = "http://${LISTEN_IP}:${BLOBSTORE_PORT}"
 	ctl.Env["DISCOVERD"] = "${DISCOVERD}"
 	ctl.Env["CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
 	ctl.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}" // discoverd registration, one-off jobs

@@ -22,8 +22,11 @@ import (
 	"go.etcd.io/etcd/client/v3/namespace"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/internal/blobstore"
 	"github.com/flynnrebuilt/flynn/internal/controller"
+	"github.com/flynnrebuilt/flynn/internal/deployer"
 	"github.com/flynnrebuilt/flynn/internal/logagg"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
@@ -31,17 +34,19 @@ import (
 const testKey = "cli-test-key"
 
 // harness is a real controller (on its own etcd namespace) with a fake
-// host runner, a real log aggregator, and a fake scheduler and deployer
-// that follow the controller's events the way the real ones do: jobs come
-// up for each formation, deployments complete (or fail when the new
-// release sets FAIL_DEPLOY).
+// host runner, a real log aggregator, the real deployer (which also
+// completes scale requests), and a fake scheduler that follows the
+// controller's formation events the way the real one does: jobs come up
+// for each formation (or crash, when the release sets FAIL_DEPLOY).
 type harness struct {
 	URL, TLSURL, Pin string
 	// ProviderURL is a resource provider that hands out a fake database.
 	ProviderURL string
-	c           *controllerclient.Client
-	logs        *logagg.Server
-	runner      *fakeRunner
+	// Blobs is the controller's blobstore (a real one, on disk).
+	Blobs  *blobclient.Client
+	c      *controllerclient.Client
+	logs   *logagg.Server
+	runner *fakeRunner
 
 	stop func()
 }
@@ -71,6 +76,15 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 		return nil, err
 	}
 
+	blobFS, err := blobstore.NewFS(filepath.Join(dir, "blobs"), blobstore.FSOptions{NoSync: true})
+	if err != nil {
+		h.stop()
+		return nil, err
+	}
+	blobSrv := httptest.NewServer(blobstore.NewServer(blobFS, []string{testKey}, 0, logging.Discard()).Handler())
+	closers = append(closers, blobSrv.Close)
+	h.Blobs = blobclient.New(blobSrv.URL, testKey, nil)
+
 	h.logs = logagg.NewServer(logagg.Config{}, logging.Discard())
 	logSrv := httptest.NewServer(h.logs.Handler())
 	closers = append(closers, logSrv.Close)
@@ -86,7 +100,7 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 	caFile := filepath.Join(dir, "cluster-ca.pem")
 	srv, err := controller.New(controller.Config{
 		Etcd: etcd, AuthKeys: []string{testKey}, ClusterDomain: "flynn.test",
-		CACertFile: caFile, LogAggregatorURL: logSrv.URL, Runner: h.runner,
+		CACertFile: caFile, LogAggregatorURL: logSrv.URL, Runner: h.runner, Blobs: h.Blobs,
 	}, logging.Discard())
 	if err != nil {
 		h.stop()
@@ -106,48 +120,55 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 	h.c = controllerclient.New(h.URL, testKey)
 
 	stream, err := h.c.StreamEvents(ctx, controllerclient.EventOptions{
-		ObjectTypes: []string{api.EventTypeFormation, api.EventTypeDeployment},
+		ObjectTypes: []string{api.EventTypeFormation},
 	})
 	if err != nil {
 		h.stop()
 		return nil, err
 	}
+	dep, err := deployer.New(deployer.Config{Controller: &deployer.ControllerClient{C: h.c}, RetryInterval: 100 * time.Millisecond}, logging.Discard())
+	if err != nil {
+		h.stop()
+		return nil, err
+	}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		h.follow(ctx, stream)
 	}()
-	closers = append(closers, func() { stream.Close(); wg.Wait() })
+	go func() {
+		defer wg.Done()
+		dep.Run(ctx)
+	}()
+	closers = append(closers, func() { cancel(); stream.Close(); wg.Wait() })
 	return h, nil
 }
 
-// follow plays scheduler and deployer.
+// follow plays the scheduler.
 func (h *harness) follow(ctx context.Context, stream *controllerclient.EventStream) {
 	for {
 		ev, err := stream.Next()
 		if err != nil {
 			return
 		}
-		switch ev.ObjectType {
-		case api.EventTypeFormation:
-			var f api.Formation
-			if json.Unmarshal(ev.Data, &f) == nil {
-				h.reconcile(ctx, &f)
-			}
-		case api.EventTypeDeployment:
-			var de api.DeploymentEvent
-			if json.Unmarshal(ev.Data, &de) == nil && de.Status == api.DeploymentPending {
-				h.deploy(ctx, de.DeploymentID)
-			}
+		var f api.Formation
+		if json.Unmarshal(ev.Data, &f) == nil {
+			h.reconcile(ctx, &f)
 		}
 	}
 }
 
+// reconcile starts and stops jobs so that the formation's release runs
+// its counts. Jobs of a release that sets FAIL_DEPLOY exit at once.
 func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 	jobs, err := h.c.JobList(ctx, f.AppID)
 	if err != nil {
 		return
+	}
+	crash := false
+	if rel, err := h.c.GetRelease(ctx, f.ReleaseID); err == nil {
+		crash = rel.Env["FAIL_DEPLOY"] != ""
 	}
 	live := map[string][]*api.Job{}
 	for _, j := range jobs {
@@ -164,9 +185,15 @@ func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 	}
 	for t := range types {
 		for n := len(live[t]); n < f.Processes[t]; n++ {
-			j := &api.Job{ID: "h1-" + uuid.NewString(), HostID: "h1", AppID: f.AppID, ReleaseID: f.ReleaseID, Type: t, State: api.JobStateStarting}
+			u := uuid.NewString()
+			j := &api.Job{ID: "h1-" + u, UUID: u, HostID: "h1", AppID: f.AppID, ReleaseID: f.ReleaseID, Type: t, State: api.JobStateStarting}
 			h.c.PutJob(ctx, j)
-			j.State = api.JobStateUp
+			if crash {
+				code := int32(1)
+				j.State, j.ExitStatus = api.JobStateDown, &code
+			} else {
+				j.State = api.JobStateUp
+			}
 			h.c.PutJob(ctx, j)
 		}
 		for i := f.Processes[t]; i < len(live[t]); i++ {
@@ -175,33 +202,6 @@ func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 			h.c.PutJob(ctx, j)
 		}
 	}
-}
-
-func (h *harness) deploy(ctx context.Context, id string) {
-	d, err := h.c.GetDeployment(ctx, id)
-	if err != nil {
-		return
-	}
-	h.c.UpdateDeployment(ctx, id, api.DeploymentRunning, "")
-	rel, err := h.c.GetRelease(ctx, d.NewReleaseID)
-	if err != nil {
-		return
-	}
-	if rel.Env["FAIL_DEPLOY"] != "" {
-		h.c.AddDeploymentEvent(ctx, id, &api.DeploymentEvent{Status: api.DeploymentRunning, JobType: "web", JobState: api.JobStateDown})
-		h.c.UpdateDeployment(ctx, id, api.DeploymentFailed, "web job crashed")
-		return
-	}
-	h.c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.NewReleaseID, Processes: d.Processes, Tags: d.Tags})
-	for _, t := range sortedKeys(d.Processes) {
-		for range d.Processes[t] {
-			h.c.AddDeploymentEvent(ctx, id, &api.DeploymentEvent{Status: api.DeploymentRunning, JobType: t, JobState: api.JobStateUp})
-		}
-	}
-	if d.OldReleaseID != "" {
-		h.c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.OldReleaseID, Processes: map[string]int{}})
-	}
-	h.c.UpdateDeployment(ctx, id, api.DeploymentComplete, "")
 }
 
 // addLog stores a log line of app (by name).

@@ -20,20 +20,29 @@ import (
 
 func newRunCmd(s *state) *cobra.Command {
 	var (
-		detached   bool
-		entrypoint string
-		release    string
+		detached, enableLog bool
+		entrypoint          string
+		release             string
+		limits              string
+		env                 []string
 	)
 	c := &cobra.Command{
-		Use:   "run [-d] [-e ENTRYPOINT] [-r RELEASE] [--] COMMAND [ARG...]",
+		Use:   "run [-d] [-l] [-e ENTRYPOINT] [-r RELEASE] [--limits LIMITS] [--env KEY=VALUE] [--] COMMAND [ARG...]",
 		Short: "Run a one-off job",
 		Long: `Run a command as a one-off job of the app's current release (with its env).
-By default it attaches: the job's output streams here, input is sent to it,
-and flynn exits with the job's exit status. When stdin is a terminal the job
-gets a TTY (the terminal is put in raw mode, so Ctrl-C goes to the job);
-otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
+A release built by git push runs the command as Heroku does: in /app, with
+the buildpacks' profile sourced (so the app's bin is on $PATH). By default it
+attaches: the job's output streams here, input is sent to it, and flynn exits
+with the job's exit status. When stdin is a terminal the job gets a TTY (the
+terminal is put in raw mode, so Ctrl-C goes to the job); otherwise Ctrl-C
+sends the job SIGINT and a second Ctrl-C stops it. -d starts the job detached
+and prints its ID; its output goes to the app's log (flynn log -j ID), as an
+attached job's does with -l. --limits sets resource limits as flynn limit
+takes them, comma-separated.`,
 		Example: `  flynn run bash
   flynn run -d -- ./worker --once
+  flynn run --limits memory=256MB,cpu=500 -- rake db:migrate
+  flynn run -e /bin/sh -- -c 'echo $PATH'
   echo 'select 1' | flynn run psql`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -48,7 +57,21 @@ otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
 			if entrypoint != "" {
 				args = append([]string{entrypoint}, args...)
 			}
-			nj := &api.NewJob{ReleaseID: release, ReleaseEnv: true, Args: args}
+			nj := &api.NewJob{ReleaseID: release, ReleaseEnv: true, Args: args, DisableLog: !detached && !enableLog}
+			if limits != "" {
+				res, err := parseLimitList(limits)
+				if err != nil {
+					return err
+				}
+				nj.Resources = res
+			}
+			if len(env) > 0 {
+				kv, err := parseKeyValues(env, "--env value")
+				if err != nil {
+					return err
+				}
+				nj.Env = kv
+			}
 			if detached {
 				job, err := c.RunJob(ctx, app.ID, nj)
 				if err != nil {
@@ -62,9 +85,12 @@ otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
 	}
 	c.Flags().SetInterspersed(false)
 	f := c.Flags()
-	f.BoolVarP(&detached, "detached", "d", false, "run detached and print the job ID")
+	f.BoolVarP(&detached, "detached", "d", false, "run detached and print the job ID (output goes to the log)")
+	f.BoolVarP(&enableLog, "enable-log", "l", false, "also send an attached job's output to the app's log")
 	f.StringVarP(&entrypoint, "entrypoint", "e", "", "program to run COMMAND with")
 	f.StringVarP(&release, "release", "r", "", "release to run (default: the current one)")
+	f.StringVar(&limits, "limits", "", "resource limits, e.g. memory=512MB,cpu=500 (see flynn limit)")
+	f.StringArrayVar(&env, "env", nil, "set KEY=VALUE in the job's environment (repeatable)")
 	return c
 }
 

@@ -503,6 +503,19 @@ func (s *Server) listScaleRequests(w http.ResponseWriter, r *http.Request) error
 	return ok(w, reqs)
 }
 
+// listPendingScaleRequests serves GET /scale-requests?state=pending:
+// every app's pending scale requests (the deployer completes them).
+func (s *Server) listPendingScaleRequests(w http.ResponseWriter, r *http.Request) error {
+	if st := r.URL.Query().Get("state"); st != api.ScaleRequestPending {
+		return api.Validation("state", "give state=pending: only pending scale requests are listed across apps (GET /apps/{app}/scale lists an app's)")
+	}
+	reqs, err := s.store.ListPendingScaleRequests(r.Context())
+	if err != nil {
+		return err
+	}
+	return ok(w, reqs)
+}
+
 func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
 	id, err := decodeIDBody(r)
 	if err != nil {

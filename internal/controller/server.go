@@ -166,6 +166,7 @@ func (s *Server) routes() http.Handler {
 	m.Handle("GET /formations", hf(s.formations))
 	m.Handle("PUT /apps/{app}/scale/{release}", hf(s.scale))
 	m.Handle("GET /apps/{app}/scale", hf(s.listScaleRequests))
+	m.Handle("GET /scale-requests", hf(s.listPendingScaleRequests))
 	m.Handle("POST /apps/{app}/jobs", hf(s.runJob))
 	m.Handle("GET /apps/{app}/jobs", hf(s.listJobs))
 	m.Handle("GET /apps/{app}/jobs/{job}", hf(s.getJob))

@@ -225,6 +225,7 @@ func (s *Store) deleteApp(ctx context.Context, app *api.App) (*api.AppDeletion, 
 	t.del(s.key(pApps, app.ID))
 	t.del(s.key(pAppNames, app.Name))
 	t.delPrefix(s.key(pScales, app.ID) + "/")
+	t.delPrefix(s.key(pScalePending, app.ID) + "/")
 	t.del(s.key(pDeployLock, app.ID))
 	t.event(app.ID, api.EventTypeAppDeletion, app.ID, &api.AppDeletionEvent{AppDeletion: del})
 	if _, err := t.commit(ctx); err != nil {

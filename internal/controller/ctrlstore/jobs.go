@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strconv"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -118,6 +119,19 @@ func (s *Store) CreateDeployment(ctx context.Context, appID, releaseID string) (
 		}
 		if d.DeployTimeout == 0 {
 			d.DeployTimeout = api.DefaultDeployTimeout
+		}
+		if d.Strategy == api.StrategyInBatches {
+			// The app's batch size, else the number of hosts (Flynn's
+			// default).
+			n, err := strconv.Atoi(app.Meta[api.MetaDeployBatchSize])
+			if err != nil || n < 1 {
+				hosts, err := s.ListHosts(ctx)
+				if err != nil {
+					return nil, err
+				}
+				n = max(len(hosts), 1)
+			}
+			d.DeployBatchSize = &n
 		}
 		var oldForm api.Formation
 		oldRev := int64(0)

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -122,6 +125,7 @@ func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string, file
 	t.unchanged(s.key(pApps, app.ID), appRev)
 	t.del(s.key(pReleases, id))
 	t.del(s.key(pFormations, app.ID, id))
+	t.del(s.key(pScalePending, app.ID, id))
 	if files == nil {
 		files = []string{}
 	}
@@ -254,8 +258,10 @@ func active(p map[string]int) bool {
 	return false
 }
 
-// CreateScaleRequest records a pending scale request and applies its new
-// processes and tags to the formation in one transaction.
+// CreateScaleRequest records a pending scale request and applies it to
+// the formation in one transaction, as Flynn does: the process counts and
+// tags it names change, other types keep theirs. A pending request for
+// the same formation is cancelled (a scale_request_cancelation event).
 func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (*api.ScaleRequest, error) {
 	for range maxRetries {
 		key := s.key(pFormations, req.AppID, req.ReleaseID)
@@ -264,6 +270,22 @@ func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (
 		if err != nil && err != errMissing {
 			return nil, err
 		}
+		pendingKey := s.key(pScalePending, req.AppID, req.ReleaseID)
+		pres, err := s.cli.Get(ctx, pendingKey)
+		if err != nil {
+			return nil, fmt.Errorf("create scale request: %w", err)
+		}
+		var prev *api.ScaleRequest
+		var prevRev int64
+		if len(pres.Kvs) > 0 {
+			prev = &api.ScaleRequest{}
+			prevRev, err = s.get(ctx, s.key(pScales, req.AppID, string(pres.Kvs[0].Value)), prev)
+			if err == errMissing {
+				prev = nil
+			} else if err != nil {
+				return nil, err
+			}
+		}
 		now := s.now()
 		if rev == 0 {
 			f = &api.Formation{AppID: req.AppID, ReleaseID: req.ReleaseID, CreatedAt: now}
@@ -271,18 +293,38 @@ func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (
 		req.OldProcesses = maps.Clone(f.Processes)
 		req.OldTags = maps.Clone(f.Tags)
 		if req.NewProcesses != nil {
-			f.Processes = maps.Clone(*req.NewProcesses)
+			if f.Processes == nil {
+				f.Processes = map[string]int{}
+			}
+			maps.Copy(f.Processes, *req.NewProcesses)
 		}
 		if req.NewTags != nil {
-			f.Tags = maps.Clone(*req.NewTags)
+			if f.Tags == nil {
+				f.Tags = map[string]map[string]string{}
+			}
+			maps.Copy(f.Tags, *req.NewTags)
 		}
 		f.UpdatedAt = now
 		req.State = api.ScaleRequestPending
 		req.CreatedAt, req.UpdatedAt = now, now
 		t := s.txn()
 		t.unchanged(key, rev)
+		if len(pres.Kvs) > 0 {
+			t.unchanged(pendingKey, pres.Kvs[0].ModRevision)
+		} else {
+			t.missing(pendingKey)
+		}
+		if prev != nil && prev.State == api.ScaleRequestPending {
+			prev.State = api.ScaleRequestCancelled
+			prev.UpdatedAt = now
+			t.unchanged(s.key(pScales, req.AppID, prev.ID), prevRev)
+			t.put(s.key(pScales, req.AppID, prev.ID), prev)
+			t.event(req.AppID, api.EventTypeScaleRequestCancelation, prev.ID, prev)
+			t.event(req.AppID, api.EventTypeScaleRequest, prev.ID, prev)
+		}
 		t.put(key, f)
 		t.put(s.key(pScales, req.AppID, req.ID), req)
+		t.putRaw(pendingKey, req.ID)
 		t.event(req.AppID, api.EventTypeScaleRequest, req.ID, req)
 		t.event(req.AppID, api.EventTypeFormation, req.AppID+":"+req.ReleaseID, f)
 		ok, err := t.commit(ctx)
@@ -296,8 +338,9 @@ func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (
 	return nil, errRetry
 }
 
-// UpdateScaleRequest sets the state of a scale request (complete or
-// cancelled).
+// UpdateScaleRequest ends a pending scale request: complete (the
+// formation runs as asked) or cancelled. Ending it again the same way is
+// a no-op; ending a request that ended the other way is a conflict.
 func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string) (*api.ScaleRequest, error) {
 	for range maxRetries {
 		key := s.key(pScales, appID, id)
@@ -306,17 +349,29 @@ func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string)
 		if err != nil {
 			return nil, err
 		}
+		if req.State == state {
+			return req, nil
+		}
+		if req.State != api.ScaleRequestPending {
+			return nil, api.Conflict("scale request %s is %s already", id, req.State)
+		}
 		req.State = state
 		req.UpdatedAt = s.now()
+		pendingKey := s.key(pScalePending, appID, req.ReleaseID)
 		t := s.txn()
 		t.unchanged(key, rev)
 		t.put(key, req)
 		t.event(appID, api.EventTypeScaleRequest, id, req)
+		if state == api.ScaleRequestCancelled {
+			t.event(appID, api.EventTypeScaleRequestCancelation, id, req)
+		}
 		ok, err := t.commit(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("update scale request: %w", err)
 		}
 		if ok {
+			// Drop the pending index if it still names this request.
+			s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(pendingKey), "=", id)).Then(clientv3.OpDelete(pendingKey)).Commit()
 			return req, nil
 		}
 	}
@@ -326,4 +381,25 @@ func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string)
 // ListScaleRequests returns an app's scale requests.
 func (s *Store) ListScaleRequests(ctx context.Context, appID string) ([]*api.ScaleRequest, error) {
 	return listOf[api.ScaleRequest](ctx, s, s.key(pScales, appID)+"/", nil)
+}
+
+// ListPendingScaleRequests returns every app's pending scale requests.
+func (s *Store) ListPendingScaleRequests(ctx context.Context) ([]*api.ScaleRequest, error) {
+	res, err := s.cli.Get(ctx, s.key(pScalePending), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list pending scale requests: %w", err)
+	}
+	out := []*api.ScaleRequest{}
+	for _, kv := range res.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), s.key(pScalePending))
+		appID, _, _ := strings.Cut(rest, "/")
+		req := &api.ScaleRequest{}
+		if _, err := s.get(ctx, s.key(pScales, appID, string(kv.Value)), req); err != nil {
+			continue // ended or deleted meanwhile
+		}
+		if req.State == api.ScaleRequestPending {
+			out = append(out, req)
+		}
+	}
+	return out, nil
 }

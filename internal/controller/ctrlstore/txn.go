@@ -23,21 +23,24 @@ import (
 
 // Key prefixes below api.KeyController.
 const (
-	pApps        = "apps/"
-	pAppNames    = "app-names/"
-	pArtifacts   = "artifacts/"
-	pReleases    = "releases/"
-	pFormations  = "formations/"
-	pScales      = "scale-requests/"
-	pJobs        = "jobs/"
-	pDeployments = "deployments/"
-	pDeployLock  = "deploy-locks/"
-	pRoutes      = "routes/"
-	pRouteIndex  = "route-index/"
-	pProviders   = "providers/"
-	pResources   = "resources/"
-	pKeys        = "keys/"
-	pEvents      = "events/"
+	pApps       = "apps/"
+	pAppNames   = "app-names/"
+	pArtifacts  = "artifacts/"
+	pReleases   = "releases/"
+	pFormations = "formations/"
+	pScales     = "scale-requests/"
+	// pScalePending indexes the pending scale request of a formation:
+	// <app>/<release> → request id.
+	pScalePending = "scale-pending/"
+	pJobs         = "jobs/"
+	pDeployments  = "deployments/"
+	pDeployLock   = "deploy-locks/"
+	pRoutes       = "routes/"
+	pRouteIndex   = "route-index/"
+	pProviders    = "providers/"
+	pResources    = "resources/"
+	pKeys         = "keys/"
+	pEvents       = "events/"
 )
 
 // eventsPerTxn is how many events one transaction may append: an event's

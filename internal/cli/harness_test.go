@@ -1,7 +1,12 @@
 package cli
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -204,6 +209,65 @@ func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 	}
 }
 
+// FlynnHostPath is where a slug release mounts flynn-host, whose
+// slugrunner runs its processes (as gitreceive builds them).
+const flynnHostPath = "/usr/local/bin/flynn-host"
+
+// slugApp deploys to app a release shaped as git push makes one (see
+// the slugapp script command) and returns its id and its slug layer's.
+func (h *harness) slugApp(ctx context.Context, appName string) (string, string, error) {
+	app, err := h.c.GetApp(ctx, appName)
+	if err != nil {
+		return "", "", err
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	files := []struct{ name, body string }{
+		{"app/Procfile", "web: myweb\n"},
+		{"app/bin/myweb", "#!/bin/sh\necho serving on $PORT\n"},
+	}
+	tw.WriteHeader(&tar.Header{Name: "app/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "app/bin/", Typeflag: tar.TypeDir, Mode: 0o755})
+	for _, f := range files {
+		tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(f.body))})
+		tw.Write([]byte(f.body))
+	}
+	tw.Close()
+	zw.Close()
+	sum := sha256.Sum256(buf.Bytes())
+	hexSum := hex.EncodeToString(sum[:])
+	layer, err := h.c.PutLayer(ctx, hexSum, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		return "", "", fmt.Errorf("put layer: %w", err)
+	}
+	stack := &api.ImageLayer{ID: "stack", Type: api.LayerTypeTar, Hashes: map[string]string{"sha256": "stack"}, URL: "file:///var/lib/flynn/stack.tar"}
+	art := &api.Artifact{Type: api.ArtifactTypeFlynn, URI: layer.URL, Manifest: &api.ImageManifest{
+		Type:   api.ManifestType,
+		Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{stack, layer}}},
+	}}
+	if err := h.c.CreateArtifact(ctx, art); err != nil {
+		return "", "", fmt.Errorf("create artifact: %w", err)
+	}
+	rel := &api.Release{
+		AppID: app.ID, ArtifactIDs: []string{art.ID}, Env: map[string]string{"GREETING": "hi"},
+		Meta: map[string]string{"git": "true"},
+		Processes: map[string]*api.ProcessType{"web": {
+			Args:   []string{flynnHostPath, "slugrunner", "start", "web"},
+			Mounts: []api.Mount{{Location: "/opt/flynn-host", Target: flynnHostPath}},
+			Ports: []api.Port{{Port: 8080, Proto: "tcp", Service: &api.Service{Name: app.Name + "-web", Create: true,
+				Check: &api.HealthCheck{Type: "tcp", Interval: api.Duration(2 * time.Second)}}}},
+		}},
+	}
+	if err := h.c.CreateRelease(ctx, rel); err != nil {
+		return "", "", fmt.Errorf("create release: %w", err)
+	}
+	if err := h.c.SetAppRelease(ctx, app.ID, rel.ID); err != nil {
+		return "", "", err
+	}
+	return rel.ID, hexSum, nil
+}
+
 // addLog stores a log line of app (by name).
 func (h *harness) addLog(ctx context.Context, app, typ, stream, msg string) error {
 	a, err := h.c.GetApp(ctx, app)
@@ -287,6 +351,9 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 			fw.write(api.FrameExit, p)
 		}
 		args := j.Config.Args
+		if len(args) > 2 && args[1] == "slugrunner" {
+			args = args[2:] // the slug runner runs the rest
+		}
 		switch args[0] {
 		case "echo":
 			fw.write(api.FrameStdout, []byte(strings.Join(args[1:], " ")+"\n"))

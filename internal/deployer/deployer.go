@@ -46,7 +46,8 @@ type Controller interface {
 	// current jobs first means no change is lost however long the stream
 	// takes to open.)
 	StreamJobs(ctx context.Context, appID string, fn func(*api.Job)) error
-	// UpdateDeployment records a deployment's status and finish time.
+	// UpdateDeployment records a deployment's status and finish time,
+	// with a deployment event of that status.
 	UpdateDeployment(ctx context.Context, d *api.Deployment) error
 	// AddDeploymentEvent records a step of a deployment.
 	AddDeploymentEvent(ctx context.Context, e *api.DeploymentEvent) error
@@ -266,7 +267,8 @@ func (r *run) deploy(ctx context.Context) (err error) {
 	if err := r.ctl().SetAppRelease(ctx, dep.AppID, dep.NewReleaseID); err != nil {
 		return fmt.Errorf("deployment %s: set app release: %w", dep.ID, err)
 	}
-	r.event(ctx, api.DeploymentEvent{ReleaseID: dep.NewReleaseID, Status: api.DeploymentComplete})
+	// Recording the status also records its "complete" event, so a
+	// client that sees the event finds the deployment complete.
 	r.finish(ctx, api.DeploymentComplete)
 	return nil
 }
@@ -403,12 +405,18 @@ func (r *run) waitUntil(ctx context.Context, cond func() bool) error {
 }
 
 func (r *run) markReady(ctx context.Context, j *api.Job) {
+	if r.ready[j.UUID] {
+		return
+	}
 	r.ready[j.UUID] = true
 	r.event(ctx, api.DeploymentEvent{ReleaseID: j.ReleaseID, JobType: j.Type, JobState: api.JobStateUp})
 }
 
 func (r *run) apply(ctx context.Context, j *api.Job) error {
 	prev := r.jobs[j.UUID]
+	if stale(prev, j) {
+		return nil
+	}
 	r.jobs[j.UUID] = j
 	if prev != nil && prev.State == j.State {
 		return nil
@@ -460,6 +468,12 @@ func (r *run) apply(ctx context.Context, j *api.Job) error {
 		r.event(ctx, api.DeploymentEvent{ReleaseID: j.ReleaseID, JobType: j.Type, JobState: api.JobStateDown})
 	}
 	return nil
+}
+
+// stale says whether j is an older record of the job than prev (a job
+// stream replays changes recorded before its listing).
+func stale(prev, j *api.Job) bool {
+	return prev != nil && !j.UpdatedAt.IsZero() && j.UpdatedAt.Before(prev.UpdatedAt)
 }
 
 func (r *run) put(ctx context.Context, f *api.Formation) error {

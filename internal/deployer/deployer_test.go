@@ -194,6 +194,10 @@ func (c *simController) UpdateDeployment(ctx context.Context, d *api.Deployment)
 	defer c.mu.Unlock()
 	cp := *d
 	c.deployments[d.ID] = &cp
+	if d.Status == api.DeploymentComplete {
+		// The controller records a complete event with the status.
+		c.events = append(c.events, "complete "+d.NewReleaseID)
+	}
 	return nil
 }
 

@@ -191,7 +191,7 @@ func (w *readiness) follow(ctx context.Context, appID string) error {
 }
 
 func (w *readiness) apply(ctx context.Context, j *api.Job) {
-	if j.ReleaseID != w.rel.ID || j.Type == "" {
+	if j.ReleaseID != w.rel.ID || j.Type == "" || stale(w.jobs[j.UUID], j) {
 		return
 	}
 	w.jobs[j.UUID] = j

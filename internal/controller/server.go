@@ -1,10 +1,12 @@
 // Package controller is Flynn's controller: the HTTP API for apps,
-// artifacts, releases, formations, scale requests, jobs (including one-off
-// and attached jobs), deployments, routes, providers and resources, SSH
-// keys, events (JSON and SSE) and app logs. It validates every request,
-// checks the cluster key, and keeps all state in etcd through
+// artifacts (and their layers, for export and import), releases,
+// formations, scale requests, jobs (including one-off and attached jobs),
+// deployments, routes, providers and resources, SSH keys, events (JSON and
+// SSE), app logs and status. It validates every request, checks the
+// cluster key, and keeps all state in etcd through
 // internal/controller/ctrlstore, so any number of replicas can serve the
-// same state.
+// same state. Its wire shapes are Flynn's, so Flynn's own clients work
+// unmodified (compat.go holds what that takes beyond the shared types).
 package controller
 
 import (

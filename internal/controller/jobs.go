@@ -231,10 +231,11 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 		defer stream.Close()
 	}
 	if err := s.cfg.Runner.AddJob(r.Context(), host, hj); err != nil {
-		if _, ok := api.AsError(err); ok {
+		if e, ok := api.AsError(err); ok && e.HTTPStatus() < 500 {
 			return err
 		}
-		return fmt.Errorf("add job %s to host %s: %w", hj.ID, host.ID, err)
+		// Not the caller's fault, but say what went wrong.
+		return &api.Error{Code: api.CodeUnknown, Message: fmt.Sprintf("host %s could not start job %s: %v", host.ID, hj.ID, err)}
 	}
 	if job, err = s.store.PutJob(r.Context(), job); err != nil {
 		return err

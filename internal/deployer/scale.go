@@ -138,7 +138,20 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 			return ctx.Err()
 		}
 	}
-	return sr.CompleteScaleRequest(ctx, req)
+	// Record it, retrying while the controller cannot be reached; a
+	// request that ended meanwhile (cancelled, deleted) needs nothing.
+	for {
+		err := sr.CompleteScaleRequest(ctx, req)
+		if err == nil || errors.Is(err, api.ErrConflict) || errors.Is(err, api.ErrNotFound) {
+			return nil
+		}
+		d.log.Warn("record scale request complete", "app", req.AppID, "scale_request", req.ID, "err", err)
+		select {
+		case <-time.After(d.cfg.RetryInterval):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // readiness follows the jobs of one release and tells which are ready:

@@ -45,9 +45,10 @@ func decodeApp(r *http.Request) (*api.App, error) {
 			return nil, err
 		}
 	}
-	if app.ReleaseID != "" {
-		return nil, api.Validation("release", "set the release with PUT /apps/{app}/release or a deploy")
-	}
+	// A new app has no release: one given (Flynn's import sends the
+	// exported app's) is ignored, as Flynn's controller did; set it with
+	// PUT /apps/{app}/release or a deploy.
+	app.ReleaseID = ""
 	return app, validateApp(app)
 }
 

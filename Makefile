@@ -37,8 +37,9 @@ test: deps build vet
 test-short: build
 	GO=$(GO) $(GO) run ./scripts/testsum -short ./...
 
+# make up BACKUP=FILE restores a backup (flynn cluster backup) on a new cluster.
 up: build
-	bin/flynn-host up
+	bin/flynn-host up $(if $(BACKUP),--from-backup $(BACKUP))
 
 down:
 	@test -x bin/flynn-host || $(MAKE) build

@@ -24,6 +24,10 @@ const (
 	// MetaDeployBatchSize is the batch size of the in-batches strategy
 	// (`flynn deployment batch-size`); the number of hosts when unset.
 	MetaDeployBatchSize = "flynn-deploy-batch-size"
+	// MetaSystemRestore marks the apps the host daemons themselves start
+	// again when none of their jobs runs (the scheduler, which restores
+	// every other app).
+	MetaSystemRestore = "flynn-system-restore"
 )
 
 // Deploy strategies, as Flynn names them.

@@ -64,3 +64,20 @@ type GridStatus struct {
 	Members   []*EtcdMember     `json:"members"`
 	Services  []*ServiceSummary `json:"services"`
 }
+
+// Host states in a HostListing.
+const (
+	HostStateUp   = "up"
+	HostStateDown = "down"
+)
+
+// HostListing is one host in GET /grid/hosts: every host that ever joined
+// the cluster, up or down.
+type HostListing struct {
+	Host  *Host  `json:"host"`
+	State string `json:"state"`
+	// EtcdRole is "leader", "member", "learner" or "client".
+	EtcdRole string `json:"etcd_role"`
+	// Jobs is how many jobs run on it (-1 when it could not be asked).
+	Jobs int `json:"jobs"`
+}

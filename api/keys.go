@@ -6,6 +6,10 @@ package api
 const (
 	// KeyHosts holds host registrations: /flynn/hosts/<host-id> → Host, under a lease.
 	KeyHosts = "/flynn/hosts/"
+	// KeyHostRecords holds every host that ever registered, with no lease:
+	// /flynn/host-records/<host-id> → Host. A host in it but not under
+	// KeyHosts is down.
+	KeyHostRecords = "/flynn/host-records/"
 	// KeyDiscoverd is the service registry's root: services/<svc>/... below it.
 	KeyDiscoverd = "/flynn/discoverd/"
 	// KeyController is the controller's root: apps/, releases/, artifacts/,

@@ -38,6 +38,7 @@ type e2eCluster struct {
 	domain    string
 	upArgs    []string
 	bridge    string
+	subnet    string
 	cgroup    string
 	hostURL   string
 }
@@ -60,14 +61,14 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 	dir := testslot.Dir(t)
 	state := filepath.Join(dir, "state") // up creates it
 	c := &e2eCluster{t: t, stateDir: state, rc: filepath.Join(dir, "flynnrc"), home: filepath.Join(dir, "home"), domain: e2eDomain,
-		bridge: testslot.Name(t, "e2e"), cgroup: testslot.Name(t, "e2ecg")}
+		bridge: testslot.Name(t, "e2e"), subnet: testslot.Subnet(t), cgroup: testslot.Name(t, "e2ecg")}
 	os.Mkdir(c.home, 0o755)
 	port := func() string { return fmt.Sprint(testslot.Port(t)) }
 	c.httpPort, c.httpsPort = testslot.Port(t), testslot.Port(t)
 	hostPort := port()
 	c.hostURL = "http://127.0.0.1:" + hostPort
 	c.upArgs = []string{"up", "--state-dir", c.stateDir, "--listen-ip", "127.0.0.1",
-		"--bridge", c.bridge, "--subnet", testslot.Subnet(t), "--cgroup-parent", c.cgroup,
+		"--bridge", c.bridge, "--subnet", c.subnet, "--cgroup-parent", c.cgroup,
 		"--port-range", testslot.PortRange(t, 60),
 		"--etcd-client-port", port(), "--etcd-peer-port", port(),
 		"--discoverd-port", port(), "--dns-port", "-1", "--host-port", hostPort,
@@ -191,6 +192,19 @@ func (c *e2eCluster) env() []string {
 // router's HTTP port.
 func (c *e2eCluster) url(host, path string) string {
 	return fmt.Sprintf("http://%s:%d%s", host, c.httpPort, path)
+}
+
+// curl fetches path from host (a name under the cluster domain) through
+// the router's HTTP port, and returns the status (0 when the request
+// failed) and the body (or the error).
+func (c *e2eCluster) curl(host, path string) (int, string) {
+	out, err := exec.Command("curl", "-sS", "-m", "5", "-w", "\n%{http_code}", c.url(host, path)).Output()
+	if err != nil {
+		return 0, err.Error()
+	}
+	i := strings.LastIndexByte(string(out), '\n')
+	status, _ := strconv.Atoi(strings.TrimSpace(string(out[i+1:])))
+	return status, string(out[:i])
 }
 
 // flynn runs the CLI with the cluster's config in dir.

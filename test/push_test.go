@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,19 +68,18 @@ func (a *pushApp) push(refspec string) (string, bool) {
 }
 
 // get fetches / through the router.
-func (a *pushApp) get() (int, string) {
-	out, err := exec.Command("curl", "-sS", "-m", "5", "-w", "\n%{http_code}", a.c.url(a.name+"."+a.c.domain, "/")).Output()
-	if err != nil {
-		return 0, err.Error()
-	}
-	i := strings.LastIndexByte(string(out), '\n')
-	status, _ := strconv.Atoi(strings.TrimSpace(string(out[i+1:])))
-	return status, string(out[:i])
-}
+func (a *pushApp) get() (int, string) { return a.c.curl(a.name+"."+a.c.domain, "/") }
 
 // pushAndServe pushes main and returns the time from the push to the
 // first 200 with want in the body.
 func (a *pushApp) pushAndServe(want string) time.Duration {
+	a.t.Helper()
+	d, _ := a.pushServe(want)
+	return d
+}
+
+// pushServe is pushAndServe that also returns the push's output.
+func (a *pushApp) pushServe(want string) (time.Duration, string) {
 	a.t.Helper()
 	start := time.Now()
 	out, ok := a.push("main")
@@ -95,7 +93,7 @@ func (a *pushApp) pushAndServe(want string) time.Duration {
 		status, body := a.get()
 		return status == 200 && strings.Contains(body, want), fmt.Errorf("%d %s", status, body)
 	})
-	return time.Since(start)
+	return time.Since(start), out
 }
 
 // commit changes the app trivially so a second push has something new.

@@ -117,6 +117,17 @@ func (c *Client) RemoveService(ctx context.Context, service string) error {
 	return c.call(ctx, http.MethodDelete, svcPath(service), nil, nil)
 }
 
+// RemoveInstance deregisters the tcp instance at addr from service, as
+// its owner would: for instances whose owner is gone (a job that died
+// with its host). An instance that is not registered is not an error.
+func (c *Client) RemoveInstance(ctx context.Context, service, addr string) error {
+	err := c.call(ctx, http.MethodDelete, svcPath(service)+"/instances/"+url.PathEscape(instanceID("tcp", addr)), nil, nil)
+	if errors.Is(err, api.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
 // Services lists the names of all services.
 func (c *Client) Services(ctx context.Context) ([]string, error) {
 	var names []string

@@ -3,6 +3,8 @@ package bootstrap
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +14,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -89,6 +92,8 @@ type Result struct {
 	GitURL        string `json:"git_url"`
 	// SSHGit is host:port of git over SSH.
 	SSHGit string `json:"ssh_git,omitempty"`
+	// BlobURL is the blobstore's base URL, as the apps' artifacts name it.
+	BlobURL string `json:"blob_url,omitempty"`
 	// AlreadyDone is set when the cluster was bootstrapped before.
 	AlreadyDone bool `json:"-"`
 }
@@ -227,6 +232,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		ControllerURL: routedURL("controller."+cfg.Domain, p.HTTPS),
 		GitURL:        routedURL("git."+cfg.Domain, p.HTTPS),
 		SSHGit:        net.JoinHostPort(listenIP, strconv.Itoa(p.GitSSH)),
+		BlobURL:       "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.Blobstore)),
 	}
 	for _, s := range cfg.Manifest.Steps {
 		start := time.Now()
@@ -432,6 +438,9 @@ func (r *run) release(name string) (*appState, error) {
 	meta := map[string]string{api.MetaSystemApp: "true"}
 	if spec.Critical {
 		meta[api.MetaSystemCritical] = "true"
+	}
+	if spec.Restore {
+		meta[api.MetaSystemRestore] = "true"
 	}
 	appID := uuid.NewString()
 	st := &appState{
@@ -712,4 +721,48 @@ func stackDigest(layer string) (string, error) {
 	}
 	os.WriteFile(cache, []byte(digest+"\n"), 0o644) // only a cache
 	return digest, nil
+}
+
+// WaitRouted waits until the controller answers through this host's
+// router at res.ControllerURL's port, over TLS checked against the
+// cluster CA: what the CLI needs. It is how `up` waits for a cluster that
+// restores itself (after a power loss or a restart).
+func WaitRouted(ctx context.Context, res *Result, timeout time.Duration) error {
+	u, err := url.Parse(res.ControllerURL)
+	if err != nil || u.Hostname() == "" {
+		return fmt.Errorf("the cluster's controller URL %q is not a URL", res.ControllerURL)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(res.CACert)) {
+		return errors.New("the cluster's CA certificate is not PEM")
+	}
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: u.Hostname()},
+	}, Timeout: 5 * time.Second}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err = poll(ctx, func() error {
+		req, err := http.NewRequestWithContext(ctx, "GET", "https://"+net.JoinHostPort("127.0.0.1", port)+"/ping", nil)
+		if err != nil {
+			return err
+		}
+		req.Host = u.Host
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
+			return nil
+		}
+		return errors.New(resp.Status)
+	})
+	if err != nil {
+		return fmt.Errorf("the controller did not answer through the router within %s; last: %v", timeout, err)
+	}
+	return nil
 }

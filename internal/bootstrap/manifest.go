@@ -70,7 +70,11 @@ type Step struct {
 // AppSpec is a system app: its process types and how many of each run.
 type AppSpec struct {
 	// Critical apps are never scaled to zero (meta flynn-system-critical).
-	Critical  bool                        `json:"critical,omitempty"`
+	Critical bool `json:"critical,omitempty"`
+	// Restore apps are started again by the host daemons when none of
+	// their jobs runs anywhere (meta flynn-system-restore): the scheduler,
+	// which restores every other app.
+	Restore   bool                        `json:"restore,omitempty"`
 	Processes map[string]*api.ProcessType `json:"processes"`
 	Formation map[string]int              `json:"formation"`
 	// Root runs the app's processes as uid 0 (the router binds :80).
@@ -211,7 +215,7 @@ func DefaultManifest() *Manifest {
 	return &Manifest{
 		Apps: map[string]*AppSpec{
 			"controller":    {Critical: true, Processes: map[string]*api.ProcessType{"web": ctl}, Formation: map[string]int{"web": 1}},
-			"scheduler":     {Critical: true, Processes: map[string]*api.ProcessType{"scheduler": sched}, Formation: map[string]int{"scheduler": 1}},
+			"scheduler":     {Critical: true, Restore: true, Processes: map[string]*api.ProcessType{"scheduler": sched}, Formation: map[string]int{"scheduler": 1}},
 			"router":        {Critical: true, Root: true, Processes: map[string]*api.ProcessType{"app": router}, Formation: map[string]int{"app": 1}},
 			"blobstore":     {Critical: true, DataDir: true, Processes: map[string]*api.ProcessType{"web": blob}, Formation: map[string]int{"web": 1}},
 			"logaggregator": {Processes: map[string]*api.ProcessType{"app": logagg}, Formation: map[string]int{"app": 1}},

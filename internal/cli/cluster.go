@@ -35,7 +35,7 @@ func newClusterCmd(s *state) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	c.AddCommand(newClusterAddCmd(s), newClusterRemoveCmd(s), newClusterDefaultCmd(s))
+	c.AddCommand(newClusterAddCmd(s), newClusterRemoveCmd(s), newClusterDefaultCmd(s), newClusterBackupCmd(s))
 	return c
 }
 

@@ -76,12 +76,6 @@ func (s *Server) putJob(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	j.AppID = app.ID
-	if len(j.Args) == 0 && j.Type != "" && j.ReleaseID != "" {
-		// A formation job runs its process type's command (flynn ps -c).
-		if rel, err := s.store.GetRelease(r.Context(), j.ReleaseID); err == nil && rel.Processes[j.Type] != nil {
-			j.Args = rel.Processes[j.Type].Args
-		}
-	}
 	j, err = s.store.PutJob(r.Context(), j)
 	if err != nil {
 		return err

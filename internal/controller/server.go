@@ -78,6 +78,9 @@ type Config struct {
 	// and import and for deleting the layers of deleted releases (those
 	// answer 503, and layers stay, without one).
 	Blobs Blobs
+	// BlobURL is the blobstore's base URL, as the apps' artifacts name
+	// it: GET /backup reads every blob there (503 when empty).
+	BlobURL string
 	// HTTP is the client for providers and the log aggregator
 	// (http.DefaultClient when nil).
 	HTTP *http.Client
@@ -149,6 +152,7 @@ func (s *Server) routes() http.Handler {
 	}))
 	m.Handle("GET /ca-cert", hf(s.caCert))
 	m.Handle("GET "+api.StatusPath, hf(s.status))
+	m.Handle("GET /backup", hf(s.backup))
 
 	m.Handle("POST /apps", hf(s.createApp))
 	m.Handle("GET /apps", list(s.store.ListApps))

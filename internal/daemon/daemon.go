@@ -383,7 +383,14 @@ func registerHost(ctx context.Context, cli *clientv3.Client, host *api.Host, ttl
 	key := api.KeyHosts + host.ID
 	b, _ := json.Marshal(host)
 	secs := max(int(ttl/time.Second), 1)
+	recorded := false
 	for {
+		// The lasting record, for listing hosts that are down.
+		if !recorded {
+			if _, err := cli.Put(ctx, api.KeyHostRecords+host.ID, string(b)); err == nil {
+				recorded = true
+			}
+		}
 		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(secs), concurrency.WithContext(ctx))
 		if err == nil {
 			if _, err = cli.Put(ctx, key, string(b), clientv3.WithLease(sess.Lease())); err == nil {

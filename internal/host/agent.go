@@ -104,6 +104,9 @@ type job struct {
 	// done is closed when the job has ended.
 	done     chan struct{}
 	stopping bool
+	// adopted: running when this agent started (a previous agent, or the
+	// host before a power loss, registered its instances).
+	adopted bool
 }
 
 var bucketJobs = []byte("jobs")
@@ -227,6 +230,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for id, j := range a.jobs {
 		if running(j.active.Status) {
 			a.log.Info("adopting job", "job", id, "pid", j.active.PID)
+			j.adopted = true
 			a.watch(id, j)
 			a.registerJob(j.active)
 		}

@@ -102,6 +102,12 @@ func (a *Agent) watch(id string, j *job) {
 			return // the agent is stopping; the job keeps running
 		}
 		a.deregisterJob(id)
+		if j.adopted && exit.Error != "" {
+			// It died with its supervisor (a power loss): its instances
+			// from before may outlive it. Gone before its port is
+			// released for another job.
+			a.removeInstances(j.active)
+		}
 		cerr := a.rt.Cleanup(context.Background(), id)
 		a.mu.Lock()
 		defer a.mu.Unlock()

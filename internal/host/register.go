@@ -46,6 +46,15 @@ const (
 	InstanceMetaProcessType = "FLYNN_PROCESS_TYPE"
 )
 
+// Remover is optionally implemented by a Registry: Remove deregisters the
+// instance at addr from service when the job that registered it is gone
+// without deregistering it (its host lost power). The agent removes a
+// dead job's instances so that a router never sends its traffic to a new
+// job that reuses the port.
+type Remover interface {
+	Remove(ctx context.Context, service, addr string) error
+}
+
 // RouterAPIService is the discoverd service of routers' API servers,
 // which DiscoverdRegistry asks whether a stopping job has drained.
 const RouterAPIService = "router-api"
@@ -67,6 +76,10 @@ type discoverdRegistry struct {
 
 func (d *discoverdRegistry) Register(ctx context.Context, service, addr string, meta map[string]string) (Registration, error) {
 	return d.c.Register(ctx, service, addr, meta)
+}
+
+func (d *discoverdRegistry) Remove(ctx context.Context, service, addr string) error {
+	return d.c.RemoveInstance(ctx, service, addr)
 }
 
 func (d *discoverdRegistry) WaitDrained(ctx context.Context, addrs []string) error {
@@ -107,25 +120,7 @@ func (a *Agent) registerJob(aj *api.ActiveJob) {
 	if a.cfg.Registry == nil || aj.Job == nil || a.regs[aj.Job.ID] != nil {
 		return
 	}
-	ip := a.publishIP()
-	type port struct {
-		svc  *api.Service
-		addr string
-	}
-	var ports []port
-	for i, p := range aj.Job.Config.Ports {
-		if p.Service == nil || p.Service.Name == "" {
-			continue
-		}
-		hp := p.Port
-		if i < len(aj.HostPorts) && aj.HostPorts[i] != 0 {
-			hp = aj.HostPorts[i]
-		}
-		if hp == 0 {
-			continue
-		}
-		ports = append(ports, port{p.Service, net.JoinHostPort(ip, strconv.Itoa(hp))})
-	}
+	ports := a.servicePorts(aj)
 	if len(ports) == 0 {
 		return
 	}
@@ -158,6 +153,51 @@ func (a *Agent) registerJob(aj *api.ActiveJob) {
 		wg.Wait()
 		close(r.done)
 	}()
+}
+
+// servicePort is a job port registered in a service, at addr.
+type servicePort struct {
+	svc  *api.Service
+	addr string
+}
+
+// servicePorts are the job's ports that are registered in services.
+func (a *Agent) servicePorts(aj *api.ActiveJob) []servicePort {
+	ip := a.publishIP()
+	var ports []servicePort
+	for i, p := range aj.Job.Config.Ports {
+		if p.Service == nil || p.Service.Name == "" {
+			continue
+		}
+		hp := p.Port
+		if i < len(aj.HostPorts) && aj.HostPorts[i] != 0 {
+			hp = aj.HostPorts[i]
+		}
+		if hp == 0 {
+			continue
+		}
+		ports = append(ports, servicePort{p.Service, net.JoinHostPort(ip, strconv.Itoa(hp))})
+	}
+	return ports
+}
+
+// removeInstances deregisters a job's instances that a previous life of
+// the agent registered and this one did not (it died with its host):
+// with a health check, the job is not registered again before it is seen
+// dead, so its old instances would live out their TTL, pointing at a port
+// a new job may get.
+func (a *Agent) removeInstances(aj *api.ActiveJob) {
+	rm, ok := a.cfg.Registry.(Remover)
+	if !ok || aj.Job == nil {
+		return
+	}
+	for _, p := range a.servicePorts(aj) {
+		ctx, cancel := context.WithTimeout(a.runCtx, 5*time.Second)
+		if err := rm.Remove(ctx, p.svc.Name, p.addr); err != nil && a.runCtx.Err() == nil {
+			a.log.Warn("remove a dead job's instance", "job", aj.Job.ID, "service", p.svc.Name, "addr", p.addr, "err", err)
+		}
+		cancel()
+	}
 }
 
 // publishIP is the address job ports are published on.

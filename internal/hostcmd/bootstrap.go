@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,12 +22,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
-	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/internal/backup"
 	"github.com/flynnrebuilt/flynn/internal/bootstrap"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
 	"github.com/flynnrebuilt/flynn/internal/logging"
-	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
 // The cluster set-up commands: bootstrap, up, down.
@@ -38,6 +39,9 @@ type bootstrapFlags struct {
 	domain    string
 	ports     bootstrap.Ports
 	startJobs bool
+	// fromBackup is a backup file (flynn cluster backup) to restore
+	// once the platform runs.
+	fromBackup string
 }
 
 func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
@@ -55,6 +59,7 @@ func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
 	f.IntVar(&b.ports.Logagg, "logaggregator-port", p.Logagg, "log aggregator port")
 	f.IntVar(&b.ports.GitHTTP, "git-http-port", p.GitHTTP, "gitreceive smart-HTTP port")
 	f.IntVar(&b.ports.GitSSH, "git-ssh-port", p.GitSSH, "gitreceive SSH port")
+	f.StringVar(&b.fromBackup, "from-backup", "", "restore the apps of a backup file (flynn cluster backup) on this new cluster")
 	f.BoolVar(&b.startJobs, "start-jobs", false, "start every system job directly instead of leaving it to the scheduler")
 	f.MarkHidden("start-jobs")
 }
@@ -73,7 +78,31 @@ func runBootstrap(ctx context.Context, stateDir, discoverdURL, manifestFile stri
 			return nil, err
 		}
 	}
-	return bootstrap.Run(ctx, cfg, log)
+	if b.fromBackup != "" {
+		// The whole file is read before anything changes.
+		fmt.Fprintf(out, "checking the backup %s\n", b.fromBackup)
+		if _, err := backup.Check(b.fromBackup); err != nil {
+			return nil, err
+		}
+	}
+	res, err := bootstrap.Run(ctx, cfg, log)
+	if err != nil || b.fromBackup == "" {
+		return res, err
+	}
+	if res.AlreadyDone {
+		return nil, errors.New("this cluster is bootstrapped already and has apps of its own: --from-backup restores onto a new cluster (flynn-host down removes this one)")
+	}
+	disc := discoverdclient.New(strings.TrimSuffix(discoverdURL, "/"), hc.Token)
+	t := backup.Target{
+		Controller: controllerclient.NewWithHTTP("http://controller"+discoverdclient.ServiceDomain, res.Key, disc.HTTPClient()),
+		Blobs:      blobclient.New(res.BlobURL, res.Key, nil),
+		BlobURL:    res.BlobURL,
+		Progress:   out,
+	}
+	if _, err := backup.Restore(ctx, b.fromBackup, t); err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 func newBootstrapCmd(env Env) *cobra.Command {
@@ -134,260 +163,6 @@ func printResult(w io.Writer, res *bootstrap.Result) {
 	}
 }
 
-// upState is what `up` started, kept in <state-dir>/up.json for `down`.
-type upState struct {
-	DaemonArgs   []string `json:"daemon_args"`
-	Bridge       string   `json:"bridge"`
-	Subnet       string   `json:"subnet"`
-	CgroupParent string   `json:"cgroup_parent"`
-	HostURL      string   `json:"host_url"`
-	DiscoverdURL string   `json:"discoverd_url"`
-	// Rcfiles are the CLI configs up added the cluster to.
-	Rcfiles []string `json:"rcfiles,omitempty"`
-	Cluster string   `json:"cluster"`
-}
-
-func newUpCmd(env Env) *cobra.Command {
-	var (
-		b                                          bootstrapFlags
-		stateDir, listenIP, bridge, subnet, cgroup string
-		stackDir, clusterName, deps, flynnCLI      string
-		manifest, portRange                        string
-		etcdClient, etcdPeer, discPort, dnsPort    int
-		hostPort                                   int
-		noStack, etcdFast, noCLI                   bool
-	)
-	cmd := &cobra.Command{
-		Use:   "up",
-		Short: "Run a single-node cluster on this machine and configure the flynn CLI",
-		Long: `As root: install missing OS packages, build the default stack if it is not
-built yet, create the cluster (init) if this host has none, start the host
-daemon in the background (log <state-dir>/daemon.log, pid
-<state-dir>/daemon.pid), bootstrap the platform, and add the cluster to the
-flynn CLI config of the invoking user ($SUDO_USER's ~/.flynnrc under sudo).
-Running it again on a running cluster is safe and fast.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			out := cmd.OutOrStdout()
-			if os.Geteuid() != 0 {
-				return errors.New("flynn-host up must run as root (try: sudo make up)")
-			}
-			if _, _, err := parseJobPortRange(portRange); err != nil {
-				return err
-			}
-			start := time.Now()
-			ctx := cmd.Context()
-			log, err := logging.New(env.Stderr, logging.Config{Level: "warn"})
-			if err != nil {
-				return err
-			}
-			if deps != "" {
-				if _, err := os.Stat(deps); err == nil {
-					fmt.Fprintln(out, "==> OS packages")
-					c := exec.CommandContext(ctx, "bash", deps)
-					c.Stdout, c.Stderr = out, env.Stderr
-					if err := c.Run(); err != nil {
-						return fmt.Errorf("install OS packages (%s): %w", deps, err)
-					}
-				}
-			}
-			stackLayer := ""
-			if !noStack {
-				fmt.Fprintln(out, "==> build stack")
-				res, err := stack.Build(ctx, stack.Config{Dir: stackDir, Tar: true, Progress: &prefixWriter{w: out, prefix: "    "}})
-				if err != nil {
-					return fmt.Errorf("build the default stack: %w", err)
-				}
-				stackLayer = res.Layer
-				if res.Cached {
-					fmt.Fprintf(out, "    stack %s already built\n", res.Key)
-				}
-			}
-			if listenIP == "" {
-				listenIP = daemon.DefaultListenIP()
-			}
-			if _, err := daemon.LoadHostConfig(stateDir); errors.Is(err, daemon.ErrNoHostConfig) {
-				fmt.Fprintln(out, "==> init")
-				if err := selfRun(ctx, out, "init", "--state-dir", stateDir); err != nil {
-					return err
-				}
-			} else if err != nil {
-				return err
-			}
-			st := &upState{
-				Bridge: bridge, Subnet: subnet, CgroupParent: cgroup, Cluster: clusterName,
-				DiscoverdURL: "http://" + net.JoinHostPort(listenIP, strconv.Itoa(discPort)),
-				HostURL:      "http://" + net.JoinHostPort(listenIP, strconv.Itoa(hostPort)),
-				DaemonArgs: []string{"daemon", "--state-dir", stateDir, "--listen-ip", listenIP,
-					"--etcd-client-port", strconv.Itoa(etcdClient), "--etcd-peer-port", strconv.Itoa(etcdPeer),
-					"--discoverd-port", strconv.Itoa(discPort), "--dns-port", strconv.Itoa(dnsPort),
-					"--host-port", strconv.Itoa(hostPort), "--bridge", bridge, "--subnet", subnet,
-					"--cgroup-parent", cgroup, "--port-range", portRange},
-			}
-			if etcdFast {
-				st.DaemonArgs = append(st.DaemonArgs, "--etcd-fast")
-			}
-			if old, err := loadUpState(stateDir); err == nil {
-				st.Rcfiles = old.Rcfiles
-			}
-			if err := saveUpState(stateDir, st); err != nil {
-				return err
-			}
-			if err := startDaemon(ctx, out, stateDir, st); err != nil {
-				return err
-			}
-			fmt.Fprintln(out, "==> bootstrap")
-			bctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-			defer cancel()
-			res, err := runBootstrap(bctx, stateDir, st.DiscoverdURL, manifest, stackLayer, b, &prefixWriter{w: out, prefix: "    "}, log)
-			if err != nil {
-				return err
-			}
-			if !noCLI {
-				rc, err := addToCLI(ctx, env, flynnCLI, clusterName, res)
-				if err != nil {
-					return err
-				}
-				st.Rcfiles = []string{rc}
-				fmt.Fprintf(out, "==> flynn CLI: cluster %q added to %s\n", clusterName, rc)
-			}
-			if err := saveUpState(stateDir, st); err != nil {
-				return err
-			}
-			printResult(out, res)
-			fmt.Fprintf(out, "Cluster up in %s. Try: flynn create myapp\n", time.Since(start).Round(time.Second))
-			return nil
-		},
-	}
-	b.register(cmd, env)
-	f := cmd.Flags()
-	f.StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of all the cluster's state on this host")
-	f.StringVar(&listenIP, "listen-ip", "", "the host's cluster address (default: the address of the default route)")
-	f.StringVar(&bridge, "bridge", "flynnbr0", "bridge jobs attach to")
-	f.StringVar(&subnet, "subnet", "100.64.0.0/16", "job network")
-	f.StringVar(&cgroup, "cgroup-parent", "flynn", "cgroup jobs are placed under")
-	f.StringVar(&portRange, "port-range", defaultPortRange, "host ports given to jobs, LO-HI (keep it outside net.ipv4.ip_local_port_range)")
-	f.IntVar(&etcdClient, "etcd-client-port", daemon.DefaultEtcdClientPort, "etcd client port")
-	f.IntVar(&etcdPeer, "etcd-peer-port", daemon.DefaultEtcdPeerPort, "etcd peer port")
-	f.IntVar(&discPort, "discoverd-port", daemon.DefaultDiscoverdPort, "discoverd HTTP port")
-	f.IntVar(&dnsPort, "dns-port", daemon.DefaultDNSPort, "discoverd DNS port (-1 disables DNS)")
-	f.IntVar(&hostPort, "host-port", daemon.DefaultHostPort, "host agent port")
-	f.StringVar(&stackDir, "stack-dir", "/var/cache/flynn/stack", "where the default stack is built and cached")
-	f.BoolVar(&noStack, "no-stack", false, "do not build the default stack")
-	f.StringVar(&deps, "deps", "scripts/deps.sh", "script that installs missing OS packages (skipped when absent)")
-	f.StringVar(&clusterName, "cluster-name", "default", "name of the cluster in the flynn CLI config")
-	f.StringVar(&flynnCLI, "flynn", "", "flynn CLI binary (default: flynn next to this flynn-host, else in $PATH)")
-	f.BoolVar(&noCLI, "no-cli", false, "do not configure the flynn CLI")
-	f.StringVar(&manifest, "manifest", "", "bootstrap manifest JSON file (default: the built-in one)")
-	f.BoolVar(&etcdFast, "etcd-fast", false, "short etcd ticks, for tests")
-	f.MarkHidden("etcd-fast")
-	return cmd
-}
-
-func saveUpState(stateDir string, st *upState) error {
-	b, _ := json.MarshalIndent(st, "", "  ")
-	return os.WriteFile(filepath.Join(stateDir, "up.json"), b, 0o600)
-}
-
-func loadUpState(stateDir string) (*upState, error) {
-	b, err := os.ReadFile(filepath.Join(stateDir, "up.json"))
-	if err != nil {
-		return nil, err
-	}
-	st := &upState{}
-	return st, json.Unmarshal(b, st)
-}
-
-// selfRun runs this flynn-host with args in the foreground.
-func selfRun(ctx context.Context, out io.Writer, args ...string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	c := exec.CommandContext(ctx, exe, args...)
-	var buf bytes.Buffer
-	c.Stdout, c.Stderr = &buf, &buf
-	if err := c.Run(); err != nil {
-		return fmt.Errorf("flynn-host %s: %w\n%s", args[0], err, buf.String())
-	}
-	return nil
-}
-
-// daemonPID returns the pid of the running daemon of stateDir, or 0.
-func daemonPID(stateDir string) int {
-	b, err := os.ReadFile(filepath.Join(stateDir, "daemon.pid"))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0
-	}
-	if syscall.Kill(pid, 0) != nil {
-		return 0
-	}
-	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if !bytes.Contains(cmdline, []byte("daemon")) {
-		return 0 // the pid was reused
-	}
-	return pid
-}
-
-// startDaemon starts `flynn-host daemon` in the background unless it runs
-// already, and waits until its discoverd and host agent answer.
-func startDaemon(ctx context.Context, out io.Writer, stateDir string, st *upState) error {
-	if pid := daemonPID(stateDir); pid != 0 {
-		fmt.Fprintf(out, "==> daemon running (pid %d)\n", pid)
-	} else {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		logFile := filepath.Join(stateDir, "daemon.log")
-		lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return err
-		}
-		defer lf.Close()
-		c := exec.Command(exe, st.DaemonArgs...)
-		c.Stdout, c.Stderr = lf, lf
-		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := c.Start(); err != nil {
-			return fmt.Errorf("start the daemon: %w", err)
-		}
-		pid := c.Process.Pid
-		c.Process.Release()
-		if err := os.WriteFile(filepath.Join(stateDir, "daemon.pid"), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "==> daemon started (pid %d, log %s)\n", pid, logFile)
-	}
-	hc, err := daemon.LoadHostConfig(stateDir)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		var status api.GridStatus
-		err := (&httpclient.Client{URL: st.DiscoverdURL, Key: hc.Token}).Do(cctx, "GET", "/grid/status", nil, &status)
-		if err == nil {
-			_, err = hostclient.New(st.HostURL, hc.Token).Status(cctx)
-			if err == nil && len(status.Hosts) == 0 {
-				err = errors.New("the host has not registered yet")
-			}
-		}
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || daemonPID(stateDir) == 0 {
-			return fmt.Errorf("the daemon did not come up: %v (see %s)", err, filepath.Join(stateDir, "daemon.log"))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // findFlynnCLI finds the flynn CLI next to this flynn-host, else in $PATH.
 func findFlynnCLI() (string, error) {
 	exe, _ := os.Executable()
@@ -442,97 +217,6 @@ func addToCLI(ctx context.Context, env Env, flynnBin, name string, res *bootstra
 		os.Chown(rc, uid, gid)
 	}
 	return rc, nil
-}
-
-func newDownCmd(env Env) *cobra.Command {
-	var stateDir string
-	var keepData bool
-	cmd := &cobra.Command{
-		Use:   "down",
-		Short: "Stop the cluster `flynn-host up` started and clean the machine",
-		Long: `Stop every job, the host daemon, and remove what they made on this machine:
-the job bridge, mounts under the state dir, the jobs' cgroups and
-iptables rules. The state dir is deleted unless --keep-data.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if os.Geteuid() != 0 {
-				return errors.New("flynn-host down must run as root")
-			}
-			return down(cmd.Context(), cmd.OutOrStdout(), stateDir, keepData)
-		},
-	}
-	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "the cluster's state dir")
-	cmd.Flags().BoolVar(&keepData, "keep-data", false, "keep the state dir (cluster config, etcd, blobs)")
-	return cmd
-}
-
-func down(ctx context.Context, out io.Writer, stateDir string, keepData bool) error {
-	st, err := loadUpState(stateDir)
-	if errors.Is(err, os.ErrNotExist) {
-		st = &upState{Bridge: "flynnbr0", Subnet: "100.64.0.0/16", CgroupParent: "flynn",
-			HostURL: "http://" + net.JoinHostPort(daemon.DefaultListenIP(), strconv.Itoa(daemon.DefaultHostPort))}
-	} else if err != nil {
-		return err
-	}
-	var errs []error
-	if pid := daemonPID(stateDir); pid != 0 {
-		if hc, err := daemon.LoadHostConfig(stateDir); err == nil {
-			stopAllJobs(ctx, out, hostclient.New(st.HostURL, hc.Token))
-		}
-		fmt.Fprintf(out, "==> stopping the daemon (pid %d)\n", pid)
-		syscall.Kill(pid, syscall.SIGTERM)
-		for i := 0; i < 300 && syscall.Kill(pid, 0) == nil; i++ {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if syscall.Kill(pid, 0) == nil {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-	// Supervisors and containers left behind (a daemon that died):
-	// kill what runs from the state dir.
-	killStateDirProcs(stateDir)
-	os.Remove(filepath.Join(stateDir, "daemon.pid"))
-	// Mounts under the state dir, deepest first.
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	var mounts []string
-	for _, line := range strings.Split(string(mi), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == stateDir || strings.HasPrefix(f[4], strings.TrimSuffix(stateDir, "/")+"/")) {
-			mounts = append(mounts, f[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
-	for _, m := range mounts {
-		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
-		}
-	}
-	if st.Bridge != "" {
-		if _, err := net.InterfaceByName(st.Bridge); err == nil {
-			if b, err := exec.Command("ip", "link", "del", st.Bridge).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("delete bridge %s: %v: %s", st.Bridge, err, b))
-			}
-		}
-	}
-	removeIptablesRules(st.Subnet)
-	if st.CgroupParent != "" {
-		removeCgroups(st.CgroupParent)
-	}
-	for _, rc := range st.Rcfiles {
-		// Leave the user's config as it was: drop the cluster up added.
-		if flynnBin, err := findFlynnCLI(); err == nil {
-			c := exec.Command(flynnBin, "cluster", "remove", st.Cluster)
-			c.Env = append(os.Environ(), "FLYNNRC="+rc)
-			c.Run()
-		}
-	}
-	if !keepData {
-		if err := os.RemoveAll(stateDir); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	fmt.Fprintln(out, "==> cluster down")
-	return errors.Join(errs...)
 }
 
 func stopAllJobs(ctx context.Context, out io.Writer, hc *hostclient.Client) {

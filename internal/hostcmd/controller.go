@@ -44,7 +44,6 @@ func newControllerCmd(env Env) *cobra.Command {
 		logLevel  string
 		logJSON   bool
 		discURL   string
-		blobURL   string
 		token     string
 		advertise string
 	)
@@ -83,9 +82,9 @@ func newControllerCmd(env Env) *cobra.Command {
 			if token != "" {
 				cfg.Runner = &controller.HostRunner{Token: token}
 			}
-			if blobURL != "" {
+			if cfg.BlobURL != "" {
 				// The blobstore takes the cluster key for writes.
-				cfg.Blobs = blobclient.New(blobURL, cfg.AuthKeys[0], nil)
+				cfg.Blobs = blobclient.New(cfg.BlobURL, cfg.AuthKeys[0], nil)
 			}
 			// A controller job's host registers (and, when the job stops,
 			// drains) its port itself; a second registration of the same
@@ -120,7 +119,7 @@ func newControllerCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", get("CLUSTER_DOMAIN"), "domain for default app routes <app>.<domain> (default $CLUSTER_DOMAIN)")
 	f.StringVar(&cfg.CACertFile, "ca-cert", get("CA_CERT_FILE"), "PEM file served at /ca-cert (default $CA_CERT_FILE)")
 	f.StringVar(&cfg.LogAggregatorURL, "logaggregator", get("LOGAGGREGATOR_URL"), "log aggregator base URL for app logs (default $LOGAGGREGATOR_URL)")
-	f.StringVar(&blobURL, "blobstore", get("BLOBSTORE_URL"), "blobstore base URL, for layer export and import and deleting deleted releases' layers (default $BLOBSTORE_URL)")
+	f.StringVar(&cfg.BlobURL, "blobstore", get("BLOBSTORE_URL"), "blobstore base URL, for backups, layer export and import, and deleting deleted releases' layers (default $BLOBSTORE_URL)")
 	f.StringVar(&discURL, "discoverd", get("DISCOVERD"), "discoverd URL to register as service controller in (default $DISCOVERD; a job's host registers it instead)")
 	f.StringVar(&token, "token", get("FLYNN_CLUSTER_TOKEN"), "cluster token for discoverd and host agents (default $FLYNN_CLUSTER_TOKEN); enables one-off jobs")
 	f.StringVar(&advertise, "advertise", "", "host:port to register in discoverd (default the listen address, with $EXTERNAL_IP or 127.0.0.1 for an unspecified host)")

@@ -26,6 +26,8 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/host"
 	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/monitor"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // The layer 0 commands: daemon, init, join, status.
@@ -35,8 +37,9 @@ func newDaemonCmd(env Env) *cobra.Command {
 	var logLevel string
 	var logJSON bool
 	var agent host.Config
-	var noAgent bool
+	var noAgent, noMonitor bool
 	var portRange string
+	var monitorCfg monitor.Config
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the host daemon (etcd, discoverd, host agent)",
@@ -62,11 +65,30 @@ func newDaemonCmd(env Env) *cobra.Command {
 				warnEphemeral(log, agent.PortMin, agent.PortMax)
 				cfg.Services = append(cfg.Services, hostAgentService(cfg, agent, log))
 			}
+			if !noMonitor {
+				cfg.Services = append(cfg.Services, monitorService(monitorCfg, log))
+			}
+			// The pid file tells up and down which process is the
+			// daemon, however it was started (systemd, up, by hand).
+			// (No state dir: Run says to init first.)
+			pidFile := filepath.Join(cfg.StateDir, "daemon.pid")
+			if _, err := os.Stat(cfg.StateDir); err == nil {
+				if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+					return fmt.Errorf("write %s: %w", pidFile, err)
+				}
+			}
+			defer func() {
+				if b, _ := os.ReadFile(pidFile); strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+					os.Remove(pidFile)
+				}
+			}()
 			return daemon.Run(cmd.Context(), cfg, log)
 		},
 	}
 	f := cmd.Flags()
 	f.BoolVar(&noAgent, "no-agent", false, "do not run the host agent (jobs API on --host-port)")
+	f.BoolVar(&noMonitor, "no-monitor", false, "do not take part in restoring the platform's scheduler when none runs")
+	f.DurationVar(&monitorCfg.Grace, "monitor-grace", 3*time.Second, "how long no scheduler job may run before the elected monitor starts one")
 	f.StringVar(&agent.Runc, "runc", "runc", "OCI runtime binary")
 	f.StringVar(&agent.Bridge, "bridge", "flynnbr0", "bridge jobs attach to")
 	f.StringVar(&agent.Subnet, "subnet", "100.64.0.0/16", "job network")
@@ -202,17 +224,7 @@ func newStatusCmd(env Env) *cobra.Command {
 		Short: "Show the cluster: hosts, etcd members, discoverd services",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if token == "" {
-				hc, err := daemon.LoadHostConfig(stateDir)
-				if err != nil {
-					return fmt.Errorf("no --token given and %w", err)
-				}
-				token = hc.Token
-			}
-			if addr == "" {
-				addr = daemon.DefaultListenIP()
-			}
-			u, err := peerURL(addr)
+			u, token, err := gridTarget(stateDir, addr, token)
 			if err != nil {
 				return err
 			}
@@ -233,6 +245,80 @@ func newStatusCmd(env Env) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config (for the token)")
 	cmd.Flags().StringVar(&addr, "addr", "", "discoverd address of a host, host[:port] (default: this host's cluster address, port 1111)")
+	cmd.Flags().StringVar(&token, "token", "", "cluster token (default: from the host config)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// gridTarget is the discoverd URL and token the host commands use: those
+// given, else this machine's cluster's (for one `up --hosts N` cluster,
+// its first host's).
+func gridTarget(stateDir, addr, token string) (string, string, error) {
+	if st, err := loadUpState(stateDir); err == nil && len(st.Hosts) > 0 {
+		if token == "" {
+			hc, err := daemon.LoadHostConfig(st.Hosts[0].StateDir)
+			if err != nil {
+				return "", "", fmt.Errorf("no --token given and %w", err)
+			}
+			token = hc.Token
+		}
+		if addr == "" {
+			return st.Hosts[0].DiscoverdURL, token, nil
+		}
+	}
+	if token == "" {
+		hc, err := daemon.LoadHostConfig(stateDir)
+		if err != nil {
+			return "", "", fmt.Errorf("no --token given and %w", err)
+		}
+		token = hc.Token
+	}
+	if addr == "" {
+		addr = daemon.DefaultListenIP()
+	}
+	u, err := peerURL(addr)
+	return u, token, err
+}
+
+func newListCmd(env Env) *cobra.Command {
+	var stateDir, addr, token string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List every host of the cluster: id, address, state, etcd role, jobs",
+		Long: `List every host that has joined the cluster, up or down, with its address,
+its etcd role (leader, member, learner or client) and how many jobs run on it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			u, token, err := gridTarget(stateDir, addr, token)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			var hosts []*api.HostListing
+			if err := (&httpclient.Client{URL: u, Key: token}).Do(ctx, "GET", "/grid/hosts", nil, &hosts); err != nil {
+				return fmt.Errorf("list hosts from %s: %w", u, err)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(hosts)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tADDR\tSTATE\tETCD\tJOBS")
+			for _, h := range hosts {
+				jobs := "?"
+				if h.Jobs >= 0 {
+					jobs = strconv.Itoa(h.Jobs)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Host.ID, h.Host.Addr, h.State, h.EtcdRole, jobs)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config (for the token)")
+	cmd.Flags().StringVar(&addr, "addr", "", "discoverd address of a host, host[:port] (default: this machine's cluster)")
 	cmd.Flags().StringVar(&token, "token", "", "cluster token (default: from the host config)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
@@ -316,6 +402,17 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 			return err // already says "host agent: ..."
 		}
 		return a.Run(ctx)
+	}
+}
+
+// monitorService runs the host's part in restoring the platform: the
+// monitor elected among the daemons starts the scheduler when none runs.
+func monitorService(cfg monitor.Config, log *slog.Logger) func(context.Context, *daemon.Deps) error {
+	return func(ctx context.Context, d *daemon.Deps) error {
+		cfg.Etcd = d.Etcd
+		cfg.HostID = d.HostID
+		cfg.Cluster = scheduler.NewHostCluster(d.Etcd, d.Token, log.With("component", "monitor"))
+		return monitor.Run(ctx, cfg, log)
 	}
 }
 

@@ -55,7 +55,7 @@ administration, and the entrypoints of the platform's components.`,
 		newVersionCmd(),
 		newComponentCmd(env),
 		newStackCmd(env), newSlugbuilderCmd(env), newSlugrunnerCmd(env),
-		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env),
+		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env), newListCmd(env), newForwardCmd(env),
 		newGitreceiveHookCmd(env),
 		newBootstrapCmd(env), newUpCmd(env), newDownCmd(env),
 	)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 	"github.com/flynnrebuilt/flynn/internal/deployer"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
@@ -65,8 +66,10 @@ func newSchedulerDeps(f schedulerFlags, etcd *clientv3.Client, log *slog.Logger)
 	}
 	cc := controllerclient.NewWithHTTP(f.controller, f.controllerKey, serviceHTTP(disc))
 	deps := &schedulerDeps{
-		cluster:    scheduler.NewHostCluster(etcd, f.token, log),
-		controller: &scheduler.ControllerClient{C: cc},
+		cluster: scheduler.NewHostCluster(etcd, f.token, log),
+		// Formations and job states straight from etcd: the scheduler
+		// restores the controller's jobs too when none runs.
+		controller: &scheduler.StoreController{S: ctrlstore.New(etcd)},
 		deploy:     &deployer.ControllerClient{C: cc},
 	}
 	if disc != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 )
 
 // HostCluster is the Cluster of a real grid: hosts from their etcd
@@ -247,7 +248,76 @@ func (c *ControllerClient) PutJob(ctx context.Context, job *api.Job) error {
 	return nil
 }
 
+// StoreController is the Controller of the controller's store in etcd
+// (internal/controller/ctrlstore), read and written directly: formations
+// come from etcd and job states go there, events included, with no
+// controller in between. So the scheduler runs, and restores the
+// controller's own jobs, while no controller is up (after a power loss).
+type StoreController struct {
+	S *ctrlstore.Store
+}
+
+// errUpToDate ends the listing of ListFormations.
+var errUpToDate = errors.New("up to date")
+
+// ListFormations returns every formation whose app and release exist,
+// including ones scaled to zero, expanded.
+func (c *StoreController) ListFormations(ctx context.Context) ([]*api.ExpandedFormation, error) {
+	var out []*api.ExpandedFormation
+	err := c.S.FollowFormations(ctx, time.Time{}, func(f *api.ExpandedFormation) error {
+		if f.App == nil {
+			return errUpToDate
+		}
+		if !f.Deleted {
+			out = append(out, f)
+		}
+		return nil
+	})
+	if errors.Is(err, errUpToDate) {
+		return out, nil
+	}
+	return nil, fmt.Errorf("list formations: %w", err)
+}
+
+// StreamFormations reports formations as they change, the current ones
+// first.
+func (c *StoreController) StreamFormations(ctx context.Context, fn func(*api.ExpandedFormation)) error {
+	err := c.S.FollowFormations(ctx, time.Time{}, func(f *api.ExpandedFormation) error {
+		if f.App != nil && f.Release != nil {
+			fn(f)
+		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("follow formations: %w", err)
+}
+
+// PutJob records a job's state, as the controller's PUT /apps/{app}/jobs
+// does: a job of an app that is gone is not found.
+func (c *StoreController) PutJob(ctx context.Context, job *api.Job) error {
+	if job.ID == "" && job.UUID == "" {
+		return nil
+	}
+	if _, err := c.S.GetApp(ctx, job.AppID); err != nil {
+		return fmt.Errorf("record job %s: %w", job.ID, err)
+	}
+	cp := *job
+	if _, err := c.S.PutJob(ctx, &cp); err != nil {
+		return fmt.Errorf("record job %s: %w", job.ID, err)
+	}
+	return nil
+}
+
+// ListActiveJobs returns the job records that are not down.
+func (c *StoreController) ListActiveJobs(ctx context.Context) ([]*api.Job, error) {
+	return c.S.ListActiveJobs(ctx)
+}
+
 var (
+	_ JobRecords = (*StoreController)(nil)
 	_ Cluster    = (*HostCluster)(nil)
 	_ Controller = (*ControllerClient)(nil)
+	_ Controller = (*StoreController)(nil)
 )

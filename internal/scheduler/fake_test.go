@@ -504,3 +504,18 @@ func (c *fakeController) SetAppRelease(ctx context.Context, appID, releaseID str
 	c.apps[appID].ReleaseID = releaseID
 	return nil
 }
+
+// ListActiveJobs implements JobRecords.
+func (c *fakeController) ListActiveJobs(ctx context.Context) ([]*api.Job, error) {
+	return c.findJobs(func(j *api.Job) bool { return j.State != api.JobStateDown }), nil
+}
+
+// endedJob puts a job that has ended on a host, as a host keeps it after
+// its supervisor died in a power loss.
+func (c *fakeCluster) endedJob(hostID string, job *api.HostJob) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	code := -1
+	msg := "the job's supervisor is gone"
+	c.hosts[hostID].jobs[job.ID] = &api.ActiveJob{Job: job, HostID: hostID, Status: api.HostJobFailed, ExitStatus: &code, Error: &msg}
+}

@@ -22,6 +22,11 @@ type ElectionConfig struct {
 	ID string
 	// TTL is how long a dead leader keeps leadership (default 5 s).
 	TTL time.Duration
+	// Unique says no two live replicas ever share ID (a host id, for a
+	// per-host daemon): a key holding ID is then from a dead incarnation
+	// of this replica, and is removed before campaigning instead of
+	// waiting out its TTL.
+	Unique bool
 }
 
 // ElectionKey is the etcd prefix of the election cfg names.
@@ -44,7 +49,7 @@ func Lead(ctx context.Context, cli *clientv3.Client, cfg ElectionConfig, log *sl
 	ttl := max(int(cfg.TTL/time.Second), 1)
 	key := cfg.ElectionKey()
 	for ctx.Err() == nil {
-		if err := leadOnce(ctx, cli, key, cfg.ID, ttl, log, run); err != nil && ctx.Err() == nil {
+		if err := leadOnce(ctx, cli, key, cfg.ID, cfg.Unique, ttl, log, run); err != nil && ctx.Err() == nil {
 			log.Warn("leader election", "election", key, "err", err)
 			select {
 			case <-time.After(time.Second):
@@ -55,12 +60,36 @@ func Lead(ctx context.Context, cli *clientv3.Client, cfg ElectionConfig, log *sl
 	return nil
 }
 
-func leadOnce(ctx context.Context, cli *clientv3.Client, key, id string, ttl int, log *slog.Logger, run func(context.Context) error) error {
+// removeOwnKeys deletes the election keys under prefix whose value is id.
+func removeOwnKeys(ctx context.Context, cli *clientv3.Client, prefix, id string) error {
+	res, err := cli.Get(ctx, prefix+"/", clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list election keys: %w", err)
+	}
+	for _, kv := range res.Kvs {
+		if string(kv.Value) != id {
+			continue
+		}
+		// Only that key as it is: a newer campaign is not touched.
+		if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
+			return fmt.Errorf("remove a stale election key: %w", err)
+		}
+	}
+	return nil
+}
+
+func leadOnce(ctx context.Context, cli *clientv3.Client, key, id string, unique bool, ttl int, log *slog.Logger, run func(context.Context) error) error {
 	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)
 	}
 	defer sess.Close() // revokes the lease: resigns
+	if unique {
+		if err := removeOwnKeys(ctx, cli, key, id); err != nil {
+			return err
+		}
+	}
 	el := concurrency.NewElection(sess, key)
 	if err := el.Campaign(ctx, id); err != nil {
 		return fmt.Errorf("campaign: %w", err)

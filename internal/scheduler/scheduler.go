@@ -53,6 +53,13 @@ type Controller interface {
 	PutJob(ctx context.Context, job *api.Job) error
 }
 
+// JobRecords is implemented by a Controller that can list its job
+// records, so the scheduler settles records no job backs any more.
+type JobRecords interface {
+	// ListActiveJobs returns the job records that are not down.
+	ListActiveJobs(ctx context.Context) ([]*api.Job, error)
+}
+
 // Drainer takes a job out of service before it is stopped.
 type Drainer interface {
 	// Drain deregisters the job's discoverd instances and returns once
@@ -167,9 +174,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 type (
 	fullSyncEvent struct {
 		since      int64 // l.seq before listing
+		at         time.Time
 		hosts      []*api.Host
 		jobs       map[string][]*api.ActiveJob // by host; missing: list failed
 		formations []*api.ExpandedFormation
+		records    []*api.Job // the controller's job records not down (nil: unknown)
 	}
 	hostEvent     HostEvent
 	hostJobsEvent struct {
@@ -334,7 +343,12 @@ func (l *loop) fullSync(ctx context.Context) (*fullSyncEvent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list formations: %w", err)
 	}
-	ev := &fullSyncEvent{since: since, hosts: hosts, formations: formations, jobs: make(map[string][]*api.ActiveJob)}
+	ev := &fullSyncEvent{since: since, at: l.clock.Now(), hosts: hosts, formations: formations, jobs: make(map[string][]*api.ActiveJob)}
+	if rl, ok := l.cfg.Controller.(JobRecords); ok {
+		if ev.records, err = rl.ListActiveJobs(ctx); err != nil {
+			l.log.Warn("list job records", "err", err)
+		}
+	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, l.cfg.Parallel)
@@ -503,7 +517,61 @@ func (l *loop) applyFullSync(ctx context.Context, ev *fullSyncEvent) {
 			l.hostLost(ctx, id)
 		}
 	}
+	l.settleRecords(ev)
 	l.ready.Store(true)
+}
+
+// recordGrace is how old a job record must be before it is settled as
+// down because its host does not know the job: a one-off job is recorded
+// by the controller just before its host is asked to start it.
+const recordGrace = time.Minute
+
+// settleRecords records down the controller's job records that no job
+// backs any more: jobs that ended while no scheduler ran (a power loss, a
+// restart of every host), jobs of hosts that are gone, and pending jobs
+// of an earlier scheduler. Jobs this scheduler tracks are its own to
+// record.
+func (l *loop) settleRecords(ev *fullSyncEvent) {
+	if ev.records == nil {
+		return
+	}
+	listed := make(map[string]bool, len(ev.hosts))
+	for _, h := range ev.hosts {
+		listed[h.ID] = true
+	}
+	onHost := map[string]*api.ActiveJob{}
+	for _, jobs := range ev.jobs {
+		for _, aj := range jobs {
+			onHost[aj.Job.ID] = aj
+		}
+	}
+	for _, rec := range ev.records {
+		if rec.State == api.JobStateDown || (rec.UUID != "" && l.jobs[rec.UUID] != nil) || (rec.ID != "" && l.byID[rec.ID] != nil) {
+			continue
+		}
+		down := *rec
+		down.State = api.JobStateDown
+		switch aj := onHost[rec.ID]; {
+		case rec.HostID == "":
+			// Pending or blocked under an earlier scheduler.
+		case aj != nil:
+			if aj.Status == api.HostJobRunning || aj.Status == api.HostJobStarting {
+				continue
+			}
+			if aj.ExitStatus != nil {
+				st := int32(*aj.ExitStatus)
+				down.ExitStatus = &st
+			}
+			down.HostError = aj.Error
+		case listed[rec.HostID]:
+			if _, synced := ev.jobs[rec.HostID]; !synced || ev.at.Sub(rec.UpdatedAt) < recordGrace {
+				continue
+			}
+		}
+		// Else the record's host is gone.
+		l.log.Info("settle a stale job record", "job", rec.ID, "uuid", rec.UUID, "app", rec.AppID, "was", rec.State)
+		l.persist.put(&down)
+	}
 }
 
 // addHost follows a host that came up. Its jobs are listed by its stream

@@ -309,3 +309,41 @@ func TestJobsWithoutReleaseAreLeftAlone(t *testing.T) {
 		return len(r) == 1 && r[0].id == "h1-build"
 	})
 }
+
+// TestStaleRecordsSettled: a scheduler that starts after every job ended
+// with no scheduler running (a power loss) records down the controller's
+// records no job backs: a job its host reports ended, a pending job of an
+// earlier scheduler, a job of a host that is gone. A recent record its
+// host does not know yet (a one-off being started) is left alone.
+func TestStaleRecordsSettled(t *testing.T) {
+	c := newFakeCluster(host("h1", 0))
+	ctl := newFakeController()
+	meta := map[string]string{api.JobMetaApp: "app1", api.JobMetaRelease: "rel1", api.JobMetaProcessType: "web"}
+	c.endedJob("h1", &api.HostJob{ID: "h1-aaaa", Metadata: meta})
+	old := time.Now().Add(-time.Hour)
+	for _, j := range []*api.Job{
+		{UUID: "aaaa", ID: "h1-aaaa", HostID: "h1", AppID: "app1", ReleaseID: "rel1", Type: "web", State: api.JobStateUp, UpdatedAt: old},
+		{UUID: "bbbb", AppID: "app1", ReleaseID: "rel1", Type: "web", State: api.JobStatePending, UpdatedAt: old},
+		{UUID: "cccc", ID: "h1-cccc", HostID: "h1", AppID: "app1", ReleaseID: "rel1", State: api.JobStateStarting, UpdatedAt: time.Now()},
+		{UUID: "dddd", ID: "h9-dddd", HostID: "h9", AppID: "app1", ReleaseID: "rel1", Type: "web", State: api.JobStateUp, UpdatedAt: old},
+	} {
+		ctl.PutJob(context.Background(), j)
+	}
+	ctl.setFormation(webFormation(1))
+	runScheduler(t, c, ctl, nil)
+	waitFor(t, "the web job", func() bool { return len(c.running()) == 1 })
+	waitFor(t, "the stale records down", func() bool {
+		for _, id := range []string{"h1-aaaa", "h9-dddd"} {
+			if j := ctl.jobByID(id); j == nil || j.State != api.JobStateDown {
+				return false
+			}
+		}
+		return len(ctl.findJobs(func(j *api.Job) bool { return j.UUID == "bbbb" && j.State == api.JobStateDown })) == 1
+	})
+	if j := ctl.jobByID("h1-aaaa"); j.ExitStatus == nil || *j.ExitStatus != -1 || j.HostError == nil {
+		t.Errorf("the ended job's record = %+v, want its exit status and error from the host", j)
+	}
+	if j := ctl.jobByID("h1-cccc"); j.State != api.JobStateStarting {
+		t.Errorf("the recent one-off's record = %s, want it left starting", j.State)
+	}
+}

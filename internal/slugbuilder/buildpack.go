@@ -64,7 +64,7 @@ func (b *build) selectBuildpacks(ctx context.Context) ([]buildpack, error) {
 			return []buildpack{{dir: dir, name: display}}, nil
 		}
 	}
-	return nil, errors.New("no buildpack accepts this app: add a Procfile, go.mod, package.json or index.html, or set BUILDPACK_URL")
+	return nil, errors.New("no buildpack accepts this app: add a Procfile, go.mod, package.json, requirements.txt, Gemfile or index.html, or set BUILDPACK_URL")
 }
 
 // detect runs bin/detect and returns the display name it prints.

@@ -111,9 +111,20 @@ type buildOpts struct {
 	bind []stacktest.Bind
 }
 
-// buildApp builds a sample app in rootfs and returns the result, the
-// build output and the directory holding slug.tgz, cache.tgz.
+// buildApp builds a sample app in rootfs, with slug.tgz, cache.tgz and
+// result.json in iodir, and returns the result and the build output.
 func buildApp(t *testing.T, rootfs, app, iodir string, o buildOpts) (*api.SlugBuildResult, string) {
+	t.Helper()
+	res, out, err := tryBuild(t, rootfs, app, iodir, o)
+	if err != nil {
+		t.Fatalf("slugbuilder: %v\n%s", err, out)
+	}
+	return res, out
+}
+
+// tryBuild is buildApp for builds that may fail: it returns the
+// slugbuilder's error instead of failing the test.
+func tryBuild(t *testing.T, rootfs, app, iodir string, o buildOpts) (*api.SlugBuildResult, string, error) {
 	t.Helper()
 	appTar(t, app, filepath.Join(iodir, "src.tar"))
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -128,8 +139,9 @@ func buildApp(t *testing.T, rootfs, app, iodir string, o buildOpts) (*api.SlugBu
 	cmd := stacktest.Command(ctx, t, stacktest.Spec{Rootfs: rootfs, Binds: binds, Env: env, Args: args})
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	os.Remove(filepath.Join(iodir, "result.json"))
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("slugbuilder: %v\n%s", err, out.String())
+		return nil, out.String(), err
 	}
 	var res api.SlugBuildResult
 	data, err := os.ReadFile(filepath.Join(iodir, "result.json"))
@@ -139,7 +151,7 @@ func buildApp(t *testing.T, rootfs, app, iodir string, o buildOpts) (*api.SlugBu
 	if err := json.Unmarshal(data, &res); err != nil {
 		t.Fatal(err)
 	}
-	return &res, out.String()
+	return &res, out.String(), nil
 }
 
 // unpackSlug extracts io/slug.tgz (owned by the app user) into a new dir

@@ -22,10 +22,19 @@ import (
 )
 
 // DefaultPackages are the Debian packages the default stack holds on top of
-// debootstrap's minbase variant: what buildpacks need to fetch and build.
+// debootstrap's minbase variant: what buildpacks need to fetch and build,
+// and the language runtimes the Python and Ruby buildpacks use (build and
+// app jobs run on the same stack, so an app's venv or bundle finds the
+// interpreter it was built with).
 var DefaultPackages = []string{
 	"ca-certificates", "curl", "git", "unzip", "xz-utils", "gcc", "make",
 	"libc6-dev", "netbase", "procps", "tzdata", "libssl3", "zlib1g", "busybox",
+	// Python: the interpreter, venv (with ensurepip's wheels), pip and
+	// the headers sdists with C extensions build against.
+	"python3", "python3-venv", "python3-pip", "python3-dev",
+	// Ruby: the interpreter, bundler and the headers native gems build
+	// against.
+	"ruby", "ruby-dev", "bundler",
 }
 
 // DefaultMirror is used when no Debian mirror is found in the apt sources.

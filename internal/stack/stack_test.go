@@ -111,7 +111,8 @@ func TestBuildDefault(t *testing.T) {
 	if !res.Cached && !strings.Contains(progress.String(), "Building stack") {
 		t.Errorf("no progress output:\n%s", progress.String())
 	}
-	for _, p := range []string{"usr/bin/curl", "usr/bin/git", "usr/bin/gcc", "usr/bin/make", "usr/bin/unzip", "usr/bin/xz", "bin/busybox", "etc/ssl/certs"} {
+	for _, p := range []string{"usr/bin/curl", "usr/bin/git", "usr/bin/gcc", "usr/bin/make", "usr/bin/unzip", "usr/bin/xz", "bin/busybox", "etc/ssl/certs",
+		"usr/bin/python3", "usr/bin/pip3", "usr/bin/ruby", "usr/bin/bundle"} {
 		if _, err := os.Stat(filepath.Join(res.Rootfs, p)); err != nil {
 			t.Errorf("stack lacks %s: %v", p, err)
 		}

@@ -25,8 +25,15 @@ const uuidLen = 36
 
 // PutJob creates or updates a job's record (the scheduler reports job
 // states this way). The creation time of an existing job is kept, and so
-// is its id once it has one.
+// is its id once it has one; a formation job without args gets its process
+// type's.
 func (s *Store) PutJob(ctx context.Context, job *api.Job) (*api.Job, error) {
+	if len(job.Args) == 0 && job.Type != "" && job.ReleaseID != "" {
+		// A formation job runs its process type's command (flynn ps -c).
+		if rel, err := s.GetRelease(ctx, job.ReleaseID); err == nil && rel.Processes[job.Type] != nil {
+			job.Args = rel.Processes[job.Type].Args
+		}
+	}
 	for range maxRetries {
 		key := s.key(pJobs, job.AppID, jobKey(job))
 		old := &api.Job{}

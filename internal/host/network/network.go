@@ -197,6 +197,11 @@ func (m *Manager) Reserve(ports []int) {
 	defer m.mu.Unlock()
 	for _, p := range ports {
 		m.ports[p] = true
+		// Go on from the newest port, as before a restart: a port is
+		// given out again as late as possible.
+		if p >= m.cfg.PortMin && p < m.cfg.PortMax && p >= m.next {
+			m.next = p + 1
+		}
 	}
 }
 

@@ -1,0 +1,228 @@
+// Package monitor is layer 0's watch over layer 1. The scheduler keeps
+// every formation running, but it is a job itself and cannot bring itself
+// back. So every host daemon runs a monitor; the one elected in etcd
+// starts the jobs of the apps marked api.MetaSystemRestore (the scheduler)
+// when none of their jobs has run anywhere in the cluster for a grace
+// period: after a power loss, after every host restarted, after the
+// scheduler's only job was killed. The scheduler then restores every
+// other formation from etcd, the controller's included. The monitor backs
+// off between attempts, so a crashing release does not spin.
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
+)
+
+// Config is what a monitor watches and how patiently.
+type Config struct {
+	// Etcd holds the election and the controller's store.
+	Etcd *clientv3.Client
+	// Cluster is the hosts and their jobs (scheduler.NewHostCluster).
+	Cluster scheduler.Cluster
+	// HostID is this monitor's host, where it prefers to start jobs.
+	HostID string
+	// Interval is how often the elected monitor looks (default 2 s).
+	Interval time.Duration
+	// Grace is how long an app must have no job before it is restored
+	// (default 3 s).
+	Grace time.Duration
+	// MaxBackoff bounds the wait between restore attempts of an app
+	// whose jobs keep dying (default 1 min).
+	MaxBackoff time.Duration
+	// ElectionTTL is how long a dead monitor keeps leadership (default
+	// 5 s).
+	ElectionTTL time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Interval <= 0 {
+		c.Interval = 2 * time.Second
+	}
+	if c.Grace <= 0 {
+		c.Grace = 3 * time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = time.Minute
+	}
+	if c.ElectionTTL <= 0 {
+		c.ElectionTTL = 5 * time.Second
+	}
+}
+
+// Run campaigns for the cluster's monitor and, while elected, restores
+// the marked apps, until ctx ends.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	cfg.defaults()
+	if cfg.Etcd == nil || cfg.Cluster == nil || cfg.HostID == "" {
+		return errors.New("monitor: Etcd, Cluster and HostID are required")
+	}
+	log = log.With("component", "monitor")
+	// One daemon per host: a leader key with this host's id is from its
+	// previous life (a power loss), not worth waiting out.
+	el := scheduler.ElectionConfig{Name: "monitor", ID: cfg.HostID, TTL: cfg.ElectionTTL, Unique: true}
+	return scheduler.Lead(ctx, cfg.Etcd, el, log, func(ctx context.Context) error {
+		m := &monitor{cfg: cfg, log: log, store: ctrlstore.New(cfg.Etcd), apps: map[string]*appWatch{}}
+		m.run(ctx)
+		return nil
+	})
+}
+
+// appWatch is what the monitor remembers of one app.
+type appWatch struct {
+	missingSince time.Time // zero while jobs run
+	attempts     int       // restores since the app last ran steadily
+	nextTry      time.Time
+	runningSince time.Time
+}
+
+type monitor struct {
+	cfg   Config
+	log   *slog.Logger
+	store *ctrlstore.Store
+	apps  map[string]*appWatch // by app id
+	now   func() time.Time
+}
+
+func (m *monitor) run(ctx context.Context) {
+	if m.now == nil {
+		m.now = time.Now
+	}
+	for {
+		if err := m.check(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("check the platform's apps", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(m.cfg.Interval):
+		}
+	}
+}
+
+// check looks once at every app to restore and restores those whose jobs
+// have been gone for the grace period.
+func (m *monitor) check(ctx context.Context) error {
+	fs, err := m.store.ListActiveFormations(ctx)
+	if err != nil {
+		return err
+	}
+	var want []*api.ExpandedFormation
+	for _, f := range fs {
+		if f.App.Meta[api.MetaSystemRestore] == "true" && f.App.ReleaseID == f.Release.ID {
+			want = append(want, f)
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	hosts, err := m.cfg.Cluster.ListHosts(ctx)
+	if err != nil {
+		return err
+	}
+	if len(hosts) == 0 {
+		return errors.New("no host is up")
+	}
+	// Jobs of each app running anywhere; a host that cannot be listed
+	// may run some, so nothing is restored while one cannot be.
+	running := map[string]int{}
+	jobsOn := map[string]int{}
+	for _, h := range hosts {
+		jobs, err := m.cfg.Cluster.ListJobs(ctx, h.ID)
+		if err != nil {
+			return fmt.Errorf("list jobs of host %s: %w", h.ID, err)
+		}
+		for _, j := range jobs {
+			if j.Status == api.HostJobRunning || j.Status == api.HostJobStarting {
+				running[j.Job.Metadata[api.JobMetaApp]]++
+				jobsOn[h.ID]++
+			}
+		}
+	}
+	now := m.now()
+	for _, f := range want {
+		w := m.apps[f.App.ID]
+		if w == nil {
+			w = &appWatch{}
+			m.apps[f.App.ID] = w
+		}
+		if running[f.App.ID] > 0 {
+			w.missingSince = time.Time{}
+			if w.runningSince.IsZero() {
+				w.runningSince = now
+			}
+			if now.Sub(w.runningSince) > m.cfg.MaxBackoff {
+				w.attempts = 0 // it runs steadily again
+			}
+			continue
+		}
+		w.runningSince = time.Time{}
+		if w.missingSince.IsZero() {
+			w.missingSince = now
+			m.log.Info("no job of a platform app runs", "app", f.App.Name, "restoring_in", m.cfg.Grace)
+		}
+		if now.Sub(w.missingSince) < m.cfg.Grace || now.Before(w.nextTry) {
+			continue
+		}
+		w.attempts++
+		w.nextTry = now.Add(min(m.cfg.Grace<<min(w.attempts-1, 10), m.cfg.MaxBackoff))
+		if err := m.restore(ctx, f, hosts, jobsOn); err != nil {
+			m.log.Error("restore a platform app", "app", f.App.Name, "attempt", w.attempts, "err", err)
+			continue
+		}
+		m.log.Info("restored a platform app", "app", f.App.Name, "attempt", w.attempts)
+	}
+	return nil
+}
+
+// restore starts f's formation: omni types on every host, the others on
+// this host when it is up, else on the host with the fewest jobs.
+func (m *monitor) restore(ctx context.Context, f *api.ExpandedFormation, hosts []*api.Host, jobsOn map[string]int) error {
+	sort.Slice(hosts, func(i, j int) bool {
+		if (hosts[i].ID == m.cfg.HostID) != (hosts[j].ID == m.cfg.HostID) {
+			return hosts[i].ID == m.cfg.HostID
+		}
+		if jobsOn[hosts[i].ID] != jobsOn[hosts[j].ID] {
+			return jobsOn[hosts[i].ID] < jobsOn[hosts[j].ID]
+		}
+		return hosts[i].ID < hosts[j].ID
+	})
+	types := make([]string, 0, len(f.Processes))
+	for t := range f.Processes {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	var errs []error
+	for _, typ := range types {
+		proc := f.Release.Processes[typ]
+		if proc == nil {
+			continue
+		}
+		n, on := f.Processes[typ], hosts[:1]
+		if proc.Omni {
+			n, on = 1, hosts
+		}
+		for _, h := range on {
+			for range n {
+				uuid := ctrlstore.NewID()
+				j := &scheduler.Job{UUID: uuid, ID: h.ID + "-" + uuid, HostID: h.ID, AppID: f.App.ID, ReleaseID: f.Release.ID, Type: typ}
+				if err := m.cfg.Cluster.AddJob(ctx, h.ID, scheduler.HostJob(f, j)); err != nil {
+					errs = append(errs, fmt.Errorf("start %s/%s on %s: %w", f.App.Name, typ, h.ID, err))
+					continue
+				}
+				m.log.Info("started a platform job", "app", f.App.Name, "type", typ, "job", j.ID)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

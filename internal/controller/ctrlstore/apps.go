@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -99,7 +100,8 @@ func (s *Store) appByName(ctx context.Context, name string) (*api.App, int64, er
 
 // ListApps returns all apps.
 func (s *Store) ListApps(ctx context.Context) ([]*api.App, error) {
-	return listOf[api.App](ctx, s, s.key(pApps), nil)
+	items, err := listOf[api.App](ctx, s, s.key(pApps), nil)
+	return newestFirst(items, err, func(a *api.App) time.Time { return a.CreatedAt })
 }
 
 // UpdateApp applies fn to the app and stores the result with an app event,

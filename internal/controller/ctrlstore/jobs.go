@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -87,7 +88,8 @@ func (s *Store) GetJob(ctx context.Context, appID, id string) (*api.Job, error) 
 
 // ListJobs returns an app's jobs.
 func (s *Store) ListJobs(ctx context.Context, appID string) ([]*api.Job, error) {
-	return listOf[api.Job](ctx, s, s.key(pJobs, appID)+"/", nil)
+	items, err := listOf[api.Job](ctx, s, s.key(pJobs, appID)+"/", nil)
+	return newestFirst(items, err, func(j *api.Job) time.Time { return j.CreatedAt })
 }
 
 // ListActiveJobs returns every job that is not down.
@@ -208,9 +210,10 @@ func (s *Store) GetDeployment(ctx context.Context, id string) (*api.Deployment, 
 // ListDeployments returns deployments, filtered by app and status when
 // they are not empty.
 func (s *Store) ListDeployments(ctx context.Context, appID, status string) ([]*api.Deployment, error) {
-	return listOf(ctx, s, s.key(pDeployments), func(d *api.Deployment) bool {
+	items, err := listOf(ctx, s, s.key(pDeployments), func(d *api.Deployment) bool {
 		return (appID == "" || d.AppID == appID) && (status == "" || d.Status == status)
 	})
+	return newestFirst(items, err, func(d *api.Deployment) time.Time { return d.CreatedAt })
 }
 
 // validTransition lists the deployment status changes a deployer may make.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -38,7 +39,8 @@ func (s *Store) GetArtifact(ctx context.Context, id string) (*api.Artifact, erro
 
 // ListArtifacts returns all artifacts.
 func (s *Store) ListArtifacts(ctx context.Context) ([]*api.Artifact, error) {
-	return listOf[api.Artifact](ctx, s, s.key(pArtifacts), nil)
+	items, err := listOf[api.Artifact](ctx, s, s.key(pArtifacts), nil)
+	return newestFirst(items, err, func(a *api.Artifact) time.Time { return a.CreatedAt })
 }
 
 // CreateRelease stores a new, immutable release. Its artifacts and app
@@ -98,7 +100,8 @@ func (s *Store) getRelease(ctx context.Context, id string) (*api.Release, int64,
 
 // ListReleases returns all releases, or those of one app.
 func (s *Store) ListReleases(ctx context.Context, appID string) ([]*api.Release, error) {
-	return listOf(ctx, s, s.key(pReleases), func(r *api.Release) bool { return appID == "" || r.AppID == appID })
+	items, err := listOf(ctx, s, s.key(pReleases), func(r *api.Release) bool { return appID == "" || r.AppID == appID })
+	return newestFirst(items, err, func(r *api.Release) time.Time { return r.CreatedAt })
 }
 
 // DeleteRelease deletes a release of an app and its formation (which
@@ -188,7 +191,8 @@ func (s *Store) ListFormations(ctx context.Context, appID string) ([]*api.Format
 	if appID != "" {
 		prefix = s.key(pFormations, appID) + "/"
 	}
-	return listOf[api.Formation](ctx, s, prefix, nil)
+	items, err := listOf[api.Formation](ctx, s, prefix, nil)
+	return newestFirst(items, err, func(f *api.Formation) time.Time { return f.CreatedAt })
 }
 
 // DeleteFormation deletes the formation of (app, release).
@@ -380,7 +384,8 @@ func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string)
 
 // ListScaleRequests returns an app's scale requests.
 func (s *Store) ListScaleRequests(ctx context.Context, appID string) ([]*api.ScaleRequest, error) {
-	return listOf[api.ScaleRequest](ctx, s, s.key(pScales, appID)+"/", nil)
+	items, err := listOf[api.ScaleRequest](ctx, s, s.key(pScales, appID)+"/", nil)
+	return newestFirst(items, err, func(r *api.ScaleRequest) time.Time { return r.CreatedAt })
 }
 
 // ListPendingScaleRequests returns every app's pending scale requests.

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -134,6 +135,17 @@ func listOf[T any](ctx context.Context, s *Store, prefix string, keep func(*T) b
 		return nil
 	})
 	return out, err
+}
+
+// newestFirst sorts a listing (and its error) newest first by created, as
+// Flynn's controller lists: its CLI's release rollback takes the second
+// release listed.
+func newestFirst[T any](items []*T, err error, created func(*T) time.Time) ([]*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(items, func(a, b *T) int { return created(b).Compare(created(a)) })
+	return items, nil
 }
 
 // txn collects the writes, conditions and events of one transaction.

@@ -21,17 +21,34 @@ type App struct {
 const (
 	MetaSystemApp      = "flynn-system-app"
 	MetaSystemCritical = "flynn-system-critical"
+	// MetaDeployBatchSize is the batch size of the in-batches strategy
+	// (`flynn deployment batch-size`); the number of hosts when unset.
+	MetaDeployBatchSize = "flynn-deploy-batch-size"
 	// MetaSystemRestore marks the apps the host daemons themselves start
 	// again when none of their jobs runs (the scheduler, which restores
 	// every other app).
 	MetaSystemRestore = "flynn-system-restore"
 )
 
-// Deploy strategies.
+// Deploy strategies, as Flynn names them.
 const (
+	// StrategyAllAtOnce starts the whole new formation, waits for it,
+	// then stops the old one (the default).
 	StrategyAllAtOnce = "all-at-once"
-	StrategyOneByOne  = "one-by-one"
+	// StrategyOneByOne, per process type, starts one new job, waits for
+	// it and stops one old job, until done.
+	StrategyOneByOne = "one-by-one"
+	// StrategyOneDownOneUp, per process type, stops one old job, then
+	// starts one new job and waits for it (for apps that cannot run two
+	// of a kind at once).
+	StrategyOneDownOneUp = "one-down-one-up"
+	// StrategyInBatches is one-by-one with batches of the app's
+	// MetaDeployBatchSize jobs (default: the number of hosts).
+	StrategyInBatches = "in-batches"
 )
+
+// Strategies lists the deploy strategies the platform runs.
+var Strategies = []string{StrategyAllAtOnce, StrategyOneByOne, StrategyOneDownOneUp, StrategyInBatches}
 
 // DefaultDeployTimeout is the deploy timeout in seconds when an app sets none.
 const DefaultDeployTimeout = 120
@@ -154,12 +171,13 @@ type HealthCheck struct {
 	Status       int      `json:"status,omitempty"`
 }
 
-// Duration is a time.Duration that reads and writes as "10s" in JSON, and
-// also reads a number of nanoseconds.
+// Duration is a time.Duration that travels in JSON as a number of
+// nanoseconds, as Flynn's time.Duration fields do (so Flynn's clients read
+// and round-trip releases), and also reads a duration string such as "10s".
 type Duration time.Duration
 
-// MarshalJSON writes d as a duration string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+// MarshalJSON writes d as a number of nanoseconds.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(int64(d)) }
 
 // UnmarshalJSON reads a duration string or a number of nanoseconds.
 func (d *Duration) UnmarshalJSON(b []byte) error {
@@ -289,7 +307,12 @@ type Job struct {
 
 // NewJob is a request to run a one-off job.
 type NewJob struct {
-	ReleaseID  string            `json:"release,omitempty"`
+	ReleaseID string `json:"release,omitempty"`
+	// ArtifactIDs, when set, replace the release's artifacts.
+	ArtifactIDs []string `json:"artifacts,omitempty"`
+	// MountsFrom names a process type of the release whose mounts the
+	// job gets.
+	MountsFrom string            `json:"mounts_from,omitempty"`
 	ReleaseEnv bool              `json:"release_env,omitempty"`
 	Args       []string          `json:"args,omitempty"`
 	Env        map[string]string `json:"env,omitempty"`
@@ -320,8 +343,11 @@ type Deployment struct {
 	Processes     map[string]int               `json:"processes,omitempty"`
 	Tags          map[string]map[string]string `json:"tags,omitempty"`
 	DeployTimeout int32                        `json:"deploy_timeout,omitempty"`
-	CreatedAt     time.Time                    `json:"created_at,omitzero"`
-	FinishedAt    *time.Time                   `json:"finished_at,omitempty"`
+	// DeployBatchSize is the in-batches strategy's batch size, when the
+	// app sets one (MetaDeployBatchSize).
+	DeployBatchSize *int       `json:"deploy_batch_size,omitempty"`
+	CreatedAt       time.Time  `json:"created_at,omitzero"`
+	FinishedAt      *time.Time `json:"finished_at,omitempty"`
 }
 
 // DeploymentEvent is a step of a deployment's progress.
@@ -333,6 +359,40 @@ type DeploymentEvent struct {
 	JobType      string `json:"job_type,omitempty"`
 	JobState     string `json:"job_state,omitempty"`
 	Error        string `json:"error,omitempty"`
+}
+
+// AppDeletion is what deleting an app removed: the data of its
+// app_deletion event, as {"app_deletion": AppDeletion}.
+type AppDeletion struct {
+	AppID            string      `json:"app"`
+	DeletedRoutes    []*Route    `json:"deleted_routes"`
+	DeletedResources []*Resource `json:"deleted_resources"`
+	DeletedReleases  []*Release  `json:"deleted_releases"`
+}
+
+// AppDeletionEvent is the data of an app_deletion event.
+type AppDeletionEvent struct {
+	AppDeletion *AppDeletion `json:"app_deletion"`
+	Error       string       `json:"error,omitempty"`
+}
+
+// ReleaseDeletion is what deleting a release removed: the data of its
+// release_deletion event, as {"release_deletion": ReleaseDeletion}.
+type ReleaseDeletion struct {
+	AppID     string `json:"app"`
+	ReleaseID string `json:"release"`
+	// RemainingApps are other apps that still use the release (it is
+	// then only scaled down for this app); none here, as a release
+	// belongs to one app.
+	RemainingApps []string `json:"remaining_apps"`
+	// DeletedFiles are the blobs deleted with the release.
+	DeletedFiles []string `json:"deleted_files"`
+}
+
+// ReleaseDeletionEvent is the data of a release_deletion event.
+type ReleaseDeletionEvent struct {
+	ReleaseDeletion *ReleaseDeletion `json:"release_deletion"`
+	Error           string           `json:"error,omitempty"`
 }
 
 // Provider is a resource provider (e.g. a database appliance's API).
@@ -364,23 +424,26 @@ type Key struct {
 
 // Event object types.
 const (
-	EventTypeApp              = "app"
-	EventTypeAppDeletion      = "app_deletion"
-	EventTypeAppRelease       = "app_release"
-	EventTypeArtifact         = "artifact"
-	EventTypeRelease          = "release"
-	EventTypeReleaseDeletion  = "release_deletion"
-	EventTypeScaleRequest     = "scale_request"
-	EventTypeFormation        = "formation"
-	EventTypeDeployment       = "deployment"
-	EventTypeJob              = "job"
-	EventTypeRoute            = "route"
-	EventTypeRouteDeletion    = "route_deletion"
-	EventTypeProvider         = "provider"
-	EventTypeResource         = "resource"
-	EventTypeResourceDeletion = "resource_deletion"
-	EventTypeKey              = "key"
-	EventTypeKeyDeletion      = "key_deletion"
+	EventTypeApp             = "app"
+	EventTypeAppDeletion     = "app_deletion"
+	EventTypeAppRelease      = "app_release"
+	EventTypeArtifact        = "artifact"
+	EventTypeRelease         = "release"
+	EventTypeReleaseDeletion = "release_deletion"
+	EventTypeScaleRequest    = "scale_request"
+	// EventTypeScaleRequestCancelation is a pending scale request
+	// replaced by a newer one for the same formation.
+	EventTypeScaleRequestCancelation = "scale_request_cancelation"
+	EventTypeFormation               = "formation"
+	EventTypeDeployment              = "deployment"
+	EventTypeJob                     = "job"
+	EventTypeRoute                   = "route"
+	EventTypeRouteDeletion           = "route_deletion"
+	EventTypeProvider                = "provider"
+	EventTypeResource                = "resource"
+	EventTypeResourceDeletion        = "resource_deletion"
+	EventTypeKey                     = "key"
+	EventTypeKeyDeletion             = "key_deletion"
 )
 
 // EventSinceHeader is the response header in which the controller tells

@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Log streams a job's output line can come from. StreamInit carries lines
 // from the platform about the job (start, exit, OOM).
@@ -12,15 +15,40 @@ const (
 
 // LogMessage is one line of a job's output as hosts ship it to the
 // logaggregator (POST /log, newline-delimited JSON) and as readers get it
-// back (GET /log/{app} with Accept: text/event-stream, event "message").
+// back: GET /log/{app} (and the controller's GET /apps/{app}/log) answer
+// newline-delimited JSON LogMessages, or with Accept: text/event-stream
+// one LogChunk per SSE event. The fields are a superset of Flynn's log
+// message (host_id, job_id, msg, process_type, source, stream,
+// timestamp), so Flynn's clients read them.
 type LogMessage struct {
-	AppID       string    `json:"app_id"`
-	JobID       string    `json:"job_id,omitempty"`
-	ProcessType string    `json:"process_type,omitempty"`
-	Stream      string    `json:"stream"`
-	Timestamp   time.Time `json:"timestamp"`
-	Msg         string    `json:"msg"`
+	AppID       string `json:"app_id"`
+	HostID      string `json:"host_id,omitempty"`
+	JobID       string `json:"job_id,omitempty"`
+	ProcessType string `json:"process_type,omitempty"`
+	// Source is what wrote the line; LogSourceApp for job output (the
+	// logaggregator fills it in when a shipper leaves it empty).
+	Source    string    `json:"source,omitempty"`
+	Stream    string    `json:"stream"`
+	Timestamp time.Time `json:"timestamp"`
+	Msg       string    `json:"msg"`
 }
+
+// LogSourceApp is the Source of lines a job wrote.
+const LogSourceApp = "app"
+
+// LogChunk is the data of one SSE event of a log stream, as Flynn sends
+// it: {"event":"message","data":LogMessage} per line, and
+// {"event":"eof"} when a stream that does not follow has sent every line.
+type LogChunk struct {
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data,omitempty"`
+}
+
+// LogChunk events.
+const (
+	LogEventMessage = "message"
+	LogEventEOF     = "eof"
+)
 
 // LogIngestResult is the logaggregator's reply to POST /log.
 type LogIngestResult struct {
@@ -70,8 +98,8 @@ func (m *LogMessage) Validate() error {
 		return Validation("app_id", "app_id %q must be 1-100 letters, digits, '.', '_' or '-'", m.AppID)
 	case len(m.JobID) > LogMaxIDBytes:
 		return Validation("job_id", "job_id is longer than %d bytes", LogMaxIDBytes)
-	case len(m.ProcessType) > LogMaxIDBytes:
-		return Validation("process_type", "process_type is longer than %d bytes", LogMaxIDBytes)
+	case len(m.ProcessType) > LogMaxIDBytes || len(m.HostID) > LogMaxIDBytes || len(m.Source) > LogMaxIDBytes:
+		return Validation("process_type", "process_type, host_id and source are at most %d bytes", LogMaxIDBytes)
 	case !ValidLogStream(m.Stream):
 		return Validation("stream", "stream %q must be stdout, stderr or init", m.Stream)
 	case len(m.Msg) > LogMaxMsgBytes:

@@ -104,9 +104,11 @@ func (c *Client) UpdateAppMeta(ctx context.Context, appID string, meta map[strin
 	return &app, c.c.Do(ctx, "POST", p("/apps/%s/meta", appID), map[string]any{"meta": meta}, &app)
 }
 
-// DeleteApp deletes an app with its formations, routes and releases.
-func (c *Client) DeleteApp(ctx context.Context, appID string) error {
-	return c.c.Do(ctx, "DELETE", p("/apps/%s", appID), nil, nil)
+// DeleteApp deletes an app with its formations, routes and releases and
+// returns what was removed.
+func (c *Client) DeleteApp(ctx context.Context, appID string) (*api.AppDeletion, error) {
+	var out api.AppDeletion
+	return &out, c.c.Do(ctx, "DELETE", p("/apps/%s", appID), nil, &out)
 }
 
 // CreateArtifact creates an artifact and stores the result into a.
@@ -160,9 +162,12 @@ func (c *Client) GetAppRelease(ctx context.Context, appID string) (*api.Release,
 	return &r, c.c.Do(ctx, "GET", p("/apps/%s/release", appID), nil, &r)
 }
 
-// DeleteRelease deletes a release of an app that is not its current one.
-func (c *Client) DeleteRelease(ctx context.Context, appID, releaseID string) error {
-	return c.c.Do(ctx, "DELETE", p("/apps/%s/releases/%s", appID, releaseID), nil, nil)
+// DeleteRelease deletes a release of an app that is not its current one
+// (and the layer blobs no other release uses) and returns what was
+// removed.
+func (c *Client) DeleteRelease(ctx context.Context, appID, releaseID string) (*api.ReleaseDeletion, error) {
+	var out api.ReleaseDeletion
+	return &out, c.c.Do(ctx, "DELETE", p("/apps/%s/releases/%s", appID, releaseID), nil, &out)
 }
 
 // PutFormation creates or replaces the formation of (f.AppID,
@@ -201,8 +206,10 @@ func (c *Client) FormationListActive(ctx context.Context) ([]*api.ExpandedFormat
 	return out, c.c.Do(ctx, "GET", "/formations?active=true", nil, &out)
 }
 
-// ScaleAppRelease creates a scale request that sets the processes (and
-// tags, when not nil) of (app, release).
+// ScaleAppRelease creates a scale request that sets the counts (and tags,
+// when not nil) of the process types it names in the formation of (app,
+// release); other types keep theirs. The deployer completes the request
+// once the formation runs and serves.
 func (c *Client) ScaleAppRelease(ctx context.Context, appID, releaseID string, processes map[string]int, tags map[string]map[string]string) (*api.ScaleRequest, error) {
 	req := &api.ScaleRequest{State: api.ScaleRequestPending, NewProcesses: &processes}
 	if tags != nil {
@@ -230,15 +237,16 @@ func (c *Client) RunJob(ctx context.Context, appID string, job *api.NewJob) (*ap
 	return &out, c.c.Do(ctx, "POST", p("/apps/%s/jobs", appID), job, &out)
 }
 
-// RunJobAttached starts a one-off job and returns its stdio stream (the
-// host agent's attach protocol, relayed). The caller closes it.
+// RunJobAttached starts a one-off job and returns its stdio stream, which
+// speaks Flynn's attach protocol (api.ReadAttachFrame and the
+// api.WriteAttach functions). The caller closes it.
 func (c *Client) RunJobAttached(ctx context.Context, appID string, job *api.NewJob) (io.ReadWriteCloser, error) {
 	req, err := c.c.NewRequest(ctx, "POST", p("/apps/%s/jobs", appID), job)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "flynn-attach/0")
+	req.Header.Set("Upgrade", api.JobAttachUpgrade)
 	hc := c.c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
@@ -672,8 +680,9 @@ type LogOptions struct {
 	StreamTypes []string
 }
 
-// GetAppLog returns an app's log stream from the log aggregator. The
-// caller closes it.
+// GetAppLog returns an app's log from the log aggregator: newline-
+// delimited JSON api.LogMessages (logaggclient.NewPlainReader reads them).
+// The caller closes it.
 func (c *Client) GetAppLog(ctx context.Context, appID string, o LogOptions) (io.ReadCloser, error) {
 	q := url.Values{}
 	if o.Follow {
@@ -705,4 +714,52 @@ func (c *Client) GetAppLog(ctx context.Context, appID string, o LogOptions) (io.
 		return nil, err
 	}
 	return res.Body, nil
+}
+
+// PendingScaleRequests returns every app's pending scale requests.
+func (c *Client) PendingScaleRequests(ctx context.Context) ([]*api.ScaleRequest, error) {
+	var out []*api.ScaleRequest
+	return out, c.c.Do(ctx, "GET", "/scale-requests?state=pending", nil, &out)
+}
+
+// Status returns the controller's health and version.
+func (c *Client) Status(ctx context.Context) (*api.Status, error) {
+	var out api.StatusReply
+	return &out.Data, c.c.Do(ctx, "GET", api.StatusPath, nil, &out)
+}
+
+// GetLayer opens the blob of a layer of a flynn artifact, and returns its
+// size. The caller closes it.
+func (c *Client) GetLayer(ctx context.Context, artifactID, layerID string) (io.ReadCloser, int64, error) {
+	req, err := c.c.NewRequest(ctx, "GET", p("/artifacts/%s/layers/%s", artifactID, layerID), nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	req.Header.Del("Accept")
+	res, err := c.c.Send(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	return res.Body, res.ContentLength, nil
+}
+
+// PutLayer stores a layer tar of size bytes whose sha256 (hex) is sum in
+// the cluster's blobstore and returns the layer as an artifact lists it.
+func (c *Client) PutLayer(ctx context.Context, sum string, r io.Reader, size int64) (*api.ImageLayer, error) {
+	req, err := c.c.NewRequest(ctx, "PUT", p("/layers/%s", sum), r)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.ContentLength = size
+	res, err := c.c.Send(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	var out api.ImageLayer
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("put layer %s: decode reply: %w", sum, err)
+	}
+	return &out, nil
 }

@@ -1,13 +1,14 @@
 // Package logaggclient is the Go client of the Flynn log aggregator: Send
 // ships a batch of lines, Shipper batches lines in the background without
-// ever blocking the job that produces them, and Read/ReadText read an app's
-// buffered lines and follow new ones.
+// ever blocking the job that produces them, and Read (SSE) and ReadPlain
+// (newline-delimited JSON) read an app's buffered lines and follow new ones.
 package logaggclient
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -101,52 +102,81 @@ func (o ReadOptions) path(app string) string {
 
 // Reader reads log lines from a stream.
 type Reader struct {
-	er *httpclient.EventReader
+	next  func() (api.LogMessage, error)
+	close func() error
 }
 
-// Read opens app's log as a stream of messages. The caller closes the
-// reader (or cancels ctx) to stop following.
+// Read opens app's log as a stream of Server-Sent Events (one
+// api.LogChunk each). The caller closes the reader (or cancels ctx) to
+// stop following.
 func (c *Client) Read(ctx context.Context, app string, opts ReadOptions) (*Reader, error) {
 	er, err := c.hc.Stream(ctx, opts.path(app))
 	if err != nil {
 		return nil, fmt.Errorf("read log of %s: %w", app, err)
 	}
-	return &Reader{er: er}, nil
+	return NewSSEReader(er), nil
 }
 
-// Next returns the next line. It returns io.EOF when the stream ends (after
-// the buffered lines, unless following).
-func (r *Reader) Next() (api.LogMessage, error) {
-	for {
-		ev, err := r.er.Next()
-		if err != nil {
-			return api.LogMessage{}, err
+// NewSSEReader reads log lines from an SSE log stream (the logaggregator's
+// or the controller's GET .../log with Accept: text/event-stream).
+func NewSSEReader(er *httpclient.EventReader) *Reader {
+	return &Reader{close: er.Close, next: func() (api.LogMessage, error) {
+		for {
+			ev, err := er.Next()
+			if err != nil {
+				return api.LogMessage{}, err
+			}
+			var chunk api.LogChunk
+			if err := json.Unmarshal(ev.Data, &chunk); err != nil {
+				return api.LogMessage{}, fmt.Errorf("decode log event: %w", err)
+			}
+			switch chunk.Event {
+			case api.LogEventEOF:
+				return api.LogMessage{}, io.EOF
+			case api.LogEventMessage:
+				var m api.LogMessage
+				if err := json.Unmarshal(chunk.Data, &m); err != nil {
+					return api.LogMessage{}, fmt.Errorf("decode log line: %w", err)
+				}
+				return m, nil
+			}
 		}
-		if ev.Event != "message" {
-			continue
-		}
-		var m api.LogMessage
-		if err := json.Unmarshal(ev.Data, &m); err != nil {
-			return api.LogMessage{}, fmt.Errorf("decode log line: %w", err)
-		}
-		return m, nil
-	}
+	}}
 }
 
-// Close ends the stream.
-func (r *Reader) Close() error { return r.er.Close() }
-
-// ReadText opens app's log as plain text, one line per message, as `flynn
-// log` prints it.
-func (c *Client) ReadText(ctx context.Context, app string, opts ReadOptions) (io.ReadCloser, error) {
+// ReadPlain opens app's log as newline-delimited JSON messages, the reply
+// without Accept: text/event-stream (the one Flynn's clients read).
+func (c *Client) ReadPlain(ctx context.Context, app string, opts ReadOptions) (*Reader, error) {
 	req, err := c.hc.NewRequest(ctx, http.MethodGet, opts.path(app), nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "text/plain")
+	req.Header.Del("Accept")
 	res, err := c.hc.Send(req)
 	if err != nil {
 		return nil, fmt.Errorf("read log of %s: %w", app, err)
 	}
-	return res.Body, nil
+	return NewPlainReader(res.Body), nil
 }
+
+// NewPlainReader reads log lines from newline-delimited JSON messages.
+func NewPlainReader(body io.ReadCloser) *Reader {
+	dec := json.NewDecoder(body)
+	return &Reader{close: body.Close, next: func() (api.LogMessage, error) {
+		var m api.LogMessage
+		if err := dec.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return m, io.EOF
+			}
+			return m, fmt.Errorf("decode log line: %w", err)
+		}
+		return m, nil
+	}}
+}
+
+// Next returns the next line. It returns io.EOF when the stream ends
+// (after the buffered lines, unless following).
+func (r *Reader) Next() (api.LogMessage, error) { return r.next() }
+
+// Close ends the stream.
+func (r *Reader) Close() error { return r.close() }

@@ -233,7 +233,8 @@ confirmation unless -y is given, and removes the app's git remote.`,
 			if err := confirm(cmd, yes, fmt.Sprintf("Are you sure you want to delete the app %q?", app.Name), "app not deleted: answer yes, or pass -y"); err != nil {
 				return err
 			}
-			if err := c.DeleteApp(ctx, app.ID); err != nil {
+			del, err := c.DeleteApp(ctx, app.ID)
+			if err != nil {
 				return err
 			}
 			if u := gitRemoteURL(ctx, ".", remote); u != "" && appFromGitURL(u) == app.Name {
@@ -241,7 +242,8 @@ confirmation unless -y is given, and removes the app's git remote.`,
 					return err
 				}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s\n", app.Name)
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s (removed %d routes, deleted %d releases, detached %d resources)\n",
+				app.Name, len(del.DeletedRoutes), len(del.DeletedReleases), len(del.DeletedResources))
 			return nil
 		},
 	}

@@ -94,6 +94,8 @@ Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		newRouteCmd(s),
 		newProviderCmd(s),
 		newResourceCmd(s),
+		newExportCmd(s),
+		newImportCmd(s),
 	)
 	// Give cobra's generated completion commands examples too.
 	root.InitDefaultCompletionCmd()

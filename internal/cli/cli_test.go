@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -33,6 +34,24 @@ func TestMain(m *testing.M) {
 func TestScripts(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	var n atomic.Int64
+	cmds := map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		// second-controller starts another cluster's controller and
+		// sets $CONTROLLER2_URL.
+		"second-controller": func(ts *testscript.TestScript, neg bool, args []string) {
+			h, err := newHarness(etcd.Endpoint(), fmt.Sprintf("/script%d", n.Add(1)), ts.MkAbs("."))
+			if err != nil {
+				ts.Fatalf("second controller: %v", err)
+			}
+			ts.Defer(h.stop)
+			ts.Setenv("CONTROLLER2_URL", h.URL)
+		},
+	}
+	for name, fn := range harnessCmds() {
+		cmds[name] = fn
+	}
+	for name, fn := range flynnClientCmds() {
+		cmds[name] = fn
+	}
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Setup: func(env *testscript.Env) error {
@@ -56,52 +75,92 @@ func TestScripts(t *testing.T) {
 			env.Setenv("PROVIDER_URL", h.ProviderURL)
 			return os.MkdirAll(env.WorkDir+"/home", 0o755)
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			// second-controller starts another cluster's controller and
-			// sets $CONTROLLER2_URL.
-			"second-controller": func(ts *testscript.TestScript, neg bool, args []string) {
-				h, err := newHarness(etcd.Endpoint(), fmt.Sprintf("/script%d", n.Add(1)), ts.MkAbs("."))
-				if err != nil {
-					ts.Fatalf("second controller: %v", err)
-				}
-				ts.Defer(h.stop)
-				ts.Setenv("CONTROLLER2_URL", h.URL)
-			},
-			// addlog APP TYPE STREAM MSG... stores a log line of APP.
-			"addlog": func(ts *testscript.TestScript, neg bool, args []string) {
-				if len(args) < 4 {
-					ts.Fatalf("usage: addlog APP TYPE STREAM MSG...")
-				}
-				h := ts.Value("harness").(*harness)
-				err := h.addLog(context.Background(), args[0], args[1], args[2], strings.Join(args[3:], " "))
-				if (err != nil) != neg {
-					ts.Fatalf("addlog: %v", err)
-				}
-			},
-			// setfrom VAR FILE sets $VAR to the first line of FILE (e.g. a
-			// saved stdout).
-			"setfrom": func(ts *testscript.TestScript, neg bool, args []string) {
-				if len(args) != 2 {
-					ts.Fatalf("usage: setfrom VAR FILE")
-				}
-				line, _, _ := strings.Cut(ts.ReadFile(args[1]), "\n")
-				ts.Setenv(args[0], strings.TrimSpace(line))
-			},
-			// stopped JOB checks that the host runner was asked to stop JOB.
-			"stopped": func(ts *testscript.TestScript, neg bool, args []string) {
-				h := ts.Value("harness").(*harness)
-				h.runner.mu.Lock()
-				defer h.runner.mu.Unlock()
-				found := false
-				for _, id := range h.runner.stopped {
-					found = found || id == args[0]
-				}
-				if found == neg {
-					ts.Fatalf("stopped %s: %t, want %t (stopped: %v)", args[0], found, !neg, h.runner.stopped)
-				}
-			},
-		},
+		Cmds: cmds,
 	})
+}
+
+// harnessCmds are the script commands that reach into the harness.
+func harnessCmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
+	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		// addlog APP TYPE STREAM MSG... stores a log line of APP.
+		"addlog": func(ts *testscript.TestScript, neg bool, args []string) {
+			if len(args) < 4 {
+				ts.Fatalf("usage: addlog APP TYPE STREAM MSG...")
+			}
+			h := ts.Value("harness").(*harness)
+			err := h.addLog(context.Background(), args[0], args[1], args[2], strings.Join(args[3:], " "))
+			if (err != nil) != neg {
+				ts.Fatalf("addlog: %v", err)
+			}
+		},
+		// setfrom VAR FILE sets $VAR to the first line of FILE (e.g. a
+		// saved stdout).
+		"setfrom": func(ts *testscript.TestScript, neg bool, args []string) {
+			if len(args) != 2 {
+				ts.Fatalf("usage: setfrom VAR FILE")
+			}
+			line, _, _ := strings.Cut(ts.ReadFile(args[1]), "\n")
+			ts.Setenv(args[0], strings.TrimSpace(line))
+		},
+		// stopped JOB checks that the host runner was asked to stop JOB.
+		"stopped": func(ts *testscript.TestScript, neg bool, args []string) {
+			h := ts.Value("harness").(*harness)
+			h.runner.mu.Lock()
+			defer h.runner.mu.Unlock()
+			found := false
+			for _, id := range h.runner.stopped {
+				found = found || id == args[0]
+			}
+			if found == neg {
+				ts.Fatalf("stopped %s: %t, want %t (stopped: %v)", args[0], found, !neg, h.runner.stopped)
+			}
+		},
+		// slugapp APP deploys to APP (which exists) a release built the
+		// way git push builds one: a flynn artifact of a stack layer and
+		// a slug layer (uploaded to the blobstore through the
+		// controller), process type web run by the slug runner. It sets
+		// $SLUG_RELEASE and $SLUG_LAYER.
+		"slugapp": func(ts *testscript.TestScript, neg bool, args []string) {
+			if len(args) != 1 {
+				ts.Fatalf("usage: slugapp APP")
+			}
+			h := ts.Value("harness").(*harness)
+			rel, layer, err := h.slugApp(context.Background(), args[0])
+			if err != nil {
+				ts.Fatalf("slugapp: %v", err)
+			}
+			ts.Setenv("SLUG_RELEASE", rel)
+			ts.Setenv("SLUG_LAYER", layer)
+		},
+		// hostjobjson prints the last job the host runner was given, as
+		// JSON.
+		"hostjobjson": func(ts *testscript.TestScript, neg bool, args []string) {
+			h := ts.Value("harness").(*harness)
+			h.runner.mu.Lock()
+			defer h.runner.mu.Unlock()
+			if len(h.runner.added) == 0 {
+				ts.Fatalf("no job was added")
+			}
+			b, _ := json.Marshal(h.runner.added[len(h.runner.added)-1])
+			ts.Stdout().Write(append(b, '\n'))
+		},
+		// hostjob prints the last job the host runner was given: its
+		// args, mounts and DYNO.
+		"hostjob": func(ts *testscript.TestScript, neg bool, args []string) {
+			h := ts.Value("harness").(*harness)
+			h.runner.mu.Lock()
+			defer h.runner.mu.Unlock()
+			if len(h.runner.added) == 0 {
+				ts.Fatalf("no job was added")
+			}
+			j := h.runner.added[len(h.runner.added)-1]
+			fmt.Fprintf(ts.Stdout(), "args %q\n", j.Config.Args)
+			for _, m := range j.Config.Mounts {
+				fmt.Fprintf(ts.Stdout(), "mount %s %s\n", m.Location, m.Target)
+			}
+			fmt.Fprintf(ts.Stdout(), "dyno %s\n", j.Config.Env["DYNO"])
+		},
+	}
 }
 
 func TestAppFromGitURL(t *testing.T) {

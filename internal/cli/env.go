@@ -450,6 +450,24 @@ GiB), cpu in milli-cores (1000 = one core), max_fd and max_procs as counts.`,
 	return c
 }
 
+// parseLimitList parses comma-separated LIMIT=VALUE pairs (flynn run
+// --limits) into resources with equal request and limit.
+func parseLimitList(s string) (api.Resources, error) {
+	res := api.Resources{}
+	for _, a := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(a), "=")
+		if !ok {
+			return nil, fmt.Errorf("invalid limit %q: use LIMIT=VALUE,..., e.g. memory=512MB,cpu=500", a)
+		}
+		n, err := parseLimit(k, v)
+		if err != nil {
+			return nil, err
+		}
+		res[k] = api.ResourceSpec{Request: &n, Limit: &n}
+	}
+	return res, nil
+}
+
 var units = []struct {
 	suffix string
 	mult   int64

@@ -1,7 +1,12 @@
 package cli
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -22,8 +27,11 @@ import (
 	"go.etcd.io/etcd/client/v3/namespace"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/internal/blobstore"
 	"github.com/flynnrebuilt/flynn/internal/controller"
+	"github.com/flynnrebuilt/flynn/internal/deployer"
 	"github.com/flynnrebuilt/flynn/internal/logagg"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
@@ -31,17 +39,19 @@ import (
 const testKey = "cli-test-key"
 
 // harness is a real controller (on its own etcd namespace) with a fake
-// host runner, a real log aggregator, and a fake scheduler and deployer
-// that follow the controller's events the way the real ones do: jobs come
-// up for each formation, deployments complete (or fail when the new
-// release sets FAIL_DEPLOY).
+// host runner, a real log aggregator, the real deployer (which also
+// completes scale requests), and a fake scheduler that follows the
+// controller's formation events the way the real one does: jobs come up
+// for each formation (or crash, when the release sets FAIL_DEPLOY).
 type harness struct {
 	URL, TLSURL, Pin string
 	// ProviderURL is a resource provider that hands out a fake database.
 	ProviderURL string
-	c           *controllerclient.Client
-	logs        *logagg.Server
-	runner      *fakeRunner
+	// Blobs is the controller's blobstore (a real one, on disk).
+	Blobs  *blobclient.Client
+	c      *controllerclient.Client
+	logs   *logagg.Server
+	runner *fakeRunner
 
 	stop func()
 }
@@ -71,6 +81,15 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 		return nil, err
 	}
 
+	blobFS, err := blobstore.NewFS(filepath.Join(dir, "blobs"), blobstore.FSOptions{NoSync: true})
+	if err != nil {
+		h.stop()
+		return nil, err
+	}
+	blobSrv := httptest.NewServer(blobstore.NewServer(blobFS, []string{testKey}, 0, logging.Discard()).Handler())
+	closers = append(closers, blobSrv.Close)
+	h.Blobs = blobclient.New(blobSrv.URL, testKey, nil)
+
 	h.logs = logagg.NewServer(logagg.Config{}, logging.Discard())
 	logSrv := httptest.NewServer(h.logs.Handler())
 	closers = append(closers, logSrv.Close)
@@ -86,7 +105,7 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 	caFile := filepath.Join(dir, "cluster-ca.pem")
 	srv, err := controller.New(controller.Config{
 		Etcd: etcd, AuthKeys: []string{testKey}, ClusterDomain: "flynn.test",
-		CACertFile: caFile, LogAggregatorURL: logSrv.URL, Runner: h.runner,
+		CACertFile: caFile, LogAggregatorURL: logSrv.URL, Runner: h.runner, Blobs: h.Blobs,
 	}, logging.Discard())
 	if err != nil {
 		h.stop()
@@ -106,48 +125,55 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 	h.c = controllerclient.New(h.URL, testKey)
 
 	stream, err := h.c.StreamEvents(ctx, controllerclient.EventOptions{
-		ObjectTypes: []string{api.EventTypeFormation, api.EventTypeDeployment},
+		ObjectTypes: []string{api.EventTypeFormation},
 	})
 	if err != nil {
 		h.stop()
 		return nil, err
 	}
+	dep, err := deployer.New(deployer.Config{Controller: &deployer.ControllerClient{C: h.c}, RetryInterval: 100 * time.Millisecond}, logging.Discard())
+	if err != nil {
+		h.stop()
+		return nil, err
+	}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		h.follow(ctx, stream)
 	}()
-	closers = append(closers, func() { stream.Close(); wg.Wait() })
+	go func() {
+		defer wg.Done()
+		dep.Run(ctx)
+	}()
+	closers = append(closers, func() { cancel(); stream.Close(); wg.Wait() })
 	return h, nil
 }
 
-// follow plays scheduler and deployer.
+// follow plays the scheduler.
 func (h *harness) follow(ctx context.Context, stream *controllerclient.EventStream) {
 	for {
 		ev, err := stream.Next()
 		if err != nil {
 			return
 		}
-		switch ev.ObjectType {
-		case api.EventTypeFormation:
-			var f api.Formation
-			if json.Unmarshal(ev.Data, &f) == nil {
-				h.reconcile(ctx, &f)
-			}
-		case api.EventTypeDeployment:
-			var de api.DeploymentEvent
-			if json.Unmarshal(ev.Data, &de) == nil && de.Status == api.DeploymentPending {
-				h.deploy(ctx, de.DeploymentID)
-			}
+		var f api.Formation
+		if json.Unmarshal(ev.Data, &f) == nil {
+			h.reconcile(ctx, &f)
 		}
 	}
 }
 
+// reconcile starts and stops jobs so that the formation's release runs
+// its counts. Jobs of a release that sets FAIL_DEPLOY exit at once.
 func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 	jobs, err := h.c.JobList(ctx, f.AppID)
 	if err != nil {
 		return
+	}
+	crash := false
+	if rel, err := h.c.GetRelease(ctx, f.ReleaseID); err == nil {
+		crash = rel.Env["FAIL_DEPLOY"] != ""
 	}
 	live := map[string][]*api.Job{}
 	for _, j := range jobs {
@@ -164,9 +190,15 @@ func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 	}
 	for t := range types {
 		for n := len(live[t]); n < f.Processes[t]; n++ {
-			j := &api.Job{ID: "h1-" + uuid.NewString(), HostID: "h1", AppID: f.AppID, ReleaseID: f.ReleaseID, Type: t, State: api.JobStateStarting}
+			u := uuid.NewString()
+			j := &api.Job{ID: "h1-" + u, UUID: u, HostID: "h1", AppID: f.AppID, ReleaseID: f.ReleaseID, Type: t, State: api.JobStateStarting}
 			h.c.PutJob(ctx, j)
-			j.State = api.JobStateUp
+			if crash {
+				code := int32(1)
+				j.State, j.ExitStatus = api.JobStateDown, &code
+			} else {
+				j.State = api.JobStateUp
+			}
 			h.c.PutJob(ctx, j)
 		}
 		for i := f.Processes[t]; i < len(live[t]); i++ {
@@ -177,31 +209,63 @@ func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 	}
 }
 
-func (h *harness) deploy(ctx context.Context, id string) {
-	d, err := h.c.GetDeployment(ctx, id)
+// FlynnHostPath is where a slug release mounts flynn-host, whose
+// slugrunner runs its processes (as gitreceive builds them).
+const flynnHostPath = "/usr/local/bin/flynn-host"
+
+// slugApp deploys to app a release shaped as git push makes one (see
+// the slugapp script command) and returns its id and its slug layer's.
+func (h *harness) slugApp(ctx context.Context, appName string) (string, string, error) {
+	app, err := h.c.GetApp(ctx, appName)
 	if err != nil {
-		return
+		return "", "", err
 	}
-	h.c.UpdateDeployment(ctx, id, api.DeploymentRunning, "")
-	rel, err := h.c.GetRelease(ctx, d.NewReleaseID)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	files := []struct{ name, body string }{
+		{"app/Procfile", "web: myweb\n"},
+		{"app/bin/myweb", "#!/bin/sh\necho serving on $PORT\n"},
+	}
+	tw.WriteHeader(&tar.Header{Name: "app/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "app/bin/", Typeflag: tar.TypeDir, Mode: 0o755})
+	for _, f := range files {
+		tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(f.body))})
+		tw.Write([]byte(f.body))
+	}
+	tw.Close()
+	zw.Close()
+	sum := sha256.Sum256(buf.Bytes())
+	hexSum := hex.EncodeToString(sum[:])
+	layer, err := h.c.PutLayer(ctx, hexSum, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
 	if err != nil {
-		return
+		return "", "", fmt.Errorf("put layer: %w", err)
 	}
-	if rel.Env["FAIL_DEPLOY"] != "" {
-		h.c.AddDeploymentEvent(ctx, id, &api.DeploymentEvent{Status: api.DeploymentRunning, JobType: "web", JobState: api.JobStateDown})
-		h.c.UpdateDeployment(ctx, id, api.DeploymentFailed, "web job crashed")
-		return
+	stack := &api.ImageLayer{ID: "stack", Type: api.LayerTypeTar, Hashes: map[string]string{"sha256": "stack"}, URL: "file:///var/lib/flynn/stack.tar"}
+	art := &api.Artifact{Type: api.ArtifactTypeFlynn, URI: layer.URL, Manifest: &api.ImageManifest{
+		Type:   api.ManifestType,
+		Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{stack, layer}}},
+	}}
+	if err := h.c.CreateArtifact(ctx, art); err != nil {
+		return "", "", fmt.Errorf("create artifact: %w", err)
 	}
-	h.c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.NewReleaseID, Processes: d.Processes, Tags: d.Tags})
-	for _, t := range sortedKeys(d.Processes) {
-		for range d.Processes[t] {
-			h.c.AddDeploymentEvent(ctx, id, &api.DeploymentEvent{Status: api.DeploymentRunning, JobType: t, JobState: api.JobStateUp})
-		}
+	rel := &api.Release{
+		AppID: app.ID, ArtifactIDs: []string{art.ID}, Env: map[string]string{"GREETING": "hi"},
+		Meta: map[string]string{"git": "true"},
+		Processes: map[string]*api.ProcessType{"web": {
+			Args:   []string{flynnHostPath, "slugrunner", "start", "web"},
+			Mounts: []api.Mount{{Location: "/opt/flynn-host", Target: flynnHostPath}},
+			Ports: []api.Port{{Port: 8080, Proto: "tcp", Service: &api.Service{Name: app.Name + "-web", Create: true,
+				Check: &api.HealthCheck{Type: "tcp", Interval: api.Duration(2 * time.Second)}}}},
+		}},
 	}
-	if d.OldReleaseID != "" {
-		h.c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.OldReleaseID, Processes: map[string]int{}})
+	if err := h.c.CreateRelease(ctx, rel); err != nil {
+		return "", "", fmt.Errorf("create release: %w", err)
 	}
-	h.c.UpdateDeployment(ctx, id, api.DeploymentComplete, "")
+	if err := h.c.SetAppRelease(ctx, app.ID, rel.ID); err != nil {
+		return "", "", err
+	}
+	return rel.ID, hexSum, nil
 }
 
 // addLog stores a log line of app (by name).
@@ -219,10 +283,30 @@ func (h *harness) addLog(ctx context.Context, app, typ, stream, msg string) erro
 // is interactive: it reports whether it has a TTY, echoes input lines,
 // reports a Ctrl-C byte, and exits N on a line "exit N" (0 at EOF).
 type fakeRunner struct {
-	mu      sync.Mutex
-	jobs    map[string]chan *api.HostJob
-	added   []*api.HostJob
-	stopped []string
+	mu       sync.Mutex
+	jobs     map[string]chan *api.HostJob
+	added    []*api.HostJob
+	stopped  []string
+	signaled []string
+}
+
+// hostFrames writes the host agent's attach frames.
+type hostFrames struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (fw *hostFrames) write(typ byte, p []byte) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return api.WriteFrame(fw.w, typ, p)
+}
+
+func (f *fakeRunner) SignalJob(ctx context.Context, h *api.Host, id string, sig int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.signaled = append(f.signaled, fmt.Sprintf("%s:%d", id, sig))
+	return nil
 }
 
 func (f *fakeRunner) ch(id string) chan *api.HostJob {
@@ -261,12 +345,15 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req controller.Att
 		case <-time.After(time.Minute):
 			return
 		}
-		fw := &frameWriter{w: b}
+		fw := &hostFrames{w: b}
 		exit := func(n int) {
 			p, _ := json.Marshal(api.HostJobExit{ExitStatus: n})
 			fw.write(api.FrameExit, p)
 		}
 		args := j.Config.Args
+		if len(args) > 2 && args[1] == "slugrunner" {
+			args = args[2:] // the slug runner runs the rest
+		}
 		switch args[0] {
 		case "echo":
 			fw.write(api.FrameStdout, []byte(strings.Join(args[1:], " ")+"\n"))

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,23 +12,26 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/client/logaggclient"
 )
 
 func newLogCmd(s *state) *cobra.Command {
 	var (
-		follow, split, raw bool
-		lines              int
-		job, typ           string
+		follow, split, raw, initLog bool
+		lines                       int
+		job, typ                    string
 	)
 	c := &cobra.Command{
-		Use:   "log [-f] [-n LINES] [-j JOB] [-t TYPE] [-s] [-r]",
+		Use:   "log [-f] [-n LINES] [-j JOB] [-t TYPE] [-s] [-r] [-i]",
 		Short: "Show an app's log",
 		Long: `Show the app's recent log lines ("TIME TYPE[JOB]: message"); -f keeps
-following new lines until interrupted.`,
+following new lines until interrupted. -i adds the platform's lines about
+each job (start, exit, out of memory) on stderr.`,
 		Example: `  flynn log
   flynn log -f -t web
   flynn log -n 20 -j host1-5b1a...
-  flynn log -s 2>errors.txt`,
+  flynn log -s 2>errors.txt
+  flynn log -i`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -53,6 +55,11 @@ following new lines until interrupted.`,
 			if typ != "" {
 				q.Set("process_type", typ)
 			}
+			streams := api.LogStdout + "," + api.LogStderr
+			if initLog {
+				streams += "," + api.LogInit
+			}
+			q.Set("stream_types", streams)
 			path := "/apps/" + url.PathEscape(app.ID) + "/log"
 			if len(q) > 0 {
 				path += "?" + q.Encode()
@@ -61,25 +68,18 @@ following new lines until interrupted.`,
 			if err != nil {
 				return err
 			}
-			er := httpclient.NewEventReader(res.Body)
-			defer er.Close()
+			lr := logaggclient.NewSSEReader(httpclient.NewEventReader(res.Body))
+			defer lr.Close()
 			for {
-				ev, err := er.Next()
+				m, err := lr.Next()
 				if err != nil {
 					if errors.Is(err, io.EOF) || ctx.Err() != nil {
 						return nil
 					}
 					return fmt.Errorf("read log: %w", err)
 				}
-				if ev.Event != "" && ev.Event != "message" {
-					continue
-				}
-				var m api.LogMessage
-				if err := json.Unmarshal(ev.Data, &m); err != nil {
-					continue
-				}
 				w := cmd.OutOrStdout()
-				if split && m.Stream == api.LogStderr {
+				if split && m.Stream == api.LogStderr || m.Stream == api.LogInit {
 					w = cmd.ErrOrStderr()
 				}
 				if raw {
@@ -101,5 +101,6 @@ following new lines until interrupted.`,
 	f.StringVarP(&typ, "type", "t", "", "only lines of this process type")
 	f.BoolVarP(&split, "split-stderr", "s", false, "write the jobs' stderr lines to stderr")
 	f.BoolVarP(&raw, "raw-output", "r", false, "print only the messages")
+	f.BoolVarP(&initLog, "init", "i", false, "also show the platform's lines about each job, on stderr")
 	return c
 }

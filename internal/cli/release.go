@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -41,10 +43,12 @@ func newReleaseCmd(s *state) *cobra.Command {
 	}
 	c := &cobra.Command{
 		Use:   "release [-q]",
-		Short: "List, show, add and roll back releases",
+		Short: "List, show, add, update, delete and roll back releases",
 		Example: `  flynn release
   flynn release show
   flynn release add -f config.json docker://registry/app:v2
+  flynn release update update.json
+  flynn release delete -y 5d1f...
   flynn release rollback -y`,
 		Args: cobra.NoArgs,
 		RunE: list,
@@ -205,8 +209,152 @@ env is merged over it.`,
 		},
 	}
 	rollback.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
-	c.AddCommand(lc, show, add, rollback)
+
+	var clean bool
+	update := &cobra.Command{
+		Use:   "update FILE [ID] [--clean]",
+		Short: "Make a new release from a release and a JSON file of changes, and deploy it",
+		Long: `Make a new release from release ID (default: the current one) with the
+changes in FILE, JSON in the shape of a release ("env", "meta", "processes"),
+and deploy it. Env and meta keys are merged in; a process type in FILE is
+added, or merged into the existing one field by field (args, env, ports,
+volumes, mounts, resources, service, omni, host_network, resurrect). With
+--clean the new release is FILE alone, with the release's artifacts.`,
+		Example: `  echo '{"env":{"WORKERS":"4"},"processes":{"worker":{"args":["./worker"]}}}' > update.json
+  flynn release update update.json
+  flynn release update --clean release.json 5d1f...`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			b, err := os.ReadFile(args[0])
+			if err != nil {
+				return fmt.Errorf("read %s: %w", args[0], err)
+			}
+			var upd api.Release
+			if err := json.Unmarshal(b, &upd); err != nil {
+				return fmt.Errorf("%s is not valid release JSON: %v", args[0], err)
+			}
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			base := app.ReleaseID
+			if len(args) == 2 {
+				base = args[1]
+			}
+			if base == "" {
+				return fmt.Errorf("app %s has no release yet: deploy code first (git push flynn main), or give a release ID", app.Name)
+			}
+			rel, err := c.GetRelease(ctx, base)
+			if errors.Is(err, api.ErrNotFound) {
+				return fmt.Errorf("release %q not found: see flynn release", base)
+			}
+			if err != nil {
+				return err
+			}
+			next := mergeRelease(rel, &upd, clean)
+			next.AppID = app.ID
+			if err := c.CreateRelease(ctx, next); err != nil {
+				return err
+			}
+			return deploy(ctx, cmd, c, app, next.ID)
+		},
+	}
+	update.Flags().BoolVar(&clean, "clean", false, "start from FILE alone (keeping only the artifacts)")
+
+	var delYes bool
+	del := &cobra.Command{
+		Use:   "delete [-y] ID",
+		Short: "Delete a release that is not the current one",
+		Long: `Delete a release of the app: its formation is removed (its jobs stop) and the
+layers only it used are deleted from the blobstore. The current release cannot
+be deleted: deploy another one first.`,
+		Example: "  flynn release delete 5d1f...\n  flynn release delete -y 5d1f...",
+		Args:    exactArgs(1, "a release ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			if err := confirm(cmd, delYes, fmt.Sprintf("Are you sure you want to delete release %q?", args[0]), "release not deleted: answer yes, or pass -y"); err != nil {
+				return err
+			}
+			res, err := c.DeleteRelease(ctx, app.ID, args[0])
+			if errors.Is(err, api.ErrNotFound) {
+				return fmt.Errorf("release %q not found in app %s: see flynn release", args[0], app.Name)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted release %s (deleted %d files)\n", res.ReleaseID, len(res.DeletedFiles))
+			return nil
+		},
+	}
+	del.Flags().BoolVarP(&delYes, "yes", "y", false, "do not ask for confirmation")
+	c.AddCommand(lc, show, add, update, del, rollback)
 	return c
+}
+
+// mergeRelease is the release `release update` makes: rel with upd's
+// env, meta and process fields merged in (Flynn's rules), or with clean,
+// upd alone with rel's artifacts.
+func mergeRelease(rel, upd *api.Release, clean bool) *api.Release {
+	if clean {
+		next := *upd
+		next.ID, next.CreatedAt, next.ArtifactIDs = "", time.Time{}, rel.ArtifactIDs
+		return &next
+	}
+	// Deep copy through JSON so the merge cannot change rel.
+	b, _ := json.Marshal(rel)
+	next := &api.Release{}
+	json.Unmarshal(b, next)
+	next.ID, next.CreatedAt = "", time.Time{}
+	if len(upd.Env) > 0 && next.Env == nil {
+		next.Env = map[string]string{}
+	}
+	maps.Copy(next.Env, upd.Env)
+	if len(upd.Meta) > 0 && next.Meta == nil {
+		next.Meta = map[string]string{}
+	}
+	maps.Copy(next.Meta, upd.Meta)
+	if len(upd.Processes) > 0 && next.Processes == nil {
+		next.Processes = map[string]*api.ProcessType{}
+	}
+	for typ, u := range upd.Processes {
+		p := next.Processes[typ]
+		if p == nil || u == nil {
+			next.Processes[typ] = u
+			continue
+		}
+		if len(u.Args) > 0 {
+			p.Args = u.Args
+		}
+		if len(u.Env) > 0 && p.Env == nil {
+			p.Env = map[string]string{}
+		}
+		maps.Copy(p.Env, u.Env)
+		if len(u.Ports) > 0 {
+			p.Ports = u.Ports
+		}
+		if len(u.Volumes) > 0 {
+			p.Volumes = u.Volumes
+		}
+		if len(u.Mounts) > 0 {
+			p.Mounts = u.Mounts
+		}
+		if len(u.Resources) > 0 && p.Resources == nil {
+			p.Resources = api.Resources{}
+		}
+		maps.Copy(p.Resources, u.Resources)
+		if u.Service != "" {
+			p.Service = u.Service
+		}
+		p.Omni = p.Omni || u.Omni
+		p.HostNetwork = p.HostNetwork || u.HostNetwork
+		p.Resurrect = p.Resurrect || u.Resurrect
+	}
+	return next
 }
 
 // newestReleases lists the app's releases, newest first.
@@ -220,10 +368,11 @@ func newDeploymentCmd(s *state) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "deployment",
-		Short: "List an app's deployments and set its deploy timeout",
+		Short: "List an app's deployments and set how it deploys",
 		Example: `  flynn deployment
-  flynn deployment timeout
-  flynn deployment timeout 300`,
+  flynn deployment timeout 300
+  flynn deployment strategy in-batches
+  flynn deployment batch-size 2`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -276,6 +425,70 @@ func newDeploymentCmd(s *state) *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(timeout)
+	batch := &cobra.Command{
+		Use:   "batch-size [N]",
+		Short: "Show or set the batch size of the in-batches strategy",
+		Long: `Show or set how many jobs of a process type the in-batches deploy strategy
+starts (then stops) at a time; without one it uses the number of hosts.`,
+		Example: "  flynn deployment batch-size\n  flynn deployment batch-size 3",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			if len(args) == 0 {
+				v, ok := app.Meta[api.MetaDeployBatchSize]
+				if !ok {
+					v = "not set"
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), v)
+				return nil
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n <= 0 {
+				return fmt.Errorf("invalid batch size %q: give a positive number of jobs", args[0])
+			}
+			meta := maps.Clone(app.Meta)
+			if meta == nil {
+				meta = map[string]string{}
+			}
+			meta[api.MetaDeployBatchSize] = strconv.Itoa(n)
+			if _, err := c.UpdateAppMeta(ctx, app.ID, meta); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deploy batch size of %s set to %d.\n", app.Name, n)
+			return nil
+		},
+	}
+	strategy := &cobra.Command{
+		Use:   "strategy [NAME]",
+		Short: "Show or set how the app's deployments replace jobs",
+		Long: `Show or set the app's deploy strategy: all-at-once (the default: start the
+whole new formation, then stop the old one), one-by-one (per process type,
+start a new job, then stop an old one), in-batches (one-by-one in batches of
+flynn deployment batch-size jobs) or one-down-one-up (per process type, stop
+an old job, then start a new one).`,
+		Example: "  flynn deployment strategy\n  flynn deployment strategy one-by-one",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, app, err := s.appClient(ctx)
+			if err != nil {
+				return err
+			}
+			if len(args) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), orDefault(app.Strategy, api.StrategyAllAtOnce))
+				return nil
+			}
+			if err := c.UpdateApp(ctx, &api.App{ID: app.ID, Strategy: args[0]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deploy strategy of %s set to %s.\n", app.Name, args[0])
+			return nil
+		},
+	}
+	c.AddCommand(timeout, batch, strategy)
 	return c
 }

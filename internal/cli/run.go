@@ -2,8 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,20 +20,29 @@ import (
 
 func newRunCmd(s *state) *cobra.Command {
 	var (
-		detached   bool
-		entrypoint string
-		release    string
+		detached, enableLog bool
+		entrypoint          string
+		release             string
+		limits              string
+		env                 []string
 	)
 	c := &cobra.Command{
-		Use:   "run [-d] [-e ENTRYPOINT] [-r RELEASE] [--] COMMAND [ARG...]",
+		Use:   "run [-d] [-l] [-e ENTRYPOINT] [-r RELEASE] [--limits LIMITS] [--env KEY=VALUE] [--] COMMAND [ARG...]",
 		Short: "Run a one-off job",
 		Long: `Run a command as a one-off job of the app's current release (with its env).
-By default it attaches: the job's output streams here, input is sent to it,
-and flynn exits with the job's exit status. When stdin is a terminal the job
-gets a TTY (the terminal is put in raw mode, so Ctrl-C goes to the job);
-otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
+A release built by git push runs the command as Heroku does: in /app, with
+the buildpacks' profile sourced (so the app's bin is on $PATH). By default it
+attaches: the job's output streams here, input is sent to it, and flynn exits
+with the job's exit status. When stdin is a terminal the job gets a TTY (the
+terminal is put in raw mode, so Ctrl-C goes to the job); otherwise Ctrl-C
+sends the job SIGINT and a second Ctrl-C stops it. -d starts the job detached
+and prints its ID; its output goes to the app's log (flynn log -j ID), as an
+attached job's does with -l. --limits sets resource limits as flynn limit
+takes them, comma-separated.`,
 		Example: `  flynn run bash
   flynn run -d -- ./worker --once
+  flynn run --limits memory=256MB,cpu=500 -- rake db:migrate
+  flynn run -e /bin/sh -- -c 'echo $PATH'
   echo 'select 1' | flynn run psql`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -50,7 +57,21 @@ otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
 			if entrypoint != "" {
 				args = append([]string{entrypoint}, args...)
 			}
-			nj := &api.NewJob{ReleaseID: release, ReleaseEnv: true, Args: args}
+			nj := &api.NewJob{ReleaseID: release, ReleaseEnv: true, Args: args, DisableLog: !detached && !enableLog}
+			if limits != "" {
+				res, err := parseLimitList(limits)
+				if err != nil {
+					return err
+				}
+				nj.Resources = res
+			}
+			if len(env) > 0 {
+				kv, err := parseKeyValues(env, "--env value")
+				if err != nil {
+					return err
+				}
+				nj.Env = kv
+			}
 			if detached {
 				job, err := c.RunJob(ctx, app.ID, nj)
 				if err != nil {
@@ -64,30 +85,29 @@ otherwise Ctrl-C stops the job. -d starts the job detached and prints its ID.`,
 	}
 	c.Flags().SetInterspersed(false)
 	f := c.Flags()
-	f.BoolVarP(&detached, "detached", "d", false, "run detached and print the job ID")
+	f.BoolVarP(&detached, "detached", "d", false, "run detached and print the job ID (output goes to the log)")
+	f.BoolVarP(&enableLog, "enable-log", "l", false, "also send an attached job's output to the app's log")
 	f.StringVarP(&entrypoint, "entrypoint", "e", "", "program to run COMMAND with")
 	f.StringVarP(&release, "release", "r", "", "release to run (default: the current one)")
+	f.StringVar(&limits, "limits", "", "resource limits, e.g. memory=512MB,cpu=500 (see flynn limit)")
+	f.StringArrayVar(&env, "env", nil, "set KEY=VALUE in the job's environment (repeatable)")
 	return c
 }
-
-// attachUpgrade is the protocol the controller's POST /apps/{app}/jobs
-// upgrades to; after it the host agent's attach frames (api.ReadFrame,
-// api.WriteFrame) are relayed unchanged.
-const attachUpgrade = "flynn-attach/0"
 
 type frameWriter struct {
 	mu sync.Mutex
 	w  io.Writer
 }
 
-func (fw *frameWriter) write(typ byte, p []byte) error {
+func (fw *frameWriter) do(f func(io.Writer) error) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	return api.WriteFrame(fw.w, typ, p)
+	return f(fw.w)
 }
 
 // runAttached runs nj attached to this terminal and returns the job's
-// exit status as an exitError.
+// exit status as an exitError. The controller's attach stream speaks
+// Flynn's attach protocol (api.JobAttachUpgrade).
 func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.App, nj *api.NewJob) error {
 	stdin := cmd.InOrStdin()
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
@@ -101,7 +121,7 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 	}
 	res, err := s.raw(ctx, http.MethodPost, "/apps/"+url.PathEscape(app.ID)+"/jobs", nj, http.Header{
 		"Connection": {"Upgrade"},
-		"Upgrade":    {attachUpgrade},
+		"Upgrade":    {api.JobAttachUpgrade},
 	})
 	if err != nil {
 		return err
@@ -131,19 +151,21 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 		go func() {
 			for range winch {
 				if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-					var p [4]byte
-					binary.BigEndian.PutUint16(p[0:2], uint16(h))
-					binary.BigEndian.PutUint16(p[2:4], uint16(w))
-					fw.write(api.FrameResize, p[:])
+					fw.do(func(w2 io.Writer) error { return api.WriteAttachResize(w2, uint16(h), uint16(w)) })
 				}
 			}
 		}()
 	} else {
-		// Without a TTY, Ctrl-C cannot travel as a byte: stop the job.
-		intr := make(chan os.Signal, 1)
+		// Without a TTY, Ctrl-C cannot travel as a byte: send the job
+		// SIGINT, and stop it on a second Ctrl-C.
+		intr := make(chan os.Signal, 2)
 		signal.Notify(intr, os.Interrupt)
 		defer signal.Stop(intr)
 		go func() {
+			if _, ok := <-intr; !ok {
+				return
+			}
+			fw.do(func(w io.Writer) error { return api.WriteAttachValue(w, api.AttachSignal, int(syscall.SIGINT)) })
 			if _, ok := <-intr; !ok {
 				return
 			}
@@ -161,47 +183,40 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 		for {
 			n, err := stdin.Read(buf)
 			if n > 0 {
-				if fw.write(api.FrameStdin, buf[:n]) != nil {
+				if fw.do(func(w io.Writer) error { return api.WriteAttachData(w, api.AttachStdin, buf[:n]) }) != nil {
 					return
 				}
 			}
 			if err != nil {
-				fw.write(api.FrameStdin, nil) // EOF
+				fw.do(func(w io.Writer) error { return api.WriteAttachData(w, api.AttachStdin, nil) }) // EOF
 				return
 			}
 		}
 	}()
 
 	for {
-		typ, p, err := api.ReadFrame(conn)
+		f, err := api.ReadAttachFrame(conn)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("job %s: connection lost before it exited: %v (see flynn ps -a and flynn log -j %s)", jobID, err, jobID)
 		}
-		switch typ {
-		case api.FrameStdout:
-			stdout.Write(p)
-		case api.FrameStderr:
-			stderr.Write(p)
-		case api.FrameExit:
-			var e api.HostJobExit
-			if err := json.Unmarshal(p, &e); err != nil {
-				return fmt.Errorf("job %s: bad exit frame: %v", jobID, err)
+		switch f.Type {
+		case api.AttachData:
+			switch f.Stream {
+			case api.AttachStdout:
+				stdout.Write(f.Data)
+			case api.AttachStderr, api.AttachInitLog:
+				stderr.Write(f.Data)
 			}
-			if e.Error != "" {
-				return fmt.Errorf("job %s failed: %s", jobID, e.Error)
-			}
-			if e.OOM {
-				fmt.Fprintf(stderr, "job %s ran out of memory\n", jobID)
-			}
-			if e.ExitStatus != 0 {
-				return exitError{code: e.ExitStatus}
+		case api.AttachExit:
+			if f.Value != 0 {
+				return exitError{code: f.Value}
 			}
 			return nil
-		case api.FrameError:
-			return fmt.Errorf("job %s: %s", jobID, p)
+		case api.AttachError:
+			return fmt.Errorf("job %s failed: %s", jobID, f.Data)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -44,9 +45,10 @@ func decodeApp(r *http.Request) (*api.App, error) {
 			return nil, err
 		}
 	}
-	if app.ReleaseID != "" {
-		return nil, api.Validation("release", "set the release with PUT /apps/{app}/release or a deploy")
-	}
+	// A new app has no release: one given (Flynn's import sends the
+	// exported app's) is ignored, as Flynn's controller did; set it with
+	// PUT /apps/{app}/release or a deploy.
+	app.ReleaseID = ""
 	return app, validateApp(app)
 }
 
@@ -154,12 +156,27 @@ func (s *Server) updateApp(w http.ResponseWriter, r *http.Request) error {
 	return ok(w, app)
 }
 
+// deleteApp deletes an app and the layer blobs only its releases used,
+// and replies with what it removed (also the app_deletion event's data).
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
-	app, err := s.store.DeleteApp(r.Context(), r.PathValue("app"))
+	app, err := s.app(r)
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"app": app.ID})
+	rels, err := s.store.ListReleases(r.Context(), app.ID)
+	if err != nil {
+		return err
+	}
+	files, err := s.unusedLayerBlobs(r.Context(), rels)
+	if err != nil {
+		return err
+	}
+	_, del, err := s.store.DeleteApp(r.Context(), app.ID)
+	if err != nil {
+		return err
+	}
+	s.deleteBlobs(context.WithoutCancel(r.Context()), files)
+	return ok(w, del)
 }
 
 // idBody is {"id": "..."}, the body of PUT /apps/{app}/release and deploy.
@@ -227,16 +244,34 @@ func (s *Server) listAppReleases(w http.ResponseWriter, r *http.Request) error {
 	return ok(w, rels)
 }
 
+// deleteRelease deletes a release that is not the app's current one, its
+// formation (stopping its jobs) and the layer blobs no other release uses,
+// and replies with an api.ReleaseDeletion (also the release_deletion
+// event's data).
 func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
 	app, err := s.app(r)
 	if err != nil {
 		return err
 	}
-	rel, err := s.store.DeleteRelease(r.Context(), app, r.PathValue("release"))
+	rel, err := s.store.GetRelease(r.Context(), r.PathValue("release"))
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"app": app.ID, "release": rel.ID})
+	if rel.AppID != app.ID {
+		return api.NotFound("release %q not found in app %s", rel.ID, app.Name)
+	}
+	files, err := s.unusedLayerBlobs(r.Context(), []*api.Release{rel})
+	if err != nil {
+		return err
+	}
+	if _, err := s.store.DeleteRelease(r.Context(), app, rel.ID, files); err != nil {
+		return err
+	}
+	s.deleteBlobs(context.WithoutCancel(r.Context()), files)
+	if files == nil {
+		files = []string{}
+	}
+	return ok(w, &api.ReleaseDeletion{AppID: app.ID, ReleaseID: rel.ID, RemainingApps: []string{}, DeletedFiles: files})
 }
 
 func decodeArtifact(r *http.Request) (*api.Artifact, error) {
@@ -463,6 +498,19 @@ func (s *Server) listScaleRequests(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	reqs, err := s.store.ListScaleRequests(r.Context(), app.ID)
+	if err != nil {
+		return err
+	}
+	return ok(w, reqs)
+}
+
+// listPendingScaleRequests serves GET /scale-requests?state=pending:
+// every app's pending scale requests (the deployer completes them).
+func (s *Server) listPendingScaleRequests(w http.ResponseWriter, r *http.Request) error {
+	if st := r.URL.Query().Get("state"); st != api.ScaleRequestPending {
+		return api.Validation("state", "give state=pending: only pending scale requests are listed across apps (GET /apps/{app}/scale lists an app's)")
+	}
+	reqs, err := s.store.ListPendingScaleRequests(r.Context())
 	if err != nil {
 		return err
 	}

@@ -1,13 +1,13 @@
 package controller
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -36,16 +36,30 @@ import (
 const testKey = "test-key"
 
 // fakeRunner records jobs instead of starting them; Attach returns one end
-// of a pipe whose other end echoes.
+// of a pipe whose other end speaks the host agent's frames: it greets,
+// echoes stdin lines and resizes, and exits 3 at stdin EOF.
 type fakeRunner struct {
-	mu      sync.Mutex
-	added   []*api.HostJob
-	stopped []string
+	mu       sync.Mutex
+	added    []*api.HostJob
+	stopped  []string
+	signaled []string
+	// addErr, when set, is what AddJob returns.
+	addErr error
+}
+
+func (f *fakeRunner) SignalJob(ctx context.Context, h *api.Host, id string, sig int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.signaled = append(f.signaled, fmt.Sprintf("%s:%d", id, sig))
+	return nil
 }
 
 func (f *fakeRunner) AddJob(ctx context.Context, h *api.Host, j *api.HostJob) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.addErr != nil {
+		return f.addErr
+	}
 	f.added = append(f.added, j)
 	return nil
 }
@@ -61,10 +75,22 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req AttachRequest)
 	a, b := net.Pipe()
 	go func() {
 		defer b.Close()
-		fmt.Fprintf(b, "attached %s\n", req.JobID)
-		sc := bufio.NewScanner(b)
-		for sc.Scan() {
-			fmt.Fprintf(b, "echo %s\n", sc.Text())
+		api.WriteFrame(b, api.FrameStdout, []byte("attached "+req.JobID+"\n"))
+		for {
+			typ, p, err := api.ReadFrame(b)
+			if err != nil {
+				return
+			}
+			switch {
+			case typ == api.FrameStdin && len(p) == 0:
+				api.WriteFrame(b, api.FrameStderr, []byte("bye\n"))
+				api.WriteFrame(b, api.FrameExit, []byte(`{"exit_status":3}`))
+				return
+			case typ == api.FrameStdin:
+				api.WriteFrame(b, api.FrameStdout, []byte("echo "+string(p)))
+			case typ == api.FrameResize && len(p) == 4:
+				api.WriteFrame(b, api.FrameStdout, []byte(fmt.Sprintf("resize %dx%d\n", binary.BigEndian.Uint16(p[2:]), binary.BigEndian.Uint16(p[:2]))))
+			}
 		}
 	}()
 	return a, nil
@@ -217,8 +243,12 @@ func TestApps(t *testing.T) {
 	if err := e.c.PutFormation(c, &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 2}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.c.DeleteApp(c, "my-app"); err != nil {
+	del, err := e.c.DeleteApp(c, "my-app")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if del.AppID != app.ID || len(del.DeletedReleases) != 1 || del.DeletedReleases[0].ID != rel.ID || len(del.DeletedRoutes) != 1 {
+		t.Fatalf("app deletion = %+v", del)
 	}
 	_, err = e.c.GetApp(c, app.ID)
 	wantErr(t, err, api.ErrNotFound, "")
@@ -283,7 +313,8 @@ func TestReleasesAndFormations(t *testing.T) {
 		t.Fatalf("app release = %+v, %v", cur, err)
 	}
 	wantErr(t, e.c.SetAppRelease(c, app.ID, "nope"), api.ErrValidation, "id")
-	wantErr(t, e.c.DeleteRelease(c, app.ID, rel.ID), api.ErrValidation, "id")
+	_, err = e.c.DeleteRelease(c, app.ID, rel.ID)
+	wantErr(t, err, api.ErrValidation, "id")
 
 	f := &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 2, "worker": 1},
 		Tags: map[string]map[string]string{"web": {"disk": "ssd"}}}
@@ -350,8 +381,8 @@ func TestReleasesAndFormations(t *testing.T) {
 	wantErr(t, err, api.ErrNotFound, "")
 
 	rel2 := release(t, e, app.ID, nil)
-	if err := e.c.DeleteRelease(c, app.ID, rel2.ID); err != nil {
-		t.Fatal(err)
+	if rd, err := e.c.DeleteRelease(c, app.ID, rel2.ID); err != nil || rd.ReleaseID != rel2.ID || rd.AppID != app.ID {
+		t.Fatalf("release deletion = %+v, %v", rd, err)
 	}
 	_, err = e.c.GetRelease(c, rel2.ID)
 	wantErr(t, err, api.ErrNotFound, "")
@@ -540,21 +571,55 @@ func TestJobs(t *testing.T) {
 	_, err = e.c.GetJob(c, app.ID, "nope")
 	wantErr(t, err, api.ErrNotFound, "")
 
-	// Attached: the stream is relayed both ways.
+	// Attached: the stream speaks Flynn's attach protocol both ways; the
+	// host agent's frames are translated, signals go through its API.
 	rwc, err := e.c.RunJobAttached(c, app.ID, &api.NewJob{Args: []string{"sh"}, TTY: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rwc.Close()
-	br := bufio.NewReader(rwc)
-	line, err := br.ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "attached host1-") {
-		t.Fatalf("first line %q, %v", line, err)
+	next := func() *api.AttachFrame {
+		t.Helper()
+		f, err := api.ReadAttachFrame(rwc)
+		if err != nil {
+			t.Fatalf("read attach frame: %v", err)
+		}
+		return f
 	}
-	fmt.Fprintf(rwc, "hello\n")
-	if line, err = br.ReadString('\n'); err != nil || line != "echo hello\n" {
-		t.Fatalf("echo line %q, %v", line, err)
+	if f := next(); f.Type != api.AttachData || f.Stream != api.AttachStdout || !strings.HasPrefix(string(f.Data), "attached host1-") {
+		t.Fatalf("first frame = %+v", f)
 	}
+	api.WriteAttachData(rwc, api.AttachStdin, []byte("hello\n"))
+	if f := next(); f.Type != api.AttachData || string(f.Data) != "echo hello\n" {
+		t.Fatalf("echo frame = %+v", f)
+	}
+	api.WriteAttachResize(rwc, 24, 80)
+	if f := next(); string(f.Data) != "resize 80x24\n" {
+		t.Fatalf("resize frame = %+v", f)
+	}
+	api.WriteAttachValue(rwc, api.AttachSignal, 2)
+	api.WriteAttachData(rwc, api.AttachStdin, nil) // EOF
+	if f := next(); f.Type != api.AttachData || f.Stream != api.AttachStderr || string(f.Data) != "bye\n" {
+		t.Fatalf("stderr frame = %+v", f)
+	}
+	if f := next(); f.Type != api.AttachExit || f.Value != 3 {
+		t.Fatalf("exit frame = %+v", f)
+	}
+	e.runner.mu.Lock()
+	signaled := e.runner.signaled
+	e.runner.mu.Unlock()
+	if len(signaled) != 1 || !strings.HasPrefix(signaled[0], "host1-") || !strings.HasSuffix(signaled[0], ":2") {
+		t.Fatalf("signaled = %v", signaled)
+	}
+
+	// A command the host cannot find is the caller's mistake: a 4xx.
+	e.runner.mu.Lock()
+	e.runner.addErr = api.Validation("args", "the job's command does not exist: exec: \"nope\": no such file or directory in the job's image")
+	e.runner.mu.Unlock()
+	_, err = e.c.RunJob(c, app.ID, &api.NewJob{Args: []string{"nope"}})
+	wantErr(t, err, api.ErrValidation, "args")
+	_, err = e.c.RunJobAttached(c, app.ID, &api.NewJob{Args: []string{"nope"}})
+	wantErr(t, err, api.ErrValidation, "args")
 }
 
 func TestDeployments(t *testing.T) {

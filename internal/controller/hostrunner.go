@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -30,11 +32,26 @@ func (h *HostRunner) AddJob(ctx context.Context, host *api.Host, job *api.HostJo
 	if aj != nil && aj.Status == api.HostJobFailed {
 		msg := "job failed to start"
 		if aj.Error != nil {
+			if missingCommand(*aj.Error) {
+				return api.Validation("args", "the job's command does not exist: %s", *aj.Error)
+			}
 			msg += ": " + *aj.Error
 		}
 		return errors.New(msg)
 	}
 	return nil
+}
+
+// missingCommand says whether a host's start error is a command missing
+// from the job's image (which the runtime checks before it starts the
+// container): the caller's mistake, not the platform's.
+func missingCommand(msg string) bool {
+	return strings.Contains(msg, "exec: ") && (strings.Contains(msg, "no such file or directory") || strings.Contains(msg, "not found"))
+}
+
+// SignalJob implements JobRunner.
+func (h *HostRunner) SignalJob(ctx context.Context, host *api.Host, jobID string, sig int) error {
+	return h.client(host).SignalJob(ctx, jobID, strconv.Itoa(sig))
 }
 
 // StopJob implements JobRunner.

@@ -1,13 +1,19 @@
 package controller
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"math/big"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,10 +22,6 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
-
-// AttachUpgrade is the Upgrade header value that asks POST
-// /apps/{app}/jobs to attach to the new job's stdio.
-const AttachUpgrade = "flynn-attach/0"
 
 func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) error {
 	app, err := s.app(r)
@@ -166,8 +168,8 @@ func decodeNewJob(r *http.Request) (*api.NewJob, error) {
 }
 
 // runJob runs a one-off job on a random host, bypassing the scheduler.
-// With "Upgrade: flynn-attach/0" it attaches to the job first and relays
-// the raw attach stream after a 101 reply.
+// With "Upgrade: flynn-attach/0" it attaches to the job first and, after
+// a 101 reply, relays Flynn's attach protocol (see api.JobAttachUpgrade).
 func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 	nj, err := decodeNewJob(r)
 	if err != nil {
@@ -191,6 +193,9 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 	if rel.AppID != "" && rel.AppID != app.ID {
 		return api.Validation("release", "release %s belongs to another app", relID)
 	}
+	if nj.MountsFrom != "" && rel.Processes[nj.MountsFrom] == nil {
+		return api.Validation("mounts_from", "release %s has no process type %q", rel.ID, nj.MountsFrom)
+	}
 	if s.cfg.Runner == nil {
 		return &api.Error{Code: api.CodeUnavailable, Message: "this controller cannot reach host agents"}
 	}
@@ -204,11 +209,11 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 	n, _ := rand.Int(rand.Reader, big.NewInt(int64(len(hosts))))
 	host := hosts[n.Int64()]
 
-	hj, job, err := s.buildJob(r, app, rel, nj, host)
+	attach := strings.Contains(r.Header.Get("Upgrade"), api.JobAttachUpgrade)
+	hj, job, err := s.buildJob(r, app, rel, nj, host, attach)
 	if err != nil {
 		return err
 	}
-	attach := strings.EqualFold(r.Header.Get("Upgrade"), AttachUpgrade)
 	var stream io.ReadWriteCloser
 	if attach {
 		stream, err = s.cfg.Runner.Attach(r.Context(), host, AttachRequest{
@@ -220,7 +225,11 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 		defer stream.Close()
 	}
 	if err := s.cfg.Runner.AddJob(r.Context(), host, hj); err != nil {
-		return fmt.Errorf("add job %s to host %s: %w", hj.ID, host.ID, err)
+		if e, ok := api.AsError(err); ok && e.HTTPStatus() < 500 {
+			return err
+		}
+		// Not the caller's fault, but say what went wrong.
+		return &api.Error{Code: api.CodeUnknown, Message: fmt.Sprintf("host %s could not start job %s: %v", host.ID, hj.ID, err)}
 	}
 	if job, err = s.store.PutJob(r.Context(), job); err != nil {
 		return err
@@ -233,28 +242,101 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("hijack for attach: %w", err)
 	}
 	defer conn.Close()
-	fmt.Fprintf(buf, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\nFlynn-Job-Id: %s\r\n\r\n", AttachUpgrade, job.ID)
+	fmt.Fprintf(buf, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\nFlynn-Job-Id: %s\r\n\r\n", api.JobAttachUpgrade, job.ID)
 	if err := buf.Flush(); err != nil {
 		return nil
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		io.Copy(stream, buf) // client → job (buffered bytes first)
-		if cw, ok := stream.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
-	}()
-	io.Copy(conn, stream) // job → client
-	conn.Close()
-	stream.Close()
-	wg.Wait()
+	s.relayAttach(r.Context(), buf, stream, host, job.ID)
 	return nil
 }
 
-// buildJob makes the host job and the controller's record of it.
-func (s *Server) buildJob(r *http.Request, app *api.App, rel *api.Release, nj *api.NewJob, host *api.Host) (*api.HostJob, *api.Job, error) {
+// relayAttach translates between a client speaking Flynn's attach
+// protocol (rw) and a host agent's attach stream until the job ends or
+// either side goes away. Signals the client sends are delivered through
+// the host agent's API.
+func (s *Server) relayAttach(ctx context.Context, rw *bufio.ReadWriter, stream io.ReadWriteCloser, host *api.Host, jobID string) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // client → job
+		defer wg.Done()
+		for {
+			f, err := api.ReadAttachFrame(rw)
+			if err != nil {
+				stream.Close() // the client is gone: end the relay
+				return
+			}
+			switch f.Type {
+			case api.AttachData:
+				if f.Stream != api.AttachStdin {
+					continue
+				}
+				err = api.WriteFrame(stream, api.FrameStdin, f.Data)
+			case api.AttachResize:
+				var p [4]byte
+				binary.BigEndian.PutUint16(p[0:2], f.Height)
+				binary.BigEndian.PutUint16(p[2:4], f.Width)
+				err = api.WriteFrame(stream, api.FrameResize, p[:])
+			case api.AttachSignal:
+				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				if serr := s.cfg.Runner.SignalJob(sctx, host, jobID, f.Value); serr != nil {
+					s.log.Warn("signal attached job", "job", jobID, "signal", f.Value, "err", serr)
+				}
+				cancel()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// job → client
+	for {
+		typ, p, err := api.ReadFrame(stream)
+		if err != nil {
+			api.WriteAttachError(rw, fmt.Sprintf("job %s: attach stream ended before the job exited: %v", jobID, err))
+			rw.Flush()
+			break
+		}
+		switch typ {
+		case api.FrameStdout:
+			err = api.WriteAttachData(rw, api.AttachStdout, p)
+		case api.FrameStderr:
+			err = api.WriteAttachData(rw, api.AttachStderr, p)
+		case api.FrameError:
+			err = api.WriteAttachError(rw, string(p))
+		case api.FrameExit:
+			var e api.HostJobExit
+			if jerr := json.Unmarshal(p, &e); jerr != nil {
+				e.Error = "bad exit frame from the host: " + jerr.Error()
+			}
+			switch {
+			case e.Error != "":
+				err = api.WriteAttachError(rw, e.Error)
+			default:
+				if e.OOM {
+					api.WriteAttachData(rw, api.AttachInitLog, []byte("out of memory: the job was killed for using more than its memory limit\n"))
+				}
+				err = api.WriteAttachValue(rw, api.AttachExit, e.ExitStatus)
+			}
+		default:
+			continue
+		}
+		if ferr := rw.Flush(); err == nil {
+			err = ferr
+		}
+		if err != nil || typ == api.FrameExit || typ == api.FrameError {
+			break
+		}
+	}
+	stream.Close()
+	wg.Wait()
+}
+
+// buildJob makes the host job and the controller's record of it. A
+// release built from a slug runs its one-off jobs through its slug runner
+// (as Heroku and Flynn do: the profile is sourced, $PATH holds the app's
+// bin), and Flynn's runner path /runner/init at the start of the command
+// is taken to mean that runner.
+func (s *Server) buildJob(r *http.Request, app *api.App, rel *api.Release, nj *api.NewJob, host *api.Host, attach bool) (*api.HostJob, *api.Job, error) {
 	uuid := ctrlstore.NewID()
 	id := host.ID + "-" + uuid
 	env := map[string]string{}
@@ -273,17 +355,47 @@ func (s *Server) buildJob(r *http.Request, app *api.App, rel *api.Release, nj *a
 	meta[api.JobMetaApp] = app.ID
 	meta[api.JobMetaAppName] = app.Name
 	meta[api.JobMetaRelease] = rel.ID
+	args := nj.Args
+	var mounts []api.Mount
+	if nj.MountsFrom != "" {
+		mounts = slices.Clone(rel.Processes[nj.MountsFrom].Mounts)
+	}
+	if runner, mount := slugRunner(rel); runner != nil {
+		if len(args) > 0 && args[0] == FlynnRunnerPath {
+			args = args[1:]
+		}
+		if len(args) == 0 {
+			return nil, nil, api.Validation("args", "give a command to run, e.g. bash")
+		}
+		args = append(slices.Clone(runner), args...)
+		if !slices.ContainsFunc(mounts, func(m api.Mount) bool { return m.Target == mount.Target }) {
+			mounts = append(mounts, mount)
+		}
+		if _, ok := env["DYNO"]; !ok {
+			n, _ := rand.Int(rand.Reader, big.NewInt(9000))
+			env["DYNO"] = "run." + strconv.FormatInt(1000+n.Int64(), 10)
+		}
+	} else if len(args) > 0 && args[0] == FlynnRunnerPath {
+		return nil, nil, api.Validation("args", "release %s was not built from a slug, so it has no slug runner (%s): give the command itself", rel.ID, FlynnRunnerPath)
+	}
 	hj := &api.HostJob{
 		ID:       id,
 		Metadata: meta,
 		Config: api.HostJobConfig{
-			Args: nj.Args, Env: env, TTY: nj.TTY, Stdin: strings.EqualFold(r.Header.Get("Upgrade"), AttachUpgrade),
-			DisableLog: nj.DisableLog,
+			Args: args, Env: env, TTY: nj.TTY, Stdin: attach,
+			DisableLog: nj.DisableLog, Mounts: mounts,
 		},
 		Resources: nj.Resources,
 	}
-	for _, aid := range rel.ArtifactIDs {
+	artifactIDs := rel.ArtifactIDs
+	if len(nj.ArtifactIDs) > 0 {
+		artifactIDs = nj.ArtifactIDs
+	}
+	for i, aid := range artifactIDs {
 		a, err := s.store.GetArtifact(r.Context(), aid)
+		if errors.Is(err, api.ErrNotFound) {
+			return nil, nil, api.Validation(fmt.Sprintf("artifacts[%d]", i), "artifact %q not found", aid)
+		}
 		if err != nil {
 			return nil, nil, err
 		}
@@ -294,4 +406,27 @@ func (s *Server) buildJob(r *http.Request, app *api.App, rel *api.Release, nj *a
 		State: api.JobStateStarting, Args: nj.Args, Meta: meta,
 	}
 	return hj, job, nil
+}
+
+// FlynnRunnerPath is the slug runner of Flynn's slug images. Flynn's CLI
+// puts it before the command of every one-off job of a slug release.
+const FlynnRunnerPath = "/runner/init"
+
+// slugRunner returns the command prefix that runs a command through the
+// release's slug runner (e.g. [/usr/local/bin/flynn-host slugrunner]) and
+// the mount that provides it, or nil when the release's processes are not
+// run by one.
+func slugRunner(rel *api.Release) ([]string, api.Mount) {
+	for _, typ := range slices.Sorted(maps.Keys(rel.Processes)) {
+		p := rel.Processes[typ]
+		if p == nil || len(p.Args) < 2 || p.Args[1] != "slugrunner" {
+			continue
+		}
+		for _, m := range p.Mounts {
+			if m.Target == p.Args[0] {
+				return p.Args[:2:2], m
+			}
+		}
+	}
+	return nil, api.Mount{}
 }

@@ -1,10 +1,12 @@
 // Package controller is Flynn's controller: the HTTP API for apps,
-// artifacts, releases, formations, scale requests, jobs (including one-off
-// and attached jobs), deployments, routes, providers and resources, SSH
-// keys, events (JSON and SSE) and app logs. It validates every request,
-// checks the cluster key, and keeps all state in etcd through
+// artifacts (and their layers, for export and import), releases,
+// formations, scale requests, jobs (including one-off and attached jobs),
+// deployments, routes, providers and resources, SSH keys, events (JSON and
+// SSE), app logs and status. It validates every request, checks the
+// cluster key, and keeps all state in etcd through
 // internal/controller/ctrlstore, so any number of replicas can serve the
-// same state.
+// same state. Its wire shapes are Flynn's, so Flynn's own clients work
+// unmodified (compat.go holds what that takes beyond the shared types).
 package controller
 
 import (
@@ -30,10 +32,14 @@ import (
 // bypass the scheduler) and job kills. The lead wires the real host
 // client; tests use a fake.
 type JobRunner interface {
-	// AddJob starts job on host.
+	// AddJob starts job on host. A job the host cannot start because of
+	// what it asks for (e.g. a command its image lacks) is an *api.Error
+	// with a 4xx code.
 	AddJob(ctx context.Context, host *api.Host, job *api.HostJob) error
 	// StopJob stops a job on host.
 	StopJob(ctx context.Context, host *api.Host, jobID string) error
+	// SignalJob sends signal number sig to a job on host.
+	SignalJob(ctx context.Context, host *api.Host, jobID string, sig int) error
 	// Attach connects to the stdio of a job before it is added, so that no
 	// output is lost, and returns the raw attach stream (the bytes after
 	// the host agent's protocol upgrade). The controller relays it to the
@@ -68,6 +74,10 @@ type Config struct {
 	LogAggregatorURL string
 	// Runner runs one-off jobs; one-off jobs and kills answer 503 without one.
 	Runner JobRunner
+	// Blobs is the blobstore that holds slug layers, for layer export
+	// and import and for deleting the layers of deleted releases (those
+	// answer 503, and layers stay, without one).
+	Blobs Blobs
 	// BlobURL is the blobstore's base URL, as the apps' artifacts name
 	// it: GET /backup reads every blob there (503 when empty).
 	BlobURL string
@@ -102,9 +112,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log.With("component", "controller"), store: ctrlstore.New(cfg.Etcd)}
 	auth := httpapi.NewKeyAuth(cfg.AuthKeys...)
 	open := func(r *http.Request) bool {
-		return r.Method == http.MethodGet && (r.URL.Path == "/ping" || r.URL.Path == "/ca-cert")
+		return r.Method == http.MethodGet && (r.URL.Path == "/ping" || r.URL.Path == "/ca-cert" || r.URL.Path == api.StatusPath)
 	}
-	s.h = httpapi.Wrap(s.log, auth.Require(open, s.routes()))
+	s.h = httpapi.Wrap(s.log, notFoundType(auth.Require(open, s.routes())))
 	return s, nil
 }
 
@@ -141,6 +151,7 @@ func (s *Server) routes() http.Handler {
 		return nil
 	}))
 	m.Handle("GET /ca-cert", hf(s.caCert))
+	m.Handle("GET "+api.StatusPath, hf(s.status))
 	m.Handle("GET /backup", hf(s.backup))
 
 	m.Handle("POST /apps", hf(s.createApp))
@@ -161,6 +172,7 @@ func (s *Server) routes() http.Handler {
 	m.Handle("GET /formations", hf(s.formations))
 	m.Handle("PUT /apps/{app}/scale/{release}", hf(s.scale))
 	m.Handle("GET /apps/{app}/scale", hf(s.listScaleRequests))
+	m.Handle("GET /scale-requests", hf(s.listPendingScaleRequests))
 	m.Handle("POST /apps/{app}/jobs", hf(s.runJob))
 	m.Handle("GET /apps/{app}/jobs", hf(s.listJobs))
 	m.Handle("GET /apps/{app}/jobs/{job}", hf(s.getJob))
@@ -179,6 +191,8 @@ func (s *Server) routes() http.Handler {
 	m.Handle("POST /artifacts", hf(s.createArtifact))
 	m.Handle("GET /artifacts", list(s.store.ListArtifacts))
 	m.Handle("GET /artifacts/{id}", byPath("id", s.store.GetArtifact))
+	m.Handle("GET /artifacts/{id}/layers/{layer}", hf(s.getLayer))
+	m.Handle("PUT /layers/{id}", hf(s.putLayer))
 
 	m.Handle("GET /routes", list(func(ctx context.Context) ([]*api.Route, error) { return s.store.ListRoutes(ctx, "") }))
 	m.Handle("GET /apps/{app}/routes", hf(s.listRoutes))
@@ -202,6 +216,11 @@ func (s *Server) routes() http.Handler {
 
 	m.Handle("GET /events", hf(s.events))
 	m.Handle("GET /events/{id}", hf(s.getEvent))
+
+	m.Handle("GET /volumes", hf(s.listVolumes))
+	m.Handle("GET /apps/{app}/volumes", hf(s.listVolumes))
+	m.Handle("GET /apps/{app}/volumes/{id}", hf(s.getVolume))
+	m.Handle("PUT /apps/{app}/volumes/{id}/decommission", hf(s.getVolume))
 
 	m.Handle("GET /keys", list(s.store.ListKeys))
 	m.Handle("POST /keys", hf(s.createKey))

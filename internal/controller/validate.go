@@ -6,6 +6,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -31,11 +33,6 @@ const (
 	maxServiceLen   = 200
 	maxDomainLength = 253
 )
-
-var strategies = map[string]bool{
-	"all-at-once": true, "one-by-one": true, "one-down-one-up": true,
-	"in-batches": true, "sirenia": true, "discoverd-meta": true,
-}
 
 func validateAppName(field, name string) error {
 	if len(name) > maxNameLen {
@@ -142,8 +139,13 @@ func validateResources(field string, res api.Resources) error {
 }
 
 func validateApp(app *api.App) error {
-	if app.Strategy != "" && !strategies[app.Strategy] {
-		return api.Validation("strategy", "unknown deploy strategy %q", app.Strategy)
+	if app.Strategy != "" && !slices.Contains(api.Strategies, app.Strategy) {
+		return api.Validation("strategy", "unknown deploy strategy %q: use one of %s", app.Strategy, strings.Join(api.Strategies, ", "))
+	}
+	if v, ok := app.Meta[api.MetaDeployBatchSize]; ok {
+		if n, err := strconv.Atoi(v); err != nil || n < 1 || n > maxProcesses {
+			return api.Validation("meta", "%s must be a whole number of jobs from 1 to %d, not %q", api.MetaDeployBatchSize, maxProcesses, v)
+		}
 	}
 	if app.DeployTimeout < 0 || app.DeployTimeout > maxDeployTime {
 		return api.Validation("deploy_timeout", "deploy_timeout must be 0-%d seconds", maxDeployTime)

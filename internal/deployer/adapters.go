@@ -118,6 +118,11 @@ func (c *ControllerClient) StreamJobs(ctx context.Context, appID string, fn func
 	})
 }
 
+// ListJobs returns the app's jobs.
+func (c *ControllerClient) ListJobs(ctx context.Context, appID string) ([]*api.Job, error) {
+	return c.C.JobList(ctx, appID)
+}
+
 // UpdateDeployment records a deployment's status.
 func (c *ControllerClient) UpdateDeployment(ctx context.Context, d *api.Deployment) error {
 	_, err := c.C.UpdateDeployment(ctx, d.ID, d.Status, "")
@@ -195,5 +200,6 @@ func (w *DiscoverdWaiter) WaitInstance(ctx context.Context, service, jobID strin
 
 var (
 	_ Controller = (*ControllerClient)(nil)
+	_ JobLister  = (*ControllerClient)(nil)
 	_ Discoverd  = (*DiscoverdWaiter)(nil)
 )

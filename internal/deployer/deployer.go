@@ -1,13 +1,17 @@
 // Package deployer moves an app from one release to another by changing
-// formations and watching the jobs the scheduler starts and stops.
-// Strategies: all-at-once (the default: start the whole new formation,
-// wait for it, then stop the old one) and one-by-one (per process type,
-// start one new job, wait for it, stop one old job, repeat). New jobs count
-// once they are up and, for process types with a discoverd service,
-// registered there (which happens only once their health check passes).
-// A new job that fails, or a deployment that outlasts its deploy_timeout,
-// fails the deployment and restores the old formation. Progress is
-// reported as api.DeploymentEvents.
+// formations and watching the jobs the scheduler starts and stops, and
+// completes scale requests once the scaled formation serves.
+// Strategies (api.Strategies): all-at-once (the default: start the whole
+// new formation, wait for it, then stop the old one), one-by-one (per
+// process type, start one new job, wait for it, stop one old job,
+// repeat), in-batches (one-by-one with batches of the deployment's batch
+// size) and one-down-one-up (per process type, stop one old job, then
+// start one new job and wait for it). New jobs count once they are up
+// and, for process types with a discoverd service, registered there
+// (which happens only once their health check passes): then traffic
+// reaches them. A new job that fails, or a deployment that outlasts its
+// deploy_timeout, fails the deployment and restores the old formation.
+// Progress is reported as api.DeploymentEvents.
 package deployer
 
 import (
@@ -18,6 +22,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,12 +46,20 @@ type Controller interface {
 	// current jobs first means no change is lost however long the stream
 	// takes to open.)
 	StreamJobs(ctx context.Context, appID string, fn func(*api.Job)) error
-	// UpdateDeployment records a deployment's status and finish time.
+	// UpdateDeployment records a deployment's status and finish time,
+	// with a deployment event of that status.
 	UpdateDeployment(ctx context.Context, d *api.Deployment) error
 	// AddDeploymentEvent records a step of a deployment.
 	AddDeploymentEvent(ctx context.Context, e *api.DeploymentEvent) error
 	// SetAppRelease makes a release the app's current one.
 	SetAppRelease(ctx context.Context, appID, releaseID string) error
+}
+
+// JobLister is implemented by Controllers that can list an app's jobs.
+// A deployment then knows the jobs before its first step (a strategy that
+// first stops an old job needs to have seen it).
+type JobLister interface {
+	ListJobs(ctx context.Context, appID string) ([]*api.Job, error)
 }
 
 // Discoverd tells when a job serves.
@@ -67,6 +80,9 @@ type Config struct {
 	// RetryInterval is the wait before a broken stream is reopened
 	// (default 1 s).
 	RetryInterval time.Duration
+	// ScaleTimeout bounds how long a scale request is watched
+	// (DefaultScaleTimeout when 0).
+	ScaleTimeout time.Duration
 }
 
 // Deployer runs deployments.
@@ -86,14 +102,25 @@ func New(cfg Config, log *slog.Logger) (*Deployer, error) {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
 	}
+	if cfg.ScaleTimeout <= 0 {
+		cfg.ScaleTimeout = DefaultScaleTimeout
+	}
 	return &Deployer{cfg: cfg, log: log.With("component", "deployer")}, nil
 }
 
 // Run follows pending deployments and runs them, one at a time per app,
-// until ctx ends. It returns nil when ctx is cancelled.
+// and (when the Controller implements ScaleRequests) completes scale
+// requests, until ctx ends. It returns nil when ctx is cancelled.
 func (d *Deployer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if sr, ok := d.cfg.Controller.(ScaleRequests); ok {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.runScales(ctx, sr)
+		}()
+	}
 	var mu sync.Mutex
 	queues := make(map[string][]*api.Deployment) // by app; head is running
 	seen := make(map[string]bool)
@@ -201,8 +228,8 @@ func (r *run) deploy(ctx context.Context) (err error) {
 	if dep.Strategy == "" {
 		dep.Strategy = api.StrategyAllAtOnce
 	}
-	if dep.Strategy != api.StrategyAllAtOnce && dep.Strategy != api.StrategyOneByOne {
-		err := fmt.Errorf("unknown deploy strategy %q (want %s or %s)", dep.Strategy, api.StrategyAllAtOnce, api.StrategyOneByOne)
+	if !slices.Contains(api.Strategies, dep.Strategy) {
+		err := fmt.Errorf("unknown deploy strategy %q (want one of %s)", dep.Strategy, strings.Join(api.Strategies, ", "))
 		r.event(ctx, api.DeploymentEvent{ReleaseID: dep.NewReleaseID, Status: api.DeploymentFailed, Error: err.Error()})
 		r.finish(ctx, api.DeploymentFailed)
 		return err
@@ -240,7 +267,8 @@ func (r *run) deploy(ctx context.Context) (err error) {
 	if err := r.ctl().SetAppRelease(ctx, dep.AppID, dep.NewReleaseID); err != nil {
 		return fmt.Errorf("deployment %s: set app release: %w", dep.ID, err)
 	}
-	r.event(ctx, api.DeploymentEvent{ReleaseID: dep.NewReleaseID, Status: api.DeploymentComplete})
+	// Recording the status also records its "complete" event, so a
+	// client that sees the event finds the deployment complete.
 	r.finish(ctx, api.DeploymentComplete)
 	return nil
 }
@@ -286,6 +314,17 @@ func (r *run) prepare(ctx context.Context) error {
 	r.updates = make(chan *api.Job, 256)
 	r.served = make(chan string, 64)
 	r.waiting = make(map[string]bool)
+	if jl, ok := r.ctl().(JobLister); ok {
+		jobs, err := jl.ListJobs(ctx, dep.AppID)
+		if err != nil {
+			return fmt.Errorf("list jobs of app %s: %w", dep.AppID, err)
+		}
+		for _, j := range jobs {
+			if err := r.apply(ctx, j); err != nil {
+				return err
+			}
+		}
+	}
 	// Follow the app's jobs; updates are applied while waiting.
 	r.wg.Add(1)
 	go func() {
@@ -366,12 +405,18 @@ func (r *run) waitUntil(ctx context.Context, cond func() bool) error {
 }
 
 func (r *run) markReady(ctx context.Context, j *api.Job) {
+	if r.ready[j.UUID] {
+		return
+	}
 	r.ready[j.UUID] = true
 	r.event(ctx, api.DeploymentEvent{ReleaseID: j.ReleaseID, JobType: j.Type, JobState: api.JobStateUp})
 }
 
 func (r *run) apply(ctx context.Context, j *api.Job) error {
 	prev := r.jobs[j.UUID]
+	if stale(prev, j) {
+		return nil
+	}
 	r.jobs[j.UUID] = j
 	if prev != nil && prev.State == j.State {
 		return nil
@@ -425,6 +470,12 @@ func (r *run) apply(ctx context.Context, j *api.Job) error {
 	return nil
 }
 
+// stale says whether j is an older record of the job than prev (a job
+// stream replays changes recorded before its listing).
+func stale(prev, j *api.Job) bool {
+	return prev != nil && !j.UpdatedAt.IsZero() && j.UpdatedAt.Before(prev.UpdatedAt)
+}
+
 func (r *run) put(ctx context.Context, f *api.Formation) error {
 	cp := *f
 	cp.Processes = maps.Clone(f.Processes)
@@ -450,8 +501,17 @@ func (r *run) strategy(ctx context.Context) error {
 	if r.dep.OldReleaseID == "" || r.dep.OldReleaseID == r.dep.NewReleaseID {
 		r.curOld = nil // a first deploy, or scaling a release in place
 	}
-	if r.dep.Strategy == api.StrategyOneByOne {
-		return r.oneByOne(ctx)
+	switch r.dep.Strategy {
+	case api.StrategyOneByOne:
+		return r.inBatches(ctx, 1)
+	case api.StrategyInBatches:
+		n := 1
+		if r.dep.DeployBatchSize != nil && *r.dep.DeployBatchSize > 0 {
+			n = *r.dep.DeployBatchSize
+		}
+		return r.inBatches(ctx, n)
+	case api.StrategyOneDownOneUp:
+		return r.oneDownOneUp(ctx)
 	}
 	return r.allAtOnce(ctx)
 }
@@ -498,12 +558,15 @@ func (r *run) allAtOnce(ctx context.Context) error {
 	return nil
 }
 
-func (r *run) oneByOne(ctx context.Context) error {
+// inBatches, per process type, starts up to n new jobs and waits for them,
+// then stops up to n old jobs and waits for them to go, until the new
+// formation is complete and the old one gone (one-by-one is n = 1).
+func (r *run) inBatches(ctx context.Context, n int) error {
 	for _, typ := range r.types() {
 		for {
 			progressed := false
-			if r.newForm.Processes[typ] < r.target[typ] {
-				r.newForm.Processes[typ]++
+			if up := min(n, r.target[typ]-r.newForm.Processes[typ]); up > 0 {
+				r.newForm.Processes[typ] += up
 				if err := r.put(ctx, r.newForm); err != nil {
 					return err
 				}
@@ -512,12 +575,49 @@ func (r *run) oneByOne(ctx context.Context) error {
 				}
 				progressed = true
 			}
+			if r.curOld != nil {
+				if down := min(n, r.curOld.Processes[typ]); down > 0 {
+					r.curOld.Processes[typ] -= down
+					if err := r.put(ctx, r.curOld); err != nil {
+						return err
+					}
+					if err := r.waitUntil(ctx, r.oldGone(typ)); err != nil {
+						return err
+					}
+					progressed = true
+				}
+			}
+			if !progressed {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// oneDownOneUp, per process type, stops one old job and waits for it to
+// go, then starts one new job and waits for it, until done: never more
+// jobs of a type than the formation asks for.
+func (r *run) oneDownOneUp(ctx context.Context) error {
+	for _, typ := range r.types() {
+		for {
+			progressed := false
 			if r.curOld != nil && r.curOld.Processes[typ] > 0 {
 				r.curOld.Processes[typ]--
 				if err := r.put(ctx, r.curOld); err != nil {
 					return err
 				}
 				if err := r.waitUntil(ctx, r.oldGone(typ)); err != nil {
+					return err
+				}
+				progressed = true
+			}
+			if r.newForm.Processes[typ] < r.target[typ] {
+				r.newForm.Processes[typ]++
+				if err := r.put(ctx, r.newForm); err != nil {
+					return err
+				}
+				if err := r.waitUntil(ctx, r.newReady(typ)); err != nil {
 					return err
 				}
 				progressed = true

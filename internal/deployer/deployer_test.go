@@ -145,6 +145,19 @@ func (c *simController) StreamJobs(ctx context.Context, appID string, fn func(*a
 	}
 }
 
+func (c *simController) ListJobs(ctx context.Context, appID string) ([]*api.Job, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*api.Job
+	for _, uuid := range c.order {
+		if j := c.jobs[uuid]; j.AppID == appID {
+			cp := *j
+			out = append(out, &cp)
+		}
+	}
+	return out, nil
+}
+
 func (c *simController) StreamDeployments(ctx context.Context, fn func(*api.Deployment)) error {
 	c.mu.Lock()
 	pending := slices.Clone(c.pending)
@@ -181,6 +194,10 @@ func (c *simController) UpdateDeployment(ctx context.Context, d *api.Deployment)
 	defer c.mu.Unlock()
 	cp := *d
 	c.deployments[d.ID] = &cp
+	if d.Status == api.DeploymentComplete {
+		// The controller records a complete event with the status.
+		c.events = append(c.events, "complete "+d.NewReleaseID)
+	}
 	return nil
 }
 
@@ -238,32 +255,56 @@ func setup(t *testing.T) (*simController, *Deployer) {
 func TestDeployStrategies(t *testing.T) {
 	tests := []struct {
 		strategy string
+		batch    int
 		want     []string
 	}{
-		{api.StrategyAllAtOnce, []string{
+		{api.StrategyAllAtOnce, 0, []string{
 			"running r2",
 			"running r2 web up", "running r2 web up", "running r2 worker up",
 			"running r1 web down", "running r1 web down", "running r1 worker down",
 			"complete r2",
 		}},
-		{"", []string{ // the default is all-at-once
+		{"", 0, []string{ // the default is all-at-once
 			"running r2",
 			"running r2 web up", "running r2 web up", "running r2 worker up",
 			"running r1 web down", "running r1 web down", "running r1 worker down",
 			"complete r2",
 		}},
-		{api.StrategyOneByOne, []string{
+		{api.StrategyOneByOne, 0, []string{
 			"running r2",
 			"running r2 web up", "running r1 web down",
 			"running r2 web up", "running r1 web down",
 			"running r2 worker up", "running r1 worker down",
 			"complete r2",
 		}},
+		{api.StrategyInBatches, 2, []string{
+			"running r2",
+			"running r2 web up", "running r2 web up", "running r1 web down", "running r1 web down",
+			"running r2 worker up", "running r1 worker down",
+			"complete r2",
+		}},
+		{api.StrategyInBatches, 0, []string{ // no batch size: batches of one
+			"running r2",
+			"running r2 web up", "running r1 web down",
+			"running r2 web up", "running r1 web down",
+			"running r2 worker up", "running r1 worker down",
+			"complete r2",
+		}},
+		{api.StrategyOneDownOneUp, 0, []string{
+			"running r2",
+			"running r1 web down", "running r2 web up",
+			"running r1 web down", "running r2 web up",
+			"running r1 worker down", "running r2 worker up",
+			"complete r2",
+		}},
 	}
 	for _, tt := range tests {
-		t.Run(cmpOr(tt.strategy, "default"), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s batch %d", cmpOr(tt.strategy, "default"), tt.batch), func(t *testing.T) {
 			c, d := setup(t)
 			dep := &api.Deployment{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2", Strategy: tt.strategy, Status: api.DeploymentPending}
+			if tt.batch > 0 {
+				dep.DeployBatchSize = &tt.batch
+			}
 			if err := d.Deploy(context.Background(), dep); err != nil {
 				t.Fatalf("Deploy: %v", err)
 			}
@@ -464,5 +505,122 @@ func TestDeployToReleaseThatRanBefore(t *testing.T) {
 	}
 	if got := c.deployments["d1"]; got.Status != api.DeploymentComplete {
 		t.Fatalf("deployment = %+v, want complete", got)
+	}
+}
+
+// scaleSim is a simController that also hands out scale requests.
+type scaleSim struct {
+	*simController
+	reqs      chan *api.ScaleRequest
+	completed chan *api.ScaleRequest
+	// atComplete, when set, runs as a request is completed.
+	atComplete func(*api.ScaleRequest)
+}
+
+func (s *scaleSim) StreamScaleRequests(ctx context.Context, fn func(*api.ScaleRequest)) error {
+	for {
+		select {
+		case r := <-s.reqs:
+			fn(r)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *scaleSim) CompleteScaleRequest(ctx context.Context, req *api.ScaleRequest) error {
+	if s.atComplete != nil {
+		s.atComplete(req)
+	}
+	s.completed <- req
+	return nil
+}
+
+// TestScaleRequestCompletesWhenServing: a scale request is complete once
+// the formation runs the jobs asked for and each one with a service is
+// registered in discoverd, not merely up; a cancelled request is dropped.
+func TestScaleRequestCompletesWhenServing(t *testing.T) {
+	sim := &scaleSim{simController: newSim(), reqs: make(chan *api.ScaleRequest, 4), completed: make(chan *api.ScaleRequest, 4)}
+	sim.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: map[string]*api.ProcessType{
+		"web":    {Ports: []api.Port{{Port: 8080, Service: &api.Service{Name: "a1-web"}}}},
+		"worker": {},
+	}}
+	disc := &fakeDiscoverd{up: make(map[string]chan struct{}), asks: make(chan string, 10)}
+	var registered []string
+	var regMu sync.Mutex
+	sim.atComplete = func(req *api.ScaleRequest) {
+		regMu.Lock()
+		defer regMu.Unlock()
+		if len(registered) != 2 {
+			t.Errorf("scale request %s completed with %d of 2 web jobs registered", req.ID, len(registered))
+		}
+	}
+	d, err := New(Config{Controller: sim, Discoverd: disc}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	// The controller applies the request to the formation as it records it.
+	newProcs := map[string]int{"web": 2, "worker": 1}
+	req := &api.ScaleRequest{ID: "s1", AppID: "a1", ReleaseID: "r1", State: api.ScaleRequestPending, NewProcesses: &newProcs}
+	if err := sim.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: newProcs}); err != nil {
+		t.Fatal(err)
+	}
+	sim.reqs <- req
+	asked := map[string]bool{}
+	for len(asked) < 2 {
+		select {
+		case a := <-disc.asks:
+			asked[a] = true
+		case <-time.After(20 * time.Second):
+			t.Fatalf("waited for 2 discoverd registrations to be awaited; saw %v", asked)
+		}
+	}
+	for a := range asked {
+		job := strings.TrimPrefix(a, "a1-web ")
+		regMu.Lock()
+		registered = append(registered, job)
+		regMu.Unlock()
+		close(disc.ch(job))
+	}
+	select {
+	case got := <-sim.completed:
+		if got.ID != "s1" {
+			t.Fatalf("completed %s, want s1", got.ID)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("scale request s1 not completed after its jobs registered (jobs: %v)", sim.running("a1"))
+	}
+
+	// Scaling down completes once the surplus jobs are gone; a request
+	// cancelled while pending is not completed.
+	blocked := map[string]int{"worker": 3}
+	sim.block["r1"] = true
+	req2 := &api.ScaleRequest{ID: "s2", AppID: "a1", ReleaseID: "r1", State: api.ScaleRequestPending, OldProcesses: newProcs, NewProcesses: &blocked}
+	sim.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: map[string]int{"web": 2, "worker": 3}})
+	sim.reqs <- req2
+	down := map[string]int{"web": 1, "worker": 0}
+	sim.block["r1"] = false
+	sim.reqs <- &api.ScaleRequest{ID: "s2", AppID: "a1", ReleaseID: "r1", State: api.ScaleRequestCancelled}
+	req3 := &api.ScaleRequest{ID: "s3", AppID: "a1", ReleaseID: "r1", State: api.ScaleRequestPending, OldProcesses: map[string]int{"web": 2, "worker": 3}, NewProcesses: &down}
+	sim.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: down})
+	sim.reqs <- req3
+	select {
+	case got := <-sim.completed:
+		if got.ID != "s3" {
+			t.Fatalf("completed %s, want s3 (s2 was cancelled)", got.ID)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("scale request s3 not completed (jobs: %v)", sim.running("a1"))
+	}
+	if diff := cmp.Diff(map[string]int{"r1 web": 1}, sim.running("a1")); diff != "" {
+		t.Errorf("jobs (-want +got):\n%s", diff)
 	}
 }

@@ -109,7 +109,7 @@ func newLogaggCmd(env Env) *cobra.Command {
 		Long: `Receive job output lines from hosts (POST /log, newline-delimited JSON
 api.LogMessage values), keep the last --buffer-lines lines of every app in
 memory, and serve them on GET /log/{app} with follow, lines, job_id,
-process_type and stream_types, as plain text or Server-Sent Events.
+process_type and stream_types, as newline-delimited JSON or Server-Sent Events.
 With --auth-key every request but GET /.well-known/status needs the key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

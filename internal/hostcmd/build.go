@@ -183,9 +183,10 @@ func newSlugrunnerCmd(env Env) *cobra.Command {
 		Use:   "slugrunner [start TYPE | static | COMMAND [ARG...]]",
 		Short: "Run a slug's process type or a command (app job entrypoint)",
 		Long: `Runs a Procfile process type (start TYPE) or any command in the slug
-directory /app (also $HOME), after sourcing /app/.profile.d/*.sh and
-/app/.profile. The command replaces this process, so signals reach it.
-A single COMMAND argument is a shell command line.`,
+directory /app as Heroku runs a dyno: HOME=/app, /app/bin first on PATH,
+/app/.profile.d/*.sh and /app/.profile sourced. A Procfile line or a single
+COMMAND argument is a command line for bash (sh when there is no bash). The
+command replaces this process, so signals reach it.`,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {

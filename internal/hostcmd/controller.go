@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/controller"
 	"github.com/flynnrebuilt/flynn/internal/logging"
@@ -19,7 +20,7 @@ import (
 // component controller`.
 // Flags default from the environment a controller job gets: PORT,
 // ETCD_ENDPOINTS, AUTH_KEY (comma-separated for rotation),
-// CLUSTER_DOMAIN, CA_CERT_FILE and LOGAGGREGATOR_URL.
+// CLUSTER_DOMAIN, CA_CERT_FILE, LOGAGGREGATOR_URL and BLOBSTORE_URL.
 func newControllerCmd(env Env) *cobra.Command {
 	get := func(k string) string {
 		if env.Getenv == nil {
@@ -83,6 +84,10 @@ func newControllerCmd(env Env) *cobra.Command {
 				// (http://logaggregator.discoverd), on whichever host.
 				cfg.HTTP = discoverdclient.New(discURL, token).HTTPClient()
 			}
+			if cfg.BlobURL != "" {
+				// The blobstore takes the cluster key for writes.
+				cfg.Blobs = blobclient.New(cfg.BlobURL, cfg.AuthKeys[0], cfg.HTTP)
+			}
 			// A controller job's host registers (and, when the job stops,
 			// drains) its port itself; a second registration of the same
 			// address would keep routers sending to a stopping controller.
@@ -117,7 +122,7 @@ func newControllerCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", get("CLUSTER_DOMAIN"), "domain for default app routes <app>.<domain> (default $CLUSTER_DOMAIN)")
 	f.StringVar(&cfg.CACertFile, "ca-cert", get("CA_CERT_FILE"), "PEM file served at /ca-cert (default $CA_CERT_FILE)")
 	f.StringVar(&cfg.LogAggregatorURL, "logaggregator", get("LOGAGGREGATOR_URL"), "log aggregator base URL for app logs (default $LOGAGGREGATOR_URL)")
-	f.StringVar(&cfg.BlobURL, "blobstore", get("BLOBSTORE_URL"), "blobstore base URL, for backups (default $BLOBSTORE_URL)")
+	f.StringVar(&cfg.BlobURL, "blobstore", get("BLOBSTORE_URL"), "blobstore base URL, for backups, layer export and import, and deleting deleted releases' layers (default $BLOBSTORE_URL)")
 	f.StringVar(&discURL, "discoverd", get("DISCOVERD"), "discoverd URL to register as service controller in (default $DISCOVERD; a job's host registers it instead)")
 	f.StringVar(&token, "token", get("FLYNN_CLUSTER_TOKEN"), "cluster token for discoverd and host agents (default $FLYNN_CLUSTER_TOKEN); enables one-off jobs")
 	f.StringVar(&advertise, "advertise", "", "host:port to register in discoverd (default the listen address, with $EXTERNAL_IP or 127.0.0.1 for an unspecified host)")

@@ -2,6 +2,7 @@ package logagg_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,8 +40,9 @@ func serve(t testing.TB, cfg logagg.Config) (*logaggclient.Client, string) {
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
+// msg is a line as it is read back: the logaggregator fills in the source.
 func msg(app string, i int, job, typ, stream string) api.LogMessage {
-	return api.LogMessage{AppID: app, JobID: job, ProcessType: typ, Stream: stream,
+	return api.LogMessage{AppID: app, JobID: job, ProcessType: typ, Stream: stream, Source: api.LogSourceApp,
 		Timestamp: t0.Add(time.Duration(i) * time.Millisecond), Msg: fmt.Sprintf("line %d", i)}
 }
 
@@ -50,10 +52,22 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// readAll reads a non-following stream to its end.
+// readAll reads a non-following SSE stream to its end (its eof event).
 func readAll(t *testing.T, c *logaggclient.Client, app string, opts logaggclient.ReadOptions) []api.LogMessage {
 	t.Helper()
-	r, err := c.Read(ctxT(t), app, opts)
+	return readWith(t, c.Read, app, opts)
+}
+
+// readAllPlain reads a non-following newline-delimited JSON reply to its
+// end.
+func readAllPlain(t *testing.T, c *logaggclient.Client, app string, opts logaggclient.ReadOptions) []api.LogMessage {
+	t.Helper()
+	return readWith(t, c.ReadPlain, app, opts)
+}
+
+func readWith(t *testing.T, open func(context.Context, string, logaggclient.ReadOptions) (*logaggclient.Reader, error), app string, opts logaggclient.ReadOptions) []api.LogMessage {
+	t.Helper()
+	r, err := open(ctxT(t), app, opts)
 	if err != nil {
 		t.Fatalf("read %s: %v", app, err)
 	}
@@ -155,27 +169,11 @@ func TestFilters(t *testing.T) {
 			if diff := cmp.Diff(tt.want, readAll(t, c, "app", tt.opts)); diff != "" {
 				t.Fatalf("(-want +got):\n%s", diff)
 			}
-			// The plain-text reply carries the same lines.
-			rc, err := c.ReadText(ctxT(t), "app", tt.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := io.ReadAll(rc)
-			rc.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want strings.Builder
-			for i := range tt.want {
-				want.WriteString(logagg.FormatText(&tt.want[i]))
-			}
-			if diff := cmp.Diff(want.String(), string(b)); diff != "" {
-				t.Fatalf("text (-want +got):\n%s", diff)
+			// The plain reply (newline-delimited JSON) carries the same lines.
+			if diff := cmp.Diff(tt.want, readAllPlain(t, c, "app", tt.opts)); diff != "" {
+				t.Fatalf("plain (-want +got):\n%s", diff)
 			}
 		})
-	}
-	if got := logagg.FormatText(&in[0]); got != "2026-01-02T03:04:05.000000Z web[j1]: line 0\n" {
-		t.Fatalf("text format = %q", got)
 	}
 	// An app that never logged has an empty log.
 	if got := readAll(t, c, "silent", logaggclient.ReadOptions{}); len(got) != 0 {
@@ -205,11 +203,11 @@ func TestFollow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fresh.Close()
-	text, err := c.ReadText(ctx, "app", logaggclient.ReadOptions{Follow: true, Lines: -1})
+	plain, err := c.ReadPlain(ctx, "app", logaggclient.ReadOptions{Follow: true, Lines: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer text.Close()
+	defer plain.Close()
 
 	next := func(r *logaggclient.Reader) api.LogMessage {
 		t.Helper()
@@ -241,22 +239,15 @@ func TestFollow(t *testing.T) {
 			t.Fatalf("round %d new app (-want +got):\n%s", round, diff)
 		}
 	}
-	// The text follower got the same six lines, in order.
-	want := ""
+	// The plain follower got the same six lines, in order.
 	for i := 10; i < 16; i++ {
 		stream := api.LogStdout
 		if i%2 == 1 {
 			stream = api.LogStderr
 		}
-		m := msg("app", i, "j1", "web", stream)
-		want += logagg.FormatText(&m)
-	}
-	buf := make([]byte, len(want))
-	if _, err := io.ReadFull(text, buf); err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(want, string(buf)); diff != "" {
-		t.Fatalf("text follow (-want +got):\n%s", diff)
+		if diff := cmp.Diff(msg("app", i, "j1", "web", stream), next(plain)); diff != "" {
+			t.Fatalf("plain follow line %d (-want +got):\n%s", i, diff)
+		}
 	}
 }
 
@@ -683,4 +674,75 @@ func BenchmarkReadAll(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*logagg.DefaultBufferLines)/time.Since(start).Seconds(), "lines/s")
+}
+
+// flynnMessage is the log message of Flynn's logaggregator client
+// (logaggregator/client.Message), which Flynn's CLI decodes from every
+// line of a plain log reply.
+type flynnMessage struct {
+	HostID      string    `json:"host_id,omitempty"`
+	JobID       string    `json:"job_id,omitempty"`
+	Msg         string    `json:"msg,omitempty"`
+	ProcessType string    `json:"process_type,omitempty"`
+	Source      string    `json:"source,omitempty"`
+	Stream      string    `json:"stream,omitempty"`
+	Timestamp   time.Time `json:"timestamp,omitempty"`
+}
+
+// TestFlynnShapes reads the log as Flynn's clients do: a plain GET (no
+// Accept header) is newline-delimited JSON messages, and an SSE stream
+// sends {"event":"message","data":...} per line and {"event":"eof"} at
+// its end. A shipper's line without a source reads back as source "app",
+// with the host id taken from the job id.
+func TestFlynnShapes(t *testing.T) {
+	c, url := serve(t, logagg.Config{})
+	job := "host-1-5b1a6c2e-1b2c-4d5e-8f90-123456789abc"
+	sent := api.LogMessage{AppID: "app", JobID: job, ProcessType: "web", Stream: api.LogStdout, Timestamp: t0, Msg: "hello"}
+	send(t, c, sent, msg("app", 1, "j2", "web", api.LogStderr))
+
+	res, err := http.Get(url + "/log/app?stream_types=stdout%2Cstderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var got []flynnMessage
+	dec := json.NewDecoder(res.Body)
+	for {
+		var m flynnMessage
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("decode as Flynn's client does: %v", err)
+		}
+		got = append(got, m)
+	}
+	want := []flynnMessage{
+		{HostID: "host-1", JobID: job, Msg: "hello", ProcessType: "web", Source: "app", Stream: "stdout", Timestamp: t0},
+		{JobID: "j2", Msg: "line 1", ProcessType: "web", Source: "app", Stream: "stderr", Timestamp: t0.Add(time.Millisecond)},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("plain reply (-want +got):\n%s", diff)
+	}
+
+	req, _ := http.NewRequest(http.MethodGet, url+"/log/app?lines=1", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	res, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSSE := `event: message
+data: {"event":"message","data":{"app_id":"app","job_id":"j2","process_type":"web","source":"app","stream":"stderr","timestamp":"2026-01-02T03:04:05.001Z","msg":"line 1"}}
+
+event: eof
+data: {"event":"eof"}
+
+`
+	if diff := cmp.Diff(wantSSE, string(body)); diff != "" {
+		t.Fatalf("SSE reply (-want +got):\n%s", diff)
+	}
 }

@@ -134,6 +134,12 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
 		if m.Timestamp.IsZero() {
 			m.Timestamp = time.Now().UTC()
 		}
+		if m.Source == "" {
+			m.Source = api.LogSourceApp
+		}
+		if m.HostID == "" {
+			m.HostID = hostOfJob(m.JobID)
+		}
 		batch = append(batch, m)
 		if len(batch) == ingestBatch {
 			flush()
@@ -217,13 +223,17 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) error {
 	// lines, so it needs the buffer now.
 	rg := s.store.ring(app, p.follow)
 	if rg == nil {
-		return out.flush()
+		return out.eof()
 	}
 	msgs, cursor, wait := rg.tail(p.filter, p.lines)
 	if err := out.write(msgs); err != nil {
 		return nil
 	}
-	if err := out.flush(); err != nil || !p.follow {
+	if !p.follow {
+		out.eof()
+		return nil
+	}
+	if err := out.flush(); err != nil {
 		return nil
 	}
 	ka := time.NewTicker(KeepAlive)
@@ -253,9 +263,11 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-// logWriter writes lines as plain text or as SSE (event "message", data a
-// JSON api.LogMessage). It buffers and flushes once per batch of lines
-// rather than once per line.
+// logWriter writes lines as newline-delimited JSON api.LogMessages (what
+// Flynn's log clients decode), or as SSE: event "message" with an
+// api.LogChunk {"event":"message","data":LogMessage} per line, and
+// {"event":"eof"} at the end of a stream that does not follow. It buffers
+// and flushes once per batch of lines rather than once per line.
 type logWriter struct {
 	w   *bufio.Writer
 	rc  *http.ResponseController
@@ -272,7 +284,7 @@ func newLogWriter(w http.ResponseWriter, r *http.Request) (*logWriter, error) {
 		h.Set("Cache-Control", "no-cache")
 		h.Set("X-Accel-Buffering", "no")
 	} else {
-		h.Set("Content-Type", "text/plain; charset=utf-8")
+		h.Set("Content-Type", "application/x-ndjson")
 		h.Set("X-Content-Type-Options", "nosniff")
 	}
 	w.WriteHeader(http.StatusOK)
@@ -281,13 +293,22 @@ func newLogWriter(w http.ResponseWriter, r *http.Request) (*logWriter, error) {
 
 func (lw *logWriter) write(msgs []api.LogMessage) error {
 	for i := range msgs {
+		m := &msgs[i]
+		if m.Source == "" {
+			m.Source = api.LogSourceApp
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
 		if !lw.sse {
-			if _, err := lw.w.WriteString(FormatText(&msgs[i])); err != nil {
+			lw.w.Write(b)
+			if err := lw.w.WriteByte('\n'); err != nil {
 				return err
 			}
 			continue
 		}
-		b, err := json.Marshal(&msgs[i])
+		b, err = json.Marshal(&api.LogChunk{Event: api.LogEventMessage, Data: b})
 		if err != nil {
 			return err
 		}
@@ -300,6 +321,14 @@ func (lw *logWriter) write(msgs []api.LogMessage) error {
 	return nil
 }
 
+// eof ends an SSE stream that does not follow.
+func (lw *logWriter) eof() error {
+	if lw.sse {
+		lw.w.WriteString("event: eof\ndata: {\"event\":\"eof\"}\n\n")
+	}
+	return lw.flush()
+}
+
 func (lw *logWriter) flush() error {
 	if err := lw.w.Flush(); err != nil {
 		return err
@@ -307,34 +336,37 @@ func (lw *logWriter) flush() error {
 	return lw.rc.Flush()
 }
 
+// keepAlive sends an SSE comment, or a blank line between the JSON
+// values of a plain stream (JSON decoders skip it), so that proxies and
+// clients see an idle follow stream is alive.
 func (lw *logWriter) keepAlive() error {
-	if !lw.sse {
-		return nil
+	if lw.sse {
+		lw.w.WriteString(": keep-alive\n\n")
+	} else {
+		lw.w.WriteByte('\n')
 	}
-	lw.w.WriteString(": keep-alive\n\n")
 	return lw.flush()
 }
 
-// FormatText renders a line as the plain-text reply does:
-// "<RFC 3339 timestamp> <process type>[<job id>]: <msg>\n", with "app" for a
-// line without a process type.
-func FormatText(m *api.LogMessage) string {
-	src := m.ProcessType
-	if src == "" {
-		src = "app"
+// hostOfJob is the host id of a job id "<host id>-<uuid>", or "" when the
+// id does not end in a UUID.
+func hostOfJob(jobID string) string {
+	const uuidLen = 36
+	n := len(jobID) - uuidLen
+	if n < 2 || jobID[n-1] != '-' {
+		return ""
 	}
-	var sb strings.Builder
-	sb.Grow(len(m.Msg) + len(src) + len(m.JobID) + 40)
-	sb.WriteString(m.Timestamp.UTC().Format("2006-01-02T15:04:05.000000Z07:00"))
-	sb.WriteByte(' ')
-	sb.WriteString(src)
-	if m.JobID != "" {
-		sb.WriteByte('[')
-		sb.WriteString(m.JobID)
-		sb.WriteByte(']')
+	for i, c := range jobID[n:] {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return ""
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return ""
+			}
+		}
 	}
-	sb.WriteString(": ")
-	sb.WriteString(m.Msg)
-	sb.WriteByte('\n')
-	return sb.String()
+	return jobID[:n-1]
 }

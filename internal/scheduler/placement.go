@@ -40,6 +40,9 @@ type Job struct {
 	Memory int64
 	// Restarts counts restarts of this formation slot so far.
 	Restarts int
+	// Index numbers the formation's jobs of a type from 1, kept across
+	// restarts: the job's DYNO is <type>.<index>, as on Heroku.
+	Index int
 	// RunAt is when a pending job may start (restart backoff).
 	RunAt time.Time
 	// CreatedAt is when the job was scheduled; StartedAt when it came up.
@@ -145,6 +148,7 @@ type group struct {
 	perHost  []int       // active jobs per host, by hostLoad.idx
 	matching []*hostLoad // hosts matching tags, computed lazily
 	matched  bool
+	indexes  map[int]bool // Index values in use, computed lazily
 }
 
 type hostLoad struct {
@@ -336,7 +340,19 @@ func (p *placer) remove(g *group, jobs []*Job) {
 }
 
 func (p *placer) newJob(g *group, hostID string) *Job {
+	if g.indexes == nil {
+		g.indexes = make(map[int]bool)
+		for _, j := range g.jobs {
+			g.indexes[j.Index] = true
+		}
+	}
+	index := 1
+	for g.indexes[index] {
+		index++
+	}
+	g.indexes[index] = true
 	return &Job{
+		Index:     index,
 		UUID:      p.newUUID(),
 		HostID:    hostID,
 		AppID:     g.f.App.ID,

@@ -289,9 +289,35 @@ func TestPlaceStartedJobsHaveHostIDs(t *testing.T) {
 	p := Place(snap, counter())
 	want := []*Job{{
 		UUID: "new1", ID: "h1-new1", HostID: "h1", AppID: "a", ReleaseID: "r1", Type: "web",
-		State: api.JobStateStarting, Memory: 7, CreatedAt: t0,
+		State: api.JobStateStarting, Memory: 7, Index: 1, CreatedAt: t0,
 	}}
 	if diff := cmp.Diff(want, p.Start); diff != "" {
 		t.Errorf("started jobs (-want +got):\n%s", diff)
+	}
+}
+
+// TestPlaceNumbersJobs: new jobs of a formation's type get the lowest
+// free index (their DYNO is <type>.<index>), per release and type.
+func TestPlaceNumbersJobs(t *testing.T) {
+	web := map[string]*api.ProcessType{"web": {}, "worker": {}}
+	running := placedJob("u2", "a", "r1", "web", "h1", api.JobStateUp, 0)
+	running.Index = 2
+	snap := &Snapshot{
+		Now:        t0,
+		Hosts:      []*api.Host{host("h1", 0)},
+		Formations: []*api.ExpandedFormation{formation("a", "r1", web, map[string]int{"web": 3, "worker": 1})},
+		Jobs:       []*Job{running},
+	}
+	var got []string
+	for _, j := range Place(snap, counter()).Start {
+		got = append(got, fmt.Sprintf("%s.%d", j.Type, j.Index))
+	}
+	slices.Sort(got)
+	if diff := cmp.Diff([]string{"web.1", "web.3", "worker.1"}, got); diff != "" {
+		t.Errorf("indexes of started jobs (-want +got):\n%s", diff)
+	}
+	j := &Job{UUID: "u1", ID: "h1-u1", HostID: "h1", AppID: "a", ReleaseID: "r1", Type: "web", Index: 3}
+	if dyno := HostJob(snap.Formations[0], j).Config.Env["DYNO"]; dyno != "web.3" {
+		t.Errorf("DYNO = %q, want web.3", dyno)
 	}
 }

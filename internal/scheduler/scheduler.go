@@ -726,6 +726,9 @@ func (l *loop) adopt(hostID string, aj *api.ActiveJob) *Job {
 		j.CreatedAt = l.clock.Now()
 	}
 	j.Restarts, _ = strconv.Atoi(meta[JobMetaRestarts])
+	if _, n, ok := strings.Cut(aj.Job.Config.Env["DYNO"], "."); ok && j.Type != "" {
+		j.Index, _ = strconv.Atoi(n)
+	}
 	l.jobs[j.UUID] = j
 	l.byID[j.ID] = j
 	return j
@@ -761,6 +764,7 @@ func (l *loop) exited(ctx context.Context, j *Job, status *int32, hostErr *strin
 		State:     api.JobStatePending,
 		Memory:    j.Memory,
 		Restarts:  n + 1,
+		Index:     j.Index,
 		RunAt:     now.Add(l.cfg.Backoff(n)),
 		CreatedAt: now,
 	}
@@ -877,7 +881,7 @@ func (l *loop) stop(ctx context.Context, j *Job) {
 // HostJob is the host's description of formation job j: the formation's
 // artifacts, the release env overlaid with the process env and the
 // FLYNN_APP_ID, FLYNN_APP_NAME, FLYNN_RELEASE_ID and FLYNN_PROCESS_TYPE
-// variables, the process's args, ports, mounts and resources, and the
+// variables (and DYNO=<type>.<index> once the job has an index), the process's args, ports, mounts and resources, and the
 // app, release and type metadata keys.
 func HostJob(f *api.ExpandedFormation, j *Job) *api.HostJob { return hostJob(f, j) }
 
@@ -891,6 +895,9 @@ func hostJob(f *api.ExpandedFormation, j *Job) *api.HostJob {
 	env["FLYNN_APP_NAME"] = f.App.Name
 	env["FLYNN_RELEASE_ID"] = j.ReleaseID
 	env["FLYNN_PROCESS_TYPE"] = j.Type
+	if j.Index > 0 {
+		env["DYNO"] = j.Type + "." + strconv.Itoa(j.Index)
+	}
 	return &api.HostJob{
 		ID:        j.ID,
 		Artifacts: f.Artifacts,

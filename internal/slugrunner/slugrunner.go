@@ -1,12 +1,16 @@
 // Package slugrunner starts an app's processes inside app jobs (as
-// `flynn-host slugrunner`): it runs a Procfile process type, or any
-// command, in the slug's directory (/app, also $HOME) after sourcing the
-// buildpacks' .profile.d/*.sh scripts and the app's .profile. The shell
-// execs the command. As the container's PID 1 (an app job), slugrunner
-// stays as a small init that forwards signals to the process, because the
-// kernel drops signals to a PID 1 that has no handler for them (a plain
-// server would ignore the SIGTERM that stops it); otherwise it execs.
-// It also holds the static file server the static buildpack uses.
+// `flynn-host slugrunner`) the way Heroku runs a dyno: it runs a Procfile
+// process type, or any command, in the slug's directory /app with
+// HOME=/app and /app/bin first on PATH, after sourcing the buildpacks'
+// .profile.d/*.sh scripts and the app's .profile; a Procfile line (or a
+// single-argument command) is run by bash -c (sh when the image has no
+// bash), as Heroku does. DYNO (web.1, run.4821) and PORT come from the
+// platform. The shell execs the command. As the container's PID 1 (an app
+// job), slugrunner stays as a small init that forwards signals to the
+// process, because the kernel drops signals to a PID 1 that has no handler
+// for them (a plain server would ignore the SIGTERM that stops it);
+// otherwise it execs. It also holds the static file server the static
+// buildpack uses.
 package slugrunner
 
 import (
@@ -27,8 +31,23 @@ import (
 // DefaultAppDir is where app jobs find the slug.
 const DefaultAppDir = "/app"
 
-// Shell is the POSIX shell that sources the profile and runs commands.
-const Shell = "/bin/sh"
+// Shells are the shells that source the profile and run commands, in
+// order of preference: Heroku uses bash, whose syntax buildpacks' profile
+// scripts and Procfiles may rely on.
+var Shells = []string{"/bin/bash", "/bin/sh"}
+
+// DefaultPath is the PATH when the environment sets none.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// shell is the first of Shells that exists.
+func shell() string {
+	for _, sh := range Shells {
+		if _, err := os.Stat(sh); err == nil {
+			return sh
+		}
+	}
+	return Shells[len(Shells)-1]
+}
 
 // profileScript sources the profile scripts and then execs "$@".
 const profileScript = `cd "$HOME" || exit 1
@@ -40,32 +59,40 @@ unset f
 exec "$@"`
 
 // Command returns the argv and environment that run args inside appDir
-// with the profile sourced. With a single argument the argument is a shell
-// command line (as in a Procfile), run with `sh -c`; with several, they are
-// the program and its arguments.
+// as Heroku runs a dyno's command: HOME is appDir, PATH starts with
+// appDir/bin, and the profile is sourced. With a single argument the
+// argument is a shell command line (as in a Procfile), run with
+// `bash -c`; with several, they are the program and its arguments.
 func Command(appDir string, args []string, environ []string) (argv, env []string, err error) {
 	if len(args) == 0 {
 		return nil, nil, errors.New("no command given")
 	}
+	sh := shell()
 	if len(args) == 1 {
-		args = []string{Shell, "-c", execLine(args[0])}
+		args = []string{sh, "-c", execLine(args[0])}
 	}
-	argv = append([]string{Shell, "-c", profileScript, "slugrunner"}, args...)
+	argv = append([]string{sh, "-c", profileScript, "slugrunner"}, args...)
+	path := DefaultPath
 	env = slices.DeleteFunc(slices.Clone(environ), func(kv string) bool {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+			return true
+		}
 		return strings.HasPrefix(kv, "HOME=")
 	})
-	env = append(env, "HOME="+appDir)
-	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
-		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	bin := filepath.Join(appDir, "bin")
+	if path != bin && !strings.HasPrefix(path, bin+":") {
+		path = bin + ":" + path
 	}
+	env = append(env, "HOME="+appDir, "PATH="+path)
 	return argv, env, nil
 }
 
 // execLine returns a shell command line that replaces the shell with the
 // command when the line is a simple command ("exec" is inserted after any
 // leading variable assignments): dash, Debian's /bin/sh, does not exec the
-// last command of `sh -c` itself, and without exec a signal to the job
-// would stop at the shell. Compound lines (;, &&, |, &, subshells,
+// last command of `sh -c` itself (nor does bash after assignments), and
+// without exec a signal to the job would stop at the shell. Compound lines (;, &&, |, &, subshells,
 // keywords) run as they are; such commands should exec their server.
 func execLine(line string) string {
 	trimmed := strings.TrimSpace(line)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // appDir makes a slug directory with a Procfile, a .profile.d script and
@@ -80,6 +82,63 @@ func TestCommand(t *testing.T) {
 	}
 }
 
+// TestHerokuContract: a command runs as on Heroku: HOME is the app dir,
+// PATH starts with its bin (so a Procfile names a binary bare), a
+// buildpack's .profile.d adds to PATH, the line is run by bash, and DYNO
+// and PORT pass through.
+func TestHerokuContract(t *testing.T) {
+	if _, err := os.Stat("/bin/bash"); err != nil {
+		t.Skip("needs /bin/bash")
+	}
+	dir := t.TempDir()
+	files := map[string]string{
+		"bin/myapp":            "#!/bin/sh\necho \"myapp on $PORT as $DYNO home=$HOME\"\n",
+		".heroku/bin/tool":     "#!/bin/sh\necho tool\n",
+		".profile.d/heroku.sh": "export PATH=\"$HOME/.heroku/bin:$PATH\"\n",
+		"Procfile":             "web: myapp\nbashism: [[ $DYNO == web.* ]] && echo \"bash $BASH_VERSION\" | cut -c1-6\n",
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runType := func(typ string) string {
+		t.Helper()
+		line, err := ProcessCommand(dir, typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		argv, env, err := Command(dir, []string{line}, []string{"PATH=/usr/bin:/bin", "PORT=5000", "DYNO=web.2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", typ, err, out)
+		}
+		return string(out)
+	}
+	if diff := cmp.Diff("myapp on 5000 as web.2 home="+dir+"\n", runType("web")); diff != "" {
+		t.Errorf("web: bare binary name from bin (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff("bash 5\n", runType("bashism")); diff != "" {
+		t.Errorf("a Procfile line is run by bash (-want +got):\n%s", diff)
+	}
+	got, _ := run(t, dir, []string{"echo $PATH; tool"})
+	if want := dir + "/.heroku/bin:" + dir + "/bin:/usr/bin:/bin\ntool\n"; got != want {
+		t.Errorf("PATH and a profile-provided tool: got %q, want %q", got, want)
+	}
+	// A PATH that already starts with the app's bin is kept as it is.
+	_, env, _ := Command(dir, []string{"true"}, []string{"PATH=" + dir + "/bin:/bin"})
+	if !slices.Contains(env, "PATH="+dir+"/bin:/bin") {
+		t.Errorf("env = %q, want PATH unchanged", env)
+	}
+}
+
 func TestProcessCommand(t *testing.T) {
 	dir := appDir(t)
 	cmd, err := ProcessCommand(dir, "web")
@@ -138,12 +197,7 @@ func TestServeStatic(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "css/a.css"), []byte("body{}"), 0o644)
 	os.WriteFile(filepath.Join(dir, "app.js"), []byte("let a"), 0o644)
 	os.WriteFile(filepath.Join(dir, "logo.svg"), []byte("<svg/>"), 0o644)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testslot.Port(t)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ServeStatic(ctx, StaticConfig{Dir: dir, Addr: addr}, logging.Discard()) }()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -99,7 +100,8 @@ func (s *Store) appByName(ctx context.Context, name string) (*api.App, int64, er
 
 // ListApps returns all apps.
 func (s *Store) ListApps(ctx context.Context) ([]*api.App, error) {
-	return listOf[api.App](ctx, s, s.key(pApps), nil)
+	items, err := listOf[api.App](ctx, s, s.key(pApps), nil)
+	return newestFirst(items, err, func(a *api.App) time.Time { return a.CreatedAt })
 }
 
 // UpdateApp applies fn to the app and stores the result with an app event,
@@ -164,12 +166,19 @@ func (s *Store) SetAppRelease(ctx context.Context, idOrName, releaseID string) (
 // DeleteApp removes an app: its formations (which makes the scheduler
 // stop its jobs), routes, releases, scale requests, deployment lock and
 // resource links, then the app itself. Each step is its own transaction so
-// no transaction exceeds etcd's operation limit.
-func (s *Store) DeleteApp(ctx context.Context, idOrName string) (*api.App, error) {
+// no transaction exceeds etcd's operation limit. It returns the app and
+// what was removed, which is also the data of the app_deletion event.
+func (s *Store) DeleteApp(ctx context.Context, idOrName string) (*api.App, *api.AppDeletion, error) {
 	app, err := s.GetApp(ctx, idOrName)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	del, err := s.deleteApp(ctx, app)
+	return app, del, err
+}
+
+func (s *Store) deleteApp(ctx context.Context, app *api.App) (*api.AppDeletion, error) {
+	del := &api.AppDeletion{AppID: app.ID, DeletedRoutes: []*api.Route{}, DeletedResources: []*api.Resource{}, DeletedReleases: []*api.Release{}}
 	forms, err := s.ListFormations(ctx, app.ID)
 	if err != nil {
 		return nil, err
@@ -187,6 +196,7 @@ func (s *Store) DeleteApp(ctx context.Context, idOrName string) (*api.App, error
 		if _, err := s.DeleteRoute(ctx, app.ID, r.ID); err != nil && !errors.Is(err, api.ErrNotFound) {
 			return nil, err
 		}
+		del.DeletedRoutes = append(del.DeletedRoutes, r)
 	}
 	resources, err := s.ListResources(ctx, "", app.ID)
 	if err != nil {
@@ -196,6 +206,7 @@ func (s *Store) DeleteApp(ctx context.Context, idOrName string) (*api.App, error
 		if _, err := s.DetachResource(ctx, r.ProviderID, r.ID, app.ID); err != nil && !errors.Is(err, api.ErrNotFound) {
 			return nil, err
 		}
+		del.DeletedResources = append(del.DeletedResources, r)
 	}
 	releases, err := s.ListReleases(ctx, app.ID)
 	if err != nil {
@@ -204,19 +215,23 @@ func (s *Store) DeleteApp(ctx context.Context, idOrName string) (*api.App, error
 	for _, r := range releases {
 		t := s.txn()
 		t.del(s.key(pReleases, r.ID))
-		t.event(app.ID, api.EventTypeReleaseDeletion, r.ID, r)
+		t.event(app.ID, api.EventTypeReleaseDeletion, r.ID, &api.ReleaseDeletionEvent{
+			ReleaseDeletion: &api.ReleaseDeletion{AppID: app.ID, ReleaseID: r.ID, RemainingApps: []string{}, DeletedFiles: []string{}},
+		})
 		if _, err := t.commit(ctx); err != nil {
 			return nil, fmt.Errorf("delete release %s: %w", r.ID, err)
 		}
+		del.DeletedReleases = append(del.DeletedReleases, r)
 	}
 	t := s.txn()
 	t.del(s.key(pApps, app.ID))
 	t.del(s.key(pAppNames, app.Name))
 	t.delPrefix(s.key(pScales, app.ID) + "/")
+	t.delPrefix(s.key(pScalePending, app.ID) + "/")
 	t.del(s.key(pDeployLock, app.ID))
-	t.event(app.ID, api.EventTypeAppDeletion, app.ID, map[string]any{"app": app})
+	t.event(app.ID, api.EventTypeAppDeletion, app.ID, &api.AppDeletionEvent{AppDeletion: del})
 	if _, err := t.commit(ctx); err != nil {
 		return nil, fmt.Errorf("delete app %q: %w", app.Name, err)
 	}
-	return app, nil
+	return del, nil
 }

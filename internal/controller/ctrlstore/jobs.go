@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strconv"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -24,8 +26,15 @@ const uuidLen = 36
 
 // PutJob creates or updates a job's record (the scheduler reports job
 // states this way). The creation time of an existing job is kept, and so
-// is its id once it has one.
+// is its id once it has one; a formation job without args gets its process
+// type's.
 func (s *Store) PutJob(ctx context.Context, job *api.Job) (*api.Job, error) {
+	if len(job.Args) == 0 && job.Type != "" && job.ReleaseID != "" {
+		// A formation job runs its process type's command (flynn ps -c).
+		if rel, err := s.GetRelease(ctx, job.ReleaseID); err == nil && rel.Processes[job.Type] != nil {
+			job.Args = rel.Processes[job.Type].Args
+		}
+	}
 	for range maxRetries {
 		key := s.key(pJobs, job.AppID, jobKey(job))
 		old := &api.Job{}
@@ -79,7 +88,8 @@ func (s *Store) GetJob(ctx context.Context, appID, id string) (*api.Job, error) 
 
 // ListJobs returns an app's jobs.
 func (s *Store) ListJobs(ctx context.Context, appID string) ([]*api.Job, error) {
-	return listOf[api.Job](ctx, s, s.key(pJobs, appID)+"/", nil)
+	items, err := listOf[api.Job](ctx, s, s.key(pJobs, appID)+"/", nil)
+	return newestFirst(items, err, func(j *api.Job) time.Time { return j.CreatedAt })
 }
 
 // ListActiveJobs returns every job that is not down.
@@ -118,6 +128,19 @@ func (s *Store) CreateDeployment(ctx context.Context, appID, releaseID string) (
 		}
 		if d.DeployTimeout == 0 {
 			d.DeployTimeout = api.DefaultDeployTimeout
+		}
+		if d.Strategy == api.StrategyInBatches {
+			// The app's batch size, else the number of hosts (Flynn's
+			// default).
+			n, err := strconv.Atoi(app.Meta[api.MetaDeployBatchSize])
+			if err != nil || n < 1 {
+				hosts, err := s.ListHosts(ctx)
+				if err != nil {
+					return nil, err
+				}
+				n = max(len(hosts), 1)
+			}
+			d.DeployBatchSize = &n
 		}
 		var oldForm api.Formation
 		oldRev := int64(0)
@@ -187,9 +210,10 @@ func (s *Store) GetDeployment(ctx context.Context, id string) (*api.Deployment, 
 // ListDeployments returns deployments, filtered by app and status when
 // they are not empty.
 func (s *Store) ListDeployments(ctx context.Context, appID, status string) ([]*api.Deployment, error) {
-	return listOf(ctx, s, s.key(pDeployments), func(d *api.Deployment) bool {
+	items, err := listOf(ctx, s, s.key(pDeployments), func(d *api.Deployment) bool {
 		return (appID == "" || d.AppID == appID) && (status == "" || d.Status == status)
 	})
+	return newestFirst(items, err, func(d *api.Deployment) time.Time { return d.CreatedAt })
 }
 
 // validTransition lists the deployment status changes a deployer may make.

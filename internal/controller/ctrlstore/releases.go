@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -35,7 +39,8 @@ func (s *Store) GetArtifact(ctx context.Context, id string) (*api.Artifact, erro
 
 // ListArtifacts returns all artifacts.
 func (s *Store) ListArtifacts(ctx context.Context) ([]*api.Artifact, error) {
-	return listOf[api.Artifact](ctx, s, s.key(pArtifacts), nil)
+	items, err := listOf[api.Artifact](ctx, s, s.key(pArtifacts), nil)
+	return newestFirst(items, err, func(a *api.Artifact) time.Time { return a.CreatedAt })
 }
 
 // CreateRelease stores a new, immutable release. Its artifacts and app
@@ -95,12 +100,15 @@ func (s *Store) getRelease(ctx context.Context, id string) (*api.Release, int64,
 
 // ListReleases returns all releases, or those of one app.
 func (s *Store) ListReleases(ctx context.Context, appID string) ([]*api.Release, error) {
-	return listOf(ctx, s, s.key(pReleases), func(r *api.Release) bool { return appID == "" || r.AppID == appID })
+	items, err := listOf(ctx, s, s.key(pReleases), func(r *api.Release) bool { return appID == "" || r.AppID == appID })
+	return newestFirst(items, err, func(r *api.Release) time.Time { return r.CreatedAt })
 }
 
-// DeleteRelease deletes a release of an app and its formation. The app's
-// current release cannot be deleted.
-func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string) (*api.Release, error) {
+// DeleteRelease deletes a release of an app and its formation (which
+// makes the scheduler stop its jobs). The app's current release cannot be
+// deleted. files are the blobs the caller deletes with it, recorded in the
+// release_deletion event.
+func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string, files []string) (*api.Release, error) {
 	r, rev, err := s.getRelease(ctx, id)
 	if err != nil {
 		return nil, err
@@ -120,7 +128,13 @@ func (s *Store) DeleteRelease(ctx context.Context, app *api.App, id string) (*ap
 	t.unchanged(s.key(pApps, app.ID), appRev)
 	t.del(s.key(pReleases, id))
 	t.del(s.key(pFormations, app.ID, id))
-	t.event(app.ID, api.EventTypeReleaseDeletion, id, r)
+	t.del(s.key(pScalePending, app.ID, id))
+	if files == nil {
+		files = []string{}
+	}
+	t.event(app.ID, api.EventTypeReleaseDeletion, id, &api.ReleaseDeletionEvent{
+		ReleaseDeletion: &api.ReleaseDeletion{AppID: app.ID, ReleaseID: id, RemainingApps: []string{}, DeletedFiles: files},
+	})
 	ok, err := t.commit(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("delete release: %w", err)
@@ -177,7 +191,8 @@ func (s *Store) ListFormations(ctx context.Context, appID string) ([]*api.Format
 	if appID != "" {
 		prefix = s.key(pFormations, appID) + "/"
 	}
-	return listOf[api.Formation](ctx, s, prefix, nil)
+	items, err := listOf[api.Formation](ctx, s, prefix, nil)
+	return newestFirst(items, err, func(f *api.Formation) time.Time { return f.CreatedAt })
 }
 
 // DeleteFormation deletes the formation of (app, release).
@@ -247,8 +262,10 @@ func active(p map[string]int) bool {
 	return false
 }
 
-// CreateScaleRequest records a pending scale request and applies its new
-// processes and tags to the formation in one transaction.
+// CreateScaleRequest records a pending scale request and applies it to
+// the formation in one transaction, as Flynn does: the process counts and
+// tags it names change, other types keep theirs. A pending request for
+// the same formation is cancelled (a scale_request_cancelation event).
 func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (*api.ScaleRequest, error) {
 	for range maxRetries {
 		key := s.key(pFormations, req.AppID, req.ReleaseID)
@@ -257,6 +274,22 @@ func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (
 		if err != nil && err != errMissing {
 			return nil, err
 		}
+		pendingKey := s.key(pScalePending, req.AppID, req.ReleaseID)
+		pres, err := s.cli.Get(ctx, pendingKey)
+		if err != nil {
+			return nil, fmt.Errorf("create scale request: %w", err)
+		}
+		var prev *api.ScaleRequest
+		var prevRev int64
+		if len(pres.Kvs) > 0 {
+			prev = &api.ScaleRequest{}
+			prevRev, err = s.get(ctx, s.key(pScales, req.AppID, string(pres.Kvs[0].Value)), prev)
+			if err == errMissing {
+				prev = nil
+			} else if err != nil {
+				return nil, err
+			}
+		}
 		now := s.now()
 		if rev == 0 {
 			f = &api.Formation{AppID: req.AppID, ReleaseID: req.ReleaseID, CreatedAt: now}
@@ -264,18 +297,38 @@ func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (
 		req.OldProcesses = maps.Clone(f.Processes)
 		req.OldTags = maps.Clone(f.Tags)
 		if req.NewProcesses != nil {
-			f.Processes = maps.Clone(*req.NewProcesses)
+			if f.Processes == nil {
+				f.Processes = map[string]int{}
+			}
+			maps.Copy(f.Processes, *req.NewProcesses)
 		}
 		if req.NewTags != nil {
-			f.Tags = maps.Clone(*req.NewTags)
+			if f.Tags == nil {
+				f.Tags = map[string]map[string]string{}
+			}
+			maps.Copy(f.Tags, *req.NewTags)
 		}
 		f.UpdatedAt = now
 		req.State = api.ScaleRequestPending
 		req.CreatedAt, req.UpdatedAt = now, now
 		t := s.txn()
 		t.unchanged(key, rev)
+		if len(pres.Kvs) > 0 {
+			t.unchanged(pendingKey, pres.Kvs[0].ModRevision)
+		} else {
+			t.missing(pendingKey)
+		}
+		if prev != nil && prev.State == api.ScaleRequestPending {
+			prev.State = api.ScaleRequestCancelled
+			prev.UpdatedAt = now
+			t.unchanged(s.key(pScales, req.AppID, prev.ID), prevRev)
+			t.put(s.key(pScales, req.AppID, prev.ID), prev)
+			t.event(req.AppID, api.EventTypeScaleRequestCancelation, prev.ID, prev)
+			t.event(req.AppID, api.EventTypeScaleRequest, prev.ID, prev)
+		}
 		t.put(key, f)
 		t.put(s.key(pScales, req.AppID, req.ID), req)
+		t.putRaw(pendingKey, req.ID)
 		t.event(req.AppID, api.EventTypeScaleRequest, req.ID, req)
 		t.event(req.AppID, api.EventTypeFormation, req.AppID+":"+req.ReleaseID, f)
 		ok, err := t.commit(ctx)
@@ -289,8 +342,9 @@ func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (
 	return nil, errRetry
 }
 
-// UpdateScaleRequest sets the state of a scale request (complete or
-// cancelled).
+// UpdateScaleRequest ends a pending scale request: complete (the
+// formation runs as asked) or cancelled. Ending it again the same way is
+// a no-op; ending a request that ended the other way is a conflict.
 func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string) (*api.ScaleRequest, error) {
 	for range maxRetries {
 		key := s.key(pScales, appID, id)
@@ -299,17 +353,29 @@ func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string)
 		if err != nil {
 			return nil, err
 		}
+		if req.State == state {
+			return req, nil
+		}
+		if req.State != api.ScaleRequestPending {
+			return nil, api.Conflict("scale request %s is %s already", id, req.State)
+		}
 		req.State = state
 		req.UpdatedAt = s.now()
+		pendingKey := s.key(pScalePending, appID, req.ReleaseID)
 		t := s.txn()
 		t.unchanged(key, rev)
 		t.put(key, req)
 		t.event(appID, api.EventTypeScaleRequest, id, req)
+		if state == api.ScaleRequestCancelled {
+			t.event(appID, api.EventTypeScaleRequestCancelation, id, req)
+		}
 		ok, err := t.commit(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("update scale request: %w", err)
 		}
 		if ok {
+			// Drop the pending index if it still names this request.
+			s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(pendingKey), "=", id)).Then(clientv3.OpDelete(pendingKey)).Commit()
 			return req, nil
 		}
 	}
@@ -318,5 +384,27 @@ func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string)
 
 // ListScaleRequests returns an app's scale requests.
 func (s *Store) ListScaleRequests(ctx context.Context, appID string) ([]*api.ScaleRequest, error) {
-	return listOf[api.ScaleRequest](ctx, s, s.key(pScales, appID)+"/", nil)
+	items, err := listOf[api.ScaleRequest](ctx, s, s.key(pScales, appID)+"/", nil)
+	return newestFirst(items, err, func(r *api.ScaleRequest) time.Time { return r.CreatedAt })
+}
+
+// ListPendingScaleRequests returns every app's pending scale requests.
+func (s *Store) ListPendingScaleRequests(ctx context.Context) ([]*api.ScaleRequest, error) {
+	res, err := s.cli.Get(ctx, s.key(pScalePending), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list pending scale requests: %w", err)
+	}
+	out := []*api.ScaleRequest{}
+	for _, kv := range res.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), s.key(pScalePending))
+		appID, _, _ := strings.Cut(rest, "/")
+		req := &api.ScaleRequest{}
+		if _, err := s.get(ctx, s.key(pScales, appID, string(kv.Value)), req); err != nil {
+			continue // ended or deleted meanwhile
+		}
+		if req.State == api.ScaleRequestPending {
+			out = append(out, req)
+		}
+	}
+	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -64,7 +65,8 @@ func (s *Store) GetProvider(ctx context.Context, idOrName string) (*api.Provider
 
 // ListProviders returns all providers.
 func (s *Store) ListProviders(ctx context.Context) ([]*api.Provider, error) {
-	return listOf[api.Provider](ctx, s, s.key(pProviders), nil)
+	items, err := listOf[api.Provider](ctx, s, s.key(pProviders), nil)
+	return newestFirst(items, err, func(p *api.Provider) time.Time { return p.CreatedAt })
 }
 
 // PutResource creates or replaces a resource and, for each app in
@@ -123,9 +125,10 @@ func (s *Store) getResource(ctx context.Context, providerID, id string) (*api.Re
 // ListResources returns resources, filtered by provider and app when they
 // are not empty.
 func (s *Store) ListResources(ctx context.Context, providerID, appID string) ([]*api.Resource, error) {
-	return listOf(ctx, s, s.key(pResources), func(r *api.Resource) bool {
+	items, err := listOf(ctx, s, s.key(pResources), func(r *api.Resource) bool {
 		return (providerID == "" || r.ProviderID == providerID) && (appID == "" || slices.Contains(r.Apps, appID))
 	})
+	return newestFirst(items, err, func(r *api.Resource) time.Time { return r.CreatedAt })
 }
 
 // DeleteResource deletes a resource record.

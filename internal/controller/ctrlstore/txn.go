@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -23,21 +24,24 @@ import (
 
 // Key prefixes below api.KeyController.
 const (
-	pApps        = "apps/"
-	pAppNames    = "app-names/"
-	pArtifacts   = "artifacts/"
-	pReleases    = "releases/"
-	pFormations  = "formations/"
-	pScales      = "scale-requests/"
-	pJobs        = "jobs/"
-	pDeployments = "deployments/"
-	pDeployLock  = "deploy-locks/"
-	pRoutes      = "routes/"
-	pRouteIndex  = "route-index/"
-	pProviders   = "providers/"
-	pResources   = "resources/"
-	pKeys        = "keys/"
-	pEvents      = "events/"
+	pApps       = "apps/"
+	pAppNames   = "app-names/"
+	pArtifacts  = "artifacts/"
+	pReleases   = "releases/"
+	pFormations = "formations/"
+	pScales     = "scale-requests/"
+	// pScalePending indexes the pending scale request of a formation:
+	// <app>/<release> → request id.
+	pScalePending = "scale-pending/"
+	pJobs         = "jobs/"
+	pDeployments  = "deployments/"
+	pDeployLock   = "deploy-locks/"
+	pRoutes       = "routes/"
+	pRouteIndex   = "route-index/"
+	pProviders    = "providers/"
+	pResources    = "resources/"
+	pKeys         = "keys/"
+	pEvents       = "events/"
 )
 
 // eventsPerTxn is how many events one transaction may append: an event's
@@ -131,6 +135,17 @@ func listOf[T any](ctx context.Context, s *Store, prefix string, keep func(*T) b
 		return nil
 	})
 	return out, err
+}
+
+// newestFirst sorts a listing (and its error) newest first by created, as
+// Flynn's controller lists: its CLI's release rollback takes the second
+// release listed.
+func newestFirst[T any](items []*T, err error, created func(*T) time.Time) ([]*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(items, func(a, b *T) int { return created(b).Compare(created(a)) })
+	return items, nil
 }
 
 // txn collects the writes, conditions and events of one transaction.

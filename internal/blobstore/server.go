@@ -178,6 +178,9 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	} else {
+		// Blobs are streamed to the backend: the server's body limit
+		// for JSON requests does not apply; maxSize does.
+		httpapi.SetMaxBody(r, -1)
 		body := r.Body
 		if s.maxSize > 0 {
 			if r.ContentLength > s.maxSize {

@@ -51,6 +51,9 @@ func (s *Server) Handler(auth *httpapi.KeyAuth) http.Handler {
 		}
 		var unlock func()
 		if rest == "git-receive-pack" {
+			// A push's pack is streamed to git: no size limit but the
+			// server's idle deadline.
+			httpapi.SetMaxBody(r, -1)
 			unlock = s.lock(app)
 			defer unlock()
 		}

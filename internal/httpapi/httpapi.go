@@ -2,7 +2,8 @@
 // that return errors, one adapter that maps those errors to a status code
 // and the JSON body {"code","message","field"}, JSON decoding with limits,
 // Basic-auth with several keys, an access log, panic recovery, Server-Sent
-// Events, and a graceful Serve.
+// Events, and a graceful Serve whose Limits cut off clients that stall
+// (headers, bodies, replies they do not read) or send too much.
 package httpapi
 
 import (
@@ -48,8 +49,9 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	e, ok := api.AsError(err)
 	if !ok {
-		if errors.Is(err, errBodyTooLarge) {
-			e = &api.Error{Code: api.CodeTooLarge, Message: "request body too large"}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			e = &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit)}
 		} else {
 			setLoggedError(r, err)
 			e = &api.Error{Code: api.CodeUnknown, Message: "internal error"}
@@ -61,8 +63,6 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	WriteJSON(w, status, e)
 }
-
-var errBodyTooLarge = errors.New("request body too large")
 
 // DecodeJSON decodes the request body into v. It refuses bodies over
 // MaxBodyBytes, malformed JSON, wrong field types and trailing data, each
@@ -86,6 +86,13 @@ func decodeJSON(body io.Reader, v any, strict bool) error {
 		dec.DisallowUnknownFields()
 	}
 	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit)}
+		}
+		if _, ok := api.AsError(err); ok {
+			return err // e.g. the body stalled
+		}
 		if lr.N <= 0 {
 			return &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("request body exceeds %d bytes", MaxBodyBytes)}
 		}

@@ -107,6 +107,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 // them in batches. A bad line ends the request with a 400 naming the line;
 // the lines before it are kept.
 func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
+	// Lines are stored as they are read, each bounded by MaxLineBytes:
+	// a batch of any size is fine.
+	httpapi.SetMaxBody(r, -1)
 	sc := bufio.NewScanner(r.Body)
 	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
 	batch := make([]api.LogMessage, 0, ingestBatch)

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,7 +30,39 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if len(os.Args) == 4 && os.Args[1] == "dial-supervisor" {
+		dialSupervisor(os.Args[2], os.Args[3])
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
+}
+
+// dialSupervisor is a client of a supervisor socket, run by the tests as
+// another user: it asks for the job's logs and prints what it got, until
+// the output holds marker, the supervisor closes the connection or 30
+// seconds pass.
+func dialSupervisor(addr, marker string) {
+	c, err := net.Dial("unix", addr)
+	if err != nil {
+		fmt.Printf("dial: %v\n", err)
+		return
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, `{"logs":true}`+"\n"); err != nil {
+		fmt.Printf("write: %v\n", err)
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte(marker)) {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			fmt.Printf("read %d bytes (%q), then: %v\n", len(got), got, err)
+			return
+		}
+	}
+	fmt.Printf("read %d bytes (%q)\n", len(got), got)
 }
 
 // newTestRunc returns a runc runtime on its own bridge and a busybox layer.
@@ -154,4 +188,59 @@ func killAndRemove(r *Runc, id string) {
 	r.Signal(ctx, id, 9)
 	r.Wait(ctx, id)
 	r.Remove(ctx, id)
+}
+
+// TestSupervisorServesRootOnly: a process of another user on the host
+// (as a build job or any host network job is) that connects to a job's
+// supervisor socket is disconnected before it gets anything; root, the
+// host agent, gets the job's output.
+func TestSupervisorServesRootOnly(t *testing.T) {
+	r, layer := newTestRunc(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	spec := &Spec{ID: "fltrt-peer", Layers: []string{layer}, Args: []string{"sh", "-c", "echo job-secret; sleep 1000"}, UID: NobodyID, GID: NobodyID}
+	if _, err := r.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killAndRemove(r, spec.ID) })
+	// The job's output is in its log before anyone dials.
+	for i := 0; len(readLog(t, r, spec.ID)) == 0; i++ {
+		if i > 300 {
+			t.Fatal("the job wrote nothing to its log in 30s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The test binary, where user nobody can run it.
+	bin := filepath.Join(testslot.Dir(t), "client")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := supervisorAddr(r.dir(spec.ID))
+	dial := func(uid uint32) string {
+		cmd := exec.Command(bin, "dial-supervisor", addr, "job-secret")
+		if uid != 0 {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("client as uid %d: %v\n%s", uid, err, out)
+		}
+		return string(out)
+	}
+	for _, uid := range []uint32{NobodyID, 1000} {
+		if out := dial(uid); strings.Contains(out, "job-secret") || !strings.Contains(out, "read 0 bytes") {
+			t.Errorf("a client as uid %d got: %s\nwant the connection closed with nothing read", uid, out)
+		}
+	}
+	if out := dial(0); !strings.Contains(out, "job-secret") {
+		t.Errorf("a client as root got: %s\nwant the job's output", out)
+	}
+	sup, _ := os.ReadFile(filepath.Join(r.dir(spec.ID), fileSupLog))
+	if !strings.Contains(string(sup), "refused a connection from uid 65534") {
+		t.Errorf("the supervisor's log does not record the refusal:\n%s", sup)
+	}
 }

@@ -12,8 +12,9 @@ import (
 	"errors"
 	"io"
 
-	"github.com/flynnrebuilt/flynn/api"
 	"golang.org/x/sys/unix"
+
+	"github.com/flynnrebuilt/flynn/api"
 )
 
 // Errors a Runtime returns.

@@ -384,6 +384,16 @@ func (s *supervisor) serve(ln net.Listener, conns *sync.WaitGroup) {
 		if err != nil {
 			return
 		}
+		// The socket is reachable from every process in the host's
+		// network namespace (build jobs, host network jobs): only root,
+		// the host agent, may attach to the job or wait for it.
+		if cred, err := peerCred(c); err != nil || cred.Uid != 0 {
+			if err == nil {
+				fmt.Fprintf(os.Stderr, "refused a connection from uid %d (pid %d): only root may use the supervisor\n", cred.Uid, cred.Pid)
+			}
+			c.Close()
+			continue
+		}
 		conns.Add(1)
 		go func() {
 			defer conns.Done()
@@ -569,9 +579,31 @@ func oomKilled(cgroupsPath string) bool {
 	return false
 }
 
+// peerCred returns the credentials of the process at the other end of a
+// unix socket connection (SO_PEERCRED: taken when it connected).
+func peerCred(c net.Conn) (*unix.Ucred, error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil, errors.New("not a unix socket")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
 // supervisorAddr is where the supervisor of the job in dir listens: an
 // abstract unix socket (in the host's network namespace) named after the
-// job directory, so its length does not depend on the state dir's.
+// job directory, so its length does not depend on the state dir's. Any
+// process in that namespace can connect; the supervisor serves root only.
 func supervisorAddr(dir string) string {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs

@@ -91,6 +91,9 @@ type Config struct {
 	// platform's components): this host's address and etcd endpoints.
 	// The job's own env wins.
 	SystemEnv func() map[string]string
+	// MountAllow are the host paths jobs may bind-mount (see
+	// PlatformMounts); a mount of any other path is refused.
+	MountAllow []AllowedMount
 }
 
 // MountPrefix starts the mount locations that Config.ResolveMount turns
@@ -109,6 +112,7 @@ type Agent struct {
 	rt     runtime.Runtime
 	images *image.Store
 	auth   *httpapi.KeyAuth
+	mounts mountAllowList
 
 	mu      sync.Mutex
 	jobs    map[string]*job
@@ -194,7 +198,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: cfg, log: log.With("component", "host"), db: db, rt: rt, images: images,
-		auth: httpapi.NewKeyAuth(cfg.Keys...),
+		auth: httpapi.NewKeyAuth(cfg.Keys...), mounts: newMountAllowList(cfg.MountAllow),
 		jobs: map[string]*job{}, subs: map[chan *api.HostJobEvent]bool{}, regs: map[string]*jobRegs{},
 	}
 	a.runCtx, a.stopRun = context.WithCancel(context.Background())

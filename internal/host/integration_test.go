@@ -28,7 +28,9 @@ var _ = hostcmd.Run
 
 // flynnHost is the flynn-host binary built for the integration tests, and
 // busyboxLayer a busybox layer file made with `flynn-host image busybox`.
-var flynnHost, busyboxLayer, busyboxDigest string
+// probeBin is testdata/probe, a static binary the isolation tests run in
+// jobs (from probeDir, which their agents let jobs mount).
+var flynnHost, busyboxLayer, busyboxDigest, probeDir, probeBin string
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -58,6 +60,14 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		busyboxDigest, _ = image.FileDigest(busyboxLayer)
+		probeDir = filepath.Join(dir, "probe")
+		probeBin = filepath.Join(probeDir, "probe")
+		build := exec.Command("go", "build", "-o", probeBin, "./testdata/probe")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build testdata/probe: %v\n%s", err, out)
+			return 1
+		}
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -81,8 +91,9 @@ type agentProc struct {
 const testToken = "test-token"
 
 // startAgent starts an agent with its own state dir, bridge, subnet and
-// cgroup parent, and registers clean-up of everything it made.
-func startAgent(t testing.TB) *agentProc {
+// cgroup parent, and more flags when given, and registers clean-up of
+// everything it made.
+func startAgent(t testing.TB, flags ...string) *agentProc {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("integration test: needs root")
@@ -101,6 +112,7 @@ func startAgent(t testing.TB) *agentProc {
 	a.args = []string{"agent", "--state-dir", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token", testToken,
 		"--host-id", "test", "--bridge", a.bridge, "--subnet", a.subnet, "--cgroup-parent", a.cgroup,
 		"--port-range", testslot.PortRange(t, 40), "--stop-grace", "1s", "--log-level", "debug"}
+	a.args = append(a.args, flags...)
 	a.client = hostclient.New(a.url, testToken)
 	t.Cleanup(a.cleanup)
 	a.start()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -225,20 +226,30 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 		spec.Ports = append(spec.Ports, runtime.Port{Port: p.Port, Proto: p.Proto})
 	}
 	for i, m := range c.Mounts {
+		f := fmt.Sprintf("config.mounts[%d].location", i)
 		loc := m.Location
-		if strings.HasPrefix(loc, MountPrefix) {
+		named := strings.HasPrefix(loc, MountPrefix)
+		if named {
 			if a.cfg.ResolveMount == nil {
-				return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "this host has no %s mounts", MountPrefix)
+				return nil, api.Validation(f, "this host has no %s mounts", MountPrefix)
 			}
 			var err error
 			if loc, err = a.cfg.ResolveMount(ctx, m.Location); err != nil {
-				return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "%s: %v", m.Location, err)
+				return nil, api.Validation(f, "%s: %v", m.Location, err)
 			}
 		}
-		if _, err := os.Stat(loc); err != nil {
-			return nil, api.Validation(fmt.Sprintf("config.mounts[%d].location", i), "mount location %s does not exist on this host", loc)
+		// The runtime mounts what the path resolves to now. A named
+		// location is the platform's own; any other must be allowed as
+		// it resolves too: a symlink under an allowed dir leads nowhere
+		// else.
+		src, err := filepath.EvalSymlinks(loc)
+		if err != nil {
+			return nil, api.Validation(f, "mount location %s does not exist on this host", loc)
 		}
-		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: loc, Target: m.Target, Writeable: m.Writeable})
+		if why := a.mounts.check(src, m.Writeable); !named && why != "" {
+			return nil, api.Validation(f, "%s resolves to %s: %s", m.Location, src, why)
+		}
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: src, Target: m.Target, Writeable: m.Writeable})
 	}
 	limit := func(name string) int64 {
 		r, ok := hj.Resources[name]

@@ -113,6 +113,15 @@ func (a *Agent) validate(j *api.HostJob) error {
 				return api.Validation(f+".target", "cannot mount over %s", t)
 			}
 		}
+		if name, named := strings.CutPrefix(m.Location, MountPrefix); named {
+			// The platform's own files: only its data dirs are
+			// writable.
+			if m.Writeable && !strings.HasPrefix(name, "data/") {
+				return api.Validation(f+".location", "%s may only be mounted read-only", m.Location)
+			}
+		} else if why := a.mounts.check(m.Location, m.Writeable); why != "" {
+			return api.Validation(f+".location", "%s", why)
+		}
 	}
 	for name, r := range j.Resources {
 		f := "resources." + name

@@ -41,6 +41,7 @@ func newDaemonCmd(env Env) *cobra.Command {
 	var noAgent, noMonitor bool
 	var portRange string
 	var monitorCfg monitor.Config
+	var mountAllow []string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the host daemon (etcd, discoverd, host agent)",
@@ -61,6 +62,9 @@ func newDaemonCmd(env Env) *cobra.Command {
 					return err
 				}
 				if err := validateAgentFlags(agent); err != nil {
+					return err
+				}
+				if agent.MountAllow, err = mountAllowList(mountAllow); err != nil {
 					return err
 				}
 				warnEphemeral(log, agent.PortMin, agent.PortMax)
@@ -96,6 +100,7 @@ func newDaemonCmd(env Env) *cobra.Command {
 	f.StringVar(&agent.CgroupParent, "cgroup-parent", "flynn", "cgroup jobs are placed under")
 	f.DurationVar(&agent.StopGrace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a job")
 	f.StringVar(&portRange, "port-range", defaultPortRange, "host ports given to jobs, LO-HI (keep it outside net.ipv4.ip_local_port_range)")
+	f.StringSliceVar(&mountAllow, "mount-allow", nil, mountAllowHelp)
 	f.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config and etcd data")
 	f.StringVar(&cfg.ListenIP, "listen-ip", "", "the host's cluster address (default: the address of the default route, else 127.0.0.1)")
 	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", daemon.DefaultEtcdClientPort, "etcd client port")
@@ -498,6 +503,22 @@ func warnEphemeral(log *slog.Logger, lo, hi int) {
 		log.Warn("the jobs' port range overlaps the kernel's ephemeral ports; outgoing connections can take a job's port (change --port-range or net.ipv4.ip_local_port_range)",
 			"port_range", fmt.Sprintf("%d-%d", lo, hi), "ip_local_port_range", fmt.Sprintf("%d-%d", elo, ehi))
 	}
+}
+
+const mountAllowHelp = "host path jobs may bind-mount, PATH or PATH:rw (repeatable; added to the platform's own: this flynn-host binary and the CA bundle, besides its named flynn-host:NAME mounts)"
+
+// mountAllowList is the platform's own mounts and those of the
+// --mount-allow flags.
+func mountAllowList(flags []string) ([]host.AllowedMount, error) {
+	out := host.PlatformMounts()
+	for _, f := range flags {
+		m, err := host.ParseAllowedMount(f)
+		if err != nil {
+			return nil, fmt.Errorf("--mount-allow: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 func validateAgentFlags(c host.Config) error {

@@ -38,6 +38,7 @@ func newJobCmds(env Env) []*cobra.Command {
 func newAgentCmd(env Env) *cobra.Command {
 	var cfg host.Config
 	var token, level, portRange string
+	var mountAllow []string
 	cmd := &cobra.Command{
 		Use:    "agent",
 		Short:  "Run the host agent on its own (without etcd and discoverd)",
@@ -56,6 +57,9 @@ func newAgentCmd(env Env) *cobra.Command {
 				return err
 			}
 			warnEphemeral(log, cfg.PortMin, cfg.PortMax)
+			if cfg.MountAllow, err = mountAllowList(mountAllow); err != nil {
+				return err
+			}
 			a, err := host.New(cfg, log)
 			if err != nil {
 				return err
@@ -65,6 +69,7 @@ func newAgentCmd(env Env) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/flynn", "directory for job state, layers and logs")
+	f.StringSliceVar(&mountAllow, "mount-allow", nil, mountAllowHelp)
 	f.StringVar(&cfg.Listen, "listen", ":1113", "API listen address")
 	f.StringVar(&token, "token", "", "cluster token (default $FLYNN_TOKEN)")
 	f.StringVar(&cfg.ID, "host-id", "", "host id (default the hostname)")

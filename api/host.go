@@ -51,6 +51,12 @@ type HostJobConfig struct {
 	Mounts      []Mount           `json:"mounts,omitempty"`
 	HostNetwork bool              `json:"host_network,omitempty"`
 	DisableLog  bool              `json:"disable_log,omitempty"`
+	// System marks a job of the platform's own that runs on the job
+	// network: the host's firewall lets it reach the host's ports and
+	// other jobs, which other jobs on the network do not reach. Like
+	// HostNetwork, a uid 0 job or a host mount, it is for the platform's
+	// components only.
+	System bool `json:"system,omitempty"`
 }
 
 // ActiveJob is a job's state on its host.

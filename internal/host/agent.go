@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -94,6 +95,11 @@ type Config struct {
 	// MountAllow are the host paths jobs may bind-mount (see
 	// PlatformMounts); a mount of any other path is refused.
 	MountAllow []AllowedMount
+	// RouterPorts, DNSPorts and DenyNets shape the jobs' firewall (see
+	// network.Config; nil takes the defaults).
+	RouterPorts []network.PortRange
+	DNSPorts    []int
+	DenyNets    []netip.Prefix
 }
 
 // MountPrefix starts the mount locations that Config.ResolveMount turns
@@ -180,6 +186,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		netm, err := network.New(network.Config{
 			Bridge: cfg.Bridge, Subnet: cfg.Subnet, HostIP: cfg.HostIP, StateDir: filepath.Join(cfg.StateDir, "net"),
 			PortMin: cfg.PortMin, PortMax: cfg.PortMax,
+			RouterPorts: cfg.RouterPorts, DNSPorts: cfg.DNSPorts, DenyNets: cfg.DenyNets,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("host agent: %w", err)

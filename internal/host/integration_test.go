@@ -17,6 +17,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/hostcmd"
 	"github.com/flynnrebuilt/flynn/internal/image"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
@@ -113,6 +114,11 @@ func startAgent(t testing.TB, flags ...string) *agentProc {
 		"--host-id", "test", "--bridge", a.bridge, "--subnet", a.subnet, "--cgroup-parent", a.cgroup,
 		"--port-range", testslot.PortRange(t, 40), "--stop-grace", "1s", "--log-level", "debug"}
 	a.args = append(a.args, flags...)
+	for i, f := range flags {
+		if f == "--listen" && i+1 < len(flags) {
+			a.url = "http://" + flags[i+1] // the last --listen wins
+		}
+	}
 	a.client = hostclient.New(a.url, testToken)
 	t.Cleanup(a.cleanup)
 	a.start()
@@ -203,6 +209,9 @@ func (a *agentProc) cleanup() {
 		}
 	}
 	exec.Command("ip", "link", "del", a.bridge).Run()
+	if err := network.RemoveFirewall(a.bridge); err != nil {
+		a.t.Errorf("remove the jobs' firewall: %v", err)
+	}
 	ents, _ := os.ReadDir("/sys/fs/cgroup")
 	for _, e := range ents {
 		os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), a.cgroup))

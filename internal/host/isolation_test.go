@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -119,4 +122,119 @@ func TestSupervisorSocketsRefuseTenants(t *testing.T) {
 	if out := attacker("platform", 0); !strings.HasPrefix(out, sock+" open (read") {
 		t.Errorf("a root host network job asking the victim's supervisor for logs:\n%s\nwant an answer", out)
 	}
+}
+
+// hostIP adds a link (a veth pair: this kernel may lack dummy links)
+// with an address of a test subnet: a host address the tests' agents and
+// servers listen on and jobs can route to, as a host's cluster address.
+// It is removed at the end.
+func hostIP(t *testing.T) string {
+	t.Helper()
+	link := testslot.Name(t, "hip")
+	ip := strings.TrimSuffix(testslot.Subnet(t), "0/24") + "1"
+	t.Cleanup(func() { exec.Command("ip", "link", "del", link).Run() })
+	for _, args := range [][]string{
+		{"link", "add", link, "type", "veth", "peer", "name", link + "p"},
+		{"addr", "add", ip + "/32", "dev", link},
+		{"link", "set", link, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	return ip
+}
+
+// TestJobNetworkIsolation: a job on the job network reaches the routers'
+// ports on its host but neither the host agent's port, nor another job
+// (its address or its published port), while a system job and a host
+// network job reach the agent. The firewall stays while the agent is
+// down and after it restarts.
+func TestJobNetworkIsolation(t *testing.T) {
+	ip := hostIP(t)
+	p := testslot.Ports(t, 2)
+	agentPort, routerPort := p[0], p[1]
+	agentAddr := net.JoinHostPort(ip, fmt.Sprint(agentPort))
+	routerAddr := net.JoinHostPort(ip, fmt.Sprint(routerPort))
+	a := startAgent(t, "--mount-allow", probeDir, "--listen", agentAddr, "--router-ports", fmt.Sprint(routerPort))
+	router, err := net.Listen("tcp", routerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer router.Close()
+	go func() {
+		for {
+			c, err := router.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	victim := busyboxJob("victim", "sh", "-c", "mkdir /tmp/www && echo victim-page > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www")
+	victim.Config.Ports = []api.Port{{Port: 8080, Proto: "tcp"}}
+	v := a.add(victim)
+	victimAddr := net.JoinHostPort(v.InternalIP, "8080")
+	victimPublished := net.JoinHostPort(ip, fmt.Sprint(v.HostPorts[0]))
+	// The victim serves its published port (from the host).
+	if body := httpGet(t, "http://"+victimPublished+"/"); body != "victim-page\n" {
+		t.Fatalf("victim's page: %q", body)
+	}
+
+	n := 0
+	probe := func(mod func(*api.HostJob), addrs ...string) map[string]string {
+		t.Helper()
+		n++
+		j := busyboxJob(fmt.Sprintf("probe-%d", n), append([]string{"/probe", "tcp"}, addrs...)...)
+		j.Config.Mounts = []api.Mount{probeMount()}
+		if mod != nil {
+			mod(j)
+		}
+		got := map[string]string{}
+		for _, l := range strings.Split(strings.TrimSpace(a.runToEnd(j)), "\n") {
+			if addr, res, ok := strings.Cut(l, " "); ok {
+				got[addr] = res
+			}
+		}
+		return got
+	}
+	check := func(who string, got map[string]string, want map[string]string) {
+		t.Helper()
+		for addr, w := range want {
+			if got[addr] != w {
+				t.Errorf("%s connecting to %s: %q, want %s (all: %v)", who, addr, got[addr], w, got)
+			}
+		}
+	}
+	check("an app job", probe(nil, agentAddr, routerAddr, victimAddr, victimPublished), map[string]string{
+		agentAddr: "blocked", routerAddr: "connected", victimAddr: "blocked", victimPublished: "blocked",
+	})
+	check("a system job", probe(func(j *api.HostJob) { j.Config.System = true }, agentAddr), map[string]string{agentAddr: "connected"})
+	check("a host network job", probe(func(j *api.HostJob) { j.Config.HostNetwork = true }, agentAddr, victimPublished), map[string]string{
+		agentAddr: "connected", victimPublished: "connected",
+	})
+
+	// The agent down: nothing listens on its port, yet an app job is
+	// stopped by the firewall before it learns that.
+	a.stop()
+	jobs := probeWhileDown(t, a, agentAddr)
+	a.start()
+	if jobs != "blocked" {
+		t.Errorf("an app job connecting to the agent's port while the agent is down: %s, want blocked", jobs)
+	}
+	check("an app job after the agent restarted", probe(nil, agentAddr, routerAddr), map[string]string{agentAddr: "blocked", routerAddr: "connected"})
+}
+
+// probeWhileDown connects to addr from inside the running victim job's
+// network namespace (the agent being down, no new job can start) and
+// names the outcome as the probe does.
+func probeWhileDown(t *testing.T, a *agentProc, addr string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--net="+filepath.Join(a.stateDir, "net", "netns", "victim"), probeBin, "tcp", addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("probe in the victim's namespace: %v: %s", err, out)
+	}
+	_, res, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+	return res
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,7 @@ func newDaemonCmd(env Env) *cobra.Command {
 	var portRange string
 	var monitorCfg monitor.Config
 	var mountAllow []string
+	var fw firewallFlags
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the host daemon (etcd, discoverd, host agent)",
@@ -65,6 +67,9 @@ func newDaemonCmd(env Env) *cobra.Command {
 					return err
 				}
 				if agent.MountAllow, err = mountAllowList(mountAllow); err != nil {
+					return err
+				}
+				if err := fw.apply(&agent); err != nil {
 					return err
 				}
 				warnEphemeral(log, agent.PortMin, agent.PortMax)
@@ -101,6 +106,7 @@ func newDaemonCmd(env Env) *cobra.Command {
 	f.DurationVar(&agent.StopGrace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a job")
 	f.StringVar(&portRange, "port-range", defaultPortRange, "host ports given to jobs, LO-HI (keep it outside net.ipv4.ip_local_port_range)")
 	f.StringSliceVar(&mountAllow, "mount-allow", nil, mountAllowHelp)
+	fw.register(cmd)
 	f.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory of the host config and etcd data")
 	f.StringVar(&cfg.ListenIP, "listen-ip", "", "the host's cluster address (default: the address of the default route, else 127.0.0.1)")
 	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", daemon.DefaultEtcdClientPort, "etcd client port")
@@ -503,6 +509,42 @@ func warnEphemeral(log *slog.Logger, lo, hi int) {
 		log.Warn("the jobs' port range overlaps the kernel's ephemeral ports; outgoing connections can take a job's port (change --port-range or net.ipv4.ip_local_port_range)",
 			"port_range", fmt.Sprintf("%d-%d", lo, hi), "ip_local_port_range", fmt.Sprintf("%d-%d", elo, ehi))
 	}
+}
+
+// firewallFlags shape the jobs' firewall.
+type firewallFlags struct {
+	routerPorts string
+	denyNets    []string
+}
+
+func (f *firewallFlags) register(cmd *cobra.Command) {
+	var def []string
+	for _, p := range network.DefaultRouterPorts {
+		def = append(def, p.String())
+	}
+	var nets []string
+	for _, n := range network.DefaultDenyNets {
+		nets = append(nets, n.String())
+	}
+	cmd.Flags().StringVar(&f.routerPorts, "router-ports", strings.Join(def, ","), "the routers' ports: the only TCP ports of this host (and of --job-deny-net) jobs may connect to, besides DNS")
+	cmd.Flags().StringSliceVar(&f.denyNets, "job-deny-net", nets, "network beyond this host jobs reach only at router and DNS ports, e.g. the cluster's own network (repeatable)")
+}
+
+func (f *firewallFlags) apply(c *host.Config) error {
+	ports, err := network.ParsePorts(f.routerPorts)
+	if err != nil {
+		return fmt.Errorf("--router-ports: %w", err)
+	}
+	c.RouterPorts = ports
+	c.DenyNets = []netip.Prefix{}
+	for _, s := range f.denyNets {
+		n, err := netip.ParsePrefix(s)
+		if err != nil || !n.Addr().Is4() {
+			return fmt.Errorf("--job-deny-net %q: give an IPv4 network like 10.0.0.0/8", s)
+		}
+		c.DenyNets = append(c.DenyNets, n.Masked())
+	}
+	return nil
 }
 
 const mountAllowHelp = "host path jobs may bind-mount, PATH or PATH:rw (repeatable; added to the platform's own: this flynn-host binary and the CA bundle, besides its named flynn-host:NAME mounts)"

@@ -39,6 +39,7 @@ func newAgentCmd(env Env) *cobra.Command {
 	var cfg host.Config
 	var token, level, portRange string
 	var mountAllow []string
+	var fw firewallFlags
 	cmd := &cobra.Command{
 		Use:    "agent",
 		Short:  "Run the host agent on its own (without etcd and discoverd)",
@@ -60,6 +61,9 @@ func newAgentCmd(env Env) *cobra.Command {
 			if cfg.MountAllow, err = mountAllowList(mountAllow); err != nil {
 				return err
 			}
+			if err := fw.apply(&cfg); err != nil {
+				return err
+			}
 			a, err := host.New(cfg, log)
 			if err != nil {
 				return err
@@ -70,6 +74,7 @@ func newAgentCmd(env Env) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/flynn", "directory for job state, layers and logs")
 	f.StringSliceVar(&mountAllow, "mount-allow", nil, mountAllowHelp)
+	fw.register(cmd)
 	f.StringVar(&cfg.Listen, "listen", ":1113", "API listen address")
 	f.StringVar(&token, "token", "", "cluster token (default $FLYNN_TOKEN)")
 	f.StringVar(&cfg.ID, "host-id", "", "host id (default the hostname)")

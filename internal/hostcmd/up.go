@@ -25,6 +25,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/backup"
 	"github.com/flynnrebuilt/flynn/internal/bootstrap"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
+	"github.com/flynnrebuilt/flynn/internal/host/network"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
@@ -90,7 +91,17 @@ func (f *upFlags) daemonArgs(stateDir, ip, cgroup string) []string {
 		"--etcd-client-port", strconv.Itoa(f.etcdClient), "--etcd-peer-port", strconv.Itoa(f.etcdPeer),
 		"--discoverd-port", strconv.Itoa(f.discPort), "--dns-port", strconv.Itoa(f.dnsPort),
 		"--host-port", strconv.Itoa(f.hostPort), "--bridge", f.bridge, "--subnet", f.subnet,
-		"--cgroup-parent", cgroup, "--port-range", f.portRange}
+		"--cgroup-parent", cgroup, "--port-range", f.portRange,
+		// Jobs reach the routers' ports of the hosts, not their others.
+		"--router-ports", fmt.Sprintf("%d,%d,3000-3500", f.b.ports.HTTP, f.b.ports.HTTPS)}
+	if f.hosts > 1 {
+		// The other hosts' internal ports too: a job's traffic reaches
+		// them masqueraded as its host's.
+		for _, n := range network.DefaultDenyNets {
+			args = append(args, "--job-deny-net", n.String())
+		}
+		args = append(args, "--job-deny-net", f.net.Subnet)
+	}
 	if f.etcdFast {
 		args = append(args, "--etcd-fast")
 	}
@@ -486,6 +497,7 @@ func down(ctx context.Context, out io.Writer, stateDir string, keepData bool) er
 		return nil
 	}
 	st, err := loadUpState(stateDir)
+	upStarted := err == nil // the jobs' firewall is removed only for a bridge up named
 	if errors.Is(err, os.ErrNotExist) {
 		st = &upState{Bridge: "flynnbr0", Subnet: "100.64.0.0/16", CgroupParent: "flynn",
 			HostURL: "http://" + net.JoinHostPort(daemon.DefaultListenIP(), strconv.Itoa(daemon.DefaultHostPort))}
@@ -534,6 +546,11 @@ func down(ctx context.Context, out io.Writer, stateDir string, keepData bool) er
 	if st.Net == nil {
 		// (The hosts' rules went with their namespaces.)
 		removeIptablesRules(st.Subnet)
+		if upStarted && st.Bridge != "" {
+			if err := network.RemoveFirewall(st.Bridge); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	for _, h := range hosts {
 		if h.CgroupParent != "" {

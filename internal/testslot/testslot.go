@@ -387,10 +387,12 @@ func unmountUnder(dir string) {
 	}
 }
 
-// RemoveIptables deletes the nat and filter rules that mention any of
-// words (a subnet prefix such as "100.96.", a bridge or name prefix),
-// then the chains those rules lived in or jumped to once they are empty
-// (CNI's per-job chains). Chains of other runs are left alone.
+// RemoveIptables deletes the nat and filter rules (IPv4 and IPv6) that
+// mention any of words (a subnet prefix such as "100.96.", a bridge or
+// name prefix), then the chains those rules lived in or jumped to once
+// they are empty (CNI's per-job chains), and the chains whose names hold
+// a word (the host firewall's, named after bridges). Chains of other runs
+// are left alone.
 func RemoveIptables(words ...string) {
 	mentions := func(line string) bool {
 		for _, w := range words {
@@ -400,36 +402,49 @@ func RemoveIptables(words ...string) {
 		}
 		return false
 	}
-	for _, table := range []string{"nat", "filter"} {
-		b, err := exec.Command("iptables-save", "-t", table).Output()
-		if err != nil {
-			continue
-		}
-		chains := map[string]bool{}
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		for sc.Scan() {
-			line := sc.Text()
-			if !strings.HasPrefix(line, "-A ") || !mentions(line) {
+	for _, v := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"nat", "filter"} {
+			b, err := exec.Command(v+"-save", "-t", table).Output()
+			if err != nil {
 				continue
 			}
-			f := strings.Fields(line)
-			if strings.HasPrefix(f[1], "CNI-") {
-				chains[f[1]] = true
+			chains := map[string]bool{}
+			sc := bufio.NewScanner(bytes.NewReader(b))
+			for sc.Scan() {
+				line := sc.Text()
+				if strings.HasPrefix(line, ":") {
+					if name := strings.Fields(line[1:])[0]; mentions(name) {
+						chains[name] = true
+					}
+					continue
+				}
+				if !strings.HasPrefix(line, "-A ") || !mentions(line) {
+					continue
+				}
+				f := strings.Fields(line)
+				if strings.HasPrefix(f[1], "CNI-") {
+					chains[f[1]] = true
+				}
+				for i := range f {
+					if (f[i] == "-j" || f[i] == "-g") && i+1 < len(f) && strings.HasPrefix(f[i+1], "CNI-") {
+						chains[f[i+1]] = true
+					}
+				}
+				// iptables-save quotes as a shell does (comments have spaces).
+				exec.Command("sh", "-c", v+" -t "+table+" -D "+strings.TrimPrefix(line, "-A ")).Run()
 			}
-			for i := range f {
-				if (f[i] == "-j" || f[i] == "-g") && i+1 < len(f) && strings.HasPrefix(f[i+1], "CNI-") {
-					chains[f[i+1]] = true
+			// Flush them all before deleting any: they may jump to
+			// each other.
+			for c := range chains {
+				if !strings.HasPrefix(c, "CNI-HOSTPORT") { // CNI's shared chains
+					exec.Command(v, "-t", table, "-F", c).Run()
 				}
 			}
-			// iptables-save quotes as a shell does (comments have spaces).
-			exec.Command("sh", "-c", "iptables -t "+table+" -D "+strings.TrimPrefix(line, "-A ")).Run()
-		}
-		for c := range chains {
-			if strings.HasPrefix(c, "CNI-HOSTPORT") {
-				continue // CNI's shared chains
+			for c := range chains {
+				if !strings.HasPrefix(c, "CNI-HOSTPORT") {
+					exec.Command(v, "-t", table, "-X", c).Run()
+				}
 			}
-			exec.Command("iptables", "-t", table, "-F", c).Run()
-			exec.Command("iptables", "-t", table, "-X", c).Run()
 		}
 	}
 }

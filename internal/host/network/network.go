@@ -1,7 +1,9 @@
 // Package network gives each job its own network namespace, pinned to a
 // file so it outlives any process, attached to the host's bridge with CNI
 // (bridge + host-local + portmap), and publishes the job's ports on host
-// ports it allocates. Detach undoes all of it.
+// ports it allocates. Detach undoes all of it. Jobs on the bridge are
+// kept apart from each other (isolated bridge ports) and from the host by
+// a firewall (firewall.go).
 package network
 
 import (
@@ -10,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -41,6 +45,15 @@ type Config struct {
 	// ephemeral range (net.ipv4.ip_local_port_range): a port picked there
 	// can be taken by any outgoing connection before the job binds it.
 	PortMin, PortMax int
+
+	// The firewall (see firewall.go). RouterPorts are the TCP ports of
+	// the host (and of DenyNets) jobs may connect to, the routers'
+	// (default DefaultRouterPorts); DNSPorts the DNS ports, UDP and TCP
+	// (default 53); DenyNets the networks beyond the host jobs reach at
+	// those ports only (default DefaultDenyNets).
+	RouterPorts []PortRange
+	DNSPorts    []int
+	DenyNets    []netip.Prefix
 }
 
 // The default host port range of jobs: above Linux's default ephemeral
@@ -102,6 +115,10 @@ type Manager struct {
 	mu    sync.Mutex
 	ports map[int]bool
 	next  int // where the next search for a free port starts
+
+	fwMu    sync.Mutex
+	fw      *firewall
+	fwReady bool
 }
 
 // New checks cfg and prepares the CNI configuration.
@@ -124,6 +141,20 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("network: StateDir is required")
 	}
+	if cfg.RouterPorts == nil {
+		cfg.RouterPorts = DefaultRouterPorts
+	}
+	if cfg.DNSPorts == nil {
+		cfg.DNSPorts = []int{53}
+	}
+	if cfg.DenyNets == nil {
+		cfg.DenyNets = DefaultDenyNets
+	}
+	for _, n := range cfg.DenyNets {
+		if !n.Addr().Is4() {
+			return nil, fmt.Errorf("network: deny net %s is not IPv4 (jobs have no IPv6 at all)", n)
+		}
+	}
 	ip, ipnet, err := net.ParseCIDR(cfg.Subnet)
 	if err != nil || ip.To4() == nil {
 		return nil, fmt.Errorf("network: subnet %q is not an IPv4 CIDR", cfg.Subnet)
@@ -131,7 +162,7 @@ func New(cfg Config) (*Manager, error) {
 	gw := make(net.IP, 4)
 	copy(gw, ipnet.IP.To4())
 	gw[3]++
-	for _, d := range []string{"netns", "cache", "ipam"} {
+	for _, d := range []string{"netns", "cache", "ipam", "system"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("network: %w", err)
 		}
@@ -180,6 +211,49 @@ func New(cfg Config) (*Manager, error) {
 		ports:   map[int]bool{},
 		next:    cfg.PortMin,
 	}, nil
+}
+
+// EnsureFirewall puts the firewall of the bridge's jobs in place (see
+// firewall.go) and lets the system jobs attached so far through. Attach
+// calls it on first use; an agent calls it at start, so that a changed
+// policy applies to jobs it adopts too.
+func (m *Manager) EnsureFirewall() error {
+	m.fwMu.Lock()
+	defer m.fwMu.Unlock()
+	return m.ensureFirewallLocked()
+}
+
+func (m *Manager) ensureFirewallLocked() error {
+	if m.fwReady {
+		return nil
+	}
+	if m.fw == nil {
+		fw, err := newFirewall(&m.cfg)
+		if err != nil {
+			return err
+		}
+		m.fw = fw
+	}
+	if err := m.fw.ensure(); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(filepath.Join(m.cfg.StateDir, "system"))
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
+	var ips []string
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(m.cfg.StateDir, "system", e.Name()))
+		if err != nil {
+			return fmt.Errorf("firewall: %w", err)
+		}
+		ips = append(ips, strings.TrimSpace(string(b)))
+	}
+	if err := m.fw.setSystem(ips); err != nil {
+		return err
+	}
+	m.fwReady = true
+	return nil
 }
 
 // Gateway is the bridge's address, which jobs see as their gateway.
@@ -291,11 +365,16 @@ func (m *Manager) listFor(ports []Port) *libcni.NetworkConfigList {
 }
 
 // Attach creates and pins job id's network namespace, attaches it to the
-// bridge and publishes ports on hostPorts (one per port). On error
-// everything it did is undone.
-func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts []int) (_ *Attachment, err error) {
+// bridge and publishes ports on hostPorts (one per port). The firewall
+// lets a system job reach the host and other jobs; any other job reaches
+// only the internet, the routers and DNS. On error everything it did is
+// undone.
+func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts []int, system bool) (_ *Attachment, err error) {
 	if len(ports) != len(hostPorts) {
 		return nil, errors.New("attach network: one host port per port is needed")
+	}
+	if err := m.EnsureFirewall(); err != nil {
+		return nil, fmt.Errorf("attach network: %w", err)
 	}
 	path := m.NetNSPath(id)
 	if err := pinNetNS(path); err != nil {
@@ -317,7 +396,32 @@ func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts
 	if len(r.IPs) == 0 {
 		return nil, errors.New("attach network: CNI gave no address")
 	}
-	return &Attachment{NetNS: path, IP: r.IPs[0].Address.IP.String(), HostPorts: hostPorts}, nil
+	ip := r.IPs[0].Address.IP.String()
+	// No frames between jobs on the bridge, whatever their protocol
+	// (IPv6 link-local, ARP): each job's port talks to the host only.
+	for _, i := range r.Interfaces {
+		if i.Sandbox == "" && i.Name != m.cfg.Bridge {
+			if out, err := exec.CommandContext(ctx, "ip", "link", "set", "dev", i.Name, "type", "bridge_slave", "isolated", "on").CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("attach network: isolate bridge port %s: %v: %s", i.Name, err, strings.TrimSpace(string(out)))
+			}
+		}
+	}
+	if system {
+		if err := os.WriteFile(m.systemFile(id), []byte(ip+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("attach network: %w", err)
+		}
+		m.fwMu.Lock()
+		err := m.fw.allowSystem(ip)
+		m.fwMu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("attach network: %w", err)
+		}
+	}
+	return &Attachment{NetNS: path, IP: ip, HostPorts: hostPorts}, nil
+}
+
+func (m *Manager) systemFile(id string) string {
+	return filepath.Join(m.cfg.StateDir, "system", id)
 }
 
 // Detach removes job id's CNI attachment (address, port mappings, veth),
@@ -328,6 +432,22 @@ func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts
 	path := m.NetNSPath(id)
 	if len(ports) != len(hostPorts) {
 		ports, hostPorts = nil, nil
+	}
+	// A system job's address loses its pass before CNI gives it back
+	// for another job.
+	if b, err := os.ReadFile(m.systemFile(id)); err == nil {
+		m.fwMu.Lock()
+		err := m.ensureFirewallLocked()
+		if err == nil {
+			err = m.fw.forgetSystem(strings.TrimSpace(string(b)))
+		}
+		m.fwMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("detach network of %s: %w", id, err)
+		}
+		if err := os.Remove(m.systemFile(id)); err != nil {
+			return fmt.Errorf("detach network of %s: %w", id, err)
+		}
 	}
 	if _, err := os.Stat(path); err == nil {
 		if err := m.cni.DelNetworkList(ctx, m.listFor(ports), m.runtimeConf(id, ports, hostPorts, "eth0")); err != nil {

@@ -62,14 +62,17 @@ func TestAttachPublishDetach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { exec.Command("ip", "link", "del", bridge).Run() })
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", bridge).Run()
+		RemoveFirewall(bridge)
+	})
 	ctx := context.Background()
 	ports := []Port{{Port: 8080, Proto: "tcp"}}
 	hp, err := m.AllocPorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	att, err := m.Attach(ctx, "fltjob1", ports, hp)
+	att, err := m.Attach(ctx, "fltjob1", ports, hp, false)
 	if err != nil {
 		t.Fatal(err)
 	}

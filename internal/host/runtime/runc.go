@@ -95,6 +95,10 @@ func NewRunc(cfg Config) (*Runc, error) {
 			return nil, fmt.Errorf("runtime: %w", err)
 		}
 	}
+	// The jobs' firewall, before any job is started or adopted.
+	if err := cfg.Network.EnsureFirewall(); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
 	r := &Runc{cfg: cfg}
 	ents, _ := os.ReadDir(filepath.Join(cfg.StateDir, "jobs"))
 	for _, e := range ents {
@@ -193,7 +197,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 			env = append(env, fmt.Sprintf("PORT=%d", hostPorts[0]))
 		}
 	} else {
-		att, err := r.cfg.Network.Attach(ctx, spec.ID, netPorts(spec.Ports), hostPorts)
+		att, err := r.cfg.Network.Attach(ctx, spec.ID, netPorts(spec.Ports), hostPorts, spec.System)
 		if err != nil {
 			return nil, fmt.Errorf("start job: %w", err)
 		}

@@ -105,6 +105,7 @@ func newTestRunc(t *testing.T) (*Runc, string) {
 	}
 	t.Cleanup(func() {
 		exec.Command("ip", "link", "del", bridge).Run()
+		network.RemoveFirewall(bridge)
 		removeCgroup("/" + cg)
 	})
 	return r, layer

@@ -47,8 +47,11 @@ type Spec struct {
 	Mounts     []Mount  `json:"mounts,omitempty"`
 	// HostNetwork runs the job in the host's network namespace; its
 	// ports are then host ports it binds itself.
-	HostNetwork bool   `json:"host_network,omitempty"`
-	Hostname    string `json:"hostname,omitempty"`
+	HostNetwork bool `json:"host_network,omitempty"`
+	// System lets a job on the bridge through the jobs' firewall: it
+	// reaches the host's ports and other jobs.
+	System   bool   `json:"system,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
 	// Memory is the limit in bytes; CPUShares the cgroup cpu shares;
 	// MaxProcs the pids limit; MaxFD RLIMIT_NOFILE. Zero means default.
 	Memory    int64  `json:"memory,omitempty"`

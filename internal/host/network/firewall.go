@@ -1,0 +1,341 @@
+package network
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// The firewall keeps jobs on the bridge to what a tenant needs: the
+// internet, the routers and DNS. They do not reach the host's other
+// ports (etcd, discoverd, the host agent, system components), other
+// jobs' addresses (directly or through their published ports: app to app
+// goes through a router), nor, beyond the host, the DenyNets except at
+// the router and DNS ports. Published ports still reach jobs from
+// anywhere else. Jobs on the host's network (system components, builds)
+// are not on the bridge and are not filtered; a system job on the bridge
+// is let through (Attach with system set).
+//
+// The rules live in iptables (and ip6tables: jobs get no IPv6 at all),
+// in chains named after the bridge so that several hosts on one machine
+// keep apart:
+//
+//	FLYNN-IN-<bridge>   from INPUT, for packets from the bridge
+//	FLYNN-FWD-<bridge>  from FORWARD, for packets from or to the bridge
+//	FLYNN-SYS-<bridge>  the system jobs' addresses, let through
+//	FLYNN-PRE-<bridge>  (nat) from PREROUTING, for packets from the
+//	                    bridge: no port mapping for them, so a job that
+//	                    dials a published port meets FLYNN-IN
+//
+// They are kept in the kernel, not in the agent: a restarted agent finds
+// them in place (and rebuilds them only if its policy changed, without a
+// moment unfiltered); RemoveFirewall takes them away.
+//
+// github.com/coreos/go-iptables drives them because the CNI plugins that
+// attach jobs (bridge, portmap) program iptables through it too: the
+// port mappings, masquerading and this policy are one ruleset an operator
+// reads with iptables -S, whichever backend (nf_tables or legacy) the
+// host's iptables uses.
+
+// PortRange is a range of ports, Lo to Hi inclusive.
+type PortRange struct{ Lo, Hi int }
+
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(r.Lo)
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+// ParsePorts parses a comma-separated list of ports and LO-HI ranges.
+func ParsePorts(s string) ([]PortRange, error) {
+	var out []PortRange
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		lo, hi := f, f
+		if a, b, ok := strings.Cut(f, "-"); ok {
+			lo, hi = a, b
+		}
+		l, err1 := strconv.Atoi(lo)
+		h, err2 := strconv.Atoi(hi)
+		if err1 != nil || err2 != nil || l < 1 || h > 65535 || l > h {
+			return nil, fmt.Errorf("ports %q: give ports (1-65535) and LO-HI ranges, separated by commas", s)
+		}
+		out = append(out, PortRange{l, h})
+	}
+	return out, nil
+}
+
+// DefaultRouterPorts are the router's HTTP, HTTPS and TCP route ports.
+var DefaultRouterPorts = []PortRange{{80, 80}, {443, 443}, {3000, 3500}}
+
+// DefaultDenyNets are the networks beyond the host that jobs reach only
+// at router and DNS ports: link-local, where clouds serve instance
+// metadata and credentials.
+var DefaultDenyNets = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")}
+
+// Chain names of a bridge's firewall.
+func chainIn(bridge string) string  { return "FLYNN-IN-" + bridge }
+func chainFwd(bridge string) string { return "FLYNN-FWD-" + bridge }
+func chainSys(bridge string) string { return "FLYNN-SYS-" + bridge }
+func chainPre(bridge string) string { return "FLYNN-PRE-" + bridge }
+
+const (
+	filter = "filter"
+	nat    = "nat"
+	// newSuffix names the chain a changed policy is built in before it
+	// replaces the old one.
+	newSuffix = ".n"
+)
+
+type firewall struct {
+	bridge   string
+	ip4, ip6 *iptables.IPTables // ip6 nil on a host without IPv6
+	in, fwd  [][]string         // IPv4 rules of FLYNN-IN and FLYNN-FWD
+}
+
+func newFirewall(cfg *Config) (*firewall, error) {
+	ip4, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
+	if err != nil {
+		return nil, fmt.Errorf("firewall: iptables: %w (make deps installs it)", err)
+	}
+	fw := &firewall{bridge: cfg.Bridge, ip4: ip4}
+	if _, err := os.Stat("/proc/net/if_inet6"); err == nil {
+		if fw.ip6, err = iptables.NewWithProtocol(iptables.ProtocolIPv6); err != nil {
+			return nil, fmt.Errorf("firewall: ip6tables: %w", err)
+		}
+	}
+	reject := []string{"-j", "REJECT", "--reject-with", "icmp-admin-prohibited"}
+	established := []string{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"}
+	var allowed [][]string // what jobs may reach on the host and the deny nets
+	for _, p := range cfg.DNSPorts {
+		for _, proto := range []string{"udp", "tcp"} {
+			allowed = append(allowed, []string{"-p", proto, "--dport", strconv.Itoa(p)})
+		}
+	}
+	// multiport takes 15 ports a rule, a range counting two.
+	for i := 0; i < len(cfg.RouterPorts); i += 7 {
+		var ports []string
+		for _, r := range cfg.RouterPorts[i:min(i+7, len(cfg.RouterPorts))] {
+			ports = append(ports, strings.Replace(r.String(), "-", ":", 1))
+		}
+		allowed = append(allowed, []string{"-p", "tcp", "-m", "multiport", "--dports", strings.Join(ports, ",")})
+	}
+
+	fw.in = append(fw.in, established, []string{"-j", chainSys(cfg.Bridge)})
+	for _, a := range allowed {
+		fw.in = append(fw.in, append(append([]string(nil), a...), "-j", "RETURN"))
+	}
+	fw.in = append(fw.in, reject)
+
+	br := cfg.Bridge
+	fw.fwd = append(fw.fwd, established,
+		[]string{"-i", br, "-j", chainSys(br)},
+		// Job to job, straight or through a published port.
+		append([]string{"-i", br, "-o", br}, reject...),
+		// From elsewhere, only published ports reach jobs.
+		append([]string{"-o", br, "-m", "conntrack", "!", "--ctstate", "DNAT"}, reject...),
+	)
+	for _, n := range cfg.DenyNets {
+		for _, a := range allowed {
+			fw.fwd = append(fw.fwd, append(append([]string{"-i", br, "-d", n.String()}, a...), "-j", "RETURN"))
+		}
+		fw.fwd = append(fw.fwd, append([]string{"-i", br, "-d", n.String()}, reject...))
+	}
+	return fw, nil
+}
+
+// marker is the first rule of a policy chain: it names the policy (a hash
+// of its rules), so an agent finds out whether the chain in the kernel is
+// the policy it wants without parsing iptables' rendering of rules.
+func marker(rules [][]string) []string {
+	h := sha256.New()
+	for _, r := range rules {
+		fmt.Fprintf(h, "%q\n", r)
+	}
+	return []string{"-m", "comment", "--comment", "flynn-policy-" + hex.EncodeToString(h.Sum(nil))[:16]}
+}
+
+// ensure puts the bridge's policy in place: the system chain (kept as it
+// is), the policy chains (rebuilt if they differ from the wanted ones)
+// and the jumps to them, for IPv4 and IPv6.
+func (fw *firewall) ensure() error {
+	br := fw.bridge
+	reject6 := []string{"-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"}
+	type family struct {
+		ipt     *iptables.IPTables
+		in, fwd [][]string
+	}
+	fams := []family{{fw.ip4, fw.in, fw.fwd}}
+	if fw.ip6 != nil {
+		fams = append(fams, family{fw.ip6,
+			[][]string{reject6},
+			[][]string{append([]string{"-i", br}, reject6...), append([]string{"-o", br}, reject6...)}})
+	}
+	for _, f := range fams {
+		if f.ipt.Proto() == iptables.ProtocolIPv4 {
+			if ok, err := f.ipt.ChainExists(filter, chainSys(br)); err != nil {
+				return fmt.Errorf("firewall: %w", err)
+			} else if !ok {
+				if err := f.ipt.NewChain(filter, chainSys(br)); err != nil {
+					return fmt.Errorf("firewall: %w", err)
+				}
+			}
+		}
+		if err := ensureChain(f.ipt, filter, chainIn(br), "INPUT", []string{"-i", br}, f.in); err != nil {
+			return fmt.Errorf("firewall: %w", err)
+		}
+		if err := ensureChain(f.ipt, filter, chainFwd(br), "FORWARD", nil, f.fwd); err != nil {
+			return fmt.Errorf("firewall: %w", err)
+		}
+		if f.ipt.Proto() == iptables.ProtocolIPv4 {
+			// Published ports are for the world and the routers: a job
+			// that dials one on this host is not mapped to the other
+			// job (which bridge port isolation would drop silently) but
+			// meets the host's INPUT filter.
+			pre := [][]string{{"-m", "addrtype", "--dst-type", "LOCAL", "-j", "ACCEPT"}}
+			if err := ensureChain(f.ipt, nat, chainPre(br), "PREROUTING", []string{"-i", br}, pre); err != nil {
+				return fmt.Errorf("firewall: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// ensureChain makes chain hold rules (after their marker) and parent
+// jump to it first, for packets that match match. A chain that differs is
+// replaced whole: the new one is built aside, the parent jumps to it
+// before it stops jumping to the old one, so no packet passes unfiltered.
+func ensureChain(ipt *iptables.IPTables, table, chain, parent string, match []string, rules [][]string) error {
+	mark := marker(rules)
+	jump := func(c string) []string { return append(append([]string(nil), match...), "-j", c) }
+	exists, err := ipt.ChainExists(table, chain)
+	if err != nil {
+		return err
+	}
+	if exists {
+		cur, err := ipt.List(table, chain)
+		if err != nil {
+			return err
+		}
+		if len(cur) > 1 && strings.Contains(cur[1], mark[len(mark)-1]) {
+			return insertFirst(ipt, table, parent, jump(chain))
+		}
+	}
+	next := chain + newSuffix
+	if err := ipt.ClearChain(table, next); err != nil {
+		return err
+	}
+	for _, r := range append([][]string{mark}, rules...) {
+		if err := ipt.Append(table, next, r...); err != nil {
+			return fmt.Errorf("%s %s: %w", next, strings.Join(r, " "), err)
+		}
+	}
+	if exists {
+		if err := ipt.Insert(table, parent, 1, jump(next)...); err != nil {
+			return err
+		}
+		if err := ipt.DeleteIfExists(table, parent, jump(chain)...); err != nil {
+			return err
+		}
+		if err := ipt.ClearAndDeleteChain(table, chain); err != nil {
+			return err
+		}
+	}
+	// References follow a renamed chain.
+	if err := ipt.RenameChain(table, next, chain); err != nil {
+		return err
+	}
+	return insertFirst(ipt, table, parent, jump(chain))
+}
+
+func insertFirst(ipt *iptables.IPTables, table, chain string, rule []string) error {
+	ok, err := ipt.Exists(table, chain, rule...)
+	if err != nil || ok {
+		return err
+	}
+	return ipt.Insert(table, chain, 1, rule...)
+}
+
+// sysRule lets a system job's address through.
+func sysRule(ip string) []string { return []string{"-s", ip, "-j", "ACCEPT"} }
+
+func (fw *firewall) allowSystem(ip string) error {
+	if err := fw.ip4.AppendUnique(filter, chainSys(fw.bridge), sysRule(ip)...); err != nil {
+		return fmt.Errorf("firewall: let system job %s through: %w", ip, err)
+	}
+	return nil
+}
+
+func (fw *firewall) forgetSystem(ip string) error {
+	if err := fw.ip4.DeleteIfExists(filter, chainSys(fw.bridge), sysRule(ip)...); err != nil {
+		return fmt.Errorf("firewall: forget system job %s: %w", ip, err)
+	}
+	return nil
+}
+
+// setSystem makes the system chain let exactly ips through.
+func (fw *firewall) setSystem(ips []string) error {
+	if err := fw.ip4.ClearChain(filter, chainSys(fw.bridge)); err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
+	for _, ip := range ips {
+		if err := fw.allowSystem(ip); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RemoveFirewall removes the firewall of the jobs on bridge: the jumps to
+// its chains and the chains. Removing one that is not there is no error.
+func RemoveFirewall(bridge string) error {
+	var errs []error
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		ipt, err := iptables.NewWithProtocol(proto)
+		if err != nil {
+			if proto == iptables.ProtocolIPv6 {
+				continue
+			}
+			return fmt.Errorf("remove firewall: %w", err)
+		}
+		for _, j := range []struct{ table, chain, parent, match string }{
+			{filter, chainIn(bridge), "INPUT", "-i"},
+			{filter, chainFwd(bridge), "FORWARD", ""},
+			{nat, chainPre(bridge), "PREROUTING", "-i"},
+		} {
+			for _, name := range []string{j.chain, j.chain + newSuffix} {
+				if ok, _ := ipt.ChainExists(j.table, name); !ok {
+					continue
+				}
+				rule := []string{"-j", name}
+				if j.match != "" {
+					rule = []string{j.match, bridge, "-j", name}
+				}
+				if err := ipt.DeleteIfExists(j.table, j.parent, rule...); err != nil {
+					errs = append(errs, err)
+				}
+				if err := ipt.ClearAndDeleteChain(j.table, name); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if err := ipt.ClearAndDeleteChain(filter, chainSys(bridge)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove firewall of %s: %w", bridge, err)
+	}
+	return nil
+}

@@ -211,6 +211,25 @@ const (
 // temp_disk are bytes, cpu is milli-cores.
 type Resources map[string]ResourceSpec
 
+// DefaultMemoryRequest is the memory a job that asks for none is placed
+// with (its limit stays the host's default, 1 GiB): the jobs on a host
+// can then commit at most four times its memory.
+const DefaultMemoryRequest = 256 << 20
+
+// MemoryRequest is the memory a job with resources r is placed with: its
+// request, else its limit, else DefaultMemoryRequest.
+func MemoryRequest(r Resources) int64 {
+	if spec, ok := r[ResourceMemory]; ok {
+		if spec.Request != nil && *spec.Request > 0 {
+			return *spec.Request
+		}
+		if spec.Limit != nil && *spec.Limit > 0 {
+			return *spec.Limit
+		}
+	}
+	return DefaultMemoryRequest
+}
+
 // ResourceSpec is a request and a limit.
 type ResourceSpec struct {
 	Request *int64 `json:"request,omitempty"`

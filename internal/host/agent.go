@@ -17,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,6 +97,10 @@ type Config struct {
 	// MountAllow are the host paths jobs may bind-mount (see
 	// PlatformMounts); a mount of any other path is refused.
 	MountAllow []AllowedMount
+	// MemoryCapacity is the memory the host's jobs may ask for in all
+	// (api.MemoryRequest of each running job; default the host's total
+	// memory): a job beyond it is refused, however it was placed.
+	MemoryCapacity int64
 	// RouterPorts, DNSPorts and DenyNets shape the jobs' firewall (see
 	// network.Config; nil takes the defaults).
 	RouterPorts []network.PortRange
@@ -167,6 +173,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Second
+	}
+	if cfg.MemoryCapacity <= 0 {
+		cfg.MemoryCapacity = totalMemory()
 	}
 	if len(cfg.Keys) == 0 {
 		return nil, errors.New("host agent: a cluster token is required")
@@ -419,3 +428,18 @@ var (
 	noDeadline time.Time
 	noCancel   = context.Background()
 )
+
+// totalMemory is the host's memory in bytes (0 when unknown).
+func totalMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -237,4 +238,45 @@ func probeWhileDown(t *testing.T, a *agentProc, addr string) string {
 	}
 	_, res, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
 	return res
+}
+
+// TestTempDiskAndMemoryAdmission: a job that writes past its temp_disk
+// gets ENOSPC while the same write without one succeeds, and the host
+// spends no more disk than the limit on it; a job whose memory request
+// does not fit beside the running jobs' is refused.
+func TestTempDiskAndMemoryAdmission(t *testing.T) {
+	a := startAgent(t, "--memory-capacity", fmt.Sprint(3*api.DefaultMemoryRequest))
+	size := int64(16 << 20)
+	fill := "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1; echo exit=$?; du -k /tmp/fill"
+	bounded := busyboxJob("bounded", "sh", "-c", fill+"; sleep 1000")
+	bounded.Resources = api.Resources{api.ResourceTempDisk: {Limit: &size}}
+	a.add(bounded)
+	out := waitLog(t, a, "bounded", "/tmp/fill")
+	if !strings.Contains(out, "No space left on device") || strings.Contains(out, "exit=0") {
+		t.Errorf("a job writing 64 MiB with a 16 MiB temp_disk:\n%s\nwant ENOSPC", out)
+	}
+	img := filepath.Join(a.stateDir, "containers", "jobs", "bounded", "scratch.img")
+	var st syscall.Stat_t
+	if err := syscall.Stat(img, &st); err != nil {
+		t.Fatalf("the job's temp disk: %v", err)
+	} else if used := st.Blocks * 512; used > size {
+		t.Errorf("the host spent %d bytes on a job with a %d byte temp_disk", used, size)
+	}
+	if out := a.runToEnd(busyboxJob("unbounded", "sh", "-c", fill)); !strings.Contains(out, "exit=0") {
+		t.Errorf("a job writing 64 MiB without a temp_disk:\n%s\nwant it to succeed", out)
+	}
+
+	// Two jobs without a memory request hold two thirds of the capacity
+	// (bounded, still running, is one); a third fits, a fourth does not.
+	a.add(busyboxJob("second", "sleep", "1000"))
+	a.add(busyboxJob("third", "sleep", "1000"))
+	_, err := a.client.AddJob(context.Background(), busyboxJob("fourth", "sleep", "1000"))
+	if !errors.Is(err, api.ErrUnavailable) || !strings.Contains(err.Error(), "memory") {
+		t.Errorf("a job beyond the host's memory: err = %v, want it refused for memory", err)
+	}
+	small := int64(8 << 20)
+	j := busyboxJob("small-after-stop", "true")
+	j.Resources = api.Resources{api.ResourceMemory: {Request: &small, Limit: &small}}
+	a.client.StopJob(context.Background(), "third")
+	a.add(j)
 }

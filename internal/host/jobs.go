@@ -33,6 +33,10 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 		a.mu.Unlock()
 		return nil, api.Exists("job %q exists on this host", hj.ID)
 	}
+	if err := a.admitLocked(hj); err != nil {
+		a.mu.Unlock()
+		return nil, err
+	}
 	// Reserve the id while the image is fetched.
 	j := &job{active: &api.ActiveJob{Job: hj, HostID: a.cfg.ID, Status: api.HostJobStarting, CreatedAt: time.Now().UTC()}, done: make(chan struct{})}
 	a.jobs[hj.ID] = j
@@ -86,6 +90,27 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 	a.watch(hj.ID, j)
 	a.registerJob(aj)
 	return copyActive(aj), nil
+}
+
+// admitLocked refuses a job whose memory request does not fit beside
+// those of the host's running jobs; the caller holds a.mu.
+func (a *Agent) admitLocked(hj *api.HostJob) error {
+	if a.cfg.MemoryCapacity <= 0 {
+		return nil
+	}
+	var used int64
+	for _, j := range a.jobs {
+		if running(j.active.Status) {
+			used += api.MemoryRequest(j.active.Job.Resources)
+		}
+	}
+	want := api.MemoryRequest(hj.Resources)
+	if used+want > a.cfg.MemoryCapacity {
+		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf(
+			"host %s cannot take the job: it asks for %d bytes of memory and the host's jobs hold %d of its %d; place it on another host or ask for less",
+			a.cfg.ID, want, used, a.cfg.MemoryCapacity)}
+	}
+	return nil
 }
 
 // watch follows a running job until it ends; the caller holds a.mu.
@@ -265,6 +290,7 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 		return 0
 	}
 	spec.Memory = limit(api.ResourceMemory)
+	spec.TempDisk = limit(api.ResourceTempDisk)
 	if cpu := limit(api.ResourceCPU); cpu > 0 {
 		spec.CPUShares = runtime.CPUShares(cpu)
 	}

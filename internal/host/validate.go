@@ -16,6 +16,7 @@ var jobIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 // Limits on resources a job may ask for.
 const (
 	minMemory   = 4 << 20
+	minTempDisk = 1 << 20
 	maxMaxFD    = 1 << 20
 	maxMaxProcs = 1 << 22
 	maxPorts    = 64
@@ -149,6 +150,9 @@ func (a *Agent) validate(j *api.HostJob) error {
 				return api.Validation(f, "max_procs must be at most %d", maxMaxProcs)
 			}
 		case api.ResourceTempDisk:
+			if lim != 0 && lim < minTempDisk {
+				return api.Validation(f, "temp_disk must be at least %d bytes", minTempDisk)
+			}
 		default:
 			return api.Validation(f, "unknown resource %q", name)
 		}

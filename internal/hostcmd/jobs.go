@@ -75,6 +75,7 @@ func newAgentCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/flynn", "directory for job state, layers and logs")
 	f.StringSliceVar(&mountAllow, "mount-allow", nil, mountAllowHelp)
 	fw.register(cmd)
+	f.Int64Var(&cfg.MemoryCapacity, "memory-capacity", 0, "memory in bytes the jobs may ask for in all (default: the host's memory)")
 	f.StringVar(&cfg.Listen, "listen", ":1113", "API listen address")
 	f.StringVar(&token, "token", "", "cluster token (default $FLYNN_TOKEN)")
 	f.StringVar(&cfg.ID, "host-id", "", "host id (default the hostname)")

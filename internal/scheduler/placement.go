@@ -36,7 +36,7 @@ type Job struct {
 	Type string
 	// State is one of api.JobState*.
 	State string
-	// Memory is the job's memory request in bytes (0: none).
+	// Memory is the job's memory request in bytes (see memoryRequest).
 	Memory int64
 	// Restarts counts restarts of this formation slot so far.
 	Restarts int
@@ -241,20 +241,9 @@ func (p *placer) group(k groupKey) *group {
 }
 
 // memoryRequest is a process type's memory request, or its limit when it
-// sets no request.
-func memoryRequest(r api.Resources) int64 {
-	spec, ok := r[api.ResourceMemory]
-	if !ok {
-		return 0
-	}
-	if spec.Request != nil {
-		return *spec.Request
-	}
-	if spec.Limit != nil {
-		return *spec.Limit
-	}
-	return 0
-}
+// sets no request, or api.DefaultMemoryRequest: a job that asks for
+// nothing still takes room, so a host is not overcommitted without bound.
+func memoryRequest(r api.Resources) int64 { return api.MemoryRequest(r) }
 
 func tagsMatch(want, have map[string]string) bool {
 	for k, v := range want {

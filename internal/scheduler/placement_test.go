@@ -151,6 +151,15 @@ func TestPlace(t *testing.T) {
 			},
 		},
 		{
+			name:  "jobs without a memory request take the default",
+			hosts: []*api.Host{host("h1", 2*api.DefaultMemoryRequest), host("h2", api.DefaultMemoryRequest)},
+			forms: []*api.ExpandedFormation{formation("a", "r1", web, map[string]int{"web": 4})},
+			want: []string{
+				fmt.Sprintf("blocked a/r1 web: no host has %d bytes of memory free", api.DefaultMemoryRequest),
+				"start a/r1 web on h1", "start a/r1 web on h1", "start a/r1 web on h2",
+			},
+		},
+		{
 			name:  "memory used by other jobs counts",
 			hosts: []*api.Host{host("h1", 1000), host("h2", 1000)},
 			forms: []*api.ExpandedFormation{formation("a", "r1",

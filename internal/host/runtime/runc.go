@@ -168,13 +168,21 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
 
-	// Root filesystem: the image layers under a per-job upper dir.
-	for _, d := range []string{"upper", "work", "rootfs"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+	// Root filesystem: the image layers under a per-job upper dir, on a
+	// filesystem of its own when the job's temp disk is bounded.
+	upperDir := dir
+	if spec.TempDisk > 0 {
+		if err := mountTempDisk(ctx, dir, spec.TempDisk); err != nil {
+			return nil, fmt.Errorf("start job: %w", err)
+		}
+		upperDir = filepath.Join(dir, dirScratch)
+	}
+	for _, d := range []string{filepath.Join(upperDir, "upper"), filepath.Join(upperDir, "work"), filepath.Join(dir, "rootfs")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
 			return nil, fmt.Errorf("start job: %w", err)
 		}
 	}
-	opts, err := overlayOptions(spec.Layers, filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
+	opts, err := overlayOptions(spec.Layers, filepath.Join(upperDir, "upper"), filepath.Join(upperDir, "work"))
 	if err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
@@ -467,10 +475,12 @@ func (r *Runc) Cleanup(ctx context.Context, id string) error {
 		removeCgroup(st.Cgroups)
 	}
 	rootfs := filepath.Join(dir, "rootfs")
-	if err := unix.Unmount(rootfs, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+	if err := unmount(rootfs); err != nil {
 		errs = append(errs, fmt.Errorf("unmount rootfs: %w", err))
+	} else if err := unmount(filepath.Join(dir, dirScratch)); err != nil {
+		errs = append(errs, fmt.Errorf("unmount temp disk: %w", err))
 	} else {
-		for _, d := range []string{"rootfs", "upper", "work"} {
+		for _, d := range []string{"rootfs", "upper", "work", dirScratch, fileScratch} {
 			if err := os.RemoveAll(filepath.Join(dir, d)); err != nil {
 				errs = append(errs, err)
 			}
@@ -492,6 +502,52 @@ func (r *Runc) Remove(ctx context.Context, id string) error {
 	}
 	if err := os.RemoveAll(r.dir(id)); err != nil {
 		return fmt.Errorf("remove job %s: %w", id, err)
+	}
+	return nil
+}
+
+// The temp disk of a job with a bounded one: an image file, sparse, with
+// an ext4 filesystem of the size asked, loop-mounted on the scratch dir
+// that holds the overlay's upper and work dirs. A write past it fails
+// with ENOSPC in the job; the host's disk is not touched beyond it.
+const (
+	dirScratch  = "scratch"
+	fileScratch = "scratch.img"
+)
+
+func mountTempDisk(ctx context.Context, dir string, size int64) error {
+	img := filepath.Join(dir, fileScratch)
+	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("temp disk: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("temp disk: %w", err)
+	}
+	// No journal, no reserved blocks, no room to grow: a scratch
+	// filesystem, thrown away with the job.
+	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal,^resize_inode", "-E", "nodiscard", img).CombinedOutput(); err != nil {
+		return fmt.Errorf("temp disk: mkfs.ext4 (e2fsprogs): %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	scratch := filepath.Join(dir, dirScratch)
+	if err := os.Mkdir(scratch, 0o700); err != nil {
+		return fmt.Errorf("temp disk: %w", err)
+	}
+	// mount sets the loop device up to go away with the mount.
+	if out, err := exec.CommandContext(ctx, "mount", "-t", "ext4", "-o", "loop,nodev,nosuid,noatime", img, scratch).CombinedOutput(); err != nil {
+		return fmt.Errorf("temp disk: mount: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// unmount detaches the mount at path, if there is one.
+func unmount(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return err
 	}
 	return nil
 }

@@ -58,6 +58,9 @@ type Spec struct {
 	CPUShares uint64 `json:"cpu_shares,omitempty"`
 	MaxProcs  int64  `json:"max_procs,omitempty"`
 	MaxFD     uint64 `json:"max_fd,omitempty"`
+	// TempDisk bounds the job's writable layer (its rootfs changes) in
+	// bytes; zero leaves it unbounded.
+	TempDisk int64 `json:"temp_disk,omitempty"`
 	// Init is a static init binary on the host (tini) run as the
 	// container's PID 1 in front of Args; empty runs Args as PID 1.
 	Init string `json:"init,omitempty"`

@@ -41,8 +41,13 @@ type Route struct {
 	Path string `json:"path,omitempty"`
 	// DrainBackends makes the router wait for a departing backend's
 	// in-flight requests before reporting it drained.
-	DrainBackends     bool      `json:"drain_backends"`
-	DisableKeepAlives bool      `json:"disable_keep_alives"`
-	CreatedAt         time.Time `json:"created_at,omitzero"`
-	UpdatedAt         time.Time `json:"updated_at,omitzero"`
+	DrainBackends     bool `json:"drain_backends"`
+	DisableKeepAlives bool `json:"disable_keep_alives"`
+	// MaxBodyBytes bounds a request body on an http route (0: the
+	// router's default, -1: no limit); BodyTimeout is the longest the
+	// router waits for the next bytes of one (0: the router's default).
+	MaxBodyBytes int64     `json:"max_body_bytes,omitempty"`
+	BodyTimeout  Duration  `json:"body_timeout,omitempty"`
+	CreatedAt    time.Time `json:"created_at,omitzero"`
+	UpdatedAt    time.Time `json:"updated_at,omitzero"`
 }

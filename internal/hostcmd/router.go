@@ -30,6 +30,7 @@ func newRouterCmd(env Env) *cobra.Command {
 		httpAddr, httpsAddr, apiAddr, tcpIP, tcpRange string
 		etcdEndpoints, discoverdURL, token, etcdTLS   string
 		certFile, keyFile, cookieKey, logLevel        string
+		limits                                        router.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "router",
@@ -43,7 +44,12 @@ etcd and the backends of each route's service in discoverd, and serves
 			if err != nil {
 				return err
 			}
-			cfg := router.Config{HTTPAddr: httpAddr, HTTPSAddr: httpsAddr, APIAddr: apiAddr, TCPIP: tcpIP, Token: token}
+			cfg := router.Config{HTTPAddr: httpAddr, HTTPSAddr: httpsAddr, APIAddr: apiAddr, TCPIP: tcpIP, Token: token,
+				ReadHeaderTimeout: limits.ReadHeaderTimeout, BodyIdleTimeout: limits.BodyIdleTimeout,
+				MaxBodyBytes: limits.MaxBodyBytes, MaxConnsPerClient: limits.MaxConnsPerClient}
+			if cfg.ReadHeaderTimeout < 0 || cfg.BodyIdleTimeout < 0 || cfg.MaxBodyBytes < -1 || cfg.MaxConnsPerClient < -1 {
+				return fmt.Errorf("--read-header-timeout, --body-timeout, --max-body-bytes and --max-conns-per-client take positive values (-1: no limit, for the last two)")
+			}
 			if cfg.TCPPortMin, cfg.TCPPortMax, err = parsePortRange(tcpRange); err != nil {
 				return err
 			}
@@ -115,6 +121,10 @@ etcd and the backends of each route's service in discoverd, and serves
 	f.StringVar(&keyFile, "tls-key", "", "key of --tls-cert (PEM)")
 	f.StringVar(&cookieKey, "cookie-key", "", "32-byte sticky-session key, hex or base64 (the same on every router)")
 	f.StringVar(&logLevel, "log-level", "info", "debug logs every request")
+	f.DurationVar(&limits.ReadHeaderTimeout, "read-header-timeout", time.Minute, "longest a client may take to send a request's headers")
+	f.DurationVar(&limits.BodyIdleTimeout, "body-timeout", time.Minute, "longest wait for the next bytes of a request body (routes may set their own)")
+	f.Int64Var(&limits.MaxBodyBytes, "max-body-bytes", router.DefaultMaxBodyBytes, "largest request body, -1 for none (routes may set their own)")
+	f.IntVar(&limits.MaxConnsPerClient, "max-conns-per-client", router.DefaultMaxConnsPerClient, "connections one client address may hold open, -1 for no limit")
 	return cmd
 }
 

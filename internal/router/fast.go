@@ -142,6 +142,8 @@ type fastReq struct {
 	cookies    [4][]byte
 	ncookies   int
 	clientIP   string
+	conn       net.Conn // the client's, for body read deadlines
+	bodyR      idleBody // the body reader, kept here: no allocation
 	isHEAD     bool
 	wantsHTML  bool
 	contentLen int64
@@ -200,7 +202,7 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 			}
 			return false
 		}
-		req = fastReq{head: head, clientIP: ip}
+		req = fastReq{head: head, clientIP: ip, conn: c}
 		if !parseRequestHead(&req) {
 			return s.handOff(c, br, bw)
 		}
@@ -486,7 +488,14 @@ func (s *fastServer) serveRequest(req *fastReq, br *bufio.Reader, bw *bufio.Writ
 	e := r.table.Load().lookup(view(req.host), view(req.path))
 	if e == nil {
 		r.metrics.noRoute.Inc()
-		return writeFastError(bw, req, http.StatusNotFound, api.CodeNotFound, "no route matches "+string(req.host)+string(req.path)) && discardBody(br, req)
+		return writeFastError(bw, req, http.StatusNotFound, api.CodeNotFound, "no route matches "+string(req.host)+string(req.path)) && discardBody(br, req, r.cfg.BodyIdleTimeout)
+	}
+	if e.maxBody >= 0 && req.contentLen > e.maxBody {
+		req.close = true // the body is not read
+		writeFastError(bw, req, http.StatusRequestEntityTooLarge, api.CodeTooLarge,
+			"the request body is larger than the "+strconv.FormatInt(e.maxBody, 10)+" bytes this route takes")
+		e.metrics.observe(http.StatusRequestEntityTooLarge, time.Since(start))
+		return false
 	}
 	status, keep := s.proxy(req, e, br, bw, start)
 	d := time.Since(start)
@@ -498,15 +507,22 @@ func (s *fastServer) serveRequest(req *fastReq, br *bufio.Reader, bw *bufio.Writ
 	return keep
 }
 
-func discardBody(br *bufio.Reader, req *fastReq) bool {
+func discardBody(br *bufio.Reader, req *fastReq, idle time.Duration) bool {
 	if req.contentLen == 0 {
 		return true
 	}
 	if req.contentLen > 1<<20 {
 		return false
 	}
-	_, err := br.Discard(int(req.contentLen))
+	_, err := io.CopyN(io.Discard, req.body(br, idle), req.contentLen)
 	return err == nil
+}
+
+// body is the request's body, read from br with a read deadline of idle
+// for each read.
+func (req *fastReq) body(br *bufio.Reader, idle time.Duration) io.Reader {
+	req.bodyR = idleBody{r: br, idle: idle, conn: req.conn}
+	return &req.bodyR
 }
 
 func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bufio.Writer, start time.Time) (status int, keep bool) {
@@ -551,7 +567,7 @@ func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bu
 		return status, keep
 	}
 	msg := "no backend is available for " + string(req.host) + ": the app may be scaled to zero or starting"
-	return http.StatusServiceUnavailable, writeFastError(bw, req, http.StatusServiceUnavailable, api.CodeUnavailable, msg) && discardBody(br, req)
+	return http.StatusServiceUnavailable, writeFastError(bw, req, http.StatusServiceUnavailable, api.CodeUnavailable, msg) && discardBody(br, req, e.bodyIdle)
 }
 
 func (s *fastServer) fastStickyAddr(req *fastReq) string {
@@ -594,6 +610,11 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 		pc.conn.Close()
 		s.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
 		if errors.Is(err, errClientBody) {
+			if bodyStatus(err) == http.StatusRequestTimeout {
+				req.close = true
+				writeFastError(bw, req, http.StatusRequestTimeout, api.CodeValidation, "the request body stalled: send it without long pauses")
+				return http.StatusRequestTimeout, false
+			}
 			return 499, false
 		}
 		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
@@ -723,7 +744,7 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 	w.WriteString("\r\n")
 	if req.contentLen > 0 {
 		// The head slices die here: reading the body reuses the buffer.
-		n, err := io.CopyN(w, br, req.contentLen)
+		n, err := io.CopyN(w, req.body(br, e.bodyIdle), req.contentLen)
 		if n < req.contentLen {
 			return nil, errors.Join(errClientBody, err)
 		}

@@ -14,6 +14,7 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	noRoute  prometheus.Counter
 	handoffs prometheus.Counter
+	refused  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -36,8 +37,12 @@ func newMetrics() *metrics {
 			Name: "router_http_handoffs_total",
 			Help: "Plain-HTTP connections the fast path handed to the general net/http path.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "router_connections_refused_total",
+			Help: "Connections closed at once because their client held MaxConnsPerClient already.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.noRoute, m.handoffs,
+	m.reg.MustRegister(m.requests, m.duration, m.noRoute, m.handoffs, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

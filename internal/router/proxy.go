@@ -44,6 +44,22 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		writeErrorPage(w, req, http.StatusNotFound, api.CodeNotFound, "no route matches "+req.Host+req.URL.Path)
 		return
 	}
+	if hasBody(req) {
+		if e.maxBody >= 0 && req.ContentLength > e.maxBody {
+			// The body is not read: no waiting for it after the reply.
+			http.NewResponseController(w).SetReadDeadline(aLongTimeAgo)
+			w.Header().Set("Connection", "close")
+			writeErrorPage(w, req, http.StatusRequestEntityTooLarge, api.CodeTooLarge,
+				"the request body is larger than the "+strconv.FormatInt(e.maxBody, 10)+" bytes this route takes")
+			e.metrics.observe(http.StatusRequestEntityTooLarge, time.Since(start))
+			return
+		}
+		body := req.Body
+		if e.maxBody >= 0 {
+			body = http.MaxBytesReader(w, body, e.maxBody)
+		}
+		req.Body = &idleBody{r: body, c: body, idle: e.bodyIdle, conn: http.NewResponseController(w)}
+	}
 	status, abort := f.proxy(w, req, e, start)
 	d := time.Since(start)
 	e.metrics.observe(status, d)
@@ -151,6 +167,18 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 	if err != nil {
 		stop()
 		pc.conn.Close()
+		if status := bodyStatus(err); status != 0 {
+			// The client's body stalled or grew past the limit: the
+			// backend got a part of it and is cut off; so is the client.
+			w.Header().Set("Connection", "close")
+			msg := "the request body stalled: send it without long pauses"
+			code := api.CodeValidation
+			if status == http.StatusRequestEntityTooLarge {
+				msg, code = "the request body is larger than the "+strconv.FormatInt(e.maxBody, 10)+" bytes this route takes", api.CodeTooLarge
+			}
+			writeErrorPage(w, req, status, code, msg)
+			return status, false
+		}
 		if req.Context().Err() != nil {
 			return 499, false
 		}

@@ -2,7 +2,9 @@
 // (SNI certificates, HTTP/2) and TCP routes that it follows live from etcd,
 // and balances each route over the instances of a discoverd service that it
 // follows live too. It owns the route table, TLS selection, the pooled
-// upstream HTTP/1.1 proxy, sticky sessions, backend draining, and the
+// upstream HTTP/1.1 proxy, sticky sessions, backend draining, the limits
+// that keep one client from holding the router (header, body and write
+// idle deadlines, body size, connections per client address), and the
 // router API (/metrics, /drained, /events).
 package router
 
@@ -29,6 +31,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
 // Config configures a Router.
@@ -70,7 +73,28 @@ type Config struct {
 	IdleTimeout       time.Duration
 	MaxHeaderBytes    int
 	ShutdownTimeout   time.Duration
+	// BodyIdleTimeout is the longest the router waits for the next bytes
+	// of a request body (default 1 min): a body that keeps coming may
+	// take any time, one that stalls is cut off (408). WriteIdleTimeout is
+	// the longest a write to an HTTP client may block (default 2 min): a
+	// client that stops reading is disconnected. MaxBodyBytes bounds a
+	// request body (default DefaultMaxBodyBytes, -1 no limit). Routes may
+	// override the body limits (api.Route.MaxBodyBytes, BodyTimeout).
+	BodyIdleTimeout  time.Duration
+	WriteIdleTimeout time.Duration
+	MaxBodyBytes     int64
+	// MaxConnsPerClient bounds the connections one client address holds
+	// open at once over every listener, HTTP, HTTPS and TCP routes
+	// (default DefaultMaxConnsPerClient, -1 no limit); more are closed at
+	// once.
+	MaxConnsPerClient int
 }
+
+// Defaults of the router's limits.
+const (
+	DefaultMaxBodyBytes      = 1 << 30
+	DefaultMaxConnsPerClient = 512
+)
 
 // Router is a running edge proxy. Create it with New, then call Run.
 type Router struct {
@@ -78,6 +102,7 @@ type Router struct {
 	log     *slog.Logger
 	cookies *cookieKey
 	metrics *metrics
+	clients *clientLimiter
 	events  *eventHub
 	drain   *drainTracker
 	table   atomic.Pointer[table]
@@ -125,6 +150,21 @@ func New(cfg Config, log *slog.Logger) (*Router, error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	if cfg.BodyIdleTimeout == 0 {
+		cfg.BodyIdleTimeout = time.Minute
+	}
+	if cfg.WriteIdleTimeout == 0 {
+		cfg.WriteIdleTimeout = 2 * time.Minute
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.MaxConnsPerClient == 0 {
+		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
+	if cfg.BodyIdleTimeout < 0 || cfg.WriteIdleTimeout < 0 || cfg.MaxBodyBytes < -1 || cfg.MaxConnsPerClient < -1 {
+		return nil, errors.New("router: a negative limit (use -1 for no body size or connection limit)")
+	}
 	var key cookieKey
 	switch len(cfg.CookieKey) {
 	case 0:
@@ -141,6 +181,7 @@ func New(cfg Config, log *slog.Logger) (*Router, error) {
 		log:      log,
 		cookies:  &key,
 		metrics:  newMetrics(),
+		clients:  &clientLimiter{max: cfg.MaxConnsPerClient, per: map[string]int{}},
 		events:   events,
 		drain:    newDrainTracker(events),
 		conns:    newConnSet(),
@@ -169,6 +210,13 @@ func New(cfg Config, log *slog.Logger) (*Router, error) {
 	if err != nil {
 		r.closeListeners()
 		return nil, err
+	}
+	// Clients' connections: capped per address, and cut off when they
+	// stop reading.
+	for _, ln := range []*net.Listener{&r.httpLn, &r.httpsLn} {
+		if *ln != nil {
+			*ln = r.clients.wrap(*ln, cfg.WriteIdleTimeout, r.metrics)
+		}
 	}
 	return r, nil
 }
@@ -246,10 +294,9 @@ func (r *Router) Run(ctx context.Context) error {
 		serve(srv, r.httpsLn, true)
 	}
 	if r.apiLn != nil {
-		srv := &http.Server{Handler: r.apiHandler(), ReadHeaderTimeout: 30 * time.Second,
-			ErrorLog: slog.NewLogLogger(r.log.Handler(), slog.LevelDebug)}
+		srv := httpapi.NewServer(r.apiHandler(), r.log, httpapi.Limits{})
 		srv.BaseContext = func(net.Listener) context.Context { return ctx } // end event streams at shutdown
-		serve(srv, r.apiLn, false)
+		serve(srv, httpapi.LimitWrites(r.apiLn, httpapi.DefaultWriteIdleTimeout), false)
 	}
 
 	syncDone := make(chan error, 1)
@@ -447,7 +494,14 @@ func (r *Router) apply(routes map[string]api.Route) {
 			rm = r.metrics.forRoute(id)
 			r.rmetrics[id] = rm
 		}
-		e := &routeEntry{route: rt, path: normalizePath(rt.Path), svc: svc, metrics: rm}
+		e := &routeEntry{route: rt, path: normalizePath(rt.Path), svc: svc, metrics: rm,
+			maxBody: r.cfg.MaxBodyBytes, bodyIdle: r.cfg.BodyIdleTimeout}
+		if rt.MaxBodyBytes != 0 {
+			e.maxBody = rt.MaxBodyBytes
+		}
+		if rt.BodyTimeout > 0 {
+			e.bodyIdle = time.Duration(rt.BodyTimeout)
+		}
 		if rt.Type == api.RouteTCP {
 			t.tcp[int(rt.Port)] = e
 			continue

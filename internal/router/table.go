@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -15,6 +16,9 @@ type routeEntry struct {
 	path    string // "/" or "/prefix/"
 	svc     *service
 	metrics *routeMetrics
+	// maxBody (-1: none) and bodyIdle are the route's body limits.
+	maxBody  int64
+	bodyIdle time.Duration
 }
 
 // table is an immutable snapshot of the routes; the router swaps in a new
@@ -146,6 +150,9 @@ func validateRoute(r *api.Route, tcpMin, tcpMax int) error {
 		}
 		r.Domain = d
 		r.Type = api.RouteHTTP
+		if r.MaxBodyBytes < -1 || r.BodyTimeout < 0 {
+			return fmt.Errorf("route %s: max_body_bytes must be -1 (no limit), 0 (the default) or positive, body_timeout not negative", r.ID)
+		}
 	case api.RouteTCP:
 		if int(r.Port) < tcpMin || int(r.Port) > tcpMax {
 			return fmt.Errorf("route %s: tcp port %d is outside %d-%d", r.ID, r.Port, tcpMin, tcpMax)

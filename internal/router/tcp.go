@@ -18,6 +18,9 @@ func (r *Router) listenTCP(port int) (*tcpListener, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A TCP connection may idle as long as its protocol likes; only the
+	// per-client cap applies.
+	ln = r.clients.wrap(ln, 0, r.metrics)
 	l := &tcpListener{ln: ln}
 	r.wg.Add(1)
 	go func() {

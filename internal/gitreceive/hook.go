@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
 // The pre-receive hook is a separate process (git runs it); it reports the
@@ -47,9 +49,10 @@ func newHookServer(path string, recv Receiver, log *slog.Logger) (*hookServer, e
 }
 
 func (h *hookServer) run(ctx context.Context) error {
-	srv := &http.Server{Handler: http.HandlerFunc(h.serve), BaseContext: func(net.Listener) context.Context { return ctx }}
+	srv := httpapi.NewServer(http.HandlerFunc(h.serve), h.log, httpapi.Limits{})
+	srv.BaseContext = func(net.Listener) context.Context { return ctx }
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(h.ln) }()
+	go func() { errc <- srv.Serve(httpapi.LimitWrites(h.ln, httpapi.DefaultWriteIdleTimeout)) }()
 	select {
 	case <-ctx.Done():
 		srv.Close()

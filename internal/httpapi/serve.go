@@ -157,23 +157,9 @@ func (c *writeIdleConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// ReadFrom keeps sendfile and splice for file bodies, a chunk at a time
-// so that each chunk has the write deadline.
-func (c *writeIdleConn) ReadFrom(r io.Reader) (int64, error) {
-	rf, ok := c.Conn.(io.ReaderFrom)
-	if !ok {
-		return io.Copy(struct{ io.Writer }{c}, r)
-	}
-	var total int64
-	for {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
-		n, err := rf.ReadFrom(io.LimitReader(r, 1<<20))
-		total += n
-		if err != nil || n == 0 {
-			return total, err
-		}
-	}
-}
+// (No ReadFrom: the underlying one would wait for its reader under a
+// write deadline set before it, and a session relayed with io.Copy that
+// is quiet for a while would fail its next write.)
 
 // CloseWrite half-closes the connection when the underlying one can.
 func (c *writeIdleConn) CloseWrite() error {

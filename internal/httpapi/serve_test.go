@@ -139,6 +139,27 @@ func TestLimitsBoundIdlenessNotTime(t *testing.T) {
 		}
 		return nil
 	}))
+	mux.Handle("POST /attach", HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		// A session that is quiet for longer than the write limit,
+		// relayed as attach relays a job's output.
+		pr, pw := io.Pipe()
+		go func() {
+			for range 3 {
+				time.Sleep(2 * idle)
+				pw.Write([]byte("output\n"))
+			}
+			pw.Close()
+		}()
+		io.Copy(conn, pr)
+		return nil
+	}))
 	addr := serveLimited(t, Limits{BodyIdleTimeout: idle, WriteIdleTimeout: idle}, mux)
 
 	pr, pw := io.Pipe()
@@ -173,6 +194,18 @@ func TestLimitsBoundIdlenessNotTime(t *testing.T) {
 	}
 	if events != 12 {
 		t.Errorf("event stream after a request body: %d events, want 12 (err %v)", events, sc.Err())
+	}
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /attach HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\nContent-Length: 0\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	b, _ = io.ReadAll(c)
+	if got := strings.Count(string(b), "output\n"); got != 3 {
+		t.Errorf("a hijacked session quiet for longer than the write limit: %q, want 3 outputs", b)
 	}
 }
 

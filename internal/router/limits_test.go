@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
@@ -170,6 +172,43 @@ func TestWriteIdleCutsOffNonReaders(t *testing.T) {
 			t.Fatal("a client that reads nothing still holds the response after 30s")
 		}
 	})
+}
+
+// TestQuietWebSocketOutlivesWriteIdle: the write limit bounds a blocked
+// write, not silence: a WebSocket quiet for longer than it still carries
+// the next message.
+func TestQuietWebSocketOutlivesWriteIdle(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	h := startRouter(t, func(c *Config) { c.WriteIdleTimeout = idle })
+	up := websocket.Upgrader{}
+	b := newBackend(t, "ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for i := range 2 {
+			time.Sleep(3 * idle)
+			if err := c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprint("late ", i))); err != nil {
+				return
+			}
+		}
+	})
+	h.disc.Register("ws-web", b.addr())
+	h.putRoute(api.Route{ID: "ws", Domain: "ws.test", Service: "ws-web"})
+	h.expectBackend("http://ws.test/", "ws")
+	d := websocket.Dialer{NetDial: func(_, _ string) (net.Conn, error) { return net.Dial("tcp", h.addrs.HTTP) }}
+	c, _, err := d.Dial("ws://ws.test/socket", nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for i := range 2 {
+		if _, got, err := c.ReadMessage(); err != nil || string(got) != fmt.Sprint("late ", i) {
+			t.Fatalf("message %d after a silence longer than the write limit: %q, %v", i, got, err)
+		}
+	}
 }
 
 // TestConnCapPerClient: a client address holds at most MaxConnsPerClient

@@ -52,10 +52,9 @@ type HostJobConfig struct {
 	HostNetwork bool              `json:"host_network,omitempty"`
 	DisableLog  bool              `json:"disable_log,omitempty"`
 	// System marks a job of the platform's own that runs on the job
-	// network: the host's firewall lets it reach the host's ports and
-	// other jobs, which other jobs on the network do not reach. Like
-	// HostNetwork, a uid 0 job or a host mount, it is for the platform's
-	// components only.
+	// network: the host's firewall lets it reach the host's ports, which
+	// other jobs on the network do not reach. Like HostNetwork, a uid 0
+	// job or a host mount, it is for the platform's components only.
 	System bool `json:"system,omitempty"`
 }
 

@@ -366,9 +366,9 @@ func (m *Manager) listFor(ports []Port) *libcni.NetworkConfigList {
 
 // Attach creates and pins job id's network namespace, attaches it to the
 // bridge and publishes ports on hostPorts (one per port). The firewall
-// lets a system job reach the host and other jobs; any other job reaches
-// only the internet, the routers and DNS. On error everything it did is
-// undone.
+// lets a system job reach the host's ports; any other job reaches only
+// the internet, the routers and DNS. No job reaches another on the bridge.
+// On error everything it did is undone.
 func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts []int, system bool) (_ *Attachment, err error) {
 	if len(ports) != len(hostPorts) {
 		return nil, errors.New("attach network: one host port per port is needed")

@@ -49,7 +49,7 @@ type Spec struct {
 	// ports are then host ports it binds itself.
 	HostNetwork bool `json:"host_network,omitempty"`
 	// System lets a job on the bridge through the jobs' firewall: it
-	// reaches the host's ports and other jobs.
+	// reaches the host's ports.
 	System   bool   `json:"system,omitempty"`
 	Hostname string `json:"hostname,omitempty"`
 	// Memory is the limit in bytes; CPUShares the cgroup cpu shares;

@@ -101,11 +101,6 @@ func (f *upFlags) daemonArgs(stateDir, ip, cgroup string) []string {
 			args = append(args, "--job-deny-net", n.String())
 		}
 		args = append(args, "--job-deny-net", f.net.Subnet)
-		// The platform's files are on this machine, under the first
-		// host's state dir, where bootstrap put them: every host's
-		// jobs mount them.
-		first := filepath.Join(f.stateDir, "host1")
-		args = append(args, "--mount-allow", filepath.Join(first, "bootstrap"), "--mount-allow", filepath.Join(first, "data")+":rw")
 	}
 	if f.etcdFast {
 		args = append(args, "--etcd-fast")

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/host"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
@@ -71,6 +72,7 @@ func TestHostMountsAllowList(t *testing.T) {
 		{"writable read-only path", api.Mount{Location: ro, Target: "/data", Writeable: true}, "read-only"},
 		{"symlink out", api.Mount{Location: filepath.Join(rw, "etc-link"), Target: "/data"}, "resolves to /etc"},
 		{"prefix sibling", api.Mount{Location: ro + "x", Target: "/data"}, "not one jobs may mount"},
+		{"writable platform binary", api.Mount{Location: host.MountPrefix + "bin", Target: "/bin/flynn-host", Writeable: true}, "read-only"},
 	}
 	for _, tt := range refused {
 		t.Run(tt.name, func(t *testing.T) {

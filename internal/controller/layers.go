@@ -14,6 +14,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
 // Blobs is the blobstore as the controller uses it: to serve and store
@@ -118,6 +119,9 @@ func (s *Server) putLayer(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength == 0 {
 		return api.Validation("", "the request body (the layer tar) is empty")
 	}
+	// A layer is streamed to the blobstore, whose own limit applies, not
+	// the server's for JSON bodies.
+	httpapi.SetMaxBody(r, -1)
 	br := bufio.NewReader(r.Body)
 	typ := api.LayerTypeTar
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {

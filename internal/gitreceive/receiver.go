@@ -24,6 +24,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
@@ -137,6 +138,12 @@ func (r *BuildReceiver) jobURL(base, p string) string {
 		u.User = url.UserPassword("flynn", r.cfg.BlobKey)
 	}
 	return u.String() + escapePath(p)
+}
+
+// withRev adds the pushed revision to a build job's metadata.
+func withRev(meta map[string]string, rev string) map[string]string {
+	meta["gitreceive.rev"] = rev
+	return meta
 }
 
 func escapePath(p string) string {
@@ -268,10 +275,9 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		mounts = append(mounts, api.Mount{Location: r.cfg.CABundle, Target: DefaultCABundle})
 	}
 	job := &api.HostJob{
-		// Short: the host agent keeps per-job sockets under its state dir.
-		ID:        "build-" + randID(),
+		// ID: HOSTID-UUID, given once the job is placed.
 		Artifacts: []*api.Artifact{{Type: api.ArtifactTypeFlynn, Manifest: &api.ImageManifest{Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{r.cfg.StackLayer}}}}}},
-		Metadata:  map[string]string{api.JobMetaApp: app.ID, api.JobMetaAppName: app.Name, api.JobMetaProcessType: "slugbuilder", "gitreceive.rev": p.NewRev},
+		Metadata:  withRev(scheduler.JobMetadata(app, "", "slugbuilder"), p.NewRev),
 		Config: api.HostJobConfig{
 			Args:        []string{FlynnHostPath, "slugbuilder"},
 			Env:         env,

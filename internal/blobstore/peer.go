@@ -73,6 +73,8 @@ const (
 	// peerQuickTimeout bounds the small requests (status, HEAD, lists
 	// of one directory, DELETE).
 	peerQuickTimeout = 10 * time.Second
+	// peerStatusTimeout bounds the question "who are you?".
+	peerStatusTimeout = 3 * time.Second
 )
 
 func newPeerHTTPClient() *http.Client {
@@ -128,9 +130,15 @@ func (p *peer) send(req *http.Request) (*http.Response, error) {
 	return res, nil
 }
 
+// idempotencyKey names a replicated write, which can be repeated: the
+// header lets net/http send it again on a fresh connection.
+func idempotencyKey(name string, version time.Time) string {
+	return url.PathEscape(name) + "@" + strconv.FormatInt(version.UnixNano(), 10)
+}
+
 // status returns the peer's instance id.
 func (p *peer) status(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, peerQuickTimeout)
+	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
 	req, err := p.request(ctx, http.MethodGet, "http://"+p.addr+statusPath, nil)
 	if err != nil {
@@ -160,7 +168,18 @@ func (p *peer) put(ctx context.Context, name string, obj Object) error {
 	req.ContentLength = info.Size
 	if info.Size == 0 {
 		req.Body = http.NoBody
+	} else {
+		// Replayable, so that a kept-alive connection the peer closed
+		// meanwhile is retried on a new one rather than taken for a
+		// failed peer.
+		req.GetBody = func() (io.ReadCloser, error) {
+			if _, err := obj.Seek(0, io.SeekStart); err != nil {
+				return nil, err
+			}
+			return io.NopCloser(st.reader(obj)), nil
+		}
 	}
+	req.Header.Set("Idempotency-Key", idempotencyKey(name, info.Modified))
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set(api.BlobModifiedHeader, info.Modified.UTC().Format(time.RFC3339Nano))
 	if info.SHA256 != "" {
@@ -185,6 +204,7 @@ func (p *peer) delete(ctx context.Context, name string, at time.Time) (bool, err
 		return false, err
 	}
 	req.Header.Set(api.BlobModifiedHeader, at.UTC().Format(time.RFC3339Nano))
+	req.Header.Set("Idempotency-Key", idempotencyKey(name, at))
 	res, err := p.send(req)
 	if errors.Is(err, api.ErrNotFound) {
 		return false, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -20,8 +21,13 @@ type ReplicationConfig struct {
 	// Peers finds the instances (this one may be among them).
 	Peers Peers
 	// Self is the host:port this instance is registered as, when known.
-	// Instances also recognize themselves by their id, so it may be empty.
 	Self string
+	// Listen is the address this instance listens on. An instance
+	// registered with its port and one of this host's IP addresses is
+	// this one. (Others that answer with this instance's id are too, so
+	// Self and Listen are optional; but an instance cannot ask itself
+	// before it serves.)
+	Listen string
 	// Key is the cluster key sent with replicated writes.
 	Key string
 	// MinCopies is how many instances must hold a blob before a PUT
@@ -36,8 +42,9 @@ type ReplicationConfig struct {
 	// (DefaultTombstoneTTL when 0). An instance that comes back after
 	// longer than this may bring a deleted blob back.
 	TombstoneTTL time.Duration
-	// SyncInterval is the time between anti-entropy passes
-	// (DefaultSyncInterval when 0; negative: none, only the one at start).
+	// SyncInterval is the time between anti-entropy passes, the first
+	// of which runs at start (DefaultSyncInterval when 0; negative: no
+	// passes, the instance catches up by read repair only).
 	SyncInterval time.Duration
 	// RetryInterval is the time between retries of replicas that failed
 	// (DefaultRetryInterval when 0).
@@ -63,6 +70,8 @@ type replicator struct {
 	tombs   *tombstones
 	log     *slog.Logger
 	hc      *http.Client // for peers
+
+	local func(addr string) bool // whether addr is this instance's
 
 	mu      sync.Mutex
 	last    []string            // the last instances Peers returned
@@ -104,6 +113,7 @@ func newReplicator(id string, cfg ReplicationConfig, b Backend, log *slog.Logger
 	}
 	return &replicator{
 		id: id, cfg: cfg, backend: b, tombs: tombs, log: log,
+		local:   localAddr(cfg.Listen),
 		hc:      newPeerHTTPClient(),
 		isSelf:  map[string]bool{},
 		pending: map[string]*pending{},
@@ -130,7 +140,7 @@ func (r *replicator) peers(ctx context.Context) []*peer {
 	)
 	seen := map[string]bool{}
 	for _, a := range addrs {
-		if seen[a] || a == r.cfg.Self {
+		if seen[a] || a == r.cfg.Self || r.local(a) {
 			continue
 		}
 		seen[a] = true
@@ -170,6 +180,34 @@ func (r *replicator) peers(ctx context.Context) []*peer {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].addr < out[j].addr })
 	return out
+}
+
+// localAddr returns a function that reports whether an address is the
+// one of listen: the same port, and the same IP or, when listen has none
+// (or an unspecified one), any IP of this host.
+func localAddr(listen string) func(string) bool {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "" || port == "0" {
+		return func(string) bool { return false }
+	}
+	ips := map[string]bool{}
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+		ips[ip.String()] = true
+	} else if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				ips[n.IP.String()] = true
+			}
+		}
+	}
+	return func(addr string) bool {
+		h, p, err := net.SplitHostPort(addr)
+		if err != nil || p != port {
+			return false
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && ips[ip.String()]
+	}
 }
 
 // outcome is how a replica went on one peer.
@@ -579,11 +617,11 @@ func (r *replicator) run(ctx context.Context) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
+		if r.cfg.SyncInterval < 0 {
+			return
+		}
 		for {
 			r.syncOnce(ctx)
-			if r.cfg.SyncInterval < 0 {
-				return
-			}
 			select {
 			case <-ctx.Done():
 				return

@@ -36,6 +36,10 @@ type S3Config struct {
 	Prefix string
 	// Insecure uses plain HTTP for an Endpoint given without a scheme.
 	Insecure bool
+	// UnsignedPayload sends uploads without a payload signature, for
+	// servers that mishandle streaming signatures (over plain HTTP; over
+	// HTTPS the payload is never signed).
+	UnsignedPayload bool
 	// AccessKey, SecretKey and SessionToken are the credentials (from the
 	// environment, never from flags); empty means anonymous requests.
 	AccessKey    string
@@ -54,9 +58,10 @@ type S3Config struct {
 // backend is for a store all instances share, which they do not
 // replicate.
 type S3 struct {
-	c      *minio.Client
-	bucket string
-	prefix string
+	c        *minio.Client
+	bucket   string
+	prefix   string
+	unsigned bool
 
 	mu      sync.Mutex
 	shaMemo map[string]string // key+etag → sha256, for objects written by others
@@ -113,7 +118,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	if prefix != "" {
 		prefix += "/"
 	}
-	return &S3{c: c, bucket: cfg.Bucket, prefix: prefix, shaMemo: map[string]string{}}, nil
+	return &S3{c: c, bucket: cfg.Bucket, prefix: prefix, unsigned: cfg.UnsignedPayload, shaMemo: map[string]string{}}, nil
 }
 
 func (b *S3) key(name string) string { return b.prefix + name }
@@ -179,7 +184,12 @@ func (b *S3) Put(ctx context.Context, name string, r io.Reader, opts PutOptions)
 			src, size = io.MultiReader(bytes.NewReader(buf), src), -1
 		}
 	}
-	up, err := b.c.PutObject(ctx, b.bucket, tmp, src, size, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	up, err := b.c.PutObject(ctx, b.bucket, tmp, src, size, minio.PutObjectOptions{
+		ContentType: "application/octet-stream",
+		// An empty body has nothing to sign, and some S3-compatible
+		// servers refuse an empty streaming-signed upload.
+		DisableContentSha256: b.unsigned || size == 0,
+	})
 	if err != nil {
 		if ctx.Err() != nil || errors.Is(err, io.ErrUnexpectedEOF) {
 			return api.BlobInfo{}, uploadError(name, err)
@@ -189,6 +199,15 @@ func (b *S3) Put(ctx context.Context, name string, r io.Reader, opts PutOptions)
 	sum := hex.EncodeToString(h.Sum(nil))
 	if err := checkSHA(sum, opts.SHA256); err != nil {
 		return api.BlobInfo{}, err
+	}
+	// What the server stored must be what was sent.
+	oi, err := b.c.StatObject(ctx, b.bucket, tmp, minio.StatObjectOptions{})
+	if err != nil {
+		return api.BlobInfo{}, errorf("put", name, err)
+	}
+	if oi.Size != up.Size {
+		return api.BlobInfo{}, errorf("put", name, fmt.Errorf(
+			"the S3 server stored %d bytes of the %d sent (if it mishandles streaming signatures, send unsigned payloads)", oi.Size, up.Size))
 	}
 	var cur time.Time
 	if oi, err := b.c.StatObject(ctx, b.bucket, b.key(name), minio.StatObjectOptions{}); err == nil {

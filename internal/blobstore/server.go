@@ -205,15 +205,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			RetryInterval: cfg.RetryInterval,
 		}
 	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("blobstore: %w", err)
+	}
+	defer ln.Close()
+	if scfg.Replication != nil {
+		scfg.Replication.Listen = ln.Addr().String()
+	}
 	srv, err := New(scfg, log)
 	if err != nil {
 		return fmt.Errorf("blobstore: %w", err)
 	}
 	defer srv.Close()
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("blobstore: %w", err)
-	}
 	log.Info("blobstore listening", "addr", ln.Addr().String(), "backend", orDefault(cfg.Backend, BackendFS), "dir", cfg.Dir,
 		"auth", len(cfg.Keys) > 0, "replication", scfg.Replication != nil, "id", srv.id)
 	if scfg.Replication != nil {

@@ -134,12 +134,13 @@ sharing an S3 bucket do not replicate.`,
 	f.StringVar(&cfg.S3.Region, "s3-region", blobGetenv(env, "BLOBSTORE_S3_REGION"), "S3 region (default $BLOBSTORE_S3_REGION; empty: found by the client)")
 	f.StringVar(&cfg.S3.Prefix, "s3-prefix", blobGetenv(env, "BLOBSTORE_S3_PREFIX"), "key prefix for the blobs in the bucket (default $BLOBSTORE_S3_PREFIX)")
 	f.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "plain HTTP to an --s3-endpoint given without a scheme")
+	f.BoolVar(&cfg.S3.UnsignedPayload, "s3-unsigned-payload", false, "send uploads without a payload signature, for servers that mishandle streaming signatures over plain HTTP")
 	f.StringVar(&cfg.Discoverd, "discoverd", blobGetenv(env, "DISCOVERD"), "discoverd URL, to find and replicate with the other instances (default $DISCOVERD; empty: this instance stands alone)")
 	f.StringVar(&cfg.DiscoverdToken, "discoverd-token", blobOrDefault(blobGetenv(env, "FLYNN_CLUSTER_TOKEN"), blobGetenv(env, "CLUSTER_TOKEN")), "cluster token for discoverd (default $FLYNN_CLUSTER_TOKEN or $CLUSTER_TOKEN)")
 	f.StringVar(&cfg.Service, "service", blobstore.DefaultService, "discoverd service the instances are registered as")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host:port this instance is registered as (default $EXTERNAL_IP with the --listen port; optional, instances also recognize themselves)")
 	f.IntVar(&cfg.MinCopies, "min-copies", blobstore.DefaultMinCopies, "instances that must hold a blob before a PUT succeeds (capped at the instances that answer)")
-	f.DurationVar(&cfg.SyncInterval, "sync-interval", blobstore.DefaultSyncInterval, "time between anti-entropy passes with the other instances")
+	f.DurationVar(&cfg.SyncInterval, "sync-interval", blobstore.DefaultSyncInterval, "time between anti-entropy passes with the other instances, the first at start (negative: none)")
 	f.DurationVar(&cfg.TombstoneTTL, "tombstone-ttl", blobstore.DefaultTombstoneTTL, "how long deletes are remembered, so an instance that was away does not bring deleted blobs back")
 	return cmd
 }

@@ -43,10 +43,12 @@
 //     included); api.BlobInfo.Copies says how many. MinCopies is 2 by
 //     default. When fewer took it the PUT fails with 503: the blob may be
 //     stored, and is replicated later, but repeat the PUT to be sure.
-//   - A GET for a blob whose PUT returned 2xx returns it (that version or
-//     a later one) from any instance, as long as one instance that holds
-//     it is up. Ranges, conditional requests and checksums work the same
-//     on every instance.
+//   - A GET for a blob whose PUT returned 2xx returns it from any
+//     instance, as long as one instance that holds it is up. Ranges,
+//     conditional requests and checksums work the same on every
+//     instance. One exception: an instance that was away while a path
+//     was overwritten serves its older version until its first
+//     anti-entropy pass, which starts with it, has copied the new one.
 //   - A DELETE that returned 2xx is recorded by as many instances as a
 //     PUT would be; an instance that was down applies it when it comes
 //     back, before it serves, and read repair never brings the blob back.

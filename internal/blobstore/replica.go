@@ -354,6 +354,9 @@ func (r *replicator) pendingCount() int {
 // still registered, and forgets those of peers that are not (when one
 // comes back, it catches up itself).
 func (r *replicator) retry(ctx context.Context) {
+	if r.pendingCount() == 0 {
+		return
+	}
 	live := map[string]*peer{}
 	for _, p := range r.peers(ctx) {
 		live[p.addr] = p
@@ -528,6 +531,9 @@ func (r *replicator) pullTombstones(ctx context.Context, peers []*peer) {
 			if time.Since(t.Deleted) > r.cfg.TombstoneTTL {
 				continue
 			}
+			if at, ok := r.tombs.get(name); ok && !t.Deleted.After(at) {
+				continue // applied before
+			}
 			ok, err := r.applyDelete(ctx, name, t.Deleted)
 			if err != nil {
 				r.log.Warn("cannot apply a peer's delete", "path", t.Path, "err", err)
@@ -563,12 +569,25 @@ func (r *replicator) syncOnce(ctx context.Context) {
 	}
 	r.pullTombstones(ctx, peers)
 	local := map[string]time.Time{}
+	var dead []string
 	if err := walk(ctx, r.backend, func(e treeEntry) error {
-		local[strings.TrimPrefix(e.Path, "/")] = e.Modified
+		name := strings.TrimPrefix(e.Path, "/")
+		if r.tombs.dead(name, e.Modified) {
+			// Written back by a race with its delete.
+			dead = append(dead, name)
+			return nil
+		}
+		local[name] = e.Modified
 		return nil
 	}); err != nil {
 		r.log.Warn("cannot list local blobs", "err", err)
 		return
+	}
+	for _, name := range dead {
+		at, _ := r.tombs.get(name)
+		if _, err := r.applyDelete(ctx, name, at); err != nil {
+			r.log.Warn("cannot remove a deleted blob", "path", "/"+name, "err", err)
+		}
 	}
 	copied, failed := 0, 0
 	for _, p := range peers {

@@ -495,8 +495,7 @@ func TestReadRepair(t *testing.T) {
 // even when the instance that took the delete was down meanwhile too.
 func TestDeleteStaysDeleted(t *testing.T) {
 	cl := newCluster(t)
-	a := cl.add("a", nil)
-	b := cl.add("b", func(c *blobstore.Config) { c.SyncInterval = 50 * time.Millisecond })
+	a, b := cl.add("a", nil), cl.add("b", nil)
 	a.start(t)
 	b.start(t)
 	ctx := ctxT(t)
@@ -520,8 +519,10 @@ func TestDeleteStaysDeleted(t *testing.T) {
 	}
 
 	// b misses the delete of /y, then a stops and b returns first: b
-	// still has /y and knows nothing of its delete.
+	// still has /y and knows nothing of its delete. This time b runs
+	// anti-entropy passes.
 	b.stop(t)
+	b.cfg.SyncInterval = 50 * time.Millisecond
 	if err := a.c.Delete(ctx, "/y"); err != nil {
 		t.Fatal(err)
 	}
@@ -696,4 +697,74 @@ func TestReplicatedErrors(t *testing.T) {
 	a.start(t)
 	b.start(t)
 	testErrors(t, a.c)
+}
+
+// TestReturningInstanceGetsOverwrites: a path overwritten while an
+// instance was away is brought to its new version by the instance's
+// first anti-entropy pass.
+func TestReturningInstanceGetsOverwrites(t *testing.T) {
+	cl := newCluster(t)
+	a := cl.add("a", nil)
+	b := cl.add("b", func(c *blobstore.Config) { c.SyncInterval = time.Hour })
+	a.start(t)
+	b.start(t)
+	ctx := ctxT(t)
+	if _, err := a.c.Put(ctx, "/cache/app.tgz", strings.NewReader("first build"), nil); err != nil {
+		t.Fatal(err)
+	}
+	b.stop(t)
+	info, err := a.c.Put(ctx, "/cache/app.tgz", strings.NewReader("second build"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.start(t)
+	waitFor(t, "b's first pass to copy the second build", func() (bool, string) {
+		got, err := b.file("/cache/app.tgz")
+		return string(got) == "second build", fmt.Sprintf("%q, %v", got, err)
+	})
+	b.hasFile(t, "/cache/app.tgz", []byte("second build"), info)
+}
+
+// TestConcurrentWritesConverge: writes of one path racing on two
+// instances leave both with the same version (the latest) once their
+// anti-entropy passes have run.
+func TestConcurrentWritesConverge(t *testing.T) {
+	cl := newCluster(t)
+	fast := func(c *blobstore.Config) { c.SyncInterval = 50 * time.Millisecond }
+	a, b := cl.add("a", fast), cl.add("b", fast)
+	a.start(t)
+	b.start(t)
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	for _, in := range []*instance{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				body := fmt.Sprintf("%s-%d", in.name, i)
+				if _, err := in.c.Put(ctx, "/race", strings.NewReader(body), nil); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	waitFor(t, "a and b to hold the same version of /race", func() (bool, string) {
+		var seen []string
+		for _, in := range []*instance{a, b} {
+			info, err := in.c.Head(ctx, "/race")
+			if err != nil {
+				return false, err.Error()
+			}
+			got, _ := in.file("/race")
+			seen = append(seen, fmt.Sprintf("%s: %q sha %s at %s", in.name, got, info.SHA256, info.Modified.Format(time.RFC3339Nano)))
+		}
+		return strings.TrimPrefix(seen[0], "a: ") == strings.TrimPrefix(seen[1], "b: "), strings.Join(seen, "; ")
+	})
 }

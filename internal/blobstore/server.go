@@ -616,6 +616,9 @@ func (s *Server) deleteReplica(w http.ResponseWriter, r *http.Request, name stri
 	switch {
 	case errors.Is(err, ErrStale):
 		return httpapi.WriteJSON(w, http.StatusOK, info)
+	case errors.Is(err, api.ErrConflict):
+		// A directory here: there is no blob to delete.
+		return notFound(name)
 	case err != nil:
 		return err
 	}

@@ -268,8 +268,10 @@ func peerInfo(name string, res *http.Response) (api.BlobInfo, error) {
 		return api.BlobInfo{}, fmt.Errorf("peer reply for %q has an invalid %s header", "/"+name, api.BlobSHA256Header)
 	}
 	if info.Size < 0 {
-		if n, err := strconv.ParseInt(res.Header.Get("Content-Length"), 10, 64); err == nil {
+		if n, err := strconv.ParseInt(res.Header.Get("Content-Length"), 10, 64); err == nil && n >= 0 {
 			info.Size = n
+		} else {
+			return api.BlobInfo{}, fmt.Errorf("peer reply for %q has no Content-Length", "/"+name)
 		}
 	}
 	return info, nil

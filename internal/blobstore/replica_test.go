@@ -768,3 +768,60 @@ func TestConcurrentWritesConverge(t *testing.T) {
 		return strings.TrimPrefix(seen[0], "a: ") == strings.TrimPrefix(seen[1], "b: "), strings.Join(seen, "; ")
 	})
 }
+
+// TestReadRepairChecksum: a blob that a peer serves corrupted (not
+// matching its checksum) reaches the client cut short, so the client
+// sees an error, and the instance keeps no copy.
+func TestReadRepairChecksum(t *testing.T) {
+	cl := newCluster(t)
+	b := cl.add("b", nil)
+	b.start(t)
+	ctx := ctxT(t)
+	mem := blobstore.NewMem()
+	data := blob(40, 100<<10)
+	if _, err := mem.Put(ctx, "lie", bytes.NewReader(data), blobstore.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := blobstore.NewServer(mem, nil, 0, logging.Discard()).Handler()
+	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w = &corrupter{ResponseWriter: w}
+		}
+		h.ServeHTTP(w, r)
+	}))
+	defer liar.Close()
+	reg, err := cl.disc.Register(ctx, blobstore.DefaultService, strings.TrimPrefix(liar.URL, "http://"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Deregister(ctx)
+
+	rc, info, err := b.c.Get(ctx, "/lie")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err == nil {
+		t.Fatalf("read a corrupted blob of %d bytes (sha %s, announced %s) without an error", len(got), sum(got), info.SHA256)
+	}
+	if len(got) >= len(data) {
+		t.Fatalf("the corrupted blob reached the client whole (%d bytes): %v", len(got), err)
+	}
+	b.lacksFile(t, "/lie")
+}
+
+// corrupter flips the first byte of a reply body.
+type corrupter struct {
+	http.ResponseWriter
+	done bool
+}
+
+func (c *corrupter) Write(p []byte) (int, error) {
+	if !c.done && len(p) > 0 {
+		c.done = true
+		q := append([]byte{p[0] ^ 0xff}, p[1:]...)
+		return c.ResponseWriter.Write(q)
+	}
+	return c.ResponseWriter.Write(p)
+}

@@ -3,10 +3,12 @@ package blobstore
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"mime"
@@ -447,18 +449,55 @@ func (s *Server) streamRepair(w http.ResponseWriter, r *http.Request, p *peer, n
 	blobHeaders(h, name, info)
 	h.Set("Last-Modified", info.Modified.UTC().Format(http.TimeFormat))
 	h.Set("Accept-Ranges", "bytes")
-	if info.Size >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
-	}
+	h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
 	w.WriteHeader(http.StatusOK)
-	_, err = s.backend.Put(r.Context(), name, io.TeeReader(body, w), PutOptions{SHA256: info.SHA256, Size: info.Size, Modified: info.Modified})
+	// The client gets its last byte once the blob is checked (and kept,
+	// if it can be): a blob that fails its checksum reaches the client
+	// cut short, and a client that has the whole blob finds it here.
+	out := &holdTail{w: w, left: max(info.Size-1, 0), h: sha256.New()}
+	_, err = s.backend.Put(r.Context(), name, io.TeeReader(body, out), PutOptions{SHA256: info.SHA256, Size: info.Size, Modified: info.Modified})
 	if err != nil && !errors.Is(err, ErrStale) {
-		// The copy failed (not the peer: then the client's reply is cut
-		// short too); give the client the rest of the blob all the same.
-		io.Copy(w, body)
 		s.log.Warn("keeping a copy of a blob read from a peer failed", "path", "/"+name, "peer", p.addr, "err", err)
+		// The copy failed, maybe not the blob: the client may still
+		// have it whole.
+		io.Copy(out, body)
+	}
+	if out.n == info.Size && (info.SHA256 == "" || hex.EncodeToString(out.h.Sum(nil)) == info.SHA256) {
+		w.Write(out.tail)
 	}
 	return nil
+}
+
+// holdTail writes to w all but what comes after the first left bytes,
+// which it keeps in tail, and hashes and counts everything.
+type holdTail struct {
+	w    io.Writer
+	left int64
+	tail []byte
+	h    hash.Hash
+	n    int64
+	err  error // the first write error of w: the client is gone
+}
+
+func (t *holdTail) Write(p []byte) (int, error) {
+	if t.err != nil {
+		return 0, t.err
+	}
+	t.h.Write(p)
+	t.n += int64(len(p))
+	pass := p
+	if int64(len(pass)) > t.left {
+		pass = p[:t.left]
+		t.tail = append(t.tail, p[t.left:]...)
+	}
+	t.left -= int64(len(pass))
+	if len(pass) > 0 {
+		if _, err := t.w.Write(pass); err != nil {
+			t.err = err
+			return 0, err
+		}
+	}
+	return len(p), nil
 }
 
 func (s *Server) put(w http.ResponseWriter, r *http.Request) error {

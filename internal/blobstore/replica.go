@@ -75,6 +75,7 @@ type replicator struct {
 
 	mu      sync.Mutex
 	last    []string            // the last instances Peers returned
+	warned  time.Time           // when a failure of Peers was last logged
 	isSelf  map[string]bool     // addr → whether it is this instance (once known)
 	pending map[string]*pending // peer addr → replicas to retry
 	seq     uint64
@@ -124,15 +125,19 @@ func newReplicator(id string, cfg ReplicationConfig, b Backend, log *slog.Logger
 // asked, the instances it last named are used.
 func (r *replicator) peers(ctx context.Context) []*peer {
 	addrs, err := r.cfg.Peers.Instances(ctx)
+	warn := false
 	r.mu.Lock()
 	if err != nil {
 		addrs = r.last
+		if now := time.Now(); now.Sub(r.warned) > time.Minute {
+			r.warned, warn = now, true
+		}
 	} else {
 		r.last = addrs
 	}
 	r.mu.Unlock()
-	if err != nil {
-		r.log.Warn("cannot list blobstore instances; using the last known", "err", err, "instances", len(addrs))
+	if warn && ctx.Err() == nil {
+		r.log.Warn("cannot list blobstore instances; using the last known (said at most once a minute)", "err", err, "instances", len(addrs))
 	}
 	var (
 		out     []*peer

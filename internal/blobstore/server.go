@@ -525,6 +525,9 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) error {
 		}
 		if s.repl != nil && s.repl.tombs.dead(name, opts.Modified) {
 			// Deleted after this version was written: keep it deleted.
+			// The body is read all the same, so the sender sees the
+			// reply rather than a connection closed under its upload.
+			io.Copy(io.Discard, r.Body)
 			return httpapi.WriteJSON(w, http.StatusOK, api.BlobInfo{Path: "/" + name})
 		}
 	} else if s.repl != nil {

@@ -141,15 +141,17 @@ func (s *Server) CatchUp(ctx context.Context) {
 	}
 }
 
-// Run does the replication's background work until ctx is done: it
-// retries replicas that failed and runs the anti-entropy passes. Without
-// replication it only waits for ctx.
-func (s *Server) Run(ctx context.Context) {
+// Run does the replication's background work until ctx is done, and
+// returns once it has stopped: it retries replicas that failed and runs
+// the anti-entropy passes. Without replication it only waits for ctx.
+// It returns nil: its work goes on through failures, which it logs.
+func (s *Server) Run(ctx context.Context) error {
 	if s.repl == nil {
 		<-ctx.Done()
-		return
+		return nil
 	}
 	s.repl.run(ctx)
+	return nil
 }
 
 // Close releases the server's files. Call it after Run has returned and

@@ -117,6 +117,11 @@ sharing an S3 bucket do not replicate.`,
 			if cfg.MinCopies < 1 {
 				return fmt.Errorf("--min-copies %d: give 1 or more", cfg.MinCopies)
 			}
+			if cfg.DiscoverdToken == "" {
+				// Read here, not as the flag's default, so --help does
+				// not print it.
+				cfg.DiscoverdToken = blobOrDefault(blobGetenv(env, "FLYNN_CLUSTER_TOKEN"), blobGetenv(env, "CLUSTER_TOKEN"))
+			}
 			if cfg.Advertise == "" {
 				cfg.Advertise = blobAdvertise(blobGetenv(env, "EXTERNAL_IP"), cfg.Listen)
 			}
@@ -136,7 +141,7 @@ sharing an S3 bucket do not replicate.`,
 	f.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "plain HTTP to an --s3-endpoint given without a scheme")
 	f.BoolVar(&cfg.S3.UnsignedPayload, "s3-unsigned-payload", false, "send uploads without a payload signature, for servers that mishandle streaming signatures over plain HTTP")
 	f.StringVar(&cfg.Discoverd, "discoverd", blobGetenv(env, "DISCOVERD"), "discoverd URL, to find and replicate with the other instances (default $DISCOVERD; empty: this instance stands alone)")
-	f.StringVar(&cfg.DiscoverdToken, "discoverd-token", blobOrDefault(blobGetenv(env, "FLYNN_CLUSTER_TOKEN"), blobGetenv(env, "CLUSTER_TOKEN")), "cluster token for discoverd (default $FLYNN_CLUSTER_TOKEN or $CLUSTER_TOKEN)")
+	f.StringVar(&cfg.DiscoverdToken, "discoverd-token", "", "cluster token for discoverd (default $FLYNN_CLUSTER_TOKEN or $CLUSTER_TOKEN)")
 	f.StringVar(&cfg.Service, "service", blobstore.DefaultService, "discoverd service the instances are registered as")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host:port this instance is registered as (default $EXTERNAL_IP with the --listen port; optional, instances also recognize themselves)")
 	f.IntVar(&cfg.MinCopies, "min-copies", blobstore.DefaultMinCopies, "instances that must hold a blob before a PUT succeeds (capped at the instances that answer)")

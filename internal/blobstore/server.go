@@ -200,6 +200,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		scfg.Replication = &ReplicationConfig{
 			Peers:         DiscoverdPeers{Client: discoverdclient.New(cfg.Discoverd, cfg.DiscoverdToken), Service: service},
 			Self:          cfg.Advertise,
+			Listen:        cfg.Listen,
 			Key:           key,
 			MinCopies:     cfg.MinCopies,
 			StateDir:      filepath.Join(cfg.Dir, stateDirName),
@@ -209,26 +210,24 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			RetryInterval: cfg.RetryInterval,
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("blobstore: %w", err)
-	}
-	defer ln.Close()
-	if scfg.Replication != nil {
-		scfg.Replication.Listen = ln.Addr().String()
-	}
 	srv, err := New(scfg, log)
 	if err != nil {
 		return fmt.Errorf("blobstore: %w", err)
 	}
 	defer srv.Close()
-	log.Info("blobstore listening", "addr", ln.Addr().String(), "backend", orDefault(cfg.Backend, BackendFS), "dir", cfg.Dir,
-		"auth", len(cfg.Keys) > 0, "replication", scfg.Replication != nil, "id", srv.id)
 	if scfg.Replication != nil {
+		// Before the port is open: until then peers count this
+		// instance as down, and its host does not register it.
 		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		srv.CatchUp(cctx)
 		cancel()
 	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("blobstore: %w", err)
+	}
+	log.Info("blobstore listening", "addr", ln.Addr().String(), "backend", orDefault(cfg.Backend, BackendFS), "dir", cfg.Dir,
+		"auth", len(cfg.Keys) > 0, "replication", scfg.Replication != nil, "id", srv.id)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -208,6 +208,8 @@ func DefaultManifest() *Manifest {
 
 	blob := proc("blobstore", "BLOBSTORE_PORT", "blobstore", "--dir", "/data")
 	blob.Env["FLYNN_AUTH_KEY"] = "${CONTROLLER_KEY}"
+	// To find its peers in discoverd: writes go to 2 instances.
+	blob.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
 	logagg := proc("logaggregator", "LOGAGG_PORT", "logaggregator")
 
 	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")

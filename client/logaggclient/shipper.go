@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -207,6 +209,13 @@ func (s *Shipper) SetDestinations(dests map[string]*Client) {
 	case s.changed <- struct{}{}:
 	default:
 	}
+}
+
+// Destinations returns the names of the destinations, sorted.
+func (s *Shipper) Destinations() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Sorted(maps.Keys(s.dests))
 }
 
 // pendingDrops is how many lines d lacks that the shipper dropped already

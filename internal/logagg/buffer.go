@@ -1,9 +1,3 @@
-// Package logagg is Flynn's log aggregator: hosts ship each job's output
-// lines to it (POST /log, newline-delimited JSON), it keeps the most recent
-// lines of every app in a fixed-size in-memory ring buffer, and it serves
-// them (GET /log/{app}) as newline-delimited JSON or Server-Sent Events,
-// in the shapes Flynn's log clients read, filtered by job, process type and
-// stream, optionally following new lines live.
 package logagg
 
 import (

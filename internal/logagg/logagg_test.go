@@ -426,7 +426,23 @@ func TestAuth(t *testing.T) {
 	if _, err := anon.Read(ctxT(t), "a", logaggclient.ReadOptions{}); !errors.Is(err, api.ErrUnauthorized) {
 		t.Fatalf("anonymous read: %v", err)
 	}
-	res, err := http.Get(u + "/.well-known/status")
+	// A peer's copy of every log needs the key too.
+	res, err := http.Get(u + "/snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("anonymous snapshot: status %d, want 401", res.StatusCode)
+	}
+	peer := logagg.NewServer(logagg.Config{Keys: []string{"secret"}}, logging.Discard())
+	if err := peer.Fill(ctxT(t), staticPeers{strings.TrimPrefix(u, "http://")}, "secret", deadline); err != nil {
+		t.Fatal(err)
+	}
+	if got := peer.Store().Tail("a", logagg.Filter{}, -1); len(got) != 1 {
+		t.Fatalf("peer filled with the key holds %+v, want the one line", got)
+	}
+	res, err = http.Get(u + "/.well-known/status")
 	if err != nil {
 		t.Fatal(err)
 	}

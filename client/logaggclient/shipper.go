@@ -56,17 +56,18 @@ type Shipper struct {
 	log     *slog.Logger
 	changed chan struct{} // destinations changed; Run starts their senders
 
-	mu       sync.Mutex
-	ring     []entry // line n is at ring[n%len(ring)]
-	first    uint64  // the held lines are first..next-1 (numbers from 1)
-	next     uint64
-	bytes    int
-	dests    map[string]*dest
-	logged   uint64
-	refused  uint64 // invalid at Log
-	gone     uint64 // dropped and refused counts of removed destinations
-	flushers int
-	progress chan struct{} // closed when a destination advances
+	mu      sync.Mutex
+	ring    []entry // line n is at ring[n%len(ring)]
+	first   uint64  // the held lines are first..next-1 (numbers from 1)
+	next    uint64
+	bytes   int
+	dests   map[string]*dest
+	logged  uint64
+	refused uint64 // invalid at Log
+	// goneDropped and goneRefused count for removed destinations.
+	goneDropped, goneRefused uint64
+	flushers                 int
+	progress                 chan struct{} // closed when a destination advances
 }
 
 type entry struct {
@@ -127,9 +128,6 @@ func NewShipper(cfg ShipperConfig, log *slog.Logger) *Shipper {
 		progress: make(chan struct{}),
 	}
 }
-
-// ID is the id the shipper sends as.
-func (s *Shipper) ID() string { return s.cfg.ID }
 
 // Log queues m for sending. A zero timestamp is set to now and a message
 // over api.LogMaxMsgBytes is truncated. It never blocks. A line that is
@@ -194,8 +192,8 @@ func (s *Shipper) SetDestinations(dests map[string]*Client) {
 		if d.cancel != nil {
 			d.cancel()
 		}
-		s.gone += d.dropped + d.pendingDrops(s.first)
-		s.gone += d.refused
+		s.goneDropped += d.dropped + d.pendingDrops(s.first)
+		s.goneRefused += d.refused
 		delete(s.dests, name)
 	}
 	for name, c := range dests {
@@ -431,12 +429,12 @@ func (s *Shipper) flushedLocked(target uint64) bool {
 func (s *Shipper) Stats() (dropped, refused uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	refused = s.refused
+	dropped, refused = s.goneDropped, s.refused+s.goneRefused
 	for _, d := range s.dests {
 		dropped += d.dropped + d.pendingDrops(s.first)
 		refused += d.refused
 	}
-	return dropped + s.gone, refused
+	return dropped, refused
 }
 
 // Finder lists a discoverd service's live instances;

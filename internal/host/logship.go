@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"sync"
 	"time"
 
@@ -32,8 +33,13 @@ type logShipper struct {
 	since time.Time
 }
 
-// logAggLookup is how often the shipper looks the aggregators up.
-const logAggLookup = 2 * time.Second
+const (
+	// logAggLookup is how often the shipper looks the aggregators up.
+	logAggLookup = 2 * time.Second
+	// logAggTimeout bounds one request to an aggregator, so that one
+	// that stopped answering (its host cut off) is tried again.
+	logAggTimeout = time.Minute
+)
 
 func newLogShipper(a *Agent, disc *discoverdclient.Client, key string) *logShipper {
 	return &logShipper{
@@ -46,12 +52,13 @@ func newLogShipper(a *Agent, disc *discoverdclient.Client, key string) *logShipp
 // run sends queued lines to the aggregators discoverd lists until ctx
 // ends.
 func (s *logShipper) run(ctx context.Context) {
+	hc := &http.Client{Timeout: logAggTimeout}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		s.shipper.Follow(ctx, s.disc, LogAggregatorService, logAggLookup, func(addr string) *logaggclient.Client {
-			return logaggclient.New("http://"+addr, s.key, nil)
+			return logaggclient.New("http://"+addr, s.key, hc)
 		})
 	}()
 	if err := s.shipper.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {

@@ -610,6 +610,46 @@ func TestShipperDropsOldest(t *testing.T) {
 	}
 }
 
+// TestShipperRefusedBatch: lines an aggregator refuses are given up for
+// it, and the lines after them reach it.
+func TestShipperRefusedBatch(t *testing.T) {
+	h := logagg.NewServer(logagg.Config{}, logging.Discard()).Handler()
+	var refusing atomic.Bool
+	refusing.Store(true)
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.ContentLength > 0 && refusing.Load() {
+			httpapi.WriteError(w, r, api.Validation("", "refused by the test"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	c := logaggclient.New(ts.URL, "", nil)
+	s := runShipper(t, logaggclient.ShipperConfig{BatchSize: 3}, c)
+	for i := range 5 {
+		s.Log(msg("rf", i, "j", "web", api.LogStdout))
+	}
+	if err := s.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	refusing.Store(false)
+	var want []api.LogMessage
+	for i := 5; i < 10; i++ {
+		m := msg("rf", i, "j", "web", api.LogStdout)
+		want = append(want, m)
+		s.Log(m)
+	}
+	if err := s.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, readAll(t, c, "rf", logaggclient.ReadOptions{})); diff != "" {
+		t.Fatalf("stored (-want +got):\n%s", diff)
+	}
+	if dropped, refused := s.Stats(); dropped != 0 || refused != 5 {
+		t.Fatalf("dropped %d refused %d, want 0 and 5", dropped, refused)
+	}
+}
+
 // waitFor polls cond until it holds, failing after the deadline with what
 // it waited for and what it saw last.
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {

@@ -310,6 +310,45 @@ func TestReplicasListAndFollow(t *testing.T) {
 	}
 }
 
+// TestReplicaUnreachable: lines a host could ship only to A, while it
+// could not reach B, reach B's follower once it can: in order, once each.
+func TestReplicaUnreachable(t *testing.T) {
+	g := newGrid(t)
+	a, b := g.add("A"), g.add("B")
+	a.start()
+	b.start()
+	s, _ := g.shipper(logaggclient.ShipperConfig{BatchSize: 4})
+	waitDestinations(t, s, a, b)
+	follow, err := b.client().Read(ctxT(t), "app", logaggclient.ReadOptions{Follow: true, Lines: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer follow.Close()
+
+	g.net.hold(b.addr)
+	want := logLines(s, "app", 0, 30)
+	waitFor(t, "A to hold the 30 lines", func() (bool, string) {
+		n := len(readAll(t, a.client(), "app", logaggclient.ReadOptions{}))
+		return n == len(want), fmt.Sprintf("%d lines", n)
+	})
+	checkLog(t, "app", nil, b)
+	g.net.release(b.addr)
+	want = append(want, logLines(s, "app", 30, 31)...)
+	flush(t, s)
+	var got []api.LogMessage
+	for range want {
+		m, err := follow.Next()
+		if err != nil {
+			t.Fatalf("follower through B after %d lines: %v", len(got), err)
+		}
+		got = append(got, m)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("follower through B (-want +got):\n%s", diff)
+	}
+	checkLog(t, "app", want, a, b)
+}
+
 // TestReplicaRestartFills: an instance restarted empty copies the history
 // from a live peer before it serves, with the shippers' marks: the
 // shipper then sends it only the lines it lacks.

@@ -165,6 +165,7 @@ func newLogaggCmd(env Env) *cobra.Command {
 	var (
 		flags blobComponentFlags
 		cfg   logagg.Config
+		peers logaggPeerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "logaggregator",
@@ -173,7 +174,12 @@ func newLogaggCmd(env Env) *cobra.Command {
 api.LogMessage values), keep the last --buffer-lines lines of every app in
 memory, and serve them on GET /log/{app} with follow, lines, job_id,
 process_type and stream_types, as newline-delimited JSON or Server-Sent Events.
-With --auth-key every request but GET /.well-known/status needs the key.`,
+With --auth-key every request but GET /.well-known/status needs the key.
+
+Every host ships each line to every instance of the discoverd service
+logaggregator, numbered, so that each instance holds every line once and
+in order. With --discoverd, a starting instance first copies the logs of
+a live instance of --service (GET /snapshot), then listens.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := flags.logger(env, "logaggregator")
@@ -182,10 +188,12 @@ With --auth-key every request but GET /.well-known/status needs the key.`,
 			}
 			cfg.Listen = flags.listen
 			cfg.Keys = flags.keys
+			peers.apply(&cfg, env, log)
 			return blobRunComponent(cmd.Context(), logagg.Run(cmd.Context(), cfg, log))
 		},
 	}
 	flags.register(cmd, env, "5381")
 	cmd.Flags().IntVar(&cfg.BufferLines, "buffer-lines", logagg.DefaultBufferLines, "lines kept per app")
+	peers.register(cmd, env)
 	return cmd
 }

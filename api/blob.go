@@ -6,10 +6,15 @@ import "time"
 // both as the ETag (quoted hex) and in BlobSHA256Header (bare hex). A PUT
 // may carry BlobSHA256Header too: the blobstore then refuses the upload
 // when the body does not match it. A PUT with BlobCopyFromHeader copies
-// the blob at that path instead of reading a body.
+// the blob at that path instead of reading a body. GET and HEAD replies
+// also carry BlobModifiedHeader, the blob's modification time to the
+// nanosecond (RFC 3339): it is the blob's version, the same on every
+// blobstore instance that holds that version (Last-Modified keeps only
+// seconds).
 const (
 	BlobSHA256Header   = "Blob-Sha256"
 	BlobCopyFromHeader = "Blobstore-Copy-From"
+	BlobModifiedHeader = "Blobstore-Modified"
 )
 
 // BlobInfo describes one stored blob. PUT replies with it as JSON; HEAD and
@@ -20,6 +25,10 @@ type BlobInfo struct {
 	Size     int64     `json:"size"`
 	SHA256   string    `json:"sha256,omitempty"`
 	Modified time.Time `json:"modified"`
+	// Copies is, in the reply to a PUT, how many blobstore instances
+	// hold the blob when the PUT returns (0: the blobstore does not
+	// replicate, it keeps one copy or uses a shared store).
+	Copies int `json:"copies,omitempty"`
 }
 
 // BlobEntry is one entry of a blobstore directory listing: GET on a

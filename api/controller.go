@@ -277,6 +277,9 @@ const (
 	ScaleRequestPending   = "pending"
 	ScaleRequestCancelled = "cancelled"
 	ScaleRequestComplete  = "complete"
+	// ScaleRequestFailed: the formation could not come up as asked (a
+	// process kept crashing); Error says why.
+	ScaleRequestFailed = "failed"
 )
 
 // ScaleRequest is a request to change a formation, tracked until the
@@ -290,8 +293,10 @@ type ScaleRequest struct {
 	NewProcesses *map[string]int               `json:"new_processes,omitempty"`
 	OldTags      map[string]map[string]string  `json:"old_tags,omitempty"`
 	NewTags      *map[string]map[string]string `json:"new_tags,omitempty"`
-	CreatedAt    time.Time                     `json:"created_at,omitzero"`
-	UpdatedAt    time.Time                     `json:"updated_at,omitzero"`
+	// Error says why a failed request failed.
+	Error     string    `json:"error,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
 }
 
 // Job states as the controller reports them.

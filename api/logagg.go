@@ -52,8 +52,12 @@ const (
 
 // LogIngestResult is the logaggregator's reply to POST /log.
 type LogIngestResult struct {
-	// Accepted is how many lines were stored.
+	// Accepted is how many lines were stored (for a shipper: stored or
+	// held already).
 	Accepted int `json:"accepted"`
+	// Next is, for a shipper (LogShipperHeader), the number of the line
+	// the aggregator wants next from it: the shipper sends from there.
+	Next uint64 `json:"next,omitempty"`
 }
 
 // Limits on shipped log lines.

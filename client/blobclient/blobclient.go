@@ -1,17 +1,22 @@
 // Package blobclient is the Go client of the Flynn blobstore: it streams
-// blobs up (Put from an io.Reader) and down (Get returns an io.ReadCloser),
-// reads byte ranges, and lists, describes and deletes blobs.
+// blobs up (Put from an io.Reader) and down (Get returns an io.ReadCloser,
+// which checks the blob's sha256 when it reaches the end), reads byte
+// ranges, and lists, describes and deletes blobs.
 package blobclient
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
@@ -103,6 +108,8 @@ func (c *Client) doInfo(req *http.Request, path string) (api.BlobInfo, error) {
 }
 
 // Get opens the blob at path for streaming. The caller closes the reader.
+// Reading to the end fails when the content does not match the checksum
+// the blobstore announced.
 func (c *Client) Get(ctx context.Context, path string) (io.ReadCloser, api.BlobInfo, error) {
 	return c.get(ctx, path, "")
 }
@@ -139,7 +146,35 @@ func (c *Client) get(ctx context.Context, path, rng string) (io.ReadCloser, api.
 		res.Body.Close()
 		return nil, api.BlobInfo{}, fmt.Errorf("get blob %s: server ignored the range request (status %d)", path, res.StatusCode)
 	}
+	if rng == "" && info.SHA256 != "" {
+		return &verifier{ReadCloser: res.Body, h: sha256.New(), want: info.SHA256, path: path}, info, nil
+	}
 	return res.Body, info, nil
+}
+
+// verifier checks, at the end of a whole blob, that it hashes to the
+// checksum the blobstore announced.
+type verifier struct {
+	io.ReadCloser
+	h    hash.Hash
+	want string
+	path string
+	err  error
+}
+
+func (v *verifier) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+	n, err := v.ReadCloser.Read(p)
+	v.h.Write(p[:n])
+	if err == io.EOF {
+		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.want {
+			v.err = fmt.Errorf("get blob %s: the content's sha256 is %s, not the %s announced; read it again", v.path, got, v.want)
+			return n, v.err
+		}
+	}
+	return n, err
 }
 
 // send is httpclient's Send with one addition: a 416 (range not
@@ -178,7 +213,9 @@ func infoFromHeader(path string, res *http.Response) api.BlobInfo {
 	} else {
 		info.Size = res.ContentLength
 	}
-	if t, err := http.ParseTime(res.Header.Get("Last-Modified")); err == nil {
+	if t, err := time.Parse(time.RFC3339Nano, res.Header.Get(api.BlobModifiedHeader)); err == nil {
+		info.Modified = t.UTC()
+	} else if t, err := http.ParseTime(res.Header.Get("Last-Modified")); err == nil {
 		info.Modified = t.UTC()
 	}
 	return info

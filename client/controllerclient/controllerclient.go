@@ -225,6 +225,12 @@ func (c *Client) UpdateScaleRequest(ctx context.Context, appID, releaseID, id, s
 	return &out, c.c.Do(ctx, "PUT", p("/apps/%s/scale/%s", appID, releaseID), &api.ScaleRequest{ID: id, State: state}, &out)
 }
 
+// FailScaleRequest ends a pending scale request as failed, saying why.
+func (c *Client) FailScaleRequest(ctx context.Context, appID, releaseID, id, reason string) (*api.ScaleRequest, error) {
+	var out api.ScaleRequest
+	return &out, c.c.Do(ctx, "PUT", p("/apps/%s/scale/%s", appID, releaseID), &api.ScaleRequest{ID: id, State: api.ScaleRequestFailed, Error: reason}, &out)
+}
+
 // ScaleRequestList returns an app's scale requests.
 func (c *Client) ScaleRequestList(ctx context.Context, appID string) ([]*api.ScaleRequest, error) {
 	var out []*api.ScaleRequest

@@ -1,7 +1,9 @@
 // Package logaggclient is the Go client of the Flynn log aggregator: Send
-// ships a batch of lines, Shipper batches lines in the background without
-// ever blocking the job that produces them, and Read (SSE) and ReadPlain
-// (newline-delimited JSON) read an app's buffered lines and follow new ones.
+// ships a batch of lines to one instance, Shipper sends lines to every
+// instance in the background, numbered so that each instance stores each
+// line once and in order, without ever blocking the job that produces
+// them, and Read (SSE) and ReadPlain (newline-delimited JSON) read an
+// app's buffered lines and follow new ones.
 package logaggclient
 
 import (

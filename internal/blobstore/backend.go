@@ -1,16 +1,13 @@
-// Package blobstore is Flynn's blob store: an HTTP server that stores and
-// serves files (slugs, build caches, repo archives, image layers) on any
-// path with PUT, GET, HEAD and DELETE, streaming in both directions, with
-// range requests, sha256 checksums and directory listings. Storage sits
-// behind the Backend interface; the filesystem backend is the default.
 package blobstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -20,20 +17,70 @@ import (
 // ValidName accepts ("slugs/a.tgz"); the empty name is the root directory.
 // Errors are *api.Error values where a client can act on them (not found,
 // conflict, validation), so the HTTP layer passes them through.
+//
+// A blob's modification time is its version: replicas of a blob carry the
+// time of the write that made it, and of two versions of a path the later
+// one wins. Put and Delete order the writes to one path accordingly.
 type Backend interface {
 	// Put stores the bytes read from r at name. Readers of name see either
 	// the previous blob or the complete new one, never a partial write.
-	// When wantSHA256 is not empty and the bytes hash differently, nothing
-	// is stored and Put returns a validation error.
-	Put(ctx context.Context, name string, r io.Reader, wantSHA256 string) (api.BlobInfo, error)
+	// When opts.SHA256 is not empty and the bytes hash differently, nothing
+	// is stored and Put returns a validation error. With opts.Modified set,
+	// the blob is stored with that time only when the stored blob (if any)
+	// is older; otherwise nothing changes and Put returns the stored blob's
+	// info with ErrStale.
+	Put(ctx context.Context, name string, r io.Reader, opts PutOptions) (api.BlobInfo, error)
 	// Open returns the blob at name for reading and seeking.
 	Open(ctx context.Context, name string) (Object, error)
 	// Stat describes the blob at name.
 	Stat(ctx context.Context, name string) (api.BlobInfo, error)
-	// Delete removes the blob at name.
-	Delete(ctx context.Context, name string) error
+	// Delete removes the blob at name and returns what it was. With
+	// opts.Before set, a blob modified after it is kept and Delete returns
+	// its info with ErrStale.
+	Delete(ctx context.Context, name string, opts DeleteOptions) (api.BlobInfo, error)
 	// List returns the entries of directory dir, sorted by name.
 	List(ctx context.Context, dir string) ([]api.BlobEntry, error)
+}
+
+// PutOptions are the optional settings of Backend.Put.
+type PutOptions struct {
+	// SHA256 (hex), when set, is what the bytes must hash to.
+	SHA256 string
+	// Size, when > 0, is the number of bytes r will give (a hint).
+	Size int64
+	// Modified, when set, is the blob's version, given by the instance
+	// that took the write (a replica). It replaces only an older blob.
+	Modified time.Time
+	// NotBefore, for a new write (Modified not set), is the earliest
+	// modification time to give the blob: just after a known delete of
+	// the path, so the new blob wins over that delete even when this
+	// host's clock is behind. The blob's time is also always after the
+	// blob it replaces.
+	NotBefore time.Time
+}
+
+// DeleteOptions are the optional settings of Backend.Delete.
+type DeleteOptions struct {
+	// Before, when set, is the version of a delete done elsewhere: only a
+	// blob modified at or before it is removed.
+	Before time.Time
+}
+
+// ErrStale is returned (with the stored blob's info) by a Put or Delete
+// that did not apply because the stored blob is newer.
+var ErrStale = errors.New("a newer version of the blob is stored")
+
+// stampTime is the modification time a new write of a path gets: now,
+// but after notBefore and after the blob it replaces (cur, when not zero).
+func stampTime(now, notBefore, cur time.Time) time.Time {
+	t := now
+	if notBefore.After(t) {
+		t = notBefore
+	}
+	if !cur.IsZero() && !t.After(cur) {
+		t = cur.Add(time.Nanosecond)
+	}
+	return t.UTC()
 }
 
 // Object is an open blob. Info describes exactly the bytes being read, even
@@ -50,7 +97,7 @@ const (
 )
 
 // reserved are top-level names the server uses itself.
-var reserved = map[string]bool{".well-known": true, tmpDirName: true}
+var reserved = map[string]bool{".well-known": true, tmpDirName: true, stateDirName: true}
 
 // ValidName checks a blob path as it arrives in a request (with a leading
 // slash) and returns the backend name without the leading slash, and

@@ -22,6 +22,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
@@ -55,7 +57,29 @@ func backends(t *testing.T) map[string]func(t *testing.T) blobstore.Backend {
 	return map[string]func(t *testing.T) blobstore.Backend{
 		"fs":  func(t *testing.T) blobstore.Backend { b, _ := newFS(t); return b },
 		"mem": func(t *testing.T) blobstore.Backend { return blobstore.NewMem() },
+		"s3":  func(t *testing.T) blobstore.Backend { b, _ := newS3(t, nil); return b },
 	}
+}
+
+// newS3 returns an S3 backend on an in-process fake S3 server (gofakes3),
+// with the config mod makes, and the server's URL. The bucket is "blobs".
+func newS3(t testing.TB, mod func(*blobstore.S3Config)) (*blobstore.S3, string) {
+	t.Helper()
+	mem := s3mem.New()
+	if err := mem.CreateBucket("blobs"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gofakes3.New(mem, gofakes3.WithLogger(gofakes3.DiscardLog())).Server())
+	t.Cleanup(srv.Close)
+	cfg := blobstore.S3Config{Endpoint: srv.URL, Bucket: "blobs", Region: "us-east-1", AccessKey: "access", SecretKey: "secret"}
+	if mod != nil {
+		mod(&cfg)
+	}
+	b, err := blobstore.NewS3(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, srv.URL
 }
 
 func sum(b []byte) string {
@@ -148,71 +172,76 @@ func TestErrors(t *testing.T) {
 	for bname, mk := range backends(t) {
 		t.Run(bname, func(t *testing.T) {
 			c, _ := serve(t, mk(t), nil, 0)
-			ctx := context.Background()
-			if _, err := c.Put(ctx, "/dir/file", strings.NewReader("x"), nil); err != nil {
-				t.Fatal(err)
+			testErrors(t, c)
+		})
+	}
+}
+
+// testErrors checks the errors of bad requests to the blobstore of c.
+func testErrors(t *testing.T, c *blobclient.Client) {
+	ctx := context.Background()
+	if _, err := c.Put(ctx, "/dir/file", strings.NewReader("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	put := func(p string) func() error {
+		return func() error { _, err := c.Put(ctx, p, strings.NewReader("x"), nil); return err }
+	}
+	get := func(p string) func() error {
+		return func() error {
+			rc, _, err := c.Get(ctx, p)
+			if err == nil {
+				rc.Close()
 			}
-			put := func(p string) func() error {
-				return func() error { _, err := c.Put(ctx, p, strings.NewReader("x"), nil); return err }
-			}
-			get := func(p string) func() error {
-				return func() error {
-					rc, _, err := c.Get(ctx, p)
-					if err == nil {
-						rc.Close()
-					}
-					return err
-				}
-			}
-			tests := []struct {
-				name string
-				op   func() error
-				want error
-			}{
-				{"dotdot", put("/a/../b"), api.ErrValidation},
-				{"dotdot escape", get("/../etc/passwd"), api.ErrValidation},
-				{"dot", put("/a/./b"), api.ErrValidation},
-				{"empty element", put("/a//b"), api.ErrValidation},
-				{"nul", put("/a\x00b"), api.ErrValidation},
-				{"control char", get("/a\nb"), api.ErrValidation},
-				{"long element", put("/" + strings.Repeat("x", 256)), api.ErrValidation},
-				{"long path", put(strings.Repeat("/abcdefgh", 200)), api.ErrValidation},
-				{"reserved tmp", put("/.blobstore-tmp/x"), api.ErrValidation},
-				{"reserved well-known", put("/.well-known/x"), api.ErrValidation},
-				{"put dir path", put("/dir/"), api.ErrValidation},
-				{"put root", put("/"), api.ErrValidation},
-				{"bad sha header", func() error {
-					_, err := c.Put(ctx, "/x", strings.NewReader("x"), &blobclient.PutOptions{SHA256: "abc"})
-					return err
-				}, api.ErrValidation},
-				{"sha mismatch", func() error {
-					_, err := c.Put(ctx, "/x", strings.NewReader("x"), &blobclient.PutOptions{SHA256: sum([]byte("y"))})
-					return err
-				}, api.ErrValidation},
-				{"get missing", get("/nope"), api.ErrNotFound},
-				{"get missing under blob", get("/dir/file/x"), api.ErrNotFound},
-				{"get dir without slash", get("/dir"), api.ErrNotFound},
-				{"head missing", func() error { _, err := c.Head(ctx, "/nope"); return err }, api.ErrNotFound},
-				{"delete missing", func() error { return c.Delete(ctx, "/nope") }, api.ErrNotFound},
-				{"list missing", func() error { _, err := c.List(ctx, "/nope"); return err }, api.ErrNotFound},
-				{"list a blob", func() error { _, err := c.List(ctx, "/dir/file"); return err }, api.ErrValidation},
-				{"put over dir", put("/dir"), api.ErrConflict},
-				{"put under blob", put("/dir/file/x"), api.ErrConflict},
-				{"range past end", func() error { _, _, err := c.GetRange(ctx, "/dir/file", 10, 5); return err }, api.ErrValidation},
-				{"copy missing", func() error { _, err := c.Copy(ctx, "/y", "/nope"); return err }, api.ErrNotFound},
-			}
-			for _, tt := range tests {
-				t.Run(tt.name, func(t *testing.T) {
-					if err := tt.op(); !errors.Is(err, tt.want) {
-						t.Fatalf("err = %v, want %v", err, tt.want)
-					}
-				})
-			}
-			// A rejected upload stored nothing.
-			if _, err := c.Head(ctx, "/x"); !errors.Is(err, api.ErrNotFound) {
-				t.Fatalf("blob stored despite sha mismatch: %v", err)
+			return err
+		}
+	}
+	tests := []struct {
+		name string
+		op   func() error
+		want error
+	}{
+		{"dotdot", put("/a/../b"), api.ErrValidation},
+		{"dotdot escape", get("/../etc/passwd"), api.ErrValidation},
+		{"dot", put("/a/./b"), api.ErrValidation},
+		{"empty element", put("/a//b"), api.ErrValidation},
+		{"nul", put("/a\x00b"), api.ErrValidation},
+		{"control char", get("/a\nb"), api.ErrValidation},
+		{"long element", put("/" + strings.Repeat("x", 256)), api.ErrValidation},
+		{"long path", put(strings.Repeat("/abcdefgh", 200)), api.ErrValidation},
+		{"reserved tmp", put("/.blobstore-tmp/x"), api.ErrValidation},
+		{"reserved well-known", put("/.well-known/x"), api.ErrValidation},
+		{"put dir path", put("/dir/"), api.ErrValidation},
+		{"put root", put("/"), api.ErrValidation},
+		{"bad sha header", func() error {
+			_, err := c.Put(ctx, "/x", strings.NewReader("x"), &blobclient.PutOptions{SHA256: "abc"})
+			return err
+		}, api.ErrValidation},
+		{"sha mismatch", func() error {
+			_, err := c.Put(ctx, "/x", strings.NewReader("x"), &blobclient.PutOptions{SHA256: sum([]byte("y"))})
+			return err
+		}, api.ErrValidation},
+		{"get missing", get("/nope"), api.ErrNotFound},
+		{"get missing under blob", get("/dir/file/x"), api.ErrNotFound},
+		{"get dir without slash", get("/dir"), api.ErrNotFound},
+		{"head missing", func() error { _, err := c.Head(ctx, "/nope"); return err }, api.ErrNotFound},
+		{"delete missing", func() error { return c.Delete(ctx, "/nope") }, api.ErrNotFound},
+		{"list missing", func() error { _, err := c.List(ctx, "/nope"); return err }, api.ErrNotFound},
+		{"list a blob", func() error { _, err := c.List(ctx, "/dir/file"); return err }, api.ErrValidation},
+		{"put over dir", put("/dir"), api.ErrConflict},
+		{"put under blob", put("/dir/file/x"), api.ErrConflict},
+		{"range past end", func() error { _, _, err := c.GetRange(ctx, "/dir/file", 10, 5); return err }, api.ErrValidation},
+		{"copy missing", func() error { _, err := c.Copy(ctx, "/y", "/nope"); return err }, api.ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.op(); !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
 		})
+	}
+	// A rejected upload stored nothing.
+	if _, err := c.Head(ctx, "/x"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("blob stored despite sha mismatch: %v", err)
 	}
 }
 

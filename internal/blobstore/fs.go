@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"io/fs"
 	"os"
@@ -14,11 +15,16 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
+
+// stateDirName is the directory under the root where an instance keeps
+// its own records (the tombstones of deleted blobs).
+const stateDirName = ".blobstore-state"
 
 // tmpDirName is the directory under the root where uploads are written
 // before they are renamed into place. It is on the same filesystem as the
@@ -43,6 +49,10 @@ type FS struct {
 	root   string
 	tmp    string
 	noSync bool
+
+	// commit serializes, per path (by hash), the last step of a write or
+	// delete: comparing versions and renaming or removing.
+	commit [64]sync.Mutex
 
 	mu      sync.Mutex
 	shaMemo map[shaKey]string // used only when xattrs are unsupported
@@ -78,12 +88,21 @@ func NewFS(root string, opts FSOptions) (*FS, error) {
 	return &FS{root: abs, tmp: tmp, noSync: opts.NoSync, shaMemo: map[shaKey]string{}}, nil
 }
 
+// lock locks the commit step of name and returns the unlock function.
+func (b *FS) lock(name string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	m := &b.commit[h.Sum32()%uint32(len(b.commit))]
+	m.Lock()
+	return m.Unlock
+}
+
 func (b *FS) path(name string) string {
 	return filepath.Join(b.root, filepath.FromSlash(name))
 }
 
 // Put implements Backend.
-func (b *FS) Put(ctx context.Context, name string, r io.Reader, wantSHA string) (api.BlobInfo, error) {
+func (b *FS) Put(ctx context.Context, name string, r io.Reader, opts PutOptions) (api.BlobInfo, error) {
 	if name == "" {
 		return api.BlobInfo{}, api.Validation("path", "cannot write the root directory")
 	}
@@ -116,7 +135,7 @@ func (b *FS) Put(ctx context.Context, name string, r io.Reader, wantSHA string) 
 		return api.BlobInfo{}, uploadError(name, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
-	if err := checkSHA(sum, wantSHA); err != nil {
+	if err := checkSHA(sum, opts.SHA256); err != nil {
 		return api.BlobInfo{}, err
 	}
 	if err := unix.Fsetxattr(int(f.Fd()), shaXattr, []byte(sum), 0); err != nil && !xattrUnsupported(err) {
@@ -130,11 +149,33 @@ func (b *FS) Put(ctx context.Context, name string, r io.Reader, wantSHA string) 
 			return api.BlobInfo{}, errorf("put", name, err)
 		}
 	}
-	fi, err := f.Stat()
-	if err != nil {
+	if err := f.Close(); err != nil {
 		return api.BlobInfo{}, errorf("put", name, err)
 	}
-	if err := f.Close(); err != nil {
+
+	unlock := b.lock(name)
+	defer unlock()
+	var cur time.Time
+	if fi, err := os.Lstat(full); err == nil && fi.Mode().IsRegular() {
+		cur = fi.ModTime()
+	}
+	mod := opts.Modified
+	if mod.IsZero() {
+		mod = stampTime(time.Now(), opts.NotBefore, cur)
+	} else if !cur.IsZero() && !mod.After(cur) {
+		info, err := b.Stat(ctx, name)
+		if err != nil {
+			return api.BlobInfo{}, err
+		}
+		return info, ErrStale
+	}
+	if err := os.Chtimes(tmpName, mod, mod); err != nil {
+		return api.BlobInfo{}, errorf("put", name, err)
+	}
+	// The filesystem may keep coarser times than asked for: the time it
+	// kept is the version.
+	fi, err := os.Lstat(tmpName)
+	if err != nil {
 		return api.BlobInfo{}, errorf("put", name, err)
 	}
 	// A concurrent Delete may remove an emptied parent between mkdir and
@@ -249,27 +290,33 @@ func (b *FS) fileInfo(f *os.File, name string) (api.BlobInfo, error) {
 }
 
 // Delete implements Backend. Parent directories left empty are removed.
-func (b *FS) Delete(ctx context.Context, name string) error {
+func (b *FS) Delete(ctx context.Context, name string, opts DeleteOptions) (api.BlobInfo, error) {
 	if name == "" {
-		return api.Validation("path", "cannot delete the root directory")
+		return api.BlobInfo{}, api.Validation("path", "cannot delete the root directory")
 	}
 	full := b.path(name)
+	unlock := b.lock(name)
+	defer unlock()
 	fi, err := os.Lstat(full)
 	if err != nil {
-		return b.statErr(name, err)
+		return api.BlobInfo{}, b.statErr(name, err)
 	}
 	if fi.IsDir() {
-		return api.Conflict("%q is a directory; delete the blobs in it instead", "/"+name)
+		return api.BlobInfo{}, api.Conflict("%q is a directory; delete the blobs in it instead", "/"+name)
+	}
+	info := api.BlobInfo{Path: "/" + name, Size: fi.Size(), Modified: fi.ModTime().UTC()}
+	if !opts.Before.IsZero() && fi.ModTime().After(opts.Before) {
+		return info, ErrStale
 	}
 	if err := os.Remove(full); err != nil {
-		return b.statErr(name, err)
+		return api.BlobInfo{}, b.statErr(name, err)
 	}
 	for dir := filepath.Dir(full); dir != b.root && strings.HasPrefix(dir, b.root); dir = filepath.Dir(dir) {
 		if os.Remove(dir) != nil {
 			break
 		}
 	}
-	return nil
+	return info, nil
 }
 
 // List implements Backend.

@@ -29,7 +29,7 @@ type memBlob struct {
 func NewMem() *Mem { return &Mem{blobs: map[string]memBlob{}} }
 
 // Put implements Backend.
-func (m *Mem) Put(ctx context.Context, name string, r io.Reader, wantSHA string) (api.BlobInfo, error) {
+func (m *Mem) Put(ctx context.Context, name string, r io.Reader, opts PutOptions) (api.BlobInfo, error) {
 	if name == "" {
 		return api.BlobInfo{}, api.Validation("path", "cannot write the root directory")
 	}
@@ -39,7 +39,7 @@ func (m *Mem) Put(ctx context.Context, name string, r io.Reader, wantSHA string)
 	}
 	sum := sha256.Sum256(data)
 	hexSum := hex.EncodeToString(sum[:])
-	if err := checkSHA(hexSum, wantSHA); err != nil {
+	if err := checkSHA(hexSum, opts.SHA256); err != nil {
 		return api.BlobInfo{}, err
 	}
 	m.mu.Lock()
@@ -52,7 +52,17 @@ func (m *Mem) Put(ctx context.Context, name string, r io.Reader, wantSHA string)
 			return api.BlobInfo{}, api.Conflict("a parent of %q is a blob, not a directory", "/"+name)
 		}
 	}
-	info := api.BlobInfo{Path: "/" + name, Size: int64(len(data)), SHA256: hexSum, Modified: time.Now().UTC()}
+	var cur time.Time
+	if b, ok := m.blobs[name]; ok {
+		cur = b.info.Modified
+	}
+	mod := opts.Modified.UTC()
+	if opts.Modified.IsZero() {
+		mod = stampTime(time.Now(), opts.NotBefore, cur)
+	} else if !cur.IsZero() && !mod.After(cur) {
+		return m.blobs[name].info, ErrStale
+	}
+	info := api.BlobInfo{Path: "/" + name, Size: int64(len(data)), SHA256: hexSum, Modified: mod}
 	m.blobs[name] = memBlob{data: data, info: info}
 	return info, nil
 }
@@ -80,14 +90,18 @@ func (m *Mem) Stat(ctx context.Context, name string) (api.BlobInfo, error) {
 }
 
 // Delete implements Backend.
-func (m *Mem) Delete(ctx context.Context, name string) error {
+func (m *Mem) Delete(ctx context.Context, name string, opts DeleteOptions) (api.BlobInfo, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.blobs[name]; !ok {
-		return notFound(name)
+	b, ok := m.blobs[name]
+	if !ok {
+		return api.BlobInfo{}, notFound(name)
+	}
+	if !opts.Before.IsZero() && b.info.Modified.After(opts.Before) {
+		return b.info, ErrStale
 	}
 	delete(m.blobs, name)
-	return nil
+	return b.info, nil
 }
 
 // List implements Backend.

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -33,6 +32,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
 	"github.com/flynnrebuilt/flynn/internal/image"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // MarkerKey is the etcd key that records a finished bootstrap.
@@ -499,14 +499,14 @@ func (r *run) runApp(ctx context.Context, name string) error {
 		proc := st.release.Processes[typ]
 		if proc.Omni {
 			for _, h := range r.hosts {
-				if err := r.startJob(ctx, h, st, typ, spec.Root); err != nil {
+				if err := r.startJob(ctx, h, st, typ, 0, spec.Root); err != nil {
 					return err
 				}
 			}
 			continue
 		}
 		for i := 0; i < r.count(name, typ); i++ {
-			if err := r.startJob(ctx, r.hosts[i%len(r.hosts)], st, typ, spec.Root); err != nil {
+			if err := r.startJob(ctx, r.hosts[i%len(r.hosts)], st, typ, i+1, spec.Root); err != nil {
 				return err
 			}
 		}
@@ -515,25 +515,11 @@ func (r *run) runApp(ctx context.Context, name string) error {
 	return nil
 }
 
-func (r *run) startJob(ctx context.Context, h *api.Host, st *appState, typ string, root bool) error {
-	proc := st.release.Processes[typ]
-	env := maps.Clone(st.release.Env)
-	if env == nil {
-		env = map[string]string{}
-	}
-	maps.Copy(env, proc.Env)
-	hj := &api.HostJob{
-		ID:        h.ID + "-" + uuid.NewString(),
-		Artifacts: []*api.Artifact{st.art},
-		Metadata: map[string]string{
-			api.JobMetaApp: st.app.ID, api.JobMetaAppName: st.app.Name,
-			api.JobMetaRelease: st.release.ID, api.JobMetaProcessType: typ,
-		},
-		Config: api.HostJobConfig{
-			Args: proc.Args, Env: env, Ports: proc.Ports, Mounts: proc.Mounts, HostNetwork: proc.HostNetwork,
-		},
-		Resources: proc.Resources,
-	}
+func (r *run) startJob(ctx context.Context, h *api.Host, st *appState, typ string, index int, root bool) error {
+	// The host job as the scheduler would make it, so it adopts it.
+	f := &api.ExpandedFormation{App: st.app, Release: st.release, Artifacts: []*api.Artifact{st.art}}
+	id, uuid := scheduler.NewJobID(h.ID)
+	hj := scheduler.HostJob(f, &scheduler.Job{ID: id, UUID: uuid, HostID: h.ID, AppID: st.app.ID, ReleaseID: st.release.ID, Type: typ, Index: index})
 	if root {
 		zero := uint32(0)
 		hj.Config.Uid, hj.Config.Gid = &zero, &zero

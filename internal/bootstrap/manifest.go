@@ -208,7 +208,12 @@ func DefaultManifest() *Manifest {
 
 	blob := proc("blobstore", "BLOBSTORE_PORT", "blobstore", "--dir", "/data")
 	blob.Env["FLYNN_AUTH_KEY"] = "${CONTROLLER_KEY}"
+	// To find its peers in discoverd: writes go to 2 instances.
+	blob.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
 	logagg := proc("logaggregator", "LOGAGG_PORT", "logaggregator")
+	// To find its peers: each instance gets every line from the hosts
+	// and fills itself from a peer at start.
+	logagg.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
 
 	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")
 	git.Env["SSH_ADDR"] = ":${GIT_SSH_PORT}"
@@ -226,7 +231,7 @@ func DefaultManifest() *Manifest {
 			"scheduler":     {Critical: true, Restore: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"scheduler": sched}, Formation: map[string]int{"scheduler": 1}},
 			"router":        {Critical: true, Root: true, Etcd: true, Processes: map[string]*api.ProcessType{"app": router}, Formation: map[string]int{"app": 1}},
 			"blobstore":     {Critical: true, DataDir: true, Spread: true, Processes: map[string]*api.ProcessType{"web": blob}, Formation: map[string]int{"web": 1}},
-			"logaggregator": {Processes: map[string]*api.ProcessType{"app": logagg}, Formation: map[string]int{"app": 1}},
+			"logaggregator": {Spread: true, Processes: map[string]*api.ProcessType{"app": logagg}, Formation: map[string]int{"app": 1}},
 			"gitreceive":    {DataDir: true, Stack: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"app": git}, Formation: map[string]int{"app": 1}},
 		},
 		Steps: []*Step{

@@ -34,6 +34,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/deployer"
 	"github.com/flynnrebuilt/flynn/internal/logagg"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 const testKey = "cli-test-key"
@@ -67,7 +68,7 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var closers []func()
-	h := &harness{runner: &fakeRunner{jobs: map[string]chan *api.HostJob{}}}
+	h := &harness{runner: &fakeRunner{etcd: etcd, jobs: map[string]chan *api.HostJob{}}}
 	h.stop = func() {
 		cancel()
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -283,11 +284,22 @@ func (h *harness) addLog(ctx context.Context, app, typ, stream, msg string) erro
 // is interactive: it reports whether it has a TTY, echoes input lines,
 // reports a Ctrl-C byte, and exits N on a line "exit N" (0 at EOF).
 type fakeRunner struct {
+	// etcd holds the registered hosts Place picks from.
+	etcd     *clientv3.Client
 	mu       sync.Mutex
 	jobs     map[string]chan *api.HostJob
 	added    []*api.HostJob
 	stopped  []string
 	signaled []string
+}
+
+// Place picks among the hosts registered in etcd, by the scheduler's rules.
+func (f *fakeRunner) Place(ctx context.Context, req scheduler.Request) (*api.Host, error) {
+	hosts, err := (&scheduler.EtcdHosts{Client: f.etcd}).ListHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return scheduler.PlaceOne(&scheduler.Snapshot{Hosts: hosts}, req)
 }
 
 // hostFrames writes the host agent's attach frames.

@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -103,4 +105,29 @@ each job (start, exit, out of memory) on stderr.`,
 	f.BoolVarP(&raw, "raw-output", "r", false, "print only the messages")
 	f.BoolVarP(&initLog, "init", "i", false, "also show the platform's lines about each job, on stderr")
 	return c
+}
+
+// lastLogLines returns the last n lines an app's process type wrote (its
+// jobs' output, with their job ids), or none when the log cannot be read.
+func (s *state) lastLogLines(ctx context.Context, appID, typ string, n int) []string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	q := url.Values{"lines": {strconv.Itoa(n)}, "stream_types": {api.LogStdout + "," + api.LogStderr}}
+	if typ != "" {
+		q.Set("process_type", typ)
+	}
+	res, err := s.raw(ctx, http.MethodGet, "/apps/"+url.PathEscape(appID)+"/log?"+q.Encode(), nil, http.Header{"Accept": {"text/event-stream"}})
+	if err != nil {
+		return nil
+	}
+	lr := logaggclient.NewSSEReader(httpclient.NewEventReader(res.Body))
+	defer lr.Close()
+	var out []string
+	for {
+		m, err := lr.Next()
+		if err != nil {
+			return out
+		}
+		out = append(out, fmt.Sprintf("%s: %s", m.JobID, m.Msg))
+	}
 }

@@ -234,7 +234,8 @@ with those tags (a KEY alone means KEY=true).`,
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			go func() { <-ctx.Done(); stream.Close() }()
-			if err := waitScaleRequest(ctx, cmd.OutOrStdout(), stream, req); err != nil {
+			lastLines := func(typ string) []string { return s.lastLogLines(context.WithoutCancel(ctx), req.AppID, typ, 10) }
+			if err := waitScaleRequest(ctx, cmd.OutOrStdout(), stream, req, lastLines); err != nil {
 				if ctx.Err() == context.DeadlineExceeded {
 					return fmt.Errorf("timed out after %s waiting for the new formation to serve: see flynn ps and flynn log", timeout)
 				}
@@ -337,7 +338,7 @@ func showAllFormations(ctx context.Context, cmd *cobra.Command, c *controllercli
 // jobs of the request's release as they change, until the deployer
 // completes the request (the formation runs and serves) or it is
 // cancelled by a newer one.
-func waitScaleRequest(ctx context.Context, out io.Writer, stream *controllerclient.EventStream, req *api.ScaleRequest) error {
+func waitScaleRequest(ctx context.Context, out io.Writer, stream *controllerclient.EventStream, req *api.ScaleRequest, lastLines func(typ string) []string) error {
 	for {
 		ev, err := stream.Next()
 		if err != nil {
@@ -363,6 +364,16 @@ func waitScaleRequest(ctx context.Context, out io.Writer, stream *controllerclie
 				return nil
 			case api.ScaleRequestCancelled:
 				return errors.New("the scale request was replaced by a newer one before it completed: see flynn scale")
+			case api.ScaleRequestFailed:
+				// Say why, with what the crashing process printed last.
+				typ, _, _ := strings.Cut(r.Error, " ")
+				if lines := lastLines(typ); len(lines) > 0 {
+					fmt.Fprintf(out, "Last log lines of %s:\n", typ)
+					for _, l := range lines {
+						fmt.Fprintf(out, "  %s\n", l)
+					}
+				}
+				return fmt.Errorf("scale failed: %s (see flynn log -t %s)", r.Error, typ)
 			}
 		}
 	}

@@ -437,7 +437,7 @@ func decodeScaleRequest(r *http.Request) (*api.ScaleRequest, error) {
 	}
 	switch req.State {
 	case "", api.ScaleRequestPending:
-	case api.ScaleRequestComplete, api.ScaleRequestCancelled:
+	case api.ScaleRequestComplete, api.ScaleRequestCancelled, api.ScaleRequestFailed:
 		if req.ID == "" {
 			return nil, api.Validation("id", "id is required to update a scale request")
 		}
@@ -471,8 +471,8 @@ func (s *Server) scale(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if req.State == api.ScaleRequestComplete || req.State == api.ScaleRequestCancelled {
-		out, err := s.store.UpdateScaleRequest(r.Context(), app.ID, req.ID, req.State)
+	if req.State == api.ScaleRequestComplete || req.State == api.ScaleRequestCancelled || req.State == api.ScaleRequestFailed {
+		out, err := s.store.EndScaleRequest(r.Context(), app.ID, req.ID, req.State, req.Error)
 		if err != nil {
 			return err
 		}

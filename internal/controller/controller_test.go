@@ -31,6 +31,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 const testKey = "test-key"
@@ -45,6 +46,17 @@ type fakeRunner struct {
 	signaled []string
 	// addErr, when set, is what AddJob returns.
 	addErr error
+	// etcd holds the registered hosts Place picks from.
+	etcd *clientv3.Client
+}
+
+// Place picks among the hosts registered in etcd, by the scheduler's rules.
+func (f *fakeRunner) Place(ctx context.Context, req scheduler.Request) (*api.Host, error) {
+	hosts, err := (&scheduler.EtcdHosts{Client: f.etcd}).ListHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return scheduler.PlaceOne(&scheduler.Snapshot{Hosts: hosts}, req)
 }
 
 func (f *fakeRunner) SignalJob(ctx context.Context, h *api.Host, id string, sig int) error {
@@ -118,7 +130,7 @@ func newServer(t testing.TB, cfg Config) (*controllerclient.Client, string) {
 func setup(t testing.TB) *env {
 	t.Helper()
 	cli := etcdtest.Client(t)
-	runner := &fakeRunner{}
+	runner := &fakeRunner{etcd: cli}
 	cfg := Config{Etcd: cli, AuthKeys: []string{"old-key", testKey}, ClusterDomain: "example.test", Runner: runner}
 	c, u := newServer(t, cfg)
 	return &env{etcd: cli, c: c, url: u, runner: runner, cfg: cfg}

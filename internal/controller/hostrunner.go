@@ -11,12 +11,24 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // HostRunner is the JobRunner that talks to real host agents with
 // client/hostclient, authenticating with the cluster token.
 type HostRunner struct {
 	Token string
+	// Cluster is the hosts and their jobs, to place jobs on
+	// (scheduler.NewHostCluster).
+	Cluster scheduler.Cluster
+}
+
+// Place implements JobRunner with the scheduler's placement.
+func (h *HostRunner) Place(ctx context.Context, req scheduler.Request) (*api.Host, error) {
+	if h.Cluster == nil {
+		return nil, errors.New("this controller has no view of the hosts")
+	}
+	return scheduler.PlaceOnCluster(ctx, h.Cluster, req)
 }
 
 func (h *HostRunner) client(host *api.Host) *hostclient.Client {

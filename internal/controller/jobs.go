@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
-	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) error {
@@ -199,15 +199,12 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Runner == nil {
 		return &api.Error{Code: api.CodeUnavailable, Message: "this controller cannot reach host agents"}
 	}
-	hosts, err := s.store.ListHosts(r.Context())
+	// Placed as every job is: by the scheduler's rules (tags, free
+	// memory, the least busy host).
+	host, err := s.cfg.Runner.Place(r.Context(), scheduler.Request{Memory: scheduler.MemoryRequest(nj.Resources)})
 	if err != nil {
-		return err
+		return &api.Error{Code: api.CodeUnavailable, Message: "no host can run the job: " + err.Error()}
 	}
-	if len(hosts) == 0 {
-		return &api.Error{Code: api.CodeUnavailable, Message: "no hosts are registered to run the job"}
-	}
-	n, _ := rand.Int(rand.Reader, big.NewInt(int64(len(hosts))))
-	host := hosts[n.Int64()]
 
 	attach := strings.Contains(r.Header.Get("Upgrade"), api.JobAttachUpgrade)
 	hj, job, err := s.buildJob(r, app, rel, nj, host, attach)
@@ -337,24 +334,19 @@ func (s *Server) relayAttach(ctx context.Context, rw *bufio.ReadWriter, stream i
 // bin), and Flynn's runner path /runner/init at the start of the command
 // is taken to mean that runner.
 func (s *Server) buildJob(r *http.Request, app *api.App, rel *api.Release, nj *api.NewJob, host *api.Host, attach bool) (*api.HostJob, *api.Job, error) {
-	uuid := ctrlstore.NewID()
-	id := host.ID + "-" + uuid
+	id, uuid := scheduler.NewJobID(host.ID)
 	env := map[string]string{}
 	if nj.ReleaseEnv {
 		maps.Copy(env, rel.Env)
 	}
 	maps.Copy(env, nj.Env)
-	env["FLYNN_APP_ID"] = app.ID
-	env["FLYNN_APP_NAME"] = app.Name
-	env["FLYNN_RELEASE_ID"] = rel.ID
+	maps.Copy(env, scheduler.JobEnv(app, rel.ID, ""))
 	env["FLYNN_JOB_ID"] = id
 	meta := maps.Clone(nj.Meta)
 	if meta == nil {
 		meta = map[string]string{}
 	}
-	meta[api.JobMetaApp] = app.ID
-	meta[api.JobMetaAppName] = app.Name
-	meta[api.JobMetaRelease] = rel.ID
+	maps.Copy(meta, scheduler.JobMetadata(app, rel.ID, ""))
 	args := nj.Args
 	var mounts []api.Mount
 	if nj.MountsFrom != "" {

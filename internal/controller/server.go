@@ -26,12 +26,15 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // JobRunner starts and stops jobs on host agents, for one-off jobs (which
 // bypass the scheduler) and job kills. The lead wires the real host
 // client; tests use a fake.
 type JobRunner interface {
+	// Place picks the host for a one-off job, by the scheduler's rules.
+	Place(ctx context.Context, req scheduler.Request) (*api.Host, error)
 	// AddJob starts job on host. A job the host cannot start because of
 	// what it asks for (e.g. a command its image lacks) is an *api.Error
 	// with a 4xx code.

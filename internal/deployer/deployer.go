@@ -83,6 +83,9 @@ type Config struct {
 	// ScaleTimeout bounds how long a scale request is watched
 	// (DefaultScaleTimeout when 0).
 	ScaleTimeout time.Duration
+	// CrashLimit is how many crashes of a process type's jobs fail a
+	// scale request waiting on them (default 3).
+	CrashLimit int
 }
 
 // Deployer runs deployments.
@@ -104,6 +107,9 @@ func New(cfg Config, log *slog.Logger) (*Deployer, error) {
 	}
 	if cfg.ScaleTimeout <= 0 {
 		cfg.ScaleTimeout = DefaultScaleTimeout
+	}
+	if cfg.CrashLimit <= 0 {
+		cfg.CrashLimit = 3
 	}
 	return &Deployer{cfg: cfg, log: log.With("component", "deployer")}, nil
 }
@@ -455,13 +461,7 @@ func (r *run) apply(ctx context.Context, j *api.Job) error {
 		if r.newForm.Processes[j.Type] == 0 {
 			return nil // we scaled it down
 		}
-		msg := "exited"
-		if j.ExitStatus != nil {
-			msg = fmt.Sprintf("exited with status %d", *j.ExitStatus)
-		}
-		if j.HostError != nil {
-			msg += ": " + *j.HostError
-		}
+		msg := JobEnd(j)
 		r.event(ctx, api.DeploymentEvent{ReleaseID: j.ReleaseID, JobType: j.Type, JobState: api.JobStateDown, Error: msg})
 		return fmt.Errorf("a %s job of release %s %s", j.Type, j.ReleaseID, msg)
 	case isOld && j.State == api.JobStateDown && prev != nil:

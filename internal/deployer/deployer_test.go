@@ -624,3 +624,75 @@ func TestScaleRequestCompletesWhenServing(t *testing.T) {
 		t.Errorf("jobs (-want +got):\n%s", diff)
 	}
 }
+
+func (s *scaleSim) FailScaleRequest(ctx context.Context, req *api.ScaleRequest, reason string) error {
+	cp := *req
+	cp.State, cp.Error = api.ScaleRequestFailed, reason
+	s.completed <- &cp
+	return nil
+}
+
+// TestScaleRequestFailsOnCrashLoop: a scale request whose new jobs keep
+// crashing fails after three crashes, saying which type and how the last
+// ended, rather than waiting out its timeout; jobs stopped on purpose
+// (stopping, then down) are not crashes.
+func TestScaleRequestFailsOnCrashLoop(t *testing.T) {
+	sim := &scaleSim{simController: newSim(), reqs: make(chan *api.ScaleRequest, 4), completed: make(chan *api.ScaleRequest, 4)}
+	sim.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: map[string]*api.ProcessType{"web": {}}}
+	d, err := New(Config{Controller: sim}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	procs := map[string]int{"web": 1}
+	sim.crash["r1"] = true // its first job is down before the deployer looks
+	sim.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: procs})
+	sim.reqs <- &api.ScaleRequest{ID: "s1", AppID: "a1", ReleaseID: "r1", State: api.ScaleRequestPending, NewProcesses: &procs}
+	// Once the deployer follows the app's jobs: one job stopped on
+	// purpose, then crash after crash (as the scheduler restarts them).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		sim.mu.Lock()
+		n := len(sim.subs)
+		sim.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the deployer never followed the app's jobs")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	sim.mu.Lock()
+	for i, states := range [][]string{
+		{api.JobStateStarting, api.JobStateStopping, api.JobStateDown},
+		{api.JobStateStarting, api.JobStateDown},
+		{api.JobStateStarting, api.JobStateDown},
+		{api.JobStateStarting, api.JobStateDown},
+	} {
+		code := int32(2)
+		j := &api.Job{UUID: fmt.Sprintf("c%d", i), ID: fmt.Sprintf("h1-c%d", i), AppID: "a1", ReleaseID: "r1", Type: "web"}
+		for _, st := range states {
+			j.State = st
+			if st == api.JobStateDown {
+				j.ExitStatus = &code
+			}
+			sim.record(j)
+		}
+	}
+	sim.mu.Unlock()
+	select {
+	case got := <-sim.completed:
+		if got.State != api.ScaleRequestFailed || got.Error != "web crashed 3 times; the last exited with status 2" {
+			t.Fatalf("scale request ended %s (%q), want failed after 3 crashes", got.State, got.Error)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the scale request neither failed nor completed")
+	}
+}

@@ -26,6 +26,8 @@ type ScaleRequests interface {
 	StreamScaleRequests(ctx context.Context, fn func(*api.ScaleRequest)) error
 	// CompleteScaleRequest marks a pending scale request complete.
 	CompleteScaleRequest(ctx context.Context, req *api.ScaleRequest) error
+	// FailScaleRequest marks a pending scale request failed, with why.
+	FailScaleRequest(ctx context.Context, req *api.ScaleRequest, reason string) error
 }
 
 // DefaultScaleTimeout is how long a scale request is watched before the
@@ -125,9 +127,20 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 		}
 		return true
 	}
+	// A process type whose jobs keep crashing will not come up: after
+	// CrashLimit crashes the request fails, saying why, instead of
+	// being waited on until it times out.
+	crashes := map[string]int{}
 	for !done() {
 		select {
 		case j := <-w.updates:
+			if prev := w.jobs[j.UUID]; prev != nil && j.ReleaseID == rel.ID && j.State == api.JobStateDown &&
+				(prev.State == api.JobStateUp || prev.State == api.JobStateStarting) && want[j.Type] > 0 {
+				if crashes[j.Type]++; crashes[j.Type] >= d.cfg.CrashLimit {
+					reason := fmt.Sprintf("%s crashed %d times; the last %s", j.Type, crashes[j.Type], JobEnd(j))
+					return d.failScale(ctx, sr, req, reason)
+				}
+			}
 			w.apply(ctx, j)
 		case uuid := <-w.served:
 			delete(w.waiting, uuid)
@@ -152,6 +165,36 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 			return ctx.Err()
 		}
 	}
+}
+
+// failScale records req failed, retrying while the controller cannot be
+// reached.
+func (d *Deployer) failScale(ctx context.Context, sr ScaleRequests, req *api.ScaleRequest, reason string) error {
+	d.log.Warn("scale request failed", "app", req.AppID, "scale_request", req.ID, "reason", reason)
+	for {
+		err := sr.FailScaleRequest(ctx, req, reason)
+		if err == nil || errors.Is(err, api.ErrConflict) || errors.Is(err, api.ErrNotFound) {
+			return nil
+		}
+		select {
+		case <-time.After(d.cfg.RetryInterval):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// JobEnd says how a job that went down ended: "exited with status 3",
+// or what its host said.
+func JobEnd(j *api.Job) string {
+	msg := "exited"
+	if j.ExitStatus != nil {
+		msg = fmt.Sprintf("exited with status %d", *j.ExitStatus)
+	}
+	if j.HostError != nil && *j.HostError != "" {
+		msg += ": " + *j.HostError
+	}
+	return msg
 }
 
 // readiness follows the jobs of one release and tells which are ready:
@@ -293,6 +336,12 @@ func (c *ControllerClient) StreamScaleRequests(ctx context.Context, fn func(*api
 // CompleteScaleRequest marks a scale request complete.
 func (c *ControllerClient) CompleteScaleRequest(ctx context.Context, req *api.ScaleRequest) error {
 	_, err := c.C.UpdateScaleRequest(ctx, req.AppID, req.ReleaseID, req.ID, api.ScaleRequestComplete)
+	return err
+}
+
+// FailScaleRequest marks a pending scale request failed.
+func (c *ControllerClient) FailScaleRequest(ctx context.Context, req *api.ScaleRequest, reason string) error {
+	_, err := c.C.FailScaleRequest(ctx, req.AppID, req.ReleaseID, req.ID, reason)
 	return err
 }
 

@@ -3,13 +3,10 @@ package gitreceive
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -22,51 +19,40 @@ import (
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // The cluster side of gitreceive: build jobs on host agents, the repo
 // cache in the blobstore, SSH keys from the controller.
 
-func randID() string {
-	b := make([]byte, 4)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// HostJobRunner runs jobs on a host agent of the cluster, picked at
-// random among the hosts registered under api.KeyHosts in etcd.
+// HostJobRunner runs jobs on a host agent of the cluster, placed by the
+// scheduler's rules (memory free, the least busy host).
 type HostJobRunner struct {
 	Etcd *clientv3.Client
 	// Token is the host agents' key.
 	Token string
 }
 
-// pickHost returns a random registered host.
-func (h *HostJobRunner) pickHost(ctx context.Context) (*api.Host, error) {
-	res, err := h.Etcd.Get(ctx, api.KeyHosts, clientv3.WithPrefix())
+// place picks the host for job.
+func (h *HostJobRunner) place(ctx context.Context, job *api.HostJob) (*api.Host, error) {
+	mem := scheduler.MemoryRequest(job.Resources)
+	cluster := scheduler.NewHostCluster(h.Etcd, h.Token, slog.New(slog.DiscardHandler))
+	host, err := scheduler.PlaceOnCluster(ctx, cluster, scheduler.Request{Memory: mem})
 	if err != nil {
-		return nil, fmt.Errorf("list hosts: %w", err)
+		return nil, fmt.Errorf("no host can run the build: %w", err)
 	}
-	var hosts []*api.Host
-	for _, kv := range res.Kvs {
-		var host api.Host
-		if json.Unmarshal(kv.Value, &host) == nil && host.URL != "" {
-			hosts = append(hosts, &host)
-		}
-	}
-	if len(hosts) == 0 {
-		return nil, errors.New("no hosts are up to run the build")
-	}
-	n, _ := rand.Int(rand.Reader, big.NewInt(int64(len(hosts))))
-	return hosts[n.Int64()], nil
+	return host, nil
 }
 
 // RunJob starts job on a host, relays its output to out until it exits,
 // and stops it if ctx ends first.
 func (h *HostJobRunner) RunJob(ctx context.Context, job *api.HostJob, out io.Writer) (*api.HostJobExit, error) {
-	host, err := h.pickHost(ctx)
+	host, err := h.place(ctx, job)
 	if err != nil {
 		return nil, err
+	}
+	if job.ID == "" {
+		job.ID, _ = scheduler.NewJobID(host.ID)
 	}
 	hc := hostclient.New(host.URL, h.Token)
 	if _, err := hc.AddJob(ctx, job); err != nil {

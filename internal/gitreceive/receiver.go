@@ -24,6 +24,8 @@ import (
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/client/logaggclient"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
@@ -137,6 +139,12 @@ func (r *BuildReceiver) jobURL(base, p string) string {
 		u.User = url.UserPassword("flynn", r.cfg.BlobKey)
 	}
 	return u.String() + escapePath(p)
+}
+
+// withRev adds the pushed revision to a build job's metadata.
+func withRev(meta map[string]string, rev string) map[string]string {
+	meta["gitreceive.rev"] = rev
+	return meta
 }
 
 func escapePath(p string) string {
@@ -268,10 +276,9 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		mounts = append(mounts, api.Mount{Location: r.cfg.CABundle, Target: DefaultCABundle})
 	}
 	job := &api.HostJob{
-		// Short: the host agent keeps per-job sockets under its state dir.
-		ID:        "build-" + randID(),
+		// ID: HOSTID-UUID, given once the job is placed.
 		Artifacts: []*api.Artifact{{Type: api.ArtifactTypeFlynn, Manifest: &api.ImageManifest{Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{r.cfg.StackLayer}}}}}},
-		Metadata:  map[string]string{api.JobMetaApp: app.ID, api.JobMetaAppName: app.Name, api.JobMetaProcessType: "slugbuilder", "gitreceive.rev": p.NewRev},
+		Metadata:  withRev(scheduler.JobMetadata(app, "", "slugbuilder"), p.NewRev),
 		Config: api.HostJobConfig{
 			Args:        []string{FlynnHostPath, "slugbuilder"},
 			Env:         env,
@@ -646,6 +653,10 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 	}
 	if d.Status != api.DeploymentComplete {
 		if err := r.waitDeployment(wctx, d, evc, out, timeout); err != nil {
+			var fe *failedType
+			if errors.As(err, &fe) {
+				r.printLastLines(ctx, out, app, fe.typ)
+			}
 			return err
 		}
 	}
@@ -661,6 +672,7 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 	}
 	fmt.Fprintln(out, "-----> Waiting for web job to start...")
 	if err := waitWebUp(wctx, rel.ID, evc, timeout); err != nil {
+		r.printLastLines(ctx, out, app, "web")
 		// Take the crashing app down again, as Flynn does.
 		r.cfg.Controller.PutFormation(context.WithoutCancel(ctx), &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 0}})
 		return err
@@ -753,9 +765,46 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 				if msg == "" {
 					msg = "no reason given"
 				}
-				return fmt.Errorf("deployment failed: %s", msg)
+				return &failedType{typ: de.JobType, err: fmt.Errorf("deployment failed: %s", msg)}
 			}
 		}
+	}
+}
+
+// failedType is a deployment that failed because a job of typ went down.
+type failedType struct {
+	typ string
+	err error
+}
+
+func (f *failedType) Error() string { return f.err.Error() }
+func (f *failedType) Unwrap() error { return f.err }
+
+// printLastLines writes the last lines the app's process type logged, so
+// a pusher sees why a process crashed without another command.
+func (r *BuildReceiver) printLastLines(ctx context.Context, out io.Writer, app *api.App, typ string) {
+	if typ == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	rc, err := r.cfg.Controller.GetAppLog(ctx, app.ID, controllerclient.LogOptions{Lines: 10, ProcessType: typ, StreamTypes: []string{api.LogStdout, api.LogStderr}})
+	if err != nil {
+		return
+	}
+	lr := logaggclient.NewPlainReader(rc)
+	defer lr.Close()
+	first := true
+	for {
+		m, err := lr.Next()
+		if err != nil {
+			return
+		}
+		if first {
+			fmt.Fprintf(out, "-----> Last log lines of %s:\n", typ)
+			first = false
+		}
+		fmt.Fprintf(out, "       %s\n", m.Msg)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -19,33 +18,53 @@ import (
 const LogAggregatorService = "logaggregator"
 
 // logShipper follows the log of every job that belongs to an app and
-// ships its lines to the log aggregator, found through discoverd. The
-// job's own log on the host stays the source of truth: when the
-// aggregator is down, lines queue (bounded) and GET /host/jobs/{id}/log
-// still has them.
+// ships its lines to every log aggregator instance, found through
+// discoverd, each line numbered so that every instance stores it once and
+// in order (see logaggclient.Shipper). The job's own log on the host stays
+// the source of truth: when an aggregator is down, lines queue (bounded)
+// and GET /host/jobs/{id}/log still has them.
 type logShipper struct {
 	a       *Agent
+	disc    *discoverdclient.Client
+	key     string
 	shipper *logaggclient.Shipper
 	// since is when the shipper was created: lines of adopted jobs
 	// older than this were shipped (or lost) by the previous agent.
 	since time.Time
 }
 
+const (
+	// logAggLookup is how often the shipper looks the aggregators up.
+	logAggLookup = 2 * time.Second
+	// logAggTimeout bounds one request to an aggregator, so that one
+	// that stopped answering (its host cut off) is tried again.
+	logAggTimeout = time.Minute
+)
+
 func newLogShipper(a *Agent, disc *discoverdclient.Client, key string) *logShipper {
-	rt := &discoveredTransport{disc: disc, service: LogAggregatorService, next: http.DefaultTransport}
-	c := logaggclient.New("http://"+LogAggregatorService+".discoverd", key, &http.Client{Transport: rt})
 	return &logShipper{
-		a:       a,
-		shipper: logaggclient.NewShipper(c, logaggclient.ShipperConfig{}, a.log.With("part", "logship")),
+		a: a, disc: disc, key: key,
+		shipper: logaggclient.NewShipper(logaggclient.ShipperConfig{}, a.log.With("part", "logship")),
 		since:   time.Now(),
 	}
 }
 
-// run sends queued lines until ctx ends.
+// run sends queued lines to the aggregators discoverd lists until ctx
+// ends.
 func (s *logShipper) run(ctx context.Context) {
+	hc := &http.Client{Timeout: logAggTimeout}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.shipper.Follow(ctx, s.disc, LogAggregatorService, logAggLookup, func(addr string) *logaggclient.Client {
+			return logaggclient.New("http://"+addr, s.key, hc)
+		})
+	}()
 	if err := s.shipper.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		s.a.log.Error("log shipper stopped", "err", err)
 	}
+	wg.Wait()
 }
 
 // follow ships job id's lines until its log ends (the job exited) or the
@@ -109,58 +128,4 @@ func (s *logShipper) follow(id string, hj *api.HostJob, created time.Time) {
 			})
 		}
 	}()
-}
-
-// discoveredTransport sends each request to an instance of a discoverd
-// service, whatever host the URL names. Instances are cached briefly.
-type discoveredTransport struct {
-	disc    *discoverdclient.Client
-	service string
-	next    http.RoundTripper
-
-	mu      sync.Mutex
-	addrs   []string
-	fetched time.Time
-	n       int
-}
-
-func (t *discoveredTransport) pick(ctx context.Context) (string, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.addrs) == 0 || time.Since(t.fetched) > 5*time.Second {
-		insts, err := t.disc.Instances(ctx, t.service)
-		if err != nil {
-			return "", fmt.Errorf("find %s in discoverd: %w", t.service, err)
-		}
-		t.addrs = t.addrs[:0]
-		for _, in := range insts {
-			t.addrs = append(t.addrs, in.Addr)
-		}
-		t.fetched = time.Now()
-	}
-	if len(t.addrs) == 0 {
-		return "", fmt.Errorf("no %s instance is registered in discoverd", t.service)
-	}
-	t.n++
-	return t.addrs[t.n%len(t.addrs)], nil
-}
-
-func (t *discoveredTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	addr, err := t.pick(req.Context())
-	if err != nil {
-		if req.Body != nil {
-			req.Body.Close()
-		}
-		return nil, err
-	}
-	r := req.Clone(req.Context())
-	r.URL.Host = addr
-	r.Host = addr
-	res, err := t.next.RoundTrip(r)
-	if err != nil {
-		t.mu.Lock()
-		t.fetched = time.Time{} // look again next time
-		t.mu.Unlock()
-	}
-	return res, err
 }

@@ -20,7 +20,7 @@ import (
 )
 
 // TestLogShipping runs a real job of an app and reads its output back from
-// a log aggregator the agent found through discoverd.
+// each of two log aggregators the agent found through discoverd.
 func TestLogShipping(t *testing.T) {
 	a := startAgent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -29,14 +29,18 @@ func TestLogShipping(t *testing.T) {
 	store := discoverd.NewStore(etcdtest.Client(t), time.Second)
 	dsrv := httptest.NewServer(discoverd.Handler(store, httpapi.NewKeyAuth(testToken), logging.Discard()))
 	defer dsrv.Close()
-	lsrv := httptest.NewServer(logagg.NewServer(logagg.Config{}, logging.Discard()).Handler())
-	defer lsrv.Close()
 	disc := discoverdclient.New(dsrv.URL, testToken)
-	reg, err := disc.Register(ctx, "logaggregator", strings.TrimPrefix(lsrv.URL, "http://"), nil)
-	if err != nil {
-		t.Fatal(err)
+	var aggs []*logaggclient.Client
+	for range 2 {
+		lsrv := httptest.NewServer(logagg.NewServer(logagg.Config{}, logging.Discard()).Handler())
+		defer lsrv.Close()
+		reg, err := disc.Register(ctx, "logaggregator", strings.TrimPrefix(lsrv.URL, "http://"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reg.Deregister(context.Background())
+		aggs = append(aggs, logaggclient.New(lsrv.URL, "", nil))
 	}
-	defer reg.Deregister(context.Background())
 
 	a.stop()
 	a.args = append(a.args, "--discoverd", dsrv.URL)
@@ -48,38 +52,39 @@ func TestLogShipping(t *testing.T) {
 	// A job without an app is not shipped.
 	a.add(busyboxJob("ship2", "echo", "no-app"))
 
-	lc := logaggclient.New(lsrv.URL, "", nil)
 	type line struct{ Job, Type, Stream, Msg string }
 	want := []line{{"ship1", "web", "stderr", "err-line"}, {"ship1", "web", "stdout", "out-line"}}
-	var got []line
-	for {
-		r, err := lc.Read(ctx, "app-1", logaggclient.ReadOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = got[:0]
+	for i, lc := range aggs {
+		var got []line
 		for {
-			m, err := r.Next()
+			r, err := lc.Read(ctx, "app-1", logaggclient.ReadOptions{})
 			if err != nil {
+				t.Fatal(err)
+			}
+			got = got[:0]
+			for {
+				m, err := r.Next()
+				if err != nil {
+					break
+				}
+				if m.Timestamp.IsZero() {
+					t.Errorf("line %q has no timestamp", m.Msg)
+				}
+				got = append(got, line{m.JobID, m.ProcessType, m.Stream, m.Msg})
+			}
+			r.Close()
+			if len(got) >= 2 || ctx.Err() != nil {
 				break
 			}
-			if m.Timestamp.IsZero() {
-				t.Errorf("line %q has no timestamp", m.Msg)
-			}
-			got = append(got, line{m.JobID, m.ProcessType, m.Stream, m.Msg})
+			time.Sleep(100 * time.Millisecond)
 		}
-		r.Close()
-		if len(got) >= 2 || ctx.Err() != nil {
-			break
+		// stdout and stderr are separate pipes: their order is not fixed.
+		if len(got) == 2 && got[0].Stream == "stdout" {
+			got[0], got[1] = got[1], got[0]
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	// stdout and stderr are separate pipes: their order is not fixed.
-	if len(got) == 2 && got[0].Stream == "stdout" {
-		got[0], got[1] = got[1], got[0]
-	}
-	if d := cmp.Diff(want, got); d != "" {
-		t.Errorf("shipped lines (-want +got):\n%s", d)
+		if d := cmp.Diff(want, got); d != "" {
+			t.Errorf("lines shipped to aggregator %d (-want +got):\n%s", i, d)
+		}
 	}
 	// The host still has the job's log.
 	l, err := a.client.JobLog(ctx, "ship1", false)

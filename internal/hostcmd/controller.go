@@ -14,6 +14,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/controller"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // newControllerCmd is the controller's entrypoint, `flynn-host
@@ -77,7 +78,7 @@ func newControllerCmd(env Env) *cobra.Command {
 				}
 			}
 			if token != "" {
-				cfg.Runner = &controller.HostRunner{Token: token}
+				cfg.Runner = &controller.HostRunner{Token: token, Cluster: scheduler.NewHostCluster(cli, token, log)}
 			}
 			if discURL != "" {
 				// The log aggregator and the blobstore by service name

@@ -1,12 +1,8 @@
-// Package logagg is Flynn's log aggregator: hosts ship each job's output
-// lines to it (POST /log, newline-delimited JSON), it keeps the most recent
-// lines of every app in a fixed-size in-memory ring buffer, and it serves
-// them (GET /log/{app}) as newline-delimited JSON or Server-Sent Events,
-// in the shapes Flynn's log clients read, filtered by job, process type and
-// stream, optionally following new lines live.
 package logagg
 
 import (
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -109,11 +105,32 @@ func (r *ring) since(cursor uint64, f Filter) (out []api.LogMessage, next uint64
 	return out, r.next, r.notify, lost
 }
 
-// Store is the set of per-app ring buffers.
+// MaxShippers bounds the shippers a store remembers the last line of.
+// Beyond it the one that sent least recently is forgotten; should it ever
+// send again, it is asked for every line it still holds, which this
+// instance may then hold twice.
+const MaxShippers = 4096
+
+// Store is the set of per-app ring buffers, and for every shipper the
+// number of the last line stored from it (its mark).
 type Store struct {
 	size int
+
+	// wmu serializes writers and snapshots, so that a snapshot's marks
+	// match its lines and a line is checked against its shipper's mark
+	// and stored in one step.
+	wmu   sync.Mutex
+	marks map[string]*mark
+	clock uint64 // orders marks by last use
+
 	mu   sync.RWMutex
 	apps map[string]*ring
+}
+
+// mark is the last line stored from one shipper.
+type mark struct {
+	last uint64
+	used uint64 // Store.clock at the last use
 }
 
 // NewStore returns a store keeping size lines per app (DefaultBufferLines
@@ -122,7 +139,7 @@ func NewStore(size int) *Store {
 	if size <= 0 {
 		size = DefaultBufferLines
 	}
-	return &Store{size: size, apps: map[string]*ring{}}
+	return &Store{size: size, apps: map[string]*ring{}, marks: map[string]*mark{}}
 }
 
 // ring returns the buffer of app, creating it when create is set.
@@ -144,6 +161,13 @@ func (s *Store) ring(app string, create bool) *ring {
 
 // Add stores msgs, which must be valid, in their apps' buffers.
 func (s *Store) Add(msgs []api.LogMessage) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.addLocked(msgs)
+}
+
+// addLocked is Add; the caller holds s.wmu.
+func (s *Store) addLocked(msgs []api.LogMessage) {
 	// Lines of one app usually come together; add runs of them at once.
 	for i := 0; i < len(msgs); {
 		j := i + 1
@@ -152,6 +176,121 @@ func (s *Store) Add(msgs []api.LogMessage) {
 		}
 		s.ring(msgs[i].AppID, true).add(msgs[i:j])
 		i = j
+	}
+}
+
+// AddShipped stores lines, which must be valid, numbered by shipper, in
+// the shipper's order, each once:
+//   - a line at or below the shipper's mark is held already and skipped;
+//   - the line after the mark is stored;
+//   - a line further on leaves a gap, which is taken only when the shipper
+//     no longer holds the lines in between (they are below oldest, the
+//     oldest line it holds); otherwise AddShipped stops there, so that the
+//     shipper sends them first.
+//
+// Lines without a number (0), and every line when shipper is empty, are
+// stored as they come. AddShipped returns how many of lines it went
+// through (stored or skipped) and the number of the line it wants next
+// from the shipper.
+func (s *Store) AddShipped(shipper string, oldest uint64, lines []api.LogShipped) (done int, next uint64) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var mk *mark
+	if shipper != "" {
+		mk = s.markLocked(shipper, len(lines) > 0)
+	}
+	keep := make([]api.LogMessage, 0, len(lines))
+	for ; done < len(lines); done++ {
+		l := &lines[done]
+		if mk != nil && l.Seq != 0 {
+			switch {
+			case l.Seq <= mk.last:
+				continue // held already
+			case l.Seq == mk.last+1, l.Seq <= oldest:
+				mk.last = l.Seq
+			default:
+				s.addLocked(keep)
+				return done, mk.last + 1
+			}
+		}
+		keep = append(keep, l.LogMessage)
+	}
+	s.addLocked(keep)
+	if mk == nil {
+		return done, 1
+	}
+	return done, mk.last + 1
+}
+
+// markLocked returns shipper's mark, created (forgetting the least recently
+// used one beyond MaxShippers) when create is set; a missing mark is a
+// zero one. The caller holds s.wmu.
+func (s *Store) markLocked(shipper string, create bool) *mark {
+	s.clock++
+	mk := s.marks[shipper]
+	if mk == nil {
+		if !create {
+			return &mark{}
+		}
+		if len(s.marks) >= MaxShippers {
+			var oldest string
+			for id, m := range s.marks {
+				if oldest == "" || m.used < s.marks[oldest].used {
+					oldest = id
+				}
+			}
+			delete(s.marks, oldest)
+		}
+		mk = &mark{}
+		s.marks[shipper] = mk
+	}
+	mk.used = s.clock
+	return mk
+}
+
+// appLines are one app's buffered lines, oldest first.
+type appLines struct {
+	app   string
+	lines []api.LogMessage
+}
+
+// snapshot returns the shippers' marks and every app's lines, oldest
+// first, apps by name, taken together: the lines hold every line up to
+// each mark that is still buffered, and no later one.
+func (s *Store) snapshot() (map[string]uint64, []appLines) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	marks := make(map[string]uint64, len(s.marks))
+	for id, mk := range s.marks {
+		marks[id] = mk.last
+	}
+	s.mu.RLock()
+	apps := make([]appLines, 0, len(s.apps))
+	for app, r := range s.apps {
+		r.mu.Lock()
+		lines := make([]api.LogMessage, len(r.buf))
+		for i := range lines {
+			lines[i] = *r.at(i)
+		}
+		r.mu.Unlock()
+		if len(lines) > 0 {
+			apps = append(apps, appLines{app, lines})
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(apps, func(a, b appLines) int { return strings.Compare(a.app, b.app) })
+	return marks, apps
+}
+
+// setMarks sets the shippers' marks (after the lines of a snapshot were
+// added).
+func (s *Store) setMarks(marks map[string]uint64) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for id, last := range marks {
+		if api.ValidLogShipperID(id) {
+			s.markLocked(id, true).last = last
+		}
 	}
 }
 

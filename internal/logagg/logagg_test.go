@@ -22,6 +22,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/logagg"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // deadline bounds every wait in these tests; it is generous on purpose.
@@ -425,7 +426,23 @@ func TestAuth(t *testing.T) {
 	if _, err := anon.Read(ctxT(t), "a", logaggclient.ReadOptions{}); !errors.Is(err, api.ErrUnauthorized) {
 		t.Fatalf("anonymous read: %v", err)
 	}
-	res, err := http.Get(u + "/.well-known/status")
+	// A peer's copy of every log needs the key too.
+	res, err := http.Get(u + "/snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("anonymous snapshot: status %d, want 401", res.StatusCode)
+	}
+	peer := logagg.NewServer(logagg.Config{Keys: []string{"secret"}}, logging.Discard())
+	if err := peer.Fill(ctxT(t), staticPeers{strings.TrimPrefix(u, "http://")}, "secret", deadline); err != nil {
+		t.Fatal(err)
+	}
+	if got := peer.Store().Tail("a", logagg.Filter{}, -1); len(got) != 1 {
+		t.Fatalf("peer filled with the key holds %+v, want the one line", got)
+	}
+	res, err = http.Get(u + "/.well-known/status")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,13 +452,26 @@ func TestAuth(t *testing.T) {
 	}
 }
 
-func TestShipper(t *testing.T) {
-	c, _ := serve(t, logagg.Config{})
-	s := logaggclient.NewShipper(c, logaggclient.ShipperConfig{BatchSize: 7}, logging.Discard())
+// runShipper starts a shipper sending to dests (named "0", "1", ...) and
+// stops it when the test ends.
+func runShipper(t testing.TB, cfg logaggclient.ShipperConfig, dests ...*logaggclient.Client) *logaggclient.Shipper {
+	t.Helper()
+	s := logaggclient.NewShipper(cfg, logging.Discard())
+	m := map[string]*logaggclient.Client{}
+	for i, c := range dests {
+		m[fmt.Sprint(i)] = c
+	}
+	s.SetDestinations(m)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
+func TestShipper(t *testing.T) {
+	c, _ := serve(t, logagg.Config{})
+	s := runShipper(t, logaggclient.ShipperConfig{BatchSize: 7}, c)
 	var want []api.LogMessage
 	for i := range 100 {
 		m := msg("shipped", i, "j", "web", api.LogStdout)
@@ -472,13 +502,8 @@ func TestShipper(t *testing.T) {
 // TestShipperReconnects: lines logged while the aggregator is down (first
 // not listening at all, then failing) arrive once it is back.
 func TestShipperReconnects(t *testing.T) {
-	// Reserve a port, then close it so the first attempts are refused.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	// A port nothing listens on yet, so the first attempts are refused.
+	addr := fmt.Sprintf("127.0.0.1:%d", testslot.Port(t))
 
 	var failing atomic.Bool
 	failing.Store(true)
@@ -496,26 +521,36 @@ func TestShipperReconnects(t *testing.T) {
 		h.ServeHTTP(w, r)
 	})
 
-	c := logaggclient.New("http://"+addr, "", nil)
-	s := logaggclient.NewShipper(c, logaggclient.ShipperConfig{MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, logging.Discard())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	var refused atomic.Int32
+	count := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		res, err := http.DefaultTransport.RoundTrip(r)
+		if err != nil {
+			refused.Add(1)
+		}
+		return res, err
+	})
+	c := logaggclient.New("http://"+addr, "", &http.Client{Transport: count})
+	s := runShipper(t, logaggclient.ShipperConfig{MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, c)
 
 	for i := range 10 {
 		s.Log(msg("re", i, "j", "web", api.LogStdout))
 	}
 	// Let it fail to connect a few times, then listen but fail requests.
-	time.Sleep(100 * time.Millisecond)
-	ln, err = net.Listen("tcp", addr)
+	waitFor(t, "2 refused connections", func() (bool, string) {
+		n := refused.Load()
+		return n >= 2, fmt.Sprintf("%d refused", n)
+	})
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Skipf("port %s was taken meanwhile: %v", addr, err)
+		t.Fatal(err)
 	}
 	hs := &http.Server{Handler: flaky}
 	go hs.Serve(ln)
 	defer hs.Close()
-	waitFor(t, func() bool { return attempts.Load() >= 2 })
+	waitFor(t, "2 failed requests", func() (bool, string) {
+		n := attempts.Load()
+		return n >= 2, fmt.Sprintf("%d requests", n)
+	})
 	failing.Store(false)
 	if err := s.Flush(ctxT(t)); err != nil {
 		t.Fatal(err)
@@ -536,7 +571,9 @@ func TestShipperDropsOldest(t *testing.T) {
 	stuck.Store(true)
 	entered := make(chan struct{}, 100)
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && stuck.Load() {
+		// Lines are stuck; the shipper's first question (an empty
+		// POST: which line do you want?) is answered.
+		if r.Method == http.MethodPost && r.ContentLength > 0 && stuck.Load() {
 			entered <- struct{}{}
 			<-release
 		}
@@ -544,11 +581,7 @@ func TestShipperDropsOldest(t *testing.T) {
 	}))
 	defer ts.Close()
 	c := logaggclient.New(ts.URL, "", nil)
-	s := logaggclient.NewShipper(c, logaggclient.ShipperConfig{BatchSize: 5, QueueSize: 20}, logging.Discard())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	s := runShipper(t, logaggclient.ShipperConfig{BatchSize: 5, QueueSize: 20}, c)
 
 	s.Log(msg("bp", 0, "j", "web", api.LogStdout))
 	<-entered // the first batch (line 0) is in flight and stuck
@@ -577,16 +610,66 @@ func TestShipperDropsOldest(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
+// TestShipperRefusedBatch: lines an aggregator refuses are given up for
+// it, and the lines after them reach it.
+func TestShipperRefusedBatch(t *testing.T) {
+	h := logagg.NewServer(logagg.Config{}, logging.Discard()).Handler()
+	var refusing atomic.Bool
+	refusing.Store(true)
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.ContentLength > 0 && refusing.Load() {
+			httpapi.WriteError(w, r, api.Validation("", "refused by the test"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	c := logaggclient.New(ts.URL, "", nil)
+	s := runShipper(t, logaggclient.ShipperConfig{BatchSize: 3}, c)
+	for i := range 5 {
+		s.Log(msg("rf", i, "j", "web", api.LogStdout))
+	}
+	if err := s.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	refusing.Store(false)
+	var want []api.LogMessage
+	for i := 5; i < 10; i++ {
+		m := msg("rf", i, "j", "web", api.LogStdout)
+		want = append(want, m)
+		s.Log(m)
+	}
+	if err := s.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, readAll(t, c, "rf", logaggclient.ReadOptions{})); diff != "" {
+		t.Fatalf("stored (-want +got):\n%s", diff)
+	}
+	if dropped, refused := s.Stats(); dropped != 0 || refused != 5 {
+		t.Fatalf("dropped %d refused %d, want 0 and 5", dropped, refused)
+	}
+}
+
+// waitFor polls cond until it holds, failing after the deadline with what
+// it waited for and what it saw last.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
 	end := time.Now().Add(deadline)
-	for !cond() {
+	for {
+		ok, saw := cond()
+		if ok {
+			return
+		}
 		if time.Now().After(end) {
-			t.Fatal("condition not met before the deadline")
+			t.Fatalf("waited %v for %s; saw last: %s", deadline, what, saw)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // BenchmarkIngest measures lines/s stored through POST /log in batches of
 // 1000 lines, spread over 10 apps, from 2 concurrent senders.
@@ -622,11 +705,8 @@ func BenchmarkIngest(b *testing.B) {
 // BenchmarkShipper measures lines/s end to end through a Shipper.
 func BenchmarkShipper(b *testing.B) {
 	c, _ := serve(b, logagg.Config{})
-	s := logaggclient.NewShipper(c, logaggclient.ShipperConfig{QueueSize: 100000}, logging.Discard())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	s := runShipper(b, logaggclient.ShipperConfig{QueueSize: 100000, QueueBytes: 1 << 30}, c)
+	ctx := context.Background()
 	m := msg("app", 0, "0123456789abcdef", "web", api.LogStdout)
 	b.ResetTimer()
 	start := time.Now()

@@ -39,8 +39,14 @@ type Config struct {
 	// when 0).
 	BufferLines int
 	// Keys, when not empty, are the cluster keys every request but the
-	// status check needs.
+	// status check needs. Peers are asked with the first.
 	Keys []string
+	// Peers, when set, finds the other instances: a starting aggregator
+	// copies the buffers of the first that answers before it listens.
+	Peers Peers
+	// FillTimeout bounds copying one peer's buffers (DefaultFillTimeout
+	// when 0).
+	FillTimeout time.Duration
 }
 
 // Server is the log aggregator's HTTP API over a Store.
@@ -62,16 +68,32 @@ func NewServer(cfg Config, log *slog.Logger) *Server {
 // Store returns the server's buffers.
 func (s *Server) Store() *Store { return s.store }
 
-// Run serves a log aggregator on cfg.Listen until ctx is done.
+// Run serves a log aggregator on cfg.Listen until ctx is done. With
+// cfg.Peers it first fills its buffers from a live peer, and listens only
+// then: it is registered in discoverd once it accepts connections, so
+// neither hosts nor readers reach it before it holds the history.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.BufferLines < 0 {
 		return fmt.Errorf("logaggregator: buffer size %d is negative", cfg.BufferLines)
+	}
+	s := NewServer(cfg, log)
+	if cfg.Peers != nil {
+		key := ""
+		if len(cfg.Keys) > 0 {
+			key = cfg.Keys[0]
+		}
+		timeout := cfg.FillTimeout
+		if timeout <= 0 {
+			timeout = DefaultFillTimeout
+		}
+		if err := s.Fill(ctx, cfg.Peers, key, timeout); err != nil {
+			return err
+		}
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("logaggregator: %w", err)
 	}
-	s := NewServer(cfg, log)
 	log.Info("logaggregator listening", "addr", ln.Addr().String(), "buffer_lines", s.store.size, "auth", len(cfg.Keys) > 0)
 	return httpapi.Serve(ctx, ln, s.Handler(), log)
 }
@@ -90,6 +112,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /.well-known/status", httpapi.HandlerFunc(s.status))
 	mux.Handle("POST /log", httpapi.HandlerFunc(s.ingest))
 	mux.Handle("GET /log/{app}", httpapi.HandlerFunc(s.read))
+	mux.Handle("GET /snapshot", httpapi.HandlerFunc(s.snapshot))
 	mux.Handle("/", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		return api.NotFound("no route for %s %s: use POST /log or GET /log/{app}", r.Method, r.URL.Path)
 	}))
@@ -106,18 +129,50 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 // ingest reads newline-delimited JSON messages as they arrive and stores
 // them in batches. A bad line ends the request with a 400 naming the line;
 // the lines before it are kept.
+//
+// A shipper (api.LogShipperHeader) numbers its lines (api.LogShipped):
+// each is stored once, in the shipper's order (Store.AddShipped), and the
+// reply tells the shipper which line to send next. When this instance
+// lacks lines before the ones sent that the shipper still holds, it stores
+// nothing past the gap and asks for them.
 func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
 	// Lines are stored as they are read, each bounded by MaxLineBytes:
 	// a batch of any size is fine.
 	httpapi.SetMaxBody(r, -1)
+	shipper := r.Header.Get(api.LogShipperHeader)
+	var oldest uint64
+	if shipper != "" {
+		if !api.ValidLogShipperID(shipper) {
+			return api.Validation("", "%s %q must be 1-%d letters, digits, '-' or '_'", api.LogShipperHeader, shipper, api.LogMaxShipperIDBytes)
+		}
+		if v := r.Header.Get(api.LogOldestHeader); v != "" {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return api.Validation("", "%s %q must be a whole number", api.LogOldestHeader, v)
+			}
+			oldest = n
+		}
+	}
 	sc := bufio.NewScanner(r.Body)
 	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-	batch := make([]api.LogMessage, 0, ingestBatch)
+	batch := make([]api.LogShipped, 0, ingestBatch)
 	accepted, line := 0, 0
-	flush := func() {
-		s.store.Add(batch)
-		accepted += len(batch)
+	var next uint64
+	// flush stores the batch; false when it stopped at a gap.
+	flush := func() bool {
+		n, nx := s.store.AddShipped(shipper, oldest, batch)
+		accepted += n
+		next = nx
+		whole := n == len(batch)
 		batch = batch[:0]
+		return whole
+	}
+	reply := func() error {
+		res := api.LogIngestResult{Accepted: accepted}
+		if shipper != "" {
+			res.Next = next
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, res)
 	}
 	for sc.Scan() {
 		line++
@@ -125,13 +180,17 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
 		if len(strings.TrimSpace(string(b))) == 0 {
 			continue
 		}
-		var m api.LogMessage
+		var m api.LogShipped
 		if err := json.Unmarshal(b, &m); err != nil {
-			flush()
+			if !flush() {
+				return reply()
+			}
 			return lineError(line, accepted, api.Validation("", "invalid JSON: %v", err))
 		}
 		if err := m.Validate(); err != nil {
-			flush()
+			if !flush() {
+				return reply()
+			}
 			return lineError(line, accepted, err)
 		}
 		if m.Timestamp.IsZero() {
@@ -144,11 +203,13 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
 			m.HostID = hostOfJob(m.JobID)
 		}
 		batch = append(batch, m)
-		if len(batch) == ingestBatch {
-			flush()
+		if len(batch) == ingestBatch && !flush() {
+			return reply()
 		}
 	}
-	flush()
+	if !flush() {
+		return reply()
+	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
 			return &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("line %d is longer than %d bytes (%d lines before it were stored)", line+1, MaxLineBytes, accepted)}
@@ -158,7 +219,34 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) error {
 		}
 		return fmt.Errorf("read log lines: %w", err)
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, api.LogIngestResult{Accepted: accepted})
+	return reply()
+}
+
+// snapshot writes every app's buffered lines for a starting peer (see
+// Fill): an api.LogSnapshotHead, then the lines, oldest first, one
+// api.LogMessage per line.
+func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) error {
+	marks, apps := s.store.snapshot()
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	enc := json.NewEncoder(bw)
+	total := 0
+	for _, a := range apps {
+		total += len(a.lines)
+	}
+	if err := enc.Encode(api.LogSnapshotHead{Shippers: marks, Lines: total}); err != nil {
+		return nil // the peer went away
+	}
+	for _, a := range apps {
+		for i := range a.lines {
+			if err := enc.Encode(&a.lines[i]); err != nil {
+				return nil // the peer went away
+			}
+		}
+	}
+	bw.Flush()
+	return nil
 }
 
 func lineError(line, accepted int, err error) error {

@@ -30,7 +30,7 @@ type Config struct {
 	Etcd *clientv3.Client
 	// Cluster is the hosts and their jobs (scheduler.NewHostCluster).
 	Cluster scheduler.Cluster
-	// HostID is this monitor's host, where it prefers to start jobs.
+	// HostID is this monitor's host (its id in the election).
 	HostID string
 	// Interval is how often the elected monitor looks (default 2 s).
 	Interval time.Duration
@@ -136,17 +136,15 @@ func (m *monitor) check(ctx context.Context) error {
 	// Jobs of each app running anywhere; a host that cannot be listed
 	// may run some, so nothing is restored while one cannot be.
 	running := map[string]int{}
-	jobsOn := map[string]int{}
+	snap := &scheduler.Snapshot{Hosts: hosts}
 	for _, h := range hosts {
 		jobs, err := m.cfg.Cluster.ListJobs(ctx, h.ID)
 		if err != nil {
 			return fmt.Errorf("list jobs of host %s: %w", h.ID, err)
 		}
-		for _, j := range jobs {
-			if j.Status == api.HostJobRunning || j.Status == api.HostJobStarting {
-				running[j.Job.Metadata[api.JobMetaApp]]++
-				jobsOn[h.ID]++
-			}
+		for _, j := range scheduler.ActiveJobs(h.ID, jobs) {
+			running[j.AppID]++
+			snap.Jobs = append(snap.Jobs, j)
 		}
 	}
 	now := m.now()
@@ -176,7 +174,7 @@ func (m *monitor) check(ctx context.Context) error {
 		}
 		w.attempts++
 		w.nextTry = now.Add(min(m.cfg.Grace<<min(w.attempts-1, 10), m.cfg.MaxBackoff))
-		if err := m.restore(ctx, f, hosts, jobsOn); err != nil {
+		if err := m.restore(ctx, f, snap); err != nil {
 			m.log.Error("restore a platform app", "app", f.App.Name, "attempt", w.attempts, "err", err)
 			continue
 		}
@@ -185,43 +183,43 @@ func (m *monitor) check(ctx context.Context) error {
 	return nil
 }
 
-// restore starts f's formation: omni types on every host, the others on
-// this host when it is up, else on the host with the fewest jobs.
-func (m *monitor) restore(ctx context.Context, f *api.ExpandedFormation, hosts []*api.Host, jobsOn map[string]int) error {
-	sort.Slice(hosts, func(i, j int) bool {
-		if (hosts[i].ID == m.cfg.HostID) != (hosts[j].ID == m.cfg.HostID) {
-			return hosts[i].ID == m.cfg.HostID
-		}
-		if jobsOn[hosts[i].ID] != jobsOn[hosts[j].ID] {
-			return jobsOn[hosts[i].ID] < jobsOn[hosts[j].ID]
-		}
-		return hosts[i].ID < hosts[j].ID
-	})
+// restore starts f's formation: omni types on every host, the others
+// where the scheduler's rules place them.
+func (m *monitor) restore(ctx context.Context, f *api.ExpandedFormation, snap *scheduler.Snapshot) error {
 	types := make([]string, 0, len(f.Processes))
 	for t := range f.Processes {
 		types = append(types, t)
 	}
 	sort.Strings(types)
 	var errs []error
+	start := func(h *api.Host, typ string, index int) {
+		id, uuid := scheduler.NewJobID(h.ID)
+		j := &scheduler.Job{UUID: uuid, ID: id, HostID: h.ID, AppID: f.App.ID, ReleaseID: f.Release.ID, Type: typ, Index: index, State: api.JobStateStarting}
+		if err := m.cfg.Cluster.AddJob(ctx, h.ID, scheduler.HostJob(f, j)); err != nil {
+			errs = append(errs, fmt.Errorf("start %s/%s on %s: %w", f.App.Name, typ, h.ID, err))
+			return
+		}
+		snap.Jobs = append(snap.Jobs, j)
+		m.log.Info("started a platform job", "app", f.App.Name, "type", typ, "job", j.ID)
+	}
 	for _, typ := range types {
 		proc := f.Release.Processes[typ]
 		if proc == nil {
 			continue
 		}
-		n, on := f.Processes[typ], hosts[:1]
 		if proc.Omni {
-			n, on = 1, hosts
-		}
-		for _, h := range on {
-			for range n {
-				uuid := ctrlstore.NewID()
-				j := &scheduler.Job{UUID: uuid, ID: h.ID + "-" + uuid, HostID: h.ID, AppID: f.App.ID, ReleaseID: f.Release.ID, Type: typ}
-				if err := m.cfg.Cluster.AddJob(ctx, h.ID, scheduler.HostJob(f, j)); err != nil {
-					errs = append(errs, fmt.Errorf("start %s/%s on %s: %w", f.App.Name, typ, h.ID, err))
-					continue
-				}
-				m.log.Info("started a platform job", "app", f.App.Name, "type", typ, "job", j.ID)
+			for _, h := range snap.Hosts {
+				start(h, typ, 0)
 			}
+			continue
+		}
+		for i := range f.Processes[typ] {
+			h, err := scheduler.PlaceOne(snap, scheduler.Request{Tags: f.Tags[typ], Memory: scheduler.MemoryRequest(proc.Resources)})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("place %s/%s: %w", f.App.Name, typ, err))
+				continue
+			}
+			start(h, typ, i+1)
 		}
 	}
 	return errors.Join(errs...)

@@ -131,13 +131,13 @@ func TestRestoresMarkedApp(t *testing.T) {
 	c.mu.Lock()
 	j, on := c.added[0], c.addedOn[0]
 	c.mu.Unlock()
-	if on != "h2" {
-		t.Errorf("started on %s, want the monitor's own host h2", on)
+	if on != "h1" {
+		t.Errorf("started on %s, want h1 (no host has jobs: the first by id)", on)
 	}
 	if j.Metadata[api.JobMetaApp] != sched.ID || j.Metadata[api.JobMetaProcessType] != "scheduler" || j.Metadata[api.JobMetaRelease] == "" {
 		t.Errorf("job metadata %v does not name the formation", j.Metadata)
 	}
-	if len(j.ID) < 4 || j.ID[:3] != "h2-" {
+	if len(j.ID) < 4 || j.ID[:3] != "h1-" {
 		t.Errorf("job id %q is not HOSTID-UUID", j.ID)
 	}
 	time.Sleep(3 * grace)

@@ -10,6 +10,8 @@ package scheduler
 
 import (
 	"cmp"
+	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -199,7 +201,7 @@ func (p *placer) index() {
 				g.want = max(f.Processes[typ], 0)
 			}
 			g.tags = f.Tags[typ]
-			g.memory = memoryRequest(proc.Resources)
+			g.memory = MemoryRequest(proc.Resources)
 			g.critical = f.App.Meta[api.MetaSystemCritical] == "true"
 			p.appWant[groupKey{f.App.ID, typ}] += g.want
 		}
@@ -240,10 +242,10 @@ func (p *placer) group(k groupKey) *group {
 	return g
 }
 
-// memoryRequest is a process type's memory request, or its limit when it
-// sets no request, or api.DefaultMemoryRequest: a job that asks for
+// MemoryRequest is a job's or process type's memory request, or its limit
+// when it sets no request, or api.DefaultMemoryRequest: a job that asks for
 // nothing still takes room, so a host is not overcommitted without bound.
-func memoryRequest(r api.Resources) int64 { return api.MemoryRequest(r) }
+func MemoryRequest(r api.Resources) int64 { return api.MemoryRequest(r) }
 
 func tagsMatch(want, have map[string]string) bool {
 	for k, v := range want {
@@ -448,4 +450,117 @@ func (p *placer) placeOmni(g *group) {
 			p.remove(g, jobs)
 		}
 	}
+}
+
+// Request is one job that no formation wants, a one-off job or a build,
+// to place on a host.
+type Request struct {
+	// Tags the host must have.
+	Tags map[string]string
+	// Memory is the job's memory request in bytes (0: none).
+	Memory int64
+}
+
+// PlaceOne picks the host for one job by Place's rules: among the hosts
+// that have the tags and the memory free, the one with the fewest active
+// jobs (ties by host id). Its error, when no host can take the job, is
+// one of the Reason* texts.
+func PlaceOne(snap *Snapshot, req Request) (*api.Host, error) {
+	p := &placer{snap: snap, plan: &Plan{}, hosts: make(map[string]*hostLoad, len(snap.Hosts)), groups: make(map[groupKey]*group)}
+	p.index()
+	if len(p.order) == 0 {
+		return nil, errors.New(ReasonNoHosts)
+	}
+	var best *hostLoad
+	tagged := false
+	for _, hl := range p.order {
+		if !tagsMatch(req.Tags, hl.host.Tags) {
+			continue
+		}
+		tagged = true
+		if !fits(hl, req.Memory) {
+			continue
+		}
+		if best == nil || hl.active < best.active {
+			best = hl
+		}
+	}
+	switch {
+	case best != nil:
+		return best.host, nil
+	case !tagged:
+		return nil, errors.New(ReasonNoMatchingTag)
+	}
+	return nil, fmt.Errorf("no host has %d MiB of memory free for the job", req.Memory>>20)
+}
+
+// ActiveJobs are a host's running and starting jobs as placement counts
+// them (memory requests included).
+func ActiveJobs(hostID string, jobs []*api.ActiveJob) []*Job {
+	var out []*Job
+	for _, aj := range jobs {
+		if aj.Job == nil || (aj.Status != api.HostJobRunning && aj.Status != api.HostJobStarting) {
+			continue
+		}
+		state := api.JobStateUp
+		if aj.Status == api.HostJobStarting {
+			state = api.JobStateStarting
+		}
+		out = append(out, &Job{
+			ID: aj.Job.ID, HostID: hostID, AppID: aj.Job.Metadata[api.JobMetaApp], ReleaseID: aj.Job.Metadata[api.JobMetaRelease],
+			Type: aj.Job.Metadata[api.JobMetaProcessType], State: state, Memory: MemoryRequest(aj.Job.Resources),
+		})
+	}
+	return out
+}
+
+// PlaceOnCluster picks the host for one job from the cluster as it is
+// now: its hosts and what runs on them. Hosts that cannot be asked are
+// left out.
+func PlaceOnCluster(ctx context.Context, c Cluster, req Request) (*api.Host, error) {
+	hosts, err := c.ListHosts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	snap := &Snapshot{}
+	for _, h := range hosts {
+		jobs, err := c.ListJobs(ctx, h.ID)
+		if err != nil {
+			continue // a host that does not answer takes no job
+		}
+		snap.Hosts = append(snap.Hosts, h)
+		snap.Jobs = append(snap.Jobs, ActiveJobs(h.ID, jobs)...)
+	}
+	return PlaceOne(snap, req)
+}
+
+// NewJobID names a job of host: "<host-id>-<uuid>", and returns the uuid
+// too.
+func NewJobID(hostID string) (id, uuid string) {
+	uuid = newUUID()
+	return hostID + "-" + uuid, uuid
+}
+
+// JobEnv is the env every job of an app gets from the platform:
+// FLYNN_APP_ID, FLYNN_APP_NAME, FLYNN_RELEASE_ID, and FLYNN_PROCESS_TYPE
+// for a process type (the host adds FLYNN_JOB_ID, PORT and the rest).
+func JobEnv(app *api.App, releaseID, typ string) map[string]string {
+	env := map[string]string{"FLYNN_APP_ID": app.ID, "FLYNN_APP_NAME": app.Name, "FLYNN_RELEASE_ID": releaseID}
+	if typ != "" {
+		env["FLYNN_PROCESS_TYPE"] = typ
+	}
+	return env
+}
+
+// JobMetadata is the host job metadata naming a job's app, release and
+// process type (by which the scheduler, logs and `flynn ps` know it).
+func JobMetadata(app *api.App, releaseID, typ string) map[string]string {
+	m := map[string]string{api.JobMetaApp: app.ID, api.JobMetaAppName: app.Name}
+	if releaseID != "" {
+		m[api.JobMetaRelease] = releaseID
+	}
+	if typ != "" {
+		m[api.JobMetaProcessType] = typ
+	}
+	return m
 }

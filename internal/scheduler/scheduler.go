@@ -713,7 +713,7 @@ func (l *loop) adopt(hostID string, aj *api.ActiveJob) *Job {
 		ReleaseID: meta[api.JobMetaRelease],
 		Type:      meta[api.JobMetaProcessType],
 		State:     api.JobStateStarting,
-		Memory:    memoryRequest(aj.Job.Resources),
+		Memory:    MemoryRequest(aj.Job.Resources),
 		CreatedAt: aj.CreatedAt,
 		StartedAt: aj.StartedAt,
 	}
@@ -891,23 +891,16 @@ func hostJob(f *api.ExpandedFormation, j *Job) *api.HostJob {
 	env := make(map[string]string, len(f.Release.Env)+len(proc.Env))
 	maps.Copy(env, f.Release.Env)
 	maps.Copy(env, proc.Env)
-	env["FLYNN_APP_ID"] = j.AppID
-	env["FLYNN_APP_NAME"] = f.App.Name
-	env["FLYNN_RELEASE_ID"] = j.ReleaseID
-	env["FLYNN_PROCESS_TYPE"] = j.Type
+	maps.Copy(env, JobEnv(f.App, j.ReleaseID, j.Type))
 	if j.Index > 0 {
 		env["DYNO"] = j.Type + "." + strconv.Itoa(j.Index)
 	}
+	meta := JobMetadata(f.App, j.ReleaseID, j.Type)
+	meta[JobMetaRestarts] = strconv.Itoa(j.Restarts)
 	return &api.HostJob{
 		ID:        j.ID,
 		Artifacts: f.Artifacts,
-		Metadata: map[string]string{
-			api.JobMetaApp:         j.AppID,
-			api.JobMetaAppName:     f.App.Name,
-			api.JobMetaRelease:     j.ReleaseID,
-			api.JobMetaProcessType: j.Type,
-			JobMetaRestarts:        strconv.Itoa(j.Restarts),
-		},
+		Metadata:  meta,
 		Config: api.HostJobConfig{
 			Args:        proc.Args,
 			Env:         env,

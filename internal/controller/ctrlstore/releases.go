@@ -346,6 +346,12 @@ func (s *Store) CreateScaleRequest(ctx context.Context, req *api.ScaleRequest) (
 // formation runs as asked) or cancelled. Ending it again the same way is
 // a no-op; ending a request that ended the other way is a conflict.
 func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string) (*api.ScaleRequest, error) {
+	return s.EndScaleRequest(ctx, appID, id, state, "")
+}
+
+// EndScaleRequest is UpdateScaleRequest with the reason of a failed
+// request.
+func (s *Store) EndScaleRequest(ctx context.Context, appID, id, state, errMsg string) (*api.ScaleRequest, error) {
 	for range maxRetries {
 		key := s.key(pScales, appID, id)
 		req := &api.ScaleRequest{}
@@ -360,6 +366,7 @@ func (s *Store) UpdateScaleRequest(ctx context.Context, appID, id, state string)
 			return nil, api.Conflict("scale request %s is %s already", id, req.State)
 		}
 		req.State = state
+		req.Error = errMsg
 		req.UpdatedAt = s.now()
 		pendingKey := s.key(pScalePending, appID, req.ReleaseID)
 		t := s.txn()

@@ -4,7 +4,8 @@
 #   make          build bin/flynn and bin/flynn-host
 #   make deps     install the OS packages Flynn needs (root)
 #   make test     deps + build + vet + the whole test suite (root)
-#   make up/down  run / stop a single-node cluster on this machine
+#   make up/down  run / stop a cluster on this machine (HOSTS=N: N hosts,
+#                 each in its own network namespace; default 1)
 
 GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -37,9 +38,10 @@ test: deps build vet
 test-short: build
 	GO=$(GO) $(GO) run ./scripts/testsum -short ./...
 
+# make up HOSTS=N runs N hosts (up to 5), each in its own network namespace.
 # make up BACKUP=FILE restores a backup (flynn cluster backup) on a new cluster.
 up: build
-	bin/flynn-host up $(if $(BACKUP),--from-backup $(BACKUP))
+	bin/flynn-host up $(if $(HOSTS),--hosts $(HOSTS)) $(if $(BACKUP),--from-backup $(BACKUP))
 
 down:
 	@test -x bin/flynn-host || $(MAKE) build

@@ -83,7 +83,7 @@ func newDaemonCmd(env Env) *cobra.Command {
 			// (No state dir: Run says to init first.)
 			pidFile := filepath.Join(cfg.StateDir, "daemon.pid")
 			if _, err := os.Stat(cfg.StateDir); err == nil {
-				if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+				if err := writePIDFile(pidFile, os.Getpid()); err != nil {
 					return fmt.Errorf("write %s: %w", pidFile, err)
 				}
 			}
@@ -161,7 +161,7 @@ the host with 'flynn-host daemon' and add hosts with 'flynn-host join'.`,
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "cluster: %s\nhost: %s\ntoken: %s\n", hc.ClusterID, hc.HostID, hc.Token)
-			fmt.Fprintf(w, "Start this host with `flynn-host daemon`, then add hosts with\n  flynn-host join --peer <this host's IP> --token %s\n", hc.Token)
+			fmt.Fprintf(w, "Start this host with `flynn-host daemon`, then add hosts with\n  FLYNN_CLUSTER_TOKEN=%s flynn-host join --peer <this host's IP>\n", hc.Token)
 			return nil
 		},
 	}
@@ -188,13 +188,17 @@ func peerURL(peer string) (string, error) {
 func newJoinCmd(env Env) *cobra.Command {
 	var stateDir, peer, token string
 	cmd := &cobra.Command{
-		Use:   "join --peer ADDR --token TOKEN",
+		Use:   "join --peer ADDR",
 		Short: "Make this host join an existing cluster",
 		Long: `Join the cluster of the host at ADDR (its discoverd address, host[:1111]),
 proving membership with the cluster token. It writes the host config; on
 its first start 'flynn-host daemon' becomes an etcd member while the
-cluster has fewer than its configured members, otherwise an etcd client.`,
-		Args: cobra.NoArgs,
+cluster has fewer than its configured members, otherwise an etcd client.
+
+The token is read from $FLYNN_CLUSTER_TOKEN (--token works too, but puts
+the secret on the command line, where every user of the machine sees it).`,
+		Example: `  FLYNN_CLUSTER_TOKEN=... flynn-host join --peer 10.0.0.1`,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if token == "" && env.Getenv != nil {
 				token = env.Getenv("FLYNN_CLUSTER_TOKEN")

@@ -256,7 +256,7 @@ func startHostDaemon(out io.Writer, h *upHost) error {
 	c.Process.Release()
 	// The daemon writes its own pid file too; this one covers the
 	// moment before it does.
-	if err := os.WriteFile(filepath.Join(h.StateDir, "daemon.pid"), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+	if err := writePIDFile(filepath.Join(h.StateDir, "daemon.pid"), pid); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "==> %s: daemon started (pid %d, log %s)\n", h.Name, pid, logFile)

@@ -376,7 +376,7 @@ func upHosts(ctx context.Context, out io.Writer, f *upFlags, st *upState) error 
 				return err
 			}
 			fmt.Fprintf(out, "==> %s: join %s\n", h.Name, first.Name)
-			if err := selfRun(ctx, "join", "--state-dir", h.StateDir, "--peer", strings.TrimPrefix(first.DiscoverdURL, "http://"), "--token", hc.Token); err != nil {
+			if err := selfRunEnv(ctx, []string{"FLYNN_CLUSTER_TOKEN=" + hc.Token}, "join", "--state-dir", h.StateDir, "--peer", strings.TrimPrefix(first.DiscoverdURL, "http://")); err != nil {
 				return err
 			}
 		}
@@ -404,12 +404,20 @@ func contains(hs []*upHost, h *upHost) bool {
 }
 
 // selfRun runs this flynn-host with args in the foreground.
-func selfRun(ctx context.Context, args ...string) error {
+func selfRun(ctx context.Context, args ...string) error { return selfRunEnv(ctx, nil, args...) }
+
+// selfRunEnv is selfRun with env added to this process's environment: the
+// way to hand the command a secret, which its command line would show to
+// every user of the machine.
+func selfRunEnv(ctx context.Context, env []string, args ...string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	c := exec.CommandContext(ctx, exe, args...)
+	if env != nil {
+		c.Env = append(os.Environ(), env...)
+	}
 	var buf bytes.Buffer
 	c.Stdout, c.Stderr = &buf, &buf
 	if err := c.Run(); err != nil {
@@ -419,6 +427,17 @@ func selfRun(ctx context.Context, args ...string) error {
 }
 
 func backgroundProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setsid: true} }
+
+// writePIDFile writes pid to file whole or not at all (a new file renamed
+// over the old): up polls the file while the daemon rewrites it, and a
+// reader that met it truncated would take a starting daemon for a dead one.
+func writePIDFile(file string, pid int) error {
+	tmp := fmt.Sprintf("%s.%d.tmp", file, os.Getpid()) // up and the daemon both write it
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}
 
 // pidOf returns the pid in file if that process runs and its command line
 // holds word, else 0.

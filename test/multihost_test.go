@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -206,6 +207,57 @@ func TestMultiHost(t *testing.T) {
 	if failed.Load() > 0 {
 		t.Errorf("%d probes through hosts 1 and 3 failed while host 2 was cut off: %v", failed.Load(), list)
 	}
+
+	// Power loss on every host; they come back one at a time in another
+	// order (3, 2, then 1 with up), seconds apart: the cluster restores
+	// itself, and the app serves through every host with exactly web=6.
+	c.powerOff(false)
+	var st struct {
+		Hosts []struct {
+			Name       string   `json:"name"`
+			Netns      string   `json:"netns"`
+			StateDir   string   `json:"state_dir"`
+			DaemonArgs []string `json:"daemon_args"`
+		} `json:"hosts"`
+	}
+	if b, err := os.ReadFile(filepath.Join(c.stateDir, "up.json")); err != nil {
+		t.Fatal(err)
+	} else if err := json.Unmarshal(b, &st); err != nil || len(st.Hosts) != 3 {
+		t.Fatalf("up.json: %v, %d hosts", err, len(st.Hosts))
+	}
+	restart := time.Now()
+	for _, i := range []int{2, 1} {
+		h := st.Hosts[i]
+		lf, err := os.OpenFile(filepath.Join(h.StateDir, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.Netns, "--", filepath.Join(binDir, "flynn-host")}, h.DaemonArgs...)...)
+		cmd.Stdout, cmd.Stderr = lf, lf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start the daemon of %s: %v", h.Name, err)
+		}
+		lf.Close()
+		go cmd.Wait()
+		time.Sleep(3 * time.Second)
+	}
+	c.up()
+	waitFor(t, within(t, 3*time.Minute), "after the power loss: exactly web=6, served through every host", c.watch(), func() (bool, error) {
+		per, _ := c.webPerHost("spread")
+		n := per[c.hosts[0].ip] + per[c.hosts[1].ip] + per[c.hosts[2].ip]
+		if n != 6 {
+			return false, fmt.Errorf("per host: %v", per)
+		}
+		for _, h := range c.hosts {
+			if status, err := viaHost(h); status != 200 {
+				return false, fmt.Errorf("GET through the router of %s: %d %v", h.ip, status, err)
+			}
+		}
+		return true, nil
+	})
+	t.Logf("power loss of every host, started in the order 3, 2, 1: serving with web=6 through every host %s after the first daemon started",
+		time.Since(restart).Round(100*time.Millisecond))
 
 	c.down()
 	for i := 1; i <= 3; i++ {

@@ -63,8 +63,13 @@ func (c *e2eCluster) powerOff(reboot bool) {
 // those whose command line names its state dir.
 func (c *e2eCluster) processes() []int {
 	seen := map[int]bool{}
-	cgs, _ := filepath.Glob("/sys/fs/cgroup/*/" + c.cgroup)
-	cgs = append(cgs, "/sys/fs/cgroup/"+c.cgroup)
+	var cgs []string
+	// One host's cgroup parent, or each host's (up --hosts: <parent>-hostN).
+	for _, name := range []string{c.cgroup, c.cgroup + "-host*"} {
+		m1, _ := filepath.Glob("/sys/fs/cgroup/*/" + name)
+		m2, _ := filepath.Glob("/sys/fs/cgroup/" + name)
+		cgs = append(append(cgs, m1...), m2...)
+	}
 	for _, top := range cgs {
 		filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {

@@ -35,6 +35,9 @@ type upHost struct {
 	DaemonArgs   []string `json:"daemon_args"`
 	HostURL      string   `json:"host_url"`
 	DiscoverdURL string   `json:"discoverd_url"`
+
+	// exited, when this up started the daemon, says how it ended.
+	exited chan error
 }
 
 // machineNet is the network of `up --hosts N`: a bridge on this machine
@@ -253,7 +256,10 @@ func startHostDaemon(out io.Writer, h *upHost) error {
 		return fmt.Errorf("start the daemon of %s: %w", h.Name, err)
 	}
 	pid := c.Process.Pid
-	c.Process.Release()
+	// Reaped here, so a daemon that exits at once is seen as gone (not a
+	// zombie) and waitHostDaemon can say how it ended.
+	h.exited = make(chan error, 1)
+	go func() { h.exited <- c.Wait() }()
 	// The daemon writes its own pid file too; this one covers the
 	// moment before it does.
 	if err := writePIDFile(filepath.Join(h.StateDir, "daemon.pid"), pid); err != nil {
@@ -276,8 +282,13 @@ func waitHostDaemon(ctx context.Context, h *upHost, service bool) error {
 		if err == nil {
 			return nil
 		}
+		select {
+		case werr := <-h.exited:
+			return fmt.Errorf("the daemon of %s exited (%v) before it was up: %v (see %s)", h.Name, werr, err, filepath.Join(h.StateDir, "daemon.log"))
+		default:
+		}
 		// (systemd restarts a daemon that exits; a background one is gone.)
-		if time.Now().After(deadline) || (!service && daemonPID(h.StateDir) == 0) {
+		if time.Now().After(deadline) || (!service && h.exited == nil && daemonPID(h.StateDir) == 0) {
 			return fmt.Errorf("the daemon of %s did not come up: %v (see %s)", h.Name, err, filepath.Join(h.StateDir, "daemon.log"))
 		}
 		select {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flynnrebuilt/flynn/api"
 )
 
@@ -28,6 +30,9 @@ type backend struct {
 	gone     atomic.Bool
 	drained  atomic.Bool
 	drain    *drainTracker
+	// downUntil (unix ns) is when a backend that could not be reached
+	// may be picked again while others are up (markDown).
+	downUntil atomic.Int64
 
 	mu   sync.Mutex
 	idle []*upConn
@@ -39,6 +44,31 @@ func (b *backend) release() {
 	if b.inflight.Add(-1) == 0 && b.gone.Load() {
 		b.drain.done(b)
 	}
+}
+
+// downPause is how long a backend that could not be reached is passed
+// over while another backend is up: discoverd drops a vanished host's
+// instances only after their lease ends, and until then every request
+// sent to them would wait for a dial or user timeout first.
+const downPause = 3 * time.Second
+
+// markDown records that the backend could not be reached and closes its
+// pooled connections, which are likely dead too.
+func (b *backend) markDown() {
+	b.downUntil.Store(time.Now().Add(downPause).UnixNano())
+	b.mu.Lock()
+	idle := b.idle
+	b.idle = nil
+	b.mu.Unlock()
+	for _, c := range idle {
+		c.conn.Close()
+	}
+}
+
+// isDown reports whether the backend is passed over (markDown).
+func (b *backend) isDown() bool {
+	d := b.downUntil.Load()
+	return d != 0 && d > time.Now().UnixNano()
 }
 
 // markGone takes the backend out of service: idle connections close and,
@@ -64,9 +94,46 @@ type upConn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	reused bool
+	// bounded: the connection's TCP_USER_TIMEOUT is backendUserTimeout
+	// (else the kernel's default, unbounded in practice).
+	bounded bool
 }
 
 var dialer = &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
+
+// backendUserTimeout bounds how long a request without a body, written to
+// a backend, may go unacknowledged (TCP_USER_TIMEOUT): when the backend's
+// host vanishes (power, network), a request written on a pooled
+// connection to it fails in this time with ETIMEDOUT, instead of waiting
+// for a reply that never comes, and is sent to another backend. The
+// acknowledgement is the peer's kernel's, so a slow handler is not
+// affected; requests with a body, upgraded connections and TCP routes are
+// not bounded, since a backend that reads slowly (a zero window) is fine.
+const backendUserTimeout = 2 * time.Second
+
+// bound sets or clears the connection's TCP_USER_TIMEOUT.
+func (c *upConn) bound(on bool) {
+	if c.bounded == on {
+		return
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	ms := 0
+	if on {
+		ms = int(backendUserTimeout / time.Millisecond)
+	}
+	rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms) == nil {
+			c.bounded = on
+		}
+	})
+}
 
 // getConn returns an idle pooled connection or dials a new one. With
 // check, a pooled connection is first probed for a close by the backend
@@ -165,22 +232,31 @@ func pick(cands []*backend, tried []*backend) *backend {
 			j++
 		}
 		a, b := cands[i], cands[j]
+		if ad, bd := a.isDown(), b.isDown(); ad != bd {
+			if ad {
+				return b
+			}
+			return a
+		}
 		if b.inflight.Load() < a.inflight.Load() {
 			return b
 		}
 		return a
 	}
-	// A retry after a failed dial: the least loaded untried backend,
-	// starting at a random offset so ties spread out.
+	// A retry after a failed dial: the least loaded untried backend that
+	// is not down (else the least loaded untried one), starting at a
+	// random offset so ties spread out.
 	var best *backend
+	bestDown := false
 	off := rand.IntN(n)
 	for k := range n {
 		c := cands[(off+k)%n]
 		if contains(tried, c) {
 			continue
 		}
-		if best == nil || c.inflight.Load() < best.inflight.Load() {
-			best = c
+		down := c.isDown()
+		if best == nil || (bestDown && !down) || (down == bestDown && c.inflight.Load() < best.inflight.Load()) {
+			best, bestDown = c, down
 		}
 	}
 	return best

@@ -558,12 +558,16 @@ func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bu
 		}
 		if err != nil {
 			b.release()
+			b.markDown()
 			s.r.log.Debug("backend dial failed", "route", e.route.ID, "addr", b.addr, "err", err)
 			continue
 		}
 		setCookie := e.route.Sticky && b.addr != sticky
 		status, keep = s.roundTrip(req, e, b, pc, br, bw, start, setCookie)
 		b.release()
+		if status == retryElsewhere {
+			continue
+		}
 		return status, keep
 	}
 	msg := "no backend is available for " + string(req.host) + ": the app may be scaled to zero or starting"
@@ -597,13 +601,21 @@ func (s *fastServer) fastStickyAddr(req *fastReq) string {
 // closed by the backend before it answered anything, and the request has
 // no body.
 func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upConn, br *bufio.Reader, bw *bufio.Writer, start time.Time, setCookie bool) (int, bool) {
+	pc.bound(req.contentLen == 0)
 	head, err := s.sendFast(req, e, pc, br, start)
+	if err != nil && req.contentLen == 0 && isUnreachable(err) {
+		pc.conn.Close()
+		b.markDown()
+		return retryElsewhere, true
+	}
 	if err != nil && pc.reused && req.contentLen == 0 && isStale(err) {
 		pc.conn.Close()
 		pc, err = b.dial(context.Background())
 		if err != nil {
-			return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend closed the connection")
+			b.markDown()
+			return retryElsewhere, true
 		}
+		pc.bound(true)
 		head, err = s.sendFast(req, e, pc, br, start)
 	}
 	if err != nil {

@@ -128,6 +128,7 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 			if req.Context().Err() != nil {
 				return 499, false
 			}
+			b.markDown()
 			continue
 		}
 		if e.route.Sticky && b.addr != sticky {
@@ -139,6 +140,9 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 			status, abort = f.roundTrip(w, req, e, b, pc, start)
 		}
 		b.release()
+		if status == retryElsewhere {
+			continue
+		}
 		return status, abort
 	}
 	writeErrorPage(w, req, http.StatusServiceUnavailable, api.CodeUnavailable,
@@ -152,16 +156,24 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 // has no body.
 func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time) (int, bool) {
 	stop := context.AfterFunc(req.Context(), func() { pc.conn.SetDeadline(aLongTimeAgo) })
+	pc.bound(req.ContentLength == 0)
 	resp, err := f.send(req, e, pc, start, false)
+	if err != nil && req.ContentLength == 0 && isUnreachable(err) && req.Context().Err() == nil {
+		stop()
+		pc.conn.Close()
+		b.markDown()
+		return retryElsewhere, false
+	}
 	if err != nil && pc.reused && req.ContentLength == 0 && isStale(err) && req.Context().Err() == nil {
 		stop()
 		pc.conn.Close()
 		pc, err = b.dial(req.Context())
 		if err != nil {
-			writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend closed the connection")
-			return http.StatusBadGateway, false
+			b.markDown()
+			return retryElsewhere, false
 		}
 		stop = context.AfterFunc(req.Context(), func() { pc.conn.SetDeadline(aLongTimeAgo) })
+		pc.bound(true)
 		resp, err = f.send(req, e, pc, start, false)
 	}
 	if err != nil {
@@ -234,6 +246,17 @@ func copyBody(w http.ResponseWriter, resp *http.Response, pc *upConn) (complete,
 func isStale(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
+
+// retryElsewhere is the status roundTrip returns when it wrote nothing to
+// the client and the request should go to another backend: a pooled
+// connection failed before the backend answered, and its backend cannot
+// be reached again (its host is gone).
+const retryElsewhere = -1
+
+// isUnreachable reports whether a request without a body, sent on a
+// bounded connection (upConn.bound), timed out unacknowledged: the
+// backend's host is gone.
+func isUnreachable(err error) bool { return errors.Is(err, syscall.ETIMEDOUT) }
 
 // send writes the request to the backend and reads the response head,
 // skipping informational responses other than 101.

@@ -70,6 +70,7 @@ func (r *Router) serveTCP(port int, c net.Conn) {
 		bc, err := dialer.Dial("tcp", b.addr)
 		if err != nil {
 			b.release()
+			b.markDown()
 			r.log.Debug("tcp backend dial failed", "route", e.route.ID, "addr", b.addr, "err", err)
 			continue
 		}

@@ -312,20 +312,29 @@ func removeCgroups(parent string) {
 		return nil
 	})
 	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
-	for _, d := range dirs {
-		// Jobs of a daemon that died are still in their cgroups.
-		if b, err := os.ReadFile(filepath.Join(d, "cgroup.procs")); err == nil {
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
-					syscall.Kill(pid, syscall.SIGKILL)
+	// Jobs of a daemon that died are still in their cgroups; a killed
+	// process leaves its cgroup only once it has exited, which takes
+	// seconds on a busy machine. Kill and remove until all are gone.
+	deadline := time.Now().Add(15 * time.Second)
+	for len(dirs) > 0 {
+		var left []string
+		for _, d := range dirs {
+			if b, err := os.ReadFile(filepath.Join(d, "cgroup.procs")); err == nil {
+				for _, f := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
 				}
 			}
+			if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
+				left = append(left, d)
+			}
 		}
-	}
-	for _, d := range dirs {
-		for i := 0; i < 50 && os.Remove(d) != nil; i++ {
-			time.Sleep(20 * time.Millisecond)
+		dirs = left
+		if len(dirs) == 0 || time.Now().After(deadline) {
+			return
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

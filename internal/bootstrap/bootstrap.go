@@ -505,7 +505,11 @@ func (r *run) runApp(ctx context.Context, name string) error {
 			}
 			continue
 		}
-		for i := 0; i < r.count(name, typ); i++ {
+		n := r.count(name, typ)
+		if spec.Restore {
+			n = min(n, 1) // (see AppSpec.Restore)
+		}
+		for i := 0; i < n; i++ {
 			if err := r.startJob(ctx, r.hosts[i%len(r.hosts)], st, typ, i+1, spec.Root); err != nil {
 				return err
 			}

@@ -80,7 +80,10 @@ type AppSpec struct {
 	Spread bool `json:"spread,omitempty"`
 	// Restore apps are started again by the host daemons when none of
 	// their jobs runs anywhere (meta flynn-system-restore): the scheduler,
-	// which restores every other app.
+	// which restores every other app. Their run-app step starts one job
+	// of each type, and the scheduler starts the rest once add-app has
+	// registered its formation: a second job started beside a running
+	// scheduler would be stopped by it, as a job of no formation.
 	Restore   bool                        `json:"restore,omitempty"`
 	Processes map[string]*api.ProcessType `json:"processes"`
 	Formation map[string]int              `json:"formation"`

@@ -21,17 +21,22 @@ func newCreateCmd(s *state) *cobra.Command {
 		remote string
 		ssh    bool
 		yes    bool
+		src    gitSource
 	)
 	c := &cobra.Command{
-		Use:   "create [-r REMOTE] [--ssh] [NAME]",
+		Use:   "create [-r REMOTE] [--ssh] [--git URL [--branch BRANCH]] [NAME]",
 		Short: "Create an app",
 		Long: `Create an app (with a generated name when NAME is not given). Inside a git
 repo it also adds a git remote (default "flynn") to push the app's code to:
 over HTTPS with this flynn binary as the credential helper, or over SSH with
---ssh (add your key first with flynn key add). -r "" adds no remote.`,
+--ssh (add your key first with flynn key add). -r "" adds no remote.
+
+With --git URL it adds no remote: the cluster fetches the repository and
+builds and deploys it as flynn deploy --git does.`,
 		Example: `  flynn create myapp
   flynn create -r production myapp
   flynn create --ssh myapp
+  flynn create --git https://github.com/flynn-examples/go-flynn-example myapp
   flynn create            # generated name`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -47,7 +52,7 @@ over HTTPS with this flynn binary as the credential helper, or over SSH with
 			if err != nil {
 				return err
 			}
-			addRemote := remote != "" && inGitRepo(ctx, ".")
+			addRemote := remote != "" && src.url == "" && inGitRepo(ctx, ".")
 			if addRemote && !yes && gitRemoteURL(ctx, ".", remote) != "" {
 				return fmt.Errorf("git remote %q already exists: use -r to pick another name, or -y to replace it", remote)
 			}
@@ -58,6 +63,12 @@ over HTTPS with this flynn binary as the credential helper, or over SSH with
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Created %s\n", app.Name)
+			if src.url != "" {
+				if err := s.gitDeploy(ctx, cmd.OutOrStdout(), app.Name, &src); err != nil {
+					return fmt.Errorf("%w (the app was created: try again with flynn -a %s deploy --git URL)", err, app.Name)
+				}
+				return nil
+			}
 			if addRemote {
 				if err := s.setRemote(ctx, cmd, c, cl, app.Name, remote, ssh); err != nil {
 					return err
@@ -70,6 +81,7 @@ over HTTPS with this flynn binary as the credential helper, or over SSH with
 	f.StringVarP(&remote, "remote", "r", "flynn", `name of the git remote to add ("" for none)`)
 	f.BoolVar(&ssh, "ssh", false, "push over SSH instead of HTTPS")
 	f.BoolVarP(&yes, "yes", "y", false, "replace an existing git remote of the same name")
+	src.flags(c, false)
 	return c
 }
 

@@ -112,11 +112,15 @@ func newReleaseCmd(s *state) *cobra.Command {
 	add := &cobra.Command{
 		Use:   "add [-t TYPE] [-f FILE] URI",
 		Short: "Create a release from an image and deploy it",
-		Long: `Create an artifact for the image URI (an OCI reference, type docker by
-default), a release of it and deploy that. FILE is JSON with the release's
-"processes" (and optionally "env", "meta"); the current env is kept and FILE's
-env is merged over it.`,
+		Long: `Create an artifact for the image URI (docker://REF or REF, an OCI reference,
+type docker by default), a release of it and deploy that. FILE is JSON with
+the release's "processes" (and optionally "env", "meta"); the current env is
+kept and FILE's env is merged over it. Without FILE the current release's
+process types are kept, and an app's first release gets one, web: the image's
+own entrypoint and cmd serving HTTP on $PORT, scaled to 1. Processes run with
+the image's env, working dir and user (not root: nobody instead).`,
 		Example: `  flynn release add -f release.json docker://registry.example.com/app:v2
+  flynn create web && flynn -a web release add docker://ghcr.io/example/web:v1
   echo '{"processes":{"web":{"args":["./server"]}}}' > r.json && flynn release add -f r.json docker://busybox`,
 		Args: exactArgs(1, "an image URI"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -135,12 +139,26 @@ env is merged over it.`,
 			if err != nil {
 				return err
 			}
+			docker := artType == api.ArtifactTypeDocker
+			// An app's first image release without process types: the
+			// image's own command is web, scaled to 1.
+			defaultWeb := docker && spec.Processes == nil && app.ReleaseID == ""
+			if defaultWeb {
+				spec.Processes = map[string]*api.ProcessType{"web": webProcess(app.Name)}
+			}
+			if docker && spec.Processes != nil {
+				if err := checkImageCommand(ctx, cmd.OutOrStdout(), args[0], &spec); err != nil {
+					return err
+				}
+			}
 			art := &api.Artifact{Type: artType, URI: args[0]}
 			if err := c.CreateArtifact(ctx, art); err != nil {
 				return fmt.Errorf("create artifact: %w", explain(err))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Created artifact %s\n", art.ID)
-			return newRelease(ctx, cmd, c, app, func(r *api.Release) error {
+			var created *api.Release
+			err = newRelease(ctx, cmd, c, app, func(r *api.Release) error {
+				created = r
 				r.ArtifactIDs = []string{art.ID}
 				if spec.Processes != nil {
 					r.Processes = spec.Processes
@@ -156,6 +174,10 @@ env is merged over it.`,
 				}
 				return nil
 			})
+			if err != nil || !defaultWeb {
+				return err
+			}
+			return s.scaleFirstWeb(ctx, cmd.OutOrStdout(), c, app, created)
 		},
 	}
 	add.Flags().StringVarP(&artType, "type", "t", api.ArtifactTypeDocker, "artifact type (docker or flynn)")

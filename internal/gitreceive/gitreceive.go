@@ -4,6 +4,10 @@
 // build) from git's pre-receive hook, so the build's output streams live to
 // the pusher as "remote:" lines and a failed build rejects the push.
 //
+// A deploy from a git URL (Taffy, POST /<app>.git/deploy) fetches the
+// repository into the app's repository and runs the Receiver as a push of
+// the fetched commit to the default branch would.
+//
 // BuildReceiver is the cluster's Receiver: it archives the pushed tree to
 // the blobstore, runs `flynn-host slugbuilder` as a job on a host agent
 // (HostJobRunner), turns the slug into a layer, creates the artifact and
@@ -86,6 +90,10 @@ type Config struct {
 	HookBin  string
 	HookArgs []string
 	Receiver Receiver
+	// SSHCommand is the program and arguments git runs as ssh to fetch a
+	// deploy from an SSH URL: one that calls GitSSHMain (flynn-host
+	// git-ssh). Without it only HTTP(S) URLs deploy.
+	SSHCommand []string
 	// Cache is optional.
 	Cache RepoCache
 }

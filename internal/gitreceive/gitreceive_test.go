@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 	if os.Getenv("FLYNN_TEST_HOOK") == "1" {
 		os.Exit(HookMain(os.Stdin, os.Stdout, os.Stderr, os.Getenv))
 	}
+	// And as the SSH client of git deploys.
+	if os.Getenv("FLYNN_TEST_GIT_SSH") == "1" {
+		os.Exit(GitSSHMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
+	}
 	os.Exit(m.Run())
 }
 
@@ -130,8 +134,10 @@ func setup(t *testing.T) *env {
 	self, _ := os.Executable()
 	hook := filepath.Join(dir, "hook.sh")
 	os.WriteFile(hook, []byte("#!/bin/sh\nFLYNN_TEST_HOOK=1 exec "+self+"\n"), 0o755)
+	gitSSH := filepath.Join(dir, "git-ssh.sh")
+	os.WriteFile(gitSSH, []byte("#!/bin/sh\nFLYNN_TEST_GIT_SSH=1 exec "+self+" \"$@\"\n"), 0o755)
 	recv := &fakeReceiver{}
-	s, err := New(Config{RepoDir: filepath.Join(dir, "repos"), HookBin: hook, Receiver: recv}, logging.Discard())
+	s, err := New(Config{RepoDir: filepath.Join(dir, "repos"), HookBin: hook, SSHCommand: []string{gitSSH}, Receiver: recv}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}

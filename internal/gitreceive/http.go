@@ -14,7 +14,9 @@ import (
 
 // Handler serves git's smart HTTP protocol for pushes
 // (/<app>.git/info/refs and /<app>.git/git-receive-pack) through the real
-// git http-backend. auth checks the cluster key (HTTP Basic password).
+// git http-backend, and deploys from a git URL (POST /<app>.git/deploy, an
+// api.GitDeployRequest; see serveDeploy). auth checks the cluster key
+// (HTTP Basic password).
 func (s *Server) Handler(auth *httpapi.KeyAuth) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !auth.Check(r) {
@@ -32,6 +34,11 @@ func (s *Server) Handler(auth *httpapi.KeyAuth) http.Handler {
 			return
 		}
 		switch {
+		case rest == "deploy" && r.Method == http.MethodPost:
+			if err := s.serveDeploy(w, r, app); err != nil {
+				httpapi.WriteError(w, r, err)
+			}
+			return
 		case rest == "info/refs" && r.URL.Query().Get("service") == "git-receive-pack":
 		case rest == "git-receive-pack" && r.Method == http.MethodPost:
 		default:

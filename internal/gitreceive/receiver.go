@@ -1,8 +1,6 @@
 package gitreceive
 
 import (
-	"archive/tar"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,7 +12,6 @@ import (
 	"maps"
 	"net/url"
 	"os"
-	"path"
 	"slices"
 	"sort"
 	"strings"
@@ -26,7 +23,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/logaggclient"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
-	"github.com/flynnrebuilt/flynn/internal/stack"
+	"github.com/flynnrebuilt/flynn/internal/slug"
 )
 
 // FlynnHostPath is where the flynn-host binary is mounted in build and app
@@ -196,9 +193,9 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) erro
 		Manifest: &api.ImageManifest{
 			Type: api.ManifestType,
 			Entrypoints: map[string]*api.Entrypoint{"_default": {
-				WorkingDir: "/app",
-				Env:        map[string]string{"PATH": defaultPath, "HOME": "/app"},
-				Uid:        ptr(uint32(stack.AppUID)), Gid: ptr(uint32(stack.AppGID)),
+				WorkingDir: slug.AppDir,
+				Env:        map[string]string{"PATH": defaultPath, "HOME": slug.AppDir},
+				Uid:        ptr(uint32(slug.UID)), Gid: ptr(uint32(slug.GID)),
 			}},
 			Rootfs: []*api.ImageRootfs{{
 				Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"},
@@ -264,7 +261,7 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 	}
 	maps.Copy(env, map[string]string{
 		"PATH":            defaultPath,
-		"HOME":            "/app",
+		"HOME":            slug.AppDir,
 		"SOURCE_URL":      r.jobURL(base, src),
 		"SLUG_URL":        r.jobURL(base, slugPath(app.ID, p.NewRev)),
 		"SLUG_RESULT_URL": r.jobURL(base, resultPath(app.ID, p.NewRev)),
@@ -282,9 +279,9 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		Config: api.HostJobConfig{
 			Args:        []string{FlynnHostPath, "slugbuilder"},
 			Env:         env,
-			WorkingDir:  "/app",
-			Uid:         ptr(uint32(stack.AppUID)),
-			Gid:         ptr(uint32(stack.AppGID)),
+			WorkingDir:  slug.AppDir,
+			Uid:         ptr(uint32(slug.UID)),
+			Gid:         ptr(uint32(slug.GID)),
 			Mounts:      mounts,
 			HostNetwork: true,
 		},
@@ -340,14 +337,13 @@ func (l slugLayerInfo) layer(b *blobclient.Client) *api.ImageLayer {
 		Hashes: map[string]string{"sha256": l.SHA256}, URL: b.URL(l.URL)}
 }
 
-// slugLayer makes the slug the app's image layer. The slugbuilder writes
-// the slug as the app under ./app/ (Heroku's slug format), owned by the
-// app user, which is a layer as it is: then its blob is the layer, and
+// slugLayer makes the slug the app's image layer. A slug in the slug
+// package's format is a layer as it is: then its blob is the layer, and
 // only its hash is computed. The build runs the app's code and could have
-// written anything to the slug's URL, so every entry is checked; a slug
-// that is not a safe layer (or one from an older slugbuilder, with names
-// relative to the app directory) is rewritten by RootSlug and stored at
-// /layers/<sha256>.tgz.
+// written anything to the slug's URL, so every entry is checked
+// (slug.Check); a slug that is not a safe layer (or one from an older
+// slugbuilder, with names relative to the app directory) is rewritten by
+// slug.Rewrite and stored at /layers/<sha256>.tgz.
 func (r *BuildReceiver) slugLayer(ctx context.Context, app *api.App, rev string) (*slugLayerInfo, error) {
 	rc, _, err := r.cfg.Blobs.Get(ctx, slugPath(app.ID, rev))
 	if err != nil {
@@ -355,7 +351,7 @@ func (r *BuildReceiver) slugLayer(ctx context.Context, app *api.App, rev string)
 	}
 	h := sha256.New()
 	cw := &countWriter{w: h}
-	ok, err := isAppLayer(io.TeeReader(rc, cw))
+	ok, err := slug.Check(io.TeeReader(rc, cw))
 	if err == nil {
 		// The hash covers all of the blob, trailing bytes too.
 		_, err = io.Copy(cw, rc)
@@ -370,56 +366,7 @@ func (r *BuildReceiver) slugLayer(ctx context.Context, app *api.App, rev string)
 	return r.rewriteSlug(ctx, app, rev)
 }
 
-// isAppLayer reads a gzipped tar and says whether it is a safe app layer:
-// every entry is app/ or under it, owned by the app user, a file,
-// directory or link without setuid or setgid bits, and hard links point
-// under app/.
-func isAppLayer(r io.Reader) (bool, error) {
-	zr, err := gzip.NewReader(r)
-	if err != nil {
-		return false, err
-	}
-	tr := tar.NewReader(zr)
-	ok := true
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return false, err
-		}
-		if ok && !safeAppEntry(hdr) {
-			ok = false
-		}
-	}
-	// Read to the end so the gzip checksum is verified.
-	if _, err := io.Copy(io.Discard, zr); err != nil {
-		return false, err
-	}
-	return ok, nil
-}
-
-func safeAppEntry(hdr *tar.Header) bool {
-	if !underApp(hdr.Name) || hdr.Uid != stack.AppUID || hdr.Gid != stack.AppGID || hdr.Mode&0o6000 != 0 {
-		return false
-	}
-	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink:
-		return true
-	case tar.TypeLink:
-		return underApp(hdr.Linkname)
-	}
-	return false
-}
-
-// underApp says whether a layer entry name is app/ or under it.
-func underApp(name string) bool {
-	n := path.Clean(strings.TrimPrefix(name, "./"))
-	return n == "app" || strings.HasPrefix(n, "app/")
-}
-
-// rewriteSlug stores RootSlug's layer of the slug at /layers/<sha256>.tgz.
+// rewriteSlug stores slug.Rewrite's layer of the slug at /layers/<sha256>.tgz.
 func (r *BuildReceiver) rewriteSlug(ctx context.Context, app *api.App, rev string) (*slugLayerInfo, error) {
 	rc, _, err := r.cfg.Blobs.Get(ctx, slugPath(app.ID, rev))
 	if err != nil {
@@ -434,7 +381,7 @@ func (r *BuildReceiver) rewriteSlug(ctx context.Context, app *api.App, rev strin
 	defer tmp.Close()
 	h := sha256.New()
 	cw := &countWriter{w: io.MultiWriter(tmp, h)}
-	if err := RootSlug(cw, rc); err != nil {
+	if err := slug.Rewrite(cw, rc); err != nil {
 		return nil, fmt.Errorf("convert the slug to a layer: %w", err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
@@ -457,99 +404,6 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// RootSlug rewrites a slug (a tar or tar.gz) as a gzipped layer tar whose
-// names are under app/, owned by the app user, without setuid or setgid
-// bits, devices or other special files. A slug whose first entry is app/
-// (or under it) already has its names under app/ and keeps them, and
-// entries outside app/ are dropped; otherwise names are relative to the
-// app directory and get app/ put in front.
-func RootSlug(w io.Writer, slug io.Reader) error {
-	zr, err := gzip.NewReader(slug)
-	if err != nil {
-		return err
-	}
-	tr := tar.NewReader(zr)
-	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
-	tw := tar.NewWriter(zw)
-	sawRoot, first, rooted := false, true, false
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		name := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
-		if path.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
-			return fmt.Errorf("slug entry %q leaves the app directory", hdr.Name)
-		}
-		if first {
-			rooted, first = name == "app" || strings.HasPrefix(name, "app/"), false
-		}
-		switch {
-		case rooted && !underApp(name):
-			continue
-		case rooted:
-		case name == ".":
-			name = "app"
-		default:
-			name = "app/" + name
-		}
-		switch hdr.Typeflag {
-		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink:
-		case tar.TypeLink:
-			link := path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
-			if path.IsAbs(link) || link == ".." || strings.HasPrefix(link, "../") {
-				return fmt.Errorf("slug hard link %q leaves the app directory", hdr.Name)
-			}
-			if !rooted {
-				link = "app/" + link
-			}
-			if !underApp(link) {
-				continue
-			}
-			hdr.Linkname = link
-		default:
-			continue
-		}
-		if name == "app" {
-			sawRoot = true
-		} else if !sawRoot {
-			if err := tw.WriteHeader(appDirHeader()); err != nil {
-				return err
-			}
-			sawRoot = true
-		}
-		hdr.Name = name
-		if hdr.Typeflag == tar.TypeDir {
-			hdr.Name += "/"
-		}
-		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = stack.AppUID, stack.AppGID, "", ""
-		hdr.Mode &^= 0o6000
-		hdr.PAXRecords, hdr.Format = nil, tar.FormatUnknown
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if _, err := io.Copy(tw, tr); err != nil {
-			return err
-		}
-	}
-	if !sawRoot {
-		if err := tw.WriteHeader(appDirHeader()); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	return zw.Close()
-}
-
-func appDirHeader() *tar.Header {
-	return &tar.Header{Typeflag: tar.TypeDir, Name: "app/", Mode: 0o755, Uid: stack.AppUID, Gid: stack.AppGID, ModTime: time.Unix(0, 0)}
 }
 
 // isWebType says whether a process type serves HTTP on $PORT.

@@ -184,8 +184,22 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 			if err != nil {
 				return nil, api.Validation(f+".uri", "cannot pull image: %v", err)
 			}
+			var dirs []string
 			for _, l := range img.Layers {
-				spec.Layers = append(spec.Layers, a.images.Path(l))
+				dirs = append(dirs, a.images.Path(l))
+			}
+			spec.Layers = append(spec.Layers, dirs...)
+			// The image's user, unless it is root: app jobs do not run
+			// as root, an image without a user runs as nobody. The
+			// job's config may name another.
+			if img.User != "" {
+				uid, gid, err := image.ResolveUser(dirs, img.User)
+				if err != nil {
+					return nil, api.Validation(f+".uri", "image %s: %v", art.URI, err)
+				}
+				if uid != 0 {
+					spec.UID, spec.GID = uid, gid
+				}
 			}
 			if len(spec.Args) == 0 {
 				spec.Args = append(append([]string(nil), img.Entrypoint...), img.Cmd...)

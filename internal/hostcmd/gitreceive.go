@@ -45,6 +45,23 @@ func newGitreceiveHookCmd(env Env) *cobra.Command {
 	}
 }
 
+// newGitSSHCmd is the SSH client git runs inside gitreceive to fetch a
+// deploy from an SSH URL (hidden: gitreceive sets it as GIT_SSH_COMMAND).
+func newGitSSHCmd(env Env) *cobra.Command {
+	return &cobra.Command{
+		Use:                "git-ssh [-p PORT] [-o OPTION] [USER@]HOST COMMAND",
+		Short:              "SSH client of gitreceive's git deploys (internal)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if code := gitreceive.GitSSHMain(args, env.Stdin, env.Stdout, env.Stderr, env.Getenv); code != 0 {
+				return exitError{code: code}
+			}
+			return nil
+		},
+	}
+}
+
 // gitreceiveFlags are the settings of `flynn-host component gitreceive`.
 type gitreceiveFlags struct {
 	discoverd                string
@@ -175,7 +192,8 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 	}
 	srv, err := gitreceive.New(gitreceive.Config{
 		RepoDir: fl.repoDir, HookBin: hookBin, HookArgs: []string{"gitreceive-hook"},
-		Receiver: recv, Cache: &gitreceive.BlobRepoCache{Blobs: blobs},
+		SSHCommand: []string{hookBin, "git-ssh"},
+		Receiver:   recv, Cache: &gitreceive.BlobRepoCache{Blobs: blobs},
 	}, log)
 	if err != nil {
 		return err

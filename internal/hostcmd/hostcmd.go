@@ -57,6 +57,7 @@ administration, and the entrypoints of the platform's components.`,
 		newStackCmd(env), newSlugbuilderCmd(env), newSlugrunnerCmd(env),
 		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env), newListCmd(env), newForwardCmd(env),
 		newGitreceiveHookCmd(env),
+		newGitSSHCmd(env),
 		newBootstrapCmd(env), newUpCmd(env), newDownCmd(env),
 	)
 	root.AddCommand(newJobCmds(env)...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -23,10 +24,11 @@ type Image struct {
 }
 
 // Pull fetches the OCI image ref (e.g. "docker.io/library/busybox:latest"
-// or "127.0.0.1:5000/app@sha256:...") for linux/amd64 and imports each
+// or "127.0.0.1:5000/app@sha256:...", with or without "docker://") for linux/amd64 and imports each
 // layer not yet in the store. Registries on loopback are spoken to over
 // plain HTTP.
 func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
+	ref = strings.TrimPrefix(ref, "docker://")
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return nil, fmt.Errorf("pull %q: %w", ref, err)

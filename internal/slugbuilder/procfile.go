@@ -5,54 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
-	"slices"
 	"strings"
+
+	"github.com/flynnrebuilt/flynn/internal/slug"
 )
-
-var processTypeRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,63}$`)
-
-// ParseProcfile parses a Procfile: lines "<type>: <command>", blank lines
-// and # comments ignored. Types match [A-Za-z0-9_-]{1,63} and appear once.
-func ParseProcfile(data string) (map[string]string, error) {
-	types := map[string]string{}
-	n := 0
-	for line := range strings.Lines(data) {
-		n++
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		typ, cmd, ok := strings.Cut(line, ":")
-		typ, cmd = strings.TrimSpace(typ), strings.TrimSpace(cmd)
-		switch {
-		case !ok:
-			return nil, fmt.Errorf("Procfile line %d: want \"<type>: <command>\"", n)
-		case !processTypeRE.MatchString(typ):
-			return nil, fmt.Errorf("Procfile line %d: process type %q must be 1-63 letters, digits, _ or -", n, typ)
-		case cmd == "":
-			return nil, fmt.Errorf("Procfile line %d: process type %q has no command", n, typ)
-		}
-		if _, dup := types[typ]; dup {
-			return nil, fmt.Errorf("Procfile line %d: process type %q appears twice", n, typ)
-		}
-		types[typ] = cmd
-	}
-	return types, nil
-}
-
-// FormatProcfile writes process types as a Procfile, sorted by type.
-func FormatProcfile(types map[string]string) string {
-	var b strings.Builder
-	for _, t := range slices.Sorted(maps.Keys(types)) {
-		fmt.Fprintf(&b, "%s: %s\n", t, types[t])
-	}
-	return b.String()
-}
 
 // parseRelease reads the default_process_types of bin/release's YAML
 // output. It understands the subset buildpacks write: a top-level
@@ -86,7 +45,7 @@ func parseRelease(out string) (map[string]string, error) {
 			return nil, fmt.Errorf("bin/release: bad line %q", trimmed)
 		}
 		typ, cmd = strings.TrimSpace(typ), unquote(strings.TrimSpace(cmd))
-		if !processTypeRE.MatchString(typ) || cmd == "" {
+		if !slug.ValidProcessType(typ) || cmd == "" {
 			return nil, fmt.Errorf("bin/release: bad process type line %q", trimmed)
 		}
 		types[typ] = cmd

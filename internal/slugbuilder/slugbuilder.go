@@ -4,8 +4,8 @@
 // Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
 // and saves the per-app build cache (one gzip member per chunk of the cache
 // directory, saved only when a chunk changed; see cache.go), and writes the
-// slug (a tar.gz of the build directory under ./app/) plus a result naming
-// its process types.
+// slug (the build directory in the format of package slug) plus a result
+// naming its process types.
 package slugbuilder
 
 import (
@@ -28,6 +28,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/buildpacks"
+	"github.com/flynnrebuilt/flynn/internal/slug"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
@@ -50,8 +51,8 @@ type Config struct {
 
 	// Slug is where the slug goes: a path or a URL to PUT to. Empty means
 	// the slug is not written (the result still has its hash and size).
-	// The slug is a tar.gz of the build directory with names under
-	// SlugPrefix, owned by the app user.
+	// The slug is a tar.gz of the build directory in the slug package's
+	// format (names under slug.Prefix, owned by the app user).
 	Slug string
 	// CacheIn and CacheOut are the build cache (a tar.gz stream of one
 	// member per chunk, see cache.go), a path or URL each; a missing cache
@@ -79,11 +80,6 @@ type Config struct {
 	Buildpacks fs.FS
 	Order      []string
 }
-
-// SlugPrefix is the directory a slug's entries are in: the slug is the app
-// directory as Heroku's slug format has it (./app/...), which is also an
-// image layer that puts the app at /app, where app jobs run it.
-const SlugPrefix = "./app/"
 
 // stableCacheDir is CACHE_DIR when Config.WorkDir is empty and no other
 // build of the machine uses it; else CACHE_DIR is under the work directory.
@@ -290,7 +286,7 @@ func (b *build) processTypes(defaults map[string]string) (map[string]string, err
 	data, err := os.ReadFile(procfile)
 	switch {
 	case err == nil:
-		if types, err = ParseProcfile(string(data)); err != nil {
+		if types, err = slug.ParseProcfile(string(data)); err != nil {
 			return nil, err
 		}
 		b.info("Procfile declares types -> %s", typeList(types))
@@ -306,7 +302,7 @@ func (b *build) processTypes(defaults map[string]string) (map[string]string, err
 	}
 	if len(added) > 0 {
 		b.info("Default types for buildpack -> %s", typeList(added))
-		if err := os.WriteFile(procfile, []byte(FormatProcfile(types)), 0o644); err != nil {
+		if err := os.WriteFile(procfile, []byte(slug.FormatProcfile(types)), 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -325,7 +321,7 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
 	h := sha256.New()
 	var n countWriter
 	fill := func(w io.Writer) error {
-		return writeChunk(io.MultiWriter(w, h, &n), b.cfg.BuildDir, "", SlugPrefix, stack.AppUID, stack.AppGID)
+		return writeChunk(io.MultiWriter(w, h, &n), b.cfg.BuildDir, "", slug.Prefix, slug.UID, slug.GID)
 	}
 	var err error
 	if b.cfg.Slug == "" {

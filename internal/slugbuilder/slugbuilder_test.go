@@ -25,41 +25,6 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
-func TestParseProcfile(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		want    map[string]string
-		wantErr string
-	}{
-		{"basic", "web: ./server\nworker: bin/work --fast\n", map[string]string{"web": "./server", "worker": "bin/work --fast"}, ""},
-		{"comments and blanks", "# hi\n\nweb:   node server.js  \n", map[string]string{"web": "node server.js"}, ""},
-		{"colon in command", "web: env A=b:c ./x", map[string]string{"web": "env A=b:c ./x"}, ""},
-		{"empty", "", map[string]string{}, ""},
-		{"no colon", "web ./server", nil, "line 1"},
-		{"bad type", "we b: x", nil, "process type"},
-		{"no command", "web:", nil, "no command"},
-		{"duplicate", "web: a\nweb: b", nil, "twice"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseProcfile(tt.in)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(tt.want, got); diff != "" {
-				t.Errorf("(-want +got):\n%s", diff)
-			}
-		})
-	}
-}
-
 func TestParseRelease(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -25,11 +25,11 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/flynnrebuilt/flynn/internal/slugbuilder"
+	"github.com/flynnrebuilt/flynn/internal/slug"
 )
 
 // DefaultAppDir is where app jobs find the slug.
-const DefaultAppDir = "/app"
+const DefaultAppDir = slug.AppDir
 
 // Shells are the shells that source the profile and run commands, in
 // order of preference: Heroku uses bash, whose syntax buildpacks' profile
@@ -138,33 +138,7 @@ func isAssignment(w string) bool {
 }
 
 // ProcessCommand looks up a process type in appDir/Procfile.
-func ProcessCommand(appDir, typ string) (string, error) {
-	data, err := os.ReadFile(filepath.Join(appDir, "Procfile"))
-	if errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("no Procfile in %s: the slug declares no process types", appDir)
-	}
-	if err != nil {
-		return "", err
-	}
-	types, err := slugbuilder.ParseProcfile(string(data))
-	if err != nil {
-		return "", err
-	}
-	cmd, ok := types[typ]
-	if !ok {
-		return "", fmt.Errorf("process type %q is not in the Procfile (it has: %s)", typ, strings.Join(sortedKeys(types), ", "))
-	}
-	return cmd, nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
+func ProcessCommand(appDir, typ string) (string, error) { return slug.Command(appDir, typ) }
 
 // Exec replaces the current process with args run as Command describes.
 // It returns only on failure.

@@ -178,6 +178,7 @@ func DefaultManifest() *Manifest {
 	// (http://controller.discoverd), users through the router.
 	ctl := proc("controller", "", "controller")
 	ctl.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
+	ctl.Env["SYSTEM_KEY"] = "${SYSTEM_KEY}"
 	ctl.Env["CLUSTER_DOMAIN"] = "${CLUSTER_DOMAIN}"
 	ctl.Env["CA_CERT_FILE"] = "/etc/flynn/ca.crt"
 	ctl.Env["LOGAGGREGATOR_URL"] = "http://logaggregator.discoverd"

@@ -36,6 +36,9 @@ import (
 
 const testKey = "test-key"
 
+// testSystemKey is the test controller's system key (see Config.SystemKeys).
+const testSystemKey = "test-system-key"
+
 // fakeRunner records jobs instead of starting them; Attach returns one end
 // of a pipe whose other end speaks the host agent's frames: it greets,
 // echoes stdin lines and resizes, and exits 3 at stdin EOF.
@@ -131,7 +134,7 @@ func setup(t testing.TB) *env {
 	t.Helper()
 	cli := etcdtest.Client(t)
 	runner := &fakeRunner{etcd: cli}
-	cfg := Config{Etcd: cli, AuthKeys: []string{"old-key", testKey}, ClusterDomain: "example.test", Runner: runner}
+	cfg := Config{Etcd: cli, AuthKeys: []string{"old-key", testKey}, SystemKeys: []string{testSystemKey}, ClusterDomain: "example.test", Runner: runner}
 	c, u := newServer(t, cfg)
 	return &env{etcd: cli, c: c, url: u, runner: runner, cfg: cfg}
 }
@@ -243,7 +246,7 @@ func TestApps(t *testing.T) {
 			wantErr(t, e.c.CreateApp(c, tt.app), api.ErrValidation, tt.field)
 		})
 	}
-	if err := e.c.CreateApp(c, &api.App{Name: strings.Repeat("a", 100), Meta: map[string]string{api.MetaSystemApp: "true"}}); err != nil {
+	if err := controllerclient.New(e.url, testSystemKey).CreateApp(c, &api.App{Name: strings.Repeat("a", 100), Meta: map[string]string{api.MetaSystemApp: "true"}}); err != nil {
 		t.Fatalf("100-char name: %v", err)
 	}
 	wantErr(t, e.c.UpdateApp(c, &api.App{ID: app.ID, Strategy: "nope"}), api.ErrValidation, "strategy")

@@ -67,6 +67,10 @@ type Config struct {
 	Etcd *clientv3.Client
 	// AuthKeys are the accepted cluster keys (several allow rotation).
 	AuthKeys []string
+	// SystemKeys are accepted too, and are the only keys that may set,
+	// change or remove flynn-system-* meta (which makes an app a system
+	// app): the bootstrap holds one. None: no caller may.
+	SystemKeys []string
 	// ClusterDomain gives new apps the default route <app>.<domain>; no
 	// default route when empty.
 	ClusterDomain string
@@ -113,11 +117,14 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		cfg.HTTP = http.DefaultClient
 	}
 	s := &Server{cfg: cfg, log: log.With("component", "controller"), store: ctrlstore.New(cfg.Etcd)}
-	auth := httpapi.NewKeyAuth(cfg.AuthKeys...)
+	auth := systemAuth{users: httpapi.NewKeyAuth(cfg.AuthKeys...)}
+	if len(cfg.SystemKeys) > 0 {
+		auth.system = httpapi.NewKeyAuth(cfg.SystemKeys...)
+	}
 	open := func(r *http.Request) bool {
 		return r.Method == http.MethodGet && (r.URL.Path == "/ping" || r.URL.Path == "/ca-cert" || r.URL.Path == api.StatusPath)
 	}
-	s.h = httpapi.Wrap(s.log, notFoundType(auth.Require(open, s.routes())))
+	s.h = httpapi.Wrap(s.log, notFoundType(auth.require(open, s.routes())))
 	return s, nil
 }
 

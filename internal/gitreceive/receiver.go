@@ -161,6 +161,9 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("look up app %q: %w", p.App, err)
 	}
+	if app.Meta[api.MetaSystemApp] == "true" {
+		return fmt.Errorf("%s is a system app (it runs part of the platform): it is not deployed by git push", app.Name)
+	}
 	prev, err := r.cfg.Controller.GetAppRelease(ctx, app.ID)
 	if err != nil && !errors.Is(err, api.ErrNotFound) {
 		return fmt.Errorf("current release of %s: %w", app.Name, err)

@@ -36,6 +36,8 @@ import (
 const (
 	testCtrlKey = "ctrlkey"
 	testBlobKey = "blobkey"
+	// testSystemKey marks system apps in the test controller.
+	testSystemKey = "systemkey"
 )
 
 // fakeBuilder stands in for the slugbuilder job: it reads the source the
@@ -152,6 +154,7 @@ func fakeCluster(ctx context.Context, c *controllerclient.Client, appID string, 
 
 type recvEnv struct {
 	ctrl    *controllerclient.Client
+	ctrlURL string
 	blobs   *blobclient.Client
 	builder *fakeBuilder
 	httpURL string
@@ -162,7 +165,7 @@ type recvEnv struct {
 
 func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	t.Helper()
-	cs, err := controller.New(controller.Config{Etcd: etcdtest.Client(t), AuthKeys: []string{testCtrlKey}}, logging.Discard())
+	cs, err := controller.New(controller.Config{Etcd: etcdtest.Client(t), AuthKeys: []string{testCtrlKey}, SystemKeys: []string{testSystemKey}}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +215,7 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	os.WriteFile(filepath.Join(repo, "Procfile"), []byte("web: ./server\nworker: ./work\n"), 0o644)
 	gitIn(t, repo, "add", ".")
 	gitIn(t, repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
-	e := &recvEnv{ctrl: ctrl, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
+	e := &recvEnv{ctrl: ctrl, ctrlURL: ctrlSrv.URL, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
 	// fresh starts another gitreceive with an empty repo dir on the same
 	// cluster, as after a restart on another host.
 	e.fresh = func() string {
@@ -375,6 +378,22 @@ func TestReceiverRejects(t *testing.T) {
 		out, ok := e.push(t, "nosuchapp")
 		if ok || !strings.Contains(out, `app "nosuchapp" does not exist`) {
 			t.Fatalf("push to a missing app (ok=%v):\n%s", ok, out)
+		}
+	})
+	t.Run("system app", func(t *testing.T) {
+		e := setupReceiver(t, false)
+		sys := controllerclient.New(e.ctrlURL, testSystemKey)
+		if err := sys.CreateApp(context.Background(), &api.App{Name: "router", Meta: map[string]string{api.MetaSystemApp: "true"}}); err != nil {
+			t.Fatal(err)
+		}
+		out, ok := e.push(t, "router")
+		if ok || !strings.Contains(out, "router is a system app") {
+			t.Fatalf("push to a system app (ok=%v):\n%s", ok, out)
+		}
+		e.builder.mu.Lock()
+		defer e.builder.mu.Unlock()
+		if len(e.builder.jobs) != 0 {
+			t.Fatal("a push to a system app ran a build")
 		}
 	})
 	t.Run("failed build", func(t *testing.T) {

@@ -20,7 +20,9 @@ import (
 // newControllerCmd is the controller's entrypoint, `flynn-host
 // component controller`.
 // Flags default from the environment a controller job gets: PORT,
-// ETCD_ENDPOINTS, AUTH_KEY (comma-separated for rotation),
+// ETCD_ENDPOINTS, AUTH_KEY (comma-separated for rotation), SYSTEM_KEY
+// (the bootstrap's key, which alone may mark system apps; from the
+// environment only, never a flag, so it stays off command lines),
 // CLUSTER_DOMAIN, CA_CERT_FILE, LOGAGGREGATOR_URL and BLOBSTORE_URL.
 func newControllerCmd(env Env) *cobra.Command {
 	get := func(k string) string {
@@ -64,6 +66,11 @@ func newControllerCmd(env Env) *cobra.Command {
 			}
 			if len(cfg.AuthKeys) == 0 {
 				return errors.New("no auth key: set AUTH_KEY or --auth-key")
+			}
+			for _, k := range strings.Split(get("SYSTEM_KEY"), ",") {
+				if k = strings.TrimSpace(k); k != "" {
+					cfg.SystemKeys = append(cfg.SystemKeys, k)
+				}
 			}
 			cli, err := etcdClient(endpoints, etcdTLS)
 			if err != nil {

@@ -211,10 +211,15 @@ func DefaultManifest() *Manifest {
 	blob.Env["FLYNN_AUTH_KEY"] = "${CONTROLLER_KEY}"
 	// To find its peers in discoverd: writes go to 2 instances.
 	blob.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	// Host agents fetch layers with the cluster token: it may read.
+	blob.Env["FLYNN_BLOB_READ_KEY"] = "${CLUSTER_TOKEN}"
 	logagg := proc("logaggregator", "LOGAGG_PORT", "logaggregator")
 	// To find its peers: each instance gets every line from the hosts
 	// and fills itself from a peer at start.
 	logagg.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	// Reads and writes need it: host agents ship with it, the
+	// controller reads with it.
+	logagg.Env["FLYNN_AUTH_KEY"] = "${CLUSTER_TOKEN}"
 
 	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")
 	git.Env["SSH_ADDR"] = ":${GIT_SSH_PORT}"

@@ -1078,13 +1078,15 @@ func TestAppLog(t *testing.T) {
 	if ae, _ := api.AsError(err); ae == nil || ae.Status != 503 || ae.Code != api.CodeUnavailable {
 		t.Fatalf("no aggregator: %v", err)
 	}
-	var gotPath string
+	var gotPath, gotKey string
 	agg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotPath = r.URL.Path + "?" + r.URL.RawQuery
+		_, gotKey, _ = r.BasicAuth()
 		io.WriteString(w, "line 1\nline 2\n")
 	}))
 	defer agg.Close()
 	e.cfg.LogAggregatorURL = agg.URL
+	e.cfg.LogAggregatorKey = "log-key"
 	cl, _ := newServer(t, e.cfg)
 	rc, err := cl.GetAppLog(c, app.Name, controllerclient.LogOptions{Lines: 10, JobID: "j1"})
 	if err != nil {
@@ -1094,6 +1096,9 @@ func TestAppLog(t *testing.T) {
 	rc.Close()
 	if string(b) != "line 1\nline 2\n" || gotPath != "/log/"+app.ID+"?job_id=j1&lines=10" {
 		t.Fatalf("log = %q from %q", b, gotPath)
+	}
+	if gotKey != "log-key" {
+		t.Fatalf("the log aggregator was sent key %q, want its own", gotKey)
 	}
 }
 

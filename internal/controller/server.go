@@ -79,6 +79,14 @@ type Config struct {
 	// LogAggregatorURL is where GET /apps/{app}/log is proxied to
 	// (503 when empty), e.g. http://logaggregator.discoverd.
 	LogAggregatorURL string
+	// TenantMounts are host paths any app may mount read-only, besides
+	// the platform's own (the package's TenantMounts): e.g. where a
+	// gitreceive not set up by the bootstrap says the flynn-host binary
+	// is.
+	TenantMounts []string
+	// LogAggregatorKey is the key the log aggregator wants (the cluster
+	// token), sent with the requests proxied to it.
+	LogAggregatorKey string
 	// Runner runs one-off jobs; one-off jobs and kills answer 503 without one.
 	Runner JobRunner
 	// Blobs is the blobstore that holds slug layers, for layer export

@@ -104,7 +104,7 @@ func (s *Server) privilege(ctx context.Context, rel *api.Release, extraArtifacts
 			return fmt.Sprintf("process type %s asks for the host's network (host_network)", typ), nil
 		}
 		for _, m := range p.Mounts {
-			if m.Writeable || !slices.Contains(TenantMounts, m.Location) {
+			if m.Writeable || !(slices.Contains(TenantMounts, m.Location) || slices.Contains(s.cfg.TenantMounts, m.Location)) {
 				return fmt.Sprintf("process type %s mounts host path %s (apps may mount %s, read-only)", typ, m.Location, strings.Join(TenantMounts, ", ")), nil
 			}
 		}

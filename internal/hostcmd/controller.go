@@ -85,6 +85,7 @@ func newControllerCmd(env Env) *cobra.Command {
 				}
 			}
 			if token != "" {
+				cfg.LogAggregatorKey = token
 				cfg.Runner = &controller.HostRunner{Token: token, Cluster: scheduler.NewHostCluster(cli, token, log)}
 			}
 			if discURL != "" {

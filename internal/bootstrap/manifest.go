@@ -199,12 +199,13 @@ func DefaultManifest() *Manifest {
 	router := &api.ProcessType{
 		Args: []string{"/bin/flynn-host", "component", "router",
 			"--http-addr", ":${HTTP_PORT}", "--https-addr", ":${HTTPS_PORT}",
-			"--api-addr", ":${ROUTER_API_PORT}", "--token", "${CLUSTER_TOKEN}",
-			"--tls-cert", "/etc/flynn/tls.crt", "--tls-key", "/etc/flynn/tls.key",
-			"--cookie-key", "${ROUTER_COOKIE_KEY}"},
+			"--api-addr", ":${ROUTER_API_PORT}",
+			"--tls-cert", "/etc/flynn/tls.crt", "--tls-key", "/etc/flynn/tls.key"},
 		HostNetwork: true, Omni: true,
 		Ports: []api.Port{{Port: 0, Proto: "tcp", Service: &api.Service{Name: "router-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}}},
-		Env:   map[string]string{"PORT": "${ROUTER_API_PORT}"},
+		// Secrets in the environment, not on the command line (which
+		// any process on the host can read in /proc).
+		Env: map[string]string{"PORT": "${ROUTER_API_PORT}", "FLYNN_CLUSTER_TOKEN": "${CLUSTER_TOKEN}", "ROUTER_COOKIE_KEY": "${ROUTER_COOKIE_KEY}"},
 	}
 
 	blob := proc("blobstore", "BLOBSTORE_PORT", "blobstore", "--dir", "/data")

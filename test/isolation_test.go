@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/bootstrap"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
@@ -214,6 +216,32 @@ func TestTenantIsolation(t *testing.T) {
 		if secret != "" && strings.Contains(out, secret) {
 			t.Errorf("the build's environment holds %s", name)
 		}
+	}
+
+	// The router, blobstore and log aggregator hold the service token,
+	// not the host-admin cluster token; it does not open a host agent.
+	svcApps := map[string]bool{}
+	for _, j := range jobs {
+		app := j.Job.Metadata[api.JobMetaAppName]
+		if app != "router" && app != "blobstore" && app != "logaggregator" {
+			continue
+		}
+		svcApps[app] = true
+		for k, v := range j.Job.Config.Env {
+			if strings.Contains(v, hcfg.Token) {
+				t.Errorf("%s's env %s holds the cluster token", app, k)
+			}
+		}
+		tok := j.Job.Config.Env["FLYNN_CLUSTER_TOKEN"]
+		if tok == "" {
+			t.Errorf("%s has no FLYNN_CLUSTER_TOKEN (its discoverd token)", app)
+		}
+		if _, err := hostclient.New(c.hosts[0].hostURL, tok).ListJobs(ctx); !errors.Is(err, api.ErrUnauthorized) {
+			t.Errorf("the host agent with %s's token: %v, want unauthorized", app, err)
+		}
+	}
+	if len(svcApps) != 3 {
+		t.Errorf("found the jobs of %v, want router, blobstore and logaggregator", svcApps)
 	}
 
 	// System apps: not deleted, not pushed to; a tenant app is not made

@@ -212,6 +212,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	r.vars = map[string]string{
 		"CLUSTER_DOMAIN":  cfg.Domain,
 		"CLUSTER_TOKEN":   cfg.Token,
+		"SERVICE_TOKEN":   api.ServiceToken(cfg.Token),
 		"DISCOVERD":       strings.TrimSuffix(cfg.DiscoverdURL, "/"),
 		"ETCD_ENDPOINTS":  strings.Join(info.EtcdEndpoints, ","),
 		"LISTEN_IP":       listenIP,

@@ -205,22 +205,24 @@ func DefaultManifest() *Manifest {
 		Ports: []api.Port{{Port: 0, Proto: "tcp", Service: &api.Service{Name: "router-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}}},
 		// Secrets in the environment, not on the command line (which
 		// any process on the host can read in /proc).
-		Env: map[string]string{"PORT": "${ROUTER_API_PORT}", "FLYNN_CLUSTER_TOKEN": "${CLUSTER_TOKEN}", "ROUTER_COOKIE_KEY": "${ROUTER_COOKIE_KEY}"},
+		Env: map[string]string{"PORT": "${ROUTER_API_PORT}", "FLYNN_CLUSTER_TOKEN": "${SERVICE_TOKEN}", "ROUTER_COOKIE_KEY": "${ROUTER_COOKIE_KEY}"},
 	}
 
 	blob := proc("blobstore", "BLOBSTORE_PORT", "blobstore", "--dir", "/data")
 	blob.Env["FLYNN_AUTH_KEY"] = "${CONTROLLER_KEY}"
 	// To find its peers in discoverd: writes go to 2 instances.
-	blob.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
-	// Host agents fetch layers with the cluster token: it may read.
-	blob.Env["FLYNN_BLOB_READ_KEY"] = "${CLUSTER_TOKEN}"
+	// The service token, not the cluster token: these components need
+	// discoverd, not the host agents.
+	blob.Env["FLYNN_CLUSTER_TOKEN"] = "${SERVICE_TOKEN}"
+	// Host agents fetch layers with the service token: it may read.
+	blob.Env["FLYNN_BLOB_READ_KEY"] = "${SERVICE_TOKEN}"
 	logagg := proc("logaggregator", "LOGAGG_PORT", "logaggregator")
 	// To find its peers: each instance gets every line from the hosts
 	// and fills itself from a peer at start.
-	logagg.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	logagg.Env["FLYNN_CLUSTER_TOKEN"] = "${SERVICE_TOKEN}"
 	// Reads and writes need it: host agents ship with it, the
 	// controller reads with it.
-	logagg.Env["FLYNN_AUTH_KEY"] = "${CLUSTER_TOKEN}"
+	logagg.Env["FLYNN_AUTH_KEY"] = "${SERVICE_TOKEN}"
 
 	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")
 	git.Env["SSH_ADDR"] = ":${GIT_SSH_PORT}"

@@ -82,7 +82,7 @@ requests, sha256 checksums (ETag and Blob-Sha256 header), and directory
 listings (GET on a path ending in / or with ?dir=true). With --auth-key,
 every request but GET /.well-known/status needs the key, a read key
 ($FLYNN_BLOB_READ_KEY: GET and HEAD only; the platform gives it the
-cluster token, which host agents fetch layers with) or a URL signed with
+service token, which host agents fetch layers with) or a URL signed with
 the key for that path (what build jobs get).
 
 Blobs are kept as files under --dir (--backend fs, the default), or in an

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/controller"
@@ -85,7 +86,7 @@ func newControllerCmd(env Env) *cobra.Command {
 				}
 			}
 			if token != "" {
-				cfg.LogAggregatorKey = token
+				cfg.LogAggregatorKey = api.ServiceToken(token)
 				cfg.Runner = &controller.HostRunner{Token: token, Cluster: scheduler.NewHostCluster(cli, token, log)}
 			}
 			if discURL != "" {

@@ -376,7 +376,8 @@ func upHosts(ctx context.Context, out io.Writer, f *upFlags, st *upState) error 
 				return err
 			}
 			fmt.Fprintf(out, "==> %s: join %s\n", h.Name, first.Name)
-			if err := selfRun(ctx, "join", "--state-dir", h.StateDir, "--peer", strings.TrimPrefix(first.DiscoverdURL, "http://"), "--token", hc.Token); err != nil {
+			// The token in the environment, not on the command line.
+			if err := selfRunEnv(ctx, []string{"FLYNN_CLUSTER_TOKEN=" + hc.Token}, "join", "--state-dir", h.StateDir, "--peer", strings.TrimPrefix(first.DiscoverdURL, "http://")); err != nil {
 				return err
 			}
 		}
@@ -404,12 +405,18 @@ func contains(hs []*upHost, h *upHost) bool {
 }
 
 // selfRun runs this flynn-host with args in the foreground.
-func selfRun(ctx context.Context, args ...string) error {
+func selfRun(ctx context.Context, args ...string) error { return selfRunEnv(ctx, nil, args...) }
+
+// selfRunEnv is selfRun with env added to this process's environment.
+func selfRunEnv(ctx context.Context, env []string, args ...string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	c := exec.CommandContext(ctx, exe, args...)
+	if env != nil {
+		c.Env = append(os.Environ(), env...)
+	}
 	var buf bytes.Buffer
 	c.Stdout, c.Stderr = &buf, &buf
 	if err := c.Run(); err != nil {

@@ -116,16 +116,17 @@ func newResourceCmd(s *state) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Created resource %s and release for %s.\n", r.ID, app.Name)
+			fmt.Fprintf(cmd.OutOrStdout(), "Created resource %s and deployed a release of %s with its env.\n", r.ID, app.Name)
 			return nil
 		},
 	}
 	add.Flags().StringVarP(&config, "config", "c", "", "JSON config for the provider")
+	var yes bool
 	remove := &cobra.Command{
-		Use:   "remove PROVIDER [RESOURCE-ID|EXTERNAL-ID]",
-		Short: "Deprovision a resource of the app",
+		Use:   "remove [-y] PROVIDER [RESOURCE-ID|EXTERNAL-ID]",
+		Short: "Strip a resource's env from the app, deploy, and deprovision the resource",
 		Example: `  flynn resource remove postgres
-  flynn resource remove postgres 5d1f...`,
+  flynn resource remove -y postgres 5d1f...`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -156,13 +157,18 @@ func newResourceCmd(s *state) *cobra.Command {
 			case len(match) > 1:
 				return fmt.Errorf("app %s has %d %s resources: name one (see flynn resource)", app.Name, len(match), p.Name)
 			}
+			q := fmt.Sprintf("Remove %s resource %s from %s? Its env vars leave the app (which is deployed again) and its data is deleted.", p.Name, match[0].ID, app.Name)
+			if err := confirm(cmd, yes, q, "resource not removed: answer yes, or pass -y"); err != nil {
+				return err
+			}
 			if err := c.DeleteResource(ctx, p.ID, match[0].ID); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Deleted resource %s.\n", match[0].ID)
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted resource %s and deployed %s without its env.\n", match[0].ID, app.Name)
 			return nil
 		},
 	}
+	remove.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	c.AddCommand(add, remove)
 	return c
 }

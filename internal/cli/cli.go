@@ -94,6 +94,7 @@ Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		newRouteCmd(s),
 		newProviderCmd(s),
 		newResourceCmd(s),
+		newVolumeCmd(s),
 		newExportCmd(s),
 		newImportCmd(s),
 	)

@@ -35,6 +35,9 @@ var DefaultPackages = []string{
 	// Ruby: the interpreter, bundler and the headers native gems build
 	// against.
 	"ruby", "ruby-dev", "bundler",
+	// PostgreSQL: the server the postgres appliance runs (on this stack),
+	// and psql, pg_dump and pg_restore, which flynn pg runs.
+	"postgresql",
 }
 
 // DefaultMirror is used when no Debian mirror is found in the apt sources.

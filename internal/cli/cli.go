@@ -95,6 +95,7 @@ Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		newProviderCmd(s),
 		newResourceCmd(s),
 		newVolumeCmd(s),
+		newPgCmd(s),
 		newExportCmd(s),
 		newImportCmd(s),
 	)

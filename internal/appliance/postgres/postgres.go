@@ -288,10 +288,6 @@ func (a *Appliance) Run(ctx context.Context) error {
 		stop()
 		return err
 	}
-	a.log.Info("postgres ready", "port", a.cfg.Port)
-	if a.cfg.Ready != nil {
-		a.cfg.Ready()
-	}
 	var ln net.Listener
 	apiErr := make(chan error, 1)
 	if a.cfg.APIListen != "" {
@@ -303,6 +299,10 @@ func (a *Appliance) Run(ctx context.Context) error {
 		auth := httpapi.NewKeyAuth(a.cfg.APIKey)
 		h := auth.Require(func(r *http.Request) bool { return r.URL.Path == "/ping" }, a.Handler())
 		go func() { apiErr <- httpapi.Serve(ctx, ln, httpapi.Wrap(a.log, h), a.log) }()
+	}
+	a.log.Info("postgres ready", "port", a.cfg.Port, "api", a.cfg.APIListen)
+	if a.cfg.Ready != nil {
+		a.cfg.Ready()
 	}
 	select {
 	case <-ctx.Done():

@@ -177,6 +177,29 @@ func TestApplianceProvisionsAndKeepsData(t *testing.T) {
 		t.Fatalf("a with a wrong password: %q %v", out, err)
 	}
 
+	// flynn pg dump and restore's commands, as the tenant: a round trip.
+	dumpFile := filepath.Join(dir, "a.dump")
+	dumpCmd := exec.Command("pg_dump", "--format=custom", "--no-owner", "--no-acl", "-f", dumpFile)
+	restoreCmd := exec.Command("pg_restore", "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error", "-d", a["PGDATABASE"], dumpFile)
+	for _, cmd := range []*exec.Cmd{dumpCmd, restoreCmd} {
+		cmd.Env = []string{"PATH=/usr/bin:/bin"}
+		for k, v := range a {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	if out, err := dumpCmd.CombinedOutput(); err != nil {
+		t.Fatalf("pg_dump: %v %s", err, out)
+	}
+	if out, err := sql(a, "DELETE FROM t; SELECT count(*) FROM t"); err != nil || out != "0" {
+		t.Fatalf("delete: %q %v", out, err)
+	}
+	if out, err := restoreCmd.CombinedOutput(); err != nil {
+		t.Fatalf("pg_restore: %v %s", err, out)
+	}
+	if out, err := sql(a, "SELECT v FROM t"); err != nil || out != "kept" {
+		t.Fatalf("after restore: %q %v", out, err)
+	}
+
 	// A restart keeps the data.
 	stop()
 	start(t, cfg)

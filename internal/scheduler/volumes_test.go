@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"context"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -83,6 +84,27 @@ func TestHostJobVolumes(t *testing.T) {
 		{Target: "/wal", VolumeID: "a-db-2-2", Writeable: true},
 	}
 	if diff := cmp.Diff(want, hj.Config.Volumes); diff != "" {
+		t.Errorf("volumes (-want +got):\n%s", diff)
+	}
+}
+
+// The loop learns which host holds a volume from host listings and full
+// syncs, and records the host of each volume it starts a job with.
+func TestLoopTracksVolumes(t *testing.T) {
+	ctx := context.Background()
+	l := newLoop(Config{Cluster: nopCluster{}, Controller: nopController{}, Clock: fixedClock{}, Parallel: 1}, testLogger())
+	for _, id := range []string{"h1", "h2"} {
+		l.hosts[id] = &hostState{host: host(id, 0), synced: true, cancel: func() {}}
+	}
+	l.apply(ctx, hostJobsEvent{hostID: "h2", since: l.seq.Load(), volumes: []string{"v-listed"}})
+	l.apply(ctx, &fullSyncEvent{since: l.seq.Load(), hosts: []*api.Host{host("h1", 0), host("h2", 0)},
+		jobs: map[string][]*api.ActiveJob{"h1": nil, "h2": nil}, volumes: map[string][]string{"h1": {"v-synced"}}})
+	f := formation("a", "r1", map[string]*api.ProcessType{"db": {Volumes: []api.VolumeReq{{Path: "/data"}}}}, map[string]int{"db": 1})
+	j := &Job{UUID: "u1", ID: "h2-u1", HostID: "h2", AppID: "a", ReleaseID: "r1", Type: "db", Index: 1, State: api.JobStateStarting}
+	l.formations[FormationKey("a", "r1")] = f
+	l.startJob(ctx, j)
+	want := map[string]string{"v-listed": "h2", "v-synced": "h1", VolumeID("a", "db", 1, 0): "h2"}
+	if diff := cmp.Diff(want, l.snapshot().Volumes); diff != "" {
 		t.Errorf("volumes (-want +got):\n%s", diff)
 	}
 }

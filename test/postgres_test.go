@@ -16,8 +16,9 @@ import (
 // app using the pg package from the npm registry gets a database with
 // flynn resource add postgres (deployed at once), writes rows and reads
 // them back; the rows survive the postgres job being killed (the
-// scheduler starts it again on its volume); flynn pg psql, dump and
-// restore round-trip; flynn resource remove takes the env away.
+// scheduler starts it again on its volume) and a power cut of the whole
+// cluster; flynn pg psql, dump and restore round-trip; flynn resource
+// remove takes the env away.
 func TestPostgresAddon(t *testing.T) {
 	c := startE2ECluster(t, nil, "--postgres-host", e2eBridgeIP)
 	dir := t.TempDir()
@@ -117,6 +118,14 @@ func TestPostgresAddon(t *testing.T) {
 	rows("")
 	a.flynn("pg", "restore", "-f", dump)
 	rows("a,b")
+
+	// A power cut with a reboot of the whole cluster keeps them too: the
+	// platform comes back, postgres recovers from its WAL on its volume.
+	c.powerOff(true)
+	start = time.Now()
+	c.up()
+	rows("a,b")
+	t.Logf("power cut: up to the app serving its rows again: %s", time.Since(start).Round(time.Millisecond))
 
 	// Removing the resource takes the env away and deploys.
 	a.flynn("resource", "remove", "-y", "postgres")

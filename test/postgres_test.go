@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 // TestPostgresAddon: on a cluster with the postgres appliance, a Node.js
@@ -20,7 +22,10 @@ import (
 // cluster; flynn pg psql, dump and restore round-trip; flynn resource
 // remove takes the env away.
 func TestPostgresAddon(t *testing.T) {
-	c := startE2ECluster(t, nil, "--postgres-host", e2eBridgeIP)
+	// Routers bind TCP route ports on every address: a port of this
+	// slot's own keeps concurrent test clusters apart.
+	pgPort := fmt.Sprint(3440 + testslot.Get(t).N)
+	c := startE2ECluster(t, nil, "--postgres-host", e2eBridgeIP, "--postgres-port", pgPort)
 	dir := t.TempDir()
 	if out := c.flynn(dir, "provider"); !strings.Contains(out, " postgres ") {
 		t.Fatalf("flynn provider does not list postgres:\n%s", out)
@@ -45,7 +50,7 @@ func TestPostgresAddon(t *testing.T) {
 	t.Logf("resource add to the app serving with its database: %s", time.Since(start).Round(time.Millisecond))
 
 	env := a.flynn("env")
-	for _, k := range []string{"DATABASE_URL=postgres://", "PGHOST=", "PGPORT=", "PGUSER=", "PGPASSWORD=", "PGDATABASE="} {
+	for _, k := range []string{"DATABASE_URL=postgres://", "PGHOST=", "PGPORT=" + pgPort, "PGUSER=", "PGPASSWORD=", "PGDATABASE="} {
 		if !strings.Contains(env, k) {
 			t.Errorf("flynn env lacks %s:\n%s", k, env)
 		}

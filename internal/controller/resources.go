@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -165,13 +166,36 @@ func (s *Server) saveResource(r *http.Request, res *api.Resource) error {
 }
 
 // deployResourceRelease deploys an app's release made for a resource
-// being added or removed, so its running jobs get (or lose) the env.
+// being added or removed, so its running jobs get (or lose) the env, and
+// waits until the deployment ends: the request answers once the app runs
+// the new release. A client that then deploys the same env itself, as
+// Flynn's CLI does after adding a resource, finds no deployment in its
+// way.
 func (s *Server) deployResourceRelease(r *http.Request, appID, releaseID string) error {
-	if _, err := s.store.CreateDeployment(r.Context(), appID, releaseID); err != nil {
+	d, err := s.store.CreateDeployment(r.Context(), appID, releaseID)
+	if err != nil {
 		if e, ok := api.AsError(err); ok && e.Code == api.CodeConflict {
 			return api.Conflict("release %s of app %s was made with the resource's env but cannot be deployed now (%s): once that deployment ends, deploy it with flynn release rollback %s", releaseID, appID, e.Message, releaseID)
 		}
 		return fmt.Errorf("deploy release %s of app %s: %w", releaseID, appID, err)
+	}
+	timeout := time.Duration(d.DeployTimeout)*time.Second + 10*time.Second
+	deadline := time.Now().Add(timeout)
+	for d.Status != api.DeploymentComplete {
+		if d.Status == api.DeploymentFailed {
+			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("deployment %s of release %s (with the resource's env change) failed: see flynn -a %s deployment", d.ID, releaseID, appID)}
+		}
+		if time.Now().After(deadline) {
+			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("deployment %s of release %s (with the resource's env change) did not finish within %s: see flynn -a %s deployment", d.ID, releaseID, timeout, appID)}
+		}
+		select {
+		case <-r.Context().Done():
+			return r.Context().Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if d, err = s.store.GetDeployment(r.Context(), d.ID); err != nil {
+			return err
+		}
 	}
 	return nil
 }

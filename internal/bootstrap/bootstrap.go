@@ -48,7 +48,13 @@ type Ports struct {
 	// appliance's leader at (default DefaultPostgresPort; within the
 	// routers' TCP range).
 	Postgres int
+	// MySQL is the routers' TCP route port of the mysql appliance's
+	// leader (default DefaultMySQLPort).
+	MySQL int
 }
+
+// DefaultMySQLPort is Ports.MySQL when not set.
+const DefaultMySQLPort = 3306
 
 // DefaultPostgresPort is Ports.Postgres when not set.
 const DefaultPostgresPort = 3432
@@ -59,7 +65,7 @@ const DefaultPostgresPort = 3432
 const DefaultPostgresHost = "leader.postgres.discoverd"
 
 // DefaultPorts are the ports of a production cluster.
-var DefaultPorts = Ports{HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222, Postgres: DefaultPostgresPort}
+var DefaultPorts = Ports{HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222, Postgres: DefaultPostgresPort, MySQL: DefaultMySQLPort}
 
 // Config says which cluster to bootstrap and how.
 type Config struct {
@@ -83,6 +89,9 @@ type Config struct {
 	// (default DefaultPostgresHost); a cluster whose jobs have no
 	// discoverd DNS gives an address of the hosts' routers instead.
 	PostgresHost string
+	// MySQLHost is the host name apps get for the mysql appliance
+	// (default leader.mysql.discoverd).
+	MySQLHost string
 	// StackLayer is the build stack's layer tar on this host, given to
 	// gitreceive as $STACK_URL (file://...).
 	StackLayer string
@@ -185,6 +194,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	if cfg.PostgresHost == "" {
 		cfg.PostgresHost = DefaultPostgresHost
 	}
+	if cfg.Ports.MySQL == 0 {
+		cfg.Ports.MySQL = DefaultMySQLPort
+	}
+	if cfg.MySQLHost == "" {
+		cfg.MySQLHost = "leader.mysql.discoverd"
+	}
 	if cfg.FlynnHost == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -232,20 +247,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	listenIP := r.hosts[0].Addr
 	p := cfg.Ports
 	r.vars = map[string]string{
-		"CLUSTER_DOMAIN":  cfg.Domain,
-		"CLUSTER_TOKEN":   cfg.Token,
-		"DISCOVERD":       strings.TrimSuffix(cfg.DiscoverdURL, "/"),
-		"ETCD_ENDPOINTS":  strings.Join(info.EtcdEndpoints, ","),
-		"LISTEN_IP":       listenIP,
-		"HTTP_PORT":       strconv.Itoa(p.HTTP),
-		"HTTPS_PORT":      strconv.Itoa(p.HTTPS),
-		"ROUTER_API_PORT": strconv.Itoa(p.RouterAPI),
-		"BLOBSTORE_PORT":  strconv.Itoa(p.Blobstore),
-		"LOGAGG_PORT":     strconv.Itoa(p.Logagg),
-		"GIT_HTTP_PORT":   strconv.Itoa(p.GitHTTP),
-		"GIT_SSH_PORT":    strconv.Itoa(p.GitSSH),
-		"PG_PUBLIC_PORT":  strconv.Itoa(p.Postgres),
-		"PG_PUBLIC_HOST":  cfg.PostgresHost,
+		"CLUSTER_DOMAIN":    cfg.Domain,
+		"CLUSTER_TOKEN":     cfg.Token,
+		"DISCOVERD":         strings.TrimSuffix(cfg.DiscoverdURL, "/"),
+		"ETCD_ENDPOINTS":    strings.Join(info.EtcdEndpoints, ","),
+		"LISTEN_IP":         listenIP,
+		"HTTP_PORT":         strconv.Itoa(p.HTTP),
+		"HTTPS_PORT":        strconv.Itoa(p.HTTPS),
+		"ROUTER_API_PORT":   strconv.Itoa(p.RouterAPI),
+		"BLOBSTORE_PORT":    strconv.Itoa(p.Blobstore),
+		"LOGAGG_PORT":       strconv.Itoa(p.Logagg),
+		"GIT_HTTP_PORT":     strconv.Itoa(p.GitHTTP),
+		"GIT_SSH_PORT":      strconv.Itoa(p.GitSSH),
+		"PG_PUBLIC_PORT":    strconv.Itoa(p.Postgres),
+		"PG_PUBLIC_HOST":    cfg.PostgresHost,
+		"MYSQL_PUBLIC_PORT": strconv.Itoa(p.MySQL),
+		"MYSQL_PUBLIC_HOST": cfg.MySQLHost,
 	}
 	r.vars["FLYNN_HOST_BIN"] = cfg.FlynnHost
 	if cfg.StackLayer != "" {
@@ -327,6 +344,7 @@ func (r *run) step(ctx context.Context, s *Step) error {
 		r.vars["CONTROLLER_KEY"] = r.res.Key
 		r.vars["ROUTER_COOKIE_KEY"] = randomHex(32)
 		r.vars["POSTGRES_API_KEY"] = randomHex(24)
+		r.vars["MYSQL_API_KEY"] = randomHex(24)
 		return nil
 	case ActionGenTLS:
 		return r.genTLS(ctx)

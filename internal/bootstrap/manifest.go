@@ -267,8 +267,25 @@ func DefaultManifest() *Manifest {
 		Env:     map[string]string{"POSTGRES_API_KEY": "${POSTGRES_API_KEY}"},
 	}
 
+	// The MySQL appliance (internal/appliance/mysql), in the same shape;
+	// scaled to 0 by default, as Flynn did: flynn -a mysql scale
+	// mysql=1 starts it.
+	my := &api.ProcessType{
+		Args: []string{"/bin/flynn-host", "component", "mysql", "--data-dir", "/data",
+			"--public-host", "${MYSQL_PUBLIC_HOST}", "--public-port", "${MYSQL_PUBLIC_PORT}"},
+		HostNetwork: true,
+		Ports: []api.Port{
+			{Proto: "tcp", Service: &api.Service{Name: "mysql", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+			{Proto: "tcp", Service: &api.Service{Name: "mysql-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+		},
+		Volumes: []api.VolumeReq{{Path: "/data"}},
+		Env:     map[string]string{"MYSQL_API_KEY": "${MYSQL_API_KEY}"},
+	}
+
 	return &Manifest{
 		Apps: map[string]*AppSpec{
+			"mysql": {Stack: true, RequiresStack: true, Strategy: api.StrategyOneDownOneUp,
+				Processes: map[string]*api.ProcessType{"mysql": my}, Formation: map[string]int{"mysql": 0}},
 			"postgres": {Stack: true, RequiresStack: true, Strategy: api.StrategyOneDownOneUp,
 				Processes: map[string]*api.ProcessType{"postgres": pg}, Formation: map[string]int{"postgres": 1}},
 			"controller":    {Critical: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"web": ctl}, Formation: map[string]int{"web": 1}},
@@ -295,6 +312,9 @@ func DefaultManifest() *Manifest {
 			{ID: "route-git", Action: ActionAddRoute, App: "gitreceive", Domain: "git.${CLUSTER_DOMAIN}", Service: "gitreceive"},
 			{ID: "postgres", Action: ActionDeployApp, App: "postgres", Optional: true, Timeout: api.Duration(3 * time.Minute)},
 			{ID: "route-postgres", Action: ActionAddRoute, App: "postgres", Type: api.RouteTCP, Port: "${PG_PUBLIC_PORT}", Service: "postgres", Leader: true, Optional: true},
+			{ID: "mysql", Action: ActionDeployApp, App: "mysql", Optional: true},
+			{ID: "route-mysql", Action: ActionAddRoute, App: "mysql", Type: api.RouteTCP, Port: "${MYSQL_PUBLIC_PORT}", Service: "mysql", Leader: true, Optional: true},
+			{ID: "provider-mysql", Action: ActionAddProvider, App: "mysql", Name: "mysql", URL: "http://flynn:${MYSQL_API_KEY}@mysql-api.discoverd/databases", Optional: true},
 			{ID: "provider-postgres", Action: ActionAddProvider, App: "postgres", Name: "postgres", URL: "http://flynn:${POSTGRES_API_KEY}@postgres-api.discoverd/databases", Optional: true},
 			{ID: "wait-controller-route", Action: ActionWaitHTTP, URL: "http://127.0.0.1:${HTTP_PORT}/ping", Host: "controller.${CLUSTER_DOMAIN}", Status: []int{200, 401}},
 		},

@@ -96,6 +96,7 @@ Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		newResourceCmd(s),
 		newVolumeCmd(s),
 		newPgCmd(s),
+		newMySQLCmd(s),
 		newExportCmd(s),
 		newImportCmd(s),
 	)

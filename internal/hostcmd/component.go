@@ -19,6 +19,7 @@ flynn-host bootstrap deploys; run them by hand only for development.`,
 		newLogaggCmd(env),
 		newGitreceiveCmd(env),
 		newPostgresCmd(env),
+		newMySQLCmd(env),
 	)
 	return cmd
 }

@@ -17,7 +17,8 @@ import (
 // TestMySQLAddon: the mysql appliance (scaled up from 0), a Node.js app
 // using the mysql2 package gets a database with flynn resource add mysql,
 // writes rows and reads them back; they survive the mysql job being
-// killed; flynn mysql console, dump and restore round-trip.
+// killed; another app's credentials do not reach them; flynn mysql
+// console, dump and restore round-trip.
 func TestMySQLAddon(t *testing.T) {
 	myPort := fmt.Sprint(3460 + testslot.Get(t).N)
 	c := startE2ECluster(t, nil, "--mysql-host", e2eBridgeIP, "--mysql-port", myPort,
@@ -99,6 +100,21 @@ func TestMySQLAddon(t *testing.T) {
 		return j != nil && j.Job.ID != old.Job.ID, nil
 	})
 	rows("a,b")
+
+	// Another app's credentials do not reach this app's database.
+	c.flynn(dir, "create", "myother")
+	c.flynn(dir, "-a", "myother", "resource", "add", "mysql")
+	db := ""
+	for _, l := range strings.Split(env, "\n") {
+		if v, ok := strings.CutPrefix(l, "MYSQL_DATABASE="); ok {
+			db = strings.TrimSpace(v)
+		}
+	}
+	cross := exec.Command(filepath.Join(binDir, "flynn"), "-a", "myother", "mysql", "console", "--", "-e", "select v from `"+db+"`.rows_")
+	cross.Dir, cross.Env = dir, c.env()
+	if out, err := cross.CombinedOutput(); err == nil || !strings.Contains(string(out), "denied") {
+		t.Fatalf("myother reading myapp's database: %v\n%s", err, out)
+	}
 
 	a.flynn("mysql", "console", "--", "-e", "delete from rows_")
 	rows("")

@@ -40,23 +40,64 @@ type HostJob struct {
 
 // HostJobConfig is how to run a job's process.
 type HostJobConfig struct {
-	Args        []string          `json:"args,omitempty"`
-	Env         map[string]string `json:"env,omitempty"`
-	WorkingDir  string            `json:"working_dir,omitempty"`
-	Uid         *uint32           `json:"uid,omitempty"`
-	Gid         *uint32           `json:"gid,omitempty"`
-	TTY         bool              `json:"tty,omitempty"`
-	Stdin       bool              `json:"stdin,omitempty"`
-	Ports       []Port            `json:"ports,omitempty"`
-	Mounts      []Mount           `json:"mounts,omitempty"`
-	HostNetwork bool              `json:"host_network,omitempty"`
-	DisableLog  bool              `json:"disable_log,omitempty"`
+	Args       []string          `json:"args,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	WorkingDir string            `json:"working_dir,omitempty"`
+	Uid        *uint32           `json:"uid,omitempty"`
+	Gid        *uint32           `json:"gid,omitempty"`
+	TTY        bool              `json:"tty,omitempty"`
+	Stdin      bool              `json:"stdin,omitempty"`
+	Ports      []Port            `json:"ports,omitempty"`
+	Mounts     []Mount           `json:"mounts,omitempty"`
+	// Volumes are the host's persistent volumes mounted into the job,
+	// each made on first use (see VolumeBinding).
+	Volumes     []VolumeBinding `json:"volumes,omitempty"`
+	HostNetwork bool            `json:"host_network,omitempty"`
+	DisableLog  bool            `json:"disable_log,omitempty"`
 	// System marks a job of the platform's own that runs on the job
 	// network: the host's firewall lets it reach the host's ports, which
 	// other jobs on the network do not reach. Like HostNetwork, a uid 0
 	// job or a host mount, it is for the platform's components only.
 	System bool `json:"system,omitempty"`
 }
+
+// VolumeBinding mounts the host volume VolumeID at Target in a job. The
+// host makes the volume (an empty directory owned by the job's user) the
+// first time a job names it and keeps it across job restarts and host
+// restarts until it is deleted, or until the job ends when DeleteOnStop
+// is set.
+type VolumeBinding struct {
+	Target       string `json:"target"`
+	VolumeID     string `json:"volume_id"`
+	Writeable    bool   `json:"writeable,omitempty"`
+	DeleteOnStop bool   `json:"delete_on_stop,omitempty"`
+}
+
+// Volume is a persistent volume on a host: GET /host/volumes, and the
+// controller's GET /volumes (the hosts' lists merged).
+type Volume struct {
+	ID     string `json:"id"`
+	HostID string `json:"host_id,omitempty"`
+	// Type is "data": a directory under the host's state dir.
+	Type string `json:"type"`
+	// Path is where the volume is mounted in its jobs.
+	Path         string `json:"path,omitempty"`
+	AppID        string `json:"app_id,omitempty"`
+	AppName      string `json:"app_name,omitempty"`
+	ReleaseID    string `json:"release_id,omitempty"`
+	JobType      string `json:"job_type,omitempty"`
+	DeleteOnStop bool   `json:"delete_on_stop,omitempty"`
+	// JobID is the job that last mounted the volume; InUse says whether
+	// it still runs.
+	JobID string `json:"job_id,omitempty"`
+	InUse bool   `json:"in_use,omitempty"`
+	// Size is the bytes the volume's files take, as last measured.
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
+// VolumeTypeData is the one volume type: a directory on the host.
+const VolumeTypeData = "data"
 
 // ActiveJob is a job's state on its host.
 type ActiveJob struct {

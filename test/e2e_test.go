@@ -58,6 +58,11 @@ type e2eNet struct {
 
 const e2eDomain = "e2e.flynn.localhost"
 
+// e2eBridgeIP, given to startE2ECluster as an argument of flynn-host up,
+// becomes the address of the cluster's job bridge: where app jobs reach
+// the routers when they have no discoverd DNS (these clusters run none).
+const e2eBridgeIP = "${E2E_BRIDGE_IP}"
+
 func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string) *e2eCluster {
 	t.Helper()
 	if testing.Short() {
@@ -92,7 +97,12 @@ func startE2ECluster(t *testing.T, manifest *bootstrap.Manifest, extra ...string
 		"--git-ssh-port", port(),
 		"--stack-dir", "/var/cache/flynn-test/stack", "--deps", "../scripts/deps.sh",
 		"--flynn", filepath.Join(binDir, "flynn"), "--etcd-fast"}
-	c.upArgs = append(c.upArgs, extra...)
+	for _, a := range extra {
+		if a == e2eBridgeIP {
+			a = strings.TrimSuffix(c.subnet, "0/24") + "1"
+		}
+		c.upArgs = append(c.upArgs, a)
+	}
 	if manifest != nil {
 		b, _ := json.Marshal(manifest)
 		f := filepath.Join(dir, "manifest.json")

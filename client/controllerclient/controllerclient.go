@@ -321,6 +321,29 @@ func (c *Client) GetDeployment(ctx context.Context, id string) (*api.Deployment,
 	return &out, c.c.Do(ctx, "GET", p("/deployments/%s", id), nil, &out)
 }
 
+// VolumeList returns the hosts' persistent volumes, an app's when appID
+// is not empty.
+func (c *Client) VolumeList(ctx context.Context, appID string) ([]*api.Volume, error) {
+	var out []*api.Volume
+	path := "/volumes"
+	if appID != "" {
+		path = p("/apps/%s/volumes", appID)
+	}
+	return out, c.c.Do(ctx, "GET", path, nil, &out)
+}
+
+// GetVolume returns one volume.
+func (c *Client) GetVolume(ctx context.Context, id string) (*api.Volume, error) {
+	var out api.Volume
+	return &out, c.c.Do(ctx, "GET", p("/volumes/%s", id), nil, &out)
+}
+
+// DeleteVolume deletes a volume with its data; one a job uses is
+// api.ErrConflict.
+func (c *Client) DeleteVolume(ctx context.Context, id string) error {
+	return c.c.Do(ctx, "DELETE", p("/volumes/%s", id), nil, nil)
+}
+
 // DeploymentList returns an app's deployments.
 func (c *Client) DeploymentList(ctx context.Context, appID string) ([]*api.Deployment, error) {
 	var out []*api.Deployment

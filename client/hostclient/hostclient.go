@@ -66,6 +66,24 @@ func (c *Client) SignalJob(ctx context.Context, id, sig string) error {
 	return c.c.Do(ctx, http.MethodPut, "/host/jobs/"+url.PathEscape(id)+"/signal/"+url.PathEscape(sig), nil, nil)
 }
 
+// ListVolumes returns the host's persistent volumes.
+func (c *Client) ListVolumes(ctx context.Context) ([]*api.Volume, error) {
+	var out []*api.Volume
+	return out, c.c.Do(ctx, http.MethodGet, "/host/volumes", nil, &out)
+}
+
+// GetVolume returns one volume, with its size and whether a job uses it.
+func (c *Client) GetVolume(ctx context.Context, id string) (*api.Volume, error) {
+	var v api.Volume
+	return &v, c.c.Do(ctx, http.MethodGet, "/host/volumes/"+url.PathEscape(id), nil, &v)
+}
+
+// DeleteVolume deletes a volume and its files; a volume a running job
+// uses is api.ErrConflict.
+func (c *Client) DeleteVolume(ctx context.Context, id string) error {
+	return c.c.Do(ctx, http.MethodDelete, "/host/volumes/"+url.PathEscape(id), nil, nil)
+}
+
 // Events is a stream of job events.
 type Events struct{ er *httpclient.EventReader }
 

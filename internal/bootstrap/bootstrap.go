@@ -44,10 +44,28 @@ const MarkerKey = "/flynn/bootstrap"
 // and the router (controller.DOMAIN), so it scales like any app.
 type Ports struct {
 	HTTP, HTTPS, RouterAPI, Blobstore, Logagg, GitHTTP, GitSSH int
+	// Postgres is the routers' TCP route port apps reach the postgres
+	// appliance's leader at (default DefaultPostgresPort; within the
+	// routers' TCP range).
+	Postgres int
+	// MySQL is the routers' TCP route port of the mysql appliance's
+	// leader (default DefaultMySQLPort).
+	MySQL int
 }
 
+// DefaultMySQLPort is Ports.MySQL when not set.
+const DefaultMySQLPort = 3306
+
+// DefaultPostgresPort is Ports.Postgres when not set.
+const DefaultPostgresPort = 3432
+
+// DefaultPostgresHost is the host name apps are given for the postgres
+// appliance (PGHOST): its leader's host, whose router forwards the route
+// port to the leader.
+const DefaultPostgresHost = "leader.postgres.discoverd"
+
 // DefaultPorts are the ports of a production cluster.
-var DefaultPorts = Ports{HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222}
+var DefaultPorts = Ports{HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222, Postgres: DefaultPostgresPort, MySQL: DefaultMySQLPort}
 
 // Config says which cluster to bootstrap and how.
 type Config struct {
@@ -67,6 +85,13 @@ type Config struct {
 	Ports   Ports
 	// Manifest is the steps to run (default DefaultManifest()).
 	Manifest *Manifest
+	// PostgresHost is the host name apps get for the postgres appliance
+	// (default DefaultPostgresHost); a cluster whose jobs have no
+	// discoverd DNS gives an address of the hosts' routers instead.
+	PostgresHost string
+	// MySQLHost is the host name apps get for the mysql appliance
+	// (default leader.mysql.discoverd).
+	MySQLHost string
 	// StackLayer is the build stack's layer tar on this host, given to
 	// gitreceive as $STACK_URL (file://...).
 	StackLayer string
@@ -163,6 +188,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	if cfg.Ports == (Ports{}) {
 		cfg.Ports = DefaultPorts
 	}
+	if cfg.Ports.Postgres == 0 {
+		cfg.Ports.Postgres = DefaultPostgresPort
+	}
+	if cfg.PostgresHost == "" {
+		cfg.PostgresHost = DefaultPostgresHost
+	}
+	if cfg.Ports.MySQL == 0 {
+		cfg.Ports.MySQL = DefaultMySQLPort
+	}
+	if cfg.MySQLHost == "" {
+		cfg.MySQLHost = "leader.mysql.discoverd"
+	}
 	if cfg.FlynnHost == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -210,19 +247,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	listenIP := r.hosts[0].Addr
 	p := cfg.Ports
 	r.vars = map[string]string{
-		"CLUSTER_DOMAIN":  cfg.Domain,
-		"CLUSTER_TOKEN":   cfg.Token,
-		"SERVICE_TOKEN":   api.ServiceToken(cfg.Token),
-		"DISCOVERD":       strings.TrimSuffix(cfg.DiscoverdURL, "/"),
-		"ETCD_ENDPOINTS":  strings.Join(info.EtcdEndpoints, ","),
-		"LISTEN_IP":       listenIP,
-		"HTTP_PORT":       strconv.Itoa(p.HTTP),
-		"HTTPS_PORT":      strconv.Itoa(p.HTTPS),
-		"ROUTER_API_PORT": strconv.Itoa(p.RouterAPI),
-		"BLOBSTORE_PORT":  strconv.Itoa(p.Blobstore),
-		"LOGAGG_PORT":     strconv.Itoa(p.Logagg),
-		"GIT_HTTP_PORT":   strconv.Itoa(p.GitHTTP),
-		"GIT_SSH_PORT":    strconv.Itoa(p.GitSSH),
+		"CLUSTER_DOMAIN":    cfg.Domain,
+		"CLUSTER_TOKEN":     cfg.Token,
+		"SERVICE_TOKEN":     api.ServiceToken(cfg.Token),
+		"DISCOVERD":         strings.TrimSuffix(cfg.DiscoverdURL, "/"),
+		"ETCD_ENDPOINTS":    strings.Join(info.EtcdEndpoints, ","),
+		"LISTEN_IP":         listenIP,
+		"HTTP_PORT":         strconv.Itoa(p.HTTP),
+		"HTTPS_PORT":        strconv.Itoa(p.HTTPS),
+		"ROUTER_API_PORT":   strconv.Itoa(p.RouterAPI),
+		"BLOBSTORE_PORT":    strconv.Itoa(p.Blobstore),
+		"LOGAGG_PORT":       strconv.Itoa(p.Logagg),
+		"GIT_HTTP_PORT":     strconv.Itoa(p.GitHTTP),
+		"GIT_SSH_PORT":      strconv.Itoa(p.GitSSH),
+		"PG_PUBLIC_PORT":    strconv.Itoa(p.Postgres),
+		"PG_PUBLIC_HOST":    cfg.PostgresHost,
+		"MYSQL_PUBLIC_PORT": strconv.Itoa(p.MySQL),
+		"MYSQL_PUBLIC_HOST": cfg.MySQLHost,
 	}
 	r.vars["FLYNN_HOST_BIN"] = cfg.FlynnHost
 	if cfg.StackLayer != "" {
@@ -241,6 +282,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		BlobURL:       "http://" + net.JoinHostPort(listenIP, strconv.Itoa(p.Blobstore)),
 	}
 	for _, s := range cfg.Manifest.Steps {
+		if app := cfg.Manifest.Apps[s.App]; app != nil && app.RequiresStack && r.vars["STACK_URL"] == "" {
+			fmt.Fprintf(cfg.Out, "%-24s skipped: app %s runs on the stack and this cluster has none\n", s.ID, s.App)
+			continue
+		}
 		start := time.Now()
 		err := r.step(ctx, s)
 		switch {
@@ -302,6 +347,8 @@ func (r *run) step(ctx context.Context, s *Step) error {
 		// only the controller and this bootstrap hold it.
 		r.vars["SYSTEM_KEY"] = randomHex(16)
 		r.vars["ROUTER_COOKIE_KEY"] = randomHex(32)
+		r.vars["POSTGRES_API_KEY"] = randomHex(24)
+		r.vars["MYSQL_API_KEY"] = randomHex(24)
 		return nil
 	case ActionGenTLS:
 		return r.genTLS(ctx)
@@ -323,6 +370,8 @@ func (r *run) step(ctx context.Context, s *Step) error {
 		return r.waitApp(ctx, s.App, timeout)
 	case ActionAddRoute:
 		return r.addRoute(ctx, s)
+	case ActionAddProvider:
+		return r.addProvider(ctx, s)
 	case ActionWaitHTTP:
 		return waitHTTP(ctx, r.expand(s.URL), r.expand(s.Host), s.Status, timeout)
 	case ActionUploadStack:
@@ -426,7 +475,7 @@ func (r *run) release(name string) (*appState, error) {
 	}
 	appID := uuid.NewString()
 	st := &appState{
-		app:     &api.App{ID: appID, Name: name, Meta: meta},
+		app:     &api.App{ID: appID, Name: name, Meta: meta, Strategy: spec.Strategy},
 		release: &api.Release{ID: uuid.NewString(), AppID: appID, ArtifactIDs: []string{art.ID}, Processes: procs, Meta: map[string]string{api.MetaSystemApp: "true"}},
 	}
 	st.art = art
@@ -687,9 +736,28 @@ func (r *run) addRoute(ctx context.Context, s *Step) error {
 	if st == nil {
 		return fmt.Errorf("app %s was not added before its route", s.App)
 	}
-	rt := &api.Route{Type: "http", Domain: r.expand(s.Domain), Service: r.expand(s.Service)}
-	if err := r.ctl.CreateRoute(ctx, st.app.ID, rt); err != nil && !errors.Is(err, api.ErrConflict) {
-		return fmt.Errorf("route %s: %w", rt.Domain, err)
+	rt := &api.Route{Type: "http", Domain: r.expand(s.Domain), Service: r.expand(s.Service), Leader: s.Leader}
+	if s.Type == api.RouteTCP {
+		port, err := strconv.Atoi(r.expand(s.Port))
+		if err != nil {
+			return fmt.Errorf("tcp route of %s: port %q: %w", s.App, r.expand(s.Port), err)
+		}
+		rt = &api.Route{Type: api.RouteTCP, Port: int32(port), Service: r.expand(s.Service), Leader: s.Leader}
+	}
+	if err := r.ctl.CreateRoute(ctx, st.app.ID, rt); err != nil && !errors.Is(err, api.ErrConflict) && !errors.Is(err, api.ErrObjectExists) {
+		return fmt.Errorf("route %s%s: %w", rt.Domain, s.Port, err)
+	}
+	return nil
+}
+
+// addProvider registers a resource provider in the controller.
+func (r *run) addProvider(ctx context.Context, s *Step) error {
+	if r.ctl == nil {
+		return errors.New("the controller is not up yet: put wait-controller first")
+	}
+	p := &api.Provider{Name: r.expand(s.Name), URL: r.expand(s.URL)}
+	if err := r.ctl.CreateProvider(ctx, p); err != nil && !errors.Is(err, api.ErrObjectExists) {
+		return fmt.Errorf("provider %s: %w", p.Name, err)
 	}
 	return nil
 }

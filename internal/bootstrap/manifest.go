@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -42,6 +43,9 @@ const (
 	// (once per digest), where every host's build and gitreceive jobs
 	// fetch it; gitreceive's STACK_URL names it.
 	ActionUploadStack = "upload-stack"
+	// ActionAddProvider registers a resource provider (Name, URL) in the
+	// controller.
+	ActionAddProvider = "add-provider"
 )
 
 // Manifest is the ordered list of steps and the system apps they refer to.
@@ -58,10 +62,18 @@ type Step struct {
 	// App names an entry of Manifest.Apps (run-app, add-app, deploy-app,
 	// add-route).
 	App string `json:"app,omitempty"`
-	// Domain and Service describe an add-route step.
+	// Domain and Service describe an add-route step; Type "tcp" makes a
+	// TCP route on Port instead of an HTTP route on Domain; Leader sends
+	// the traffic to the service's leader only.
 	Domain  string `json:"domain,omitempty"`
 	Service string `json:"service,omitempty"`
-	// URL, Host and Status describe a wait-http step.
+	Type    string `json:"type,omitempty"`
+	Port    string `json:"port,omitempty"`
+	Leader  bool   `json:"leader,omitempty"`
+	// Name is the provider of an add-provider step; URL its address.
+	Name string `json:"name,omitempty"`
+	// URL, Host and Status describe a wait-http step (URL also an
+	// add-provider step).
 	URL    string `json:"url,omitempty"`
 	Host   string `json:"host,omitempty"`
 	Status []int  `json:"status,omitempty"`
@@ -97,6 +109,13 @@ type AppSpec struct {
 	// Stack runs the app on the build stack instead of busybox (gitreceive
 	// needs git), when the cluster has a stack layer.
 	Stack bool `json:"stack,omitempty"`
+	// RequiresStack apps run only on the stack: on a cluster without one
+	// their steps are skipped.
+	RequiresStack bool `json:"requires_stack,omitempty"`
+	// Strategy is the app's deploy strategy (default all-at-once); an
+	// app with a volume deploys one-down-one-up, so the old job releases
+	// the volume before the new one starts.
+	Strategy string `json:"strategy,omitempty"`
 }
 
 // LoadManifest reads a JSON manifest.
@@ -123,11 +142,18 @@ func (m *Manifest) Validate() error {
 		}
 		switch s.Action {
 		case ActionGenKeys, ActionGenTLS, ActionWaitController, ActionUploadStack:
+		case ActionAddProvider:
+			if s.Name == "" || s.URL == "" {
+				return fmt.Errorf("manifest step %d (add-provider): name and url are required", i)
+			}
 		case ActionRunApp, ActionAddApp, ActionDeployApp, ActionAddRoute:
 			if m.Apps[s.App] == nil {
 				return fmt.Errorf("manifest step %d (%s): unknown app %q", i, s.Action, s.App)
 			}
-			if s.Action == ActionAddRoute && (s.Domain == "" || s.Service == "") {
+			if s.Action == ActionAddRoute && s.Type == api.RouteTCP && (s.Port == "" || s.Service == "") {
+				return fmt.Errorf("manifest step %d (add-route): a tcp route needs port and service", i)
+			}
+			if s.Action == ActionAddRoute && s.Type != api.RouteTCP && (s.Domain == "" || s.Service == "") {
 				return fmt.Errorf("manifest step %d (add-route): domain and service are required", i)
 			}
 		case ActionWaitHTTP:
@@ -237,8 +263,43 @@ func DefaultManifest() *Manifest {
 	git.Env["FLYNN_HOST_TOKEN"] = "${CLUSTER_TOKEN}"
 	git.Env["FLYNN_HOST_BIN"] = api.HostMountPrefix + "bin"
 
+	// The PostgreSQL appliance (internal/appliance/postgres): the server
+	// on its first port (service "postgres", whose leader apps reach
+	// through the routers' TCP route), the provider API on its second.
+	// Its data is on a volume, kept on its host.
+	pg := &api.ProcessType{
+		Args: []string{"/bin/flynn-host", "component", "postgres", "--data-dir", "/data",
+			"--public-host", "${PG_PUBLIC_HOST}", "--public-port", "${PG_PUBLIC_PORT}"},
+		HostNetwork: true,
+		Ports: []api.Port{
+			{Proto: "tcp", Service: &api.Service{Name: "postgres", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+			{Proto: "tcp", Service: &api.Service{Name: "postgres-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+		},
+		Volumes: []api.VolumeReq{{Path: "/data"}},
+		Env:     map[string]string{"POSTGRES_API_KEY": "${POSTGRES_API_KEY}"},
+	}
+
+	// The MySQL appliance (internal/appliance/mysql), in the same shape;
+	// scaled to 0 by default, as Flynn did: flynn -a mysql scale
+	// mysql=1 starts it.
+	my := &api.ProcessType{
+		Args: []string{"/bin/flynn-host", "component", "mysql", "--data-dir", "/data",
+			"--public-host", "${MYSQL_PUBLIC_HOST}", "--public-port", "${MYSQL_PUBLIC_PORT}"},
+		HostNetwork: true,
+		Ports: []api.Port{
+			{Proto: "tcp", Service: &api.Service{Name: "mysql", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+			{Proto: "tcp", Service: &api.Service{Name: "mysql-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+		},
+		Volumes: []api.VolumeReq{{Path: "/data"}},
+		Env:     map[string]string{"MYSQL_API_KEY": "${MYSQL_API_KEY}"},
+	}
+
 	return &Manifest{
 		Apps: map[string]*AppSpec{
+			"mysql": {Stack: true, RequiresStack: true, Strategy: api.StrategyOneDownOneUp,
+				Processes: map[string]*api.ProcessType{"mysql": my}, Formation: map[string]int{"mysql": 0}},
+			"postgres": {Stack: true, RequiresStack: true, Strategy: api.StrategyOneDownOneUp,
+				Processes: map[string]*api.ProcessType{"postgres": pg}, Formation: map[string]int{"postgres": 1}},
 			"controller":    {Critical: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"web": ctl}, Formation: map[string]int{"web": 1}},
 			"scheduler":     {Critical: true, Restore: true, Spread: true, Etcd: true, Processes: map[string]*api.ProcessType{"scheduler": sched}, Formation: map[string]int{"scheduler": 1}},
 			"router":        {Critical: true, Root: true, Etcd: true, Processes: map[string]*api.ProcessType{"app": router}, Formation: map[string]int{"app": 1}},
@@ -261,6 +322,12 @@ func DefaultManifest() *Manifest {
 			{ID: "gitreceive", Action: ActionDeployApp, App: "gitreceive", Optional: true},
 			{ID: "route-controller", Action: ActionAddRoute, App: "controller", Domain: "controller.${CLUSTER_DOMAIN}", Service: "controller"},
 			{ID: "route-git", Action: ActionAddRoute, App: "gitreceive", Domain: "git.${CLUSTER_DOMAIN}", Service: "gitreceive"},
+			{ID: "postgres", Action: ActionDeployApp, App: "postgres", Optional: true, Timeout: api.Duration(3 * time.Minute)},
+			{ID: "route-postgres", Action: ActionAddRoute, App: "postgres", Type: api.RouteTCP, Port: "${PG_PUBLIC_PORT}", Service: "postgres", Leader: true, Optional: true},
+			{ID: "mysql", Action: ActionDeployApp, App: "mysql", Optional: true},
+			{ID: "route-mysql", Action: ActionAddRoute, App: "mysql", Type: api.RouteTCP, Port: "${MYSQL_PUBLIC_PORT}", Service: "mysql", Leader: true, Optional: true},
+			{ID: "provider-mysql", Action: ActionAddProvider, App: "mysql", Name: "mysql", URL: "http://flynn:${MYSQL_API_KEY}@mysql-api.discoverd/databases", Optional: true},
+			{ID: "provider-postgres", Action: ActionAddProvider, App: "postgres", Name: "postgres", URL: "http://flynn:${POSTGRES_API_KEY}@postgres-api.discoverd/databases", Optional: true},
 			{ID: "wait-controller-route", Action: ActionWaitHTTP, URL: "http://127.0.0.1:${HTTP_PORT}/ping", Host: "controller.${CLUSTER_DOMAIN}", Status: []int{200, 401}},
 		},
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/spf13/cobra"
 
+	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 )
 
@@ -92,6 +93,24 @@ func harnessCmds() map[string]func(ts *testscript.TestScript, neg bool, args []s
 			if (err != nil) != neg {
 				ts.Fatalf("addlog: %v", err)
 			}
+		},
+		// addvolume ID HOST APP TYPE PATH INUSE puts a volume on the
+		// fake hosts, of app APP (a name) and process type TYPE.
+		"addvolume": func(ts *testscript.TestScript, neg bool, args []string) {
+			if len(args) != 6 {
+				ts.Fatalf("usage: addvolume ID HOST APP TYPE PATH INUSE")
+			}
+			h := ts.Value("harness").(*harness)
+			app, err := h.c.GetApp(context.Background(), args[2])
+			if err != nil {
+				ts.Fatalf("addvolume: %v", err)
+			}
+			h.runner.mu.Lock()
+			defer h.runner.mu.Unlock()
+			h.runner.volumes = append(h.runner.volumes, &api.Volume{
+				ID: args[0], HostID: args[1], Type: api.VolumeTypeData, AppID: app.ID, AppName: app.Name,
+				JobType: args[3], Path: args[4], InUse: args[5] == "true", JobID: args[1] + "-job", Size: 3 << 20,
+			})
 		},
 		// setfrom VAR FILE sets $VAR to the first line of FILE (e.g. a
 		// saved stdout).

@@ -293,6 +293,36 @@ type fakeRunner struct {
 	added    []*api.HostJob
 	stopped  []string
 	signaled []string
+	volumes  []*api.Volume
+}
+
+// ListVolumes implements controller.VolumeRunner over the volumes the
+// script added (addvolume).
+func (f *fakeRunner) ListVolumes(ctx context.Context) ([]*api.Volume, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := []*api.Volume{}
+	for _, v := range f.volumes {
+		c := *v
+		out = append(out, &c)
+	}
+	return out, nil
+}
+
+// DeleteVolume implements controller.VolumeRunner as a host does.
+func (f *fakeRunner) DeleteVolume(ctx context.Context, hostID, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, v := range f.volumes {
+		if v.ID == id && v.HostID == hostID {
+			if v.InUse {
+				return api.Conflict("volume %s is in use by job %s: stop the job (scale its process type to 0) first", id, v.JobID)
+			}
+			f.volumes = append(f.volumes[:i], f.volumes[i+1:]...)
+			return nil
+		}
+	}
+	return api.NotFound("volume %q not found", id)
 }
 
 // Place picks among the hosts registered in etcd, by the scheduler's rules.

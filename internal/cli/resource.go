@@ -1,14 +1,17 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
 )
 
 func newProviderCmd(s *state) *cobra.Command {
@@ -112,20 +115,29 @@ func newResourceCmd(s *state) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			stream, err := c.StreamEvents(ctx, controllerclient.EventOptions{AppID: app.ID, ObjectTypes: []string{api.EventTypeDeployment}})
+			if err != nil {
+				return err
+			}
+			defer stream.Close()
 			r, err := c.ProvisionResource(ctx, p.ID, []string{app.ID}, json.RawMessage(config))
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Created resource %s and release for %s.\n", r.ID, app.Name)
+			if err := waitResourceDeployment(ctx, cmd, c, stream, app); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Created resource %s and deployed a release of %s with its env.\n", r.ID, app.Name)
 			return nil
 		},
 	}
 	add.Flags().StringVarP(&config, "config", "c", "", "JSON config for the provider")
+	var yes bool
 	remove := &cobra.Command{
-		Use:   "remove PROVIDER [RESOURCE-ID|EXTERNAL-ID]",
-		Short: "Deprovision a resource of the app",
+		Use:   "remove [-y] PROVIDER [RESOURCE-ID|EXTERNAL-ID]",
+		Short: "Strip a resource's env from the app, deploy, and deprovision the resource",
 		Example: `  flynn resource remove postgres
-  flynn resource remove postgres 5d1f...`,
+  flynn resource remove -y postgres 5d1f...`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -156,13 +168,58 @@ func newResourceCmd(s *state) *cobra.Command {
 			case len(match) > 1:
 				return fmt.Errorf("app %s has %d %s resources: name one (see flynn resource)", app.Name, len(match), p.Name)
 			}
+			q := fmt.Sprintf("Remove %s resource %s from %s? Its env vars leave the app (which is deployed again) and its data is deleted.", p.Name, match[0].ID, app.Name)
+			if err := confirm(cmd, yes, q, "resource not removed: answer yes, or pass -y"); err != nil {
+				return err
+			}
+			stream, err := c.StreamEvents(ctx, controllerclient.EventOptions{AppID: app.ID, ObjectTypes: []string{api.EventTypeDeployment}})
+			if err != nil {
+				return err
+			}
+			defer stream.Close()
 			if err := c.DeleteResource(ctx, p.ID, match[0].ID); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Deleted resource %s.\n", match[0].ID)
+			if err := waitResourceDeployment(ctx, cmd, c, stream, app); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Deleted resource %s and deployed %s without its env.\n", match[0].ID, app.Name)
 			return nil
 		},
 	}
+	remove.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	c.AddCommand(add, remove)
 	return c
+}
+
+// waitResourceDeployment waits for the deployment the controller started
+// for app when a resource was added or removed, if any: the command
+// returns once the running processes have the new env.
+func waitResourceDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient.Client, stream *controllerclient.EventStream, app *api.App) error {
+	ds, err := c.DeploymentList(ctx, app.ID)
+	if err != nil {
+		return err
+	}
+	// It deploys from the release current before the change (app as it
+	// was read then).
+	var d *api.Deployment
+	for _, x := range ds {
+		if app.ReleaseID != "" && x.OldReleaseID == app.ReleaseID && x.NewReleaseID != app.ReleaseID && (d == nil || x.CreatedAt.After(d.CreatedAt)) {
+			d = x
+		}
+	}
+	if d == nil {
+		return nil // the app ran nothing: its release became current at once
+	}
+	timeout := time.Duration(d.DeployTimeout)*time.Second + 30*time.Second
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() { <-ctx.Done(); stream.Close() }()
+	if err := waitDeployment(ctx, cmd, c, stream, d); err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			return fmt.Errorf("timed out after %s waiting for deployment %s: see flynn deployment and flynn ps", timeout, d.ID)
+		}
+		return err
+	}
+	return nil
 }

@@ -109,8 +109,14 @@ func (fw *frameWriter) do(f func(io.Writer) error) error {
 // exit status as an exitError. The controller's attach stream speaks
 // Flynn's attach protocol (api.JobAttachUpgrade).
 func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.App, nj *api.NewJob) error {
-	stdin := cmd.InOrStdin()
-	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	return s.runAttachedIO(ctx, cmd, app, nj, cmd.InOrStdin(), cmd.OutOrStdout())
+}
+
+// runAttachedIO is runAttached with the job's stdin read from stdin and
+// its stdout written to stdout (a TTY only when stdin is a terminal); a
+// write to stdout that fails ends the job's run with that error.
+func (s *state) runAttachedIO(ctx context.Context, cmd *cobra.Command, app *api.App, nj *api.NewJob, stdin io.Reader, stdout io.Writer) error {
+	stderr := cmd.ErrOrStderr()
 	inFile, _ := stdin.(*os.File)
 	tty := inFile != nil && term.IsTerminal(int(inFile.Fd()))
 	if tty {
@@ -206,7 +212,14 @@ func (s *state) runAttached(ctx context.Context, cmd *cobra.Command, app *api.Ap
 		case api.AttachData:
 			switch f.Stream {
 			case api.AttachStdout:
-				stdout.Write(f.Data)
+				if _, err := stdout.Write(f.Data); err != nil {
+					if jobID != "" {
+						if c, _, cerr := s.client(); cerr == nil {
+							c.DeleteJob(context.WithoutCancel(ctx), app.ID, jobID)
+						}
+					}
+					return fmt.Errorf("write the job's output: %w", err)
+				}
 			case api.AttachStderr, api.AttachInitLog:
 				stderr.Write(f.Data)
 			}

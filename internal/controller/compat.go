@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -53,20 +54,80 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	return ok(w, api.StatusReply{Data: st})
 }
 
-// volumes serves Flynn's volume listings. Jobs here have no persistent
-// volumes, so the lists are empty and no volume is found.
+// listVolumes serves GET /volumes and GET /apps/{app}/volumes: the
+// persistent volumes of every host that answers (see
+// internal/host/volumes.go), of one app when the path names one.
 func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) error {
+	appID := ""
 	if r.PathValue("app") != "" {
-		if _, err := s.app(r); err != nil {
+		app, err := s.app(r)
+		if err != nil {
 			return err
 		}
+		appID = app.ID
 	}
-	return ok(w, []struct{}{})
-}
-
-func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) error {
-	if _, err := s.app(r); err != nil {
+	vs, err := s.volumes(r.Context())
+	if err != nil {
 		return err
 	}
-	return api.NotFound("volume %q not found: jobs on this cluster have no persistent volumes", r.PathValue("id"))
+	out := []*api.Volume{}
+	for _, v := range vs {
+		if appID == "" || v.AppID == appID {
+			out = append(out, v)
+		}
+	}
+	return ok(w, out)
+}
+
+// getVolume serves GET /volumes/{id} and GET /apps/{app}/volumes/{id}.
+func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) error {
+	v, err := s.findVolume(r)
+	if err != nil {
+		return err
+	}
+	return ok(w, v)
+}
+
+// deleteVolume serves DELETE /volumes/{id}: the volume's host deletes it
+// with its data, unless a job uses it (409).
+func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) error {
+	v, err := s.findVolume(r)
+	if err != nil {
+		return err
+	}
+	vr := s.cfg.Runner.(VolumeRunner)
+	if err := vr.DeleteVolume(r.Context(), v.HostID, v.ID); err != nil {
+		return err
+	}
+	return ok(w, v)
+}
+
+func (s *Server) volumes(ctx context.Context) ([]*api.Volume, error) {
+	vr, isVR := s.cfg.Runner.(VolumeRunner)
+	if !isVR {
+		return nil, &api.Error{Code: api.CodeUnavailable, Message: "this controller has no view of the hosts' volumes"}
+	}
+	return vr.ListVolumes(ctx)
+}
+
+func (s *Server) findVolume(r *http.Request) (*api.Volume, error) {
+	appID := ""
+	if r.PathValue("app") != "" {
+		app, err := s.app(r)
+		if err != nil {
+			return nil, err
+		}
+		appID = app.ID
+	}
+	vs, err := s.volumes(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	id := r.PathValue("id")
+	for _, v := range vs {
+		if v.ID == id && (appID == "" || v.AppID == appID) {
+			return v, nil
+		}
+	}
+	return nil, api.NotFound("volume %q not found on any host that is up: see flynn volume list", id)
 }

@@ -19,6 +19,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -1045,6 +1046,26 @@ func TestResourcesAndKeys(t *testing.T) {
 	}
 	_, err = e.c.GetResource(c, pr.ID, res.ID)
 	wantErr(t, err, api.ErrNotFound, "")
+	// Adding and removing the resource each deployed a release: the
+	// running jobs got the env, then lost it.
+	after, err := e.c.GetAppRelease(c, app.ID)
+	if err != nil || after.ID == cur.ID || after.Env["KEEP"] != "1" || after.Env["DATABASE_URL"] != "" {
+		t.Fatalf("release after deprovision = %+v, %v", after, err)
+	}
+	ds, err := e.c.DeploymentList(c, app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deployed []string
+	for _, d := range ds {
+		deployed = append(deployed, d.NewReleaseID)
+	}
+	slices.Sort(deployed)
+	want := []string{cur.ID, after.ID}
+	slices.Sort(want)
+	if diff := cmp.Diff(want, deployed); diff != "" {
+		t.Fatalf("deployments (-want +got):\n%s", diff)
+	}
 
 	const pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop"
 	k, err := e.c.CreateKey(c, pub)

@@ -126,3 +126,43 @@ func (l *lazyAttach) Close() error {
 	}
 	return nil
 }
+
+// ListVolumes implements VolumeRunner.
+func (h *HostRunner) ListVolumes(ctx context.Context) ([]*api.Volume, error) {
+	if h.Cluster == nil {
+		return nil, errors.New("this controller has no view of the hosts")
+	}
+	hosts, err := h.Cluster.ListHosts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	out := []*api.Volume{}
+	for _, host := range hosts {
+		vs, err := h.client(host).ListVolumes(ctx)
+		if err != nil {
+			continue // a host that does not answer lists nothing
+		}
+		for _, v := range vs {
+			v.HostID = host.ID
+			out = append(out, v)
+		}
+	}
+	return out, nil
+}
+
+// DeleteVolume implements VolumeRunner.
+func (h *HostRunner) DeleteVolume(ctx context.Context, hostID, id string) error {
+	if h.Cluster == nil {
+		return errors.New("this controller has no view of the hosts")
+	}
+	hosts, err := h.Cluster.ListHosts(ctx)
+	if err != nil {
+		return fmt.Errorf("list hosts: %w", err)
+	}
+	for _, host := range hosts {
+		if host.ID == hostID {
+			return h.client(host).DeleteVolume(ctx, id)
+		}
+	}
+	return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("host %s of volume %s is not up", hostID, id)}
+}

@@ -5,12 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -127,6 +129,7 @@ func (s *Server) saveResource(r *http.Request, res *api.Resource) error {
 		return err
 	}
 	rels := map[string]*api.Release{}
+	deploy := map[string]bool{} // apps whose new release is to be deployed
 	for _, appID := range res.Apps {
 		app, err := s.store.GetApp(r.Context(), appID)
 		if err != nil {
@@ -141,6 +144,7 @@ func (s *Server) saveResource(r *http.Request, res *api.Resource) error {
 			cp := *cur
 			rel = &cp
 			rel.Env = maps.Clone(cur.Env)
+			deploy[app.ID] = true
 		}
 		if rel.Env == nil {
 			rel.Env = map[string]string{}
@@ -150,7 +154,92 @@ func (s *Server) saveResource(r *http.Request, res *api.Resource) error {
 		rel.CreatedAt = now()
 		rels[app.ID] = rel
 	}
-	return s.store.PutResource(r.Context(), res, rels)
+	if err := s.store.PutResource(r.Context(), res, rels); err != nil {
+		return err
+	}
+	for appID := range deploy {
+		if err := s.deployResourceRelease(r, appID, rels[appID].ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deployResourceRelease deploys an app's release made for a resource
+// being added or removed, so its running jobs get (or lose) the env, and
+// waits until the deployment ends: the request answers once the app runs
+// the new release. A client that then deploys the same env itself, as
+// Flynn's CLI does after adding a resource, finds no deployment in its
+// way.
+func (s *Server) deployResourceRelease(r *http.Request, appID, releaseID string) error {
+	d, err := s.store.CreateDeployment(r.Context(), appID, releaseID)
+	if err != nil {
+		if e, ok := api.AsError(err); ok && e.Code == api.CodeConflict {
+			return api.Conflict("release %s of app %s was made with the resource's env but cannot be deployed now (%s): once that deployment ends, deploy it with flynn release rollback %s", releaseID, appID, e.Message, releaseID)
+		}
+		return fmt.Errorf("deploy release %s of app %s: %w", releaseID, appID, err)
+	}
+	timeout := time.Duration(d.DeployTimeout)*time.Second + 10*time.Second
+	deadline := time.Now().Add(timeout)
+	for d.Status != api.DeploymentComplete {
+		if d.Status == api.DeploymentFailed {
+			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("deployment %s of release %s (with the resource's env change) failed: see flynn -a %s deployment", d.ID, releaseID, appID)}
+		}
+		if time.Now().After(deadline) {
+			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("deployment %s of release %s (with the resource's env change) did not finish within %s: see flynn -a %s deployment", d.ID, releaseID, timeout, appID)}
+		}
+		select {
+		case <-r.Context().Done():
+			return r.Context().Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if d, err = s.store.GetDeployment(r.Context(), d.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stripResourceEnv gives each app of res a release without the env the
+// resource gave it (the vars still holding the resource's values) and
+// deploys it.
+func (s *Server) stripResourceEnv(r *http.Request, res *api.Resource) error {
+	for _, appID := range res.Apps {
+		app, err := s.store.GetApp(r.Context(), appID)
+		if errors.Is(err, api.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if app.ReleaseID == "" {
+			continue
+		}
+		cur, err := s.store.GetRelease(r.Context(), app.ReleaseID)
+		if err != nil {
+			return err
+		}
+		env := maps.Clone(cur.Env)
+		for k, v := range res.Env {
+			if env[k] == v {
+				delete(env, k)
+			}
+		}
+		if len(env) == len(cur.Env) {
+			continue
+		}
+		rel := *cur
+		rel.ID = ctrlstore.NewID()
+		rel.Env = env
+		rel.CreatedAt = now()
+		if err := s.store.CreateRelease(r.Context(), &rel); err != nil {
+			return fmt.Errorf("release without resource %s for app %s: %w", res.ID, app.Name, err)
+		}
+		if err := s.deployResourceRelease(r, app.ID, rel.ID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Server) putResource(w http.ResponseWriter, r *http.Request) error {
@@ -228,6 +317,11 @@ func (s *Server) deprovisionResource(w http.ResponseWriter, r *http.Request) err
 	}
 	res, err := s.store.GetResource(r.Context(), p.ID, r.PathValue("id"))
 	if err != nil {
+		return err
+	}
+	// The apps stop using it first: their env loses the resource's vars
+	// and is deployed before the provider deletes the data.
+	if err := s.stripResourceEnv(r, res); err != nil {
 		return err
 	}
 	if res.ExternalID != "" {

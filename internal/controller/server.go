@@ -50,6 +50,16 @@ type JobRunner interface {
 	Attach(ctx context.Context, host *api.Host, req AttachRequest) (io.ReadWriteCloser, error)
 }
 
+// VolumeRunner is implemented by a JobRunner that reaches the hosts'
+// persistent volumes.
+type VolumeRunner interface {
+	// ListVolumes returns the volumes of every host that answers.
+	ListVolumes(ctx context.Context) ([]*api.Volume, error)
+	// DeleteVolume deletes a volume on its host; one a job uses is
+	// api.ErrConflict.
+	DeleteVolume(ctx context.Context, hostID, id string) error
+}
+
 // AttachRequest says which job to attach to and how.
 type AttachRequest struct {
 	JobID  string
@@ -236,6 +246,8 @@ func (s *Server) routes() http.Handler {
 	m.Handle("GET /events/{id}", hf(s.getEvent))
 
 	m.Handle("GET /volumes", hf(s.listVolumes))
+	m.Handle("GET /volumes/{id}", hf(s.getVolume))
+	m.Handle("DELETE /volumes/{id}", hf(s.deleteVolume))
 	m.Handle("GET /apps/{app}/volumes", hf(s.listVolumes))
 	m.Handle("GET /apps/{app}/volumes/{id}", hf(s.getVolume))
 	m.Handle("PUT /apps/{app}/volumes/{id}/decommission", hf(s.getVolume))

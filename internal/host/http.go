@@ -42,6 +42,27 @@ func (a *Agent) routes() http.Handler {
 		return nil
 	}))
 	mux.Handle("GET /host/jobs/{id}/log", httpapi.HandlerFunc(a.jobLog))
+	mux.Handle("GET /host/volumes", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		vs, err := a.ListVolumes()
+		if err != nil {
+			return err
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, vs)
+	}))
+	mux.Handle("GET /host/volumes/{id}", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		v, err := a.Volume(r.PathValue("id"))
+		if err != nil {
+			return err
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, v)
+	}))
+	mux.Handle("DELETE /host/volumes/{id}", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if err := a.DeleteVolume(r.PathValue("id")); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}))
 	mux.Handle("POST /attach", httpapi.HandlerFunc(a.attach))
 	mux.Handle("/", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		return api.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path)

@@ -70,6 +70,7 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 	if err != nil {
 		msg := err.Error()
 		aj.Status, aj.Error, aj.EndedAt = api.HostJobFailed, &msg, time.Now().UTC()
+		a.releaseVolumes(aj.Job)
 		close(j.done)
 		a.log.Warn("job failed to start", "job", hj.ID, "err", err)
 		a.emit(api.HostEventError, aj)
@@ -158,6 +159,7 @@ func (a *Agent) watch(id string, j *job) {
 		if err := a.persist(aj); err != nil {
 			a.log.Error("persist job", "job", id, "err", err)
 		}
+		a.releaseVolumes(aj.Job)
 		close(j.done)
 		a.emit(api.HostEventStop, aj)
 		a.log.Info("job ended", "job", id, "status", aj.Status, "exit_status", exit.ExitStatus, "oom", exit.OOM)
@@ -289,6 +291,9 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 			return nil, api.Validation(f, "%s resolves to %s: %s", m.Location, src, why)
 		}
 		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: src, Target: m.Target, Writeable: m.Writeable})
+	}
+	if err := a.prepareVolumes(hj, spec); err != nil {
+		return nil, err
 	}
 	limit := func(name string) int64 {
 		r, ok := hj.Resources[name]

@@ -124,6 +124,9 @@ func (a *Agent) validate(j *api.HostJob) error {
 			return api.Validation(f+".location", "%s", why)
 		}
 	}
+	if err := validateVolumes(c); err != nil {
+		return err
+	}
 	for name, r := range j.Resources {
 		f := "resources." + name
 		if r.Limit != nil && *r.Limit <= 0 || r.Request != nil && *r.Request < 0 {

@@ -39,6 +39,8 @@ import (
 type bootstrapFlags struct {
 	domain    string
 	ports     bootstrap.Ports
+	pgHost    string
+	myHost    string
 	startJobs bool
 	// fromBackup is a backup file (flynn cluster backup) to restore
 	// once the platform runs.
@@ -60,6 +62,10 @@ func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
 	f.IntVar(&b.ports.Logagg, "logaggregator-port", p.Logagg, "log aggregator port")
 	f.IntVar(&b.ports.GitHTTP, "git-http-port", p.GitHTTP, "gitreceive smart-HTTP port")
 	f.IntVar(&b.ports.GitSSH, "git-ssh-port", p.GitSSH, "gitreceive SSH port")
+	f.IntVar(&b.ports.Postgres, "postgres-port", p.Postgres, "routers' TCP route port of the postgres appliance (within 3000-3500)")
+	f.StringVar(&b.pgHost, "postgres-host", bootstrap.DefaultPostgresHost, "host name (or address) apps get for the postgres appliance (PGHOST)")
+	f.IntVar(&b.ports.MySQL, "mysql-port", p.MySQL, "routers' TCP route port of the mysql appliance (within 3000-3500)")
+	f.StringVar(&b.myHost, "mysql-host", "leader.mysql.discoverd", "host name (or address) apps get for the mysql appliance (MYSQL_HOST)")
 	f.StringVar(&b.fromBackup, "from-backup", "", "restore the apps of a backup file (flynn cluster backup) on this new cluster")
 	f.BoolVar(&b.startJobs, "start-jobs", false, "start every system job directly instead of leaving it to the scheduler")
 	f.MarkHidden("start-jobs")
@@ -72,7 +78,7 @@ func runBootstrap(ctx context.Context, stateDir, discoverdURL, manifestFile stri
 	}
 	cfg := bootstrap.Config{
 		DiscoverdURL: discoverdURL, Token: hc.Token, Domain: b.domain, StateDir: stateDir,
-		Ports: b.ports, StartJobs: b.startJobs, Out: out, StackLayer: stackLayer,
+		Ports: b.ports, StartJobs: b.startJobs, Out: out, StackLayer: stackLayer, PostgresHost: b.pgHost, MySQLHost: b.myHost,
 	}
 	if pkiDir := daemon.PKIDir(stateDir); pki.HasCA(pkiDir) {
 		if cfg.EtcdTLS, err = pki.TLSConfig(pkiDir, pki.HostCert, pki.HostKey); err != nil {

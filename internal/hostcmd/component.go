@@ -18,6 +18,8 @@ flynn-host bootstrap deploys; run them by hand only for development.`,
 		newBlobstoreCmd(env),
 		newLogaggCmd(env),
 		newGitreceiveCmd(env),
+		newPostgresCmd(env),
+		newMySQLCmd(env),
 	)
 	return cmd
 }

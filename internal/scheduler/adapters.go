@@ -167,6 +167,17 @@ func (c *HostCluster) AddJob(ctx context.Context, hostID string, job *api.HostJo
 	return nil
 }
 
+// ListVolumes implements VolumeLister.
+func (c *HostCluster) ListVolumes(ctx context.Context, hostID string) ([]*api.Volume, error) {
+	cl, err := c.client(ctx, hostID)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	return cl.ListVolumes(ctx)
+}
+
 // StopJob stops a job; api.ErrNotFound when the host does not know it.
 func (c *HostCluster) StopJob(ctx context.Context, hostID, jobID string) error {
 	hc, err := c.client(ctx, hostID)

@@ -79,6 +79,9 @@ type Snapshot struct {
 	Hosts      []*api.Host
 	Formations []*api.ExpandedFormation
 	Jobs       []*Job
+	// Volumes maps the id of each persistent volume the hosts hold to its
+	// host's id (hosts that are down included, when known).
+	Volumes map[string]string
 }
 
 // Plan is what to do to make the cluster match the formations. Jobs in a
@@ -117,6 +120,12 @@ const (
 //     jobs (no type) are left alone.
 //   - Jobs on hosts not in the snapshot are ignored (the caller marks them
 //     down).
+//   - A job of a process type with volumes (kept ones, not
+//     delete_on_stop) goes to the host that holds its volume (VolumeID),
+//     and waits, blocked, while that host is down or while another job
+//     (of an older release, say) still runs on the volume: a database's
+//     data has one server. A volume no host holds is made where the job
+//     is placed.
 func Place(snap *Snapshot, newUUID func() string) *Plan {
 	p := &placer{
 		snap:    snap,
@@ -357,6 +366,17 @@ func (p *placer) newJob(g *group, hostID string) *Job {
 
 // placeJob picks a host for the unplaced job j of g.
 func (p *placer) placeJob(g *group, j *Job) {
+	if hl, reason, pinned := p.volumeHost(g, j); pinned {
+		switch {
+		case reason != "":
+			p.block(j, reason)
+		case !fits(hl, j.Memory):
+			p.block(j, fmt.Sprintf("host %s, which holds the job's volume, does not have %d bytes of memory free", hl.host.ID, j.Memory))
+		default:
+			p.start(g, j, hl)
+		}
+		return
+	}
 	var best *hostLoad
 	anyMatch := false
 	for _, hl := range p.matchingHosts(g) {
@@ -384,6 +404,59 @@ func (p *placer) placeJob(g *group, j *Job) {
 		return
 	}
 	p.start(g, j, best)
+}
+
+// volumeHost says where job j of g must run for its kept volumes: pinned
+// is false when it has none or none exists yet (any host will do);
+// otherwise the host holding them, or why the job must wait.
+func (p *placer) volumeHost(g *group, j *Job) (hl *hostLoad, reason string, pinned bool) {
+	if g.proc == nil || !keepsVolumes(g.proc) {
+		return nil, "", false
+	}
+	for _, o := range p.snap.Jobs {
+		if o.UUID != j.UUID && o.placed() && o.active() && o.AppID == j.AppID && o.Type == j.Type && o.Index == j.Index && o.Index > 0 {
+			return nil, fmt.Sprintf("waiting for job %s to release the volumes of %s.%d", o.ID, j.Type, j.Index), true
+		}
+	}
+	for i, v := range g.proc.Volumes {
+		if v.DeleteOnStop {
+			continue
+		}
+		id := VolumeID(j.AppID, j.Type, j.Index, i)
+		hostID, ok := p.snap.Volumes[id]
+		if !ok {
+			continue
+		}
+		if hl = p.hosts[hostID]; hl == nil {
+			return nil, fmt.Sprintf("volume %s is on host %s, which is down", id, hostID), true
+		}
+		if !tagsMatch(g.tags, hl.host.Tags) {
+			return nil, fmt.Sprintf("volume %s is on host %s, which lacks the type's tags", id, hostID), true
+		}
+		return hl, "", true
+	}
+	return nil, "", false
+}
+
+// keepsVolumes reports whether proc has a volume that outlives its jobs.
+func keepsVolumes(proc *api.ProcessType) bool {
+	for _, v := range proc.Volumes {
+		if !v.DeleteOnStop {
+			return true
+		}
+	}
+	return false
+}
+
+// VolumeID names the n-th volume of the index-th job of an app's process
+// type: the same for every release and every restart, so the job finds
+// its data again. A delete_on_stop volume is named after its job instead.
+func VolumeID(appID, typ string, index, n int) string {
+	id := fmt.Sprintf("%s-%s-%d", appID, typ, index)
+	if n > 0 {
+		id += fmt.Sprintf("-%d", n)
+	}
+	return id
 }
 
 func (p *placer) start(g *group, j *Job, hl *hostLoad) {

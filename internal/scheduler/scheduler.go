@@ -34,6 +34,13 @@ type Cluster interface {
 	StopJob(ctx context.Context, hostID, jobID string) error
 }
 
+// VolumeLister is implemented by a Cluster that lists its hosts' volumes,
+// so jobs with volumes go back to the host holding them after the
+// scheduler restarts.
+type VolumeLister interface {
+	ListVolumes(ctx context.Context, hostID string) ([]*api.Volume, error)
+}
+
 // HostEvent is a host coming up (Up, with its registration) or going away
 // (its lease expired or it deregistered).
 type HostEvent struct {
@@ -177,6 +184,7 @@ type (
 		at         time.Time
 		hosts      []*api.Host
 		jobs       map[string][]*api.ActiveJob // by host; missing: list failed
+		volumes    map[string][]string         // volume ids by host
 		formations []*api.ExpandedFormation
 		records    []*api.Job // the controller's job records not down (nil: unknown)
 	}
@@ -185,6 +193,8 @@ type (
 		hostID string
 		since  int64 // l.seq before listing
 		jobs   []*api.ActiveJob
+		// volumes are the host's volume ids (nil: not listed).
+		volumes []string
 	}
 	hostJobEvent struct {
 		hostID string
@@ -223,9 +233,10 @@ type loop struct {
 	// State below is owned by the loop goroutine.
 	hosts      map[string]*hostState
 	formations map[string]*api.ExpandedFormation
-	jobs       map[string]*Job // by UUID
-	byID       map[string]*Job // by host job id
-	inflight   map[string]bool // UUIDs with an AddJob or StopJob under way
+	jobs       map[string]*Job   // by UUID
+	byID       map[string]*Job   // by host job id
+	inflight   map[string]bool   // UUIDs with an AddJob or StopJob under way
+	volumes    map[string]string // host id by volume id
 
 	// seq orders changes against listings: a listing taken at seq n says
 	// nothing of formations received, or jobs started, after n.
@@ -250,6 +261,7 @@ func newLoop(cfg Config, log *slog.Logger) *loop {
 		jobs:          make(map[string]*Job),
 		byID:          make(map[string]*Job),
 		inflight:      make(map[string]bool),
+		volumes:       make(map[string]string),
 		formationSeen: make(map[string]int64),
 		startSeq:      make(map[string]int64),
 		endedSeq:      make(map[string]int64),
@@ -343,7 +355,7 @@ func (l *loop) fullSync(ctx context.Context) (*fullSyncEvent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list formations: %w", err)
 	}
-	ev := &fullSyncEvent{since: since, at: l.clock.Now(), hosts: hosts, formations: formations, jobs: make(map[string][]*api.ActiveJob)}
+	ev := &fullSyncEvent{since: since, at: l.clock.Now(), hosts: hosts, formations: formations, jobs: make(map[string][]*api.ActiveJob), volumes: make(map[string][]string)}
 	if rl, ok := l.cfg.Controller.(JobRecords); ok {
 		if ev.records, err = rl.ListActiveJobs(ctx); err != nil {
 			l.log.Warn("list job records", "err", err)
@@ -363,8 +375,10 @@ func (l *loop) fullSync(ctx context.Context) (*fullSyncEvent, error) {
 				l.log.Warn("list host jobs", "host", h.ID, "err", err)
 				return
 			}
+			vols := l.listVolumes(ctx, h.ID)
 			mu.Lock()
 			ev.jobs[h.ID] = jobs
+			ev.volumes[h.ID] = vols
 			mu.Unlock()
 		}()
 	}
@@ -434,6 +448,9 @@ func (l *loop) apply(ctx context.Context, ev any) {
 		if hs := l.hosts[ev.hostID]; hs != nil {
 			l.reconcileHost(ctx, ev.hostID, ev.jobs, ev.since)
 			hs.synced = true
+			for _, id := range ev.volumes {
+				l.volumes[id] = ev.hostID
+			}
 		}
 	case hostJobEvent:
 		if l.hosts[ev.hostID] != nil && ev.ev.Job != nil {
@@ -499,6 +516,11 @@ func (l *loop) applyFullSync(ctx context.Context, ev *fullSyncEvent) {
 		}
 	}
 	listed := make(map[string]bool, len(ev.hosts))
+	for hostID, ids := range ev.volumes {
+		for _, id := range ids {
+			l.volumes[id] = hostID
+		}
+	}
 	for _, h := range ev.hosts {
 		listed[h.ID] = true
 		jobs, ok := ev.jobs[h.ID]
@@ -608,7 +630,7 @@ func (l *loop) addHost(ctx context.Context, h *api.Host, jobs []*api.ActiveJob, 
 		jobs, err := l.cfg.Cluster.ListJobs(ctx, id)
 		close(listed)
 		if err == nil {
-			l.send(ctx, hostJobsEvent{id, since, jobs})
+			l.send(ctx, hostJobsEvent{id, since, jobs, l.listVolumes(ctx, id)})
 		}
 		wg.Wait()
 		if err != nil {
@@ -785,8 +807,29 @@ func (l *loop) forget(j *Job) {
 	}
 }
 
+// listVolumes returns the ids of a host's volumes, or nil when the
+// cluster cannot list them.
+func (l *loop) listVolumes(ctx context.Context, hostID string) []string {
+	vl, ok := l.cfg.Cluster.(VolumeLister)
+	if !ok {
+		return nil
+	}
+	vs, err := vl.ListVolumes(ctx, hostID)
+	if err != nil {
+		l.log.Warn("list volumes", "host", hostID, "err", err)
+		return nil
+	}
+	ids := make([]string, 0, len(vs))
+	for _, v := range vs {
+		if !v.DeleteOnStop {
+			ids = append(ids, v.ID)
+		}
+	}
+	return ids
+}
+
 func (l *loop) snapshot() *Snapshot {
-	s := &Snapshot{Now: l.clock.Now()}
+	s := &Snapshot{Now: l.clock.Now(), Volumes: l.volumes}
 	for _, hs := range l.hosts {
 		if hs.synced {
 			s.Hosts = append(s.Hosts, hs.host)
@@ -848,6 +891,11 @@ func (l *loop) rectify(ctx context.Context) {
 func (l *loop) startJob(ctx context.Context, j *Job) {
 	f := l.formations[j.formationKey()]
 	hj := hostJob(f, j)
+	for _, v := range hj.Config.Volumes {
+		if !v.DeleteOnStop {
+			l.volumes[v.VolumeID] = j.HostID
+		}
+	}
 	hostID := j.HostID
 	uuid := j.UUID
 	l.inflight[uuid] = true
@@ -906,11 +954,26 @@ func hostJob(f *api.ExpandedFormation, j *Job) *api.HostJob {
 			Env:         env,
 			Ports:       proc.Ports,
 			Mounts:      proc.Mounts,
+			Volumes:     volumeBindings(proc, j),
 			HostNetwork: proc.HostNetwork,
 		},
 		Resources: proc.Resources,
 		Resurrect: proc.Resurrect,
 	}
+}
+
+// volumeBindings are the host volumes of formation job j: VolumeID for
+// the kept ones, the job's own for delete_on_stop ones.
+func volumeBindings(proc *api.ProcessType, j *Job) []api.VolumeBinding {
+	var out []api.VolumeBinding
+	for i, v := range proc.Volumes {
+		id := VolumeID(j.AppID, j.Type, j.Index, i)
+		if v.DeleteOnStop || j.Index == 0 {
+			id = fmt.Sprintf("%s-%d", j.UUID, i)
+		}
+		out = append(out, api.VolumeBinding{Target: v.Path, VolumeID: id, Writeable: true, DeleteOnStop: v.DeleteOnStop})
+	}
+	return out
 }
 
 // record queues j's state for the controller.

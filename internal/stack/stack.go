@@ -35,6 +35,12 @@ var DefaultPackages = []string{
 	// Ruby: the interpreter, bundler and the headers native gems build
 	// against.
 	"ruby", "ruby-dev", "bundler",
+	// PostgreSQL: the server the postgres appliance runs (on this stack),
+	// and psql, pg_dump and pg_restore, which flynn pg runs.
+	"postgresql",
+	// MariaDB: the server the mysql appliance runs, and the mariadb
+	// client and mariadb-dump, which flynn mysql runs.
+	"mariadb-server", "mariadb-client",
 }
 
 // DefaultMirror is used when no Debian mirror is found in the apt sources.

@@ -71,7 +71,8 @@ func (s *Store) ListProviders(ctx context.Context) ([]*api.Provider, error) {
 
 // PutResource creates or replaces a resource and, for each app in
 // newReleases, stores the release (the app's release with the resource's
-// env merged in) and makes it the app's current release.
+// env merged in). An app with no current release gets it as current; any
+// other app's release is for the caller to deploy.
 func (s *Store) PutResource(ctx context.Context, r *api.Resource, newReleases map[string]*api.Release) error {
 	t := s.txn()
 	t.put(s.key(pResources, r.ID), r)
@@ -85,14 +86,19 @@ func (s *Store) PutResource(ctx context.Context, r *api.Resource, newReleases ma
 		if err != nil {
 			return err
 		}
-		app.ReleaseID = rel.ID
-		app.UpdatedAt = s.now()
 		t.unchanged(s.key(pApps, app.ID), rev)
 		t.missing(s.key(pReleases, rel.ID))
 		t.put(s.key(pReleases, rel.ID), rel)
-		t.put(s.key(pApps, app.ID), app)
 		t.event(app.ID, api.EventTypeRelease, rel.ID, rel)
-		t.event(app.ID, api.EventTypeAppRelease, app.ID, map[string]any{"release": rel})
+		if app.ReleaseID == "" {
+			// Nothing runs yet: the release is simply current. Otherwise
+			// the caller deploys it (CreateDeployment), so running jobs
+			// get the env.
+			app.ReleaseID = rel.ID
+			app.UpdatedAt = s.now()
+			t.put(s.key(pApps, app.ID), app)
+			t.event(app.ID, api.EventTypeAppRelease, app.ID, map[string]any{"release": rel})
+		}
 	}
 	ok, err := t.commit(ctx)
 	if err != nil {

@@ -1,0 +1,487 @@
+// Package postgres is the PostgreSQL appliance: the system app "postgres"
+// runs one primary PostgreSQL server (Debian's packages, from the stack)
+// with its data on a persistent volume, and beside it the resource
+// provider API in Flynn's protocol: POST /databases makes a database and
+// a user of its own with a random password and answers {id, env};
+// DELETE /databases?id= drops them.
+//
+// The server and the API run in one job, so the API reaches the server as
+// its superuser through a unix socket inside the container (trust
+// authentication there; every TCP connection needs a password, checked
+// with SCRAM). A database is reachable by its own user only: CONNECT is
+// revoked from PUBLIC on every database. Passwords travel only on stdin
+// to psql and in the env the controller gives to apps; the server logs no
+// statement text, even of a failed statement.
+//
+// The job's port is registered in discoverd as service "postgres"; its
+// one instance is the leader (leader.postgres.discoverd). Apps reach it
+// through a leader-only TCP route of the routers, at PublicHost and
+// PublicPort: a standby and failover can come later behind the same
+// names.
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+)
+
+// Config configures the appliance.
+type Config struct {
+	// DataDir holds the cluster's files (a volume; the server's data
+	// goes to DataDir/pgdata).
+	DataDir string
+	// BinDir holds initdb, postgres and psql (default: the newest
+	// /usr/lib/postgresql/*/bin).
+	BinDir string
+	// Port is the server's TCP port; ListenAddr the address it listens
+	// on (default all).
+	Port       int
+	ListenAddr string
+	// APIListen is the provider API's address, e.g. ":5433"; APIKey the
+	// key it requires (as the HTTP Basic password: the provider URL the
+	// controller holds carries it).
+	APIListen string
+	APIKey    string
+	// SocketDir is where the server's unix socket goes (default a dir
+	// under os.TempDir()).
+	SocketDir string
+	// User is the OS user the server runs as (default "postgres"); when
+	// this process is not root it runs as this process's user.
+	User string
+	// PublicHost and PublicPort are where apps reach the server: they go
+	// into DATABASE_URL and PGHOST/PGPORT.
+	PublicHost string
+	PublicPort int
+	// Ready, when set, is called once the server accepts connections.
+	Ready func()
+	// ServerLog receives the server's own log (default os.Stderr, which
+	// is the job's log).
+	ServerLog io.Writer
+}
+
+// Run initialises the data dir on first start, runs the server and the
+// provider API until ctx ends, then stops the server cleanly.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	a, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// Appliance is one PostgreSQL server with its provider API.
+type Appliance struct {
+	cfg      Config
+	log      *slog.Logger
+	uid, gid int
+	asUser   bool // start processes as uid/gid
+}
+
+// New checks cfg and fills in its defaults.
+func New(cfg Config, log *slog.Logger) (*Appliance, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("postgres: no data dir")
+	}
+	if cfg.APIListen != "" && cfg.APIKey == "" {
+		return nil, errors.New("postgres: the provider API needs a key")
+	}
+	if cfg.Port <= 0 || cfg.Port > 65535 {
+		return nil, fmt.Errorf("postgres: port %d is not a port", cfg.Port)
+	}
+	if cfg.BinDir == "" {
+		dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+		sort.Slice(dirs, func(i, j int) bool { return pgVersion(dirs[i]) < pgVersion(dirs[j]) })
+		if len(dirs) == 0 {
+			return nil, errors.New("postgres: no /usr/lib/postgresql/*/bin: install Debian's postgresql package (the stack has it)")
+		}
+		cfg.BinDir = dirs[len(dirs)-1]
+	}
+	if cfg.SocketDir == "" {
+		cfg.SocketDir = filepath.Join(os.TempDir(), "flynn-postgres")
+	}
+	if cfg.ServerLog == nil {
+		cfg.ServerLog = os.Stderr
+	}
+	if cfg.PublicHost == "" {
+		cfg.PublicHost = "leader.postgres.discoverd"
+	}
+	if cfg.PublicPort == 0 {
+		cfg.PublicPort = cfg.Port
+	}
+	a := &Appliance{cfg: cfg, log: log, uid: os.Getuid(), gid: os.Getgid()}
+	if os.Getuid() == 0 {
+		name := cfg.User
+		if name == "" {
+			name = "postgres"
+		}
+		u, err := user.Lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: user %s: %w", name, err)
+		}
+		a.uid, _ = strconv.Atoi(u.Uid)
+		a.gid, _ = strconv.Atoi(u.Gid)
+		a.asUser = true
+	}
+	return a, nil
+}
+
+func pgVersion(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+func (a *Appliance) pgdata() string { return filepath.Join(a.cfg.DataDir, "pgdata") }
+
+// command runs a server binary as the server's user, with env only from
+// extra (plus PATH): no password of this process's env leaks into it.
+func (a *Appliance) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(a.cfg.BinDir, name), args...)
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C.UTF-8", "HOME=" + a.cfg.DataDir}
+	if a.asUser {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(a.uid), Gid: uint32(a.gid)}}
+	}
+	return cmd
+}
+
+// chownTree gives the server's user path and everything under it.
+func (a *Appliance) chownTree(path string) error {
+	if !a.asUser {
+		return nil
+	}
+	return filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, a.uid, a.gid)
+	})
+}
+
+// serverConf is appended to postgresql.conf at initialisation; settings
+// given on the command line (port, socket) are not secret.
+const serverConf = `
+# Written by flynn-host component postgres.
+listen_addresses = '*'
+password_encryption = 'scram-sha-256'
+# No statement text in the log, not even of a failing statement: a
+# CREATE ROLE ... PASSWORD would show the password.
+log_statement = 'none'
+log_min_error_statement = 'panic'
+log_min_duration_statement = -1
+log_connections = off
+shared_buffers = 32MB
+max_connections = 100
+`
+
+// hbaConf lets the superuser in through the socket (inside the job only)
+// and every other connection with a password.
+const hbaConf = `# Written by flynn-host component postgres.
+local   all   all                 trust
+host    all   all   0.0.0.0/0     scram-sha-256
+host    all   all   ::/0          scram-sha-256
+`
+
+// initdb makes the cluster on first start.
+func (a *Appliance) initdb(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(a.pgdata(), "PG_VERSION")); err == nil {
+		return a.chownTree(a.pgdata()) // a volume made by an older job keeps its owner
+	}
+	a.log.Info("initialising the database cluster", "dir", a.pgdata())
+	tmp := a.pgdata() + ".init"
+	os.RemoveAll(tmp)
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return err
+	}
+	if err := a.chownTree(a.cfg.DataDir); err != nil {
+		return err
+	}
+	cmd := a.command(ctx, "initdb", "-D", tmp, "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb: %w: %s", err, lastLines(out, 5))
+	}
+	f, err := os.OpenFile(filepath.Join(tmp, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(f, serverConf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "pg_hba.conf"), []byte(hbaConf), 0o600); err != nil {
+		return err
+	}
+	if err := a.chownTree(tmp); err != nil {
+		return err
+	}
+	// Only a complete cluster gets the real name: a job killed during
+	// initdb starts over.
+	return os.Rename(tmp, a.pgdata())
+}
+
+// Run runs the server and the API until ctx ends.
+func (a *Appliance) Run(ctx context.Context) error {
+	if err := a.initdb(ctx); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	if err := os.MkdirAll(a.cfg.SocketDir, 0o700); err != nil {
+		return err
+	}
+	if err := a.chownTree(a.cfg.SocketDir); err != nil {
+		return err
+	}
+	// A server killed with its job leaves its pid file; the pid in it
+	// means nothing in this new container.
+	os.Remove(filepath.Join(a.pgdata(), "postmaster.pid"))
+	listen := a.cfg.ListenAddr
+	if listen == "" {
+		listen = "*"
+	}
+	srv := a.command(context.WithoutCancel(ctx), "postgres", "-D", a.pgdata(), "-p", strconv.Itoa(a.cfg.Port),
+		"-k", a.cfg.SocketDir, "-c", "listen_addresses="+listen)
+	srv.Stdout, srv.Stderr = a.cfg.ServerLog, a.cfg.ServerLog
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("postgres: start the server: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	stop := func() error {
+		// SIGINT: the fast shutdown, a clean checkpoint without waiting
+		// for clients.
+		srv.Process.Signal(syscall.SIGINT)
+		select {
+		case err := <-exited:
+			return ignoreSignalExit(err)
+		case <-time.After(30 * time.Second):
+			srv.Process.Kill()
+			return errors.New("postgres: the server did not stop within 30s; killed")
+		}
+	}
+	if err := a.waitReady(ctx, exited); err != nil {
+		stop()
+		return err
+	}
+	var ln net.Listener
+	apiErr := make(chan error, 1)
+	if a.cfg.APIListen != "" {
+		var err error
+		if ln, err = net.Listen("tcp", a.cfg.APIListen); err != nil {
+			stop()
+			return fmt.Errorf("postgres: api: %w", err)
+		}
+		auth := httpapi.NewKeyAuth(a.cfg.APIKey)
+		h := auth.Require(func(r *http.Request) bool { return r.URL.Path == "/ping" }, a.Handler())
+		go func() { apiErr <- httpapi.Serve(ctx, ln, httpapi.Wrap(a.log, h), a.log) }()
+	}
+	a.log.Info("postgres ready", "port", a.cfg.Port, "api", a.cfg.APIListen)
+	if a.cfg.Ready != nil {
+		a.cfg.Ready()
+	}
+	select {
+	case <-ctx.Done():
+		err := stop()
+		if ln != nil {
+			<-apiErr
+		}
+		return err
+	case err := <-exited:
+		if ln != nil {
+			ln.Close()
+			<-apiErr
+		}
+		return fmt.Errorf("postgres: the server exited: %v", err)
+	case err := <-apiErr:
+		stop()
+		return fmt.Errorf("postgres: api: %w", err)
+	}
+}
+
+func ignoreSignalExit(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && !ee.Exited() {
+		return nil
+	}
+	return err
+}
+
+// waitReady polls the server until it answers a query.
+func (a *Appliance) waitReady(ctx context.Context, exited chan error) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if _, err := a.psql(ctx, "postgres", "SELECT 1"); err == nil {
+			return nil
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("postgres: the server did not answer within 2 minutes: %v", err)
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			return fmt.Errorf("postgres: the server exited while starting: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// psql runs SQL as the superuser through the socket; the SQL goes on
+// stdin, never on a command line.
+func (a *Appliance) psql(ctx context.Context, db, sql string) (string, error) {
+	cmd := a.command(ctx, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+		"-h", a.cfg.SocketDir, "-p", strconv.Itoa(a.cfg.Port), "-U", "postgres", "-d", db)
+	cmd.Stdin = strings.NewReader(sql)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("psql: %v: %s", err, strings.TrimSpace(errOut.String()))
+	}
+	return out.String(), nil
+}
+
+// Database is a provisioned database as the provider API answers it.
+type Database struct {
+	ID  string            `json:"id"`
+	Env map[string]string `json:"env"`
+}
+
+var dbIDRe = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
+
+// Provision makes a database and its own user with a random password.
+func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
+	id := "db_" + randomHex(8)
+	pass := randomHex(24)
+	// One statement per call: CREATE DATABASE cannot run in a
+	// transaction. The password is in SQL sent on psql's stdin.
+	for _, sql := range []string{
+		fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, id, pass),
+		fmt.Sprintf(`CREATE DATABASE %s OWNER %s`, id, id),
+		fmt.Sprintf(`REVOKE ALL ON DATABASE %s FROM PUBLIC; GRANT ALL ON DATABASE %s TO %s`, id, id, id),
+		// Databases made by initdb are closed to the tenants too.
+		`REVOKE CONNECT ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC`,
+	} {
+		if _, err := a.psql(ctx, "postgres", sql); err != nil {
+			a.drop(ctx, id)
+			return nil, fmt.Errorf("provision %s: %w", id, err)
+		}
+	}
+	// The new database's public schema belongs to the tenant (as in
+	// PostgreSQL 15, PUBLIC cannot create there by default).
+	if _, err := a.psql(ctx, id, fmt.Sprintf(`ALTER SCHEMA public OWNER TO %s`, id)); err != nil {
+		a.drop(ctx, id)
+		return nil, fmt.Errorf("provision %s: %w", id, err)
+	}
+	a.log.Info("database provisioned", "id", id)
+	hostPort := net.JoinHostPort(a.cfg.PublicHost, strconv.Itoa(a.cfg.PublicPort))
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(id, pass), Host: hostPort, Path: "/" + id}
+	return &Database{ID: id, Env: map[string]string{
+		"FLYNN_POSTGRES": "postgres",
+		"DATABASE_URL":   u.String(),
+		"PGHOST":         a.cfg.PublicHost,
+		"PGPORT":         strconv.Itoa(a.cfg.PublicPort),
+		"PGUSER":         id,
+		"PGPASSWORD":     pass,
+		"PGDATABASE":     id,
+	}}, nil
+}
+
+// Deprovision drops a database (closing its connections) and its user.
+// An id that does not exist is not an error: deletion is idempotent.
+func (a *Appliance) Deprovision(ctx context.Context, id string) error {
+	if !dbIDRe.MatchString(id) {
+		return fmt.Errorf("database id %q is not one this provider made", id)
+	}
+	if err := a.drop(ctx, id); err != nil {
+		return err
+	}
+	a.log.Info("database deprovisioned", "id", id)
+	return nil
+}
+
+func (a *Appliance) drop(ctx context.Context, id string) error {
+	if _, err := a.psql(ctx, "postgres", fmt.Sprintf(`DROP DATABASE IF EXISTS %s WITH (FORCE)`, id)); err != nil {
+		return fmt.Errorf("drop database %s: %w", id, err)
+	}
+	if _, err := a.psql(ctx, "postgres", fmt.Sprintf(`DROP ROLE IF EXISTS %s`, id)); err != nil {
+		return fmt.Errorf("drop role %s: %w", id, err)
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b)
+}
+
+func lastLines(b []byte, n int) string {
+	var lines []string
+	sc := bufio.NewScanner(strings.NewReader(string(b)))
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
+}
+
+// Handler serves the provider API: POST /databases, DELETE
+// /databases?id=ID, GET /ping.
+func (a *Appliance) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		db, err := a.Provision(r.Context())
+		if err != nil {
+			return err
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, db)
+	}))
+	mux.Handle("DELETE /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		id := r.URL.Query().Get("id")
+		if !dbIDRe.MatchString(id) {
+			return api.Validation("id", "id %q is not a database of this provider (db_ and 16 hex digits)", id)
+		}
+		if err := a.Deprovision(r.Context(), id); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}))
+	mux.Handle("GET /ping", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if _, err := a.psql(r.Context(), "postgres", "SELECT 1"); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}))
+	return mux
+}

@@ -1,0 +1,212 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/controllerclient"
+)
+
+// pgEnv are the variables a postgres resource gives an app that psql,
+// pg_dump and pg_restore read. The password travels in the job's env,
+// never on a command line.
+var pgEnv = []string{"PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"}
+
+// newPgCmd is `flynn pg`: psql, pg_dump and pg_restore against the app's
+// postgres database, run as one-off jobs of the postgres appliance's
+// release (which has the client tools) with the app's credentials.
+func newPgCmd(s *state) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "pg",
+		Short: "Use the app's Postgres database: psql, dump, restore",
+		Long: `Commands for the app's Postgres database (flynn resource add postgres). Each
+runs a one-off job of the postgres appliance with the app's PG* variables.`,
+		Example: `  flynn pg psql
+  flynn pg psql -- -c 'select count(*) from users'
+  flynn pg dump -f db.dump
+  flynn pg restore -f db.dump`,
+	}
+	psql := &cobra.Command{
+		Use:   "psql [-- ARG...]",
+		Short: "Open psql on the app's database (arguments go to psql)",
+		Example: `  flynn pg psql
+  flynn pg psql -- -c 'select 1'
+  echo 'select 1' | flynn pg psql`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return s.runPg(cmd, append([]string{"psql"}, args...), cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
+	var file string
+	var quiet bool
+	dump := &cobra.Command{
+		Use:   "dump [-q] [-f FILE]",
+		Short: "Dump the app's database (pg_dump's custom format) to FILE, or stdout",
+		Example: `  flynn pg dump -f db.dump
+  flynn pg dump > db.dump`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out := cmd.OutOrStdout()
+			var f *os.File
+			if file != "" {
+				var err error
+				if f, err = os.Create(file); err != nil {
+					return err
+				}
+				defer f.Close()
+				out = f
+			}
+			p := newProgress(cmd.ErrOrStderr(), quiet || file == "", "Dumped")
+			err := s.runPg(cmd, []string{"pg_dump", "--format=custom", "--no-owner", "--no-acl"}, strings.NewReader(""), io.MultiWriter(out, p))
+			p.done()
+			if err != nil {
+				if f != nil {
+					os.Remove(file)
+				}
+				return err
+			}
+			if f != nil {
+				if err := f.Close(); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	dump.Flags().StringVarP(&file, "file", "f", "", "write the dump to FILE (default stdout)")
+	dump.Flags().BoolVarP(&quiet, "quiet", "q", false, "print no progress")
+	var rfile string
+	var rquiet bool
+	restore := &cobra.Command{
+		Use:   "restore [-q] [-f FILE]",
+		Short: "Restore a dump (flynn pg dump) from FILE, or stdin, into the app's database",
+		Example: `  flynn pg restore -f db.dump
+  flynn pg restore < db.dump`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			in := cmd.InOrStdin()
+			if rfile != "" {
+				f, err := os.Open(rfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				in = f
+			}
+			p := newProgress(cmd.ErrOrStderr(), rquiet, "Restored")
+			env, _, err := s.pgAppEnv(cmd.Context())
+			if err != nil {
+				return err
+			}
+			pgArgs := []string{"pg_restore", "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error", "-d", env["PGDATABASE"]}
+			err = s.runPg(cmd, pgArgs, io.TeeReader(in, p), cmd.OutOrStdout())
+			p.done()
+			return err
+		},
+	}
+	restore.Flags().StringVarP(&rfile, "file", "f", "", "read the dump from FILE (default stdin)")
+	restore.Flags().BoolVarP(&rquiet, "quiet", "q", false, "print no progress")
+	c.AddCommand(psql, dump, restore)
+	return c
+}
+
+// pgAppEnv returns the app's PG* variables and the name of the postgres
+// appliance app that serves them.
+func (s *state) pgAppEnv(ctx context.Context) (map[string]string, *controllerclient.Client, error) {
+	c, app, err := s.appClient(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if app.ReleaseID == "" {
+		return nil, nil, fmt.Errorf("app %s has no release, so no database: add one with flynn -a %s resource add postgres", app.Name, app.Name)
+	}
+	rel, err := c.GetRelease(ctx, app.ReleaseID)
+	if err != nil {
+		return nil, nil, err
+	}
+	env := map[string]string{}
+	for _, k := range pgEnv {
+		if rel.Env[k] == "" {
+			return nil, nil, fmt.Errorf("app %s has no postgres database (no %s in its env): add one with flynn -a %s resource add postgres", app.Name, k, app.Name)
+		}
+		env[k] = rel.Env[k]
+	}
+	env["FLYNN_POSTGRES"] = orDefault(rel.Env["FLYNN_POSTGRES"], "postgres")
+	return env, c, nil
+}
+
+// runPg runs args as a one-off job of the postgres appliance's current
+// release with the app's PG* env.
+func (s *state) runPg(cmd *cobra.Command, args []string, stdin io.Reader, stdout io.Writer) error {
+	ctx := cmd.Context()
+	env, c, err := s.pgAppEnv(ctx)
+	if err != nil {
+		return err
+	}
+	pgApp, err := c.GetApp(ctx, env["FLYNN_POSTGRES"])
+	if errors.Is(err, api.ErrNotFound) {
+		return fmt.Errorf("the postgres appliance (app %s) is not on this cluster", env["FLYNN_POSTGRES"])
+	}
+	if err != nil {
+		return err
+	}
+	if pgApp.ReleaseID == "" {
+		return fmt.Errorf("the postgres appliance (app %s) has no release", pgApp.Name)
+	}
+	delete(env, "FLYNN_POSTGRES")
+	nj := &api.NewJob{ReleaseID: pgApp.ReleaseID, Args: args, Env: env, DisableLog: true}
+	return s.runAttachedIO(ctx, cmd, pgApp, nj, stdin, stdout)
+}
+
+// progress counts the bytes written to it and reports them on w every
+// second and at the end.
+type progress struct {
+	w     io.Writer
+	quiet bool
+	verb  string
+	n     atomic.Int64
+	stop  chan struct{}
+	ended chan struct{}
+	start time.Time
+}
+
+func newProgress(w io.Writer, quiet bool, verb string) *progress {
+	p := &progress{w: w, quiet: quiet, verb: verb, stop: make(chan struct{}), ended: make(chan struct{}), start: time.Now()}
+	go func() {
+		defer close(p.ended)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+				if !p.quiet {
+					fmt.Fprintf(p.w, "\r%s %s...", p.verb, byteSize(p.n.Load()))
+				}
+			}
+		}
+	}()
+	return p
+}
+
+func (p *progress) Write(b []byte) (int, error) {
+	p.n.Add(int64(len(b)))
+	return len(b), nil
+}
+
+func (p *progress) done() {
+	close(p.stop)
+	<-p.ended
+	if !p.quiet {
+		fmt.Fprintf(p.w, "\r%s %s in %s.\n", p.verb, byteSize(p.n.Load()), time.Since(p.start).Round(100*time.Millisecond))
+	}
+}

@@ -59,6 +59,11 @@ type HostJobConfig struct {
 	// other jobs on the network do not reach. Like HostNetwork, a uid 0
 	// job or a host mount, it is for the platform's components only.
 	System bool `json:"system,omitempty"`
+	// ReachPorts are TCP ports a job on the job network reaches at any
+	// address, its host's included, through the host's firewall: a build
+	// reaches the blobstore its signed URLs name and nothing else of the
+	// platform. Like System, it is for the platform's components only.
+	ReachPorts []int `json:"reach_ports,omitempty"`
 }
 
 // VolumeBinding mounts the host volume VolumeID at Target in a job. The

@@ -172,8 +172,9 @@ func TestTenantIsolation(t *testing.T) {
 
 	// A real build of a tenant's code: a buildpack in the app's repo
 	// reads the build's environment and tries the platform with it.
-	// Builds run on the host's network, so it reaches the ports: each
-	// must refuse it for want of a credential.
+	// Builds run on the job network: the host's firewall lets them reach
+	// the blobstore's port (which refuses what its signed URLs do not
+	// open) and no other port of the platform.
 	hostile := newPushApp(t, c, nil, "procfile", "isobuild", false)
 	compile := strings.NewReplacer("IP", ip, "ETCD", c.upArg("--etcd-client-port"), "HOSTPORT", hostPort,
 		"BLOB", c.upArg("--blobstore-port"), "LOGAGG", c.upArg("--logaggregator-port"),
@@ -190,20 +191,20 @@ func TestTenantIsolation(t *testing.T) {
 	t.Logf("the hostile build:\n%s", out)
 	for _, w := range []string{
 		"attack: etcd-tls 000", "attack: etcd-plain 000",
-		"attack: host-agent 401", "attack: host-agent-run 401",
+		"attack: host-agent 000", "attack: host-agent-run 000",
 		"attack: blob-list 401", "attack: blob-other-slugs 401", "attack: blob-unsigned-source 401",
 		"attack: blob-other-cache 401", "attack: blob-write-source 401",
 		"attack: blob-own-source 200",
-		"attack: log-read 401", "attack: log-write 401",
-		"attack: supervisors found=", " answered=0",
+		"attack: log-read 000", "attack: log-write 000",
+		"attack: supervisors found=0 answered=0",
 	} {
 		if !strings.Contains(out, w) {
 			t.Errorf("the hostile build's output lacks %q", w)
 		}
 	}
-	if strings.Contains(out, "attack: supervisors found=0 ") {
-		t.Errorf("the hostile build found no supervisor sockets to try")
-	}
+	// (No supervisor socket to try: the build has its own network
+	// namespace; internal/host's TestSupervisorSocketsRefuseTenants tries
+	// them from the host's.)
 	// Its environment holds no platform secret: not the cluster key
 	// (which also writes the blobstore; the build output would show it
 	// as ***), not the cluster token.

@@ -10,10 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -249,6 +251,31 @@ func (r *BuildReceiver) uploadSource(ctx context.Context, p Push, blob string) e
 func slugPath(appID, rev string) string   { return fmt.Sprintf("/slugs/%s/%s.tgz", appID, rev) }
 func resultPath(appID, rev string) string { return fmt.Sprintf("/slugs/%s/%s.json", appID, rev) }
 
+// buildNetwork says where a build whose blobstore is at base runs: on the
+// job network like an app, its host's firewall letting it through to the
+// blobstore's port and nothing else of the platform; or, when the
+// blobstore listens on a loopback address (a blobstore on this machine
+// only, as in tests), on the host's network, the only place it is reached
+// from.
+func buildNetwork(base string) (hostNet bool, reach []int, err error) {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return false, nil, fmt.Errorf("blobstore URL for builds %q: not a URL", base)
+	}
+	if ip, err := netip.ParseAddr(u.Hostname()); (err == nil && ip.IsLoopback()) || u.Hostname() == "localhost" {
+		return true, nil, nil
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return false, nil, fmt.Errorf("blobstore URL for builds %q: no port", base)
+	}
+	return false, []int{n}, nil
+}
+
 // build runs the slugbuilder job and returns its result.
 func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Release, p Push, src string, out io.Writer) (*api.SlugBuildResult, error) {
 	env := map[string]string{}
@@ -271,6 +298,10 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		"BUILD_CACHE_URL": r.jobURL(base, fmt.Sprintf("/caches/%s.tgz", app.ID), api.BlobReadWrite),
 		"SOURCE_VERSION":  p.NewRev,
 	})
+	hostNet, reach, err := buildNetwork(base)
+	if err != nil {
+		return nil, err
+	}
 	mounts := []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}}
 	if r.cfg.CABundle != "" {
 		mounts = append(mounts, api.Mount{Location: r.cfg.CABundle, Target: DefaultCABundle})
@@ -286,7 +317,8 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 			Uid:         ptr(uint32(slug.UID)),
 			Gid:         ptr(uint32(slug.GID)),
 			Mounts:      mounts,
-			HostNetwork: true,
+			HostNetwork: hostNet,
+			ReachPorts:  reach,
 		},
 		Resources: api.Resources{api.ResourceMemory: {Limit: ptr(r.cfg.BuildMemory)}},
 	}

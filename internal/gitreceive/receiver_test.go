@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -503,6 +504,32 @@ func TestNeedsWeb(t *testing.T) {
 		err := needsWeb(&api.SlugBuildResult{ProcessTypes: tt.types})
 		if (tt.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("needsWeb(%v) = %v, want %q", tt.types, err, tt.want)
+		}
+	}
+}
+
+// TestBuildNetwork: a build runs on the job network, let through to the
+// blobstore's port only, unless the blobstore is on a loopback address.
+func TestBuildNetwork(t *testing.T) {
+	tests := []struct {
+		base    string
+		hostNet bool
+		reach   []int
+		err     bool
+	}{
+		{"http://10.0.0.5:5380", false, []int{5380}, false},
+		{"http://[fd00::5]:5380", false, []int{5380}, false},
+		{"https://blobs.example", false, []int{443}, false},
+		{"http://127.0.0.1:5380", true, nil, false},
+		{"http://localhost:5380", true, nil, false},
+		{"http://[::1]:5380", true, nil, false},
+		{"not a url", false, nil, true},
+		{"http://10.0.0.5:0", false, nil, true},
+	}
+	for _, tt := range tests {
+		hostNet, reach, err := buildNetwork(tt.base)
+		if (err != nil) != tt.err || hostNet != tt.hostNet || !slices.Equal(reach, tt.reach) {
+			t.Errorf("buildNetwork(%q) = %v, %v, %v; want %v, %v, error %v", tt.base, hostNet, reach, err, tt.hostNet, tt.reach, tt.err)
 		}
 	}
 }

@@ -175,7 +175,7 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 	c := hj.Config
 	spec := &runtime.Spec{
 		ID: hj.ID, Args: c.Args, WorkingDir: c.WorkingDir, TTY: c.TTY, Stdin: c.Stdin || c.TTY,
-		HostNetwork: c.HostNetwork, System: c.System, UID: runtime.NobodyID, GID: runtime.NobodyID,
+		HostNetwork: c.HostNetwork, System: c.System, ReachPorts: c.ReachPorts, UID: runtime.NobodyID, GID: runtime.NobodyID,
 	}
 	env := map[string]string{}
 	for i, art := range hj.Artifacts {

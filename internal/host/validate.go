@@ -99,6 +99,17 @@ func (a *Agent) validate(j *api.HostJob) error {
 			return api.Validation(f+".proto", "proto must be tcp or udp")
 		}
 	}
+	if len(c.ReachPorts) > maxPorts {
+		return api.Validation("config.reach_ports", "at most %d ports", maxPorts)
+	}
+	for i, p := range c.ReachPorts {
+		if p < 1 || p > 65535 {
+			return api.Validation(fmt.Sprintf("config.reach_ports[%d]", i), "port %d is not between 1 and 65535", p)
+		}
+	}
+	if len(c.ReachPorts) > 0 && c.HostNetwork {
+		return api.Validation("config.reach_ports", "reach_ports is for jobs on the job network, not host_network ones")
+	}
 	for i, m := range c.Mounts {
 		f := fmt.Sprintf("config.mounts[%d]", i)
 		if strings.HasPrefix(m.Location, MountPrefix) {

@@ -29,7 +29,8 @@ import (
 //
 //	FLYNN-IN-<bridge>   from INPUT, for packets from the bridge
 //	FLYNN-FWD-<bridge>  from FORWARD, for packets from or to the bridge
-//	FLYNN-SYS-<bridge>  the system jobs' addresses, let through
+//	FLYNN-SYS-<bridge>  the system jobs' addresses, let through, and the
+//	                    builds' addresses, let through to given ports
 //	FLYNN-PRE-<bridge>  (nat) from PREROUTING, for packets from the
 //	                    bridge: no port mapping for them, so a job that
 //	                    dials a published port meets FLYNN-IN
@@ -267,30 +268,102 @@ func insertFirst(ipt *iptables.IPTables, table, chain string, rule []string) err
 	return ipt.Insert(table, chain, 1, rule...)
 }
 
-// sysRule lets a system job's address through.
-func sysRule(ip string) []string { return []string{"-s", ip, "-j", "ACCEPT"} }
+// Pass is what a job on the bridge may reach beyond the jobs' policy.
+type Pass struct {
+	// System lets the job reach everything, as a system job does.
+	System bool
+	// TCPPorts lets the job reach these TCP ports at any address, its
+	// host's and the deny nets' included: a build reaches the blobstore
+	// its signed URLs name, and nothing else of the platform.
+	TCPPorts []int
+}
 
-func (fw *firewall) allowSystem(ip string) error {
-	if err := fw.ip4.AppendUnique(filter, chainSys(fw.bridge), sysRule(ip)...); err != nil {
-		return fmt.Errorf("firewall: let system job %s through: %w", ip, err)
+// Empty reports whether p lets nothing more through.
+func (p Pass) Empty() bool { return !p.System && len(p.TCPPorts) == 0 }
+
+// String is the pass as kept in the agent's state ("system" or
+// "tcp:5380,5381"), read back by parsePass.
+func (p Pass) String() string {
+	if p.System {
+		return "system"
+	}
+	ports := make([]string, len(p.TCPPorts))
+	for i, port := range p.TCPPorts {
+		ports[i] = strconv.Itoa(port)
+	}
+	return "tcp:" + strings.Join(ports, ",")
+}
+
+// parsePass reads a pass file: the job's address, then its pass (none:
+// a system job, as files written before passes had ports say).
+func parsePass(b []byte) (ip string, p Pass, err error) {
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "", p, errors.New("empty pass file")
+	}
+	ip = f[0]
+	if len(f) == 1 || f[1] == "system" {
+		return ip, Pass{System: true}, nil
+	}
+	list, ok := strings.CutPrefix(f[1], "tcp:")
+	if !ok {
+		return "", p, fmt.Errorf("pass %q: want system or tcp:PORTS", f[1])
+	}
+	for _, ps := range strings.Split(list, ",") {
+		port, err := strconv.Atoi(ps)
+		if err != nil || port < 1 || port > 65535 {
+			return "", p, fmt.Errorf("pass %q: bad port %q", f[1], ps)
+		}
+		p.TCPPorts = append(p.TCPPorts, port)
+	}
+	return ip, p, nil
+}
+
+// passRules are the rules of the system chain that let ip through as p
+// says.
+func passRules(ip string, p Pass) [][]string {
+	if p.System {
+		return [][]string{{"-s", ip, "-j", "ACCEPT"}}
+	}
+	var rules [][]string
+	for _, port := range p.TCPPorts {
+		rules = append(rules, []string{"-s", ip, "-p", "tcp", "--dport", strconv.Itoa(port), "-j", "ACCEPT"})
+	}
+	return rules
+}
+
+func (fw *firewall) allowPass(ip string, p Pass) error {
+	for _, r := range passRules(ip, p) {
+		if err := fw.ip4.AppendUnique(filter, chainSys(fw.bridge), r...); err != nil {
+			return fmt.Errorf("firewall: let job %s through (%s): %w", ip, p, err)
+		}
 	}
 	return nil
 }
 
-func (fw *firewall) forgetSystem(ip string) error {
-	if err := fw.ip4.DeleteIfExists(filter, chainSys(fw.bridge), sysRule(ip)...); err != nil {
-		return fmt.Errorf("firewall: forget system job %s: %w", ip, err)
+func (fw *firewall) forgetPass(ip string, p Pass) error {
+	for _, r := range passRules(ip, p) {
+		if err := fw.ip4.DeleteIfExists(filter, chainSys(fw.bridge), r...); err != nil {
+			return fmt.Errorf("firewall: forget job %s's pass (%s): %w", ip, p, err)
+		}
 	}
 	return nil
 }
 
-// setSystem makes the system chain let exactly ips through.
-func (fw *firewall) setSystem(ips []string) error {
+// jobPass is a job's address and its pass.
+type jobPass struct {
+	IP   string
+	Pass Pass
+}
+
+// setPasses makes the system chain let exactly these jobs through, each
+// as its pass says, in this order.
+func (fw *firewall) setPasses(passes []jobPass) error {
 	if err := fw.ip4.ClearChain(filter, chainSys(fw.bridge)); err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
-	for _, ip := range ips {
-		if err := fw.allowSystem(ip); err != nil {
+	for _, jp := range passes {
+		if err := fw.allowPass(jp.IP, jp.Pass); err != nil {
 			return err
 		}
 	}

@@ -172,13 +172,13 @@ func TestFirewall(t *testing.T) {
 		RemoveFirewall(bridge)
 	})
 	ctx := context.Background()
-	attach := func(id string, system bool) (*Attachment, int) {
+	attach := func(id string, pass Pass) (*Attachment, int) {
 		t.Helper()
 		hp, err := m.AllocPorts(1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		att, err := m.Attach(ctx, id, []Port{{Port: 8080}}, hp, system)
+		att, err := m.Attach(ctx, id, []Port{{Port: 8080}}, hp, pass)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,9 +186,10 @@ func TestFirewall(t *testing.T) {
 		serve(t, listenIn(t, att.NetNS, 8080))
 		return att, hp[0]
 	}
-	a, aPort := attach("fwa", false)
-	b, bPort := attach("fwb", false)
-	sys, sysPort := attach("fwsys", true)
+	a, aPort := attach("fwa", Pass{})
+	b, bPort := attach("fwb", Pass{})
+	sys, sysPort := attach("fwsys", Pass{System: true})
+	build, buildPort := attach("fwbuild", Pass{TCPPorts: []int{hostPort}})
 	gw := m.Gateway()
 	for _, port := range []int{hostPort, routerPort, dnsPort} {
 		listenHost(t, fmt.Sprintf("%s:%d", gw, port))
@@ -233,6 +234,11 @@ func TestFirewall(t *testing.T) {
 		{"job address from outside", world.path(), addr(b.IP, 8080), "blocked"},
 		{"system job to host port", sys.NetNS, addr(gw, hostPort), "connected"},
 		{"system job to a published port", sys.NetNS, addr(world.hostIP, bPort), "refused"},
+		{"build to its port on the host", build.NetNS, addr(gw, hostPort), "connected"},
+		{"build to its port in a denied net", build.NetNS, addr(private.ip, hostPort), "connected"},
+		{"build to another port of the host", build.NetNS, addr(gw, jobPorts[len(jobPorts)-1]), "blocked"},
+		{"build to the world", build.NetNS, addr(world.ip, hostPort), "connected"},
+		{"build to another job", build.NetNS, addr(b.IP, 8080), "blocked"},
 	}
 	// The world namespace reaches the jobs' subnet through the host.
 	run(t, "ip", "-n", world.ns, "route", "add", subnet, "via", world.hostIP)
@@ -269,10 +275,15 @@ func TestFirewall(t *testing.T) {
 	if got := probe(t, sys.NetNS, addr(gw, hostPort)); got != "connected" {
 		t.Errorf("system job after a restart: %s", got)
 	}
-	// Detached, the system job's address loses its pass.
+	if got := probe(t, build.NetNS, addr(gw, hostPort)); got != "connected" {
+		t.Errorf("build after a restart: %s", got)
+	}
+	// Detached, the system job's and the build's addresses lose their
+	// passes.
 	m.Detach(ctx, "fwsys", []Port{{Port: 8080}}, []int{sysPort})
-	if strings.Contains(rules(t, bridge), sys.IP) {
-		t.Errorf("a detached system job's address is still let through:\n%s", rules(t, bridge))
+	m.Detach(ctx, "fwbuild", []Port{{Port: 8080}}, []int{buildPort})
+	if r := rules(t, bridge); strings.Contains(r, sys.IP+"/") || strings.Contains(r, build.IP+"/") {
+		t.Errorf("a detached job's address is still let through:\n%s", r)
 	}
 
 	// A changed policy replaces the old one.

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -241,15 +242,26 @@ func (m *Manager) ensureFirewallLocked() error {
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
-	var ips []string
+	var passes []jobPass
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join(m.cfg.StateDir, "system", e.Name()))
 		if err != nil {
 			return fmt.Errorf("firewall: %w", err)
 		}
-		ips = append(ips, strings.TrimSpace(string(b)))
+		ip, pass, err := parsePass(b)
+		if err != nil {
+			return fmt.Errorf("firewall: %s: %w", e.Name(), err)
+		}
+		passes = append(passes, jobPass{ip, pass})
 	}
-	if err := m.fw.setSystem(ips); err != nil {
+	// In the addresses' order: the order jobs were attached in, as a
+	// rule, so a restarted agent makes the chain as it was.
+	sort.Slice(passes, func(i, j int) bool {
+		a, _ := netip.ParseAddr(passes[i].IP)
+		b, _ := netip.ParseAddr(passes[j].IP)
+		return a.Less(b)
+	})
+	if err := m.fw.setPasses(passes); err != nil {
 		return err
 	}
 	m.fwReady = true
@@ -369,7 +381,7 @@ func (m *Manager) listFor(ports []Port) *libcni.NetworkConfigList {
 // lets a system job reach the host's ports; any other job reaches only
 // the internet, the routers and DNS. No job reaches another on the bridge.
 // On error everything it did is undone.
-func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts []int, system bool) (_ *Attachment, err error) {
+func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts []int, pass Pass) (_ *Attachment, err error) {
 	if len(ports) != len(hostPorts) {
 		return nil, errors.New("attach network: one host port per port is needed")
 	}
@@ -406,12 +418,12 @@ func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts
 			}
 		}
 	}
-	if system {
-		if err := os.WriteFile(m.systemFile(id), []byte(ip+"\n"), 0o600); err != nil {
+	if !pass.Empty() {
+		if err := os.WriteFile(m.systemFile(id), []byte(ip+" "+pass.String()+"\n"), 0o600); err != nil {
 			return nil, fmt.Errorf("attach network: %w", err)
 		}
 		m.fwMu.Lock()
-		err := m.fw.allowSystem(ip)
+		err := m.fw.allowPass(ip, pass)
 		m.fwMu.Unlock()
 		if err != nil {
 			return nil, fmt.Errorf("attach network: %w", err)
@@ -439,7 +451,11 @@ func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts
 		m.fwMu.Lock()
 		err := m.ensureFirewallLocked()
 		if err == nil {
-			err = m.fw.forgetSystem(strings.TrimSpace(string(b)))
+			var ip string
+			var pass Pass
+			if ip, pass, err = parsePass(b); err == nil {
+				err = m.fw.forgetPass(ip, pass)
+			}
 		}
 		m.fwMu.Unlock()
 		if err != nil {

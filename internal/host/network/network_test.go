@@ -72,7 +72,7 @@ func TestAttachPublishDetach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	att, err := m.Attach(ctx, "fltjob1", ports, hp, false)
+	att, err := m.Attach(ctx, "fltjob1", ports, hp, Pass{})
 	if err != nil {
 		t.Fatal(err)
 	}

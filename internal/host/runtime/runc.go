@@ -205,7 +205,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 			env = append(env, fmt.Sprintf("PORT=%d", hostPorts[0]))
 		}
 	} else {
-		att, err := r.cfg.Network.Attach(ctx, spec.ID, netPorts(spec.Ports), hostPorts, spec.System)
+		att, err := r.cfg.Network.Attach(ctx, spec.ID, netPorts(spec.Ports), hostPorts, network.Pass{System: spec.System, TCPPorts: spec.ReachPorts})
 		if err != nil {
 			return nil, fmt.Errorf("start job: %w", err)
 		}

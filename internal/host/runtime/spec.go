@@ -50,8 +50,11 @@ type Spec struct {
 	HostNetwork bool `json:"host_network,omitempty"`
 	// System lets a job on the bridge through the jobs' firewall: it
 	// reaches the host's ports.
-	System   bool   `json:"system,omitempty"`
-	Hostname string `json:"hostname,omitempty"`
+	System bool `json:"system,omitempty"`
+	// ReachPorts lets a job on the bridge reach these TCP ports at any
+	// address (api.ContainerConfig.ReachPorts).
+	ReachPorts []int  `json:"reach_ports,omitempty"`
+	Hostname   string `json:"hostname,omitempty"`
 	// Memory is the limit in bytes; CPUShares the cgroup cpu shares;
 	// MaxProcs the pids limit; MaxFD RLIMIT_NOFILE. Zero means default.
 	Memory    int64  `json:"memory,omitempty"`

@@ -252,6 +252,8 @@ func DefaultManifest() *Manifest {
 			{ID: "gitreceive", Action: ActionDeployApp, App: "gitreceive", Optional: true},
 			{ID: "route-controller", Action: ActionAddRoute, App: "controller", Domain: "controller.${CLUSTER_DOMAIN}", Service: "controller"},
 			{ID: "route-git", Action: ActionAddRoute, App: "gitreceive", Domain: "git.${CLUSTER_DOMAIN}", Service: "gitreceive"},
+			// The image registry is served by gitreceive too.
+			{ID: "route-images", Action: ActionAddRoute, App: "gitreceive", Domain: "images.${CLUSTER_DOMAIN}", Service: "gitreceive"},
 			{ID: "wait-controller-route", Action: ActionWaitHTTP, URL: "http://127.0.0.1:${HTTP_PORT}/ping", Host: "controller.${CLUSTER_DOMAIN}", Status: []int{200, 401}},
 		},
 	}

@@ -3,12 +3,14 @@ package test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/flynnrebuilt/flynn/api"
 )
 
 // TestDockerPush pushes an image assembled in the test (static busybox,
@@ -72,6 +76,17 @@ func TestDockerPush(t *testing.T) {
 	}
 
 	dir := t.TempDir()
+	// Layers of any size go through the router.
+	var routes []api.Route
+	if err := json.Unmarshal([]byte(c.flynn(dir, "-a", "gitreceive", "route", "--json")), &routes); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(routes, func(r api.Route) bool {
+		return r.Domain == "images."+c.domain && r.MaxBodyBytes == -1
+	}) {
+		t.Errorf("no images.%s route without a body limit: %+v", c.domain, routes)
+	}
+
 	flynn := func(args ...string) (string, string, error) {
 		cmd := exec.Command(filepath.Join(binDir, "flynn"), args...)
 		cmd.Dir = dir

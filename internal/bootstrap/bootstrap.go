@@ -679,7 +679,7 @@ func (r *run) addRoute(ctx context.Context, s *Step) error {
 	if st == nil {
 		return fmt.Errorf("app %s was not added before its route", s.App)
 	}
-	rt := &api.Route{Type: "http", Domain: r.expand(s.Domain), Service: r.expand(s.Service)}
+	rt := &api.Route{Type: "http", Domain: r.expand(s.Domain), Service: r.expand(s.Service), MaxBodyBytes: s.MaxBodyBytes}
 	if err := r.ctl.CreateRoute(ctx, st.app.ID, rt); err != nil && !errors.Is(err, api.ErrConflict) {
 		return fmt.Errorf("route %s: %w", rt.Domain, err)
 	}

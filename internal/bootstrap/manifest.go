@@ -58,9 +58,11 @@ type Step struct {
 	// App names an entry of Manifest.Apps (run-app, add-app, deploy-app,
 	// add-route).
 	App string `json:"app,omitempty"`
-	// Domain and Service describe an add-route step.
-	Domain  string `json:"domain,omitempty"`
-	Service string `json:"service,omitempty"`
+	// Domain and Service describe an add-route step, and MaxBodyBytes
+	// its request body limit (0: the router's default, -1: none).
+	Domain       string `json:"domain,omitempty"`
+	Service      string `json:"service,omitempty"`
+	MaxBodyBytes int64  `json:"max_body_bytes,omitempty"`
 	// URL, Host and Status describe a wait-http step.
 	URL    string `json:"url,omitempty"`
 	Host   string `json:"host,omitempty"`
@@ -252,8 +254,10 @@ func DefaultManifest() *Manifest {
 			{ID: "gitreceive", Action: ActionDeployApp, App: "gitreceive", Optional: true},
 			{ID: "route-controller", Action: ActionAddRoute, App: "controller", Domain: "controller.${CLUSTER_DOMAIN}", Service: "controller"},
 			{ID: "route-git", Action: ActionAddRoute, App: "gitreceive", Domain: "git.${CLUSTER_DOMAIN}", Service: "gitreceive"},
-			// The image registry is served by gitreceive too.
-			{ID: "route-images", Action: ActionAddRoute, App: "gitreceive", Domain: "images.${CLUSTER_DOMAIN}", Service: "gitreceive"},
+			// The image registry is served by gitreceive too. An image
+			// layer may be larger than the router's default body limit;
+			// a stalled upload is still cut off by its idle timeout.
+			{ID: "route-images", Action: ActionAddRoute, App: "gitreceive", Domain: "images.${CLUSTER_DOMAIN}", Service: "gitreceive", MaxBodyBytes: -1},
 			{ID: "wait-controller-route", Action: ActionWaitHTTP, URL: "http://127.0.0.1:${HTTP_PORT}/ping", Host: "controller.${CLUSTER_DOMAIN}", Status: []int{200, 401}},
 		},
 	}

@@ -137,6 +137,9 @@ func (s *state) dockerPush(ctx context.Context, cmd *cobra.Command, src, tag str
 	if err != nil {
 		return fmt.Errorf("read the config of %s: %v", src, err)
 	}
+	if (cf.OS != "" && cf.OS != "linux") || (cf.Architecture != "" && cf.Architecture != "amd64") {
+		return fmt.Errorf("image %s is for %s/%s: the cluster runs linux/amd64 images", src, cf.OS, cf.Architecture)
+	}
 	// The release: the current process types, or web for a first one.
 	var procs map[string]*api.ProcessType
 	if app.ReleaseID != "" {
@@ -204,7 +207,7 @@ func pushedArtifact(ctx context.Context, c *controllerclient.Client, repo, diges
 		}
 	}
 	if found == nil {
-		return nil, errors.New("the cluster's registry recorded no artifact for the image: push it again")
+		return nil, errors.New("the cluster's registry made no artifact of the image: its layers must be tar or tar+gzip (see flynn -a gitreceive log)")
 	}
 	return found, nil
 }

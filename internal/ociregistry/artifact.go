@@ -30,7 +30,9 @@ type imageConfig struct {
 // Artifact turns the image manifest b (digest, pushed to repo) into a Flynn
 // artifact: its layers are the registry's blobs in the blobstore, which
 // hosts fetch by digest like slug layers, and its default entrypoint is
-// the image config's command, env, working dir and user.
+// the image config's command, env, working dir and user. An image the
+// hosts cannot run (not linux/amd64, no layers, layers neither tar nor
+// tar+gzip) is a *notRunnableError.
 func (g *Registry) Artifact(ctx context.Context, repo, digest string, b []byte) (*api.Artifact, error) {
 	var m struct {
 		Config descriptor   `json:"config"`
@@ -53,7 +55,7 @@ func (g *Registry) Artifact(ctx context.Context, repo, digest string, b []byte) 
 		return nil, newErr(http.StatusBadRequest, "MANIFEST_INVALID", "image config %s is not JSON: %v", m.Config.Digest, err)
 	}
 	if (cfg.OS != "" && cfg.OS != "linux") || (cfg.Architecture != "" && cfg.Architecture != "amd64") {
-		return nil, newErr(http.StatusBadRequest, "MANIFEST_INVALID", "image is for %s/%s: the cluster runs linux/amd64 images", cfg.OS, cfg.Architecture)
+		return nil, &notRunnableError{fmt.Sprintf("image is for %s/%s: the cluster runs linux/amd64 images", cfg.OS, cfg.Architecture)}
 	}
 	rootfs := &api.ImageRootfs{Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"}}
 	var size int64
@@ -71,7 +73,7 @@ func (g *Registry) Artifact(ctx context.Context, repo, digest string, b []byte) 
 		size += l.Size
 	}
 	if len(rootfs.Layers) == 0 {
-		return nil, newErr(http.StatusBadRequest, "MANIFEST_INVALID", "image has no layers")
+		return nil, &notRunnableError{"image has no layers"}
 	}
 	ep := &api.Entrypoint{
 		Args:       append(append([]string(nil), cfg.Config.Entrypoint...), cfg.Config.Cmd...),
@@ -108,5 +110,10 @@ func layerType(mt string) (string, error) {
 	case "application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar":
 		return api.LayerTypeTar, nil
 	}
-	return "", newErr(http.StatusBadRequest, "MANIFEST_INVALID", "layer type %q is not supported: push layers as tar or tar+gzip", mt)
+	return "", &notRunnableError{fmt.Sprintf("layer type %q is not supported: the hosts extract tar and tar+gzip", mt)}
 }
+
+// notRunnableError says why an image the registry stores is no artifact.
+type notRunnableError struct{ reason string }
+
+func (e *notRunnableError) Error() string { return e.reason }

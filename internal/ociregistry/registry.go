@@ -542,21 +542,32 @@ func (g *Registry) putManifest(ctx context.Context, w http.ResponseWriter, r *ht
 			return newErr(http.StatusBadRequest, "MANIFEST_UNKNOWN", "manifest %s is not in the registry: push it first", d.Digest)
 		}
 	}
+	// The image as an artifact, made before anything is stored so a bad
+	// config refuses the push. An image the cluster cannot run (another
+	// platform, say, of a multi-platform push) is stored without one.
+	var art *api.Artifact
+	if g.artifacts != nil && m.Config != nil {
+		art, err = g.Artifact(ctx, repo, digest, b)
+		var nr *notRunnableError
+		if errors.As(err, &nr) {
+			g.log.Info("image stored without an artifact", "repository", repo, "digest", digest, "reason", nr.reason)
+		} else if err != nil {
+			return err
+		}
+	}
 	if _, err := g.blobs.Put(ctx, manifestPath(digest), bytes.NewReader(b), &blobclient.PutOptions{SHA256: hex.EncodeToString(sum[:])}); err != nil {
 		return fmt.Errorf("store manifest: %w", err)
+	}
+	// The tag last: a push that failed before it is sent again whole
+	// (clients skip a manifest whose tag is there), artifact and all.
+	if art != nil {
+		if err := g.artifacts.CreateArtifact(ctx, art); err != nil {
+			return fmt.Errorf("record %s@%s as an artifact: %w", repo, digest, err)
+		}
 	}
 	if !strings.HasPrefix(ref, "sha256:") {
 		if _, err := g.blobs.Put(ctx, tagPath(repo, ref), strings.NewReader(digest), nil); err != nil {
 			return fmt.Errorf("store tag %s: %w", ref, err)
-		}
-	}
-	if g.artifacts != nil && m.Config != nil {
-		art, err := g.Artifact(ctx, repo, digest, b)
-		if err != nil {
-			return err
-		}
-		if err := g.artifacts.CreateArtifact(ctx, art); err != nil {
-			return fmt.Errorf("record %s@%s as an artifact: %w", repo, digest, err)
 		}
 	}
 	w.Header().Set("Location", "/v2/"+repo+"/manifests/"+digest)

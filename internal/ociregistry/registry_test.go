@@ -297,3 +297,30 @@ func TestChunkedUpload(t *testing.T) {
 		t.Errorf("HEAD blob from another repository: %s, length %d", res.Status, res.ContentLength)
 	}
 }
+
+// TestNotRunnable: an image the hosts cannot run (here arm64, as one
+// platform of a multi-platform push) is stored and pulled like any other,
+// but becomes no artifact.
+func TestNotRunnable(t *testing.T) {
+	host, _, arts := newRegistry(t)
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf.Architecture, cf.OS = "arm64", "linux"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(host+"/myapp:arm", name.Insecure)
+	cred := remote.WithAuth(&authn.Basic{Username: "flynn", Password: key})
+	if err := remote.Write(ref, img, cred); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	if _, err := remote.Image(ref, cred); err != nil {
+		t.Errorf("pull: %v", err)
+	}
+	if len(arts.list) != 0 {
+		t.Errorf("artifacts made of an arm64 image: %+v", arts.list)
+	}
+}

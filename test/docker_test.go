@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -30,7 +32,7 @@ import (
 // go-containerregistry's remote.Write, to https://images.DOMAIN through
 // the router with the cluster key; pulls it back; then deploys it from a
 // docker save file with flynn docker push, and the app serves through the
-// router. A wrong key gets 401; an image with no command is refused with
+// router, and a second version from an OCI layout directory. A wrong key gets 401; an image with no command is refused with
 // a one-line error and no release.
 func TestDockerPush(t *testing.T) {
 	c := startE2ECluster(t, nil)
@@ -113,6 +115,31 @@ func TestDockerPush(t *testing.T) {
 	waitFor(t, within(t, 2*time.Minute), "dockerapp to answer", c.watch(), func() (bool, error) {
 		status, b := c.curl("dockerapp."+c.domain, "/")
 		return status == 200 && strings.Contains(b, body), fmt.Errorf("%d %s", status, b)
+	})
+
+	// A new version from an OCI layout directory: the release keeps the
+	// process types and the new image serves.
+	img2 := newBusyboxImage(t, v1.Config{
+		Entrypoint: []string{"/bin/busybox", "sh", "-c"},
+		Cmd:        []string{`busybox mkdir -p www && echo "version two" > www/index.html && exec busybox httpd -f -p "$PORT" -h www`},
+		Env:        []string{"PATH=/bin"},
+		WorkingDir: "/srv",
+		User:       "4242",
+	})
+	lp, err := layout.Write(filepath.Join(dir, "layout"), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(img2); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err = flynn("-a", "dockerapp", "docker", "push", "--tag", "v2", filepath.Join(dir, "layout"))
+	if err != nil {
+		t.Fatalf("docker push of an OCI layout: %v\n%s%s\n%s", err, out, errOut, c.watch())
+	}
+	waitFor(t, within(t, 2*time.Minute), "dockerapp to serve version two", c.watch(), func() (bool, error) {
+		status, b := c.curl("dockerapp."+c.domain, "/")
+		return status == 200 && strings.Contains(b, "version two"), fmt.Errorf("%d %s", status, b)
 	})
 
 	nocmd := filepath.Join(dir, "nocmd.tar")

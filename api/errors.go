@@ -14,10 +14,13 @@ type ErrorCode string
 
 // The error codes every Flynn server uses.
 const (
-	CodeValidation       ErrorCode = "validation_error"
-	CodeNotFound         ErrorCode = "not_found"
-	CodeObjectExists     ErrorCode = "object_exists"
-	CodeUnauthorized     ErrorCode = "unauthorized"
+	CodeValidation   ErrorCode = "validation_error"
+	CodeNotFound     ErrorCode = "not_found"
+	CodeObjectExists ErrorCode = "object_exists"
+	CodeUnauthorized ErrorCode = "unauthorized"
+	// CodeForbidden: the caller is known, but what it asks is not allowed
+	// to anyone holding its credential (e.g. deleting a system app).
+	CodeForbidden        ErrorCode = "forbidden"
 	CodeConflict         ErrorCode = "conflict"
 	CodeMethodNotAllowed ErrorCode = "method_not_allowed"
 	CodeTooLarge         ErrorCode = "request_too_large"
@@ -32,6 +35,7 @@ var (
 	ErrNotFound         = &Error{Code: CodeNotFound, Message: "not found"}
 	ErrObjectExists     = &Error{Code: CodeObjectExists, Message: "object exists"}
 	ErrUnauthorized     = &Error{Code: CodeUnauthorized, Message: "unauthorized"}
+	ErrForbidden        = &Error{Code: CodeForbidden, Message: "forbidden"}
 	ErrConflict         = &Error{Code: CodeConflict, Message: "conflict"}
 	ErrMethodNotAllowed = &Error{Code: CodeMethodNotAllowed, Message: "method not allowed"}
 	ErrTooLarge         = &Error{Code: CodeTooLarge, Message: "request too large"}
@@ -83,6 +87,8 @@ func StatusFor(c ErrorCode) int {
 		return http.StatusConflict
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
+	case CodeForbidden:
+		return http.StatusForbidden
 	case CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
 	case CodeTooLarge:
@@ -104,8 +110,10 @@ func CodeForStatus(status int) ErrorCode {
 		return CodeNotFound
 	case http.StatusConflict:
 		return CodeConflict
-	case http.StatusUnauthorized, http.StatusForbidden:
+	case http.StatusUnauthorized:
 		return CodeUnauthorized
+	case http.StatusForbidden:
+		return CodeForbidden
 	case http.StatusMethodNotAllowed:
 		return CodeMethodNotAllowed
 	case http.StatusRequestEntityTooLarge:
@@ -135,6 +143,11 @@ func Conflict(format string, args ...any) *Error {
 // Exists returns an object-exists error with the given message.
 func Exists(format string, args ...any) *Error {
 	return &Error{Code: CodeObjectExists, Message: fmt.Sprintf(format, args...)}
+}
+
+// Forbidden returns a forbidden error with the given message.
+func Forbidden(format string, args ...any) *Error {
+	return &Error{Code: CodeForbidden, Message: fmt.Sprintf(format, args...)}
 }
 
 // Unauthorized returns an unauthorized error with the given message.

@@ -1,5 +1,11 @@
 package api
 
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+)
+
 // The etcd keyspace. All control-plane state lives under /flynn/ so the
 // controller, scheduler and router are stateless. Values are JSON of the
 // named api types.
@@ -22,3 +28,15 @@ const (
 	// KeyElections holds leader elections: /flynn/elections/<name>.
 	KeyElections = "/flynn/elections/"
 )
+
+// ServiceToken is the token derived from the cluster token for the
+// platform's services that need discoverd but not the host agents: the
+// router, the blobstore and the log aggregator hold it. discoverd accepts
+// it (for /services only); it is the blobstore's read key, the log
+// aggregator's key and the router API's token. It grants nothing on a host
+// agent, and the cluster token cannot be found from it.
+func ServiceToken(clusterToken string) string {
+	mac := hmac.New(sha256.New, []byte(clusterToken))
+	mac.Write([]byte("flynn-service-token"))
+	return hex.EncodeToString(mac.Sum(nil))
+}

@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +16,9 @@ import (
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/bootstrap"
+	"github.com/flynnrebuilt/flynn/internal/daemon"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
@@ -61,6 +64,53 @@ for target in "$@"; do
     *) echo "$target other: $out" ;;
   esac
 done
+`
+
+// hostileCompile is the bin/compile of a buildpack in a tenant's repo: the
+// tenant's code, running in the build job. It prints its environment and
+// tries the platform with what it finds: etcd, the host agent, the
+// blobstore (by key, by its own signed URLs bent to other paths), the log
+// aggregator and the job supervisors' sockets. IP, ETCD, HOSTPORT, BLOB,
+// LOGAGG and VICTIM (another app's id) are filled in by the test.
+const hostileCompile = `#!/bin/bash
+echo "-----> Hostile buildpack"
+env | sort | sed 's/^/attack-env: /'
+code() { curl -s -o /dev/null -m 10 -w '%{http_code}' "$@"; }
+echo "attack: etcd-tls $(code -k https://IP:ETCD/version)"
+echo "attack: etcd-plain $(code http://IP:ETCD/version)"
+echo "attack: host-agent $(code http://IP:HOSTPORT/host/jobs)"
+echo "attack: host-agent-run $(code -X PUT -d '{"id":"x","config":{"args":["id"],"uid":0}}' http://IP:HOSTPORT/host/jobs/x)"
+echo "attack: blob-list $(code http://IP:BLOB/slugs/)"
+echo "attack: blob-other-slugs $(code http://IP:BLOB/slugs/VICTIM/)"
+echo "attack: blob-unsigned-source $(code "${SOURCE_URL%%\?*}")"
+echo "attack: blob-other-cache $(code "$(echo "$BUILD_CACHE_URL" | sed 's#/caches/[^?]*#/caches/VICTIM.tgz#')")"
+echo "attack: blob-write-source $(code -X PUT --data-binary forged "$SOURCE_URL")"
+echo "attack: blob-own-source $(code "$SOURCE_URL")"
+echo "attack: log-read $(code http://IP:LOGAGG/log/VICTIM)"
+echo "attack: log-write $(code -X POST -H 'Content-Type: application/json' -d '[]' http://IP:LOGAGG/log)"
+python3 - <<'PY'
+import socket
+found, opened = set(), 0
+for line in open('/proc/net/unix').read().splitlines()[1:]:
+    f = line.split()
+    if len(f) < 8 or not f[-1].startswith('@flynn-supervisor-') or f[-1] in found:
+        continue
+    found.add(f[-1])
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect('\0' + f[-1][1:])
+        s.sendall(b'{"logs":true}\n')
+        if s.recv(4096):
+            opened += 1
+    except socket.timeout:
+        opened += 1
+    except OSError:
+        pass
+    finally:
+        s.close()
+print("attack: supervisors found=%d answered=%d" % (len(found), opened))
+PY
 `
 
 // TestTenantIsolation runs a hostile tenant's attacks from real app
@@ -120,6 +170,105 @@ func TestTenantIsolation(t *testing.T) {
 		t.Fatalf("no running job of isoother with an address and a published port:\n%s", c.jobTable(c.hosts[0]))
 	}
 
+	// A real build of a tenant's code: a buildpack in the app's repo
+	// reads the build's environment and tries the platform with it.
+	// Builds run on the host's network, so it reaches the ports: each
+	// must refuse it for want of a credential.
+	hostile := newPushApp(t, c, nil, "procfile", "isobuild", false)
+	compile := strings.NewReplacer("IP", ip, "ETCD", c.upArg("--etcd-client-port"), "HOSTPORT", hostPort,
+		"BLOB", c.upArg("--blobstore-port"), "LOGAGG", c.upArg("--logaggregator-port"),
+		"VICTIM", victim.Job.Metadata[api.JobMetaApp]).Replace(hostileCompile)
+	bp := filepath.Join(hostile.dir, "hostile-buildpack", "bin")
+	os.MkdirAll(bp, 0o755)
+	os.WriteFile(filepath.Join(bp, "detect"), []byte("#!/bin/sh\necho Hostile\n"), 0o755)
+	os.WriteFile(filepath.Join(bp, "compile"), []byte(compile), 0o755)
+	os.WriteFile(filepath.Join(bp, "release"), []byte("#!/bin/sh\necho ---\necho 'default_process_types: {}'\n"), 0o755)
+	os.WriteFile(filepath.Join(hostile.dir, ".buildpacks"), []byte("/app/hostile-buildpack\n"), 0o644)
+	hostile.git("add", ".")
+	hostile.git("commit", "-qm", "hostile buildpack")
+	_, out := hostile.pushServe("hello from the procfile app")
+	t.Logf("the hostile build:\n%s", out)
+	for _, w := range []string{
+		"attack: etcd-tls 000", "attack: etcd-plain 000",
+		"attack: host-agent 401", "attack: host-agent-run 401",
+		"attack: blob-list 401", "attack: blob-other-slugs 401", "attack: blob-unsigned-source 401",
+		"attack: blob-other-cache 401", "attack: blob-write-source 401",
+		"attack: blob-own-source 200",
+		"attack: log-read 401", "attack: log-write 401",
+		"attack: supervisors found=", " answered=0",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("the hostile build's output lacks %q", w)
+		}
+	}
+	if strings.Contains(out, "attack: supervisors found=0 ") {
+		t.Errorf("the hostile build found no supervisor sockets to try")
+	}
+	// Its environment holds no platform secret: not the cluster key
+	// (which also writes the blobstore; the build output would show it
+	// as ***), not the cluster token.
+	clusterKey, _ := clusterKey(t, c)
+	hcfg, err := daemon.LoadHostConfig(c.hosts[0].stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, secret := range map[string]string{"the cluster key": clusterKey, "the cluster token": hcfg.Token, "a redacted key": "***"} {
+		if secret != "" && strings.Contains(out, secret) {
+			t.Errorf("the build's environment holds %s", name)
+		}
+	}
+
+	// The router, blobstore and log aggregator hold the service token,
+	// not the host-admin cluster token; it does not open a host agent.
+	svcApps := map[string]bool{}
+	for _, j := range jobs {
+		app := j.Job.Metadata[api.JobMetaAppName]
+		if app != "router" && app != "blobstore" && app != "logaggregator" {
+			continue
+		}
+		svcApps[app] = true
+		for k, v := range j.Job.Config.Env {
+			if strings.Contains(v, hcfg.Token) {
+				t.Errorf("%s's env %s holds the cluster token", app, k)
+			}
+		}
+		tok := j.Job.Config.Env["FLYNN_CLUSTER_TOKEN"]
+		if tok == "" {
+			t.Errorf("%s has no FLYNN_CLUSTER_TOKEN (its discoverd token)", app)
+		}
+		if _, err := hostclient.New(c.hosts[0].hostURL, tok).ListJobs(ctx); !errors.Is(err, api.ErrUnauthorized) {
+			t.Errorf("the host agent with %s's token: %v, want unauthorized", app, err)
+		}
+	}
+	if len(svcApps) != 3 {
+		t.Errorf("found the jobs of %v, want router, blobstore and logaggregator", svcApps)
+	}
+
+	// System apps: not deleted, not pushed to; a tenant app is not made
+	// one. One-line CLI errors that say why.
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-a", "controller", "delete", "--yes"}, "controller is a system app (it runs part of the platform): it cannot be deleted"},
+		{[]string{"-a", "router", "delete", "--yes"}, "router is a system app"},
+		{[]string{"meta", "set", "flynn-system-app=true"}, "flynn-system-* meta marks the platform's own apps"},
+	} {
+		cmd := hostile.cmd(filepath.Join(binDir, "flynn"), tt.args...)
+		b, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(b), tt.want) || strings.Count(strings.TrimSpace(string(b)), "\n") > 0 {
+			t.Errorf("flynn %s: %v\n%s\nwant one line saying %q", strings.Join(tt.args, " "), err, b, tt.want)
+		}
+	}
+	gitURL := strings.TrimSpace(hostile.git("remote", "get-url", "flynn"))
+	ctlURL := strings.TrimSuffix(gitURL, "isobuild.git") + "controller.git"
+	if b, err := hostile.cmd("git", "push", ctlURL, "main").CombinedOutput(); err == nil || !strings.Contains(string(b), "controller is a system app") {
+		t.Errorf("git push to the controller: %v\n%s\nwant it refused", err, b)
+	}
+	if ps := hostile.flynn("-a", "controller", "ps"); !strings.Contains(ps, " up ") {
+		t.Errorf("the controller after the attempts:\n%s", ps)
+	}
+
 	// From the tenant's container: what it reaches and what it does not.
 	at := func(port string) string { return net.JoinHostPort(ip, port) }
 	want := map[string]string{
@@ -139,7 +288,7 @@ func TestTenantIsolation(t *testing.T) {
 	for k := range want {
 		targets = append(targets, k)
 	}
-	out := a.flynn(append([]string{"run", "bash", "/app/attack.sh"}, targets...)...)
+	out = a.flynn(append([]string{"run", "bash", "/app/attack.sh"}, targets...)...)
 	t.Logf("the attack script in the app's container:\n%s", out)
 	for target, w := range want {
 		if !strings.Contains(out, target+" "+w+"\n") {

@@ -105,7 +105,9 @@ func startPipeline(t *testing.T, layer *api.ImageLayer, component bool) *pipelin
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	cs, err := controller.New(controller.Config{Etcd: etcd, AuthKeys: []string{pipelineKey}}, logging.Discard())
+	// The releases mount the flynn-host binary by path (there is no
+	// bootstrap to name it flynn-host:bin).
+	cs, err := controller.New(controller.Config{Etcd: etcd, AuthKeys: []string{pipelineKey}, TenantMounts: []string{filepath.Join(binDir, "flynn-host")}}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +119,11 @@ func startPipeline(t *testing.T, layer *api.ImageLayer, component bool) *pipelin
 	if err != nil {
 		t.Fatal(err)
 	}
-	blobSrv := httptest.NewServer(blobstore.NewServer(backend, []string{pipelineKey}, 0, logging.Discard()).Handler())
+	// Without keys: the host agent here fetches layers from this
+	// blobstore's own address, which it sends no key to (a cluster's
+	// agents send theirs to blobstore.discoverd). The blobstore's auth
+	// is tested in internal/blobstore and TestTenantIsolation.
+	blobSrv := httptest.NewServer(blobstore.NewServer(backend, nil, 0, logging.Discard()).Handler())
 	t.Cleanup(blobSrv.Close)
 	blobs := blobclient.New(blobSrv.URL, pipelineKey, nil)
 

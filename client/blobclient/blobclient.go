@@ -29,7 +29,7 @@ type Client struct {
 
 // New returns a client for the blobstore at baseURL (e.g.
 // http://blobstore.discoverd). key, when not empty, is sent as the cluster
-// key, which writes need when the blobstore enforces auth. httpClient may
+// key, which every request needs when the blobstore enforces auth. httpClient may
 // be nil for http.DefaultClient.
 func New(baseURL, key string, httpClient *http.Client) *Client {
 	return &Client{hc: httpclient.Client{URL: strings.TrimSuffix(baseURL, "/"), Key: key, HTTP: httpClient}}

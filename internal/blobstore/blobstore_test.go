@@ -367,8 +367,84 @@ func TestAuth(t *testing.T) {
 		if err := cl.Delete(ctx, "/x"); !errors.Is(err, api.ErrUnauthorized) {
 			t.Errorf("%s delete: err = %v, want unauthorized", name, err)
 		}
-		if got, _ := getAll(t, cl, "/x"); string(got) != "x" {
-			t.Errorf("%s get = %q", name, got)
+		if _, _, err := cl.Get(ctx, "/x"); !errors.Is(err, api.ErrUnauthorized) {
+			t.Errorf("%s get: err = %v, want unauthorized", name, err)
+		}
+		if _, err := cl.Head(ctx, "/x"); !errors.Is(err, api.ErrUnauthorized) {
+			t.Errorf("%s head: err = %v, want unauthorized", name, err)
+		}
+		if _, err := cl.List(ctx, "/"); !errors.Is(err, api.ErrUnauthorized) {
+			t.Errorf("%s list: err = %v, want unauthorized", name, err)
+		}
+	}
+	if got, _ := getAll(t, c, "/x"); string(got) != "x" {
+		t.Errorf("get with key = %q", got)
+	}
+	res, err := http.Get(u + "/.well-known/status")
+	if err != nil || res.StatusCode != 200 {
+		t.Errorf("status without a key: %v %v", res.Status, err)
+	}
+}
+
+// TestSignedURLs: a URL signed with a key grants what it says, to its path,
+// until it expires, and nothing else; a read key only reads.
+func TestSignedURLs(t *testing.T) {
+	s, err := blobstore.New(blobstore.ServerConfig{Backend: blobstore.NewMem(), Keys: []string{"k1", "k2"}, ReadKeys: []string{"rk"}}, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	u := srv.URL
+	c := blobclient.New(u, "k1", nil)
+	ctx := context.Background()
+	for _, p := range []string{"/a/src", "/b/src"} {
+		if _, err := c.Put(ctx, p, strings.NewReader("source"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := time.Now().Add(time.Hour)
+	do := func(method, url string, hdr ...string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, strings.NewReader("body"))
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	read := api.SignBlobURL(u, "k2", api.BlobRead, "/a/src", later)
+	write := api.SignBlobURL(u, "k1", api.BlobWrite, "/a/slug", later)
+	rw := api.SignBlobURL(u, "k1", api.BlobReadWrite, "/a/cache", later)
+	for _, tt := range []struct {
+		name, method, url string
+		hdr               []string
+		want              int
+	}{
+		{"read", "GET", read, nil, 200},
+		{"head", "HEAD", read, nil, 200},
+		{"write with a read URL", "PUT", read, nil, 401},
+		{"another path", "GET", strings.Replace(read, "/a/src", "/b/src", 1), nil, 401},
+		{"another access", "PUT", strings.Replace(read, "flynn-access=r", "flynn-access=rw", 1), nil, 401},
+		{"later expiry", "GET", strings.Replace(read, "flynn-expires=", "flynn-expires=9", 1), nil, 401},
+		{"expired", "GET", api.SignBlobURL(u, "k1", api.BlobRead, "/a/src", time.Now().Add(-time.Second)), nil, 401},
+		{"unknown key", "GET", api.SignBlobURL(u, "k3", api.BlobRead, "/a/src", later), nil, 401},
+		{"write", "PUT", write, nil, 201},
+		{"read with a write URL", "GET", write, nil, 401},
+		{"delete", "DELETE", write, nil, 401},
+		{"copy another blob", "PUT", write, []string{api.BlobCopyFromHeader, "/b/src"}, 401},
+		{"cache write", "PUT", rw, nil, 201},
+		{"cache read", "GET", rw, nil, 200},
+		{"read key", "GET", u + "/b/src", []string{"Authorization", "Bearer rk"}, 200},
+		{"read key writes", "PUT", u + "/b/src", []string{"Authorization", "Bearer rk"}, 401},
+		{"read key lists every blob", "GET", u + "/.well-known/blobstore/tree", []string{"Authorization", "Bearer rk"}, 401},
+	} {
+		if got := do(tt.method, tt.url, tt.hdr...); got != tt.want {
+			t.Errorf("%s: %s %s: %d, want %d", tt.name, tt.method, tt.url, got, tt.want)
 		}
 	}
 }

@@ -474,6 +474,7 @@ func TestReadRepair(t *testing.T) {
 	b.hasFile(t, "/r/range", blobs["/r/range"], infos["/r/range"])
 
 	req, _ := http.NewRequest(http.MethodGet, "http://"+b.addr+"/r/cond", nil)
+	req.SetBasicAuth("", clusterKey)
 	req.Header.Set("If-None-Match", `"`+sum(blobs["/r/cond"])+`"`)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -646,8 +647,10 @@ func TestReplicaRequests(t *testing.T) {
 		{"write the tree", req{"PUT", "/.well-known/blobstore/tree", true, nil, "x", 400, api.CodeValidation}},
 		{"post the tree", req{"POST", "/.well-known/blobstore/tree", true, nil, "x", 405, api.CodeMethodNotAllowed}},
 		{"replica get of a bad path", req{"GET", "/a/../b", false, replica(nil), "", 400, api.CodeValidation}},
-		{"tree", req{"GET", "/.well-known/blobstore/tree", false, nil, "", 200, ""}},
-		{"tombstones", req{"GET", "/.well-known/blobstore/tombstones", false, nil, "", 200, ""}},
+		{"tree", req{"GET", "/.well-known/blobstore/tree", true, nil, "", 200, ""}},
+		{"tombstones", req{"GET", "/.well-known/blobstore/tombstones", true, nil, "", 200, ""}},
+		{"tree without key", req{"GET", "/.well-known/blobstore/tree", false, nil, "", 401, api.CodeUnauthorized}},
+		{"tombstones without key", req{"GET", "/.well-known/blobstore/tombstones", false, nil, "", 401, api.CodeUnauthorized}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -55,10 +55,16 @@ type Config struct {
 	NoSync bool
 	// S3 configures the S3 backend.
 	S3 S3Config
-	// Keys, when not empty, are the cluster keys PUT and DELETE need (as the
-	// HTTP Basic password or a Bearer token). GET and HEAD stay open. The
-	// first is also the key this instance presents to its peers.
+	// Keys, when not empty, are the keys every request but GET
+	// /.well-known/status needs (as the HTTP Basic password or a Bearer
+	// token), and the keys URLs are signed with (api.SignBlobURL): a
+	// signed URL grants what it says (read or write one path until a
+	// time) without a key. The first is also the key this instance
+	// presents to its peers.
 	Keys []string
+	// ReadKeys are keys that may only read (GET and HEAD): the host
+	// agents', which fetch image layers.
+	ReadKeys []string
 	// MaxBlobSize limits one upload, in bytes; 0 means no limit.
 	MaxBlobSize int64
 
@@ -87,8 +93,11 @@ type Config struct {
 // ServerConfig configures a Server.
 type ServerConfig struct {
 	Backend Backend
-	// Keys, when not empty, are the keys writes need.
+	// Keys, when not empty, are the keys requests need, and sign URLs
+	// (see Config.Keys).
 	Keys []string
+	// ReadKeys may only read (see Config.ReadKeys).
+	ReadKeys []string
 	// MaxBlobSize limits one upload, in bytes; 0 means no limit.
 	MaxBlobSize int64
 	// Replication, when set, makes the server one of several instances
@@ -101,6 +110,8 @@ type Server struct {
 	id      string // this instance, as its peers know it
 	backend Backend
 	auth    *httpapi.KeyAuth
+	read    *httpapi.KeyAuth
+	keys    []string // URL signing keys
 	maxSize int64
 	repl    *replicator // nil: no replication
 	log     *slog.Logger
@@ -114,6 +125,8 @@ func New(cfg ServerConfig, log *slog.Logger) (*Server, error) {
 	s := &Server{id: hex.EncodeToString(id[:]), backend: cfg.Backend, maxSize: cfg.MaxBlobSize, log: log}
 	if len(cfg.Keys) > 0 {
 		s.auth = httpapi.NewKeyAuth(cfg.Keys...)
+		s.read = httpapi.NewKeyAuth(cfg.ReadKeys...)
+		s.keys = cfg.Keys
 	}
 	if cfg.Replication != nil {
 		r, err := newReplicator(s.id, *cfg.Replication, cfg.Backend, log.With("part", "replication"))
@@ -126,7 +139,7 @@ func New(cfg ServerConfig, log *slog.Logger) (*Server, error) {
 }
 
 // NewServer returns a server for b that stands alone (no replication).
-// With keys, writes need one of them.
+// With keys, requests need one of them or a URL signed with one.
 func NewServer(b Backend, keys []string, maxSize int64, log *slog.Logger) *Server {
 	s, _ := New(ServerConfig{Backend: b, Keys: keys, MaxBlobSize: maxSize}, log)
 	return s
@@ -183,7 +196,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	scfg := ServerConfig{Backend: b, Keys: cfg.Keys, MaxBlobSize: cfg.MaxBlobSize}
+	scfg := ServerConfig{Backend: b, Keys: cfg.Keys, ReadKeys: cfg.ReadKeys, MaxBlobSize: cfg.MaxBlobSize}
 	switch {
 	case cfg.Discoverd == "":
 	case cfg.Backend == BackendS3:
@@ -257,9 +270,9 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET "+statusPath, httpapi.HandlerFunc(s.status))
-	mux.Handle("GET "+treePath, httpapi.HandlerFunc(s.tree))
-	mux.Handle("GET "+tombstonesPath, httpapi.HandlerFunc(s.tombstones))
-	mux.Handle("GET /{path...}", httpapi.HandlerFunc(s.get))
+	mux.Handle("GET "+treePath, s.fullAuth(httpapi.HandlerFunc(s.tree)))
+	mux.Handle("GET "+tombstonesPath, s.fullAuth(httpapi.HandlerFunc(s.tombstones)))
+	mux.Handle("GET /{path...}", s.readAuth(httpapi.HandlerFunc(s.get)))
 	mux.Handle("PUT /{path...}", s.writeAuth(httpapi.HandlerFunc(s.put)))
 	mux.Handle("DELETE /{path...}", s.writeAuth(httpapi.HandlerFunc(s.delete)))
 	mux.Handle("/{path...}", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
@@ -281,11 +294,47 @@ func (s *Server) routes() http.Handler {
 	})
 }
 
+// writeAuth lets through requests with a key or a URL signed for writing
+// the path.
 func (s *Server) writeAuth(h http.Handler) http.Handler {
 	if s.auth == nil {
 		return h
 	}
+	return s.auth.Require(s.signed, h)
+}
+
+// readAuth lets through requests with a key, a read key or a URL signed
+// for reading the path.
+func (s *Server) readAuth(h http.Handler) http.Handler {
+	if s.auth == nil {
+		return h
+	}
+	return s.auth.Require(func(r *http.Request) bool { return s.read.Check(r) || s.signed(r) }, h)
+}
+
+// fullAuth lets through requests with a key: listings of every blob are
+// for the instances and the platform.
+func (s *Server) fullAuth(h http.Handler) http.Handler {
+	if s.auth == nil {
+		return h
+	}
 	return s.auth.Require(nil, h)
+}
+
+// signed reports whether r's URL is signed, with one of the keys, for r's
+// method and path. A signed write may not copy another blob (which it
+// could not read) nor be a replica.
+func (s *Server) signed(r *http.Request) bool {
+	if r.URL.Query().Get(api.BlobSigParam) == "" || r.Header.Get(api.BlobCopyFromHeader) != "" || isReplica(r) {
+		return false
+	}
+	now := time.Now()
+	for _, k := range s.keys {
+		if api.CheckBlobSignature(r.URL.Query(), k, r.Method, r.URL.Path, now) {
+			return true
+		}
+	}
+	return false
 }
 
 // isReplica reports whether r comes from another instance.

@@ -212,6 +212,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	r.vars = map[string]string{
 		"CLUSTER_DOMAIN":  cfg.Domain,
 		"CLUSTER_TOKEN":   cfg.Token,
+		"SERVICE_TOKEN":   api.ServiceToken(cfg.Token),
 		"DISCOVERD":       strings.TrimSuffix(cfg.DiscoverdURL, "/"),
 		"ETCD_ENDPOINTS":  strings.Join(info.EtcdEndpoints, ","),
 		"LISTEN_IP":       listenIP,
@@ -297,6 +298,9 @@ func (r *run) step(ctx context.Context, s *Step) error {
 	case ActionGenKeys:
 		r.res.Key = randomHex(16)
 		r.vars["CONTROLLER_KEY"] = r.res.Key
+		// The system key makes apps system apps (flynn-system-* meta):
+		// only the controller and this bootstrap hold it.
+		r.vars["SYSTEM_KEY"] = randomHex(16)
 		r.vars["ROUTER_COOKIE_KEY"] = randomHex(32)
 		return nil
 	case ActionGenTLS:
@@ -547,7 +551,11 @@ func (r *run) startJob(ctx context.Context, h *api.Host, st *appState, typ strin
 // waitController waits until a controller registered in discoverd
 // answers, and talks to the controller through discoverd from then on.
 func (r *run) waitController(ctx context.Context, timeout time.Duration) error {
-	r.ctl = controllerclient.NewWithHTTP("http://controller"+discoverdclient.ServiceDomain, r.res.Key, r.disc.HTTPClient())
+	key := r.vars["SYSTEM_KEY"]
+	if key == "" { // a manifest without the keys step
+		key = r.res.Key
+	}
+	r.ctl = controllerclient.NewWithHTTP("http://controller"+discoverdclient.ServiceDomain, key, r.disc.HTTPClient())
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	err := poll(ctx, func() error {

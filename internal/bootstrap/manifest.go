@@ -183,6 +183,7 @@ func DefaultManifest() *Manifest {
 	// (http://controller.discoverd), users through the router.
 	ctl := proc("controller", "", "controller")
 	ctl.Env["AUTH_KEY"] = "${CONTROLLER_KEY}"
+	ctl.Env["SYSTEM_KEY"] = "${SYSTEM_KEY}"
 	ctl.Env["CLUSTER_DOMAIN"] = "${CLUSTER_DOMAIN}"
 	ctl.Env["CA_CERT_FILE"] = "/etc/flynn/ca.crt"
 	ctl.Env["LOGAGGREGATOR_URL"] = "http://logaggregator.discoverd"
@@ -203,22 +204,30 @@ func DefaultManifest() *Manifest {
 	router := &api.ProcessType{
 		Args: []string{"/bin/flynn-host", "component", "router",
 			"--http-addr", ":${HTTP_PORT}", "--https-addr", ":${HTTPS_PORT}",
-			"--api-addr", ":${ROUTER_API_PORT}", "--token", "${CLUSTER_TOKEN}",
-			"--tls-cert", "/etc/flynn/tls.crt", "--tls-key", "/etc/flynn/tls.key",
-			"--cookie-key", "${ROUTER_COOKIE_KEY}"},
+			"--api-addr", ":${ROUTER_API_PORT}",
+			"--tls-cert", "/etc/flynn/tls.crt", "--tls-key", "/etc/flynn/tls.key"},
 		HostNetwork: true, Omni: true,
 		Ports: []api.Port{{Port: 0, Proto: "tcp", Service: &api.Service{Name: "router-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}}},
-		Env:   map[string]string{"PORT": "${ROUTER_API_PORT}"},
+		// Secrets in the environment, not on the command line (which
+		// any process on the host can read in /proc).
+		Env: map[string]string{"PORT": "${ROUTER_API_PORT}", "FLYNN_CLUSTER_TOKEN": "${SERVICE_TOKEN}", "ROUTER_COOKIE_KEY": "${ROUTER_COOKIE_KEY}"},
 	}
 
 	blob := proc("blobstore", "BLOBSTORE_PORT", "blobstore", "--dir", "/data")
 	blob.Env["FLYNN_AUTH_KEY"] = "${CONTROLLER_KEY}"
 	// To find its peers in discoverd: writes go to 2 instances.
-	blob.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	// The service token, not the cluster token: these components need
+	// discoverd, not the host agents.
+	blob.Env["FLYNN_CLUSTER_TOKEN"] = "${SERVICE_TOKEN}"
+	// Host agents fetch layers with the service token: it may read.
+	blob.Env["FLYNN_BLOB_READ_KEY"] = "${SERVICE_TOKEN}"
 	logagg := proc("logaggregator", "LOGAGG_PORT", "logaggregator")
 	// To find its peers: each instance gets every line from the hosts
 	// and fills itself from a peer at start.
-	logagg.Env["FLYNN_CLUSTER_TOKEN"] = "${CLUSTER_TOKEN}"
+	logagg.Env["FLYNN_CLUSTER_TOKEN"] = "${SERVICE_TOKEN}"
+	// Reads and writes need it: host agents ship with it, the
+	// controller reads with it.
+	logagg.Env["FLYNN_AUTH_KEY"] = "${SERVICE_TOKEN}"
 
 	git := proc("gitreceive", "GIT_HTTP_PORT", "gitreceive")
 	git.Env["SSH_ADDR"] = ":${GIT_SSH_PORT}"

@@ -107,6 +107,8 @@ func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
 	srv, err := controller.New(controller.Config{
 		Etcd: etcd, AuthKeys: []string{testKey}, ClusterDomain: "flynn.test",
 		CACertFile: caFile, LogAggregatorURL: logSrv.URL, Runner: h.runner, Blobs: h.Blobs,
+		// The scripts' slug releases mount flynn-host from here.
+		TenantMounts: []string{"/opt/flynn-host"},
 	}, logging.Discard())
 	if err != nil {
 		h.stop()

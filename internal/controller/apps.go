@@ -57,6 +57,9 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := checkSystemMeta(r, nil, app.Meta); err != nil {
+		return err
+	}
 	if app.ID == "" {
 		app.ID = ctrlstore.NewID()
 	}
@@ -140,6 +143,9 @@ func (s *Server) updateApp(w http.ResponseWriter, r *http.Request) error {
 	}
 	app, err := s.store.UpdateApp(r.Context(), r.PathValue("app"), func(a *api.App) error {
 		if u.Meta != nil {
+			if err := checkSystemMeta(r, a.Meta, u.Meta); err != nil {
+				return err
+			}
 			a.Meta = u.Meta
 		}
 		if u.Strategy != nil {
@@ -162,6 +168,9 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
 	app, err := s.app(r)
 	if err != nil {
 		return err
+	}
+	if isSystemApp(app) {
+		return errSystemApp(app, "deleted")
 	}
 	rels, err := s.store.ListReleases(r.Context(), app.ID)
 	if err != nil {
@@ -202,6 +211,9 @@ func (s *Server) setAppRelease(w http.ResponseWriter, r *http.Request) error {
 	}
 	app, err := s.app(r)
 	if err != nil {
+		return err
+	}
+	if err := s.checkReleaseID(r, app, id); err != nil {
 		return err
 	}
 	if _, err := s.store.SetAppRelease(r.Context(), app.ID, id); err != nil {
@@ -310,15 +322,18 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	var app *api.App
 	if rel.AppID != "" {
-		app, err := s.store.GetApp(r.Context(), rel.AppID)
-		if err != nil {
+		if app, err = s.store.GetApp(r.Context(), rel.AppID); err != nil {
 			return api.Validation("app_id", "app %q not found", rel.AppID)
 		}
 		rel.AppID = app.ID
 	}
 	if rel.ID == "" {
 		rel.ID = ctrlstore.NewID()
+	}
+	if err := s.checkRelease(r, app, rel, nil); err != nil {
+		return err
 	}
 	rel.CreatedAt = now()
 	if err := s.store.CreateRelease(r.Context(), rel); err != nil {
@@ -350,6 +365,9 @@ func (s *Server) appRelease(r *http.Request) (*api.App, *api.Release, error) {
 	}
 	if rel.AppID != "" && rel.AppID != app.ID {
 		return nil, nil, api.NotFound("release %s not found in app %s", rel.ID, app.Name)
+	}
+	if err := s.checkRelease(r, app, rel, nil); err != nil {
+		return nil, nil, err
 	}
 	return app, rel, nil
 }
@@ -528,6 +546,9 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
 	}
 	if app.ReleaseID == id {
 		return api.Validation("id", "release %s is already deployed", id)
+	}
+	if err := s.checkReleaseID(r, app, id); err != nil {
+		return err
 	}
 	d, err := s.store.CreateDeployment(r.Context(), app.ID, id)
 	if err != nil {

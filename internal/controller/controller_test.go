@@ -36,6 +36,9 @@ import (
 
 const testKey = "test-key"
 
+// testSystemKey is the test controller's system key (see Config.SystemKeys).
+const testSystemKey = "test-system-key"
+
 // fakeRunner records jobs instead of starting them; Attach returns one end
 // of a pipe whose other end speaks the host agent's frames: it greets,
 // echoes stdin lines and resizes, and exits 3 at stdin EOF.
@@ -131,7 +134,7 @@ func setup(t testing.TB) *env {
 	t.Helper()
 	cli := etcdtest.Client(t)
 	runner := &fakeRunner{etcd: cli}
-	cfg := Config{Etcd: cli, AuthKeys: []string{"old-key", testKey}, ClusterDomain: "example.test", Runner: runner}
+	cfg := Config{Etcd: cli, AuthKeys: []string{"old-key", testKey}, SystemKeys: []string{testSystemKey}, ClusterDomain: "example.test", Runner: runner}
 	c, u := newServer(t, cfg)
 	return &env{etcd: cli, c: c, url: u, runner: runner, cfg: cfg}
 }
@@ -243,7 +246,7 @@ func TestApps(t *testing.T) {
 			wantErr(t, e.c.CreateApp(c, tt.app), api.ErrValidation, tt.field)
 		})
 	}
-	if err := e.c.CreateApp(c, &api.App{Name: strings.Repeat("a", 100), Meta: map[string]string{api.MetaSystemApp: "true"}}); err != nil {
+	if err := controllerclient.New(e.url, testSystemKey).CreateApp(c, &api.App{Name: strings.Repeat("a", 100), Meta: map[string]string{api.MetaSystemApp: "true"}}); err != nil {
 		t.Fatalf("100-char name: %v", err)
 	}
 	wantErr(t, e.c.UpdateApp(c, &api.App{ID: app.ID, Strategy: "nope"}), api.ErrValidation, "strategy")
@@ -1075,13 +1078,15 @@ func TestAppLog(t *testing.T) {
 	if ae, _ := api.AsError(err); ae == nil || ae.Status != 503 || ae.Code != api.CodeUnavailable {
 		t.Fatalf("no aggregator: %v", err)
 	}
-	var gotPath string
+	var gotPath, gotKey string
 	agg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotPath = r.URL.Path + "?" + r.URL.RawQuery
+		_, gotKey, _ = r.BasicAuth()
 		io.WriteString(w, "line 1\nline 2\n")
 	}))
 	defer agg.Close()
 	e.cfg.LogAggregatorURL = agg.URL
+	e.cfg.LogAggregatorKey = "log-key"
 	cl, _ := newServer(t, e.cfg)
 	rc, err := cl.GetAppLog(c, app.Name, controllerclient.LogOptions{Lines: 10, JobID: "j1"})
 	if err != nil {
@@ -1091,6 +1096,9 @@ func TestAppLog(t *testing.T) {
 	rc.Close()
 	if string(b) != "line 1\nline 2\n" || gotPath != "/log/"+app.ID+"?job_id=j1&lines=10" {
 		t.Fatalf("log = %q from %q", b, gotPath)
+	}
+	if gotKey != "log-key" {
+		t.Fatalf("the log aggregator was sent key %q, want its own", gotKey)
 	}
 }
 

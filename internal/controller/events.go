@@ -251,6 +251,9 @@ func (s *Server) appLog(w http.ResponseWriter, r *http.Request) error {
 	if a := r.Header.Get("Accept"); a != "" {
 		req.Header.Set("Accept", a)
 	}
+	if s.cfg.LogAggregatorKey != "" {
+		req.SetBasicAuth("", s.cfg.LogAggregatorKey)
+	}
 	res, err := s.cfg.HTTP.Do(req)
 	if err != nil {
 		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("log aggregator unreachable: %v", err)}

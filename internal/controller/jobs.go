@@ -193,6 +193,9 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 	if rel.AppID != "" && rel.AppID != app.ID {
 		return api.Validation("release", "release %s belongs to another app", relID)
 	}
+	if err := s.checkRelease(r, app, rel, nj.ArtifactIDs); err != nil {
+		return err
+	}
 	if nj.MountsFrom != "" && rel.Processes[nj.MountsFrom] == nil {
 		return api.Validation("mounts_from", "release %s has no process type %q", rel.ID, nj.MountsFrom)
 	}

@@ -67,6 +67,10 @@ type Config struct {
 	Etcd *clientv3.Client
 	// AuthKeys are the accepted cluster keys (several allow rotation).
 	AuthKeys []string
+	// SystemKeys are accepted too, and are the only keys that may set,
+	// change or remove flynn-system-* meta (which makes an app a system
+	// app): the bootstrap holds one. None: no caller may.
+	SystemKeys []string
 	// ClusterDomain gives new apps the default route <app>.<domain>; no
 	// default route when empty.
 	ClusterDomain string
@@ -75,6 +79,14 @@ type Config struct {
 	// LogAggregatorURL is where GET /apps/{app}/log is proxied to
 	// (503 when empty), e.g. http://logaggregator.discoverd.
 	LogAggregatorURL string
+	// TenantMounts are host paths any app may mount read-only, besides
+	// the platform's own (the package's TenantMounts): e.g. where a
+	// gitreceive not set up by the bootstrap says the flynn-host binary
+	// is.
+	TenantMounts []string
+	// LogAggregatorKey is the key the log aggregator wants (the cluster
+	// token), sent with the requests proxied to it.
+	LogAggregatorKey string
 	// Runner runs one-off jobs; one-off jobs and kills answer 503 without one.
 	Runner JobRunner
 	// Blobs is the blobstore that holds slug layers, for layer export
@@ -113,11 +125,14 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		cfg.HTTP = http.DefaultClient
 	}
 	s := &Server{cfg: cfg, log: log.With("component", "controller"), store: ctrlstore.New(cfg.Etcd)}
-	auth := httpapi.NewKeyAuth(cfg.AuthKeys...)
+	auth := systemAuth{users: httpapi.NewKeyAuth(cfg.AuthKeys...)}
+	if len(cfg.SystemKeys) > 0 {
+		auth.system = httpapi.NewKeyAuth(cfg.SystemKeys...)
+	}
 	open := func(r *http.Request) bool {
 		return r.Method == http.MethodGet && (r.URL.Path == "/ping" || r.URL.Path == "/ca-cert" || r.URL.Path == api.StatusPath)
 	}
-	s.h = httpapi.Wrap(s.log, notFoundType(auth.Require(open, s.routes())))
+	s.h = httpapi.Wrap(s.log, notFoundType(auth.require(open, s.routes())))
 	return s, nil
 }
 

@@ -184,8 +184,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	discoverd.Routes(mux, store, log.With("component", "discoverd"))
 	g := &gridAPI{cli: cli, store: store, hc: hc, pkiDir: PKIDir(cfg.StateDir)}
 	g.routes(mux)
-	auth := httpapi.NewKeyAuth(hc.Token)
-	handler := httpapi.Wrap(log, auth.Require(func(r *http.Request) bool { return r.URL.Path == "/ping" }, mux))
+	handler := httpapi.Wrap(log, requireToken(hc.Token, mux))
 	servers.Go(func() error { return httpapi.Serve(srvCtx, httpLn, handler, log) })
 	if dnsPC != nil {
 		recursors := cfg.Recursors
@@ -516,4 +515,17 @@ func (g *group) Go(fn func() error) {
 func (g *group) Wait() error {
 	g.wg.Wait()
 	return g.err
+}
+
+// requireToken guards the daemon's API (discoverd and the grid API): the
+// cluster token opens everything, the service token (api.ServiceToken:
+// the router's, blobstore's and log aggregator's) only discoverd's
+// /services; /ping is open.
+func requireToken(token string, h http.Handler) http.Handler {
+	auth := httpapi.NewKeyAuth(token)
+	svc := httpapi.NewKeyAuth(api.ServiceToken(token))
+	open := func(r *http.Request) bool {
+		return r.URL.Path == "/ping" || ((r.URL.Path == "/services" || strings.HasPrefix(r.URL.Path, "/services/")) && svc.Check(r))
+	}
+	return auth.Require(open, h)
 }

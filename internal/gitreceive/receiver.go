@@ -128,14 +128,14 @@ func (r *BuildReceiver) Authorize(ctx context.Context, app string) error {
 	return nil
 }
 
-// jobURL is the URL of a blob under base as the build job uses it, with
-// the write key.
-func (r *BuildReceiver) jobURL(base, p string) string {
-	u, _ := url.Parse(base)
-	if r.cfg.BlobKey != "" {
-		u.User = url.UserPassword("flynn", r.cfg.BlobKey)
+// jobURL is the URL of blob p under base as the build job uses it:
+// signed for access (api.BlobRead, ...) to p alone, for as long as a
+// build may take; the job never holds the blobstore key.
+func (r *BuildReceiver) jobURL(base, p, access string) string {
+	if r.cfg.BlobKey == "" {
+		return strings.TrimSuffix(base, "/") + escapePath(p)
 	}
-	return u.String() + escapePath(p)
+	return api.SignBlobURL(base, r.cfg.BlobKey, access, p, time.Now().Add(r.cfg.BuildTimeout+5*time.Minute))
 }
 
 // withRev adds the pushed revision to a build job's metadata.
@@ -157,6 +157,9 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) erro
 	app, err := r.cfg.Controller.GetApp(ctx, p.App)
 	if err != nil {
 		return fmt.Errorf("look up app %q: %w", p.App, err)
+	}
+	if app.Meta[api.MetaSystemApp] == "true" {
+		return fmt.Errorf("%s is a system app (it runs part of the platform): it is not deployed by git push", app.Name)
 	}
 	prev, err := r.cfg.Controller.GetAppRelease(ctx, app.ID)
 	if err != nil && !errors.Is(err, api.ErrNotFound) {
@@ -262,10 +265,10 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 	maps.Copy(env, map[string]string{
 		"PATH":            defaultPath,
 		"HOME":            slug.AppDir,
-		"SOURCE_URL":      r.jobURL(base, src),
-		"SLUG_URL":        r.jobURL(base, slugPath(app.ID, p.NewRev)),
-		"SLUG_RESULT_URL": r.jobURL(base, resultPath(app.ID, p.NewRev)),
-		"BUILD_CACHE_URL": r.jobURL(base, fmt.Sprintf("/caches/%s.tgz", app.ID)),
+		"SOURCE_URL":      r.jobURL(base, src, api.BlobRead),
+		"SLUG_URL":        r.jobURL(base, slugPath(app.ID, p.NewRev), api.BlobWrite),
+		"SLUG_RESULT_URL": r.jobURL(base, resultPath(app.ID, p.NewRev), api.BlobWrite),
+		"BUILD_CACHE_URL": r.jobURL(base, fmt.Sprintf("/caches/%s.tgz", app.ID), api.BlobReadWrite),
 		"SOURCE_VERSION":  p.NewRev,
 	})
 	mounts := []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}}
@@ -290,8 +293,8 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 	bctx, cancel := context.WithTimeout(ctx, r.cfg.BuildTimeout)
 	defer cancel()
 	start := time.Now()
-	// The job's URLs carry the blobstore key; keep it out of the output
-	// (an SSH pusher need not know it).
+	// The key is not in the job's URLs, but keep it out of the output
+	// whatever prints it.
 	jobOut := newRedactor(out, r.cfg.BlobKey)
 	exit, err := r.cfg.Jobs.RunJob(bctx, job, jobOut)
 	jobOut.Flush()

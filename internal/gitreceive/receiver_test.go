@@ -36,6 +36,8 @@ import (
 const (
 	testCtrlKey = "ctrlkey"
 	testBlobKey = "blobkey"
+	// testSystemKey marks system apps in the test controller.
+	testSystemKey = "systemkey"
 )
 
 // fakeBuilder stands in for the slugbuilder job: it reads the source the
@@ -152,6 +154,7 @@ func fakeCluster(ctx context.Context, c *controllerclient.Client, appID string, 
 
 type recvEnv struct {
 	ctrl    *controllerclient.Client
+	ctrlURL string
 	blobs   *blobclient.Client
 	builder *fakeBuilder
 	httpURL string
@@ -162,7 +165,7 @@ type recvEnv struct {
 
 func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	t.Helper()
-	cs, err := controller.New(controller.Config{Etcd: etcdtest.Client(t), AuthKeys: []string{testCtrlKey}}, logging.Discard())
+	cs, err := controller.New(controller.Config{Etcd: etcdtest.Client(t), AuthKeys: []string{testCtrlKey}, SystemKeys: []string{testSystemKey}}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +215,7 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	os.WriteFile(filepath.Join(repo, "Procfile"), []byte("web: ./server\nworker: ./work\n"), 0o644)
 	gitIn(t, repo, "add", ".")
 	gitIn(t, repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
-	e := &recvEnv{ctrl: ctrl, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
+	e := &recvEnv{ctrl: ctrl, ctrlURL: ctrlSrv.URL, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
 	// fresh starts another gitreceive with an empty repo dir on the same
 	// cluster, as after a restart on another host.
 	e.fresh = func() string {
@@ -268,8 +271,22 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	if mem := job.Resources[api.ResourceMemory].Limit; mem == nil || *mem != DefaultBuildMemory {
 		t.Errorf("build job memory limit = %v, want %d", mem, DefaultBuildMemory)
 	}
-	if !job.Config.HostNetwork || job.Config.Env["SOURCE_VERSION"] != rev || !strings.Contains(job.Config.Env["SLUG_URL"], ":"+testBlobKey+"@") {
+	if !job.Config.HostNetwork || job.Config.Env["SOURCE_VERSION"] != rev || !strings.Contains(job.Config.Env["SLUG_URL"], api.BlobSigParam+"=") {
 		t.Errorf("build job config %+v", job.Config)
+	}
+	// The build holds signed URLs, not the blobstore key, and they open
+	// nothing else: not another path, not another kind of access.
+	for k, v := range job.Config.Env {
+		if strings.Contains(v, testBlobKey) {
+			t.Errorf("build env %s holds the blobstore key: %s", k, v)
+		}
+	}
+	if err := httpPut(job.Config.Env["SOURCE_URL"], []byte("forged")); err == nil {
+		t.Error("the build wrote its source through its read-only URL")
+	}
+	other := strings.Replace(job.Config.Env["BUILD_CACHE_URL"], e.app.ID, "someone-else", 1)
+	if res, err := http.Get(other); err != nil || res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("another app's cache with the build's signature: %v %v, want 401", res.Status, err)
 	}
 
 	// The release.
@@ -311,7 +328,13 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	if want := e.blobs.URL(slugPath(app.ID, rev)); layers[1].URL != want {
 		t.Errorf("slug layer URL = %s, want the slug's %s", layers[1].URL, want)
 	}
-	res, err := http.Get(layers[1].URL)
+	// Read as a host agent does, with a key; without one, nothing.
+	if res, err := http.Get(layers[1].URL); err != nil || res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("slug read without a key: %v %v, want 401", res.Status, err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, layers[1].URL, nil)
+	req.SetBasicAuth("", testBlobKey)
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,6 +400,22 @@ func TestReceiverRejects(t *testing.T) {
 			t.Fatalf("push to a missing app (ok=%v):\n%s", ok, out)
 		}
 	})
+	t.Run("system app", func(t *testing.T) {
+		e := setupReceiver(t, false)
+		sys := controllerclient.New(e.ctrlURL, testSystemKey)
+		if err := sys.CreateApp(context.Background(), &api.App{Name: "router", Meta: map[string]string{api.MetaSystemApp: "true"}}); err != nil {
+			t.Fatal(err)
+		}
+		out, ok := e.push(t, "router")
+		if ok || !strings.Contains(out, "router is a system app") {
+			t.Fatalf("push to a system app (ok=%v):\n%s", ok, out)
+		}
+		e.builder.mu.Lock()
+		defer e.builder.mu.Unlock()
+		if len(e.builder.jobs) != 0 {
+			t.Fatal("a push to a system app ran a build")
+		}
+	})
 	t.Run("failed build", func(t *testing.T) {
 		e := setupReceiver(t, false)
 		e.builder.mu.Lock()
@@ -386,8 +425,8 @@ func TestReceiverRejects(t *testing.T) {
 		if ok || !strings.Contains(out, "remote:  !     compile failed") || !strings.Contains(out, "build failed (slugbuilder exited with status 1)") {
 			t.Fatalf("failed build (ok=%v):\n%s", ok, out)
 		}
-		if strings.Contains(out, testBlobKey) || !strings.Contains(out, "http://flynn:***@") {
-			t.Errorf("the blobstore key was not redacted from the build output:\n%s", out)
+		if strings.Contains(out, testBlobKey) || !strings.Contains(out, api.BlobSigParam+"=") {
+			t.Errorf("the build output should show its signed URL and not the blobstore key:\n%s", out)
 		}
 		if _, err := e.ctrl.GetAppRelease(context.Background(), e.app.ID); err == nil {
 			t.Fatal("a failed build made a release")

@@ -219,7 +219,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a.runCtx, a.stopRun = context.WithCancel(context.Background())
 	if cfg.Discoverd != "" {
-		a.ship = newLogShipper(a, discoverdclient.New(cfg.Discoverd, cfg.Keys[0]), cfg.Keys[0])
+		// The log aggregator holds the service token, not the host
+		// agents' cluster token.
+		a.ship = newLogShipper(a, discoverdclient.New(cfg.Discoverd, cfg.Keys[0]), api.ServiceToken(cfg.Keys[0]))
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketJobs)

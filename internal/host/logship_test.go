@@ -32,14 +32,16 @@ func TestLogShipping(t *testing.T) {
 	disc := discoverdclient.New(dsrv.URL, testToken)
 	var aggs []*logaggclient.Client
 	for range 2 {
-		lsrv := httptest.NewServer(logagg.NewServer(logagg.Config{}, logging.Discard()).Handler())
+		// As the platform runs them: they take the service token, which
+		// the agent derives from its cluster token.
+		lsrv := httptest.NewServer(logagg.NewServer(logagg.Config{Keys: []string{api.ServiceToken(testToken)}}, logging.Discard()).Handler())
 		defer lsrv.Close()
 		reg, err := disc.Register(ctx, "logaggregator", strings.TrimPrefix(lsrv.URL, "http://"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer reg.Deregister(context.Background())
-		aggs = append(aggs, logaggclient.New(lsrv.URL, "", nil))
+		aggs = append(aggs, logaggclient.New(lsrv.URL, api.ServiceToken(testToken), nil))
 	}
 
 	a.stop()

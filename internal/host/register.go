@@ -97,7 +97,8 @@ func (d *discoverdRegistry) WaitDrained(ctx context.Context, addrs []string) err
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				hc := &httpclient.Client{URL: "http://" + r.Addr, Key: d.token}
+				// Routers hold the service token, not the cluster token.
+				hc := &httpclient.Client{URL: "http://" + r.Addr, Key: api.ServiceToken(d.token)}
 				var st api.DrainStatus
 				hc.Do(ctx, http.MethodGet, "/drained?addr="+url.QueryEscape(addr)+"&wait="+url.QueryEscape(wait), nil, &st)
 			}()

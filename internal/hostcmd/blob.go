@@ -80,7 +80,10 @@ func newBlobstoreCmd(env Env) *cobra.Command {
 		Long: `Serve blobs over HTTP: PUT, GET, HEAD and DELETE on any path, range
 requests, sha256 checksums (ETag and Blob-Sha256 header), and directory
 listings (GET on a path ending in / or with ?dir=true). With --auth-key,
-PUT and DELETE need the cluster key.
+every request but GET /.well-known/status needs the key, a read key
+($FLYNN_BLOB_READ_KEY: GET and HEAD only; the platform gives it the
+service token, which host agents fetch layers with) or a URL signed with
+the key for that path (what build jobs get).
 
 Blobs are kept as files under --dir (--backend fs, the default), or in an
 S3-compatible bucket (--backend s3 --s3-endpoint ... --s3-bucket ...; the
@@ -101,6 +104,9 @@ sharing an S3 bucket do not replicate.`,
 			}
 			cfg.Listen = flags.listen
 			cfg.Keys = flags.keys
+			if k := blobGetenv(env, "FLYNN_BLOB_READ_KEY"); k != "" {
+				cfg.ReadKeys = strings.Split(k, ",")
+			}
 			switch cfg.Backend {
 			case blobstore.BackendFS, blobstore.BackendS3:
 			default:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/controller"
@@ -20,7 +21,9 @@ import (
 // newControllerCmd is the controller's entrypoint, `flynn-host
 // component controller`.
 // Flags default from the environment a controller job gets: PORT,
-// ETCD_ENDPOINTS, AUTH_KEY (comma-separated for rotation),
+// ETCD_ENDPOINTS, AUTH_KEY (comma-separated for rotation), SYSTEM_KEY
+// (the bootstrap's key, which alone may mark system apps; from the
+// environment only, never a flag, so it stays off command lines),
 // CLUSTER_DOMAIN, CA_CERT_FILE, LOGAGGREGATOR_URL and BLOBSTORE_URL.
 func newControllerCmd(env Env) *cobra.Command {
 	get := func(k string) string {
@@ -65,6 +68,11 @@ func newControllerCmd(env Env) *cobra.Command {
 			if len(cfg.AuthKeys) == 0 {
 				return errors.New("no auth key: set AUTH_KEY or --auth-key")
 			}
+			for _, k := range strings.Split(get("SYSTEM_KEY"), ",") {
+				if k = strings.TrimSpace(k); k != "" {
+					cfg.SystemKeys = append(cfg.SystemKeys, k)
+				}
+			}
 			cli, err := etcdClient(endpoints, etcdTLS)
 			if err != nil {
 				return err
@@ -78,6 +86,7 @@ func newControllerCmd(env Env) *cobra.Command {
 				}
 			}
 			if token != "" {
+				cfg.LogAggregatorKey = api.ServiceToken(token)
 				cfg.Runner = &controller.HostRunner{Token: token, Cluster: scheduler.NewHostCluster(cli, token, log)}
 			}
 			if discURL != "" {

@@ -22,6 +22,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/blobclient"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
 	"github.com/flynnrebuilt/flynn/internal/daemon"
 	"github.com/flynnrebuilt/flynn/internal/host"
@@ -433,7 +435,10 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 		cfg.Registry = host.DiscoverdRegistry(d.Discoverd, d.Token)
 		// Layers from the blobstore through discoverd, the platform's
 		// mounts and env from this host and the cluster.
+		// The blobstore is read with the service token (a read key of
+		// its), sent to no other host.
 		cfg.HTTP = d.Discoverd.HTTPClient()
+		cfg.HTTP.Transport = &blobclient.KeyTransport{Host: "blobstore" + discoverdclient.ServiceDomain, Key: api.ServiceToken(d.Token), Base: cfg.HTTP.Transport}
 		// (The daemon's state dir: data dirs stay where bootstraps put
 		// them before there were flynn-host: mounts.)
 		mounts := &hostMounts{stateDir: stateDir, etcd: d.Etcd}

@@ -229,6 +229,7 @@ func TestImageUser(t *testing.T) {
 		{"u-job", &uid, "", new(uint32), 0, 0},
 		{"u-oci-user", nil, "4242:7", nil, 4242, 7},
 		{"u-oci-root", nil, "0", nil, runtime.NobodyID, runtime.NobodyID},
+		{"u-oci-root-group", nil, "4242:0", nil, runtime.NobodyID, runtime.NobodyID},
 		{"u-oci-job", nil, "4242:7", &uid, 1000, 1000},
 	}
 	for _, tt := range tests {

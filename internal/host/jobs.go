@@ -249,7 +249,9 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 					if err != nil {
 						return nil, api.Validation(f+".manifest", "image user: %v", err)
 					}
-					if uid != 0 {
+					// Not root, nor root's group: an image user
+					// with either runs as nobody.
+					if uid != 0 && gid != 0 {
 						spec.UID, spec.GID = uid, gid
 					}
 				}

@@ -59,6 +59,18 @@ const (
 	ArtifactTypeDocker = "docker"
 )
 
+// Meta keys of the artifacts the cluster's image registry (images.DOMAIN)
+// makes of the images pushed to it: the repository and the manifest's
+// digest ("sha256:...").
+const (
+	MetaRegistryRepository = "registry.repository"
+	MetaRegistryDigest     = "registry.digest"
+	// RegistryBlobDir is the blobstore directory the registry keeps
+	// images in: the layers of its artifacts are its own, and the
+	// controller never deletes them with a release.
+	RegistryBlobDir = "/registry/"
+)
+
 // Artifact is an immutable image a release runs: a Flynn manifest of
 // layers in the blobstore, or an OCI reference.
 type Artifact struct {
@@ -86,6 +98,10 @@ type Entrypoint struct {
 	Args       []string          `json:"args,omitempty"`
 	Uid        *uint32           `json:"uid,omitempty"`
 	Gid        *uint32           `json:"gid,omitempty"`
+	// User is an OCI image's user (name or uid, optionally :group), which
+	// the host resolves in the image's /etc/passwd and /etc/group when
+	// Uid is not set. Root runs as nobody: app jobs do not run as root.
+	User string `json:"user,omitempty"`
 }
 
 // ImageRootfs is a stack of layers.

@@ -54,6 +54,20 @@ func serveRegistry(t *testing.T) string {
 // cfg as its config, and pushes it as ref.
 func busyboxImage(t *testing.T, ref string, cfg v1.Config) {
 	t.Helper()
+	img := newBusyboxImage(t, cfg)
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
+// newBusyboxImage assembles an image of the machine's static busybox (with
+// /srv owned by 4242) with cfg as its config.
+func newBusyboxImage(t *testing.T, cfg v1.Config) v1.Image {
+	t.Helper()
 	bin, err := exec.LookPath("busybox")
 	if err != nil {
 		t.Fatal(err)
@@ -91,13 +105,7 @@ func busyboxImage(t *testing.T, ref string, cfg v1.Config) {
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
+	return img
 }
 
 // TestReleaseAddImage deploys an image assembled in the test (static

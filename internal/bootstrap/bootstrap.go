@@ -736,7 +736,7 @@ func (r *run) addRoute(ctx context.Context, s *Step) error {
 	if st == nil {
 		return fmt.Errorf("app %s was not added before its route", s.App)
 	}
-	rt := &api.Route{Type: "http", Domain: r.expand(s.Domain), Service: r.expand(s.Service), Leader: s.Leader}
+	rt := &api.Route{Type: "http", Domain: r.expand(s.Domain), Service: r.expand(s.Service), Leader: s.Leader, MaxBodyBytes: s.MaxBodyBytes}
 	if s.Type == api.RouteTCP {
 		port, err := strconv.Atoi(r.expand(s.Port))
 		if err != nil {

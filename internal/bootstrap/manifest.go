@@ -64,12 +64,14 @@ type Step struct {
 	App string `json:"app,omitempty"`
 	// Domain and Service describe an add-route step; Type "tcp" makes a
 	// TCP route on Port instead of an HTTP route on Domain; Leader sends
-	// the traffic to the service's leader only.
-	Domain  string `json:"domain,omitempty"`
-	Service string `json:"service,omitempty"`
-	Type    string `json:"type,omitempty"`
-	Port    string `json:"port,omitempty"`
-	Leader  bool   `json:"leader,omitempty"`
+	// the traffic to the service's leader only; MaxBodyBytes is an HTTP
+	// route's request body limit (0: the router's default, -1: none).
+	Domain       string `json:"domain,omitempty"`
+	Service      string `json:"service,omitempty"`
+	Type         string `json:"type,omitempty"`
+	Port         string `json:"port,omitempty"`
+	Leader       bool   `json:"leader,omitempty"`
+	MaxBodyBytes int64  `json:"max_body_bytes,omitempty"`
 	// Name is the provider of an add-provider step; URL its address.
 	Name string `json:"name,omitempty"`
 	// URL, Host and Status describe a wait-http step (URL also an
@@ -322,6 +324,10 @@ func DefaultManifest() *Manifest {
 			{ID: "gitreceive", Action: ActionDeployApp, App: "gitreceive", Optional: true},
 			{ID: "route-controller", Action: ActionAddRoute, App: "controller", Domain: "controller.${CLUSTER_DOMAIN}", Service: "controller"},
 			{ID: "route-git", Action: ActionAddRoute, App: "gitreceive", Domain: "git.${CLUSTER_DOMAIN}", Service: "gitreceive"},
+			// The image registry is served by gitreceive too. An image
+			// layer may be larger than the router's default body limit;
+			// a stalled upload is still cut off by its idle timeout.
+			{ID: "route-images", Action: ActionAddRoute, App: "gitreceive", Domain: "images.${CLUSTER_DOMAIN}", Service: "gitreceive", MaxBodyBytes: -1},
 			{ID: "postgres", Action: ActionDeployApp, App: "postgres", Optional: true, Timeout: api.Duration(3 * time.Minute)},
 			{ID: "route-postgres", Action: ActionAddRoute, App: "postgres", Type: api.RouteTCP, Port: "${PG_PUBLIC_PORT}", Service: "postgres", Leader: true, Optional: true},
 			{ID: "mysql", Action: ActionDeployApp, App: "mysql", Optional: true},

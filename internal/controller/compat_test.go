@@ -125,12 +125,33 @@ func TestLayers(t *testing.T) {
 		t.Fatalf("release_deletion event data = %s, %v", evs[0].Data, err)
 	}
 
+	// A release of an image pushed to the cluster's registry: its layer
+	// is the registry's, which outlives the app.
+	regSum := sha256.Sum256([]byte("image layer"))
+	regPath := "/registry/blobs/sha256/" + hex.EncodeToString(regSum[:])
+	if _, err := blobs.Put(c, regPath, strings.NewReader("image layer"), nil); err != nil {
+		t.Fatal(err)
+	}
+	regArt := &api.Artifact{Type: api.ArtifactTypeFlynn, URI: blobs.URL("/registry/manifests/sha256/x"), Manifest: &api.ImageManifest{
+		Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{{ID: hex.EncodeToString(regSum[:]), Type: api.LayerTypeTar, Length: 11,
+			Hashes: map[string]string{"sha256": hex.EncodeToString(regSum[:])}, URL: blobs.URL(regPath)}}}},
+	}}
+	if err := e.c.CreateArtifact(c, regArt); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.CreateRelease(c, &api.Release{AppID: app.ID, ArtifactIDs: []string{regArt.ID}}); err != nil {
+		t.Fatal(err)
+	}
+
 	ad, err := e.c.DeleteApp(c, app.ID)
-	if err != nil || len(ad.DeletedReleases) != 1 {
+	if err != nil || len(ad.DeletedReleases) != 2 {
 		t.Fatalf("delete app = %+v, %v", ad, err)
 	}
 	if _, err := blobs.Head(c, "/layers/"+l3.ID+".tgz"); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("layer of a deleted app still in the blobstore: %v", err)
+	}
+	if _, err := blobs.Head(c, regPath); err != nil {
+		t.Errorf("the registry's layer was deleted with the app: %v", err)
 	}
 }
 

@@ -139,7 +139,8 @@ func (s *Server) putLayer(w http.ResponseWriter, r *http.Request) error {
 }
 
 // unusedLayerBlobs returns the blobstore paths of the layers of rels'
-// artifacts that no other release uses.
+// artifacts that no other release uses, but for the image registry's
+// blobs, which its manifests still name.
 func (s *Server) unusedLayerBlobs(ctx context.Context, rels []*api.Release) ([]string, error) {
 	if s.cfg.Blobs == nil {
 		return nil, nil
@@ -164,7 +165,7 @@ func (s *Server) unusedLayerBlobs(ctx context.Context, rels []*api.Release) ([]s
 			for _, rf := range a.Manifest.Rootfs {
 				for _, l := range rf.Layers {
 					p, ok := s.blobPath(l.URL)
-					if !ok {
+					if !ok || strings.HasPrefix(p, api.RegistryBlobDir) {
 						continue
 					}
 					if !gone[r.ID] {

@@ -206,8 +206,9 @@ func contains(ss []string, s string) bool {
 	return false
 }
 
-// TestImageUser: a job runs as its image's user (a slug's app user) unless
-// its config names one, and as nobody when neither does.
+// TestImageUser: a job runs as its image's user (a slug's app user, or an
+// OCI image's user pushed to the cluster's registry) unless its config
+// names one, and as nobody when neither does or the image's user is root.
 func TestImageUser(t *testing.T) {
 	if busyboxLayer == "" {
 		t.Skip("needs the busybox layer (root)")
@@ -218,23 +219,29 @@ func TestImageUser(t *testing.T) {
 	tests := []struct {
 		id      string
 		imgUID  *uint32
+		imgUser string
 		jobUID  *uint32
 		wantUID uint32
+		wantGID uint32
 	}{
-		{"u-none", nil, nil, runtime.NobodyID},
-		{"u-image", &uid, nil, 1000},
-		{"u-job", &uid, new(uint32), 0},
+		{"u-none", nil, "", nil, runtime.NobodyID, runtime.NobodyID},
+		{"u-image", &uid, "", nil, 1000, 1000},
+		{"u-job", &uid, "", new(uint32), 0, 0},
+		{"u-oci-user", nil, "4242:7", nil, 4242, 7},
+		{"u-oci-root", nil, "0", nil, runtime.NobodyID, runtime.NobodyID},
+		{"u-oci-root-group", nil, "4242:0", nil, runtime.NobodyID, runtime.NobodyID},
+		{"u-oci-job", nil, "4242:7", &uid, 1000, 1000},
 	}
 	for _, tt := range tests {
 		j := fakeJob(tt.id, "true")
-		j.Artifacts[0].Manifest.Entrypoints = map[string]*api.Entrypoint{"_default": {Uid: tt.imgUID, Gid: tt.imgUID}}
+		j.Artifacts[0].Manifest.Entrypoints = map[string]*api.Entrypoint{"_default": {Uid: tt.imgUID, Gid: tt.imgUID, User: tt.imgUser}}
 		j.Config.Uid = tt.jobUID
 		if _, err := c.AddJob(ctx, j); err != nil {
 			t.Fatalf("%s: %v", tt.id, err)
 		}
 		spec, _ := fake.Spec(tt.id)
-		if spec.UID != tt.wantUID || spec.GID != tt.wantUID {
-			t.Errorf("%s: uid/gid %d/%d, want %d", tt.id, spec.UID, spec.GID, tt.wantUID)
+		if spec.UID != tt.wantUID || spec.GID != tt.wantGID {
+			t.Errorf("%s: uid/gid %d/%d, want %d/%d", tt.id, spec.UID, spec.GID, tt.wantUID, tt.wantGID)
 		}
 	}
 }

@@ -246,6 +246,16 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 				// job's config names one.
 				if ep.Uid != nil {
 					spec.UID, spec.GID = *ep.Uid, *ep.Uid
+				} else if ep.User != "" {
+					uid, gid, err := image.ResolveUser(spec.Layers, ep.User)
+					if err != nil {
+						return nil, api.Validation(f+".manifest", "image user: %v", err)
+					}
+					// Not root, nor root's group: an image user
+					// with either runs as nobody.
+					if uid != 0 && gid != 0 {
+						spec.UID, spec.GID = uid, gid
+					}
 				}
 				if ep.Gid != nil {
 					spec.GID = *ep.Gid

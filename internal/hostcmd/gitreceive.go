@@ -26,6 +26,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/gitreceive"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/ociregistry"
 )
 
 // newGitreceiveHookCmd is the pre-receive hook git runs inside gitreceive
@@ -102,7 +103,11 @@ func newGitreceiveCmd(env Env) *cobra.Command {
 (the cluster key as password). A push to main or master is archived to the
 blobstore and built by a slugbuilder job on a host; its output streams to
 the pusher. The slug becomes an artifact and a release (previous env kept),
-which is deployed; the first deploy of an app with a web type scales web=1.`,
+which is deployed; the first deploy of an app with a web type scales web=1.
+
+The HTTP listener is also the cluster's image registry (images.DOMAIN): the
+OCI distribution API under /v2/, storing in the blobstore; every image pushed
+becomes an artifact, which flynn docker push deploys.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGitreceive(cmd.Context(), env, fl)
@@ -233,7 +238,13 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 	}
 	start(func() error { return srv.Run(ctx) })
 	start(func() error {
-		return httpapi.Serve(ctx, httpLn, srv.Handler(httpapi.NewKeyAuth(fl.ctrlKey)), log)
+		auth := httpapi.NewKeyAuth(fl.ctrlKey)
+		// The same listener is the cluster's image registry
+		// (images.DOMAIN is routed here too): /v2/ is never a git path.
+		mux := http.NewServeMux()
+		mux.Handle("/v2/", ociregistry.New(ociregistry.Config{Blobs: blobs, Auth: auth, Artifacts: ctrl}, log.With("component", "registry")))
+		mux.Handle("/", srv.Handler(auth))
+		return httpapi.Serve(ctx, httpLn, mux, log)
 	})
 	if sshLn != nil {
 		start(func() error {

@@ -49,6 +49,7 @@ func TestDockerArtifactUser(t *testing.T) {
 		{"1000", 1000, 1001, ""},
 		{"", runtime.NobodyID, runtime.NobodyID, ""},
 		{"root", runtime.NobodyID, runtime.NobodyID, ""},
+		{"4242:0", runtime.NobodyID, runtime.NobodyID, ""},
 		{"ghost", 0, 0, `user "ghost": not in the image's passwd`},
 	} {
 		t.Run(tt.user, func(t *testing.T) {

@@ -191,15 +191,15 @@ func (a *Agent) resolve(ctx context.Context, hj *api.HostJob) (*runtime.Spec, er
 				dirs = append(dirs, a.images.Path(l))
 			}
 			spec.Layers = append(spec.Layers, dirs...)
-			// The image's user, unless it is root: app jobs do not run
-			// as root, an image without a user runs as nobody. The
-			// job's config may name another.
+			// The image's user, unless it is root or in root's group:
+			// app jobs do not run as either; an image without a user
+			// runs as nobody. The job's config may name another.
 			if img.User != "" {
 				uid, gid, err := image.ResolveUser(dirs, img.User)
 				if err != nil {
 					return nil, api.Validation(f+".uri", "image %s: %v", art.URI, err)
 				}
-				if uid != 0 {
+				if uid != 0 && gid != 0 {
 					spec.UID, spec.GID = uid, gid
 				}
 			}

@@ -130,10 +130,14 @@ func exportApp(ctx context.Context, c *controllerclient.Client, app *api.App, w 
 			return err
 		}
 	}
+	stack := currentStack(ctx, c)
 	for _, a := range arts {
 		for _, l := range layers(a) {
 			if !strings.HasPrefix(l.URL, "http://") && !strings.HasPrefix(l.URL, "https://") {
 				continue // on every host (the stack), not in the blobstore
+			}
+			if stack != nil && l.Hashes["sha256"] != "" && l.Hashes["sha256"] == stack.Hashes["sha256"] {
+				continue // the stack, which the cluster keeps in its blobstore for its hosts
 			}
 			if err := exportLayer(ctx, c, a.ID, l, w); err != nil {
 				return err
@@ -422,7 +426,8 @@ func routeName(r *api.Route) string {
 func importLayer(ctx context.Context, c *controllerclient.Client, l *api.ImageLayer, files map[string]string, stack *api.ImageLayer) (*api.ImageLayer, error) {
 	file, ok := files[l.ID]
 	if !ok {
-		if stack != nil && !strings.HasPrefix(l.URL, "http://") && !strings.HasPrefix(l.URL, "https://") {
+		// Only the stack is left out of an export.
+		if stack != nil {
 			return stack, nil
 		}
 		return l, nil

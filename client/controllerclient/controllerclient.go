@@ -648,6 +648,12 @@ func (s *EventStream) Close() error {
 	return s.er.Close()
 }
 
+// StreamIdleTimeout ends an event or formation stream that sent nothing
+// for this long (httpclient.ErrStreamIdle): the controller sends a
+// keep-alive every 25 seconds, so its instance or the way to it is gone
+// (a host cut off), and the follower reconnects to a live one.
+const StreamIdleTimeout = 75 * time.Second
+
 // StreamEvents follows events matching o. With o.SinceID it first
 // replays every later event, so a follower that reconnects with the last
 // id it saw misses nothing.
@@ -656,6 +662,7 @@ func (c *Client) StreamEvents(ctx context.Context, o EventOptions) (*EventStream
 	if err != nil {
 		return nil, err
 	}
+	er.WithIdleTimeout(StreamIdleTimeout)
 	s := &EventStream{c: c, ctx: ctx, opts: o, er: er, lastID: o.SinceID}
 	if v, err := strconv.ParseInt(er.Header.Get(api.EventSinceHeader), 10, 64); err == nil && v > s.lastID {
 		s.lastID = v
@@ -697,7 +704,7 @@ func (c *Client) StreamFormations(ctx context.Context, since time.Time) (*Format
 	if err != nil {
 		return nil, err
 	}
-	return &FormationStream{er: er}, nil
+	return &FormationStream{er: er.WithIdleTimeout(StreamIdleTimeout)}, nil
 }
 
 // LogOptions select an app's log lines.

@@ -16,6 +16,10 @@ import (
 // service's live instances when dialled through DialContext.
 const ServiceDomain = ".discoverd"
 
+// ErrNoLiveInstance is the error of a dial of a service that has no live
+// instance (errors.Is).
+var ErrNoLiveInstance = errors.New("no live instance")
+
 // DialContext dials addr like net.Dialer, except that a host named
 // SERVICE.discoverd (any port) dials one of the service's live instances,
 // trying them in random order until one answers. Instances are looked up
@@ -33,7 +37,7 @@ func (c *Client) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, fmt.Errorf("dial %s: look up service %s: %w", addr, service, err)
 	}
 	if len(insts) == 0 {
-		return nil, fmt.Errorf("dial %s: service %s has no live instance", addr, service)
+		return nil, fmt.Errorf("dial %s: service %s has %w", addr, service, ErrNoLiveInstance)
 	}
 	var errs []error
 	for _, i := range rand.Perm(len(insts)) {

@@ -14,6 +14,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
 )
@@ -155,6 +157,51 @@ type EventReader struct {
 // NewEventReader reads SSE events from body.
 func NewEventReader(body io.ReadCloser) *EventReader {
 	return &EventReader{body: body, r: bufio.NewReaderSize(body, 64<<10)}
+}
+
+// ErrStreamIdle ends a stream that sent nothing, not even a keep-alive
+// comment, for longer than its idle timeout (EventReader.WithIdleTimeout).
+var ErrStreamIdle = errors.New("the stream sent nothing for too long: its server, or the way to it, is gone")
+
+// WithIdleTimeout makes Next fail with ErrStreamIdle once the stream has
+// sent nothing, not even a keep-alive comment, for d. It is for servers
+// that send keep-alives: a stream whose server or network path vanished
+// (no reset, no close: a host's power or network lost) then ends, and its
+// follower opens it again elsewhere, instead of waiting forever. Call it
+// before the first Next.
+func (er *EventReader) WithIdleTimeout(d time.Duration) *EventReader {
+	ib := &idleBody{body: er.body, d: d}
+	ib.t = time.AfterFunc(d, func() {
+		ib.idle.Store(true)
+		ib.body.Close()
+	})
+	er.body = ib
+	er.r = bufio.NewReaderSize(ib, 64<<10)
+	return er
+}
+
+// idleBody closes body when no byte came for d.
+type idleBody struct {
+	body io.ReadCloser
+	d    time.Duration
+	t    *time.Timer
+	idle atomic.Bool
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if n > 0 {
+		b.t.Reset(b.d)
+	}
+	if err != nil && b.idle.Load() {
+		return n, ErrStreamIdle
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.t.Stop()
+	return b.body.Close()
 }
 
 // Next returns the next event. Comments are skipped. It returns io.EOF

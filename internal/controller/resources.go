@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
@@ -97,12 +100,14 @@ func (s *Server) provisionResource(w http.ResponseWriter, r *http.Request) error
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	preq, err := http.NewRequestWithContext(r.Context(), http.MethodPost, p.URL, bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("provider request: %w", err)
-	}
-	preq.Header.Set("Content-Type", "application/json")
-	res, err := s.cfg.HTTP.Do(preq)
+	res, err := s.providerDo(r.Context(), func() (*http.Request, error) {
+		preq, err := http.NewRequestWithContext(r.Context(), http.MethodPost, p.URL, bytes.NewReader(body))
+		if err != nil {
+			return nil, fmt.Errorf("provider request: %w", err)
+		}
+		preq.Header.Set("Content-Type", "application/json")
+		return preq, nil
+	})
 	if err != nil {
 		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s unreachable: %v", p.Name, err)}
 	}
@@ -120,6 +125,34 @@ func (s *Server) provisionResource(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	return ok(w, res2)
+}
+
+// providerWait bounds how long a provider that cannot be reached (its
+// job restarting, its service without a live instance) is waited for.
+const providerWait = 30 * time.Second
+
+// providerDo sends the request newReq makes to a provider, again while it
+// cannot be dialled (the request never reached it, so sending it again
+// provisions nothing twice), for up to providerWait.
+func (s *Server) providerDo(ctx context.Context, newReq func() (*http.Request, error)) (*http.Response, error) {
+	deadline := time.Now().Add(providerWait)
+	for {
+		req, err := newReq()
+		if err != nil {
+			return nil, err
+		}
+		res, err := s.cfg.HTTP.Do(req)
+		var oe *net.OpError
+		dial := errors.Is(err, discoverdclient.ErrNoLiveInstance) || (errors.As(err, &oe) && oe.Op == "dial")
+		if err == nil || !dial || time.Now().After(deadline) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // saveResource stores a resource and gives each of its apps a new release
@@ -332,11 +365,13 @@ func (s *Server) deprovisionResource(w http.ResponseWriter, r *http.Request) err
 			u += "?"
 		}
 		u += "id=" + url.QueryEscape(res.ExternalID)
-		dreq, err := http.NewRequestWithContext(r.Context(), http.MethodDelete, u, nil)
-		if err != nil {
-			return fmt.Errorf("deprovision request: %w", err)
-		}
-		dres, err := s.cfg.HTTP.Do(dreq)
+		dres, err := s.providerDo(r.Context(), func() (*http.Request, error) {
+			dreq, err := http.NewRequestWithContext(r.Context(), http.MethodDelete, u, nil)
+			if err != nil {
+				return nil, fmt.Errorf("deprovision request: %w", err)
+			}
+			return dreq, nil
+		})
 		if err != nil {
 			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s unreachable: %v", p.Name, err)}
 		}

@@ -345,6 +345,9 @@ func (l *loop) start(ctx context.Context) {
 
 func (l *loop) isReady() bool { return l.ready.Load() }
 
+// hostListTimeout bounds listing one host's jobs and volumes in a sync.
+const hostListTimeout = 15 * time.Second
+
 func (l *loop) fullSync(ctx context.Context) (*fullSyncEvent, error) {
 	since := l.seq.Load()
 	hosts, err := l.cfg.Cluster.ListHosts(ctx)
@@ -370,12 +373,18 @@ func (l *loop) fullSync(ctx context.Context) (*fullSyncEvent, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			jobs, err := l.cfg.Cluster.ListJobs(ctx, h.ID)
+			// A host that cannot be reached (its network cut while its
+			// lease lasts) must not hold up the sync of the others: a
+			// sync that never ends would never settle its jobs' records
+			// once the host is gone.
+			hctx, cancel := context.WithTimeout(ctx, hostListTimeout)
+			defer cancel()
+			jobs, err := l.cfg.Cluster.ListJobs(hctx, h.ID)
 			if err != nil {
 				l.log.Warn("list host jobs", "host", h.ID, "err", err)
 				return
 			}
-			vols := l.listVolumes(ctx, h.ID)
+			vols := l.listVolumes(hctx, h.ID)
 			mu.Lock()
 			ev.jobs[h.ID] = jobs
 			ev.volumes[h.ID] = vols

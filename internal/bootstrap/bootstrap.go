@@ -122,7 +122,8 @@ type Result struct {
 	GitURL        string `json:"git_url"`
 	// SSHGit is host:port of git over SSH.
 	SSHGit string `json:"ssh_git,omitempty"`
-	// BlobURL is the blobstore's base URL, as the apps' artifacts name it.
+	// BlobURL is the blobstore's address on the first host, which this
+	// machine reaches (artifacts name it blobstore.discoverd).
 	BlobURL string `json:"blob_url,omitempty"`
 	// AlreadyDone is set when the cluster was bootstrapped before.
 	AlreadyDone bool `json:"-"`

@@ -108,8 +108,11 @@ func runBootstrap(ctx context.Context, stateDir, discoverdURL, manifestFile stri
 	t := backup.Target{
 		Controller: controllerclient.NewWithHTTP("http://controller"+discoverdclient.ServiceDomain, res.Key, disc.HTTPClient()),
 		Blobs:      blobclient.New(res.BlobURL, res.Key, nil),
-		BlobURL:    res.BlobURL,
-		Progress:   out,
+		// As the cluster's own artifacts name the blobstore (gitreceive's
+		// and the controller's BLOBSTORE_URL): the host agents send their
+		// read token there only.
+		BlobURL:  "http://blobstore" + discoverdclient.ServiceDomain,
+		Progress: out,
 	}
 	if _, err := backup.Restore(ctx, b.fromBackup, t); err != nil {
 		return nil, err

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/appliance"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
@@ -204,39 +205,9 @@ func (a *Appliance) run(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	var ln net.Listener
-	apiErr := make(chan error, 1)
-	if a.cfg.APIListen != "" {
-		var err error
-		if ln, err = net.Listen("tcp", a.cfg.APIListen); err != nil {
-			stop()
-			return fmt.Errorf("mysql: api: %w", err)
-		}
-		auth := httpapi.NewKeyAuth(a.cfg.APIKey)
-		h := auth.Require(func(r *http.Request) bool { return r.URL.Path == "/ping" }, a.Handler())
-		go func() { apiErr <- httpapi.Serve(ctx, ln, httpapi.Wrap(a.log, h), a.log) }()
-	}
-	a.log.Info("mysql ready", "port", a.cfg.Port, "api", a.cfg.APIListen)
-	if a.cfg.Ready != nil {
-		a.cfg.Ready()
-	}
-	select {
-	case <-ctx.Done():
-		err := stop()
-		if ln != nil {
-			<-apiErr
-		}
-		return err
-	case err := <-exited:
-		if ln != nil {
-			ln.Close()
-			<-apiErr
-		}
-		return fmt.Errorf("mysql: the server exited: %v", err)
-	case err := <-apiErr:
-		stop()
-		return fmt.Errorf("mysql: api: %w", err)
-	}
+	api := &appliance.Server{Name: "mysql", APIListen: a.cfg.APIListen, APIKey: a.cfg.APIKey, Handler: a.Handler(),
+		Exited: exited, Stop: stop, Port: a.cfg.Port, Ready: a.cfg.Ready, Log: a.log}
+	return api.Serve(ctx)
 }
 
 // sql runs SQL as root through the socket; the SQL goes on stdin.

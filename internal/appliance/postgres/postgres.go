@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/appliance"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
@@ -288,39 +289,9 @@ func (a *Appliance) Run(ctx context.Context) error {
 		stop()
 		return err
 	}
-	var ln net.Listener
-	apiErr := make(chan error, 1)
-	if a.cfg.APIListen != "" {
-		var err error
-		if ln, err = net.Listen("tcp", a.cfg.APIListen); err != nil {
-			stop()
-			return fmt.Errorf("postgres: api: %w", err)
-		}
-		auth := httpapi.NewKeyAuth(a.cfg.APIKey)
-		h := auth.Require(func(r *http.Request) bool { return r.URL.Path == "/ping" }, a.Handler())
-		go func() { apiErr <- httpapi.Serve(ctx, ln, httpapi.Wrap(a.log, h), a.log) }()
-	}
-	a.log.Info("postgres ready", "port", a.cfg.Port, "api", a.cfg.APIListen)
-	if a.cfg.Ready != nil {
-		a.cfg.Ready()
-	}
-	select {
-	case <-ctx.Done():
-		err := stop()
-		if ln != nil {
-			<-apiErr
-		}
-		return err
-	case err := <-exited:
-		if ln != nil {
-			ln.Close()
-			<-apiErr
-		}
-		return fmt.Errorf("postgres: the server exited: %v", err)
-	case err := <-apiErr:
-		stop()
-		return fmt.Errorf("postgres: api: %w", err)
-	}
+	api := &appliance.Server{Name: "postgres", APIListen: a.cfg.APIListen, APIKey: a.cfg.APIKey, Handler: a.Handler(),
+		Exited: exited, Stop: stop, Port: a.cfg.Port, Ready: a.cfg.Ready, Log: a.log}
+	return api.Serve(ctx)
 }
 
 func ignoreSignalExit(err error) error {

@@ -1,0 +1,71 @@
+// Package appliance holds what the database appliances (postgres, mysql)
+// share: serving their provider API beside a running server until either
+// ends.
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/flynnrebuilt/flynn/internal/httpapi"
+)
+
+// Server is a database server that runs and an appliance serving its
+// provider API.
+type Server struct {
+	// Name names the appliance in errors and logs ("postgres").
+	Name string
+	// APIListen is the provider API's address ("": no API); APIKey the
+	// key it wants for everything but /ping.
+	APIListen, APIKey string
+	Handler           http.Handler
+	// Exited reports the server process's end; Stop stops it and waits.
+	Exited <-chan error
+	Stop   func() error
+	// Port is logged; Ready, when set, is called once the API listens.
+	Port  int
+	Ready func()
+	Log   *slog.Logger
+}
+
+// Serve serves the provider API beside the running server until ctx ends
+// (the server is stopped), the server exits or the API fails (the other
+// is stopped too).
+func (s *Server) Serve(ctx context.Context) error {
+	var ln net.Listener
+	apiErr := make(chan error, 1)
+	if s.APIListen != "" {
+		var err error
+		if ln, err = net.Listen("tcp", s.APIListen); err != nil {
+			s.Stop()
+			return fmt.Errorf("%s: api: %w", s.Name, err)
+		}
+		auth := httpapi.NewKeyAuth(s.APIKey)
+		h := auth.Require(func(r *http.Request) bool { return r.URL.Path == "/ping" }, s.Handler)
+		go func() { apiErr <- httpapi.Serve(ctx, ln, httpapi.Wrap(s.Log, h), s.Log) }()
+	}
+	s.Log.Info(s.Name+" ready", "port", s.Port, "api", s.APIListen)
+	if s.Ready != nil {
+		s.Ready()
+	}
+	select {
+	case <-ctx.Done():
+		err := s.Stop()
+		if ln != nil {
+			<-apiErr
+		}
+		return err
+	case err := <-s.Exited:
+		if ln != nil {
+			ln.Close()
+			<-apiErr
+		}
+		return fmt.Errorf("%s: the server exited: %v", s.Name, err)
+	case err := <-apiErr:
+		s.Stop()
+		return fmt.Errorf("%s: api: %w", s.Name, err)
+	}
+}

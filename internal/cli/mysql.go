@@ -1,15 +1,11 @@
 package cli
 
 import (
-	"errors"
-	"fmt"
 	"io"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
-
-	"github.com/flynnrebuilt/flynn/api"
 )
 
 // mysqlEnv are the variables a mysql resource gives an app.
@@ -106,37 +102,12 @@ func newMySQLCmd(s *state) *cobra.Command {
 // database: host, port, user and database as arguments, the password in
 // the job's env (MYSQL_PWD).
 func (s *state) runMySQL(cmd *cobra.Command, prog string, args []string, stdin io.Reader, stdout io.Writer) error {
-	ctx := cmd.Context()
-	c, app, err := s.appClient(ctx)
+	db, err := s.appDatabase(cmd.Context(), "mysql", mysqlEnv, "FLYNN_MYSQL")
 	if err != nil {
 		return err
 	}
-	if app.ReleaseID == "" {
-		return fmt.Errorf("app %s has no release, so no database: add one with flynn -a %s resource add mysql", app.Name, app.Name)
-	}
-	rel, err := c.GetRelease(ctx, app.ReleaseID)
-	if err != nil {
-		return err
-	}
-	for _, k := range mysqlEnv {
-		if rel.Env[k] == "" {
-			return fmt.Errorf("app %s has no mysql database (no %s in its env): add one with flynn -a %s resource add mysql", app.Name, k, app.Name)
-		}
-	}
-	name := orDefault(rel.Env["FLYNN_MYSQL"], "mysql")
-	myApp, err := c.GetApp(ctx, name)
-	if errors.Is(err, api.ErrNotFound) {
-		return fmt.Errorf("the mysql appliance (app %s) is not on this cluster", name)
-	}
-	if err != nil {
-		return err
-	}
-	if myApp.ReleaseID == "" {
-		return fmt.Errorf("the mysql appliance (app %s) has no release", myApp.Name)
-	}
-	e := rel.Env
+	e := db.env
 	full := append([]string{prog, "--protocol=tcp", "-h", e["MYSQL_HOST"], "-P", e["MYSQL_PORT"], "-u", e["MYSQL_USER"]}, args...)
 	full = append(full, e["MYSQL_DATABASE"])
-	nj := &api.NewJob{ReleaseID: myApp.ReleaseID, Args: full, Env: map[string]string{"MYSQL_PWD": e["MYSQL_PWD"]}, DisableLog: true}
-	return s.runAttachedIO(ctx, cmd, myApp, nj, stdin, stdout)
+	return s.runDatabaseJob(cmd, db, full, map[string]string{"MYSQL_PWD": e["MYSQL_PWD"]}, stdin, stdout)
 }

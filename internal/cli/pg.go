@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/api"
-	"github.com/flynnrebuilt/flynn/client/controllerclient"
 )
 
 // pgEnv are the variables a postgres resource gives an app that psql,
@@ -102,12 +101,12 @@ runs a one-off job of the postgres appliance with the app's PG* variables.`,
 				in = f
 			}
 			p := newProgress(cmd.ErrOrStderr(), rquiet, "Restored")
-			env, _, err := s.pgAppEnv(cmd.Context())
+			db, err := s.appDatabase(cmd.Context(), "postgres", pgEnv, "FLYNN_POSTGRES")
 			if err != nil {
 				return err
 			}
-			pgArgs := []string{"pg_restore", "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error", "-d", env["PGDATABASE"]}
-			err = s.runPg(cmd, pgArgs, io.TeeReader(in, p), cmd.OutOrStdout())
+			pgArgs := []string{"pg_restore", "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error", "-d", db.env["PGDATABASE"]}
+			err = s.runDatabaseJob(cmd, db, pgArgs, db.env, io.TeeReader(in, p), cmd.OutOrStdout())
 			p.done()
 			return err
 		},
@@ -118,52 +117,64 @@ runs a one-off job of the postgres appliance with the app's PG* variables.`,
 	return c
 }
 
-// pgAppEnv returns the app's PG* variables and the name of the postgres
-// appliance app that serves them.
-func (s *state) pgAppEnv(ctx context.Context) (map[string]string, *controllerclient.Client, error) {
+// appDatabase is an app's database resource: the resource's variables
+// from the app's env and the appliance app that serves the database.
+type appDatabase struct {
+	env       map[string]string
+	appliance *api.App
+}
+
+// appDatabase finds the app's database of provider: keys of its env, each
+// required, and the appliance app, named by the env's nameVar or else
+// provider.
+func (s *state) appDatabase(ctx context.Context, provider string, keys []string, nameVar string) (*appDatabase, error) {
 	c, app, err := s.appClient(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if app.ReleaseID == "" {
-		return nil, nil, fmt.Errorf("app %s has no release, so no database: add one with flynn -a %s resource add postgres", app.Name, app.Name)
+		return nil, fmt.Errorf("app %s has no release, so no database: add one with flynn -a %s resource add %s", app.Name, app.Name, provider)
 	}
 	rel, err := c.GetRelease(ctx, app.ReleaseID)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	env := map[string]string{}
-	for _, k := range pgEnv {
+	for _, k := range keys {
 		if rel.Env[k] == "" {
-			return nil, nil, fmt.Errorf("app %s has no postgres database (no %s in its env): add one with flynn -a %s resource add postgres", app.Name, k, app.Name)
+			return nil, fmt.Errorf("app %s has no %s database (no %s in its env): add one with flynn -a %s resource add %s", app.Name, provider, k, app.Name, provider)
 		}
 		env[k] = rel.Env[k]
 	}
-	env["FLYNN_POSTGRES"] = orDefault(rel.Env["FLYNN_POSTGRES"], "postgres")
-	return env, c, nil
+	name := orDefault(rel.Env[nameVar], provider)
+	appliance, err := c.GetApp(ctx, name)
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, fmt.Errorf("the %s appliance (app %s) is not on this cluster", provider, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if appliance.ReleaseID == "" {
+		return nil, fmt.Errorf("the %s appliance (app %s) has no release", provider, appliance.Name)
+	}
+	return &appDatabase{env: env, appliance: appliance}, nil
+}
+
+// runDatabaseJob runs args as a one-off job of the database appliance's
+// current release with env (credentials travel there, never in args).
+func (s *state) runDatabaseJob(cmd *cobra.Command, db *appDatabase, args []string, env map[string]string, stdin io.Reader, stdout io.Writer) error {
+	nj := &api.NewJob{ReleaseID: db.appliance.ReleaseID, Args: args, Env: env, DisableLog: true}
+	return s.runAttachedIO(cmd.Context(), cmd, db.appliance, nj, stdin, stdout)
 }
 
 // runPg runs args as a one-off job of the postgres appliance's current
 // release with the app's PG* env.
 func (s *state) runPg(cmd *cobra.Command, args []string, stdin io.Reader, stdout io.Writer) error {
-	ctx := cmd.Context()
-	env, c, err := s.pgAppEnv(ctx)
+	db, err := s.appDatabase(cmd.Context(), "postgres", pgEnv, "FLYNN_POSTGRES")
 	if err != nil {
 		return err
 	}
-	pgApp, err := c.GetApp(ctx, env["FLYNN_POSTGRES"])
-	if errors.Is(err, api.ErrNotFound) {
-		return fmt.Errorf("the postgres appliance (app %s) is not on this cluster", env["FLYNN_POSTGRES"])
-	}
-	if err != nil {
-		return err
-	}
-	if pgApp.ReleaseID == "" {
-		return fmt.Errorf("the postgres appliance (app %s) has no release", pgApp.Name)
-	}
-	delete(env, "FLYNN_POSTGRES")
-	nj := &api.NewJob{ReleaseID: pgApp.ReleaseID, Args: args, Env: env, DisableLog: true}
-	return s.runAttachedIO(ctx, cmd, pgApp, nj, stdin, stdout)
+	return s.runDatabaseJob(cmd, db, args, db.env, stdin, stdout)
 }
 
 // progress counts the bytes written to it and reports them on w every

@@ -51,7 +51,14 @@ type Ports struct {
 	// MySQL is the routers' TCP route port of the mysql appliance's
 	// leader (default DefaultMySQLPort).
 	MySQL int
+	// Redis is the routers' TCP route port of the redis appliance's
+	// leader (default DefaultRedisPort).
+	Redis int
 }
+
+// DefaultRedisPort is Ports.Redis when not set (the routers' TCP range
+// is 3000-3500: 3379 for Redis's 6379).
+const DefaultRedisPort = 3379
 
 // DefaultMySQLPort is Ports.MySQL when not set.
 const DefaultMySQLPort = 3306
@@ -65,7 +72,7 @@ const DefaultPostgresPort = 3432
 const DefaultPostgresHost = "leader.postgres.discoverd"
 
 // DefaultPorts are the ports of a production cluster.
-var DefaultPorts = Ports{HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222, Postgres: DefaultPostgresPort, MySQL: DefaultMySQLPort}
+var DefaultPorts = Ports{HTTP: 80, HTTPS: 443, RouterAPI: 5000, Blobstore: 5380, Logagg: 5381, GitHTTP: 5382, GitSSH: 2222, Postgres: DefaultPostgresPort, MySQL: DefaultMySQLPort, Redis: DefaultRedisPort}
 
 // Config says which cluster to bootstrap and how.
 type Config struct {
@@ -92,6 +99,9 @@ type Config struct {
 	// MySQLHost is the host name apps get for the mysql appliance
 	// (default leader.mysql.discoverd).
 	MySQLHost string
+	// RedisHost is the host name apps get for the redis appliance
+	// (default leader.redis.discoverd).
+	RedisHost string
 	// StackLayer is the build stack's layer tar on this host, given to
 	// gitreceive as $STACK_URL (file://...).
 	StackLayer string
@@ -201,6 +211,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	if cfg.MySQLHost == "" {
 		cfg.MySQLHost = "leader.mysql.discoverd"
 	}
+	if cfg.Ports.Redis == 0 {
+		cfg.Ports.Redis = DefaultRedisPort
+	}
+	if cfg.RedisHost == "" {
+		cfg.RedisHost = "leader.redis.discoverd"
+	}
 	if cfg.FlynnHost == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -265,6 +281,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		"PG_PUBLIC_HOST":    cfg.PostgresHost,
 		"MYSQL_PUBLIC_PORT": strconv.Itoa(p.MySQL),
 		"MYSQL_PUBLIC_HOST": cfg.MySQLHost,
+		"REDIS_PUBLIC_PORT": strconv.Itoa(p.Redis),
+		"REDIS_PUBLIC_HOST": cfg.RedisHost,
 	}
 	r.vars["FLYNN_HOST_BIN"] = cfg.FlynnHost
 	if cfg.StackLayer != "" {
@@ -350,6 +368,7 @@ func (r *run) step(ctx context.Context, s *Step) error {
 		r.vars["ROUTER_COOKIE_KEY"] = randomHex(32)
 		r.vars["POSTGRES_API_KEY"] = randomHex(24)
 		r.vars["MYSQL_API_KEY"] = randomHex(24)
+		r.vars["REDIS_API_KEY"] = randomHex(24)
 		return nil
 	case ActionGenTLS:
 		return r.genTLS(ctx)

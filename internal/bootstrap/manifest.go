@@ -296,8 +296,26 @@ func DefaultManifest() *Manifest {
 		Env:     map[string]string{"MYSQL_API_KEY": "${MYSQL_API_KEY}"},
 	}
 
+	// The Redis appliance (internal/appliance/redis): a redis-server per
+	// database behind one proxy port (service "redis"), the provider API
+	// on its second port, the data on a volume. Running by default: with
+	// no database it is one small process.
+	rd := &api.ProcessType{
+		Args: []string{"/bin/flynn-host", "component", "redis", "--data-dir", "/data",
+			"--public-host", "${REDIS_PUBLIC_HOST}", "--public-port", "${REDIS_PUBLIC_PORT}"},
+		HostNetwork: true,
+		Ports: []api.Port{
+			{Proto: "tcp", Service: &api.Service{Name: "redis", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+			{Proto: "tcp", Service: &api.Service{Name: "redis-api", Create: true, Check: &api.HealthCheck{Type: "tcp"}}},
+		},
+		Volumes: []api.VolumeReq{{Path: "/data"}},
+		Env:     map[string]string{"REDIS_API_KEY": "${REDIS_API_KEY}"},
+	}
+
 	return &Manifest{
 		Apps: map[string]*AppSpec{
+			"redis": {Stack: true, RequiresStack: true, Strategy: api.StrategyOneDownOneUp,
+				Processes: map[string]*api.ProcessType{"redis": rd}, Formation: map[string]int{"redis": 1}},
 			"mysql": {Stack: true, RequiresStack: true, Strategy: api.StrategyOneDownOneUp,
 				Processes: map[string]*api.ProcessType{"mysql": my}, Formation: map[string]int{"mysql": 0}},
 			"postgres": {Stack: true, RequiresStack: true, Strategy: api.StrategyOneDownOneUp,
@@ -333,6 +351,9 @@ func DefaultManifest() *Manifest {
 			{ID: "mysql", Action: ActionDeployApp, App: "mysql", Optional: true},
 			{ID: "route-mysql", Action: ActionAddRoute, App: "mysql", Type: api.RouteTCP, Port: "${MYSQL_PUBLIC_PORT}", Service: "mysql", Leader: true, Optional: true},
 			{ID: "provider-mysql", Action: ActionAddProvider, App: "mysql", Name: "mysql", URL: "http://flynn:${MYSQL_API_KEY}@mysql-api.discoverd/databases", Optional: true},
+			{ID: "redis", Action: ActionDeployApp, App: "redis", Optional: true},
+			{ID: "route-redis", Action: ActionAddRoute, App: "redis", Type: api.RouteTCP, Port: "${REDIS_PUBLIC_PORT}", Service: "redis", Leader: true, Optional: true},
+			{ID: "provider-redis", Action: ActionAddProvider, App: "redis", Name: "redis", URL: "http://flynn:${REDIS_API_KEY}@redis-api.discoverd/databases", Optional: true},
 			{ID: "provider-postgres", Action: ActionAddProvider, App: "postgres", Name: "postgres", URL: "http://flynn:${POSTGRES_API_KEY}@postgres-api.discoverd/databases", Optional: true},
 			{ID: "wait-controller-route", Action: ActionWaitHTTP, URL: "http://127.0.0.1:${HTTP_PORT}/ping", Host: "controller.${CLUSTER_DOMAIN}", Status: []int{200, 401}},
 		},

@@ -99,6 +99,7 @@ Global flags go before the command: flynn [-a APP] [-c CLUSTER] COMMAND.`,
 		newVolumeCmd(s),
 		newPgCmd(s),
 		newMySQLCmd(s),
+		newRedisCmd(s),
 		newExportCmd(s),
 		newImportCmd(s),
 	)

@@ -41,6 +41,7 @@ type bootstrapFlags struct {
 	ports     bootstrap.Ports
 	pgHost    string
 	myHost    string
+	redisHost string
 	startJobs bool
 	// fromBackup is a backup file (flynn cluster backup) to restore
 	// once the platform runs.
@@ -66,6 +67,8 @@ func (b *bootstrapFlags) register(cmd *cobra.Command, env Env) {
 	f.StringVar(&b.pgHost, "postgres-host", bootstrap.DefaultPostgresHost, "host name (or address) apps get for the postgres appliance (PGHOST)")
 	f.IntVar(&b.ports.MySQL, "mysql-port", p.MySQL, "routers' TCP route port of the mysql appliance (within 3000-3500)")
 	f.StringVar(&b.myHost, "mysql-host", "leader.mysql.discoverd", "host name (or address) apps get for the mysql appliance (MYSQL_HOST)")
+	f.IntVar(&b.ports.Redis, "redis-port", p.Redis, "routers' TCP route port of the redis appliance (within 3000-3500)")
+	f.StringVar(&b.redisHost, "redis-host", "leader.redis.discoverd", "host name (or address) apps get for the redis appliance (REDIS_HOST)")
 	f.StringVar(&b.fromBackup, "from-backup", "", "restore the apps of a backup file (flynn cluster backup) on this new cluster")
 	f.BoolVar(&b.startJobs, "start-jobs", false, "start every system job directly instead of leaving it to the scheduler")
 	f.MarkHidden("start-jobs")
@@ -78,7 +81,7 @@ func runBootstrap(ctx context.Context, stateDir, discoverdURL, manifestFile stri
 	}
 	cfg := bootstrap.Config{
 		DiscoverdURL: discoverdURL, Token: hc.Token, Domain: b.domain, StateDir: stateDir,
-		Ports: b.ports, StartJobs: b.startJobs, Out: out, StackLayer: stackLayer, PostgresHost: b.pgHost, MySQLHost: b.myHost,
+		Ports: b.ports, StartJobs: b.startJobs, Out: out, StackLayer: stackLayer, PostgresHost: b.pgHost, MySQLHost: b.myHost, RedisHost: b.redisHost,
 	}
 	if pkiDir := daemon.PKIDir(stateDir); pki.HasCA(pkiDir) {
 		if cfg.EtcdTLS, err = pki.TLSConfig(pkiDir, pki.HostCert, pki.HostKey); err != nil {

@@ -20,6 +20,8 @@ flynn-host bootstrap deploys; run them by hand only for development.`,
 		newGitreceiveCmd(env),
 		newPostgresCmd(env),
 		newMySQLCmd(env),
+		newRedisCmd(env),
+		newRedisRestoreCmd(env),
 	)
 	return cmd
 }

@@ -41,6 +41,9 @@ var DefaultPackages = []string{
 	// MariaDB: the server the mysql appliance runs, and the mariadb
 	// client and mariadb-dump, which flynn mysql runs.
 	"mariadb-server", "mariadb-client",
+	// Redis: the server the redis appliance runs, and redis-cli, which
+	// flynn redis runs.
+	"redis-server", "redis-tools",
 }
 
 // DefaultMirror is used when no Debian mirror is found in the apt sources.

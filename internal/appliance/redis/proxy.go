@@ -12,12 +12,14 @@ import (
 )
 
 // The proxy is the appliance's one TCP port. Every database has a
-// redis-server of its own listening on a unix socket only; a client
-// reaches one by authenticating: its password (AUTH [user] pass, or HELLO
-// with AUTH) names the database. Until then the proxy answers every other
-// command as a password-protected Redis does (NOAUTH). After that the
-// connection is spliced to the database's server, which sees the rest of
-// the stream, HELLO's reply included.
+// redis-server of its own listening on a unix socket only, with the
+// database's password; a client reaches one by authenticating: its
+// password (AUTH [user] pass, or HELLO with AUTH) names the database.
+// Until then the proxy answers every other command as a
+// password-protected Redis does (NOAUTH). Then it sends the AUTH or HELLO
+// on to the database's server, which answers it, and splices the rest of
+// the connection to it: the client talks to its own Redis, AUTH again
+// included (as MIGRATE does on every call).
 
 // Limits on a connection that has not authenticated yet.
 const (
@@ -57,21 +59,23 @@ func serveConn(c net.Conn, dial backend) error {
 			continue
 		}
 		var user, pass string
-		var hello []string // HELLO without its AUTH option, sent on once authenticated
+		var fwd []string // the command the server gets: it checks the password too
 		switch strings.ToUpper(args[0]) {
 		case "AUTH":
 			switch len(args) {
 			case 2:
 				pass = args[1]
+				fwd = args
 			case 3:
 				user, pass = args[1], args[2]
+				fwd = []string{args[0], "default", pass}
 			default:
 				io.WriteString(c, "-ERR wrong number of arguments for 'auth' command\r\n")
 				continue
 			}
 		case "HELLO":
 			var err error
-			if hello, user, pass, err = parseHello(args); err != nil {
+			if fwd, user, pass, err = parseHello(args); err != nil {
 				io.WriteString(c, "-ERR "+err.Error()+"\r\n")
 				continue
 			}
@@ -103,13 +107,9 @@ func serveConn(c net.Conn, dial backend) error {
 			continue
 		}
 		c.SetDeadline(time.Time{})
-		if hello != nil {
-			// The server answers HELLO (its protocol and its map).
-			if _, err := srv.Write(encodeCommand(hello)); err != nil {
-				srv.Close()
-				return err
-			}
-		} else if _, err := io.WriteString(c, "+OK\r\n"); err != nil {
+		// The server answers the AUTH or HELLO (its +OK, or HELLO's
+		// map), and knows the connection for authenticated.
+		if _, err := srv.Write(encodeCommand(fwd)); err != nil {
 			srv.Close()
 			return err
 		}
@@ -138,13 +138,14 @@ func splice(c net.Conn, br *bufio.Reader, srv net.Conn) error {
 }
 
 // parseHello reads HELLO [protover [AUTH user pass] [SETNAME name]]: the
-// command to send on without AUTH, and AUTH's user and password.
-func parseHello(args []string) (rest []string, user, pass string, err error) {
-	rest = []string{args[0]}
+// command to send on (AUTH's user made "default": a server's one user)
+// and AUTH's user and password.
+func parseHello(args []string) (fwd []string, user, pass string, err error) {
+	fwd = []string{args[0]}
 	if len(args) == 1 {
-		return rest, "", "", nil
+		return fwd, "", "", nil
 	}
-	rest = append(rest, args[1])
+	fwd = append(fwd, args[1])
 	for i := 2; i < len(args); i++ {
 		switch strings.ToUpper(args[i]) {
 		case "AUTH":
@@ -152,18 +153,19 @@ func parseHello(args []string) (rest []string, user, pass string, err error) {
 				return nil, "", "", fmt.Errorf("syntax error in HELLO option 'auth'")
 			}
 			user, pass = args[i+1], args[i+2]
+			fwd = append(fwd, args[i], "default", pass)
 			i += 2
 		case "SETNAME":
 			if i+1 >= len(args) {
 				return nil, "", "", fmt.Errorf("syntax error in HELLO option 'setname'")
 			}
-			rest = append(rest, args[i], args[i+1])
+			fwd = append(fwd, args[i], args[i+1])
 			i++
 		default:
 			return nil, "", "", fmt.Errorf("syntax error in HELLO option '%s'", oneLine(args[i]))
 		}
 	}
-	return rest, user, pass, nil
+	return fwd, user, pass, nil
 }
 
 type protoError string

@@ -5,7 +5,7 @@
 // another app's data.
 //
 // The servers listen on unix sockets inside the appliance's job only,
-// run as user redis, keep their data (append-only file, fsync every
+// each with its database's password, run as user redis, keep their data (append-only file, fsync every
 // second) under DataDir/<id> on the job's volume, and are restarted when
 // they exit. The job's one TCP port is a proxy (proxy.go): a client's
 // AUTH (or HELLO ... AUTH) password names its database, and the rest of
@@ -18,10 +18,11 @@
 // /databases starts a new server and answers {id, env} with REDIS_URL,
 // REDIS_HOST, REDIS_PORT and REDIS_PASSWORD; DELETE /databases?id= stops
 // it and removes its data. Passwords are kept in DataDir/<id>/password
-// (0600, root), never on a command line nor in a server's config.
+// (0600, root) and reach a server on its stdin, never on a command line.
 package redis
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -155,9 +156,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 var dbIDRe = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
 
-func (a *Appliance) dbDir(id string) string    { return filepath.Join(a.cfg.DataDir, id) }
-func (a *Appliance) socket(id string) string   { return filepath.Join(a.cfg.RunDir, id+".sock") }
-func (a *Appliance) confPath(id string) string { return filepath.Join(a.cfg.RunDir, id+".conf") }
+func (a *Appliance) dbDir(id string) string  { return filepath.Join(a.cfg.DataDir, id) }
+func (a *Appliance) socket(id string) string { return filepath.Join(a.cfg.RunDir, id+".sock") }
 
 func (a *Appliance) run(ctx context.Context) error {
 	for _, d := range []string{a.cfg.DataDir, a.cfg.RunDir} {
@@ -262,11 +262,13 @@ func (a *Appliance) dial(user, pass string) (net.Conn, bool, error) {
 	return nil, true, fmt.Errorf("database %s is not available, try again", s.id)
 }
 
-// config is a server's redis.conf: no TCP, its socket, its data dir,
-// append-only persistence, bounded memory. No password: only the proxy
-// reaches the socket.
-func (a *Appliance) config(id string) string {
+// config is a server's configuration: no TCP, its socket, its data dir,
+// append-only persistence, bounded memory, its password. It reaches the
+// server on its stdin ("redis-server -"), so the password is in no file
+// and on no command line, and CONFIG REWRITE has no file to write.
+func (a *Appliance) config(id, password string) string {
 	return strings.Join([]string{
+		"requirepass " + password,
 		"port 0",
 		"unixsocket " + a.socket(id),
 		"unixsocketperm 700",
@@ -289,10 +291,10 @@ func (a *Appliance) config(id string) string {
 	}, "\n")
 }
 
-// start writes id's config and keeps its server running until stopped.
+// start keeps id's server running until stopped.
 func (a *Appliance) start(id, password string) error {
-	if err := os.WriteFile(a.confPath(id), []byte(a.config(id)), 0o644); err != nil {
-		return fmt.Errorf("redis: %w", err)
+	if strings.ContainsAny(password, " \t\r\n\"'") || password == "" {
+		return fmt.Errorf("redis: database %s: a password must be one word", id)
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(a.ctx))
 	s := &server{id: id, password: password, stop: cancel, done: make(chan struct{})}
@@ -303,18 +305,18 @@ func (a *Appliance) start(id, password string) error {
 	go func() {
 		defer a.wg.Done()
 		defer close(s.done)
-		a.keepRunning(ctx, id)
+		a.keepRunning(ctx, id, password)
 	}()
 	return nil
 }
 
 // keepRunning runs id's server until ctx ends, restarting it (with
 // backoff) when it exits.
-func (a *Appliance) keepRunning(ctx context.Context, id string) {
+func (a *Appliance) keepRunning(ctx context.Context, id, password string) {
 	backoff := time.Second
 	for {
 		started := time.Now()
-		err := a.runServer(ctx, id)
+		err := a.runServer(ctx, id, password)
 		if ctx.Err() != nil {
 			return
 		}
@@ -333,8 +335,9 @@ func (a *Appliance) keepRunning(ctx context.Context, id string) {
 
 // runServer runs id's server once; when ctx ends it asks it to stop
 // (SIGTERM: it finishes writing) and waits.
-func (a *Appliance) runServer(ctx context.Context, id string) error {
-	cmd := exec.Command(a.cfg.ServerBin, a.confPath(id))
+func (a *Appliance) runServer(ctx context.Context, id, password string) error {
+	cmd := exec.Command(a.cfg.ServerBin, "-")
+	cmd.Stdin = strings.NewReader(a.config(id, password))
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8"}
 	cmd.Dir = a.dbDir(id)
 	cmd.Stdout = prefixWriter(a.cfg.ServerLog, id)
@@ -371,7 +374,7 @@ func (a *Appliance) stopAll() {
 }
 
 // ping waits until id's server answers PING on its socket.
-func (a *Appliance) ping(ctx context.Context, id string, within time.Duration) error {
+func (a *Appliance) ping(ctx context.Context, id, password string, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
 		err := func() error {
@@ -381,15 +384,16 @@ func (a *Appliance) ping(ctx context.Context, id string, within time.Duration) e
 			}
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(2 * time.Second))
-			if _, err := c.Write(encodeCommand([]string{"PING"})); err != nil {
+			rc := &conn{Conn: c, br: bufio.NewReader(c)}
+			if _, err := rc.do("AUTH", password); err != nil {
 				return err
 			}
-			b := make([]byte, 7)
-			if _, err := io.ReadFull(c, b); err != nil {
+			v, err := rc.do("PING")
+			if err != nil {
 				return err
 			}
-			if string(b) != "+PONG\r\n" {
-				return fmt.Errorf("PING answered %q", b)
+			if v != "PONG" {
+				return fmt.Errorf("PING answered %v", v)
 			}
 			return nil
 		}()
@@ -463,7 +467,7 @@ func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 		a.drop(id)
 		return nil, fmt.Errorf("provision %s: %w", id, err)
 	}
-	if err := a.ping(ctx, id, 30*time.Second); err != nil {
+	if err := a.ping(ctx, id, pass, 30*time.Second); err != nil {
 		a.drop(id)
 		return nil, fmt.Errorf("provision %s: %w", id, err)
 	}
@@ -490,7 +494,6 @@ func (a *Appliance) drop(id string) error {
 		s.stop()
 		<-s.done
 	}
-	os.Remove(a.confPath(id))
 	os.Remove(a.socket(id))
 	gone := a.dbDir(id) + ".deleted"
 	if err := os.Rename(a.dbDir(id), gone); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -106,6 +106,8 @@ func TestRedisAddon(t *testing.T) {
 		j := rdJob()
 		return j != nil && j.Job.ID != old.Job.ID, nil
 	})
+	// (The app's client meets a closed connection once, and reconnects.)
+	rows("a,b")
 	post("c")
 	rows("a,b,c")
 

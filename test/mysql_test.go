@@ -1,7 +1,6 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
@@ -47,20 +45,7 @@ func TestMySQLAddon(t *testing.T) {
 			t.Errorf("flynn env lacks %s:\n%s", k, env)
 		}
 	}
-	post := func(v string) {
-		t.Helper()
-		out, err := exec.Command("curl", "-sS", "-m", "10", "-X", "POST", c.url(a.name+"."+c.domain, "/rows?v="+v)).CombinedOutput()
-		if err != nil || !strings.HasPrefix(string(out), "rows: ") {
-			t.Fatalf("POST /rows?v=%s: %v %s", v, err, out)
-		}
-	}
-	rows := func(want string) {
-		t.Helper()
-		waitFor(t, within(t, 2*time.Minute), "rows "+want, c.watch(), func() (bool, error) {
-			status, body := a.get()
-			return status == 200 && strings.TrimSpace(body) == strings.TrimSpace("rows: "+want), fmt.Errorf("%d %s", status, body)
-		})
-	}
+	post, rows := a.postRow, a.waitRows
 	post("a")
 	post("b")
 	rows("a,b")
@@ -74,42 +59,13 @@ func TestMySQLAddon(t *testing.T) {
 		t.Fatalf("dump file: %v\n%s", err, b)
 	}
 
-	ctx := context.Background()
-	hc := c.hostClient(c.hosts[0])
-	myJob := func() *api.ActiveJob {
-		jobs, err := hc.ListJobs(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, j := range jobs {
-			if j.Job.Metadata[api.JobMetaAppName] == "mysql" && j.Status == api.HostJobRunning && j.Job.Metadata[api.JobMetaProcessType] == "mysql" {
-				return j
-			}
-		}
-		return nil
-	}
-	old := myJob()
-	if old == nil {
-		t.Fatalf("no running mysql job:\n%s", c.jobTable(c.hosts[0]))
-	}
-	if err := hc.SignalJob(ctx, old.Job.ID, "KILL"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, within(t, 2*time.Minute), "a new mysql job", c.watch(), func() (bool, error) {
-		j := myJob()
-		return j != nil && j.Job.ID != old.Job.ID, nil
-	})
+	c.killApplianceJob("mysql")
 	rows("a,b")
 
 	// Another app's credentials do not reach this app's database.
 	c.flynn(dir, "create", "myother")
 	c.flynn(dir, "-a", "myother", "resource", "add", "mysql")
-	db := ""
-	for _, l := range strings.Split(env, "\n") {
-		if v, ok := strings.CutPrefix(l, "MYSQL_DATABASE="); ok {
-			db = strings.TrimSpace(v)
-		}
-	}
+	db := envVar(env, "MYSQL_DATABASE")
 	cross := exec.Command(filepath.Join(binDir, "flynn"), "-a", "myother", "mysql", "console", "--", "-e", "select v from `"+db+"`.rows_")
 	cross.Dir, cross.Env = dir, c.env()
 	if out, err := cross.CombinedOutput(); err == nil || !strings.Contains(string(out), "denied") {

@@ -1,16 +1,13 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
@@ -55,22 +52,9 @@ func TestPostgresAddon(t *testing.T) {
 			t.Errorf("flynn env lacks %s:\n%s", k, env)
 		}
 	}
-	post := func(v string) {
-		t.Helper()
-		out, err := exec.Command("curl", "-sS", "-m", "10", "-X", "POST", c.url(a.name+"."+c.domain, "/rows?v="+v)).CombinedOutput()
-		if err != nil || !strings.HasPrefix(string(out), "rows: ") {
-			t.Fatalf("POST /rows?v=%s: %v %s", v, err, out)
-		}
-	}
+	post, rows := a.postRow, a.waitRows
 	post("a")
 	post("b")
-	rows := func(want string) {
-		t.Helper()
-		waitFor(t, within(t, 2*time.Minute), "rows "+want, c.watch(), func() (bool, error) {
-			status, body := a.get()
-			return status == 200 && strings.TrimSpace(body) == strings.TrimSpace("rows: "+want), nil
-		})
-	}
 	rows("a,b")
 
 	// psql with arguments, dump to a file.
@@ -85,36 +69,9 @@ func TestPostgresAddon(t *testing.T) {
 
 	// Kill the postgres job: the scheduler starts it again, on the host
 	// holding its volume, and the rows are there.
-	ctx := context.Background()
-	hc := c.hostClient(c.hosts[0])
-	pgJob := func() *api.ActiveJob {
-		jobs, err := hc.ListJobs(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, j := range jobs {
-			if j.Job.Metadata[api.JobMetaAppName] == "postgres" && j.Status == api.HostJobRunning && j.Job.Metadata[api.JobMetaProcessType] == "postgres" {
-				return j
-			}
-		}
-		return nil
-	}
-	old := pgJob()
-	if old == nil || len(old.Job.Config.Volumes) != 1 {
-		t.Fatalf("no running postgres job with a volume:\n%s", c.jobTable(c.hosts[0]))
-	}
-	if err := hc.SignalJob(ctx, old.Job.ID, "KILL"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, within(t, 2*time.Minute), "a new postgres job", c.watch(), func() (bool, error) {
-		j := pgJob()
-		return j != nil && j.Job.ID != old.Job.ID, nil
-	})
-	if j := pgJob(); j.Job.Config.Volumes[0].VolumeID != old.Job.Config.Volumes[0].VolumeID {
-		t.Fatalf("the new postgres job has volume %s, the old one had %s", j.Job.Config.Volumes[0].VolumeID, old.Job.Config.Volumes[0].VolumeID)
-	}
+	vol := c.killApplianceJob("postgres")
 	rows("a,b")
-	if out := c.flynn(dir, "-a", "postgres", "volume", "list"); !strings.Contains(out, old.Job.Config.Volumes[0].VolumeID) || !strings.Contains(out, "/data") {
+	if out := c.flynn(dir, "-a", "postgres", "volume", "list"); !strings.Contains(out, vol) || !strings.Contains(out, "/data") {
 		t.Errorf("flynn volume list:\n%s", out)
 	}
 

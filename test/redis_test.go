@@ -1,7 +1,6 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
@@ -51,20 +49,7 @@ func TestRedisAddon(t *testing.T) {
 			t.Errorf("flynn env lacks %s:\n%s", k, env)
 		}
 	}
-	post := func(v string) {
-		t.Helper()
-		out, err := exec.Command("curl", "-sS", "-m", "10", "-X", "POST", c.url(a.name+"."+c.domain, "/rows?v="+v)).CombinedOutput()
-		if err != nil || !strings.HasPrefix(string(out), "rows: ") {
-			t.Fatalf("POST /rows?v=%s: %v %s", v, err, out)
-		}
-	}
-	rows := func(want string) {
-		t.Helper()
-		waitFor(t, within(t, 2*time.Minute), "rows "+want, c.watch(), func() (bool, error) {
-			status, body := a.get()
-			return status == 200 && strings.TrimSpace(body) == strings.TrimSpace("rows: "+want), fmt.Errorf("%d %s", status, body)
-		})
-	}
+	post, rows := a.postRow, a.waitRows
 	post("a")
 	post("b")
 	rows("a,b")
@@ -81,31 +66,7 @@ func TestRedisAddon(t *testing.T) {
 
 	// Kill the redis job: the scheduler starts it again on the host
 	// holding its volume, and the list is there.
-	ctx := context.Background()
-	hc := c.hostClient(c.hosts[0])
-	rdJob := func() *api.ActiveJob {
-		jobs, err := hc.ListJobs(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, j := range jobs {
-			if j.Job.Metadata[api.JobMetaAppName] == "redis" && j.Status == api.HostJobRunning && j.Job.Metadata[api.JobMetaProcessType] == "redis" {
-				return j
-			}
-		}
-		return nil
-	}
-	old := rdJob()
-	if old == nil || len(old.Job.Config.Volumes) != 1 {
-		t.Fatalf("no running redis job with a volume:\n%s", c.jobTable(c.hosts[0]))
-	}
-	if err := hc.SignalJob(ctx, old.Job.ID, "KILL"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, within(t, 2*time.Minute), "a new redis job", c.watch(), func() (bool, error) {
-		j := rdJob()
-		return j != nil && j.Job.ID != old.Job.ID, nil
-	})
+	c.killApplianceJob("redis")
 	// (The app's client meets a closed connection once, and reconnects.)
 	rows("a,b")
 	post("c")
@@ -132,12 +93,7 @@ func TestRedisAddon(t *testing.T) {
 	}
 
 	// The password is in no log of the appliance.
-	pass := ""
-	for _, l := range strings.Split(env, "\n") {
-		if v, ok := strings.CutPrefix(l, "REDIS_PASSWORD="); ok {
-			pass = strings.TrimSpace(v)
-		}
-	}
+	pass := envVar(env, "REDIS_PASSWORD")
 	if log := c.flynn(dir, "-a", "redis", "log"); pass == "" || strings.Contains(log, pass) || !strings.Contains(log, "database provisioned") {
 		t.Errorf("the redis appliance's log (password %q):\n%s", pass, log)
 	}

@@ -1,10 +1,12 @@
-// Package appliance holds what the database appliances (postgres, mysql)
-// share: serving their provider API beside a running server until either
-// ends.
+// Package appliance holds what the database appliances (postgres, mysql,
+// redis) share: serving their provider API beside a running server until
+// either ends, and random ids and passwords.
 package appliance
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -68,4 +70,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.Stop()
 		return fmt.Errorf("%s: api: %w", s.Name, err)
 	}
+}
+
+// RandomHex is n random bytes in hex: database ids and passwords.
+func RandomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b)
 }

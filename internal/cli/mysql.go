@@ -2,7 +2,6 @@ package cli
 
 import (
 	"io"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -33,66 +32,12 @@ func newMySQLCmd(s *state) *cobra.Command {
 			return s.runMySQL(cmd, "mariadb", args, cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	}
-	var file string
-	var quiet bool
-	dump := &cobra.Command{
-		Use:     "dump [-q] [-f FILE]",
-		Short:   "Dump the app's database (SQL) to FILE, or stdout",
-		Example: "  flynn mysql dump -f db.sql",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			out := cmd.OutOrStdout()
-			var f *os.File
-			if file != "" {
-				var err error
-				if f, err = os.Create(file); err != nil {
-					return err
-				}
-				defer f.Close()
-				out = f
-			}
-			p := newProgress(cmd.ErrOrStderr(), quiet || file == "", "Dumped")
-			err := s.runMySQL(cmd, "mariadb-dump", []string{"--single-transaction", "--routines", "--no-tablespaces"}, strings.NewReader(""), io.MultiWriter(out, p))
-			p.done()
-			if err != nil {
-				if f != nil {
-					os.Remove(file)
-				}
-				return err
-			}
-			if f != nil {
-				return f.Close()
-			}
-			return nil
-		},
-	}
-	dump.Flags().StringVarP(&file, "file", "f", "", "write the dump to FILE (default stdout)")
-	dump.Flags().BoolVarP(&quiet, "quiet", "q", false, "print no progress")
-	var rfile string
-	var rquiet bool
-	restore := &cobra.Command{
-		Use:     "restore [-q] [-f FILE]",
-		Short:   "Restore a dump (flynn mysql dump) from FILE, or stdin, into the app's database",
-		Example: "  flynn mysql restore -f db.sql",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			in := cmd.InOrStdin()
-			if rfile != "" {
-				f, err := os.Open(rfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				in = f
-			}
-			p := newProgress(cmd.ErrOrStderr(), rquiet, "Restored")
-			err := s.runMySQL(cmd, "mariadb", nil, io.TeeReader(in, p), cmd.OutOrStdout())
-			p.done()
-			return err
-		},
-	}
-	restore.Flags().StringVarP(&rfile, "file", "f", "", "read the dump from FILE (default stdin)")
-	restore.Flags().BoolVarP(&rquiet, "quiet", "q", false, "print no progress")
+	dump := dumpCommand("Dump the app's database (SQL) to FILE, or stdout", "  flynn mysql dump -f db.sql", func(cmd *cobra.Command, w io.Writer) error {
+		return s.runMySQL(cmd, "mariadb-dump", []string{"--single-transaction", "--routines", "--no-tablespaces"}, strings.NewReader(""), w)
+	})
+	restore := restoreCommand("Restore a dump (flynn mysql dump) from FILE, or stdin, into the app's database", "", "  flynn mysql restore -f db.sql", func(cmd *cobra.Command, r io.Reader) error {
+		return s.runMySQL(cmd, "mariadb", nil, r, cmd.OutOrStdout())
+	})
 	c.AddCommand(console, dump, restore)
 	return c
 }

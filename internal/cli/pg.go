@@ -44,75 +44,19 @@ runs a one-off job of the postgres appliance with the app's PG* variables.`,
 			return s.runPg(cmd, append([]string{"psql"}, args...), cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	}
-	var file string
-	var quiet bool
-	dump := &cobra.Command{
-		Use:   "dump [-q] [-f FILE]",
-		Short: "Dump the app's database (pg_dump's custom format) to FILE, or stdout",
-		Example: `  flynn pg dump -f db.dump
-  flynn pg dump > db.dump`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			out := cmd.OutOrStdout()
-			var f *os.File
-			if file != "" {
-				var err error
-				if f, err = os.Create(file); err != nil {
-					return err
-				}
-				defer f.Close()
-				out = f
-			}
-			p := newProgress(cmd.ErrOrStderr(), quiet || file == "", "Dumped")
-			err := s.runPg(cmd, []string{"pg_dump", "--format=custom", "--no-owner", "--no-acl"}, strings.NewReader(""), io.MultiWriter(out, p))
-			p.done()
-			if err != nil {
-				if f != nil {
-					os.Remove(file)
-				}
-				return err
-			}
-			if f != nil {
-				if err := f.Close(); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
-	}
-	dump.Flags().StringVarP(&file, "file", "f", "", "write the dump to FILE (default stdout)")
-	dump.Flags().BoolVarP(&quiet, "quiet", "q", false, "print no progress")
-	var rfile string
-	var rquiet bool
-	restore := &cobra.Command{
-		Use:   "restore [-q] [-f FILE]",
-		Short: "Restore a dump (flynn pg dump) from FILE, or stdin, into the app's database",
-		Example: `  flynn pg restore -f db.dump
-  flynn pg restore < db.dump`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			in := cmd.InOrStdin()
-			if rfile != "" {
-				f, err := os.Open(rfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				in = f
-			}
-			p := newProgress(cmd.ErrOrStderr(), rquiet, "Restored")
-			db, err := s.appDatabase(cmd.Context(), "postgres", pgEnv, "FLYNN_POSTGRES")
-			if err != nil {
-				return err
-			}
-			pgArgs := []string{"pg_restore", "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error", "-d", db.env["PGDATABASE"]}
-			err = s.runDatabaseJob(cmd, db, pgArgs, db.env, io.TeeReader(in, p), cmd.OutOrStdout())
-			p.done()
+	dump := dumpCommand("Dump the app's database (pg_dump's custom format) to FILE, or stdout", `  flynn pg dump -f db.dump
+  flynn pg dump > db.dump`, func(cmd *cobra.Command, w io.Writer) error {
+		return s.runPg(cmd, []string{"pg_dump", "--format=custom", "--no-owner", "--no-acl"}, strings.NewReader(""), w)
+	})
+	restore := restoreCommand("Restore a dump (flynn pg dump) from FILE, or stdin, into the app's database", "", `  flynn pg restore -f db.dump
+  flynn pg restore < db.dump`, func(cmd *cobra.Command, r io.Reader) error {
+		db, err := s.appDatabase(cmd.Context(), "postgres", pgEnv, "FLYNN_POSTGRES")
+		if err != nil {
 			return err
-		},
-	}
-	restore.Flags().StringVarP(&rfile, "file", "f", "", "read the dump from FILE (default stdin)")
-	restore.Flags().BoolVarP(&rquiet, "quiet", "q", false, "print no progress")
+		}
+		pgArgs := []string{"pg_restore", "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error", "-d", db.env["PGDATABASE"]}
+		return s.runDatabaseJob(cmd, db, pgArgs, db.env, r, cmd.OutOrStdout())
+	})
 	c.AddCommand(psql, dump, restore)
 	return c
 }
@@ -220,4 +164,78 @@ func (p *progress) done() {
 	if !p.quiet {
 		fmt.Fprintf(p.w, "\r%s %s in %s.\n", p.verb, byteSize(p.n.Load()), time.Since(p.start).Round(100*time.Millisecond))
 	}
+}
+
+// dumpCommand is a database's `dump [-q] [-f FILE]`: dump writes the
+// database to w (FILE, or stdout), with progress on stderr when writing
+// to a file; a failed dump leaves no file.
+func dumpCommand(short, example string, dump func(cmd *cobra.Command, w io.Writer) error) *cobra.Command {
+	var file string
+	var quiet bool
+	c := &cobra.Command{
+		Use:     "dump [-q] [-f FILE]",
+		Short:   short,
+		Example: example,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out := cmd.OutOrStdout()
+			var f *os.File
+			if file != "" {
+				var err error
+				if f, err = os.Create(file); err != nil {
+					return err
+				}
+				defer f.Close()
+				out = f
+			}
+			p := newProgress(cmd.ErrOrStderr(), quiet || file == "", "Dumped")
+			err := dump(cmd, io.MultiWriter(out, p))
+			p.done()
+			if err != nil {
+				if f != nil {
+					os.Remove(file)
+				}
+				return err
+			}
+			if f != nil {
+				return f.Close()
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&file, "file", "f", "", "write the dump to FILE (default stdout)")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print no progress")
+	return c
+}
+
+// restoreCommand is a database's `restore [-q] [-f FILE]`: restore reads
+// the dump from r (FILE, or stdin), with progress on stderr.
+func restoreCommand(short, long, example string, restore func(cmd *cobra.Command, r io.Reader) error) *cobra.Command {
+	var file string
+	var quiet bool
+	c := &cobra.Command{
+		Use:     "restore [-q] [-f FILE]",
+		Short:   short,
+		Long:    long,
+		Example: example,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			in := cmd.InOrStdin()
+			if file != "" {
+				f, err := os.Open(file)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				in = f
+			}
+			p := newProgress(cmd.ErrOrStderr(), quiet, "Restored")
+			err := restore(cmd, io.TeeReader(in, p))
+			p.done()
+			return err
+		},
+	}
+	c.Flags().StringVarP(&file, "file", "f", "", "read the dump from FILE (default stdin)")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print no progress")
+	return c
 }

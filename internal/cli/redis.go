@@ -2,7 +2,6 @@ package cli
 
 import (
 	"io"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -35,69 +34,15 @@ func newRedisCmd(s *state) *cobra.Command {
 			return s.runRedis(cmd, append([]string{"redis-cli"}, args...), "", cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	}
-	var file string
-	var quiet bool
-	dump := &cobra.Command{
-		Use:     "dump [-q] [-f FILE]",
-		Short:   "Dump the app's database (an RDB file) to FILE, or stdout",
-		Example: "  flynn redis dump -f redis.rdb",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			out := cmd.OutOrStdout()
-			var f *os.File
-			if file != "" {
-				var err error
-				if f, err = os.Create(file); err != nil {
-					return err
-				}
-				defer f.Close()
-				out = f
-			}
-			p := newProgress(cmd.ErrOrStderr(), quiet || file == "", "Dumped")
-			err := s.runRedis(cmd, []string{"redis-cli", "--rdb", "-"}, "", strings.NewReader(""), io.MultiWriter(out, p))
-			p.done()
-			if err != nil {
-				if f != nil {
-					os.Remove(file)
-				}
-				return err
-			}
-			if f != nil {
-				return f.Close()
-			}
-			return nil
-		},
-	}
-	dump.Flags().StringVarP(&file, "file", "f", "", "write the dump to FILE (default stdout)")
-	dump.Flags().BoolVarP(&quiet, "quiet", "q", false, "print no progress")
-	var rfile string
-	var rquiet bool
-	restore := &cobra.Command{
-		Use:   "restore [-q] [-f FILE]",
-		Short: "Replace the app's database with a dump (flynn redis dump) from FILE, or stdin",
-		Long: `Replace the app's database with a dump (flynn redis dump) from FILE, or stdin:
+	dump := dumpCommand("Dump the app's database (an RDB file) to FILE, or stdout", "  flynn redis dump -f redis.rdb", func(cmd *cobra.Command, w io.Writer) error {
+		return s.runRedis(cmd, []string{"redis-cli", "--rdb", "-"}, "", strings.NewReader(""), w)
+	})
+	restore := restoreCommand("Replace the app's database with a dump (flynn redis dump) from FILE, or stdin",
+		`Replace the app's database with a dump (flynn redis dump) from FILE, or stdin:
 every key of the database is removed, then every key of the dump is copied in
-with its TTL.`,
-		Example: "  flynn redis restore -f redis.rdb",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			in := cmd.InOrStdin()
-			if rfile != "" {
-				f, err := os.Open(rfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				in = f
-			}
-			p := newProgress(cmd.ErrOrStderr(), rquiet, "Sent")
-			err := s.runRedis(cmd, []string{"/bin/flynn-host", "component", "redis-restore"}, "redis", io.TeeReader(in, p), cmd.OutOrStdout())
-			p.done()
-			return err
-		},
-	}
-	restore.Flags().StringVarP(&rfile, "file", "f", "", "read the dump from FILE (default stdin)")
-	restore.Flags().BoolVarP(&rquiet, "quiet", "q", false, "print no progress")
+with its TTL.`, "  flynn redis restore -f redis.rdb", func(cmd *cobra.Command, r io.Reader) error {
+			return s.runRedis(cmd, []string{"/bin/flynn-host", "component", "redis-restore"}, "redis", r, cmd.OutOrStdout())
+		})
 	c.AddCommand(cli, dump, restore)
 	return c
 }

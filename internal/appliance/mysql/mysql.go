@@ -17,8 +17,6 @@ package mysql
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -232,8 +230,8 @@ var dbIDRe = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
 
 // Provision makes a database and its own user with a random password.
 func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
-	id := "db_" + randomHex(8)
-	pass := randomHex(24)
+	id := "db_" + appliance.RandomHex(8)
+	pass := appliance.RandomHex(24)
 	sql := fmt.Sprintf("CREATE DATABASE `%s` CHARACTER SET utf8mb4;\nCREATE USER '%s'@'%%' IDENTIFIED BY '%s';\nGRANT ALL PRIVILEGES ON `%s`.* TO '%s'@'%%';\n", id, id, pass, id, id)
 	if _, err := a.sql(ctx, sql); err != nil {
 		a.drop(ctx, id)
@@ -289,14 +287,6 @@ func (a *Appliance) Handler() http.Handler {
 		return nil
 	}))
 	return mux
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return hex.EncodeToString(b)
 }
 
 func lastLines(b []byte, n int) string {

@@ -23,8 +23,6 @@ package postgres
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -346,8 +344,8 @@ var dbIDRe = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
 
 // Provision makes a database and its own user with a random password.
 func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
-	id := "db_" + randomHex(8)
-	pass := randomHex(24)
+	id := "db_" + appliance.RandomHex(8)
+	pass := appliance.RandomHex(24)
 	// One statement per call: CREATE DATABASE cannot run in a
 	// transaction. The password is in SQL sent on psql's stdin.
 	for _, sql := range []string{
@@ -403,14 +401,6 @@ func (a *Appliance) drop(ctx context.Context, id string) error {
 		return fmt.Errorf("drop role %s: %w", id, err)
 	}
 	return nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return hex.EncodeToString(b)
 }
 
 func lastLines(b []byte, n int) string {

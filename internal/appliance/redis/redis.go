@@ -25,9 +25,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -420,8 +418,8 @@ type Database struct {
 // Provision makes a database: its directory (made aside and renamed into
 // place, so a crash leaves none half-made), its password and its server.
 func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
-	id := "db_" + randomHex(8)
-	pass := randomHex(24)
+	id := "db_" + appliance.RandomHex(8)
+	pass := appliance.RandomHex(24)
 	tmp := a.dbDir(id) + ".new"
 	err := func() error {
 		if err := os.MkdirAll(filepath.Join(tmp, "data"), 0o700); err != nil {
@@ -560,12 +558,4 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 		l.buf = l.buf[:0]
 	}
 	return len(p), nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return hex.EncodeToString(b)
 }

@@ -11,7 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 
+	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
@@ -79,4 +81,52 @@ func RandomHex(n int) string {
 		panic(err) // crypto/rand does not fail on Linux
 	}
 	return hex.EncodeToString(b)
+}
+
+// DatabaseID is the form of the ids the appliances give databases.
+var DatabaseID = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
+
+// Provider is a database appliance as its provider API serves it.
+type Provider struct {
+	// Provision makes a database and returns its {id, env}.
+	Provision func(ctx context.Context) (any, error)
+	// Deprovision drops the database id (already checked against
+	// DatabaseID).
+	Deprovision func(ctx context.Context, id string) error
+	// Ping checks the server (nil: the API answering is enough).
+	Ping func(ctx context.Context) error
+}
+
+// Handler serves the provider API in Flynn's protocol: POST /databases,
+// DELETE /databases?id=ID (a malformed id is a 400), GET /ping.
+func (p Provider) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		db, err := p.Provision(r.Context())
+		if err != nil {
+			return err
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, db)
+	}))
+	mux.Handle("DELETE /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		id := r.URL.Query().Get("id")
+		if !DatabaseID.MatchString(id) {
+			return api.Validation("id", "id %q is not a database of this provider (db_ and 16 hex digits)", id)
+		}
+		if err := p.Deprovision(r.Context(), id); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}))
+	mux.Handle("GET /ping", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if p.Ping != nil {
+			if err := p.Ping(r.Context()); err != nil {
+				return err
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}))
+	return mux
 }

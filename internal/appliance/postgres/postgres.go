@@ -35,16 +35,13 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/appliance"
-	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
 // Config configures the appliance.
@@ -340,8 +337,6 @@ type Database struct {
 	Env map[string]string `json:"env"`
 }
 
-var dbIDRe = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
-
 // Provision makes a database and its own user with a random password.
 func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 	id := "db_" + appliance.RandomHex(8)
@@ -383,7 +378,7 @@ func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 // Deprovision drops a database (closing its connections) and its user.
 // An id that does not exist is not an error: deletion is idempotent.
 func (a *Appliance) Deprovision(ctx context.Context, id string) error {
-	if !dbIDRe.MatchString(id) {
+	if !appliance.DatabaseID.MatchString(id) {
 		return fmt.Errorf("database id %q is not one this provider made", id)
 	}
 	if err := a.drop(ctx, id); err != nil {
@@ -415,34 +410,14 @@ func lastLines(b []byte, n int) string {
 	return strings.Join(lines, "; ")
 }
 
-// Handler serves the provider API: POST /databases, DELETE
-// /databases?id=ID, GET /ping.
+// Handler serves the provider API (appliance.Provider).
 func (a *Appliance) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("POST /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		db, err := a.Provision(r.Context())
-		if err != nil {
+	return appliance.Provider{
+		Provision:   func(ctx context.Context) (any, error) { return a.Provision(ctx) },
+		Deprovision: a.Deprovision,
+		Ping: func(ctx context.Context) error {
+			_, err := a.psql(ctx, "postgres", "SELECT 1")
 			return err
-		}
-		return httpapi.WriteJSON(w, http.StatusOK, db)
-	}))
-	mux.Handle("DELETE /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		id := r.URL.Query().Get("id")
-		if !dbIDRe.MatchString(id) {
-			return api.Validation("id", "id %q is not a database of this provider (db_ and 16 hex digits)", id)
-		}
-		if err := a.Deprovision(r.Context(), id); err != nil {
-			return err
-		}
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}))
-	mux.Handle("GET /ping", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		if _, err := a.psql(r.Context(), "postgres", "SELECT 1"); err != nil {
-			return err
-		}
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}))
-	return mux
+		},
+	}.Handler()
 }

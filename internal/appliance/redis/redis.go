@@ -37,16 +37,13 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/appliance"
-	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
 // Config configures the appliance.
@@ -152,8 +149,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return a.run(ctx)
 }
 
-var dbIDRe = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
-
 func (a *Appliance) dbDir(id string) string  { return filepath.Join(a.cfg.DataDir, id) }
 func (a *Appliance) socket(id string) string { return filepath.Join(a.cfg.RunDir, id+".sock") }
 
@@ -184,7 +179,7 @@ func (a *Appliance) run(ctx context.Context) error {
 		switch {
 		case strings.HasSuffix(name, ".new") || strings.HasSuffix(name, ".deleted"):
 			os.RemoveAll(filepath.Join(a.cfg.DataDir, name))
-		case dbIDRe.MatchString(name) && e.IsDir():
+		case appliance.DatabaseID.MatchString(name) && e.IsDir():
 			pass, err := os.ReadFile(filepath.Join(a.dbDir(name), "password"))
 			if err != nil {
 				a.log.Error("database without its password: not started", "id", name, "err", err)
@@ -500,34 +495,18 @@ func (a *Appliance) drop(id string) error {
 	return os.RemoveAll(gone)
 }
 
-// Handler serves the provider API: POST /databases, DELETE
-// /databases?id=ID, GET /ping.
+// Handler serves the provider API (appliance.Provider).
 func (a *Appliance) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("POST /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		db, err := a.Provision(r.Context())
-		if err != nil {
-			return err
-		}
-		return httpapi.WriteJSON(w, http.StatusOK, db)
-	}))
-	mux.Handle("DELETE /databases", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		id := r.URL.Query().Get("id")
-		if !dbIDRe.MatchString(id) {
-			return api.Validation("id", "id %q is not a database of this provider (db_ and 16 hex digits)", id)
-		}
-		if err := a.drop(id); err != nil {
-			return fmt.Errorf("deprovision %s: %w", id, err)
-		}
-		a.log.Info("database deprovisioned", "id", id)
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}))
-	mux.Handle("GET /ping", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}))
-	return mux
+	return appliance.Provider{
+		Provision: func(ctx context.Context) (any, error) { return a.Provision(ctx) },
+		Deprovision: func(ctx context.Context, id string) error {
+			if err := a.drop(id); err != nil {
+				return fmt.Errorf("deprovision %s: %w", id, err)
+			}
+			a.log.Info("database deprovisioned", "id", id)
+			return nil
+		},
+	}.Handler()
 }
 
 // prefixWriter writes each line of a server's log to w after its

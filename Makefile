@@ -1,7 +1,8 @@
 # Flynn: build, install OS dependencies, test.
 # Test packages run one at a time (-p 1): several start real clusters,
 # containers and builds, and share the machine's two cores.
-#   make          build bin/flynn and bin/flynn-host
+#   make          build bin/flynn, bin/flynn-host and bin/flynn-supervisor
+#                 (job supervisors; flynn-host uses it from its own directory)
 #   make deps     install the OS packages Flynn needs (root)
 #   make test     deps + build + vet + the whole test suite (root)
 #   make up/down  run / stop a cluster on this machine (HOSTS=N: N hosts,
@@ -22,6 +23,7 @@ all: build
 build:
 	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn ./cmd/flynn
 	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-host ./cmd/flynn-host
+	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-supervisor ./cmd/flynn-supervisor
 
 deps:
 	@bash scripts/deps.sh

@@ -7,6 +7,7 @@
 #   make test     deps + build + vet + the whole test suite (root)
 #   make up/down  run / stop a cluster on this machine (HOSTS=N: N hosts,
 #                 each in its own network namespace; default 1)
+#   make bench    the speed benchmarks in one table (root, quiet machine)
 
 GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -16,7 +17,7 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 45m
 
 export CGO_ENABLED = 0
 
-.PHONY: all build deps test test-short vet fmt up down clean
+.PHONY: all build deps test test-short vet fmt up down clean bench
 
 all: build
 
@@ -39,6 +40,12 @@ test: deps build vet
 
 test-short: build
 	GO=$(GO) $(GO) run ./scripts/testsum -short ./...
+
+# make bench runs every speed benchmark (router vs nginx and HAProxy, job
+# start vs runc, push, scale, idle memory) and prints one table; on a quiet
+# machine, as root. Not part of make test.
+bench: deps build
+	GO=$(GO) bash bench/run.sh
 
 # make up HOSTS=N runs N hosts (up to 5), each in its own network namespace.
 # make up BACKUP=FILE restores a backup (flynn cluster backup) on a new cluster.

@@ -63,7 +63,7 @@ get() { curl -s -m 5 "http://$1.bench.flynn.localhost:$HTTP/" || true; }
 push() {
 	local name=$1 kind=$2 want=$3 start out
 	start=$(now)
-	out=$(cd "$work/$name" && git push -q flynn main 2>&1) || { echo "$out" >&2; exit 1; }
+	out=$(cd "$work/$name" && git push flynn main 2>&1) || { echo "$out" >&2; exit 1; }
 	until get "$name" | grep -q "$want"; do
 		if awk -v s="$(since "$start")" 'BEGIN {exit !(s > 300)}'; then
 			log "$name did not serve $want within 300 s"

@@ -83,7 +83,7 @@ for sample in go nodejs; do
 	push "$name" cold "hello"
 	# One line changed (the greeting): the warm build reuses the app's
 	# build cache; the push counts until the new greeting is served.
-	(cd "$work/$name" && sed -i 's/hello from the \(go\|node\) app/hello from the \1 app v2/' main.go server.js 2>/dev/null; git commit -qam change)
+	(cd "$work/$name" && for f in main.go server.js; do if [ -f "$f" ]; then sed -i 's/hello from the \(go\|node\) app/hello from the \1 app v2/' "$f"; fi; done && git commit -qam change)
 	log "push $name (warm)"
 	push "$name" warm "app v2"
 done

@@ -1,11 +1,13 @@
 # Flynn: build, install OS dependencies, test.
 # Test packages run one at a time (-p 1): several start real clusters,
 # containers and builds, and share the machine's two cores.
-#   make          build bin/flynn and bin/flynn-host
+#   make          build bin/flynn, bin/flynn-host and bin/flynn-supervisor
+#                 (job supervisors; flynn-host uses it from its own directory)
 #   make deps     install the OS packages Flynn needs (root)
 #   make test     deps + build + vet + the whole test suite (root)
 #   make up/down  run / stop a cluster on this machine (HOSTS=N: N hosts,
 #                 each in its own network namespace; default 1)
+#   make bench    the speed benchmarks in one table (root, quiet machine)
 
 GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -15,13 +17,14 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 45m
 
 export CGO_ENABLED = 0
 
-.PHONY: all build deps test test-short vet fmt up down clean
+.PHONY: all build deps test test-short vet fmt up down clean bench
 
 all: build
 
 build:
 	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn ./cmd/flynn
 	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-host ./cmd/flynn-host
+	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-supervisor ./cmd/flynn-supervisor
 
 deps:
 	@bash scripts/deps.sh
@@ -37,6 +40,12 @@ test: deps build vet
 
 test-short: build
 	GO=$(GO) $(GO) run ./scripts/testsum -short ./...
+
+# make bench runs every speed benchmark (router vs nginx and HAProxy, job
+# start vs runc, push, scale, idle memory) and prints one table; on a quiet
+# machine, as root. Not part of make test.
+bench: deps build
+	GO=$(GO) bash bench/run.sh
 
 # make up HOSTS=N runs N hosts (up to 5), each in its own network namespace.
 # make up BACKUP=FILE restores a backup (flynn cluster backup) on a new cluster.

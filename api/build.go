@@ -16,4 +16,17 @@ type SlugBuildResult struct {
 	SourceVersion string `json:"source_version,omitempty"`
 	// DurationMS is how long the whole build took.
 	DurationMS int64 `json:"duration_ms"`
+	// Phases says where the build's time went, in the order the phases
+	// first ran; a phase that did not run is absent.
+	Phases []BuildPhase `json:"phases,omitempty"`
+}
+
+// BuildPhase is the time a build spent in one phase: "fetch" (downloading
+// and unpacking the source), "cache" (restoring and saving the build
+// cache), "compile" (selecting and running the buildpacks) or "slug"
+// (packing the build directory and uploading it; the two are streamed
+// together, so they are one phase).
+type BuildPhase struct {
+	Name string `json:"name"`
+	MS   int64  `json:"ms"`
 }

@@ -18,7 +18,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	for _, name := range []string{"flynn", "flynn-host"} {
+	// flynn-supervisor next to flynn-host: the clusters' agents run job
+	// supervisors with it, as installed clusters do.
+	for _, name := range []string{"flynn", "flynn-host", "flynn-supervisor"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../cmd/"+name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

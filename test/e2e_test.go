@@ -393,6 +393,12 @@ func TestUserJourney(t *testing.T) {
 				t.Errorf("git push of %s: output lacks %q:\n%s", a.name, w, out)
 			}
 		}
+		// The first push of an app starts its first web job.
+		if m := timingsLine.FindString(out); !strings.Contains(m, ", start ") {
+			t.Errorf("git push of %s: no timings line like %s with a start phase:\n%s", a.name, timingsLine, out)
+		} else {
+			t.Logf("git push of %s: %s", a.name, strings.TrimSpace(m))
+		}
 		// The push returned once the web process was routable.
 		if status, body := a.get(); status != 200 || !strings.Contains(body, want) {
 			t.Errorf("right after the push of %s, GET / = %d %q", a.name, status, body)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +71,13 @@ func (a *pushApp) push(refspec string) (string, bool) {
 // get fetches / through the router.
 func (a *pushApp) get() (int, string) { return a.c.curl(a.name+"."+a.c.domain, "/") }
 
+// timingsLine is the last line of a successful push: where its time went,
+// the build's own phases in parentheses, then the deployment's (rolling
+// running processes) or the first web job's start, or neither.
+var timingsLine = regexp.MustCompile(`(?m)^remote: -----> Done in \d+\.\ds: source \d+\.\ds, ` +
+	`build \d+\.\ds \(fetch \d+\.\ds, cache \d+\.\ds, compile \d+\.\ds, slug \d+\.\ds\), release \d+\.\ds` +
+	`(?:, deploy \d+\.\ds)?(?:, start \d+\.\ds)?\s*$`)
+
 // pushAndServe pushes main and returns the time from the push to the
 // first 200 with want in the body.
 func (a *pushApp) pushAndServe(want string) time.Duration {
@@ -88,6 +96,9 @@ func (a *pushApp) pushServe(want string) (time.Duration, string) {
 	}
 	if !strings.Contains(out, "remote: -----> ") || !strings.Contains(out, "remote: =====> Application deployed") {
 		a.t.Errorf("push %s: no live build output:\n%s", a.name, out)
+	}
+	if !timingsLine.MatchString(out) {
+		a.t.Errorf("push %s: no timings line like %s:\n%s", a.name, timingsLine, out)
 	}
 	waitFor(a.t, within(a.t, 2*time.Minute), fmt.Sprintf("%s to answer %q", a.name, want), a.c.watch(), func() (bool, error) {
 		status, body := a.get()

@@ -33,10 +33,13 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	flynnHost = filepath.Join(dir, "flynn-host")
-	cmd := exec.Command("go", "build", "-o", flynnHost, "../../cmd/flynn-host")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		panic("build flynn-host: " + err.Error() + "\n" + string(out))
+	// flynn-supervisor next to it runs the jobs' supervisors.
+	for _, name := range []string{"flynn-host", "flynn-supervisor"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../../cmd/"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			panic("build " + name + ": " + err.Error() + "\n" + string(out))
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

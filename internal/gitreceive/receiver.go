@@ -154,8 +154,16 @@ func escapePath(p string) string {
 	return strings.Join(parts, "/")
 }
 
-// Receive builds, releases and deploys one push.
-func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) error {
+// Receive builds, releases and deploys one push. It ends with the
+// timings line (see timings.go): "Done in" after a deploy, "Failed after"
+// when a step failed after the source was stored.
+func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err error) {
+	tm := newTimings()
+	defer func() {
+		if err != nil && len(tm.phases) > 0 {
+			fmt.Fprintln(out, tm.line("Failed after"))
+		}
+	}()
 	app, err := r.cfg.Controller.GetApp(ctx, p.App)
 	if err != nil {
 		return fmt.Errorf("look up app %q: %w", p.App, err)
@@ -173,28 +181,52 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) erro
 	fmt.Fprintf(out, "-----> Building %s...\n", app.Name)
 
 	src := fmt.Sprintf("/repos/%s/%s.tar", app.ID, p.NewRev)
-	if err := r.uploadSource(ctx, p, src); err != nil {
+	start := time.Now()
+	err = r.uploadSource(ctx, p, src)
+	tm.since("source", start)
+	if err != nil {
 		return err
 	}
 	defer r.cfg.Blobs.Delete(context.WithoutCancel(ctx), src)
 
+	start = time.Now()
 	res, err := r.build(ctx, app, prev, p, src, out)
+	tm.since("build", start)
 	if err != nil {
 		return err
 	}
+	tm.buildPhases(res.Phases)
 	if err := needsWeb(res); err != nil {
 		return err
 	}
-	layer, err := r.slugLayer(ctx, app, p.NewRev)
+	start = time.Now()
+	rel, err := r.createRelease(ctx, app, prev, p.NewRev, res, out)
+	tm.since("release", start)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
+	fmt.Fprintln(out, "-----> Deploying...")
+	if err := r.deploy(ctx, app, rel, out, tm); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "=====> Application deployed")
+	fmt.Fprintln(out, tm.line("Done in"))
+	return nil
+}
 
+// createRelease makes the slug of rev a layer and creates the artifact and
+// the release of the build res.
+func (r *BuildReceiver) createRelease(ctx context.Context, app *api.App, prev *api.Release, rev string, res *api.SlugBuildResult, out io.Writer) (*api.Release, error) {
+	layer, err := r.slugLayer(ctx, app, rev)
+	if err != nil {
+		return nil, err
+	}
 	fmt.Fprintln(out, "-----> Creating release...")
 	art := &api.Artifact{
 		Type: api.ArtifactTypeFlynn,
 		URI:  r.cfg.Blobs.URL(layer.URL),
-		Meta: map[string]string{"gitreceive.rev": p.NewRev, "gitreceive.buildpack": res.Buildpack},
+		Meta: map[string]string{"gitreceive.rev": rev, "gitreceive.buildpack": res.Buildpack},
 		Manifest: &api.ImageManifest{
 			Type: api.ManifestType,
 			Entrypoints: map[string]*api.Entrypoint{"_default": {
@@ -209,19 +241,13 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) erro
 		},
 	}
 	if err := r.cfg.Controller.CreateArtifact(ctx, art); err != nil {
-		return fmt.Errorf("create artifact: %w", err)
+		return nil, fmt.Errorf("create artifact: %w", err)
 	}
-	rel := r.release(app, prev, art.ID, res, p.NewRev)
+	rel := r.release(app, prev, art.ID, res, rev)
 	if err := r.cfg.Controller.CreateRelease(ctx, rel); err != nil {
-		return fmt.Errorf("create release: %w", err)
+		return nil, fmt.Errorf("create release: %w", err)
 	}
-	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
-	fmt.Fprintln(out, "-----> Deploying...")
-	if err := r.deploy(ctx, app, rel, out); err != nil {
-		return err
-	}
-	fmt.Fprintln(out, "=====> Application deployed")
-	return nil
+	return rel, nil
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -501,8 +527,12 @@ func (r *BuildReceiver) deployTimeout(app *api.App) time.Duration {
 
 // deploy deploys rel and waits for it: for the deployment to finish when
 // the app runs processes, or, on an app's first deploy with a web type,
-// for the first web job to come up.
-func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, out io.Writer) error {
+// for the first web job to come up. It records the phases it waited for
+// in tm: "deploy" until the deployment finished, "start" until the first
+// web job was up (and registered); a deployment with nothing to roll and
+// no web job to start records neither.
+func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, out io.Writer, tm *timings) error {
+	start := time.Now()
 	timeout := r.deployTimeout(app)
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -541,7 +571,10 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 		return fmt.Errorf("deploy release %s: %w", rel.ID, err)
 	}
 	if d.Status != api.DeploymentComplete {
-		if err := r.waitDeployment(wctx, d, evc, out, timeout); err != nil {
+		err := r.waitDeployment(wctx, d, evc, out, timeout)
+		tm.since("deploy", start)
+		start = time.Now()
+		if err != nil {
 			var fe *failedType
 			if errors.As(err, &fe) {
 				r.printLastLines(ctx, out, app, fe.typ)
@@ -555,6 +588,7 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 	if running(d.Processes) || !hasWeb {
 		return nil
 	}
+	defer tm.since("start", start)
 	fmt.Fprintln(out, "=====> Scaling initial release to web=1")
 	if err := r.cfg.Controller.PutFormation(ctx, &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 1}}); err != nil {
 		return fmt.Errorf("scale web=1: %w", err)

@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -69,6 +70,8 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	fail := f.fail
 	f.mu.Unlock()
 	env := job.Config.Env
+	// Time the fetch and the slug upload, as the slugbuilder does.
+	start := time.Now()
 	res, err := http.Get(env["SOURCE_URL"])
 	if err != nil {
 		return nil, err
@@ -88,6 +91,7 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 			procfile, _ = io.ReadAll(tr)
 		}
 	}
+	fetched := time.Since(start)
 	fmt.Fprintln(out, "-----> Fake buildpack app detected")
 	if fail {
 		fmt.Fprintln(out, " !     compile failed")
@@ -108,10 +112,12 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	tw.Write(procfile)
 	tw.Close()
 	zw.Close()
+	start = time.Now()
 	if err := httpPut(env["SLUG_URL"], slug.Bytes()); err != nil {
 		return nil, err
 	}
-	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"]})
+	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"],
+		Phases: []api.BuildPhase{{Name: "fetch", MS: fetched.Milliseconds()}, {Name: "slug", MS: time.Since(start).Milliseconds()}}})
 	if err := httpPut(env["SLUG_RESULT_URL"], result); err != nil {
 		return nil, err
 	}
@@ -255,6 +261,11 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 			t.Errorf("push output lacks %q:\n%s", want, out)
 		}
 	}
+	// The first deploy starts the first web job: a start phase.
+	firstDone := regexp.MustCompile(`(?m)^remote: -----> Done in \d+\.\ds: source \d+\.\ds, build \d+\.\ds \(fetch \d+\.\ds, slug \d+\.\ds\), release \d+\.\ds, start \d+\.\ds\s*$`)
+	if !firstDone.MatchString(out) {
+		t.Errorf("push output lacks the timings line %s:\n%s", firstDone, out)
+	}
 	rev := strings.TrimSpace(gitIn(t, e.repo, "rev-parse", "HEAD"))
 
 	// The build job.
@@ -381,6 +392,11 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	if !ok || strings.Contains(out, "Scaling initial") || !strings.Contains(out, "Application deployed") {
 		t.Fatalf("second push (ok=%v):\n%s", ok, out)
 	}
+	// A web job runs already: the deployment rolls it, no start phase.
+	secondDone := regexp.MustCompile(`(?m)^remote: -----> Done in \d+\.\ds: source \d+\.\ds, build \d+\.\ds \(fetch \d+\.\ds, slug \d+\.\ds\), release \d+\.\ds, deploy \d+\.\ds\s*$`)
+	if !secondDone.MatchString(out) {
+		t.Errorf("second push output lacks the timings line %s:\n%s", secondDone, out)
+	}
 	rel2, err := e.ctrl.GetAppRelease(ctx, app.ID)
 	if err != nil || rel2.ID == rel.ID {
 		t.Fatalf("release after second push: %v %v", rel2, err)
@@ -399,6 +415,10 @@ func TestReceiverRejects(t *testing.T) {
 		out, ok := e.push(t, "nosuchapp")
 		if ok || !strings.Contains(out, `app "nosuchapp" does not exist`) {
 			t.Fatalf("push to a missing app (ok=%v):\n%s", ok, out)
+		}
+		// Nothing was timed: no timings line.
+		if strings.Contains(out, "Done in") || strings.Contains(out, "Failed after") {
+			t.Errorf("a push refused before the build has a timings line:\n%s", out)
 		}
 	})
 	t.Run("system app", func(t *testing.T) {
@@ -425,6 +445,12 @@ func TestReceiverRejects(t *testing.T) {
 		out, ok := e.push(t, "myapp")
 		if ok || !strings.Contains(out, "remote:  !     compile failed") || !strings.Contains(out, "build failed (slugbuilder exited with status 1)") {
 			t.Fatalf("failed build (ok=%v):\n%s", ok, out)
+		}
+		// The time spent so far, without the build's own phases (no
+		// result) and without a Done line.
+		failed := regexp.MustCompile(`(?m)^remote: -----> Failed after \d+\.\ds: source \d+\.\ds, build \d+\.\ds\s*$`)
+		if !failed.MatchString(out) || strings.Contains(out, "Done in") {
+			t.Errorf("failed build: want the line %s and no Done line:\n%s", failed, out)
 		}
 		if strings.Contains(out, testBlobKey) || !strings.Contains(out, api.BlobSigParam+"=") {
 			t.Errorf("the build output should show its signed URL and not the blobstore key:\n%s", out)
@@ -531,5 +557,55 @@ func TestBuildNetwork(t *testing.T) {
 		if (err != nil) != tt.err || hostNet != tt.hostNet || !slices.Equal(reach, tt.reach) {
 			t.Errorf("buildNetwork(%q) = %v, %v, %v; want %v, %v, error %v", tt.base, hostNet, reach, err, tt.hostNet, tt.reach, tt.err)
 		}
+	}
+}
+
+func TestFormatTimings(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		verb   string
+		total  time.Duration
+		phases []phase
+		want   string
+	}{
+		{
+			name: "first deploy", verb: "Done in", total: 6440 * ms,
+			phases: []phase{
+				{name: "source", d: 210 * ms},
+				{name: "build", d: 4140 * ms, sub: []phase{{name: "fetch", d: 90 * ms}, {name: "compile", d: 3000 * ms}, {name: "slug", d: 640 * ms}}},
+				{name: "release", d: 120 * ms},
+				{name: "start", d: 1940 * ms},
+			},
+			want: "-----> Done in 6.4s: source 0.2s, build 4.1s (fetch 0.1s, compile 3.0s, slug 0.6s), release 0.1s, start 1.9s",
+		},
+		{
+			name: "build from an older slugbuilder", verb: "Done in", total: 75 * time.Second,
+			phases: []phase{{name: "source", d: 40 * ms}, {name: "build", d: 72 * time.Second}, {name: "release", d: 0}, {name: "deploy", d: 2960 * ms}},
+			want:   "-----> Done in 75.0s: source 0.0s, build 72.0s, release 0.0s, deploy 3.0s",
+		},
+		{
+			name: "failed build", verb: "Failed after", total: 2 * time.Second,
+			phases: []phase{{name: "source", d: 100 * ms}, {name: "build", d: 1900 * ms}},
+			want:   "-----> Failed after 2.0s: source 0.1s, build 1.9s",
+		},
+		{name: "no phases", verb: "Done in", total: 80 * ms, want: "-----> Done in 0.1s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, formatTimings(tc.verb, tc.total, tc.phases)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestTimingsBuildPhases(t *testing.T) {
+	tm := newTimings()
+	tm.phases = []phase{{name: "source", d: time.Second}, {name: "build", d: 5 * time.Second}}
+	tm.buildPhases([]api.BuildPhase{{Name: "fetch", MS: 100}, {Name: "cache", MS: 250}, {Name: "compile", MS: 4000}})
+	want := []phase{{name: "source", d: time.Second}, {name: "build", d: 5 * time.Second, sub: []phase{
+		{name: "fetch", d: 100 * time.Millisecond}, {name: "cache", d: 250 * time.Millisecond}, {name: "compile", d: 4 * time.Second}}}}
+	if diff := cmp.Diff(want, tm.phases, cmp.AllowUnexported(phase{})); diff != "" {
+		t.Errorf("phases (-want +got):\n%s", diff)
 	}
 }

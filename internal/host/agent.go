@@ -50,8 +50,9 @@ type Config struct {
 	Keys []string
 	// Runc is the OCI runtime binary (default "runc").
 	Runc string
-	// SupervisorCmd re-executes flynn-host as a job supervisor; the job
-	// directory is appended (default: this executable, "supervise").
+	// SupervisorCmd runs a job's supervisor; the job directory is
+	// appended (default runtime.DefaultSupervisorCmd: flynn-supervisor next
+	// to this executable, else this executable's supervise command).
 	SupervisorCmd []string
 	// Bridge and Subnet are the job network (defaults flynnbr0,
 	// 100.64.0.0/16); HostIP is where ports are published (default all).

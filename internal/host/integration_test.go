@@ -27,11 +27,14 @@ import (
 // package makes `go test` caching notice changes to any of its code.
 var _ = hostcmd.Run
 
-// flynnHost is the flynn-host binary built for the integration tests, and
-// busyboxLayer a busybox layer file made with `flynn-host image busybox`.
+// flynnHost is the flynn-host binary built for the integration tests, with
+// flynnSupervisor next to it (so its agents run job supervisors with that),
+// and soloHost a link to it in a directory of its own (its agents run
+// `flynn-host supervise`). busyboxLayer is a busybox layer file made with
+// `flynn-host image busybox`.
 // probeBin is testdata/probe, a static binary the isolation tests run in
 // jobs (from probeDir, which their agents let jobs mount).
-var flynnHost, busyboxLayer, busyboxDigest, probeDir, probeBin string
+var flynnHost, flynnSupervisor, soloHost, busyboxLayer, busyboxDigest, probeDir, probeBin string
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -45,17 +48,31 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		flynnHost = filepath.Join(dir, "flynn-host")
-		args := []string{"build", "-o", flynnHost}
-		if os.Getenv("FLYNN_TEST_RACE") != "" {
-			args = append(args, "-race") // run the agent and supervisors under the race detector
+		flynnSupervisor = filepath.Join(dir, "flynn-supervisor")
+		for _, bin := range []string{flynnHost, flynnSupervisor} {
+			args := []string{"build", "-o", bin}
+			if os.Getenv("FLYNN_TEST_RACE") != "" {
+				args = append(args, "-race") // run the agent and supervisors under the race detector
+			}
+			out, err := exec.Command("go", append(args, "github.com/flynnrebuilt/flynn/cmd/"+filepath.Base(bin))...).CombinedOutput()
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", filepath.Base(bin), err, out)
+				return 1
+			}
 		}
-		out, err := exec.Command("go", append(args, "github.com/flynnrebuilt/flynn/cmd/flynn-host")...).CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build flynn-host: %v\n%s", err, out)
+		// A hard link, not a symlink: the agent finds its companion next
+		// to /proc/self/exe, which resolves symlinks.
+		soloHost = filepath.Join(dir, "solo", "flynn-host")
+		if err := os.Mkdir(filepath.Dir(soloHost), 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if err := os.Link(flynnHost, soloHost); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		busyboxLayer = filepath.Join(dir, "busybox.tar.gz")
-		out, err = exec.Command(flynnHost, "image", "busybox", "--out", busyboxLayer).CombinedOutput()
+		out, err := exec.Command(flynnHost, "image", "busybox", "--out", busyboxLayer).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build busybox layer: %v\n%s", err, out)
 			return 1
@@ -77,6 +94,7 @@ func TestMain(m *testing.M) {
 // agentProc is a `flynn-host agent` process under test.
 type agentProc struct {
 	t        testing.TB
+	bin      string // flynn-host binary
 	stateDir string
 	args     []string
 	url      string
@@ -96,6 +114,12 @@ const testToken = "test-token"
 // everything it made.
 func startAgent(t testing.TB, flags ...string) *agentProc {
 	t.Helper()
+	return startAgentBin(t, flynnHost, flags...)
+}
+
+// startAgentBin is startAgent with the flynn-host binary bin.
+func startAgentBin(t testing.TB, bin string, flags ...string) *agentProc {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("integration test: needs root")
 	}
@@ -106,7 +130,7 @@ func startAgent(t testing.TB, flags ...string) *agentProc {
 	// reports what the agent left mounted there before removing it.
 	dir := filepath.Join(testslot.Dir(t), "state")
 	a := &agentProc{
-		t: t, stateDir: dir, bridge: testslot.Name(t, "h"), subnet: testslot.Subnet(t), cgroup: testslot.Name(t, "hcg"),
+		t: t, bin: bin, stateDir: dir, bridge: testslot.Name(t, "h"), subnet: testslot.Subnet(t), cgroup: testslot.Name(t, "hcg"),
 	}
 	port := testslot.Port(t)
 	a.url = fmt.Sprintf("http://127.0.0.1:%d", port)
@@ -130,7 +154,7 @@ func (a *agentProc) start() {
 	if a.logs == nil {
 		a.logs = &bytes.Buffer{}
 	}
-	a.cmd = exec.Command(flynnHost, a.args...)
+	a.cmd = exec.Command(a.bin, a.args...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)

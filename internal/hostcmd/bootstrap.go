@@ -263,7 +263,8 @@ func stopAllJobs(ctx context.Context, out io.Writer, hc *hostclient.Client) {
 }
 
 // killStateDirProcs kills processes whose executable or arguments name the
-// state dir (job supervisors of a daemon that is gone).
+// state dir (job supervisors of a daemon that is gone: flynn-supervisor, or
+// flynn-host supervise).
 func killStateDirProcs(stateDir string) {
 	ents, _ := os.ReadDir("/proc")
 	self := os.Getpid()
@@ -276,7 +277,7 @@ func killStateDirProcs(stateDir string) {
 		if err != nil {
 			continue
 		}
-		if bytes.Contains(b, []byte(filepath.Join(stateDir, "host")+"/")) && bytes.Contains(b, []byte("supervise")) {
+		if bytes.Contains(b, []byte(filepath.Join(stateDir, "host")+"/")) && bytes.Contains(b, []byte("supervis")) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/host"
-	"github.com/flynnrebuilt/flynn/internal/host/runtime"
+	"github.com/flynnrebuilt/flynn/internal/host/runtime/supervisor"
 	"github.com/flynnrebuilt/flynn/internal/image"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
@@ -99,7 +99,7 @@ func newSuperviseCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runtime.Supervise(args[0])
+			return supervisor.Run(args[0])
 		},
 	}
 }

@@ -119,6 +119,38 @@ type build struct {
 	work, cache, env, packs string
 	ownWork, ownCache       bool
 	cacheState              cacheState
+	phases                  []phase
+}
+
+// phase is the time spent in one phase of the build so far.
+type phase struct {
+	name string
+	d    time.Duration
+}
+
+// timed runs f as part of the phase name: its duration is added to the
+// phase's, which is listed where it first ran.
+func (b *build) timed(name string, f func() error) error {
+	start := time.Now()
+	err := f()
+	d := time.Since(start)
+	for i := range b.phases {
+		if b.phases[i].name == name {
+			b.phases[i].d += d
+			return err
+		}
+	}
+	b.phases = append(b.phases, phase{name, d})
+	return err
+}
+
+// buildPhases is b.phases as the result reports them.
+func (b *build) buildPhases() []api.BuildPhase {
+	var ps []api.BuildPhase
+	for _, p := range b.phases {
+		ps = append(ps, api.BuildPhase{Name: p.name, MS: p.d.Milliseconds()})
+	}
+	return ps
 }
 
 func newBuild(cfg Config, log *slog.Logger) (*build, error) {
@@ -189,7 +221,7 @@ func (b *build) info(format string, args ...any) {
 
 func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
 	cfg := b.cfg
-	if err := b.fetchSource(ctx); err != nil {
+	if err := b.timed("fetch", func() error { return b.fetchSource(ctx) }); err != nil {
 		return nil, err
 	}
 	removed, err := applySlugignore(cfg.BuildDir)
@@ -204,44 +236,55 @@ func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
 			return nil, err
 		}
 	}
-	if err := b.restoreCache(ctx); err != nil {
-		return nil, err
-	}
-
-	packs, err := b.selectBuildpacks(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defaults := map[string]string{}
-	var names []string
-	for _, p := range packs {
-		b.step("%s app detected", p.name)
-		names = append(names, p.name)
-		if err := b.runScript(ctx, p, "compile", cfg.BuildDir, b.cache, b.env); err != nil {
-			return nil, fmt.Errorf("%s buildpack: compile failed (%w); see the output above", p.name, err)
-		}
-		types, err := b.release(ctx, p)
-		if err != nil {
+	if cfg.CacheIn != "" {
+		if err := b.timed("cache", func() error { return b.restoreCache(ctx) }); err != nil {
 			return nil, err
 		}
-		maps.Copy(defaults, types)
+	}
+
+	defaults := map[string]string{}
+	var names []string
+	err = b.timed("compile", func() error {
+		packs, err := b.selectBuildpacks(ctx)
+		if err != nil {
+			return err
+		}
+		for _, p := range packs {
+			b.step("%s app detected", p.name)
+			names = append(names, p.name)
+			if err := b.runScript(ctx, p, "compile", cfg.BuildDir, b.cache, b.env); err != nil {
+				return fmt.Errorf("%s buildpack: compile failed (%w); see the output above", p.name, err)
+			}
+			types, err := b.release(ctx, p)
+			if err != nil {
+				return err
+			}
+			maps.Copy(defaults, types)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 
 	types, err := b.processTypes(defaults)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.saveCache(ctx); err != nil {
-		return nil, err
+	if cfg.CacheOut != "" {
+		if err := b.timed("cache", func() error { return b.saveCache(ctx) }); err != nil {
+			return nil, err
+		}
 	}
 	res := &api.SlugBuildResult{
 		ProcessTypes:  types,
 		Buildpack:     strings.Join(names, ", "),
 		SourceVersion: cfg.SourceVersion,
 	}
-	if err := b.writeSlug(ctx, res); err != nil {
+	if err := b.timed("slug", func() error { return b.writeSlug(ctx, res) }); err != nil {
 		return nil, err
 	}
+	res.Phases = b.buildPhases()
 	return res, nil
 }
 

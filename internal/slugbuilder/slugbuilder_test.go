@@ -243,6 +243,10 @@ func TestBuildOnHost(t *testing.T) {
 		if res.Buildpack != "Procfile" || res.Size == 0 || len(res.SHA256) != 64 || res.SourceVersion != "abc123" {
 			t.Errorf("result = %+v", res)
 		}
+		// No cache configured: no cache phase.
+		if diff := cmp.Diff([]string{"fetch", "compile", "slug"}, phaseNames(res)); diff != "" {
+			t.Errorf("phases (-want +got):\n%s", diff)
+		}
 		// The slug is the app under ./app/, owned by the app user.
 		var names []string
 		slug, _ := os.ReadFile(filepath.Join(work, "slug.tgz"))
@@ -290,7 +294,7 @@ func TestBuildOnHost(t *testing.T) {
 			"bin/detect": "#!/bin/sh\necho Custom\n",
 			"bin/compile": "#!/bin/sh\nset -e\necho \"greeting=$(cat $3/GREETING)\" > $1/info.txt\n" +
 				"echo \"version=$SOURCE_VERSION stack=$STACK\" >> $1/info.txt\n" +
-				"n=$(cat $2/count 2>/dev/null || echo 0); echo $((n+1)) > $2/count; echo \"builds=$((n+1))\" >> $1/info.txt\necho compiled\n",
+				"n=$(cat $2/count 2>/dev/null || echo 0); echo $((n+1)) > $2/count; echo \"builds=$((n+1))\" >> $1/info.txt\nsleep 0.2\necho compiled\n",
 			"bin/release": "#!/bin/sh\necho '---'\necho 'default_process_types:'\necho '  web: cat info.txt'\n",
 		})
 		app := t.TempDir()
@@ -331,6 +335,22 @@ func TestBuildOnHost(t *testing.T) {
 			}
 			if res.ProcessTypes["web"] != "cat info.txt" || res.Buildpack != "Custom" {
 				t.Errorf("result = %+v", res)
+			}
+			// The cache is restored before and saved after the compile:
+			// one phase, listed where it first ran. The compile sleeps
+			// 0.2s and the phases do not overlap.
+			if diff := cmp.Diff([]string{"fetch", "cache", "compile", "slug"}, phaseNames(res)); diff != "" {
+				t.Errorf("build %d phases (-want +got):\n%s", i, diff)
+			}
+			var sum int64
+			for _, p := range res.Phases {
+				sum += p.MS
+				if p.Name == "compile" && p.MS < 200 {
+					t.Errorf("build %d: compile took %dms, want at least the script's 200ms", i, p.MS)
+				}
+			}
+			if sum > res.DurationMS {
+				t.Errorf("build %d: phases add up to %dms, more than the build's %dms", i, sum, res.DurationMS)
 			}
 			mu.Lock()
 			slug := blobs["/slug.tgz"]
@@ -411,4 +431,12 @@ func BenchmarkBuildProcfileApp(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func phaseNames(res *api.SlugBuildResult) []string {
+	var names []string
+	for _, p := range res.Phases {
+		names = append(names, p.Name)
+	}
+	return names
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/host/network"
+	"github.com/flynnrebuilt/flynn/internal/host/runtime/supervisor"
 )
 
 // Config configures the runc runtime.
@@ -30,7 +31,7 @@ type Config struct {
 	// Runc is the OCI runtime binary (default "runc").
 	Runc string
 	// SupervisorCmd runs a job's supervisor; the job directory is
-	// appended. Default: this executable with the argument "supervise".
+	// appended. Default: DefaultSupervisorCmd of this executable.
 	SupervisorCmd []string
 	// CgroupParent is the cgroup jobs are placed under (default "flynn").
 	CgroupParent string
@@ -82,7 +83,7 @@ func NewRunc(cfg Config) (*Runc, error) {
 		if err != nil {
 			return nil, fmt.Errorf("runtime: %w", err)
 		}
-		cfg.SupervisorCmd = []string{exe, "supervise"}
+		cfg.SupervisorCmd = DefaultSupervisorCmd(exe)
 	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = "flynn"
@@ -107,6 +108,22 @@ func NewRunc(cfg Config) (*Runc, error) {
 		}
 	}
 	return r, nil
+}
+
+// SupervisorBinary is the name of the small binary that runs a job's
+// supervisor (cmd/flynn-supervisor), installed next to flynn-host.
+const SupervisorBinary = "flynn-supervisor"
+
+// DefaultSupervisorCmd is the command that runs job supervisors for the
+// flynn-host executable exe: SupervisorBinary in exe's directory when it is
+// there and executable (a few MB, where exe is tens), else exe's hidden
+// supervise command.
+func DefaultSupervisorCmd(exe string) []string {
+	p := filepath.Join(filepath.Dir(exe), SupervisorBinary)
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+		return []string{p}
+	}
+	return []string{exe, "supervise"}
 }
 
 func (r *Runc) dir(id string) string { return filepath.Join(r.cfg.StateDir, "jobs", id) }
@@ -235,7 +252,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	if err := writeJSON(filepath.Join(dir, "config.json"), ociSpec(&s2, dir, netns, st.Cgroups)); err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
-	pid, err := r.launchSupervisor(ctx, dir, &supervisorConfig{
+	pid, err := r.launchSupervisor(ctx, dir, &supervisor.Config{
 		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
 		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
 	})
@@ -246,11 +263,11 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	return started, nil
 }
 
-func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisorConfig) (int, error) {
-	if err := writeJSON(filepath.Join(dir, fileSupConfig), cfg); err != nil {
+func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor.Config) (int, error) {
+	if err := writeJSON(filepath.Join(dir, supervisor.FileConfig), cfg); err != nil {
 		return 0, err
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, fileSupLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(filepath.Join(dir, supervisor.FileSupLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return 0, err
 	}
@@ -276,19 +293,19 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 	go cmd.Wait()
 
 	type result struct {
-		msg readyMsg
+		msg supervisor.Ready
 		err error
 	}
 	c := make(chan result, 1)
 	go func() {
-		var m readyMsg
+		var m supervisor.Ready
 		err := json.NewDecoder(rd).Decode(&m)
 		c <- result{m, err}
 	}()
 	select {
 	case res := <-c:
 		if res.err != nil {
-			b, _ := os.ReadFile(filepath.Join(dir, fileSupLog))
+			b, _ := os.ReadFile(filepath.Join(dir, supervisor.FileSupLog))
 			return 0, fmt.Errorf("supervisor: %v: %s", res.err, strings.TrimSpace(string(b)))
 		}
 		if res.msg.Error != "" {
@@ -301,8 +318,8 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 	}
 }
 
-func (r *Runc) dial(id string, req *supRequest) (net.Conn, *bufio.Reader, error) {
-	c, err := net.Dial("unix", supervisorAddr(r.dir(id)))
+func (r *Runc) dial(id string, req *supervisor.Request) (net.Conn, *bufio.Reader, error) {
+	c, err := net.Dial("unix", supervisor.Addr(r.dir(id)))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -315,7 +332,7 @@ func (r *Runc) dial(id string, req *supRequest) (net.Conn, *bufio.Reader, error)
 }
 
 func (r *Runc) readExit(id string) (*api.HostJobExit, error) {
-	b, err := os.ReadFile(filepath.Join(r.dir(id), fileExit))
+	b, err := os.ReadFile(filepath.Join(r.dir(id), supervisor.FileExit))
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +345,7 @@ func (r *Runc) Wait(ctx context.Context, id string) (*api.HostJobExit, error) {
 	if _, err := os.Stat(r.dir(id)); err != nil {
 		return nil, ErrNotFound
 	}
-	c, br, err := r.dial(id, &supRequest{Wait: true})
+	c, br, err := r.dial(id, &supervisor.Request{Wait: true})
 	if err != nil {
 		// No supervisor: the job has ended (or its supervisor died).
 		if e, err := r.readExit(id); err == nil {
@@ -362,7 +379,7 @@ func (r *Runc) Signal(ctx context.Context, id string, sig unix.Signal) error {
 	if _, err := os.Stat(r.dir(id)); err != nil {
 		return ErrNotFound
 	}
-	if _, err := os.Stat(filepath.Join(r.dir(id), fileExit)); err == nil {
+	if _, err := os.Stat(filepath.Join(r.dir(id), supervisor.FileExit)); err == nil {
 		return ErrNotRunning
 	}
 	out, err := exec.CommandContext(ctx, r.cfg.Runc, "--root", filepath.Join(r.cfg.StateDir, "runc"), "kill", id, strconv.Itoa(int(sig))).CombinedOutput()
@@ -380,7 +397,7 @@ func (r *Runc) Attach(ctx context.Context, id string, o AttachOptions) (io.ReadW
 	if _, err := os.Stat(r.dir(id)); err != nil {
 		return nil, ErrNotFound
 	}
-	c, br, err := r.dial(id, &supRequest{Stdin: o.Stdin, Logs: o.Logs, Height: o.Height, Width: o.Width})
+	c, br, err := r.dial(id, &supervisor.Request{Stdin: o.Stdin, Logs: o.Logs, Height: o.Height, Width: o.Width})
 	if err != nil {
 		return nil, ErrNotRunning
 	}
@@ -400,7 +417,7 @@ func (r *Runc) Log(ctx context.Context, id string, follow bool) (io.ReadCloser, 
 	if _, err := os.Stat(dir); err != nil {
 		return nil, ErrNotFound
 	}
-	f, err := os.Open(filepath.Join(dir, fileLog))
+	f, err := os.Open(filepath.Join(dir, supervisor.FileLog))
 	if errors.Is(err, os.ErrNotExist) {
 		if !follow {
 			return io.NopCloser(strings.NewReader("")), nil
@@ -408,7 +425,7 @@ func (r *Runc) Log(ctx context.Context, id string, follow bool) (io.ReadCloser, 
 		// The supervisor creates the log; wait for it briefly.
 		for i := 0; i < 50 && errors.Is(err, os.ErrNotExist); i++ {
 			time.Sleep(100 * time.Millisecond)
-			f, err = os.Open(filepath.Join(dir, fileLog))
+			f, err = os.Open(filepath.Join(dir, supervisor.FileLog))
 		}
 	}
 	if err != nil {
@@ -417,7 +434,7 @@ func (r *Runc) Log(ctx context.Context, id string, follow bool) (io.ReadCloser, 
 	if !follow {
 		return f, nil
 	}
-	return &followReader{ctx: ctx, f: f, exitFile: filepath.Join(dir, fileExit)}, nil
+	return &followReader{ctx: ctx, f: f, exitFile: filepath.Join(dir, supervisor.FileExit)}, nil
 }
 
 // followReader reads a growing log file until the job has exited and the

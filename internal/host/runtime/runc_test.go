@@ -18,13 +18,14 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/host/network"
+	"github.com/flynnrebuilt/flynn/internal/host/runtime/supervisor"
 	"github.com/flynnrebuilt/flynn/internal/image"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
 func TestMain(m *testing.M) {
 	if len(os.Args) == 3 && os.Args[1] == "supervise" {
-		if err := Supervise(os.Args[2]); err != nil {
+		if err := supervisor.Run(os.Args[2]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -220,7 +221,7 @@ func TestSupervisorServesRootOnly(t *testing.T) {
 	if err := os.WriteFile(bin, self, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr := supervisorAddr(r.dir(spec.ID))
+	addr := supervisor.Addr(r.dir(spec.ID))
 	dial := func(uid uint32) string {
 		cmd := exec.Command(bin, "dial-supervisor", addr, "job-secret")
 		if uid != 0 {
@@ -240,7 +241,7 @@ func TestSupervisorServesRootOnly(t *testing.T) {
 	if out := dial(0); !strings.Contains(out, "job-secret") {
 		t.Errorf("a client as root got: %s\nwant the job's output", out)
 	}
-	sup, _ := os.ReadFile(filepath.Join(r.dir(spec.ID), fileSupLog))
+	sup, _ := os.ReadFile(filepath.Join(r.dir(spec.ID), supervisor.FileSupLog))
 	if !strings.Contains(string(sup), "refused a connection from uid 65534") {
 		t.Errorf("the supervisor's log does not record the refusal:\n%s", sup)
 	}

@@ -1,7 +1,8 @@
 // Package runtime runs host jobs in containers: per job an overlayfs rootfs
 // (image layers below, a per-job upper dir), a pinned network namespace
 // attached with CNI, an OCI bundle run by runc, and a supervisor process
-// (flynn-host re-executed in its own session) that owns the container's
+// (flynn-supervisor, or flynn-host supervise, in its own session; see
+// package supervisor) that owns the container's
 // stdio, writes its log and records its exit, so jobs outlive restarts of
 // the agent. Runtime is the interface the agent uses; Runc is the real
 // implementation and Fake an in-memory one for unit tests.

@@ -1,4 +1,11 @@
-package runtime
+// Package supervisor is the body of a job's supervisor process: it starts
+// the job's container with runc, owns its stdio, writes its log, serves
+// attach and wait requests on a unix socket and records the job's exit. It
+// runs as the small flynn-supervisor binary (or as the hidden
+// `flynn-host supervise DIR` command), one process per job, so it imports
+// only the standard library, x/sys/unix and api. The host's runtime package
+// starts supervisors and talks to them with the types and files defined here.
+package supervisor
 
 import (
 	"bufio"
@@ -27,16 +34,22 @@ import (
 
 // Files in a job's directory.
 const (
-	fileSupConfig = "supervisor.json"
-	fileSupLog    = "supervisor.log"
-	filePID       = "pid"
-	fileExit      = "exit.json"
-	fileLog       = "log"
-	fileRuncLog   = "runc.log"
+	// FileConfig is the supervisor's Config (JSON), written by its starter.
+	FileConfig = "supervisor.json"
+	// FileSupLog is where its starter sends the supervisor's stderr.
+	FileSupLog = "supervisor.log"
+	// FilePID holds the container's init pid (written by runc).
+	FilePID = "pid"
+	// FileExit holds the job's api.HostJobExit once it has exited.
+	FileExit = "exit.json"
+	// FileLog is the job's output, one api.HostLogLine (JSON) a line.
+	FileLog = "log"
+	// FileRuncLog is runc's own log (JSON lines).
+	FileRuncLog = "runc.log"
 )
 
-// supervisorConfig is what Start tells a job's supervisor.
-type supervisorConfig struct {
+// Config is what a job's starter tells its supervisor, in FileConfig.
+type Config struct {
 	ID          string `json:"id"`
 	Runc        string `json:"runc"`
 	RuncRoot    string `json:"runc_root"`
@@ -46,15 +59,15 @@ type supervisorConfig struct {
 	DisableLog  bool   `json:"disable_log,omitempty"`
 }
 
-// readyMsg is what a supervisor writes on fd 3 once the container process
+// Ready is what a supervisor writes on fd 3 once the container process
 // exists, or when it could not start it.
-type readyMsg struct {
+type Ready struct {
 	PID   int    `json:"pid,omitempty"`
 	Error string `json:"error,omitempty"`
 }
 
-// supRequest is the first line a client writes on the supervisor socket.
-type supRequest struct {
+// Request is the first line a client writes on the supervisor socket (Addr).
+type Request struct {
 	// Wait asks only for the exit frame.
 	Wait   bool   `json:"wait,omitempty"`
 	Stdin  bool   `json:"stdin,omitempty"`
@@ -75,7 +88,7 @@ type subscriber struct {
 
 type supervisor struct {
 	dir string
-	cfg supervisorConfig
+	cfg Config
 
 	mu      sync.Mutex
 	logf    *os.File
@@ -86,15 +99,15 @@ type supervisor struct {
 	started sync.Once
 }
 
-// Supervise is the body of a job's supervisor process (the hidden
-// `flynn-host supervise DIR` command). It starts the container described by
+// Run is the body of a job's supervisor process (flynn-supervisor DIR, or
+// the hidden `flynn-host supervise DIR` command). It starts the container described by
 // DIR with runc, owns its stdio, writes its log, serves attach and wait
-// requests on supervisorAddr(DIR), and records its exit in DIR/exit.json. It
+// requests on Addr(DIR), and records its exit in DIR/exit.json. It
 // returns when the container has exited and been deleted.
-func Supervise(dir string) error {
+func Run(dir string) error {
 	ready := os.NewFile(3, "ready")
 	signal.Ignore(unix.SIGHUP, unix.SIGINT, unix.SIGPIPE, unix.SIGTERM)
-	b, err := os.ReadFile(filepath.Join(dir, fileSupConfig))
+	b, err := os.ReadFile(filepath.Join(dir, FileConfig))
 	if err != nil {
 		return err
 	}
@@ -104,17 +117,17 @@ func Supervise(dir string) error {
 	}
 	fail := func(err error) error {
 		s.writeExit(&api.HostJobExit{ExitStatus: -1, Error: err.Error()})
-		json.NewEncoder(ready).Encode(readyMsg{Error: err.Error()})
+		json.NewEncoder(ready).Encode(Ready{Error: err.Error()})
 		return err
 	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fail(fmt.Errorf("become subreaper: %w", err))
 	}
-	s.logf, err = os.OpenFile(filepath.Join(dir, fileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	s.logf, err = os.OpenFile(filepath.Join(dir, FileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fail(err)
 	}
-	ln, err := net.Listen("unix", supervisorAddr(dir))
+	ln, err := net.Listen("unix", Addr(dir))
 	if err != nil {
 		return fail(err)
 	}
@@ -124,7 +137,7 @@ func Supervise(dir string) error {
 		ln.Close()
 		return fail(err)
 	}
-	json.NewEncoder(ready).Encode(readyMsg{PID: pid})
+	json.NewEncoder(ready).Encode(Ready{PID: pid})
 	ready.Close()
 
 	if !s.cfg.TTY && !s.cfg.Stdin {
@@ -177,14 +190,14 @@ func Supervise(dir string) error {
 
 func (s *supervisor) writeExit(e *api.HostJobExit) {
 	b, _ := json.Marshal(e)
-	tmp := filepath.Join(s.dir, fileExit+".tmp")
+	tmp := filepath.Join(s.dir, FileExit+".tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err == nil {
-		os.Rename(tmp, filepath.Join(s.dir, fileExit))
+		os.Rename(tmp, filepath.Join(s.dir, FileExit))
 	}
 }
 
 func (s *supervisor) runc(args ...string) *exec.Cmd {
-	return exec.Command(s.cfg.Runc, append([]string{"--root", s.cfg.RuncRoot, "--log", filepath.Join(s.dir, fileRuncLog), "--log-format", "json"}, args...)...)
+	return exec.Command(s.cfg.Runc, append([]string{"--root", s.cfg.RuncRoot, "--log", filepath.Join(s.dir, FileRuncLog), "--log-format", "json"}, args...)...)
 }
 
 // startContainer creates (and, unless the job waits for an attach, starts)
@@ -199,7 +212,7 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 	if verb == "run" {
 		args = append(args, "--detach")
 	}
-	args = append(args, "--pid-file", filepath.Join(s.dir, filePID), "--bundle", s.dir)
+	args = append(args, "--pid-file", filepath.Join(s.dir, FilePID), "--bundle", s.dir)
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		return 0, err
@@ -258,7 +271,7 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 		f.Close()
 	}
 	if err != nil {
-		return 0, fmt.Errorf("runc %s: %v: %s", verb, err, runcError(filepath.Join(s.dir, fileRuncLog)))
+		return 0, fmt.Errorf("runc %s: %v: %s", verb, err, runcError(filepath.Join(s.dir, FileRuncLog)))
 	}
 	if consoleErr != nil {
 		if err := <-consoleErr; err != nil {
@@ -267,7 +280,7 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 		pumps.Add(1)
 		go func() { defer pumps.Done(); s.pump(s.pty, "stdout", api.FrameStdout) }()
 	}
-	b, err := os.ReadFile(filepath.Join(s.dir, filePID))
+	b, err := os.ReadFile(filepath.Join(s.dir, FilePID))
 	if err != nil {
 		return 0, fmt.Errorf("read pid: %w", err)
 	}
@@ -411,7 +424,7 @@ func (s *supervisor) handle(c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	var req supRequest
+	var req Request
 	if err := json.Unmarshal(line, &req); err != nil {
 		api.WriteFrame(c, api.FrameError, []byte("bad request"))
 		return
@@ -430,7 +443,7 @@ func (s *supervisor) handle(c net.Conn) {
 	}
 	s.mu.Unlock()
 	if replayUpTo > 0 {
-		if err := replayLog(c, filepath.Join(s.dir, fileLog), replayUpTo); err != nil {
+		if err := replayLog(c, filepath.Join(s.dir, FileLog), replayUpTo); err != nil {
 			return
 		}
 	}
@@ -600,11 +613,11 @@ func peerCred(c net.Conn) (*unix.Ucred, error) {
 	return cred, cerr
 }
 
-// supervisorAddr is where the supervisor of the job in dir listens: an
+// Addr is where the supervisor of the job in dir listens: an
 // abstract unix socket (in the host's network namespace) named after the
 // job directory, so its length does not depend on the state dir's. Any
 // process in that namespace can connect; the supervisor serves root only.
-func supervisorAddr(dir string) string {
+func Addr(dir string) string {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}

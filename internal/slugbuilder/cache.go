@@ -2,9 +2,11 @@ package slugbuilder
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,14 +17,22 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/klauspost/compress/zstd"
 )
 
-// The build cache is stored as a series of gzip members, one per chunk
-// of CACHE_DIR. A chunk is an entry two levels down (toolchain/go1.22.5,
+// The build cache is stored as a series of members, one per chunk of
+// CACHE_DIR. A chunk is an entry two levels down (toolchain/go1.22.5,
 // gobuild/0e, node/22.1.0), or a top-level file, or a top-level directory
 // itself without its contents (its mode). Each member is a tar of its
-// chunk with names relative to CACHE_DIR, so the whole blob is still a
-// valid tar.gz stream. Chunks let a save skip the cache when none changed,
+// chunk with names relative to CACHE_DIR, compressed as one zstd frame at
+// the fastest level and preceded by a zstd skippable frame that holds the
+// compressed frame's length (so a restore knows where each member ends).
+// The whole blob is still a valid zstd stream of tars (zstd -dc | tar
+// -x --ignore-zeros). zstd rather than gzip: a Go app's cache is some
+// 250 MB of toolchain and build cache, which zstd decompresses several
+// times faster, and compresses faster, than gzip. Chunks let a save skip
+// the cache when none changed,
 // and copy the compressed bytes of unchanged chunks from the previous
 // cache instead of compressing them again: a Go build that adds a few
 // entries to its build cache compresses those few buckets, not the
@@ -39,6 +49,7 @@ import (
 type cacheMember struct {
 	name       string // the one chunk it holds (see chunkOf), "" when several
 	start, end int64  // byte offsets in the cache blob
+	zstd       bool   // a zstd member (else an older cache's gzip member)
 }
 
 // cacheState is what the restore learned, for the save.
@@ -70,10 +81,26 @@ func (c *countingReader) ReadByte() (byte, error) {
 	return b, err
 }
 
-// restoreChunks extracts every gzip member of r into dir and returns where
-// each member lies in r and which chunk it holds.
+// zstd's skippable frame magic numbers are 0x184D2A50 to 0x184D2A5F; a
+// cache member's header is one, with an 8-byte payload: the length of the
+// zstd frame that follows.
+const (
+	memberMagic   = 0x184D2A5F
+	memberHdrSize = 16
+)
+
+// restoreChunks extracts every member of r into dir and returns where each
+// member lies in r and which chunk it holds. A cache of gzip members (an
+// older slugbuilder's) is read too; the next save rewrites its members.
 func restoreChunks(r io.Reader, dir string) ([]cacheMember, error) {
 	cr := &countingReader{r: bufio.NewReaderSize(r, 256<<10)}
+	magic, err := cr.r.Peek(4)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if len(magic) == 4 && binary.LittleEndian.Uint32(magic) == memberMagic {
+		return restoreZstdChunks(cr, dir)
+	}
 	var members []cacheMember
 	zr := new(gzip.Reader)
 	for {
@@ -98,6 +125,52 @@ func restoreChunks(r io.Reader, dir string) ([]cacheMember, error) {
 			return nil, err
 		}
 		m := cacheMember{start: start, end: cr.n}
+		if len(chunks) == 1 {
+			m.name = chunks[0]
+		}
+		members = append(members, m)
+	}
+}
+
+func restoreZstdChunks(cr *countingReader, dir string) ([]cacheMember, error) {
+	var members []cacheMember
+	zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2))
+	if err != nil {
+		return nil, err
+	}
+	defer zr.Close()
+	var hdr [memberHdrSize]byte
+	for {
+		start := cr.n
+		if _, err := io.ReadFull(cr, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return members, nil
+			}
+			return nil, fmt.Errorf("cache member at byte %d: %w", start, err)
+		}
+		if binary.LittleEndian.Uint32(hdr[0:]) != memberMagic || binary.LittleEndian.Uint32(hdr[4:]) != 8 {
+			return nil, fmt.Errorf("cache member at byte %d: bad header", start)
+		}
+		size := int64(binary.LittleEndian.Uint64(hdr[8:]))
+		frame := io.LimitReader(cr, size)
+		if err := zr.Reset(frame); err != nil {
+			return nil, fmt.Errorf("cache member at byte %d: %w", start, err)
+		}
+		chunks, err := untarChunks(zr, dir)
+		if err == nil {
+			// Read the rest of the member (the tar's end blocks).
+			_, err = io.Copy(io.Discard, zr)
+		}
+		if err == nil && cr.n != start+memberHdrSize+size {
+			_, err = io.Copy(io.Discard, frame)
+			if cr.n != start+memberHdrSize+size {
+				err = io.ErrUnexpectedEOF
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cache member at byte %d: %w", start, err)
+		}
+		m := cacheMember{start: start, end: cr.n, zstd: true}
 		if len(chunks) == 1 {
 			m.name = chunks[0]
 		}
@@ -179,7 +252,7 @@ func planCacheSave(st cacheState, now map[string]string) cachePlan {
 	kept := map[string]bool{}
 	if st.restored {
 		for _, m := range st.members {
-			if m.name == "" || kept[m.name] {
+			if m.name == "" || kept[m.name] || !m.zstd {
 				continue
 			}
 			if before, ok := st.prints[m.name]; ok && now[m.name] == before {
@@ -262,8 +335,9 @@ func (b *build) saveCache(ctx context.Context) error {
 				return err
 			}
 		}
+		var buf bytes.Buffer
 		for _, name := range plan.write {
-			if err := writeChunk(w, b.cache, name, "./", os.Getuid(), os.Getgid()); err != nil {
+			if err := writeCacheMember(w, &buf, b.cache, name, os.Getuid(), os.Getgid()); err != nil {
 				return err
 			}
 		}
@@ -300,6 +374,35 @@ func (b *build) copyMembers(ctx context.Context, w io.Writer, members []cacheMem
 		pos = m.end
 	}
 	return nil
+}
+
+// writeCacheMember writes the entry name of dir (see writeChunk) as one
+// cache member: its header and its tar as one zstd frame, compressed on a
+// second core into buf (reused between members) to learn its length.
+func writeCacheMember(w io.Writer, buf *bytes.Buffer, dir, name string, uid, gid int) error {
+	buf.Reset()
+	buf.Write(make([]byte, memberHdrSize))
+	zw, err := zstd.NewWriter(buf, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return err
+	}
+	wb := newWriteBehind(zw)
+	err = writeTar(wb, dir, name, "./", uid, gid)
+	if cerr := wb.Close(); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	b := buf.Bytes()
+	binary.LittleEndian.PutUint32(b[0:], memberMagic)
+	binary.LittleEndian.PutUint32(b[4:], 8)
+	binary.LittleEndian.PutUint64(b[8:], uint64(len(b)-memberHdrSize))
+	_, err = w.Write(b)
+	return err
 }
 
 // writeChunk writes the entry name of dir (all of dir when name is empty;

@@ -4,14 +4,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/flynnrebuilt/flynn/buildpacks/buildpacktest"
+	"github.com/flynnrebuilt/flynn/internal/slugbuilder"
 	"github.com/flynnrebuilt/flynn/internal/stack/stacktest"
 )
 
@@ -19,14 +20,30 @@ import (
 // the default Debian stack, from package indexes and gem sources the test
 // serves with packages it builds (buildpacktest), as build jobs would.
 
-// cacheEntries lists the names in the build cache of iodir.
+// cacheEntries lists the names in the build cache of iodir, one per line.
 func cacheEntries(t *testing.T, iodir string) string {
 	t.Helper()
-	out, err := exec.Command("tar", "-tizf", filepath.Join(iodir, "cache.tgz")).CombinedOutput()
+	f, err := os.Open(filepath.Join(iodir, "cache.tgz"))
 	if err != nil {
-		t.Fatalf("list cache: %v: %s", err, out)
+		t.Fatal(err)
 	}
-	return string(out)
+	defer f.Close()
+	dir := t.TempDir()
+	if _, err := slugbuilder.RestoreCache(f, dir); err != nil {
+		t.Fatalf("list cache: %v", err)
+	}
+	var names []string
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && p != dir {
+			rel, _ := filepath.Rel(dir, p)
+			names = append(names, "./"+rel)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(names, "\n") + "\n"
 }
 
 // wantBuildFailure builds app, which must fail with want in the output,

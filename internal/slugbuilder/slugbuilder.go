@@ -2,7 +2,7 @@
 // build job (as `flynn-host slugbuilder`), unpacks the source into the
 // build directory (/app), applies .slugignore, runs buildpacks with the
 // Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
-// and saves the per-app build cache (one gzip member per chunk of the cache
+// and saves the per-app build cache (one zstd member per chunk of the cache
 // directory, saved only when a chunk changed; see cache.go), and writes the
 // slug (the build directory in the format of package slug) plus a result
 // naming its process types.

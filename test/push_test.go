@@ -75,7 +75,7 @@ func (a *pushApp) get() (int, string) { return a.c.curl(a.name+"."+a.c.domain, "
 // the build's own phases in parentheses, then the deployment's (rolling
 // running processes) or the first web job's start, or neither.
 var timingsLine = regexp.MustCompile(`(?m)^remote: -----> Done in \d+\.\ds: source \d+\.\ds, ` +
-	`build \d+\.\ds \(fetch \d+\.\ds, cache \d+\.\ds, compile \d+\.\ds, slug \d+\.\ds\), release \d+\.\ds` +
+	`build \d+\.\ds \(fetch \d+\.\ds, (?:restore \d+\.\ds, )?compile \d+\.\ds, (?:save \d+\.\ds, )?slug \d+\.\ds\), release \d+\.\ds` +
 	`(?:, deploy \d+\.\ds)?(?:, start \d+\.\ds)?\s*$`)
 
 // pushAndServe pushes main and returns the time from the push to the

@@ -10,7 +10,7 @@ import (
 
 // A push's timings line says where its time went, phase by phase:
 //
-//	-----> Done in 6.4s: source 0.2s, build 4.1s (fetch 0.1s, cache 0.2s, compile 3.0s, slug 0.6s), release 0.1s, start 1.9s
+//	-----> Done in 6.4s: source 0.2s, build 4.1s (fetch 0.1s, restore 0.2s, compile 3.0s, save 0.1s, slug 0.6s), release 0.1s, start 1.9s
 //
 // Each phase is measured around the step itself; the build's inner phases
 // are the slugbuilder's own (api.SlugBuildResult.Phases), and what they do

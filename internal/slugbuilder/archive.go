@@ -46,6 +46,7 @@ func untarChunks(r io.Reader, dir string) ([]string, error) {
 		return nil, fmt.Errorf("untar: %w", err)
 	}
 	tr := tar.NewReader(r)
+	x := &extractor{dir: dir, dirs: map[string]bool{}}
 	var chunks []string
 	for {
 		hdr, err := tr.Next()
@@ -65,17 +66,25 @@ func untarChunks(r io.Reader, dir string) ([]string, error) {
 		if c := chunkOf(name, hdr.Typeflag == tar.TypeDir); !slices.Contains(chunks, c) {
 			chunks = append(chunks, c)
 		}
-		if err := extractEntry(tr, hdr, dir, name); err != nil {
+		if err := x.entry(tr, hdr, name); err != nil {
 			return nil, err
 		}
 	}
 }
 
-// extractEntry writes one tar entry, whose cleaned relative name is name,
-// under dir.
-func extractEntry(tr *tar.Reader, hdr *tar.Header, dir, name string) error {
-	target := filepath.Join(dir, filepath.FromSlash(name))
-	if err := checkParents(dir, name); err != nil {
+// extractor writes tar entries under dir. dirs holds the relative paths
+// known to be real directories (made or checked by it), so each parent is
+// checked once per archive, not once per entry: a restored build cache
+// has thousands of files, and on overlayfs every lookup costs.
+type extractor struct {
+	dir  string
+	dirs map[string]bool
+}
+
+// entry writes one tar entry, whose cleaned relative name is name.
+func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
+	target := filepath.Join(x.dir, filepath.FromSlash(name))
+	if err := x.checkParents(name); err != nil {
 		return err
 	}
 	mode := fs.FileMode(hdr.Mode).Perm()
@@ -86,8 +95,12 @@ func extractEntry(tr *tar.Reader, hdr *tar.Header, dir, name string) error {
 		}
 		os.Chmod(target, mode|0o700)
 	case tar.TypeReg:
-		os.Remove(target)
+		x.replaced(name)
 		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode|0o600)
+		if errors.Is(err, fs.ErrExist) {
+			os.Remove(target)
+			f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode|0o600)
+		}
 		if err != nil {
 			return fmt.Errorf("untar: %w", err)
 		}
@@ -106,6 +119,7 @@ func extractEntry(tr *tar.Reader, hdr *tar.Header, dir, name string) error {
 			}
 		}
 	case tar.TypeSymlink:
+		x.replaced(name)
 		os.Remove(target)
 		if err := os.Symlink(hdr.Linkname, target); err != nil {
 			return fmt.Errorf("untar: %w", err)
@@ -115,11 +129,12 @@ func extractEntry(tr *tar.Reader, hdr *tar.Header, dir, name string) error {
 		if path.IsAbs(hdr.Linkname) || src == ".." || strings.HasPrefix(src, "../") {
 			return fmt.Errorf("untar: hard link %q leaves the target directory", hdr.Name)
 		}
-		if err := checkParents(dir, src); err != nil {
+		if err := x.checkParents(src); err != nil {
 			return err
 		}
+		x.replaced(name)
 		os.Remove(target)
-		if err := os.Link(filepath.Join(dir, filepath.FromSlash(src)), target); err != nil {
+		if err := os.Link(filepath.Join(x.dir, filepath.FromSlash(src)), target); err != nil {
 			return fmt.Errorf("untar: %w", err)
 		}
 	default:
@@ -128,19 +143,41 @@ func extractEntry(tr *tar.Reader, hdr *tar.Header, dir, name string) error {
 	return nil
 }
 
+// replaced forgets name and everything under it as known directories
+// before an entry replaces name. A known directory has entries, so the
+// replacement fails today; this keeps a symlink that did replace one from
+// being written through.
+func (x *extractor) replaced(name string) {
+	if !x.dirs[name] {
+		return
+	}
+	for d := range x.dirs {
+		if d == name || strings.HasPrefix(d, name+"/") {
+			delete(x.dirs, d)
+		}
+	}
+}
+
 // checkParents makes sure no directory above name (relative to dir) is a
 // symlink, so an entry cannot be written through one; missing parents are
 // created.
-func checkParents(dir, name string) error {
-	cur := dir
-	parts := strings.Split(name, "/")
-	for _, p := range parts[:len(parts)-1] {
-		cur = filepath.Join(cur, p)
+func (x *extractor) checkParents(name string) error {
+	parent := path.Dir(name)
+	if parent == "." || x.dirs[parent] {
+		return nil
+	}
+	cur, rel := x.dir, ""
+	for _, p := range strings.Split(parent, "/") {
+		cur, rel = filepath.Join(cur, p), path.Join(rel, p)
+		if x.dirs[rel] {
+			continue
+		}
 		fi, err := os.Lstat(cur)
 		if errors.Is(err, os.ErrNotExist) {
 			if err := os.Mkdir(cur, 0o755); err != nil {
 				return fmt.Errorf("untar: %w", err)
 			}
+			x.dirs[rel] = true
 			continue
 		}
 		if err != nil {
@@ -149,6 +186,7 @@ func checkParents(dir, name string) error {
 		if !fi.IsDir() {
 			return fmt.Errorf("untar: %q: %s is not a directory", name, p)
 		}
+		x.dirs[rel] = true
 	}
 	return nil
 }

@@ -237,7 +237,7 @@ func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
 		}
 	}
 	if cfg.CacheIn != "" {
-		if err := b.timed("cache", func() error { return b.restoreCache(ctx) }); err != nil {
+		if err := b.timed("restore", func() error { return b.restoreCache(ctx) }); err != nil {
 			return nil, err
 		}
 	}
@@ -272,7 +272,7 @@ func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
 		return nil, err
 	}
 	if cfg.CacheOut != "" {
-		if err := b.timed("cache", func() error { return b.saveCache(ctx) }); err != nil {
+		if err := b.timed("save", func() error { return b.saveCache(ctx) }); err != nil {
 			return nil, err
 		}
 	}

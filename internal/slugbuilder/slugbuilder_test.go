@@ -336,10 +336,10 @@ func TestBuildOnHost(t *testing.T) {
 			if res.ProcessTypes["web"] != "cat info.txt" || res.Buildpack != "Custom" {
 				t.Errorf("result = %+v", res)
 			}
-			// The cache is restored before and saved after the compile:
-			// one phase, listed where it first ran. The compile sleeps
+			// The cache is restored before and saved after the compile,
+			// each its own phase. The compile sleeps
 			// 0.2s and the phases do not overlap.
-			if diff := cmp.Diff([]string{"fetch", "cache", "compile", "slug"}, phaseNames(res)); diff != "" {
+			if diff := cmp.Diff([]string{"fetch", "restore", "compile", "save", "slug"}, phaseNames(res)); diff != "" {
 				t.Errorf("build %d phases (-want +got):\n%s", i, diff)
 			}
 			var sum int64

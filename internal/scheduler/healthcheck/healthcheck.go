@@ -22,7 +22,11 @@ import (
 const (
 	DefaultInterval  = 10 * time.Second
 	DefaultThreshold = 2
-	// StartInterval is how often a check runs until it first passes.
+	// Until a job is first healthy its checks run FirstInterval apart,
+	// the gap doubling after each failure up to StartInterval: a new job
+	// gets traffic within a few tens of milliseconds of serving, and one
+	// that takes seconds to start is probed four times a second.
+	FirstInterval = 25 * time.Millisecond
 	StartInterval = 250 * time.Millisecond
 	// DefaultProbeTimeout bounds one probe when the interval is longer.
 	DefaultProbeTimeout = 2 * time.Second
@@ -159,7 +163,8 @@ func (c *Checker) Monitor(ctx context.Context, fn func(healthy bool, err error))
 	// Until the first time it is healthy, check often, so a new job gets
 	// traffic as soon as it serves; then at the configured interval.
 	starting := true
-	tick := time.NewTicker(min(c.interval, StartInterval))
+	gap := min(c.interval, FirstInterval)
+	tick := time.NewTimer(gap)
 	defer tick.Stop()
 	for {
 		err := c.Check(ctx)
@@ -171,10 +176,7 @@ func (c *Checker) Monitor(ctx context.Context, fn func(healthy bool, err error))
 			if !healthy && passes >= c.threshold {
 				healthy = true
 				startDeadline = nil
-				if starting {
-					starting = false
-					tick.Reset(c.interval)
-				}
+				starting = false
 				fn(true, nil)
 			}
 		} else {
@@ -184,6 +186,16 @@ func (c *Checker) Monitor(ctx context.Context, fn func(healthy bool, err error))
 				fn(false, err)
 			}
 		}
+		switch {
+		case !starting:
+			gap = c.interval
+		case err == nil:
+			// Passed, not yet threshold times: the next pass soon.
+			gap = min(c.interval, FirstInterval)
+		default:
+			gap = min(c.interval, StartInterval, 2*gap)
+		}
+		tick.Reset(gap)
 		select {
 		case <-tick.C:
 		case <-startDeadline:

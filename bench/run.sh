@@ -2,7 +2,7 @@
 # make bench: every benchmark of the speed goals in one run, each beside
 # its anchor measured in the same run where there is one, in one table:
 #   - the router against nginx and HAProxy (bench/router/bench.sh, pinned,
-#     median of REPEAT);
+#     median of REPEAT), and against nginx over HTTPS (TLS 1.3) and h2;
 #   - job start through the host agent against bare `runc run`
 #     (internal/host's BenchmarkStart*: 50 one after another, 20 at once);
 #   - git push to serving, cold and warm, of the Go and Node.js samples;
@@ -47,6 +47,13 @@ if part router; then
 	row "router req/s vs HAProxy" "$(r router 2)" "haproxy $(r haproxy 2)" "$(ratio "$(r router 2)" "$(r haproxy 2)")"
 	row "router p99 ms" "$(r router 4)" "nginx $(r nginx 4)" "$(ratio "$(r router 4)" "$(r nginx 4)")"
 	row "router CPU us/request" "$(r router 6)" "nginx $(r nginx 6)" "$(ratio "$(r router 6)" "$(r nginx 6)")"
+	# The HTTPS rows (TLS 1.3 keep-alive, and h2), when bench.sh ran them.
+	for p in tls h2; do
+		[ -n "$(r "router-$p" 2)" ] || continue
+		row "router $p req/s" "$(r "router-$p" 2)" "nginx $(r "nginx-$p" 2)" "$(ratio "$(r "router-$p" 2)" "$(r "nginx-$p" 2)")"
+		row "router $p p99 ms" "$(r "router-$p" 4)" "nginx $(r "nginx-$p" 4)" "$(ratio "$(r "router-$p" 4)" "$(r "nginx-$p" 4)")"
+		row "router $p CPU us/request" "$(r "router-$p" 6)" "nginx $(r "nginx-$p" 6)" "$(ratio "$(r "router-$p" 6)" "$(r "nginx-$p" 6)")"
+	done
 fi
 if part start; then
 	# BenchmarkName-N 1 ns/op X ms/job [Y ms/20jobs]

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -110,6 +111,12 @@ func NewRunc(cfg Config) (*Runc, error) {
 	return r, nil
 }
 
+// KeepSpares implements SpareKeeper: it keeps network namespaces attached
+// for jobs (see network.Manager.KeepSpares).
+func (r *Runc) KeepSpares(ctx context.Context, log *slog.Logger) error {
+	return r.cfg.Network.KeepSpares(ctx, log)
+}
+
 // SupervisorBinary is the name of the small binary that runs a job's
 // supervisor (cmd/flynn-supervisor), installed next to flynn-host.
 const SupervisorBinary = "flynn-supervisor"
@@ -150,6 +157,8 @@ func netPorts(ps []Port) []network.Port {
 
 // Start implements Runtime.
 func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
+	var phases Phases
+	t := time.Now()
 	dir := r.dir(spec.ID)
 	if err := os.Mkdir(dir, 0o711); err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -194,6 +203,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 		}
 		upperDir = filepath.Join(dir, dirScratch)
 	}
+	phases.Mark("prepare", &t)
 	for _, d := range []string{filepath.Join(upperDir, "upper"), filepath.Join(upperDir, "work"), filepath.Join(dir, "rootfs")} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return nil, fmt.Errorf("start job: %w", err)
@@ -210,6 +220,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	if err := checkCommand(filepath.Join(dir, "rootfs"), spec); err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
+	phases.Mark("rootfs", &t)
 
 	started := &Started{HostPorts: hostPorts}
 	env := append([]string(nil), spec.Env...)
@@ -234,6 +245,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 			env = append(env, fmt.Sprintf("PORT=%d", spec.Ports[0].Port))
 		}
 	}
+	phases.Mark("network", &t)
 	resolv := []byte(fmt.Sprintf("nameserver %s\nsearch discoverd\noptions ndots:1\n", r.cfg.DNS))
 	if spec.HostNetwork {
 		// On the host's network the host's resolvers are reachable (the
@@ -252,29 +264,36 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	if err := writeJSON(filepath.Join(dir, "config.json"), ociSpec(&s2, dir, netns, st.Cgroups)); err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
-	pid, err := r.launchSupervisor(ctx, dir, &supervisor.Config{
+	phases.Mark("bundle", &t)
+	ready, err := r.launchSupervisor(ctx, dir, &supervisor.Config{
 		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
 		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
-	started.PID = pid
+	phases.Mark("supervisor", &t)
+	// The supervisor's own step: runc.
+	runcD := time.Duration(ready.RuncNanos)
+	phases[len(phases)-1].D -= runcD
+	phases = append(phases, Phase{"runc", runcD})
+	started.PID = ready.PID
+	started.Phases = phases
 	return started, nil
 }
 
-func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor.Config) (int, error) {
+func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor.Config) (*supervisor.Ready, error) {
 	if err := writeJSON(filepath.Join(dir, supervisor.FileConfig), cfg); err != nil {
-		return 0, err
+		return nil, err
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, supervisor.FileSupLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer logf.Close()
 	rd, wr, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer rd.Close()
 	args := append(append([]string(nil), r.cfg.SupervisorCmd[1:]...), dir)
@@ -285,7 +304,7 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {
 		wr.Close()
-		return 0, fmt.Errorf("start supervisor: %w", err)
+		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
 	wr.Close()
 	// Reap the supervisor when it ends. After a restart of the agent the
@@ -306,15 +325,15 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 	case res := <-c:
 		if res.err != nil {
 			b, _ := os.ReadFile(filepath.Join(dir, supervisor.FileSupLog))
-			return 0, fmt.Errorf("supervisor: %v: %s", res.err, strings.TrimSpace(string(b)))
+			return nil, fmt.Errorf("supervisor: %v: %s", res.err, strings.TrimSpace(string(b)))
 		}
 		if res.msg.Error != "" {
-			return 0, errors.New(res.msg.Error)
+			return nil, errors.New(res.msg.Error)
 		}
-		return res.msg.PID, nil
+		return &res.msg, nil
 	case <-ctx.Done():
 		cmd.Process.Kill()
-		return 0, ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 

@@ -64,6 +64,8 @@ type Config struct {
 type Ready struct {
 	PID   int    `json:"pid,omitempty"`
 	Error string `json:"error,omitempty"`
+	// RuncNanos is how long runc took to create the container.
+	RuncNanos int64 `json:"runc_ns,omitempty"`
 }
 
 // Request is the first line a client writes on the supervisor socket (Addr).
@@ -132,12 +134,13 @@ func Run(dir string) error {
 		return fail(err)
 	}
 	var pumps sync.WaitGroup
+	runcStart := time.Now()
 	pid, err := s.startContainer(&pumps)
 	if err != nil {
 		ln.Close()
 		return fail(err)
 	}
-	json.NewEncoder(ready).Encode(Ready{PID: pid})
+	json.NewEncoder(ready).Encode(Ready{PID: pid, RuncNanos: int64(time.Since(runcStart))})
 	ready.Close()
 
 	if !s.cfg.TTY && !s.cfg.Stdin {

@@ -370,10 +370,10 @@ func (m *Manager) releaseLocked(ports []int) {
 	}
 }
 
-// runtimeConf is CNI's view of the namespace of key: its container id is
-// key.
-func (m *Manager) runtimeConf(key string, ports []Port, hostPorts []int) *libcni.RuntimeConf {
-	rt := &libcni.RuntimeConf{ContainerID: key, NetNS: m.netnsPath(key), IfName: "eth0"}
+// runtimeConf is CNI's view of the namespace pinned at path: its
+// container id is key.
+func (m *Manager) runtimeConf(key, path string, ports []Port, hostPorts []int) *libcni.RuntimeConf {
+	rt := &libcni.RuntimeConf{ContainerID: key, NetNS: path, IfName: "eth0"}
 	if len(ports) > 0 {
 		var pm []map[string]any
 		for i, p := range ports {
@@ -397,7 +397,7 @@ func (m *Manager) runtimeConf(key string, ports []Port, hostPorts []int) *libcni
 // from before the firewall masqueraded the subnet is detached with the
 // list it was attached with, whose bridge undoes its own masquerading.
 func (m *Manager) delList(key string, ports []Port) *libcni.NetworkConfigList {
-	b, _, err := m.cni.GetNetworkListCachedConfig(m.list, m.runtimeConf(key, nil, nil))
+	b, _, err := m.cni.GetNetworkListCachedConfig(m.list, m.runtimeConf(key, "", nil, nil))
 	if err == nil && len(b) > 0 {
 		if l, err := libcni.NetworkConfFromBytes(b); err == nil && len(l.Plugins) > 0 && l.Plugins[0].Network.Type == "bridge" {
 			var c struct {
@@ -435,14 +435,20 @@ func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts
 	if err != nil {
 		return nil, fmt.Errorf("attach network: %w", err)
 	}
-	if sp == nil {
-		// None ready: the job's own, named after it.
+	path := m.netnsPath(id)
+	if sp != nil {
+		// Pinned where a job's namespace is, as if made for it.
+		if err := moveNetNS(m.netnsPath(sp.key), path); err != nil {
+			return nil, fmt.Errorf("attach network: %w", err)
+		}
+	} else {
+		// None ready: the job's own, keyed by its id.
 		if sp, err = m.attachBridge(ctx, id); err != nil {
 			return nil, fmt.Errorf("attach network: %w", err)
 		}
 	}
 	if len(ports) > 0 {
-		if err := m.publish(ctx, sp, ports, hostPorts); err != nil {
+		if err := m.publish(ctx, sp, path, ports, hostPorts); err != nil {
 			return nil, fmt.Errorf("attach network: %w", err)
 		}
 	}
@@ -458,7 +464,7 @@ func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts
 			return nil, fmt.Errorf("attach network: %w", err)
 		}
 	}
-	return &Attachment{NetNS: m.netnsPath(sp.key), IP: ip, HostPorts: hostPorts}, nil
+	return &Attachment{NetNS: path, IP: ip, HostPorts: hostPorts}, nil
 }
 
 // attachBridge pins a new namespace for CNI container key and attaches
@@ -471,10 +477,10 @@ func (m *Manager) attachBridge(ctx context.Context, key string) (_ *spare, err e
 	}
 	defer func() {
 		if err != nil {
-			m.detachKey(context.WithoutCancel(ctx), key, nil, nil)
+			m.detachKey(context.WithoutCancel(ctx), key, "", nil, nil)
 		}
 	}()
-	res, err := m.cni.AddNetworkList(ctx, m.noPorts, m.runtimeConf(key, nil, nil))
+	res, err := m.cni.AddNetworkList(ctx, m.noPorts, m.runtimeConf(key, path, nil, nil))
 	if err != nil {
 		return nil, err
 	}
@@ -513,9 +519,9 @@ func isolatePort(ctx context.Context, link string) error {
 	return nil
 }
 
-// publish maps hostPorts to the namespace's ports (CNI's portmap,
-// chained after the bridge's result).
-func (m *Manager) publish(ctx context.Context, sp *spare, ports []Port, hostPorts []int) error {
+// publish maps hostPorts to the ports of the namespace pinned at path
+// (CNI's portmap, chained after the bridge's result).
+func (m *Manager) publish(ctx context.Context, sp *spare, path string, ports []Port, hostPorts []int) error {
 	pm := map[string]any{}
 	for k, v := range m.portmap {
 		pm[k] = v
@@ -529,7 +535,7 @@ func (m *Manager) publish(ctx context.Context, sp *spare, ports []Port, hostPort
 	if err != nil {
 		return err
 	}
-	if _, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(sp.key, ports, hostPorts)); err != nil {
+	if _, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(sp.key, path, ports, hostPorts)); err != nil {
 		return fmt.Errorf("publish ports: %w", err)
 	}
 	return nil
@@ -573,7 +579,7 @@ func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("detach network of %s: %w", id, err)
 	}
-	err := m.detachKey(ctx, key, ports, hostPorts)
+	err := m.detachKey(ctx, key, m.netnsPath(id), ports, hostPorts)
 	if err == nil {
 		if err = os.Remove(taken); errors.Is(err, os.ErrNotExist) {
 			err = nil
@@ -586,17 +592,27 @@ func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts
 	return nil
 }
 
-// detachKey removes the CNI attachment of key and its pinned namespace.
-func (m *Manager) detachKey(ctx context.Context, key string, ports []Port, hostPorts []int) error {
+// detachKey removes the CNI attachment of key and unpins its namespace,
+// pinned at jobPath (a job's) or where a spare's is, or both (an agent
+// killed while it moved the pin).
+func (m *Manager) detachKey(ctx context.Context, key, jobPath string, ports []Port, hostPorts []int) error {
 	var errs []error
-	path := m.netnsPath(key)
-	if _, err := os.Stat(path); err == nil {
-		if err := m.cni.DelNetworkList(ctx, m.delList(key, ports), m.runtimeConf(key, ports, hostPorts)); err != nil {
-			errs = append(errs, fmt.Errorf("cni del: %w", err))
+	paths := []string{m.netnsPath(key)}
+	if jobPath != "" && jobPath != paths[0] {
+		paths = []string{jobPath, paths[0]}
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			if err := m.cni.DelNetworkList(ctx, m.delList(key, ports), m.runtimeConf(key, p, ports, hostPorts)); err != nil {
+				errs = append(errs, fmt.Errorf("cni del: %w", err))
+			}
+			break
 		}
 	}
-	if err := unpinNetNS(path); err != nil {
-		errs = append(errs, err)
+	for _, p := range paths {
+		if err := unpinNetNS(p); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -642,6 +658,20 @@ func pinNetNS(path string) error {
 		return fmt.Errorf("pin netns: %w", err)
 	}
 	return nil
+}
+
+// moveNetNS pins the namespace pinned at from at to instead.
+func moveNetNS(from, to string) error {
+	f, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	f.Close()
+	if err := unix.Mount(from, to, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(to)
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	return unpinNetNS(from)
 }
 
 func unpinNetNS(path string) error {

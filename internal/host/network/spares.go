@@ -24,7 +24,8 @@ import (
 // Config.Spares namespaces attached, no ports, that Attach hands to jobs
 // (publishing their ports, if any, then). A spare is pinned and known to
 // CNI under a key longer than any job id, so no job's namespace is named
-// like it; the job that takes one records its key in taken/<job id>, and
+// like it; the job that takes one records its key in taken/<job id>, its
+// pin moves to where the job's namespace is pinned (netns/<job id>), and
 // Detach detaches that key. Spares no job took are detached when
 // KeepSpares returns, and those a killed agent left behind by the next
 // KeepSpares.
@@ -91,7 +92,7 @@ func (m *Manager) takeSpare(id string) (*spare, error) {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		m.detachKey(context.Background(), sp.key, nil, nil)
+		m.detachKey(context.Background(), sp.key, "", nil, nil)
 		return nil, fmt.Errorf("take a spare namespace: %w", err)
 	}
 	return sp, nil
@@ -201,7 +202,7 @@ func (m *Manager) detachSpares(ctx context.Context, keys []string) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := m.detachKey(ctx, key, nil, nil); err != nil {
+			if err := m.detachKey(ctx, key, "", nil, nil); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("%s: %w", key, err))
 				mu.Unlock()

@@ -83,8 +83,11 @@ func TestSpares(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !isSpareKey(filepath.Base(att.NetNS)) {
-		t.Errorf("the job got namespace %s, want a spare", att.NetNS)
+	if att.NetNS != m.netnsPath("spjob") {
+		t.Errorf("the job's namespace is pinned at %s, want %s", att.NetNS, m.netnsPath("spjob"))
+	}
+	if b, err := os.ReadFile(m.takenFile("spjob")); err != nil || !isSpareKey(strings.TrimSpace(string(b))) {
+		t.Errorf("the job took no spare: %q %v", b, err)
 	}
 	l := listenIn(t, att.NetNS, 8080)
 	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hi") }))
@@ -107,7 +110,7 @@ func TestSpares(t *testing.T) {
 		t.Fatalf("KeepSpares: %v", err)
 	}
 	done <- nil // for the clean-up
-	if pins := names(t, filepath.Join(dir, "netns")); len(pins) != 1 || pins[0] != filepath.Base(att.NetNS) {
+	if pins := names(t, filepath.Join(dir, "netns")); len(pins) != 1 || pins[0] != "spjob" {
 		t.Errorf("pinned namespaces after KeepSpares returned: %v, want only the job's", pins)
 	}
 	if err := m.Detach(ctx, "spjob", ports, hp); err != nil {

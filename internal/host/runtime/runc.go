@@ -193,6 +193,21 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 		r.cfg.Network.Release(hostPorts)
 		return nil, fmt.Errorf("start job: %w", err)
 	}
+	// The supervisor process starts now, on another core while this one
+	// makes the job's rootfs, network and bundle; it runs the container
+	// when told to.
+	sup, err := r.spawnSupervisor(dir, &supervisor.Config{
+		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
+		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			sup.abandon() // before the job dir is removed
+		}
+	}()
 
 	// Root filesystem: the image layers under a per-job upper dir, on a
 	// filesystem of its own when the job's temp disk is bounded.
@@ -265,10 +280,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
 	phases.Mark("bundle", &t)
-	ready, err := r.launchSupervisor(ctx, dir, &supervisor.Config{
-		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
-		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
-	})
+	ready, err := sup.run(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
@@ -282,7 +294,18 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	return started, nil
 }
 
-func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor.Config) (*supervisor.Ready, error) {
+// spawned is a job's supervisor process, started and waiting to be
+// told to run the container (run) or to give up (abandon).
+type spawned struct {
+	dir    string
+	cmd    *exec.Cmd
+	ready  *os.File      // its fd 3: supervisor.Ready
+	start  *os.File      // its fd 4: a byte runs the container
+	exited chan struct{} // closed once it has exited
+}
+
+// spawnSupervisor writes the supervisor's config in dir and starts it.
+func (r *Runc) spawnSupervisor(dir string, cfg *supervisor.Config) (*spawned, error) {
 	if err := writeJSON(filepath.Join(dir, supervisor.FileConfig), cfg); err != nil {
 		return nil, err
 	}
@@ -295,22 +318,35 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 	if err != nil {
 		return nil, err
 	}
-	defer rd.Close()
+	defer wr.Close()
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		rd.Close()
+		return nil, err
+	}
+	defer startR.Close()
 	args := append(append([]string(nil), r.cfg.SupervisorCmd[1:]...), dir)
 	cmd := exec.Command(r.cfg.SupervisorCmd[0], args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{wr}
+	cmd.ExtraFiles = []*os.File{wr, startR}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {
-		wr.Close()
+		rd.Close()
+		startW.Close()
 		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
-	wr.Close()
+	s := &spawned{dir: dir, cmd: cmd, ready: rd, start: startW, exited: make(chan struct{})}
 	// Reap the supervisor when it ends. After a restart of the agent the
 	// orphaned supervisors are reaped by init instead.
-	go cmd.Wait()
+	go func() { cmd.Wait(); close(s.exited) }()
+	return s, nil
+}
 
+// run tells the supervisor to run the container and waits until it has.
+func (s *spawned) run(ctx context.Context) (*supervisor.Ready, error) {
+	_, werr := s.start.Write([]byte{1})
+	s.start.Close()
 	type result struct {
 		msg supervisor.Ready
 		err error
@@ -318,13 +354,17 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 	c := make(chan result, 1)
 	go func() {
 		var m supervisor.Ready
-		err := json.NewDecoder(rd).Decode(&m)
+		err := json.NewDecoder(s.ready).Decode(&m)
 		c <- result{m, err}
 	}()
 	select {
 	case res := <-c:
+		s.ready.Close()
 		if res.err != nil {
-			b, _ := os.ReadFile(filepath.Join(dir, supervisor.FileSupLog))
+			if werr != nil {
+				res.err = werr
+			}
+			b, _ := os.ReadFile(filepath.Join(s.dir, supervisor.FileSupLog))
 			return nil, fmt.Errorf("supervisor: %v: %s", res.err, strings.TrimSpace(string(b)))
 		}
 		if res.msg.Error != "" {
@@ -332,9 +372,23 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 		}
 		return &res.msg, nil
 	case <-ctx.Done():
-		cmd.Process.Kill()
+		s.cmd.Process.Kill()
 		return nil, ctx.Err()
 	}
+}
+
+// abandon tells a supervisor that has not run the container to exit
+// without, and waits until it has; one that has is left to end as the
+// container does. Either way its pipes are closed.
+func (s *spawned) abandon() {
+	s.start.Close() // EOF: nothing to run
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
+	s.ready.Close()
 }
 
 func (r *Runc) dial(id string, req *supervisor.Request) (net.Conn, *bufio.Reader, error) {

@@ -104,6 +104,20 @@ func TestSpares(t *testing.T) {
 		}
 	}
 	ready() // made again
+	// Every job's bridge port, spares' too, is isolated.
+	out, err := exec.Command("ip", "-d", "-o", "link", "show", "master", bridge).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(links) != 1+cfg.Spares {
+		t.Errorf("links on the bridge:\n%s\nwant the job's and %d spares'", out, cfg.Spares)
+	}
+	for _, l := range links {
+		if !strings.Contains(l, "isolated on") {
+			t.Errorf("bridge port not isolated: %s", l)
+		}
+	}
 
 	stop()
 	if err := <-done; err != nil {
@@ -130,7 +144,7 @@ func TestSpares(t *testing.T) {
 	if out, _ := exec.Command("ip", "-o", "link", "show", "master", bridge).Output(); len(out) > 0 {
 		t.Errorf("links left on the bridge:\n%s", out)
 	}
-	out, _ := exec.Command("iptables-save", "-t", "nat").Output()
+	out, _ = exec.Command("iptables-save", "-t", "nat").Output()
 	if strings.Contains(string(out), fmt.Sprintf("%d", hp[0])) {
 		t.Errorf("port mapping left in iptables:\n%s", out)
 	}

@@ -11,7 +11,7 @@ import (
 )
 
 // sparePins are the spare network namespaces pinned in an agent's state.
-func sparePins(t *testing.T, a *agentProc) map[string]bool {
+func sparePins(t testing.TB, a *agentProc) map[string]bool {
 	t.Helper()
 	ents, err := os.ReadDir(filepath.Join(a.stateDir, "net", "netns"))
 	if err != nil {
@@ -27,7 +27,7 @@ func sparePins(t *testing.T, a *agentProc) map[string]bool {
 }
 
 // waitSpares polls until ok holds for the agent's spare pins.
-func waitSpares(t *testing.T, a *agentProc, what string, ok func(map[string]bool) bool) map[string]bool {
+func waitSpares(t testing.TB, a *agentProc, what string, ok func(map[string]bool) bool) map[string]bool {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -130,7 +131,8 @@ type Manager struct {
 
 	spareMu   sync.Mutex
 	spares    []*spare      // ready, oldest first
-	keeping   bool          // KeepSpares runs and takes spares back
+	starting  int           // jobs starting (Hold)
+	lastStart time.Time     // when the last one was done starting
 	spareWant chan struct{} // wakes KeepSpares when a spare was taken
 }
 

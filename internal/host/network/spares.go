@@ -26,7 +26,12 @@ import (
 // CNI under a key longer than any job id, so no job's namespace is named
 // like it; the job that takes one records its key in taken/<job id>, its
 // pin moves to where the job's namespace is pinned (netns/<job id>), and
-// Detach detaches that key. Spares no job took are detached when
+// Detach detaches that key. Spares are made only once no job has been
+// starting for spareQuiet (see Hold): on a busy host, making one slows the
+// starts under way about as much as it saves a later one, so a stream of
+// starts uses the spares up, then has namespaces attached as it goes, and
+// the spares are made again when it pauses. Spares no job took are
+// detached when
 // KeepSpares returns, and those a killed agent left behind by the next
 // KeepSpares.
 
@@ -35,6 +40,10 @@ const DefaultSpares = 8
 
 // spareNice is the nice value spares are made at.
 const spareNice = 10
+
+// spareQuiet is how long no job must have been starting before a spare
+// is made.
+const spareQuiet = 50 * time.Millisecond
 
 // spareRetry is how long KeepSpares waits after failing to make a spare.
 const spareRetry = 5 * time.Second
@@ -58,6 +67,44 @@ func newSpareKey() string {
 
 func isSpareKey(name string) bool {
 	return strings.HasPrefix(name, spareKeyPrefix) && len(name) > 64
+}
+
+// Hold tells KeepSpares a job is starting, until release is called: no
+// spare is made meanwhile, nor for spareQuiet after.
+func (m *Manager) Hold() (release func()) {
+	m.spareMu.Lock()
+	m.starting++
+	m.spareMu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			m.spareMu.Lock()
+			m.starting--
+			m.lastStart = time.Now()
+			m.spareMu.Unlock()
+		})
+	}
+}
+
+// waitQuiet waits until no job has been starting for spareQuiet; false
+// when ctx ended first.
+func (m *Manager) waitQuiet(ctx context.Context) bool {
+	for {
+		m.spareMu.Lock()
+		wait := spareQuiet
+		if m.starting == 0 {
+			wait -= time.Since(m.lastStart)
+		}
+		m.spareMu.Unlock()
+		if wait <= 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+	}
 }
 
 // takenFile records which spare job id took.
@@ -126,6 +173,9 @@ func (m *Manager) KeepSpares(ctx context.Context, log *slog.Logger) error {
 			case <-m.spareWant:
 			}
 			continue
+		}
+		if !m.waitQuiet(ctx) {
+			break
 		}
 		sp, err := m.attachBridge(ctx, newSpareKey())
 		if err != nil {

@@ -18,7 +18,7 @@ import (
 
 // TestSpares: KeepSpares removes the spares a killed agent left, keeps
 // the number asked ready, a job takes one (and its ports are published
-// on it), and when KeepSpares returns and the job is detached nothing is
+// on it), none is made again while a job starts, and when KeepSpares returns and the job is detached nothing is
 // left: no pinned namespace, record of a taken spare, address or veth.
 func TestSpares(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -79,10 +79,19 @@ func TestSpares(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	release := m.Hold() // as the runtime does while the job starts
 	att, err := m.Attach(ctx, "spjob", ports, hp, Pass{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(4 * spareQuiet)
+	m.spareMu.Lock()
+	n := len(m.spares)
+	m.spareMu.Unlock()
+	if n != cfg.Spares-1 {
+		t.Errorf("%d spares while a job starts, want %d: none made meanwhile", n, cfg.Spares-1)
+	}
+	release()
 	if att.NetNS != m.netnsPath("spjob") {
 		t.Errorf("the job's namespace is pinned at %s, want %s", att.NetNS, m.netnsPath("spjob"))
 	}

@@ -159,6 +159,8 @@ func netPorts(ps []Port) []network.Port {
 func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	var phases Phases
 	t := time.Now()
+	// No spare network namespace is made while a job starts.
+	defer r.cfg.Network.Hold()()
 	dir := r.dir(spec.ID)
 	if err := os.Mkdir(dir, 0o711); err != nil {
 		if errors.Is(err, os.ErrExist) {

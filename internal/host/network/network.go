@@ -26,7 +26,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"golang.org/x/sys/unix"
 )
 
@@ -224,8 +226,13 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("network: %w", err)
 	}
 	return &Manager{
-		cfg:       cfg,
-		cni:       libcni.NewCNIConfigWithCacheDir([]string{cfg.PluginDir}, filepath.Join(cfg.StateDir, "cache"), nil),
+		cfg: cfg,
+		// An exec of our own: libcni makes its default on first use,
+		// racing when that use is concurrent.
+		cni: libcni.NewCNIConfigWithCacheDir([]string{cfg.PluginDir}, filepath.Join(cfg.StateDir, "cache"), &invoke.DefaultExec{
+			RawExec:       &invoke.RawExec{Stderr: os.Stderr},
+			PluginDecoder: version.PluginDecoder{},
+		}),
 		list:      list,
 		noPorts:   noPorts,
 		portmap:   plugins[1].(map[string]any),

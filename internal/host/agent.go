@@ -122,6 +122,7 @@ type Agent struct {
 	cfg    Config
 	log    *slog.Logger
 	db     *bolt.DB
+	state  *stateWriter // writes to db
 	rt     runtime.Runtime
 	images *image.Store
 	auth   *httpapi.KeyAuth
@@ -214,7 +215,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("host agent: open state: %w", err)
 	}
 	a := &Agent{
-		cfg: cfg, log: log.With("component", "host"), db: db, rt: rt, images: images,
+		cfg: cfg, log: log.With("component", "host"), db: db, state: newStateWriter(db), rt: rt, images: images,
 		auth: httpapi.NewKeyAuth(cfg.Keys...), mounts: newMountAllowList(cfg.MountAllow),
 		jobs: map[string]*job{}, subs: map[chan *api.HostJobEvent]bool{}, regs: map[string]*jobRegs{},
 	}
@@ -277,6 +278,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.ship.run(a.runCtx) }()
 	}
+	if k, ok := a.rt.(runtime.SpareKeeper); ok {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := k.KeepSpares(a.runCtx, a.log); err != nil {
+				a.log.Error("keep spares", "err", err)
+			}
+		}()
+	}
 	a.mu.Lock()
 	for id, j := range a.jobs {
 		if running(j.active.Status) {
@@ -337,20 +347,26 @@ func (a *Agent) collect() {
 		if err := a.rt.Remove(context.Background(), id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
 			a.log.Error("remove ended job", "job", id, "err", err)
 		}
-		if err := a.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketJobs).Delete([]byte(id)) }); err != nil {
+		if err := a.state.queue(id, nil)(); err != nil {
 			a.log.Error("remove ended job", "job", id, "err", err)
 		}
 	}
 }
 
+// persist writes a job's record.
 func (a *Agent) persist(aj *api.ActiveJob) error {
+	return a.queuePersist(aj)()
+}
+
+// queuePersist queues a job's record as it is now and returns a function
+// that waits until it is written. Called under a.mu, it keeps the order
+// of a job's records without holding the lock for the write.
+func (a *Agent) queuePersist(aj *api.ActiveJob) (wait func() error) {
 	b, err := json.Marshal(aj)
 	if err != nil {
-		return err
+		return func() error { return err }
 	}
-	return a.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketJobs).Put([]byte(aj.Job.ID), b)
-	})
+	return a.state.queue(aj.Job.ID, b)
 }
 
 // copyActive snapshots a job's state; the caller holds a.mu.

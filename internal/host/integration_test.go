@@ -100,7 +100,7 @@ type agentProc struct {
 	url      string
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed when cmd has exited
-	logs     *bytes.Buffer
+	logs     *safeBuffer
 	client   *hostclient.Client
 	bridge   string
 	subnet   string
@@ -152,7 +152,7 @@ func startAgentBin(t testing.TB, bin string, flags ...string) *agentProc {
 func (a *agentProc) start() {
 	a.t.Helper()
 	if a.logs == nil {
-		a.logs = &bytes.Buffer{}
+		a.logs = &safeBuffer{}
 	}
 	a.cmd = exec.Command(a.bin, a.args...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs

@@ -25,6 +25,7 @@ const startTimeout = 2 * time.Minute
 // images that cannot be resolved) return a validation error and leave
 // nothing behind. A job that fails in the runtime is recorded as failed.
 func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, error) {
+	t0 := time.Now()
 	if err := a.validate(hj); err != nil {
 		return nil, err
 	}
@@ -42,6 +43,9 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 	a.jobs[hj.ID] = j
 	a.mu.Unlock()
 
+	var phases runtime.Phases
+	t := time.Now()
+	phases.Mark("admit", &t)
 	spec, err := a.resolve(ctx, hj)
 	if err != nil {
 		a.mu.Lock()
@@ -49,6 +53,7 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 		a.mu.Unlock()
 		return nil, err
 	}
+	phases.Mark("resolve", &t)
 	a.mu.Lock()
 	a.emit(api.HostEventCreate, j.active)
 	a.mu.Unlock()
@@ -61,11 +66,12 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 
 	// Starting is not cancelled with the request: a container half
 	// started when the client went away would be orphaned.
+	phases.Mark("persist", &t)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	st, err := a.rt.Start(sctx, spec)
 	cancel()
+	t = time.Now()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	aj := j.active
 	if err != nil {
 		msg := err.Error()
@@ -74,23 +80,29 @@ func (a *Agent) AddJob(ctx context.Context, hj *api.HostJob) (*api.ActiveJob, er
 		close(j.done)
 		a.log.Warn("job failed to start", "job", hj.ID, "err", err)
 		a.emit(api.HostEventError, aj)
-		if perr := a.persist(aj); perr != nil {
-			a.log.Error("persist job", "job", hj.ID, "err", perr)
-		}
+		written := a.queuePersist(aj)
 		out := copyActive(aj)
 		a.mu.Unlock()
+		if perr := written(); perr != nil {
+			a.log.Error("persist job", "job", hj.ID, "err", perr)
+		}
 		a.collect()
-		a.mu.Lock() // for the deferred unlock
 		return out, nil
 	}
 	aj.Status, aj.PID, aj.InternalIP, aj.HostPorts, aj.StartedAt = api.HostJobRunning, st.PID, st.IP, st.HostPorts, time.Now().UTC()
-	if err := a.persist(aj); err != nil {
-		a.log.Error("persist job", "job", hj.ID, "err", err)
-	}
+	written := a.queuePersist(aj)
 	a.emit(api.HostEventStart, aj)
 	a.watch(hj.ID, j)
 	a.registerJob(aj)
-	return copyActive(aj), nil
+	out := copyActive(aj)
+	a.mu.Unlock()
+	if err := written(); err != nil {
+		a.log.Error("persist job", "job", hj.ID, "err", err)
+	}
+	phases = append(phases, st.Phases...)
+	phases.Mark("record", &t)
+	a.log.Debug("job started", "job", hj.ID, "took", time.Since(t0), "phases", phases)
+	return out, nil
 }
 
 // admitLocked refuses a job whose memory request does not fit beside
@@ -156,14 +168,15 @@ func (a *Agent) watch(id string, j *job) {
 		if cerr != nil {
 			a.log.Error("clean up job", "job", id, "err", cerr)
 		}
-		if err := a.persist(aj); err != nil {
-			a.log.Error("persist job", "job", id, "err", err)
-		}
+		written := a.queuePersist(aj)
 		a.releaseVolumes(aj.Job)
 		close(j.done)
 		a.emit(api.HostEventStop, aj)
 		a.log.Info("job ended", "job", id, "status", aj.Status, "exit_status", exit.ExitStatus, "oom", exit.OOM)
 		a.mu.Unlock()
+		if err := written(); err != nil {
+			a.log.Error("persist job", "job", id, "err", err)
+		}
 		a.collect()
 		a.mu.Lock() // for the deferred unlock
 	}()

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -34,6 +35,10 @@ import (
 //	FLYNN-PRE-<bridge>  (nat) from PREROUTING, for packets from the
 //	                    bridge: no port mapping for them, so a job that
 //	                    dials a published port meets FLYNN-IN
+//	FLYNN-OUT-<bridge>  (nat) from POSTROUTING, for packets from the
+//	                    subnet: masquerades those leaving it (one chain
+//	                    for all jobs, where CNI's bridge would make one a
+//	                    job, with iptables execs at every start and stop)
 //
 // They are kept in the kernel, not in the agent: a restarted agent finds
 // them in place (and rebuilds them only if its policy changed, without a
@@ -90,6 +95,7 @@ func chainIn(bridge string) string  { return "FLYNN-IN-" + bridge }
 func chainFwd(bridge string) string { return "FLYNN-FWD-" + bridge }
 func chainSys(bridge string) string { return "FLYNN-SYS-" + bridge }
 func chainPre(bridge string) string { return "FLYNN-PRE-" + bridge }
+func chainOut(bridge string) string { return "FLYNN-OUT-" + bridge }
 
 const (
 	filter = "filter"
@@ -101,8 +107,10 @@ const (
 
 type firewall struct {
 	bridge   string
+	subnet   string             // the jobs' subnet, as iptables shows it
 	ip4, ip6 *iptables.IPTables // ip6 nil on a host without IPv6
 	in, fwd  [][]string         // IPv4 rules of FLYNN-IN and FLYNN-FWD
+	out      [][]string         // rules of FLYNN-OUT
 }
 
 func newFirewall(cfg *Config) (*firewall, error) {
@@ -110,7 +118,18 @@ func newFirewall(cfg *Config) (*firewall, error) {
 	if err != nil {
 		return nil, fmt.Errorf("firewall: iptables: %w (make deps installs it)", err)
 	}
-	fw := &firewall{bridge: cfg.Bridge, ip4: ip4}
+	_, subnet, err := net.ParseCIDR(cfg.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("firewall: subnet: %w", err)
+	}
+	fw := &firewall{bridge: cfg.Bridge, subnet: subnet.String(), ip4: ip4}
+	// As CNI's bridge masqueraded a job's packets: not those within the
+	// subnet, nor multicast.
+	fw.out = [][]string{
+		{"-d", fw.subnet, "-j", "RETURN"},
+		{"-d", "224.0.0.0/4", "-j", "RETURN"},
+		{"-j", "MASQUERADE"},
+	}
 	if _, err := os.Stat("/proc/net/if_inet6"); err == nil {
 		if fw.ip6, err = iptables.NewWithProtocol(iptables.ProtocolIPv6); err != nil {
 			return nil, fmt.Errorf("firewall: ip6tables: %w", err)
@@ -206,6 +225,9 @@ func (fw *firewall) ensure() error {
 			// meets the host's INPUT filter.
 			pre := [][]string{{"-m", "addrtype", "--dst-type", "LOCAL", "-j", "ACCEPT"}}
 			if err := ensureChain(f.ipt, nat, chainPre(br), "PREROUTING", []string{"-i", br}, pre); err != nil {
+				return fmt.Errorf("firewall: %w", err)
+			}
+			if err := ensureChain(f.ipt, nat, chainOut(br), "POSTROUTING", []string{"-s", fw.subnet}, fw.out); err != nil {
 				return fmt.Errorf("firewall: %w", err)
 			}
 		}
@@ -401,6 +423,29 @@ func RemoveFirewall(bridge string) error {
 				if err := ipt.ClearAndDeleteChain(j.table, name); err != nil {
 					errs = append(errs, err)
 				}
+			}
+		}
+		// The masquerading chain's jump names the subnet, which the
+		// caller need not know: found by the chain it jumps to.
+		for _, name := range []string{chainOut(bridge), chainOut(bridge) + newSuffix} {
+			if ok, _ := ipt.ChainExists(nat, name); !ok {
+				continue
+			}
+			jumps, err := ipt.List(nat, "POSTROUTING")
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, j := range jumps {
+				f := strings.Fields(j)
+				if len(f) > 2 && f[len(f)-1] == name && f[len(f)-2] == "-j" {
+					if err := ipt.DeleteIfExists(nat, "POSTROUTING", f[2:]...); err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
+			if err := ipt.ClearAndDeleteChain(nat, name); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		if err := ipt.ClearAndDeleteChain(filter, chainSys(bridge)); err != nil {

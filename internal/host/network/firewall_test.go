@@ -206,6 +206,25 @@ func TestFirewall(t *testing.T) {
 			serve(t, ln)
 		}
 	})
+	// What the world sees a job's connection come from: the host
+	// (masqueraded), not the job's address.
+	seen := make(chan string, 1)
+	inNetNS(t, world.path(), func() {
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", jobPorts[1]))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			seen <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+			c.Close()
+		}()
+	})
 	inNetNS(t, private.path(), func() {
 		for _, port := range []int{hostPort, routerPort} {
 			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
@@ -217,6 +236,11 @@ func TestFirewall(t *testing.T) {
 		}
 	})
 	addr := func(ip string, port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
+	if got := probe(t, a.NetNS, addr(world.ip, jobPorts[1])); got != "connected" {
+		t.Errorf("job to the world: %s, want connected", got)
+	} else if from := <-seen; from != world.hostIP {
+		t.Errorf("the world saw the job's connection come from %s, want the host's %s (masqueraded)", from, world.hostIP)
+	}
 	tests := []struct {
 		name, from, to, want string
 	}{

@@ -3,7 +3,9 @@
 // (bridge + host-local + portmap), and publishes the job's ports on host
 // ports it allocates. Detach undoes all of it. Jobs on the bridge are
 // kept apart from each other (isolated bridge ports) and from the host by
-// a firewall (firewall.go).
+// a firewall (firewall.go), which also masquerades their traffic to the
+// world. KeepSpares keeps a few namespaces attached ahead of demand
+// (spares.go), so that Attach mostly only hands one over.
 package network
 
 import (
@@ -21,9 +23,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,6 +60,10 @@ type Config struct {
 	RouterPorts []PortRange
 	DNSPorts    []int
 	DenyNets    []netip.Prefix
+
+	// Spares is how many attached namespaces KeepSpares keeps ready
+	// for jobs (default DefaultSpares; negative: none).
+	Spares int
 }
 
 // The default host port range of jobs: above Linux's default ephemeral
@@ -111,6 +120,7 @@ type Manager struct {
 	cni     *libcni.CNIConfig
 	list    *libcni.NetworkConfigList
 	noPorts *libcni.NetworkConfigList
+	portmap map[string]any // the portmap plugin's config
 	gateway string
 
 	mu    sync.Mutex
@@ -120,6 +130,12 @@ type Manager struct {
 	fwMu    sync.Mutex
 	fw      *firewall
 	fwReady bool
+
+	spareMu   sync.Mutex
+	spares    []*spare      // ready, oldest first
+	starting  int           // jobs starting (Hold)
+	lastStart time.Time     // when the last one was done starting
+	spareWant chan struct{} // wakes KeepSpares when a spare was taken
 }
 
 // New checks cfg and prepares the CNI configuration.
@@ -151,6 +167,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.DenyNets == nil {
 		cfg.DenyNets = DefaultDenyNets
 	}
+	if cfg.Spares == 0 {
+		cfg.Spares = DefaultSpares
+	}
 	for _, n := range cfg.DenyNets {
 		if !n.Addr().Is4() {
 			return nil, fmt.Errorf("network: deny net %s is not IPv4 (jobs have no IPv6 at all)", n)
@@ -163,7 +182,7 @@ func New(cfg Config) (*Manager, error) {
 	gw := make(net.IP, 4)
 	copy(gw, ipnet.IP.To4())
 	gw[3]++
-	for _, d := range []string{"netns", "cache", "ipam", "system"} {
+	for _, d := range []string{"netns", "cache", "ipam", "system", "taken"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("network: %w", err)
 		}
@@ -176,7 +195,8 @@ func New(cfg Config) (*Manager, error) {
 				"type":      "bridge",
 				"bridge":    cfg.Bridge,
 				"isGateway": true,
-				"ipMasq":    true,
+				// The firewall masquerades the subnet (one rule, not
+				// iptables execs for every job).
 				"ipam": map[string]any{
 					"type":    "host-local",
 					"ranges":  [][]map[string]string{{{"subnet": cfg.Subnet, "gateway": gw.String()}}},
@@ -196,21 +216,30 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	// Jobs without ports skip the portmap plugin (one exec less).
-	conf["plugins"] = conf["plugins"].([]any)[:1]
+	// A namespace is attached to the bridge first (no ports: a spare,
+	// or a job without any), its ports published after.
+	plugins := conf["plugins"].([]any)
+	conf["plugins"] = plugins[:1]
 	b, _ = json.Marshal(conf)
 	noPorts, err := libcni.NetworkConfFromBytes(b)
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
 	return &Manager{
-		cfg:     cfg,
-		cni:     libcni.NewCNIConfigWithCacheDir([]string{cfg.PluginDir}, filepath.Join(cfg.StateDir, "cache"), nil),
-		list:    list,
-		noPorts: noPorts,
-		gateway: gw.String(),
-		ports:   map[int]bool{},
-		next:    cfg.PortMin,
+		cfg: cfg,
+		// An exec of our own: libcni makes its default on first use,
+		// racing when that use is concurrent.
+		cni: libcni.NewCNIConfigWithCacheDir([]string{cfg.PluginDir}, filepath.Join(cfg.StateDir, "cache"), &invoke.DefaultExec{
+			RawExec:       &invoke.RawExec{Stderr: os.Stderr},
+			PluginDecoder: version.PluginDecoder{},
+		}),
+		list:      list,
+		noPorts:   noPorts,
+		portmap:   plugins[1].(map[string]any),
+		gateway:   gw.String(),
+		ports:     map[int]bool{},
+		next:      cfg.PortMin,
+		spareWant: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -271,9 +300,10 @@ func (m *Manager) ensureFirewallLocked() error {
 // Gateway is the bridge's address, which jobs see as their gateway.
 func (m *Manager) Gateway() string { return m.gateway }
 
-// NetNSPath is where job id's namespace is pinned.
-func (m *Manager) NetNSPath(id string) string {
-	return filepath.Join(m.cfg.StateDir, "netns", id)
+// netnsPath is where the namespace of CNI container key (a job's id, or
+// a spare's key) is pinned.
+func (m *Manager) netnsPath(key string) string {
+	return filepath.Join(m.cfg.StateDir, "netns", key)
 }
 
 // Reserve marks host ports as in use, e.g. those of jobs that survived a
@@ -349,8 +379,10 @@ func (m *Manager) releaseLocked(ports []int) {
 	}
 }
 
-func (m *Manager) runtimeConf(id string, ports []Port, hostPorts []int, ifname string) *libcni.RuntimeConf {
-	rt := &libcni.RuntimeConf{ContainerID: id, NetNS: m.NetNSPath(id), IfName: ifname}
+// runtimeConf is CNI's view of the namespace pinned at path: its
+// container id is key.
+func (m *Manager) runtimeConf(key, path string, ports []Port, hostPorts []int) *libcni.RuntimeConf {
+	rt := &libcni.RuntimeConf{ContainerID: key, NetNS: path, IfName: "eth0"}
 	if len(ports) > 0 {
 		var pm []map[string]any
 		for i, p := range ports {
@@ -369,18 +401,33 @@ func (m *Manager) runtimeConf(id string, ports []Port, hostPorts []int, ifname s
 	return rt
 }
 
-func (m *Manager) listFor(ports []Port) *libcni.NetworkConfigList {
+// delList is the plugin list that detaches the namespace of key: the
+// bridge, and portmap when it has ports. A namespace attached by an agent
+// from before the firewall masqueraded the subnet is detached with the
+// list it was attached with, whose bridge undoes its own masquerading.
+func (m *Manager) delList(key string, ports []Port) *libcni.NetworkConfigList {
+	b, _, err := m.cni.GetNetworkListCachedConfig(m.list, m.runtimeConf(key, "", nil, nil))
+	if err == nil && len(b) > 0 {
+		if l, err := libcni.NetworkConfFromBytes(b); err == nil && len(l.Plugins) > 0 && l.Plugins[0].Network.Type == "bridge" {
+			var c struct {
+				IPMasq bool `json:"ipMasq"`
+			}
+			if json.Unmarshal(l.Plugins[0].Bytes, &c) == nil && c.IPMasq {
+				return l
+			}
+		}
+	}
 	if len(ports) == 0 {
 		return m.noPorts
 	}
 	return m.list
 }
 
-// Attach creates and pins job id's network namespace, attaches it to the
-// bridge and publishes ports on hostPorts (one per port). The firewall
-// lets a system job reach the host's ports; any other job reaches only
-// the internet, the routers and DNS. No job reaches another on the bridge.
-// On error everything it did is undone.
+// Attach gives job id a namespace attached to the bridge, a spare when
+// there is one, else one made now, and publishes ports on hostPorts (one
+// per port). The firewall lets a system job reach the host's ports; any
+// other job reaches only the internet, the routers and DNS. No job
+// reaches another on the bridge. On error everything it did is undone.
 func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts []int, pass Pass) (_ *Attachment, err error) {
 	if len(ports) != len(hostPorts) {
 		return nil, errors.New("attach network: one host port per port is needed")
@@ -388,36 +435,33 @@ func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts
 	if err := m.EnsureFirewall(); err != nil {
 		return nil, fmt.Errorf("attach network: %w", err)
 	}
-	path := m.NetNSPath(id)
-	if err := pinNetNS(path); err != nil {
-		return nil, fmt.Errorf("attach network: %w", err)
-	}
 	defer func() {
 		if err != nil {
 			m.Detach(context.WithoutCancel(ctx), id, ports, hostPorts)
 		}
 	}()
-	res, err := m.cni.AddNetworkList(ctx, m.listFor(ports), m.runtimeConf(id, ports, hostPorts, "eth0"))
+	sp, err := m.takeSpare(id)
 	if err != nil {
 		return nil, fmt.Errorf("attach network: %w", err)
 	}
-	r, err := types100.NewResultFromResult(res)
-	if err != nil {
-		return nil, fmt.Errorf("attach network: %w", err)
-	}
-	if len(r.IPs) == 0 {
-		return nil, errors.New("attach network: CNI gave no address")
-	}
-	ip := r.IPs[0].Address.IP.String()
-	// No frames between jobs on the bridge, whatever their protocol
-	// (IPv6 link-local, ARP): each job's port talks to the host only.
-	for _, i := range r.Interfaces {
-		if i.Sandbox == "" && i.Name != m.cfg.Bridge {
-			if out, err := exec.CommandContext(ctx, "ip", "link", "set", "dev", i.Name, "type", "bridge_slave", "isolated", "on").CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("attach network: isolate bridge port %s: %v: %s", i.Name, err, strings.TrimSpace(string(out)))
-			}
+	path := m.netnsPath(id)
+	if sp != nil {
+		// Pinned where a job's namespace is, as if made for it.
+		if err := moveNetNS(m.netnsPath(sp.key), path); err != nil {
+			return nil, fmt.Errorf("attach network: %w", err)
+		}
+	} else {
+		// None ready: the job's own, keyed by its id.
+		if sp, err = m.attachBridge(ctx, id); err != nil {
+			return nil, fmt.Errorf("attach network: %w", err)
 		}
 	}
+	if len(ports) > 0 {
+		if err := m.publish(ctx, sp, path, ports, hostPorts); err != nil {
+			return nil, fmt.Errorf("attach network: %w", err)
+		}
+	}
+	ip := sp.ip
 	if !pass.Empty() {
 		if err := os.WriteFile(m.systemFile(id), []byte(ip+" "+pass.String()+"\n"), 0o600); err != nil {
 			return nil, fmt.Errorf("attach network: %w", err)
@@ -432,6 +476,80 @@ func (m *Manager) Attach(ctx context.Context, id string, ports []Port, hostPorts
 	return &Attachment{NetNS: path, IP: ip, HostPorts: hostPorts}, nil
 }
 
+// attachBridge pins a new namespace for CNI container key and attaches
+// it to the bridge (no ports), its bridge port isolated. On error
+// nothing is left of it.
+func (m *Manager) attachBridge(ctx context.Context, key string) (_ *spare, err error) {
+	path := m.netnsPath(key)
+	if err := pinNetNS(path); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.detachKey(context.WithoutCancel(ctx), key, "", nil, nil)
+		}
+	}()
+	res, err := m.cni.AddNetworkList(ctx, m.noPorts, m.runtimeConf(key, path, nil, nil))
+	if err != nil {
+		return nil, err
+	}
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.IPs) == 0 {
+		return nil, errors.New("CNI gave no address")
+	}
+	// No frames between jobs on the bridge, whatever their protocol
+	// (IPv6 link-local, ARP): each job's port talks to the host only.
+	for _, i := range r.Interfaces {
+		if i.Sandbox == "" && i.Name != m.cfg.Bridge {
+			if err := isolatePort(ctx, i.Name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return &spare{key: key, ip: r.IPs[0].Address.IP.String(), prev: res}, nil
+}
+
+// isolatePort turns bridge port isolation on for the host's end of a
+// job's veth: through sysfs when it shows this network namespace's
+// links, else with ip.
+func isolatePort(ctx context.Context, link string) error {
+	f := filepath.Join("/sys/class/net", link, "brport", "isolated")
+	if _, err := os.Stat(f); err == nil {
+		if err := os.WriteFile(f, []byte("1"), 0); err == nil {
+			return nil
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "link", "set", "dev", link, "type", "bridge_slave", "isolated", "on").CombinedOutput(); err != nil {
+		return fmt.Errorf("isolate bridge port %s: %v: %s", link, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// publish maps hostPorts to the ports of the namespace pinned at path
+// (CNI's portmap, chained after the bridge's result).
+func (m *Manager) publish(ctx context.Context, sp *spare, path string, ports []Port, hostPorts []int) error {
+	pm := map[string]any{}
+	for k, v := range m.portmap {
+		pm[k] = v
+	}
+	pm["prevResult"] = sp.prev
+	b, err := json.Marshal(map[string]any{"cniVersion": m.list.CNIVersion, "name": m.list.Name, "plugins": []any{pm}})
+	if err != nil {
+		return err
+	}
+	list, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		return err
+	}
+	if _, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(sp.key, path, ports, hostPorts)); err != nil {
+		return fmt.Errorf("publish ports: %w", err)
+	}
+	return nil
+}
+
 func (m *Manager) systemFile(id string) string {
 	return filepath.Join(m.cfg.StateDir, "system", id)
 }
@@ -440,8 +558,6 @@ func (m *Manager) systemFile(id string) string {
 // unpins and deletes its namespace and frees its host ports. It is safe to
 // call on a partly attached or already detached job.
 func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts []int) error {
-	var errs []error
-	path := m.NetNSPath(id)
 	if len(ports) != len(hostPorts) {
 		ports, hostPorts = nil, nil
 	}
@@ -465,19 +581,49 @@ func (m *Manager) Detach(ctx context.Context, id string, ports []Port, hostPorts
 			return fmt.Errorf("detach network of %s: %w", id, err)
 		}
 	}
-	if _, err := os.Stat(path); err == nil {
-		if err := m.cni.DelNetworkList(ctx, m.listFor(ports), m.runtimeConf(id, ports, hostPorts, "eth0")); err != nil {
-			errs = append(errs, fmt.Errorf("cni del: %w", err))
+	key := id
+	taken := m.takenFile(id)
+	if b, err := os.ReadFile(taken); err == nil {
+		key = strings.TrimSpace(string(b))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach network of %s: %w", id, err)
+	}
+	err := m.detachKey(ctx, key, m.netnsPath(id), ports, hostPorts)
+	if err == nil {
+		if err = os.Remove(taken); errors.Is(err, os.ErrNotExist) {
+			err = nil
 		}
 	}
-	if err := unpinNetNS(path); err != nil {
-		errs = append(errs, err)
-	}
 	m.Release(hostPorts)
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return fmt.Errorf("detach network of %s: %w", id, err)
 	}
 	return nil
+}
+
+// detachKey removes the CNI attachment of key and unpins its namespace,
+// pinned at jobPath (a job's) or where a spare's is, or both (an agent
+// killed while it moved the pin).
+func (m *Manager) detachKey(ctx context.Context, key, jobPath string, ports []Port, hostPorts []int) error {
+	var errs []error
+	paths := []string{m.netnsPath(key)}
+	if jobPath != "" && jobPath != paths[0] {
+		paths = []string{jobPath, paths[0]}
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			if err := m.cni.DelNetworkList(ctx, m.delList(key, ports), m.runtimeConf(key, p, ports, hostPorts)); err != nil {
+				errs = append(errs, fmt.Errorf("cni del: %w", err))
+			}
+			break
+		}
+	}
+	for _, p := range paths {
+		if err := unpinNetNS(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // pinNetNS creates a new network namespace and bind-mounts it on path.
@@ -521,6 +667,20 @@ func pinNetNS(path string) error {
 		return fmt.Errorf("pin netns: %w", err)
 	}
 	return nil
+}
+
+// moveNetNS pins the namespace pinned at from at to instead.
+func moveNetNS(from, to string) error {
+	f, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	f.Close()
+	if err := unix.Mount(from, to, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(to)
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	return unpinNetNS(from)
 }
 
 func unpinNetNS(path string) error {

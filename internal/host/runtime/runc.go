@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -110,6 +111,12 @@ func NewRunc(cfg Config) (*Runc, error) {
 	return r, nil
 }
 
+// KeepSpares implements SpareKeeper: it keeps network namespaces attached
+// for jobs (see network.Manager.KeepSpares).
+func (r *Runc) KeepSpares(ctx context.Context, log *slog.Logger) error {
+	return r.cfg.Network.KeepSpares(ctx, log)
+}
+
 // SupervisorBinary is the name of the small binary that runs a job's
 // supervisor (cmd/flynn-supervisor), installed next to flynn-host.
 const SupervisorBinary = "flynn-supervisor"
@@ -150,6 +157,10 @@ func netPorts(ps []Port) []network.Port {
 
 // Start implements Runtime.
 func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
+	var phases Phases
+	t := time.Now()
+	// No spare network namespace is made while a job starts.
+	defer r.cfg.Network.Hold()()
 	dir := r.dir(spec.ID)
 	if err := os.Mkdir(dir, 0o711); err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -184,6 +195,21 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 		r.cfg.Network.Release(hostPorts)
 		return nil, fmt.Errorf("start job: %w", err)
 	}
+	// The supervisor process starts now, on another core while this one
+	// makes the job's rootfs, network and bundle; it runs the container
+	// when told to.
+	sup, err := r.spawnSupervisor(dir, &supervisor.Config{
+		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
+		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start job: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			sup.abandon() // before the job dir is removed
+		}
+	}()
 
 	// Root filesystem: the image layers under a per-job upper dir, on a
 	// filesystem of its own when the job's temp disk is bounded.
@@ -194,6 +220,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 		}
 		upperDir = filepath.Join(dir, dirScratch)
 	}
+	phases.Mark("prepare", &t)
 	for _, d := range []string{filepath.Join(upperDir, "upper"), filepath.Join(upperDir, "work"), filepath.Join(dir, "rootfs")} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return nil, fmt.Errorf("start job: %w", err)
@@ -210,6 +237,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	if err := checkCommand(filepath.Join(dir, "rootfs"), spec); err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
+	phases.Mark("rootfs", &t)
 
 	started := &Started{HostPorts: hostPorts}
 	env := append([]string(nil), spec.Env...)
@@ -234,6 +262,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 			env = append(env, fmt.Sprintf("PORT=%d", spec.Ports[0].Port))
 		}
 	}
+	phases.Mark("network", &t)
 	resolv := []byte(fmt.Sprintf("nameserver %s\nsearch discoverd\noptions ndots:1\n", r.cfg.DNS))
 	if spec.HostNetwork {
 		// On the host's network the host's resolvers are reachable (the
@@ -252,46 +281,74 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	if err := writeJSON(filepath.Join(dir, "config.json"), ociSpec(&s2, dir, netns, st.Cgroups)); err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
-	pid, err := r.launchSupervisor(ctx, dir, &supervisor.Config{
-		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
-		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
-	})
+	phases.Mark("bundle", &t)
+	ready, err := sup.run(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
 	}
-	started.PID = pid
+	phases.Mark("supervisor", &t)
+	// The supervisor's own step: runc.
+	runcD := time.Duration(ready.RuncNanos)
+	phases[len(phases)-1].D -= runcD
+	phases = append(phases, Phase{"runc", runcD})
+	started.PID = ready.PID
+	started.Phases = phases
 	return started, nil
 }
 
-func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor.Config) (int, error) {
+// spawned is a job's supervisor process, started and waiting to be
+// told to run the container (run) or to give up (abandon).
+type spawned struct {
+	dir    string
+	cmd    *exec.Cmd
+	ready  *os.File      // its fd 3: supervisor.Ready
+	start  *os.File      // its fd 4: a byte runs the container
+	exited chan struct{} // closed once it has exited
+}
+
+// spawnSupervisor writes the supervisor's config in dir and starts it.
+func (r *Runc) spawnSupervisor(dir string, cfg *supervisor.Config) (*spawned, error) {
 	if err := writeJSON(filepath.Join(dir, supervisor.FileConfig), cfg); err != nil {
-		return 0, err
+		return nil, err
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, supervisor.FileSupLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer logf.Close()
 	rd, wr, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	defer rd.Close()
+	defer wr.Close()
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		rd.Close()
+		return nil, err
+	}
+	defer startR.Close()
 	args := append(append([]string(nil), r.cfg.SupervisorCmd[1:]...), dir)
 	cmd := exec.Command(r.cfg.SupervisorCmd[0], args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{wr}
+	cmd.ExtraFiles = []*os.File{wr, startR}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {
-		wr.Close()
-		return 0, fmt.Errorf("start supervisor: %w", err)
+		rd.Close()
+		startW.Close()
+		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
-	wr.Close()
+	s := &spawned{dir: dir, cmd: cmd, ready: rd, start: startW, exited: make(chan struct{})}
 	// Reap the supervisor when it ends. After a restart of the agent the
 	// orphaned supervisors are reaped by init instead.
-	go cmd.Wait()
+	go func() { cmd.Wait(); close(s.exited) }()
+	return s, nil
+}
 
+// run tells the supervisor to run the container and waits until it has.
+func (s *spawned) run(ctx context.Context) (*supervisor.Ready, error) {
+	_, werr := s.start.Write([]byte{1})
+	s.start.Close()
 	type result struct {
 		msg supervisor.Ready
 		err error
@@ -299,23 +356,41 @@ func (r *Runc) launchSupervisor(ctx context.Context, dir string, cfg *supervisor
 	c := make(chan result, 1)
 	go func() {
 		var m supervisor.Ready
-		err := json.NewDecoder(rd).Decode(&m)
+		err := json.NewDecoder(s.ready).Decode(&m)
 		c <- result{m, err}
 	}()
 	select {
 	case res := <-c:
+		s.ready.Close()
 		if res.err != nil {
-			b, _ := os.ReadFile(filepath.Join(dir, supervisor.FileSupLog))
-			return 0, fmt.Errorf("supervisor: %v: %s", res.err, strings.TrimSpace(string(b)))
+			if werr != nil {
+				res.err = werr
+			}
+			b, _ := os.ReadFile(filepath.Join(s.dir, supervisor.FileSupLog))
+			return nil, fmt.Errorf("supervisor: %v: %s", res.err, strings.TrimSpace(string(b)))
 		}
 		if res.msg.Error != "" {
-			return 0, errors.New(res.msg.Error)
+			return nil, errors.New(res.msg.Error)
 		}
-		return res.msg.PID, nil
+		return &res.msg, nil
 	case <-ctx.Done():
-		cmd.Process.Kill()
-		return 0, ctx.Err()
+		s.cmd.Process.Kill()
+		return nil, ctx.Err()
 	}
+}
+
+// abandon tells a supervisor that has not run the container to exit
+// without, and waits until it has; one that has is left to end as the
+// container does. Either way its pipes are closed.
+func (s *spawned) abandon() {
+	s.start.Close() // EOF: nothing to run
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
+	s.ready.Close()
 }
 
 func (r *Runc) dial(id string, req *supervisor.Request) (net.Conn, *bufio.Reader, error) {

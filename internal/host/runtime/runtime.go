@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -32,6 +34,41 @@ type Started struct {
 	IP string
 	// HostPorts are the published host ports, one per Spec.Ports entry.
 	HostPorts []int
+	// Phases is how long each step of the start took, in order.
+	Phases Phases
+}
+
+// A SpareKeeper is a Runtime that prepares for jobs ahead of demand (Runc:
+// network namespaces) while the agent runs. KeepSpares returns when ctx
+// ends, having removed what it prepared and no job took.
+type SpareKeeper interface {
+	KeepSpares(ctx context.Context, log *slog.Logger) error
+}
+
+// A Phase is one timed step of starting a job.
+type Phase struct {
+	Name string
+	D    time.Duration
+}
+
+// Phases are the timed steps of a start.
+type Phases []Phase
+
+// Mark appends the phase name, timed from *since to now, and moves
+// *since to now.
+func (p *Phases) Mark(name string, since *time.Time) {
+	now := time.Now()
+	*p = append(*p, Phase{name, now.Sub(*since)})
+	*since = now
+}
+
+// LogValue makes the phases one log group, name=duration.
+func (p Phases) LogValue() slog.Value {
+	attrs := make([]slog.Attr, len(p))
+	for i, ph := range p {
+		attrs[i] = slog.Duration(ph.Name, ph.D)
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // AttachOptions say what an attach stream carries.
@@ -63,4 +100,13 @@ type Runtime interface {
 	Cleanup(ctx context.Context, id string) error
 	// Remove cleans a job up and deletes its log too.
 	Remove(ctx context.Context, id string) error
+}
+
+// Total is the phases' sum.
+func (p Phases) Total() time.Duration {
+	var d time.Duration
+	for _, ph := range p {
+		d += ph.D
+	}
+	return d
 }

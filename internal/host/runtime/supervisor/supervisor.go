@@ -60,10 +60,14 @@ type Config struct {
 }
 
 // Ready is what a supervisor writes on fd 3 once the container process
-// exists, or when it could not start it.
+// exists, or when it could not start it. It starts the container when
+// its starter writes a byte on fd 4, and exits without when fd 4 reaches
+// its end first.
 type Ready struct {
 	PID   int    `json:"pid,omitempty"`
 	Error string `json:"error,omitempty"`
+	// RuncNanos is how long runc took to create the container.
+	RuncNanos int64 `json:"runc_ns,omitempty"`
 }
 
 // Request is the first line a client writes on the supervisor socket (Addr).
@@ -106,6 +110,9 @@ type supervisor struct {
 // returns when the container has exited and been deleted.
 func Run(dir string) error {
 	ready := os.NewFile(3, "ready")
+	start := os.NewFile(4, "start")
+	unix.CloseOnExec(3)
+	unix.CloseOnExec(4)
 	signal.Ignore(unix.SIGHUP, unix.SIGINT, unix.SIGPIPE, unix.SIGTERM)
 	b, err := os.ReadFile(filepath.Join(dir, FileConfig))
 	if err != nil {
@@ -131,13 +138,22 @@ func Run(dir string) error {
 	if err != nil {
 		return fail(err)
 	}
+	// Set up; the starter prepares the bundle meanwhile.
+	n, _ := start.Read(make([]byte, 1))
+	start.Close()
+	if n == 0 {
+		ln.Close()
+		s.logf.Close()
+		return errors.New("the job's start was abandoned: nothing to run")
+	}
 	var pumps sync.WaitGroup
+	runcStart := time.Now()
 	pid, err := s.startContainer(&pumps)
 	if err != nil {
 		ln.Close()
 		return fail(err)
 	}
-	json.NewEncoder(ready).Encode(Ready{PID: pid})
+	json.NewEncoder(ready).Encode(Ready{PID: pid, RuncNanos: int64(time.Since(runcStart))})
 	ready.Close()
 
 	if !s.cfg.TTY && !s.cfg.Stdin {

@@ -159,8 +159,9 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 	c := fc.conn
 	br := readerPool.Get().(*bufio.Reader)
 	bw := writerPool.Get().(*bufio.Writer)
+	ww := newWaitWriter(c)
 	br.Reset(c)
-	bw.Reset(c)
+	bw.Reset(ww)
 	defer func() {
 		// A handed-off connection keeps reading through br until it is
 		// drained, so only a finished connection returns it.
@@ -177,25 +178,37 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 	if h, _, err := net.SplitHostPort(ip); err == nil {
 		ip = h
 	}
+	rd := readDeadline{conn: c}
 	for {
 		if s.closing.Load() {
+			bw.Flush()
 			return false
 		}
 		if br.Buffered() == 0 {
-			bw.Flush()
 			fc.idle.Store(true)
-			c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+			rd.extend(cfg.IdleTimeout)
 			if s.closing.Load() {
+				bw.Flush()
 				return false
 			}
+			// The last response goes out, and the next request is waited
+			// for, in one go (waitWriter).
+			ww.waitNext = true
+			bw.Flush()
+			ww.waitNext = false
 			_, err := br.Peek(1)
 			fc.idle.Store(false)
 			if err != nil {
 				return false
 			}
 		}
-		c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
-		head, err := peekHead(br, cfg.MaxHeaderBytes)
+		// A head that came whole with its first bytes needs no header
+		// deadline; one that trickles in gets ReadHeaderTimeout.
+		head, err := peekHead(br, 0)
+		if err == errHeadIncomplete {
+			rd.set(time.Now().Add(cfg.ReadHeaderTimeout))
+			head, err = peekHead(br, cfg.MaxHeaderBytes)
+		}
 		if err != nil {
 			if errors.Is(err, errHeadTooBig) {
 				return s.handOff(c, br, bw)
@@ -208,7 +221,8 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 		}
 		br.Discard(len(head))
 		if req.contentLen > 0 {
-			c.SetReadDeadline(time.Time{})
+			// The body is read with its own deadlines (idleBody).
+			rd.set(time.Time{})
 		}
 		start := time.Now()
 		keep := s.serveRequest(&req, br, bw, start)
@@ -228,8 +242,13 @@ func (s *fastServer) handOff(c net.Conn, br *bufio.Reader, bw *bufio.Writer) boo
 	return s.handoff.push(&replayConn{Conn: c, br: br})
 }
 
+// errHeadIncomplete is peekHead's answer, with no limit, for a head not
+// wholly buffered.
+var errHeadIncomplete = errors.New("head incomplete")
+
 // peekHead returns the bytes up to and including the blank line that ends
-// a message head, without consuming them.
+// a message head, without consuming them. With limit 0 it reads nothing
+// and reports errHeadIncomplete for a head that is not buffered whole.
 func peekHead(br *bufio.Reader, limit int) ([]byte, error) {
 	scanned := 0
 	for {
@@ -239,6 +258,9 @@ func peekHead(br *bufio.Reader, limit int) ([]byte, error) {
 			return buf[:from+i+4], nil
 		}
 		scanned = len(buf)
+		if limit == 0 {
+			return nil, errHeadIncomplete
+		}
 		if scanned >= br.Size() || scanned >= limit {
 			return nil, errHeadTooBig
 		}
@@ -695,9 +717,8 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 		upstreamOK, cerr = relayUntilEOF(bw, pc.br)
 		upstreamOK = false // the backend connection is finished
 	}
-	if br.Buffered() == 0 && cerr == nil {
-		cerr = bw.Flush()
-	}
+	// The response is flushed when serveConn waits for the next request,
+	// or with the next response when that one is pipelined.
 	if upstreamOK && !resp.close && !e.route.DisableKeepAlives {
 		b.putConn(pc)
 	} else {
@@ -761,7 +782,11 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 			return nil, errors.Join(errClientBody, err)
 		}
 	}
-	if err := w.Flush(); err != nil {
+	// Send, and wait for the response in the same go (waitWriter).
+	pc.ww.waitNext = true
+	err := w.Flush()
+	pc.ww.waitNext = false
+	if err != nil {
 		return nil, err
 	}
 	return peekHead(pc.br, pc.br.Size())

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"html"
@@ -21,7 +22,8 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 )
 
-// The fast path serves plain-HTTP/1.1 keep-alive traffic without net/http:
+// The fast path serves HTTP/1.1 keep-alive traffic, plain or over TLS
+// (HTTPS connections that did not negotiate h2), without net/http:
 // it parses a request head in place in the connection's read buffer,
 // forwards it byte for byte (minus hop-by-hop headers, plus the forwarding
 // headers) over a pooled backend connection, and relays the response head
@@ -43,11 +45,14 @@ var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
-// fastServer accepts plain-HTTP connections.
+// fastServer accepts plain-HTTP connections, or with tlsConfig HTTPS ones:
+// those that negotiate h2 go to net/http whole, the HTTP/1.1 ones take the
+// fast path over TLS.
 type fastServer struct {
-	r       *Router
-	fe      *frontend
-	handoff *connQueue
+	r         *Router
+	fe        *frontend
+	handoff   *connQueue
+	tlsConfig *tls.Config
 
 	mu      sync.Mutex
 	conns   map[*fastConn]struct{}
@@ -157,11 +162,38 @@ type fastReq struct {
 // connection was handed to net/http.
 func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 	c := fc.conn
+	cfg := &s.r.cfg
+	ww := newWaitWriter(c)
+	var tc *tls.Conn
+	if s.tlsConfig != nil {
+		tc = tls.Server(&waitConn{Conn: c, w: ww}, s.tlsConfig)
+		// Idle for shutdown, which then cuts the handshake short.
+		fc.idle.Store(true)
+		c.SetDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+		err := tc.Handshake()
+		fc.idle.Store(false)
+		if err != nil {
+			return false
+		}
+		c.SetDeadline(time.Time{})
+		if tc.ConnectionState().NegotiatedProtocol == "h2" || s.r.tlsNetHTTP.Load() {
+			return s.handoff.push(tc)
+		}
+		defer func() {
+			if !handedOff {
+				tc.Close() // close_notify
+			}
+		}()
+		c = tc
+	}
 	br := readerPool.Get().(*bufio.Reader)
 	bw := writerPool.Get().(*bufio.Writer)
-	ww := newWaitWriter(c)
 	br.Reset(c)
-	bw.Reset(ww)
+	if tc != nil {
+		bw.Reset(tc)
+	} else {
+		bw.Reset(ww)
+	}
 	defer func() {
 		// A handed-off connection keeps reading through br until it is
 		// drained, so only a finished connection returns it.
@@ -173,7 +205,6 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 		writerPool.Put(bw)
 	}()
 	var req fastReq
-	cfg := &s.r.cfg
 	ip := c.RemoteAddr().String()
 	if h, _, err := net.SplitHostPort(ip); err == nil {
 		ip = h
@@ -193,9 +224,15 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 			}
 			// The last response goes out, and the next request is waited
 			// for, in one go (waitWriter).
-			ww.waitNext = true
-			bw.Flush()
-			ww.waitNext = false
+			if tc != nil {
+				ww.hold = true
+				bw.Flush()
+				ww.release(true)
+			} else {
+				ww.waitNext = true
+				bw.Flush()
+				ww.waitNext = false
+			}
 			_, err := br.Peek(1)
 			fc.idle.Store(false)
 			if err != nil {
@@ -755,7 +792,9 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 		w.WriteString(", ")
 	}
 	w.WriteString(req.clientIP)
-	w.WriteString("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ")
+	w.WriteString("\r\nX-Forwarded-Proto: ")
+	w.WriteString(s.fe.proto)
+	w.WriteString("\r\nX-Forwarded-Port: ")
 	w.WriteString(s.fe.port)
 	w.WriteString("\r\nX-Request-Start: ")
 	w.Write(strconv.AppendInt(w.AvailableBuffer(), start.UnixMilli(), 10))
@@ -1036,6 +1075,15 @@ func writeFastError(bw *bufio.Writer, req *fastReq, status int, code api.ErrorCo
 type replayConn struct {
 	net.Conn
 	br *bufio.Reader
+}
+
+// CloseWrite ends a TLS connection's writing side (close_notify), as on a
+// TLS connection net/http accepted itself; other connections close.
+func (c *replayConn) CloseWrite() error {
+	if tc, ok := c.Conn.(*tls.Conn); ok {
+		return tc.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {

@@ -3,6 +3,7 @@ package router
 import (
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -27,10 +28,16 @@ import (
 // passes); whatever could not be written at once is written by the
 // connection's ordinary Write, with its deadlines. waitNext is cleared by
 // the Write.
+//
+// Under TLS the writer is below the tls.Conn, which may cut one flush into
+// several records and writes: there hold collects them (release then
+// writes them in one go and waits).
 type waitWriter struct {
 	conn     net.Conn
 	raw      syscall.RawConn // nil: ordinary writes only
 	waitNext bool
+	hold     bool
+	held     *[]byte // from heldPool while holding
 
 	// The state of one writeAndWait, kept here so the callback, a method
 	// value made once, allocates nothing per call.
@@ -61,7 +68,24 @@ func newWaitWriter(conn net.Conn) *waitWriter {
 	return w
 }
 
+// maxHeld bounds what hold collects; past it the writes go out as they come.
+const maxHeld = 32 << 10
+
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
 func (w *waitWriter) Write(p []byte) (int, error) {
+	if w.hold && w.raw != nil {
+		if w.held == nil {
+			w.held = heldPool.Get().(*[]byte)
+		}
+		if len(*w.held)+len(p) <= maxHeld {
+			*w.held = append(*w.held, p...)
+			return len(p), nil
+		}
+		if err := w.release(false); err != nil {
+			return 0, err
+		}
+	}
 	if !w.waitNext || w.raw == nil {
 		return w.conn.Write(p)
 	}
@@ -81,6 +105,31 @@ func (w *waitWriter) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// release ends hold: it writes what was held and, with wait, then waits
+// as a Write with waitNext does.
+func (w *waitWriter) release(wait bool) error {
+	w.hold = false
+	if w.held == nil {
+		return nil
+	}
+	w.waitNext = wait
+	_, err := w.Write(*w.held)
+	w.waitNext = false
+	*w.held = (*w.held)[:0]
+	heldPool.Put(w.held)
+	w.held = nil
+	return err
+}
+
+// waitConn is a client connection whose writes go through a waitWriter:
+// the connection under a tls.Conn.
+type waitConn struct {
+	net.Conn
+	w *waitWriter
+}
+
+func (c *waitConn) Write(p []byte) (int, error) { return c.w.Write(p) }
 
 // writeStep is the raw read callback: the first call writes w.p and asks
 // to wait for readability when all of it was written; the next call (the

@@ -210,6 +210,7 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 		ip = h
 	}
 	rd := readDeadline{conn: c}
+	var last time.Time // when the last request ended, if known
 	for {
 		if s.closing.Load() {
 			bw.Flush()
@@ -217,7 +218,7 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 		}
 		if br.Buffered() == 0 {
 			fc.idle.Store(true)
-			rd.extend(cfg.IdleTimeout)
+			rd.extend(last, cfg.IdleTimeout)
 			if s.closing.Load() {
 				bw.Flush()
 				return false
@@ -262,7 +263,8 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 			rd.set(time.Time{})
 		}
 		start := time.Now()
-		keep := s.serveRequest(&req, br, bw, start)
+		keep, end := s.serveRequest(&req, br, bw, start)
+		last = end
 		if !keep || req.close {
 			bw.Flush()
 			return false
@@ -542,28 +544,30 @@ func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // serveRequest proxies one parsed request and reports whether the client
 // connection can carry another.
-func (s *fastServer) serveRequest(req *fastReq, br *bufio.Reader, bw *bufio.Writer, start time.Time) bool {
+// serveRequest also returns when the request ended (the zero time when it
+// was not proxied), which saves serveConn reading the clock again.
+func (s *fastServer) serveRequest(req *fastReq, br *bufio.Reader, bw *bufio.Writer, start time.Time) (keep bool, end time.Time) {
 	r := s.r
 	e := r.table.Load().lookup(view(req.host), view(req.path))
 	if e == nil {
 		r.metrics.noRoute.Inc()
-		return writeFastError(bw, req, http.StatusNotFound, api.CodeNotFound, "no route matches "+string(req.host)+string(req.path)) && discardBody(br, req, r.cfg.BodyIdleTimeout)
+		return writeFastError(bw, req, http.StatusNotFound, api.CodeNotFound, "no route matches "+string(req.host)+string(req.path)) && discardBody(br, req, r.cfg.BodyIdleTimeout), time.Time{}
 	}
 	if e.maxBody >= 0 && req.contentLen > e.maxBody {
 		req.close = true // the body is not read
 		writeFastError(bw, req, http.StatusRequestEntityTooLarge, api.CodeTooLarge,
 			"the request body is larger than the "+strconv.FormatInt(e.maxBody, 10)+" bytes this route takes")
 		e.metrics.observe(http.StatusRequestEntityTooLarge, time.Since(start))
-		return false
+		return false, time.Time{}
 	}
 	status, keep := s.proxy(req, e, br, bw, start)
-	d := time.Since(start)
+	d := time.Since(start) // the monotonic clock only
 	e.metrics.observe(status, d)
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
 		r.log.Debug("request", "route", e.route.ID, "method", string(req.method), "host", string(req.host),
 			"path", string(req.path), "status", status, "duration", d)
 	}
-	return keep
+	return keep, start.Add(d)
 }
 
 func discardBody(br *bufio.Reader, req *fastReq, idle time.Duration) bool {

@@ -171,9 +171,13 @@ type readDeadline struct {
 	at   time.Time // the deadline in force; zero when not known
 }
 
-// extend makes the deadline about now+timeout.
-func (d *readDeadline) extend(timeout time.Duration) {
-	at := time.Now().Add(timeout)
+// extend makes the deadline about now+timeout; a zero now is read from
+// the clock.
+func (d *readDeadline) extend(now time.Time, timeout time.Duration) {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	at := now.Add(timeout)
 	if !d.at.IsZero() && !d.at.After(at) && at.Sub(d.at) <= timeout>>6 {
 		return
 	}

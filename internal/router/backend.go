@@ -95,6 +95,8 @@ type upConn struct {
 	bw     *bufio.Writer
 	ww     *waitWriter // bw's destination
 	reused bool
+	// lastUsed is when the last request sent on it started (canWait).
+	lastUsed time.Time
 	// bounded: the connection's TCP_USER_TIMEOUT is backendUserTimeout
 	// (else the kernel's default, unbounded in practice).
 	bounded bool

@@ -163,10 +163,9 @@ type fastReq struct {
 func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 	c := fc.conn
 	cfg := &s.r.cfg
-	ww := newWaitWriter(c)
 	var tc *tls.Conn
 	if s.tlsConfig != nil {
-		tc = tls.Server(&waitConn{Conn: c, w: ww}, s.tlsConfig)
+		tc = tls.Server(c, s.tlsConfig)
 		// Idle for shutdown, which then cuts the handshake short.
 		fc.idle.Store(true)
 		c.SetDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
@@ -189,11 +188,7 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 	br := readerPool.Get().(*bufio.Reader)
 	bw := writerPool.Get().(*bufio.Writer)
 	br.Reset(c)
-	if tc != nil {
-		bw.Reset(tc)
-	} else {
-		bw.Reset(ww)
-	}
+	bw.Reset(c)
 	defer func() {
 		// A handed-off connection keeps reading through br until it is
 		// drained, so only a finished connection returns it.
@@ -217,22 +212,15 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 			return false
 		}
 		if br.Buffered() == 0 {
+			// The client's next request is read the ordinary way (a read
+			// first, then the wait): it may be pipelined, already arrived
+			// while this one was served, which a waitWriter's wait would
+			// not see.
+			bw.Flush()
 			fc.idle.Store(true)
 			rd.extend(last, cfg.IdleTimeout)
 			if s.closing.Load() {
-				bw.Flush()
 				return false
-			}
-			// The last response goes out, and the next request is waited
-			// for, in one go (waitWriter).
-			if tc != nil {
-				ww.hold = true
-				bw.Flush()
-				ww.release(true)
-			} else {
-				ww.waitNext = true
-				bw.Flush()
-				ww.waitNext = false
 			}
 			_, err := br.Peek(1)
 			fc.idle.Store(false)
@@ -826,7 +814,7 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 		}
 	}
 	// Send, and wait for the response in the same go (waitWriter).
-	pc.ww.waitNext = true
+	pc.ww.waitNext = pc.canWait(start)
 	err := w.Flush()
 	pc.ww.waitNext = false
 	if err != nil {

@@ -267,7 +267,7 @@ func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time
 		return nil, err
 	}
 	// Send, and wait for the response in the same go (waitWriter).
-	pc.ww.waitNext = true
+	pc.ww.waitNext = pc.canWait(start)
 	err := bw.Flush()
 	pc.ww.waitNext = false
 	if err != nil {

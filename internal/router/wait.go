@@ -3,44 +3,37 @@ package router
 import (
 	"io"
 	"net"
-	"sync"
 	"syscall"
 	"time"
 )
 
-// A request/response exchange costs Go's netpoll a failed read per wait:
-// a read first tries the socket (EAGAIN when the peer has not answered
-// yet), then parks until the poller reports it readable, then reads
-// again. nginx knows from the poller that nothing is there and skips that
-// read. waitWriter does the same for the two waits of the fast path (the
-// backend's response after the request, the client's next request after
-// the response): it writes the message from inside the connection's raw
-// read callback, after the poller's readiness was reset, so the wait that
-// follows cannot miss the reply's arrival, and the reply is then read by
-// one successful read.
+// A request sent to a backend costs Go's netpoll a failed read: a read
+// first tries the socket (EAGAIN: the backend has not answered yet), then
+// parks until the poller reports it readable, then reads again. nginx
+// knows from its poller that nothing is there and skips that read.
+// waitWriter does the same for the backend's response: it writes the
+// request from inside the connection's raw read callback, after the
+// poller's readiness was reset, and waits there until the socket is
+// readable, so the response is then read by one successful read.
 //
-// Measured with wrk through the fast path, this takes about two of six
-// syscalls off every request.
+// The reset also forgets what arrived before the write, so the wait is
+// only for a connection on which nothing can have arrived since its last
+// response was read: a pooled backend connection used moments ago
+// (upConn.canWait). A client's connection never waits this way: its next
+// request may be pipelined, there before the response went out.
 
-// waitWriter is the destination of a connection's bufio.Writer. A Write
-// while waitNext is set writes without blocking and then, when all of it
-// went out, waits until the connection is readable (or its read deadline
-// passes); whatever could not be written at once is written by the
-// connection's ordinary Write, with its deadlines. waitNext is cleared by
-// the Write.
-//
-// Under TLS the writer is below the tls.Conn, which may cut one flush into
-// several records and writes: there hold collects them (release then
-// writes them in one go and waits).
+// waitWriter is the destination of a backend connection's bufio.Writer. A
+// Write while waitNext is set writes without blocking and then, when all
+// of it went out, waits until the connection is readable (or its read
+// deadline passes); whatever could not be written at once is written by
+// the connection's ordinary Write. waitNext is cleared by the Write.
 type waitWriter struct {
 	conn     net.Conn
 	raw      syscall.RawConn // nil: ordinary writes only
 	waitNext bool
-	hold     bool
-	held     *[]byte // from heldPool while holding
 
-	// The state of one writeAndWait, kept here so the callback, a method
-	// value made once, allocates nothing per call.
+	// The state of one wait, kept here so the callback, a method value
+	// made once, allocates nothing per call.
 	p       []byte
 	written int
 	err     error
@@ -48,19 +41,10 @@ type waitWriter struct {
 	step    func(fd uintptr) bool
 }
 
-// newWaitWriter returns a waitWriter for conn, which must be a TCP
-// connection (or a clientConn around one) for the wait to be used.
 func newWaitWriter(conn net.Conn) *waitWriter {
 	w := &waitWriter{conn: conn}
-	var sc syscall.Conn
-	switch c := conn.(type) {
-	case *clientConn:
-		sc, _ = c.Conn.(*net.TCPConn)
-	case *net.TCPConn:
-		sc = c
-	}
-	if sc != nil {
-		if rc, err := sc.SyscallConn(); err == nil {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
 			w.raw = rc
 			w.step = w.writeStep
 		}
@@ -68,24 +52,7 @@ func newWaitWriter(conn net.Conn) *waitWriter {
 	return w
 }
 
-// maxHeld bounds what hold collects; past it the writes go out as they come.
-const maxHeld = 32 << 10
-
-var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
-
 func (w *waitWriter) Write(p []byte) (int, error) {
-	if w.hold && w.raw != nil {
-		if w.held == nil {
-			w.held = heldPool.Get().(*[]byte)
-		}
-		if len(*w.held)+len(p) <= maxHeld {
-			*w.held = append(*w.held, p...)
-			return len(p), nil
-		}
-		if err := w.release(false); err != nil {
-			return 0, err
-		}
-	}
 	if !w.waitNext || w.raw == nil {
 		return w.conn.Write(p)
 	}
@@ -105,31 +72,6 @@ func (w *waitWriter) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
-
-// release ends hold: it writes what was held and, with wait, then waits
-// as a Write with waitNext does.
-func (w *waitWriter) release(wait bool) error {
-	w.hold = false
-	if w.held == nil {
-		return nil
-	}
-	w.waitNext = wait
-	_, err := w.Write(*w.held)
-	w.waitNext = false
-	*w.held = (*w.held)[:0]
-	heldPool.Put(w.held)
-	w.held = nil
-	return err
-}
-
-// waitConn is a client connection whose writes go through a waitWriter:
-// the connection under a tls.Conn.
-type waitConn struct {
-	net.Conn
-	w *waitWriter
-}
-
-func (c *waitConn) Write(p []byte) (int, error) { return c.w.Write(p) }
 
 // writeStep is the raw read callback: the first call writes w.p and asks
 // to wait for readability when all of it was written; the next call (the
@@ -161,6 +103,22 @@ func (w *waitWriter) writeStep(fd uintptr) bool {
 	return false
 }
 
+// waitIdleMax bounds how long a pooled backend connection may have sat
+// unused for its request to be sent with the wait. What a backend sends
+// to an idle connection (a close, a lingering half-close) is seen by the
+// poller then and forgotten by the wait's reset: a backend that
+// half-closed and then dropped the request without a reset would hold it
+// forever. No server closes keep-alive connections this soon.
+const waitIdleMax = 100 * time.Millisecond
+
+// canWait reports whether the request starting at start may be sent on c
+// with the wait (waitWriter), and records the use.
+func (c *upConn) canWait(start time.Time) bool {
+	ok := c.reused && c.br.Buffered() == 0 && !c.lastUsed.IsZero() && start.Sub(c.lastUsed) < waitIdleMax
+	c.lastUsed = start
+	return ok
+}
+
 // readDeadline sets a connection's read deadline lazily: a deadline that
 // would move by less than 1/64 of its timeout is left as it is, as nginx
 // leaves its timers (a deadline change is a timer update in the runtime,
@@ -189,6 +147,3 @@ func (d *readDeadline) set(at time.Time) {
 	d.conn.SetReadDeadline(at)
 	d.at = at
 }
-
-// forget records that the deadline was changed elsewhere.
-func (d *readDeadline) forget() { d.at = time.Time{} }

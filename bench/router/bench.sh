@@ -133,6 +133,10 @@ error_log stderr warn;
 events { worker_connections 4096; }
 http {
 	access_log off;
+	# The router closes no connection after a number of requests: nor does
+	# nginx here (its default, 1000, has wrk reconnect and ends h2load's
+	# h2 connections, which it does not reopen, after 1000 requests each).
+	keepalive_requests 1000000;
 	client_body_temp_path $work/nginx/body;
 	proxy_temp_path $work/nginx/proxy;
 	fastcgi_temp_path $work/nginx/fastcgi;

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -215,8 +216,16 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 			// The client's next request is read the ordinary way (a read
 			// first, then the wait): it may be pipelined, already arrived
 			// while this one was served, which a waitWriter's wait would
-			// not see.
-			bw.Flush()
+			// not see. After a response the other connections that are
+			// ready go first, as nginx serves a poller's whole batch of
+			// events before it polls again: under load this client's next
+			// request is then often there, and the read finds it instead
+			// of failing (EAGAIN) and waiting (bench.sh: 2.1-2.4 reads per
+			// request instead of 2.6-3.0).
+			if bw.Buffered() > 0 {
+				bw.Flush()
+				runtime.Gosched()
+			}
 			fc.idle.Store(true)
 			rd.extend(last, cfg.IdleTimeout)
 			if s.closing.Load() {

@@ -75,19 +75,23 @@ type clientConn struct {
 	lim       *clientLimiter
 	writeIdle time.Duration
 	once      sync.Once
-	// wdl is the write deadline in force (unix ns), 0 when not known.
+	// wdl is the write deadline in force, as a monoBase offset; 0 when
+	// not known.
 	wdl atomic.Int64
 }
+
+// monoBase is the origin of clientConn's write deadlines, read from the
+// monotonic clock alone (time.Since), which is half of what time.Now reads.
+var monoBase = time.Now()
 
 // Write bounds p's write by writeIdle. The deadline is moved lazily, like
 // readDeadline: only when it would move by more than writeIdle/64.
 func (c *clientConn) Write(p []byte) (int, error) {
 	if c.writeIdle > 0 {
-		at := time.Now().Add(c.writeIdle)
-		ns, cur := at.UnixNano(), c.wdl.Load()
-		if cur == 0 || cur > ns || ns-cur > int64(c.writeIdle>>6) {
-			c.Conn.SetWriteDeadline(at)
-			c.wdl.Store(ns)
+		at := int64(time.Since(monoBase) + c.writeIdle)
+		if cur := c.wdl.Load(); cur == 0 || cur > at || at-cur > int64(c.writeIdle>>6) {
+			c.Conn.SetWriteDeadline(monoBase.Add(time.Duration(at)))
+			c.wdl.Store(at)
 		}
 	}
 	return c.Conn.Write(p)

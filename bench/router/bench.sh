@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Router benchmark: wrk against our router, nginx and HAProxy, each proxying
 # to the same two Go backends with keep-alive upstream connections, in one
-# run. Prints req/s, p50 and p99 per proxy and the ratios to nginx.
+# run; then wrk over TLS (HTTP/1.1 keep-alive) and h2load over h2 against
+# our router's HTTPS listener and nginx's. Prints req/s, p50 and p99 per
+# proxy and the ratios to the nginx row of the same protocol.
 #
 # Usage: bench/router/bench.sh            (run from the repository root)
 # Environment:
@@ -9,6 +11,9 @@
 #   PIN=1       wrk on CPU 0, proxies and backends on CPU 1 (as in
 #               /work/shared/reference/perf-anchors.md); PIN=0 disables.
 #   PORT_BASE=18080  loopback ports PORT_BASE..PORT_BASE+11 are used.
+#   TLS=1       also the router-tls, nginx-tls (wrk over TLS) and router-h2,
+#               nginx-h2 (h2load over TLS with ALPN h2) rows; TLS=0 skips them.
+#   H2_STREAMS=1  concurrent streams per h2 connection (h2load -m).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -18,6 +23,8 @@ REPEAT=${REPEAT:-1}
 BODY=${BODY:-2}
 PIN=${PIN:-1}
 PORT_BASE=${PORT_BASE:-18080}
+TLS=${TLS:-1}
+H2_STREAMS=${H2_STREAMS:-1}
 
 ROUTER_PORT=$PORT_BASE
 BACKEND1=$((PORT_BASE + 1))
@@ -25,6 +32,8 @@ BACKEND2=$((PORT_BASE + 2))
 NGINX_PORT=$((PORT_BASE + 10))
 HAPROXY_PORT=$((PORT_BASE + 11))
 API_PORT=$((PORT_BASE + 9))
+ROUTER_TLS_PORT=$((PORT_BASE + 3))
+NGINX_TLS_PORT=$((PORT_BASE + 4))
 HOST=bench.test
 
 cd "$(dirname "$0")/../.."
@@ -43,6 +52,10 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v haproxy >/dev/null || need+=(haproxy)
+if [ "$TLS" = 1 ]; then
+	command -v h2load >/dev/null || need+=(nghttp2-client)
+	command -v openssl >/dev/null || need+=(openssl)
+fi
 if ((${#need[@]})); then
 	echo "installing ${need[*]}" >&2
 	created_policy=0
@@ -82,8 +95,31 @@ wait_port() {
 pids+=($!)
 "${pin_proxy[@]}" "$work/backend" -addr 127.0.0.1:$BACKEND2 -size "$BODY" &
 pids+=($!)
+# One self-signed ECDSA P-256 certificate for the router's and nginx's
+# HTTPS listeners.
+router_tls=()
+nginx_tls=
+if [ "$TLS" = 1 ]; then
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$HOST" \
+		-addext "subjectAltName=DNS:$HOST" -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+	router_tls=(-tls-addr 127.0.0.1:$ROUTER_TLS_PORT -cert "$work/cert.pem" -key "$work/key.pem")
+	nginx_tls="server {
+		listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+		ssl_certificate $work/cert.pem;
+		ssl_certificate_key $work/key.pem;
+		ssl_protocols TLSv1.2 TLSv1.3;
+		location / {
+			proxy_pass http://backends;
+			proxy_http_version 1.1;
+			proxy_set_header Connection \"\";
+			proxy_set_header Host \$host;
+			proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+		}
+	}"
+fi
+
 "${pin_proxy[@]}" "$work/routerbench" -addr 127.0.0.1:$ROUTER_PORT -api-addr 127.0.0.1:$API_PORT -domain $HOST \
-	-backends 127.0.0.1:$BACKEND1,127.0.0.1:$BACKEND2 &
+	-backends 127.0.0.1:$BACKEND1,127.0.0.1:$BACKEND2 "${router_tls[@]}" &
 pids+=($!)
 router_pid=$!
 
@@ -97,6 +133,10 @@ error_log stderr warn;
 events { worker_connections 4096; }
 http {
 	access_log off;
+	# The router closes no connection after a number of requests: nor does
+	# nginx here (its default, 1000, has wrk reconnect and ends h2load's
+	# h2 connections, which it does not reopen, after 1000 requests each).
+	keepalive_requests 1000000;
 	client_body_temp_path $work/nginx/body;
 	proxy_temp_path $work/nginx/proxy;
 	fastcgi_temp_path $work/nginx/fastcgi;
@@ -117,6 +157,7 @@ http {
 			proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
 		}
 	}
+	$nginx_tls
 }
 CONF
 "${pin_proxy[@]}" nginx -c "$work/nginx.conf" -p "$work/nginx" &
@@ -151,6 +192,15 @@ for p in $ROUTER_PORT $NGINX_PORT $HAPROXY_PORT; do
 	out=$(curl -s -H "Host: $HOST" "http://127.0.0.1:$p/")
 	[ "${#out}" = "$BODY" ] || { echo "proxy on port $p answered '$out'" >&2; exit 1; }
 done
+if [ "$TLS" = 1 ]; then
+	for p in $ROUTER_TLS_PORT $NGINX_TLS_PORT; do
+		wait_port "$p"
+		for v in --http1.1 --http2; do
+			out=$(curl -sk $v --resolve "$HOST:$p:127.0.0.1" "https://$HOST:$p/")
+			[ "${#out}" = "$BODY" ] || { echo "proxy on port $p ($v) answered '$out'" >&2; exit 1; }
+		done
+	done
+fi
 
 # to_ms converts a wrk latency like 812.00us, 1.59ms or 1.02s to ms.
 to_ms() {
@@ -173,28 +223,60 @@ cpu_ticks() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
+# load name port: runs the row's load generator against port: wrk over
+# plain HTTP or TLS (HTTP/1.1, keep-alive), or h2load over h2 for the -h2
+# rows.
+load() {
+	case $1 in
+	*-h2)
+		# h2load has no percentiles: they come from its per-request log
+		# (start µs, status, duration µs).
+		"${pin_wrk[@]}" h2load -c"$CONNS" -t"$THREADS" -m"$H2_STREAMS" -D "${DURATION%s}" --log-file="$work/h2log.$1" \
+			-H ":authority: $HOST" "https://127.0.0.1:$2/" >"$work/load.$1" 2>&1 ;;
+	*-tls)
+		"${pin_wrk[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "Host: $HOST" "https://127.0.0.1:$2/" >"$work/load.$1" 2>&1 ;;
+	*)
+		"${pin_wrk[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "Host: $HOST" "http://127.0.0.1:$2/" >"$work/load.$1" 2>&1 ;;
+	esac
+}
+
 run() { # name port → "rps p50 p99 cpu_us_per_request"
-	local pid_var="${1}_pid" before after
+	local pid_var="${1%%-*}_pid" before after
 	before=$(cpu_ticks "${!pid_var}")
-	"${pin_wrk[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "Host: $HOST" "http://127.0.0.1:$2/" >"$work/wrk.$1" 2>&1
+	load "$1" "$2"
 	after=$(cpu_ticks "${!pid_var}")
+	if [[ $1 == *-h2 ]]; then
+		local out="$work/load.$1" reqs rps p50 p99 cpu
+		reqs=$(awk '/^requests:/ {print $6}' "$out")
+		rps=$(awk '/^finished in/ {print $4}' "$out")
+		read -r p50 p99 < <(awk '{print $3}' "$work/h2log.$1" | sort -n |
+			awk '{a[NR]=$1} END {printf "%.3f %.3f\n", a[int(NR*0.5)+1] / 1000, a[int(NR*0.99)+1] / 1000}')
+		cpu=$(awk -v t=$((after - before)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+		if ! grep -q "^requests:.* 0 failed, 0 errored" "$out" || ! grep -q "^status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" "$out"; then
+			grep "^requests:\|^status codes:" "$out" | sed "s/^/$1: /" >&2
+		fi
+		echo "$rps $p50 $p99 $cpu"
+		return
+	fi
 	local rps p50 p99 reqs cpu
-	reqs=$(awk '/requests in/ {print $1}' "$work/wrk.$1")
+	reqs=$(awk '/requests in/ {print $1}' "$work/load.$1")
 	cpu=$(awk -v t=$((after - before)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-	rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.$1")
-	p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.$1")
-	p99=$(awk '$1 == "99%" {print $2}' "$work/wrk.$1")
-	if grep -q "Non-2xx\|Socket errors" "$work/wrk.$1"; then
-		grep "Non-2xx\|Socket errors" "$work/wrk.$1" | sed "s/^/$1: /" >&2
+	rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/load.$1")
+	p50=$(awk '$1 == "50%" {print $2}' "$work/load.$1")
+	p99=$(awk '$1 == "99%" {print $2}' "$work/load.$1")
+	if grep -q "Non-2xx\|Socket errors" "$work/load.$1"; then
+		grep "Non-2xx\|Socket errors" "$work/load.$1" | sed "s/^/$1: /" >&2
 	fi
 	echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu"
 }
 
 declare -A RPS P50 P99 CPU
 names=(router nginx haproxy)
-declare -A PORT=([router]=$ROUTER_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
-# Warm up every proxy's upstream pool.
-for n in "${names[@]}"; do "${pin_wrk[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s -H "Host: $HOST" "http://127.0.0.1:${PORT[$n]}/" >/dev/null; done
+declare -A PORT=([router]=$ROUTER_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
+	[router-tls]=$ROUTER_TLS_PORT [nginx-tls]=$NGINX_TLS_PORT [router-h2]=$ROUTER_TLS_PORT [nginx-h2]=$NGINX_TLS_PORT)
+if [ "$TLS" = 1 ]; then names+=(router-tls nginx-tls router-h2 nginx-h2); fi
+# Warm up every proxy's upstream pool (and each load generator's path).
+for n in "${names[@]}"; do DURATION=2s load "$n" "${PORT[$n]}"; done
 for rep in $(seq "$REPEAT"); do
 	for n in "${names[@]}"; do
 		read -r rps p50 p99 cpu < <(run "$n" "${PORT[$n]}")
@@ -207,18 +289,23 @@ for rep in $(seq "$REPEAT"); do
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
 
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, body $BODY B, 2 keep-alive backends, pinned=$PIN, median of $REPEAT"
+if [ "$TLS" = 1 ]; then
+	echo "(-tls rows: wrk over TLS, HTTP/1.1 keep-alive; -h2 rows: h2load -c$CONNS -t$THREADS -m$H2_STREAMS over TLS with h2;"
+	echo " each row's ratios are to the nginx row of its protocol)"
+fi
 echo "(CPU us/req: the proxy's own user+system CPU per request, which other load on the machine disturbs least)"
-printf "%-8s %12s %9s %9s %14s %11s %14s\n" proxy "req/s" "p50 ms" "p99 ms" "req/s vs nginx" "CPU us/req" "CPU vs nginx"
-nginx_rps=$(echo "${RPS[nginx]}" | median)
-nginx_cpu=$(echo "${CPU[nginx]}" | median)
+printf "%-10s %12s %9s %9s %14s %11s %14s\n" proxy "req/s" "p50 ms" "p99 ms" "req/s vs nginx" "CPU us/req" "CPU vs nginx"
 for n in "${names[@]}"; do
+	peer=nginx
+	case $n in *-tls) peer=nginx-tls ;; *-h2) peer=nginx-h2 ;; esac
 	rps=$(echo "${RPS[$n]}" | median)
 	p50=$(echo "${P50[$n]}" | median)
 	p99=$(echo "${P99[$n]}" | median)
 	cpu=$(echo "${CPU[$n]}" | median)
-	printf "%-8s %12.0f %9.2f %9.2f %14.2f %11.1f %14.2f\n" "$n" "$rps" "$p50" "$p99" \
-		"$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {print a / b}')" "$cpu" "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN {print a / b}')"
+	printf "%-10s %12.0f %9.2f %9.2f %14.2f %11.1f %14.2f\n" "$n" "$rps" "$p50" "$p99" \
+		"$(ratio "$rps" "$(echo "${RPS[$peer]}" | median)")" "$cpu" "$(ratio "$cpu" "$(echo "${CPU[$peer]}" | median)")"
 done

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"os"
@@ -18,6 +19,9 @@ import (
 
 func main() {
 	listen := flag.String("addr", "127.0.0.1:18080", "HTTP listen address")
+	tlsListen := flag.String("tls-addr", "", "HTTPS listen address (HTTP/1.1 and h2); needs -cert and -key")
+	certFile := flag.String("cert", "", "PEM certificate for HTTPS")
+	keyFile := flag.String("key", "", "PEM key for HTTPS")
 	apiAddr := flag.String("api-addr", "127.0.0.1:18089", "router API address (metrics, pprof)")
 	domain := flag.String("domain", "bench.test", "route domain")
 	backends := flag.String("backends", "127.0.0.1:18081,127.0.0.1:18082", "backend addresses, comma-separated")
@@ -29,13 +33,23 @@ func main() {
 	for _, b := range strings.Split(*backends, ",") {
 		disc.Register("bench-web", b)
 	}
-	r, err := router.New(router.Config{
+	cfg := router.Config{
 		HTTPAddr:   *listen,
+		HTTPSAddr:  *tlsListen,
 		APIAddr:    *apiAddr,
 		Routes:     []api.Route{{ID: "bench", Type: api.RouteHTTP, Domain: *domain, Service: "bench-web"}},
 		Discoverer: disc,
 		CookieKey:  make([]byte, 32),
-	}, log)
+	}
+	if *tlsListen != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		cfg.DefaultCert = &cert
+	}
+	r, err := router.New(cfg, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -10,7 +10,7 @@
 #   DURATION=10s CONNS=64 THREADS=2 REPEAT=1 BODY=2
 #   PIN=1       wrk on CPU 0, proxies and backends on CPU 1 (as in
 #               /work/shared/reference/perf-anchors.md); PIN=0 disables.
-#   PORT_BASE=18080  loopback ports PORT_BASE..PORT_BASE+11 are used.
+#   PORT_BASE=62080  loopback ports PORT_BASE..PORT_BASE+11 are used.
 #   TLS=1       also the router-tls, nginx-tls (wrk over TLS) and router-h2,
 #               nginx-h2 (h2load over TLS with ALPN h2) rows; TLS=0 skips them.
 #   H2_STREAMS=1  concurrent streams per h2 connection (h2load -m).
@@ -22,7 +22,7 @@ THREADS=${THREADS:-2}
 REPEAT=${REPEAT:-1}
 BODY=${BODY:-2}
 PIN=${PIN:-1}
-PORT_BASE=${PORT_BASE:-18080}
+PORT_BASE=${PORT_BASE:-62080}
 TLS=${TLS:-1}
 H2_STREAMS=${H2_STREAMS:-1}
 

@@ -18,7 +18,7 @@ import (
 )
 
 func main() {
-	listen := flag.String("addr", "127.0.0.1:18080", "HTTP listen address")
+	listen := flag.String("addr", "127.0.0.1:62080", "HTTP listen address")
 	tlsListen := flag.String("tls-addr", "", "HTTPS listen address (HTTP/1.1 and h2); needs -cert and -key")
 	certFile := flag.String("cert", "", "PEM certificate for HTTPS")
 	keyFile := flag.String("key", "", "PEM key for HTTPS")

@@ -62,6 +62,12 @@ if part start; then
 		"$(ratio "$(m BenchmarkStartAgentSequential ms/job)" "$(m BenchmarkStartBareRuncSequential ms/job)")"
 	row "job start ms, 20 at once" "$(m BenchmarkStartAgentConcurrent ms/20jobs)" "runc $(m BenchmarkStartBareRuncConcurrent ms/20jobs)" \
 		"$(ratio "$(m BenchmarkStartAgentConcurrent ms/20jobs)" "$(m BenchmarkStartBareRuncConcurrent ms/20jobs)")"
+	# Where the agent's starts spent their time, one block per benchmark.
+	echo
+	awk '/^--- BENCH: BenchmarkStartAgent/ {name = $3; next}
+		/phases of/ {sub(/^ *bench_test.go:[0-9]+: /, ""); print name ": " $0; p = 1; next}
+		p && /^       *[a-z]/ {print; next}
+		{p = 0}' "$work/start"
 fi
 if part cluster; then
 	c() { awk -v n="$1" '$1 == n {print $2}' "$work/cluster"; }

@@ -120,7 +120,9 @@ func (c *e2eCluster) up() string {
 	cmd.Env = append(c.env(), "SUDO_USER=")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		c.t.Fatalf("flynn-host up: %v\n%s\n%s", err, out, c.watch())
+		// Up's own output last: it says which step failed and why, and a
+		// report cut to its end (CI's) keeps it.
+		c.t.Fatalf("%s\n==== flynn-host up: %v\n%s", c.watch(), err, out)
 	}
 	return string(out)
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
@@ -252,7 +253,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 			r.hosts = append(r.hosts, h)
 		}
 	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second, TLS: cfg.EtcdTLS})
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second, TLS: cfg.EtcdTLS, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap: etcd: %w", err)
 	}

@@ -24,6 +24,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
@@ -331,6 +332,9 @@ func clusterClient(endpoints []string, tlsConfig *tls.Config) (*clientv3.Client,
 		DialTimeout:      5 * time.Second,
 		AutoSyncInterval: 30 * time.Second,
 		TLS:              tlsConfig,
+		// Its retries' warnings are noise in the daemon's log; the
+		// errors reach the callers, which say what failed.
+		Logger: zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)

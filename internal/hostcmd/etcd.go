@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/flynnrebuilt/flynn/internal/pki"
 )
@@ -35,7 +36,7 @@ func etcdClient(endpoints, tlsDir string) (*clientv3.Client, error) {
 			return nil, fmt.Errorf("etcd TLS: %w", err)
 		}
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 10 * time.Second, TLS: tc})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 10 * time.Second, TLS: tc, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", endpoints, err)
 	}

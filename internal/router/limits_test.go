@@ -20,7 +20,7 @@ import (
 )
 
 // dial opens a raw client connection to the router in the harness's
-// current mode (plain HTTP: the fast path; HTTPS with HTTP/1.1: net/http).
+// current mode (plain HTTP or HTTPS with HTTP/1.1; see modes).
 func (h *harness) dial(t *testing.T) net.Conn {
 	t.Helper()
 	var c net.Conn

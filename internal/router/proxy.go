@@ -266,7 +266,11 @@ func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time
 	if err := writeBody(bw, req); err != nil {
 		return nil, err
 	}
-	if err := bw.Flush(); err != nil {
+	// Send, and wait for the response in the same go (waitWriter).
+	pc.ww.waitNext = pc.canWait(start)
+	err := bw.Flush()
+	pc.ww.waitNext = false
+	if err != nil {
 		return nil, err
 	}
 	// A bare EOF before any byte of a reply marks a connection the backend

@@ -64,6 +64,13 @@ type fastServer struct {
 type fastConn struct {
 	conn net.Conn
 	idle atomic.Bool
+	// The hang-up watch (hangup.go): waiting is when the request being
+	// served began waiting on its backend connection up (a monoBase
+	// offset), 0 when it is not; hungUp is set once the client is seen
+	// gone.
+	waiting atomic.Int64
+	up      atomic.Pointer[upConn]
+	hungUp  atomic.Bool
 }
 
 func newFastServer(r *Router, fe *frontend, ln net.Listener) *fastServer {
@@ -148,8 +155,9 @@ type fastReq struct {
 	cookies    [4][]byte
 	ncookies   int
 	clientIP   string
-	conn       net.Conn // the client's, for body read deadlines
-	bodyR      idleBody // the body reader, kept here: no allocation
+	conn       net.Conn  // the client's, for body read deadlines
+	fc         *fastConn // the client's, for the hang-up watch
+	bodyR      idleBody  // the body reader, kept here: no allocation
 	isHEAD     bool
 	wantsHTML  bool
 	contentLen int64
@@ -181,6 +189,7 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 		}
 		defer func() {
 			if !handedOff {
+				releaseSlot(fc.conn)
 				tc.Close() // close_notify
 			}
 		}()
@@ -250,7 +259,7 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 			}
 			return false
 		}
-		req = fastReq{head: head, clientIP: ip, conn: c}
+		req = fastReq{head: head, clientIP: ip, conn: c, fc: fc}
 		if !parseRequestHead(&req) {
 			return s.handOff(c, br, bw)
 		}
@@ -661,8 +670,13 @@ func (s *fastServer) fastStickyAddr(req *fastReq) string {
 // closed by the backend before it answered anything, and the request has
 // no body.
 func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upConn, br *bufio.Reader, bw *bufio.Writer, start time.Time, setCookie bool) (int, bool) {
+	// sendFast starts the hang-up watch once the request is read whole.
+	defer req.fc.unwatch()
 	pc.bound(req.contentLen == 0)
 	head, err := s.sendFast(req, e, pc, br, start)
+	if err != nil && req.fc.hungUp.Load() {
+		err = errClientHungUp // no retry for a client that is gone
+	}
 	if err != nil && req.contentLen == 0 && isUnreachable(err) {
 		pc.conn.Close()
 		b.markDown()
@@ -680,6 +694,9 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 	}
 	if err != nil {
 		pc.conn.Close()
+		if err == errClientHungUp || req.fc.hungUp.Load() {
+			return statusClientClosed, false
+		}
 		s.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
 		if errors.Is(err, errClientBody) {
 			if bodyStatus(err) == http.StatusRequestTimeout {
@@ -687,7 +704,7 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 				writeFastError(bw, req, http.StatusRequestTimeout, api.CodeValidation, "the request body stalled: send it without long pauses")
 				return http.StatusRequestTimeout, false
 			}
-			return 499, false
+			return statusClientClosed, false
 		}
 		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
 	}
@@ -757,12 +774,14 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 	}
 	// The response is flushed when serveConn waits for the next request,
 	// or with the next response when that one is pipelined.
-	if upstreamOK && !resp.close && !e.route.DisableKeepAlives {
+	// A client that hung up mid-response may have had pc's wait aborted.
+	hungUp := req.fc.unwatch()
+	if upstreamOK && !resp.close && !e.route.DisableKeepAlives && !hungUp {
 		b.putConn(pc)
 	} else {
 		pc.conn.Close()
 	}
-	if cerr != nil || (!upstreamOK && !closeDelimited) {
+	if cerr != nil || hungUp || (!upstreamOK && !closeDelimited) {
 		// A backend that failed mid-response: cut the client off so the
 		// truncation shows.
 		return resp.status, false
@@ -822,6 +841,9 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 			return nil, errors.Join(errClientBody, err)
 		}
 	}
+	// The request is read whole: from here on, only a watch sees the
+	// client hang up.
+	req.fc.watch(pc, start)
 	// Send, and wait for the response in the same go (waitWriter).
 	pc.ww.waitNext = pc.canWait(start)
 	err := w.Flush()

@@ -107,10 +107,24 @@ func (c *clientConn) SetDeadline(t time.Time) error {
 	return c.Conn.SetDeadline(t)
 }
 
+// Close gives the slot back, then closes: a client that sees its
+// connection closed finds its slot free for the next one.
 func (c *clientConn) Close() error {
-	err := c.Conn.Close()
+	c.release()
+	return c.Conn.Close()
+}
+
+// release gives the connection's slot back, once; Close calls it.
+func (c *clientConn) release() {
 	c.once.Do(func() { c.lim.release(c.ip) })
-	return err
+}
+
+// releaseSlot gives back the slot of c, a client's connection, ahead of a
+// close that the client sees before c's own (a TLS close_notify).
+func releaseSlot(c net.Conn) {
+	if cc, ok := c.(*clientConn); ok {
+		cc.release()
+	}
 }
 
 func (c *clientConn) CloseWrite() error {

@@ -126,7 +126,7 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 			b.release()
 			f.r.log.Debug("backend dial failed", "route", e.route.ID, "addr", b.addr, "err", err)
 			if req.Context().Err() != nil {
-				return 499, false
+				return statusClientClosed, false
 			}
 			b.markDown()
 			continue
@@ -192,7 +192,7 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 			return status, false
 		}
 		if req.Context().Err() != nil {
-			return 499, false
+			return statusClientClosed, false
 		}
 		f.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
 		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")

@@ -268,12 +268,23 @@ func (r *Router) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	// The fast servers' hang-up sweepers run until the fast servers'
+	// connections have ended.
+	sweepStop := make(chan struct{})
+	sweep := func(s *fastServer) {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			s.sweepHangups(sweepStop)
+		}()
+	}
 	var fast *fastServer
 	if r.httpLn != nil {
 		fe := &frontend{r: r, proto: "http", port: portOf(r.httpLn)}
 		fast = newFastServer(r, fe, r.httpLn)
 		// net/http serves what the fast path hands over.
 		serve(r.newServer(fe), fast.handoff)
+		sweep(fast)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
@@ -294,6 +305,7 @@ func (r *Router) Run(ctx context.Context) error {
 		// net/http serves h2 connections and what the fast path hands
 		// over, all with their TLS handshake done.
 		serve(r.newServer(fe), fastTLS.handoff)
+		sweep(fastTLS)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
@@ -338,6 +350,7 @@ func (r *Router) Run(ctx context.Context) error {
 		go func() { defer swg.Done(); srv.Shutdown(sctx) }()
 	}
 	swg.Wait()
+	close(sweepStop)
 	cancel()
 	for _, srv := range servers {
 		srv.Close()

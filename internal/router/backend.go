@@ -93,7 +93,10 @@ type upConn struct {
 	conn   net.Conn
 	br     *bufio.Reader
 	bw     *bufio.Writer
+	ww     *waitWriter // bw's destination
 	reused bool
+	// lastUsed is when the last request sent on it started (canWait).
+	lastUsed time.Time
 	// bounded: the connection's TCP_USER_TIMEOUT is backendUserTimeout
 	// (else the kernel's default, unbounded in practice).
 	bounded bool
@@ -189,7 +192,8 @@ func (b *backend) dial(ctx context.Context) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 8<<10)}, nil
+	ww := newWaitWriter(conn)
+	return &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(ww, 8<<10), ww: ww}, nil
 }
 
 // putConn returns a connection whose last response was read completely.

@@ -3,6 +3,7 @@ package router
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"net"
 	"testing"
 
@@ -11,8 +12,9 @@ import (
 )
 
 // BenchmarkProxy measures one keep-alive request through the router to a
-// 2-byte backend, over the fast path and over the net/http path (forced by
-// a Connection option). The client writes raw requests so it costs little.
+// 2-byte backend, over the fast path (plain and TLS) and over the net/http
+// path (forced by a Connection option). The client writes raw requests so
+// it costs little.
 //
 //	go test -run - -bench Proxy -benchmem -cpuprofile cpu.out ./internal/router
 func BenchmarkProxy(b *testing.B) {
@@ -35,10 +37,12 @@ func BenchmarkProxy(b *testing.B) {
 	disc := NewMemDiscoverer()
 	disc.Register("bench-web", ln.Addr().String())
 	r, err := New(Config{
-		HTTPAddr:   "127.0.0.1:0",
-		Routes:     []api.Route{{ID: "bench", Type: api.RouteHTTP, Domain: "bench.test", Service: "bench-web"}},
-		Discoverer: disc,
-		CookieKey:  make([]byte, 32),
+		HTTPAddr:    "127.0.0.1:0",
+		HTTPSAddr:   "127.0.0.1:0",
+		DefaultCert: keyPair(b, "bench.test"),
+		Routes:      []api.Route{{ID: "bench", Type: api.RouteHTTP, Domain: "bench.test", Service: "bench-web"}},
+		Discoverer:  disc,
+		CookieKey:   make([]byte, 32),
 	}, logging.Discard())
 	if err != nil {
 		b.Fatal(err)
@@ -48,12 +52,23 @@ func BenchmarkProxy(b *testing.B) {
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	for _, bc := range []struct{ name, req string }{
-		{"fast", "GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"},
-		{"nethttp", "GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\nConnection: X-Opt\r\n\r\n"},
+	const fast = "GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+	for _, bc := range []struct {
+		name, req string
+		tls       bool
+	}{
+		{"fast", fast, false},
+		{"fast-tls", fast, true},
+		{"nethttp", "GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\nConnection: X-Opt\r\n\r\n", false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			c, err := net.Dial("tcp", r.Addrs().HTTP)
+			var c net.Conn
+			var err error
+			if bc.tls {
+				c, err = tls.Dial("tcp", r.Addrs().HTTPS, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			} else {
+				c, err = net.Dial("tcp", r.Addrs().HTTP)
+			}
 			if err != nil {
 				b.Fatal(err)
 			}

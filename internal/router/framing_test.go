@@ -115,6 +115,9 @@ func TestRawHTTP1(t *testing.T) {
 	h := startRouter(t, nil)
 	b := newBackend(t, "raw", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/slow" {
+			time.Sleep(200 * time.Millisecond)
+		}
 		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.Path, body)
 	})
 	h.disc.Register("raw-web", b.addr())
@@ -130,6 +133,9 @@ func TestRawHTTP1(t *testing.T) {
 	}{
 		{"pipelined", []string{"GET /a HTTP/1.1\r\nHost: raw.test\r\n\r\nGET /b HTTP/1.1\r\nHost: raw.test\r\n\r\n"},
 			[]string{`GET /a ""`, `GET /b ""`}, false, false},
+		// The second request arrives while the first is at the backend.
+		{"pipelined while served", []string{"GET /slow HTTP/1.1\r\nHost: raw.test\r\n\r\n", "GET /b HTTP/1.1\r\nHost: raw.test\r\n\r\n"},
+			[]string{`GET /slow ""`, `GET /b ""`}, false, false},
 		{"keep-alive", []string{"GET /a HTTP/1.1\r\nHost: raw.test\r\n\r\n", "POST /b HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 3\r\n\r\nxyz"},
 			[]string{`GET /a ""`, `POST /b "xyz"`}, false, false},
 		{"close", []string{"GET /c HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n"}, []string{`GET /c ""`}, true, false},
@@ -184,6 +190,74 @@ func TestRawHTTP1(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLingeringBackendClose: a backend that half-closes an idle keep-alive
+// connection and then reads and drops what comes, without a reset (a
+// lingering close), must not hold the next request sent on it: the router
+// sees the close it was sent while the connection sat in its pool.
+func TestLingeringBackendClose(t *testing.T) {
+	h := startRouter(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted := make(chan net.Conn, 64)
+	t.Cleanup(func() {
+		for len(accepted) > 0 {
+			(<-accepted).Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+			go func() {
+				br := bufio.NewReader(c)
+				for {
+					c.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
+					head, err := peekHead(br, 64<<10)
+					if ne, ok := err.(net.Error); ok && ne.Timeout() {
+						c.SetReadDeadline(time.Time{})
+						c.(*net.TCPConn).CloseWrite()
+						io.Copy(io.Discard, br)
+						return
+					}
+					if err != nil {
+						return
+					}
+					br.Discard(len(head))
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Backend: linger\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	h.disc.Register("linger-web", ln.Addr().String())
+	h.putRoute(api.Route{ID: "linger", Domain: "linger.test", Service: "linger-web"})
+	h.expectBackend("http://linger.test/", "linger")
+	h.modes(t, func(t *testing.T, scheme string) {
+		time.Sleep(400 * time.Millisecond) // the pooled connections half-close
+		done := make(chan error, 1)
+		go func() {
+			r, err := h.get("http://linger.test/", nil)
+			if err == nil && (r.status != 200 || r.body != "ok") {
+				err = fmt.Errorf("got %d %q", r.status, r.body)
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a request on a connection the backend half-closed is still unanswered after 10s")
+		}
+	})
 }
 
 // TestStalePooledConnection: a backend that closes idle keep-alive

@@ -179,17 +179,29 @@ type reply struct {
 	header  http.Header
 }
 
-// modes runs f once over the fast path (plain HTTP) and once over the
-// net/http path (HTTPS, HTTP/1.1).
+// modes runs f over the fast path (plain HTTP, and HTTPS with HTTP/1.1)
+// and over the net/http path (HTTPS with HTTP/1.1, connections handed to
+// net/http after the handshake, as h2 ones are).
 func (h *harness) modes(t *testing.T, f func(t *testing.T, scheme string)) {
-	for _, https := range []bool{false, true} {
+	for _, m := range []struct {
+		name           string
+		https, netHTTP bool
+	}{
+		{"http", false, false},
+		{"https", true, false},
+		{"https-nethttp", true, true},
+	} {
 		scheme := "http"
-		if https {
+		if m.https {
 			scheme = "https"
 		}
-		t.Run(scheme, func(t *testing.T) {
-			h.https = https
-			defer func() { h.https = false }()
+		t.Run(m.name, func(t *testing.T) {
+			h.https = m.https
+			h.r.tlsNetHTTP.Store(m.netHTTP)
+			defer func() {
+				h.https = false
+				h.r.tlsNetHTTP.Store(false)
+			}()
 			f(t, scheme)
 		})
 	}
@@ -238,7 +250,7 @@ func (h *harness) expectBackend(url, want string) {
 }
 
 // selfSigned makes a certificate for names, in PEM.
-func selfSigned(t *testing.T, names ...string) (certPEM, keyPEM string) {
+func selfSigned(t testing.TB, names ...string) (certPEM, keyPEM string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -265,7 +277,7 @@ func selfSigned(t *testing.T, names ...string) (certPEM, keyPEM string) {
 		string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}))
 }
 
-func keyPair(t *testing.T, names ...string) *tls.Certificate {
+func keyPair(t testing.TB, names ...string) *tls.Certificate {
 	c, k := selfSigned(t, names...)
 	cert, err := tls.X509KeyPair([]byte(c), []byte(k))
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -74,19 +75,56 @@ type clientConn struct {
 	lim       *clientLimiter
 	writeIdle time.Duration
 	once      sync.Once
+	// wdl is the write deadline in force, as a monoBase offset; 0 when
+	// not known.
+	wdl atomic.Int64
 }
 
+// monoBase is the origin of clientConn's write deadlines, read from the
+// monotonic clock alone (time.Since), which is half of what time.Now reads.
+var monoBase = time.Now()
+
+// Write bounds p's write by writeIdle. The deadline is moved lazily, like
+// readDeadline: only when it would move by more than writeIdle/64.
 func (c *clientConn) Write(p []byte) (int, error) {
 	if c.writeIdle > 0 {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.writeIdle))
+		at := int64(time.Since(monoBase) + c.writeIdle)
+		if cur := c.wdl.Load(); cur == 0 || cur > at || at-cur > int64(c.writeIdle>>6) {
+			c.Conn.SetWriteDeadline(monoBase.Add(time.Duration(at)))
+			c.wdl.Store(at)
+		}
 	}
 	return c.Conn.Write(p)
 }
 
+func (c *clientConn) SetWriteDeadline(t time.Time) error {
+	c.wdl.Store(0)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *clientConn) SetDeadline(t time.Time) error {
+	c.wdl.Store(0)
+	return c.Conn.SetDeadline(t)
+}
+
+// Close gives the slot back, then closes: a client that sees its
+// connection closed finds its slot free for the next one.
 func (c *clientConn) Close() error {
-	err := c.Conn.Close()
+	c.release()
+	return c.Conn.Close()
+}
+
+// release gives the connection's slot back, once; Close calls it.
+func (c *clientConn) release() {
 	c.once.Do(func() { c.lim.release(c.ip) })
-	return err
+}
+
+// releaseSlot gives back the slot of c, a client's connection, ahead of a
+// close that the client sees before c's own (a TLS close_notify).
+func releaseSlot(c net.Conn) {
+	if cc, ok := c.(*clientConn); ok {
+		cc.release()
+	}
 }
 
 func (c *clientConn) CloseWrite() error {

@@ -20,7 +20,7 @@ import (
 )
 
 // dial opens a raw client connection to the router in the harness's
-// current mode (plain HTTP: the fast path; HTTPS with HTTP/1.1: net/http).
+// current mode (plain HTTP or HTTPS with HTTP/1.1; see modes).
 func (h *harness) dial(t *testing.T) net.Conn {
 	t.Helper()
 	var c net.Conn
@@ -312,4 +312,176 @@ func refusedConns(t *testing.T, h *harness) int {
 		}
 	}
 	return -1
+}
+
+// TestConnCapSlotsReleased: every way a client connection ends gives its
+// slot of the per-client cap back, once, soon after it ends: slow clients
+// cut off by the router (headers that never end, a body that stalls),
+// clients that hang up mid-request (among them while the backend is quiet:
+// before it answers, or mid-stream), a backend that fails, connections
+// handed to net/http; over plain HTTP, HTTPS (both take the fast path) and
+// net/http. Then, as in TestTenantIsolation, after a client hung up on a
+// quiet event stream over HTTPS (as the CLI does) and the slow clients,
+// one client is served exactly MaxConnsPerClient connections at once.
+func TestConnCapSlotsReleased(t *testing.T) {
+	const limit = 8
+	h := startRouter(t, func(c *Config) {
+		c.MaxConnsPerClient = limit
+		c.ReadHeaderTimeout = 300 * time.Millisecond
+		c.BodyIdleTimeout = 300 * time.Millisecond
+	})
+	b := newBackend(t, "ok", func(w http.ResponseWriter, r *http.Request) {
+		// A request's body read whole lets net/http see the router hang
+		// up (r.Context).
+		io.Copy(io.Discard, r.Body)
+		switch r.URL.Path {
+		case "/hangup":
+			c, _, _ := http.NewResponseController(w).Hijack()
+			c.Close()
+			return
+		case "/slow":
+			time.Sleep(500 * time.Millisecond)
+		case "/stream", "/silent":
+			// An event stream that goes quiet, or a long poll: only a
+			// router that watches the client sees it hang up meanwhile.
+			if r.URL.Path == "/stream" {
+				io.WriteString(w, "data: first\n\n")
+				w.(http.Flusher).Flush()
+			}
+			select {
+			case <-r.Context().Done():
+			case <-time.After(time.Minute):
+			}
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	h.disc.Register("ok-web", b.addr())
+	h.putRoute(api.Route{ID: "ok", Domain: "ok.test", Service: "ok-web"})
+
+	// get sends req on a new plain-HTTP connection and returns the status
+	// line and the connection, open.
+	get := func(t *testing.T, req string) (string, net.Conn) {
+		t.Helper()
+		c, err := net.Dial("tcp", h.addrs.HTTP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.WriteString(c, req)
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line), c
+	}
+	const okReq = "GET / HTTP/1.1\r\nHost: ok.test\r\n\r\n"
+	waitFor(t, "the route", func() error {
+		line, c := get(t, okReq)
+		c.Close()
+		if line != "HTTP/1.1 200 OK" {
+			return fmt.Errorf("got %q", line)
+		}
+		return nil
+	})
+	// open is how many slots 127.0.0.1 holds.
+	open := func() int {
+		h.r.clients.mu.Lock()
+		defer h.r.clients.mu.Unlock()
+		return h.r.clients.per["127.0.0.1"]
+	}
+	// released fails t unless 127.0.0.1 holds at most want slots within
+	// a few seconds.
+	released := func(t *testing.T, want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for open() > want && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := open(); n > want {
+			t.Errorf("127.0.0.1 holds %d slots 5 s after its connection ended, want %d", n, want)
+		}
+	}
+	// routerCloses sends req and reads until the router closes the
+	// connection, and checks the reply starts with want.
+	routerCloses := func(req, want string) func(t *testing.T) {
+		return func(t *testing.T) {
+			c := h.dial(t)
+			io.WriteString(c, req)
+			if got := readUntilClosed(t, c, "the router's reply"); !strings.HasPrefix(got, want) {
+				t.Errorf("got %q, want the connection closed after %q", got, want)
+			}
+		}
+	}
+	// clientCloses sends req, reads what comes within pause, and hangs up.
+	clientCloses := func(req string, pause time.Duration) func(t *testing.T) {
+		return func(t *testing.T) {
+			c := h.dial(t)
+			io.WriteString(c, req)
+			c.SetReadDeadline(time.Now().Add(pause))
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}
+	const streamReq = "GET /stream HTTP/1.1\r\nHost: ok.test\r\nAccept: text/event-stream\r\n\r\n"
+	cases := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"partial headers", routerCloses("GET / HTTP/1.1\r\nHost: ok.test\r\nX-Slow: ", "")},
+		{"stalled body", routerCloses("POST / HTTP/1.1\r\nHost: ok.test\r\nContent-Length: 100\r\n\r\nhalf", "HTTP/1.1 408 ")},
+		{"stalled chunked body", routerCloses("POST / HTTP/1.1\r\nHost: ok.test\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nhalf", "HTTP/1.1 408 ")},
+		{"keep-alive then close", routerCloses(okReq+"GET / HTTP/1.1\r\nHost: ok.test\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 ")},
+		{"backend hangs up", routerCloses("GET /hangup HTTP/1.1\r\nHost: ok.test\r\nConnection: close\r\n\r\n", "HTTP/1.1 502 ")},
+		{"no route", routerCloses("GET / HTTP/1.1\r\nHost: none.test\r\nConnection: close\r\n\r\n", "HTTP/1.1 404 ")},
+		{"handed off, HTTP/1.0", routerCloses("GET / HTTP/1.0\r\nHost: ok.test\r\n\r\n", "HTTP/1.0 200 ")},
+		{"handed off, bad head", routerCloses("GET / HTTP/1.1\r\nHost: ok.test\r\nBad Header\r\n\r\n", "HTTP/1.1 400 ")},
+		{"client hangs up mid-head", clientCloses("GET / HTTP/1.1\r\nHost: ok.test\r\nX-Slow: ", 50*time.Millisecond)},
+		{"client hangs up mid-body", clientCloses("POST / HTTP/1.1\r\nHost: ok.test\r\nContent-Length: 100\r\n\r\nhalf", 50*time.Millisecond)},
+		{"client hangs up while idle", clientCloses(okReq, 100*time.Millisecond)},
+		{"client hangs up on a slow backend", clientCloses("GET /slow HTTP/1.1\r\nHost: ok.test\r\n\r\n", 50*time.Millisecond)},
+		{"client hangs up on a quiet stream", clientCloses(streamReq, 100*time.Millisecond)},
+		{"client hangs up before a quiet backend answers", clientCloses("GET /silent HTTP/1.1\r\nHost: ok.test\r\n\r\n", 100*time.Millisecond)},
+		{"client hangs up before a quiet backend answers a body", clientCloses("POST /silent HTTP/1.1\r\nHost: ok.test\r\nContent-Length: 4\r\n\r\nbody", 100*time.Millisecond)},
+		{"client hangs up handed off", clientCloses("GET /silent HTTP/1.0\r\nHost: ok.test\r\nConnection: keep-alive\r\n\r\n", 100*time.Millisecond)},
+		{"client hangs up mid-head, handed off", clientCloses("GET / HTTP/1.0\r\nHost: ok.test\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\nX-Slow: ", 100*time.Millisecond)},
+	}
+	h.modes(t, func(t *testing.T, scheme string) {
+		for _, tt := range cases {
+			t.Run(tt.name, func(t *testing.T) {
+				before := open()
+				tt.run(t)
+				released(t, before)
+			})
+		}
+	})
+
+	t.Run("the cap after a quiet stream and slow clients", func(t *testing.T) {
+		released(t, 0)
+		h.https = true
+		clientCloses(streamReq, 100*time.Millisecond)(t)
+		h.https = false
+		released(t, 0)
+		routerCloses("GET / HTTP/1.1\r\nHost: ok.test\r\nX-Slow: ", "")(t)
+		routerCloses("POST / HTTP/1.1\r\nHost: ok.test\r\nContent-Length: 100\r\n\r\nhalf", "HTTP/1.1 408 ")(t)
+		// Connections served one after the other and kept open, until
+		// one is refused: exactly the cap.
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for len(held) <= limit {
+			line, c := get(t, okReq)
+			if line == "" {
+				c.Close()
+				break
+			}
+			if line != "HTTP/1.1 200 OK" {
+				t.Fatalf("connection %d: %q", len(held)+1, line)
+			}
+			held = append(held, c)
+		}
+		if len(held) != limit {
+			t.Errorf("one client got %d connections served at once, want the cap, %d", len(held), limit)
+		}
+	})
 }

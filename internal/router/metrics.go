@@ -35,7 +35,7 @@ func newMetrics() *metrics {
 		}),
 		handoffs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "router_http_handoffs_total",
-			Help: "Plain-HTTP connections the fast path handed to the general net/http path.",
+			Help: "HTTP/1.1 connections (plain or HTTPS) the fast path handed to the general net/http path.",
 		}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "router_connections_refused_total",

@@ -126,7 +126,7 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 			b.release()
 			f.r.log.Debug("backend dial failed", "route", e.route.ID, "addr", b.addr, "err", err)
 			if req.Context().Err() != nil {
-				return 499, false
+				return statusClientClosed, false
 			}
 			b.markDown()
 			continue
@@ -192,7 +192,7 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 			return status, false
 		}
 		if req.Context().Err() != nil {
-			return 499, false
+			return statusClientClosed, false
 		}
 		f.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
 		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
@@ -266,7 +266,11 @@ func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time
 	if err := writeBody(bw, req); err != nil {
 		return nil, err
 	}
-	if err := bw.Flush(); err != nil {
+	// Send, and wait for the response in the same go (waitWriter).
+	pc.ww.waitNext = pc.canWait(start)
+	err := bw.Flush()
+	pc.ww.waitNext = false
+	if err != nil {
 		return nil, err
 	}
 	// A bare EOF before any byte of a reply marks a connection the backend

@@ -109,6 +109,10 @@ type Router struct {
 	conns   *connSet
 
 	httpLn, httpsLn, apiLn net.Listener
+	// tlsNetHTTP hands every HTTPS connection to net/http after the
+	// handshake, HTTP/1.1 ones too: tests use it to cover the net/http
+	// path with raw HTTP/1.1.
+	tlsNetHTTP atomic.Bool
 
 	// Owned by the route-sync goroutine (and Run's shutdown after it).
 	mu       sync.Mutex
@@ -254,20 +258,24 @@ func (r *Router) Run(ctx context.Context) error {
 
 	var servers []*http.Server
 	errc := make(chan error, 4)
-	serve := func(srv *http.Server, ln net.Listener, tlsOn bool) {
+	serve := func(srv *http.Server, ln net.Listener) {
 		servers = append(servers, srv)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			var err error
-			if tlsOn {
-				err = srv.ServeTLS(ln, "", "")
-			} else {
-				err = srv.Serve(ln)
-			}
-			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
+		}()
+	}
+	// The fast servers' hang-up sweepers run until the fast servers'
+	// connections have ended.
+	sweepStop := make(chan struct{})
+	sweep := func(s *fastServer) {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			s.sweepHangups(sweepStop)
 		}()
 	}
 	var fast *fastServer
@@ -275,7 +283,8 @@ func (r *Router) Run(ctx context.Context) error {
 		fe := &frontend{r: r, proto: "http", port: portOf(r.httpLn)}
 		fast = newFastServer(r, fe, r.httpLn)
 		// net/http serves what the fast path hands over.
-		serve(r.newServer(fe), fast.handoff, false)
+		serve(r.newServer(fe), fast.handoff)
+		sweep(fast)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
@@ -284,19 +293,31 @@ func (r *Router) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	var fastTLS *fastServer
 	if r.httpsLn != nil {
-		srv := r.newServer(&frontend{r: r, proto: "https", port: portOf(r.httpsLn)})
-		srv.TLSConfig = &tls.Config{
+		fe := &frontend{r: r, proto: "https", port: portOf(r.httpsLn)}
+		fastTLS = newFastServer(r, fe, r.httpsLn)
+		fastTLS.tlsConfig = &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			NextProtos:     []string{"h2", "http/1.1"},
 			GetCertificate: r.getCertificate,
 		}
-		serve(srv, r.httpsLn, true)
+		// net/http serves h2 connections and what the fast path hands
+		// over, all with their TLS handshake done.
+		serve(r.newServer(fe), fastTLS.handoff)
+		sweep(fastTLS)
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			if err := fastTLS.serve(r.httpsLn); err != nil {
+				errc <- err
+			}
+		}()
 	}
 	if r.apiLn != nil {
 		srv := httpapi.NewServer(r.apiHandler(), r.log, httpapi.Limits{})
 		srv.BaseContext = func(net.Listener) context.Context { return ctx } // end event streams at shutdown
-		serve(srv, httpapi.LimitWrites(r.apiLn, httpapi.DefaultWriteIdleTimeout), false)
+		serve(srv, httpapi.LimitWrites(r.apiLn, httpapi.DefaultWriteIdleTimeout))
 	}
 
 	syncDone := make(chan error, 1)
@@ -313,17 +334,23 @@ func (r *Router) Run(ctx context.Context) error {
 	r.log.Info("router shutting down")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ShutdownTimeout)
 	var swg sync.WaitGroup
+	deadline, _ := sctx.Deadline()
 	if fast != nil {
 		r.httpLn.Close()
-		deadline, _ := sctx.Deadline()
 		swg.Add(1)
 		go func() { defer swg.Done(); fast.shutdown(deadline) }()
+	}
+	if fastTLS != nil {
+		r.httpsLn.Close()
+		swg.Add(1)
+		go func() { defer swg.Done(); fastTLS.shutdown(deadline) }()
 	}
 	for _, srv := range servers {
 		swg.Add(1)
 		go func() { defer swg.Done(); srv.Shutdown(sctx) }()
 	}
 	swg.Wait()
+	close(sweepStop)
 	cancel()
 	for _, srv := range servers {
 		srv.Close()

@@ -168,27 +168,38 @@ func TestWebSocket(t *testing.T) {
 	h.putRoute(api.Route{ID: "ws", Domain: "ws.test", Service: "ws-web"})
 	h.expectBackend("http://ws.test/", "ws")
 
-	d := websocket.Dialer{NetDial: func(_, _ string) (net.Conn, error) { return net.Dial("tcp", h.addrs.HTTP) }}
-	c, res, err := d.Dial("ws://ws.test/socket", nil)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer c.Close()
-	if res.Header.Get("X-Backend") != "ws" {
-		t.Errorf("101 reply lacks the backend's headers: %v", res.Header)
-	}
-	for i := range 3 {
-		msg := fmt.Sprintf("hello %d", i)
-		if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		_, got, err := c.ReadMessage()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(got) != "echo: "+msg {
-			t.Fatalf("got %q", got)
-		}
+	// Plain HTTP and HTTPS, where the fast path hands the upgrade to
+	// net/http.
+	for _, url := range []string{"ws://ws.test/socket", "wss://ws.test/socket"} {
+		t.Run(url[:strings.Index(url, ":")], func(t *testing.T) {
+			d := websocket.Dialer{
+				NetDial: func(_, _ string) (net.Conn, error) { return net.Dial("tcp", h.addrs.HTTP) },
+				NetDialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					return (&tls.Dialer{Config: &tls.Config{ServerName: "ws.test", InsecureSkipVerify: true}}).DialContext(ctx, "tcp", h.addrs.HTTPS)
+				},
+			}
+			c, res, err := d.Dial(url, nil)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer c.Close()
+			if res.Header.Get("X-Backend") != "ws" {
+				t.Errorf("101 reply lacks the backend's headers: %v", res.Header)
+			}
+			for i := range 3 {
+				msg := fmt.Sprintf("hello %d", i)
+				if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+					t.Fatal(err)
+				}
+				_, got, err := c.ReadMessage()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(got) != "echo: "+msg {
+					t.Fatalf("got %q", got)
+				}
+			}
+		})
 	}
 }
 

@@ -593,7 +593,31 @@ func (r *run) runApp(ctx context.Context, name string) error {
 	return nil
 }
 
+// startAttempts is how many times a system job is started on its host
+// before the bootstrap gives up: a host that has just come up may fail a
+// first start (its network or images still being set up), as a running
+// cluster's scheduler would simply start the job again.
+const startAttempts = 3
+
 func (r *run) startJob(ctx context.Context, h *api.Host, st *appState, typ string, index int, root bool) error {
+	var err error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		if err = r.startJobOnce(ctx, h, st, typ, index, root); err == nil || ctx.Err() != nil {
+			return err
+		}
+		if attempt < startAttempts {
+			r.log.Warn("system job failed to start; starting it again", "app", st.app.Name, "type", typ, "host", h.ID, "err", err)
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(time.Duration(attempt) * time.Second):
+			}
+		}
+	}
+	return err
+}
+
+func (r *run) startJobOnce(ctx context.Context, h *api.Host, st *appState, typ string, index int, root bool) error {
 	// The host job as the scheduler would make it, so it adopts it.
 	f := &api.ExpandedFormation{App: st.app, Release: st.release, Artifacts: []*api.Artifact{st.art}}
 	id, uuid := scheduler.NewJobID(h.ID)

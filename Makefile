@@ -1,8 +1,10 @@
 # Flynn: build, install OS dependencies, test.
 # Test packages run one at a time (-p 1): several start real clusters,
 # containers and builds, and share the machine's two cores.
-#   make          build bin/flynn, bin/flynn-host and bin/flynn-supervisor
-#                 (job supervisors; flynn-host uses it from its own directory)
+#   make          build bin/flynn, bin/flynn-host, bin/flynn-supervisor (job
+#                 supervisors), bin/flynn-control and bin/flynn-data (what
+#                 the system components' jobs run: the components on etcd,
+#                 and the others); flynn-host finds these in its own directory
 #   make deps     install the OS packages Flynn needs (root)
 #   make test     deps + build + vet + the whole test suite (root)
 #   make up/down  run / stop a cluster on this machine (HOSTS=N: N hosts,
@@ -25,6 +27,8 @@ build:
 	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn ./cmd/flynn
 	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-host ./cmd/flynn-host
 	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-supervisor ./cmd/flynn-supervisor
+	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-control ./cmd/flynn-control
+	$(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/flynn-data ./cmd/flynn-data
 
 deps:
 	@bash scripts/deps.sh

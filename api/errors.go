@@ -5,7 +5,6 @@ package api
 import (
 	"errors"
 	"fmt"
-	"net/http"
 )
 
 // ErrorCode is the machine-readable kind of an API error. It travels in the
@@ -76,27 +75,45 @@ func (e *Error) HTTPStatus() int {
 	return StatusFor(e.Code)
 }
 
+// The HTTP statuses of the error codes, as net/http names them: this
+// package does not import net/http, so that programs that only need its
+// types (the job supervisor) do not link an HTTP stack.
+const (
+	statusBadRequest            = 400
+	statusUnauthorized          = 401
+	statusForbidden             = 403
+	statusNotFound              = 404
+	statusMethodNotAllowed      = 405
+	statusConflict              = 409
+	statusRequestEntityTooLarge = 413
+	statusUnprocessableEntity   = 422
+	statusInternalServerError   = 500
+	statusBadGateway            = 502
+	statusServiceUnavailable    = 503
+	statusGatewayTimeout        = 504
+)
+
 // StatusFor maps an error code to its HTTP status.
 func StatusFor(c ErrorCode) int {
 	switch c {
 	case CodeValidation:
-		return http.StatusBadRequest
+		return statusBadRequest
 	case CodeNotFound:
-		return http.StatusNotFound
+		return statusNotFound
 	case CodeObjectExists, CodeConflict:
-		return http.StatusConflict
+		return statusConflict
 	case CodeUnauthorized:
-		return http.StatusUnauthorized
+		return statusUnauthorized
 	case CodeForbidden:
-		return http.StatusForbidden
+		return statusForbidden
 	case CodeMethodNotAllowed:
-		return http.StatusMethodNotAllowed
+		return statusMethodNotAllowed
 	case CodeTooLarge:
-		return http.StatusRequestEntityTooLarge
+		return statusRequestEntityTooLarge
 	case CodeUnavailable:
-		return http.StatusServiceUnavailable
+		return statusServiceUnavailable
 	default:
-		return http.StatusInternalServerError
+		return statusInternalServerError
 	}
 }
 
@@ -104,21 +121,21 @@ func StatusFor(c ErrorCode) int {
 // carry no JSON error body.
 func CodeForStatus(status int) ErrorCode {
 	switch status {
-	case http.StatusBadRequest, http.StatusUnprocessableEntity:
+	case statusBadRequest, statusUnprocessableEntity:
 		return CodeValidation
-	case http.StatusNotFound:
+	case statusNotFound:
 		return CodeNotFound
-	case http.StatusConflict:
+	case statusConflict:
 		return CodeConflict
-	case http.StatusUnauthorized:
+	case statusUnauthorized:
 		return CodeUnauthorized
-	case http.StatusForbidden:
+	case statusForbidden:
 		return CodeForbidden
-	case http.StatusMethodNotAllowed:
+	case statusMethodNotAllowed:
 		return CodeMethodNotAllowed
-	case http.StatusRequestEntityTooLarge:
+	case statusRequestEntityTooLarge:
 		return CodeTooLarge
-	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout:
+	case statusServiceUnavailable, statusBadGateway, statusGatewayTimeout:
 		return CodeUnavailable
 	default:
 		return CodeUnknown

@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Host job statuses, as the host agent reports them.
 const (
@@ -129,11 +132,43 @@ type HostJobEvent struct {
 }
 
 // HostMountPrefix starts the mount locations a host agent turns into its
-// own paths: "flynn-host:bin" (its flynn-host binary), "flynn-host:tls",
-// "flynn-host:tls-public" (the cluster's TLS files) and
-// "flynn-host:data/NAME" (a data dir). The platform's jobs mount these
-// instead of any host's paths.
+// own paths: "flynn-host:bin" (its flynn-host binary),
+// "flynn-host:component/NAME" (the component binary flynn-NAME next to it,
+// see ComponentBinary), "flynn-host:tls", "flynn-host:tls-public" (the
+// cluster's TLS files) and "flynn-host:data/NAME" (a data dir). The
+// platform's jobs mount these instead of any host's paths.
 const HostMountPrefix = "flynn-host:"
+
+// ComponentBinaries maps the platform's components that run from a binary
+// other than flynn-host to that binary, installed next to flynn-host:
+// flynn-control links the components that work on etcd, flynn-data the
+// others, so that neither pays for what it does not run and the jobs
+// running one share its pages. A system job runs /bin/flynn-NAME, which
+// its host mounts from "flynn-host:component/NAME": the binary, called by
+// the component's name, runs that component. A host without the binary
+// mounts flynn-host in its place, which does the same.
+var ComponentBinaries = map[string]string{
+	"controller":    "flynn-control",
+	"scheduler":     "flynn-control",
+	"router":        "flynn-control",
+	"gitreceive":    "flynn-control",
+	"blobstore":     "flynn-data",
+	"logaggregator": "flynn-data",
+	"postgres":      "flynn-data",
+	"mysql":         "flynn-data",
+	"redis":         "flynn-data",
+}
+
+// ComponentBinary returns the component NAME of a job's command
+// /bin/flynn-NAME (or of a bare flynn-NAME), and whether it is one of
+// ComponentBinaries.
+func ComponentBinary(path string) (string, bool) {
+	name, ok := strings.CutPrefix(path, "/bin/flynn-")
+	if !ok {
+		name, ok = strings.CutPrefix(path, "flynn-")
+	}
+	return name, ok && ComponentBinaries[name] != ""
+}
 
 // LocalBusyboxLayer is the layer URL of a busybox rootfs each host builds
 // from its own busybox binary: the image the platform's components run

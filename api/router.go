@@ -1,5 +1,10 @@
 package api
 
+// RouterAPIService is the discoverd service of routers' API servers (their
+// /metrics, /drained and /events), which host agents ask whether a
+// stopping job has drained.
+const RouterAPIService = "router-api"
+
 // Router API event names, sent on the router's GET /events stream.
 const (
 	RouterEventRouteSet       = "route-set"

@@ -18,9 +18,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	// flynn-supervisor next to flynn-host: the clusters' agents run job
-	// supervisors with it, as installed clusters do.
-	for _, name := range []string{"flynn", "flynn-host", "flynn-supervisor"} {
+	// flynn-supervisor, flynn-control and flynn-data next to flynn-host:
+	// the clusters' agents run job supervisors with the first and mount
+	// the others into the system jobs, as installed clusters do.
+	for _, name := range []string{"flynn", "flynn-host", "flynn-supervisor", "flynn-control", "flynn-data"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../cmd/"+name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -9,9 +9,13 @@ set -euo pipefail
 state=${1:-/var/lib/flynn}
 cgroup=${2:-flynn}
 rss=0 pss=0 n=0
+# This script's own processes (itself and its subshells) name the state
+# dir on their command lines too: they are not the cluster's.
+self=$(tr '\0' ' ' </proc/$$/cmdline)
 for d in /proc/[0-9]*; do
 	p=${d#/proc/}
 	cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+	[[ $cmd == "$self" ]] && continue
 	if grep -qE ":/$cgroup/" "$d/cgroup" 2>/dev/null || [[ $cmd == *"$state "* || $cmd == *"$state/"* ]]; then
 		r=$(awk '/^Rss:/{print $2}' "$d/smaps_rollup" 2>/dev/null || echo 0)
 		s=$(awk '/^Pss:/{print $2}' "$d/smaps_rollup" 2>/dev/null || echo 0)

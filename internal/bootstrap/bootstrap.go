@@ -478,6 +478,13 @@ func (r *run) release(name string) (*appState, error) {
 			api.Mount{Location: api.HostMountPrefix + "bin", Target: "/bin/flynn-host"},
 			api.Mount{Location: tls, Target: "/etc/flynn"},
 		)
+		if len(p.Args) > 0 {
+			// A component's own binary (flynn-host still serves the
+			// one-off jobs of the release, such as redis-restore).
+			if c, ok := api.ComponentBinary(p.Args[0]); ok {
+				q.Mounts = append(q.Mounts, api.Mount{Location: api.HostMountPrefix + "component/" + c, Target: p.Args[0]})
+			}
+		}
 		if spec.DataDir {
 			q.Mounts = append(q.Mounts, api.Mount{Location: api.HostMountPrefix + "data/" + name, Target: "/data", Writeable: true})
 		}

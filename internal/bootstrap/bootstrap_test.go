@@ -4,9 +4,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
 )
 
 func TestManifestValidate(t *testing.T) {
@@ -62,5 +65,29 @@ func TestGenerateCerts(t *testing.T) {
 	}
 	if blk, _ := pem.Decode(certPEM); blk == nil || Pin(blk.Bytes) != Pin(der) || len(Pin(der)) != 44 {
 		t.Errorf("pin %q", Pin(der))
+	}
+}
+
+// Every system process runs a component's binary (api.ComponentBinaries),
+// mounted from its host where the process expects it.
+func TestReleasesMountComponentBinaries(t *testing.T) {
+	m := DefaultManifest()
+	r := &run{cfg: Config{Manifest: m}, vars: map[string]string{}, apps: map[string]*appState{}}
+	for name := range m.Apps {
+		st, err := r.release(name)
+		if err != nil {
+			t.Fatalf("release %s: %v", name, err)
+		}
+		for typ, p := range st.release.Processes {
+			c, ok := api.ComponentBinary(p.Args[0])
+			if !ok {
+				t.Errorf("%s/%s runs %q, not a component binary", name, typ, p.Args[0])
+				continue
+			}
+			want := api.Mount{Location: api.HostMountPrefix + "component/" + c, Target: p.Args[0]}
+			if !slices.Contains(p.Mounts, want) {
+				t.Errorf("%s/%s: mounts %+v lack %+v", name, typ, p.Mounts, want)
+			}
+		}
 	}
 }

@@ -180,12 +180,13 @@ func (m *Manifest) Validate() error {
 }
 
 // DefaultManifest is the platform's own manifest. The system components
-// all run `flynn-host component ...` with host networking, on the ports of
+// all run their own binary, /bin/flynn-NAME (api.ComponentBinaries, which
+// does what `flynn-host component NAME` does), with host networking, on the ports of
 // Config.Ports, except the controller, whose jobs get a port from their
 // host.
 func DefaultManifest() *Manifest {
 	proc := func(svc, portVar string, args ...string) *api.ProcessType {
-		p := &api.ProcessType{Args: append([]string{"/bin/flynn-host", "component"}, args...), HostNetwork: true}
+		p := &api.ProcessType{Args: append([]string{"/bin/flynn-" + args[0]}, args[1:]...), HostNetwork: true}
 		p.Env = map[string]string{}
 		if svc != "" {
 			// Registered once it accepts connections: nothing is sent
@@ -228,7 +229,7 @@ func DefaultManifest() *Manifest {
 	}
 
 	router := &api.ProcessType{
-		Args: []string{"/bin/flynn-host", "component", "router",
+		Args: []string{"/bin/flynn-router",
 			"--http-addr", ":${HTTP_PORT}", "--https-addr", ":${HTTPS_PORT}",
 			"--api-addr", ":${ROUTER_API_PORT}",
 			"--tls-cert", "/etc/flynn/tls.crt", "--tls-key", "/etc/flynn/tls.key"},
@@ -270,7 +271,7 @@ func DefaultManifest() *Manifest {
 	// through the routers' TCP route), the provider API on its second.
 	// Its data is on a volume, kept on its host.
 	pg := &api.ProcessType{
-		Args: []string{"/bin/flynn-host", "component", "postgres", "--data-dir", "/data",
+		Args: []string{"/bin/flynn-postgres", "--data-dir", "/data",
 			"--public-host", "${PG_PUBLIC_HOST}", "--public-port", "${PG_PUBLIC_PORT}"},
 		HostNetwork: true,
 		Ports: []api.Port{
@@ -285,7 +286,7 @@ func DefaultManifest() *Manifest {
 	// scaled to 0 by default, as Flynn did: flynn -a mysql scale
 	// mysql=1 starts it.
 	my := &api.ProcessType{
-		Args: []string{"/bin/flynn-host", "component", "mysql", "--data-dir", "/data",
+		Args: []string{"/bin/flynn-mysql", "--data-dir", "/data",
 			"--public-host", "${MYSQL_PUBLIC_HOST}", "--public-port", "${MYSQL_PUBLIC_PORT}"},
 		HostNetwork: true,
 		Ports: []api.Port{
@@ -301,7 +302,7 @@ func DefaultManifest() *Manifest {
 	// on its second port, the data on a volume. Running by default: with
 	// no database it is one small process.
 	rd := &api.ProcessType{
-		Args: []string{"/bin/flynn-host", "component", "redis", "--data-dir", "/data",
+		Args: []string{"/bin/flynn-redis", "--data-dir", "/data",
 			"--public-host", "${REDIS_PUBLIC_HOST}", "--public-port", "${REDIS_PUBLIC_PORT}"},
 		HostNetwork: true,
 		Ports: []api.Port{

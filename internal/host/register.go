@@ -57,7 +57,7 @@ type Remover interface {
 
 // RouterAPIService is the discoverd service of routers' API servers,
 // which DiscoverdRegistry asks whether a stopping job has drained.
-const RouterAPIService = "router-api"
+const RouterAPIService = api.RouterAPIService
 
 // DiscoverdRegistry is the Registry of a discoverd client. It implements
 // DrainWaiter by asking every instance of RouterAPIService (if any) for

@@ -10,10 +10,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flynnrebuilt/flynn/internal/component"
+	"github.com/flynnrebuilt/flynn/internal/component/gitreceivecmd"
 	"github.com/flynnrebuilt/flynn/internal/version"
 )
 
-// Env is what a command needs from the outside world.
+// Env is what a command needs from the outside world (the same as the
+// components' component.Env).
 type Env struct {
 	Stdin  io.Reader
 	Stdout io.Writer
@@ -31,6 +34,9 @@ func Run(ctx context.Context, args []string, env Env) int {
 		// job's exit status, a rejected push): print nothing more.
 		if ee, ok := err.(exitError); ok {
 			return ee.code
+		}
+		if ee, ok := err.(component.ExitError); ok {
+			return ee.Code
 		}
 		fmt.Fprintf(env.Stderr, "flynn-host: %v\n", err)
 		return 1
@@ -56,8 +62,10 @@ administration, and the entrypoints of the platform's components.`,
 		newComponentCmd(env),
 		newStackCmd(env), newSlugbuilderCmd(env), newSlugrunnerCmd(env),
 		newDaemonCmd(env), newInitCmd(env), newJoinCmd(env), newStatusCmd(env), newListCmd(env), newForwardCmd(env),
-		newGitreceiveHookCmd(env),
-		newGitSSHCmd(env),
+		// git hooks and SSH clients of repositories gitreceive set up
+		// when it ran as flynn-host component gitreceive.
+		gitreceivecmd.NewHook(component.Env(env)),
+		gitreceivecmd.NewGitSSH(component.Env(env)),
 		newBootstrapCmd(env), newUpCmd(env), newDownCmd(env),
 	)
 	root.AddCommand(newJobCmds(env)...)

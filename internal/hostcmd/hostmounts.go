@@ -23,6 +23,9 @@ import (
 // no host's files:
 //
 //	flynn-host:bin         this host's flynn-host binary
+//	flynn-host:component/NAME  the binary next to it that runs component
+//	                       NAME (api.ComponentBinaries), or flynn-host
+//	                       itself where that is missing
 //	flynn-host:tls         the cluster's CA, certificate and key (root only)
 //	flynn-host:tls-public  the CA and certificate
 //	flynn-host:data/APP    APP's data dir on this host, made on first use
@@ -40,6 +43,12 @@ func (m *hostMounts) resolve(ctx context.Context, loc string) (string, error) {
 	switch {
 	case name == "bin":
 		return os.Executable()
+	case strings.HasPrefix(name, "component/"):
+		self, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		return componentBinary(self, strings.TrimPrefix(name, "component/"))
 	case name == "tls" || name == "tls-public":
 		return m.tls(ctx, name == "tls-public")
 	case name == "etcd-tls":
@@ -52,7 +61,23 @@ func (m *hostMounts) resolve(ctx context.Context, loc string) (string, error) {
 		dir := filepath.Join(m.stateDir, "data", app)
 		return dir, os.MkdirAll(dir, 0o700)
 	}
-	return "", errors.New("unknown: use flynn-host:bin, :tls, :tls-public, :etcd-tls or :data/NAME")
+	return "", errors.New("unknown: use flynn-host:bin, :component/NAME, :tls, :tls-public, :etcd-tls or :data/NAME")
+}
+
+// componentBinary is the path of the binary that runs component name
+// (api.ComponentBinaries) next to the flynn-host binary self, or self when
+// it is missing (flynn-host runs the component when called flynn-NAME, see
+// ComponentCmd).
+func componentBinary(self, name string) (string, error) {
+	file := api.ComponentBinaries[name]
+	if file == "" {
+		return "", fmt.Errorf("no component binary runs %q", name)
+	}
+	bin := filepath.Join(filepath.Dir(self), file)
+	if fi, err := os.Stat(bin); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		return bin, nil
+	}
+	return self, nil
 }
 
 // etcdTLS copies the CA certificate and the component certificate and key

@@ -178,7 +178,7 @@ func (a *Appliance) chownTree(path string) error {
 // serverConf is appended to postgresql.conf at initialisation; settings
 // given on the command line (port, socket) are not secret.
 const serverConf = `
-# Written by flynn-host component postgres.
+# Written by the postgres component (flynn-data postgres).
 listen_addresses = '*'
 password_encryption = 'scram-sha-256'
 # No statement text in the log, not even of a failing statement: a
@@ -189,6 +189,9 @@ log_min_duration_statement = -1
 log_connections = off
 shared_buffers = 32MB
 max_connections = 100
+# No logical replication (nothing subscribes): without workers for it,
+# its launcher process is not started either (one process fewer idle).
+max_logical_replication_workers = 0
 `
 
 // hbaConf lets the superuser in through the socket (inside the job only)

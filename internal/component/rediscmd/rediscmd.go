@@ -1,4 +1,7 @@
-package hostcmd
+// Package rediscmd is the entrypoint of the Redis appliance: its command, flags and
+// wiring, run by flynn-data (cmd/flynn-data, what the system job runs) and by
+// `flynn-host component`.
+package rediscmd
 
 import (
 	"errors"
@@ -8,18 +11,19 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/internal/appliance/redis"
+	"github.com/flynnrebuilt/flynn/internal/component"
 )
 
-// newRedisCmd is `flynn-host component redis`: the Redis appliance (a
+// New is `flynn-host component redis`: the Redis appliance (a
 // server per database, their proxy and the provider API) in the redis
 // app's job.
-func newRedisCmd(env Env) *cobra.Command {
+func New(env component.Env) *cobra.Command {
 	var (
 		cfg        redis.Config
 		publicPort int
 		logLevel   string
 	)
-	atoi := func(k string) int { n, _ := strconv.Atoi(blobGetenv(env, k)); return n }
+	atoi := func(k string) int { n, _ := strconv.Atoi(env.Get(k)); return n }
 	cmd := &cobra.Command{
 		Use:   "redis",
 		Short: "Run the Redis appliance: a redis-server per database on --data-dir, their proxy and the provider API",
@@ -31,12 +35,12 @@ removes its data. The API's key comes from $REDIS_API_KEY, never from a flag.`,
 		Example: "  REDIS_API_KEY=... flynn-host component redis --data-dir /data --port 6379 --api-listen :6380",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := (&blobComponentFlags{logLevel: logLevel}).logger(env, "redis")
+			log, err := (&component.ServerFlags{LogLevel: logLevel}).Logger(env, "redis")
 			if err != nil {
 				return err
 			}
 			cfg.PublicPort = publicPort
-			cfg.APIKey = blobGetenv(env, "REDIS_API_KEY")
+			cfg.APIKey = env.Get("REDIS_API_KEY")
 			if cfg.APIListen != "" && cfg.APIKey == "" {
 				return errors.New("set $REDIS_API_KEY: the provider API needs a key")
 			}
@@ -45,22 +49,22 @@ removes its data. The API's key comes from $REDIS_API_KEY, never from a flag.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data-dir", "/data", "where the databases live (a volume)")
-	f.IntVar(&cfg.Port, "port", blobOrDefaultInt(atoi("PORT_0"), atoi("PORT")), "the proxy's port (default $PORT_0, else $PORT)")
+	f.IntVar(&cfg.Port, "port", component.OrDefaultInt(atoi("PORT_0"), atoi("PORT")), "the proxy's port (default $PORT_0, else $PORT)")
 	api := ""
-	if p := blobGetenv(env, "PORT_1"); p != "" {
+	if p := env.Get("PORT_1"); p != "" {
 		api = ":" + p
 	}
 	f.StringVar(&cfg.APIListen, "api-listen", api, "the provider API's address (default :$PORT_1; empty: no API)")
 	f.StringVar(&cfg.PublicHost, "public-host", "leader.redis.discoverd", "the host name apps are given (REDIS_HOST)")
 	f.IntVar(&publicPort, "public-port", 0, "the port apps are given (REDIS_PORT; default --port)")
 	f.StringVar(&cfg.MaxMemory, "maxmemory", "64mb", "each database's memory limit (a full database refuses writes)")
-	f.StringVar(&logLevel, "log-level", blobOrDefault(blobGetenv(env, "FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", component.OrDefault(env.Get("FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
 	return cmd
 }
 
-// newRedisRestoreCmd is `flynn-host component redis-restore`: what flynn
+// NewRestore is `flynn-host component redis-restore`: what flynn
 // redis restore runs as a one-off job of the redis appliance's release.
-func newRedisRestoreCmd(env Env) *cobra.Command {
+func NewRestore(env component.Env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "redis-restore",
 		Short: "Replace a Redis database's data with an RDB dump read from stdin",
@@ -70,11 +74,11 @@ $REDIS_PASSWORD) and copy every key to it with its TTL. Run by flynn redis
 restore as a one-off job of the redis appliance's release.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			host, port, pass := blobGetenv(env, "REDIS_HOST"), blobGetenv(env, "REDIS_PORT"), blobGetenv(env, "REDIS_PASSWORD")
+			host, port, pass := env.Get("REDIS_HOST"), env.Get("REDIS_PORT"), env.Get("REDIS_PASSWORD")
 			if host == "" || port == "" || pass == "" {
 				return errors.New("set $REDIS_HOST, $REDIS_PORT and $REDIS_PASSWORD")
 			}
-			log, err := (&blobComponentFlags{logLevel: "warn"}).logger(env, "redis-restore")
+			log, err := (&component.ServerFlags{LogLevel: "warn"}).Logger(env, "redis-restore")
 			if err != nil {
 				return err
 			}

@@ -1,4 +1,7 @@
-package hostcmd
+// Package schedulercmd is the entrypoint of the scheduler and deployer: its command, flags and
+// wiring, run by flynn-control (cmd/flynn-control, what the system job runs) and by
+// `flynn-host component`.
+package schedulercmd
 
 import (
 	"context"
@@ -13,16 +16,15 @@ import (
 
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/component"
+	"github.com/flynnrebuilt/flynn/internal/component/etcdconn"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 	"github.com/flynnrebuilt/flynn/internal/deployer"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
-// newComponentCmd is `flynn-host component`: the entrypoints of the
-// platform's components, run as jobs.
-
-// schedulerFlags is the configuration of `flynn-host component scheduler`.
+// schedulerFlags is the configuration of the scheduler command.
 type schedulerFlags struct {
 	etcd          string
 	etcdTLS       string
@@ -63,7 +65,7 @@ func newSchedulerDeps(f schedulerFlags, etcd *clientv3.Client, log *slog.Logger)
 	if f.discoverd != "" {
 		disc = discoverdclient.New(f.discoverd, f.token)
 	}
-	cc := controllerclient.NewWithHTTP(f.controller, f.controllerKey, serviceHTTP(disc))
+	cc := controllerclient.NewWithHTTP(f.controller, f.controllerKey, component.ServiceHTTP(disc))
 	deps := &schedulerDeps{
 		cluster: scheduler.NewHostCluster(etcd, f.token, log),
 		// Formations and job states straight from etcd: the scheduler
@@ -77,7 +79,8 @@ func newSchedulerDeps(f schedulerFlags, etcd *clientv3.Client, log *slog.Logger)
 	return deps, nil
 }
 
-func newSchedulerCmd(env Env) *cobra.Command {
+// New is `flynn-host component scheduler`.
+func New(env component.Env) *cobra.Command {
 	var f schedulerFlags
 	cmd := &cobra.Command{
 		Use:   "scheduler",
@@ -104,7 +107,7 @@ func newSchedulerCmd(env Env) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.etcd, "etcd", etcd, "etcd client URLs, comma-separated ($FLYNN_ETCD)")
-	etcdTLSFlag(fl, &f.etcdTLS, env.Getenv)
+	etcdconn.TLSFlag(fl, &f.etcdTLS, env.Getenv)
 	fl.StringVar(&f.id, "id", hostname, "this replica's id in the leader election")
 	fl.DurationVar(&f.electionTTL, "election-ttl", 5*time.Second, "how long a dead leader keeps leadership")
 	fl.DurationVar(&f.resync, "resync", 30*time.Second, "interval of full resyncs of hosts, jobs and formations")
@@ -120,7 +123,7 @@ func runScheduler(ctx context.Context, f schedulerFlags, log *slog.Logger) error
 	if f.id == "" {
 		return errors.New("--id is required when the hostname is unknown")
 	}
-	etcd, err := etcdClient(f.etcd, f.etcdTLS)
+	etcd, err := etcdconn.Client(f.etcd, f.etcdTLS)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,7 @@
-package hostcmd
+// Package postgrescmd is the entrypoint of the PostgreSQL appliance: its command, flags and
+// wiring, run by flynn-data (cmd/flynn-data, what the system job runs) and by
+// `flynn-host component`.
+package postgrescmd
 
 import (
 	"errors"
@@ -7,18 +10,19 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flynnrebuilt/flynn/internal/appliance/postgres"
+	"github.com/flynnrebuilt/flynn/internal/component"
 )
 
-// newPostgresCmd is `flynn-host component postgres`: the PostgreSQL
+// New is `flynn-host component postgres`: the PostgreSQL
 // appliance (server and provider API) in the postgres app's job.
-func newPostgresCmd(env Env) *cobra.Command {
+func New(env component.Env) *cobra.Command {
 	var (
 		cfg        postgres.Config
 		port       int
 		publicPort int
 		logLevel   string
 	)
-	atoi := func(k string) int { n, _ := strconv.Atoi(blobGetenv(env, k)); return n }
+	atoi := func(k string) int { n, _ := strconv.Atoi(env.Get(k)); return n }
 	cmd := &cobra.Command{
 		Use:   "postgres",
 		Short: "Run the PostgreSQL appliance: the server on --data-dir and the provider API",
@@ -29,12 +33,12 @@ $POSTGRES_API_KEY, never from a flag.`,
 		Example: "  POSTGRES_API_KEY=... flynn-host component postgres --data-dir /data --port 5432 --api-listen :5433",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := (&blobComponentFlags{logLevel: logLevel}).logger(env, "postgres")
+			log, err := (&component.ServerFlags{LogLevel: logLevel}).Logger(env, "postgres")
 			if err != nil {
 				return err
 			}
 			cfg.Port, cfg.PublicPort = port, publicPort
-			cfg.APIKey = blobGetenv(env, "POSTGRES_API_KEY")
+			cfg.APIKey = env.Get("POSTGRES_API_KEY")
 			if cfg.APIListen != "" && cfg.APIKey == "" {
 				return errors.New("set $POSTGRES_API_KEY: the provider API needs a key")
 			}
@@ -44,21 +48,14 @@ $POSTGRES_API_KEY, never from a flag.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data-dir", "/data", "where the database cluster lives (a volume)")
 	f.StringVar(&cfg.BinDir, "bin-dir", "", "PostgreSQL's bin dir (default the newest /usr/lib/postgresql/*/bin)")
-	f.IntVar(&port, "port", blobOrDefaultInt(atoi("PORT_0"), atoi("PORT")), "the server's port (default $PORT_0, else $PORT)")
+	f.IntVar(&port, "port", component.OrDefaultInt(atoi("PORT_0"), atoi("PORT")), "the server's port (default $PORT_0, else $PORT)")
 	api := ""
-	if p := blobGetenv(env, "PORT_1"); p != "" {
+	if p := env.Get("PORT_1"); p != "" {
 		api = ":" + p
 	}
 	f.StringVar(&cfg.APIListen, "api-listen", api, "the provider API's address (default :$PORT_1; empty: no API)")
 	f.StringVar(&cfg.PublicHost, "public-host", "leader.postgres.discoverd", "the host name apps are given (PGHOST)")
 	f.IntVar(&publicPort, "public-port", atoi("PG_PUBLIC_PORT"), "the port apps are given (PGPORT; default $PG_PUBLIC_PORT, else --port)")
-	f.StringVar(&logLevel, "log-level", blobOrDefault(blobGetenv(env, "FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", component.OrDefault(env.Get("FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
 	return cmd
-}
-
-func blobOrDefaultInt(n, def int) int {
-	if n == 0 {
-		return def
-	}
-	return n
 }

@@ -1,4 +1,7 @@
-package hostcmd
+// Package routercmd is the entrypoint of the router: its command, flags and
+// wiring, run by flynn-control (cmd/flynn-control, what the system job runs) and by
+// `flynn-host component`.
+package routercmd
 
 import (
 	"context"
@@ -12,14 +15,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
-	"github.com/flynnrebuilt/flynn/internal/host"
+	"github.com/flynnrebuilt/flynn/internal/component"
+	"github.com/flynnrebuilt/flynn/internal/component/etcdconn"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/router"
 )
 
-// newRouterCmd is `flynn-host component router`.
-func newRouterCmd(env Env) *cobra.Command {
+// New is `flynn-host component router`.
+func New(env component.Env) *cobra.Command {
 	get := func(k string) string {
 		if env.Getenv == nil {
 			return ""
@@ -76,7 +81,7 @@ etcd and the backends of each route's service in discoverd, and serves
 			if etcdEndpoints == "" {
 				return fmt.Errorf("--etcd is required: comma-separated etcd client URLs")
 			}
-			etcd, err := etcdClient(etcdEndpoints, etcdTLS)
+			etcd, err := etcdconn.Client(etcdEndpoints, etcdTLS)
 			if err != nil {
 				return err
 			}
@@ -95,7 +100,7 @@ etcd and the backends of each route's service in discoverd, and serves
 				// A job's host registers its API port (and drains it).
 				return r.Run(ctx)
 			}
-			if reg, err := dc.Register(ctx, host.RouterAPIService, advertiseAddr("", a.API, get("EXTERNAL_IP")), nil); err != nil {
+			if reg, err := dc.Register(ctx, api.RouterAPIService, component.AdvertiseAddr("", a.API, get("EXTERNAL_IP")), nil); err != nil {
 				log.Warn("register router API in discoverd; drains will not be awaited", "err", err)
 			} else {
 				defer func() {
@@ -113,9 +118,9 @@ etcd and the backends of each route's service in discoverd, and serves
 	f.StringVar(&apiAddr, "api-addr", "127.0.0.1:5000", "router API address: /metrics, /drained, /events")
 	f.StringVar(&tcpIP, "tcp-ip", "", "address TCP route listeners bind to (empty: all)")
 	f.StringVar(&tcpRange, "tcp-range", "3000-3500", "ports TCP routes may use")
-	f.StringVar(&etcdEndpoints, "etcd", orDefaultCtl(get("ETCD_ENDPOINTS"), "http://127.0.0.1:2379"), "etcd client URLs, comma-separated (default $ETCD_ENDPOINTS)")
-	etcdTLSFlag(f, &etcdTLS, get)
-	f.StringVar(&discoverdURL, "discoverd", orDefaultCtl(get("DISCOVERD"), "http://127.0.0.1:1111"), "discoverd HTTP API URL (default $DISCOVERD)")
+	f.StringVar(&etcdEndpoints, "etcd", component.OrDefault(get("ETCD_ENDPOINTS"), "http://127.0.0.1:2379"), "etcd client URLs, comma-separated (default $ETCD_ENDPOINTS)")
+	etcdconn.TLSFlag(f, &etcdTLS, get)
+	f.StringVar(&discoverdURL, "discoverd", component.OrDefault(get("DISCOVERD"), "http://127.0.0.1:1111"), "discoverd HTTP API URL (default $DISCOVERD)")
 	f.StringVar(&token, "token", get("FLYNN_CLUSTER_TOKEN"), "cluster key: protects the router API and authenticates to discoverd (default $FLYNN_CLUSTER_TOKEN; prefer the environment: a flag is on the command line, which every process on the host can read)")
 	f.StringVar(&certFile, "tls-cert", "", "cluster wildcard certificate (PEM), used when no route certificate matches")
 	f.StringVar(&keyFile, "tls-key", "", "key of --tls-cert (PEM)")

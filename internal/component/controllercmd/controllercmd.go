@@ -1,4 +1,7 @@
-package hostcmd
+// Package controllercmd is the entrypoint of the controller API: its command, flags and
+// wiring, run by flynn-control (cmd/flynn-control, what the system job runs) and by
+// `flynn-host component`.
+package controllercmd
 
 import (
 	"context"
@@ -13,19 +16,21 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/component"
+	"github.com/flynnrebuilt/flynn/internal/component/etcdconn"
 	"github.com/flynnrebuilt/flynn/internal/controller"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
-// newControllerCmd is the controller's entrypoint, `flynn-host
+// New is the controller's entrypoint, `flynn-host
 // component controller`.
 // Flags default from the environment a controller job gets: PORT,
 // ETCD_ENDPOINTS, AUTH_KEY (comma-separated for rotation), SYSTEM_KEY
 // (the bootstrap's key, which alone may mark system apps; from the
 // environment only, never a flag, so it stays off command lines),
 // CLUSTER_DOMAIN, CA_CERT_FILE, LOGAGGREGATOR_URL and BLOBSTORE_URL.
-func newControllerCmd(env Env) *cobra.Command {
+func New(env component.Env) *cobra.Command {
 	get := func(k string) string {
 		if env.Getenv == nil {
 			return ""
@@ -73,7 +78,7 @@ func newControllerCmd(env Env) *cobra.Command {
 					cfg.SystemKeys = append(cfg.SystemKeys, k)
 				}
 			}
-			cli, err := etcdClient(endpoints, etcdTLS)
+			cli, err := etcdconn.Client(endpoints, etcdTLS)
 			if err != nil {
 				return err
 			}
@@ -104,7 +109,7 @@ func newControllerCmd(env Env) *cobra.Command {
 			if discURL != "" && get("FLYNN_JOB_ID") == "" {
 				dc := discoverdclient.New(discURL, token)
 				cfg.OnListen = func(ctx context.Context, addr string) error {
-					reg, err := dc.Register(ctx, "controller", advertiseAddr(advertise, addr, get("EXTERNAL_IP")), nil)
+					reg, err := dc.Register(ctx, "controller", component.AdvertiseAddr(advertise, addr, get("EXTERNAL_IP")), nil)
 					if err != nil {
 						return err
 					}
@@ -127,7 +132,7 @@ func newControllerCmd(env Env) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", listen, "address to serve HTTP on (default :$PORT when set)")
 	f.StringVar(&endpoints, "etcd", etcd, "etcd endpoints, comma-separated (default $ETCD_ENDPOINTS)")
-	etcdTLSFlag(f, &etcdTLS, env.Getenv)
+	etcdconn.TLSFlag(f, &etcdTLS, env.Getenv)
 	f.StringVar(&keys, "auth-key", get("AUTH_KEY"), "cluster key(s), comma-separated for rotation (default $AUTH_KEY)")
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", get("CLUSTER_DOMAIN"), "domain for default app routes <app>.<domain> (default $CLUSTER_DOMAIN)")
 	f.StringVar(&cfg.CACertFile, "ca-cert", get("CA_CERT_FILE"), "PEM file served at /ca-cert (default $CA_CERT_FILE)")
@@ -136,33 +141,7 @@ func newControllerCmd(env Env) *cobra.Command {
 	f.StringVar(&discURL, "discoverd", get("DISCOVERD"), "discoverd URL to register as service controller in (default $DISCOVERD; a job's host registers it instead)")
 	f.StringVar(&token, "token", get("FLYNN_CLUSTER_TOKEN"), "cluster token for discoverd and host agents (default $FLYNN_CLUSTER_TOKEN); enables one-off jobs")
 	f.StringVar(&advertise, "advertise", "", "host:port to register in discoverd (default the listen address, with $EXTERNAL_IP or 127.0.0.1 for an unspecified host)")
-	f.StringVar(&logLevel, "log-level", orDefaultCtl(get("FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", component.OrDefault(get("FLYNN_LOG_LEVEL"), "info"), "debug, info, warn or error")
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
 	return cmd
-}
-
-func orDefaultCtl(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
-
-// advertiseAddr is the address to register: explicit, else the bound
-// address with an unspecified host replaced by ip (or 127.0.0.1).
-func advertiseAddr(explicit, bound, ip string) string {
-	if explicit != "" {
-		return explicit
-	}
-	host, port, err := net.SplitHostPort(bound)
-	if err != nil {
-		return bound
-	}
-	if h := net.ParseIP(host); h == nil || h.IsUnspecified() {
-		host = ip
-		if host == "" {
-			host = "127.0.0.1"
-		}
-	}
-	return net.JoinHostPort(host, port)
 }

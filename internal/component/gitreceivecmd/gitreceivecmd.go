@@ -1,4 +1,7 @@
-package hostcmd
+// Package gitreceivecmd is the entrypoint of gitreceive (git push and the image registry): its command, flags and
+// wiring, run by flynn-control (cmd/flynn-control, what the system job runs) and by
+// `flynn-host component`.
+package gitreceivecmd
 
 import (
 	"context"
@@ -12,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,15 +27,17 @@ import (
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/internal/component"
+	"github.com/flynnrebuilt/flynn/internal/component/etcdconn"
 	"github.com/flynnrebuilt/flynn/internal/gitreceive"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/ociregistry"
 )
 
-// newGitreceiveHookCmd is the pre-receive hook git runs inside gitreceive
+// NewHook is the pre-receive hook git runs inside gitreceive
 // (hidden: gitreceive installs it in every app repository).
-func newGitreceiveHookCmd(env Env) *cobra.Command {
+func NewHook(env component.Env) *cobra.Command {
 	return &cobra.Command{
 		Use:    "gitreceive-hook",
 		Short:  "git pre-receive hook of gitreceive (internal)",
@@ -39,16 +45,16 @@ func newGitreceiveHookCmd(env Env) *cobra.Command {
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if code := gitreceive.HookMain(env.Stdin, env.Stdout, env.Stderr, env.Getenv); code != 0 {
-				return exitError{code: code}
+				return component.ExitError{Code: code}
 			}
 			return nil
 		},
 	}
 }
 
-// newGitSSHCmd is the SSH client git runs inside gitreceive to fetch a
+// NewGitSSH is the SSH client git runs inside gitreceive to fetch a
 // deploy from an SSH URL (hidden: gitreceive sets it as GIT_SSH_COMMAND).
-func newGitSSHCmd(env Env) *cobra.Command {
+func NewGitSSH(env component.Env) *cobra.Command {
 	return &cobra.Command{
 		Use:                "git-ssh [-p PORT] [-o OPTION] [USER@]HOST COMMAND",
 		Short:              "SSH client of gitreceive's git deploys (internal)",
@@ -56,7 +62,7 @@ func newGitSSHCmd(env Env) *cobra.Command {
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if code := gitreceive.GitSSHMain(args, env.Stdin, env.Stdout, env.Stderr, env.Getenv); code != 0 {
-				return exitError{code: code}
+				return component.ExitError{Code: code}
 			}
 			return nil
 		},
@@ -79,10 +85,10 @@ type gitreceiveFlags struct {
 	buildTimeout, deployWait time.Duration
 }
 
-// newGitreceiveCmd is `flynn-host component gitreceive`: git push over SSH
+// New is `flynn-host component gitreceive`: git push over SSH
 // and smart HTTP, building with slugbuilder jobs and deploying through the
 // controller.
-func newGitreceiveCmd(env Env) *cobra.Command {
+func New(env component.Env) *cobra.Command {
 	get := func(k string) string {
 		if env.Getenv == nil {
 			return ""
@@ -110,9 +116,14 @@ OCI distribution API under /v2/, storing in the blobstore; every image pushed
 becomes an artifact, which flynn docker push deploys.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runGitreceive(cmd.Context(), env, fl)
+			// The hook and the SSH client are hidden subcommands of this
+			// command, in whichever binary runs it (flynn-gitreceive, or
+			// flynn-host component gitreceive).
+			sub := strings.Fields(cmd.CommandPath())[1:]
+			return runGitreceive(cmd.Context(), env, fl, sub)
 		},
 	}
+	cmd.AddCommand(NewHook(env), NewGitSSH(env))
 	f := cmd.Flags()
 	f.StringVar(&fl.sshAddr, "ssh-addr", def("SSH_ADDR", ":2222"), "address to serve git over SSH on (empty: no SSH)")
 	f.StringVar(&fl.httpAddr, "http-addr", ":"+def("PORT", "8080"), "address to serve git over HTTP on (default :$PORT)")
@@ -123,7 +134,7 @@ becomes an artifact, which flynn docker push deploys.`,
 	f.StringVar(&fl.blobKey, "blobstore-key", get("BLOBSTORE_KEY"), "blobstore write key (default the controller key)")
 	f.StringVar(&fl.discoverd, "discoverd", get("DISCOVERD"), "discoverd URL, to wait until a first web process is routable (default $DISCOVERD)")
 	f.StringVar(&fl.etcd, "etcd", def("ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated, to find hosts (default $ETCD_ENDPOINTS)")
-	etcdTLSFlag(f, &fl.etcdTLS, env.Getenv)
+	etcdconn.TLSFlag(f, &fl.etcdTLS, env.Getenv)
 	f.StringVar(&fl.token, "token", get("FLYNN_HOST_TOKEN"), "host agents' key (default $FLYNN_HOST_TOKEN)")
 	f.StringVar(&fl.hostKeyFile, "host-key", def("SSH_HOST_KEY_FILE", "/var/lib/flynn/gitreceive/ssh_host_ed25519_key"), "SSH host key file, generated when missing")
 	f.StringVar(&fl.repoDir, "repo-dir", def("REPO_DIR", "/var/lib/flynn/gitreceive/repos"), "where app repositories are kept (a cache of the blobstore copy)")
@@ -137,7 +148,7 @@ becomes an artifact, which flynn docker push deploys.`,
 	return cmd
 }
 
-func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
+func runGitreceive(ctx context.Context, env component.Env, fl gitreceiveFlags, sub []string) error {
 	log, err := logging.New(env.Stderr, logging.Config{Level: fl.logLevel})
 	if err != nil {
 		return err
@@ -156,15 +167,15 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 	}
 	hookBin, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("find flynn-host: %w", err)
+		return fmt.Errorf("find own executable: %w", err)
 	}
-	etcd, err := etcdClient(fl.etcd, fl.etcdTLS)
+	etcd, err := etcdconn.Client(fl.etcd, fl.etcdTLS)
 	if err != nil {
 		return err
 	}
 	defer etcd.Close()
-	disc := discoverdFor(fl.discoverd, fl.token)
-	hc := serviceHTTP(disc)
+	disc := component.Discoverd(fl.discoverd, fl.token)
+	hc := component.ServiceHTTP(disc)
 	ctrl := controllerclient.NewWithHTTP(fl.controllerURL, fl.ctrlKey, hc)
 	blobs := blobclient.New(fl.blobURL, fl.blobKey, hc)
 	var jobBlobBase func(context.Context) (string, error)
@@ -196,8 +207,8 @@ func runGitreceive(ctx context.Context, env Env, fl gitreceiveFlags) error {
 		return err
 	}
 	srv, err := gitreceive.New(gitreceive.Config{
-		RepoDir: fl.repoDir, HookBin: hookBin, HookArgs: []string{"gitreceive-hook"},
-		SSHCommand: []string{hookBin, "git-ssh"},
+		RepoDir: fl.repoDir, HookBin: hookBin, HookArgs: append(slices.Clone(sub), "gitreceive-hook"),
+		SSHCommand: append(append([]string{hookBin}, sub...), "git-ssh"),
 		Receiver:   recv, Cache: &gitreceive.BlobRepoCache{Blobs: blobs},
 	}, log)
 	if err != nil {
@@ -289,22 +300,4 @@ func loadOrCreateHostKey(path string) (ssh.Signer, error) {
 		return nil, fmt.Errorf("host key %s: %w", path, err)
 	}
 	return signer, nil
-}
-
-// discoverdFor is a discoverd client, or nil without a URL.
-func discoverdFor(url, token string) *discoverdclient.Client {
-	if url == "" {
-		return nil
-	}
-	return discoverdclient.New(url, token)
-}
-
-// serviceHTTP is an HTTP client that reaches SERVICE.discoverd URLs (e.g.
-// http://controller.discoverd) through discoverd, or nil (the default
-// client) without discoverd.
-func serviceHTTP(disc *discoverdclient.Client) *http.Client {
-	if disc == nil {
-		return nil
-	}
-	return disc.HTTPClient()
 }

@@ -1,4 +1,6 @@
-package hostcmd
+// Package etcdconn connects the components to the cluster's etcd, over
+// mutual TLS with the component certificate.
+package etcdconn
 
 import (
 	"crypto/tls"
@@ -17,8 +19,8 @@ import (
 // a component presents the component certificate its host gives it (the
 // flynn-host:etcd-tls mount, at $ETCD_TLS_DIR).
 
-// etcdTLSFlag registers --etcd-tls (default $ETCD_TLS_DIR) on f.
-func etcdTLSFlag(f *pflag.FlagSet, dir *string, getenv func(string) string) {
+// TLSFlag registers --etcd-tls (default $ETCD_TLS_DIR) on f.
+func TLSFlag(f *pflag.FlagSet, dir *string, getenv func(string) string) {
 	def := ""
 	if getenv != nil {
 		def = getenv("ETCD_TLS_DIR")
@@ -26,9 +28,9 @@ func etcdTLSFlag(f *pflag.FlagSet, dir *string, getenv func(string) string) {
 	f.StringVar(dir, "etcd-tls", def, "dir with ca.crt, component.crt and component.key for etcd's mutual TLS (default $ETCD_TLS_DIR)")
 }
 
-// etcdClient connects to endpoints (comma-separated), with the component
+// Client connects to endpoints (comma-separated), with the component
 // certificate of tlsDir when it is set.
-func etcdClient(endpoints, tlsDir string) (*clientv3.Client, error) {
+func Client(endpoints, tlsDir string) (*clientv3.Client, error) {
 	var tc *tls.Config
 	if tlsDir != "" {
 		var err error

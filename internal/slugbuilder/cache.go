@@ -325,9 +325,11 @@ func (b *build) restoreCache(ctx context.Context) error {
 			b.cacheState.restored, b.cacheState.members = true, members
 			if keep != nil {
 				if b.cacheState.sha256, err = keep.commit(); err != nil {
-					return err
+					// The save copies from CacheIn instead.
+					b.log.Warn("keep the build cache blob", "err", err)
+				} else {
+					b.cacheState.local = true
 				}
-				b.cacheState.local = true
 			}
 		}
 	}
@@ -399,7 +401,9 @@ func (b *build) saveCache(ctx context.Context) error {
 	}
 	sha, err := keep.commit()
 	if err != nil {
-		return err
+		// Saved all the same; without a marker the next build restores.
+		b.log.Warn("keep the build cache blob", "err", err)
+		return nil
 	}
 	if etag != "" && etag != sha {
 		// The blobstore holds something else than what was sent: the
@@ -423,11 +427,14 @@ func (o *offsetWriter) Write(p []byte) (int, error) {
 }
 
 // blobCopy writes a copy of a cache blob into the volume (cache.blob.tmp)
-// and hashes it; commit makes it the volume's cache.blob.
+// and hashes it; commit makes it the volume's cache.blob. A write that
+// fails (a full disk) does not fail the restore or save it copies: commit
+// reports it, and the volume is then restored by the next build.
 type blobCopy struct {
-	b *build
-	f *os.File
-	h hash.Hash
+	b   *build
+	f   *os.File
+	h   hash.Hash
+	err error
 }
 
 func (b *build) newBlobCopy() (*blobCopy, error) {
@@ -439,14 +446,22 @@ func (b *build) newBlobCopy() (*blobCopy, error) {
 }
 
 func (c *blobCopy) Write(p []byte) (int, error) {
-	c.h.Write(p)
-	return c.f.Write(p)
+	if c.err == nil {
+		c.h.Write(p)
+		_, c.err = c.f.Write(p)
+	}
+	return len(p), nil
 }
 
 // commit closes the copy, renames it to cache.blob and returns its
 // sha256.
 func (c *blobCopy) commit() (string, error) {
+	if c.err != nil {
+		c.discard()
+		return "", fmt.Errorf("keep the build cache blob: %w", c.err)
+	}
 	if err := c.f.Close(); err != nil {
+		os.Remove(c.f.Name())
 		return "", fmt.Errorf("keep the build cache blob: %w", err)
 	}
 	if err := os.Rename(c.f.Name(), c.b.volPath(volBlob)); err != nil {

@@ -297,3 +297,26 @@ func TestCacheVolumeBlobstore(t *testing.T) {
 		t.Errorf("reused: %q", restored)
 	}
 }
+
+// TestBlobCopyWriteFails: a copy whose writes fail (a full disk) does not
+// fail what it copies, and commit reports it and leaves no blob.
+func TestBlobCopyWriteFails(t *testing.T) {
+	vol := t.TempDir()
+	b := &build{cfg: Config{CacheVolume: vol}}
+	c, err := b.newBlobCopy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.f.Close() // every write fails from now on
+	if n, err := c.Write([]byte("data")); n != 4 || err != nil {
+		t.Errorf("Write = %d, %v; want 4, nil", n, err)
+	}
+	if _, err := c.commit(); err == nil {
+		t.Errorf("commit of a failed copy succeeded")
+	}
+	for _, name := range []string{volBlob, volBlob + ".tmp"} {
+		if _, err := os.Stat(filepath.Join(vol, name)); err == nil {
+			t.Errorf("%s left after a failed copy", name)
+		}
+	}
+}

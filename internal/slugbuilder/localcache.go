@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // A build cache volume (Config.CacheVolume) is a directory kept across the
@@ -86,19 +88,64 @@ func (b *build) readMarker() *volumeMarker {
 }
 
 // writeMarker records that cache/ and cache.blob are the blob m names.
+// What they hold reaches the disk first (syncfs), and the marker after
+// it: after a power loss the marker never vouches for files whose data
+// was still in the page cache.
 func (b *build) writeMarker(m *volumeMarker) error {
 	data, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
+	if err := syncFS(b.cfg.CacheVolume); err != nil {
+		return fmt.Errorf("write the build cache marker: %w", err)
+	}
 	tmp := b.volPath(volMarker + ".tmp")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+	if err := writeFileSync(tmp, data, 0o600); err != nil {
 		return fmt.Errorf("write the build cache marker: %w", err)
 	}
 	if err := os.Rename(tmp, b.volPath(volMarker)); err != nil {
 		return fmt.Errorf("write the build cache marker: %w", err)
 	}
+	if err := syncDir(b.cfg.CacheVolume); err != nil {
+		return fmt.Errorf("write the build cache marker: %w", err)
+	}
 	return nil
+}
+
+// syncFS writes the dirty data of the filesystem holding dir to disk.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// syncDir makes the entries of dir durable (a rename into it).
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// writeFileSync is os.WriteFile with the data on disk before it returns.
+func writeFileSync(name string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // dropMarker removes the marker: from now on cache/ may change.

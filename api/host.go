@@ -69,6 +69,12 @@ type HostJobConfig struct {
 	ReachPorts []int `json:"reach_ports,omitempty"`
 }
 
+// BuildCacheVolumeID is the id of the host volume that keeps an app's
+// build cache unpacked between its builds on a host: gitreceive binds it
+// to the app's build jobs only, and the controller deletes it with the
+// app.
+func BuildCacheVolumeID(appID string) string { return "buildcache-" + appID }
+
 // VolumeBinding mounts the host volume VolumeID at Target in a job. The
 // host makes the volume (an empty directory owned by the job's user) the
 // first time a job names it and keeps it across job restarts and host

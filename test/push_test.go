@@ -118,8 +118,9 @@ func (a *pushApp) commit(msg string) {
 // TestPushApps pushes the Go, Node.js, static and Procfile sample apps,
 // each over SSH and over HTTPS (through the router), to a cluster brought
 // up like make up, each answering through the router; the second push
-// uses the repo and build caches; bad pushes are refused and the previous
-// release keeps serving.
+// uses the repo and build caches (the build cache from the host's volume,
+// not restored from the blobstore); bad pushes are refused and the
+// previous release keeps serving.
 func TestPushApps(t *testing.T) {
 	c := startE2ECluster(t, nil)
 	home := t.TempDir()
@@ -157,7 +158,13 @@ func TestPushApps(t *testing.T) {
 			a.flynn("remote", "add", "-y", "--ssh")
 		}
 		a.commit("second")
-		r.warm = a.pushAndServe(tt.want)
+		var out string
+		r.warm, out = a.pushServe(tt.want)
+		// The first build left the app's cache unpacked in the host's
+		// build cache volume: the second uses it without a restore.
+		if !strings.Contains(out, "remote: -----> Build cache: reused the local copy") {
+			t.Errorf("warm push of %s did not reuse the build cache volume:\n%s", tt.name, out)
+		}
 		results = append(results, r)
 	}
 	for _, r := range results {

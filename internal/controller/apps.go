@@ -185,7 +185,31 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.deleteBlobs(context.WithoutCancel(r.Context()), files)
+	s.deleteBuildCacheVolumes(context.WithoutCancel(r.Context()), app.ID)
 	return ok(w, del)
+}
+
+// deleteBuildCacheVolumes deletes the app's build cache volumes on the
+// hosts that answer. One a build still uses, or one on a host that is
+// down, stays (an operator deletes it with flynn volume delete).
+func (s *Server) deleteBuildCacheVolumes(ctx context.Context, appID string) {
+	vr, isVR := s.cfg.Runner.(VolumeRunner)
+	if !isVR {
+		return
+	}
+	vols, err := vr.ListVolumes(ctx)
+	if err != nil {
+		s.log.Warn("list volumes of a deleted app", "app", appID, "err", err)
+		return
+	}
+	for _, v := range vols {
+		if v.ID != api.BuildCacheVolumeID(appID) {
+			continue
+		}
+		if err := vr.DeleteVolume(ctx, v.HostID, v.ID); err != nil && !errors.Is(err, api.ErrNotFound) {
+			s.log.Warn("delete build cache volume of a deleted app", "app", appID, "host", v.HostID, "volume", v.ID, "err", err)
+		}
+	}
 }
 
 // idBody is {"id": "..."}, the body of PUT /apps/{app}/release and deploy.

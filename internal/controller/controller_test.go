@@ -1186,3 +1186,51 @@ var cmpSort = cmp.Transformer("sort", func(in []string) []string {
 	}
 	return out
 })
+
+// volumeRunner is a fakeRunner that also lists and deletes volumes.
+type volumeRunner struct {
+	*fakeRunner
+	vols    []*api.Volume
+	deleted []string // host/id
+}
+
+func (v *volumeRunner) ListVolumes(ctx context.Context) ([]*api.Volume, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.vols), nil
+}
+
+func (v *volumeRunner) DeleteVolume(ctx context.Context, hostID, id string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.deleted = append(v.deleted, hostID+"/"+id)
+	return nil
+}
+
+// TestDeleteAppBuildCacheVolumes: deleting an app deletes its build cache
+// volumes on every host, and no other volume.
+func TestDeleteAppBuildCacheVolumes(t *testing.T) {
+	cli := etcdtest.Client(t)
+	vr := &volumeRunner{fakeRunner: &fakeRunner{etcd: cli}}
+	cl, _ := newServer(t, Config{Etcd: cli, AuthKeys: []string{testKey}, SystemKeys: []string{testSystemKey}, ClusterDomain: "example.test", Runner: vr})
+	c := ctx(t)
+	app, other := &api.App{Name: "gone"}, &api.App{Name: "stays"}
+	for _, a := range []*api.App{app, other} {
+		if err := cl.CreateApp(c, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vr.vols = []*api.Volume{
+		{ID: api.BuildCacheVolumeID(app.ID), HostID: "h1"},
+		{ID: api.BuildCacheVolumeID(app.ID), HostID: "h2"},
+		{ID: api.BuildCacheVolumeID(other.ID), HostID: "h1"},
+		{ID: app.ID + "-db-0", HostID: "h1", AppID: app.ID},
+	}
+	if _, err := cl.DeleteApp(c, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"h1/" + api.BuildCacheVolumeID(app.ID), "h2/" + api.BuildCacheVolumeID(app.ID)}
+	if diff := cmp.Diff(want, vr.deleted); diff != "" {
+		t.Errorf("deleted volumes (-want +got):\n%s", diff)
+	}
+}

@@ -26,6 +26,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/logaggclient"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 	"github.com/flynnrebuilt/flynn/internal/slug"
+	"github.com/flynnrebuilt/flynn/internal/slugbuilder"
 )
 
 // FlynnHostPath is where the flynn-host binary is mounted in build and app
@@ -44,7 +45,9 @@ const DefaultCABundle = "/etc/ssl/certs/ca-certificates.crt"
 const DefaultBuildMemory = 2 << 30
 
 // JobRunner runs a build job somewhere in the cluster, streams its output
-// to out while it runs, and returns how it exited.
+// to out while it runs, and returns how it exited. An error that is
+// api.ErrConflict says the host refused to start the job because a volume
+// it binds is in use there.
 type JobRunner interface {
 	RunJob(ctx context.Context, job *api.HostJob, out io.Writer) (*api.HostJobExit, error)
 }
@@ -323,6 +326,9 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		"SLUG_RESULT_URL": r.jobURL(base, resultPath(app.ID, p.NewRev), api.BlobWrite),
 		"BUILD_CACHE_URL": r.jobURL(base, fmt.Sprintf("/caches/%s.tgz", app.ID), api.BlobReadWrite),
 		"SOURCE_VERSION":  p.NewRev,
+		// The app's build cache volume, mounted where the slugbuilder
+		// has CACHE_DIR in every build (see job.Config.Volumes).
+		"BUILD_CACHE_VOLUME": slugbuilder.StableCacheRoot,
 	})
 	hostNet, reach, err := buildNetwork(base)
 	if err != nil {
@@ -345,6 +351,7 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 			Mounts:      mounts,
 			HostNetwork: hostNet,
 			ReachPorts:  reach,
+			Volumes:     []api.VolumeBinding{{VolumeID: api.BuildCacheVolumeID(app.ID), Target: slugbuilder.StableCacheRoot, Writeable: true}},
 		},
 		Resources: api.Resources{api.ResourceMemory: {Limit: ptr(r.cfg.BuildMemory)}},
 	}
@@ -355,6 +362,17 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 	// whatever prints it.
 	jobOut := newRedactor(out, r.cfg.BlobKey)
 	exit, err := r.cfg.Jobs.RunJob(bctx, job, jobOut)
+	if errors.Is(err, api.ErrConflict) {
+		// The host refused the job because another build of the app
+		// (from another gitreceive instance) uses the volume there:
+		// build without it, restoring the cache from the blobstore.
+		r.log.Info("build cache volume busy; building without it", "app", app.Name, "err", err)
+		fmt.Fprintln(jobOut, "-----> Build cache volume busy (another build of this app runs on the host); restoring the cache instead")
+		job.ID = ""
+		job.Config.Volumes = nil
+		delete(job.Config.Env, "BUILD_CACHE_VOLUME")
+		exit, err = r.cfg.Jobs.RunJob(bctx, job, jobOut)
+	}
 	jobOut.Flush()
 	if err != nil {
 		if bctx.Err() != nil && ctx.Err() == nil {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -49,6 +50,9 @@ type fakeBuilder struct {
 	mu   sync.Mutex
 	jobs []*api.HostJob
 	fail bool
+	// busyVolumes refuses jobs that bind a volume, as a host does while
+	// another job uses it.
+	busyVolumes bool
 }
 
 func httpPut(u string, body []byte) error {
@@ -66,9 +70,15 @@ func httpPut(u string, body []byte) error {
 
 func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Writer) (*api.HostJobExit, error) {
 	f.mu.Lock()
-	f.jobs = append(f.jobs, job)
-	fail := f.fail
+	j := *job
+	j.Config.Volumes = slices.Clone(job.Config.Volumes)
+	j.Config.Env = maps.Clone(job.Config.Env)
+	f.jobs = append(f.jobs, &j)
+	fail, busy := f.fail, f.busyVolumes
 	f.mu.Unlock()
+	if busy && len(job.Config.Volumes) > 0 {
+		return nil, fmt.Errorf("start the job on host h1: %w", api.Conflict("volume %s is in use by job h1-x", job.Config.Volumes[0].VolumeID))
+	}
 	env := job.Config.Env
 	// Time the fetch and the slug upload, as the slugbuilder does.
 	start := time.Now()
@@ -280,6 +290,14 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	if diff := cmp.Diff(wantMounts, job.Config.Mounts); diff != "" {
 		t.Errorf("build mounts (-want +got):\n%s", diff)
 	}
+	// The app's build cache volume, where the slugbuilder is told.
+	wantVols := []api.VolumeBinding{{VolumeID: "buildcache-" + app0ID(t, e), Target: "/tmp/slugbuilder", Writeable: true}}
+	if diff := cmp.Diff(wantVols, job.Config.Volumes); diff != "" {
+		t.Errorf("build volumes (-want +got):\n%s", diff)
+	}
+	if got := job.Config.Env["BUILD_CACHE_VOLUME"]; got != "/tmp/slugbuilder" {
+		t.Errorf("build env BUILD_CACHE_VOLUME = %q, want the volume's target", got)
+	}
 	if mem := job.Resources[api.ResourceMemory].Limit; mem == nil || *mem != DefaultBuildMemory {
 		t.Errorf("build job memory limit = %v, want %d", mem, DefaultBuildMemory)
 	}
@@ -406,6 +424,34 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	}
 	if got := e.builder.jobs[1].Config.Env["GREETING"]; got != "hi" {
 		t.Errorf("build job env GREETING = %q, want the app's config", got)
+	}
+}
+
+func app0ID(t *testing.T, e *recvEnv) string {
+	t.Helper()
+	app, err := e.ctrl.GetApp(context.Background(), "myapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return app.ID
+}
+
+// TestReceiverBuildCacheVolumeBusy: a host that refuses the build because
+// the app's build cache volume is in use (another gitreceive's build of
+// the app) gets the build again without the volume, and the push works.
+func TestReceiverBuildCacheVolumeBusy(t *testing.T) {
+	e := setupReceiver(t, false)
+	e.builder.busyVolumes = true
+	out, ok := e.push(t, "myapp")
+	if !ok || !strings.Contains(out, "Build cache volume busy") {
+		t.Fatalf("push (ok=%v):\n%s", ok, out)
+	}
+	if len(e.builder.jobs) != 2 {
+		t.Fatalf("%d build jobs, want 2 (refused, then without the volume)", len(e.builder.jobs))
+	}
+	retry := e.builder.jobs[1]
+	if len(retry.Config.Volumes) != 0 || retry.Config.Env["BUILD_CACHE_VOLUME"] != "" || retry.Config.Env["BUILD_CACHE_URL"] == "" {
+		t.Errorf("the second build job still binds the volume or lost the cache URL: %+v", retry.Config)
 	}
 }
 

@@ -139,6 +139,10 @@ type Agent struct {
 
 	busyboxOnce sync.Mutex
 	busyboxDir  string
+
+	// volSizes remembers volumes' sizes (see volumeSize).
+	volSizeMu sync.Mutex
+	volSizes  map[string]volSize
 }
 
 // job is the agent's record of one job.

@@ -196,8 +196,37 @@ func (a *Agent) volume(id string) (*api.Volume, error) {
 	a.mu.Lock()
 	v.InUse = a.volumeUserLocked(id, "") != ""
 	a.mu.Unlock()
-	v.Size = dirSize(a.volumePath(id))
+	v.Size = a.volumeSize(id)
 	return v, nil
+}
+
+// volumeSizeTTL is how long a volume's measured size is reported before
+// it is measured again: the scheduler lists every host's volumes on each
+// sync, and a build cache volume holds thousands of files.
+const volumeSizeTTL = time.Minute
+
+type volSize struct {
+	bytes int64
+	at    time.Time
+}
+
+// volumeSize is the size of volume id, measured at most once per
+// volumeSizeTTL.
+func (a *Agent) volumeSize(id string) int64 {
+	a.volSizeMu.Lock()
+	s, ok := a.volSizes[id]
+	a.volSizeMu.Unlock()
+	if ok && time.Since(s.at) < volumeSizeTTL {
+		return s.bytes
+	}
+	n := dirSize(a.volumePath(id))
+	a.volSizeMu.Lock()
+	if a.volSizes == nil {
+		a.volSizes = map[string]volSize{}
+	}
+	a.volSizes[id] = volSize{n, time.Now()}
+	a.volSizeMu.Unlock()
+	return n
 }
 
 // DeleteVolume removes a volume and its files. A volume a running job
@@ -222,6 +251,9 @@ func (a *Agent) removeVolume(id string) error {
 	if err := os.Remove(a.volumePath(id) + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete volume %s: %w", id, err)
 	}
+	a.volSizeMu.Lock()
+	delete(a.volSizes, id)
+	a.volSizeMu.Unlock()
 	a.log.Info("volume deleted", "volume", id)
 	return nil
 }

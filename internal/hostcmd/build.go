@@ -79,7 +79,7 @@ instead.`,
 var buildEnvKeys = []string{
 	"PATH", "HOME", "HOSTNAME", "PWD", "SHLVL", "TERM", "USER", "PORT", "_",
 	"DISCOVERD", "SLUG_URL", "BUILD_CACHE_URL", "BUILDPACK_URL", "SOURCE_VERSION",
-	"SOURCE_URL", "SLUG_RESULT_URL", "STACK",
+	"SOURCE_URL", "SLUG_RESULT_URL", "STACK", "BUILD_CACHE_VOLUME",
 }
 
 func appEnvFromEnviron(environ []string) map[string]string {
@@ -112,8 +112,9 @@ Heroku slugs are) to --slug and a JSON result to --result.
 Build output goes to stdout line by line.
 
 Every variable of the environment that is not a build setting (PATH, HOME,
-PORT, FLYNN_*, SLUG_URL, BUILD_CACHE_URL, BUILDPACK_URL, SOURCE_VERSION, ...)
-is app config, given to buildpacks in ENV_DIR; --env adds more.`,
+PORT, FLYNN_*, SLUG_URL, BUILD_CACHE_URL, BUILD_CACHE_VOLUME, BUILDPACK_URL,
+SOURCE_VERSION, ...) is app config, given to buildpacks in ENV_DIR; --env
+adds more.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			getenv := env.Getenv
@@ -128,6 +129,7 @@ is app config, given to buildpacks in ENV_DIR; --env adds more.`,
 			def(&cache, "BUILD_CACHE_URL")
 			def(&cfg.BuildpackURL, "BUILDPACK_URL")
 			def(&cfg.SourceVersion, "SOURCE_VERSION")
+			def(&cfg.CacheVolume, "BUILD_CACHE_VOLUME")
 			if cfg.CacheIn == "" {
 				cfg.CacheIn = cache
 			}
@@ -169,6 +171,7 @@ is app config, given to buildpacks in ENV_DIR; --env adds more.`,
 	f.StringVar(&cache, "cache", "", "build cache tar.gz, restored and saved: path or URL (env BUILD_CACHE_URL)")
 	f.StringVar(&cfg.CacheIn, "cache-in", "", "build cache to restore (overrides --cache)")
 	f.StringVar(&cfg.CacheOut, "cache-out", "", "where to save the build cache (overrides --cache)")
+	f.StringVar(&cfg.CacheVolume, "cache-volume", "", "directory kept across builds that holds the cache unpacked, reused while it is the --cache blob (env BUILD_CACHE_VOLUME)")
 	f.StringVar(&cfg.BuildpackURL, "buildpack-url", "", "buildpack: git URL[#ref], tarball path or URL, or directory (env BUILDPACK_URL)")
 	f.StringVar(&cfg.SourceVersion, "source-version", "", "commit being built (env SOURCE_VERSION)")
 	f.StringArrayVar(&envs, "env", nil, "app config `KEY=VALUE` for ENV_DIR (repeatable)")

@@ -57,6 +57,10 @@ type cacheState struct {
 	restored bool // CacheIn was read completely
 	members  []cacheMember
 	prints   map[string]string // fingerprint per chunk after restore
+	// local says the members lie in the volume's cache.blob (a copy of
+	// the blob restored, whose sha256 is sha256), not only at CacheIn.
+	local  bool
+	sha256 string
 }
 
 // countingReader counts the bytes consumed from a bufio.Reader. It is an
@@ -280,6 +284,12 @@ func (b *build) restoreCache(ctx context.Context) error {
 	if b.cfg.CacheIn == "" {
 		return nil
 	}
+	if b.cfg.CacheVolume != "" {
+		reused, err := b.reuseVolume(ctx)
+		if err != nil || reused {
+			return err
+		}
+	}
 	rc, err := open(ctx, b.cfg.CacheIn)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -288,19 +298,39 @@ func (b *build) restoreCache(ctx context.Context) error {
 		return fmt.Errorf("restore build cache: %w", err)
 	default:
 		b.step("Restoring build cache")
-		members, err := restoreChunks(rc, b.cache)
-		rc.Close()
-		if err != nil {
-			// A damaged cache must not fail the build: start from scratch.
-			b.info("build cache unusable (%v); building without it", err)
-			if err := os.RemoveAll(b.cache); err != nil {
+		var r io.Reader = rc
+		var keep *blobCopy
+		if b.cfg.CacheVolume != "" {
+			// Keep the blob beside the restored copy, for the save to
+			// copy unchanged members from.
+			if keep, err = b.newBlobCopy(); err != nil {
+				rc.Close()
 				return err
 			}
-			if err := os.MkdirAll(b.cache, 0o755); err != nil {
+			r = io.TeeReader(rc, keep)
+		}
+		members, err := restoreChunks(r, b.cache)
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+		}
+		rc.Close()
+		if err != nil {
+			keep.discard()
+			// A damaged cache must not fail the build: start from scratch.
+			b.info("build cache unusable (%v); building without it", err)
+			if err := b.emptyCache(); err != nil {
 				return err
 			}
 		} else {
 			b.cacheState.restored, b.cacheState.members = true, members
+			if keep != nil {
+				if b.cacheState.sha256, err = keep.commit(); err != nil {
+					// The save copies from CacheIn instead.
+					b.log.Warn("keep the build cache blob", "err", err)
+				} else {
+					b.cacheState.local = true
+				}
+			}
 		}
 	}
 	prints, err := fingerprints(b.cache)
@@ -320,8 +350,12 @@ func (b *build) saveCache(ctx context.Context) error {
 		return fmt.Errorf("save build cache: %w", err)
 	}
 	plan := planCacheSave(b.cacheState, now)
-	if b.cfg.CacheOut == b.cfg.CacheIn && plan.unchanged(b.cacheState) {
+	st := b.cacheState
+	if b.cfg.CacheOut == b.cfg.CacheIn && plan.unchanged(st) {
 		b.step("Build cache unchanged")
+		if b.cfg.CacheVolume != "" && st.local {
+			return b.writeMarker(&volumeMarker{SHA256: st.sha256, Members: toMarkerMembers(st.members), Prints: now})
+		}
 		return nil
 	}
 	if len(plan.copy) > 0 {
@@ -329,24 +363,133 @@ func (b *build) saveCache(ctx context.Context) error {
 	} else {
 		b.step("Saving build cache")
 	}
-	err = store(ctx, b.cfg.CacheOut, func(w io.Writer) error {
+	var keep *blobCopy
+	if b.cfg.CacheVolume != "" {
+		if keep, err = b.newBlobCopy(); err != nil {
+			return err
+		}
+	}
+	var members []cacheMember
+	etag, err := storeTagged(ctx, b.cfg.CacheOut, func(w io.Writer) error {
+		cw := &offsetWriter{w: w}
+		if keep != nil {
+			cw.w = io.MultiWriter(w, keep)
+		}
 		if len(plan.copy) > 0 {
-			if err := b.copyMembers(ctx, w, plan.copy); err != nil {
+			copied, err := b.copyMembers(ctx, cw, plan.copy)
+			if err != nil {
 				return err
 			}
+			members = append(members, copied...)
 		}
 		var buf bytes.Buffer
 		for _, name := range plan.write {
-			if err := writeCacheMember(w, &buf, b.cache, name, os.Getuid(), os.Getgid()); err != nil {
+			start := cw.n
+			if err := writeCacheMember(cw, &buf, b.cache, name, os.Getuid(), os.Getgid()); err != nil {
 				return err
 			}
+			members = append(members, cacheMember{name: name, start: start, end: cw.n, zstd: true})
 		}
 		return nil
 	})
 	if err != nil {
+		keep.discard()
 		return fmt.Errorf("save build cache: %w", err)
 	}
-	return nil
+	if keep == nil {
+		return nil
+	}
+	sha, err := keep.commit()
+	if err != nil {
+		// Saved all the same; without a marker the next build restores.
+		b.log.Warn("keep the build cache blob", "err", err)
+		return nil
+	}
+	if etag != "" && etag != sha {
+		// The blobstore holds something else than what was sent: the
+		// next build restores it.
+		b.log.Warn("build cache stored with another sha256", "sent", sha, "stored", etag)
+		return nil
+	}
+	return b.writeMarker(&volumeMarker{SHA256: sha, Members: toMarkerMembers(members), Prints: now})
+}
+
+// offsetWriter counts the bytes written through it.
+type offsetWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (o *offsetWriter) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	o.n += int64(n)
+	return n, err
+}
+
+// blobCopy writes a copy of a cache blob into the volume (cache.blob.tmp)
+// and hashes it; commit makes it the volume's cache.blob. A write that
+// fails (a full disk) does not fail the restore or save it copies: commit
+// reports it, and the volume is then restored by the next build.
+type blobCopy struct {
+	b   *build
+	f   *os.File
+	h   hash.Hash
+	err error
+}
+
+func (b *build) newBlobCopy() (*blobCopy, error) {
+	f, err := os.Create(b.volPath(volBlob + ".tmp"))
+	if err != nil {
+		return nil, fmt.Errorf("keep the build cache blob: %w", err)
+	}
+	return &blobCopy{b: b, f: f, h: sha256.New()}, nil
+}
+
+func (c *blobCopy) Write(p []byte) (int, error) {
+	if c.err == nil {
+		c.h.Write(p)
+		_, c.err = c.f.Write(p)
+	}
+	return len(p), nil
+}
+
+// commit closes the copy, renames it to cache.blob and returns its
+// sha256.
+func (c *blobCopy) commit() (string, error) {
+	if c.err != nil {
+		c.discard()
+		return "", fmt.Errorf("keep the build cache blob: %w", c.err)
+	}
+	if err := c.f.Close(); err != nil {
+		os.Remove(c.f.Name())
+		return "", fmt.Errorf("keep the build cache blob: %w", err)
+	}
+	if err := os.Rename(c.f.Name(), c.b.volPath(volBlob)); err != nil {
+		return "", fmt.Errorf("keep the build cache blob: %w", err)
+	}
+	return hex.EncodeToString(c.h.Sum(nil)), nil
+}
+
+// discard drops the copy; a nil copy is none.
+func (c *blobCopy) discard() {
+	if c == nil {
+		return
+	}
+	c.f.Close()
+	os.Remove(c.f.Name())
+}
+
+// emptyCache empties CACHE_DIR.
+func (b *build) emptyCache() error {
+	if b.cfg.CacheVolume != "" {
+		// The volume's directory stays (it may be a mount point's child,
+		// never the mount point itself, but keep it all the same).
+		return b.emptyVolume()
+	}
+	if err := os.RemoveAll(b.cache); err != nil {
+		return err
+	}
+	return os.MkdirAll(b.cache, 0o755)
 }
 
 func listOrNone(names []string) string {
@@ -356,24 +499,33 @@ func listOrNone(names []string) string {
 	return strings.Join(names, ", ")
 }
 
-// copyMembers copies members (in blob order) from CacheIn to w.
-func (b *build) copyMembers(ctx context.Context, w io.Writer, members []cacheMember) error {
-	rc, err := open(ctx, b.cfg.CacheIn)
+// copyMembers copies members (in blob order) from the previous cache
+// (the volume's copy of it when there is one, else CacheIn) to w, and
+// returns where they lie in what w received.
+func (b *build) copyMembers(ctx context.Context, w *offsetWriter, members []cacheMember) ([]cacheMember, error) {
+	src := b.cfg.CacheIn
+	if b.cacheState.local {
+		src = b.volPath(volBlob)
+	}
+	rc, err := open(ctx, src)
 	if err != nil {
-		return fmt.Errorf("read the previous cache: %w", err)
+		return nil, fmt.Errorf("read the previous cache: %w", err)
 	}
 	defer rc.Close()
 	var pos int64
+	var out []cacheMember
 	for _, m := range members {
 		if _, err := io.CopyN(io.Discard, rc, m.start-pos); err != nil {
-			return fmt.Errorf("read the previous cache: %w", err)
+			return nil, fmt.Errorf("read the previous cache: %w", err)
 		}
+		start := w.n
 		if _, err := io.CopyN(w, rc, m.end-m.start); err != nil {
-			return fmt.Errorf("copy cache entry %s: %w", m.name, err)
+			return nil, fmt.Errorf("copy cache entry %s: %w", m.name, err)
 		}
+		out = append(out, cacheMember{name: m.name, start: start, end: w.n, zstd: m.zstd})
 		pos = m.end
 	}
-	return nil
+	return out, nil
 }
 
 // writeCacheMember writes the entry name of dir (see writeChunk) as one

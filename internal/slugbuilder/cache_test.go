@@ -172,11 +172,12 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // TestCacheDirPath checks that builds without a work directory use the
-// same CACHE_DIR path each time (tools key caches by path), and a build
-// that finds it taken uses another.
+// same CACHE_DIR path each time (tools key caches by path), the one a
+// build job's cache volume gives, and a build that finds it taken uses
+// another.
 func TestCacheDirPath(t *testing.T) {
-	if _, err := os.Stat(stableCacheDir); err == nil {
-		t.Skipf("%s exists (another build is running?)", stableCacheDir)
+	if _, err := os.Stat(StableCacheRoot); err == nil {
+		t.Skipf("%s exists (another build is running?)", StableCacheRoot)
 	}
 	pack := t.TempDir()
 	writeTree(t, pack, map[string]string{
@@ -186,29 +187,37 @@ func TestCacheDirPath(t *testing.T) {
 	})
 	app := t.TempDir()
 	writeTree(t, app, map[string]string{"README": "hi"})
-	cacheDir := func() string {
+	cacheDir := func(vol string) string {
 		t.Helper()
 		dir := t.TempDir()
 		var out syncBuffer
 		if _, err := Build(context.Background(), Config{
-			Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: dir, BuildpackURL: pack,
+			Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: dir, BuildpackURL: pack, CacheVolume: vol,
 		}, logging.Discard()); err != nil {
 			t.Fatalf("%v\n%s", err, out.String())
 		}
 		data, _ := os.ReadFile(filepath.Join(dir, "cachedir"))
 		return strings.TrimSpace(string(data))
 	}
-	if got := cacheDir(); got != stableCacheDir {
+	if got := cacheDir(""); got != stableCacheDir {
 		t.Errorf("CACHE_DIR = %s, want %s", got, stableCacheDir)
 	}
-	if _, err := os.Stat(stableCacheDir); err == nil {
-		t.Errorf("%s is left after the build", stableCacheDir)
+	if _, err := os.Stat(StableCacheRoot); err == nil {
+		t.Errorf("%s is left after the build", StableCacheRoot)
 	}
-	if err := os.Mkdir(stableCacheDir, 0o755); err != nil {
+	// A build job mounts its volume at StableCacheRoot.
+	vol := t.TempDir()
+	if got, want := cacheDir(vol), filepath.Join(vol, "cache"); got != want {
+		t.Errorf("CACHE_DIR with a volume = %s, want %s", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(vol, "cache")); err != nil {
+		t.Errorf("the volume's cache is gone after the build: %v", err)
+	}
+	if err := os.Mkdir(StableCacheRoot, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	defer os.Remove(stableCacheDir)
-	if got := cacheDir(); got == stableCacheDir || got == "" {
-		t.Errorf("CACHE_DIR = %q while %s is taken", got, stableCacheDir)
+	defer os.Remove(StableCacheRoot)
+	if got := cacheDir(""); got == stableCacheDir || got == "" {
+		t.Errorf("CACHE_DIR = %q while %s is taken", got, StableCacheRoot)
 	}
 }

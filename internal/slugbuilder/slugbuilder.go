@@ -3,7 +3,9 @@
 // build directory (/app), applies .slugignore, runs buildpacks with the
 // Heroku buildpack API v2 (bin/detect, bin/compile, bin/release), restores
 // and saves the per-app build cache (one zstd member per chunk of the cache
-// directory, saved only when a chunk changed; see cache.go), and writes the
+// directory, saved only when a chunk changed; see cache.go; kept unpacked
+// between builds in a host volume when the job has one, see
+// localcache.go), and writes the
 // slug (the build directory in the format of package slug) plus a result
 // naming its process types.
 package slugbuilder
@@ -45,7 +47,7 @@ type Config struct {
 	// /app, the directory app jobs run in. It is emptied first.
 	BuildDir string
 	// WorkDir holds the cache, env and buildpack directories; default a
-	// new temporary directory, with the cache at /tmp/slugbuilder-cache
+	// new temporary directory, with the cache at /tmp/slugbuilder/cache
 	// when no other build uses that (tools key their caches by path).
 	WorkDir string
 
@@ -54,11 +56,16 @@ type Config struct {
 	// The slug is a tar.gz of the build directory in the slug package's
 	// format (names under slug.Prefix, owned by the app user).
 	Slug string
-	// CacheIn and CacheOut are the build cache (a tar.gz stream of one
+	// CacheIn and CacheOut are the build cache (a stream of one zstd
 	// member per chunk, see cache.go), a path or URL each; a missing cache
 	// is an empty one. Empty disables that side. When they are the same
 	// and the build changed nothing in the cache, nothing is written.
 	CacheIn, CacheOut string
+	// CacheVolume, when set, is a directory kept across the app's builds
+	// (a host volume, writable by the build) that holds the cache
+	// unpacked: CACHE_DIR is its cache/ subdirectory, reused without a
+	// restore while it still is the blob at CacheIn (see localcache.go).
+	CacheVolume string
 	// Result, when set, receives the JSON result (path or URL to PUT to).
 	Result string
 
@@ -81,9 +88,15 @@ type Config struct {
 	Order      []string
 }
 
-// stableCacheDir is CACHE_DIR when Config.WorkDir is empty and no other
-// build of the machine uses it; else CACHE_DIR is under the work directory.
-const stableCacheDir = "/tmp/slugbuilder-cache"
+// StableCacheRoot is where a build job mounts its app's build cache
+// volume (Config.CacheVolume), so CACHE_DIR is stableCacheDir in every
+// build, with a volume or without one. Without one, a build claims it
+// when Config.WorkDir is empty and no other build of the machine has it;
+// else CACHE_DIR is under the work directory.
+const StableCacheRoot = "/tmp/slugbuilder"
+
+// stableCacheDir is CACHE_DIR in a build job.
+const stableCacheDir = StableCacheRoot + "/" + volCache
 
 // Build runs one build and returns its result.
 func Build(ctx context.Context, cfg Config, log *slog.Logger) (*api.SlugBuildResult, error) {
@@ -183,12 +196,15 @@ func newBuild(cfg Config, log *slog.Logger) (*build, error) {
 		b.work, b.ownWork = w, true
 	}
 	b.cache = filepath.Join(b.work, "cache")
-	if b.ownWork {
+	switch {
+	case cfg.CacheVolume != "":
+		b.cache = filepath.Join(cfg.CacheVolume, volCache)
+	case b.ownWork:
 		// Tools key their caches by absolute paths (Go's build cache
 		// misses part of a cache restored under another GOROOT), so the
 		// cache directory has the same path in every build job: claim
-		// stableCacheDir unless another build of this machine has it.
-		if err := os.Mkdir(stableCacheDir, 0o755); err == nil {
+		// StableCacheRoot unless another build of this machine has it.
+		if err := os.Mkdir(StableCacheRoot, 0o755); err == nil {
 			b.cache, b.ownCache = stableCacheDir, true
 		}
 	}
@@ -207,7 +223,7 @@ func (b *build) cleanup() {
 		os.RemoveAll(b.work)
 	}
 	if b.ownCache {
-		os.RemoveAll(b.cache)
+		os.RemoveAll(StableCacheRoot)
 	}
 }
 
@@ -238,6 +254,11 @@ func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
 	}
 	if cfg.CacheIn != "" {
 		if err := b.timed("restore", func() error { return b.restoreCache(ctx) }); err != nil {
+			return nil, err
+		}
+	} else if cfg.CacheVolume != "" {
+		// Nothing to check the volume's copy against: start empty.
+		if err := b.emptyVolume(); err != nil {
 			return nil, err
 		}
 	}

@@ -48,28 +48,35 @@ func open(ctx context.Context, loc string) (io.ReadCloser, error) {
 // store writes what fill writes to a path (atomically, through a temporary
 // file) or streams it with an HTTP PUT to a URL.
 func store(ctx context.Context, loc string, fill func(io.Writer) error) error {
+	_, err := storeTagged(ctx, loc, fill)
+	return err
+}
+
+// storeTagged is store that also returns the sha256 the server's reply
+// names in its ETag ("" for a path, or a server that gives none).
+func storeTagged(ctx context.Context, loc string, fill func(io.Writer) error) (string, error) {
 	if !isURL(loc) {
 		if err := os.MkdirAll(filepath.Dir(loc), 0o755); err != nil {
-			return err
+			return "", err
 		}
 		f, err := os.CreateTemp(filepath.Dir(loc), ".tmp-"+filepath.Base(loc))
 		if err != nil {
-			return err
+			return "", err
 		}
 		defer os.Remove(f.Name())
 		if err := fill(f); err != nil {
 			f.Close()
-			return err
+			return "", err
 		}
 		if err := f.Close(); err != nil {
-			return err
+			return "", err
 		}
-		return os.Rename(f.Name(), loc)
+		return "", os.Rename(f.Name(), loc)
 	}
 	pr, pw := io.Pipe()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, loc, pr)
 	if err != nil {
-		return err
+		return "", err
 	}
 	fillErr := make(chan error, 1)
 	go func() {
@@ -81,15 +88,15 @@ func store(ctx context.Context, loc string, fill func(io.Writer) error) error {
 	pr.CloseWithError(errors.New("request done"))
 	ferr := <-fillErr
 	if err != nil {
-		return fmt.Errorf("PUT %s: %w", loc, err)
+		return "", fmt.Errorf("PUT %s: %w", loc, err)
 	}
 	defer res.Body.Close()
 	if ferr != nil {
-		return ferr
+		return "", ferr
 	}
 	if res.StatusCode/100 != 2 {
 		body, _ := io.ReadAll(io.LimitReader(res.Body, 512))
-		return fmt.Errorf("PUT %s: %s: %s", loc, res.Status, strings.TrimSpace(string(body)))
+		return "", fmt.Errorf("PUT %s: %s: %s", loc, res.Status, strings.TrimSpace(string(body)))
 	}
-	return nil
+	return etagSHA(res.Header.Get("ETag")), nil
 }

@@ -1,0 +1,265 @@
+package slugbuilder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// A build cache volume (Config.CacheVolume) is a directory kept across the
+// builds of one app on one host, so a warm build need not download and
+// unpack the cache blob. It holds:
+//
+//	cache/       CACHE_DIR, the cache unpacked
+//	cache.blob   the cache blob cache/ was restored from or saved to
+//	cache.json   the marker: that blob's sha256 (the blobstore's ETag),
+//	             where its members lie and the fingerprints of cache/
+//	             that match it
+//
+// A build trusts cache/ only when the marker names the blob the cache URL
+// holds now (a HEAD's ETag): a build of the app on another host, or one
+// that saved while this host's copy was not used, changes the blob and so
+// makes this copy stale, and the build restores the blob as it would
+// without a volume. The marker is removed before anything may change
+// cache/ and written only after the new blob was stored, so a build killed
+// at any moment leaves a volume the next build restores rather than
+// trusts.
+const (
+	volCache  = "cache"
+	volBlob   = "cache.blob"
+	volMarker = "cache.json"
+)
+
+// volumeMarker is the content of cache.json.
+type volumeMarker struct {
+	SHA256  string            `json:"sha256"`
+	Members []markerMember    `json:"members"`
+	Prints  map[string]string `json:"prints"`
+}
+
+type markerMember struct {
+	Name  string `json:"name"`
+	Start int64  `json:"start"`
+	End   int64  `json:"end"`
+	Zstd  bool   `json:"zstd"`
+}
+
+func toMarkerMembers(ms []cacheMember) []markerMember {
+	out := make([]markerMember, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, markerMember{Name: m.name, Start: m.start, End: m.end, Zstd: m.zstd})
+	}
+	return out
+}
+
+func fromMarkerMembers(ms []markerMember) []cacheMember {
+	out := make([]cacheMember, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, cacheMember{name: m.Name, start: m.Start, end: m.End, zstd: m.Zstd})
+	}
+	return out
+}
+
+func (b *build) volPath(name string) string { return filepath.Join(b.cfg.CacheVolume, name) }
+
+// readMarker returns the volume's marker, or nil when there is none or it
+// is not one this slugbuilder wrote.
+func (b *build) readMarker() *volumeMarker {
+	data, err := os.ReadFile(b.volPath(volMarker))
+	if err != nil {
+		return nil
+	}
+	var m volumeMarker
+	if err := json.Unmarshal(data, &m); err != nil || validSHA(m.SHA256) != nil || m.Prints == nil {
+		return nil
+	}
+	return &m
+}
+
+// writeMarker records that cache/ and cache.blob are the blob m names.
+// What they hold reaches the disk first (syncfs), and the marker after
+// it: after a power loss the marker never vouches for files whose data
+// was still in the page cache.
+func (b *build) writeMarker(m *volumeMarker) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := syncFS(b.cfg.CacheVolume); err != nil {
+		return fmt.Errorf("write the build cache marker: %w", err)
+	}
+	tmp := b.volPath(volMarker + ".tmp")
+	if err := writeFileSync(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write the build cache marker: %w", err)
+	}
+	if err := os.Rename(tmp, b.volPath(volMarker)); err != nil {
+		return fmt.Errorf("write the build cache marker: %w", err)
+	}
+	if err := syncDir(b.cfg.CacheVolume); err != nil {
+		return fmt.Errorf("write the build cache marker: %w", err)
+	}
+	return nil
+}
+
+// syncFS writes the dirty data of the filesystem holding dir to disk.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// syncDir makes the entries of dir durable (a rename into it).
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// writeFileSync is os.WriteFile with the data on disk before it returns.
+func writeFileSync(name string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// dropMarker removes the marker: from now on cache/ may change.
+func (b *build) dropMarker() error {
+	if err := os.Remove(b.volPath(volMarker)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove the build cache marker: %w", err)
+	}
+	return nil
+}
+
+// emptyVolume removes the marker, the kept blob and everything in cache/.
+func (b *build) emptyVolume() error {
+	if err := b.dropMarker(); err != nil {
+		return err
+	}
+	for _, name := range []string{volBlob, volBlob + ".tmp"} {
+		if err := os.Remove(b.volPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("empty the build cache volume: %w", err)
+		}
+	}
+	entries, err := os.ReadDir(b.cache)
+	if err != nil {
+		return fmt.Errorf("empty the build cache volume: %w", err)
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(b.cache, e.Name())); err != nil {
+			return fmt.Errorf("empty the build cache volume: %w", err)
+		}
+	}
+	return nil
+}
+
+// reuseVolume decides whether the volume's copy of the cache is the blob
+// at CacheIn. If so it takes the cache state from the marker and returns
+// true; otherwise it empties the volume for a restore. Either way the
+// marker is gone when it returns.
+func (b *build) reuseVolume(ctx context.Context) (bool, error) {
+	m := b.readMarker()
+	if err := b.dropMarker(); err != nil {
+		return false, err
+	}
+	if m != nil {
+		ver, err := blobVersion(ctx, b.cfg.CacheIn)
+		_, berr := os.Stat(b.volPath(volBlob))
+		if err == nil && ver == m.SHA256 && berr == nil {
+			b.step("Build cache: reused the local copy")
+			b.cacheState = cacheState{restored: true, members: fromMarkerMembers(m.Members), prints: m.Prints, local: true, sha256: m.SHA256}
+			return true, nil
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			b.log.Warn("build cache version", "err", err)
+		}
+	}
+	return false, b.emptyVolume()
+}
+
+// blobVersion returns the sha256 of the blob at loc: a URL's ETag (""
+// when the server gives none, or a weak one), a file's hash.
+func blobVersion(ctx context.Context, loc string) (string, error) {
+	if !isURL(loc) {
+		f, err := os.Open(loc)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return "", err
+		}
+		return hex.EncodeToString(h.Sum(nil)), nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, loc, nil)
+	if err != nil {
+		return "", err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	res.Body.Close()
+	switch {
+	case res.StatusCode == http.StatusNotFound:
+		return "", fmt.Errorf("HEAD %s: %w", redactURL(loc), os.ErrNotExist)
+	case res.StatusCode != http.StatusOK:
+		return "", fmt.Errorf("HEAD %s: %s", redactURL(loc), res.Status)
+	}
+	return etagSHA(res.Header.Get("ETag")), nil
+}
+
+// etagSHA returns the sha256 a strong ETag names, or "".
+func etagSHA(etag string) string {
+	s, ok := strings.CutPrefix(etag, `"`)
+	if !ok {
+		return ""
+	}
+	s, ok = strings.CutSuffix(s, `"`)
+	if !ok || validSHA(s) != nil {
+		return ""
+	}
+	return s
+}
+
+func validSHA(s string) error {
+	if len(s) != 64 {
+		return errors.New("not a sha256")
+	}
+	if _, err := hex.DecodeString(s); err != nil || strings.ToLower(s) != s {
+		return errors.New("not a sha256")
+	}
+	return nil
+}
+
+// redactURL drops the query (a signature) from a URL for messages.
+func redactURL(loc string) string {
+	s, _, _ := strings.Cut(loc, "?")
+	return s
+}

@@ -135,6 +135,7 @@ type Manager struct {
 	spares    []*spare      // ready, oldest first
 	starting  int           // jobs starting (Hold)
 	lastStart time.Time     // when the last one was done starting
+	lastBusy  time.Time     // when 2 or more were last starting at once
 	spareWant chan struct{} // wakes KeepSpares when a spare was taken
 }
 

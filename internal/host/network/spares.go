@@ -26,14 +26,16 @@ import (
 // CNI under a key longer than any job id, so no job's namespace is named
 // like it; the job that takes one records its key in taken/<job id>, its
 // pin moves to where the job's namespace is pinned (netns/<job id>), and
-// Detach detaches that key. Spares are made only once no job has been
-// starting for spareQuiet (see Hold): on a busy host, making one slows the
-// starts under way about as much as it saves a later one, so a stream of
-// starts uses the spares up, then has namespaces attached as it goes, and
-// the spares are made again when it pauses. Spares no job took are
-// detached when
-// KeepSpares returns, and those a killed agent left behind by the next
-// KeepSpares.
+// Detach detaches that key. Spares are made (at spareNice) while at most
+// one job is starting (see Hold and waitQuiet): a stream of starts one
+// after another leaves the other core to spare, and with spares made
+// meanwhile nearly every start finds one (BenchmarkStartAgentSequential:
+// the network phase went from 18 ms to 1-3 ms a job). While several jobs
+// start at once, and for spareQuiet after, none is made: making one then
+// slows the starts under way about as much as it saves a later one, so a
+// burst uses the spares up, then has namespaces attached as it goes. Spares
+// no job took are detached when KeepSpares returns, and those a killed
+// agent left behind by the next KeepSpares.
 
 // DefaultSpares is how many spare namespaces KeepSpares keeps by default.
 const DefaultSpares = 8
@@ -41,8 +43,7 @@ const DefaultSpares = 8
 // spareNice is the nice value spares are made at.
 const spareNice = 10
 
-// spareQuiet is how long no job must have been starting before a spare
-// is made.
+// spareQuiet is how long after starts overlapped no spare is made.
 const spareQuiet = 50 * time.Millisecond
 
 // spareRetry is how long KeepSpares waits after failing to make a spare.
@@ -69,16 +70,22 @@ func isSpareKey(name string) bool {
 	return strings.HasPrefix(name, spareKeyPrefix) && len(name) > 64
 }
 
-// Hold tells KeepSpares a job is starting, until release is called: no
-// spare is made meanwhile, nor for spareQuiet after.
+// Hold tells KeepSpares a job is starting, until release is called (see
+// waitQuiet).
 func (m *Manager) Hold() (release func()) {
 	m.spareMu.Lock()
 	m.starting++
+	if m.starting > 1 {
+		m.lastBusy = time.Now()
+	}
 	m.spareMu.Unlock()
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			m.spareMu.Lock()
+			if m.starting > 1 {
+				m.lastBusy = time.Now()
+			}
 			m.starting--
 			m.lastStart = time.Now()
 			m.spareMu.Unlock()
@@ -86,14 +93,20 @@ func (m *Manager) Hold() (release func()) {
 	}
 }
 
-// waitQuiet waits until no job has been starting for spareQuiet; false
-// when ctx ended first.
+// waitQuiet waits until a spare may be made: while one job at a time
+// starts (a stream of starts one after another, which leaves the other
+// core to spare at spareNice), unless starts overlapped in the last
+// spareQuiet; after a burst of starts at once, once none has been
+// starting for spareQuiet. False when ctx ended first.
 func (m *Manager) waitQuiet(ctx context.Context) bool {
 	for {
 		m.spareMu.Lock()
 		wait := spareQuiet
-		if m.starting == 0 {
+		switch m.starting {
+		case 0:
 			wait -= time.Since(m.lastStart)
+		case 1:
+			wait -= time.Since(m.lastBusy)
 		}
 		m.spareMu.Unlock()
 		if wait <= 0 {

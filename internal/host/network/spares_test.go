@@ -79,7 +79,9 @@ func TestSpares(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release := m.Hold() // as the runtime does while the job starts
+	// Two jobs starting at once, as the runtime holds while each starts:
+	// no spare is made meanwhile.
+	release, release2 := m.Hold(), m.Hold()
 	att, err := m.Attach(ctx, "spjob", ports, hp, Pass{})
 	if err != nil {
 		t.Fatal(err)
@@ -89,8 +91,12 @@ func TestSpares(t *testing.T) {
 	n := len(m.spares)
 	m.spareMu.Unlock()
 	if n != cfg.Spares-1 {
-		t.Errorf("%d spares while a job starts, want %d: none made meanwhile", n, cfg.Spares-1)
+		t.Errorf("%d spares while two jobs start at once, want %d: none made meanwhile", n, cfg.Spares-1)
 	}
+	release2()
+	// One job starting (a stream of starts one at a time): the spare
+	// taken is made again meanwhile.
+	ready()
 	release()
 	if att.NetNS != m.netnsPath("spjob") {
 		t.Errorf("the job's namespace is pinned at %s, want %s", att.NetNS, m.netnsPath("spjob"))

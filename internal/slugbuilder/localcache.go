@@ -2,12 +2,10 @@ package slugbuilder
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -15,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flynnrebuilt/flynn/internal/image"
 )
 
 // A build cache volume (Config.CacheVolume) is a directory kept across the
@@ -206,16 +206,7 @@ func (b *build) reuseVolume(ctx context.Context) (bool, error) {
 // when the server gives none, or a weak one), a file's hash.
 func blobVersion(ctx context.Context, loc string) (string, error) {
 	if !isURL(loc) {
-		f, err := os.Open(loc)
-		if err != nil {
-			return "", err
-		}
-		defer f.Close()
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
-			return "", err
-		}
-		return hex.EncodeToString(h.Sum(nil)), nil
+		return image.FileDigest(loc)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, loc, nil)
 	if err != nil {

@@ -23,8 +23,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/namespace"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
@@ -32,6 +30,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/blobstore"
 	"github.com/flynnrebuilt/flynn/internal/controller"
 	"github.com/flynnrebuilt/flynn/internal/deployer"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/logagg"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
@@ -58,13 +57,11 @@ type harness struct {
 }
 
 func newHarness(etcdEndpoint, prefix, dir string) (*harness, error) {
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdEndpoint}, DialTimeout: 10 * time.Second})
+	etcd, err := etcdkv.New(etcdkv.Config{Endpoints: []string{etcdEndpoint}, DialTimeout: 10 * time.Second})
 	if err != nil {
 		return nil, err
 	}
-	etcd.KV = namespace.NewKV(etcd.KV, prefix)
-	etcd.Watcher = namespace.NewWatcher(etcd.Watcher, prefix)
-	etcd.Lease = namespace.NewLease(etcd.Lease, prefix)
+	etcd = etcd.WithNamespace(prefix)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var closers []func()
@@ -287,7 +284,7 @@ func (h *harness) addLog(ctx context.Context, app, typ, stream, msg string) erro
 // reports a Ctrl-C byte, and exits N on a line "exit N" (0 at EOF).
 type fakeRunner struct {
 	// etcd holds the registered hosts Place picks from.
-	etcd     *clientv3.Client
+	etcd     *etcdkv.Client
 	mu       sync.Mutex
 	jobs     map[string]chan *api.HostJob
 	added    []*api.HostJob

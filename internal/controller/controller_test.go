@@ -26,10 +26,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
@@ -51,7 +51,7 @@ type fakeRunner struct {
 	// addErr, when set, is what AddJob returns.
 	addErr error
 	// etcd holds the registered hosts Place picks from.
-	etcd *clientv3.Client
+	etcd *etcdkv.Client
 }
 
 // Place picks among the hosts registered in etcd, by the scheduler's rules.
@@ -113,7 +113,7 @@ func (f *fakeRunner) Attach(ctx context.Context, h *api.Host, req AttachRequest)
 }
 
 type env struct {
-	etcd   *clientv3.Client
+	etcd   *etcdkv.Client
 	c      *controllerclient.Client
 	url    string
 	runner *fakeRunner
@@ -133,7 +133,7 @@ func newServer(t testing.TB, cfg Config) (*controllerclient.Client, string) {
 
 func setup(t testing.TB) *env {
 	t.Helper()
-	cli := etcdtest.Client(t)
+	cli := etcdtest.KV(t)
 	runner := &fakeRunner{etcd: cli}
 	cfg := Config{Etcd: cli, AuthKeys: []string{"old-key", testKey}, SystemKeys: []string{testSystemKey}, ClusterDomain: "example.test", Runner: runner}
 	c, u := newServer(t, cfg)
@@ -270,7 +270,7 @@ func TestApps(t *testing.T) {
 	wantErr(t, err, api.ErrNotFound, "")
 	_, err = e.c.GetRelease(c, rel.ID)
 	wantErr(t, err, api.ErrNotFound, "")
-	if res, _ := e.etcd.Get(c, api.KeyRoutes, clientv3.WithPrefix()); len(res.Kvs) != 1 { // gen's route remains
+	if res, _ := e.etcd.Get(c, api.KeyRoutes, etcdkv.WithPrefix()); len(res.Kvs) != 1 { // gen's route remains
 		t.Fatalf("routes left after delete: %d", len(res.Kvs))
 	}
 	active, err := e.c.FormationListActive(c)
@@ -755,10 +755,10 @@ func TestDeployments(t *testing.T) {
 
 func TestEventsResumeAndReplicas(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cfg := Config{Etcd: srv.Client(), AuthKeys: []string{testKey}}
+	cfg := Config{Etcd: etcdtest.KVOf(t, srv), AuthKeys: []string{testKey}}
 	c1, _ := newServer(t, cfg)
 	// The second replica has its own etcd client, as a second process would.
-	cli2, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 10 * time.Second})
+	cli2, err := etcdkv.New(etcdkv.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1210,7 +1210,7 @@ func (v *volumeRunner) DeleteVolume(ctx context.Context, hostID, id string) erro
 // TestDeleteAppBuildCacheVolumes: deleting an app deletes its build cache
 // volumes on every host, and no other volume.
 func TestDeleteAppBuildCacheVolumes(t *testing.T) {
-	cli := etcdtest.Client(t)
+	cli := etcdtest.KV(t)
 	vr := &volumeRunner{fakeRunner: &fakeRunner{etcd: cli}}
 	cl, _ := newServer(t, Config{Etcd: cli, AuthKeys: []string{testKey}, SystemKeys: []string{testSystemKey}, ClusterDomain: "example.test", Runner: vr})
 	c := ctx(t)

@@ -74,7 +74,7 @@ func (p *switchProxy) drop() {
 // sees every event once, in order, both before it has seen any event (it
 // resumes from the position the stream told it) and after.
 func TestEventStreamResumesOnAnotherReplica(t *testing.T) {
-	cli := etcdtest.Client(t)
+	cli := etcdtest.KV(t)
 	cfg := Config{Etcd: cli, AuthKeys: []string{testKey}}
 	c1, u1 := newServer(t, cfg)
 	_, u2 := newServer(t, cfg)

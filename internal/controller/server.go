@@ -21,10 +21,9 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
@@ -74,7 +73,7 @@ type Config struct {
 	// Listen is the address to serve on, e.g. ":1200" (Run only).
 	Listen string
 	// Etcd is the client of the cluster's etcd.
-	Etcd *clientv3.Client
+	Etcd *etcdkv.Client
 	// AuthKeys are the accepted cluster keys (several allow rotation).
 	AuthKeys []string
 	// SystemKeys are accepted too, and are the only keys that may set,

@@ -29,6 +29,7 @@ import (
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
 	"github.com/flynnrebuilt/flynn/internal/discoverd"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/etcdserver"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/pki"
@@ -77,7 +78,11 @@ type Config struct {
 
 // Deps is what the daemon gives to its Services.
 type Deps struct {
-	Etcd      *clientv3.Client
+	Etcd *clientv3.Client
+	// KV reaches the same etcd over its JSON gateway, for the packages the
+	// components share with the daemon (the controller's store, the
+	// scheduler's election).
+	KV        *etcdkv.Client
 	HostID    string
 	ClusterID string
 	// Token is the cluster token internal APIs require.
@@ -147,6 +152,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer closeEtcd()
+	var kvTLS *tls.Config
+	if eps := cli.Endpoints(); len(eps) > 0 && strings.HasPrefix(eps[0], "https:") {
+		if kvTLS, err = pki.TLSConfig(PKIDir(cfg.StateDir), pki.HostCert, pki.HostKey); err != nil {
+			return err
+		}
+	}
+	kv, err := etcdkv.New(etcdkv.Config{Endpoints: cli.Endpoints(), TLS: kvTLS})
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
 
 	store := discoverd.NewStore(cli, cfg.TTL)
 	httpLn, err := net.Listen("tcp", net.JoinHostPort(cfg.ListenIP, strconv.Itoa(cfg.DiscoverdPort)))
@@ -170,7 +186,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	discoverdURL := hostURL(cfg.ListenIP, cfg.DiscoverdPort)
 	deps := &Deps{
-		Etcd: cli, HostID: hc.HostID, ClusterID: hc.ClusterID, Token: hc.Token, ListenIP: cfg.ListenIP,
+		Etcd: cli, KV: kv, HostID: hc.HostID, ClusterID: hc.ClusterID, Token: hc.Token, ListenIP: cfg.ListenIP,
 		DiscoverdURL: discoverdURL, Discoverd: discoverdclient.New(discoverdURL, hc.Token), Log: log,
 	}
 

@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/etcdserver"
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
@@ -39,4 +40,22 @@ func Start(t testing.TB) *etcdserver.Server {
 func Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	return Start(t).Client()
+}
+
+// KV is a gateway client (what the components use) to a member Start(t)
+// runs.
+func KV(t testing.TB) *etcdkv.Client {
+	t.Helper()
+	return KVOf(t, Start(t))
+}
+
+// KVOf is a gateway client to s.
+func KVOf(t testing.TB, s *etcdserver.Server) *etcdkv.Client {
+	t.Helper()
+	c, err := etcdkv.New(etcdkv.Config{Endpoints: []string{s.Endpoint()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -12,13 +12,13 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
@@ -28,7 +28,7 @@ import (
 // HostJobRunner runs jobs on a host agent of the cluster, placed by the
 // scheduler's rules (memory free, the least busy host).
 type HostJobRunner struct {
-	Etcd *clientv3.Client
+	Etcd *etcdkv.Client
 	// Token is the host agents' key.
 	Token string
 }

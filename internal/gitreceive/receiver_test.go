@@ -182,7 +182,7 @@ type recvEnv struct {
 
 func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	t.Helper()
-	cs, err := controller.New(controller.Config{Etcd: etcdtest.Client(t), AuthKeys: []string{testCtrlKey}, SystemKeys: []string{testSystemKey}}, logging.Discard())
+	cs, err := controller.New(controller.Config{Etcd: etcdtest.KV(t), AuthKeys: []string{testCtrlKey}, SystemKeys: []string{testSystemKey}}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -463,9 +463,9 @@ func hostAgentService(dcfg daemon.Config, acfg host.Config, log *slog.Logger) fu
 // monitor elected among the daemons starts the scheduler when none runs.
 func monitorService(cfg monitor.Config, log *slog.Logger) func(context.Context, *daemon.Deps) error {
 	return func(ctx context.Context, d *daemon.Deps) error {
-		cfg.Etcd = d.Etcd
+		cfg.Etcd = d.KV
 		cfg.HostID = d.HostID
-		cfg.Cluster = scheduler.NewHostCluster(d.Etcd, d.Token, log.With("component", "monitor"))
+		cfg.Cluster = scheduler.NewHostCluster(d.KV, d.Token, log.With("component", "monitor"))
 		return monitor.Run(ctx, cfg, log)
 	}
 }

@@ -17,17 +17,16 @@ import (
 	"sort"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
 
 // Config is what a monitor watches and how patiently.
 type Config struct {
 	// Etcd holds the election and the controller's store.
-	Etcd *clientv3.Client
+	Etcd *etcdkv.Client
 	// Cluster is the hosts and their jobs (scheduler.NewHostCluster).
 	Cluster scheduler.Cluster
 	// HostID is this monitor's host (its id in the election).

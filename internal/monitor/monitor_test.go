@@ -79,7 +79,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // adopts them; an app without the mark is left to the scheduler; after
 // every job ended the monitor starts it again, backing off.
 func TestRestoresMarkedApp(t *testing.T) {
-	cli := etcdtest.Client(t)
+	cli := etcdtest.KV(t)
 	store := ctrlstore.New(cli)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -8,8 +8,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
@@ -26,7 +24,7 @@ const maxDrainWait = 5 * time.Minute
 //	GET /debug/pprof/...             profiles
 func (r *Router) apiHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", r.metrics)
 	mux.Handle("GET /drained", httpapi.HandlerFunc(r.serveDrained))
 	mux.Handle("GET /events", httpapi.HandlerFunc(r.serveEvents))
 	mux.Handle("GET /routes", httpapi.HandlerFunc(r.serveRoutes))

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/flynnrebuilt/flynn/api"
 )
 
@@ -155,7 +153,7 @@ func TestRawHTTP1(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			handoffs := testutil.ToFloat64(h.r.metrics.handoffs)
+			handoffs := float64(h.r.metrics.handoffs.value())
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			go func() {
 				for i, s := range tt.send {
@@ -185,7 +183,7 @@ func TestRawHTTP1(t *testing.T) {
 			if gotClosed != tt.closed {
 				t.Fatalf("connection closed = %v (%v), want %v", gotClosed, err, tt.closed)
 			}
-			if got := testutil.ToFloat64(h.r.metrics.handoffs) - handoffs; got != map[bool]float64{false: 0, true: 1}[tt.slow] {
+			if got := float64(h.r.metrics.handoffs.value()) - handoffs; got != map[bool]float64{false: 0, true: 1}[tt.slow] {
 				t.Fatalf("%v handoffs to net/http, want slow=%v", got, tt.slow)
 			}
 		})

@@ -21,10 +21,9 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/httpclient"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 )
@@ -36,7 +35,7 @@ type harness struct {
 	// takes the net/http path; plain HTTP takes the fast path.
 	https bool
 	r     *Router
-	etcd  *clientv3.Client
+	etcd  *etcdkv.Client
 	disc  *MemDiscoverer
 	addrs Addrs
 	api   *httpclient.Client
@@ -44,7 +43,7 @@ type harness struct {
 
 func startRouter(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
-	etcd := etcdtest.Client(t)
+	etcd := etcdtest.KV(t)
 	disc := NewMemDiscoverer()
 	cfg := Config{
 		HTTPAddr:   "127.0.0.1:0",

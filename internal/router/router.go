@@ -28,9 +28,8 @@ import (
 
 	"bufio"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 )
 
@@ -49,7 +48,7 @@ type Config struct {
 
 	// Etcd is where routes live (under api.KeyRoutes). When nil, Routes is
 	// a fixed route set (benchmarks).
-	Etcd   *clientv3.Client
+	Etcd   *etcdkv.Client
 	Routes []api.Route
 	// Discoverer follows the backends of each route's service.
 	Discoverer Discoverer
@@ -410,7 +409,7 @@ func (r *Router) syncRoutes(ctx context.Context) error {
 	}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		resp, err := r.cfg.Etcd.Get(ctx, api.KeyRoutes, clientv3.WithPrefix())
+		resp, err := r.cfg.Etcd.Get(ctx, api.KeyRoutes, etcdkv.WithPrefix())
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -431,8 +430,8 @@ func (r *Router) syncRoutes(ctx context.Context) error {
 			}
 		}
 		r.apply(routes)
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := r.cfg.Etcd.Watch(wctx, api.KeyRoutes, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		wctx, cancel := context.WithCancel(etcdkv.WithRequireLeader(ctx))
+		wch := r.cfg.Etcd.Watch(wctx, api.KeyRoutes, etcdkv.WithPrefix(), etcdkv.WithRev(resp.Header.Revision+1))
 		for wr := range wch {
 			if err := wr.Err(); err != nil {
 				r.log.Warn("route watch failed, reading routes again", "err", err)
@@ -440,7 +439,7 @@ func (r *Router) syncRoutes(ctx context.Context) error {
 			}
 			for _, ev := range wr.Events {
 				id := strings.TrimPrefix(string(ev.Kv.Key), api.KeyRoutes)
-				if ev.Type == clientv3.EventTypeDelete {
+				if ev.Type == etcdkv.EventTypeDelete {
 					delete(routes, id)
 					continue
 				}

@@ -9,12 +9,11 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 )
 
 // HostCluster is the Cluster of a real grid: hosts from their etcd
@@ -33,7 +32,7 @@ type HostCluster struct {
 }
 
 // NewHostCluster returns the Cluster of the hosts registered in etcd.
-func NewHostCluster(etcd *clientv3.Client, token string, log *slog.Logger) *HostCluster {
+func NewHostCluster(etcd *etcdkv.Client, token string, log *slog.Logger) *HostCluster {
 	return &HostCluster{EtcdHosts: EtcdHosts{Client: etcd, Log: log}, Token: token}
 }
 

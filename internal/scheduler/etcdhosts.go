@@ -8,22 +8,21 @@ import (
 	"log/slog"
 	"strings"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 )
 
 // EtcdHosts reads host registrations (api.KeyHosts, each under its host's
 // lease) from etcd: the ListHosts and StreamHosts half of a Cluster. A
 // host whose lease expires is reported down.
 type EtcdHosts struct {
-	Client *clientv3.Client
+	Client *etcdkv.Client
 	Log    *slog.Logger
 }
 
 // ListHosts returns the registered hosts.
 func (e *EtcdHosts) ListHosts(ctx context.Context) ([]*api.Host, error) {
-	resp, err := e.Client.Get(ctx, api.KeyHosts, clientv3.WithPrefix())
+	resp, err := e.Client.Get(ctx, api.KeyHosts, etcdkv.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
@@ -38,19 +37,19 @@ func (e *EtcdHosts) ListHosts(ctx context.Context) ([]*api.Host, error) {
 
 // StreamHosts reports registrations and removals from now on.
 func (e *EtcdHosts) StreamHosts(ctx context.Context, fn func(HostEvent)) error {
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	ctx, cancel := context.WithCancel(etcdkv.WithRequireLeader(ctx))
 	defer cancel()
-	for resp := range e.Client.Watch(ctx, api.KeyHosts, clientv3.WithPrefix()) {
+	for resp := range e.Client.Watch(ctx, api.KeyHosts, etcdkv.WithPrefix()) {
 		if err := resp.Err(); err != nil {
 			return fmt.Errorf("watch hosts: %w", err)
 		}
 		for _, ev := range resp.Events {
 			switch ev.Type {
-			case clientv3.EventTypePut:
+			case etcdkv.EventTypePut:
 				if h := e.decode(ev.Kv.Key, ev.Kv.Value); h != nil {
 					fn(HostEvent{Up: true, Host: h})
 				}
-			case clientv3.EventTypeDelete:
+			case etcdkv.EventTypeDelete:
 				id := strings.TrimPrefix(string(ev.Kv.Key), api.KeyHosts)
 				fn(HostEvent{Host: &api.Host{ID: id}})
 			}

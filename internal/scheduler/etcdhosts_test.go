@@ -7,24 +7,24 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 )
 
 func TestEtcdHosts(t *testing.T) {
-	cli := etcdtest.Client(t)
+	cli := etcdtest.KV(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	put := func(h *api.Host, lease clientv3.LeaseID) {
+	put := func(h *api.Host, lease etcdkv.LeaseID) {
 		t.Helper()
 		b, _ := json.Marshal(h)
-		if _, err := cli.Put(ctx, api.KeyHosts+h.ID, string(b), clientv3.WithLease(lease)); err != nil {
+		if _, err := cli.Put(ctx, api.KeyHosts+h.ID, string(b), etcdkv.WithLease(lease)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	put(&api.Host{ID: "h1", URL: "http://10.0.0.1:1113"}, clientv3.NoLease)
+	put(&api.Host{ID: "h1", URL: "http://10.0.0.1:1113"}, etcdkv.NoLease)
 	cli.Put(ctx, api.KeyHosts+"bad", "{not json")
 	e := &EtcdHosts{Client: cli}
 	hosts, err := e.ListHosts(ctx)

@@ -7,10 +7,8 @@ import (
 	"log/slog"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
-
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 )
 
 // ElectionConfig names a leader election.
@@ -42,7 +40,7 @@ func (cfg ElectionConfig) ElectionKey() string {
 // call Lead; one runs at a time. When the leader's ctx ends it resigns, so
 // a standby takes over at once; when it dies, within TTL. It returns nil
 // when ctx is cancelled.
-func Lead(ctx context.Context, cli *clientv3.Client, cfg ElectionConfig, log *slog.Logger, run func(context.Context) error) error {
+func Lead(ctx context.Context, cli *etcdkv.Client, cfg ElectionConfig, log *slog.Logger, run func(context.Context) error) error {
 	if cfg.TTL <= 0 {
 		cfg.TTL = 5 * time.Second
 	}
@@ -61,8 +59,8 @@ func Lead(ctx context.Context, cli *clientv3.Client, cfg ElectionConfig, log *sl
 }
 
 // removeOwnKeys deletes the election keys under prefix whose value is id.
-func removeOwnKeys(ctx context.Context, cli *clientv3.Client, prefix, id string) error {
-	res, err := cli.Get(ctx, prefix+"/", clientv3.WithPrefix())
+func removeOwnKeys(ctx context.Context, cli *etcdkv.Client, prefix, id string) error {
+	res, err := cli.Get(ctx, prefix+"/", etcdkv.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("list election keys: %w", err)
 	}
@@ -71,16 +69,16 @@ func removeOwnKeys(ctx context.Context, cli *clientv3.Client, prefix, id string)
 			continue
 		}
 		// Only that key as it is: a newer campaign is not touched.
-		if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
+		if _, err := cli.Txn(ctx).If(etcdkv.Compare(etcdkv.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(etcdkv.OpDelete(string(kv.Key))).Commit(); err != nil {
 			return fmt.Errorf("remove a stale election key: %w", err)
 		}
 	}
 	return nil
 }
 
-func leadOnce(ctx context.Context, cli *clientv3.Client, key, id string, unique bool, ttl int, log *slog.Logger, run func(context.Context) error) error {
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+func leadOnce(ctx context.Context, cli *etcdkv.Client, key, id string, unique bool, ttl int, log *slog.Logger, run func(context.Context) error) error {
+	sess, err := etcdkv.NewSession(ctx, cli, ttl)
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)
 	}
@@ -90,8 +88,7 @@ func leadOnce(ctx context.Context, cli *clientv3.Client, key, id string, unique 
 			return err
 		}
 	}
-	el := concurrency.NewElection(sess, key)
-	if err := el.Campaign(ctx, id); err != nil {
+	if err := sess.Campaign(ctx, key, id); err != nil {
 		return fmt.Errorf("campaign: %w", err)
 	}
 	log.Info("elected leader", "election", key, "id", id)

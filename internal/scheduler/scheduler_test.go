@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 )
 
@@ -234,7 +234,7 @@ func TestBlockedUntilHostFits(t *testing.T) {
 }
 
 func TestLeaderFailover(t *testing.T) {
-	cli := etcdtest.Client(t)
+	cli := etcdtest.KV(t)
 	c := newFakeCluster(host("h1", 0), host("h2", 0))
 	ctl := newFakeController()
 	ctl.setFormation(webFormation(4))
@@ -289,8 +289,8 @@ func TestLeaderFailover(t *testing.T) {
 }
 
 // clientOpts reads an election's leader: the oldest key under its prefix.
-func clientOpts() []clientv3.OpOption {
-	return []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)}
+func clientOpts() []etcdkv.OpOption {
+	return []etcdkv.OpOption{etcdkv.WithPrefix(), etcdkv.WithSort(etcdkv.SortByCreateRevision, etcdkv.SortAscend), etcdkv.WithLimit(1)}
 }
 
 // TestJobsWithoutReleaseAreLeftAlone: a job that names an app and a

@@ -9,9 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/pki"
 )
 
@@ -30,7 +29,7 @@ func TLSFlag(f *pflag.FlagSet, dir *string, getenv func(string) string) {
 
 // Client connects to endpoints (comma-separated), with the component
 // certificate of tlsDir when it is set.
-func Client(endpoints, tlsDir string) (*clientv3.Client, error) {
+func Client(endpoints, tlsDir string) (*etcdkv.Client, error) {
 	var tc *tls.Config
 	if tlsDir != "" {
 		var err error
@@ -38,7 +37,7 @@ func Client(endpoints, tlsDir string) (*clientv3.Client, error) {
 			return nil, fmt.Errorf("etcd TLS: %w", err)
 		}
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 10 * time.Second, TLS: tc, Logger: zap.NewNop()})
+	cli, err := etcdkv.New(etcdkv.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 10 * time.Second, TLS: tc})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", endpoints, err)
 	}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
@@ -20,6 +19,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/component/etcdconn"
 	"github.com/flynnrebuilt/flynn/internal/controller/ctrlstore"
 	"github.com/flynnrebuilt/flynn/internal/deployer"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/logging"
 	"github.com/flynnrebuilt/flynn/internal/scheduler"
 )
@@ -51,7 +51,7 @@ type schedulerDeps struct {
 // Jobs are drained by their host agents when stopped (they deregister
 // from discoverd and wait for routers first), so the scheduler has no
 // Drainer of its own.
-func newSchedulerDeps(f schedulerFlags, etcd *clientv3.Client, log *slog.Logger) (*schedulerDeps, error) {
+func newSchedulerDeps(f schedulerFlags, etcd *etcdkv.Client, log *slog.Logger) (*schedulerDeps, error) {
 	if f.controller == "" {
 		return nil, errors.New("--controller URL is required")
 	}

@@ -8,10 +8,8 @@ import (
 	"sort"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 )
 
 // EventFilter selects events; empty fields match everything.
@@ -28,7 +26,7 @@ func (f EventFilter) Match(e *api.Event) bool {
 		(f.ObjectID == "" || e.ObjectID == f.ObjectID)
 }
 
-func decodeEvent(kv *mvccpb.KeyValue) (*api.Event, error) {
+func decodeEvent(kv *etcdkv.KeyValue) (*api.Event, error) {
 	var se storedEvent
 	if err := json.Unmarshal(kv.Value, &se); err != nil {
 		return nil, fmt.Errorf("decode event %s: %w", kv.Key, err)
@@ -42,12 +40,12 @@ func decodeEvent(kv *mvccpb.KeyValue) (*api.Event, error) {
 // (a zero bound is open), oldest first; with count > 0 only the newest
 // count of them. It also returns the etcd revision the list was read at.
 func (s *Store) ListEvents(ctx context.Context, f EventFilter, sinceID, beforeID int64, count int) ([]*api.Event, int64, error) {
-	opts := []clientv3.OpOption{clientv3.WithPrefix()}
+	opts := []etcdkv.OpOption{etcdkv.WithPrefix()}
 	if sinceID > 0 {
-		opts = append(opts, clientv3.WithMinModRev(eventRev(sinceID)))
+		opts = append(opts, etcdkv.WithMinModRev(eventRev(sinceID)))
 	}
 	if beforeID > 0 {
-		opts = append(opts, clientv3.WithMaxModRev(eventRev(beforeID)))
+		opts = append(opts, etcdkv.WithMaxModRev(eventRev(beforeID)))
 	}
 	res, err := s.cli.Get(ctx, s.key(pEvents), opts...)
 	if err != nil {
@@ -77,7 +75,7 @@ func (s *Store) GetEvent(ctx context.Context, id int64) (*api.Event, error) {
 	if rev <= 0 {
 		return nil, api.NotFound("event %d not found", id)
 	}
-	res, err := s.cli.Get(ctx, s.key(pEvents), clientv3.WithPrefix(), clientv3.WithMinModRev(rev), clientv3.WithMaxModRev(rev))
+	res, err := s.cli.Get(ctx, s.key(pEvents), etcdkv.WithPrefix(), etcdkv.WithMinModRev(rev), etcdkv.WithMaxModRev(rev))
 	if err != nil {
 		return nil, fmt.Errorf("get event: %w", err)
 	}
@@ -96,7 +94,7 @@ func (s *Store) GetEvent(ctx context.Context, id int64) (*api.Event, error) {
 // HeadEventID returns an id at least as large as that of every event
 // committed so far, for followers that start "from now".
 func (s *Store) HeadEventID(ctx context.Context) (int64, error) {
-	res, err := s.cli.Get(ctx, s.key(pEvents), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	res, err := s.cli.Get(ctx, s.key(pEvents), etcdkv.WithPrefix(), etcdkv.WithCountOnly())
 	if err != nil {
 		return 0, fmt.Errorf("head event id: %w", err)
 	}
@@ -116,16 +114,16 @@ func (s *Store) FollowEvents(ctx context.Context, f EventFilter, sinceID int64, 
 			return err
 		}
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(etcdkv.WithRequireLeader(ctx))
 	defer cancel()
-	wc := s.cli.Watch(wctx, s.key(pEvents), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	wc := s.cli.Watch(wctx, s.key(pEvents), etcdkv.WithPrefix(), etcdkv.WithRev(rev+1))
 	for wr := range wc {
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch events: %w", err)
 		}
 		var batch []*api.Event
 		for _, ev := range wr.Events {
-			if ev.Type != clientv3.EventTypePut {
+			if ev.Type != etcdkv.EventTypePut {
 				continue
 			}
 			e, err := decodeEvent(ev.Kv)
@@ -155,7 +153,7 @@ func (s *Store) FollowEvents(ctx context.Context, f EventFilter, sinceID int64, 
 // formation comes with Deleted set and only the app and release ids.
 func (s *Store) FollowFormations(ctx context.Context, since time.Time, fn func(*api.ExpandedFormation) error) error {
 	prefix := s.key(pFormations)
-	res, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	res, err := s.cli.Get(ctx, prefix, etcdkv.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("follow formations: %w", err)
 	}
@@ -178,16 +176,16 @@ func (s *Store) FollowFormations(ctx context.Context, since time.Time, fn func(*
 	if err := fn(&api.ExpandedFormation{}); err != nil {
 		return err
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(etcdkv.WithRequireLeader(ctx))
 	defer cancel()
-	wc := s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(res.Header.Revision+1), clientv3.WithPrevKV())
+	wc := s.cli.Watch(wctx, prefix, etcdkv.WithPrefix(), etcdkv.WithRev(res.Header.Revision+1), etcdkv.WithPrevKV())
 	for wr := range wc {
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch formations: %w", err)
 		}
 		for _, ev := range wr.Events {
 			var ef *api.ExpandedFormation
-			if ev.Type == clientv3.EventTypeDelete {
+			if ev.Type == etcdkv.EventTypeDelete {
 				if ev.PrevKv == nil {
 					continue
 				}

@@ -7,9 +7,8 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 )
 
 // CreateArtifact stores a new, immutable artifact.
@@ -382,7 +381,7 @@ func (s *Store) EndScaleRequest(ctx context.Context, appID, id, state, errMsg st
 		}
 		if ok {
 			// Drop the pending index if it still names this request.
-			s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(pendingKey), "=", id)).Then(clientv3.OpDelete(pendingKey)).Commit()
+			s.cli.Txn(ctx).If(etcdkv.Compare(etcdkv.Value(pendingKey), "=", id)).Then(etcdkv.OpDelete(pendingKey)).Commit()
 			return req, nil
 		}
 	}
@@ -397,7 +396,7 @@ func (s *Store) ListScaleRequests(ctx context.Context, appID string) ([]*api.Sca
 
 // ListPendingScaleRequests returns every app's pending scale requests.
 func (s *Store) ListPendingScaleRequests(ctx context.Context) ([]*api.ScaleRequest, error) {
-	res, err := s.cli.Get(ctx, s.key(pScalePending), clientv3.WithPrefix())
+	res, err := s.cli.Get(ctx, s.key(pScalePending), etcdkv.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("list pending scale requests: %w", err)
 	}

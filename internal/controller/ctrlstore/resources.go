@@ -7,13 +7,12 @@ import (
 	"slices"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 )
 
-func clientKeysOnlyPrefix() []clientv3.OpOption {
-	return []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly()}
+func clientKeysOnlyPrefix() []etcdkv.OpOption {
+	return []etcdkv.OpOption{etcdkv.WithPrefix(), etcdkv.WithKeysOnly()}
 }
 
 // CreateProvider stores a new provider; names are unique.

@@ -18,7 +18,7 @@ import (
 // their order, and that a follower resuming from any id sees exactly the
 // later events.
 func TestEventIDs(t *testing.T) {
-	cli := etcdtest.Client(t)
+	cli := etcdtest.KV(t)
 	s1, s2 := New(cli), New(cli)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 )
 
 // Key prefixes below api.KeyController.
@@ -57,13 +57,13 @@ func eventRev(id int64) int64 { return id >> eventShift }
 
 // Store is the controller's state in etcd.
 type Store struct {
-	cli  *clientv3.Client
+	cli  *etcdkv.Client
 	root string
 	now  func() time.Time
 }
 
 // New returns a store on cli rooted at api.KeyController.
-func New(cli *clientv3.Client) *Store {
+func New(cli *etcdkv.Client) *Store {
 	return &Store{cli: cli, root: api.KeyController, now: func() time.Time { return time.Now().UTC() }}
 }
 
@@ -110,7 +110,7 @@ func (s *Store) getObj(ctx context.Context, key, what, id string, v any) (int64,
 
 // list decodes every value under prefix with fn.
 func (s *Store) list(ctx context.Context, prefix string, fn func(v []byte) error) error {
-	res, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	res, err := s.cli.Get(ctx, prefix, etcdkv.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("etcd list %s: %w", prefix, err)
 	}
@@ -151,8 +151,8 @@ func newestFirst[T any](items []*T, err error, created func(*T) time.Time) ([]*T
 // txn collects the writes, conditions and events of one transaction.
 type txn struct {
 	s      *Store
-	cmps   []clientv3.Cmp
-	ops    []clientv3.Op
+	cmps   []etcdkv.Cmp
+	ops    []etcdkv.Op
 	events []storedEvent
 	err    error
 }
@@ -171,25 +171,25 @@ func (t *txn) put(key string, v any) {
 	if err != nil && t.err == nil {
 		t.err = fmt.Errorf("encode %s: %w", key, err)
 	}
-	t.ops = append(t.ops, clientv3.OpPut(key, string(b)))
+	t.ops = append(t.ops, etcdkv.OpPut(key, string(b)))
 }
 
-func (t *txn) putRaw(key, v string) { t.ops = append(t.ops, clientv3.OpPut(key, v)) }
+func (t *txn) putRaw(key, v string) { t.ops = append(t.ops, etcdkv.OpPut(key, v)) }
 
-func (t *txn) del(key string) { t.ops = append(t.ops, clientv3.OpDelete(key)) }
+func (t *txn) del(key string) { t.ops = append(t.ops, etcdkv.OpDelete(key)) }
 
 func (t *txn) delPrefix(prefix string) {
-	t.ops = append(t.ops, clientv3.OpDelete(prefix, clientv3.WithPrefix()))
+	t.ops = append(t.ops, etcdkv.OpDelete(prefix, etcdkv.WithPrefix()))
 }
 
 // missing requires key not to exist.
 func (t *txn) missing(key string) {
-	t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+	t.cmps = append(t.cmps, etcdkv.Compare(etcdkv.CreateRevision(key), "=", 0))
 }
 
 // unchanged requires key to be at mod revision rev (0: not to exist).
 func (t *txn) unchanged(key string, rev int64) {
-	t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+	t.cmps = append(t.cmps, etcdkv.Compare(etcdkv.ModRevision(key), "=", rev))
 }
 
 // event appends an event whose data is v.
@@ -218,7 +218,7 @@ func (t *txn) commit(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("encode event: %w", err)
 		}
-		ops = append(ops, clientv3.OpPut(t.s.key(pEvents, NewID()), string(b)))
+		ops = append(ops, etcdkv.OpPut(t.s.key(pEvents, NewID()), string(b)))
 	}
 	res, err := t.s.cli.Txn(ctx).If(t.cmps...).Then(ops...).Commit()
 	if err != nil {

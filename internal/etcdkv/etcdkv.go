@@ -147,6 +147,13 @@ func WithRequireLeader(ctx context.Context) context.Context {
 	return context.WithValue(ctx, requireLeaderKey{}, true)
 }
 
+// codeUnavailable is gRPC's Unavailable; maxUnavailable bounds the tries
+// of a read that keeps getting it.
+const (
+	codeUnavailable = 14
+	maxUnavailable  = 100
+)
+
 // errNotSent says a request never reached a member: it is safe to send
 // again, to another one.
 type errNotSent struct{ err error }
@@ -244,15 +251,20 @@ func (c *Client) do(ctx context.Context, path string, in, out any, retry bool) e
 			}
 			err = fmt.Errorf("etcd %s: decode: %w", path, err)
 		}
-		var ee *Error
-		if ctx.Err() != nil || errors.As(err, &ee) {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return err
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
+		var ee *Error
 		var ns errNotSent
-		if !errors.As(err, &ns) {
+		switch {
+		case errors.As(err, &ee):
+			// etcd's answer. Unavailable (a member starting, or without a
+			// leader for now) is worth another try for a read, as
+			// clientv3 retries it; a write may have been applied.
+			if ee.Code != codeUnavailable || !retry || attempt >= maxUnavailable {
+				return err
+			}
+		case !errors.As(err, &ns):
 			// Sent, and the connection broke (or TLS failed): a read is
 			// tried once more on each member, a write is not.
 			if broken++; !retry || broken > len(c.endpoints) {

@@ -142,6 +142,10 @@ func (c *Client) watchOnce(ctx context.Context, op *Op, from int64, send func(Wa
 	if err != nil {
 		var ee *Error
 		if errors.As(err, &ee) {
+			if ee.Code == codeUnavailable && ee.Message != ErrNoLeader.Message {
+				// A member starting or going away: resume elsewhere.
+				return 0, ee.asBroken()
+			}
 			send(WatchResponse{Canceled: true, err: ee})
 			return 0, errWatchEnded
 		}
@@ -164,7 +168,7 @@ func (c *Client) watchOnce(ctx context.Context, op *Op, from int64, send func(Wa
 			if e == nil {
 				e = &Error{Code: 2, Message: string(msg.Error)}
 			}
-			if e.Code == 14 && e.Message != ErrNoLeader.Message {
+			if e.Code == codeUnavailable && e.Message != ErrNoLeader.Message {
 				// Unavailable: the member is going away; resume elsewhere.
 				return last, e.asBroken()
 			}

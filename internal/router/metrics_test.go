@@ -21,7 +21,7 @@ func TestMetricsExposition(t *testing.T) {
 	if m.forRoute("a") != a {
 		t.Fatal("a route's collectors are not kept by id")
 	}
-	m.forRoute(`q"\` + "\n").observe(404, time.Millisecond)
+	m.forRoute(`q"\`+"\n").observe(404, time.Millisecond)
 	m.forRoute("gone").observe(200, time.Millisecond)
 	m.deleteRoute("gone")
 	m.refused.Inc()

@@ -3,21 +3,18 @@
 // attach and wait requests on a unix socket and records the job's exit. It
 // runs as the small flynn-supervisor binary (or as the hidden
 // `flynn-host supervise DIR` command), one process per job, so it imports
-// only the standard library, x/sys/unix and api. The host's runtime package
+// only x/sys/unix and the lighter parts of the standard library (not fmt,
+// net, encoding/json, crypto or api: its JSON and frames are written here,
+// as api's types and functions write them). The host's runtime package
 // starts supervisors and talks to them with the types and files defined here.
 package supervisor
 
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -28,8 +25,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/flynnrebuilt/flynn/api"
 )
 
 // Files in a job's directory.
@@ -40,9 +35,10 @@ const (
 	FileSupLog = "supervisor.log"
 	// FilePID holds the container's init pid (written by runc).
 	FilePID = "pid"
-	// FileExit holds the job's api.HostJobExit once it has exited.
+	// FileExit holds the job's exit (JSON api.HostJobExit) once it has
+	// exited.
 	FileExit = "exit.json"
-	// FileLog is the job's output, one api.HostLogLine (JSON) a line.
+	// FileLog is the job's output, one JSON api.HostLogLine a line.
 	FileLog = "log"
 	// FileRuncLog is runc's own log (JSON lines).
 	FileRuncLog = "runc.log"
@@ -80,6 +76,111 @@ type Request struct {
 	Width  uint16 `json:"width,omitempty"`
 }
 
+// Attach frame types, as api's (FrameStdin...).
+const (
+	frameStdin  byte = 0
+	frameStdout byte = 1
+	frameStderr byte = 2
+	frameExit   byte = 3
+	frameError  byte = 4
+	frameResize byte = 5
+)
+
+// maxFrame is api.MaxFrame.
+const maxFrame = 1 << 20
+
+// jobExit is api.HostJobExit.
+type jobExit struct {
+	ExitStatus int
+	OOM        bool
+	Error      string
+}
+
+// json is e as json.Marshal writes an api.HostJobExit.
+func (e *jobExit) json() []byte {
+	var o object
+	o.int("exit_status", int64(e.ExitStatus))
+	if e.OOM {
+		o.bool("oom", true)
+	}
+	if e.Error != "" {
+		o.str("error", e.Error)
+	}
+	return o.done()
+}
+
+// json is r as json.Marshal writes it.
+func (r *Ready) json() []byte {
+	var o object
+	if r.PID != 0 {
+		o.int("pid", int64(r.PID))
+	}
+	if r.Error != "" {
+		o.str("error", r.Error)
+	}
+	if r.RuncNanos != 0 {
+		o.int("runc_ns", r.RuncNanos)
+	}
+	return o.done()
+}
+
+// parseConfig parses a Config as json.Unmarshal does (field names as
+// tagged, exactly).
+func parseConfig(b []byte) (Config, error) {
+	var c Config
+	f, err := parseObject(b)
+	if err != nil {
+		return c, err
+	}
+	return c, errors.Join(
+		f.str("id", &c.ID), f.str("runc", &c.Runc), f.str("runc_root", &c.RuncRoot),
+		f.bool("tty", &c.TTY), f.bool("stdin", &c.Stdin),
+		f.str("cgroups_path", &c.CgroupsPath), f.bool("disable_log", &c.DisableLog))
+}
+
+// parseRequest parses a Request as json.Unmarshal does (field names as
+// tagged, exactly).
+func parseRequest(b []byte) (Request, error) {
+	var r Request
+	f, err := parseObject(b)
+	if err != nil {
+		return r, err
+	}
+	return r, errors.Join(
+		f.bool("wait", &r.Wait), f.bool("stdin", &r.Stdin), f.bool("logs", &r.Logs),
+		f.uint16("height", &r.Height), f.uint16("width", &r.Width))
+}
+
+// writeFrame is api.WriteFrame.
+func writeFrame(w io.Writer, typ byte, payload []byte) error {
+	if len(payload) > maxFrame {
+		return errors.New("frame of " + strconv.Itoa(len(payload)) + " bytes exceeds " + strconv.Itoa(maxFrame))
+	}
+	buf := make([]byte, 5+len(payload))
+	buf[0] = typ
+	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
+	copy(buf[5:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// readFrame is api.ReadFrame.
+func readFrame(r io.Reader) (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > maxFrame {
+		return 0, nil, errors.New("attach frame too large")
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		return 0, nil, err
+	}
+	return hdr[0], p, nil
+}
+
 type frame struct {
 	typ  byte
 	data []byte
@@ -97,7 +198,7 @@ type supervisor struct {
 	mu      sync.Mutex
 	logf    *os.File
 	subs    map[*subscriber]bool
-	exit    *api.HostJobExit
+	exit    *jobExit
 	stdin   io.WriteCloser // pipe to the job, or the pty master
 	pty     *os.File
 	started sync.Once
@@ -119,22 +220,22 @@ func Run(dir string) error {
 		return err
 	}
 	s := &supervisor{dir: dir, subs: map[*subscriber]bool{}}
-	if err := json.Unmarshal(b, &s.cfg); err != nil {
+	if s.cfg, err = parseConfig(b); err != nil {
 		return err
 	}
 	fail := func(err error) error {
-		s.writeExit(&api.HostJobExit{ExitStatus: -1, Error: err.Error()})
-		json.NewEncoder(ready).Encode(Ready{Error: err.Error()})
+		s.writeExit(&jobExit{ExitStatus: -1, Error: err.Error()})
+		ready.Write(append((&Ready{Error: err.Error()}).json(), '\n'))
 		return err
 	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return fail(fmt.Errorf("become subreaper: %w", err))
+		return fail(errors.New("become subreaper: " + err.Error()))
 	}
 	s.logf, err = os.OpenFile(filepath.Join(dir, FileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fail(err)
 	}
-	ln, err := net.Listen("unix", Addr(dir))
+	ln, err := listenUnix(Addr(dir))
 	if err != nil {
 		return fail(err)
 	}
@@ -153,7 +254,7 @@ func Run(dir string) error {
 		ln.Close()
 		return fail(err)
 	}
-	json.NewEncoder(ready).Encode(Ready{PID: pid, RuncNanos: int64(time.Since(runcStart))})
+	ready.Write(append((&Ready{PID: pid, RuncNanos: int64(time.Since(runcStart))}).json(), '\n'))
 	ready.Close()
 
 	if !s.cfg.TTY && !s.cfg.Stdin {
@@ -170,21 +271,21 @@ func Run(dir string) error {
 	case <-done:
 	case <-time.After(5 * time.Second):
 	}
-	exit := &api.HostJobExit{ExitStatus: status}
+	exit := &jobExit{ExitStatus: status}
 	if status == 128+int(unix.SIGKILL) && oomKilled(s.cfg.CgroupsPath) {
 		exit.OOM = true
 	}
 	out, err := exec.Command(s.cfg.Runc, "--root", s.cfg.RuncRoot, "delete", "--force", s.cfg.ID).CombinedOutput()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "runc delete: %v: %s\n", err, out)
+		os.Stderr.WriteString("runc delete: " + err.Error() + ": " + string(out) + "\n")
 	}
 	s.writeExit(exit)
 	s.mu.Lock()
 	s.exit = exit
-	payload, _ := json.Marshal(exit)
+	payload := exit.json()
 	for sub := range s.subs {
 		select {
-		case sub.ch <- frame{api.FrameExit, payload}:
+		case sub.ch <- frame{frameExit, payload}:
 		default:
 		}
 		close(sub.ch)
@@ -204,8 +305,8 @@ func Run(dir string) error {
 	return nil
 }
 
-func (s *supervisor) writeExit(e *api.HostJobExit) {
-	b, _ := json.Marshal(e)
+func (s *supervisor) writeExit(e *jobExit) {
+	b := e.json()
 	tmp := filepath.Join(s.dir, FileExit+".tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err == nil {
 		os.Rename(tmp, filepath.Join(s.dir, FileExit))
@@ -245,7 +346,7 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 		}
 		defer os.RemoveAll(sockDir)
 		sock := filepath.Join(sockDir, "c.sock")
-		cl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+		cl, err := listenUnix(sock)
 		if err != nil {
 			return 0, err
 		}
@@ -279,30 +380,30 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 			s.stdin = inW
 		}
 		pumps.Add(2)
-		go func() { defer pumps.Done(); s.pump(outR, "stdout", api.FrameStdout) }()
-		go func() { defer pumps.Done(); s.pump(errR, "stderr", api.FrameStderr) }()
+		go func() { defer pumps.Done(); s.pump(outR, "stdout", frameStdout) }()
+		go func() { defer pumps.Done(); s.pump(errR, "stderr", frameStderr) }()
 	}
 	err = cmd.Run()
 	for _, f := range closeAfter {
 		f.Close()
 	}
 	if err != nil {
-		return 0, fmt.Errorf("runc %s: %v: %s", verb, err, runcError(filepath.Join(s.dir, FileRuncLog)))
+		return 0, errors.New("runc " + verb + ": " + err.Error() + ": " + runcError(filepath.Join(s.dir, FileRuncLog)))
 	}
 	if consoleErr != nil {
 		if err := <-consoleErr; err != nil {
 			return 0, err
 		}
 		pumps.Add(1)
-		go func() { defer pumps.Done(); s.pump(s.pty, "stdout", api.FrameStdout) }()
+		go func() { defer pumps.Done(); s.pump(s.pty, "stdout", frameStdout) }()
 	}
 	b, err := os.ReadFile(filepath.Join(s.dir, FilePID))
 	if err != nil {
-		return 0, fmt.Errorf("read pid: %w", err)
+		return 0, errors.New("read pid: " + err.Error())
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		return 0, fmt.Errorf("read pid: %w", err)
+		return 0, errors.New("read pid: " + err.Error())
 	}
 	return pid, nil
 }
@@ -312,12 +413,9 @@ func runcError(logFile string) string {
 	b, _ := os.ReadFile(logFile)
 	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
 	for i := len(lines) - 1; i >= 0; i-- {
-		var l struct {
-			Level string `json:"level"`
-			Msg   string `json:"msg"`
-		}
-		if json.Unmarshal(lines[i], &l) == nil && (l.Level == "error" || l.Level == "fatal") {
-			return l.Msg
+		var level, msg string
+		if f, err := parseObject(lines[i]); err == nil && f.str("level", &level) == nil && f.str("msg", &msg) == nil && (level == "error" || level == "fatal") {
+			return msg
 		}
 	}
 	return strings.TrimSpace(string(b))
@@ -325,28 +423,19 @@ func runcError(logFile string) string {
 
 // recvConsole accepts runc's connection on the console socket and takes
 // the pty master it sends.
-func (s *supervisor) recvConsole(l *net.UnixListener) error {
+func (s *supervisor) recvConsole(l *os.File) error {
 	l.SetDeadline(time.Now().Add(30 * time.Second))
-	c, err := l.AcceptUnix()
+	cfd, err := accept(l)
 	if err != nil {
-		return fmt.Errorf("console socket: %w", err)
+		return errors.New("console socket: " + err.Error())
 	}
+	c := os.NewFile(uintptr(cfd), "console")
 	defer c.Close()
-	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(4))
-	_, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	fd, err := recvFD(c)
 	if err != nil {
-		return fmt.Errorf("console socket: %w", err)
+		return errors.New("console socket: " + err.Error())
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
-		return fmt.Errorf("console socket: no control message")
-	}
-	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return fmt.Errorf("console socket: no pty fd")
-	}
-	s.pty = os.NewFile(uintptr(fds[0]), "pty")
+	s.pty = os.NewFile(uintptr(fd), "pty")
 	s.stdin = s.pty
 	return nil
 }
@@ -403,26 +492,32 @@ func (s *supervisor) logLine(stream string, line []byte) {
 		return
 	}
 	line = bytes.TrimSuffix(line, []byte("\r"))
-	b, _ := json.Marshal(api.HostLogLine{Time: time.Now().UTC(), Stream: stream, Msg: string(line)})
-	s.logf.Write(append(b, '\n'))
+	// As json.Marshal writes an api.HostLogLine.
+	var o object
+	o.time("t", time.Now().UTC())
+	o.str("s", stream)
+	o.str("m", string(line))
+	s.logf.Write(append(o.done(), '\n'))
 }
 
-func (s *supervisor) serve(ln net.Listener, conns *sync.WaitGroup) {
+func (s *supervisor) serve(ln *os.File, conns *sync.WaitGroup) {
 	for {
-		c, err := ln.Accept()
+		fd, err := accept(ln)
 		if err != nil {
 			return
 		}
 		// The socket is reachable from every process in the host's
 		// network namespace (build jobs, host network jobs): only root,
-		// the host agent, may attach to the job or wait for it.
-		if cred, err := peerCred(c); err != nil || cred.Uid != 0 {
+		// the host agent, may attach to the job or wait for it. The
+		// credentials are the client's when it connected.
+		if cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED); err != nil || cred.Uid != 0 {
 			if err == nil {
-				fmt.Fprintf(os.Stderr, "refused a connection from uid %d (pid %d): only root may use the supervisor\n", cred.Uid, cred.Pid)
+				os.Stderr.WriteString("refused a connection from uid " + strconv.FormatUint(uint64(cred.Uid), 10) + " (pid " + strconv.Itoa(int(cred.Pid)) + "): only root may use the supervisor\n")
 			}
-			c.Close()
+			unix.Close(fd)
 			continue
 		}
+		c := os.NewFile(uintptr(fd), "client")
 		conns.Add(1)
 		go func() {
 			defer conns.Done()
@@ -431,7 +526,7 @@ func (s *supervisor) serve(ln net.Listener, conns *sync.WaitGroup) {
 	}
 }
 
-func (s *supervisor) handle(c net.Conn) {
+func (s *supervisor) handle(c *os.File) {
 	defer c.Close()
 	br := bufio.NewReader(c)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -440,9 +535,9 @@ func (s *supervisor) handle(c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	var req Request
-	if err := json.Unmarshal(line, &req); err != nil {
-		api.WriteFrame(c, api.FrameError, []byte("bad request"))
+	req, err := parseRequest(line)
+	if err != nil {
+		writeFrame(c, frameError, []byte("bad request"))
 		return
 	}
 	sub := &subscriber{ch: make(chan frame, 1024), output: !req.Wait}
@@ -464,8 +559,7 @@ func (s *supervisor) handle(c net.Conn) {
 		}
 	}
 	if exit != nil {
-		payload, _ := json.Marshal(exit)
-		api.WriteFrame(c, api.FrameExit, payload)
+		writeFrame(c, frameExit, exit.json())
 		return
 	}
 	if req.Height > 0 && req.Width > 0 {
@@ -474,7 +568,7 @@ func (s *supervisor) handle(c net.Conn) {
 	if !req.Wait {
 		s.started.Do(func() {
 			if out, err := s.runc("start", s.cfg.ID).CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "runc start: %v: %s\n", err, out)
+				os.Stderr.WriteString("runc start: " + err.Error() + ": " + string(out) + "\n")
 			}
 		})
 	}
@@ -484,7 +578,7 @@ func (s *supervisor) handle(c net.Conn) {
 		s.drop(sub)
 	}()
 	for f := range sub.ch {
-		if err := api.WriteFrame(c, f.typ, f.data); err != nil {
+		if err := writeFrame(c, f.typ, f.data); err != nil {
 			s.drop(sub)
 			for range sub.ch {
 			}
@@ -506,12 +600,12 @@ func (s *supervisor) drop(sub *subscriber) {
 // input reads a client's frames: stdin data and resizes.
 func (s *supervisor) input(r io.Reader, stdin bool) {
 	for {
-		typ, p, err := api.ReadFrame(r)
+		typ, p, err := readFrame(r)
 		if err != nil {
 			return
 		}
 		switch typ {
-		case api.FrameStdin:
+		case frameStdin:
 			if !stdin || s.stdin == nil {
 				continue
 			}
@@ -522,7 +616,7 @@ func (s *supervisor) input(r io.Reader, stdin bool) {
 				continue
 			}
 			s.stdin.Write(p)
-		case api.FrameResize:
+		case frameResize:
 			if len(p) == 4 {
 				s.resize(binary.BigEndian.Uint16(p[0:2]), binary.BigEndian.Uint16(p[2:4]))
 			}
@@ -547,15 +641,16 @@ func replayLog(w io.Writer, file string, n int64) error {
 	sc := bufio.NewScanner(io.LimitReader(f, n))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var l api.HostLogLine
-		if json.Unmarshal(sc.Bytes(), &l) != nil {
+		var stream, msg string
+		f, err := parseObject(sc.Bytes())
+		if err != nil || f.str("s", &stream) != nil || f.str("m", &msg) != nil {
 			continue
 		}
-		typ := api.FrameStdout
-		if l.Stream == "stderr" {
-			typ = api.FrameStderr
+		typ := frameStdout
+		if stream == "stderr" {
+			typ = frameStderr
 		}
-		if err := api.WriteFrame(w, typ, []byte(l.Msg+"\n")); err != nil {
+		if err := writeFrame(w, typ, []byte(msg+"\n")); err != nil {
 			return err
 		}
 	}
@@ -608,27 +703,6 @@ func oomKilled(cgroupsPath string) bool {
 	return false
 }
 
-// peerCred returns the credentials of the process at the other end of a
-// unix socket connection (SO_PEERCRED: taken when it connected).
-func peerCred(c net.Conn) (*unix.Ucred, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return nil, errors.New("not a unix socket")
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
-}
-
 // Addr is where the supervisor of the job in dir listens: an
 // abstract unix socket (in the host's network namespace) named after the
 // job directory, so its length does not depend on the state dir's. Any
@@ -637,6 +711,11 @@ func Addr(dir string) string {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	sum := sha256.Sum256([]byte(dir))
-	return "@flynn-supervisor-" + hex.EncodeToString(sum[:16])
+	const hex = "0123456789abcdef"
+	sum := sum256([]byte(dir))
+	name := []byte("@flynn-supervisor-")
+	for _, b := range sum[:16] {
+		name = append(name, hex[b>>4], hex[b&0xf])
+	}
+	return string(name)
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/blobclient"
@@ -24,6 +23,7 @@ import (
 	"github.com/flynnrebuilt/flynn/client/hostclient"
 	"github.com/flynnrebuilt/flynn/internal/blobstore"
 	"github.com/flynnrebuilt/flynn/internal/controller"
+	"github.com/flynnrebuilt/flynn/internal/etcdkv"
 	"github.com/flynnrebuilt/flynn/internal/gitreceive"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/image"
@@ -53,14 +53,14 @@ type pipeline struct {
 
 // startPipelineDaemon starts flynn-host init + daemon on loopback and
 // returns the host token, agent URL, etcd client and a log dumper.
-func startPipelineDaemon(t *testing.T) (*testDaemon, *clientv3.Client) {
+func startPipelineDaemon(t *testing.T) (*testDaemon, *etcdkv.Client) {
 	t.Helper()
 	d := startDaemon(t)
 	tc, err := pki.TLSConfig(d.etcdTLS, pki.ComponentCert, pki.ComponentKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{d.etcd}, DialTimeout: 5 * time.Second, TLS: tc})
+	cli, err := etcdkv.New(etcdkv.Config{Endpoints: []string{d.etcd}, DialTimeout: 5 * time.Second, TLS: tc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func startPipelineDaemon(t *testing.T) (*testDaemon, *clientv3.Client) {
 	waitFor(t, ctx, "the host to register in etcd", d.watch(), func() (bool, error) {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		res, err := cli.Get(cctx, api.KeyHosts, clientv3.WithPrefix())
+		res, err := cli.Get(cctx, api.KeyHosts, etcdkv.WithPrefix())
 		if err == nil && len(res.Kvs) == 0 {
 			err = errors.New("no host registered")
 		}

@@ -245,6 +245,9 @@ func (c *Client) do(ctx context.Context, path string, in, out any, retry bool) e
 		res, err := c.post(ctx, ep, path, body)
 		if err == nil {
 			err = json.NewDecoder(res.Body).Decode(out)
+			// Read to the end, so that the connection is reused rather
+			// than closed (and a new one made, TLS handshake and all).
+			io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
 			res.Body.Close()
 			if err == nil {
 				return nil

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http/httptrace"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -464,5 +466,36 @@ func TestNamespace(t *testing.T) {
 	}
 	if res, _ := root.Get(x, "/", etcdkv.WithPrefix()); keys(res.Kvs) != "/ns2/k=other,/outside=o" {
 		t.Fatalf("outside the namespace: %s", keys(res.Kvs))
+	}
+}
+
+// TestConnectionsReused: one request after another goes over one
+// connection, not a new one (and, with TLS, a new handshake) each.
+func TestConnectionsReused(t *testing.T) {
+	c := etcdtest.KV(t)
+	var fresh, reused atomic.Int32
+	x := httptrace.WithClientTrace(ctx(t), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		if i.Reused {
+			reused.Add(1)
+		} else {
+			fresh.Add(1)
+		}
+	}})
+	// Values large enough that the JSON ends before the body is seen to:
+	// the client has to read on to its end to reuse the connection.
+	big := strings.Repeat("x", 100<<10)
+	for i := range 10 {
+		if _, err := c.Put(x, "/r", fmt.Sprint(i, big)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(x, "/r"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Txn(x).If(etcdkv.Compare(etcdkv.Version("/r"), ">", 0)).Then(etcdkv.OpGet("/r")).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fresh.Load() != 1 || reused.Load() != 29 {
+		t.Fatalf("30 requests: %d new connections, %d reused; want 1 and 29", fresh.Load(), reused.Load())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -64,6 +65,12 @@ func (a *Agent) routes() http.Handler {
 		return nil
 	}))
 	mux.Handle("POST /attach", httpapi.HandlerFunc(a.attach))
+	// The daemon's profiles (it runs etcd, discoverd and this agent), for
+	// ops with the host token: go tool pprof -H "Authorization: ..." is not
+	// a flag, so fetch with curl and read the file.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.Handle("/", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		return api.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))

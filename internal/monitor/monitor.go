@@ -112,14 +112,31 @@ func (m *monitor) run(ctx context.Context) {
 // check looks once at every app to restore and restores those whose jobs
 // have been gone for the grace period.
 func (m *monitor) check(ctx context.Context) error {
-	fs, err := m.store.ListActiveFormations(ctx)
+	// Two reads of whole prefixes, whatever the number of apps: the
+	// formations and apps are listed every Interval, and only a platform
+	// app that has to be restored is expanded (its release, artifacts).
+	apps, err := m.store.ListApps(ctx)
 	if err != nil {
 		return err
 	}
-	var want []*api.ExpandedFormation
-	for _, f := range fs {
-		if f.App.Meta[api.MetaSystemRestore] == "true" && f.App.ReleaseID == f.Release.ID {
-			want = append(want, f)
+	forms, err := m.store.ListFormations(ctx, "")
+	if err != nil {
+		return err
+	}
+	restorable := map[string]*api.App{}
+	for _, a := range apps {
+		if a.Meta[api.MetaSystemRestore] == "true" {
+			restorable[a.ID] = a
+		}
+	}
+	type platformApp struct {
+		app  *api.App
+		form *api.Formation
+	}
+	var want []platformApp
+	for _, f := range forms {
+		if a := restorable[f.AppID]; a != nil && a.ReleaseID == f.ReleaseID && active(f.Processes) {
+			want = append(want, platformApp{a, f})
 		}
 	}
 	if len(want) == 0 {
@@ -147,13 +164,14 @@ func (m *monitor) check(ctx context.Context) error {
 		}
 	}
 	now := m.now()
-	for _, f := range want {
-		w := m.apps[f.App.ID]
+	for _, p := range want {
+		app := p.app
+		w := m.apps[app.ID]
 		if w == nil {
 			w = &appWatch{}
-			m.apps[f.App.ID] = w
+			m.apps[app.ID] = w
 		}
-		if running[f.App.ID] > 0 {
+		if running[app.ID] > 0 {
 			w.missingSince = time.Time{}
 			if w.runningSince.IsZero() {
 				w.runningSince = now
@@ -166,18 +184,22 @@ func (m *monitor) check(ctx context.Context) error {
 		w.runningSince = time.Time{}
 		if w.missingSince.IsZero() {
 			w.missingSince = now
-			m.log.Info("no job of a platform app runs", "app", f.App.Name, "restoring_in", m.cfg.Grace)
+			m.log.Info("no job of a platform app runs", "app", app.Name, "restoring_in", m.cfg.Grace)
 		}
 		if now.Sub(w.missingSince) < m.cfg.Grace || now.Before(w.nextTry) {
 			continue
 		}
 		w.attempts++
 		w.nextTry = now.Add(min(m.cfg.Grace<<min(w.attempts-1, 10), m.cfg.MaxBackoff))
-		if err := m.restore(ctx, f, snap); err != nil {
-			m.log.Error("restore a platform app", "app", f.App.Name, "attempt", w.attempts, "err", err)
+		f, err := m.store.Expand(ctx, p.form)
+		if err == nil {
+			err = m.restore(ctx, f, snap)
+		}
+		if err != nil {
+			m.log.Error("restore a platform app", "app", app.Name, "attempt", w.attempts, "err", err)
 			continue
 		}
-		m.log.Info("restored a platform app", "app", f.App.Name, "attempt", w.attempts)
+		m.log.Info("restored a platform app", "app", app.Name, "attempt", w.attempts)
 	}
 	return nil
 }
@@ -222,4 +244,14 @@ func (m *monitor) restore(ctx context.Context, f *api.ExpandedFormation, snap *s
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// active says whether a formation asks for any process.
+func active(procs map[string]int) bool {
+	for _, n := range procs {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -1,11 +1,10 @@
 package api
 
 import (
-	"encoding/binary"
-	"errors"
-	"fmt"
 	"io"
 	"time"
+
+	"github.com/flynnrebuilt/flynn/api/frame"
 )
 
 // AttachUpgrade is the protocol a POST /attach upgrades to. After the 101
@@ -25,25 +24,25 @@ type AttachRequest struct {
 	Width  uint16 `json:"width,omitempty"`
 }
 
-// Attach frame types. A frame is one type byte, a big-endian uint32
-// payload length and the payload.
+// Attach frame types (package frame). A frame is one type byte, a
+// big-endian uint32 payload length and the payload.
 const (
 	// FrameStdin carries input to the job; an empty payload is EOF.
-	FrameStdin byte = 0
+	FrameStdin = frame.Stdin
 	// FrameStdout and FrameStderr carry the job's output. A TTY job's
 	// output is all on FrameStdout.
-	FrameStdout byte = 1
-	FrameStderr byte = 2
+	FrameStdout = frame.Stdout
+	FrameStderr = frame.Stderr
 	// FrameExit ends the stream; its payload is a JSON HostJobExit.
-	FrameExit byte = 3
+	FrameExit = frame.Exit
 	// FrameError ends the stream with an error message.
-	FrameError byte = 4
+	FrameError = frame.Error
 	// FrameResize sets the TTY size: uint16 height, uint16 width.
-	FrameResize byte = 5
+	FrameResize = frame.Resize
 )
 
 // MaxFrame is the largest frame payload accepted.
-const MaxFrame = 1 << 20
+const MaxFrame = frame.Max
 
 // HostJobExit is how a job ended.
 type HostJobExit struct {
@@ -62,31 +61,7 @@ type HostLogLine struct {
 }
 
 // WriteFrame writes one attach frame.
-func WriteFrame(w io.Writer, typ byte, payload []byte) error {
-	if len(payload) > MaxFrame {
-		return fmt.Errorf("frame of %d bytes exceeds %d", len(payload), MaxFrame)
-	}
-	buf := make([]byte, 5+len(payload))
-	buf[0] = typ
-	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
-	copy(buf[5:], payload)
-	_, err := w.Write(buf)
-	return err
-}
+func WriteFrame(w io.Writer, typ byte, payload []byte) error { return frame.Write(w, typ, payload) }
 
 // ReadFrame reads one attach frame.
-func ReadFrame(r io.Reader) (byte, []byte, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > MaxFrame {
-		return 0, nil, errors.New("attach frame too large")
-	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
-		return 0, nil, err
-	}
-	return hdr[0], p, nil
-}
+func ReadFrame(r io.Reader) (byte, []byte, error) { return frame.Read(r) }

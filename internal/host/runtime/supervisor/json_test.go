@@ -69,30 +69,6 @@ func TestWritesAsAPI(t *testing.T) {
 	}
 }
 
-func TestFramesAsAPI(t *testing.T) {
-	for _, c := range [][2]byte{{frameStdin, api.FrameStdin}, {frameStdout, api.FrameStdout}, {frameStderr, api.FrameStderr},
-		{frameExit, api.FrameExit}, {frameError, api.FrameError}, {frameResize, api.FrameResize}} {
-		if c[0] != c[1] {
-			t.Errorf("frame type %d, api's is %d", c[0], c[1])
-		}
-	}
-	if maxFrame != api.MaxFrame {
-		t.Errorf("maxFrame %d, api's is %d", maxFrame, api.MaxFrame)
-	}
-	var buf bytes.Buffer
-	writeFrame(&buf, frameStdout, []byte("out"))
-	api.WriteFrame(&buf, api.FrameResize, []byte{0, 24, 0, 80})
-	if typ, p, err := api.ReadFrame(&buf); err != nil || typ != api.FrameStdout || string(p) != "out" {
-		t.Errorf("api.ReadFrame: %d %q %v", typ, p, err)
-	}
-	if typ, p, err := readFrame(&buf); err != nil || typ != frameResize || !bytes.Equal(p, []byte{0, 24, 0, 80}) {
-		t.Errorf("readFrame: %d %q %v", typ, p, err)
-	}
-	if writeFrame(&buf, frameStdout, make([]byte, maxFrame+1)) == nil {
-		t.Error("writeFrame took a frame over maxFrame")
-	}
-}
-
 func TestParseAsJSON(t *testing.T) {
 	cfg := Config{ID: "web-1", Runc: "/usr/bin/runc", RuncRoot: "/var/lib/flynn/runc", TTY: true, Stdin: true, CgroupsPath: "/flynn/web-1", DisableLog: true}
 	for _, c := range []Config{cfg, {ID: "x"}} {

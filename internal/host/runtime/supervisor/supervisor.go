@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flynnrebuilt/flynn/api/frame"
 )
 
 // Files in a job's directory.
@@ -75,19 +77,6 @@ type Request struct {
 	Height uint16 `json:"height,omitempty"`
 	Width  uint16 `json:"width,omitempty"`
 }
-
-// Attach frame types, as api's (FrameStdin...).
-const (
-	frameStdin  byte = 0
-	frameStdout byte = 1
-	frameStderr byte = 2
-	frameExit   byte = 3
-	frameError  byte = 4
-	frameResize byte = 5
-)
-
-// maxFrame is api.MaxFrame.
-const maxFrame = 1 << 20
 
 // jobExit is api.HostJobExit.
 type jobExit struct {
@@ -151,43 +140,13 @@ func parseRequest(b []byte) (Request, error) {
 		f.uint16("height", &r.Height), f.uint16("width", &r.Width))
 }
 
-// writeFrame is api.WriteFrame.
-func writeFrame(w io.Writer, typ byte, payload []byte) error {
-	if len(payload) > maxFrame {
-		return errors.New("frame of " + strconv.Itoa(len(payload)) + " bytes exceeds " + strconv.Itoa(maxFrame))
-	}
-	buf := make([]byte, 5+len(payload))
-	buf[0] = typ
-	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
-	copy(buf[5:], payload)
-	_, err := w.Write(buf)
-	return err
-}
-
-// readFrame is api.ReadFrame.
-func readFrame(r io.Reader) (byte, []byte, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > maxFrame {
-		return 0, nil, errors.New("attach frame too large")
-	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
-		return 0, nil, err
-	}
-	return hdr[0], p, nil
-}
-
-type frame struct {
+type outFrame struct {
 	typ  byte
 	data []byte
 }
 
 type subscriber struct {
-	ch     chan frame
+	ch     chan outFrame
 	output bool
 }
 
@@ -285,7 +244,7 @@ func Run(dir string) error {
 	payload := exit.json()
 	for sub := range s.subs {
 		select {
-		case sub.ch <- frame{frameExit, payload}:
+		case sub.ch <- outFrame{frame.Exit, payload}:
 		default:
 		}
 		close(sub.ch)
@@ -380,8 +339,8 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 			s.stdin = inW
 		}
 		pumps.Add(2)
-		go func() { defer pumps.Done(); s.pump(outR, "stdout", frameStdout) }()
-		go func() { defer pumps.Done(); s.pump(errR, "stderr", frameStderr) }()
+		go func() { defer pumps.Done(); s.pump(outR, "stdout", frame.Stdout) }()
+		go func() { defer pumps.Done(); s.pump(errR, "stderr", frame.Stderr) }()
 	}
 	err = cmd.Run()
 	for _, f := range closeAfter {
@@ -395,7 +354,7 @@ func (s *supervisor) startContainer(pumps *sync.WaitGroup) (int, error) {
 			return 0, err
 		}
 		pumps.Add(1)
-		go func() { defer pumps.Done(); s.pump(s.pty, "stdout", frameStdout) }()
+		go func() { defer pumps.Done(); s.pump(s.pty, "stdout", frame.Stdout) }()
 	}
 	b, err := os.ReadFile(filepath.Join(s.dir, FilePID))
 	if err != nil {
@@ -454,7 +413,7 @@ func (s *supervisor) pump(r io.Reader, stream string, typ byte) {
 					continue
 				}
 				select {
-				case sub.ch <- frame{typ, data}:
+				case sub.ch <- outFrame{typ, data}:
 				default: // too slow: cut it off
 					close(sub.ch)
 					delete(s.subs, sub)
@@ -537,10 +496,10 @@ func (s *supervisor) handle(c *os.File) {
 	c.SetReadDeadline(time.Time{})
 	req, err := parseRequest(line)
 	if err != nil {
-		writeFrame(c, frameError, []byte("bad request"))
+		frame.Write(c, frame.Error, []byte("bad request"))
 		return
 	}
-	sub := &subscriber{ch: make(chan frame, 1024), output: !req.Wait}
+	sub := &subscriber{ch: make(chan outFrame, 1024), output: !req.Wait}
 	s.mu.Lock()
 	var replayUpTo int64
 	if req.Logs && !req.Wait {
@@ -559,7 +518,7 @@ func (s *supervisor) handle(c *os.File) {
 		}
 	}
 	if exit != nil {
-		writeFrame(c, frameExit, exit.json())
+		frame.Write(c, frame.Exit, exit.json())
 		return
 	}
 	if req.Height > 0 && req.Width > 0 {
@@ -578,7 +537,7 @@ func (s *supervisor) handle(c *os.File) {
 		s.drop(sub)
 	}()
 	for f := range sub.ch {
-		if err := writeFrame(c, f.typ, f.data); err != nil {
+		if err := frame.Write(c, f.typ, f.data); err != nil {
 			s.drop(sub)
 			for range sub.ch {
 			}
@@ -600,12 +559,12 @@ func (s *supervisor) drop(sub *subscriber) {
 // input reads a client's frames: stdin data and resizes.
 func (s *supervisor) input(r io.Reader, stdin bool) {
 	for {
-		typ, p, err := readFrame(r)
+		typ, p, err := frame.Read(r)
 		if err != nil {
 			return
 		}
 		switch typ {
-		case frameStdin:
+		case frame.Stdin:
 			if !stdin || s.stdin == nil {
 				continue
 			}
@@ -616,7 +575,7 @@ func (s *supervisor) input(r io.Reader, stdin bool) {
 				continue
 			}
 			s.stdin.Write(p)
-		case frameResize:
+		case frame.Resize:
 			if len(p) == 4 {
 				s.resize(binary.BigEndian.Uint16(p[0:2]), binary.BigEndian.Uint16(p[2:4]))
 			}
@@ -646,11 +605,11 @@ func replayLog(w io.Writer, file string, n int64) error {
 		if err != nil || f.str("s", &stream) != nil || f.str("m", &msg) != nil {
 			continue
 		}
-		typ := frameStdout
+		typ := frame.Stdout
 		if stream == "stderr" {
-			typ = frameStderr
+			typ = frame.Stderr
 		}
-		if err := writeFrame(w, typ, []byte(msg+"\n")); err != nil {
+		if err := frame.Write(w, typ, []byte(msg+"\n")); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package router
 import (
 	"bufio"
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -62,6 +63,37 @@ func (b *backend) markDown() {
 	b.mu.Unlock()
 	for _, c := range idle {
 		c.conn.Close()
+	}
+}
+
+// markDown marks b down after a failed dial; when the dial timed out (the
+// host did not answer, as when it lost power or its network), the other
+// backends on its host too.
+func markDown(set *backendSet, b *backend, err error) {
+	var ne net.Error
+	if (errors.As(err, &ne) && ne.Timeout()) || errors.Is(err, syscall.EHOSTUNREACH) {
+		markHostDown(set, b)
+		return
+	}
+	b.markDown()
+}
+
+// markHostDown marks b and every backend of set on b's host down: when a
+// host stops answering, each of its backends would otherwise cost the next
+// requests a dial or user timeout of their own before being passed over.
+func markHostDown(set *backendSet, b *backend) {
+	b.markDown()
+	if set == nil {
+		return
+	}
+	host, _, err := net.SplitHostPort(b.addr)
+	if err != nil {
+		return
+	}
+	for _, c := range set.all {
+		if h, _, err := net.SplitHostPort(c.addr); c != b && err == nil && h == host {
+			c.markDown()
+		}
 	}
 }
 
@@ -236,20 +268,25 @@ func pick(cands []*backend, tried []*backend) *backend {
 			j++
 		}
 		a, b := cands[i], cands[j]
-		if ad, bd := a.isDown(), b.isDown(); ad != bd {
+		ad, bd := a.isDown(), b.isDown()
+		switch {
+		case ad != bd:
 			if ad {
 				return b
 			}
 			return a
+		case !ad:
+			if b.inflight.Load() < a.inflight.Load() {
+				return b
+			}
+			return a
 		}
-		if b.inflight.Load() < a.inflight.Load() {
-			return b
-		}
-		return a
+		// Both down (a host of several backends vanished): any that is
+		// up, as below.
 	}
-	// A retry after a failed dial: the least loaded untried backend that
-	// is not down (else the least loaded untried one), starting at a
-	// random offset so ties spread out.
+	// A retry after a failed dial, or two choices that were both down: the
+	// least loaded untried backend that is not down (else the least
+	// loaded untried one), starting at a random offset so ties spread out.
 	var best *backend
 	bestDown := false
 	off := rand.IntN(n)

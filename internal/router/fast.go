@@ -627,14 +627,17 @@ func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bu
 		}
 		if err != nil {
 			b.release()
-			b.markDown()
+			markDown(set, b, err)
 			s.r.log.Debug("backend dial failed", "route", e.route.ID, "addr", b.addr, "err", err)
 			continue
 		}
 		setCookie := e.route.Sticky && b.addr != sticky
 		status, keep = s.roundTrip(req, e, b, pc, br, bw, start, setCookie)
 		b.release()
-		if status == retryElsewhere {
+		if status == retryHostDown {
+			markHostDown(set, b)
+		}
+		if status == retryElsewhere || status == retryHostDown {
 			continue
 		}
 		return status, keep
@@ -679,8 +682,7 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 	}
 	if err != nil && req.contentLen == 0 && isUnreachable(err) {
 		pc.conn.Close()
-		b.markDown()
-		return retryElsewhere, true
+		return retryHostDown, true
 	}
 	if err != nil && pc.reused && req.contentLen == 0 && isStale(err) {
 		pc.conn.Close()

@@ -131,8 +131,19 @@ type testBackend struct {
 
 func newBackend(t *testing.T, name string, h http.HandlerFunc) *testBackend {
 	t.Helper()
+	return newBackendOn(t, "127.0.0.1", name, h)
+}
+
+// newBackendOn is newBackend listening on ip (another loopback address
+// stands for another host).
+func newBackendOn(t *testing.T, ip, name string, h http.HandlerFunc) *testBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	b := &testBackend{name: name}
-	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.hits.Add(1)
 		b.last.Store(r)
 		w.Header().Set("X-Backend", name)
@@ -142,6 +153,9 @@ func newBackend(t *testing.T, name string, h http.HandlerFunc) *testBackend {
 		}
 		io.WriteString(w, name)
 	}))
+	b.srv.Listener.Close()
+	b.srv.Listener = ln
+	b.srv.Start()
 	t.Cleanup(b.srv.Close)
 	return b
 }

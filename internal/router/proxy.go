@@ -128,7 +128,7 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 			if req.Context().Err() != nil {
 				return statusClientClosed, false
 			}
-			b.markDown()
+			markDown(set, b, err)
 			continue
 		}
 		if e.route.Sticky && b.addr != sticky {
@@ -140,7 +140,10 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 			status, abort = f.roundTrip(w, req, e, b, pc, start)
 		}
 		b.release()
-		if status == retryElsewhere {
+		if status == retryHostDown {
+			markHostDown(set, b)
+		}
+		if status == retryElsewhere || status == retryHostDown {
 			continue
 		}
 		return status, abort
@@ -161,8 +164,7 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 	if err != nil && req.ContentLength == 0 && isUnreachable(err) && req.Context().Err() == nil {
 		stop()
 		pc.conn.Close()
-		b.markDown()
-		return retryElsewhere, false
+		return retryHostDown, false
 	}
 	if err != nil && pc.reused && req.ContentLength == 0 && isStale(err) && req.Context().Err() == nil {
 		stop()
@@ -252,6 +254,11 @@ func isStale(err error) bool {
 // connection failed before the backend answered, and its backend cannot
 // be reached again (its host is gone).
 const retryElsewhere = -1
+
+// retryHostDown is retryElsewhere because the backend's host did not
+// answer at all (isUnreachable): the other backends on that host are
+// passed over too (markHostDown).
+const retryHostDown = -2
 
 // isUnreachable reports whether a request without a body, sent on a
 // bounded connection (upConn.bound), timed out unacknowledged: the

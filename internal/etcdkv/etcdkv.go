@@ -32,6 +32,7 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -83,8 +84,23 @@ func New(cfg Config) (*Client, error) {
 	if dt <= 0 {
 		dt = 5 * time.Second
 	}
+	d := &net.Dialer{
+		Timeout: dt,
+		// A member that vanishes (power, network) without closing its
+		// connections: an idle one (a watch's) is found dead by
+		// keepalives, one with a request written to it by the user
+		// timeout, in seconds; the request is then tried elsewhere (a read)
+		// or fails (a write), where it would wait forever.
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 5 * time.Second, Count: 3},
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			rc.Control(func(fd uintptr) {
+				syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(userTimeout/time.Millisecond))
+			})
+			return nil
+		},
+	}
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: dt, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         d.DialContext,
 		TLSClientConfig:     cfg.TLS,
 		TLSHandshakeTimeout: dt,
 		MaxIdleConnsPerHost: 8,
@@ -146,6 +162,14 @@ type requireLeaderKey struct{}
 func WithRequireLeader(ctx context.Context) context.Context {
 	return context.WithValue(ctx, requireLeaderKey{}, true)
 }
+
+// userTimeout bounds how long data written to a member may go
+// unacknowledged (TCP_USER_TIMEOUT, Linux; 18 is its option number, which
+// package syscall does not name).
+const (
+	userTimeout    = 10 * time.Second
+	tcpUserTimeout = 0x12
+)
 
 // codeUnavailable is gRPC's Unavailable; maxUnavailable bounds the tries
 // of a read that keeps getting it.

@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http/httptrace"
+	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -498,4 +502,66 @@ func TestConnectionsReused(t *testing.T) {
 	if fresh.Load() != 1 || reused.Load() != 29 {
 		t.Fatalf("30 requests: %d new connections, %d reused; want 1 and 29", fresh.Load(), reused.Load())
 	}
+}
+
+// TestVanishedMember: a member that vanishes without closing its
+// connections (its packets dropped, as on a power or network loss): a read
+// on a pooled connection to it fails by the TCP user timeout and goes to
+// the next member, instead of waiting for an answer that never comes. The
+// vanishing member is a proxy on 127.0.0.2 in front of the test's etcd,
+// listed first; the second endpoint is the etcd itself.
+func TestVanishedMember(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: drops the proxy's packets with iptables")
+	}
+	srv := etcdtest.Start(t)
+	target := strings.TrimPrefix(srv.Endpoint(), "http://")
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go io.Copy(u, c)
+				io.Copy(c, u)
+			}()
+		}
+	}()
+	c, err := etcdkv.New(etcdkv.Config{Endpoints: []string{"http://" + ln.Addr().String(), srv.Endpoint()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	x, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if _, err := c.Put(x, "/v", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(x, "/v"); err != nil { // a pooled connection to the proxy
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	rule := []string{"INPUT", "-i", "lo", "-p", "tcp", "-d", "127.0.0.2", "--dport", port, "-j", "DROP"}
+	if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+		t.Skipf("iptables: %v %s", err, out)
+	}
+	defer exec.Command("iptables", append([]string{"-D"}, rule...)...).Run()
+	start := time.Now()
+	res, err := c.Get(x, "/v")
+	if err != nil || string(res.Kvs[0].Value) != "1" {
+		t.Fatalf("read after the first member vanished: %v", err)
+	}
+	t.Logf("answered by the second member after %s", time.Since(start).Round(100*time.Millisecond))
 }

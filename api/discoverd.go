@@ -16,6 +16,10 @@ type Instance struct {
 	Index uint64 `json:"index"`
 }
 
+// InstanceMetaHostID is the instance meta key naming the host whose job
+// registered the instance (set by the host agent).
+const InstanceMetaHostID = "FLYNN_HOST_ID"
+
 // Discoverd event kinds.
 const (
 	EventKindUp          = "up"

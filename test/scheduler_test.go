@@ -332,6 +332,17 @@ func TestDeployCrashingReleaseRollsBack(t *testing.T) {
 		ids, err := registered()
 		return cmp.Equal(ids, before[r1.ID]), err
 	})
+	// Each instance names its host, as its job's ID does ("<host>-<uuid>"):
+	// routers pass over a vanished host's backends by it.
+	insts, err := dc.Instances(ctx, "rollback-web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range insts {
+		if h := in.Meta[host.InstanceMetaHostID]; h == "" || !strings.HasPrefix(in.Meta[host.InstanceMetaJobID], h+"-") {
+			t.Errorf("instance %s of job %s has host ID %q", in.Addr, in.Meta[host.InstanceMetaJobID], h)
+		}
+	}
 
 	r2 := &api.Release{AppID: app.ID, ArtifactIDs: []string{art.ID}, Processes: map[string]*api.ProcessType{
 		"web": {Args: []string{"sh", "-c", "echo crashing; exit 3"}, Ports: ports},

@@ -44,6 +44,10 @@ const (
 	InstanceMetaAppID       = "FLYNN_APP_ID"
 	InstanceMetaReleaseID   = "FLYNN_RELEASE_ID"
 	InstanceMetaProcessType = "FLYNN_PROCESS_TYPE"
+	// InstanceMetaHostID names the host the job runs on: a router that
+	// finds one backend's host gone passes over its other backends too,
+	// whatever their addresses.
+	InstanceMetaHostID = api.InstanceMetaHostID
 )
 
 // Remover is optionally implemented by a Registry: Remove deregisters the
@@ -130,6 +134,7 @@ func (a *Agent) registerJob(aj *api.ActiveJob) {
 		InstanceMetaAppID:       aj.Job.Metadata[api.JobMetaApp],
 		InstanceMetaReleaseID:   aj.Job.Metadata[api.JobMetaRelease],
 		InstanceMetaProcessType: aj.Job.Metadata[api.JobMetaProcessType],
+		InstanceMetaHostID:      a.cfg.ID,
 	}
 	for k, v := range meta {
 		if v == "" {

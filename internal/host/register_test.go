@@ -20,7 +20,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/testslot"
 )
 
-// fakeRegistry records registrations as "+service addr job" and
+// fakeRegistry records registrations as "+service addr job host" and
 // deregistrations as "-service addr".
 type fakeRegistry struct{ ops chan string }
 
@@ -30,7 +30,7 @@ type fakeReg struct {
 }
 
 func (f *fakeRegistry) Register(ctx context.Context, service, addr string, meta map[string]string) (host.Registration, error) {
-	f.ops <- fmt.Sprintf("+%s %s %s", service, addr, meta[host.InstanceMetaJobID])
+	f.ops <- fmt.Sprintf("+%s %s %s %s", service, addr, meta[host.InstanceMetaJobID], meta[host.InstanceMetaHostID])
 	return &fakeReg{f, service, addr}, nil
 }
 
@@ -79,7 +79,7 @@ func TestRegisterServicePorts(t *testing.T) {
 	if _, err := c.AddJob(ctx, job); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(fmt.Sprintf("+web-svc 127.0.0.1:%d reg1", ports[1]), nextOp(t, reg)); diff != "" {
+	if diff := cmp.Diff(fmt.Sprintf("+web-svc 127.0.0.1:%d reg1 h1", ports[1]), nextOp(t, reg)); diff != "" {
 		t.Fatalf("registration (-want +got):\n%s", diff)
 	}
 	stopped := make(chan error, 1)
@@ -137,7 +137,7 @@ func TestRegisterWaitsForHealthCheck(t *testing.T) {
 		}
 	}
 	healthy.Store(true)
-	if diff := cmp.Diff(fmt.Sprintf("+checked 127.0.0.1:%d reg2", port), nextOp(t, reg)); diff != "" {
+	if diff := cmp.Diff(fmt.Sprintf("+checked 127.0.0.1:%d reg2 h1", port), nextOp(t, reg)); diff != "" {
 		t.Fatalf("registration (-want +got):\n%s", diff)
 	}
 	healthy.Store(false)

@@ -25,8 +25,12 @@ const maxIdlePerBackend = 512
 // in inflight; once the instance leaves discoverd (gone) it gets no new
 // work and is reported drained when inflight reaches zero.
 type backend struct {
-	addr     string
-	service  string
+	addr    string
+	service string
+	// host is the host the instance runs on (hostOf), fixed when the
+	// backend is made: markHostDown passes over every backend of a host
+	// that stopped answering.
+	host     string
 	inflight atomic.Int64
 	gone     atomic.Bool
 	drained  atomic.Bool
@@ -83,18 +87,27 @@ func markDown(set *backendSet, b *backend, err error) {
 // requests a dial or user timeout of their own before being passed over.
 func markHostDown(set *backendSet, b *backend) {
 	b.markDown()
-	if set == nil {
-		return
-	}
-	host, _, err := net.SplitHostPort(b.addr)
-	if err != nil {
+	if set == nil || b.host == "" {
 		return
 	}
 	for _, c := range set.all {
-		if h, _, err := net.SplitHostPort(c.addr); c != b && err == nil && h == host {
+		if c != b && c.host == b.host {
 			c.markDown()
 		}
 	}
+}
+
+// hostOf names the host of an instance: the host agent's ID from its meta
+// (each container has an address of its own, so the addresses of one
+// host's backends differ), else the address's IP.
+func hostOf(in *api.Instance) string {
+	if h := in.Meta[api.InstanceMetaHostID]; h != "" {
+		return "id:" + h
+	}
+	if ip, _, err := net.SplitHostPort(in.Addr); err == nil {
+		return "ip:" + ip
+	}
+	return ""
 }
 
 // isDown reports whether the backend is passed over (markDown).
@@ -359,7 +372,7 @@ func (s *service) follow(ctx context.Context, d Discoverer, drain *drainTracker,
 			delete(live, in.ID)
 			old.markGone()
 		}
-		b := &backend{addr: in.Addr, service: s.name, drain: drain}
+		b := &backend{addr: in.Addr, service: s.name, host: hostOf(in), drain: drain}
 		drain.add(b)
 		live[in.ID] = b
 		instances[in.ID] = in

@@ -49,6 +49,11 @@ func (m *MemDiscoverer) svc(name string) *memService {
 // Register adds (or updates) an instance with the given addr; its ID is
 // the addr.
 func (m *MemDiscoverer) Register(service, addr string) {
+	m.RegisterMeta(service, addr, nil)
+}
+
+// RegisterMeta is Register with instance meta.
+func (m *MemDiscoverer) RegisterMeta(service, addr string, meta map[string]string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.svc(service)
@@ -59,6 +64,9 @@ func (m *MemDiscoverer) Register(service, addr string) {
 		inst = &api.Instance{ID: addr, Addr: addr, Proto: "tcp", Index: m.next}
 		s.instances[addr] = inst
 		kind = api.EventKindUp
+	}
+	if meta != nil {
+		inst.Meta = meta
 	}
 	m.send(s, service, kind, inst)
 	m.electLocked(s, service)

@@ -763,17 +763,21 @@ func TestEventStreamHead(t *testing.T) {
 // of them is sent to another backend in about backendUserTimeout, and
 // every request after it goes elsewhere without waiting: that backend and
 // the others on its host are passed over for a while, over both paths.
-// The vanishing host is 127.0.0.2, the one that stays 127.0.0.1.
+// The vanishing host's backends listen on 127.0.0.2 and 127.0.0.3, as two
+// containers of one host have addresses of their own, and are registered
+// with its host ID (api.InstanceMetaHostID); the one that stays listens on
+// 127.0.0.1.
 func TestVanishedBackendHost(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: drops a backend's packets with iptables")
 	}
 	h := startRouter(t, nil)
-	gone := []*testBackend{newBackendOn(t, "127.0.0.2", "gone1", nil), newBackendOn(t, "127.0.0.2", "gone2", nil)}
+	gone := []*testBackend{newBackendOn(t, "127.0.0.2", "gone1", nil), newBackendOn(t, "127.0.0.3", "gone2", nil)}
 	stays := newBackend(t, "stays", nil)
-	for _, b := range append(gone, stays) {
-		h.disc.Register("vanish-web", b.addr())
+	for _, b := range gone {
+		h.disc.RegisterMeta("vanish-web", b.addr(), map[string]string{api.InstanceMetaHostID: "host2"})
 	}
+	h.disc.RegisterMeta("vanish-web", stays.addr(), map[string]string{api.InstanceMetaHostID: "host1"})
 	h.putRoute(api.Route{ID: "vanish", Domain: "vanish.test", Service: "vanish-web"})
 	for _, name := range []string{"stays", "gone1", "gone2"} {
 		h.expectBackend("http://vanish.test/", name)
@@ -790,11 +794,13 @@ func TestVanishedBackendHost(t *testing.T) {
 		if gone[0].hits.Load() < hits[0]+2 || gone[1].hits.Load() < hits[1]+2 {
 			t.Fatal("requests do not reach the backends to drop")
 		}
-		rule := []string{"INPUT", "-i", "lo", "-p", "tcp", "-d", "127.0.0.2", "-j", "DROP"}
-		if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
-			t.Skipf("iptables: %v %s", err, out)
+		for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+			rule := []string{"INPUT", "-i", "lo", "-p", "tcp", "-d", ip, "-j", "DROP"}
+			if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+				t.Skipf("iptables: %v %s", err, out)
+			}
+			defer exec.Command("iptables", append([]string{"-D"}, rule...)...).Run()
 		}
-		defer exec.Command("iptables", append([]string{"-D"}, rule...)...).Run()
 		waited := 0
 		for i := range 8 {
 			start := time.Now()

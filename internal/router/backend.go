@@ -145,6 +145,9 @@ type upConn struct {
 	// bounded: the connection's TCP_USER_TIMEOUT is backendUserTimeout
 	// (else the kernel's default, unbounded in practice).
 	bounded bool
+	// probed: quick keepalive probes are on (probe), set from the
+	// hang-up sweeper or a request's timer while a request waits.
+	probed atomic.Bool
 }
 
 var dialer = &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
@@ -181,6 +184,61 @@ func (c *upConn) bound(on bool) {
 			c.bounded = on
 		}
 	})
+}
+
+// A request whose backend has not answered within probeAfter has quick
+// keepalive probes turned on for its connection: one after probeIdle
+// without a packet from the backend, then every probeInterval, and the
+// connection fails (ETIMEDOUT) once backendUserTimeout has passed with
+// a probe unanswered (or after probeCount probes when the request has a
+// body and so no user timeout). The backend's kernel answers probes
+// whatever its app does, so a slow handler is not cut off; a backend
+// whose host vanished after it got the request (power, network) is, in
+// seconds, instead of holding the request until the client gives up.
+const (
+	probeAfter    = hangupSweep
+	probeIdle     = time.Second
+	probeInterval = time.Second
+	probeCount    = 2
+)
+
+// probe turns quick keepalive probes on, or back to the dialer's.
+func (c *upConn) probe(on bool) {
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	idle, intvl, cnt := int(probeIdle/time.Second), int(probeInterval/time.Second), probeCount
+	if !on {
+		idle, intvl, cnt = int(dialer.KeepAlive/time.Second), int(dialer.KeepAlive/time.Second), 9
+	}
+	rc.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, idle)
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, intvl)
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT, cnt)
+	})
+}
+
+// startProbe turns quick probes on for a request that waits on c, once.
+func (c *upConn) startProbe() {
+	if c.probed.CompareAndSwap(false, true) {
+		c.probe(true)
+	}
+}
+
+// idempotent says whether a request of method may be sent again after
+// its backend got it and then vanished (RFC 9110, 9.2.2).
+func idempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
 }
 
 // getConn returns an idle pooled connection or dials a new one. With
@@ -246,6 +304,10 @@ func (b *backend) putConn(c *upConn) {
 	if b.gone.Load() {
 		c.conn.Close()
 		return
+	}
+	if c.probed.Load() {
+		c.probe(false)
+		c.probed.Store(false)
 	}
 	b.mu.Lock()
 	if len(b.idle) >= maxIdlePerBackend {

@@ -682,7 +682,14 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 	}
 	if err != nil && req.contentLen == 0 && isUnreachable(err) {
 		pc.conn.Close()
-		return retryHostDown, true
+		if !pc.probed.Load() || idempotent(view(req.method)) {
+			return retryHostDown, true
+		}
+		// The backend got the request, and its host vanished before it
+		// answered (probe): a request that is not idempotent is not
+		// sent again.
+		b.markDown()
+		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend's host stopped answering after it got the request")
 	}
 	if err != nil && pc.reused && req.contentLen == 0 && isStale(err) {
 		pc.conn.Close()

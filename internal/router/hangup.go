@@ -77,6 +77,10 @@ func (s *fastServer) sweepHangups(stop <-chan struct{}) {
 		s.mu.Unlock()
 		for _, fc := range waiting {
 			if !peerClosed(fc.conn) {
+				// The backend is slow, or its host is gone (probe).
+				if pc := fc.up.Load(); pc != nil {
+					pc.startProbe()
+				}
 				continue
 			}
 			// In this order, against unwatch's: a request that

@@ -160,11 +160,18 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time) (int, bool) {
 	stop := context.AfterFunc(req.Context(), func() { pc.conn.SetDeadline(aLongTimeAgo) })
 	pc.bound(req.ContentLength == 0)
+	probe := time.AfterFunc(probeAfter, pc.startProbe)
+	defer func() { probe.Stop() }()
 	resp, err := f.send(req, e, pc, start, false)
 	if err != nil && req.ContentLength == 0 && isUnreachable(err) && req.Context().Err() == nil {
 		stop()
 		pc.conn.Close()
-		return retryHostDown, false
+		if !pc.probed.Load() || idempotent(req.Method) {
+			return retryHostDown, false
+		}
+		b.markDown()
+		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend's host stopped answering after it got the request")
+		return http.StatusBadGateway, false
 	}
 	if err != nil && pc.reused && req.ContentLength == 0 && isStale(err) && req.Context().Err() == nil {
 		stop()
@@ -176,6 +183,8 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 		}
 		stop = context.AfterFunc(req.Context(), func() { pc.conn.SetDeadline(aLongTimeAgo) })
 		pc.bound(true)
+		probe.Stop()
+		probe = time.AfterFunc(probeAfter, pc.startProbe)
 		resp, err = f.send(req, e, pc, start, false)
 	}
 	if err != nil {
@@ -203,6 +212,7 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 	copyResponseHeader(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	complete, upstreamErr := copyBody(w, resp, pc)
+	probe.Stop()
 	reusable := stop() && complete && !resp.Close && !e.route.DisableKeepAlives
 	if reusable {
 		b.putConn(pc)

@@ -824,3 +824,102 @@ func TestVanishedBackendHost(t *testing.T) {
 		}
 	})
 }
+
+// TestBackendHostVanishesMidRequest: a backend's host vanishes (its
+// packets dropped) after the backend got a request and before it
+// answered. Keepalive probes, which the router turns on for a request
+// that waits, find that out in seconds: a GET goes to another backend, a
+// POST (not idempotent: the backend may have acted on it) is answered
+// 502. Without them both waited until the client gave up. The handler
+// itself takes a minute: a backend whose host answers probes is not cut
+// off for being slow.
+func TestBackendHostVanishesMidRequest(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: drops a backend's packets with iptables")
+	}
+	h := startRouter(t, nil)
+	got := make(chan string, 16)
+	release := make(chan struct{})
+	slow := newBackendOn(t, "127.0.0.5", "slow", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/block" {
+			got <- r.Method
+			select {
+			case <-release:
+			case <-time.After(time.Minute):
+			}
+		}
+		io.WriteString(w, "slow")
+	})
+	t.Cleanup(func() { close(release) }) // before the backend's Close, which waits for its handlers
+	stays := newBackend(t, "stays", nil)
+	h.disc.RegisterMeta("midreq-web", slow.addr(), map[string]string{api.InstanceMetaHostID: "host2"})
+	h.disc.RegisterMeta("midreq-web", stays.addr(), map[string]string{api.InstanceMetaHostID: "host1"})
+	h.putRoute(api.Route{ID: "midreq", Domain: "midreq.test", Service: "midreq-web"})
+	h.expectBackend("http://midreq.test/", "slow")
+	h.expectBackend("http://midreq.test/", "stays")
+
+	// vanishMidRequest sends method /block until slow gets one, then drops
+	// slow's packets, and returns that request's reply.
+	vanishMidRequest := func(t *testing.T, scheme, method string) (reply, time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(3 * downPause)
+		for time.Now().Before(deadline) {
+			type result struct {
+				r   reply
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				req, _ := http.NewRequest(method, scheme+"://midreq.test/block", nil)
+				res, err := h.client().Do(req)
+				if err != nil {
+					done <- result{err: err}
+					return
+				}
+				defer res.Body.Close()
+				b, _ := io.ReadAll(res.Body)
+				done <- result{r: reply{status: res.StatusCode, backend: res.Header.Get("X-Backend"), body: string(b)}}
+			}()
+			select {
+			case res := <-done:
+				if res.err != nil {
+					t.Fatalf("%s /block: %v", method, res.err)
+				}
+				time.Sleep(50 * time.Millisecond) // answered by stays: again
+				continue
+			case m := <-got:
+				if m != method {
+					t.Fatalf("slow got %s, want %s", m, method)
+				}
+			}
+			rule := []string{"INPUT", "-i", "lo", "-p", "tcp", "-d", "127.0.0.5", "-j", "DROP"}
+			if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+				t.Skipf("iptables: %v %s", err, out)
+			}
+			start := time.Now()
+			res := <-done
+			exec.Command("iptables", append([]string{"-D"}, rule...)...).Run()
+			if res.err != nil {
+				t.Fatalf("%s /block after slow's host vanished: %v after %s", method, res.err, time.Since(start))
+			}
+			return res.r, time.Since(start)
+		}
+		t.Fatalf("no %s /block reached slow", method)
+		return reply{}, 0
+	}
+	h.modes(t, func(t *testing.T, scheme string) {
+		r, took := vanishMidRequest(t, scheme, "GET")
+		t.Logf("GET: %d from %q after %s", r.status, r.backend, took.Round(time.Millisecond))
+		if r.status != 200 || r.backend != "stays" {
+			t.Errorf("GET whose backend's host vanished: %d from %q %q, want it sent to stays", r.status, r.backend, r.body)
+		}
+		if scheme == "https" && !h.r.tlsNetHTTP.Load() {
+			return // the POST over the fast path is the plain HTTP mode's
+		}
+		r, took = vanishMidRequest(t, scheme, "POST")
+		t.Logf("POST: %d from %q after %s", r.status, r.backend, took.Round(time.Millisecond))
+		if r.status != http.StatusBadGateway || !strings.Contains(r.body, "stopped answering after it got the request") {
+			t.Errorf("POST whose backend's host vanished: %d from %q %q, want 502", r.status, r.backend, r.body)
+		}
+	})
+}

@@ -145,6 +145,17 @@ func TestMultiHost(t *testing.T) {
 	// Probes through hosts 1 and 3 while host 2 is cut off and back.
 	var probes, failed atomic.Int64
 	var failures sync.Map
+	var cut, back time.Time // set before the probes read them (cutAt)
+	var cutAt atomic.Pointer[time.Time]
+	// since says when t was, relative to the cut (and to the link's
+	// return, once it is back).
+	since := func(t time.Time) string {
+		c := cutAt.Load()
+		if c == nil {
+			return t.Format("15:04:05.000")
+		}
+		return fmt.Sprintf("%s (cut%+.3fs)", t.Format("15:04:05.000"), t.Sub(*c).Seconds())
+	}
 	pctx, stopProbes := context.WithCancel(context.Background())
 	var pwg sync.WaitGroup
 	for _, h := range []e2eHost{c.hosts[0], c.hosts[2]} {
@@ -152,11 +163,12 @@ func TestMultiHost(t *testing.T) {
 		go func() {
 			defer pwg.Done()
 			for pctx.Err() == nil {
+				sent := time.Now()
 				status, err := viaHost(h)
 				probes.Add(1)
 				if status != 200 {
 					failed.Add(1)
-					failures.Store(fmt.Sprintf("%s %s %d %v", time.Now().Format("15:04:05.000"), h.ip, status, err), true)
+					failures.Store(fmt.Sprintf("sent %s, failed after %s: %s %d %v", since(sent), time.Since(sent).Round(time.Millisecond), h.ip, status, err), true)
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
@@ -165,7 +177,8 @@ func TestMultiHost(t *testing.T) {
 	defer func() { stopProbes(); pwg.Wait() }()
 
 	veth2 := c.net.vethPrefix + "2"
-	cut := time.Now()
+	cut = time.Now()
+	cutAt.Store(&cut)
 	if out, err := exec.Command("ip", "link", "set", veth2, "down").CombinedOutput(); err != nil {
 		t.Fatalf("cut host 2: %v %s", err, out)
 	}
@@ -182,7 +195,7 @@ func TestMultiHost(t *testing.T) {
 	a.flynn("scale", "web=6")
 
 	linkUp()
-	back := time.Now()
+	back = time.Now()
 	// Exactly the formation's count again, host 2's stale jobs stopped:
 	// six running, and still six a few seconds later.
 	var steadySince time.Time
@@ -205,7 +218,7 @@ func TestMultiHost(t *testing.T) {
 	t.Logf("host 2 cut off: web=6 on hosts 1 and 3 after %s; back: exactly web=6 after %s; %d of %d probes through hosts 1 and 3 failed",
 		failover.Round(100*time.Millisecond), steadySince.Sub(back).Round(100*time.Millisecond), failed.Load(), probes.Load())
 	if failed.Load() > 0 {
-		t.Errorf("%d probes through hosts 1 and 3 failed while host 2 was cut off: %v", failed.Load(), list)
+		t.Errorf("%d probes through hosts 1 and 3 failed while host 2 was cut off (link back at cut%+.3fs): %v", failed.Load(), back.Sub(cut).Seconds(), list)
 	}
 
 	// Power loss on every host; they come back one at a time in another

@@ -9,9 +9,17 @@ type SlugBuildResult struct {
 	ProcessTypes map[string]string `json:"process_types"`
 	// Buildpack is the display name of the buildpack(s) that built the app.
 	Buildpack string `json:"buildpack"`
-	// SHA256 and Size describe the slug (a tar.gz of /app).
+	// SHA256 and Size describe the slug (a tar.gz of /app): without
+	// Runtime, all of it; with Runtime, all but the runtime layer.
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
+	// Runtime, when the slug has one, is its runtime layer: the
+	// directories the buildpacks installed runtimes and tools into
+	// (/app's top-level hidden directories, such as .node), a layer of
+	// their own below the rest so that a push that leaves them as they
+	// were reuses the last release's layer instead of packing, checking
+	// and downloading them again.
+	Runtime *SlugLayerResult `json:"runtime,omitempty"`
 	// SourceVersion is the commit that was built, when known.
 	SourceVersion string `json:"source_version,omitempty"`
 	// DurationMS is how long the whole build took.
@@ -19,6 +27,20 @@ type SlugBuildResult struct {
 	// Phases says where the build's time went, in the order the phases
 	// first ran; a phase that did not run is absent.
 	Phases []BuildPhase `json:"phases,omitempty"`
+}
+
+// SlugLayerResult describes a slug's runtime layer.
+type SlugLayerResult struct {
+	// Digest is the sha256 of the layer's uncompressed tar, which the
+	// same files always give (their directories' and links' times
+	// aside): it says whether the layer changed since the last build.
+	Digest string `json:"digest"`
+	// Reused says the layer is the one of the digest the build was given
+	// (the last release's), and was not written again. Else SHA256 and
+	// Size describe the tar.gz written.
+	Reused bool   `json:"reused,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+	Size   int64  `json:"size,omitempty"`
 }
 
 // BuildPhase is the time a build spent in one phase: "fetch" (downloading

@@ -181,6 +181,7 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 	if err != nil {
 		prev = nil
 	}
+	last := r.lastRuntime(ctx, prev)
 	fmt.Fprintf(out, "-----> Building %s...\n", app.Name)
 
 	src := fmt.Sprintf("/repos/%s/%s.tar", app.ID, p.NewRev)
@@ -193,7 +194,7 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 	defer r.cfg.Blobs.Delete(context.WithoutCancel(ctx), src)
 
 	start = time.Now()
-	res, err := r.build(ctx, app, prev, p, src, out)
+	res, err := r.build(ctx, app, prev, last, p, src, out)
 	tm.since("build", start)
 	if err != nil {
 		return err
@@ -203,7 +204,7 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 		return err
 	}
 	start = time.Now()
-	rel, err := r.createRelease(ctx, app, prev, p.NewRev, res, out)
+	rel, err := r.createRelease(ctx, app, prev, last, p.NewRev, res, out)
 	tm.since("release", start)
 	if err != nil {
 		return err
@@ -218,18 +219,77 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 	return nil
 }
 
-// createRelease makes the slug of rev a layer and creates the artifact and
-// the release of the build res.
-func (r *BuildReceiver) createRelease(ctx context.Context, app *api.App, prev *api.Release, rev string, res *api.SlugBuildResult, out io.Writer) (*api.Release, error) {
-	layer, err := r.slugLayer(ctx, app, rev)
+// Meta keys of a pushed release's artifact that name its runtime layer
+// (api.SlugBuildResult.Runtime): the layer's digest and its ID.
+const (
+	metaRuntimeDigest = "gitreceive.runtime_digest"
+	metaRuntimeLayer  = "gitreceive.runtime_layer"
+)
+
+// runtimeLayer is the runtime layer of an app's current release.
+type runtimeLayer struct {
+	digest string
+	layer  *api.ImageLayer
+}
+
+// lastRuntime finds the runtime layer of release prev when a push made
+// it (nil otherwise, or when it cannot be read: the build then writes
+// its runtime layer anew).
+func (r *BuildReceiver) lastRuntime(ctx context.Context, prev *api.Release) *runtimeLayer {
+	if prev == nil || len(prev.ArtifactIDs) != 1 {
+		return nil
+	}
+	art, err := r.cfg.Controller.GetArtifact(ctx, prev.ArtifactIDs[0])
+	if err != nil {
+		r.log.Warn("read the current release's artifact", "release", prev.ID, "err", err)
+		return nil
+	}
+	digest, id := art.Meta[metaRuntimeDigest], art.Meta[metaRuntimeLayer]
+	if digest == "" || id == "" || art.Manifest == nil || len(art.Manifest.Rootfs) == 0 || art.Manifest.Rootfs[0] == nil {
+		return nil
+	}
+	for _, l := range art.Manifest.Rootfs[0].Layers {
+		if l != nil && l.ID == id {
+			c := *l
+			return &runtimeLayer{digest: digest, layer: &c}
+		}
+	}
+	return nil
+}
+
+// createRelease makes the slug of rev a layer (two with a runtime layer,
+// which may be last's) and creates the artifact and the release of the
+// build res.
+func (r *BuildReceiver) createRelease(ctx context.Context, app *api.App, prev *api.Release, last *runtimeLayer, rev string, res *api.SlugBuildResult, out io.Writer) (*api.Release, error) {
+	meta := map[string]string{"gitreceive.rev": rev, "gitreceive.buildpack": res.Buildpack}
+	layers := []*api.ImageLayer{r.cfg.StackLayer}
+	if rt := res.Runtime; rt != nil {
+		var l *api.ImageLayer
+		switch {
+		case rt.Reused && last != nil && rt.Digest == last.digest:
+			l = last.layer
+		case rt.Reused:
+			return nil, errors.New("the build reused a runtime layer that the app's current release does not have")
+		default:
+			info, err := r.slugLayer(ctx, runtimePath(app.ID, rev))
+			if err != nil {
+				return nil, fmt.Errorf("runtime layer: %w", err)
+			}
+			l = info.layer(r.cfg.Blobs)
+		}
+		layers = append(layers, l)
+		meta[metaRuntimeDigest], meta[metaRuntimeLayer] = rt.Digest, l.ID
+	}
+	layer, err := r.slugLayer(ctx, slugPath(app.ID, rev))
 	if err != nil {
 		return nil, err
 	}
+	layers = append(layers, layer.layer(r.cfg.Blobs))
 	fmt.Fprintln(out, "-----> Creating release...")
 	art := &api.Artifact{
 		Type: api.ArtifactTypeFlynn,
 		URI:  r.cfg.Blobs.URL(layer.URL),
-		Meta: map[string]string{"gitreceive.rev": rev, "gitreceive.buildpack": res.Buildpack},
+		Meta: meta,
 		Manifest: &api.ImageManifest{
 			Type: api.ManifestType,
 			Entrypoints: map[string]*api.Entrypoint{"_default": {
@@ -239,7 +299,7 @@ func (r *BuildReceiver) createRelease(ctx context.Context, app *api.App, prev *a
 			}},
 			Rootfs: []*api.ImageRootfs{{
 				Platform: &api.ImagePlatform{Architecture: "amd64", OS: "linux"},
-				Layers:   []*api.ImageLayer{r.cfg.StackLayer, layer.layer(r.cfg.Blobs)},
+				Layers:   layers,
 			}},
 		},
 	}
@@ -277,7 +337,10 @@ func (r *BuildReceiver) uploadSource(ctx context.Context, p Push, blob string) e
 	return nil
 }
 
-func slugPath(appID, rev string) string   { return fmt.Sprintf("/slugs/%s/%s.tgz", appID, rev) }
+func slugPath(appID, rev string) string { return fmt.Sprintf("/slugs/%s/%s.tgz", appID, rev) }
+func runtimePath(appID, rev string) string {
+	return fmt.Sprintf("/slugs/%s/%s-runtime.tgz", appID, rev)
+}
 func resultPath(appID, rev string) string { return fmt.Sprintf("/slugs/%s/%s.json", appID, rev) }
 
 // buildNetwork says where a build whose blobstore is at base runs: on the
@@ -306,7 +369,7 @@ func buildNetwork(base string) (hostNet bool, reach []int, err error) {
 }
 
 // build runs the slugbuilder job and returns its result.
-func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Release, p Push, src string, out io.Writer) (*api.SlugBuildResult, error) {
+func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Release, last *runtimeLayer, p Push, src string, out io.Writer) (*api.SlugBuildResult, error) {
 	env := map[string]string{}
 	if prev != nil {
 		maps.Copy(env, prev.Env)
@@ -324,12 +387,18 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		"SOURCE_URL":      r.jobURL(base, src, api.BlobRead),
 		"SLUG_URL":        r.jobURL(base, slugPath(app.ID, p.NewRev), api.BlobWrite),
 		"SLUG_RESULT_URL": r.jobURL(base, resultPath(app.ID, p.NewRev), api.BlobWrite),
-		"BUILD_CACHE_URL": r.jobURL(base, fmt.Sprintf("/caches/%s.tgz", app.ID), api.BlobReadWrite),
-		"SOURCE_VERSION":  p.NewRev,
+		// The runtime layer goes apart, or is last's when unchanged.
+		"SLUG_RUNTIME_URL":    r.jobURL(base, runtimePath(app.ID, p.NewRev), api.BlobWrite),
+		"SLUG_RUNTIME_DIGEST": "",
+		"BUILD_CACHE_URL":     r.jobURL(base, fmt.Sprintf("/caches/%s.tgz", app.ID), api.BlobReadWrite),
+		"SOURCE_VERSION":      p.NewRev,
 		// The app's build cache volume, mounted where the slugbuilder
 		// has CACHE_DIR in every build (see job.Config.Volumes).
 		"BUILD_CACHE_VOLUME": slugbuilder.StableCacheRoot,
 	})
+	if last != nil {
+		env["SLUG_RUNTIME_DIGEST"] = last.digest
+	}
 	hostNet, reach, err := buildNetwork(base)
 	if err != nil {
 		return nil, err
@@ -416,15 +485,16 @@ func (l slugLayerInfo) layer(b *blobclient.Client) *api.ImageLayer {
 		Hashes: map[string]string{"sha256": l.SHA256}, URL: b.URL(l.URL)}
 }
 
-// slugLayer makes the slug the app's image layer. A slug in the slug
-// package's format is a layer as it is: then its blob is the layer, and
-// only its hash is computed. The build runs the app's code and could have
-// written anything to the slug's URL, so every entry is checked
+// slugLayer makes the slug at blob (or its runtime layer) an image layer.
+// A slug in the slug package's format is a layer as it is: then its blob
+// is the layer, and only its hash is computed. The build runs the app's
+// code and could have written anything to the slug's URLs, so every entry
+// is checked
 // (slug.Check); a slug that is not a safe layer (or one from an older
 // slugbuilder, with names relative to the app directory) is rewritten by
 // slug.Rewrite and stored at /layers/<sha256>.tgz.
-func (r *BuildReceiver) slugLayer(ctx context.Context, app *api.App, rev string) (*slugLayerInfo, error) {
-	rc, _, err := r.cfg.Blobs.Get(ctx, slugPath(app.ID, rev))
+func (r *BuildReceiver) slugLayer(ctx context.Context, blob string) (*slugLayerInfo, error) {
+	rc, _, err := r.cfg.Blobs.Get(ctx, blob)
 	if err != nil {
 		return nil, fmt.Errorf("read the slug: %w", err)
 	}
@@ -440,14 +510,14 @@ func (r *BuildReceiver) slugLayer(ctx context.Context, app *api.App, rev string)
 		return nil, fmt.Errorf("read the slug: %w", err)
 	}
 	if ok {
-		return &slugLayerInfo{URL: slugPath(app.ID, rev), SHA256: hex.EncodeToString(h.Sum(nil)), Size: cw.n}, nil
+		return &slugLayerInfo{URL: blob, SHA256: hex.EncodeToString(h.Sum(nil)), Size: cw.n}, nil
 	}
-	return r.rewriteSlug(ctx, app, rev)
+	return r.rewriteSlug(ctx, blob)
 }
 
 // rewriteSlug stores slug.Rewrite's layer of the slug at /layers/<sha256>.tgz.
-func (r *BuildReceiver) rewriteSlug(ctx context.Context, app *api.App, rev string) (*slugLayerInfo, error) {
-	rc, _, err := r.cfg.Blobs.Get(ctx, slugPath(app.ID, rev))
+func (r *BuildReceiver) rewriteSlug(ctx context.Context, blob string) (*slugLayerInfo, error) {
+	rc, _, err := r.cfg.Blobs.Get(ctx, blob)
 	if err != nil {
 		return nil, fmt.Errorf("read the slug: %w", err)
 	}

@@ -53,6 +53,12 @@ type fakeBuilder struct {
 	// busyVolumes refuses jobs that bind a volume, as a host does while
 	// another job uses it.
 	busyVolumes bool
+	// runtime, when set, is the content of a file the build puts in a
+	// runtime layer (api.SlugBuildResult.Runtime), whose digest is its
+	// sha256 here; lieReused reports a runtime layer reused that the
+	// build was not given.
+	runtime   string
+	lieReused bool
 }
 
 func httpPut(u string, body []byte) error {
@@ -74,7 +80,7 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	j.Config.Volumes = slices.Clone(job.Config.Volumes)
 	j.Config.Env = maps.Clone(job.Config.Env)
 	f.jobs = append(f.jobs, &j)
-	fail, busy := f.fail, f.busyVolumes
+	fail, busy, runtime, lie := f.fail, f.busyVolumes, f.runtime, f.lieReused
 	f.mu.Unlock()
 	if busy && len(job.Config.Volumes) > 0 {
 		return nil, fmt.Errorf("start the job on host h1: %w", api.Conflict("volume %s is in use by job h1-x", job.Config.Volumes[0].VolumeID))
@@ -126,13 +132,45 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	if err := httpPut(env["SLUG_URL"], slug.Bytes()); err != nil {
 		return nil, err
 	}
-	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"],
+	var rt *api.SlugLayerResult
+	if runtime != "" {
+		sum := sha256.Sum256([]byte(runtime))
+		rt = &api.SlugLayerResult{Digest: hex.EncodeToString(sum[:])}
+		switch {
+		case lie:
+			rt.Digest, rt.Reused = strings.Repeat("f", 64), true
+		case rt.Digest == env["SLUG_RUNTIME_DIGEST"]:
+			rt.Reused = true
+		default:
+			layer := tarGz(map[string]string{"./app/.rt/tool": runtime})
+			if err := httpPut(env["SLUG_RUNTIME_URL"], layer); err != nil {
+				return nil, err
+			}
+		}
+	}
+	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"], Runtime: rt,
 		Phases: []api.BuildPhase{{Name: "fetch", MS: fetched.Milliseconds()}, {Name: "slug", MS: time.Since(start).Milliseconds()}}})
 	if err := httpPut(env["SLUG_RESULT_URL"], result); err != nil {
 		return nil, err
 	}
 	fmt.Fprintln(out, "-----> Compiled slug")
 	return &api.HostJobExit{ExitStatus: 0}, nil
+}
+
+// tarGz is a slug layer of ./app/ and the files given, owned by the app
+// user.
+func tarGz(files map[string]string) []byte {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "./app/", Mode: 0o755, Uid: stack.AppUID, Gid: stack.AppGID})
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(files[name])), Uid: stack.AppUID, Gid: stack.AppGID})
+		tw.Write([]byte(files[name]))
+	}
+	tw.Close()
+	zw.Close()
+	return b.Bytes()
 }
 
 // fakeCluster plays the scheduler and deployer: it completes pending
@@ -424,6 +462,74 @@ func TestReceiverBuildsAndReleases(t *testing.T) {
 	}
 	if got := e.builder.jobs[1].Config.Env["GREETING"]; got != "hi" {
 		t.Errorf("build job env GREETING = %q, want the app's config", got)
+	}
+}
+
+// TestReceiverRuntimeLayer: a build's runtime layer goes below its slug
+// in the artifact; the next build is given its digest, and a runtime
+// layer it reports reused is the last release's, the same layer (so hosts
+// that have it fetch nothing); a changed one is a new layer; a build that
+// claims a layer it was not given fails the push.
+func TestReceiverRuntimeLayer(t *testing.T) {
+	e := setupReceiver(t, false)
+	ctx := context.Background()
+	e.builder.runtime = "runtime v1"
+	push := func(what string) (*api.Artifact, string) {
+		t.Helper()
+		os.WriteFile(filepath.Join(e.repo, "README"), []byte(what), 0o644)
+		gitIn(t, e.repo, "add", ".")
+		gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", what)
+		out, ok := e.push(t, "myapp")
+		if !ok {
+			t.Fatalf("push %s failed:\n%s", what, out)
+		}
+		rel, err := e.ctrl.GetAppRelease(ctx, e.app.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		art, err := e.ctrl.GetArtifact(ctx, rel.ArtifactIDs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(art.Manifest.Rootfs[0].Layers); n != 3 {
+			t.Fatalf("push %s: %d layers, want the stack, the runtime and the slug", what, n)
+		}
+		return art, e.builder.jobs[len(e.builder.jobs)-1].Config.Env["SLUG_RUNTIME_DIGEST"]
+	}
+	first, given := push("first")
+	sum := sha256.Sum256([]byte("runtime v1"))
+	digest := hex.EncodeToString(sum[:])
+	if given != "" || first.Meta[metaRuntimeDigest] != digest {
+		t.Errorf("first build given digest %q; artifact meta %v", given, first.Meta)
+	}
+	rt := first.Manifest.Rootfs[0].Layers[1]
+	if rt.URL != e.blobs.URL(runtimePath(e.app.ID, first.Meta["gitreceive.rev"])) || first.Meta[metaRuntimeLayer] != rt.ID || len(rt.ID) != 64 {
+		t.Errorf("runtime layer %+v, meta %v", rt, first.Meta)
+	}
+
+	second, given := push("second")
+	if given != digest {
+		t.Errorf("second build given digest %q, want %q", given, digest)
+	}
+	if diff := cmp.Diff(rt, second.Manifest.Rootfs[0].Layers[1]); diff != "" {
+		t.Errorf("second push's runtime layer is not the first's (-want +got):\n%s", diff)
+	}
+
+	e.builder.mu.Lock()
+	e.builder.runtime = "runtime v2"
+	e.builder.mu.Unlock()
+	third, _ := push("third")
+	if l := third.Manifest.Rootfs[0].Layers[1]; l.ID == rt.ID || third.Meta[metaRuntimeDigest] == digest || third.Meta[metaRuntimeLayer] != l.ID {
+		t.Errorf("third push's runtime layer %+v (meta %v) is the first's", l, third.Meta)
+	}
+
+	e.builder.mu.Lock()
+	e.builder.lieReused = true
+	e.builder.mu.Unlock()
+	os.WriteFile(filepath.Join(e.repo, "README"), []byte("lie"), 0o644)
+	gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "lie")
+	if out, ok := e.push(t, "myapp"); ok || !strings.Contains(out, "reused a runtime layer that the app's current release does not have") {
+		t.Errorf("a build claiming a runtime layer it was not given: ok=%v\n%s", ok, out)
 	}
 }
 

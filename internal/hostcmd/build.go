@@ -78,7 +78,7 @@ instead.`,
 // config and goes to the buildpacks' ENV_DIR.
 var buildEnvKeys = []string{
 	"PATH", "HOME", "HOSTNAME", "PWD", "SHLVL", "TERM", "USER", "PORT", "_",
-	"DISCOVERD", "SLUG_URL", "BUILD_CACHE_URL", "BUILDPACK_URL", "SOURCE_VERSION",
+	"DISCOVERD", "SLUG_URL", "SLUG_RUNTIME_URL", "SLUG_RUNTIME_DIGEST", "BUILD_CACHE_URL", "BUILDPACK_URL", "SOURCE_VERSION",
 	"SOURCE_URL", "SLUG_RESULT_URL", "STACK", "BUILD_CACHE_VOLUME",
 }
 
@@ -112,7 +112,7 @@ Heroku slugs are) to --slug and a JSON result to --result.
 Build output goes to stdout line by line.
 
 Every variable of the environment that is not a build setting (PATH, HOME,
-PORT, FLYNN_*, SLUG_URL, BUILD_CACHE_URL, BUILD_CACHE_VOLUME, BUILDPACK_URL,
+PORT, FLYNN_*, SLUG_URL, SLUG_RUNTIME_URL, BUILD_CACHE_URL, BUILD_CACHE_VOLUME, BUILDPACK_URL,
 SOURCE_VERSION, ...) is app config, given to buildpacks in ENV_DIR; --env
 adds more.`,
 		Args: cobra.NoArgs,
@@ -125,6 +125,8 @@ adds more.`,
 			}
 			def(&cfg.Source, "SOURCE_URL")
 			def(&cfg.Slug, "SLUG_URL")
+			def(&cfg.RuntimeSlug, "SLUG_RUNTIME_URL")
+			def(&cfg.RuntimeDigest, "SLUG_RUNTIME_DIGEST")
 			def(&cfg.Result, "SLUG_RESULT_URL")
 			def(&cache, "BUILD_CACHE_URL")
 			def(&cfg.BuildpackURL, "BUILDPACK_URL")
@@ -167,6 +169,8 @@ adds more.`,
 	f.StringVar(&cfg.Source, "source", "", "source tarball: path, URL or - for stdin (env SOURCE_URL; default stdin)")
 	f.StringVar(&cfg.BuildDir, "build-dir", "/app", "directory to build in; it becomes the slug")
 	f.StringVar(&cfg.Slug, "slug", "", "where to write the slug: path or URL to PUT (env SLUG_URL)")
+	f.StringVar(&cfg.RuntimeSlug, "runtime-slug", "", "where to write the slug's runtime layer (/app's hidden directories but .profile.d), which --slug then lacks: path or URL to PUT (env SLUG_RUNTIME_URL)")
+	f.StringVar(&cfg.RuntimeDigest, "runtime-digest", "", "the last runtime layer's digest: one with that digest is reused, not written (env SLUG_RUNTIME_DIGEST)")
 	f.StringVar(&cfg.Result, "result", "", "where to write the JSON result: path or URL to PUT (env SLUG_RESULT_URL)")
 	f.StringVar(&cache, "cache", "", "build cache tar.gz, restored and saved: path or URL (env BUILD_CACHE_URL)")
 	f.StringVar(&cfg.CacheIn, "cache-in", "", "build cache to restore (overrides --cache)")

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // maybeGunzip returns a reader of the uncompressed stream, whether r is
@@ -202,11 +203,35 @@ func writeTarGz(w io.Writer, dir string, uid, gid int) error {
 // only set, just the entry at that relative path (alone, without what is
 // in it, when only ends in "/").
 func writeTar(w io.Writer, dir, only, prefix string, uid, gid int) error {
+	return writeTarOpts(w, dir, prefix, uid, gid, tarOpts{only: only})
+}
+
+// tarOpts select what writeTarOpts writes, and how.
+type tarOpts struct {
+	// only: see writeTar.
+	only string
+	// top, when set, selects the top-level entries of dir written, by
+	// name (dir itself is always written).
+	top func(name string) bool
+	// fixedTimes gives directories and symbolic links the modification
+	// time fixedTime: a build makes them anew each time, so without it
+	// the tar of the same files would differ from build to build. Files
+	// keep theirs.
+	fixedTimes bool
+}
+
+// fixedTime is the modification time of directories and links in a tar
+// written with tarOpts.fixedTimes.
+var fixedTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// writeTarOpts is writeTar with more choices (tarOpts). Entries are
+// written in lexical order, so the same tree gives the same tar.
+func writeTarOpts(w io.Writer, dir, prefix string, uid, gid int, o tarOpts) error {
 	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{}
-	root, alone := dir, strings.HasSuffix(only, "/")
-	if only != "" {
-		root = filepath.Join(dir, filepath.FromSlash(only))
+	root, alone := dir, strings.HasSuffix(o.only, "/")
+	if o.only != "" {
+		root = filepath.Join(dir, filepath.FromSlash(o.only))
 	}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -218,6 +243,12 @@ func writeTar(w io.Writer, dir, only, prefix string, uid, gid int) error {
 		rel, err := filepath.Rel(dir, p)
 		if err != nil {
 			return err
+		}
+		if o.top != nil && rel != "." && !strings.ContainsRune(rel, filepath.Separator) && !o.top(rel) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
 		}
 		fi, err := d.Info()
 		if err != nil {
@@ -241,6 +272,9 @@ func writeTar(w io.Writer, dir, only, prefix string, uid, gid int) error {
 			hdr.Name += "/"
 		}
 		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = uid, gid, "", ""
+		if o.fixedTimes && (fi.IsDir() || hdr.Typeflag == tar.TypeSymlink) {
+			hdr.ModTime = fixedTime
+		}
 		if fi.Mode().IsRegular() {
 			if id, ok := inode(fi); ok {
 				if first, seen := links[id]; seen {

@@ -562,9 +562,19 @@ func writeCacheMember(w io.Writer, buf *bytes.Buffer, dir, name string, uid, gid
 // gzip member with names under prefix (see writeTar), compressed on a
 // second core.
 func writeChunk(w io.Writer, dir, name, prefix string, uid, gid int) error {
+	return writeTarGzOpts(w, nil, dir, prefix, uid, gid, tarOpts{only: name})
+}
+
+// writeTarGzOpts writes writeTarOpts's tar gzipped to w, compressed on a
+// second core; raw, when set, gets the tar uncompressed too.
+func writeTarGzOpts(w, raw io.Writer, dir, prefix string, uid, gid int, o tarOpts) error {
 	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 	wb := newWriteBehind(zw)
-	err := writeTar(wb, dir, name, prefix, uid, gid)
+	var tw io.Writer = wb
+	if raw != nil {
+		tw = io.MultiWriter(wb, raw)
+	}
+	err := writeTarOpts(tw, dir, prefix, uid, gid, o)
 	if cerr := wb.Close(); cerr != nil {
 		return cerr
 	}

@@ -56,6 +56,16 @@ type Config struct {
 	// The slug is a tar.gz of the build directory in the slug package's
 	// format (names under slug.Prefix, owned by the app user).
 	Slug string
+	// RuntimeSlug, when set, is where the slug's runtime layer goes (a
+	// path or a URL to PUT to): the build directory's top-level hidden
+	// directories, where buildpacks install runtimes and tools (.node,
+	// .heroku, ...), packed apart from the rest, which then goes to Slug
+	// (see api.SlugBuildResult.Runtime). Empty means one slug of all.
+	RuntimeSlug string
+	// RuntimeDigest is the digest of the last release's runtime layer
+	// (api.SlugLayerResult.Digest): a runtime layer with that digest is
+	// not written again but reported reused.
+	RuntimeDigest string
 	// CacheIn and CacheOut are the build cache (a stream of one zstd
 	// member per chunk, see cache.go), a path or URL each; a missing cache
 	// is an empty one. Empty disables that side. When they are the same
@@ -382,10 +392,24 @@ func typeList(m map[string]string) string {
 
 func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
 	b.step("Compressing slug")
+	var o tarOpts
+	if b.cfg.RuntimeSlug != "" {
+		names, err := runtimeDirs(b.cfg.BuildDir)
+		if err != nil {
+			return err
+		}
+		if len(names) > 0 {
+			inRuntime := func(name string) bool { return slices.Contains(names, name) }
+			if res.Runtime, err = b.writeRuntime(ctx, names, tarOpts{top: inRuntime, fixedTimes: true}); err != nil {
+				return fmt.Errorf("write the slug's runtime layer: %w", err)
+			}
+			o.top = func(name string) bool { return !inRuntime(name) }
+		}
+	}
 	h := sha256.New()
 	var n countWriter
 	fill := func(w io.Writer) error {
-		return writeChunk(io.MultiWriter(w, h, &n), b.cfg.BuildDir, "", slug.Prefix, slug.UID, slug.GID)
+		return writeTarGzOpts(io.MultiWriter(w, h, &n), nil, b.cfg.BuildDir, slug.Prefix, slug.UID, slug.GID, o)
 	}
 	var err error
 	if b.cfg.Slug == "" {
@@ -399,6 +423,55 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
 	res.SHA256, res.Size = hex.EncodeToString(h.Sum(nil)), int64(n)
 	b.info("done, %.1f MB", float64(n)/1e6)
 	return nil
+}
+
+// runtimeDirs lists the top-level hidden directories of dir, where
+// buildpacks install runtimes and tools: the slug's runtime layer. The
+// exception is .profile.d, whose scripts buildpacks write anew on every
+// build: new modification times would make the layer new each time.
+func runtimeDirs(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), ".") && e.Name() != ".profile.d" {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+// writeRuntime writes the slug's runtime layer, the directories names of
+// the build directory, unless its digest (the sha256 of its tar) is
+// RuntimeDigest: then the last release's layer is reused. Computing the
+// digest reads the files once more than writing the layer alone would,
+// which costs much less than compressing, checking and fetching a layer
+// of unchanged runtimes again.
+func (b *build) writeRuntime(ctx context.Context, names []string, o tarOpts) (*api.SlugLayerResult, error) {
+	what := strings.Join(names, ", ")
+	if b.cfg.RuntimeDigest != "" {
+		h := sha256.New()
+		var n countWriter
+		if err := writeTarOpts(io.MultiWriter(h, &n), b.cfg.BuildDir, slug.Prefix, slug.UID, slug.GID, o); err != nil {
+			return nil, err
+		}
+		if digest := hex.EncodeToString(h.Sum(nil)); digest == b.cfg.RuntimeDigest {
+			b.info("runtime layer (%s, %.1f MB) unchanged: reusing the last release's", what, float64(n)/1e6)
+			return &api.SlugLayerResult{Digest: digest, Reused: true}, nil
+		}
+	}
+	raw, zh := sha256.New(), sha256.New()
+	var zn countWriter
+	err := store(ctx, b.cfg.RuntimeSlug, func(w io.Writer) error {
+		return writeTarGzOpts(io.MultiWriter(w, zh, &zn), raw, b.cfg.BuildDir, slug.Prefix, slug.UID, slug.GID, o)
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.info("runtime layer (%s): %.1f MB", what, float64(zn)/1e6)
+	return &api.SlugLayerResult{Digest: hex.EncodeToString(raw.Sum(nil)), SHA256: hex.EncodeToString(zh.Sum(nil)), Size: int64(zn)}, nil
 }
 
 type countWriter int64

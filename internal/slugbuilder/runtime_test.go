@@ -1,0 +1,179 @@
+package slugbuilder
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/slug"
+)
+
+// TestRuntimeLayer builds an app three times with a buildpack that
+// installs a "runtime" into .rt, as the Node.js buildpack installs Node
+// into .node: made anew in each build (directories and links with new
+// times, the tool copied with its own), a profile script written anew,
+// and a hard link from the app to the tool. The runtime goes to a layer
+// of its own; the second build, whose runtime is the same, reuses the
+// first's layer and does not write one; the third, whose tool changed,
+// writes a new one.
+func TestRuntimeLayer(t *testing.T) {
+	ctx := context.Background()
+	pack, src := t.TempDir(), t.TempDir()
+	writeTree(t, pack, map[string]string{
+		"bin/detect": "#!/bin/sh\necho Runtime\n",
+		"bin/compile": "#!/bin/sh\nset -e\nmkdir -p $1/.rt/bin $1/.profile.d\n" +
+			"cp -p " + src + "/tool $1/.rt/bin/tool\nln -s tool $1/.rt/bin/alias\n" +
+			"echo 'export PATH=$HOME/.rt/bin:$PATH' > $1/.profile.d/rt.sh\n" +
+			"echo \"$SOURCE_VERSION\" > $1/app.txt\nln $1/.rt/bin/tool $1/hard\n" +
+			// Made at another time in each build.
+			"touch -d @$(cat $3/STAMP) $1/.rt $1/.rt/bin\ntouch -h -d @$(cat $3/STAMP) $1/.rt/bin/alias\n",
+		"bin/release": "#!/bin/sh\necho '---'\necho 'default_process_types:'\necho '  web: cat app.txt'\n",
+	})
+	tool := func(content string) {
+		t.Helper()
+		p := filepath.Join(src, "tool")
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mtime := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	app := t.TempDir()
+	writeTree(t, app, map[string]string{"README": "hi"})
+	work := t.TempDir()
+	stamp := 1000000000
+	build := func(rev, digest string) (*api.SlugBuildResult, string, string) {
+		t.Helper()
+		stamp += 1000
+		var out syncBuffer
+		slugPath, runtimePath := filepath.Join(work, rev+".tgz"), filepath.Join(work, rev+"-runtime.tgz")
+		res, err := Build(ctx, Config{
+			Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: t.TempDir(), WorkDir: t.TempDir(),
+			Slug: slugPath, RuntimeSlug: runtimePath, RuntimeDigest: digest,
+			BuildpackURL: pack, SourceVersion: rev, Env: map[string]string{"STAMP": strconv.Itoa(stamp)},
+		}, logging.Discard())
+		if err != nil {
+			t.Fatalf("build %s: %v\n%s", rev, err, out.String())
+		}
+		return res, out.String(), runtimePath
+	}
+
+	tool("#!/bin/sh\necho tool v1\n")
+	first, out, runtime1 := build("rev1", "")
+	if first.Runtime == nil || len(first.Runtime.Digest) != 64 || first.Runtime.Reused || len(first.Runtime.SHA256) != 64 || first.Runtime.Size == 0 {
+		t.Fatalf("first build's runtime layer: %+v\n%s", first.Runtime, out)
+	}
+	if !strings.Contains(out, "runtime layer (.rt)") {
+		t.Errorf("first build's output does not name the runtime layer:\n%s", out)
+	}
+	rt := readLayer(t, runtime1)
+	if diff := cmp.Diff([]string{"./app/", "./app/.rt/", "./app/.rt/bin/", "./app/.rt/bin/alias", "./app/.rt/bin/tool"}, rt.names); diff != "" {
+		t.Errorf("runtime layer entries (-want +got):\n%s", diff)
+	}
+	if !rt.safe {
+		t.Error("the runtime layer is not a safe layer (slug.Check)")
+	}
+	if got := rt.contents["./app/.rt/bin/tool"]; got != "#!/bin/sh\necho tool v1\n" {
+		t.Errorf("runtime layer's tool = %q", got)
+	}
+	// The slug holds the rest; the hard link to the runtime's tool is a
+	// file of its own there, since the layers are separate tars.
+	sl := readLayer(t, filepath.Join(work, "rev1.tgz"))
+	if diff := cmp.Diff([]string{"./app/", "./app/.profile.d/", "./app/.profile.d/rt.sh", "./app/Procfile", "./app/README", "./app/app.txt", "./app/hard"}, sl.names); diff != "" {
+		t.Errorf("slug entries (-want +got):\n%s", diff)
+	}
+	if !sl.safe || sl.contents["./app/hard"] != "#!/bin/sh\necho tool v1\n" {
+		t.Errorf("slug: safe %v, hard = %q", sl.safe, sl.contents["./app/hard"])
+	}
+
+	// The same runtime, made again: reused, not written.
+	second, out, runtime2 := build("rev2", first.Runtime.Digest)
+	if diff := cmp.Diff(&api.SlugLayerResult{Digest: first.Runtime.Digest, Reused: true}, second.Runtime); diff != "" {
+		t.Errorf("second build's runtime layer (-want +got):\n%s\n%s", diff, out)
+	}
+	if !strings.Contains(out, "unchanged: reusing the last release's") {
+		t.Errorf("second build's output does not say the runtime layer is reused:\n%s", out)
+	}
+	if _, err := os.Stat(runtime2); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("second build wrote a runtime layer (stat: %v)", err)
+	}
+	if got := readLayer(t, filepath.Join(work, "rev2.tgz")).contents["./app/app.txt"]; got != "rev2\n" {
+		t.Errorf("second slug's app.txt = %q", got)
+	}
+
+	// A changed runtime: a new layer, with the new tool.
+	tool("#!/bin/sh\necho tool v2\n")
+	third, out, runtime3 := build("rev3", first.Runtime.Digest)
+	if third.Runtime == nil || third.Runtime.Reused || third.Runtime.Digest == first.Runtime.Digest {
+		t.Fatalf("third build's runtime layer: %+v\n%s", third.Runtime, out)
+	}
+	if got := readLayer(t, runtime3).contents["./app/.rt/bin/tool"]; got != "#!/bin/sh\necho tool v2\n" {
+		t.Errorf("third runtime layer's tool = %q", got)
+	}
+
+	// Without RuntimeSlug, one slug of all, as before.
+	var buf syncBuffer
+	res, err := Build(ctx, Config{Stdin: bytes.NewReader(tarDir(t, app)), Output: &buf, BuildDir: t.TempDir(), WorkDir: t.TempDir(),
+		Slug: filepath.Join(work, "one.tgz"), BuildpackURL: pack, SourceVersion: "one", Env: map[string]string{"STAMP": "1"}}, logging.Discard())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, buf.String())
+	}
+	if res.Runtime != nil {
+		t.Errorf("a build without RuntimeSlug reported a runtime layer: %+v", res.Runtime)
+	}
+	if names := readLayer(t, filepath.Join(work, "one.tgz")).names; !cmp.Equal(names[:4], []string{"./app/", "./app/.profile.d/", "./app/.profile.d/rt.sh", "./app/.rt/"}) {
+		t.Errorf("one slug's entries: %v", names)
+	}
+}
+
+type layerTar struct {
+	names    []string
+	contents map[string]string
+	safe     bool
+}
+
+func readLayer(t *testing.T, path string) layerTar {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := layerTar{contents: map[string]string{}}
+	if l.safe, err = slug.Check(bytes.NewReader(data)); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tr := tar.NewReader(zr); ; {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.names = append(l.names, hdr.Name)
+		if hdr.Typeflag == tar.TypeReg {
+			b, _ := io.ReadAll(tr)
+			l.contents[hdr.Name] = string(b)
+		}
+	}
+	return l
+}

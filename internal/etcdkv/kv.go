@@ -124,7 +124,7 @@ type Op struct {
 	countOnly    bool
 	prevKV       bool
 
-	minModRev, maxModRev, minCreateRev, maxCreateRev int64
+	minModRev, maxModRev, maxCreateRev int64
 }
 
 // OpOption modifies an Op.
@@ -132,9 +132,6 @@ type OpOption func(*Op)
 
 // WithPrefix makes the operation cover every key starting with its key.
 func WithPrefix() OpOption { return func(op *Op) { op.prefix = true } }
-
-// WithRange makes the operation cover [key, end).
-func WithRange(end string) OpOption { return func(op *Op) { op.end = []byte(end) } }
 
 // WithFromKey makes the operation cover every key >= its key.
 func WithFromKey() OpOption { return func(op *Op) { op.fromKey = true } }
@@ -166,11 +163,10 @@ func WithPrevKV() OpOption { return func(op *Op) { op.prevKV = true } }
 // WithLease attaches a put's key to lease id.
 func WithLease(id LeaseID) OpOption { return func(op *Op) { op.lease = id } }
 
-// WithMinModRev, WithMaxModRev, WithMinCreateRev and WithMaxCreateRev
-// filter a range by the keys' revisions (inclusive bounds).
+// WithMinModRev, WithMaxModRev and WithMaxCreateRev filter a range by
+// the keys' revisions (inclusive bounds).
 func WithMinModRev(rev int64) OpOption    { return func(op *Op) { op.minModRev = rev } }
 func WithMaxModRev(rev int64) OpOption    { return func(op *Op) { op.maxModRev = rev } }
-func WithMinCreateRev(rev int64) OpOption { return func(op *Op) { op.minCreateRev = rev } }
 func WithMaxCreateRev(rev int64) OpOption { return func(op *Op) { op.maxCreateRev = rev } }
 
 // WithLastCreate gets the key with the highest create revision.
@@ -229,7 +225,6 @@ type rangeRequest struct {
 	CountOnly         bool   `json:"count_only,omitempty"`
 	MinModRevision    int64  `json:"min_mod_revision,omitempty,string"`
 	MaxModRevision    int64  `json:"max_mod_revision,omitempty,string"`
-	MinCreateRevision int64  `json:"min_create_revision,omitempty,string"`
 	MaxCreateRevision int64  `json:"max_create_revision,omitempty,string"`
 }
 
@@ -308,7 +303,7 @@ func (op *Op) rangeReq(ns string) *rangeRequest {
 		SortOrder: int(op.sortOrder), SortTarget: int(op.sortTarget),
 		Serializable: op.serializable, KeysOnly: op.keysOnly, CountOnly: op.countOnly,
 		MinModRevision: op.minModRev, MaxModRevision: op.maxModRev,
-		MinCreateRevision: op.minCreateRev, MaxCreateRevision: op.maxCreateRev,
+		MaxCreateRevision: op.maxCreateRev,
 	}
 }
 
@@ -331,7 +326,7 @@ func (op *Op) request(ns string) requestOp {
 	}
 }
 
-// Get reads key (a range, with WithPrefix or WithRange). It is retried on
+// Get reads key (a range, with WithPrefix or WithFromKey). It is retried on
 // another member if its connection breaks.
 func (c *Client) Get(ctx context.Context, key string, opts ...OpOption) (*GetResponse, error) {
 	op := OpGet(key, opts...)
@@ -356,7 +351,7 @@ func (c *Client) Put(ctx context.Context, key, val string, opts ...OpOption) (*P
 	return &res, nil
 }
 
-// Delete removes key (a range, with WithPrefix or WithRange).
+// Delete removes key (a range, with WithPrefix or WithFromKey).
 func (c *Client) Delete(ctx context.Context, key string, opts ...OpOption) (*DeleteResponse, error) {
 	op := OpDelete(key, opts...)
 	var res DeleteResponse

@@ -67,7 +67,7 @@ func eventType(raw json.RawMessage) EventType {
 	return EventTypePut
 }
 
-// Watch watches key (a range, with WithPrefix or WithRange) from revision
+// Watch watches key (a range, with WithPrefix or WithFromKey) from revision
 // WithRev (default: the next one) and sends its changes on the returned
 // channel until ctx ends. When the stream breaks (the member went away),
 // the watch starts again, on the next member, from the revision after the

@@ -7,7 +7,6 @@ package image
 
 import (
 	"bufio"
-	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -22,6 +21,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 // ErrDigestMismatch is returned when a layer's content does not match the

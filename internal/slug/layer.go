@@ -2,13 +2,14 @@ package slug
 
 import (
 	"archive/tar"
-	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
 	"path"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 // Check reads a slug (a gzipped tar) to its end and says whether it is a

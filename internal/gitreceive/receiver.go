@@ -489,10 +489,9 @@ func (l slugLayerInfo) layer(b *blobclient.Client) *api.ImageLayer {
 // A slug in the slug package's format is a layer as it is: then its blob
 // is the layer, and only its hash is computed. The build runs the app's
 // code and could have written anything to the slug's URLs, so every entry
-// is checked
-// (slug.Check); a slug that is not a safe layer (or one from an older
-// slugbuilder, with names relative to the app directory) is rewritten by
-// slug.Rewrite and stored at /layers/<sha256>.tgz.
+// is checked (slug.Check); a slug that is not a safe layer (or one from an
+// older slugbuilder, with names relative to the app directory) is
+// rewritten by slug.Rewrite and stored at /layers/<sha256>.tgz.
 func (r *BuildReceiver) slugLayer(ctx context.Context, blob string) (*slugLayerInfo, error) {
 	rc, _, err := r.cfg.Blobs.Get(ctx, blob)
 	if err != nil {

@@ -162,11 +162,8 @@ var dialer = &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
 // not bounded, since a backend that reads slowly (a zero window) is fine.
 const backendUserTimeout = 2 * time.Second
 
-// bound sets or clears the connection's TCP_USER_TIMEOUT.
-func (c *upConn) bound(on bool) {
-	if c.bounded == on {
-		return
-	}
+// control runs f on the connection's socket.
+func (c *upConn) control(f func(fd int)) {
 	sc, ok := c.conn.(syscall.Conn)
 	if !ok {
 		return
@@ -175,12 +172,20 @@ func (c *upConn) bound(on bool) {
 	if err != nil {
 		return
 	}
+	rc.Control(func(fd uintptr) { f(int(fd)) })
+}
+
+// bound sets or clears the connection's TCP_USER_TIMEOUT.
+func (c *upConn) bound(on bool) {
+	if c.bounded == on {
+		return
+	}
 	ms := 0
 	if on {
 		ms = int(backendUserTimeout / time.Millisecond)
 	}
-	rc.Control(func(fd uintptr) {
-		if unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms) == nil {
+	c.control(func(fd int) {
+		if unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms) == nil {
 			c.bounded = on
 		}
 	})
@@ -204,23 +209,15 @@ const (
 
 // probe turns quick keepalive probes on, or back to the dialer's.
 func (c *upConn) probe(on bool) {
-	sc, ok := c.conn.(syscall.Conn)
-	if !ok {
-		return
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return
-	}
 	idle, intvl, cnt := int(probeIdle/time.Second), int(probeInterval/time.Second), probeCount
 	if !on {
 		idle, intvl, cnt = int(dialer.KeepAlive/time.Second), int(dialer.KeepAlive/time.Second), 9
 	}
-	rc.Control(func(fd uintptr) {
-		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, idle)
-		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, intvl)
-		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT, cnt)
+	c.control(func(fd int) {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, idle)
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, intvl)
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, cnt)
 	})
 }
 
@@ -260,6 +257,12 @@ func (b *backend) getConn(ctx context.Context, check bool) (*upConn, error) {
 		if check && !alive(c) {
 			c.conn.Close()
 			continue
+		}
+		if c.probed.Load() {
+			// Probes turned on late, as it was pooled (a sweep or a
+			// timer that fired as the last request ended).
+			c.probe(false)
+			c.probed.Store(false)
 		}
 		c.reused = true
 		return c, nil

@@ -34,6 +34,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Config says how to reach the cluster's etcd.
@@ -94,7 +96,7 @@ func New(cfg Config) (*Client, error) {
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 5 * time.Second, Count: 3},
 		Control: func(_, _ string, rc syscall.RawConn) error {
 			rc.Control(func(fd uintptr) {
-				syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(userTimeout/time.Millisecond))
+				unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(userTimeout/time.Millisecond))
 			})
 			return nil
 		},
@@ -164,12 +166,8 @@ func WithRequireLeader(ctx context.Context) context.Context {
 }
 
 // userTimeout bounds how long data written to a member may go
-// unacknowledged (TCP_USER_TIMEOUT, Linux; 18 is its option number, which
-// package syscall does not name).
-const (
-	userTimeout    = 10 * time.Second
-	tcpUserTimeout = 0x12
-)
+// unacknowledged (TCP_USER_TIMEOUT, Linux).
+const userTimeout = 10 * time.Second
 
 // codeUnavailable is gRPC's Unavailable; maxUnavailable bounds the tries
 // of a read that keeps getting it.

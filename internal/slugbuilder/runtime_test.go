@@ -141,8 +141,11 @@ func TestRuntimeLayer(t *testing.T) {
 	}
 }
 
+// layerTar is what readLayer found in a slug or layer: its entries in
+// order (names and headers), its files' contents, and slug.Check's verdict.
 type layerTar struct {
 	names    []string
+	headers  []*tar.Header
 	contents map[string]string
 	safe     bool
 }
@@ -170,6 +173,7 @@ func readLayer(t *testing.T, path string) layerTar {
 			t.Fatal(err)
 		}
 		l.names = append(l.names, hdr.Name)
+		l.headers = append(l.headers, hdr)
 		if hdr.Typeflag == tar.TypeReg {
 			b, _ := io.ReadAll(tr)
 			l.contents[hdr.Name] = string(b)

@@ -3,7 +3,6 @@ package slugbuilder
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -248,26 +247,13 @@ func TestBuildOnHost(t *testing.T) {
 			t.Errorf("phases (-want +got):\n%s", diff)
 		}
 		// The slug is the app under ./app/, owned by the app user.
-		var names []string
-		slug, _ := os.ReadFile(filepath.Join(work, "slug.tgz"))
-		zr, err := gzip.NewReader(bytes.NewReader(slug))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for tr := tar.NewReader(zr); ; {
-			hdr, err := tr.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			names = append(names, hdr.Name)
+		slug := readLayer(t, filepath.Join(work, "slug.tgz"))
+		for _, hdr := range slug.headers {
 			if hdr.Uid != stack.AppUID || hdr.Gid != stack.AppGID {
 				t.Errorf("%s is owned by %d:%d", hdr.Name, hdr.Uid, hdr.Gid)
 			}
 		}
-		if diff := cmp.Diff([]string{"./app/", "./app/.slugignore", "./app/Procfile", "./app/run.sh"}, names); diff != "" {
+		if diff := cmp.Diff([]string{"./app/", "./app/.slugignore", "./app/Procfile", "./app/run.sh"}, slug.names); diff != "" {
 			t.Errorf("slug entries (-want +got):\n%s", diff)
 		}
 		if _, err := os.Stat(filepath.Join(build, "debug.log")); !errors.Is(err, os.ErrNotExist) {

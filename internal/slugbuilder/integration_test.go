@@ -514,6 +514,27 @@ func wantOutput(t *testing.T, out string, want ...string) {
 	}
 }
 
+// TestNodeEnginesMatchNone: an engines range no release matches fails the
+// build with a line that names it, for node and for npm alike (the two
+// are resolved at once).
+func TestNodeEnginesMatchNone(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	for _, tt := range []struct{ from, to, want string }{
+		{`"node": "20.x"`, `"node": "99.x"`, `no Node.js release matches engines.node "99.x"`},
+		{`"node": "20.x"`, `"node": "20.x", "npm": "99.x"`, `no npm release matches engines.npm "99.x"`},
+		{`"node": "20.x"`, `"node": "20.x", "npm": "1.2.3"`, `npm 1.2.3 is not on `},
+	} {
+		app, iodir := copySample(t, "nodejs"), ioDir(t)
+		edit(t, app, "package.json", tt.from, tt.to)
+		_, out, err := tryBuild(t, rootfs, app, iodir, buildOpts{env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}})
+		if err == nil {
+			t.Errorf("engines %s: the build succeeded:\n%s", tt.to, out)
+			continue
+		}
+		wantOutput(t, out, tt.want)
+	}
+}
+
 // TestWarmBuildFollowsChanges builds the sample apps, then builds them
 // again with the first build's cache after changing what the cache holds
 // a version of: engines.node and the lock file of the Node.js app, the

@@ -1,7 +1,9 @@
 package test
 
 import (
+	"archive/tar"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -170,6 +172,23 @@ func TestPushApps(t *testing.T) {
 		if tt.sample == "nodejs" && !strings.Contains(out, "unchanged: reusing the last release's") {
 			t.Errorf("warm push of %s did not reuse its runtime layer:\n%s", tt.name, out)
 		}
+		if tt.sample == "nodejs" {
+			// Its artifact has three layers (stack, runtime, app): an
+			// export carries them and the imported copy serves.
+			exported := filepath.Join(t.TempDir(), tt.name+".tar")
+			a.flynn("export", "-f", exported)
+			if n := countLayers(t, exported); n != 2 {
+				t.Errorf("the export of %s holds %d layers, want 2 (runtime and app; the stack is every cluster's)", tt.name, n)
+			}
+			copyName := tt.name + "copy"
+			if out := a.flynn("import", "-f", exported, "-n", copyName); !strings.Contains(out, "Imported "+copyName) {
+				t.Fatalf("flynn import:\n%s", out)
+			}
+			waitFor(t, within(t, 2*time.Minute), "the imported Node.js app to serve", c.watch(), func() (bool, error) {
+				status, body := c.curl(copyName+"."+c.domain, "/")
+				return status == 200 && strings.Contains(body, tt.want), fmt.Errorf("%d %s", status, body)
+			})
+		}
 		results = append(results, r)
 	}
 	for _, r := range results {
@@ -211,5 +230,28 @@ func TestPushApps(t *testing.T) {
 	s := newPushApp(t, c, []string{"GIT_SSH_COMMAND=ssh -i " + other + " -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes"}, "procfile", "pushkey", true)
 	if out, ok := s.push("main"); ok || !strings.Contains(out, "Permission denied") {
 		t.Errorf("push with an unknown key: ok=%v\n%s", ok, out)
+	}
+}
+
+// countLayers counts the image layers in a flynn export tarball.
+func countLayers(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	for tr := tar.NewReader(f); ; {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("read %s: %v", path, err)
+		}
+		if strings.HasSuffix(hdr.Name, ".layer") {
+			n++
+		}
 	}
 }

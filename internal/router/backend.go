@@ -228,6 +228,14 @@ func (c *upConn) startProbe() {
 	}
 }
 
+// stopProbe turns c's quick probes back off, if they are on, for its next
+// request.
+func (c *upConn) stopProbe() {
+	if c.probed.CompareAndSwap(true, false) {
+		c.probe(false)
+	}
+}
+
 // idempotent says whether a request of method may be sent again after
 // its backend got it and then vanished (RFC 9110, 9.2.2).
 func idempotent(method string) bool {
@@ -258,12 +266,9 @@ func (b *backend) getConn(ctx context.Context, check bool) (*upConn, error) {
 			c.conn.Close()
 			continue
 		}
-		if c.probed.Load() {
-			// Probes turned on late, as it was pooled (a sweep or a
-			// timer that fired as the last request ended).
-			c.probe(false)
-			c.probed.Store(false)
-		}
+		// Probes turned on late, as it was pooled (a sweep or a timer
+		// that fired as the last request ended), go off now.
+		c.stopProbe()
 		c.reused = true
 		return c, nil
 	}
@@ -308,10 +313,7 @@ func (b *backend) putConn(c *upConn) {
 		c.conn.Close()
 		return
 	}
-	if c.probed.Load() {
-		c.probe(false)
-		c.probed.Store(false)
-	}
+	c.stopProbe()
 	b.mu.Lock()
 	if len(b.idle) >= maxIdlePerBackend {
 		b.mu.Unlock()

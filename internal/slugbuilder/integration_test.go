@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -532,6 +533,39 @@ func TestNodeEnginesMatchNone(t *testing.T) {
 			continue
 		}
 		wantOutput(t, out, tt.want)
+	}
+}
+
+// TestGoProxyUnreachable: a Go build whose module proxy cannot be reached
+// fails with a line that names the proxy, whether go.mod names a Go
+// version without its patch release (the proxy's list picks it) or none.
+func TestGoProxyUnreachable(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	// A port nothing listens on: the build's connection is refused.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := "http://" + l.Addr().String()
+	l.Close()
+	for _, tt := range []struct{ name, goLine string }{
+		{"minor version", "go 1.22"},
+		{"no version", ""},
+	} {
+		app, iodir := copySample(t, "go"), ioDir(t)
+		mod := "module flynn-test/goweb\n"
+		if tt.goLine != "" {
+			mod += "\n" + tt.goLine + "\n"
+		}
+		if err := os.WriteFile(filepath.Join(app, "go.mod"), []byte(mod), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, out, err := tryBuild(t, rootfs, app, iodir, buildOpts{env: []string{"GOPROXY=" + proxy}})
+		if err == nil {
+			t.Errorf("%s: the build succeeded:\n%s", tt.name, out)
+			continue
+		}
+		wantOutput(t, out, "could not list Go toolchains at "+proxy)
 	}
 }
 

@@ -149,6 +149,11 @@ func (a *Agent) watch(id string, j *job) {
 			a.removeInstances(j.active)
 		}
 		cerr := a.rt.Cleanup(context.Background(), id)
+		// Its delete_on_stop volumes go before it is marked ended, as
+		// its writable layer does, and outside a.mu: a build's tree
+		// there can take a second or more to remove. (j.active.Job is
+		// never reassigned.)
+		a.releaseVolumes(j.active.Job)
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		aj := j.active
@@ -169,7 +174,6 @@ func (a *Agent) watch(id string, j *job) {
 			a.log.Error("clean up job", "job", id, "err", cerr)
 		}
 		written := a.queuePersist(aj)
-		a.releaseVolumes(aj.Job)
 		close(j.done)
 		a.emit(api.HostEventStop, aj)
 		a.log.Info("job ended", "job", id, "status", aj.Status, "exit_status", exit.ExitStatus, "oom", exit.OOM)

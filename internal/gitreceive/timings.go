@@ -15,8 +15,9 @@ import (
 // Each phase is measured around the step itself; the build's inner phases
 // are the slugbuilder's own (api.SlugBuildResult.Phases), and what they do
 // not cover (placing the job, starting its container) is in the build's
-// time only. Phases do not overlap, and small steps between them (looking
-// up the app) count in the total only.
+// time only. Phases do not overlap, but for the build's save and slug,
+// which run at once (the build's time counts the longer of the two), and
+// small steps between them (looking up the app) count in the total only.
 
 // phase is the time a push spent in one step, and, for the build, the
 // build's own phases.

@@ -274,6 +274,35 @@ func TestBuildOnHost(t *testing.T) {
 		}
 	})
 
+	// The cache and the slug are written at once: either one's failure
+	// fails the build with its own error, not the other's cancellation.
+	t.Run("save or slug fails", func(t *testing.T) {
+		for _, bad := range []string{"/cache.tgz", "/slug.tgz"} {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				switch {
+				case r.Method == http.MethodPut && r.URL.Path == bad:
+					http.Error(w, "disk full", http.StatusInsufficientStorage)
+				case r.Method == http.MethodPut:
+				default:
+					http.NotFound(w, r)
+				}
+			}))
+			app := t.TempDir()
+			writeTree(t, app, map[string]string{"Procfile": "web: ./run.sh\n", "run.sh": "#!/bin/sh\n"})
+			var out syncBuffer
+			_, err := Build(ctx, Config{
+				Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: t.TempDir(), WorkDir: t.TempDir(),
+				Slug: srv.URL + "/slug.tgz", CacheIn: srv.URL + "/cache.tgz", CacheOut: srv.URL + "/cache.tgz",
+			}, logging.Discard())
+			srv.Close()
+			want := map[string]string{"/cache.tgz": "save build cache", "/slug.tgz": "write slug"}[bad]
+			if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "507") {
+				t.Errorf("PUT %s refused: build error %v, want one that says %q and the status\n%s", bad, err, want, out.String())
+			}
+		}
+	})
+
 	t.Run("custom buildpack, env, cache, slug over HTTP", func(t *testing.T) {
 		pack := t.TempDir()
 		writeTree(t, pack, map[string]string{
@@ -323,20 +352,34 @@ func TestBuildOnHost(t *testing.T) {
 				t.Errorf("result = %+v", res)
 			}
 			// The cache is restored before and saved after the compile,
-			// each its own phase. The compile sleeps
-			// 0.2s and the phases do not overlap.
+			// each its own phase. The compile sleeps 0.2s. The save and
+			// the slug run at once; the other phases do not overlap.
 			if diff := cmp.Diff([]string{"fetch", "restore", "compile", "save", "slug"}, phaseNames(res)); diff != "" {
 				t.Errorf("build %d phases (-want +got):\n%s", i, diff)
 			}
-			var sum int64
+			var sum, save, slugMS int64
 			for _, p := range res.Phases {
 				sum += p.MS
-				if p.Name == "compile" && p.MS < 200 {
-					t.Errorf("build %d: compile took %dms, want at least the script's 200ms", i, p.MS)
+				switch p.Name {
+				case "compile":
+					if p.MS < 200 {
+						t.Errorf("build %d: compile took %dms, want at least the script's 200ms", i, p.MS)
+					}
+				case "save":
+					save = p.MS
+				case "slug":
+					slugMS = p.MS
 				}
 			}
-			if sum > res.DurationMS {
-				t.Errorf("build %d: phases add up to %dms, more than the build's %dms", i, sum, res.DurationMS)
+			if sum -= min(save, slugMS); sum > res.DurationMS {
+				t.Errorf("build %d: phases add up to %dms (the save and slug counted once), more than the build's %dms", i, sum, res.DurationMS)
+			}
+			// The slug's lines come after the cache's, as they would one
+			// after the other.
+			o := out.String()
+			saved := max(strings.Index(o, "Saving build cache"), strings.Index(o, "Build cache unchanged"))
+			if slugAt := strings.Index(o, "Compressing slug"); saved < 0 || slugAt < saved {
+				t.Errorf("build %d: the slug's lines come before the cache's:\n%s", i, o)
 			}
 			mu.Lock()
 			slug := blobs["/slug.tgz"]

@@ -150,9 +150,9 @@ func (a *Agent) watch(id string, j *job) {
 		}
 		cerr := a.rt.Cleanup(context.Background(), id)
 		// Its delete_on_stop volumes go before it is marked ended, as
-		// its writable layer does, and outside a.mu: a build's tree
-		// there can take a second or more to remove. (j.active.Job is
-		// never reassigned.)
+		// its writable layer does, and outside a.mu: a large tree there
+		// can take a second or more to remove. (j.active.Job is never
+		// reassigned.)
 		a.releaseVolumes(j.active.Job)
 		a.mu.Lock()
 		defer a.mu.Unlock()

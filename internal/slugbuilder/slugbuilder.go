@@ -157,15 +157,20 @@ type phase struct {
 func (b *build) timed(name string, f func() error) error {
 	start := time.Now()
 	err := f()
-	d := time.Since(start)
+	b.addPhase(name, time.Since(start))
+	return err
+}
+
+// addPhase adds d to the phase name's time, listing the phase if it is
+// new.
+func (b *build) addPhase(name string, d time.Duration) {
 	for i := range b.phases {
 		if b.phases[i].name == name {
 			b.phases[i].d += d
-			return err
+			return
 		}
 	}
 	b.phases = append(b.phases, phase{name, d})
-	return err
 }
 
 // buildPhases is b.phases as the result reports them.
@@ -238,12 +243,18 @@ func (b *build) cleanup() {
 	}
 }
 
-func (b *build) step(format string, args ...any) {
-	fmt.Fprintf(b.out, "-----> "+format+"\n", args...)
+func (b *build) step(format string, args ...any) { step(b.out, format, args...) }
+
+func (b *build) info(format string, args ...any) { info(b.out, format, args...) }
+
+// step writes a line that starts a step of the build to out.
+func step(out io.Writer, format string, args ...any) {
+	fmt.Fprintf(out, "-----> "+format+"\n", args...)
 }
 
-func (b *build) info(format string, args ...any) {
-	fmt.Fprintf(b.out, "       "+format+"\n", args...)
+// info writes a line about the current step to out.
+func info(out io.Writer, format string, args ...any) {
+	fmt.Fprintf(out, "       "+format+"\n", args...)
 }
 
 func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
@@ -325,15 +336,13 @@ func (b *build) saveCacheAndWriteSlug(ctx context.Context, res *api.SlugBuildRes
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var slugOut bytes.Buffer
-	sb := *b // the same build, writing its lines to slugOut
-	sb.out = &slugOut
 	var slugErr error
 	var slugTime time.Duration
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		start := time.Now()
-		if slugErr = sb.writeSlug(ctx, res); slugErr != nil {
+		if slugErr = b.writeSlug(ctx, res, &slugOut); slugErr != nil {
 			cancel()
 		}
 		slugTime = time.Since(start)
@@ -346,7 +355,7 @@ func (b *build) saveCacheAndWriteSlug(ctx context.Context, res *api.SlugBuildRes
 	}
 	<-done
 	b.out.Write(slugOut.Bytes())
-	b.phases = append(b.phases, phase{"slug", slugTime})
+	b.addPhase("slug", slugTime)
 	switch {
 	case saveErr != nil && (slugErr == nil || !errors.Is(saveErr, context.Canceled)):
 		return saveErr
@@ -427,8 +436,11 @@ func typeList(m map[string]string) string {
 	return strings.Join(slices.Sorted(maps.Keys(m)), ", ")
 }
 
-func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
-	b.step("Compressing slug")
+// writeSlug writes the slug (and its runtime layer, when the build has
+// one) and records them in res. It writes its lines to out, and changes
+// nothing of b, so that it may run beside the build's other work.
+func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult, out io.Writer) error {
+	step(out, "Compressing slug")
 	var o tarOpts
 	if b.cfg.RuntimeSlug != "" {
 		names, err := runtimeDirs(b.cfg.BuildDir)
@@ -437,7 +449,7 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
 		}
 		if len(names) > 0 {
 			inRuntime := func(name string) bool { return slices.Contains(names, name) }
-			if res.Runtime, err = b.writeRuntime(ctx, names, tarOpts{top: inRuntime, fixedTimes: true}); err != nil {
+			if res.Runtime, err = b.writeRuntime(ctx, names, tarOpts{top: inRuntime, fixedTimes: true}, out); err != nil {
 				return fmt.Errorf("write the slug's runtime layer: %w", err)
 			}
 			o.top = func(name string) bool { return !inRuntime(name) }
@@ -458,7 +470,7 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult) error {
 		return fmt.Errorf("write slug: %w", err)
 	}
 	res.SHA256, res.Size = hex.EncodeToString(h.Sum(nil)), int64(n)
-	b.info("done, %.1f MB", float64(n)/1e6)
+	info(out, "done, %.1f MB", float64(n)/1e6)
 	return nil
 }
 
@@ -485,8 +497,8 @@ func runtimeDirs(dir string) ([]string, error) {
 // RuntimeDigest: then the last release's layer is reused. Computing the
 // digest reads the files once more than writing the layer alone would,
 // which costs much less than compressing, checking and fetching a layer
-// of unchanged runtimes again.
-func (b *build) writeRuntime(ctx context.Context, names []string, o tarOpts) (*api.SlugLayerResult, error) {
+// of unchanged runtimes again. Its lines go to out.
+func (b *build) writeRuntime(ctx context.Context, names []string, o tarOpts, out io.Writer) (*api.SlugLayerResult, error) {
 	what := strings.Join(names, ", ")
 	if b.cfg.RuntimeDigest != "" {
 		h := sha256.New()
@@ -495,7 +507,7 @@ func (b *build) writeRuntime(ctx context.Context, names []string, o tarOpts) (*a
 			return nil, err
 		}
 		if digest := hex.EncodeToString(h.Sum(nil)); digest == b.cfg.RuntimeDigest {
-			b.info("runtime layer (%s, %.1f MB) unchanged: reusing the last release's", what, float64(n)/1e6)
+			info(out, "runtime layer (%s, %.1f MB) unchanged: reusing the last release's", what, float64(n)/1e6)
 			return &api.SlugLayerResult{Digest: digest, Reused: true}, nil
 		}
 	}
@@ -507,7 +519,7 @@ func (b *build) writeRuntime(ctx context.Context, names []string, o tarOpts) (*a
 	if err != nil {
 		return nil, err
 	}
-	b.info("runtime layer (%s): %.1f MB", what, float64(zn)/1e6)
+	info(out, "runtime layer (%s): %.1f MB", what, float64(zn)/1e6)
 	return &api.SlugLayerResult{Digest: hex.EncodeToString(raw.Sum(nil)), SHA256: hex.EncodeToString(zh.Sum(nil)), Size: int64(zn)}, nil
 }
 

@@ -73,6 +73,16 @@ func TestCompat(t *testing.T) {
 		t.Errorf("flynn -a blobstore run no-such-command: %v, want a refusal saying the command does not exist:\n%s", err, b)
 	}
 
+	// A type the release lacks: refused, saying so, with no "scaling"
+	// line (nothing was scaled).
+	b, err = a.cmd(filepath.Join(binDir, "flynn"), "scale", "web=2", "nosuchtype=1").CombinedOutput()
+	if err == nil || !strings.Contains(string(b), `no process type "nosuchtype"`) || strings.Contains(string(b), "scaling") {
+		t.Errorf("flynn scale nosuchtype=1: %v, want a refusal naming the type and no scaling line:\n%s", err, b)
+	}
+	if out := a.flynn("scale"); strings.TrimSpace(out) != "web=1" {
+		t.Errorf("after a refused scale, flynn scale = %q, want web=1", out)
+	}
+
 	// flynn scale returns once the new job serves: every request from
 	// then on is answered, by both jobs, web.1 and web.2.
 	out = a.flynn("scale", "web=2")

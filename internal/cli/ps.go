@@ -211,11 +211,6 @@ with those tags (a KEY alone means KEY=true).`,
 					diff = append(diff, fmt.Sprintf("%s: %d=>%d", t, f.Processes[t], want[t]))
 				}
 			}
-			if len(diff) > 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "scaling %s\n", strings.Join(diff, ", "))
-			} else {
-				fmt.Fprintln(cmd.OutOrStdout(), "changing tags")
-			}
 			start := time.Now()
 			var tagArg map[string]map[string]string
 			if len(tags) > 0 {
@@ -227,6 +222,13 @@ with those tags (a KEY alone means KEY=true).`,
 					return fmt.Errorf("%v: see the release's process types with flynn scale", explain(err))
 				}
 				return err
+			}
+			// Said once the controller took the request: one it refused
+			// (a type the release lacks) changes nothing.
+			if len(diff) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "scaling %s\n", strings.Join(diff, ", "))
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), "changing tags")
 			}
 			if noWait {
 				return nil

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strings"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -118,13 +119,43 @@ func jsonError(err error) error {
 	case errors.As(err, &syn):
 		return api.Validation("", "malformed JSON at byte %d: %v", syn.Offset, syn)
 	case errors.As(err, &typ):
-		return api.Validation(typ.Field, "field %q must be %s, not %s", typ.Field, typ.Type, typ.Value)
+		if typ.Field == "" {
+			return api.Validation("", "the request body must be %s, not %s", jsonKind(typ.Type), typ.Value)
+		}
+		return api.Validation(typ.Field, "field %q must be %s, not %s", typ.Field, jsonKind(typ.Type), typ.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		return api.Validation(field, "unknown field %q", field)
 	default:
 		return api.Validation("", "invalid JSON: %v", err)
 	}
+}
+
+// jsonKind names the JSON value that decodes into t, as an error message
+// should to the client (not Go's name for the type).
+func jsonKind(t reflect.Type) string {
+	if t == nil {
+		return "another JSON value"
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	}
+	return "another JSON value"
 }
 
 // Recover turns a panic in next into a 500 JSON error and logs the panic.

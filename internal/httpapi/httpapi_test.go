@@ -124,6 +124,24 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestTypeErrorMessages: a value of the wrong JSON type is named in
+// JSON's terms, not Go's.
+func TestTypeErrorMessages(t *testing.T) {
+	c := testServer(t)
+	for body, want := range map[string]string{
+		`{"name":"a","count":"x"}`: `field "count" must be a whole number, not string`,
+		`{"name":7}`:               `field "name" must be a string, not number`,
+		`[]`:                       `the request body must be an object, not array`,
+		`"thing"`:                  `the request body must be an object, not string`,
+	} {
+		err := c.Do(context.Background(), "POST", "/things", strings.NewReader(body), nil)
+		e, _ := api.AsError(err)
+		if e == nil || e.Message != want {
+			t.Errorf("POST %s: %v, want the message %q", body, err, want)
+		}
+	}
+}
+
 func TestBodyTooLarge(t *testing.T) {
 	c := testServer(t)
 	big := `{"name":"` + strings.Repeat("x", MaxBodyBytes+10) + `"}`

@@ -299,12 +299,17 @@ func TestApps(t *testing.T) {
 		wantPack string
 		path     string
 		want     string
+		wantOut  string // in the build's output, when set
 		twice    bool
 	}{
 		{app: "procfile", wantPack: "Procfile", path: "/cgi-bin/hello", want: "greeting=hello from .profile"},
 		{app: "static", wantPack: "Static", path: "/", want: "hello from the static app"},
 		{app: "go", env: []string{"GOPROXY=" + goProxy(t)}, wantPack: "Go", path: "/", want: "hello from the go app", twice: true},
 		{app: "nodejs", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "hello from the node app v20.", twice: true},
+		// yarn.lock and pnpm-lock.yaml: installed by yarn 1 and pnpm 9
+		// (the lock file's), which the Procfiles run the apps with.
+		{app: "nodeyarn", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "built at build time, installed by yarn", wantOut: "Installing dependencies (yarn install)", twice: true},
+		{app: "nodepnpm", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "built at build time, installed by pnpm", wantOut: "pnpm 9.", twice: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.app, func(t *testing.T) {
@@ -324,6 +329,9 @@ func TestApps(t *testing.T) {
 				}
 				if res.Buildpack != tt.wantPack {
 					t.Fatalf("buildpack = %q, want %q\n%s", res.Buildpack, tt.wantPack, out)
+				}
+				if !strings.Contains(out, tt.wantOut) {
+					t.Fatalf("build %d's output does not say %q:\n%s", i, tt.wantOut, out)
 				}
 			}
 			slug := unpackSlug(t, iodir)

@@ -523,15 +523,18 @@ func wantOutput(t *testing.T, out string, want ...string) {
 	}
 }
 
-// TestNodeEnginesMatchNone: an engines range no release matches fails the
-// build with a line that names it, for node and for npm alike (the two
-// are resolved at once).
+// TestNodeEnginesMatchNone: an engines range (or packageManager npm@X)
+// no release matches fails the build with a line that names it, for node
+// and for npm alike (the two are resolved at once).
 func TestNodeEnginesMatchNone(t *testing.T) {
 	rootfs := stacktest.DefaultStack(t)
 	for _, tt := range []struct{ from, to, want string }{
 		{`"node": "20.x"`, `"node": "99.x"`, `no Node.js release matches engines.node "99.x"`},
 		{`"node": "20.x"`, `"node": "20.x", "npm": "99.x"`, `no npm release matches engines.npm "99.x"`},
 		{`"node": "20.x"`, `"node": "20.x", "npm": "1.2.3"`, `npm 1.2.3 is not on `},
+		// With no engines.npm, packageManager's npm@X names the version.
+		{`"private": true,`, `"private": true, "packageManager": "npm@99.1.0+sha512.abc",`, `npm 99.1.0 is not on `},
+		{`"private": true,`, `"private": true, "packageManager": "npm@99.x",`, `no npm release matches packageManager "99.x"`},
 	} {
 		app, iodir := copySample(t, "nodejs"), ioDir(t)
 		edit(t, app, "package.json", tt.from, tt.to)

@@ -305,6 +305,14 @@ func TestApps(t *testing.T) {
 		{app: "procfile", wantPack: "Procfile", path: "/cgi-bin/hello", want: "greeting=hello from .profile"},
 		{app: "static", wantPack: "Static", path: "/", want: "hello from the static app"},
 		{app: "go", env: []string{"GOPROXY=" + goProxy(t)}, wantPack: "Go", path: "/", want: "hello from the go app", twice: true},
+		// What Heroku's Go buildpack reads: go.mod's +heroku goVersion
+		// (go1.22 over the go line's 1.21) and +heroku install, the
+		// heroku build tag, bin/go-pre-compile and go-post-compile,
+		// CGO_CFLAGS with ${build_dir}, GO_LINKER_SYMBOL set to
+		// SOURCE_VERSION.
+		{app: "goheroku", env: []string{"GOPROXY=" + goProxy(t), "CGO_CFLAGS=-I${build_dir}/includes", "GO_LINKER_SYMBOL=main.version", "SOURCE_VERSION=0123abcd"},
+			wantPack: "Go", path: "/", want: "hello from the goheroku app: go=go1.22.12 version=0123abcd tags=heroku c=from C",
+			wantOut: "post-compile hook: bin/server is there"},
 		{app: "nodejs", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "hello from the node app v20.", twice: true},
 		// yarn.lock and pnpm-lock.yaml: installed by yarn 1 and pnpm 9
 		// (the lock file's), which the Procfiles run the apps with.

@@ -298,7 +298,8 @@ func TestApps(t *testing.T) {
 		env      []string
 		wantPack string
 		path     string
-		want     string
+		want     string // in the body; and want2, when set
+		want2    string
 		wantOut  string // in the build's output, when set
 		twice    bool
 	}{
@@ -313,11 +314,16 @@ func TestApps(t *testing.T) {
 		{app: "goheroku", env: []string{"GOPROXY=" + goProxy(t), "CGO_CFLAGS=-I${build_dir}/includes", "GO_LINKER_SYMBOL=main.version", "SOURCE_VERSION=0123abcd"},
 			wantPack: "Go", path: "/", want: "hello from the goheroku app: go=go1.22.12 version=0123abcd tags=heroku c=from C",
 			wantOut: "post-compile hook: bin/server is there"},
-		{app: "nodejs", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "hello from the node app v20.", twice: true},
+		// Each Node.js sample's build script needs its devDependency,
+		// which the build installs and then prunes, as Heroku's does.
+		{app: "nodejs", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "hello from the node app v20.",
+			want2: "built at build time with semver 7, devDependencies pruned", wantOut: "-----> Pruning devDependencies", twice: true},
 		// yarn.lock and pnpm-lock.yaml: installed by yarn 1 and pnpm 9
 		// (the lock file's), which the Procfiles run the apps with.
-		{app: "nodeyarn", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "built at build time, installed by yarn", wantOut: "Installing dependencies (yarn install)", twice: true},
-		{app: "nodepnpm", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/", want: "built at build time, installed by pnpm", wantOut: "pnpm 9.", twice: true},
+		{app: "nodeyarn", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/",
+			want: "built at build time with semver 7, installed by yarn, devDependencies pruned", wantOut: "Installing dependencies (yarn install)", twice: true},
+		{app: "nodepnpm", env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}, wantPack: "Node.js", path: "/",
+			want: "built at build time with semver 7, installed by pnpm, devDependencies pruned", wantOut: "pnpm 9.", twice: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.app, func(t *testing.T) {
@@ -344,8 +350,10 @@ func TestApps(t *testing.T) {
 			}
 			slug := unpackSlug(t, iodir)
 			body := runWeb(t, rootfs, slug, tt.path)
-			if !strings.Contains(body, tt.want) {
-				t.Errorf("body = %q, want it to contain %q", body, tt.want)
+			for _, w := range []string{tt.want, tt.want2} {
+				if !strings.Contains(body, w) {
+					t.Errorf("body = %q, want it to contain %q", body, w)
+				}
 			}
 		})
 	}
@@ -527,6 +535,40 @@ func wantOutput(t *testing.T, out string, want ...string) {
 	for _, w := range want {
 		if !strings.Contains(out, w) {
 			t.Errorf("build output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
+// TestNodeHerokuScripts: package.json's heroku-prebuild script runs
+// before the install, heroku-postbuild after it instead of build, and
+// heroku-cleanup last; NPM_CONFIG_PRODUCTION=false keeps the
+// devDependencies the install added, NODE_ENV other than production too.
+func TestNodeHerokuScripts(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	for _, tt := range []struct{ env, skipped string }{
+		{"NPM_CONFIG_PRODUCTION=false", "NPM_CONFIG_PRODUCTION is false"},
+		{"NODE_ENV=staging", "NODE_ENV is staging, not production"},
+	} {
+		app, iodir := copySample(t, "nodejs"), ioDir(t)
+		edit(t, app, "package.json", `"build": "node build.js",`, `"heroku-prebuild": "test ! -d node_modules && echo prebuild before the install",
+    "heroku-postbuild": "node build.js && echo postbuild with semver && semver 7.6.3 -i minor",
+    "build": "echo the build script ran && exit 1",
+    "heroku-cleanup": "test -d node_modules/semver && echo cleanup after",`)
+		_, out := buildApp(t, rootfs, app, iodir, buildOpts{env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry(), tt.env}})
+		wantOutput(t, out, "-----> Running heroku-prebuild", "prebuild before the install",
+			"-----> Running heroku-postbuild", "postbuild with semver", "7.7.0",
+			"-----> Pruning devDependencies: skipped, as "+tt.skipped, "-----> Running heroku-cleanup", "cleanup after")
+		if strings.Contains(out, "the build script ran") {
+			t.Errorf("%s: the build script ran beside heroku-postbuild:\n%s", tt.env, out)
+		}
+		order := []string{"prebuild before the install", "Installing dependencies (npm ci)", "postbuild with semver", "Pruning devDependencies", "cleanup after"}
+		for i := 1; i < len(order); i++ {
+			if strings.Index(out, order[i-1]) > strings.Index(out, order[i]) {
+				t.Errorf("%s: %q came after %q:\n%s", tt.env, order[i-1], order[i], out)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(unpackSlug(t, iodir), "node_modules", "semver")); err != nil {
+			t.Errorf("%s: the slug lacks the devDependency: %v", tt.env, err)
 		}
 	}
 }

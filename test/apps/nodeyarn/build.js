@@ -1,3 +1,5 @@
-// Runs at build time (npm run build): writes a file the server reads.
+// Runs at build time (the build script): writes a file the server reads,
+// with a devDependency, which the build installs and then prunes.
 const fs = require('fs');
-fs.writeFileSync('built.txt', 'built at build time\n');
+const semver = require('semver');
+fs.writeFileSync('built.txt', `built at build time with semver ${semver.major(require('semver/package.json').version)}\n`);

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -117,7 +118,70 @@ func WriteSdist(t testing.TB, dir string, p Package) string {
 // entry points are the caller's to give.
 func StackPackage(t testing.TB, rootfs, module, name, version string) Package {
 	t.Helper()
-	root := filepath.Join(rootfs, "usr/lib/python3/dist-packages")
+	return dirPackage(t, filepath.Join(rootfs, "usr/lib/python3/dist-packages"), module, name, version)
+}
+
+// DebianModule names a Python module Debian packages: the package (Deb),
+// the module's directory (Module) and the name pip knows it by (Name).
+type DebianModule struct{ Deb, Module, Name string }
+
+// DebianPython fetches Debian's packages of the modules with apt-get
+// download (from the host's apt sources; the stack is the host's Debian
+// release) and reads each module as a Package at its upstream version
+// (the Debian version without epoch and revision), every file of it
+// included in the wheel BuildWheels makes (templates and static files
+// too).
+func DebianPython(t testing.TB, mods ...DebianModule) []Package {
+	t.Helper()
+	dir := t.TempDir()
+	// apt's download user must be able to write there.
+	os.Chmod(dir, 0o777)
+	var pkgs []Package
+	download := func(deb string) ([]byte, error) {
+		cmd := exec.Command("apt-get", "download", "-q", deb)
+		cmd.Dir = dir
+		return cmd.CombinedOutput()
+	}
+	for _, m := range mods {
+		if out, err := download(m.Deb); err != nil {
+			// Lists older than the mirror name versions it no longer
+			// has: update them once.
+			if up, err := exec.Command("apt-get", "update", "-q").CombinedOutput(); err != nil {
+				t.Fatalf("apt-get download %s: %s; apt-get update: %v\n%s", m.Deb, out, err, up)
+			}
+			if out, err := download(m.Deb); err != nil {
+				t.Fatalf("apt-get download %s: %v\n%s", m.Deb, err, out)
+			}
+		}
+		debs, _ := filepath.Glob(filepath.Join(dir, m.Deb+"_*.deb"))
+		if len(debs) != 1 {
+			t.Fatalf("apt-get download %s left %v", m.Deb, debs)
+		}
+		v, err := exec.Command("dpkg-deb", "-f", debs[0], "Version").Output()
+		if err != nil {
+			t.Fatalf("dpkg-deb -f %s: %v", debs[0], err)
+		}
+		version := strings.TrimSpace(string(v))
+		if i := strings.Index(version, ":"); i >= 0 {
+			version = version[i+1:]
+		}
+		if i := strings.LastIndex(version, "-"); i >= 0 {
+			version = version[:i]
+		}
+		root := filepath.Join(dir, m.Deb)
+		if out, err := exec.Command("dpkg-deb", "-x", debs[0], root).CombinedOutput(); err != nil {
+			t.Fatalf("dpkg-deb -x %s: %v\n%s", debs[0], err, out)
+		}
+		p := dirPackage(t, filepath.Join(root, "usr/lib/python3/dist-packages"), m.Module, m.Name, version)
+		p.Pyproject = "[tool.setuptools.package-data]\n\"*\" = [\"**/*\"]\n"
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+// dirPackage reads module (a directory under root) as a Package.
+func dirPackage(t testing.TB, root, module, name, version string) Package {
+	t.Helper()
 	files := map[string]string{}
 	err := filepath.WalkDir(filepath.Join(root, module), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -299,6 +300,73 @@ PyMODINIT_FUNC PyInit_flynn_cext(void) { return PyModule_Create(&module); }
 			wantOutput(t, out, append(tt.want, "-----> No dependencies in requirements.txt")...)
 		})
 	}
+}
+
+// TestDjangoCollectstatic: a Django app's static files are collected in
+// the build, as on Heroku, with the app's env (the settings read
+// SECRET_KEY from it); DISABLE_COLLECTSTATIC=1 skips it, an app without
+// django.contrib.staticfiles has nothing to collect, and a collectstatic
+// that fails fails the build with a line that says how to skip it.
+// Django is Debian's (python3-django and what it needs), built into
+// wheels for a local index.
+func TestDjangoCollectstatic(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	pkgs := buildpacktest.DebianPython(t,
+		buildpacktest.DebianModule{Deb: "python3-django", Module: "django", Name: "Django"},
+		buildpacktest.DebianModule{Deb: "python3-asgiref", Module: "asgiref", Name: "asgiref"},
+		buildpacktest.DebianModule{Deb: "python3-sqlparse", Module: "sqlparse", Name: "sqlparse"},
+		buildpacktest.DebianModule{Deb: "python3-tz", Module: "pytz", Name: "pytz"})
+	index := buildpacktest.NewPyIndex(t, buildpacktest.BuildWheels(t, rootfs, pkgs...)...)
+	var reqs strings.Builder
+	for _, p := range pkgs {
+		fmt.Fprintf(&reqs, "%s==%s\n", p.Name, p.Version)
+	}
+	app := t.TempDir()
+	writeFile(t, app, "requirements.txt", reqs.String())
+	writeFile(t, app, "manage.py", "import os, sys\n"+
+		"os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"+
+		"from django.core.management import execute_from_command_line\n"+
+		"execute_from_command_line(sys.argv)\n")
+	writeFile(t, app, "mysite/__init__.py", "")
+	writeFile(t, app, "mysite/urls.py", "urlpatterns = []\n")
+	writeFile(t, app, "mysite/settings.py", "import os\nfrom pathlib import Path\n"+
+		"BASE_DIR = Path(__file__).resolve().parent.parent\n"+
+		"SECRET_KEY = os.environ['SECRET_KEY']\n"+
+		"DEBUG = False\nALLOWED_HOSTS = ['*']\nROOT_URLCONF = 'mysite.urls'\n"+
+		"INSTALLED_APPS = [] if os.environ.get('NO_STATICFILES') else ['django.contrib.staticfiles']\n"+
+		"STATIC_URL = '/static/'\nSTATIC_ROOT = BASE_DIR / 'staticfiles'\nSTATICFILES_DIRS = [BASE_DIR / 'assets']\n")
+	writeFile(t, app, "assets/site.css", "body { color: black }\n")
+	writeFile(t, app, "Procfile", "web: python manage.py check\n")
+
+	indexEnv := "PIP_INDEX_URL=" + index.URL
+	cmd := " python manage.py collectstatic --noinput"
+	for _, tt := range []struct {
+		name      string
+		env       []string
+		want      []string
+		collected bool
+	}{
+		{"collected", []string{"SECRET_KEY=s3cret"}, []string{"-----> Running" + cmd, "1 static file copied to '/app/staticfiles'"}, true},
+		{"disabled", []string{"SECRET_KEY=s3cret", "DISABLE_COLLECTSTATIC=1"}, nil, false},
+		{"no staticfiles app", []string{"SECRET_KEY=s3cret", "NO_STATICFILES=1"}, []string{"skipped: no collectstatic command (django.contrib.staticfiles is not in INSTALLED_APPS)"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			iodir := ioDir(t)
+			_, out := buildApp(t, rootfs, app, iodir, buildOpts{env: append(tt.env, indexEnv)})
+			wantOutput(t, out, append(tt.want, "Successfully installed")...)
+			if !tt.collected && strings.Contains(out, "static file") {
+				t.Errorf("static files were collected:\n%s", out)
+			}
+			if got := exists(t, filepath.Join(unpackSlug(t, iodir), "staticfiles/site.css")); got != tt.collected {
+				t.Errorf("staticfiles/site.css in the slug: %v, want %v", got, tt.collected)
+			}
+		})
+	}
+	t.Run("fails", func(t *testing.T) {
+		out := wantBuildFailure(t, rootfs, app, buildOpts{env: []string{indexEnv}},
+			" !    "+cmd+" failed (see above): fix the settings, or set DISABLE_COLLECTSTATIC=1 to skip it")
+		wantOutput(t, out, "KeyError: 'SECRET_KEY'")
+	})
 }
 
 // TestRubyBuildpack covers the Ruby buildpack: an app with its gem in

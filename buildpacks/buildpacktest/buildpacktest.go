@@ -207,9 +207,26 @@ func dirPackage(t testing.TB, root, module, name, version string) Package {
 	return Package{Name: name, Version: version, Files: files}
 }
 
+// StackGem reads a gem Debian installed in the stack (under
+// /usr/share/rubygems-integration/all/gems: its lib and exe) as a Package,
+// to build a gem of it for an app's vendor/cache.
+func StackGem(t testing.TB, rootfs, name, version string) Package {
+	t.Helper()
+	root := filepath.Join(rootfs, "usr/share/rubygems-integration/all/gems", name+"-"+version)
+	p := Package{Name: name, Version: version, Files: map[string]string{}}
+	for _, sub := range []string{"lib", "exe"} {
+		q := dirPackage(t, root, sub, name, version)
+		for f, data := range q.Files {
+			p.Files[f] = data
+		}
+	}
+	return p
+}
+
 // BuildGems builds each package into a gem with the stack's `gem build`
 // and returns the gems' paths. Files named ext/NAME/extconf.rb are the
-// gem's native extensions, compiled where it is installed.
+// gem's native extensions, compiled where it is installed; files in exe/
+// its executables.
 func BuildGems(t testing.TB, rootfs string, pkgs ...Package) []string {
 	t.Helper()
 	var script strings.Builder
@@ -217,19 +234,24 @@ func BuildGems(t testing.TB, rootfs string, pkgs ...Package) []string {
 	io := ioDir(t)
 	for i, p := range pkgs {
 		dir := fmt.Sprintf("src/%d", i)
-		var names, exts []string
+		var names, exts, exes []string
 		for name := range p.Files {
 			names = append(names, fmt.Sprintf("%q", name))
 			if ok, _ := path.Match("ext/*/extconf.rb", name); ok {
 				exts = append(exts, fmt.Sprintf("%q", name))
 			}
+			if ok, _ := path.Match("exe/*", name); ok {
+				exes = append(exes, fmt.Sprintf("%q", path.Base(name)))
+			}
 		}
 		sort.Strings(names)
 		sort.Strings(exts)
+		sort.Strings(exes)
 		files := map[string]string{
 			p.Name + ".gemspec": fmt.Sprintf("Gem::Specification.new do |s|\n  s.name = %q\n  s.version = %q\n"+
 				"  s.summary = \"A gem built by a Flynn test\"\n  s.authors = [\"Flynn tests\"]\n  s.license = \"BSD-3-Clause\"\n"+
-				"  s.files = [%s]\n  s.extensions = [%s]\nend\n", p.Name, p.Version, strings.Join(names, ", "), strings.Join(exts, ", ")),
+				"  s.files = [%s]\n  s.extensions = [%s]\n  s.bindir = \"exe\"\n  s.executables = [%s]\nend\n",
+				p.Name, p.Version, strings.Join(names, ", "), strings.Join(exts, ", "), strings.Join(exes, ", ")),
 		}
 		for name, content := range p.Files {
 			files[name] = content

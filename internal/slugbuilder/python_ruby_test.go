@@ -534,6 +534,42 @@ func TestRubyBuildpack(t *testing.T) {
 		}
 	})
 
+	// rake assets:precompile runs, with the app's env, when the bundle
+	// has rake and the Rakefile defines it; its failure fails the build.
+	t.Run("assets:precompile", func(t *testing.T) {
+		rake := buildpacktest.BuildGems(t, rootfs, buildpacktest.StackGem(t, rootfs, "rake", "13.0.6"))[0]
+		data, err := os.ReadFile(rake)
+		if err != nil {
+			t.Fatal(err)
+		}
+		app := vendored(t, gem1)
+		writeFile(t, app, "vendor/cache/rake-13.0.6.gem", string(data))
+		writeFile(t, app, "Gemfile", "source \"https://rubygems.org\"\ngem \"flynn-greeting\", \"1.0.0\"\ngem \"rake\"\n")
+		writeFile(t, app, "Gemfile.lock", "GEM\n  remote: https://rubygems.org/\n  specs:\n    flynn-greeting (1.0.0)\n    rake (13.0.6)\n\n"+
+			"PLATFORMS\n  ruby\n\nDEPENDENCIES\n  flynn-greeting (= 1.0.0)\n  rake\n\nBUNDLED WITH\n   2.3.15\n")
+		rakefile := func(body string) string {
+			return "namespace :assets do\n  task :precompile do\n" + body + "\n  end\n  task :clean do\n    puts \"cleaned\"\n  end\nend\n"
+		}
+		writeFile(t, app, "Rakefile", rakefile(`    mkdir_p "public/assets"
+    File.write("public/assets/app.css", "for #{ENV.fetch("RAILS_ENV")} at #{ENV.fetch("ASSET_HOST")}")`))
+		iodir := ioDir(t)
+		_, out := buildApp(t, rootfs, app, iodir, buildOpts{env: []string{"ASSET_HOST=cdn.example"}})
+		wantOutput(t, out, "Installing rake 13.0.6", "-----> Running rake assets:precompile", "cleaned")
+		css, err := os.ReadFile(filepath.Join(unpackSlug(t, iodir), "public/assets/app.css"))
+		if err != nil || string(css) != "for production at cdn.example" {
+			t.Errorf("public/assets/app.css = %q (%v), want %q", css, err, "for production at cdn.example")
+		}
+
+		writeFile(t, app, "Rakefile", rakefile(`    abort "no asset host" unless ENV["ASSET_HOST"]`))
+		out = wantBuildFailure(t, rootfs, app, buildOpts{},
+			" !     rake assets:precompile failed (see above): fix it, or set DISABLE_ASSETS_PRECOMPILE=1 to skip it")
+		wantOutput(t, out, "no asset host")
+		_, out = buildApp(t, rootfs, app, ioDir(t), buildOpts{env: []string{"DISABLE_ASSETS_PRECOMPILE=1"}})
+		if strings.Contains(out, "assets:precompile") {
+			t.Errorf("assets:precompile ran with DISABLE_ASSETS_PRECOMPILE=1:\n%s", out)
+		}
+	})
+
 	t.Run("gem source", func(t *testing.T) {
 		src := buildpacktest.NewGemSource(t, rootfs, gem1, gem2)
 		app, iodir := copySample(t, "ruby"), ioDir(t)

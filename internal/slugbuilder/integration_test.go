@@ -542,7 +542,8 @@ func wantOutput(t *testing.T, out string, want ...string) {
 // TestNodeHerokuScripts: package.json's heroku-prebuild script runs
 // before the install, heroku-postbuild after it instead of build, and
 // heroku-cleanup last; NPM_CONFIG_PRODUCTION=false keeps the
-// devDependencies the install added, NODE_ENV other than production too.
+// devDependencies the install added, NODE_ENV other than production too;
+// the scripts and npm see the app's env.
 func TestNodeHerokuScripts(t *testing.T) {
 	rootfs := stacktest.DefaultStack(t)
 	for _, tt := range []struct{ env, skipped string }{
@@ -551,11 +552,16 @@ func TestNodeHerokuScripts(t *testing.T) {
 	} {
 		app, iodir := copySample(t, "nodejs"), ioDir(t)
 		edit(t, app, "package.json", `"build": "node build.js",`, `"heroku-prebuild": "test ! -d node_modules && echo prebuild before the install",
-    "heroku-postbuild": "node build.js && echo postbuild with semver && semver 7.6.3 -i minor",
+    "heroku-postbuild": "node build.js && echo postbuild with semver && semver 7.6.3 -i minor && echo api=$VITE_API_URL",
     "build": "echo the build script ran && exit 1",
     "heroku-cleanup": "test -d node_modules/semver && echo cleanup after",`)
-		_, out := buildApp(t, rootfs, app, iodir, buildOpts{env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry(), tt.env}})
-		wantOutput(t, out, "-----> Running heroku-prebuild", "prebuild before the install",
+		// The app's env reaches the build (the slugbuilder runs the
+		// buildpacks with it): the scripts, and npm reading an .npmrc
+		// that names a token.
+		writeFile(t, app, ".npmrc", "//registry.invalid/:_authToken=${NPM_TOKEN}\n")
+		_, out := buildApp(t, rootfs, app, iodir, buildOpts{env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry(), tt.env,
+			"VITE_API_URL=https://api.example", "NPM_TOKEN=t0ken"}})
+		wantOutput(t, out, "api=https://api.example", "-----> Running heroku-prebuild", "prebuild before the install",
 			"-----> Running heroku-postbuild", "postbuild with semver", "7.7.0",
 			"-----> Pruning devDependencies: skipped, as "+tt.skipped, "-----> Running heroku-cleanup", "cleanup after")
 		if strings.Contains(out, "the build script ran") {

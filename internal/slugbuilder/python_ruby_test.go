@@ -273,6 +273,8 @@ PyMODINIT_FUNC PyInit_flynn_cext(void) { return PyModule_Create(&module); }
 		lock       func(hash string) string
 		pyproject  string
 		env        []string
+		// A dependency added to pyproject.toml without locking it.
+		stale, staleWant string
 	}{
 		{"uv.lock", "uv.lock", func(hash string) string {
 			// No PIP_INDEX_URL: the lock's registry is the index.
@@ -291,6 +293,9 @@ dependencies = [
 [package.dev-dependencies]
 dev = [{ name = "flynn-extra" }]
 
+[package.metadata]
+requires-dist = [{ name = "flynn-greeting" }]
+
 [[package]]
 name = "flynn-greeting"
 version = "2.0.0"
@@ -303,7 +308,9 @@ version = "1.0.0"
 source = { registry = "` + extra.URL + `" }
 wheels = [{ url = "` + extra.URL + `/flynn-extra/flynn_extra-1.0.0-py3-none-any.whl", hash = "sha256:00" }]
 `
-		}, "[project]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"flynn-greeting\"]\n", nil},
+		}, "[project]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"flynn-greeting\"]\n", nil,
+			"[project]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"flynn-greeting\", \"flynn_new>=1\"]\n",
+			"uv.lock is out of date: pyproject.toml names flynn-new, which it does not lock: run uv lock"},
 		{"poetry.lock", "poetry.lock", func(hash string) string {
 			return `[[package]]
 name = "flynn-greeting"
@@ -327,7 +334,9 @@ python-versions = "^3.11"
 content-hash = "0"
 `
 		}, "[tool.poetry]\nname = \"app\"\nversion = \"0.1.0\"\n\n[tool.poetry.dependencies]\npython = \"^3.11\"\nflynn-greeting = \"^2\"\n\n" +
-			"[tool.poetry.group.dev.dependencies]\nflynn-extra = \"*\"\n", indexEnv},
+			"[tool.poetry.group.dev.dependencies]\nflynn-extra = \"*\"\n", indexEnv,
+			"[tool.poetry]\nname = \"app\"\nversion = \"0.1.0\"\n\n[tool.poetry.dependencies]\npython = \"^3.11\"\nflynn-greeting = \"^2\"\nflynn-new = \"^1\"\n",
+			"poetry.lock is out of date: pyproject.toml names flynn-new, which it does not lock: run poetry lock"},
 	}
 	for _, tt := range lockTests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -346,6 +355,9 @@ content-hash = "0"
 			}
 			writeFile(t, app, tt.file, tt.lock("sha256:"+strings.Repeat("0", 64)))
 			wantBuildFailure(t, rootfs, app, buildOpts{env: tt.env}, " !     "+tt.name+": THESE PACKAGES DO NOT MATCH THE HASHES")
+			writeFile(t, app, tt.file, tt.lock(wheelHash(t, greeting2)))
+			writeFile(t, app, "pyproject.toml", tt.stale)
+			wantBuildFailure(t, rootfs, app, buildOpts{env: tt.env}, " !     "+tt.staleWant)
 		})
 	}
 

@@ -16,6 +16,8 @@ python3 helper.py uv-lock uv.lock [--sources]
     has some); with --sources, the lock's package indexes come first.
 python3 helper.py poetry-lock poetry.lock pyproject.toml [--sources]
     likewise for poetry.lock: the main group's packages.
+    Either fails when pyproject.toml names a dependency the lock does not
+    (the lock is out of date).
 python3 helper.py prune-wheels REPORT DIR
     removes the wheels in DIR that pip's installation report REPORT does
     not name (by file name: from the cache or an index), so the wheel
@@ -207,6 +209,15 @@ def uv_lock(path, sources):
     roots = [p for p in pkgs if "." in (p.get("source", {}).get("virtual"), p.get("source", {}).get("editable"))]
     if len(roots) != 1:
         fail(f"{path}: cannot tell the project's own entry (source virtual or editable \".\")")
+    # A dependency pyproject.toml names that the lock does not (added
+    # without uv lock) would be missing at run time: say so, as
+    # uv sync --locked does.
+    locked = {canon(r.get("name", "")) for r in roots[0].get("metadata", {}).get("requires-dist", [])}
+    pyproject_path = os.path.join(os.path.dirname(path), "pyproject.toml")
+    if os.path.exists(pyproject_path):
+        missing = sorted(set(project_deps(load_toml(pyproject_path), pyproject_path)) - locked)
+        if missing:
+            fail(f"{path} is out of date: pyproject.toml names {', '.join(missing)}, which it does not lock: run uv lock")
     by_name = {}
     for p in pkgs:
         by_name.setdefault(p.get("name"), []).append(p)
@@ -255,6 +266,9 @@ def poetry_lock(path, pyproject_path, sources):
     # The main group: the packages poetry 2 marks so, else those reached
     # from pyproject's main dependencies.
     wanted = {}  # name -> extras
+    missing = sorted(set(project_deps(project, pyproject_path)) - set(by_name))
+    if missing:
+        fail(f"{path} is out of date: pyproject.toml names {', '.join(missing)}, which it does not lock: run poetry lock")
     if pkgs and all("groups" in p for p in pkgs):
         for p in pkgs:
             m = p.get("markers")
@@ -263,24 +277,7 @@ def poetry_lock(path, pyproject_path, sources):
             if "main" in p["groups"] and marker_ok(m):
                 wanted[canon(p["name"])] = set()
     else:
-        roots = {}
-        poetry = project.get("tool", {}).get("poetry", {})
-        for name, spec in poetry.get("dependencies", {}).items():
-            if canon(name) == "python":
-                continue
-            spec = spec if isinstance(spec, dict) else {}
-            if spec.get("optional") or not marker_ok(spec.get("markers")):
-                continue
-            roots[canon(name)] = set(spec.get("extras", []))
-        from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
-        for d in project.get("project", {}).get("dependencies", []):
-            try:
-                r = Requirement(d)
-            except InvalidRequirement as e:
-                fail(f"{pyproject_path}: {d!r}: {e}")
-            if marker_ok(str(r.marker) if r.marker else None):
-                roots[canon(r.name)] = set(r.extras)
-        todo = list(roots.items())
+        todo = list(project_deps(project, pyproject_path).items())
         while todo:
             name, extras = todo.pop()
             if name in wanted and extras <= wanted[name]:
@@ -323,6 +320,27 @@ def poetry_lock(path, pyproject_path, sources):
             fail(f"{path}: {name} comes from a source of type {t!r}, which is not supported")
         pins.add(p["name"], p.get("version"), s, [f["hash"] for f in p.get("files", []) if f.get("hash")])
     pins.print(sources)
+
+
+def project_deps(data, path):
+    """The main dependencies pyproject.toml names, by canonical name, with
+    their extras: [project] dependencies and Poetry's own table (but
+    python and optional ones)."""
+    from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+    deps = {}
+    for d in data.get("project", {}).get("dependencies", []):
+        try:
+            r = Requirement(d)
+        except InvalidRequirement as e:
+            fail(f"{path}: {d!r}: {e}")
+        if marker_ok(str(r.marker) if r.marker else None):
+            deps[canon(r.name)] = set(r.extras)
+    for name, spec in data.get("tool", {}).get("poetry", {}).get("dependencies", {}).items():
+        spec = spec if isinstance(spec, dict) else {}
+        if canon(name) == "python" or spec.get("optional") or not marker_ok(spec.get("markers")):
+            continue
+        deps[canon(name)] = set(spec.get("extras", []))
+    return deps
 
 
 def canon(name):

@@ -20,7 +20,6 @@ _PARTIAL = re.compile(
     % (_PART, _PART, _PART)
 )
 _OP = re.compile(r"^(<=|>=|<|>|=|~>|~|\^)?\s*(.*)$")
-_INF = 1 << 62
 
 
 class RangeError(ValueError):

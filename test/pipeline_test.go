@@ -495,4 +495,45 @@ func TestGitPushGoApp(t *testing.T) {
 	if body := getBody(t, p.webURL(t, rel.ID)+"/"); !strings.Contains(body, "hello from the go app") {
 		t.Errorf("web page = %q", body)
 	}
+
+	// The push made the platform's build of Go 1.22.12's standard
+	// library, in the background: another app's first push restores it.
+	blobs := blobclient.New(p.blobURL, pipelineKey, nil)
+	wctx := within(t, 5*time.Minute)
+	for {
+		if _, err := blobs.Head(wctx, "/go-std/go1.22.12.tar"); err == nil {
+			break
+		}
+		select {
+		case <-wctx.Done():
+			t.Fatalf("no shared build of the standard library in the blobstore\ndaemon log:\n%s", p.dumpLog())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	app2 := &api.App{Name: "goapp2"}
+	if err := p.ctrl.CreateApp(ctx, app2); err != nil {
+		t.Fatal(err)
+	}
+	envRel2 := &api.Release{Env: envRel.Env}
+	if err := p.ctrl.CreateRelease(ctx, envRel2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ctrl.CreateDeployment(ctx, app2.ID, envRel2.ID); err != nil {
+		t.Fatal(err)
+	}
+	out, ok = p.push(t, gitRepo(t, "apps/go"), "goapp2")
+	if !ok {
+		t.Fatalf("second app's push failed:\n%s\ndaemon log:\n%s", out, p.dumpLog())
+	}
+	t.Logf("second app's push output:\n%s", out)
+	if want := "restoring the standard library, built by the platform for Go 1.22.12"; !strings.Contains(out, want) {
+		t.Errorf("second app's push output lacks %q", want)
+	}
+	rel2, err := p.ctrl.GetAppRelease(ctx, app2.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := getBody(t, p.webURL(t, rel2.ID)+"/"); !strings.Contains(body, "hello from the go app") {
+		t.Errorf("second app's web page = %q", body)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -86,6 +87,9 @@ type ReceiverConfig struct {
 	// registered (so the app answers through the router) before the push
 	// reports success.
 	Discoverd *discoverdclient.Client
+	// NoGoStd turns off the platform's shared builds of the Go standard
+	// library (see gostd.go): none are made, none given to builds.
+	NoGoStd bool
 }
 
 // BuildReceiver is the Receiver of a cluster: it builds a push with the
@@ -94,6 +98,14 @@ type ReceiverConfig struct {
 type BuildReceiver struct {
 	cfg ReceiverConfig
 	log *slog.Logger
+
+	// goStd: whether a job makes a shared Go build, and when the last
+	// started (see gostd.go).
+	goStd struct {
+		sync.Mutex
+		running bool
+		last    time.Time
+	}
 }
 
 // NewReceiver returns a BuildReceiver.
@@ -200,6 +212,8 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 		return err
 	}
 	tm.buildPhases(res.Phases)
+	// Once the push is done: the job competes with its deploy for CPU.
+	defer r.seedGoStd(res.GoToolchain)
 	if err := needsWeb(res); err != nil {
 		return err
 	}
@@ -368,18 +382,56 @@ func buildNetwork(base string) (hostNet bool, reach []int, err error) {
 	return false, []int{n}, nil
 }
 
+// jobBlobBase is the blobstore's base URL for a build job.
+func (r *BuildReceiver) jobBlobBase(ctx context.Context) (string, error) {
+	if r.cfg.JobBlobBase == nil {
+		return r.cfg.JobBlobURL, nil
+	}
+	base, err := r.cfg.JobBlobBase(ctx)
+	if err != nil {
+		return "", fmt.Errorf("find the blobstore for the build: %w", err)
+	}
+	return base, nil
+}
+
+// slugbuilderJob is a job that runs the slugbuilder on the stack with
+// env, reaching the blobstore at base and nothing else of the platform.
+func (r *BuildReceiver) slugbuilderJob(base string, env, meta map[string]string) (*api.HostJob, error) {
+	hostNet, reach, err := buildNetwork(base)
+	if err != nil {
+		return nil, err
+	}
+	mounts := []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}}
+	if r.cfg.CABundle != "" {
+		mounts = append(mounts, api.Mount{Location: r.cfg.CABundle, Target: DefaultCABundle})
+	}
+	return &api.HostJob{
+		// ID: HOSTID-UUID, given once the job is placed.
+		Artifacts: []*api.Artifact{{Type: api.ArtifactTypeFlynn, Manifest: &api.ImageManifest{Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{r.cfg.StackLayer}}}}}},
+		Metadata:  meta,
+		Config: api.HostJobConfig{
+			Args:        []string{FlynnHostPath, "slugbuilder"},
+			Env:         env,
+			WorkingDir:  slug.AppDir,
+			Uid:         ptr(uint32(slug.UID)),
+			Gid:         ptr(uint32(slug.GID)),
+			Mounts:      mounts,
+			HostNetwork: hostNet,
+			ReachPorts:  reach,
+		},
+		Resources: api.Resources{api.ResourceMemory: {Limit: ptr(r.cfg.BuildMemory)}},
+	}, nil
+}
+
 // build runs the slugbuilder job and returns its result.
 func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Release, last *runtimeLayer, p Push, src string, out io.Writer) (*api.SlugBuildResult, error) {
 	env := map[string]string{}
 	if prev != nil {
 		maps.Copy(env, prev.Env)
 	}
-	base := r.cfg.JobBlobURL
-	if r.cfg.JobBlobBase != nil {
-		var err error
-		if base, err = r.cfg.JobBlobBase(ctx); err != nil {
-			return nil, fmt.Errorf("find the blobstore for the build: %w", err)
-		}
+	base, err := r.jobBlobBase(ctx)
+	if err != nil {
+		return nil, err
 	}
 	maps.Copy(env, map[string]string{
 		"PATH":            defaultPath,
@@ -395,35 +447,22 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		// The app's build cache volume, mounted where the slugbuilder
 		// has CACHE_DIR in every build (see job.Config.Volumes).
 		"BUILD_CACHE_VOLUME": slugbuilder.StableCacheRoot,
+		// Set here, whatever the app's config says: the platform's
+		// builds of the Go standard library (see gostd.go).
+		"GO_STD_SEEDS":    "",
+		"GO_STD_SEED_URL": "",
 	})
+	if !r.cfg.NoGoStd {
+		env["GO_STD_SEEDS"] = r.goStdSeeds(ctx, base)
+	}
 	if last != nil {
 		env["SLUG_RUNTIME_DIGEST"] = last.digest
 	}
-	hostNet, reach, err := buildNetwork(base)
+	job, err := r.slugbuilderJob(base, env, withRev(scheduler.JobMetadata(app, "", "slugbuilder"), p.NewRev))
 	if err != nil {
 		return nil, err
 	}
-	mounts := []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}}
-	if r.cfg.CABundle != "" {
-		mounts = append(mounts, api.Mount{Location: r.cfg.CABundle, Target: DefaultCABundle})
-	}
-	job := &api.HostJob{
-		// ID: HOSTID-UUID, given once the job is placed.
-		Artifacts: []*api.Artifact{{Type: api.ArtifactTypeFlynn, Manifest: &api.ImageManifest{Rootfs: []*api.ImageRootfs{{Layers: []*api.ImageLayer{r.cfg.StackLayer}}}}}},
-		Metadata:  withRev(scheduler.JobMetadata(app, "", "slugbuilder"), p.NewRev),
-		Config: api.HostJobConfig{
-			Args:        []string{FlynnHostPath, "slugbuilder"},
-			Env:         env,
-			WorkingDir:  slug.AppDir,
-			Uid:         ptr(uint32(slug.UID)),
-			Gid:         ptr(uint32(slug.GID)),
-			Mounts:      mounts,
-			HostNetwork: hostNet,
-			ReachPorts:  reach,
-			Volumes:     []api.VolumeBinding{{VolumeID: api.BuildCacheVolumeID(app.ID), Target: slugbuilder.StableCacheRoot, Writeable: true}},
-		},
-		Resources: api.Resources{api.ResourceMemory: {Limit: ptr(r.cfg.BuildMemory)}},
-	}
+	job.Config.Volumes = []api.VolumeBinding{{VolumeID: api.BuildCacheVolumeID(app.ID), Target: slugbuilder.StableCacheRoot, Writeable: true}}
 	bctx, cancel := context.WithTimeout(ctx, r.cfg.BuildTimeout)
 	defer cancel()
 	start := time.Now()

@@ -59,7 +59,12 @@ type fakeBuilder struct {
 	// build was not given.
 	runtime   string
 	lieReused bool
+	// goToolchain is what builds report in GoToolchain; a job that makes
+	// a shared Go build (GO_STD_SEED_URL) PUTs goStdBlob there.
+	goToolchain string
 }
+
+const goStdBlob = "go build cache"
 
 func httpPut(u string, body []byte) error {
 	req, _ := http.NewRequest(http.MethodPut, u, bytes.NewReader(body))
@@ -80,8 +85,14 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	j.Config.Volumes = slices.Clone(job.Config.Volumes)
 	j.Config.Env = maps.Clone(job.Config.Env)
 	f.jobs = append(f.jobs, &j)
-	fail, busy, runtime, lie := f.fail, f.busyVolumes, f.runtime, f.lieReused
+	fail, busy, runtime, lie, goToolchain := f.fail, f.busyVolumes, f.runtime, f.lieReused, f.goToolchain
 	f.mu.Unlock()
+	if u := job.Config.Env["GO_STD_SEED_URL"]; u != "" {
+		if err := httpPut(u, []byte(goStdBlob)); err != nil {
+			return nil, err
+		}
+		return &api.HostJobExit{}, nil
+	}
 	if busy && len(job.Config.Volumes) > 0 {
 		return nil, fmt.Errorf("start the job on host h1: %w", api.Conflict("volume %s is in use by job h1-x", job.Config.Volumes[0].VolumeID))
 	}
@@ -148,7 +159,7 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 			}
 		}
 	}
-	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"], Runtime: rt,
+	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"], Runtime: rt, GoToolchain: goToolchain,
 		Phases: []api.BuildPhase{{Name: "fetch", MS: fetched.Milliseconds()}, {Name: "slug", MS: time.Since(start).Milliseconds()}}})
 	if err := httpPut(env["SLUG_RESULT_URL"], result); err != nil {
 		return nil, err
@@ -759,5 +770,114 @@ func TestTimingsBuildPhases(t *testing.T) {
 		{name: "fetch", d: 100 * time.Millisecond}, {name: "cache", d: 250 * time.Millisecond}, {name: "compile", d: 4 * time.Second}}}}
 	if diff := cmp.Diff(want, tm.phases, cmp.AllowUnexported(phase{})); diff != "" {
 		t.Errorf("phases (-want +got):\n%s", diff)
+	}
+}
+
+// TestReceiverGoStd: after a build that installed a Go toolchain, a job
+// of gitreceive's own makes the shared build of its standard library,
+// with none of the app's config, writing that one blob; the next builds
+// are given a read-only URL of it in GO_STD_SEEDS. A version that is not
+// a Go release's makes no job.
+func TestReceiverGoStd(t *testing.T) {
+	e := setupReceiver(t, false)
+	ctx := context.Background()
+	// The app's config names seeds of its own: they are not given.
+	rel := &api.Release{AppID: e.app.ID, Env: map[string]string{"GREETING": "hi", "GO_STD_SEEDS": "go1.22.12=http://evil.example/std.tar", "GO_STD_SEED_URL": "http://evil.example/"}}
+	if err := e.ctrl.CreateRelease(ctx, rel); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ctrl.CreateDeployment(ctx, e.app.ID, rel.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitRelease(t, e.ctrl, e.app.ID, rel.ID)
+	e.builder.mu.Lock()
+	e.builder.goToolchain = "go1.22.12"
+	e.builder.mu.Unlock()
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("push failed:\n%s", out)
+	}
+	jobs := func() []*api.HostJob {
+		e.builder.mu.Lock()
+		defer e.builder.mu.Unlock()
+		return slices.Clone(e.builder.jobs)
+	}
+	if env := jobs()[0].Config.Env; env["GO_STD_SEEDS"] != "" || env["GO_STD_SEED_URL"] != "" || env["GREETING"] != "hi" {
+		t.Errorf("first build's GO_STD_SEEDS = %q, GO_STD_SEED_URL = %q, want none (and not the app's)", env["GO_STD_SEEDS"], env["GO_STD_SEED_URL"])
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := e.blobs.Head(ctx, "/go-std/go1.22.12.tar"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no /go-std/go1.22.12.tar; jobs: %d", len(jobs()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	js := jobs()
+	if len(js) != 2 {
+		t.Fatalf("%d jobs, want the build and the one making the Go build", len(js))
+	}
+	seed := js[1]
+	if got := seed.Metadata[metaGoStd]; got != "go1.22.12" {
+		t.Errorf("seed job metadata %v", seed.Metadata)
+	}
+	if seed.Metadata[api.JobMetaApp] != "" || len(seed.Config.Volumes) != 0 {
+		t.Errorf("seed job belongs to the app: metadata %v, volumes %v", seed.Metadata, seed.Config.Volumes)
+	}
+	wantKeys := []string{"GOVERSION", "GO_STD_SEED_URL", "HOME", "PATH", "SOURCE_URL"}
+	if diff := cmp.Diff(wantKeys, slices.Sorted(maps.Keys(seed.Config.Env))); diff != "" {
+		t.Errorf("seed job env keys (-want +got):\n%s", diff)
+	}
+	if seed.Config.Env["GOVERSION"] != "go1.22.12" || !slices.Equal(seed.Config.Args, []string{FlynnHostPath, "slugbuilder"}) {
+		t.Errorf("seed job %+v", seed.Config)
+	}
+	// Its URL writes that blob alone.
+	other := strings.Replace(seed.Config.Env["GO_STD_SEED_URL"], "go1.22.12.tar", "go1.23.4.tar", 1)
+	if err := httpPut(other, []byte("x")); err == nil {
+		t.Error("the seed job's URL wrote another blob")
+	}
+	// Its source is gone.
+	if entries, err := e.blobs.List(ctx, "/go-std/src/"); err == nil && len(entries) > 0 {
+		t.Errorf("seed sources left: %v", entries)
+	}
+
+	// The next build is given it, read-only, whatever the app says.
+	gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "second")
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("second push failed:\n%s", out)
+	}
+	js = jobs()
+	seeds := js[len(js)-1].Config.Env["GO_STD_SEEDS"]
+	v, u, ok := strings.Cut(seeds, "=")
+	if !ok || v != "go1.22.12" || strings.Contains(u, " ") {
+		t.Fatalf("second build's GO_STD_SEEDS = %q", seeds)
+	}
+	res, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if string(body) != goStdBlob {
+		t.Errorf("GET the seed: %s %q", res.Status, body)
+	}
+	if err := httpPut(u, []byte("poisoned")); err == nil {
+		t.Error("a build wrote the shared Go build through its URL")
+	}
+	if len(js) != 3 {
+		t.Errorf("%d jobs after the second push, want 3 (no second seed job)", len(js))
+	}
+}
+
+// TestSeedGoStdVersions: only a Go release's toolchain name makes a job.
+func TestSeedGoStdVersions(t *testing.T) {
+	for v, want := range map[string]bool{
+		"go1.22.12": true, "go1.9.0": true, "": false, "go1.22": false, "go1.23rc1": false,
+		"go1.22.12/../x": false, "go1.22.12 go1.23.0": false, "1.22.12": false, "go2.0.0": false,
+	} {
+		if got := goToolchainRE.MatchString(v); got != want {
+			t.Errorf("%q: %v, want %v", v, got, want)
+		}
 	}
 }

@@ -79,7 +79,7 @@ instead.`,
 var buildEnvKeys = []string{
 	"PATH", "HOME", "HOSTNAME", "PWD", "SHLVL", "TERM", "USER", "PORT", "_",
 	"DISCOVERD", "SLUG_URL", "SLUG_RUNTIME_URL", "SLUG_RUNTIME_DIGEST", "BUILD_CACHE_URL", "BUILDPACK_URL", "SOURCE_VERSION",
-	"SOURCE_URL", "SLUG_RESULT_URL", "STACK", "BUILD_CACHE_VOLUME",
+	"SOURCE_URL", "SLUG_RESULT_URL", "STACK", "BUILD_CACHE_VOLUME", "GO_STD_SEEDS", "GO_STD_SEED_URL",
 }
 
 func appEnvFromEnviron(environ []string) map[string]string {
@@ -113,7 +113,7 @@ Build output goes to stdout line by line.
 
 Every variable of the environment that is not a build setting (PATH, HOME,
 PORT, FLYNN_*, SLUG_URL, SLUG_RUNTIME_URL, BUILD_CACHE_URL, BUILD_CACHE_VOLUME, BUILDPACK_URL,
-SOURCE_VERSION, ...) is app config, given to buildpacks in ENV_DIR; --env
+SOURCE_VERSION, GO_STD_SEEDS, GO_STD_SEED_URL, ...) is app config, given to buildpacks in ENV_DIR; --env
 adds more.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -699,3 +699,63 @@ func TestWarmBuildFollowsChanges(t *testing.T) {
 		}
 	})
 }
+
+// TestGoStdSeed: the Go buildpack, given GO_STD_SEED_URL, builds the
+// standard library of GOVERSION with a fresh build cache and uploads it
+// (gitreceive's job that makes the platform's shared build); a cold build
+// of the Go sample given it in GO_STD_SEEDS restores it and compiles
+// none of the standard library (net/http, cgo's net included), and its
+// app works.
+func TestGoStdSeed(t *testing.T) {
+	rootfs := stacktest.DefaultStack(t)
+	iodir := ioDir(t)
+	src := t.TempDir()
+	for name, body := range map[string]string{"go.mod": "module flynn-go-std\n\ngo 1.17\n", "main.go": "package main\n\nfunc main() {}\n"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, out := buildApp(t, rootfs, src, iodir, buildOpts{env: []string{"GOPROXY=" + goProxy(t), "GOVERSION=go1.22.12", "GO_STD_SEED_URL=file:///io/std.tar"}})
+	wantOutput(t, out, "Building Go 1.22.12's standard library for the platform's shared build cache")
+	if res.GoToolchain != "go1.22.12" {
+		t.Errorf("result's GoToolchain = %q, want go1.22.12", res.GoToolchain)
+	}
+	fi, err := os.Stat(filepath.Join(iodir, "std.tar"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Logf("the standard library's build cache: %.0f MB", float64(fi.Size())/1e6)
+	if out, err := exec.Command("tar", "-tvf", filepath.Join(iodir, "std.tar"), "./trim.txt").CombinedOutput(); err == nil {
+		t.Errorf("std.tar has trim.txt: %s", out)
+	}
+
+	app := ioDir(t)
+	env := []string{"GOPROXY=" + goProxy(t),
+		"GO_STD_SEEDS=go1.21.0=file:///nonexistent go1.22.12=file:///io/std.tar",
+		// go prints the commands it runs: the compiles of the app's
+		// packages, none of the standard library's.
+		"GOFLAGS=-x"}
+	if err := os.Rename(filepath.Join(iodir, "std.tar"), filepath.Join(app, "std.tar")); err != nil {
+		t.Fatal(err)
+	}
+	res, out = buildApp(t, rootfs, sampleApp("go"), app, buildOpts{env: env})
+	wantOutput(t, out, "restoring the standard library, built by the platform for Go 1.22.12")
+	if strings.Contains(out, "could not restore") {
+		t.Errorf("the restore failed:\n%s", out)
+	}
+	if !strings.Contains(out, " -p main ") {
+		t.Errorf("the build's output shows no compile of package main:\n%s", out)
+	}
+	for _, pkg := range []string{"runtime", "net/http", "net", "runtime/cgo"} {
+		if strings.Contains(out, " -p "+pkg+" ") {
+			t.Errorf("the build compiled %s, which the restored cache has", pkg)
+		}
+	}
+	if res.GoToolchain != "go1.22.12" {
+		t.Errorf("result's GoToolchain = %q, want go1.22.12", res.GoToolchain)
+	}
+	body := runWeb(t, rootfs, unpackSlug(t, app), "/")
+	if want := "hello from the go app"; !strings.Contains(body, want) {
+		t.Errorf("body = %q, want %q", body, want)
+	}
+}

@@ -318,12 +318,25 @@ func (b *build) run(ctx context.Context) (*api.SlugBuildResult, error) {
 		ProcessTypes:  types,
 		Buildpack:     strings.Join(names, ", "),
 		SourceVersion: cfg.SourceVersion,
+		GoToolchain:   b.goToolchain(),
 	}
 	if err := b.saveCacheAndWriteSlug(ctx, res); err != nil {
 		return nil, err
 	}
 	res.Phases = b.buildPhases()
 	return res, nil
+}
+
+// goToolchain is the Go toolchain the Go buildpack keeps in the cache
+// (CACHE_DIR/toolchain/go1.22.12), if any.
+func (b *build) goToolchain() string {
+	entries, _ := os.ReadDir(filepath.Join(b.cache, "toolchain"))
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "go1.") {
+			return e.Name()
+		}
+	}
+	return ""
 }
 
 // saveCacheAndWriteSlug saves the build cache and writes the slug at

@@ -1,0 +1,161 @@
+package gitreceive
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/slug"
+)
+
+// The platform's shared builds of the Go standard library. A Go app's
+// first build spends most of its time compiling the standard library
+// (12 of 14 s for the Go sample); every app on a Go version compiles it
+// alike. After a build that installed Go version V, gitreceive makes
+// sure the blobstore has goStdDir/V.tar: the build cache of
+// `go build -trimpath std` with V, made by a job of its own that runs
+// the Go buildpack on a source of gitreceive's, with none of any app's
+// code or config (a build cache's entries are trusted by every build that
+// reads them, so no tenant's build may write one). Builds get read-only
+// URLs of those that exist in GO_STD_SEEDS; the buildpack restores its
+// version's into an empty build cache (see buildpacks/go/bin/compile).
+
+// goStdDir is where the builds are, one goVERSION.tar each.
+const goStdDir = "/go-std/"
+
+// goStdEvery spaces the jobs that make them: each takes a core or two
+// for 20 s, and a build's result (which names the version) is the app's
+// to write.
+const goStdEvery = 10 * time.Minute
+
+// goToolchainRE is a Go release's toolchain name.
+var goToolchainRE = regexp.MustCompile(`^go1\.[0-9]{1,3}\.[0-9]{1,3}$`)
+
+// goStdSeeds is GO_STD_SEEDS for a build whose blobstore is at base:
+// "go1.22.12=URL ..." for each shared build there is.
+func (r *BuildReceiver) goStdSeeds(ctx context.Context, base string) string {
+	entries, err := r.cfg.Blobs.List(ctx, goStdDir)
+	if err != nil {
+		if !errors.Is(err, api.ErrNotFound) {
+			r.log.Warn("list the shared Go builds", "err", err)
+		}
+		return ""
+	}
+	var seeds []string
+	for _, e := range entries {
+		v, ok := strings.CutSuffix(e.Name, ".tar")
+		if e.Dir || !ok || !goToolchainRE.MatchString(v) {
+			continue
+		}
+		seeds = append(seeds, v+"="+r.jobURL(base, goStdDir+e.Name, api.BlobRead))
+	}
+	return strings.Join(seeds, " ")
+}
+
+// seedGoStd starts, in the background, the job that makes version's
+// shared build of the standard library, unless it exists, a job makes
+// one, or one started less than goStdEvery ago.
+func (r *BuildReceiver) seedGoStd(version string) {
+	if r.cfg.NoGoStd || !goToolchainRE.MatchString(version) {
+		return
+	}
+	r.goStd.Lock()
+	if r.goStd.running || time.Since(r.goStd.last) < goStdEvery {
+		r.goStd.Unlock()
+		return
+	}
+	r.goStd.running = true
+	r.goStd.Unlock()
+	go func() {
+		defer func() {
+			r.goStd.Lock()
+			r.goStd.running = false
+			r.goStd.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.BuildTimeout)
+		defer cancel()
+		if _, err := r.cfg.Blobs.Head(ctx, goStdDir+version+".tar"); err == nil {
+			return
+		}
+		r.goStd.Lock()
+		r.goStd.last = time.Now()
+		r.goStd.Unlock()
+		start := time.Now()
+		if err := r.makeGoStd(ctx, version); err != nil {
+			r.log.Warn("make the shared build of the Go standard library", "version", version, "err", err)
+			return
+		}
+		r.log.Info("made the shared build of the Go standard library", "version", version, "duration", time.Since(start))
+	}()
+}
+
+// goStdSource is the source the job builds: the Go buildpack's detect
+// wants a go.mod, and GOVERSION picks the toolchain.
+func goStdSource() []byte {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, f := range []struct{ name, body string }{
+		{"go.mod", "module flynn-go-std\n\ngo 1.17\n"},
+		{"main.go", "package main\n\nfunc main() {}\n"},
+	} {
+		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.body))})
+		tw.Write([]byte(f.body))
+	}
+	tw.Close()
+	return b.Bytes()
+}
+
+// makeGoStd runs the job that builds version's standard library and
+// uploads its build cache to goStdDir.
+func (r *BuildReceiver) makeGoStd(ctx context.Context, version string) error {
+	base, err := r.jobBlobBase(ctx)
+	if err != nil {
+		return err
+	}
+	src := goStdDir + "src/" + version + ".tar"
+	if _, err := r.cfg.Blobs.Put(ctx, src, bytes.NewReader(goStdSource()), nil); err != nil {
+		return fmt.Errorf("upload its source: %w", err)
+	}
+	defer r.cfg.Blobs.Delete(context.WithoutCancel(ctx), src)
+	env := map[string]string{
+		"PATH":            defaultPath,
+		"HOME":            slug.AppDir,
+		"SOURCE_URL":      r.jobURL(base, src, api.BlobRead),
+		"GOVERSION":       version,
+		"GO_STD_SEED_URL": r.jobURL(base, goStdDir+version+".tar", api.BlobWrite),
+	}
+	job, err := r.slugbuilderJob(base, env, map[string]string{metaGoStd: version})
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	jobOut := newRedactor(&out, r.cfg.BlobKey)
+	exit, err := r.cfg.Jobs.RunJob(ctx, job, jobOut)
+	jobOut.Flush()
+	switch {
+	case err != nil:
+		return fmt.Errorf("run the job: %w", err)
+	case exit.Error != "" || exit.OOM || exit.ExitStatus != 0:
+		return fmt.Errorf("the job failed (status %d%s): %s", exit.ExitStatus, exit.Error, lastLines(out.String(), 5))
+	}
+	return nil
+}
+
+// metaGoStd marks the job that makes a shared Go build, naming the
+// version.
+const metaGoStd = "gitreceive.go_std"
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

@@ -76,6 +76,7 @@ if part cluster; then
 	row "idle cluster PSS MiB ($(c idle_processes) procs)" "$(c idle_pss)" "-" "-"
 	row "push Go cold s" "$(c push_benchgo_cold)" "goal 15; Heroku 30-60" "$(ratio "$(c push_benchgo_cold)" 15)"
 	row "push Go warm s" "$(c push_benchgo_warm)" "goal 3" "$(ratio "$(c push_benchgo_warm)" 3)"
+	row "push Go cold s, Go built before" "$(c push_benchgotwo_cold)" "goal 15; Heroku 30-60" "$(ratio "$(c push_benchgotwo_cold)" 15)"
 	row "push Node cold s" "$(c push_benchnodejs_cold)" "goal 15; Heroku 30-60" "$(ratio "$(c push_benchnodejs_cold)" 15)"
 	row "push Node warm s" "$(c push_benchnodejs_warm)" "goal 3" "$(ratio "$(c push_benchnodejs_warm)" 3)"
 	row "scale web=20 to routed s" "$(c scale20)" "-" "-"

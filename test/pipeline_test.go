@@ -496,7 +496,7 @@ func TestGitPushGoApp(t *testing.T) {
 		t.Errorf("web page = %q", body)
 	}
 
-	// The push made the platform's build of Go 1.22.12's standard
+	// The push made the platform's build of Go 1.22.12 and its standard
 	// library, in the background: another app's first push restores it.
 	blobs := blobclient.New(p.blobURL, pipelineKey, nil)
 	wctx := within(t, 5*time.Minute)
@@ -526,7 +526,7 @@ func TestGitPushGoApp(t *testing.T) {
 		t.Fatalf("second app's push failed:\n%s\ndaemon log:\n%s", out, p.dumpLog())
 	}
 	t.Logf("second app's push output:\n%s", out)
-	if want := "restoring the standard library, built by the platform for Go 1.22.12"; !strings.Contains(out, want) {
+	if want := "Restoring Go 1.22.12 and its standard library, built by the platform"; !strings.Contains(out, want) {
 		t.Errorf("second app's push output lacks %q", want)
 	}
 	rel2, err := p.ctrl.GetAppRelease(ctx, app2.ID)

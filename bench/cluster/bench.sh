@@ -6,7 +6,8 @@
 #     cluster, 30 s after `flynn-host up`, every system app running;
 #   - git push of the Go and Node.js samples, from `git push` to the new
 #     version served through the router: cold (first push of the app) and
-#     warm (one line changed), with the push's own timings line;
+#     warm (one line changed), with the push's own timings line; and a
+#     second Go app's first push, once the platform has built Go;
 #   - flynn scale web=20 on the Go sample, until 20 different jobs have
 #     answered through the router.
 # Prints "name value unit" lines on stdout (bench/run.sh tabulates them)
@@ -87,6 +88,23 @@ for sample in go nodejs; do
 	log "push $name (warm)"
 	push "$name" warm "app v2"
 done
+
+# Another Go app's first push, once the platform has built Go 1.22.12 and
+# its standard library (gitreceive's job after benchgo's first push): it
+# restores them instead of fetching and compiling.
+log "wait for the platform's build of Go"
+start=$(now)
+until flynn -a gitreceive log 2>/dev/null | grep -q "made the shared build of Go"; do
+	if awk -v s="$(since "$start")" 'BEGIN {exit !(s > 300)}'; then
+		log "gitreceive made no shared build of Go within 300 s"
+		exit 1
+	fi
+	sleep 1
+done
+cp -r "$root/test/apps/go" "$work/benchgotwo"
+(cd "$work/benchgotwo" && git init -q -b main && git add -A && git commit -qm sample && flynn create benchgotwo >/dev/null)
+log "push benchgotwo (cold, Go built by the platform)"
+push benchgotwo cold "hello"
 
 log "scale web=20"
 start=$(now)

@@ -14,17 +14,18 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/slug"
 )
 
-// The platform's shared builds of the Go standard library. A Go app's
-// first build spends most of its time compiling the standard library
-// (12 of 14 s for the Go sample); every app on a Go version compiles it
-// alike. After a build that installed Go version V, gitreceive makes
-// sure the blobstore has goStdDir/V.tar: the build cache of
-// `go build -trimpath std` with V, made by a job of its own that runs
-// the Go buildpack on a source of gitreceive's, with none of any app's
-// code or config (a build cache's entries are trusted by every build that
-// reads them, so no tenant's build may write one). Builds get read-only
-// URLs of those that exist in GO_STD_SEEDS; the buildpack restores its
-// version's into an empty build cache (see buildpacks/go/bin/compile).
+// The platform's shared builds of Go. A Go app's first build spends most
+// of its time compiling the standard library (12 of 14 s for the Go
+// sample) and fetching the toolchain; every app on a Go version does
+// both alike. After a build that installed Go version V, gitreceive
+// makes sure the blobstore has goStdDir/V.tar: V's toolchain and the
+// build cache of `go build -trimpath std` with it, made by a job of its
+// own that runs the Go buildpack on a source of gitreceive's, with none
+// of any app's code or config (a build cache's entries are trusted by
+// every build that reads them, so no tenant's build may write one).
+// Builds get read-only URLs of those that exist in GO_STD_SEEDS; a build
+// whose cache lacks its Go version restores that version's instead of
+// installing it (see buildpacks/go/bin/compile).
 
 // goStdDir is where the builds are, one goVERSION.tar each.
 const goStdDir = "/go-std/"
@@ -33,6 +34,10 @@ const goStdDir = "/go-std/"
 // for 20 s, and a build's result (which names the version) is the app's
 // to write.
 const goStdEvery = 10 * time.Minute
+
+// goStdCPU is the job's cpu in milli-cores, which it gets as cgroup cpu
+// shares (10 against another job's 1024) when others want the CPU.
+const goStdCPU = 10
 
 // goToolchainRE is a Go release's toolchain name.
 var goToolchainRE = regexp.MustCompile(`^go1\.[0-9]{1,3}\.[0-9]{1,3}$`)
@@ -88,10 +93,10 @@ func (r *BuildReceiver) seedGoStd(version string) {
 		r.goStd.Unlock()
 		start := time.Now()
 		if err := r.makeGoStd(ctx, version); err != nil {
-			r.log.Warn("make the shared build of the Go standard library", "version", version, "err", err)
+			r.log.Warn("make the shared build of Go", "version", version, "err", err)
 			return
 		}
-		r.log.Info("made the shared build of the Go standard library", "version", version, "duration", time.Since(start))
+		r.log.Info("made the shared build of Go", "version", version, "duration", time.Since(start))
 	}()
 }
 
@@ -134,6 +139,10 @@ func (r *BuildReceiver) makeGoStd(ctx context.Context, version string) error {
 	if err != nil {
 		return err
 	}
+	// It yields the CPU to any other job: the pusher's next build (which
+	// often follows at once) and the app it deployed run as fast as if
+	// it were not there.
+	job.Resources[api.ResourceCPU] = api.ResourceSpec{Limit: ptr(int64(goStdCPU))}
 	var out bytes.Buffer
 	jobOut := newRedactor(&out, r.cfg.BlobKey)
 	exit, err := r.cfg.Jobs.RunJob(ctx, job, jobOut)

@@ -829,6 +829,9 @@ func TestReceiverGoStd(t *testing.T) {
 	if diff := cmp.Diff(wantKeys, slices.Sorted(maps.Keys(seed.Config.Env))); diff != "" {
 		t.Errorf("seed job env keys (-want +got):\n%s", diff)
 	}
+	if cpu := seed.Resources[api.ResourceCPU].Limit; cpu == nil || *cpu != goStdCPU {
+		t.Errorf("seed job cpu %v, want %d milli-cores: it yields to other jobs", cpu, goStdCPU)
+	}
 	if seed.Config.Env["GOVERSION"] != "go1.22.12" || !slices.Equal(seed.Config.Args, []string{FlynnHostPath, "slugbuilder"}) {
 		t.Errorf("seed job %+v", seed.Config)
 	}

@@ -700,12 +700,12 @@ func TestWarmBuildFollowsChanges(t *testing.T) {
 	})
 }
 
-// TestGoStdSeed: the Go buildpack, given GO_STD_SEED_URL, builds the
-// standard library of GOVERSION with a fresh build cache and uploads it
-// (gitreceive's job that makes the platform's shared build); a cold build
-// of the Go sample given it in GO_STD_SEEDS restores it and compiles
-// none of the standard library (net/http, cgo's net included), and its
-// app works.
+// TestGoStdSeed: the Go buildpack, given GO_STD_SEED_URL, installs
+// GOVERSION's toolchain, builds its standard library with a fresh build
+// cache and uploads both (gitreceive's job that makes the platform's
+// shared build); a cold build of the Go sample given it in GO_STD_SEEDS
+// restores it instead of installing Go and compiles none of the standard
+// library (net/http, cgo's net included), and its app works.
 func TestGoStdSeed(t *testing.T) {
 	rootfs := stacktest.DefaultStack(t)
 	iodir := ioDir(t)
@@ -716,7 +716,7 @@ func TestGoStdSeed(t *testing.T) {
 		}
 	}
 	res, out := buildApp(t, rootfs, src, iodir, buildOpts{env: []string{"GOPROXY=" + goProxy(t), "GOVERSION=go1.22.12", "GO_STD_SEED_URL=file:///io/std.tar"}})
-	wantOutput(t, out, "Building Go 1.22.12's standard library for the platform's shared build cache")
+	wantOutput(t, out, "Building Go 1.22.12's standard library for the platform's shared builds")
 	if res.GoToolchain != "go1.22.12" {
 		t.Errorf("result's GoToolchain = %q, want go1.22.12", res.GoToolchain)
 	}
@@ -724,9 +724,12 @@ func TestGoStdSeed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	t.Logf("the standard library's build cache: %.0f MB", float64(fi.Size())/1e6)
-	if out, err := exec.Command("tar", "-tvf", filepath.Join(iodir, "std.tar"), "./trim.txt").CombinedOutput(); err == nil {
+	t.Logf("the toolchain and the standard library's build cache: %.0f MB", float64(fi.Size())/1e6)
+	if out, err := exec.Command("tar", "-tvf", filepath.Join(iodir, "std.tar"), "gobuild/trim.txt").CombinedOutput(); err == nil {
 		t.Errorf("std.tar has trim.txt: %s", out)
+	}
+	if out, err := exec.Command("tar", "-tf", filepath.Join(iodir, "std.tar"), "toolchain/go1.22.12/bin/go").CombinedOutput(); err != nil {
+		t.Errorf("std.tar lacks the toolchain: %v: %s", err, out)
 	}
 
 	app := ioDir(t)
@@ -739,8 +742,8 @@ func TestGoStdSeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, out = buildApp(t, rootfs, sampleApp("go"), app, buildOpts{env: env})
-	wantOutput(t, out, "restoring the standard library, built by the platform for Go 1.22.12")
-	if strings.Contains(out, "could not restore") {
+	wantOutput(t, out, "Restoring Go 1.22.12 and its standard library, built by the platform")
+	if strings.Contains(out, "could not restore") || strings.Contains(out, "Installing Go") {
 		t.Errorf("the restore failed:\n%s", out)
 	}
 	if !strings.Contains(out, " -p main ") {

@@ -69,7 +69,13 @@ func (s StoreSource) State(ctx context.Context) (*State, error) {
 	return st, nil
 }
 
-// Blobs lists every blob of the blobstore, depth first, sorted.
+// derivedBlobs are the blobstore's directories that a cluster makes
+// again by itself, which backups leave out: the platform's shared builds
+// of Go (gitreceive makes one again after the next build that wants it).
+var derivedBlobs = map[string]bool{"/go-std": true}
+
+// Blobs lists every blob of the blobstore but derivedBlobs, depth first,
+// sorted.
 func (s StoreSource) Blobs(ctx context.Context) ([]Blob, error) {
 	var out []Blob
 	var walk func(dir string) error
@@ -81,6 +87,9 @@ func (s StoreSource) Blobs(ctx context.Context) ([]Blob, error) {
 		sort.Slice(ents, func(i, j int) bool { return ents[i].Name < ents[j].Name })
 		for _, e := range ents {
 			p := path.Join(dir, e.Name)
+			if e.Dir && derivedBlobs[p] {
+				continue
+			}
 			if e.Dir {
 				if err := walk(p + "/"); err != nil {
 					return err

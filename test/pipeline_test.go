@@ -140,7 +140,7 @@ func startPipeline(t *testing.T, layer *api.ImageLayer, component bool) *pipelin
 		Controller: ctrl, Blobs: blobs, BlobKey: pipelineKey,
 		Jobs:       &gitreceive.HostJobRunner{Etcd: etcd, Token: token},
 		StackLayer: layer, FlynnHostBin: flynnHost, CABundle: caBundle(),
-		DeployTimeout: 2 * time.Minute,
+		DeployTimeout: 2 * time.Minute, GoStdQuiet: time.Second,
 	}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)

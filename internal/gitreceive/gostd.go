@@ -85,6 +85,9 @@ func (r *BuildReceiver) seedGoStd(version string) {
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.BuildTimeout)
 		defer cancel()
+		if !r.waitQuiet(ctx) {
+			return
+		}
 		if _, err := r.cfg.Blobs.Head(ctx, goStdDir+version+".tar"); err == nil {
 			return
 		}
@@ -98,6 +101,38 @@ func (r *BuildReceiver) seedGoStd(version string) {
 		}
 		r.log.Info("made the shared build of Go", "version", version, "duration", time.Since(start))
 	}()
+}
+
+// waitQuiet waits until no build of this gitreceive has run for
+// GoStdQuiet, and says whether that came before ctx's end. The job takes
+// the disk, the blobstore and whatever CPU is free for half a minute: a
+// pusher's next build (which often follows at once) and the app it
+// deploys go first.
+func (r *BuildReceiver) waitQuiet(ctx context.Context) bool {
+	for {
+		r.busy.Lock()
+		wait := r.cfg.GoStdQuiet - time.Since(r.busy.last)
+		if r.busy.builds > 0 {
+			wait = r.cfg.GoStdQuiet
+		}
+		r.busy.Unlock()
+		if wait <= 0 {
+			return true
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// building counts a build in (+1) or out (-1), for waitQuiet.
+func (r *BuildReceiver) building(n int) {
+	r.busy.Lock()
+	r.busy.builds += n
+	r.busy.last = time.Now()
+	r.busy.Unlock()
 }
 
 // goStdSource is the source the job builds: the Go buildpack's detect

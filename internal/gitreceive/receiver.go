@@ -87,9 +87,12 @@ type ReceiverConfig struct {
 	// registered (so the app answers through the router) before the push
 	// reports success.
 	Discoverd *discoverdclient.Client
-	// NoGoStd turns off the platform's shared builds of the Go standard
-	// library (see gostd.go): none are made, none given to builds.
-	NoGoStd bool
+	// NoGoStd turns off the platform's shared builds of Go (see
+	// gostd.go): none are made, none given to builds. GoStdQuiet is how
+	// long no build must have run before the job that makes one starts
+	// (default 30 s).
+	NoGoStd    bool
+	GoStdQuiet time.Duration
 }
 
 // BuildReceiver is the Receiver of a cluster: it builds a push with the
@@ -105,6 +108,12 @@ type BuildReceiver struct {
 		sync.Mutex
 		running bool
 		last    time.Time
+	}
+	// busy: how many builds run, and when one last started or ended.
+	busy struct {
+		sync.Mutex
+		builds int
+		last   time.Time
 	}
 }
 
@@ -129,6 +138,9 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*BuildReceiver, error) {
 	}
 	if cfg.BuildMemory == 0 {
 		cfg.BuildMemory = DefaultBuildMemory
+	}
+	if cfg.GoStdQuiet == 0 {
+		cfg.GoStdQuiet = 30 * time.Second
 	}
 	return &BuildReceiver{cfg: cfg, log: log}, nil
 }
@@ -425,6 +437,8 @@ func (r *BuildReceiver) slugbuilderJob(base string, env, meta map[string]string)
 
 // build runs the slugbuilder job and returns its result.
 func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Release, last *runtimeLayer, p Push, src string, out io.Writer) (*api.SlugBuildResult, error) {
+	r.building(1)
+	defer r.building(-1)
 	env := map[string]string{}
 	if prev != nil {
 		maps.Copy(env, prev.Env)

@@ -258,7 +258,7 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 		Controller: ctrl, Blobs: blobs, BlobKey: testBlobKey, Jobs: builder,
 		StackLayer:   &api.ImageLayer{ID: "stack", Type: api.LayerTypeTar, URL: "file:///stack.tar", Hashes: map[string]string{"sha256": strings.Repeat("a", 64)}},
 		FlynnHostBin: "/usr/bin/flynn-host", CABundle: DefaultCABundle,
-		DeployTimeout: 30 * time.Second,
+		DeployTimeout: 30 * time.Second, GoStdQuiet: time.Millisecond,
 	}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -882,5 +882,38 @@ func TestSeedGoStdVersions(t *testing.T) {
 		if got := goToolchainRE.MatchString(v); got != want {
 			t.Errorf("%q: %v, want %v", v, got, want)
 		}
+	}
+}
+
+// TestWaitQuiet: the job that makes a shared Go build waits while a build
+// runs, and until none has for GoStdQuiet.
+func TestWaitQuiet(t *testing.T) {
+	r := &BuildReceiver{cfg: ReceiverConfig{GoStdQuiet: 20 * time.Millisecond}}
+	if !r.waitQuiet(context.Background()) {
+		t.Fatal("waited with no build ever run")
+	}
+	r.building(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if r.waitQuiet(ctx) {
+		t.Fatal("did not wait for the running build")
+	}
+	r.building(-1)
+	done := make(chan bool)
+	go func() { done <- r.waitQuiet(context.Background()) }()
+	r.building(1) // another starts at once: still waiting
+	select {
+	case <-done:
+		t.Fatal("did not wait for the second build")
+	case <-time.After(100 * time.Millisecond):
+	}
+	r.building(-1)
+	if !<-done {
+		t.Fatal("waitQuiet gave up")
+	}
+	r.busy.Lock()
+	defer r.busy.Unlock()
+	if since := time.Since(r.busy.last); since < r.cfg.GoStdQuiet {
+		t.Errorf("returned %s after the last build, before GoStdQuiet", since)
 	}
 }

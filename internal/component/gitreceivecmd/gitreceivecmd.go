@@ -82,6 +82,7 @@ type gitreceiveFlags struct {
 	stackURL, stackSHA256    string
 	flynnHostBin, caBundle   string
 	logLevel                 string
+	noSharedGo               bool
 	buildTimeout, deployWait time.Duration
 }
 
@@ -145,6 +146,7 @@ becomes an artifact, which flynn docker push deploys.`,
 	f.DurationVar(&fl.buildTimeout, "build-timeout", 15*time.Minute, "longest a build may take")
 	f.DurationVar(&fl.deployWait, "deploy-timeout", 0, "longest to wait for a deploy (default the app's deploy timeout)")
 	f.StringVar(&fl.logLevel, "log-level", def("FLYNN_LOG_LEVEL", "info"), "debug, info, warn or error")
+	f.BoolVar(&fl.noSharedGo, "no-shared-go-builds", get("NO_SHARED_GO_BUILDS") != "", "make no shared builds of Go and its standard library for Go apps' first builds (default: made, unless $NO_SHARED_GO_BUILDS is set)")
 	return cmd
 }
 
@@ -201,7 +203,7 @@ func runGitreceive(ctx context.Context, env component.Env, fl gitreceiveFlags, s
 			Hashes: map[string]string{"sha256": fl.stackSHA256}},
 		FlynnHostBin: fl.flynnHostBin, CABundle: fl.caBundle,
 		BuildTimeout: fl.buildTimeout, DeployTimeout: fl.deployWait,
-		Discoverd: disc,
+		Discoverd: disc, NoGoStd: fl.noSharedGo,
 	}, log)
 	if err != nil {
 		return err

@@ -170,6 +170,9 @@ func (r *BuildReceiver) makeGoStd(ctx context.Context, version string) error {
 		"GOVERSION":       version,
 		"GO_STD_SEED_URL": r.jobURL(base, goStdDir+version+".tar", api.BlobWrite),
 	}
+	if r.cfg.GoProxy != "" {
+		env["GOPROXY"] = r.cfg.GoProxy
+	}
 	job, err := r.slugbuilderJob(base, env, map[string]string{metaGoStd: version})
 	if err != nil {
 		return err

@@ -93,6 +93,11 @@ type ReceiverConfig struct {
 	// (default 30 s).
 	NoGoStd    bool
 	GoStdQuiet time.Duration
+	// GoProxy is the module proxy the job that makes a shared Go build
+	// fetches the toolchain from (default the Go buildpack's,
+	// https://proxy.golang.org). It is the operator's: an app's GOPROXY
+	// serves that app's builds only.
+	GoProxy string
 }
 
 // BuildReceiver is the Receiver of a cluster: it builds a push with the

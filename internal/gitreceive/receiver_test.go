@@ -258,7 +258,7 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 		Controller: ctrl, Blobs: blobs, BlobKey: testBlobKey, Jobs: builder,
 		StackLayer:   &api.ImageLayer{ID: "stack", Type: api.LayerTypeTar, URL: "file:///stack.tar", Hashes: map[string]string{"sha256": strings.Repeat("a", 64)}},
 		FlynnHostBin: "/usr/bin/flynn-host", CABundle: DefaultCABundle,
-		DeployTimeout: 30 * time.Second, GoStdQuiet: time.Millisecond,
+		DeployTimeout: 30 * time.Second, GoStdQuiet: time.Millisecond, GoProxy: "https://goproxy.example",
 	}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -825,14 +825,14 @@ func TestReceiverGoStd(t *testing.T) {
 	if seed.Metadata[api.JobMetaApp] != "" || len(seed.Config.Volumes) != 0 {
 		t.Errorf("seed job belongs to the app: metadata %v, volumes %v", seed.Metadata, seed.Config.Volumes)
 	}
-	wantKeys := []string{"GOVERSION", "GO_STD_SEED_URL", "HOME", "PATH", "SOURCE_URL"}
+	wantKeys := []string{"GOPROXY", "GOVERSION", "GO_STD_SEED_URL", "HOME", "PATH", "SOURCE_URL"}
 	if diff := cmp.Diff(wantKeys, slices.Sorted(maps.Keys(seed.Config.Env))); diff != "" {
 		t.Errorf("seed job env keys (-want +got):\n%s", diff)
 	}
 	if cpu := seed.Resources[api.ResourceCPU].Limit; cpu == nil || *cpu != goStdCPU {
 		t.Errorf("seed job cpu %v, want %d milli-cores: it yields to other jobs", cpu, goStdCPU)
 	}
-	if seed.Config.Env["GOVERSION"] != "go1.22.12" || !slices.Equal(seed.Config.Args, []string{FlynnHostPath, "slugbuilder"}) {
+	if seed.Config.Env["GOVERSION"] != "go1.22.12" || seed.Config.Env["GOPROXY"] != "https://goproxy.example" || !slices.Equal(seed.Config.Args, []string{FlynnHostPath, "slugbuilder"}) {
 		t.Errorf("seed job %+v", seed.Config)
 	}
 	// Its URL writes that blob alone.

@@ -83,6 +83,7 @@ type gitreceiveFlags struct {
 	flynnHostBin, caBundle   string
 	logLevel                 string
 	noSharedGo               bool
+	goProxy                  string
 	buildTimeout, deployWait time.Duration
 }
 
@@ -146,6 +147,7 @@ becomes an artifact, which flynn docker push deploys.`,
 	f.DurationVar(&fl.buildTimeout, "build-timeout", 15*time.Minute, "longest a build may take")
 	f.DurationVar(&fl.deployWait, "deploy-timeout", 0, "longest to wait for a deploy (default the app's deploy timeout)")
 	f.StringVar(&fl.logLevel, "log-level", def("FLYNN_LOG_LEVEL", "info"), "debug, info, warn or error")
+	f.StringVar(&fl.goProxy, "go-proxy", get("GOPROXY"), "module proxy that shared builds of Go fetch the toolchain from (default $GOPROXY, else https://proxy.golang.org)")
 	f.BoolVar(&fl.noSharedGo, "no-shared-go-builds", get("NO_SHARED_GO_BUILDS") != "", "make no shared builds of Go and its standard library for Go apps' first builds (default: made, unless $NO_SHARED_GO_BUILDS is set)")
 	return cmd
 }
@@ -203,7 +205,7 @@ func runGitreceive(ctx context.Context, env component.Env, fl gitreceiveFlags, s
 			Hashes: map[string]string{"sha256": fl.stackSHA256}},
 		FlynnHostBin: fl.flynnHostBin, CABundle: fl.caBundle,
 		BuildTimeout: fl.buildTimeout, DeployTimeout: fl.deployWait,
-		Discoverd: disc, NoGoStd: fl.noSharedGo,
+		Discoverd: disc, NoGoStd: fl.noSharedGo, GoProxy: fl.goProxy,
 	}, log)
 	if err != nil {
 		return err

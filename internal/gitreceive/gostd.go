@@ -64,8 +64,8 @@ func (r *BuildReceiver) goStdSeeds(ctx context.Context, base string) string {
 }
 
 // seedGoStd starts, in the background, the job that makes version's
-// shared build of the standard library, unless it exists, a job makes
-// one, or one started less than goStdEvery ago.
+// shared build of Go, once no build has run for GoStdQuiet, unless it
+// exists, a job makes one, or one started less than goStdEvery ago.
 func (r *BuildReceiver) seedGoStd(version string) {
 	if r.cfg.NoGoStd || !goToolchainRE.MatchString(version) {
 		return
@@ -151,8 +151,8 @@ func goStdSource() []byte {
 	return b.Bytes()
 }
 
-// makeGoStd runs the job that builds version's standard library and
-// uploads its build cache to goStdDir.
+// makeGoStd runs the job that installs version's toolchain, builds its
+// standard library and uploads both to goStdDir.
 func (r *BuildReceiver) makeGoStd(ctx context.Context, version string) error {
 	base, err := r.jobBlobBase(ctx)
 	if err != nil {
@@ -177,9 +177,9 @@ func (r *BuildReceiver) makeGoStd(ctx context.Context, version string) error {
 	if err != nil {
 		return err
 	}
-	// It yields the CPU to any other job: the pusher's next build (which
-	// often follows at once) and the app it deployed run as fast as if
-	// it were not there.
+	// It gets the CPU that no other job wants (waitQuiet keeps it off
+	// the disk and the blobstore while builds run, but one may start
+	// meanwhile).
 	job.Resources[api.ResourceCPU] = api.ResourceSpec{Limit: ptr(int64(goStdCPU))}
 	var out bytes.Buffer
 	jobOut := newRedactor(&out, r.cfg.BlobKey)

@@ -23,8 +23,8 @@ type SlugBuildResult struct {
 	// SourceVersion is the commit that was built, when known.
 	SourceVersion string `json:"source_version,omitempty"`
 	// GoToolchain is the Go toolchain a Go build installed (go1.22.12):
-	// gitreceive makes the platform's shared build of its standard library
-	// when there is none yet (see buildpacks/go/bin/compile).
+	// gitreceive makes the platform's shared build of it and its standard
+	// library when there is none yet (see internal/gitreceive/gostd.go).
 	GoToolchain string `json:"go_toolchain,omitempty"`
 	// DurationMS is how long the whole build took.
 	DurationMS int64 `json:"duration_ms"`

@@ -219,6 +219,10 @@ type tarOpts struct {
 	// the tar of the same files would differ from build to build. Files
 	// keep theirs.
 	fixedTimes bool
+	// follow maps top-level entries of dir that are symbolic links to
+	// the directories they lead to: each is written as a directory of
+	// that name holding what its target holds.
+	follow map[string]string
 }
 
 // fixedTime is the modification time of directories and links in a tar
@@ -234,23 +238,8 @@ func writeTarOpts(w io.Writer, dir, prefix string, uid, gid int, o tarOpts) erro
 	if o.only != "" {
 		root = filepath.Join(dir, filepath.FromSlash(o.only))
 	}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if alone && p != root {
-			return filepath.SkipDir
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		if o.top != nil && rel != "." && !strings.ContainsRune(rel, filepath.Separator) && !o.top(rel) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
+	// write writes the entry at p as rel, the path relative to dir.
+	write := func(p, rel string, d fs.DirEntry) error {
 		fi, err := d.Info()
 		if err != nil {
 			return err
@@ -298,6 +287,38 @@ func writeTarOpts(w io.Writer, dir, prefix string, uid, gid int, o tarOpts) erro
 			return err
 		}
 		return nil
+	}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if alone && p != root {
+			return filepath.SkipDir
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		top := rel != "." && !strings.ContainsRune(rel, filepath.Separator)
+		if o.top != nil && top && !o.top(rel) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if target, ok := o.follow[rel]; ok && top {
+			return filepath.WalkDir(target, func(q string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				in, err := filepath.Rel(target, q)
+				if err != nil {
+					return err
+				}
+				return write(q, filepath.Join(rel, in), d)
+			})
+		}
+		return write(p, rel, d)
 	})
 	if err != nil {
 		return fmt.Errorf("tar %s: %w", dir, err)

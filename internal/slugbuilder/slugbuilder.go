@@ -454,15 +454,19 @@ func typeList(m map[string]string) string {
 // nothing of b, so that it may run beside the build's other work.
 func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult, out io.Writer) error {
 	step(out, "Compressing slug")
-	var o tarOpts
+	follow, err := cacheLinks(b.cfg.BuildDir, b.cache)
+	if err != nil {
+		return err
+	}
+	o := tarOpts{follow: follow}
 	if b.cfg.RuntimeSlug != "" {
-		names, err := runtimeDirs(b.cfg.BuildDir)
+		names, err := runtimeDirs(b.cfg.BuildDir, follow)
 		if err != nil {
 			return err
 		}
 		if len(names) > 0 {
 			inRuntime := func(name string) bool { return slices.Contains(names, name) }
-			if res.Runtime, err = b.writeRuntime(ctx, names, tarOpts{top: inRuntime, fixedTimes: true}, out); err != nil {
+			if res.Runtime, err = b.writeRuntime(ctx, names, tarOpts{top: inRuntime, fixedTimes: true, follow: follow}, out); err != nil {
 				return fmt.Errorf("write the slug's runtime layer: %w", err)
 			}
 			o.top = func(name string) bool { return !inRuntime(name) }
@@ -473,7 +477,6 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult, out io.
 	fill := func(w io.Writer) error {
 		return writeTarGzOpts(io.MultiWriter(w, h, &n), nil, b.cfg.BuildDir, slug.Prefix, slug.UID, slug.GID, o)
 	}
-	var err error
 	if b.cfg.Slug == "" {
 		err = fill(io.Discard)
 	} else {
@@ -488,21 +491,58 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult, out io.
 }
 
 // runtimeDirs lists the top-level hidden directories of dir, where
-// buildpacks install runtimes and tools: the slug's runtime layer. The
+// buildpacks install runtimes and tools: the slug's runtime layer. Those
+// are directories or links that follow names (see cacheLinks). The
 // exception is .profile.d, whose scripts buildpacks write anew on every
 // build: new modification times would make the layer new each time.
-func runtimeDirs(dir string) ([]string, error) {
+func runtimeDirs(dir string, follow map[string]string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
 	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), ".") && e.Name() != ".profile.d" {
+		_, linked := follow[e.Name()]
+		if (e.IsDir() || linked) && strings.HasPrefix(e.Name(), ".") && e.Name() != ".profile.d" {
 			names = append(names, e.Name())
 		}
 	}
 	return names, nil
+}
+
+// cacheLinks finds the top-level symbolic links of dir that lead to a
+// directory in the build cache, and returns where each leads, by name.
+// The slug holds such a link as the directory it leads to: a buildpack
+// may keep a runtime assembled in CACHE_DIR from one build to the next
+// and link it into the app, instead of copying it into the app each time
+// (Node.js, 100 MB, took 1-2 s to copy in a build job). Other links stay
+// links.
+func cacheLinks(dir, cache string) (map[string]string, error) {
+	cache, err := filepath.EvalSymlinks(cache)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	follow := map[string]string{}
+	for _, e := range entries {
+		if e.Type()&fs.ModeSymlink == 0 {
+			continue
+		}
+		target, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // a dangling link stays a link
+		}
+		if rel, err := filepath.Rel(cache, target); err != nil || rel == "." || !filepath.IsLocal(rel) {
+			continue
+		}
+		if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+			follow[e.Name()] = target
+		}
+	}
+	return follow, nil
 }
 
 // writeRuntime writes the slug's runtime layer, the directories names of

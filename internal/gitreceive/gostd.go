@@ -206,3 +206,17 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, " | ")
 }
+
+// namesProxyURL says whether a GOPROXY list (entries separated by "," or
+// "|") has a URL in it, as the Go buildpack needs to fetch a toolchain:
+// "direct" and "off" alone do not.
+func namesProxyURL(list string) bool {
+	for _, p := range strings.FieldsFunc(list, func(r rune) bool { return r == ',' || r == '|' }) {
+		for _, scheme := range []string{"http://", "https://", "file://"} {
+			if strings.HasPrefix(p, scheme) && len(p) > len(scheme) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -147,6 +147,10 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*BuildReceiver, error) {
 	if cfg.GoStdQuiet == 0 {
 		cfg.GoStdQuiet = 30 * time.Second
 	}
+	if !cfg.NoGoStd && cfg.GoProxy != "" && !namesProxyURL(cfg.GoProxy) {
+		// Else every shared build of Go would fail, in the log only.
+		return nil, fmt.Errorf("gitreceive: Go proxy %q names no proxy URL (http://, https:// or file://); shared builds of Go fetch the toolchain from one", cfg.GoProxy)
+	}
 	return &BuildReceiver{cfg: cfg, log: log}, nil
 }
 

@@ -885,6 +885,26 @@ func TestSeedGoStdVersions(t *testing.T) {
 	}
 }
 
+// TestGoProxyChecked: a receiver whose Go proxy names no URL is refused
+// at start, unless it makes no shared builds of Go.
+func TestGoProxyChecked(t *testing.T) {
+	for proxy, want := range map[string]bool{
+		"": true, "https://proxy.golang.org": true, "direct": false, "off": false, "https://": false,
+		"direct,https://goproxy.example|direct": true, "file:///srv/goproxy": true, "proxy.golang.org": false, " https://x": false,
+	} {
+		for _, off := range []bool{false, true} {
+			_, err := NewReceiver(ReceiverConfig{
+				Controller: &controllerclient.Client{}, Blobs: blobclient.New("http://blob", "k", nil), Jobs: &fakeBuilder{},
+				StackLayer:   &api.ImageLayer{URL: "file:///stack.tar", Hashes: map[string]string{"sha256": strings.Repeat("a", 64)}},
+				FlynnHostBin: "/usr/bin/flynn-host", GoProxy: proxy, NoGoStd: off,
+			}, logging.Discard())
+			if ok := err == nil; ok != (want || off) {
+				t.Errorf("Go proxy %q (shared builds off: %v): err = %v", proxy, off, err)
+			}
+		}
+	}
+}
+
 // TestWaitQuiet: the job that makes a shared Go build waits while a build
 // runs, and until none has for GoStdQuiet.
 func TestWaitQuiet(t *testing.T) {

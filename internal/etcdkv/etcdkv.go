@@ -169,9 +169,10 @@ func WithRequireLeader(ctx context.Context) context.Context {
 // unacknowledged (TCP_USER_TIMEOUT, Linux).
 const userTimeout = 10 * time.Second
 
-// codeUnavailable is gRPC's Unavailable; maxUnavailable bounds the tries
-// of a read that keeps getting it.
+// codeCanceled and codeUnavailable are gRPC's Canceled and Unavailable;
+// maxUnavailable bounds the tries of a read that keeps getting the latter.
 const (
+	codeCanceled    = 1
 	codeUnavailable = 14
 	maxUnavailable  = 100
 )

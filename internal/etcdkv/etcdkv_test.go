@@ -285,8 +285,8 @@ func TestWatchResumes(t *testing.T) {
 	if _, err := srv2.Client().Put(x, "/r/2", "while"); err != nil {
 		t.Fatal(err)
 	}
-	if wr := watchNext(t, wc); string(wr.Events[0].Kv.Value) != "while" {
-		t.Fatalf("after restart: %+v", wr.Events[0])
+	if wr := watchNext(t, wc); len(wr.Events) == 0 || string(wr.Events[0].Kv.Value) != "while" {
+		t.Fatalf("after restart: %+v (err %v)", wr, wr.Err())
 	}
 	if err := <-read; err != nil {
 		t.Fatalf("read across the restart: %v", err)

@@ -142,7 +142,7 @@ func (c *Client) watchOnce(ctx context.Context, op *Op, from int64, send func(Wa
 	if err != nil {
 		var ee *Error
 		if errors.As(err, &ee) {
-			if ee.Code == codeUnavailable && ee.Message != ErrNoLeader.Message {
+			if memberGoing(ee) {
 				// A member starting or going away: resume elsewhere.
 				return 0, ee.asBroken()
 			}
@@ -168,8 +168,8 @@ func (c *Client) watchOnce(ctx context.Context, op *Op, from int64, send func(Wa
 			if e == nil {
 				e = &Error{Code: 2, Message: string(msg.Error)}
 			}
-			if e.Code == codeUnavailable && e.Message != ErrNoLeader.Message {
-				// Unavailable: the member is going away; resume elsewhere.
+			if memberGoing(e) {
+				// The member is going away; resume elsewhere.
 				return last, e.asBroken()
 			}
 			send(WatchResponse{Canceled: true, err: e})
@@ -216,6 +216,16 @@ func (c *Client) watchOnce(ctx context.Context, op *Op, from int64, send func(Wa
 			last = kv.ModRevision
 		}
 	}
+}
+
+// memberGoing says whether an error ending a watch stream means the
+// member is starting or going away, not that etcd refused the watch:
+// Unavailable (but "no leader"), or Canceled, which this client's
+// watches get only from a member whose gateway is shutting down ("grpc:
+// the client connection is closing"): the watch's own context ending is
+// told apart before.
+func memberGoing(e *Error) bool {
+	return (e.Code == codeUnavailable && e.Message != ErrNoLeader.Message) || e.Code == codeCanceled
 }
 
 // brokenErr is an etcd error that means the stream broke, not that the

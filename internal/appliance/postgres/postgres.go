@@ -5,6 +5,11 @@
 // a user of its own with a random password and answers {id, env};
 // DELETE /databases?id= drops them.
 //
+// The server starts with the first database, and from then on with the
+// job: a cluster with none runs no server (an idle one holds some 50 MB
+// in five processes). Until then the appliance holds the server's port
+// and answers each connection as PostgreSQL would, with a FATAL error.
+//
 // The server and the API run in one job, so the API reaches the server as
 // its superuser through a unix socket inside the container (trust
 // authentication there; every TCP connection needs a password, checked
@@ -23,6 +28,7 @@ package postgres
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -38,6 +44,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -94,6 +101,15 @@ type Appliance struct {
 	log      *slog.Logger
 	uid, gid int
 	asUser   bool // start processes as uid/gid
+
+	runCtx context.Context
+	exited chan error // the server's end, once started
+
+	mu       sync.Mutex
+	srv      *exec.Cmd    // the server, once started
+	startErr error        // why it did not become ready
+	hold     net.Listener // the server's port until it starts
+	stopped  bool
 }
 
 // New checks cfg and fills in its defaults.
@@ -147,6 +163,14 @@ func New(cfg Config, log *slog.Logger) (*Appliance, error) {
 func pgVersion(binDir string) int {
 	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
 	return n
+}
+
+// started says whether the server was started (it may have failed to
+// become ready since).
+func (a *Appliance) started() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.srv != nil
 }
 
 func (a *Appliance) pgdata() string { return filepath.Join(a.cfg.DataDir, "pgdata") }
@@ -240,12 +264,22 @@ func (a *Appliance) initdb(ctx context.Context) error {
 	if err := a.chownTree(tmp); err != nil {
 		return err
 	}
+	// A new cluster has no database of a tenant: its server waits for
+	// the first (written before the cluster gets its name, so a cluster
+	// that has the name and no mark may hold databases).
+	if err := os.WriteFile(a.emptyMark(), nil, 0o600); err != nil {
+		return err
+	}
+	if err := syncDir(a.cfg.DataDir); err != nil {
+		return err
+	}
 	// Only a complete cluster gets the real name: a job killed during
 	// initdb starts over.
 	return os.Rename(tmp, a.pgdata())
 }
 
-// Run runs the server and the API until ctx ends.
+// Run runs the provider API until ctx ends, and the server from the
+// first database on (see ensureServer); then stops the server cleanly.
 func (a *Appliance) Run(ctx context.Context) error {
 	if err := a.initdb(ctx); err != nil {
 		return fmt.Errorf("postgres: %w", err)
@@ -259,37 +293,171 @@ func (a *Appliance) Run(ctx context.Context) error {
 	// A server killed with its job leaves its pid file; the pid in it
 	// means nothing in this new container.
 	os.Remove(filepath.Join(a.pgdata(), "postmaster.pid"))
+	a.runCtx = ctx
+	a.exited = make(chan error, 1)
+	if _, err := os.Stat(a.emptyMark()); err == nil {
+		// No database yet: the port answers (health checks, the
+		// routers' leader route) with an error until the first one.
+		ln, err := net.Listen("tcp", net.JoinHostPort(a.listenHost(), strconv.Itoa(a.cfg.Port)))
+		if err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+		a.hold = ln
+		go refuseAll(ln)
+		a.log.Info("no database yet: the server starts with the first")
+	} else if err := a.ensureServer(); err != nil {
+		a.stop()
+		return err
+	}
+	api := &appliance.Server{Name: "postgres", APIListen: a.cfg.APIListen, APIKey: a.cfg.APIKey, Handler: a.Handler(),
+		Exited: a.exited, Stop: a.stop, Port: a.cfg.Port, Ready: a.cfg.Ready, Log: a.log}
+	return api.Serve(ctx)
+}
+
+// emptyMark names the file that says the cluster has no database of a
+// tenant yet: initdb writes it, the first Provision removes it. Without
+// it (a cluster made before it existed, too) the server starts with the
+// job.
+func (a *Appliance) emptyMark() string { return filepath.Join(a.cfg.DataDir, "no-databases") }
+
+func (a *Appliance) listenHost() string {
+	if a.cfg.ListenAddr == "*" {
+		return ""
+	}
+	return a.cfg.ListenAddr
+}
+
+// ensureServer starts the server unless it runs, and waits until it
+// answers. Only the first call starts it; the others wait for that one.
+func (a *Appliance) ensureServer() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.srv != nil {
+		return a.startErr
+	}
+	if a.stopped {
+		return errors.New("postgres: the appliance is stopping")
+	}
+	// From now on the server starts with the job, whatever happens to
+	// this start: the mark goes before anything is made.
+	if err := os.Remove(a.emptyMark()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	if err := syncDir(a.cfg.DataDir); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	if a.hold != nil {
+		a.hold.Close()
+		a.hold = nil
+	}
 	listen := a.cfg.ListenAddr
 	if listen == "" {
 		listen = "*"
 	}
-	srv := a.command(context.WithoutCancel(ctx), "postgres", "-D", a.pgdata(), "-p", strconv.Itoa(a.cfg.Port),
+	srv := a.command(context.WithoutCancel(a.runCtx), "postgres", "-D", a.pgdata(), "-p", strconv.Itoa(a.cfg.Port),
 		"-k", a.cfg.SocketDir, "-c", "listen_addresses="+listen)
 	srv.Stdout, srv.Stderr = a.cfg.ServerLog, a.cfg.ServerLog
 	if err := srv.Start(); err != nil {
+		// Nothing runs: the appliance ends (Exited) and its job is
+		// started again.
+		a.exited <- err
 		return fmt.Errorf("postgres: start the server: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	stop := func() error {
-		// SIGINT: the fast shutdown, a clean checkpoint without waiting
-		// for clients.
+	a.srv = srv
+	go func() { a.exited <- srv.Wait() }()
+	if err := a.waitReady(a.runCtx, a.exited); err != nil {
+		// The appliance ends with the server (Exited).
 		srv.Process.Signal(syscall.SIGINT)
-		select {
-		case err := <-exited:
-			return ignoreSignalExit(err)
-		case <-time.After(30 * time.Second):
-			srv.Process.Kill()
-			return errors.New("postgres: the server did not stop within 30s; killed")
-		}
-	}
-	if err := a.waitReady(ctx, exited); err != nil {
-		stop()
+		a.startErr = err
 		return err
 	}
-	api := &appliance.Server{Name: "postgres", APIListen: a.cfg.APIListen, APIKey: a.cfg.APIKey, Handler: a.Handler(),
-		Exited: exited, Stop: stop, Port: a.cfg.Port, Ready: a.cfg.Ready, Log: a.log}
-	return api.Serve(ctx)
+	a.log.Info("server started", "port", a.cfg.Port)
+	return nil
+}
+
+// stop stops the server, if it was started, and waits for it.
+func (a *Appliance) stop() error {
+	a.mu.Lock()
+	a.stopped = true
+	srv := a.srv
+	if a.hold != nil {
+		a.hold.Close()
+		a.hold = nil
+	}
+	a.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	// SIGINT: the fast shutdown, a clean checkpoint without waiting for
+	// clients.
+	srv.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-a.exited:
+		return ignoreSignalExit(err)
+	case <-time.After(30 * time.Second):
+		srv.Process.Kill()
+		return errors.New("postgres: the server did not stop within 30s; killed")
+	}
+}
+
+// refuseAll answers every connection to ln as a server with no database
+// would, until ln is closed: an SSL request gets "no", a startup message
+// a FATAL error naming the reason.
+func refuseAll(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		go refuse(c)
+	}
+}
+
+func refuse(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	for range 2 { // an SSL or GSS request, then the startup message
+		var head [8]byte
+		if _, err := io.ReadFull(c, head[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint32(head[:4]))
+		code := binary.BigEndian.Uint32(head[4:])
+		if n < 8 || n > 10000 {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(n-8)); err != nil {
+			return
+		}
+		if code == 80877103 || code == 80877104 { // SSLRequest, GSSENCRequest
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return
+			}
+			continue
+		}
+		break
+	}
+	var body []byte
+	for _, f := range [][2]string{{"S", "FATAL"}, {"V", "FATAL"}, {"C", "3D000"}, {"M", "no database has been provisioned on this server yet"}} {
+		body = append(append(append(body, f[0]...), f[1]...), 0)
+	}
+	body = append(body, 0)
+	msg := append([]byte{'E', 0, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint32(msg[1:5], uint32(4+len(body)))
+	c.Write(msg)
+}
+
+// syncDir makes a change to dir's entries durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func ignoreSignalExit(err error) error {
@@ -342,6 +510,9 @@ type Database struct {
 
 // Provision makes a database and its own user with a random password.
 func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
+	if err := a.ensureServer(); err != nil {
+		return nil, err
+	}
 	id := "db_" + appliance.RandomHex(8)
 	pass := appliance.RandomHex(24)
 	// One statement per call: CREATE DATABASE cannot run in a
@@ -384,6 +555,9 @@ func (a *Appliance) Deprovision(ctx context.Context, id string) error {
 	if !appliance.DatabaseID.MatchString(id) {
 		return fmt.Errorf("database id %q is not one this provider made", id)
 	}
+	if !a.started() {
+		return nil // no database was ever made here
+	}
 	if err := a.drop(ctx, id); err != nil {
 		return err
 	}
@@ -419,6 +593,9 @@ func (a *Appliance) Handler() http.Handler {
 		Provision:   func(ctx context.Context) (any, error) { return a.Provision(ctx) },
 		Deprovision: a.Deprovision,
 		Ping: func(ctx context.Context) error {
+			if !a.started() {
+				return nil // it starts with the first database
+			}
 			_, err := a.psql(ctx, "postgres", "SELECT 1")
 			return err
 		},

@@ -115,7 +115,8 @@ func deprovision(t *testing.T, api, key, id string) int {
 }
 
 // TestApplianceProvisionsAndKeepsData runs the appliance on this machine's
-// PostgreSQL: databases are made through the provider API, each reached by
+// PostgreSQL: its server starts with the first database (and from then on
+// with the appliance); databases are made through the provider API, each reached by
 // its own user only, their rows survive a restart of the server, the
 // server's log holds no password, and deprovisioning drops them.
 func TestApplianceProvisionsAndKeepsData(t *testing.T) {
@@ -155,7 +156,38 @@ func TestApplianceProvisionsAndKeepsData(t *testing.T) {
 		t.Fatalf("deprovision of a bad id: %d", code)
 	}
 
+	// No database yet: no server runs. Its port answers as a server
+	// would, with an error; deleting a database that was never made
+	// starts nothing.
+	sock := filepath.Join(cfg.SocketDir, fmt.Sprintf(".s.PGSQL.%d", ports[0]))
+	serverRuns := func() bool {
+		_, err := os.Stat(sock)
+		return err == nil
+	}
+	if serverRuns() {
+		t.Fatal("the server runs before any database was made")
+	}
+	nobody := map[string]string{"PGHOST": "127.0.0.1", "PGPORT": strconv.Itoa(ports[0]), "PGUSER": "x", "PGPASSWORD": "x", "PGDATABASE": "x"}
+	if out, err := sql(nobody, "SELECT 1"); err == nil || !strings.Contains(out, "no database has been provisioned") {
+		t.Fatalf("connect before any database: %q %v", out, err)
+	}
+	if code := deprovision(t, api, key, "db_0123456789abcdef"); code != http.StatusOK {
+		t.Fatalf("deprovision before any database: %d", code)
+	}
+	if serverRuns() {
+		t.Fatal("a deprovision started the server")
+	}
+	// Nor does a restart.
+	stop()
+	stop = start(t, cfg)
+	if serverRuns() {
+		t.Fatal("the server runs after a restart, before any database was made")
+	}
+
 	a := provision(t, api, key)
+	if !serverRuns() {
+		t.Fatal("no server after a database was made")
+	}
 	b := provision(t, api, key)
 	if a["PGPORT"] != strconv.Itoa(ports[0]) || !strings.HasPrefix(a["DATABASE_URL"], "postgres://"+a["PGUSER"]+":"+a["PGPASSWORD"]+"@127.0.0.1:") {
 		t.Fatalf("env %v", a)
@@ -200,9 +232,12 @@ func TestApplianceProvisionsAndKeepsData(t *testing.T) {
 		t.Fatalf("after restore: %q %v", out, err)
 	}
 
-	// A restart keeps the data.
+	// A restart keeps the data; the server starts with the appliance.
 	stop()
 	start(t, cfg)
+	if !serverRuns() {
+		t.Fatal("the server did not start with the appliance, with databases made")
+	}
 	if out, err := sql(a, "SELECT v FROM t"); err != nil || out != "kept" {
 		t.Fatalf("after restart: %q %v", out, err)
 	}

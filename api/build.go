@@ -14,11 +14,12 @@ type SlugBuildResult struct {
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
 	// Runtime, when the slug has one, is its runtime layer: the
-	// directories the buildpacks installed runtimes and tools into
-	// (/app's top-level hidden directories, such as .node), a layer of
-	// their own below the rest so that a push that leaves them as they
-	// were reuses the last release's layer instead of packing, checking
-	// and downloading them again.
+	// directories the buildpacks installed runtimes, tools and
+	// dependencies into (the top-level hidden directories the build
+	// made, such as .node, and node_modules), a layer of their own below
+	// the rest so that a push that leaves them as they were reuses the
+	// last release's layer instead of packing, checking and downloading
+	// them again.
 	Runtime *SlugLayerResult `json:"runtime,omitempty"`
 	// SourceVersion is the commit that was built, when known.
 	SourceVersion string `json:"source_version,omitempty"`

@@ -169,7 +169,7 @@ adds more.`,
 	f.StringVar(&cfg.Source, "source", "", "source tarball: path, URL or - for stdin (env SOURCE_URL; default stdin)")
 	f.StringVar(&cfg.BuildDir, "build-dir", "/app", "directory to build in; it becomes the slug")
 	f.StringVar(&cfg.Slug, "slug", "", "where to write the slug: path or URL to PUT (env SLUG_URL)")
-	f.StringVar(&cfg.RuntimeSlug, "runtime-slug", "", "where to write the slug's runtime layer (/app's hidden directories but .profile.d), which --slug then lacks: path or URL to PUT (env SLUG_RUNTIME_URL)")
+	f.StringVar(&cfg.RuntimeSlug, "runtime-slug", "", "where to write the slug's runtime layer (the hidden directories the build made in /app, and node_modules), which --slug then lacks: path or URL to PUT (env SLUG_RUNTIME_URL)")
 	f.StringVar(&cfg.RuntimeDigest, "runtime-digest", "", "the last runtime layer's digest: one with that digest is reused, not written (env SLUG_RUNTIME_DIGEST)")
 	f.StringVar(&cfg.Result, "result", "", "where to write the JSON result: path or URL to PUT (env SLUG_RESULT_URL)")
 	f.StringVar(&cache, "cache", "", "build cache tar.gz, restored and saved: path or URL (env BUILD_CACHE_URL)")

@@ -214,6 +214,10 @@ type tarOpts struct {
 	// top, when set, selects the top-level entries of dir written, by
 	// name (dir itself is always written).
 	top func(name string) bool
+	// skip, when set, leaves out the entries it is true for, by path
+	// relative to dir (slash-separated), with all that is under them
+	// (not the entries that follow links).
+	skip func(rel string) bool
 	// fixedTimes gives directories and symbolic links the modification
 	// time fixedTime: a build makes them anew each time, so without it
 	// the tar of the same files would differ from build to build. Files
@@ -301,6 +305,12 @@ func writeTarOpts(w io.Writer, dir, prefix string, uid, gid int, o tarOpts) erro
 		}
 		top := rel != "." && !strings.ContainsRune(rel, filepath.Separator)
 		if o.top != nil && top && !o.top(rel) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if o.skip != nil && rel != "." && o.skip(filepath.ToSlash(rel)) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}

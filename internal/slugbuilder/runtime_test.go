@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,6 +37,16 @@ func TestRuntimeLayer(t *testing.T) {
 		"bin/detect": "#!/bin/sh\necho Runtime\n",
 		"bin/compile": "#!/bin/sh\nset -e\nmkdir -p $1/.rt/bin $1/.profile.d\n" +
 			"cp -p " + src + "/tool $1/.rt/bin/tool\nln -s tool $1/.rt/bin/alias\n" +
+			// Dependencies, kept in CACHE_DIR for the next build
+			// (unless FRESH is set: installed in each build).
+			"mkdir -p $1/node_modules/dep\ncp -p " + src + "/tool $1/node_modules/dep/index.js\n" +
+			"if [ -f $3/FRESH ]; then echo lock > $1/node_modules/.package-lock.json; rm -rf $2/node_modules; " +
+			"else cp -p " + src + "/tool $1/node_modules/.package-lock.json; mkdir -p $2/node_modules; fi\n" +
+			"touch -d @$(cat $3/STAMP) $1/node_modules $1/node_modules/dep\n" +
+			// A framework's build output, and a build tool's cache in
+			// node_modules, new in each build.
+			"mkdir -p $1/.next $1/node_modules/.cache/tool\necho \"$SOURCE_VERSION\" > $1/.next/BUILD_ID\n" +
+			"echo \"$SOURCE_VERSION\" > $1/node_modules/.cache/tool/entry\n" +
 			"echo 'export PATH=$HOME/.rt/bin:$PATH' > $1/.profile.d/rt.sh\n" +
 			"echo \"$SOURCE_VERSION\" > $1/app.txt\nln $1/.rt/bin/tool $1/hard\n" +
 			// Made at another time in each build.
@@ -54,18 +65,24 @@ func TestRuntimeLayer(t *testing.T) {
 		}
 	}
 	app := t.TempDir()
-	writeTree(t, app, map[string]string{"README": "hi"})
+	// A hidden directory of the source's, at each commit's time.
+	writeTree(t, app, map[string]string{"README": "hi", ".github/ci.yml": "on: push\n"})
 	work := t.TempDir()
 	stamp := 1000000000
+	fresh := false
 	build := func(rev, digest string) (*api.SlugBuildResult, string, string) {
 		t.Helper()
 		stamp += 1000
 		var out syncBuffer
 		slugPath, runtimePath := filepath.Join(work, rev+".tgz"), filepath.Join(work, rev+"-runtime.tgz")
+		env := map[string]string{"STAMP": strconv.Itoa(stamp)}
+		if fresh {
+			env["FRESH"] = "1"
+		}
 		res, err := Build(ctx, Config{
 			Stdin: bytes.NewReader(tarDir(t, app)), Output: &out, BuildDir: t.TempDir(), WorkDir: t.TempDir(),
 			Slug: slugPath, RuntimeSlug: runtimePath, RuntimeDigest: digest,
-			BuildpackURL: pack, SourceVersion: rev, Env: map[string]string{"STAMP": strconv.Itoa(stamp)},
+			BuildpackURL: pack, SourceVersion: rev, Env: env,
 		}, logging.Discard())
 		if err != nil {
 			t.Fatalf("build %s: %v\n%s", rev, err, out.String())
@@ -78,11 +95,12 @@ func TestRuntimeLayer(t *testing.T) {
 	if first.Runtime == nil || len(first.Runtime.Digest) != 64 || first.Runtime.Reused || len(first.Runtime.SHA256) != 64 || first.Runtime.Size == 0 {
 		t.Fatalf("first build's runtime layer: %+v\n%s", first.Runtime, out)
 	}
-	if !strings.Contains(out, "runtime layer (.rt)") {
+	if !strings.Contains(out, "runtime layer (.rt, node_modules)") {
 		t.Errorf("first build's output does not name the runtime layer:\n%s", out)
 	}
 	rt := readLayer(t, runtime1)
-	if diff := cmp.Diff([]string{"./app/", "./app/.rt/", "./app/.rt/bin/", "./app/.rt/bin/alias", "./app/.rt/bin/tool"}, rt.names); diff != "" {
+	if diff := cmp.Diff([]string{"./app/", "./app/.rt/", "./app/.rt/bin/", "./app/.rt/bin/alias", "./app/.rt/bin/tool",
+		"./app/node_modules/", "./app/node_modules/.package-lock.json", "./app/node_modules/dep/", "./app/node_modules/dep/index.js"}, rt.names); diff != "" {
 		t.Errorf("runtime layer entries (-want +got):\n%s", diff)
 	}
 	if !rt.safe {
@@ -94,14 +112,18 @@ func TestRuntimeLayer(t *testing.T) {
 	// The slug holds the rest; the hard link to the runtime's tool is a
 	// file of its own there, since the layers are separate tars.
 	sl := readLayer(t, filepath.Join(work, "rev1.tgz"))
-	if diff := cmp.Diff([]string{"./app/", "./app/.profile.d/", "./app/.profile.d/rt.sh", "./app/Procfile", "./app/README", "./app/app.txt", "./app/hard"}, sl.names); diff != "" {
+	if diff := cmp.Diff([]string{"./app/", "./app/.github/", "./app/.github/ci.yml", "./app/.next/", "./app/.next/BUILD_ID", "./app/.profile.d/", "./app/.profile.d/rt.sh",
+		"./app/Procfile", "./app/README", "./app/app.txt", "./app/hard",
+		"./app/node_modules/", "./app/node_modules/.cache/", "./app/node_modules/.cache/tool/", "./app/node_modules/.cache/tool/entry"}, sl.names); diff != "" {
 		t.Errorf("slug entries (-want +got):\n%s", diff)
 	}
 	if !sl.safe || sl.contents["./app/hard"] != "#!/bin/sh\necho tool v1\n" {
 		t.Errorf("slug: safe %v, hard = %q", sl.safe, sl.contents["./app/hard"])
 	}
 
-	// The same runtime, made again: reused, not written.
+	// The same runtime, made again (the source and the build's output
+	// at new times): reused, not written.
+	os.Chtimes(filepath.Join(app, ".github", "ci.yml"), time.Now(), time.Now())
 	second, out, runtime2 := build("rev2", first.Runtime.Digest)
 	if diff := cmp.Diff(&api.SlugLayerResult{Digest: first.Runtime.Digest, Reused: true}, second.Runtime); diff != "" {
 		t.Errorf("second build's runtime layer (-want +got):\n%s\n%s", diff, out)
@@ -125,6 +147,32 @@ func TestRuntimeLayer(t *testing.T) {
 	if got := readLayer(t, runtime3).contents["./app/.rt/bin/tool"]; got != "#!/bin/sh\necho tool v2\n" {
 		t.Errorf("third runtime layer's tool = %q", got)
 	}
+	if got := readLayer(t, runtime3).contents["./app/node_modules/dep/index.js"]; got != "#!/bin/sh\necho tool v2\n" {
+		t.Errorf("third runtime layer's node_modules/dep/index.js = %q", got)
+	}
+
+	// A node_modules the buildpack does not keep in CACHE_DIR (installed
+	// anew in each build) goes with the app: the runtime layer, without
+	// it, is new once, then reused while the install is new each time.
+	fresh = true
+	fourth, out, runtime4 := build("rev4", third.Runtime.Digest)
+	if fourth.Runtime == nil || fourth.Runtime.Reused {
+		t.Fatalf("fourth build's runtime layer: %+v\n%s", fourth.Runtime, out)
+	}
+	if names := readLayer(t, runtime4).names; slices.Contains(names, "./app/node_modules/") {
+		t.Errorf("a node_modules installed in the build is in the runtime layer: %v", names)
+	}
+	if got := readLayer(t, filepath.Join(work, "rev4.tgz")).contents["./app/node_modules/.package-lock.json"]; got != "lock\n" {
+		t.Errorf("fourth slug's node_modules/.package-lock.json = %q", got)
+	}
+	if !strings.Contains(out, "runtime layer (.rt):") {
+		t.Errorf("fourth build's output does not name the runtime layer without node_modules:\n%s", out)
+	}
+	fifth, out, _ := build("rev5", fourth.Runtime.Digest)
+	if fifth.Runtime == nil || !fifth.Runtime.Reused {
+		t.Errorf("fifth build's runtime layer, node_modules installed again: %+v\n%s", fifth.Runtime, out)
+	}
+	fresh = false
 
 	// Without RuntimeSlug, one slug of all, as before.
 	var buf syncBuffer
@@ -136,7 +184,7 @@ func TestRuntimeLayer(t *testing.T) {
 	if res.Runtime != nil {
 		t.Errorf("a build without RuntimeSlug reported a runtime layer: %+v", res.Runtime)
 	}
-	if names := readLayer(t, filepath.Join(work, "one.tgz")).names; !cmp.Equal(names[:4], []string{"./app/", "./app/.profile.d/", "./app/.profile.d/rt.sh", "./app/.rt/"}) {
+	if names := readLayer(t, filepath.Join(work, "one.tgz")).names; !cmp.Equal(names[:8], []string{"./app/", "./app/.github/", "./app/.github/ci.yml", "./app/.next/", "./app/.next/BUILD_ID", "./app/.profile.d/", "./app/.profile.d/rt.sh", "./app/.rt/"}) {
 		t.Errorf("one slug's entries: %v", names)
 	}
 }

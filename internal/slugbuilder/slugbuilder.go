@@ -144,6 +144,7 @@ type build struct {
 	ownWork, ownCache       bool
 	cacheState              cacheState
 	phases                  []phase
+	sourceTop               map[string]bool // the source's top-level names
 }
 
 // phase is the time spent in one phase of the build so far.
@@ -406,6 +407,13 @@ func (b *build) fetchSource(ctx context.Context) error {
 	if err := untar(r, dir); err != nil {
 		return fmt.Errorf("unpack source: %w", err)
 	}
+	if entries, err = os.ReadDir(dir); err != nil {
+		return err
+	}
+	b.sourceTop = map[string]bool{}
+	for _, e := range entries {
+		b.sourceTop[e.Name()] = true
+	}
 	return nil
 }
 
@@ -460,16 +468,26 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult, out io.
 	}
 	o := tarOpts{follow: follow}
 	if b.cfg.RuntimeSlug != "" {
-		names, err := runtimeDirs(b.cfg.BuildDir, follow)
+		names, err := runtimeDirs(b.cfg.BuildDir, b.cache, follow, b.sourceTop)
 		if err != nil {
 			return err
 		}
 		if len(names) > 0 {
 			inRuntime := func(name string) bool { return slices.Contains(names, name) }
-			if res.Runtime, err = b.writeRuntime(ctx, names, tarOpts{top: inRuntime, fixedTimes: true, follow: follow}, out); err != nil {
+			ro := tarOpts{top: inRuntime, fixedTimes: true, follow: follow}
+			if inRuntime("node_modules") {
+				// What tools of an app's build cache there (babel-loader,
+				// webpack) is new in each build: it goes with the app.
+				ro.skip = func(rel string) bool { return rel == modulesCache }
+				o.skip = func(rel string) bool {
+					under, ok := strings.CutPrefix(rel, "node_modules/")
+					return ok && under != ".cache" && !strings.HasPrefix(under, ".cache/")
+				}
+			}
+			if res.Runtime, err = b.writeRuntime(ctx, names, ro, out); err != nil {
 				return fmt.Errorf("write the slug's runtime layer: %w", err)
 			}
-			o.top = func(name string) bool { return !inRuntime(name) }
+			o.top = func(name string) bool { return !inRuntime(name) || name == "node_modules" }
 		}
 	}
 	h := sha256.New()
@@ -490,24 +508,55 @@ func (b *build) writeSlug(ctx context.Context, res *api.SlugBuildResult, out io.
 	return nil
 }
 
-// runtimeDirs lists the top-level hidden directories of dir, where
-// buildpacks install runtimes and tools: the slug's runtime layer. Those
-// are directories or links that follow names (see cacheLinks). The
-// exception is .profile.d, whose scripts buildpacks write anew on every
-// build: new modification times would make the layer new each time.
-func runtimeDirs(dir string, follow map[string]string) ([]string, error) {
+// runtimeDirs lists what goes into the slug's runtime layer: the
+// top-level hidden directories of dir, where buildpacks install runtimes
+// and tools, and node_modules, where the Node.js buildpack installs the
+// app's dependencies (hundreds of MB for a real app, which a push of
+// changed code alone leaves as they were), when the build cache has a
+// node_modules too: the buildpack keeps it there for the next build to
+// reuse, files and times, when nothing the install reads changes (not
+// for an app whose install runs its own scripts: then node_modules is
+// new on every build, and stays with the app so that the runtime layer,
+// without it, can stay as it was). Those are directories or links that
+// follow names (see cacheLinks) that the build made: what the source has
+// (.github, a committed node_modules) comes with each commit at a new
+// time, and goes with the app. So do .profile.d, whose scripts
+// buildpacks write anew on every build, and buildOutputs: new
+// modification times would make the layer new each time.
+func runtimeDirs(dir, cache string, follow map[string]string, source map[string]bool) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
+	fi, err := os.Stat(filepath.Join(cache, "node_modules"))
+	kept := err == nil && fi.IsDir()
 	var names []string
 	for _, e := range entries {
-		_, linked := follow[e.Name()]
-		if (e.IsDir() || linked) && strings.HasPrefix(e.Name(), ".") && e.Name() != ".profile.d" {
-			names = append(names, e.Name())
+		n := e.Name()
+		_, linked := follow[n]
+		if !(e.IsDir() || linked) || source[n] || buildOutputs[n] {
+			continue
+		}
+		if (strings.HasPrefix(n, ".") && n != ".profile.d") || (n == "node_modules" && kept) {
+			names = append(names, n)
 		}
 	}
 	return names, nil
+}
+
+// modulesCache is where tools of an app's build keep their cache in
+// node_modules.
+const modulesCache = "node_modules/.cache"
+
+// buildOutputs are hidden directories that an app's build writes anew
+// each time, which are not runtimes: web frameworks' build output
+// (Next.js' .next, Nuxt's .nuxt and .output, SvelteKit, Angular, Astro,
+// Docusaurus, Turborepo, Parcel) and what tools keep in $HOME (/app in
+// a build) between runs: .cache, .config, .npm.
+var buildOutputs = map[string]bool{
+	".next": true, ".nuxt": true, ".output": true, ".svelte-kit": true, ".angular": true, ".astro": true,
+	".docusaurus": true, ".vercel": true, ".netlify": true, ".turbo": true, ".parcel-cache": true,
+	".cache": true, ".config": true, ".npm": true,
 }
 
 // cacheLinks finds the top-level symbolic links of dir that lead to a

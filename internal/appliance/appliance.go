@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strings"
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
@@ -72,6 +73,16 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.Stop()
 		return fmt.Errorf("%s: api: %w", s.Name, err)
 	}
+}
+
+// LastLines is the last n lines of a command's output, joined by "; ":
+// what an error about the command quotes of it.
+func LastLines(out []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
 }
 
 // RandomHex is n random bytes in hex: database ids and passwords.

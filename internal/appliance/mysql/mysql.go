@@ -138,7 +138,7 @@ func (a *Appliance) install(ctx context.Context) error {
 	cmd := command(ctx, "mariadb-install-db", "--no-defaults", "--datadir="+tmp, "--user=mysql",
 		"--auth-root-authentication-method=socket", "--skip-test-db")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("mariadb-install-db: %w: %s", err, lastLines(out, 5))
+		return fmt.Errorf("mariadb-install-db: %w: %s", err, appliance.LastLines(out, 5))
 	}
 	if err := a.chownTree(tmp); err != nil {
 		return err
@@ -267,12 +267,4 @@ func (a *Appliance) Handler() http.Handler {
 			return err
 		},
 	}.Handler()
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "; ")
 }

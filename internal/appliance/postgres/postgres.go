@@ -26,7 +26,6 @@
 package postgres
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -245,7 +244,7 @@ func (a *Appliance) initdb(ctx context.Context) error {
 	}
 	cmd := a.command(ctx, "initdb", "-D", tmp, "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb: %w: %s", err, lastLines(out, 5))
+		return fmt.Errorf("initdb: %w: %s", err, appliance.LastLines(out, 5))
 	}
 	f, err := os.OpenFile(filepath.Join(tmp, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
@@ -573,18 +572,6 @@ func (a *Appliance) drop(ctx context.Context, id string) error {
 		return fmt.Errorf("drop role %s: %w", id, err)
 	}
 	return nil
-}
-
-func lastLines(b []byte, n int) string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "; ")
 }
 
 // Handler serves the provider API (appliance.Provider).

@@ -537,7 +537,7 @@ func runtimeDirs(dir, cache string, follow map[string]string, source map[string]
 		if !(e.IsDir() || linked) || source[n] || buildOutputs[n] {
 			continue
 		}
-		if (strings.HasPrefix(n, ".") && n != ".profile.d") || (n == "node_modules" && kept) {
+		if (strings.HasPrefix(n, ".") && n != ".profile.d") || (n == "node_modules" && kept && !linked) {
 			names = append(names, n)
 		}
 	}

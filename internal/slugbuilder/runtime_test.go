@@ -242,7 +242,10 @@ func TestRuntimeLayerFromCache(t *testing.T) {
 		"bin/detect": "#!/bin/sh\necho Runtime\n",
 		"bin/compile": "#!/bin/sh\nset -e\nmkdir -p $2/rt/bin\n" +
 			"[ -e $2/rt/bin/tool ] || { printf 'tool v1\\n' > $2/rt/bin/tool; touch -d @1000000000 $2/rt/bin/tool; }\n" +
-			"ln -s $2/rt $1/.rt\nln -s /etc $1/.etc\nln -s $2 $1/.cache\n",
+			"ln -s $2/rt $1/.rt\nln -s /etc $1/.etc\nln -s $2 $1/.cache\n" +
+			// node_modules kept in CACHE_DIR and linked: it is not split
+			// between the layers (the app has it whole).
+			"mkdir -p $2/node_modules/dep\necho dep > $2/node_modules/dep/index.js\nln -s $2/node_modules $1/node_modules\n",
 		"bin/release": "#!/bin/sh\necho '---'\necho 'default_process_types:'\necho '  web: cat .rt/bin/tool'\n",
 	})
 	app := t.TempDir()
@@ -285,6 +288,9 @@ func TestRuntimeLayerFromCache(t *testing.T) {
 		if strings.HasPrefix(h.Name, "./app/.rt") {
 			t.Errorf("the slug holds %s, which is the runtime layer's", h.Name)
 		}
+	}
+	if n := slices.Index(sl.names, "./app/node_modules/dep/index.js"); n < 0 || sl.contents[sl.names[n]] != "dep\n" {
+		t.Errorf("the slug lacks node_modules/dep/index.js from the linked node_modules: %v", sl.names)
 	}
 	if links["./app/.etc"] != "/etc" || !strings.HasSuffix(links["./app/.cache"], "/cache") {
 		t.Errorf("the slug's links: %v; want .etc and .cache as links", links)

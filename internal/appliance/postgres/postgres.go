@@ -269,7 +269,7 @@ func (a *Appliance) initdb(ctx context.Context) error {
 	if err := os.WriteFile(a.emptyMark(), nil, 0o600); err != nil {
 		return err
 	}
-	if err := syncDir(a.cfg.DataDir); err != nil {
+	if err := appliance.SyncDir(a.cfg.DataDir); err != nil {
 		return err
 	}
 	// Only a complete cluster gets the real name: a job killed during
@@ -342,7 +342,7 @@ func (a *Appliance) ensureServer() error {
 	if err := os.Remove(a.emptyMark()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("postgres: %w", err)
 	}
-	if err := syncDir(a.cfg.DataDir); err != nil {
+	if err := appliance.SyncDir(a.cfg.DataDir); err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
 	if a.hold != nil {
@@ -447,16 +447,6 @@ func refuse(c net.Conn) {
 	msg := append([]byte{'E', 0, 0, 0, 0}, body...)
 	binary.BigEndian.PutUint32(msg[1:5], uint32(4+len(body)))
 	c.Write(msg)
-}
-
-// syncDir makes a change to dir's entries durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func ignoreSignalExit(err error) error {

@@ -446,10 +446,7 @@ func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 		if err := os.Rename(tmp, a.dbDir(id)); err != nil {
 			return err
 		}
-		if d, err := os.Open(a.cfg.DataDir); err == nil {
-			d.Sync()
-			d.Close()
-		}
+		appliance.SyncDir(a.cfg.DataDir)
 		return nil
 	}()
 	if err != nil {

@@ -337,6 +337,9 @@ func (a *Appliance) ensureServer() error {
 	if a.stopped {
 		return errors.New("postgres: the appliance is stopping")
 	}
+	if a.runCtx == nil {
+		return errors.New("postgres: the appliance is not running (Run starts the server)")
+	}
 	// From now on the server starts with the job, whatever happens to
 	// this start: the mark goes before anything is made.
 	if err := os.Remove(a.emptyMark()); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,7 +26,8 @@ import (
 // every build that reads them, so no tenant's build may write one).
 // Builds get read-only URLs of those that exist in GO_STD_SEEDS; a build
 // whose cache lacks its Go version restores that version's instead of
-// installing it (see buildpacks/go/bin/compile).
+// installing it (see buildpacks/go/bin/compile). The blobstore keeps the
+// goStdKeep made last.
 
 // goStdDir is where the builds are, one goVERSION.tar each.
 const goStdDir = "/go-std/"
@@ -34,6 +36,12 @@ const goStdDir = "/go-std/"
 // for 20 s, and a build's result (which names the version) is the app's
 // to write.
 const goStdEvery = 10 * time.Minute
+
+// goStdKeep is how many shared builds of Go the blobstore keeps (each is
+// a toolchain and a standard library: 100-150 MB): making another deletes
+// the oldest made beyond that. One deleted is made again after the next
+// build that installs its version.
+const goStdKeep = 4
 
 // goStdCPU is the job's cpu in milli-cores, which it gets as cgroup cpu
 // shares (10 against another job's 1024) when others want the CPU.
@@ -100,7 +108,40 @@ func (r *BuildReceiver) seedGoStd(version string) {
 			return
 		}
 		r.log.Info("made the shared build of Go", "version", version, "duration", time.Since(start))
+		r.pruneGoStd(ctx, version)
 	}()
+}
+
+// pruneGoStd deletes the shared builds of Go beyond the goStdKeep made
+// last, keeping made (the one just made) whatever its time.
+func (r *BuildReceiver) pruneGoStd(ctx context.Context, made string) {
+	entries, err := r.cfg.Blobs.List(ctx, goStdDir)
+	if err != nil {
+		r.log.Warn("list the shared Go builds", "err", err)
+		return
+	}
+	var builds []api.BlobEntry
+	for _, e := range entries {
+		v, ok := strings.CutSuffix(e.Name, ".tar")
+		if !e.Dir && ok && goToolchainRE.MatchString(v) && v != made {
+			builds = append(builds, e)
+		}
+	}
+	// Newest first; the same time orders by name, so that the choice
+	// does not change from one listing to the next.
+	slices.SortFunc(builds, func(a, b api.BlobEntry) int {
+		if c := b.Modified.Compare(a.Modified); c != 0 {
+			return c
+		}
+		return strings.Compare(b.Name, a.Name)
+	})
+	for i := goStdKeep - 1; i < len(builds); i++ {
+		if err := r.cfg.Blobs.Delete(ctx, goStdDir+builds[i].Name); err != nil && !errors.Is(err, api.ErrNotFound) {
+			r.log.Warn("delete an old shared build of Go", "build", builds[i].Name, "err", err)
+			continue
+		}
+		r.log.Info("deleted an old shared build of Go", "build", builds[i].Name)
+	}
 }
 
 // waitQuiet waits until no build of this gitreceive has run for

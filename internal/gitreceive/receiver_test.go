@@ -873,6 +873,57 @@ func TestReceiverGoStd(t *testing.T) {
 	}
 }
 
+// TestReceiverGoStdPrune: making a shared build of Go deletes those made
+// before it beyond goStdKeep, oldest first, and leaves what else is there.
+func TestReceiverGoStdPrune(t *testing.T) {
+	e := setupReceiver(t, false)
+	ctx := context.Background()
+	// Made before, oldest first (and go1.25.1 made last, though an older
+	// version than the one the push makes).
+	old := []string{"go1.20.14", "go1.21.13", "go1.23.4", "go1.24.2", "go1.25.1"}
+	for _, v := range old {
+		if _, err := e.blobs.Put(ctx, "/go-std/"+v+".tar", strings.NewReader("old"), nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // distinct times
+	}
+	if _, err := e.blobs.Put(ctx, "/go-std/notes.txt", strings.NewReader("not a build"), nil); err != nil {
+		t.Fatal(err)
+	}
+	e.builder.mu.Lock()
+	e.builder.goToolchain = "go1.22.12"
+	e.builder.mu.Unlock()
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("push failed:\n%s", out)
+	}
+	want := []string{"go1.22.12.tar", "go1.23.4.tar", "go1.24.2.tar", "go1.25.1.tar", "notes.txt"}
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, err := e.blobs.List(ctx, "/go-std/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for _, en := range entries {
+			if !en.Dir {
+				got = append(got, en.Name)
+			}
+		}
+		slices.Sort(got)
+		if slices.Equal(got, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/go-std/ holds %v, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if goStdKeep != 4 {
+		t.Fatalf("goStdKeep = %d: the want above keeps 4", goStdKeep)
+	}
+}
+
 // TestSeedGoStdVersions: only a Go release's toolchain name makes a job.
 func TestSeedGoStdVersions(t *testing.T) {
 	for v, want := range map[string]bool{

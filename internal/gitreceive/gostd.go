@@ -85,13 +85,15 @@ func (r *BuildReceiver) seedGoStd(version string) {
 	}
 	r.goStd.running = true
 	r.goStd.Unlock()
+	r.bg.Add(1)
 	go func() {
+		defer r.bg.Done()
 		defer func() {
 			r.goStd.Lock()
 			r.goStd.running = false
 			r.goStd.Unlock()
 		}()
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.BuildTimeout)
+		ctx, cancel := context.WithTimeout(r.cfg.BaseContext, r.cfg.BuildTimeout)
 		defer cancel()
 		if !r.waitQuiet(ctx) {
 			return
@@ -143,6 +145,10 @@ func (r *BuildReceiver) pruneGoStd(ctx context.Context, made string) {
 		r.log.Info("deleted an old shared build of Go", "build", builds[i].Name)
 	}
 }
+
+// Wait waits until the receiver's own jobs have ended: after BaseContext
+// has, they are stopped (see ReceiverConfig.BaseContext).
+func (r *BuildReceiver) Wait() { r.bg.Wait() }
 
 // waitQuiet waits until no build of this gitreceive has run for
 // GoStdQuiet, and says whether that came before ctx's end. The job takes

@@ -98,6 +98,10 @@ type ReceiverConfig struct {
 	// https://proxy.golang.org). It is the operator's: an app's GOPROXY
 	// serves that app's builds only.
 	GoProxy string
+	// BaseContext, when it ends, ends the receiver's own jobs (those
+	// that make shared builds of Go), stopping them on their hosts;
+	// Wait waits for that. Default: they run to their end.
+	BaseContext context.Context
 }
 
 // BuildReceiver is the Receiver of a cluster: it builds a push with the
@@ -114,6 +118,8 @@ type BuildReceiver struct {
 		running bool
 		last    time.Time
 	}
+	// bg counts the goroutines of the receiver's own jobs (Wait).
+	bg sync.WaitGroup
 	// busy: how many builds run, and when one last started or ended.
 	busy struct {
 		sync.Mutex
@@ -143,6 +149,9 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*BuildReceiver, error) {
 	}
 	if cfg.BuildMemory == 0 {
 		cfg.BuildMemory = DefaultBuildMemory
+	}
+	if cfg.BaseContext == nil {
+		cfg.BaseContext = context.Background()
 	}
 	if cfg.GoStdQuiet == 0 {
 		cfg.GoStdQuiet = 30 * time.Second

@@ -62,6 +62,9 @@ type fakeBuilder struct {
 	// goToolchain is what builds report in GoToolchain; a job that makes
 	// a shared Go build (GO_STD_SEED_URL) PUTs goStdBlob there.
 	goToolchain string
+	// seedHold, when set, holds a job that makes a shared Go build until
+	// its ctx ends (it then writes nothing), and is closed when it starts.
+	seedHold chan struct{}
 }
 
 const goStdBlob = "go build cache"
@@ -85,9 +88,14 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	j.Config.Volumes = slices.Clone(job.Config.Volumes)
 	j.Config.Env = maps.Clone(job.Config.Env)
 	f.jobs = append(f.jobs, &j)
-	fail, busy, runtime, lie, goToolchain := f.fail, f.busyVolumes, f.runtime, f.lieReused, f.goToolchain
+	fail, busy, runtime, lie, goToolchain, hold := f.fail, f.busyVolumes, f.runtime, f.lieReused, f.goToolchain, f.seedHold
 	f.mu.Unlock()
 	if u := job.Config.Env["GO_STD_SEED_URL"]; u != "" {
+		if hold != nil {
+			close(hold)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
 		if err := httpPut(u, []byte(goStdBlob)); err != nil {
 			return nil, err
 		}
@@ -227,6 +235,9 @@ type recvEnv struct {
 	repo    string
 	app     *api.App
 	fresh   func() string
+	recv    *BuildReceiver
+	// stop ends the receiver's BaseContext.
+	stop context.CancelFunc
 }
 
 func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
@@ -254,8 +265,10 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	go func() { defer wg.Done(); fakeCluster(ctx, ctrl, app.ID, webCrashes) }()
 
 	builder := &fakeBuilder{}
+	base, stop := context.WithCancel(context.Background())
 	recv, err := NewReceiver(ReceiverConfig{
-		Controller: ctrl, Blobs: blobs, BlobKey: testBlobKey, Jobs: builder,
+		BaseContext: base,
+		Controller:  ctrl, Blobs: blobs, BlobKey: testBlobKey, Jobs: builder,
 		StackLayer:   &api.ImageLayer{ID: "stack", Type: api.LayerTypeTar, URL: "file:///stack.tar", Hashes: map[string]string{"sha256": strings.Repeat("a", 64)}},
 		FlynnHostBin: "/usr/bin/flynn-host", CABundle: DefaultCABundle,
 		DeployTimeout: 30 * time.Second, GoStdQuiet: time.Millisecond, GoProxy: "https://goproxy.example",
@@ -263,6 +276,7 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { stop(); recv.Wait() })
 	dir := t.TempDir()
 	self, _ := os.Executable()
 	hook := filepath.Join(dir, "hook.sh")
@@ -281,7 +295,7 @@ func setupReceiver(t *testing.T, webCrashes bool) *recvEnv {
 	os.WriteFile(filepath.Join(repo, "Procfile"), []byte("web: ./server\nworker: ./work\n"), 0o644)
 	gitIn(t, repo, "add", ".")
 	gitIn(t, repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
-	e := &recvEnv{ctrl: ctrl, ctrlURL: ctrlSrv.URL, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app}
+	e := &recvEnv{ctrl: ctrl, ctrlURL: ctrlSrv.URL, blobs: blobs, builder: builder, httpURL: hs.URL, repo: repo, app: app, recv: recv, stop: stop}
 	// fresh starts another gitreceive with an empty repo dir on the same
 	// cluster, as after a restart on another host.
 	e.fresh = func() string {
@@ -921,6 +935,42 @@ func TestReceiverGoStdPrune(t *testing.T) {
 	}
 	if goStdKeep != 4 {
 		t.Fatalf("goStdKeep = %d: the want above keeps 4", goStdKeep)
+	}
+}
+
+// TestReceiverGoStdStop: when the receiver's BaseContext ends, the job
+// making a shared build of Go under way is stopped, and Wait returns once
+// it has.
+func TestReceiverGoStdStop(t *testing.T) {
+	e := setupReceiver(t, false)
+	hold := make(chan struct{})
+	e.builder.mu.Lock()
+	e.builder.goToolchain = "go1.22.12"
+	e.builder.seedHold = hold
+	e.builder.mu.Unlock()
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("push failed:\n%s", out)
+	}
+	select {
+	case <-hold:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no job started to make the shared build of Go")
+	}
+	waited := make(chan struct{})
+	go func() { e.recv.Wait(); close(waited) }()
+	select {
+	case <-waited:
+		t.Fatal("Wait returned while the job ran")
+	case <-time.After(50 * time.Millisecond):
+	}
+	e.stop()
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return after BaseContext ended")
+	}
+	if _, err := e.blobs.Head(context.Background(), "/go-std/go1.22.12.tar"); err == nil {
+		t.Error("the stopped job's build was stored")
 	}
 }
 

@@ -198,6 +198,9 @@ func runGitreceive(ctx context.Context, env component.Env, fl gitreceiveFlags, s
 			return u.Scheme + "://" + insts[0].Addr, nil // the oldest: the replicas share what it stores
 		}
 	}
+	// Ended at shutdown, or when a server fails.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	recv, err := gitreceive.NewReceiver(gitreceive.ReceiverConfig{
 		Controller: ctrl, Blobs: blobs, JobBlobURL: fl.jobBlobURL, JobBlobBase: jobBlobBase, BlobKey: fl.blobKey,
 		Jobs: &gitreceive.HostJobRunner{Etcd: etcd, Token: fl.token},
@@ -206,6 +209,7 @@ func runGitreceive(ctx context.Context, env component.Env, fl gitreceiveFlags, s
 		FlynnHostBin: fl.flynnHostBin, CABundle: fl.caBundle,
 		BuildTimeout: fl.buildTimeout, DeployTimeout: fl.deployWait,
 		Discoverd: disc, NoGoStd: fl.noSharedGo, GoProxy: fl.goProxy,
+		BaseContext: ctx, // a shared build of Go under way is stopped at shutdown
 	}, log)
 	if err != nil {
 		return err
@@ -237,8 +241,6 @@ func runGitreceive(ctx context.Context, env component.Env, fl gitreceiveFlags, s
 	}
 	log.Info("gitreceive listening", "http", httpLn.Addr().String(), "ssh", fl.sshAddr)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	start := func(f func() error) {
@@ -268,6 +270,7 @@ func runGitreceive(ctx context.Context, env component.Env, fl gitreceiveFlags, s
 	}
 	<-ctx.Done()
 	wg.Wait()
+	recv.Wait()
 	select {
 	case err := <-errc:
 		return err

@@ -374,7 +374,38 @@ func (a *Appliance) ensureServer() error {
 		return err
 	}
 	a.log.Info("server started", "port", a.cfg.Port)
+	a.sweepUnfinished(a.runCtx)
 	return nil
+}
+
+// unfinishedSQL lists what provisions cut short left (the appliance was
+// killed, or its drop failed): a role of ours without its database, and
+// a database of ours without its grants, the last step.
+const unfinishedSQL = `SELECT datname FROM pg_database WHERE datname ~ '^db_[0-9a-f]{16}$' AND datacl IS NULL
+UNION
+SELECT rolname FROM pg_roles r WHERE rolname ~ '^db_[0-9a-f]{16}$'
+	AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = r.rolname)`
+
+// sweepUnfinished drops what provisions cut short left: their
+// credentials never reached anyone. It runs as the server starts, before
+// any provision (ensureServer holds them off). A failure is only logged:
+// the next start tries again.
+func (a *Appliance) sweepUnfinished(ctx context.Context) {
+	out, err := a.psql(ctx, "postgres", unfinishedSQL)
+	if err != nil {
+		a.log.Warn("list what unfinished provisions left", "err", err)
+		return
+	}
+	for _, id := range strings.Fields(out) {
+		if !appliance.DatabaseID.MatchString(id) {
+			continue
+		}
+		if err := a.drop(ctx, id); err != nil {
+			a.log.Warn("drop what an unfinished provision left", "id", id, "err", err)
+			continue
+		}
+		a.log.Info("dropped what an unfinished provision left", "id", id)
+	}
 }
 
 // stop stops the server, if it was started, and waits for it.
@@ -508,24 +539,23 @@ func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 	id := "db_" + appliance.RandomHex(8)
 	pass := appliance.RandomHex(24)
 	// One statement per call: CREATE DATABASE cannot run in a
-	// transaction. The password is in SQL sent on psql's stdin.
-	for _, sql := range []string{
-		fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, id, pass),
-		fmt.Sprintf(`CREATE DATABASE %s OWNER %s`, id, id),
-		fmt.Sprintf(`REVOKE ALL ON DATABASE %s FROM PUBLIC; GRANT ALL ON DATABASE %s TO %s`, id, id, id),
-		// Databases made by initdb are closed to the tenants too.
-		`REVOKE CONNECT ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC`,
+	// transaction. The password is in SQL sent on psql's stdin. The
+	// database's own grants come last: until they are made its ACL is
+	// NULL, which tells a provision cut short (see sweepUnfinished).
+	for _, step := range []struct{ db, sql string }{
+		// Databases made by initdb are closed to the tenants.
+		{"postgres", `REVOKE CONNECT ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC`},
+		{"postgres", fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, id, pass)},
+		{"postgres", fmt.Sprintf(`CREATE DATABASE %s OWNER %s`, id, id)},
+		// The new database's public schema belongs to the tenant (as
+		// in PostgreSQL 15, PUBLIC cannot create there by default).
+		{id, fmt.Sprintf(`ALTER SCHEMA public OWNER TO %s`, id)},
+		{"postgres", fmt.Sprintf(`REVOKE ALL ON DATABASE %s FROM PUBLIC; GRANT ALL ON DATABASE %s TO %s`, id, id, id)},
 	} {
-		if _, err := a.psql(ctx, "postgres", sql); err != nil {
+		if _, err := a.psql(ctx, step.db, step.sql); err != nil {
 			a.drop(ctx, id)
 			return nil, fmt.Errorf("provision %s: %w", id, err)
 		}
-	}
-	// The new database's public schema belongs to the tenant (as in
-	// PostgreSQL 15, PUBLIC cannot create there by default).
-	if _, err := a.psql(ctx, id, fmt.Sprintf(`ALTER SCHEMA public OWNER TO %s`, id)); err != nil {
-		a.drop(ctx, id)
-		return nil, fmt.Errorf("provision %s: %w", id, err)
 	}
 	a.log.Info("database provisioned", "id", id)
 	hostPort := net.JoinHostPort(a.cfg.PublicHost, strconv.Itoa(a.cfg.PublicPort))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,6 +233,33 @@ func TestApplianceProvisionsAndKeepsData(t *testing.T) {
 		t.Fatalf("after restore: %q %v", out, err)
 	}
 
+	// What provisions cut short leave (a role without its database, a
+	// database without its grants, the last step) is dropped when the
+	// server next starts; other roles and databases are not.
+	super := func(query string) string {
+		t.Helper()
+		out, err := exec.Command("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", cfg.SocketDir,
+			"-p", strconv.Itoa(ports[0]), "-U", "postgres", "-d", "postgres", "-c", query).CombinedOutput()
+		if err != nil {
+			t.Fatalf("psql %q: %v %s", query, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	for _, q := range []string{
+		"CREATE ROLE db_00000000000000aa LOGIN",
+		"CREATE ROLE db_00000000000000bb LOGIN",
+		"CREATE DATABASE db_00000000000000bb OWNER db_00000000000000bb",
+		"CREATE ROLE keepme",
+		"CREATE DATABASE keepme OWNER keepme",
+	} {
+		super(q)
+	}
+	ours := "SELECT string_agg(rolname, ' ' ORDER BY rolname) FROM pg_roles WHERE rolname LIKE 'db\\_%' OR rolname = 'keepme'"
+	dbs := "SELECT string_agg(datname, ' ' ORDER BY datname) FROM pg_database WHERE datname LIKE 'db\\_%' OR datname = 'keepme'"
+	made := []string{a["PGUSER"], b["PGUSER"]}
+	slices.Sort(made)
+	want := strings.Join(made, " ") + " keepme"
+
 	// A restart keeps the data; the server starts with the appliance.
 	stop()
 	start(t, cfg)
@@ -240,6 +268,12 @@ func TestApplianceProvisionsAndKeepsData(t *testing.T) {
 	}
 	if out, err := sql(a, "SELECT v FROM t"); err != nil || out != "kept" {
 		t.Fatalf("after restart: %q %v", out, err)
+	}
+	if got := super(ours); got != want {
+		t.Errorf("roles after restart: %q, want %q", got, want)
+	}
+	if got := super(dbs); got != want {
+		t.Errorf("databases after restart: %q, want %q", got, want)
 	}
 
 	if code := deprovision(t, api, key, a["PGDATABASE"]); code != http.StatusOK {

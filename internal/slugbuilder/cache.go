@@ -3,6 +3,7 @@ package slugbuilder
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -382,15 +384,9 @@ func (b *build) saveCache(ctx context.Context) error {
 			}
 			members = append(members, copied...)
 		}
-		var buf bytes.Buffer
-		for _, name := range plan.write {
-			start := cw.n
-			if err := writeCacheMember(cw, &buf, b.cache, name, os.Getuid(), os.Getgid()); err != nil {
-				return err
-			}
-			members = append(members, cacheMember{name: name, start: start, end: cw.n, zstd: true})
-		}
-		return nil
+		written, err := writeCacheMembers(cw, b.cache, largestFirst(b.cache, plan.write), os.Getuid(), os.Getgid())
+		members = append(members, written...)
+		return err
 	})
 	if err != nil {
 		keep.discard()
@@ -528,10 +524,113 @@ func (b *build) copyMembers(ctx context.Context, w *offsetWriter, members []cach
 	return out, nil
 }
 
-// writeCacheMember writes the entry name of dir (see writeChunk) as one
-// cache member: its header and its tar as one zstd frame, compressed on a
-// second core into buf (reused between members) to learn its length.
-func writeCacheMember(w io.Writer, buf *bytes.Buffer, dir, name string, uid, gid int) error {
+// cacheCompressors is how many members a save compresses at once, and
+// how many compressed ones it holds before writing them: a Go app's first
+// save compresses the toolchain (115 MB) on one core and the build cache
+// on the other, about half the time of one after the other.
+const cacheCompressors = 2
+
+// writeCacheMembers writes the entries names of dir as cache members
+// (see compressMember) to w, in that order, and returns where they lie.
+func writeCacheMembers(w *offsetWriter, dir string, names []string, uid, gid int) ([]cacheMember, error) {
+	type result struct {
+		buf *bytes.Buffer
+		err error
+	}
+	results := make([]chan result, len(names))
+	for i := range results {
+		results[i] = make(chan result, 1) // a worker never waits on the writer
+	}
+	// A slot is taken before a member is compressed and given back once
+	// it is written: at most cacheCompressors buffers at any time.
+	slots := make(chan struct{}, cacheCompressors)
+	work := make(chan int)
+	stop := make(chan struct{})
+	var pool sync.Pool
+	var wg sync.WaitGroup
+	for range cacheCompressors {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				buf, _ := pool.Get().(*bytes.Buffer)
+				if buf == nil {
+					buf = new(bytes.Buffer)
+				}
+				err := compressMember(buf, dir, names[i], uid, gid)
+				results[i] <- result{buf, err}
+			}
+		}()
+	}
+	go func() {
+		defer close(work)
+		for i := range names {
+			select {
+			case slots <- struct{}{}:
+			case <-stop:
+				return
+			}
+			select {
+			case work <- i:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	var out []cacheMember
+	for i, name := range names {
+		r := <-results[i]
+		if r.err != nil {
+			return out, r.err
+		}
+		start := w.n
+		_, err := w.Write(r.buf.Bytes())
+		<-slots
+		if err != nil {
+			return out, err
+		}
+		out = append(out, cacheMember{name: name, start: start, end: w.n, zstd: true})
+		pool.Put(r.buf)
+	}
+	return out, nil
+}
+
+// largestFirst orders the chunks names of dir by the size of their files,
+// largest first (then by name), so that the save's compressors both work
+// until the end rather than one compressing the toolchain alone. A
+// member's place in the blob does not matter to a restore.
+func largestFirst(dir string, names []string) []string {
+	size := map[string]int64{}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir || d.IsDir() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		size[chunkOf(filepath.ToSlash(rel), false)] += fi.Size()
+		return nil
+	})
+	out := slices.Clone(names)
+	slices.SortStableFunc(out, func(a, b string) int {
+		if c := cmp.Compare(size[b], size[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	return out
+}
+
+// compressMember makes the entry name of dir (see writeChunk) one cache
+// member in buf: its header and its tar as one zstd frame, compressed on
+// a second core.
+func compressMember(buf *bytes.Buffer, dir, name string, uid, gid int) error {
 	buf.Reset()
 	buf.Write(make([]byte, memberHdrSize))
 	zw, err := zstd.NewWriter(buf, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
@@ -553,8 +652,7 @@ func writeCacheMember(w io.Writer, buf *bytes.Buffer, dir, name string, uid, gid
 	binary.LittleEndian.PutUint32(b[0:], memberMagic)
 	binary.LittleEndian.PutUint32(b[4:], 8)
 	binary.LittleEndian.PutUint64(b[8:], uint64(len(b)-memberHdrSize))
-	_, err = w.Write(b)
-	return err
+	return nil
 }
 
 // writeChunk writes the entry name of dir (all of dir when name is empty;

@@ -3,6 +3,9 @@ package slugbuilder
 import (
 	"bytes"
 	"context"
+	"errors"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -219,5 +222,75 @@ func TestCacheDirPath(t *testing.T) {
 	defer os.Remove(StableCacheRoot)
 	if got := cacheDir(""); got == stableCacheDir || got == "" {
 		t.Errorf("CACHE_DIR = %q while %s is taken", got, StableCacheRoot)
+	}
+}
+
+// failAfter fails every write once n bytes went through.
+type failAfter struct{ n int }
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	if len(p) > f.n {
+		return 0, errors.New("disk full")
+	}
+	f.n -= len(p)
+	return len(p), nil
+}
+
+// TestWriteCacheMembers: members are written in the order given (largest
+// first, as saves order them), each where the result says, and restore to
+// the same tree; a failing writer ends the save with its error.
+func TestWriteCacheMembers(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]int{"toolchain/go1/bin/go": 300_000, "gobuild/00/a": 10, "gobuild/01/b": 20_000, "gobuild/02/c": 5, "top": 1}
+	for name, size := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		b := make([]byte, size)
+		rand.NewChaCha8([32]byte{byte(size)}).Read(b)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prints, err := fingerprints(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := largestFirst(dir, slices.Sorted(maps.Keys(prints)))
+	if names[0] != "toolchain/go1" || names[1] != "gobuild/01" {
+		t.Fatalf("largestFirst: %v", names)
+	}
+	var blob bytes.Buffer
+	w := &offsetWriter{w: &blob}
+	members, err := writeCacheMembers(w, dir, names, os.Getuid(), os.Getgid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(members) != len(names) || w.n != int64(blob.Len()) {
+		t.Fatalf("%d members for %d names, %d bytes written of %d", len(members), len(names), w.n, blob.Len())
+	}
+	restoredDir := t.TempDir()
+	restored, err := restoreChunks(bytes.NewReader(blob.Bytes()), restoredDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range members {
+		if m.name != names[i] || restored[i].name != m.name || restored[i].start != m.start || restored[i].end != m.end {
+			t.Errorf("member %d: written %+v, restored %+v, want name %s", i, m, restored[i], names[i])
+		}
+	}
+	for name := range files {
+		a, _ := os.ReadFile(filepath.Join(dir, name))
+		b, err := os.ReadFile(filepath.Join(restoredDir, name))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Errorf("%s restored differs (%v)", name, err)
+		}
+	}
+
+	// A writer failing in the middle: the save ends with its error.
+	for _, n := range []int{0, 100, blob.Len() / 2} {
+		_, err := writeCacheMembers(&offsetWriter{w: &failAfter{n: n}}, dir, names, os.Getuid(), os.Getgid())
+		if err == nil || !strings.Contains(err.Error(), "disk full") {
+			t.Errorf("failing after %d bytes: %v", n, err)
+		}
 	}
 }

@@ -538,19 +538,21 @@ func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 	}
 	id := "db_" + appliance.RandomHex(8)
 	pass := appliance.RandomHex(24)
-	// One statement per call: CREATE DATABASE cannot run in a
-	// transaction. The password is in SQL sent on psql's stdin. The
-	// database's own grants come last: until they are made its ACL is
-	// NULL, which tells a provision cut short (see sweepUnfinished).
+	// One step per call: CREATE DATABASE cannot run in a transaction.
+	// The password is in SQL sent on psql's stdin. The database is made
+	// closed to every role but the superuser (connection limit 0) and
+	// opened to its own in the last step, with its grants: until then
+	// its ACL is NULL, which tells a provision cut short (see
+	// sweepUnfinished), and no other tenant ever reaches it.
 	for _, step := range []struct{ db, sql string }{
 		// Databases made by initdb are closed to the tenants.
 		{"postgres", `REVOKE CONNECT ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC`},
 		{"postgres", fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, id, pass)},
-		{"postgres", fmt.Sprintf(`CREATE DATABASE %s OWNER %s`, id, id)},
+		{"postgres", fmt.Sprintf(`CREATE DATABASE %s OWNER %s CONNECTION LIMIT 0`, id, id)},
 		// The new database's public schema belongs to the tenant (as
 		// in PostgreSQL 15, PUBLIC cannot create there by default).
 		{id, fmt.Sprintf(`ALTER SCHEMA public OWNER TO %s`, id)},
-		{"postgres", fmt.Sprintf(`REVOKE ALL ON DATABASE %s FROM PUBLIC; GRANT ALL ON DATABASE %s TO %s`, id, id, id)},
+		{"postgres", fmt.Sprintf(`BEGIN; REVOKE ALL ON DATABASE %s FROM PUBLIC; GRANT ALL ON DATABASE %s TO %s; ALTER DATABASE %s CONNECTION LIMIT -1; COMMIT`, id, id, id, id)},
 	} {
 		if _, err := a.psql(ctx, step.db, step.sql); err != nil {
 			a.drop(ctx, id)

@@ -526,25 +526,26 @@ func (b *build) copyMembers(ctx context.Context, w *offsetWriter, members []cach
 
 // cacheCompressors is how many members a save compresses at once, and
 // how many compressed ones it holds before writing them: a Go app's first
-// save compresses the toolchain (115 MB) on one core and the build cache
-// on the other, about half the time of one after the other.
+// save compresses the toolchain (115 MB) on one core and the rest of the
+// cache on the other, about half the time of one after the other.
 const cacheCompressors = 2
 
 // writeCacheMembers writes the entries names of dir as cache members
-// (see compressMember) to w, in that order, and returns where they lie.
+// (see compressMember) to w, and returns where they lie. They are
+// compressed in the order given and written as each is done: a member's
+// place in the blob does not matter to a restore, and a large member
+// does not hold up the small ones behind it.
 func writeCacheMembers(w *offsetWriter, dir string, names []string, uid, gid int) ([]cacheMember, error) {
 	type result struct {
-		buf *bytes.Buffer
-		err error
+		name string
+		buf  *bytes.Buffer
+		err  error
 	}
-	results := make([]chan result, len(names))
-	for i := range results {
-		results[i] = make(chan result, 1) // a worker never waits on the writer
-	}
+	results := make(chan result, len(names)) // a worker never waits on the writer
 	// A slot is taken before a member is compressed and given back once
 	// it is written: at most cacheCompressors buffers at any time.
 	slots := make(chan struct{}, cacheCompressors)
-	work := make(chan int)
+	work := make(chan string)
 	stop := make(chan struct{})
 	var pool sync.Pool
 	var wg sync.WaitGroup
@@ -552,26 +553,26 @@ func writeCacheMembers(w *offsetWriter, dir string, names []string, uid, gid int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range work {
+			for name := range work {
 				buf, _ := pool.Get().(*bytes.Buffer)
 				if buf == nil {
 					buf = new(bytes.Buffer)
 				}
-				err := compressMember(buf, dir, names[i], uid, gid)
-				results[i] <- result{buf, err}
+				err := compressMember(buf, dir, name, uid, gid)
+				results <- result{name, buf, err}
 			}
 		}()
 	}
 	go func() {
 		defer close(work)
-		for i := range names {
+		for _, name := range names {
 			select {
 			case slots <- struct{}{}:
 			case <-stop:
 				return
 			}
 			select {
-			case work <- i:
+			case work <- name:
 			case <-stop:
 				return
 			}
@@ -582,8 +583,8 @@ func writeCacheMembers(w *offsetWriter, dir string, names []string, uid, gid int
 		wg.Wait()
 	}()
 	var out []cacheMember
-	for i, name := range names {
-		r := <-results[i]
+	for range names {
+		r := <-results
 		if r.err != nil {
 			return out, r.err
 		}
@@ -593,7 +594,7 @@ func writeCacheMembers(w *offsetWriter, dir string, names []string, uid, gid int
 		if err != nil {
 			return out, err
 		}
-		out = append(out, cacheMember{name: name, start: start, end: w.n, zstd: true})
+		out = append(out, cacheMember{name: r.name, start: start, end: w.n, zstd: true})
 		pool.Put(r.buf)
 	}
 	return out, nil
@@ -601,8 +602,7 @@ func writeCacheMembers(w *offsetWriter, dir string, names []string, uid, gid int
 
 // largestFirst orders the chunks names of dir by the size of their files,
 // largest first (then by name), so that the save's compressors both work
-// until the end rather than one compressing the toolchain alone. A
-// member's place in the blob does not matter to a restore.
+// until the end rather than one compressing the toolchain alone.
 func largestFirst(dir string, names []string) []string {
 	size := map[string]int64{}
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

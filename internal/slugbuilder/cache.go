@@ -199,9 +199,11 @@ func chunkOf(rel string, isDir bool) string {
 	return top + "/" + child
 }
 
-// fingerprints returns a fingerprint of each chunk of dir.
-func fingerprints(dir string) (map[string]string, error) {
+// fingerprints returns a fingerprint of each chunk of dir, and the size
+// of each chunk's files.
+func fingerprints(dir string) (map[string]string, map[string]int64, error) {
 	hashes := map[string]hash.Hash{}
+	sizes := map[string]int64{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == dir {
 			return err
@@ -226,6 +228,7 @@ func fingerprints(dir string) (map[string]string, error) {
 			return nil
 		}
 		fmt.Fprintf(h, "%q %v %d %d %s\n", rel, fi.Mode(), fi.Size(), fi.ModTime().UnixNano(), statKey(fi))
+		sizes[chunk] += fi.Size()
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			target, err := os.Readlink(p)
 			if err != nil {
@@ -236,13 +239,13 @@ func fingerprints(dir string) (map[string]string, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("fingerprint the build cache: %w", err)
+		return nil, nil, fmt.Errorf("fingerprint the build cache: %w", err)
 	}
 	prints := map[string]string{}
 	for chunk, h := range hashes {
 		prints[chunk] = hex.EncodeToString(h.Sum(nil))
 	}
-	return prints, nil
+	return prints, sizes, nil
 }
 
 // cachePlan says what a save has to do.
@@ -335,7 +338,7 @@ func (b *build) restoreCache(ctx context.Context) error {
 			}
 		}
 	}
-	prints, err := fingerprints(b.cache)
+	prints, _, err := fingerprints(b.cache)
 	if err != nil {
 		return err
 	}
@@ -347,7 +350,7 @@ func (b *build) saveCache(ctx context.Context) error {
 	if b.cfg.CacheOut == "" {
 		return nil
 	}
-	now, err := fingerprints(b.cache)
+	now, sizes, err := fingerprints(b.cache)
 	if err != nil {
 		return fmt.Errorf("save build cache: %w", err)
 	}
@@ -384,7 +387,7 @@ func (b *build) saveCache(ctx context.Context) error {
 			}
 			members = append(members, copied...)
 		}
-		written, err := writeCacheMembers(cw, b.cache, largestFirst(b.cache, plan.write), os.Getuid(), os.Getgid())
+		written, err := writeCacheMembers(cw, b.cache, largestFirst(plan.write, sizes), os.Getuid(), os.Getgid())
 		members = append(members, written...)
 		return err
 	})
@@ -600,25 +603,12 @@ func writeCacheMembers(w *offsetWriter, dir string, names []string, uid, gid int
 	return out, nil
 }
 
-// largestFirst orders the chunks names of dir by the size of their files,
+// largestFirst orders the chunks names by size (see fingerprints),
 // largest first (then by name), so that the save's compressors both work
 // until the end rather than one compressing the toolchain alone.
-func largestFirst(dir string, names []string) []string {
-	size := map[string]int64{}
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == dir || d.IsDir() {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		size[chunkOf(filepath.ToSlash(rel), false)] += fi.Size()
-		return nil
-	})
+func largestFirst(names []string, size map[string]int64) []string {
 	out := slices.Clone(names)
-	slices.SortStableFunc(out, func(a, b string) int {
+	slices.SortFunc(out, func(a, b string) int {
 		if c := cmp.Compare(size[b], size[a]); c != 0 {
 			return c
 		}

@@ -251,11 +251,11 @@ func TestWriteCacheMembers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	prints, err := fingerprints(dir)
+	prints, sizes, err := fingerprints(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := largestFirst(dir, slices.Sorted(maps.Keys(prints)))
+	names := largestFirst(slices.Sorted(maps.Keys(prints)), sizes)
 	if names[0] != "toolchain/go1" || names[1] != "gobuild/01" {
 		t.Fatalf("largestFirst: %v", names)
 	}

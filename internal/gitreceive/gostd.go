@@ -50,6 +50,13 @@ const goStdCPU = 10
 // goToolchainRE is a Go release's toolchain name.
 var goToolchainRE = regexp.MustCompile(`^go1\.[0-9]{1,3}\.[0-9]{1,3}$`)
 
+// goStdVersion is the Go version whose shared build e of goStdDir is;
+// false when e is none.
+func goStdVersion(e api.BlobEntry) (string, bool) {
+	v, ok := strings.CutSuffix(e.Name, ".tar")
+	return v, ok && !e.Dir && goToolchainRE.MatchString(v)
+}
+
 // goStdSeeds is GO_STD_SEEDS for a build whose blobstore is at base:
 // "go1.22.12=URL ..." for each shared build there is.
 func (r *BuildReceiver) goStdSeeds(ctx context.Context, base string) string {
@@ -62,11 +69,9 @@ func (r *BuildReceiver) goStdSeeds(ctx context.Context, base string) string {
 	}
 	var seeds []string
 	for _, e := range entries {
-		v, ok := strings.CutSuffix(e.Name, ".tar")
-		if e.Dir || !ok || !goToolchainRE.MatchString(v) {
-			continue
+		if v, ok := goStdVersion(e); ok {
+			seeds = append(seeds, v+"="+r.jobURL(base, goStdDir+e.Name, api.BlobRead))
 		}
-		seeds = append(seeds, v+"="+r.jobURL(base, goStdDir+e.Name, api.BlobRead))
 	}
 	return strings.Join(seeds, " ")
 }
@@ -124,8 +129,7 @@ func (r *BuildReceiver) pruneGoStd(ctx context.Context, made string) {
 	}
 	var builds []api.BlobEntry
 	for _, e := range entries {
-		v, ok := strings.CutSuffix(e.Name, ".tar")
-		if !e.Dir && ok && goToolchainRE.MatchString(v) && v != made {
+		if v, ok := goStdVersion(e); ok && v != made {
 			builds = append(builds, e)
 		}
 	}

@@ -46,22 +46,27 @@ func envVar(env, key string) string {
 // process type (named as the app) on the first host, waits for the
 // scheduler to start another, checks that it got the same volume and
 // returns that volume's id.
+// applianceJob is the running job of the appliance app on the first host,
+// or nil.
+func (c *e2eCluster) applianceJob(app string) *api.ActiveJob {
+	c.t.Helper()
+	jobs, err := c.hostClient(c.hosts[0]).ListJobs(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, j := range jobs {
+		if j.Job.Metadata[api.JobMetaAppName] == app && j.Status == api.HostJobRunning && j.Job.Metadata[api.JobMetaProcessType] == app {
+			return j
+		}
+	}
+	return nil
+}
+
 func (c *e2eCluster) killApplianceJob(app string) (volumeID string) {
 	c.t.Helper()
 	ctx := context.Background()
 	hc := c.hostClient(c.hosts[0])
-	running := func() *api.ActiveJob {
-		jobs, err := hc.ListJobs(ctx)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		for _, j := range jobs {
-			if j.Job.Metadata[api.JobMetaAppName] == app && j.Status == api.HostJobRunning && j.Job.Metadata[api.JobMetaProcessType] == app {
-				return j
-			}
-		}
-		return nil
-	}
+	running := func() *api.ActiveJob { return c.applianceJob(app) }
 	old := running()
 	if old == nil || len(old.Job.Config.Volumes) != 1 {
 		c.t.Fatalf("no running %s job with a volume:\n%s", app, c.jobTable(c.hosts[0]))

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ import (
 // TestMySQLAddon: the mysql appliance (scaled up from 0), a Node.js app
 // using the mysql2 package gets a database with flynn resource add mysql,
 // writes rows and reads them back; they survive the mysql job being
-// killed and a power cut of the whole cluster; another app's credentials do not reach them; flynn mysql
+// killed (whose restart drops what unfinished provisions left) and a power cut of the whole cluster; another app's credentials do not reach them; flynn mysql
 // console, dump and restore round-trip.
 func TestMySQLAddon(t *testing.T) {
 	myPort := fmt.Sprint(3460 + testslot.Get(t).N)
@@ -59,13 +60,49 @@ func TestMySQLAddon(t *testing.T) {
 		t.Fatalf("dump file: %v\n%s", err, b)
 	}
 
+	// What a provision or deprovision cut short by a kill leaves (a
+	// locked db_ user, with or without its database; a db_ database
+	// without its user) is dropped when the server next starts; an app's
+	// database and names not of the appliance's form stay.
+	rootSQL := func(sql string) string {
+		t.Helper()
+		j := c.applianceJob("mysql")
+		if j == nil || j.PID == 0 {
+			t.Fatalf("no running mysql job with a pid:\n%s", c.jobTable(c.hosts[0]))
+		}
+		cmd := exec.Command("nsenter", "-t", fmt.Sprint(j.PID), "-m", "--", "mariadb", "--no-defaults",
+			"--protocol=socket", "--socket=/tmp/flynn-mysql/mysqld.sock", "-u", "root", "-N", "-B")
+		cmd.Stdin = strings.NewReader(sql)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("root sql in the mysql job: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	rootSQL("CREATE USER 'db_00000000000000aa'@'%' ACCOUNT LOCK; CREATE DATABASE db_00000000000000aa;\n" +
+		"CREATE USER 'db_00000000000000bb'@'%' ACCOUNT LOCK;\n" +
+		"CREATE DATABASE db_00000000000000cc;\n" +
+		"CREATE USER 'db_keep'@'%' ACCOUNT LOCK; CREATE DATABASE db_keep2;\n")
+	const names = "SELECT User FROM mysql.global_priv WHERE User LIKE 'db%' UNION ALL SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'db%';\n"
+	before := strings.Fields(rootSQL(names))
 	c.killApplianceJob("mysql")
 	rows("a,b")
+	after := strings.Fields(rootSQL(names))
+	db := envVar(env, "MYSQL_DATABASE")
+	for _, n := range []string{"db_00000000000000aa", "db_00000000000000bb", "db_00000000000000cc"} {
+		if !slices.Contains(before, n) || slices.Contains(after, n) {
+			t.Errorf("%s: before the restart %v, after %v: want it there, then gone", n, before, after)
+		}
+	}
+	for _, n := range []string{db, "db_keep", "db_keep2"} {
+		if !slices.Contains(after, n) {
+			t.Errorf("%s is gone after the restart: %v", n, after)
+		}
+	}
 
 	// Another app's credentials do not reach this app's database.
 	c.flynn(dir, "create", "myother")
 	c.flynn(dir, "-a", "myother", "resource", "add", "mysql")
-	db := envVar(env, "MYSQL_DATABASE")
 	cross := exec.Command(filepath.Join(binDir, "flynn"), "-a", "myother", "mysql", "console", "--", "-e", "select v from `"+db+"`.rows_")
 	cross.Dir, cross.Env = dir, c.env()
 	if out, err := cross.CombinedOutput(); err == nil || !strings.Contains(string(out), "denied") {

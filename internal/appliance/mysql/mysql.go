@@ -3,7 +3,8 @@
 // persistent volume, and beside it the resource provider API in Flynn's
 // protocol: POST /databases makes a database and a user of its own with a
 // random password and answers {id, env}; DELETE /databases?id= drops
-// them.
+// them. A provision or deprovision cut short (the job killed midway) is
+// undone when the server next starts (sweepUnfinished).
 //
 // As with the postgres appliance (internal/appliance/postgres), the API
 // runs in the server's job and reaches the server as root through its
@@ -29,6 +30,8 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -200,6 +203,10 @@ func (a *Appliance) run(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	if err := a.sweepUnfinished(ctx); err != nil {
+		// Leftovers cost a little disk, not service: serve anyway.
+		a.log.Warn("could not drop what unfinished provisions left", "err", err)
+	}
 	api := &appliance.Server{Name: "mysql", APIListen: a.cfg.APIListen, APIKey: a.cfg.APIKey, Handler: a.Handler(),
 		Exited: exited, Stop: stop, Port: a.cfg.Port, Ready: a.cfg.Ready, Log: a.log}
 	return api.Serve(ctx)
@@ -227,7 +234,14 @@ type Database struct {
 func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 	id := "db_" + appliance.RandomHex(8)
 	pass := appliance.RandomHex(24)
-	sql := fmt.Sprintf("CREATE DATABASE `%s` CHARACTER SET utf8mb4;\nCREATE USER '%s'@'%%' IDENTIFIED BY '%s';\nGRANT ALL PRIVILEGES ON `%s`.* TO '%s'@'%%';\n", id, id, pass, id, id)
+	// Each statement commits on its own: the user is made locked and
+	// unlocked last, so a provision cut short (the job killed) leaves a
+	// locked db_ user, which sweepUnfinished drops with its database
+	// when the server next starts.
+	sql := fmt.Sprintf("CREATE USER '%[1]s'@'%%' IDENTIFIED BY '%[2]s' ACCOUNT LOCK;\n"+
+		"CREATE DATABASE `%[1]s` CHARACTER SET utf8mb4;\n"+
+		"GRANT ALL PRIVILEGES ON `%[1]s`.* TO '%[1]s'@'%%';\n"+
+		"ALTER USER '%[1]s'@'%%' ACCOUNT UNLOCK;\n", id, pass)
 	if _, err := a.sql(ctx, sql); err != nil {
 		a.drop(ctx, id)
 		return nil, fmt.Errorf("provision %s: %w", id, err)
@@ -246,9 +260,43 @@ func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 	}}, nil
 }
 
+// drop drops a provisioned database and its user, the user first: one
+// cut short between the two leaves a db_ database without its user, which
+// sweepUnfinished drops.
 func (a *Appliance) drop(ctx context.Context, id string) error {
-	_, err := a.sql(ctx, fmt.Sprintf("DROP DATABASE IF EXISTS `%s`;\nDROP USER IF EXISTS '%s'@'%%';\n", id, id))
+	_, err := a.sql(ctx, fmt.Sprintf("DROP USER IF EXISTS '%[1]s'@'%%';\nDROP DATABASE IF EXISTS `%[1]s`;\n", id))
 	return err
+}
+
+// provisionedID is the form of the ids Provision makes.
+var provisionedID = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
+
+// sweepUnfinished drops what a provision or deprovision cut short left:
+// a db_ user still locked (with its database, if made) and a db_ database
+// without its user. A tenant can bring about neither: it cannot lock,
+// drop or create users, and its own database keeps its user. Names not of
+// Provision's form are left alone.
+func (a *Appliance) sweepUnfinished(ctx context.Context) error {
+	out, err := a.sql(ctx, "SELECT User FROM mysql.global_priv WHERE User LIKE 'db\\_%' AND JSON_VALUE(Priv, '$.account_locked') IN ('1', 'true');\n"+
+		"SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'db\\_%' AND SCHEMA_NAME NOT IN (SELECT User FROM mysql.global_priv);\n")
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, id := range strings.Fields(out) {
+		if provisionedID.MatchString(id) && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range ids {
+		if err := a.drop(ctx, id); err != nil {
+			return err
+		}
+	}
+	if len(ids) > 0 {
+		a.log.Info("dropped what an unfinished provision or deprovision left", "ids", ids)
+	}
+	return nil
 }
 
 // Handler serves the provider API (appliance.Provider).

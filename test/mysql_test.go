@@ -109,6 +109,14 @@ func TestMySQLAddon(t *testing.T) {
 		t.Fatalf("myother reading myapp's database: %v\n%s", err, out)
 	}
 
+	// Its grant is of its own database only: _ in the name is no
+	// wildcard that would let it make others.
+	sibling := exec.Command(filepath.Join(binDir, "flynn"), "-a", "myapp", "mysql", "console", "--", "-e", "create database `dbx"+strings.TrimPrefix(db, "db_")+"`")
+	sibling.Dir, sibling.Env = dir, c.env()
+	if out, err := sibling.CombinedOutput(); err == nil || !strings.Contains(string(out), "denied") {
+		t.Fatalf("myapp making a database dbx<its id>: %v\n%s", err, out)
+	}
+
 	a.flynn("mysql", "console", "--", "-e", "delete from rows_")
 	rows("")
 	a.flynn("mysql", "restore", "-f", dump)

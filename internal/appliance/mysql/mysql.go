@@ -238,10 +238,12 @@ func (a *Appliance) Provision(ctx context.Context) (*Database, error) {
 	// unlocked last, so a provision cut short (the job killed) leaves a
 	// locked db_ user, which sweepUnfinished drops with its database
 	// when the server next starts.
+	// In a grant's database name _ matches any character unless escaped:
+	// unescaped, the user could also make databases db?<its id>.
 	sql := fmt.Sprintf("CREATE USER '%[1]s'@'%%' IDENTIFIED BY '%[2]s' ACCOUNT LOCK;\n"+
 		"CREATE DATABASE `%[1]s` CHARACTER SET utf8mb4;\n"+
-		"GRANT ALL PRIVILEGES ON `%[1]s`.* TO '%[1]s'@'%%';\n"+
-		"ALTER USER '%[1]s'@'%%' ACCOUNT UNLOCK;\n", id, pass)
+		"GRANT ALL PRIVILEGES ON `%[3]s`.* TO '%[1]s'@'%%';\n"+
+		"ALTER USER '%[1]s'@'%%' ACCOUNT UNLOCK;\n", id, pass, strings.ReplaceAll(id, "_", `\_`))
 	if _, err := a.sql(ctx, sql); err != nil {
 		a.drop(ctx, id)
 		return nil, fmt.Errorf("provision %s: %w", id, err)

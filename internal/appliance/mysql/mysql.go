@@ -30,7 +30,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -270,9 +269,6 @@ func (a *Appliance) drop(ctx context.Context, id string) error {
 	return err
 }
 
-// provisionedID is the form of the ids Provision makes.
-var provisionedID = regexp.MustCompile(`^db_[0-9a-f]{16}$`)
-
 // sweepUnfinished drops what a provision or deprovision cut short left:
 // a db_ user still locked (with its database, if made) and a db_ database
 // without its user. A tenant can bring about neither: it cannot lock,
@@ -286,7 +282,7 @@ func (a *Appliance) sweepUnfinished(ctx context.Context) error {
 	}
 	var ids []string
 	for _, id := range strings.Fields(out) {
-		if provisionedID.MatchString(id) && !slices.Contains(ids, id) {
+		if appliance.DatabaseID.MatchString(id) && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
 	}

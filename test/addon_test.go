@@ -42,10 +42,6 @@ func envVar(env, key string) string {
 	return ""
 }
 
-// killApplianceJob SIGKILLs the running job of the appliance app's
-// process type (named as the app) on the first host, waits for the
-// scheduler to start another, checks that it got the same volume and
-// returns that volume's id.
 // applianceJob is the running job of the appliance app on the first host,
 // or nil.
 func (c *e2eCluster) applianceJob(app string) *api.ActiveJob {
@@ -62,12 +58,15 @@ func (c *e2eCluster) applianceJob(app string) *api.ActiveJob {
 	return nil
 }
 
+// killApplianceJob SIGKILLs the running job of the appliance app's
+// process type (named as the app) on the first host, waits for the
+// scheduler to start another, checks that it got the same volume and
+// returns that volume's id.
 func (c *e2eCluster) killApplianceJob(app string) (volumeID string) {
 	c.t.Helper()
 	ctx := context.Background()
 	hc := c.hostClient(c.hosts[0])
-	running := func() *api.ActiveJob { return c.applianceJob(app) }
-	old := running()
+	old := c.applianceJob(app)
 	if old == nil || len(old.Job.Config.Volumes) != 1 {
 		c.t.Fatalf("no running %s job with a volume:\n%s", app, c.jobTable(c.hosts[0]))
 	}
@@ -76,7 +75,7 @@ func (c *e2eCluster) killApplianceJob(app string) (volumeID string) {
 	}
 	var j *api.ActiveJob
 	waitFor(c.t, within(c.t, 2*time.Minute), "a new "+app+" job", c.watch(), func() (bool, error) {
-		j = running()
+		j = c.applianceJob(app)
 		return j != nil && j.Job.ID != old.Job.ID, nil
 	})
 	if j.Job.Config.Volumes[0].VolumeID != old.Job.Config.Volumes[0].VolumeID {

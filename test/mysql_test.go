@@ -16,7 +16,9 @@ import (
 // TestMySQLAddon: the mysql appliance (scaled up from 0), a Node.js app
 // using the mysql2 package gets a database with flynn resource add mysql,
 // writes rows and reads them back; they survive the mysql job being
-// killed (whose restart drops what unfinished provisions left) and a power cut of the whole cluster; another app's credentials do not reach them; flynn mysql
+// killed (whose restart drops what unfinished provisions left) and a
+// power cut of the whole cluster; another app's credentials do not reach
+// them, nor can the app make databases beside its own; flynn mysql
 // console, dump and restore round-trip.
 func TestMySQLAddon(t *testing.T) {
 	myPort := fmt.Sprint(3460 + testslot.Get(t).N)

@@ -417,6 +417,12 @@ func TestUserJourney(t *testing.T) {
 	pushed(a, "Go", "hello from the go app")
 	host := "e2eapp." + c.domain
 	get(c.url(host, "/"), func(s int, b string) bool { return s == 200 && strings.Contains(b, "hello from the go app") })
+	// The same app over HTTPS and HTTP/2, as browsers reach it.
+	h2url := fmt.Sprintf("https://%s:%d/", host, c.httpsPort)
+	if out, err := exec.Command("curl", "-sS", "-k", "--http2", "-m", "10", "-w", "\n%{http_version} %{http_code}", h2url).Output(); err != nil ||
+		!strings.HasSuffix(string(out), "\n2 200") || !strings.Contains(string(out), "hello from the go app") {
+		t.Errorf("GET %s over HTTP/2: %v %q", h2url, err, out)
+	}
 
 	// Three processes: three different jobs answer.
 	a.flynn("scale", "web=3")

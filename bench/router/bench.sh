@@ -14,6 +14,8 @@
 #   TLS=1       also the router-tls, nginx-tls (wrk over TLS) and router-h2,
 #               nginx-h2 (h2load over TLS with ALPN h2) rows; TLS=0 skips them.
 #   H2_STREAMS=1  concurrent streams per h2 connection (h2load -m).
+#   ROWS="router-h2 nginx-h2"  run only these rows (each with its nginx
+#               row, for the ratios); TLS=1 is needed for the TLS ones.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -25,6 +27,7 @@ PIN=${PIN:-1}
 PORT_BASE=${PORT_BASE:-62080}
 TLS=${TLS:-1}
 H2_STREAMS=${H2_STREAMS:-1}
+ROWS=${ROWS:-}
 
 ROUTER_PORT=$PORT_BASE
 BACKEND1=$((PORT_BASE + 1))
@@ -275,6 +278,7 @@ names=(router nginx haproxy)
 declare -A PORT=([router]=$ROUTER_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
 	[router-tls]=$ROUTER_TLS_PORT [nginx-tls]=$NGINX_TLS_PORT [router-h2]=$ROUTER_TLS_PORT [nginx-h2]=$NGINX_TLS_PORT)
 if [ "$TLS" = 1 ]; then names+=(router-tls nginx-tls router-h2 nginx-h2); fi
+if [ -n "$ROWS" ]; then read -r -a names <<<"$ROWS"; fi
 # Warm up every proxy's upstream pool (and each load generator's path).
 for n in "${names[@]}"; do DURATION=2s load "$n" "${PORT[$n]}"; done
 for rep in $(seq "$REPEAT"); do

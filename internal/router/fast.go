@@ -47,8 +47,8 @@ var (
 )
 
 // fastServer accepts plain-HTTP connections, or with tlsConfig HTTPS ones:
-// those that negotiate h2 go to net/http whole, the HTTP/1.1 ones take the
-// fast path over TLS.
+// those that negotiate h2 go to the router's HTTP/2 server (h2.go), the
+// HTTP/1.1 ones take the fast path over TLS.
 type fastServer struct {
 	r         *Router
 	fe        *frontend
@@ -184,8 +184,12 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 			return false
 		}
 		c.SetDeadline(time.Time{})
-		if tc.ConnectionState().NegotiatedProtocol == "h2" || s.r.tlsNetHTTP.Load() {
+		if s.r.tlsNetHTTP.Load() {
 			return s.handoff.push(tc)
+		}
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
+			s.serveH2(fc, tc) // closes tc
+			return true
 		}
 		defer func() {
 			if !handedOff {

@@ -301,8 +301,8 @@ func (r *Router) Run(ctx context.Context) error {
 			NextProtos:     []string{"h2", "http/1.1"},
 			GetCertificate: r.getCertificate,
 		}
-		// net/http serves h2 connections and what the fast path hands
-		// over, all with their TLS handshake done.
+		// net/http serves what the fast path hands over, with its TLS
+		// handshake done; h2 connections are served by h2.go.
 		serve(r.newServer(fe), fastTLS.handoff)
 		sweep(fastTLS)
 		r.wg.Add(1)

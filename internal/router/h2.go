@@ -357,10 +357,18 @@ func (c *h2Conn) readLoop() error {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
-				// A header block that decoded but broke the rules: the
-				// stream is refused, the connection goes on.
+				// A frame that broke a stream's rules (a header block that
+				// decoded but is invalid, for one): that stream ends, the
+				// connection goes on.
 				c.noteStreamID(se.StreamID)
-				c.writeRST(se.StreamID, se.Code)
+				c.mu.Lock()
+				st := c.streams[se.StreamID]
+				c.mu.Unlock()
+				if st != nil {
+					c.resetStream(st, se.Code)
+				} else {
+					c.writeRST(se.StreamID, se.Code)
+				}
 				c.needFlush = true
 				continue
 			}

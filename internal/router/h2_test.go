@@ -31,6 +31,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/logging"
 )
 
 // h2Client is an HTTP client that speaks only HTTP/2 to the router's
@@ -1494,4 +1495,152 @@ func TestH2RawFrames(t *testing.T) {
 			t.Errorf("backend saw %q", got)
 		}
 	})
+}
+
+// TestH2FlowControl: a client that grants a small window gets the response
+// in pieces no bigger than it granted, the whole of it as it grants more,
+// and its PINGs answered while the response waits for window (the request
+// came alone, so the connection's reader served it and had to hand the
+// reading on).
+func TestH2FlowControl(t *testing.T) {
+	h := startRouter(t, nil)
+	body := h2Random(t, 50000)
+	b := newBackend(t, "flow", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			w.Write(body)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	h.disc.Register("flow-web", b.addr())
+	h.putRoute(api.Route{ID: "flow", Domain: "raw.test", Service: "flow-web"})
+	h.expectBackend("http://raw.test/", "flow")
+
+	r := h2Dial(t, h)
+	const window = 100
+	if err := r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: window}); err != nil {
+		t.Fatal(err)
+	}
+	r.read("the SETTINGS ack", func(f http2.Frame) bool {
+		sf, ok := f.(*http2.SettingsFrame)
+		return ok && sf.IsAck()
+	})
+	r.headers(1, true, ":method", "GET", ":scheme", "https", ":authority", "raw.test", ":path", "/big")
+	var got bytes.Buffer
+	streamWin, connWin := int64(window), int64(65535)
+	pinged := false
+	for done := false; !done; {
+		f := r.read("the response to stream 1", func(f http2.Frame) bool {
+			switch f := f.(type) {
+			case *http2.DataFrame, *http2.RSTStreamFrame:
+				return f.Header().StreamID == 1
+			case *http2.MetaHeadersFrame:
+				return f.StreamID == 1 && f.StreamEnded()
+			case *http2.PingFrame:
+				return f.IsAck()
+			}
+			return false
+		})
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			t.Fatalf("stream 1 reset: %v", f.ErrCode)
+		case *http2.MetaHeadersFrame:
+			t.Fatalf("stream 1 ended by HEADERS after %d bytes", got.Len())
+		case *http2.PingFrame:
+			if f.Data != [8]byte{'f', 'l', 'o', 'w'} {
+				t.Errorf("PING ack with %q", f.Data)
+			}
+			pinged = false
+			// Now grant a little more.
+			r.fr.WriteWindowUpdate(1, 1000)
+			r.fr.WriteWindowUpdate(0, 1000)
+			streamWin += 1000
+			connWin += 1000
+		case *http2.DataFrame:
+			n := int64(len(f.Data()))
+			if n > streamWin || n > connWin {
+				t.Fatalf("DATA of %d bytes with %d stream and %d connection window left", n, streamWin, connWin)
+			}
+			streamWin -= n
+			connWin -= n
+			got.Write(f.Data())
+			done = f.StreamEnded()
+			if !done && streamWin == 0 && !pinged {
+				// The response waits for window: the reader must still
+				// answer.
+				r.fr.WritePing(false, [8]byte{'f', 'l', 'o', 'w'})
+				pinged = true
+			}
+		}
+	}
+	if !bytes.Equal(got.Bytes(), body) {
+		t.Fatalf("got %d bytes (sha %s), want %d (sha %s)", got.Len(), h2SHA(got.Bytes()), len(body), h2SHA(body))
+	}
+	// The connection still serves.
+	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
+	r.get(3, "/after")
+}
+
+// TestH2GracefulShutdown: when the router stops, a request in flight on an
+// h2 connection finishes, and Run returns.
+func TestH2GracefulShutdown(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	b := newBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			started <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done")
+	})
+	disc := NewMemDiscoverer()
+	disc.Register("slow-web", b.addr())
+	r, err := New(Config{
+		HTTPAddr:    "127.0.0.1:0",
+		HTTPSAddr:   "127.0.0.1:0",
+		DefaultCert: keyPair(t, "*.test"),
+		Routes:      []api.Route{{ID: "slow", Type: api.RouteHTTP, Domain: "slow.test", Service: "slow-web"}},
+		Discoverer:  disc,
+		CookieKey:   make([]byte, 32),
+	}, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(ctx) }()
+	h := &harness{t: t, r: r, addrs: r.Addrs()}
+	hc := h2NewClient(t, h)
+	h2WaitStatus(t, hc, "https://slow.test/", 200)
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	res := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "https://slow.test/slow", nil)
+		resp, body, err := hc.do(req)
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		res <- result{status: resp.StatusCode, body: string(body)}
+	}()
+	<-started
+	cancel()
+	time.Sleep(50 * time.Millisecond) // let shutdown begin; the request must still finish
+	close(release)
+	if got := <-res; got.err != nil || got.status != 200 || got.body != "done" {
+		t.Fatalf("in-flight request: %d %q %v", got.status, got.body, got.err)
+	}
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return")
+	}
 }

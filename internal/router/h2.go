@@ -896,7 +896,7 @@ func parseH2Request(f *http2.MetaHeadersFrame, r *h2Req) (int, string) {
 	if r.authority == "" {
 		r.authority = host
 	}
-	if r.authority == "" || !httpguts.ValidHostHeader(r.authority) {
+	if r.authority == "" || !httpguts.ValidHostHeader(r.authority) || strings.IndexByte(r.authority, '@') >= 0 {
 		return http.StatusBadRequest, "the request has no valid :authority or Host"
 	}
 	if r.path == "*" {
@@ -1685,6 +1685,11 @@ func (b *h2Body) put(data []byte, end bool) (discarded bool) {
 	}
 	if b.off == len(b.buf) {
 		b.buf, b.off = b.buf[:0], 0
+	} else if b.off > 0 && len(b.buf)+len(data) > cap(b.buf) {
+		// What was read goes before the buffer grows: the unread bytes
+		// are bounded by the stream's window, the buffer is too.
+		n := copy(b.buf, b.buf[b.off:])
+		b.buf, b.off = b.buf[:n], 0
 	}
 	b.buf = append(b.buf, data...)
 	if end {

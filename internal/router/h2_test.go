@@ -1644,3 +1644,27 @@ func TestH2GracefulShutdown(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 }
+
+// TestH2BodyBuffer: a request body whose reader never quite catches up
+// keeps a buffer the size of what is unread, not of all that came.
+func TestH2BodyBuffer(t *testing.T) {
+	var b h2Body
+	b.cond.L = &b.mu
+	chunk := make([]byte, 16<<10)
+	p := make([]byte, 16<<10)
+	b.put(chunk[:8<<10], false) // a backlog the reader never drains
+	for i := 0; i < 1000; i++ {
+		b.put(chunk, false)
+		if n, err := b.read(p, time.Second); n != len(p) || err != nil {
+			t.Fatalf("read %d, %v", n, err)
+		}
+	}
+	if c := cap(b.buf); c > 256<<10 {
+		t.Errorf("the buffer grew to %d bytes for 24 KiB unread at most", c)
+	}
+	b.put(nil, true)
+	n, _ := b.read(p, time.Second)
+	if _, err := b.read(p, time.Second); n != 8<<10 || err != io.EOF {
+		t.Errorf("the end: read %d, then %v", n, err)
+	}
+}

@@ -148,6 +148,8 @@ type upConn struct {
 	// probed: quick keepalive probes are on (probe), set from the
 	// hang-up sweeper or a request's timer while a request waits.
 	probed atomic.Bool
+	// probeT is armProbe's timer, made once.
+	probeT *time.Timer
 }
 
 var dialer = &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
@@ -225,6 +227,22 @@ func (c *upConn) probe(on bool) {
 func (c *upConn) startProbe() {
 	if c.probed.CompareAndSwap(false, true) {
 		c.probe(true)
+	}
+}
+
+// armProbe starts quick probes for c after probeAfter, unless disarmProbe
+// comes first. One timer per connection serves all its requests.
+func (c *upConn) armProbe() {
+	if c.probeT == nil {
+		c.probeT = time.AfterFunc(probeAfter, c.startProbe)
+		return
+	}
+	c.probeT.Reset(probeAfter)
+}
+
+func (c *upConn) disarmProbe() {
+	if c.probeT != nil {
+		c.probeT.Stop()
 	}
 }
 

@@ -99,6 +99,9 @@ type h2Conn struct {
 	henc  *hpack.Encoder
 	hbuf  bytes.Buffer
 	werr  error // the first write error; every later write fails with it
+	// recent are the last response header fields written (valueString).
+	recent     [8]hpack.HeaderField
+	nextRecent int
 	// closed is set when the connection is ending: writers give up.
 	closed bool
 	// sendWindow is what the client lets us send on the connection;
@@ -847,7 +850,9 @@ func parseH2Request(f *http2.MetaHeadersFrame, r *h2Req) (int, string) {
 	}
 	r.contentLen = -1
 	host := ""
-	for _, hf := range f.RegularFields() {
+	regular := f.RegularFields()
+	r.fields = make([]hpack.HeaderField, 0, len(regular))
+	for _, hf := range regular {
 		switch hf.Name {
 		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
 			return -1, ""
@@ -1046,8 +1051,15 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 	st.setUp(pc)
 	defer st.setUp(nil)
 	pc.bound(!req.hasBody)
-	probe := time.AfterFunc(probeAfter, pc.startProbe)
-	defer func() { probe.Stop() }()
+	pc.armProbe()
+	// The probe timer is stopped before pc can go back to the pool, where
+	// another request may arm it.
+	probing := pc
+	defer func() {
+		if probing != nil {
+			probing.disarmProbe()
+		}
+	}()
 	head, err := c.send(st, e, pc, start)
 	if err != nil && st.reset.Load() {
 		err = errClientHungUp
@@ -1070,8 +1082,9 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 		}
 		st.setUp(pc)
 		pc.bound(true)
-		probe.Stop()
-		probe = time.AfterFunc(probeAfter, pc.startProbe)
+		probing.disarmProbe()
+		pc.armProbe()
+		probing = pc
 		head, err = c.send(st, e, pc, start)
 	}
 	if err != nil {
@@ -1148,6 +1161,8 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 	// In this order, against abort's: an abort that saw pc has set reset
 	// before, and pc is not pooled with its deadline about to be cut.
 	st.setUp(nil)
+	pc.disarmProbe()
+	probing = nil
 	if upstreamOK && clientOK && !resp.close && !e.route.DisableKeepAlives && !st.reset.Load() {
 		b.putConn(pc)
 	} else {
@@ -1370,7 +1385,7 @@ func (st *h2Stream) writeHead(status int, head []byte, lines [][2]int32, cookie 
 		if !ok || !httpguts.ValidHeaderFieldValue(view(value)) {
 			continue
 		}
-		c.henc.WriteField(hpack.HeaderField{Name: n, Value: string(value)})
+		c.henc.WriteField(hpack.HeaderField{Name: n, Value: c.valueString(n, value)})
 	}
 	if cookie != "" {
 		c.henc.WriteField(hpack.HeaderField{Name: "set-cookie", Value: cookie})
@@ -1383,6 +1398,22 @@ func (st *h2Stream) writeHead(status int, head []byte, lines [][2]int32, cookie 
 		c.flushLocked()
 	}
 	return c.werr == nil
+}
+
+// valueString returns value as a string, with wmu held: the string of an
+// equal value of the same field among the last few written when there is
+// one (a response's header values mostly repeat the last one's), else a
+// new one.
+func (c *h2Conn) valueString(name string, value []byte) string {
+	for i := range c.recent {
+		if f := &c.recent[i]; f.Name == name && f.Value == string(value) {
+			return f.Value
+		}
+	}
+	v := string(value)
+	c.recent[c.nextRecent] = hpack.HeaderField{Name: name, Value: v}
+	c.nextRecent = (c.nextRecent + 1) % len(c.recent)
+	return v
 }
 
 // h2FieldName returns a response header's name in lower case, and false

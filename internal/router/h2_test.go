@@ -1668,3 +1668,39 @@ func TestH2BodyBuffer(t *testing.T) {
 		t.Errorf("the end: read %d, then %v", n, err)
 	}
 }
+
+// TestH2StalledBody: a request body that stops coming gets a 408 once the
+// route's body timeout passes, and the connection goes on serving.
+func TestH2StalledBody(t *testing.T) {
+	h := startRouter(t, func(c *Config) { c.BodyIdleTimeout = 300 * time.Millisecond })
+	got := make(chan int, 4)
+	b := newBackend(t, "stall", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		got <- int(n)
+		io.WriteString(w, "ok")
+	})
+	h.disc.Register("stall-web", b.addr())
+	h.putRoute(api.Route{ID: "stall", Domain: "raw.test", Service: "stall-web"})
+	h.expectBackend("http://raw.test/", "stall")
+	for len(got) > 0 {
+		<-got
+	}
+
+	r := h2Dial(t, h)
+	r.headers(1, false, ":method", "POST", ":scheme", "https", ":authority", "raw.test", ":path", "/up", "content-length", "10")
+	if err := r.fr.WriteData(1, false, []byte("12345")); err != nil {
+		t.Fatal(err)
+	}
+	if res := r.result(1); res.reset || res.status != "408" {
+		t.Fatalf("stalled body answered %v, want 408", res)
+	}
+	r.get(3, "/after")
+	// The backend got the start of the body and was cut off, or nothing.
+	select {
+	case n := <-got:
+		if n >= 10 {
+			t.Errorf("the backend read %d bytes of a body that stalled at 5", n)
+		}
+	case <-time.After(5 * time.Second):
+	}
+}

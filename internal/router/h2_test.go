@@ -1704,3 +1704,29 @@ func TestH2StalledBody(t *testing.T) {
 	case <-time.After(5 * time.Second):
 	}
 }
+
+// TestH2LargeHeaders: a request header block bigger than a frame (the
+// client sends CONTINUATION frames) and a big response head (up to the 16
+// KiB the router reads of a backend's head) go through whole.
+func TestH2LargeHeaders(t *testing.T) {
+	h := startRouter(t, nil)
+	big := strings.Repeat("v", 12<<10)
+	b := newBackend(t, "hdrs", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Big", big)
+		w.Header().Set("X-Got", strconv.Itoa(len(r.Header.Get("X-Big-Request"))))
+		io.WriteString(w, "ok")
+	})
+	h.disc.Register("hdrs-web", b.addr())
+	h.putRoute(api.Route{ID: "hdrs", Domain: "hdrs.test", Service: "hdrs-web"})
+	h.expectBackend("http://hdrs.test/", "hdrs")
+	hc := h2NewClient(t, h)
+	req, _ := http.NewRequest("GET", "https://hdrs.test/", nil)
+	req.Header.Set("X-Big-Request", strings.Repeat("r", 30<<10))
+	res, body, err := hc.do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != 200 || string(body) != "ok" || res.Header.Get("X-Big") != big || res.Header.Get("X-Got") != strconv.Itoa(30<<10) {
+		t.Errorf("got %d %q, X-Big of %d bytes, X-Got %q", res.StatusCode, body, len(res.Header.Get("X-Big")), res.Header.Get("X-Got"))
+	}
+}

@@ -125,10 +125,7 @@ type h2Stream struct {
 	sendWindow  int64
 	recvWindow  int64
 	recvUnacked int64
-	// waitTimeout is set by the timer of the window wait of generation
-	// waitGen.
-	waitTimeout bool
-	waitGen     uint64
+	windowWait  timedWait
 
 	// Under c.mu: the client ended its side (END_STREAM or RST_STREAM).
 	remoteClosed bool
@@ -1504,29 +1501,10 @@ func (st *h2Stream) waitWindowLocked() bool {
 	if c.werr != nil {
 		return false
 	}
-	idle := c.s.r.cfg.WriteIdleTimeout
-	st.waitGen++
-	gen := st.waitGen
-	st.waitTimeout = false
-	var t *time.Timer
-	if idle > 0 {
-		t = time.AfterFunc(idle, func() {
-			c.wmu.Lock()
-			if st.waitGen == gen {
-				st.waitTimeout = true
-				c.wcond.Broadcast()
-			}
-			c.wmu.Unlock()
-		})
-	}
-	for st.writableLocked() && !st.waitTimeout && (c.sendWindow <= 0 || st.sendWindow <= 0) {
-		c.wcond.Wait()
-	}
-	st.waitGen++
-	if t != nil {
-		t.Stop()
-	}
-	if st.waitTimeout {
+	timedOut := st.windowWait.wait(&c.wcond, c.s.r.cfg.WriteIdleTimeout, func() bool {
+		return !st.writableLocked() || c.sendWindow > 0 && st.sendWindow > 0
+	})
+	if timedOut {
 		st.reset.Store(true)
 		c.wfr.WriteRSTStream(st.id, http2.ErrCodeCancel)
 		c.flushLocked()
@@ -1700,10 +1678,7 @@ type h2Body struct {
 	eof  bool
 	err  error
 	gone bool // the stream ended: nothing more is kept
-	// timedOut is set by the timer of the read waiting now, whose
-	// generation is gen.
-	timedOut bool
-	gen      uint64
+	wait timedWait
 }
 
 // put queues data; end marks the body's end. It reports whether the data
@@ -1760,29 +1735,7 @@ func (b *h2Body) discard() int {
 func (b *h2Body) read(p []byte, idle time.Duration) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.off == len(b.buf) && !b.eof && b.err == nil {
-		b.gen++
-		gen := b.gen
-		b.timedOut = false
-		var t *time.Timer
-		if idle > 0 {
-			t = time.AfterFunc(idle, func() {
-				b.mu.Lock()
-				if b.gen == gen {
-					b.timedOut = true
-					b.cond.Broadcast()
-				}
-				b.mu.Unlock()
-			})
-		}
-		for b.off == len(b.buf) && !b.eof && b.err == nil && !b.timedOut {
-			b.cond.Wait()
-		}
-		b.gen++ // a timer that fires late finds another generation
-		if t != nil {
-			t.Stop()
-		}
-	}
+	b.wait.wait(&b.cond, idle, func() bool { return b.off < len(b.buf) || b.eof || b.err != nil })
 	if b.off < len(b.buf) {
 		n := copy(p, b.buf[b.off:])
 		b.off += n
@@ -1796,4 +1749,42 @@ func (b *h2Body) read(p []byte, idle time.Duration) (int, error) {
 	default:
 		return 0, os.ErrDeadlineExceeded
 	}
+}
+
+// timedWait is a wait on a sync.Cond with a time limit.
+type timedWait struct {
+	// timedOut is set by the timer of the wait of generation gen; a timer
+	// that fires after its wait ended finds another generation.
+	timedOut bool
+	gen      uint64
+}
+
+// wait waits, with cond.L held, until ready holds or, with limit > 0, limit
+// has passed; it reports whether the limit passed first.
+func (w *timedWait) wait(cond *sync.Cond, limit time.Duration, ready func() bool) bool {
+	if ready() {
+		return false
+	}
+	w.gen++
+	gen := w.gen
+	w.timedOut = false
+	var t *time.Timer
+	if limit > 0 {
+		t = time.AfterFunc(limit, func() {
+			cond.L.Lock()
+			if w.gen == gen {
+				w.timedOut = true
+				cond.Broadcast()
+			}
+			cond.L.Unlock()
+		})
+	}
+	for !ready() && !w.timedOut {
+		cond.Wait()
+	}
+	w.gen++
+	if t != nil {
+		t.Stop()
+	}
+	return !ready()
 }

@@ -349,6 +349,60 @@ type backendSet struct {
 	byAddr map[string]*backend
 }
 
+// attempts yields the backends one request tries, in turn: first the one
+// its sticky cookie names while that one is live (prefer), then by pick,
+// never one twice and at most maxAttempts. It holds no pointer to the
+// caller's stack, so it stays there.
+type attempts struct {
+	set    *backendSet // the route's live backends; nil when none
+	sticky bool        // the route's requests go by the sticky cookie
+	leader bool        // the route goes to set.leader only
+	first  *backend
+	tried  [maxAttempts]*backend
+	n      int
+}
+
+// startAttempts begins the attempts of a request to e.
+func startAttempts(e *routeEntry) attempts {
+	a := attempts{set: e.svc.backends(), leader: e.route.Leader}
+	a.sticky = e.route.Sticky && !e.route.Leader && a.set != nil
+	return a
+}
+
+// prefer makes the backend at addr, the sticky cookie's, the first tried
+// when it is live.
+func (a *attempts) prefer(addr string) {
+	if addr != "" {
+		a.first = a.set.byAddr[addr]
+	}
+}
+
+// next returns the next backend to try, or nil when there is none left.
+func (a *attempts) next() *backend {
+	if a.n >= maxAttempts || a.set == nil {
+		return nil
+	}
+	b := a.first
+	a.first = nil
+	if b == nil {
+		cands := a.set.all
+		var one [1]*backend
+		if a.leader {
+			one[0] = a.set.leader
+			cands = one[:]
+			if one[0] == nil {
+				cands = nil
+			}
+		}
+		b = pick(cands, a.tried[:a.n])
+	}
+	if b != nil {
+		a.tried[a.n] = b
+		a.n++
+	}
+	return b
+}
+
 // pick chooses among candidates by the power of two random choices on
 // in-flight requests, skipping those in tried.
 func pick(cands []*backend, tried []*backend) *backend {

@@ -599,28 +599,16 @@ func (req *fastReq) body(br *bufio.Reader, idle time.Duration) io.Reader {
 }
 
 func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bufio.Writer, start time.Time) (status int, keep bool) {
-	var one [1]*backend
-	cands, set := candidates(e, &one)
-	var chosen *backend
+	at := startAttempts(e)
+	set := at.set
 	var sticky string
-	if e.route.Sticky && !e.route.Leader && set != nil {
-		sticky = s.fastStickyAddr(req)
-		if sticky != "" {
-			chosen = set.byAddr[sticky]
+	if at.sticky {
+		for i := 0; i < req.ncookies && sticky == ""; i++ {
+			sticky = s.r.cookies.addrFromCookies(view(req.cookies[i]))
 		}
+		at.prefer(sticky)
 	}
-	var tried [maxAttempts]*backend
-	for n := 0; n < maxAttempts; {
-		b := chosen
-		chosen = nil
-		if b == nil {
-			b = pick(cands, tried[:n])
-		}
-		if b == nil {
-			break
-		}
-		tried[n] = b
-		n++
+	for b := at.next(); b != nil; b = at.next() {
 		b.acquire()
 		var pc *upConn
 		var err error
@@ -648,28 +636,6 @@ func (s *fastServer) proxy(req *fastReq, e *routeEntry, br *bufio.Reader, bw *bu
 	}
 	msg := "no backend is available for " + string(req.host) + ": the app may be scaled to zero or starting"
 	return http.StatusServiceUnavailable, writeFastError(bw, req, http.StatusServiceUnavailable, api.CodeUnavailable, msg) && discardBody(br, req, e.bodyIdle)
-}
-
-func (s *fastServer) fastStickyAddr(req *fastReq) string {
-	for i := 0; i < req.ncookies; i++ {
-		v := req.cookies[i]
-		for len(v) > 0 {
-			var part []byte
-			if j := bytes.IndexByte(v, ';'); j >= 0 {
-				part, v = v[:j], v[j+1:]
-			} else {
-				part, v = v, nil
-			}
-			part = bytes.TrimLeft(part, " ")
-			if len(part) > len(stickyCookie)+1 && string(part[:len(stickyCookie)+1]) == stickyCookie+"=" {
-				addr, err := s.r.cookies.open(string(part[len(stickyCookie)+1:]))
-				if err == nil {
-					return addr
-				}
-			}
-		}
-	}
-	return ""
 }
 
 // roundTrip forwards the request over pc and relays the response. It

@@ -967,28 +967,18 @@ func (c *h2Conn) serveStream(st *h2Stream) {
 }
 
 func (c *h2Conn) proxy(st *h2Stream, e *routeEntry, start time.Time) int {
-	var one [1]*backend
-	cands, set := candidates(e, &one)
-	var chosen *backend
+	at := startAttempts(e)
+	set := at.set
 	var sticky string
-	if e.route.Sticky && !e.route.Leader && set != nil {
-		sticky = c.stickyAddr(st.req.cookies)
-		if sticky != "" {
-			chosen = set.byAddr[sticky]
+	if at.sticky {
+		for _, v := range st.req.cookies {
+			if sticky = c.s.r.cookies.addrFromCookies(v); sticky != "" {
+				break
+			}
 		}
+		at.prefer(sticky)
 	}
-	var tried [maxAttempts]*backend
-	for n := 0; n < maxAttempts; {
-		b := chosen
-		chosen = nil
-		if b == nil {
-			b = pick(cands, tried[:n])
-		}
-		if b == nil {
-			break
-		}
-		tried[n] = b
-		n++
+	for b := at.next(); b != nil; b = at.next() {
 		b.acquire()
 		var pc *upConn
 		var err error
@@ -1018,27 +1008,6 @@ func (c *h2Conn) proxy(st *h2Stream, e *routeEntry, start time.Time) int {
 	}
 	st.writeError(http.StatusServiceUnavailable, api.CodeUnavailable, "no backend is available for "+st.req.authority+": the app may be scaled to zero or starting")
 	return http.StatusServiceUnavailable
-}
-
-// stickyAddr returns the backend address the sticky cookie names, if any.
-func (c *h2Conn) stickyAddr(cookies []string) string {
-	for _, v := range cookies {
-		for len(v) > 0 {
-			var part string
-			if j := strings.IndexByte(v, ';'); j >= 0 {
-				part, v = v[:j], v[j+1:]
-			} else {
-				part, v = v, ""
-			}
-			part = strings.TrimLeft(part, " ")
-			if name, val, ok := strings.Cut(part, "="); ok && name == stickyCookie {
-				if addr, err := c.s.r.cookies.open(val); err == nil {
-					return addr
-				}
-			}
-		}
-	}
-	return ""
 }
 
 // roundTrip sends the request over pc and relays the response, retrying

@@ -91,29 +91,15 @@ func candidates(e *routeEntry, one *[1]*backend) ([]*backend, *backendSet) {
 }
 
 func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry, start time.Time) (status int, abort bool) {
-	var one [1]*backend
-	cands, set := candidates(e, &one)
 	upgrade := isUpgrade(req)
-	var chosen *backend
+	at := startAttempts(e)
+	set := at.set
 	sticky := ""
-	if e.route.Sticky && !e.route.Leader && set != nil {
+	if at.sticky {
 		sticky = f.r.cookies.stickyAddr(req)
-		if sticky != "" {
-			chosen = set.byAddr[sticky]
-		}
+		at.prefer(sticky)
 	}
-	var tried [maxAttempts]*backend
-	for n := 0; n < maxAttempts; {
-		b := chosen
-		chosen = nil
-		if b == nil {
-			b = pick(cands, tried[:n])
-		}
-		if b == nil {
-			break
-		}
-		tried[n] = b
-		n++
+	for b := at.next(); b != nil; b = at.next() {
 		b.acquire()
 		var pc *upConn
 		var err error

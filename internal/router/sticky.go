@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"strings"
 
 	"golang.org/x/crypto/nacl/secretbox"
 )
@@ -48,4 +49,25 @@ func (k *cookieKey) stickyAddr(r *http.Request) string {
 		return ""
 	}
 	return addr
+}
+
+// addrFromCookies returns the backend address the sticky cookie in v, a
+// Cookie header's value, names, or "". It allocates nothing when there is
+// no sticky cookie.
+func (k *cookieKey) addrFromCookies(v string) string {
+	for len(v) > 0 {
+		var part string
+		if j := strings.IndexByte(v, ';'); j >= 0 {
+			part, v = v[:j], v[j+1:]
+		} else {
+			part, v = v, ""
+		}
+		part = strings.TrimLeft(part, " ")
+		if val, ok := strings.CutPrefix(part, stickyCookie+"="); ok && val != "" {
+			if addr, err := k.open(val); err == nil {
+				return addr
+			}
+		}
+	}
+	return ""
 }

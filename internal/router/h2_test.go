@@ -31,7 +31,6 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/flynnrebuilt/flynn/api"
-	"github.com/flynnrebuilt/flynn/internal/logging"
 )
 
 // h2Client is an HTTP client that speaks only HTTP/2 to the router's
@@ -1579,70 +1578,6 @@ func TestH2FlowControl(t *testing.T) {
 	// The connection still serves.
 	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
 	r.get(3, "/after")
-}
-
-// TestH2GracefulShutdown: when the router stops, a request in flight on an
-// h2 connection finishes, and Run returns.
-func TestH2GracefulShutdown(t *testing.T) {
-	release := make(chan struct{})
-	started := make(chan struct{}, 1)
-	b := newBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			started <- struct{}{}
-			<-release
-		}
-		io.WriteString(w, "done")
-	})
-	disc := NewMemDiscoverer()
-	disc.Register("slow-web", b.addr())
-	r, err := New(Config{
-		HTTPAddr:    "127.0.0.1:0",
-		HTTPSAddr:   "127.0.0.1:0",
-		DefaultCert: keyPair(t, "*.test"),
-		Routes:      []api.Route{{ID: "slow", Type: api.RouteHTTP, Domain: "slow.test", Service: "slow-web"}},
-		Discoverer:  disc,
-		CookieKey:   make([]byte, 32),
-	}, logging.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- r.Run(ctx) }()
-	h := &harness{t: t, r: r, addrs: r.Addrs()}
-	hc := h2NewClient(t, h)
-	h2WaitStatus(t, hc, "https://slow.test/", 200)
-	type result struct {
-		status int
-		body   string
-		err    error
-	}
-	res := make(chan result, 1)
-	go func() {
-		req, _ := http.NewRequest("GET", "https://slow.test/slow", nil)
-		resp, body, err := hc.do(req)
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		res <- result{status: resp.StatusCode, body: string(body)}
-	}()
-	<-started
-	cancel()
-	time.Sleep(50 * time.Millisecond) // let shutdown begin; the request must still finish
-	close(release)
-	if got := <-res; got.err != nil || got.status != 200 || got.body != "done" {
-		t.Fatalf("in-flight request: %d %q %v", got.status, got.body, got.err)
-	}
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return")
-	}
 }
 
 // TestH2BodyBuffer: a request body whose reader never quite catches up

@@ -19,10 +19,10 @@ import (
 )
 
 // TestGracefulShutdown: when the router stops, a request in flight on
-// either path finishes, and Run returns.
+// plain HTTP, HTTPS or h2 finishes, and Run returns.
 func TestGracefulShutdown(t *testing.T) {
-	for _, https := range []bool{false, true} {
-		t.Run(fmt.Sprint("https=", https), func(t *testing.T) {
+	for _, mode := range []string{"http", "https", "h2"} {
+		t.Run(mode, func(t *testing.T) {
 			release := make(chan struct{})
 			started := make(chan struct{}, 1)
 			b := newBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
@@ -48,11 +48,23 @@ func TestGracefulShutdown(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			runErr := make(chan error, 1)
 			go func() { runErr <- r.Run(ctx) }()
-			h := &harness{t: t, r: r, addrs: r.Addrs(), https: https}
+			h := &harness{t: t, r: r, addrs: r.Addrs(), https: mode == "https"}
+			get := func(url string) (reply, error) { return h.get(url, nil) }
+			if mode == "h2" {
+				hc := h2NewClient(t, h)
+				get = func(url string) (reply, error) {
+					req, _ := http.NewRequest("GET", strings.Replace(url, "http://", "https://", 1), nil)
+					res, body, err := hc.do(req)
+					if err != nil {
+						return reply{}, err
+					}
+					return reply{status: res.StatusCode, body: string(body)}, nil
+				}
+			}
 			h.expectBackend("http://slow.test/", "slow")
 			res := make(chan reply, 1)
 			go func() {
-				rep, err := h.get("http://slow.test/slow", nil)
+				rep, err := get("http://slow.test/slow")
 				if err != nil {
 					rep.body = err.Error()
 				}

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/flynnrebuilt/flynn/api"
 )
 
 // framingBackend answers with every kind of response framing.
@@ -61,9 +59,7 @@ func framingBackend(t *testing.T) *testBackend {
 func TestResponseFraming(t *testing.T) {
 	h := startRouter(t, nil)
 	b := framingBackend(t)
-	h.disc.Register("frame-web", b.addr())
-	h.putRoute(api.Route{ID: "frame", Domain: "frame.test", Service: "frame-web"})
-	h.expectBackend("http://frame.test/", "frame")
+	h.routeTo("frame", b.addr())
 	big := strings.Repeat("0123456789", 100_000)
 	tests := []struct {
 		method, path string
@@ -118,9 +114,7 @@ func TestRawHTTP1(t *testing.T) {
 		}
 		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.Path, body)
 	})
-	h.disc.Register("raw-web", b.addr())
-	h.putRoute(api.Route{ID: "raw", Domain: "raw.test", Service: "raw-web"})
-	h.expectBackend("http://raw.test/", "raw")
+	h.routeTo("raw", b.addr())
 
 	tests := []struct {
 		name   string
@@ -234,9 +228,7 @@ func TestLingeringBackendClose(t *testing.T) {
 			}()
 		}
 	}()
-	h.disc.Register("linger-web", ln.Addr().String())
-	h.putRoute(api.Route{ID: "linger", Domain: "linger.test", Service: "linger-web"})
-	h.expectBackend("http://linger.test/", "linger")
+	h.routeTo("linger", ln.Addr().String())
 	h.modes(t, func(t *testing.T, scheme string) {
 		time.Sleep(400 * time.Millisecond) // the pooled connections half-close
 		done := make(chan error, 1)
@@ -277,9 +269,7 @@ func TestStalePooledConnection(t *testing.T) {
 	}
 	srv.Start()
 	defer srv.Close()
-	h.disc.Register("idle-web", srv.Listener.Addr().String())
-	h.putRoute(api.Route{ID: "idle", Domain: "idle.test", Service: "idle-web"})
-	h.expectBackend("http://idle.test/", "idle")
+	h.routeTo("idle", srv.Listener.Addr().String())
 	h.modes(t, func(t *testing.T, scheme string) {
 		for _, method := range []string{"GET", "POST", "GET", "POST"} {
 			// Wait until the backend has closed the router's idle connection.

@@ -247,9 +247,7 @@ func TestH2RequestURI(t *testing.T) {
 func TestH2RequestHeaders(t *testing.T) {
 	h := startRouter(t, nil)
 	b := h2EchoBackend(t, "hdr")
-	h.disc.Register("hdr-web", b.addr())
-	h.putRoute(api.Route{ID: "hdr", Domain: "hdr.test", Service: "hdr-web"})
-	h.expectBackend("http://hdr.test/", "hdr")
+	h.routeTo("hdr", b.addr())
 	hc := h2NewClient(t, h)
 	_, port, _ := net.SplitHostPort(h.addrs.HTTPS)
 	validID := "abcdefghij-0123456789_client"
@@ -349,9 +347,7 @@ func TestH2RequestHeaders(t *testing.T) {
 func TestH2RequestBodies(t *testing.T) {
 	h := startRouter(t, nil)
 	b := h2EchoBackend(t, "body")
-	h.disc.Register("body-web", b.addr())
-	h.putRoute(api.Route{ID: "body", Domain: "body.test", Service: "body-web"})
-	h.expectBackend("http://body.test/", "body")
+	h.routeTo("body", b.addr())
 	hc := h2NewClient(t, h)
 
 	t.Run("content-length", func(t *testing.T) {
@@ -433,9 +429,7 @@ func TestH2LargeAndChunkedResponses(t *testing.T) {
 			io.WriteString(w, "resp")
 		}
 	})
-	h.disc.Register("resp-web", b.addr())
-	h.putRoute(api.Route{ID: "resp", Domain: "resp.test", Service: "resp-web"})
-	h.expectBackend("http://resp.test/", "resp")
+	h.routeTo("resp", b.addr())
 	hc := h2NewClient(t, h)
 
 	t.Run("8 MiB", func(t *testing.T) {
@@ -505,9 +499,7 @@ func TestH2ResponseHeaders(t *testing.T) {
 			io.WriteString(w, "head")
 		}
 	})
-	h.disc.Register("head-web", b.addr())
-	h.putRoute(api.Route{ID: "head", Domain: "head.test", Service: "head-web"})
-	h.expectBackend("http://head.test/", "head")
+	h.routeTo("head", b.addr())
 	hc := h2NewClient(t, h)
 
 	t.Run("set-cookie", func(t *testing.T) {
@@ -609,9 +601,7 @@ func TestH2StreamingResponse(t *testing.T) {
 		}
 		io.WriteString(w, "b")
 	})
-	h.disc.Register("stream-web", b.addr())
-	h.putRoute(api.Route{ID: "stream", Domain: "stream.test", Service: "stream-web"})
-	h.expectBackend("http://stream.test/", "stream")
+	h.routeTo("stream", b.addr())
 	hc := h2NewClient(t, h)
 
 	req, _ := http.NewRequest("GET", "https://stream.test/stream", nil)
@@ -682,9 +672,7 @@ func TestH2ConcurrentStreams(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		fmt.Fprintf(w, "reply %s", i)
 	})
-	h.disc.Register("conc-web", b.addr())
-	h.putRoute(api.Route{ID: "conc", Domain: "conc.test", Service: "conc-web"})
-	h.expectBackend("http://conc.test/", "conc")
+	h.routeTo("conc", b.addr())
 	hc := h2NewClient(t, h)
 	// One request first so that the connection exists before the burst.
 	if res, body := hc.get("https://conc.test/"); res.StatusCode != 200 || string(body) != "conc" {
@@ -748,9 +736,7 @@ func TestH2ClientCancel(t *testing.T) {
 		case <-time.After(30 * time.Second):
 		}
 	})
-	h.disc.Register("cancel-web", b.addr())
-	h.putRoute(api.Route{ID: "cancel", Domain: "cancel.test", Service: "cancel-web"})
-	h.expectBackend("http://cancel.test/", "cancel")
+	h.routeTo("cancel", b.addr())
 	hc := h2NewClient(t, h)
 	if res, body := hc.get("https://cancel.test/"); res.StatusCode != 200 || string(body) != "cancel" {
 		t.Fatalf("first request: %d %q", res.StatusCode, body)
@@ -1341,9 +1327,7 @@ func (r *h2Raw) get(stream uint32, path string) {
 func TestH2RawFrames(t *testing.T) {
 	h := startRouter(t, nil)
 	b := newH2RawBackend(t)
-	h.disc.Register("raw-web", b.ln.Addr().String())
-	h.putRoute(api.Route{ID: "raw", Domain: "raw.test", Service: "raw-web"})
-	h.expectBackend("http://raw.test/", "raw")
+	h.routeTo("raw", b.ln.Addr().String())
 
 	valid := func(path string) []string {
 		return []string{":method", "GET", ":scheme", "https", ":authority", "raw.test", ":path", path}
@@ -1651,9 +1635,7 @@ func TestH2LargeHeaders(t *testing.T) {
 		w.Header().Set("X-Got", strconv.Itoa(len(r.Header.Get("X-Big-Request"))))
 		io.WriteString(w, "ok")
 	})
-	h.disc.Register("hdrs-web", b.addr())
-	h.putRoute(api.Route{ID: "hdrs", Domain: "hdrs.test", Service: "hdrs-web"})
-	h.expectBackend("http://hdrs.test/", "hdrs")
+	h.routeTo("hdrs", b.addr())
 	hc := h2NewClient(t, h)
 	req, _ := http.NewRequest("GET", "https://hdrs.test/", nil)
 	req.Header.Set("X-Big-Request", strings.Repeat("r", 30<<10))

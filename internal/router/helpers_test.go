@@ -262,6 +262,15 @@ func (h *harness) expectBackend(url, want string) {
 	})
 }
 
+// routeTo routes name.test to the backend at addr (service name-web, route
+// name) and waits until a GET there is answered by the backend named name.
+func (h *harness) routeTo(name, addr string) {
+	h.t.Helper()
+	h.disc.Register(name+"-web", addr)
+	h.putRoute(api.Route{ID: name, Domain: name + ".test", Service: name + "-web"})
+	h.expectBackend("http://"+name+".test/", name)
+}
+
 // selfSigned makes a certificate for names, in PEM.
 func selfSigned(t testing.TB, names ...string) (certPEM, keyPEM string) {
 	t.Helper()

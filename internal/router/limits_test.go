@@ -160,9 +160,7 @@ func TestWriteIdleCutsOffNonReaders(t *testing.T) {
 			}
 		}
 	})
-	h.disc.Register("flood-web", b.addr())
-	h.putRoute(api.Route{ID: "flood", Domain: "flood.test", Service: "flood-web"})
-	h.expectBackend("http://flood.test/", "flood")
+	h.routeTo("flood", b.addr())
 	h.modes(t, func(t *testing.T, scheme string) {
 		c := h.dial(t)
 		io.WriteString(c, "GET /flood HTTP/1.1\r\nHost: flood.test\r\n\r\n")
@@ -194,9 +192,7 @@ func TestQuietWebSocketOutlivesWriteIdle(t *testing.T) {
 			}
 		}
 	})
-	h.disc.Register("ws-web", b.addr())
-	h.putRoute(api.Route{ID: "ws", Domain: "ws.test", Service: "ws-web"})
-	h.expectBackend("http://ws.test/", "ws")
+	h.routeTo("ws", b.addr())
 	d := websocket.Dialer{NetDial: func(_, _ string) (net.Conn, error) { return net.Dial("tcp", h.addrs.HTTP) }}
 	c, _, err := d.Dial("ws://ws.test/socket", nil)
 	if err != nil {

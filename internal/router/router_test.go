@@ -164,9 +164,7 @@ func TestWebSocket(t *testing.T) {
 			}
 		}
 	})
-	h.disc.Register("ws-web", b.addr())
-	h.putRoute(api.Route{ID: "ws", Domain: "ws.test", Service: "ws-web"})
-	h.expectBackend("http://ws.test/", "ws")
+	h.routeTo("ws", b.addr())
 
 	// Plain HTTP and HTTPS, where the fast path hands the upgrade to
 	// net/http.
@@ -541,9 +539,7 @@ func TestLeaderRoute(t *testing.T) {
 func TestForwardedHeaders(t *testing.T) {
 	h := startRouter(t, nil)
 	b := newBackend(t, "hdr", nil)
-	h.disc.Register("hdr-web", b.addr())
-	h.putRoute(api.Route{ID: "hdr", Domain: "hdr.test", Service: "hdr-web"})
-	h.expectBackend("http://hdr.test/", "hdr")
+	h.routeTo("hdr", b.addr())
 	h.modes(t, func(t *testing.T, scheme string) { testForwardedHeaders(t, h, b, scheme) })
 }
 
@@ -613,9 +609,7 @@ func TestRequestBodies(t *testing.T) {
 		body, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %d %s", r.Method, len(body), r.TransferEncoding)
 	})
-	h.disc.Register("body-web", b.addr())
-	h.putRoute(api.Route{ID: "body", Domain: "body.test", Service: "body-web"})
-	h.expectBackend("http://body.test/", "body")
+	h.routeTo("body", b.addr())
 	big := strings.Repeat("x", 1<<20)
 	tests := []struct {
 		name string
@@ -656,9 +650,7 @@ func TestBadClients(t *testing.T) {
 		c.MaxHeaderBytes = 8 << 10
 	})
 	b := newBackend(t, "ok", nil)
-	h.disc.Register("ok-web", b.addr())
-	h.putRoute(api.Route{ID: "ok", Domain: "ok.test", Service: "ok-web"})
-	h.expectBackend("http://ok.test/", "ok")
+	h.routeTo("ok", b.addr())
 
 	// Slow-loris clients hold connections open with partial headers.
 	var slow []net.Conn
@@ -737,9 +729,7 @@ func TestEventStreamHead(t *testing.T) {
 		}
 		fmt.Fprint(w, "data: first\n\n")
 	})
-	h.disc.Register("sse-web", b.addr())
-	h.putRoute(api.Route{ID: "sse", Domain: "sse.test", Service: "sse-web"})
-	h.expectBackend("http://sse.test/", "sse")
+	h.routeTo("sse", b.addr())
 	h.modes(t, func(t *testing.T, scheme string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -74,22 +74,6 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-// candidates returns the backends a route may use.
-func candidates(e *routeEntry, one *[1]*backend) ([]*backend, *backendSet) {
-	set := e.svc.backends()
-	if set == nil {
-		return nil, nil
-	}
-	if e.route.Leader {
-		if set.leader == nil {
-			return nil, set
-		}
-		one[0] = set.leader
-		return one[:], set
-	}
-	return set.all, set
-}
-
 func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry, start time.Time) (status int, abort bool) {
 	upgrade := isUpgrade(req)
 	at := startAttempts(e)

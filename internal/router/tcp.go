@@ -56,16 +56,8 @@ func (r *Router) serveTCP(port int, c net.Conn) {
 		c.Close()
 		return
 	}
-	var one [1]*backend
-	cands, _ := candidates(e, &one)
-	var tried [maxAttempts]*backend
-	for n := 0; n < maxAttempts; {
-		b := pick(cands, tried[:n])
-		if b == nil {
-			break
-		}
-		tried[n] = b
-		n++
+	at := startAttempts(e)
+	for b := at.next(); b != nil; b = at.next() {
 		b.acquire()
 		bc, err := dialer.Dial("tcp", b.addr)
 		if err != nil {

@@ -38,17 +38,15 @@ func (k *cookieKey) open(v string) (string, error) {
 	return string(addr), nil
 }
 
-// stickyAddr returns the backend address a request's cookie names, if any.
+// stickyAddr returns the backend address a request's sticky cookie
+// names, if any (the first that verifies, over all its Cookie headers).
 func (k *cookieKey) stickyAddr(r *http.Request) string {
-	c, err := r.Cookie(stickyCookie)
-	if err != nil {
-		return ""
+	for _, v := range r.Header.Values("Cookie") {
+		if addr := k.addrFromCookies(v); addr != "" {
+			return addr
+		}
 	}
-	addr, err := k.open(c.Value)
-	if err != nil {
-		return ""
-	}
-	return addr
+	return ""
 }
 
 // addrFromCookies returns the backend address the sticky cookie in v, a

@@ -4,7 +4,8 @@
 #   - the router against nginx and HAProxy (bench/router/bench.sh, pinned,
 #     median of REPEAT), and against nginx over HTTPS (TLS 1.3) and h2;
 #   - job start through the host agent against bare `runc run`
-#     (internal/host's BenchmarkStart*: 50 one after another, 20 at once);
+#     (internal/host's BenchmarkStart*: 50 one by one, alternating with
+#     runc's, and 20 at once);
 #   - git push to serving, cold and warm, of the Go and Node.js samples;
 #     scale web=20 until every job answered through the router; the idle
 #     cluster's memory (bench/cluster/bench.sh, on a cluster of its own).
@@ -25,7 +26,7 @@ if part router; then
 fi
 if part start; then
 	echo "== job start (internal/host BenchmarkStart*)" >&2
-	$GO test -count=1 -run - -bench 'BenchmarkStart(Agent|BareRunc)' -benchtime 1x ./internal/host/ >"$work/start" 2>&1 || { cat "$work/start" >&2; exit 1; }
+	$GO test -count=1 -run - -bench 'BenchmarkStart(Sequential|AgentConcurrent|BareRuncConcurrent)' -benchtime 1x ./internal/host/ >"$work/start" 2>&1 || { cat "$work/start" >&2; exit 1; }
 	grep '^Benchmark' "$work/start" >&2
 fi
 if part cluster; then
@@ -56,15 +57,15 @@ if part router; then
 	done
 fi
 if part start; then
-	# BenchmarkName-N 1 ns/op X ms/job [Y ms/20jobs]
+	# BenchmarkName-N 1 ns/op X ms/job [Y runc-ms/job Z x-runc | Y ms/20jobs]
 	m() { awk -v b="$1" -v u="$2" '$1 ~ "^"b"(-[0-9]+)?$" {for (i = 3; i < NF; i++) if ($(i + 1) == u) print $i}' "$work/start"; }
-	row "job start ms/job, one by one" "$(m BenchmarkStartAgentSequential ms/job)" "runc $(m BenchmarkStartBareRuncSequential ms/job)" \
-		"$(ratio "$(m BenchmarkStartAgentSequential ms/job)" "$(m BenchmarkStartBareRuncSequential ms/job)")"
+	row "job start ms/job, one by one" "$(m BenchmarkStartSequential ms/job)" "runc $(m BenchmarkStartSequential runc-ms/job)" \
+		"$(ratio "$(m BenchmarkStartSequential ms/job)" "$(m BenchmarkStartSequential runc-ms/job)")"
 	row "job start ms, 20 at once" "$(m BenchmarkStartAgentConcurrent ms/20jobs)" "runc $(m BenchmarkStartBareRuncConcurrent ms/20jobs)" \
 		"$(ratio "$(m BenchmarkStartAgentConcurrent ms/20jobs)" "$(m BenchmarkStartBareRuncConcurrent ms/20jobs)")"
 	# Where the agent's starts spent their time, one block per benchmark.
 	echo
-	awk '/^--- BENCH: BenchmarkStartAgent/ {name = $3; next}
+	awk '/^--- BENCH: BenchmarkStart(Sequential|Agent)/ {name = $3; next}
 		/phases of/ {sub(/^ *bench_test.go:[0-9]+: /, ""); print name ": " $0; p = 1; next}
 		p && /^       *[a-z]/ {print; next}
 		{p = 0}' "$work/start"

@@ -131,12 +131,12 @@ type Manager struct {
 	fw      *firewall
 	fwReady bool
 
-	spareMu   sync.Mutex
-	spares    []*spare      // ready, oldest first
-	starting  int           // jobs starting (Hold)
-	lastStart time.Time     // when the last one was done starting
-	lastBusy  time.Time     // when 2 or more were last starting at once
-	spareWant chan struct{} // wakes KeepSpares when a spare was taken
+	spareMu    sync.Mutex
+	spares     []*spare      // ready, oldest first
+	starting   int           // jobs starting (Hold)
+	lastBusy   time.Time     // when 2 or more were last starting at once
+	startsDone chan struct{} // wakes waitQuiet when no job is starting
+	spareWant  chan struct{} // wakes KeepSpares when a spare was taken
 }
 
 // New checks cfg and prepares the CNI configuration.
@@ -234,13 +234,14 @@ func New(cfg Config) (*Manager, error) {
 			RawExec:       &invoke.RawExec{Stderr: os.Stderr},
 			PluginDecoder: version.PluginDecoder{},
 		}),
-		list:      list,
-		noPorts:   noPorts,
-		portmap:   plugins[1].(map[string]any),
-		gateway:   gw.String(),
-		ports:     map[int]bool{},
-		next:      cfg.PortMin,
-		spareWant: make(chan struct{}, 1),
+		list:       list,
+		noPorts:    noPorts,
+		portmap:    plugins[1].(map[string]any),
+		gateway:    gw.String(),
+		ports:      map[int]bool{},
+		next:       cfg.PortMin,
+		spareWant:  make(chan struct{}, 1),
+		startsDone: make(chan struct{}, 1),
 	}, nil
 }
 

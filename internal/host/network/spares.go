@@ -26,16 +26,19 @@ import (
 // CNI under a key longer than any job id, so no job's namespace is named
 // like it; the job that takes one records its key in taken/<job id>, its
 // pin moves to where the job's namespace is pinned (netns/<job id>), and
-// Detach detaches that key. Spares are made (at spareNice) while at most
-// one job is starting (see Hold and waitQuiet): a stream of starts one
-// after another leaves the other core to spare, and with spares made
-// meanwhile nearly every start finds one (BenchmarkStartAgentSequential:
-// the network phase went from 18 ms to 1-3 ms a job). While several jobs
-// start at once, and for spareQuiet after, none is made: making one then
-// slows the starts under way about as much as it saves a later one, so a
-// burst uses the spares up, then has namespaces attached as it goes. Spares
-// no job took are detached when KeepSpares returns, and those a killed
-// agent left behind by the next KeepSpares.
+// Detach detaches that key. Spares are made (at spareNice) once no job is
+// starting (see Hold and waitQuiet): the one a start took is made again
+// as soon as it is done, so nearly every start finds one (50 starts back
+// to back: the network phase went from 18 ms to 1-3 ms a job). Not while
+// a job starts, though one core looks free then: runc uses both at times,
+// and a spare made meanwhile (about 13 ms of CPU in CNI's plugins) made
+// the start 1.6x bare runc's time instead of 1.35x
+// (BenchmarkStartSequential). After several jobs started at once, none is
+// made for spareQuiet: a burst comes in waves, and a spare made between
+// them slows the next about as much as it saves it, so a burst uses the
+// spares up, then has namespaces attached as it goes. Spares no job took
+// are detached when KeepSpares returns, and those a killed agent left
+// behind by the next KeepSpares.
 
 // DefaultSpares is how many spare namespaces KeepSpares keeps by default.
 const DefaultSpares = 8
@@ -87,35 +90,39 @@ func (m *Manager) Hold() (release func()) {
 				m.lastBusy = time.Now()
 			}
 			m.starting--
-			m.lastStart = time.Now()
+			if m.starting == 0 {
+				select {
+				case m.startsDone <- struct{}{}:
+				default: // one wake-up is enough
+				}
+			}
 			m.spareMu.Unlock()
 		})
 	}
 }
 
-// waitQuiet waits until a spare may be made: while one job at a time
-// starts (a stream of starts one after another, which leaves the other
-// core to spare at spareNice), unless starts overlapped in the last
-// spareQuiet; after a burst of starts at once, once none has been
-// starting for spareQuiet. False when ctx ended first.
+// waitQuiet waits until a spare may be made: once no job is starting, and
+// none has been starting at the same time as another for spareQuiet.
+// False when ctx ended first.
 func (m *Manager) waitQuiet(ctx context.Context) bool {
 	for {
 		m.spareMu.Lock()
-		wait := spareQuiet
-		switch m.starting {
-		case 0:
-			wait -= time.Since(m.lastStart)
-		case 1:
-			wait -= time.Since(m.lastBusy)
-		}
+		starting := m.starting
+		wait := spareQuiet - time.Since(m.lastBusy)
 		m.spareMu.Unlock()
-		if wait <= 0 {
+		var after <-chan time.Time
+		switch {
+		case starting > 0: // until the last start is done
+		case wait <= 0:
 			return true
+		default:
+			after = time.After(wait)
 		}
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(wait):
+		case <-m.startsDone:
+		case <-after:
 		}
 	}
 }

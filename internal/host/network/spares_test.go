@@ -94,10 +94,17 @@ func TestSpares(t *testing.T) {
 		t.Errorf("%d spares while two jobs start at once, want %d: none made meanwhile", n, cfg.Spares-1)
 	}
 	release2()
-	// One job starting (a stream of starts one at a time): the spare
-	// taken is made again meanwhile.
-	ready()
+	// One job still starting: none is made while it starts either.
+	time.Sleep(4 * spareQuiet)
+	m.spareMu.Lock()
+	n = len(m.spares)
+	m.spareMu.Unlock()
+	if n != cfg.Spares-1 {
+		t.Errorf("%d spares while a job starts, want %d: none made meanwhile", n, cfg.Spares-1)
+	}
+	// Once it is done, the spare it took is made again.
 	release()
+	ready()
 	if att.NetNS != m.netnsPath("spjob") {
 		t.Errorf("the job's namespace is pinned at %s, want %s", att.NetNS, m.netnsPath("spjob"))
 	}

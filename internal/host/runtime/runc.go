@@ -92,10 +92,13 @@ func NewRunc(cfg Config) (*Runc, error) {
 	if cfg.DNS == "" {
 		cfg.DNS = cfg.Network.Gateway()
 	}
+	// One directory per job in each: spread over the filesystem's
+	// block groups (MarkTopDir).
 	for _, d := range []string{"jobs", "runc"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o711); err != nil {
 			return nil, fmt.Errorf("runtime: %w", err)
 		}
+		MarkTopDir(filepath.Join(cfg.StateDir, d))
 	}
 	// The jobs' firewall, before any job is started or adopted.
 	if err := cfg.Network.EnsureFirewall(); err != nil {

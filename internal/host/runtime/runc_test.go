@@ -165,6 +165,15 @@ func TestRuncJob(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("log %v, want %v", got, want)
 	}
+	// The directories that get one directory per job are marked for
+	// ext4 to spread those over its block groups (MarkTopDir).
+	if isExt4(t, r.cfg.StateDir) {
+		for _, d := range []string{"jobs", "runc"} {
+			if set, _ := topDirFlag(t, filepath.Join(r.cfg.StateDir, d)); !set {
+				t.Errorf("%s: not marked as a top directory", d)
+			}
+		}
+	}
 	if err := r.Remove(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}

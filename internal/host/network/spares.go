@@ -33,9 +33,9 @@ import (
 // a job starts, though one core looks free then: runc uses both at times,
 // and a spare made meanwhile (about 13 ms of CPU in CNI's plugins) made
 // the start 1.6x bare runc's time instead of 1.35x
-// (BenchmarkStartSequential). After several jobs started at once, none is
-// made for spareQuiet: a burst comes in waves, and a spare made between
-// them slows the next about as much as it saves it, so a burst uses the
+// (BenchmarkStartSequential). While several jobs start at once, and for
+// spareQuiet after, none is made either: making one then slows the starts
+// under way about as much as it saves a later one, so a burst uses the
 // spares up, then has namespaces attached as it goes. Spares no job took
 // are detached when KeepSpares returns, and those a killed agent left
 // behind by the next KeepSpares.

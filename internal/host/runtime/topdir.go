@@ -19,14 +19,14 @@ const fsTopDirFlag = 0x00020000
 //
 // It matters on ext4 without a journal, as this project's test machines
 // have: allocating an inode there passes over, one by one, every free
-// inode of the group deleted in the last minute (five, while its inode
-// table block is unwritten: ext4's recently_deleted check), so in a group
-// shared with busy work (/tmp beside the go tool's builds) each of the ~25
-// files and directories a job start makes cost up to half a millisecond:
-// BenchmarkStartSequential went from 1.8x bare runc's time to 1.4-1.5x
-// with the jobs' directories marked. Filesystems that do not know the
-// flag are left as they are: it is a hint, and MarkTopDir reports whether
-// it took.
+// inode of the group deleted in the last minute (six, while its inode
+// table block is not yet written back: ext4's recently_deleted check), so
+// in a group shared with busy work (/tmp beside the go tool's builds) each
+// of the ~25 files and directories a job start makes cost up to half a
+// millisecond: BenchmarkStartSequential went from 1.8x bare runc's time to
+// 1.4-1.5x with the jobs' directories marked. Filesystems that do not know
+// the flag are left as they are: it is a hint, and MarkTopDir reports
+// whether it took.
 func MarkTopDir(dir string) bool {
 	f, err := os.Open(dir)
 	if err != nil {

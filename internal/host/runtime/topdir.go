@@ -33,13 +33,18 @@ func MarkTopDir(dir string) bool {
 		return false
 	}
 	defer f.Close()
-	fd := int(f.Fd())
-	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	flags, err := inodeFlags(f)
 	if err != nil {
 		return false
 	}
 	if flags&fsTopDirFlag != 0 {
 		return true
 	}
-	return unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags|fsTopDirFlag)) == nil
+	return unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags|fsTopDirFlag)) == nil
+}
+
+// inodeFlags reads f's inode flags (lsattr's); an error where its
+// filesystem keeps none.
+func inodeFlags(f *os.File) (uint32, error) {
+	return unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
 }

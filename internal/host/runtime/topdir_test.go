@@ -17,7 +17,7 @@ func topDirFlag(t *testing.T, dir string) (set, ok bool) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	flags, err := inodeFlags(f)
 	if err != nil {
 		return false, false
 	}

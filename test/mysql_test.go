@@ -66,20 +66,27 @@ func TestMySQLAddon(t *testing.T) {
 	// locked db_ user, with or without its database; a db_ database
 	// without its user) is dropped when the server next starts; an app's
 	// database and names not of the appliance's form stay.
-	rootSQL := func(sql string) string {
-		t.Helper()
+	rootSQLErr := func(sql string) (string, error) {
 		j := c.applianceJob("mysql")
 		if j == nil || j.PID == 0 {
-			t.Fatalf("no running mysql job with a pid:\n%s", c.jobTable(c.hosts[0]))
+			return "", fmt.Errorf("no running mysql job with a pid:\n%s", c.jobTable(c.hosts[0]))
 		}
 		cmd := exec.Command("nsenter", "-t", fmt.Sprint(j.PID), "-m", "--", "mariadb", "--no-defaults",
 			"--protocol=socket", "--socket=/tmp/flynn-mysql/mysqld.sock", "-u", "root", "-N", "-B")
 		cmd.Stdin = strings.NewReader(sql)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			t.Fatalf("root sql in the mysql job: %v\n%s", err, out)
+			return "", fmt.Errorf("root sql in the mysql job: %v\n%s", err, out)
 		}
-		return string(out)
+		return string(out), nil
+	}
+	rootSQL := func(sql string) string {
+		t.Helper()
+		out, err := rootSQLErr(sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
 	}
 	rootSQL("CREATE USER 'db_00000000000000aa'@'%' ACCOUNT LOCK; CREATE DATABASE db_00000000000000aa;\n" +
 		"CREATE USER 'db_00000000000000bb'@'%' ACCOUNT LOCK;\n" +
@@ -87,15 +94,31 @@ func TestMySQLAddon(t *testing.T) {
 		"CREATE USER 'db_keep'@'%' ACCOUNT LOCK; CREATE DATABASE db_keep2;\n")
 	const names = "SELECT User FROM mysql.global_priv WHERE User LIKE 'db%' UNION ALL SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'db%';\n"
 	before := strings.Fields(rootSQL(names))
-	c.killApplianceJob("mysql")
-	rows("a,b")
-	after := strings.Fields(rootSQL(names))
-	db := envVar(env, "MYSQL_DATABASE")
-	for _, n := range []string{"db_00000000000000aa", "db_00000000000000bb", "db_00000000000000cc"} {
-		if !slices.Contains(before, n) || slices.Contains(after, n) {
-			t.Errorf("%s: before the restart %v, after %v: want it there, then gone", n, before, after)
+	unfinished := []string{"db_00000000000000aa", "db_00000000000000bb", "db_00000000000000cc"}
+	for _, n := range unfinished {
+		if !slices.Contains(before, n) {
+			t.Fatalf("%s is not there before the restart: %v", n, before)
 		}
 	}
+	c.killApplianceJob("mysql")
+	rows("a,b")
+	// The server answers (the app's rows are back) before the appliance
+	// has swept: wait for the sweep, then check what it kept.
+	var after []string
+	waitFor(t, within(t, time.Minute), "the restarted mysql to drop what unfinished provisions left", c.watch(), func() (bool, error) {
+		out, err := rootSQLErr(names)
+		if err != nil {
+			return false, err
+		}
+		after = strings.Fields(out)
+		for _, n := range unfinished {
+			if slices.Contains(after, n) {
+				return false, fmt.Errorf("%s is still there: %v", n, after)
+			}
+		}
+		return true, nil
+	})
+	db := envVar(env, "MYSQL_DATABASE")
 	for _, n := range []string{db, "db_keep", "db_keep2"} {
 		if !slices.Contains(after, n) {
 			t.Errorf("%s is gone after the restart: %v", n, after)

@@ -91,7 +91,15 @@ func TestMySQLAddon(t *testing.T) {
 	rootSQL("CREATE USER 'db_00000000000000aa'@'%' ACCOUNT LOCK; CREATE DATABASE db_00000000000000aa;\n" +
 		"CREATE USER 'db_00000000000000bb'@'%' ACCOUNT LOCK;\n" +
 		"CREATE DATABASE db_00000000000000cc;\n" +
-		"CREATE USER 'db_keep'@'%' ACCOUNT LOCK; CREATE DATABASE db_keep2;\n")
+		"CREATE USER 'db_keep'@'%' ACCOUNT LOCK; CREATE DATABASE db_keep2;\n" +
+		// A database provisioned before grants escaped the _ in its name.
+		"CREATE USER 'db_00000000000000dd'@'%' IDENTIFIED BY 'x'; CREATE DATABASE db_00000000000000dd;\n" +
+		"GRANT ALL PRIVILEGES ON `db_00000000000000dd`.* TO 'db_00000000000000dd'@'%';\n")
+	// The databases its user's grants name, \ shown as !.
+	const legacyGrants = "SELECT REPLACE(Db, '\\\\', '!') FROM mysql.db WHERE User = 'db_00000000000000dd' ORDER BY Db;\n"
+	if g := strings.Fields(rootSQL(legacyGrants)); !slices.Equal(g, []string{"db_00000000000000dd"}) {
+		t.Fatalf("the old-style grant before the restart: %v", g)
+	}
 	const names = "SELECT User FROM mysql.global_priv WHERE User LIKE 'db%' UNION ALL SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'db%';\n"
 	before := strings.Fields(rootSQL(names))
 	unfinished := []string{"db_00000000000000aa", "db_00000000000000bb", "db_00000000000000cc"}
@@ -116,10 +124,18 @@ func TestMySQLAddon(t *testing.T) {
 				return false, fmt.Errorf("%s is still there: %v", n, after)
 			}
 		}
+		// And mended the old-style grant: only the escaped name.
+		out, err = rootSQLErr(legacyGrants)
+		if err != nil {
+			return false, err
+		}
+		if g := strings.Fields(out); !slices.Equal(g, []string{`db!_00000000000000dd`}) {
+			return false, fmt.Errorf("db_00000000000000dd's grants are on %v", g)
+		}
 		return true, nil
 	})
 	db := envVar(env, "MYSQL_DATABASE")
-	for _, n := range []string{db, "db_keep", "db_keep2"} {
+	for _, n := range []string{db, "db_keep", "db_keep2", "db_00000000000000dd"} {
 		if !slices.Contains(after, n) {
 			t.Errorf("%s is gone after the restart: %v", n, after)
 		}

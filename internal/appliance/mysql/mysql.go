@@ -4,7 +4,8 @@
 // protocol: POST /databases makes a database and a user of its own with a
 // random password and answers {id, env}; DELETE /databases?id= drops
 // them. A provision or deprovision cut short (the job killed midway) is
-// undone when the server next starts (sweepUnfinished).
+// undone when the server next starts (sweepUnfinished), which also
+// rewrites grants made before they escaped the _ (escapeGrants).
 //
 // As with the postgres appliance (internal/appliance/postgres), the API
 // runs in the server's job and reaches the server as root through its
@@ -206,6 +207,9 @@ func (a *Appliance) run(ctx context.Context) error {
 		// Leftovers cost a little disk, not service: serve anyway.
 		a.log.Warn("could not drop what unfinished provisions left", "err", err)
 	}
+	if err := a.escapeGrants(ctx); err != nil {
+		a.log.Warn("could not escape the _ of grants made before it was", "err", err)
+	}
 	api := &appliance.Server{Name: "mysql", APIListen: a.cfg.APIListen, APIKey: a.cfg.APIKey, Handler: a.Handler(),
 		Exited: exited, Stop: stop, Port: a.cfg.Port, Ready: a.cfg.Ready, Log: a.log}
 	return api.Serve(ctx)
@@ -293,6 +297,35 @@ func (a *Appliance) sweepUnfinished(ctx context.Context) error {
 	}
 	if len(ids) > 0 {
 		a.log.Info("dropped what an unfinished provision or deprovision left", "ids", ids)
+	}
+	return nil
+}
+
+// escapeGrants mends the grants of databases provisioned before Provision
+// escaped the _ in them: such a grant, on `db_<id>`.*, also lets its user
+// make and use databases db?<id>. Each becomes the grant on
+// `db\_<id>`.*, the new one made before the old one goes, so a kill in
+// between leaves both and the next start finishes. What a user already
+// made through the wildcard stays, out of its reach.
+func (a *Appliance) escapeGrants(ctx context.Context) error {
+	out, err := a.sql(ctx, "SELECT User FROM mysql.db WHERE Host = '%' AND User LIKE 'db\\_%' AND Db = User;\n")
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, id := range strings.Fields(out) {
+		if !appliance.DatabaseID.MatchString(id) || slices.Contains(ids, id) {
+			continue
+		}
+		ids = append(ids, id)
+		sql := fmt.Sprintf("GRANT ALL PRIVILEGES ON `%[2]s`.* TO '%[1]s'@'%%';\n"+
+			"REVOKE ALL PRIVILEGES ON `%[1]s`.* FROM '%[1]s'@'%%';\n", id, strings.ReplaceAll(id, "_", `\_`))
+		if _, err := a.sql(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w", id, err)
+		}
+	}
+	if len(ids) > 0 {
+		a.log.Info("escaped the _ in grants made before it was", "ids", ids)
 	}
 	return nil
 }

@@ -4,8 +4,8 @@
 // protocol: POST /databases makes a database and a user of its own with a
 // random password and answers {id, env}; DELETE /databases?id= drops
 // them. A provision or deprovision cut short (the job killed midway) is
-// undone when the server next starts (sweepUnfinished), which also
-// rewrites grants made before they escaped the _ (escapeGrants).
+// undone when the server next starts (sweepUnfinished); grants made
+// before they escaped the _ are rewritten then too (escapeGrants).
 //
 // As with the postgres appliance (internal/appliance/postgres), the API
 // runs in the server's job and reaches the server as root through its

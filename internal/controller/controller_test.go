@@ -1088,6 +1088,100 @@ func TestResourcesAndKeys(t *testing.T) {
 	wantErr(t, e.c.DeleteKey(c, k.ID), api.ErrNotFound, "")
 }
 
+// TestProvisionNotRecorded: what a provider made that the controller
+// cannot record is deleted at the provider again, so no database is left
+// whose credentials no one holds: here the provider's env is invalid, and
+// then the client hangs up while the provider works (the provision goes
+// on, and is recorded or deleted, never left half-way).
+func TestProvisionNotRecorded(t *testing.T) {
+	e := setup(t)
+	c := ctx(t)
+	var mu sync.Mutex
+	var posts int
+	var deleted []string
+	posted, answer := make(chan struct{}, 1), make(chan struct{})
+	provider := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.Method {
+		case "POST":
+			posts++
+			if posts == 1 {
+				json.NewEncoder(w).Encode(map[string]any{"id": "db-bad-env", "env": map[string]string{"0BAD": "x"}})
+				return
+			}
+			posted <- struct{}{}
+			mu.Unlock()
+			<-answer
+			mu.Lock()
+			json.NewEncoder(w).Encode(map[string]any{"id": "db-late", "env": map[string]string{"DATABASE_URL": "postgres://late"}})
+		case "DELETE":
+			deleted = append(deleted, r.URL.Query().Get("id"))
+		}
+	}))
+	defer provider.Close()
+	pr := &api.Provider{Name: "pg", URL: provider.URL + "/databases"}
+	if err := e.c.CreateProvider(c, pr); err != nil {
+		t.Fatal(err)
+	}
+	app := &api.App{Name: "undo-app"}
+	if err := e.c.CreateApp(c, app); err != nil {
+		t.Fatal(err)
+	}
+	rel := release(t, e, app.ID, nil)
+	if err := e.c.SetAppRelease(c, app.ID, rel.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err := e.c.ProvisionResource(c, pr.ID, []string{app.Name}, nil)
+	wantErr(t, err, api.ErrValidation, "env")
+	mu.Lock()
+	if !slices.Equal(deleted, []string{"db-bad-env"}) {
+		t.Fatalf("deleted at the provider after an invalid env: %v", deleted)
+	}
+	mu.Unlock()
+
+	cctx, cancel := context.WithCancel(c)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := e.c.ProvisionResource(cctx, pr.ID, []string{app.Name}, nil)
+		errc <- err
+	}()
+	<-posted
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("a provision whose client hung up answered")
+	}
+	close(answer)
+	// Recorded (with the app's env) or deleted: one or the other.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rs, err := e.c.ResourceListProvider(c, pr.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		del := slices.Clone(deleted)
+		mu.Unlock()
+		gone := slices.Contains(del, "db-late")
+		if gone && len(rs) == 0 {
+			t.Log("deleted at the provider")
+			break
+		}
+		if !gone && len(rs) == 1 && rs[0].ExternalID == "db-late" {
+			cur, err := e.c.GetAppRelease(c, app.ID)
+			if err == nil && cur.Env["DATABASE_URL"] == "postgres://late" {
+				t.Log("recorded")
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the client hung up: resources %v, deleted at the provider %v", rs, del)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func TestAppLog(t *testing.T) {
 	e := setup(t)
 	c := ctx(t)

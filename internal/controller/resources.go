@@ -100,8 +100,11 @@ func (s *Server) provisionResource(w http.ResponseWriter, r *http.Request) error
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	res, err := s.providerDo(r.Context(), func() (*http.Request, error) {
-		preq, err := http.NewRequestWithContext(r.Context(), http.MethodPost, p.URL, bytes.NewReader(body))
+	// A client that hangs up does not cut the provision short: what the
+	// provider makes is recorded, or deleted again (below).
+	pctx := context.WithoutCancel(r.Context())
+	res, err := s.providerDo(pctx, func() (*http.Request, error) {
+		preq, err := http.NewRequestWithContext(pctx, http.MethodPost, p.URL, bytes.NewReader(body))
 		if err != nil {
 			return nil, fmt.Errorf("provider request: %w", err)
 		}
@@ -121,10 +124,45 @@ func (s *Server) provisionResource(w http.ResponseWriter, r *http.Request) error
 		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s answered invalid JSON: %v", p.Name, err)}
 	}
 	res2 := &api.Resource{ID: ctrlstore.NewID(), ProviderID: p.ID, ExternalID: pr.ID, Env: pr.Env, Apps: appIDs, CreatedAt: now()}
-	if err := s.saveResource(r, res2); err != nil {
+	if stored, err := s.saveResource(r, res2); err != nil {
+		if !stored && pr.ID != "" {
+			// Not recorded (the provider's env is invalid, an app went,
+			// the store failed, the client hung up): no one would ever
+			// hold its credentials, so it goes again.
+			if derr := s.providerDelete(pctx, p, pr.ID); derr != nil {
+				s.log.Warn("a provisioned resource that could not be recorded is left at its provider", "provider", p.Name, "id", pr.ID, "err", derr)
+			}
+		}
 		return err
 	}
 	return ok(w, res2)
+}
+
+// providerDelete asks provider p to delete the resource it knows as id
+// (DELETE <provider-url>?id=<id>); one it does not know counts as deleted.
+func (s *Server) providerDelete(ctx context.Context, p *api.Provider, id string) error {
+	u := p.URL
+	if strings.Contains(u, "?") {
+		u += "&"
+	} else {
+		u += "?"
+	}
+	u += "id=" + url.QueryEscape(id)
+	dres, err := s.providerDo(ctx, func() (*http.Request, error) {
+		dreq, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
+		if err != nil {
+			return nil, fmt.Errorf("deprovision request: %w", err)
+		}
+		return dreq, nil
+	})
+	if err != nil {
+		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s unreachable: %v", p.Name, err)}
+	}
+	dres.Body.Close()
+	if dres.StatusCode/100 != 2 && dres.StatusCode != http.StatusNotFound {
+		return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s answered %s to the deletion", p.Name, dres.Status)}
+	}
+	return nil
 }
 
 // providerWait bounds how long a provider that cannot be reached (its
@@ -156,23 +194,25 @@ func (s *Server) providerDo(ctx context.Context, newReq func() (*http.Request, e
 }
 
 // saveResource stores a resource and gives each of its apps a new release
-// with the resource's env merged into the current release's env.
-func (s *Server) saveResource(r *http.Request, res *api.Resource) error {
+// with the resource's env merged into the current release's env; stored
+// reports whether the resource was stored (a later deploy may still have
+// failed).
+func (s *Server) saveResource(r *http.Request, res *api.Resource) (stored bool, err error) {
 	if err := validateEnv("env", res.Env); err != nil {
-		return err
+		return false, err
 	}
 	rels := map[string]*api.Release{}
 	deploy := map[string]bool{} // apps whose new release is to be deployed
 	for _, appID := range res.Apps {
 		app, err := s.store.GetApp(r.Context(), appID)
 		if err != nil {
-			return err
+			return false, err
 		}
 		rel := &api.Release{AppID: app.ID}
 		if app.ReleaseID != "" {
 			cur, err := s.store.GetRelease(r.Context(), app.ReleaseID)
 			if err != nil {
-				return err
+				return false, err
 			}
 			cp := *cur
 			rel = &cp
@@ -188,14 +228,17 @@ func (s *Server) saveResource(r *http.Request, res *api.Resource) error {
 		rels[app.ID] = rel
 	}
 	if err := s.store.PutResource(r.Context(), res, rels); err != nil {
-		return err
+		// A write whose answer was lost may have been done: only a
+		// resource surely not there counts as not stored.
+		_, gerr := s.store.GetResource(context.WithoutCancel(r.Context()), res.ProviderID, res.ID)
+		return !errors.Is(gerr, api.ErrNotFound), err
 	}
 	for appID := range deploy {
 		if err := s.deployResourceRelease(r, appID, rels[appID].ID); err != nil {
-			return err
+			return true, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // deployResourceRelease deploys an app's release made for a resource
@@ -299,7 +342,7 @@ func (s *Server) putResource(w http.ResponseWriter, r *http.Request) error {
 		}
 		res.Apps[i] = app.ID
 	}
-	if err := s.saveResource(r, res); err != nil {
+	if _, err := s.saveResource(r, res); err != nil {
 		return err
 	}
 	return ok(w, res)
@@ -358,26 +401,8 @@ func (s *Server) deprovisionResource(w http.ResponseWriter, r *http.Request) err
 		return err
 	}
 	if res.ExternalID != "" {
-		u := p.URL
-		if strings.Contains(u, "?") {
-			u += "&"
-		} else {
-			u += "?"
-		}
-		u += "id=" + url.QueryEscape(res.ExternalID)
-		dres, err := s.providerDo(r.Context(), func() (*http.Request, error) {
-			dreq, err := http.NewRequestWithContext(r.Context(), http.MethodDelete, u, nil)
-			if err != nil {
-				return nil, fmt.Errorf("deprovision request: %w", err)
-			}
-			return dreq, nil
-		})
-		if err != nil {
-			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s unreachable: %v", p.Name, err)}
-		}
-		dres.Body.Close()
-		if dres.StatusCode/100 != 2 && dres.StatusCode != http.StatusNotFound {
-			return &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("provider %s answered %s to the deletion", p.Name, dres.Status)}
+		if err := s.providerDelete(r.Context(), p, res.ExternalID); err != nil {
+			return err
 		}
 	}
 	if _, err := s.store.DeleteResource(r.Context(), p.ID, res.ID); err != nil {

@@ -137,6 +137,8 @@ type Manager struct {
 	lastBusy   time.Time     // when 2 or more were last starting at once
 	startsDone chan struct{} // wakes waitQuiet when no job is starting
 	spareWant  chan struct{} // wakes KeepSpares when a spare was taken
+	// spareMaxWait bounds waitQuiet (spareMaxWait by default).
+	spareMaxWait time.Duration
 }
 
 // New checks cfg and prepares the CNI configuration.
@@ -234,14 +236,15 @@ func New(cfg Config) (*Manager, error) {
 			RawExec:       &invoke.RawExec{Stderr: os.Stderr},
 			PluginDecoder: version.PluginDecoder{},
 		}),
-		list:       list,
-		noPorts:    noPorts,
-		portmap:    plugins[1].(map[string]any),
-		gateway:    gw.String(),
-		ports:      map[int]bool{},
-		next:       cfg.PortMin,
-		spareWant:  make(chan struct{}, 1),
-		startsDone: make(chan struct{}, 1),
+		list:         list,
+		noPorts:      noPorts,
+		portmap:      plugins[1].(map[string]any),
+		gateway:      gw.String(),
+		ports:        map[int]bool{},
+		next:         cfg.PortMin,
+		spareWant:    make(chan struct{}, 1),
+		startsDone:   make(chan struct{}, 1),
+		spareMaxWait: spareMaxWait,
 	}, nil
 }
 

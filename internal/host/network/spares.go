@@ -36,9 +36,10 @@ import (
 // (BenchmarkStartSequential). While several jobs start at once, and for
 // spareQuiet after, none is made either: making one then slows the starts
 // under way about as much as it saves a later one, so a burst uses the
-// spares up, then has namespaces attached as it goes. Spares no job took
-// are detached when KeepSpares returns, and those a killed agent left
-// behind by the next KeepSpares.
+// spares up, then has namespaces attached as it goes. A host whose starts
+// never stop for spareMaxWait gets one made all the same, one each
+// spareMaxWait. Spares no job took are detached when KeepSpares returns,
+// and those a killed agent left behind by the next KeepSpares.
 
 // DefaultSpares is how many spare namespaces KeepSpares keeps by default.
 const DefaultSpares = 8
@@ -48,6 +49,11 @@ const spareNice = 10
 
 // spareQuiet is how long after starts overlapped no spare is made.
 const spareQuiet = 50 * time.Millisecond
+
+// spareMaxWait is the longest a missing spare waits for a quiet host: a
+// host that always has a job starting gets its spares made all the same
+// (its starts would otherwise all attach their namespace inline).
+const spareMaxWait = time.Second
 
 // spareRetry is how long KeepSpares waits after failing to make a spare.
 const spareRetry = 5 * time.Second
@@ -102,21 +108,26 @@ func (m *Manager) Hold() (release func()) {
 }
 
 // waitQuiet waits until a spare may be made: once no job is starting, and
-// none has been starting at the same time as another for spareQuiet.
-// False when ctx ended first.
+// none has been starting at the same time as another for spareQuiet, or
+// after m.spareMaxWait at the latest. False when ctx ended first.
 func (m *Manager) waitQuiet(ctx context.Context) bool {
+	giveUp := time.Now().Add(m.spareMaxWait)
 	for {
 		m.spareMu.Lock()
 		starting := m.starting
 		wait := spareQuiet - time.Since(m.lastBusy)
 		m.spareMu.Unlock()
+		left := time.Until(giveUp)
 		var after <-chan time.Time
 		switch {
+		case left <= 0:
+			return true
 		case starting > 0: // until the last start is done
+			after = time.After(left)
 		case wait <= 0:
 			return true
 		default:
-			after = time.After(wait)
+			after = time.After(min(wait, left))
 		}
 		select {
 		case <-ctx.Done():

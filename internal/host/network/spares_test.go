@@ -49,6 +49,9 @@ func TestSpares(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// However slow the machine, no spare is made while a job starts
+	// (TestSparesSteadyStarts: after spareMaxWait, one is).
+	m.spareMaxWait = time.Hour
 	kctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- m.KeepSpares(kctx, slog.New(slog.DiscardHandler)) }()
@@ -169,6 +172,70 @@ func TestSpares(t *testing.T) {
 	out, _ = exec.Command("iptables-save", "-t", "nat").Output()
 	if strings.Contains(string(out), fmt.Sprintf("%d", hp[0])) {
 		t.Errorf("port mapping left in iptables:\n%s", out)
+	}
+}
+
+// TestSparesSteadyStarts: on a host that always has a job starting, the
+// spare a start took is made again all the same, after spareMaxWait.
+func TestSparesSteadyStarts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	bridge, subnet := testslot.Name(t, "ss"), testslot.Subnet(t)
+	hostPorts := testslot.Ports(t, 2)
+	cfg := Config{Bridge: bridge, Subnet: subnet, StateDir: t.TempDir(), PortMin: hostPorts[0], PortMax: hostPorts[1], Spares: 1}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", bridge).Run()
+		RemoveFirewall(bridge)
+	})
+	if err := m.EnsureFirewall(); err != nil {
+		t.Fatal(err)
+	}
+	m.spareMaxWait = 200 * time.Millisecond
+	ctx := context.Background()
+	kctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m.KeepSpares(kctx, slog.New(slog.DiscardHandler)) }()
+	spares := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			m.spareMu.Lock()
+			n := len(m.spares)
+			m.spareMu.Unlock()
+			if n == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d spares after 30s, want %d", n, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	spares(1)
+	release := m.Hold()
+	if _, err := m.Attach(ctx, "ssjob", nil, nil, Pass{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(m.takenFile("ssjob")); err != nil || !isSpareKey(strings.TrimSpace(string(b))) {
+		t.Fatalf("the job took no spare: %q %v", b, err)
+	}
+	// Still starting: the spare is made again anyway.
+	spares(1)
+	release()
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("KeepSpares: %v", err)
+	}
+	if err := m.Detach(ctx, "ssjob", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := exec.Command("ip", "-o", "link", "show", "master", bridge).Output(); len(out) > 0 {
+		t.Errorf("links left on the bridge:\n%s", out)
 	}
 }
 

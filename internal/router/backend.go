@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -321,8 +322,13 @@ func (b *backend) dial(ctx context.Context) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	ww := newWaitWriter(conn)
-	return &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(ww, 8<<10), ww: ww}, nil
+	var rd io.Reader = conn
+	raw := newRawIO(conn)
+	if raw != nil {
+		rd = raw
+	}
+	ww := newWaitWriter(conn, raw)
+	return &upConn{conn: conn, br: bufio.NewReaderSize(rd, 16<<10), bw: bufio.NewWriterSize(ww, 8<<10), ww: ww}, nil
 }
 
 // putConn returns a connection whose last response was read completely.

@@ -63,7 +63,7 @@ func (ln *limitListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		return &clientConn{Conn: c, ip: ip, lim: ln.lim, writeIdle: ln.writeIdle}, nil
+		return &clientConn{Conn: c, raw: newRawIO(c), ip: ip, lim: ln.lim, writeIdle: ln.writeIdle}, nil
 	}
 }
 
@@ -71,6 +71,7 @@ func (ln *limitListener) Accept() (net.Conn, error) {
 // closed, and bounds each write by writeIdle when set.
 type clientConn struct {
 	net.Conn
+	raw       *rawIO // reads and writes Conn; nil: Conn's own
 	ip        string
 	lim       *clientLimiter
 	writeIdle time.Duration
@@ -94,7 +95,17 @@ func (c *clientConn) Write(p []byte) (int, error) {
 			c.wdl.Store(at)
 		}
 	}
+	if c.raw != nil {
+		return c.raw.Write(p)
+	}
 	return c.Conn.Write(p)
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
+	if c.raw != nil {
+		return c.raw.Read(p)
+	}
+	return c.Conn.Read(p)
 }
 
 func (c *clientConn) SetWriteDeadline(t time.Time) error {

@@ -29,6 +29,7 @@ import (
 // the connection's ordinary Write. waitNext is cleared by the Write.
 type waitWriter struct {
 	conn     net.Conn
+	rio      *rawIO          // conn's raw writes; nil: conn's Write
 	raw      syscall.RawConn // nil: ordinary writes only
 	waitNext bool
 
@@ -41,8 +42,8 @@ type waitWriter struct {
 	step    func(fd uintptr) bool
 }
 
-func newWaitWriter(conn net.Conn) *waitWriter {
-	w := &waitWriter{conn: conn}
+func newWaitWriter(conn net.Conn, rio *rawIO) *waitWriter {
+	w := &waitWriter{conn: conn, rio: rio}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
 			w.raw = rc
@@ -54,7 +55,7 @@ func newWaitWriter(conn net.Conn) *waitWriter {
 
 func (w *waitWriter) Write(p []byte) (int, error) {
 	if !w.waitNext || w.raw == nil {
-		return w.conn.Write(p)
+		return w.write(p)
 	}
 	w.waitNext = false
 	w.p, w.written, w.err, w.wrote = p, 0, nil, false
@@ -67,10 +68,18 @@ func (w *waitWriter) Write(p []byte) (int, error) {
 		return n, err
 	}
 	if n < len(p) {
-		m, err := w.conn.Write(p[n:])
+		m, err := w.write(p[n:])
 		return n + m, err
 	}
 	return n, nil
+}
+
+// write is an ordinary write of p, whole.
+func (w *waitWriter) write(p []byte) (int, error) {
+	if w.rio != nil {
+		return w.rio.Write(p)
+	}
+	return w.conn.Write(p)
 }
 
 // writeStep is the raw read callback: the first call writes w.p and asks
@@ -82,12 +91,10 @@ func (w *waitWriter) writeStep(fd uintptr) bool {
 	}
 	w.wrote = true
 	for w.written < len(w.p) {
-		n, err := syscall.Write(int(fd), w.p[w.written:])
-		if n > 0 {
-			w.written += n
-		}
+		n, err := rawWrite(fd, w.p[w.written:])
+		w.written += n
 		switch err {
-		case nil:
+		case 0:
 			if n == 0 {
 				w.err = io.ErrShortWrite
 				return true

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -162,6 +163,9 @@ type fastReq struct {
 	wantsHTML  bool
 	contentLen int64
 	close      bool
+	// bodyCut: the backend answered before it took the whole body, and
+	// closed (earlyResponse).
+	bodyCut bool
 	// lines are the header lines to forward, as [start,end) offsets in head.
 	lines  [64][2]int32
 	nlines int
@@ -276,7 +280,9 @@ func (s *fastServer) serveConn(fc *fastConn) (handedOff bool) {
 		keep, end := s.serveRequest(&req, br, bw, start)
 		last = end
 		if !keep || req.close {
-			bw.Flush()
+			if bw.Flush() == nil && req.bodyCut {
+				lingerClose(c, br)
+			}
 			return false
 		}
 	}
@@ -755,7 +761,7 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 	// or with the next response when that one is pipelined.
 	// A client that hung up mid-response may have had pc's wait aborted.
 	hungUp := req.fc.unwatch()
-	if upstreamOK && !resp.close && !e.route.DisableKeepAlives && !hungUp {
+	if upstreamOK && !resp.close && !e.route.DisableKeepAlives && !hungUp && !req.bodyCut {
 		b.putConn(pc)
 	} else {
 		pc.conn.Close()
@@ -817,6 +823,9 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 		// The head slices die here: reading the body reuses the buffer.
 		n, err := io.CopyN(w, req.body(br, e.bodyIdle), req.contentLen)
 		if n < req.contentLen {
+			if head, ok := earlyResponse(req, pc, err); ok {
+				return head, nil
+			}
 			return nil, errors.Join(errClientBody, err)
 		}
 	}
@@ -828,9 +837,65 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 	err := w.Flush()
 	pc.ww.waitNext = false
 	if err != nil {
+		if head, ok := earlyResponse(req, pc, err); ok {
+			return head, nil
+		}
 		return nil, err
 	}
 	return peekHead(pc.br, pc.br.Size())
+}
+
+// earlyResponse is the response head a backend sent before it closed the
+// connection while the request's body was being written to it (err, the
+// write's error): servers answer a body they will not read (too big, a
+// request refused) and close, as nginx relays. The client's connection
+// is then closed after the response (req.close), since the rest of the
+// body is unread, with a lingering close (lingerClose), and the backend's
+// is not pooled (req.bodyCut).
+func earlyResponse(req *fastReq, pc *upConn, err error) ([]byte, bool) {
+	if req.contentLen == 0 || !backendClosedOnWrite(err) {
+		return nil, false
+	}
+	// The connection is closed: the read returns what arrived, or fails,
+	// at once.
+	head, err := peekHead(pc.br, pc.br.Size())
+	if err != nil {
+		return nil, false
+	}
+	req.bodyCut, req.close = true, true
+	return head, true
+}
+
+// backendClosedOnWrite reports whether err is a write to a backend's
+// connection that the backend closed (EPIPE, ECONNRESET), not a failure
+// to read the client's body.
+func backendClosedOnWrite(err error) bool {
+	var cbe *clientBodyError
+	var oe *net.OpError
+	return err != nil && !errors.As(err, &cbe) && errors.As(err, &oe) && oe.Op == "write" &&
+		(errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET))
+}
+
+// lingerMax and lingerBytes bound the rest of a request body read and
+// dropped after a response that did not wait for it (lingerClose).
+const (
+	lingerMax   = 2 * time.Second
+	lingerBytes = 64 << 20
+)
+
+// lingerClose ends c, whose client may still be sending a body that was
+// answered before it was read: closing with data unread would reset the
+// connection, and the reset can reach the client before it has read the
+// response. So c's sending side is closed first, and what the client
+// still sends is read and dropped until it closes too, for up to
+// lingerMax and lingerBytes. The caller then closes c.
+func lingerClose(c net.Conn, br *bufio.Reader) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(lingerMax))
+	io.CopyN(io.Discard, br, lingerBytes)
 }
 
 func methodWantsLength(m []byte) bool {

@@ -300,3 +300,84 @@ func TestStalePooledConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestEarlyResponse: a backend that answers before it has read the whole
+// request body (a body too big, a request refused) and closes has its
+// answer relayed, as nginx relays it, not a 502; on the fast path, over
+// TLS, on the net/http path, over h2, and with Expect: 100-continue. The body is
+// bigger than the sockets' buffers, so the router's write of it fails.
+func TestEarlyResponse(t *testing.T) {
+	h := startRouter(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close() // with the body unread: a reset
+				if _, err := peekHead(bufio.NewReader(c), 64<<10); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nX-Backend: early\r\nContent-Length: 7\r\nConnection: close\r\n\r\ntoo big")
+			}()
+		}
+	}()
+	h.routeTo("early", ln.Addr().String())
+	const size = 64 << 20
+	h.modes(t, func(t *testing.T, scheme string) {
+		for _, expect := range []bool{false, true} {
+			req, err := http.NewRequest("POST", scheme+"://early.test/upload", io.LimitReader(zeros{}, size))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.ContentLength = size
+			if expect {
+				req.Header.Set("Expect", "100-continue")
+			}
+			res, err := h.client().Do(req)
+			if err != nil {
+				t.Fatalf("expect %v: %v", expect, err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != 413 || string(b) != "too big" || res.Header.Get("X-Backend") != "early" {
+				t.Fatalf("expect %v: %d %q (X-Backend %q), want the backend's 413", expect, res.StatusCode, b, res.Header.Get("X-Backend"))
+			}
+		}
+	})
+	// And over h2: the stream is answered, then reset with NO_ERROR.
+	hc := h2NewClient(t, h)
+	for _, expect := range []bool{false, true} {
+		req, err := http.NewRequest("POST", "https://early.test/upload", io.LimitReader(zeros{}, size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ContentLength = size
+		if expect {
+			req.Header.Set("Expect", "100-continue")
+		}
+		res, b, err := hc.do(req)
+		if err != nil {
+			t.Fatalf("h2, expect %v: %v", expect, err)
+		}
+		if res.StatusCode != 413 || string(b) != "too big" || res.Header.Get("X-Backend") != "early" {
+			t.Fatalf("h2, expect %v: %d %q (X-Backend %q), want the backend's 413", expect, res.StatusCode, b, res.Header.Get("X-Backend"))
+		}
+	}
+	// The router still serves.
+	h.routeTo("after", newBackend(t, "after", nil).addr())
+	h.expectBackend("http://after.test/", "after")
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}

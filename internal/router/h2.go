@@ -120,6 +120,9 @@ type h2Stream struct {
 	c   *h2Conn
 	id  uint32
 	req h2Req
+	// bodyCut: the backend answered before it took the whole body, and
+	// closed (send); its connection is not pooled.
+	bodyCut bool
 
 	// Under c.wmu.
 	sendWindow  int64
@@ -1129,7 +1132,7 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 	st.setUp(nil)
 	pc.disarmProbe()
 	probing = nil
-	if upstreamOK && clientOK && !resp.close && !e.route.DisableKeepAlives && !st.reset.Load() {
+	if upstreamOK && clientOK && !resp.close && !e.route.DisableKeepAlives && !st.reset.Load() && !st.bodyCut {
 		b.putConn(pc)
 	} else {
 		pc.conn.Close()
@@ -1216,16 +1219,35 @@ func (c *h2Conn) send(st *h2Stream, e *routeEntry, pc *upConn, start time.Time) 
 			}
 		}
 		if err := st.copyBody(w, e, chunked); err != nil {
-			return nil, err
+			return st.earlyResponse(pc, err)
 		}
 	}
 	pc.ww.waitNext = pc.canWait(start)
 	err := w.Flush()
 	pc.ww.waitNext = false
 	if err != nil {
+		if req.hasBody {
+			return st.earlyResponse(pc, err)
+		}
 		return nil, err
 	}
 	return peekHead(pc.br, pc.br.Size())
+}
+
+// earlyResponse is, when err is the backend's close while the body was
+// being written to it, the response head it sent before (fast.go's
+// earlyResponse); else err. finish then ends the stream with RST_STREAM
+// NO_ERROR, which asks the client to stop sending (RFC 9113, 8.1).
+func (st *h2Stream) earlyResponse(pc *upConn, err error) ([]byte, error) {
+	if !backendClosedOnWrite(err) {
+		return nil, err
+	}
+	head, perr := peekHead(pc.br, pc.br.Size())
+	if perr != nil {
+		return nil, err
+	}
+	st.bodyCut = true
+	return head, nil
 }
 
 // copyBody copies the request body to w, as it is or chunked, granting the

@@ -189,7 +189,24 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 	} else {
 		pc.conn.Close()
 	}
+	if resp.Close && hasBody(req) {
+		lingerBody(w, req)
+	}
 	return resp.StatusCode, upstreamErr
+}
+
+// lingerBody reads and drops what is left of req's body (nothing, when
+// the backend took it all) after its response is sent: a backend that
+// answered early (send) left the client sending, and net/http's own
+// close of a connection with much unread would reset it, which can reach
+// the client before it has read the response (fast.go's lingerClose).
+func lingerBody(w http.ResponseWriter, req *http.Request) {
+	rc := http.NewResponseController(w)
+	if rc.Flush() != nil {
+		return
+	}
+	rc.SetReadDeadline(time.Now().Add(lingerMax))
+	io.CopyN(io.Discard, req.Body, lingerBytes)
 }
 
 // copyBody streams the response body to the client. Responses without a
@@ -250,16 +267,32 @@ func isUnreachable(err error) bool { return errors.Is(err, syscall.ETIMEDOUT) }
 func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time.Time, upgrade bool) (*http.Response, error) {
 	bw := pc.bw
 	f.writeRequestHead(bw, req, e, start, upgrade)
-	if err := writeBody(bw, req); err != nil {
-		return nil, err
+	err := writeBody(bw, req)
+	if err == nil {
+		// Send, and wait for the response in the same go (waitWriter).
+		pc.ww.waitNext = pc.canWait(start)
+		err = bw.Flush()
+		pc.ww.waitNext = false
 	}
-	// Send, and wait for the response in the same go (waitWriter).
-	pc.ww.waitNext = pc.canWait(start)
-	err := bw.Flush()
-	pc.ww.waitNext = false
 	if err != nil {
-		return nil, err
+		// A backend that answered before it took the whole body, and
+		// closed (fast.go's earlyResponse): its answer is relayed, and
+		// the connection is not pooled.
+		if !hasBody(req) || !backendClosedOnWrite(err) {
+			return nil, err
+		}
+		resp, rerr := readResponse(pc, req)
+		if rerr != nil {
+			return nil, err
+		}
+		resp.Close = true
+		return resp, nil
 	}
+	return readResponse(pc, req)
+}
+
+// readResponse reads the response to req from pc, past any 1xx but 101.
+func readResponse(pc *upConn, req *http.Request) (*http.Response, error) {
 	// A bare EOF before any byte of a reply marks a connection the backend
 	// had closed (ReadResponse would report it as unexpected).
 	if _, err := pc.br.Peek(1); err != nil {

@@ -101,8 +101,10 @@ func (s *Server) provisionResource(w http.ResponseWriter, r *http.Request) error
 		body = []byte("{}")
 	}
 	// A client that hangs up does not cut the provision short: what the
-	// provider makes is recorded, or deleted again (below).
-	pctx := context.WithoutCancel(r.Context())
+	// provider makes is recorded, or deleted again (below). A provider
+	// that never answers is given up on after providerTimeout.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), providerTimeout)
+	defer cancel()
 	res, err := s.providerDo(pctx, func() (*http.Request, error) {
 		preq, err := http.NewRequestWithContext(pctx, http.MethodPost, p.URL, bytes.NewReader(body))
 		if err != nil {
@@ -129,7 +131,9 @@ func (s *Server) provisionResource(w http.ResponseWriter, r *http.Request) error
 			// Not recorded (the provider's env is invalid, an app went,
 			// the store failed, the client hung up): no one would ever
 			// hold its credentials, so it goes again.
-			if derr := s.providerDelete(pctx, p, pr.ID); derr != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), providerTimeout)
+			defer cancel()
+			if derr := s.providerDelete(dctx, p, pr.ID); derr != nil {
 				s.log.Warn("a provisioned resource that could not be recorded is left at its provider", "provider", p.Name, "id", pr.ID, "err", derr)
 			}
 		}
@@ -164,6 +168,10 @@ func (s *Server) providerDelete(ctx context.Context, p *api.Provider, id string)
 	}
 	return nil
 }
+
+// providerTimeout bounds a provision's request to its provider, and the
+// deletion of what could not be recorded.
+const providerTimeout = 5 * time.Minute
 
 // providerWait bounds how long a provider that cannot be reached (its
 // job restarting, its service without a live instance) is waited for.

@@ -200,12 +200,15 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 // answered early (send) left the client sending, and net/http's own
 // close of a connection with much unread would reset it, which can reach
 // the client before it has read the response (fast.go's lingerClose).
+// HTTP/2 needs none of this: net/http resets the stream.
 func lingerBody(w http.ResponseWriter, req *http.Request) {
-	rc := http.NewResponseController(w)
-	if rc.Flush() != nil {
+	if req.ProtoMajor != 1 {
 		return
 	}
-	rc.SetReadDeadline(time.Now().Add(lingerMax))
+	rc := http.NewResponseController(w)
+	if rc.Flush() != nil || rc.SetReadDeadline(time.Now().Add(lingerMax)) != nil {
+		return
+	}
 	io.CopyN(io.Discard, req.Body, lingerBytes)
 }
 

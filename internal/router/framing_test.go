@@ -308,27 +308,13 @@ func TestStalePooledConnection(t *testing.T) {
 // bigger than the sockets' buffers, so the router's write of it fails.
 func TestEarlyResponse(t *testing.T) {
 	h := startRouter(t, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close() // with the body unread: a reset
-				if _, err := peekHead(bufio.NewReader(c), 64<<10); err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nX-Backend: early\r\nContent-Length: 7\r\nConnection: close\r\n\r\ntoo big")
-			}()
+	addr := tcpServer(t, func(c net.Conn) { // closed with the body unread: a reset
+		if _, err := peekHead(bufio.NewReader(c), 64<<10); err != nil {
+			return
 		}
-	}()
-	h.routeTo("early", ln.Addr().String())
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nX-Backend: early\r\nContent-Length: 7\r\nConnection: close\r\n\r\ntoo big")
+	})
+	h.routeTo("early", addr)
 	const size = 64 << 20
 	h.modes(t, func(t *testing.T, scheme string) {
 		for _, expect := range []bool{false, true} {

@@ -202,6 +202,12 @@ func TestWebSocket(t *testing.T) {
 }
 
 func echoServer(t *testing.T) string {
+	return tcpServer(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// tcpServer serves each loopback TCP connection with handle, which the
+// connection's close follows, until the test ends; it returns the address.
+func tcpServer(t *testing.T, handle func(c net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +221,7 @@ func echoServer(t *testing.T) string {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()

@@ -264,6 +264,9 @@ func (c *h2Conn) recoverPanic(reader bool) {
 	c.s.r.log.Error("h2 connection panicked", "panic", p, "stack", string(debug.Stack()))
 	c.tc.Close()
 	if reader {
+		// A reader serving a request inline is not replaced by its timer
+		// now; one that replaced it already ends on the closed connection.
+		c.readerState.Store(h2Passed)
 		c.endOnce.Do(func() { close(c.ended) })
 	}
 }
@@ -288,13 +291,7 @@ func (c *h2Conn) readLoop() error {
 	for {
 		if st := c.inlineNext; st != nil {
 			c.inlineNext = nil
-			c.wg.Add(1)
-			c.readerState.Store(h2Inline)
-			c.inlineTimer.Reset(h2InlineMax)
-			c.serveStream(st)
-			c.finish(st)
-			c.inlineTimer.Stop()
-			c.wg.Done()
+			c.serveInline(st)
 			if !c.readerState.CompareAndSwap(h2Inline, h2Reading) {
 				return errH2Passed
 			}
@@ -943,8 +940,28 @@ func validMethod(m string) bool {
 	return true
 }
 
+// serveInline serves st on the reader's goroutine, which a timer hands
+// the reading on from after h2InlineMax. The stream counts in c.wg until
+// it ends, panicking or not: a reader that took over waits for it before
+// ending the connection.
+func (c *h2Conn) serveInline(st *h2Stream) {
+	c.wg.Add(1)
+	defer c.wg.Done()
+	c.readerState.Store(h2Inline)
+	c.inlineTimer.Reset(h2InlineMax)
+	c.serveStream(st)
+	c.finish(st)
+	c.inlineTimer.Stop()
+}
+
+// testHookServeStream, set only by tests, runs as each stream is served.
+var testHookServeStream atomic.Pointer[func(path string)]
+
 // serveStream proxies one request.
 func (c *h2Conn) serveStream(st *h2Stream) {
+	if hook := testHookServeStream.Load(); hook != nil {
+		(*hook)(st.req.path)
+	}
 	start := time.Now()
 	r := c.s.r
 	req := &st.req

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1645,5 +1646,58 @@ func TestH2LargeHeaders(t *testing.T) {
 	}
 	if res.StatusCode != 200 || string(body) != "ok" || res.Header.Get("X-Big") != big || res.Header.Get("X-Got") != strconv.Itoa(30<<10) {
 		t.Errorf("got %d %q, X-Big of %d bytes, X-Got %q", res.StatusCode, body, len(res.Header.Get("X-Big")), res.Header.Get("X-Got"))
+	}
+}
+
+// A bug that panics while a request is served ends only its connection,
+// whichever goroutine reads it then: the connection's goroutines all end
+// and the router goes on serving.
+func TestH2PanicEndsConnection(t *testing.T) {
+	h := startRouter(t, nil)
+	b := newH2RawBackend(t)
+	h.routeTo("raw", b.ln.Addr().String())
+	hook := func(path string) {
+		switch path {
+		case "/panic":
+			panic("test: a bug serving " + path)
+		case "/panic-late":
+			// Past h2InlineMax: another goroutine reads the connection
+			// by then.
+			time.Sleep(20 * h2InlineMax)
+			panic("test: a bug serving " + path)
+		}
+	}
+	testHookServeStream.Store(&hook)
+	t.Cleanup(func() { testHookServeStream.Store(nil) })
+	readers := func() int {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		return bytes.Count(buf, []byte("(*h2Conn).runReader"))
+	}
+	before := readers()
+	for _, path := range []string{"/panic", "/panic-late"} {
+		r := h2Dial(t, h)
+		r.get(1, "/")
+		r.headers(3, true, ":method", "GET", ":scheme", "https", ":authority", "raw.test", ":path", path)
+		r.c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		for {
+			if _, err := r.fr.ReadFrame(); err != nil {
+				if isTimeout(err) {
+					t.Fatalf("%s: the connection stayed open after the panic", path)
+				}
+				break
+			}
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for readers() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Fatalf("%s: %d of the connection's readers still run after it ended, want none\n%s", path, readers()-before, buf[:runtime.Stack(buf, true)])
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		after := h2Dial(t, h)
+		after.get(1, "/after"+path)
+		after.c.Close()
 	}
 }

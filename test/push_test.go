@@ -78,7 +78,7 @@ func (a *pushApp) get() (int, string) { return a.c.curl(a.name+"."+a.c.domain, "
 // running processes) or the first web job's start, or neither.
 var timingsLine = regexp.MustCompile(`(?m)^remote: -----> Done in \d+\.\ds: source \d+\.\ds, ` +
 	`build \d+\.\ds \(fetch \d+\.\ds, (?:restore \d+\.\ds, )?compile \d+\.\ds, (?:save \d+\.\ds, )?slug \d+\.\ds\), release \d+\.\ds` +
-	`(?:, deploy \d+\.\ds)?(?:, start \d+\.\ds)?\s*$`)
+	`(?:, release command \d+\.\ds)?(?:, deploy \d+\.\ds)?(?:, start \d+\.\ds)?\s*$`)
 
 // pushAndServe pushes main and returns the time from the push to the
 // first 200 with want in the body.
@@ -221,6 +221,43 @@ func TestPushApps(t *testing.T) {
 	a.git("rm", "-q", "Procfile")
 	a.git("commit", "-qam", "nothing to run")
 	refuse("a failing build", "Push rejected")
+
+	// The release phase, as on Heroku: a Procfile's `release:` command
+	// runs once, with the new release's env, before the release is
+	// deployed, its output in the push's; one that fails leaves the app
+	// on its current release.
+	a.flynn("env", "set", "MARKER=m1")
+	procfile, _ := os.ReadFile(filepath.Join(a.dir, "Procfile"))
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
+		"release: echo \"migrating for $MARKER as $FLYNN_PROCESS_TYPE in $DYNO\"; exit 4\n"...), 0o644)
+	a.git("commit", "-qam", "failing release command")
+	before := a.flynn("info")
+	out, ok := a.push("main")
+	if ok || !strings.Contains(out, "remote:        migrating for m1 as release in release.") || !strings.Contains(out, "the release command failed (exit status 4)") {
+		t.Errorf("a failing release command: push ok=%v, want its output and a refusal:\n%s", ok, out)
+	}
+	if strings.Contains(out, "-----> Deploying") {
+		t.Errorf("a failing release command: the release was deployed:\n%s", out)
+	}
+	if after := a.flynn("info"); after != before {
+		t.Errorf("a failing release command changed the app's current release:\n%s\nthen:\n%s", before, after)
+	}
+	a.git("reset", "-q", "--hard", "HEAD~1")
+	if status, body := a.get(); status != 200 || !strings.Contains(body, "hello from the procfile app") {
+		t.Errorf("after a failing release command the previous release stopped serving: %d %s", status, body)
+	}
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
+		"release: echo \"migrated for $MARKER\"; printf 'no newline at the end'\n"...), 0o644)
+	index := filepath.Join(a.dir, "www", "index.html")
+	html, _ := os.ReadFile(index)
+	os.WriteFile(index, []byte(strings.Replace(string(html), "hello from the procfile app", "hello after the release phase", 1)), 0o644)
+	a.git("commit", "-qam", "release command")
+	_, out = a.pushServe("hello after the release phase")
+	ran := strings.Index(out, "remote: -----> Running release command...")
+	if ran < 0 || !strings.Contains(out, "remote:        migrated for m1") || !strings.Contains(out, "remote:        no newline at the end") ||
+		strings.Index(out, "remote: -----> Deploying") < ran || !strings.Contains(out, ", release command ") {
+		t.Errorf("a release command: want its output (each line indented) before the deploy, and its time:\n%s", out)
+	}
 
 	if out, ok := a.push("main:feature"); ok || !strings.Contains(out, "only a push to main or master deploys") {
 		t.Errorf("push to another branch: ok=%v\n%s", ok, out)

@@ -245,11 +245,12 @@ func (c *Client) RunJob(ctx context.Context, appID string, job *api.NewJob) (*ap
 
 // RunJobAttached starts a one-off job and returns its stdio stream, which
 // speaks Flynn's attach protocol (api.ReadAttachFrame and the
-// api.WriteAttach functions). The caller closes it.
-func (c *Client) RunJobAttached(ctx context.Context, appID string, job *api.NewJob) (io.ReadWriteCloser, error) {
+// api.WriteAttach functions), and the job's ID. The caller closes the
+// stream; the job runs on if it is closed first (DeleteJob stops it).
+func (c *Client) RunJobAttached(ctx context.Context, appID string, job *api.NewJob) (io.ReadWriteCloser, string, error) {
 	req, err := c.c.NewRequest(ctx, "POST", p("/apps/%s/jobs", appID), job)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", api.JobAttachUpgrade)
@@ -259,21 +260,21 @@ func (c *Client) RunJobAttached(ctx context.Context, appID string, job *api.NewJ
 	}
 	res, err := hc.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		defer res.Body.Close()
 		if res.StatusCode/100 == 2 {
-			return nil, fmt.Errorf("run attached job: got %s instead of an upgrade", res.Status)
+			return nil, "", fmt.Errorf("run attached job: got %s instead of an upgrade", res.Status)
 		}
-		return nil, httpclient.ErrorFromResponse(res)
+		return nil, "", httpclient.ErrorFromResponse(res)
 	}
 	rwc, ok := res.Body.(io.ReadWriteCloser)
 	if !ok {
 		res.Body.Close()
-		return nil, fmt.Errorf("run attached job: upgraded body is not writable")
+		return nil, "", fmt.Errorf("run attached job: upgraded body is not writable")
 	}
-	return rwc, nil
+	return rwc, res.Header.Get("Flynn-Job-Id"), nil
 }
 
 // JobList returns an app's jobs.

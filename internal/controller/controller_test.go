@@ -589,7 +589,7 @@ func TestJobs(t *testing.T) {
 
 	// Attached: the stream speaks Flynn's attach protocol both ways; the
 	// host agent's frames are translated, signals go through its API.
-	rwc, err := e.c.RunJobAttached(c, app.ID, &api.NewJob{Args: []string{"sh"}, TTY: true})
+	rwc, jobID, err := e.c.RunJobAttached(c, app.ID, &api.NewJob{Args: []string{"sh"}, TTY: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,8 +624,8 @@ func TestJobs(t *testing.T) {
 	e.runner.mu.Lock()
 	signaled := e.runner.signaled
 	e.runner.mu.Unlock()
-	if len(signaled) != 1 || !strings.HasPrefix(signaled[0], "host1-") || !strings.HasSuffix(signaled[0], ":2") {
-		t.Fatalf("signaled = %v", signaled)
+	if len(signaled) != 1 || !strings.HasPrefix(jobID, "host1-") || signaled[0] != jobID+":2" {
+		t.Fatalf("signaled = %v, want the attached job %q's signal 2", signaled, jobID)
 	}
 
 	// A command the host cannot find is the caller's mistake: a 4xx.
@@ -634,7 +634,7 @@ func TestJobs(t *testing.T) {
 	e.runner.mu.Unlock()
 	_, err = e.c.RunJob(c, app.ID, &api.NewJob{Args: []string{"nope"}})
 	wantErr(t, err, api.ErrValidation, "args")
-	_, err = e.c.RunJobAttached(c, app.ID, &api.NewJob{Args: []string{"nope"}})
+	_, _, err = e.c.RunJobAttached(c, app.ID, &api.NewJob{Args: []string{"nope"}})
 	wantErr(t, err, api.ErrValidation, "args")
 }
 

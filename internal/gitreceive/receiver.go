@@ -254,6 +254,14 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 		return err
 	}
 	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
+	if rel.Processes[ReleaseType] != nil {
+		start = time.Now()
+		err := r.releasePhase(ctx, app, rel, out)
+		tm.since("release command", start)
+		if err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(out, "-----> Deploying...")
 	if err := r.deploy(ctx, app, rel, out, tm); err != nil {
 		return err

@@ -258,6 +258,9 @@ func TestPushApps(t *testing.T) {
 		strings.Index(out, "remote: -----> Deploying") < ran || !strings.Contains(out, ", release command ") {
 		t.Errorf("a release command: want its output (each line indented) before the deploy, and its time:\n%s", out)
 	}
+	if out, err := a.cmd(filepath.Join(binDir, "flynn"), "scale", "release=1").CombinedOutput(); err == nil || !strings.Contains(string(out), "is not scaled") {
+		t.Errorf("flynn scale release=1: err=%v, want a refusal:\n%s", err, out)
+	}
 
 	if out, ok := a.push("main:feature"); ok || !strings.Contains(out, "only a push to main or master deploys") {
 		t.Errorf("push to another branch: ok=%v\n%s", ok, out)

@@ -396,11 +396,17 @@ func (s *Server) appRelease(r *http.Request) (*api.App, *api.Release, error) {
 	return app, rel, nil
 }
 
-// checkProcessTypes refuses counts for process types the release lacks.
+// checkProcessTypes refuses counts for process types the release lacks,
+// and for a pushed release's release phase (the Procfile's release type,
+// which gitreceive runs once before the release is deployed), as Heroku
+// does.
 func checkProcessTypes(rel *api.Release, procs map[string]int) error {
 	for typ, n := range procs {
 		if _, ok := rel.Processes[typ]; !ok && n > 0 {
 			return api.Validation("processes", "release %s has no process type %q", rel.ID, typ)
+		}
+		if typ == "release" && n > 0 && rel.Meta["git"] == "true" {
+			return api.Validation("processes", "the release type is the release phase: it runs once at each push, before the deploy, and is not scaled")
 		}
 	}
 	return nil

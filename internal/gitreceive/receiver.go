@@ -256,7 +256,7 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
 	if rel.Processes[ReleaseType] != nil {
 		start = time.Now()
-		err := r.releasePhase(ctx, app, rel, out)
+		err := r.releasePhase(ctx, app, prev, rel, out)
 		tm.since("release command", start)
 		if err != nil {
 			return err

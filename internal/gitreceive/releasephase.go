@@ -25,7 +25,7 @@ const ReleasePhaseTimeout = time.Hour
 // output in the push's. A command that fails (a non-zero exit, or no exit
 // within ReleasePhaseTimeout) fails the push: rel is not deployed and the
 // app goes on running its current release.
-func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, rel *api.Release, out io.Writer) error {
+func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, rel *api.Release, out io.Writer) error {
 	pt := rel.Processes[ReleaseType]
 	if pt == nil {
 		return nil
@@ -92,7 +92,11 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, rel *api
 		case api.AttachExit:
 			lw.flush()
 			if f.Value != 0 {
-				return fmt.Errorf("the release command failed (exit status %d): release %s is not deployed; the app runs its current release (its output: flynn log -j %s)", f.Value, rel.ID, jobID)
+				still := "the app has no release deployed yet"
+				if prev != nil {
+					still = "the app goes on running release " + prev.ID
+				}
+				return fmt.Errorf("the release command failed (exit status %d): release %s is not deployed and %s (the command's output: flynn log -j %s)", f.Value, rel.ID, still, jobID)
 			}
 			return nil
 		}

@@ -853,17 +853,27 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 // body is unread, with a lingering close (lingerClose), and the backend's
 // is not pooled (req.bodyCut).
 func earlyResponse(req *fastReq, pc *upConn, err error) ([]byte, bool) {
-	if req.contentLen == 0 || !backendClosedOnWrite(err) {
+	if req.contentLen == 0 {
+		return nil, false
+	}
+	head, ok := earlyHead(pc, err)
+	if ok {
+		req.bodyCut, req.close = true, true
+	}
+	return head, ok
+}
+
+// earlyHead is the response head the backend of pc sent before it closed
+// the connection, when err, the write of a request's body to it, is that
+// close (backendClosedOnWrite); the fast, h2 and net/http paths relay it.
+func earlyHead(pc *upConn, err error) ([]byte, bool) {
+	if !backendClosedOnWrite(err) {
 		return nil, false
 	}
 	// The connection is closed: the read returns what arrived, or fails,
 	// at once.
 	head, err := peekHead(pc.br, pc.br.Size())
-	if err != nil {
-		return nil, false
-	}
-	req.bodyCut, req.close = true, true
-	return head, true
+	return head, err == nil
 }
 
 // backendClosedOnWrite reports whether err is a write to a backend's

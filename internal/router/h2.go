@@ -1252,15 +1252,12 @@ func (c *h2Conn) send(st *h2Stream, e *routeEntry, pc *upConn, start time.Time) 
 }
 
 // earlyResponse is, when err is the backend's close while the body was
-// being written to it, the response head it sent before (fast.go's
-// earlyResponse); else err. finish then ends the stream with RST_STREAM
+// being written to it, the response head it sent before (earlyHead);
+// else err. finish then ends the stream with RST_STREAM
 // NO_ERROR, which asks the client to stop sending (RFC 9113, 8.1).
 func (st *h2Stream) earlyResponse(pc *upConn, err error) ([]byte, error) {
-	if !backendClosedOnWrite(err) {
-		return nil, err
-	}
-	head, perr := peekHead(pc.br, pc.br.Size())
-	if perr != nil {
+	head, ok := earlyHead(pc, err)
+	if !ok {
 		return nil, err
 	}
 	st.bodyCut = true

@@ -279,7 +279,7 @@ func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time
 	}
 	if err != nil {
 		// A backend that answered before it took the whole body, and
-		// closed (fast.go's earlyResponse): its answer is relayed, and
+		// closed (fast.go's earlyHead): its answer is relayed, and
 		// the connection is not pooled.
 		if !hasBody(req) || !backendClosedOnWrite(err) {
 			return nil, err

@@ -17,6 +17,14 @@ type App struct {
 	UpdatedAt     time.Time         `json:"updated_at,omitzero"`
 }
 
+// A release that git push made (gitreceive) has MetaReleaseGit "true"
+// in its meta; its Procfile's ProcessTypeRelease command is its release
+// phase, run once before it is deployed and never scaled, as on Heroku.
+const (
+	MetaReleaseGit     = "git"
+	ProcessTypeRelease = "release"
+)
+
 // App meta keys with meaning to the platform.
 const (
 	MetaSystemApp      = "flynn-system-app"

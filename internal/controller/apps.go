@@ -405,7 +405,7 @@ func checkProcessTypes(rel *api.Release, procs map[string]int) error {
 		if _, ok := rel.Processes[typ]; !ok && n > 0 {
 			return api.Validation("processes", "release %s has no process type %q", rel.ID, typ)
 		}
-		if typ == "release" && n > 0 && rel.Meta["git"] == "true" {
+		if typ == api.ProcessTypeRelease && n > 0 && rel.Meta[api.MetaReleaseGit] == "true" {
 			return api.Validation("processes", "the release type is the release phase: it runs once at each push, before the deploy, and is not scaled")
 		}
 	}

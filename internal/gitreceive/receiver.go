@@ -254,7 +254,7 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 		return err
 	}
 	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
-	if rel.Processes[ReleaseType] != nil {
+	if rel.Processes[api.ProcessTypeRelease] != nil {
 		start = time.Now()
 		err := r.releasePhase(ctx, app, prev, rel, out)
 		tm.since("release command", start)
@@ -660,7 +660,7 @@ func (r *BuildReceiver) release(app *api.App, prev *api.Release, artifactID stri
 		AppID:       app.ID,
 		ArtifactIDs: []string{artifactID},
 		Env:         map[string]string{},
-		Meta:        map[string]string{"git": "true", "rev": rev},
+		Meta:        map[string]string{api.MetaReleaseGit: "true", "rev": rev},
 		Processes:   map[string]*api.ProcessType{},
 	}
 	if prev != nil {

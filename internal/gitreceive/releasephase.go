@@ -1,7 +1,6 @@
 package gitreceive
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,23 +9,20 @@ import (
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
+	"github.com/flynnrebuilt/flynn/internal/logging"
 )
-
-// ReleaseType is the Procfile's process type for the release phase, as
-// on Heroku: `release: bundle exec rake db:migrate` runs once for each
-// pushed release, after its build and before it is deployed.
-const ReleaseType = "release"
 
 // ReleasePhaseTimeout bounds a release command, as Heroku's does.
 const ReleasePhaseTimeout = time.Hour
 
-// releasePhase runs rel's release process type, when it has one, as a
-// one-off job of rel (its artifact, env and mounts), with the command's
-// output in the push's. A command that fails (a non-zero exit, or no exit
-// within ReleasePhaseTimeout) fails the push: rel is not deployed and the
-// app goes on running its current release.
+// releasePhase runs rel's release process type (api.ProcessTypeRelease:
+// `release: bundle exec rake db:migrate` in the Procfile), when it has
+// one, as a one-off job of rel (its artifact, env and mounts), with the
+// command's output in the push's. A command that fails (a non-zero exit,
+// or no exit within ReleasePhaseTimeout) fails the push: rel is not
+// deployed and the app goes on running prev.
 func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, rel *api.Release, out io.Writer) error {
-	pt := rel.Processes[ReleaseType]
+	pt := rel.Processes[api.ProcessTypeRelease]
 	if pt == nil {
 		return nil
 	}
@@ -43,31 +39,24 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 		ReleaseID:  rel.ID,
 		ReleaseEnv: true,
 		Args:       args,
-		MountsFrom: ReleaseType,
+		MountsFrom: api.ProcessTypeRelease,
 		// As Heroku names a release phase's dyno.
-		Env:  map[string]string{"DYNO": fmt.Sprintf("%s.%d", ReleaseType, 1000+mrand.IntN(9000))},
-		Meta: map[string]string{"gitreceive.release_phase": "true"},
+		Env:  map[string]string{"DYNO": fmt.Sprintf("%s.%d", api.ProcessTypeRelease, 1000+mrand.IntN(9000))},
+		Meta: map[string]string{metaReleasePhase: "true"},
 	})
 	if err != nil {
 		return fmt.Errorf("start the release command: %w", err)
 	}
 	defer conn.Close()
+	// A push given up on (the client gone, the timeout) ends the stream,
+	// and then the job (below).
+	defer context.AfterFunc(ctx, func() { conn.Close() })()
 	// The command reads no input: its stdin ends at once.
 	if err := api.WriteAttachData(conn, api.AttachStdin, nil); err != nil {
 		return fmt.Errorf("release command (job %s): %w", jobID, err)
 	}
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		// A push given up on (the client gone, the timeout) stops the job.
-		select {
-		case <-ctx.Done():
-			conn.Close()
-		case <-done:
-		}
-	}()
-	lw := &indentWriter{w: out}
-	defer lw.flush()
+	pw := &logging.PrefixWriter{W: out, Prefix: "       "}
+	defer pw.EndLine()
 	for {
 		f, err := api.ReadAttachFrame(conn)
 		if err != nil {
@@ -85,12 +74,12 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 		switch f.Type {
 		case api.AttachData:
 			if f.Stream == api.AttachStdout || f.Stream == api.AttachStderr {
-				lw.Write(f.Data)
+				pw.Write(f.Data)
 			}
 		case api.AttachError:
 			return fmt.Errorf("release command (job %s): %s", jobID, f.Data)
 		case api.AttachExit:
-			lw.flush()
+			pw.EndLine()
 			if f.Value != 0 {
 				still := "the app has no release deployed yet"
 				if prev != nil {
@@ -103,35 +92,5 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 	}
 }
 
-// indentWriter writes lines indented as a buildpack's output is (seven
-// spaces), a line at a time (a line longer than maxIndentLine in pieces).
-type indentWriter struct {
-	w   io.Writer
-	buf []byte
-}
-
-const maxIndentLine = 16 << 10
-
-func (iw *indentWriter) Write(p []byte) (int, error) {
-	iw.buf = append(iw.buf, p...)
-	for {
-		i := bytes.IndexByte(iw.buf, '\n')
-		if i < 0 {
-			if len(iw.buf) >= maxIndentLine {
-				iw.flush()
-			}
-			break
-		}
-		fmt.Fprintf(iw.w, "       %s\n", bytes.TrimRight(iw.buf[:i], "\r"))
-		iw.buf = iw.buf[i+1:]
-	}
-	return len(p), nil
-}
-
-// flush writes a last line that has no newline.
-func (iw *indentWriter) flush() {
-	if len(iw.buf) > 0 {
-		fmt.Fprintf(iw.w, "       %s\n", iw.buf)
-		iw.buf = nil
-	}
-}
+// metaReleasePhase marks a release phase's job.
+const metaReleasePhase = "gitreceive.release_phase"

@@ -350,24 +350,3 @@ func removeCgroups(parent string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-// prefixWriter indents each line written through it.
-type prefixWriter struct {
-	w       io.Writer
-	prefix  string
-	midline bool
-}
-
-func (p *prefixWriter) Write(b []byte) (int, error) {
-	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
-		if len(line) == 0 {
-			continue
-		}
-		if !p.midline {
-			io.WriteString(p.w, p.prefix)
-		}
-		p.w.Write(line)
-		p.midline = line[len(line)-1] != '\n'
-	}
-	return len(b), nil
-}

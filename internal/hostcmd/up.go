@@ -220,7 +220,7 @@ func runUp(ctx context.Context, env Env, out io.Writer, f *upFlags) error {
 	stackLayer := ""
 	if !f.noStack {
 		fmt.Fprintln(out, "==> build stack")
-		res, err := stack.Build(ctx, stack.Config{Dir: f.stackDir, Tar: true, Progress: &prefixWriter{w: out, prefix: "    "}})
+		res, err := stack.Build(ctx, stack.Config{Dir: f.stackDir, Tar: true, Progress: &logging.PrefixWriter{W: out, Prefix: "    "}})
 		if err != nil {
 			return fmt.Errorf("build the default stack: %w", err)
 		}
@@ -248,7 +248,7 @@ func runUp(ctx context.Context, env Env, out io.Writer, f *upFlags) error {
 	fmt.Fprintln(out, "==> bootstrap")
 	bctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	res, err := runBootstrap(bctx, first.StateDir, first.DiscoverdURL, f.manifest, stackLayer, f.b, &prefixWriter{w: out, prefix: "    "}, log)
+	res, err := runBootstrap(bctx, first.StateDir, first.DiscoverdURL, f.manifest, stackLayer, f.b, &logging.PrefixWriter{W: out, Prefix: "    "}, log)
 	if err != nil {
 		return err
 	}

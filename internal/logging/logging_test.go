@@ -50,3 +50,18 @@ func TestLevelFilters(t *testing.T) {
 		t.Fatalf("info logged at level error: %q", buf.String())
 	}
 }
+
+func TestPrefixWriter(t *testing.T) {
+	var out bytes.Buffer
+	p := &PrefixWriter{W: &out, Prefix: "  > "}
+	for _, s := range []string{"one\ntw", "o\n", "", "\nthree"} {
+		if n, err := p.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", s, n, err)
+		}
+	}
+	p.EndLine()
+	p.EndLine()
+	if want := "  > one\n  > two\n  > \n  > three\n"; out.String() != want {
+		t.Errorf("got %q, want %q", out.String(), want)
+	}
+}

@@ -537,7 +537,7 @@ func TestJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	j, err := e.c.RunJob(c, app.Name, &api.NewJob{Args: []string{"echo", "hi"}, ReleaseEnv: true, Env: map[string]string{"X": "1"}})
+	j, err := e.c.RunJob(c, app.Name, &api.NewJob{Args: []string{"echo", "hi"}, ReleaseEnv: true, Env: map[string]string{"X": "1"}, Meta: map[string]string{"test.mark": "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,6 +554,16 @@ func TestJobs(t *testing.T) {
 		return err
 	}(), api.ErrValidation, "env")
 	wantErr(t, func() error { _, err := e.c.RunJob(c, app.ID, &api.NewJob{ReleaseID: "nope"}); return err }(), api.ErrValidation, "release")
+
+	// A state report of the one-off job (the scheduler's: no command, no
+	// meta) keeps what the run recorded.
+	if err := e.c.PutJob(c, &api.Job{ID: j.ID, UUID: j.UUID, AppID: app.ID, State: api.JobStateUp}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.c.GetJob(c, app.ID, j.ID); err != nil || got.State != api.JobStateUp || !slices.Equal(got.Args, []string{"echo", "hi"}) ||
+		got.Meta["test.mark"] != "1" || got.ReleaseID != rel.ID || got.HostID != "host1" {
+		t.Fatalf("one-off job after a state report = %+v, %v", got, err)
+	}
 
 	// The scheduler reports jobs.
 	sj := &api.Job{ID: "host1-abc", AppID: app.ID, ReleaseID: rel.ID, Type: "web", State: api.JobStateUp, HostID: "host1"}

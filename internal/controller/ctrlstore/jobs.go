@@ -53,6 +53,24 @@ func (s *Store) PutJob(ctx context.Context, job *api.Job) (*api.Job, error) {
 			if job.ID == "" {
 				job.ID = old.ID
 			}
+			// A state report (the scheduler's) carries what its reporter
+			// knows: what it leaves out, such as a one-off job's command
+			// and meta, stays as recorded.
+			if job.Meta == nil {
+				job.Meta = old.Meta
+			}
+			if len(job.Args) == 0 {
+				job.Args = old.Args
+			}
+			if job.Type == "" {
+				job.Type = old.Type
+			}
+			if job.ReleaseID == "" {
+				job.ReleaseID = old.ReleaseID
+			}
+			if job.HostID == "" {
+				job.HostID = old.HostID
+			}
 		}
 		t := s.txn()
 		t.unchanged(key, rev)

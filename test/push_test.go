@@ -2,6 +2,7 @@ package test
 
 import (
 	"archive/tar"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
 )
 
 // pushApp is one sample app pushed to the cluster.
@@ -261,6 +264,7 @@ func TestPushApps(t *testing.T) {
 	if out, err := a.cmd(filepath.Join(binDir, "flynn"), "scale", "release=1").CombinedOutput(); err == nil || !strings.Contains(string(out), "is not scaled") {
 		t.Errorf("flynn scale release=1: err=%v, want a refusal:\n%s", err, out)
 	}
+	releasePhaseAfterKill(t, c, a, procfile)
 
 	if out, ok := a.push("main:feature"); ok || !strings.Contains(out, "only a push to main or master deploys") {
 		t.Errorf("push to another branch: ok=%v\n%s", ok, out)
@@ -270,6 +274,108 @@ func TestPushApps(t *testing.T) {
 	s := newPushApp(t, c, []string{"GIT_SSH_COMMAND=ssh -i " + other + " -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes"}, "procfile", "pushkey", true)
 	if out, ok := s.push("main"); ok || !strings.Contains(out, "Permission denied") {
 		t.Errorf("push with an unknown key: ok=%v\n%s", ok, out)
+	}
+}
+
+// releasePhaseAfterKill SIGKILLs gitreceive while a release command runs:
+// that push fails and the command runs on; gitreceive comes back, and the
+// next push's release command waits for it to end (here, for `flynn kill`
+// of it, which the push's output names), so two never run at once.
+func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []byte) {
+	t.Helper()
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
+		"release: echo slow release; sleep 600\n"...), 0o644)
+	a.git("commit", "-qam", "slow release command")
+	first := make(chan string, 1)
+	go func() { out, _ := a.push("main"); first <- out }()
+	var orphan string
+	waitFor(t, within(t, 2*time.Minute), "the slow release command to run", c.watch(), func() (bool, error) {
+		ps := a.flynn("ps", "-a", "-c")
+		for _, line := range strings.Split(ps, "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[2] == "up" && strings.HasSuffix(line, "start release") {
+				orphan = f[0]
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("ps:\n%s", ps)
+	})
+	hc := c.hostClient(c.hosts[0])
+	gitreceive := func() string {
+		jobs, err := hc.ListJobs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range jobs {
+			if j.Job.Metadata[api.JobMetaAppName] == "gitreceive" && j.Status == api.HostJobRunning {
+				return j.Job.ID
+			}
+		}
+		return ""
+	}
+	killed := gitreceive()
+	if killed == "" {
+		t.Fatalf("no running gitreceive job:\n%s", c.jobTable(c.hosts[0]))
+	}
+	if err := hc.SignalJob(context.Background(), killed, "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case out := <-first:
+		if strings.Contains(out, "Application deployed") {
+			t.Errorf("the push whose gitreceive was killed deployed:\n%s", out)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the push whose gitreceive was killed did not end")
+	}
+	waitFor(t, within(t, 2*time.Minute), "gitreceive to come back", c.watch(), func() (bool, error) {
+		id := gitreceive()
+		if id == "" || id == killed {
+			return false, fmt.Errorf("gitreceive job %q", id)
+		}
+		out, err := a.cmd("git", "push", "--dry-run", "flynn", "main").CombinedOutput()
+		return err == nil, fmt.Errorf("git push --dry-run: %v %s", err, out)
+	})
+	releases := strings.Count(a.flynn("release"), "\n")
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
+		"release: echo quick release\n"...), 0o644)
+	a.git("commit", "-qam", "quick release command")
+	second := make(chan string, 1)
+	go func() {
+		out, ok := a.push("main")
+		if !ok {
+			out = "(failed) " + out
+		}
+		second <- out
+	}()
+	// The second push's release is made just before its release phase
+	// starts waiting.
+	waitFor(t, within(t, 2*time.Minute), "the second push's release", c.watch(), func() (bool, error) {
+		n := strings.Count(a.flynn("release"), "\n")
+		return n > releases, fmt.Errorf("%d release lines", n)
+	})
+	time.Sleep(3 * time.Second)
+	ps := a.flynn("ps", "-a", "-c")
+	for _, line := range strings.Split(ps, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || !strings.HasSuffix(line, "start release") {
+			continue
+		}
+		if f[0] == orphan && f[2] != "up" || f[0] != orphan && f[2] != "down" {
+			t.Errorf("while the first release command runs, the second has started, or the first has ended:\n%s", ps)
+		}
+	}
+	a.flynn("kill", orphan)
+	select {
+	case out := <-second:
+		if strings.HasPrefix(out, "(failed) ") || !strings.Contains(out, "Waiting for the release command of an earlier push to end (job "+orphan) ||
+			!strings.Contains(out, "remote:        quick release") {
+			t.Errorf("the push after the kill did not wait for the earlier release command, then run its own and deploy:\n%s", out)
+		}
+	case <-time.After(4 * time.Minute):
+		t.Fatal("the push after the kill did not end")
+	}
+	if status, body := a.get(); status != 200 || !strings.Contains(body, "hello after the release phase") {
+		t.Errorf("after the push that waited: %d %s", status, body)
 	}
 }
 

@@ -26,6 +26,9 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 	if pt == nil {
 		return nil
 	}
+	if err := r.waitEarlierReleasePhase(ctx, app, out); err != nil {
+		return err
+	}
 	fmt.Fprintln(out, "-----> Running release command...")
 	ctx, cancel := context.WithTimeout(ctx, ReleasePhaseTimeout)
 	defer cancel()
@@ -94,3 +97,45 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 
 // metaReleasePhase marks a release phase's job.
 const metaReleasePhase = "gitreceive.release_phase"
+
+// waitEarlierReleasePhase waits for the app's release commands that still
+// run, so that two never run at once: a push's is stopped when the push
+// is given up on, but one whose gitreceive was killed runs on (to its
+// end; its release is not deployed). Pushes to an app take turns, so any
+// found belongs to a push that has ended. One past ReleasePhaseTimeout
+// since it started is stopped.
+func (r *BuildReceiver) waitEarlierReleasePhase(ctx context.Context, app *api.App, out io.Writer) error {
+	said := map[string]bool{}
+	for {
+		jobs, err := r.cfg.Controller.JobList(ctx, app.ID)
+		if err != nil {
+			return fmt.Errorf("list the app's jobs: %w", err)
+		}
+		running := false
+		for _, j := range jobs {
+			if j.Meta[metaReleasePhase] != "true" || j.State == api.JobStateDown {
+				continue
+			}
+			if time.Since(j.CreatedAt) > ReleasePhaseTimeout {
+				fmt.Fprintf(out, "       Stopping the release command of an earlier push (job %s): it ran past %s\n", j.ID, ReleasePhaseTimeout)
+				if err := r.cfg.Controller.DeleteJob(ctx, app.ID, j.ID); err != nil && !errors.Is(err, api.ErrNotFound) {
+					fmt.Fprintf(out, "       (could not stop it: %v)\n", err)
+				}
+				continue
+			}
+			running = true
+			if !said[j.ID] {
+				said[j.ID] = true
+				fmt.Fprintf(out, "-----> Waiting for the release command of an earlier push to end (job %s; flynn -a %s kill %s stops it)...\n", j.ID, app.Name, j.ID)
+			}
+		}
+		if !running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

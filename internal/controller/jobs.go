@@ -224,15 +224,20 @@ func (s *Server) runJob(w http.ResponseWriter, r *http.Request) error {
 		}
 		defer stream.Close()
 	}
+	// Recorded before it starts: the scheduler's report of its start,
+	// which may come before AddJob returns, then comes after this.
+	if job, err = s.store.PutJob(r.Context(), job); err != nil {
+		return err
+	}
 	if err := s.cfg.Runner.AddJob(r.Context(), host, hj); err != nil {
+		msg := err.Error()
+		job.State, job.HostError = api.JobStateDown, &msg
+		s.store.PutJob(context.WithoutCancel(r.Context()), job)
 		if e, ok := api.AsError(err); ok && e.HTTPStatus() < 500 {
 			return err
 		}
 		// Not the caller's fault, but say what went wrong.
 		return &api.Error{Code: api.CodeUnknown, Message: fmt.Sprintf("host %s could not start job %s: %v", host.ID, hj.ID, err)}
-	}
-	if job, err = s.store.PutJob(r.Context(), job); err != nil {
-		return err
 	}
 	if !attach {
 		return ok(w, job)

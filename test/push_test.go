@@ -290,11 +290,12 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 	go func() { out, _ := a.push("main"); first <- out }()
 	var orphan string
 	waitFor(t, within(t, 2*time.Minute), "the slow release command to run", c.watch(), func() (bool, error) {
+		// Running: its output is in the log.
 		ps := a.flynn("ps", "-a", "-c")
 		for _, line := range strings.Split(ps, "\n") {
-			if f := strings.Fields(line); len(f) > 2 && f[2] == "up" && strings.HasSuffix(line, "start release") {
+			if f := strings.Fields(line); len(f) > 2 && f[2] != "down" && strings.HasSuffix(line, "start release") {
 				orphan = f[0]
-				return true, nil
+				return strings.Contains(a.flynn("log", "-j", orphan), "slow release"), fmt.Errorf("no output yet from job %s", orphan)
 			}
 		}
 		return false, fmt.Errorf("ps:\n%s", ps)
@@ -360,7 +361,7 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 		if len(f) < 3 || !strings.HasSuffix(line, "start release") {
 			continue
 		}
-		if f[0] == orphan && f[2] != "up" || f[0] != orphan && f[2] != "down" {
+		if f[0] == orphan && f[2] == "down" || f[0] != orphan && f[2] != "down" {
 			t.Errorf("while the first release command runs, the second has started, or the first has ended:\n%s", ps)
 		}
 	}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -351,6 +352,19 @@ type Job struct {
 	Restarts   *int32            `json:"restarts,omitempty"`
 	CreatedAt  time.Time         `json:"created_at,omitzero"`
 	UpdatedAt  time.Time         `json:"updated_at,omitzero"`
+}
+
+// End says how a job that went down ended: "exited with status 3", or
+// with what its host said.
+func (j *Job) End() string {
+	msg := "exited"
+	if j.ExitStatus != nil {
+		msg = fmt.Sprintf("exited with status %d", *j.ExitStatus)
+	}
+	if j.HostError != nil && *j.HostError != "" {
+		msg += ": " + *j.HostError
+	}
+	return msg
 }
 
 // NewJob is a request to run a one-off job.

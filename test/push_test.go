@@ -23,6 +23,8 @@ type pushApp struct {
 	name string
 	dir  string
 	env  []string
+	// lastPush is the output of the last push.
+	lastPush string
 }
 
 // newPushApp copies test/apps/<sample> into a git repo and creates the app
@@ -70,7 +72,14 @@ func (a *pushApp) flynn(args ...string) string {
 // push runs git push and returns its output and whether it succeeded.
 func (a *pushApp) push(refspec string) (string, bool) {
 	out, err := a.cmd("git", "push", "flynn", refspec).CombinedOutput()
+	a.lastPush = string(out)
 	return string(out), err == nil
+}
+
+// unpadded is git push output without the spaces git pads each remote
+// line with.
+func unpadded(out string) string {
+	return regexp.MustCompile(`(?m)[ \t]+$`).ReplaceAllString(out, "")
 }
 
 // get fetches / through the router.
@@ -217,9 +226,43 @@ func TestPushApps(t *testing.T) {
 	a.git("commit", "-qam", "no web")
 	refuse("a Procfile with no web process", "no web process")
 
-	os.WriteFile(filepath.Join(a.dir, "Procfile"), []byte("web: exit 3\n"), 0o644)
+	// A crashing process's last lines, and how it ended (the platform's
+	// line about its exit, written after its output), are in the push's
+	// output.
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), []byte("web: echo \"crashing on purpose\"; exit 3\n"), 0o644)
 	a.git("commit", "-qam", "crashing web")
-	refuse("a crashing web process", "Push rejected")
+	refuse("a crashing web process", "remote: -----> Last log lines of web (job ")
+	if out := a.lastPush; !strings.Contains(unpadded(out), "remote:        crashing on purpose\nremote:        Process exited with status 3\n") {
+		t.Errorf("a crashing web process: the push's output lacks its last line and exit:\n%s", out)
+	}
+	if out := a.flynn("log", "-i", "-t", "web"); !strings.Contains(out, ": Starting process with command `") || !strings.Contains(out, ": Process exited with status 3") {
+		t.Errorf("flynn log -i shows no platform lines about the crashed job's start and exit:\n%s", out)
+	}
+	if out := a.flynn("log", "-t", "web"); strings.Contains(out, "Process exited") {
+		t.Errorf("flynn log without -i shows the platform's lines:\n%s", out)
+	}
+
+	// An app whose first web process comes up and then crashes: the push
+	// fails as soon as it does (not when the deploy timeout ends), with
+	// its last lines, and the app is scaled back down.
+	cr := newPushApp(t, c, nil, "procfile", "pushcrash", false)
+	os.WriteFile(filepath.Join(cr.dir, "Procfile"), []byte("web: echo \"up, then crashing\"; sleep 2; exit 5\n"), 0o644)
+	cr.git("commit", "-qam", "crashes once up")
+	cout, cok := cr.push("main")
+	if cok || !strings.Contains(cout, "it exited with status 5") ||
+		!strings.Contains(cout, "remote: -----> Last log lines of web (job ") || !strings.Contains(unpadded(cout), "remote:        up, then crashing\nremote:        Process exited with status 5\n") {
+		t.Errorf("a first push whose web process crashes once up: push ok=%v, want a refusal with its last lines:\n%s", cok, cout)
+	}
+	if sc := cr.flynn("scale"); !strings.Contains(sc, "web=0") {
+		t.Errorf("after a first push whose web process crashed, flynn scale says %q, want web=0", sc)
+	}
+	// flynn scale of it fails once it has crashed three times, with the
+	// last crashed job's last lines and exit.
+	sout, serr := cr.cmd(filepath.Join(binDir, "flynn"), "scale", "web=1").CombinedOutput()
+	if serr == nil || !strings.Contains(string(sout), "Last log lines of web (job ") || !strings.Contains(string(sout), "  up, then crashing\n  Process exited with status 5\n") ||
+		!strings.Contains(string(sout), "web crashed 3 times") {
+		t.Errorf("flynn scale web=1 of a crashing app: err %v, want a failure with its last lines:\n%s", serr, sout)
+	}
 
 	a.git("rm", "-q", "Procfile")
 	a.git("commit", "-qam", "nothing to run")

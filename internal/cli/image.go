@@ -115,6 +115,8 @@ func (s *state) scaleFirstWeb(ctx context.Context, out io.Writer, c *controllerc
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	go func() { <-ctx.Done(); stream.Close() }()
-	lastLines := func(typ string) []string { return s.lastLogLines(context.WithoutCancel(ctx), app.ID, typ, 10) }
+	lastLines := func(typ, job string) []string {
+		return s.lastLogLines(context.WithoutCancel(ctx), app.ID, typ, job, 10)
+	}
 	return waitScaleRequest(ctx, out, stream, req, lastLines)
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -109,12 +110,22 @@ each job (start, exit, out of memory) on stderr.`,
 
 // lastLogLines returns the last n lines an app's process type wrote (its
 // jobs' output, with their job ids), or none when the log cannot be read.
-func (s *state) lastLogLines(ctx context.Context, appID, typ string, n int) []string {
+// Given a job that ended, it returns that job's last n lines and the
+// platform's lines about how it ended, waiting a little for the log to
+// reach its exit line (its host ships it in the background).
+func (s *state) lastLogLines(ctx context.Context, appID, typ, job string, n int) []string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	q := url.Values{"lines": {strconv.Itoa(n)}, "stream_types": {api.LogStdout + "," + api.LogStderr}}
 	if typ != "" {
 		q.Set("process_type", typ)
+	}
+	if job != "" {
+		var wcancel context.CancelFunc
+		ctx, wcancel = context.WithTimeout(ctx, 5*time.Second)
+		defer wcancel()
+		q = url.Values{"follow": {"true"}, "lines": {strconv.Itoa(n + 4)}, "job_id": {job},
+			"stream_types": {api.LogStdout + "," + api.LogStderr + "," + api.LogInit}}
 	}
 	res, err := s.raw(ctx, http.MethodGet, "/apps/"+url.PathEscape(appID)+"/log?"+q.Encode(), nil, http.Header{"Accept": {"text/event-stream"}})
 	if err != nil {
@@ -122,12 +133,29 @@ func (s *state) lastLogLines(ctx context.Context, appID, typ string, n int) []st
 	}
 	lr := logaggclient.NewSSEReader(httpclient.NewEventReader(res.Body))
 	defer lr.Close()
-	var out []string
+	var out, ended []string
 	for {
 		m, err := lr.Next()
 		if err != nil {
-			return out
+			break
 		}
-		out = append(out, fmt.Sprintf("%s: %s", m.JobID, m.Msg))
+		if job == "" {
+			out = append(out, fmt.Sprintf("%s: %s", m.JobID, m.Msg))
+			continue
+		}
+		if m.Stream != api.LogInit {
+			if len(out) == n {
+				out = append(out[:0], out[1:]...)
+			}
+			out = append(out, m.Msg)
+			continue
+		}
+		if !strings.HasPrefix(m.Msg, "Starting process") {
+			ended = append(ended, m.Msg)
+		}
+		if strings.HasPrefix(m.Msg, "Process exited") || strings.HasPrefix(m.Msg, "Failed to start") {
+			break
+		}
 	}
+	return append(out, ended...)
 }

@@ -236,7 +236,9 @@ with those tags (a KEY alone means KEY=true).`,
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			go func() { <-ctx.Done(); stream.Close() }()
-			lastLines := func(typ string) []string { return s.lastLogLines(context.WithoutCancel(ctx), req.AppID, typ, 10) }
+			lastLines := func(typ, job string) []string {
+				return s.lastLogLines(context.WithoutCancel(ctx), req.AppID, typ, job, 10)
+			}
 			if err := waitScaleRequest(ctx, cmd.OutOrStdout(), stream, req, lastLines); err != nil {
 				if ctx.Err() == context.DeadlineExceeded {
 					return fmt.Errorf("timed out after %s waiting for the new formation to serve: see flynn ps and flynn log", timeout)
@@ -340,7 +342,8 @@ func showAllFormations(ctx context.Context, cmd *cobra.Command, c *controllercli
 // jobs of the request's release as they change, until the deployer
 // completes the request (the formation runs and serves) or it is
 // cancelled by a newer one.
-func waitScaleRequest(ctx context.Context, out io.Writer, stream *controllerclient.EventStream, req *api.ScaleRequest, lastLines func(typ string) []string) error {
+func waitScaleRequest(ctx context.Context, out io.Writer, stream *controllerclient.EventStream, req *api.ScaleRequest, lastLines func(typ, job string) []string) error {
+	downJob := map[string]string{} // by type, the last job that went down
 	for {
 		ev, err := stream.Next()
 		if err != nil {
@@ -356,6 +359,9 @@ func waitScaleRequest(ctx context.Context, out io.Writer, stream *controllerclie
 				continue
 			}
 			fmt.Fprintf(out, "%s ==> %s %s %s\n", time.Now().Format("15:04:05.000"), j.Type, j.ID, j.State)
+			if j.State == api.JobStateDown {
+				downJob[j.Type] = j.ID
+			}
 		case api.EventTypeScaleRequest:
 			r := &api.ScaleRequest{}
 			if err := json.Unmarshal(ev.Data, r); err != nil || r.ID != req.ID {
@@ -369,8 +375,12 @@ func waitScaleRequest(ctx context.Context, out io.Writer, stream *controllerclie
 			case api.ScaleRequestFailed:
 				// Say why, with what the crashing process printed last.
 				typ, _, _ := strings.Cut(r.Error, " ")
-				if lines := lastLines(typ); len(lines) > 0 {
-					fmt.Fprintf(out, "Last log lines of %s:\n", typ)
+				if lines := lastLines(typ, downJob[typ]); len(lines) > 0 {
+					if job := downJob[typ]; job != "" {
+						fmt.Fprintf(out, "Last log lines of %s (job %s):\n", typ, job)
+					} else {
+						fmt.Fprintf(out, "Last log lines of %s:\n", typ)
+					}
 					for _, l := range lines {
 						fmt.Fprintf(out, "  %s\n", l)
 					}

@@ -461,7 +461,7 @@ func (r *run) apply(ctx context.Context, j *api.Job) error {
 		if r.newForm.Processes[j.Type] == 0 {
 			return nil // we scaled it down
 		}
-		msg := JobEnd(j)
+		msg := j.End()
 		r.event(ctx, api.DeploymentEvent{ReleaseID: j.ReleaseID, JobType: j.Type, JobState: api.JobStateDown, Error: msg})
 		return fmt.Errorf("a %s job of release %s %s", j.Type, j.ReleaseID, msg)
 	case isOld && j.State == api.JobStateDown && prev != nil:

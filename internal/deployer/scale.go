@@ -137,7 +137,7 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 			if prev := w.jobs[j.UUID]; prev != nil && j.ReleaseID == rel.ID && j.State == api.JobStateDown &&
 				(prev.State == api.JobStateUp || prev.State == api.JobStateStarting) && want[j.Type] > 0 {
 				if crashes[j.Type]++; crashes[j.Type] >= d.cfg.CrashLimit {
-					reason := fmt.Sprintf("%s crashed %d times; the last %s", j.Type, crashes[j.Type], JobEnd(j))
+					reason := fmt.Sprintf("%s crashed %d times; the last %s", j.Type, crashes[j.Type], j.End())
 					return d.failScale(ctx, sr, req, reason)
 				}
 			}
@@ -182,19 +182,6 @@ func (d *Deployer) failScale(ctx context.Context, sr ScaleRequests, req *api.Sca
 			return ctx.Err()
 		}
 	}
-}
-
-// JobEnd says how a job that went down ended: "exited with status 3",
-// or what its host said.
-func JobEnd(j *api.Job) string {
-	msg := "exited"
-	if j.ExitStatus != nil {
-		msg = fmt.Sprintf("exited with status %d", *j.ExitStatus)
-	}
-	if j.HostError != nil && *j.HostError != "" {
-		msg += ": " + *j.HostError
-	}
-	return msg
 }
 
 // readiness follows the jobs of one release and tells which are ready:

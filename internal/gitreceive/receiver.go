@@ -743,7 +743,7 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 		if err != nil {
 			var fe *failedType
 			if errors.As(err, &fe) {
-				r.printLastLines(ctx, out, app, fe.typ)
+				r.printLastLines(ctx, out, app, fe.typ, fe.job)
 			}
 			return err
 		}
@@ -760,23 +760,29 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 		return fmt.Errorf("scale web=1: %w", err)
 	}
 	fmt.Fprintln(out, "-----> Waiting for web job to start...")
-	if err := waitWebUp(wctx, rel.ID, evc, timeout); err != nil {
-		r.printLastLines(ctx, out, app, "web")
-		// Take the crashing app down again, as Flynn does.
+	err = waitWebUp(wctx, rel.ID, evc, timeout)
+	if err == nil && r.cfg.Discoverd != nil {
+		err = r.waitRegistered(wctx, app.Name+"-web", rel.ID, evc)
+	}
+	if err != nil {
+		var fe *failedType
+		if errors.As(err, &fe) {
+			r.printLastLines(ctx, out, app, fe.typ, fe.job)
+		} else {
+			r.printLastLines(ctx, out, app, "web", "")
+		}
+		// Take the app down again, as Flynn does: the push is rejected.
 		r.cfg.Controller.PutFormation(context.WithoutCancel(ctx), &api.Formation{AppID: app.ID, ReleaseID: rel.ID, Processes: map[string]int{"web": 0}})
 		return err
-	}
-	if r.cfg.Discoverd != nil {
-		if err := r.waitRegistered(wctx, app.Name+"-web", rel.ID); err != nil {
-			return fmt.Errorf("the web process started but never became reachable (%v): check flynn log", err)
-		}
 	}
 	fmt.Fprintln(out, "=====> web job started")
 	return nil
 }
 
-// waitRegistered waits until service has an instance of release.
-func (r *BuildReceiver) waitRegistered(ctx context.Context, service, releaseID string) error {
+// waitRegistered waits until service has an instance of release. A web
+// job of release that goes down meanwhile (a process that crashes once
+// it is up) fails the wait at once.
+func (r *BuildReceiver) waitRegistered(ctx context.Context, service, releaseID string, evc <-chan *api.Event) error {
 	for {
 		insts, err := r.cfg.Discoverd.Instances(ctx, service)
 		if err == nil {
@@ -791,10 +797,31 @@ func (r *BuildReceiver) waitRegistered(ctx context.Context, service, releaseID s
 			if err == nil {
 				err = ctx.Err()
 			}
-			return err
+			return fmt.Errorf("the web process started but never became reachable (%v): is it listening on $PORT? check flynn log", err)
+		case ev, ok := <-evc:
+			if !ok {
+				evc = nil // polling discoverd goes on
+				continue
+			}
+			if j := webJobDown(ev, releaseID); j != nil {
+				return &failedType{typ: "web", job: j.ID, err: errors.New("the web process exited before it became reachable: it " + j.End())}
+			}
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// webJobDown returns the job of a job event that says a web job of
+// release went down.
+func webJobDown(ev *api.Event, releaseID string) *api.Job {
+	if ev.ObjectType != api.EventTypeJob {
+		return nil
+	}
+	var j api.Job
+	if json.Unmarshal(ev.Data, &j) != nil || j.ReleaseID != releaseID || j.Type != "web" || j.State != api.JobStateDown {
+		return nil
+	}
+	return &j
 }
 
 // running says whether a formation runs any process.
@@ -825,6 +852,10 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 	if done, err := check(); done {
 		return err
 	}
+	// The last job of the new release that went down, by type: the
+	// one whose output explains a failed deployment.
+	downJobs := map[string]string{}
+	var downType string // the last type a job of the deployment went down in
 	for {
 		select {
 		case <-ctx.Done():
@@ -836,6 +867,14 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 				}
 				return fmt.Errorf("lost the event stream while deploying %s", d.ID)
 			}
+			if ev.ObjectType == api.EventTypeJob {
+				var j api.Job
+				if json.Unmarshal(ev.Data, &j) == nil && j.ReleaseID == d.NewReleaseID && j.State == api.JobStateDown && j.ID != "" {
+					downJobs[j.Type] = j.ID
+					downType = j.Type
+				}
+				continue
+			}
 			if ev.ObjectType != api.EventTypeDeployment || ev.ObjectID != d.ID {
 				continue
 			}
@@ -845,6 +884,9 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 			}
 			if de.JobType != "" && de.JobState != "" {
 				fmt.Fprintf(out, "=====> %s job %s\n", de.JobType, de.JobState)
+				if de.JobState == api.JobStateDown {
+					downType = de.JobType
+				}
 			}
 			switch de.Status {
 			case api.DeploymentComplete:
@@ -854,46 +896,89 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 				if msg == "" {
 					msg = "no reason given"
 				}
-				return &failedType{typ: de.JobType, err: fmt.Errorf("deployment failed: %s", msg)}
+				// The failure event itself names no job type.
+				typ := de.JobType
+				if typ == "" {
+					typ = downType
+				}
+				return &failedType{typ: typ, job: downJobs[typ], err: fmt.Errorf("deployment failed: %s", msg)}
 			}
 		}
 	}
 }
 
-// failedType is a deployment that failed because a job of typ went down.
+// failedType is a deployment that failed because a job of typ went
+// down: job, when known.
 type failedType struct {
 	typ string
+	job string
 	err error
 }
 
 func (f *failedType) Error() string { return f.err.Error() }
 func (f *failedType) Unwrap() error { return f.err }
 
-// printLastLines writes the last lines the app's process type logged, so
-// a pusher sees why a process crashed without another command.
-func (r *BuildReceiver) printLastLines(ctx context.Context, out io.Writer, app *api.App, typ string) {
+// lastLinesWait bounds how long printLastLines waits for a failed job's
+// log to reach its exit line (its host ships it in the background).
+var lastLinesWait = 5 * time.Second
+
+// printLastLines writes the last lines a failed job wrote, and how it
+// ended, so a pusher sees why a process crashed without another command.
+// With no job ID, it writes the process type's last lines as the log has
+// them now.
+func (r *BuildReceiver) printLastLines(ctx context.Context, out io.Writer, app *api.App, typ, job string) {
 	if typ == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	rc, err := r.cfg.Controller.GetAppLog(ctx, app.ID, controllerclient.LogOptions{Lines: 10, ProcessType: typ, StreamTypes: []string{api.LogStdout, api.LogStderr}})
+	const n = 10
+	opts := controllerclient.LogOptions{Lines: n, ProcessType: typ, StreamTypes: []string{api.LogStdout, api.LogStderr}}
+	if job != "" {
+		// Followed up to the platform's line about the job's exit,
+		// which its host writes after the job's last output: the lines
+		// before it may still be on their way to the aggregator.
+		fctx, fcancel := context.WithTimeout(ctx, lastLinesWait)
+		defer fcancel()
+		ctx = fctx
+		opts = controllerclient.LogOptions{Follow: true, Lines: n + 4, JobID: job, StreamTypes: []string{api.LogStdout, api.LogStderr, api.LogInit}}
+	}
+	rc, err := r.cfg.Controller.GetAppLog(ctx, app.ID, opts)
 	if err != nil {
 		return
 	}
 	lr := logaggclient.NewPlainReader(rc)
 	defer lr.Close()
-	first := true
+	var lines, ended []string
 	for {
 		m, err := lr.Next()
 		if err != nil {
-			return
+			break
 		}
-		if first {
-			fmt.Fprintf(out, "-----> Last log lines of %s:\n", typ)
-			first = false
+		if m.Stream != api.LogInit {
+			if len(lines) == n {
+				lines = append(lines[:0], lines[1:]...)
+			}
+			lines = append(lines, m.Msg)
+			continue
 		}
-		fmt.Fprintf(out, "       %s\n", m.Msg)
+		if !strings.HasPrefix(m.Msg, "Starting process") {
+			ended = append(ended, m.Msg)
+		}
+		if strings.HasPrefix(m.Msg, "Process exited") || strings.HasPrefix(m.Msg, "Failed to start") {
+			break
+		}
+	}
+	if len(lines)+len(ended) == 0 {
+		return
+	}
+	if job != "" {
+		fmt.Fprintf(out, "-----> Last log lines of %s (job %s):\n", typ, job)
+	} else {
+		fmt.Fprintf(out, "-----> Last log lines of %s:\n", typ)
+	}
+	for _, l := range append(lines, ended...) {
+		fmt.Fprintf(out, "       %s\n", l)
 	}
 }
 
@@ -919,14 +1004,7 @@ func waitWebUp(ctx context.Context, releaseID string, evc <-chan *api.Event, tim
 			case api.JobStateUp:
 				return nil
 			case api.JobStateDown:
-				why := "it exited"
-				if j.ExitStatus != nil {
-					why = fmt.Sprintf("it exited with status %d", *j.ExitStatus)
-				}
-				if j.HostError != nil {
-					why = *j.HostError
-				}
-				return fmt.Errorf("the web process failed to start: %s; see `flynn log`", why)
+				return &failedType{typ: "web", job: j.ID, err: errors.New("the web process failed to start: it " + j.End() + "; see `flynn log`")}
 			}
 		}
 	}

@@ -26,12 +26,18 @@ func TestJobOutputAndExit(t *testing.T) {
 	if aj.Status != api.HostJobCrashed || exitStatus(aj) != 3 {
 		t.Fatalf("status %s exit %d, want crashed 3", aj.Status, exitStatus(aj))
 	}
-	stdout, stderr, err := a.cli("log", "out")
+	stdout, stderr, err := a.cli("log", "-i", "out")
 	if err != nil {
 		t.Fatalf("flynn-host log: %v %s", err, stderr)
 	}
-	if stdout != "to-stdout\n" || stderr != "to-stderr\n" {
-		t.Fatalf("log stdout %q stderr %q", stdout, stderr)
+	// The platform's lines about the job (its start, its exit) go to
+	// stderr with the job's, the exit last, with -i; without, only the
+	// job's output.
+	if _, stderr, _ := a.cli("log", "out"); stderr != "to-stderr\n" {
+		t.Fatalf("log stderr without -i %q", stderr)
+	}
+	if wantErr := "Starting process with command `sh -c 'echo to-stdout; echo to-stderr >&2; exit 3'`\nto-stderr\nProcess exited with status 3\n"; stdout != "to-stdout\n" || stderr != wantErr {
+		t.Fatalf("log stdout %q stderr %q, want stderr %q", stdout, stderr, wantErr)
 	}
 	// The job ran as nobody by default.
 	a.add(busyboxJob("who", "id", "-u"))
@@ -182,6 +188,12 @@ func TestOOMKill(t *testing.T) {
 	out, _, _ := a.cli("inspect", "hog")
 	if !strings.Contains(out, `"oom": true`) {
 		t.Fatalf("inspect does not report the OOM:\n%s", out)
+	}
+	// The job's log says so too, on the platform's stream (Flynn's
+	// words), before the exit.
+	_, errs, _ := a.cli("log", "-i", "hog")
+	if want := "FATAL: a container process was killed due to lack of available memory (the job's memory limit is 32 MiB)\nProcess exited with status 137\n"; !strings.HasSuffix(errs, want) {
+		t.Fatalf("log's stderr %q, want it to end with %q", errs, want)
 	}
 }
 

@@ -213,8 +213,8 @@ func (a *Agent) replayEnded(w io.Writer, req api.AttachRequest) {
 			sc.Buffer(make([]byte, 64<<10), 1<<20)
 			for sc.Scan() {
 				var l api.HostLogLine
-				if json.Unmarshal(sc.Bytes(), &l) != nil {
-					continue
+				if json.Unmarshal(sc.Bytes(), &l) != nil || l.Stream == api.LogInit {
+					continue // the platform's lines are not the job's output
 				}
 				typ := api.FrameStdout
 				if l.Stream == "stderr" {

@@ -55,7 +55,13 @@ func TestLogShipping(t *testing.T) {
 	a.add(busyboxJob("ship2", "echo", "no-app"))
 
 	type line struct{ Job, Type, Stream, Msg string }
-	want := []line{{"ship1", "web", "stderr", "err-line"}, {"ship1", "web", "stdout", "out-line"}}
+	// The platform's lines (stream init) come first and last: the exit
+	// line follows the job's last output.
+	want := []line{
+		{"ship1", "web", "init", "Starting process with command `sh -c 'echo out-line; echo err-line >&2'`"},
+		{"ship1", "web", "stderr", "err-line"}, {"ship1", "web", "stdout", "out-line"},
+		{"ship1", "web", "init", "Process exited with status 0"},
+	}
 	for i, lc := range aggs {
 		var got []line
 		for {
@@ -75,14 +81,14 @@ func TestLogShipping(t *testing.T) {
 				got = append(got, line{m.JobID, m.ProcessType, m.Stream, m.Msg})
 			}
 			r.Close()
-			if len(got) >= 2 || ctx.Err() != nil {
+			if len(got) >= len(want) || ctx.Err() != nil {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		// stdout and stderr are separate pipes: their order is not fixed.
-		if len(got) == 2 && got[0].Stream == "stdout" {
-			got[0], got[1] = got[1], got[0]
+		if len(got) == len(want) && got[1].Stream == "stdout" {
+			got[1], got[2] = got[2], got[1]
 		}
 		if d := cmp.Diff(want, got); d != "" {
 			t.Errorf("lines shipped to aggregator %d (-want +got):\n%s", i, d)

@@ -210,11 +210,12 @@ func newInspectCmd(env Env) *cobra.Command {
 }
 
 func newLogCmd(env Env) *cobra.Command {
-	var follow, timestamps bool
+	var follow, timestamps, initLog bool
 	cmd := &cobra.Command{Use: "log JOB", Short: "Show a job's output", Args: cobra.ExactArgs(1)}
 	client := hostFlags(cmd, env)
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing output until the job ends")
 	cmd.Flags().BoolVarP(&timestamps, "timestamps", "t", false, "prefix lines with their time")
+	cmd.Flags().BoolVarP(&initLog, "init", "i", false, "also show the platform's lines about the job (start, exit, out of memory), on stderr")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		l, err := client().JobLog(cmd.Context(), args[0], follow)
 		if err != nil {
@@ -232,8 +233,11 @@ func newLogCmd(env Env) *cobra.Command {
 				}
 				return err
 			}
+			if line.Stream == api.LogInit && !initLog {
+				continue
+			}
 			w := cmd.OutOrStdout()
-			if line.Stream == "stderr" {
+			if line.Stream == api.LogStderr || line.Stream == api.LogInit {
 				w = cmd.ErrOrStderr()
 			}
 			if timestamps {

@@ -204,6 +204,7 @@ func (r *Runc) Start(ctx context.Context, spec *Spec) (_ *Started, err error) {
 	sup, err := r.spawnSupervisor(dir, &supervisor.Config{
 		ID: spec.ID, Runc: r.cfg.Runc, RuncRoot: filepath.Join(r.cfg.StateDir, "runc"),
 		TTY: spec.TTY, Stdin: spec.Stdin, CgroupsPath: st.Cgroups,
+		Command: shellJoin(spec.Args),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start job: %w", err)
@@ -681,6 +682,30 @@ func (r *Runc) init() string {
 		return ""
 	}
 	return r.cfg.Init
+}
+
+// shellJoin writes args as a shell command line: each argument as it is
+// when the shell would read it back unchanged, else in single quotes.
+func shellJoin(args []string) string {
+	var b strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		plain := a != ""
+		for _, c := range a {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("_@%+=:,./-", c)) {
+				plain = false
+				break
+			}
+		}
+		if plain {
+			b.WriteString(a)
+			continue
+		}
+		b.WriteString("'" + strings.ReplaceAll(a, "'", `'\''`) + "'")
+	}
+	return b.String()
 }
 
 // checkCommand fails when the job's command is certainly not in its

@@ -70,7 +70,7 @@ func TestWritesAsAPI(t *testing.T) {
 }
 
 func TestParseAsJSON(t *testing.T) {
-	cfg := Config{ID: "web-1", Runc: "/usr/bin/runc", RuncRoot: "/var/lib/flynn/runc", TTY: true, Stdin: true, CgroupsPath: "/flynn/web-1", DisableLog: true}
+	cfg := Config{ID: "web-1", Runc: "/usr/bin/runc", RuncRoot: "/var/lib/flynn/runc", TTY: true, Stdin: true, CgroupsPath: "/flynn/web-1", DisableLog: true, Command: "sh -c 'echo \"hi\"'"}
 	for _, c := range []Config{cfg, {ID: "x"}} {
 		b, _ := json.MarshalIndent(c, "", "  ") // as the runtime writes it
 		if got, err := parseConfig(b); err != nil || got != c {

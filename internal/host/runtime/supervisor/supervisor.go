@@ -55,6 +55,8 @@ type Config struct {
 	Stdin       bool   `json:"stdin,omitempty"`
 	CgroupsPath string `json:"cgroups_path"`
 	DisableLog  bool   `json:"disable_log,omitempty"`
+	// Command is the job's command as its log's first line names it.
+	Command string `json:"command,omitempty"`
 }
 
 // Ready is what a supervisor writes on fd 3 once the container process
@@ -124,7 +126,8 @@ func parseConfig(b []byte) (Config, error) {
 	return c, errors.Join(
 		f.str("id", &c.ID), f.str("runc", &c.Runc), f.str("runc_root", &c.RuncRoot),
 		f.bool("tty", &c.TTY), f.bool("stdin", &c.Stdin),
-		f.str("cgroups_path", &c.CgroupsPath), f.bool("disable_log", &c.DisableLog))
+		f.str("cgroups_path", &c.CgroupsPath), f.bool("disable_log", &c.DisableLog),
+		f.str("command", &c.Command))
 }
 
 // parseRequest parses a Request as json.Unmarshal does (field names as
@@ -207,9 +210,13 @@ func Run(dir string) error {
 		return errors.New("the job's start was abandoned: nothing to run")
 	}
 	var pumps sync.WaitGroup
+	if s.cfg.Command != "" {
+		s.initLine("Starting process with command `" + s.cfg.Command + "`")
+	}
 	runcStart := time.Now()
 	pid, err := s.startContainer(&pumps)
 	if err != nil {
+		s.initLine("Failed to start the process: " + err.Error())
 		ln.Close()
 		return fail(err)
 	}
@@ -233,6 +240,18 @@ func Run(dir string) error {
 	exit := &jobExit{ExitStatus: status}
 	if status == 128+int(unix.SIGKILL) && oomKilled(s.cfg.CgroupsPath) {
 		exit.OOM = true
+	}
+	// The platform's lines about the job, after its last output: a
+	// reader of the log that sees the exit line has all of it.
+	if exit.OOM {
+		msg := "FATAL: a container process was killed due to lack of available memory"
+		if limit := memoryLimit(s.cfg.CgroupsPath); limit > 0 {
+			msg += " (the job's memory limit is " + strconv.FormatInt(limit>>20, 10) + " MiB)"
+		}
+		s.initLine(msg)
+	}
+	if status >= 0 {
+		s.initLine("Process exited with status " + strconv.Itoa(status))
 	}
 	out, err := exec.Command(s.cfg.Runc, "--root", s.cfg.RuncRoot, "delete", "--force", s.cfg.ID).CombinedOutput()
 	if err != nil {
@@ -446,6 +465,18 @@ func (s *supervisor) pump(r io.Reader, stream string, typ byte) {
 	}
 }
 
+// StreamInit is the log stream of the platform's own lines about a job
+// (api.LogInit): its start, its exit, an out-of-memory kill. Attach
+// clients, which asked for the job's output, are never sent them.
+const StreamInit = "init"
+
+// initLine writes one of the platform's lines about the job to its log.
+func (s *supervisor) initLine(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.logLine(StreamInit, []byte(msg))
+}
+
 func (s *supervisor) logLine(stream string, line []byte) {
 	if s.cfg.DisableLog {
 		return
@@ -602,7 +633,7 @@ func replayLog(w io.Writer, file string, n int64) error {
 	for sc.Scan() {
 		var stream, msg string
 		f, err := parseObject(sc.Bytes())
-		if err != nil || f.str("s", &stream) != nil || f.str("m", &msg) != nil {
+		if err != nil || f.str("s", &stream) != nil || f.str("m", &msg) != nil || stream == StreamInit {
 			continue
 		}
 		typ := frame.Stdout
@@ -660,6 +691,26 @@ func oomKilled(cgroupsPath string) bool {
 		}
 	}
 	return false
+}
+
+// memoryLimit returns the cgroup's memory limit in bytes, or 0 when it has
+// none or it cannot be read.
+func memoryLimit(cgroupsPath string) int64 {
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.limit_in_bytes"),
+		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.max"),
+	} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || n <= 0 || n >= 1<<62 {
+			return 0 // "max", or v1's "unlimited" (a page-rounded 2^63-1)
+		}
+		return n
+	}
+	return 0
 }
 
 // Addr is where the supervisor of the job in dir listens: an

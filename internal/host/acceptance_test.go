@@ -59,6 +59,10 @@ func TestStopReachesPlainProcess(t *testing.T) {
 	if aj := a.waitEnded("plain"); exitStatus(aj) != 128+15 {
 		t.Fatalf("exit %d, want 143 (ended by SIGTERM)", exitStatus(aj))
 	}
+	// The job's log says it was stopped, before its exit.
+	if _, errs, _ := a.cli("log", "-i", "plain"); !strings.HasSuffix(errs, "\nStopping process with SIGTERM\nProcess exited with status 143\n") {
+		t.Fatalf("log -i stderr %q, want the stop and the exit last", errs)
+	}
 }
 
 func TestStopIgnoringSIGTERM(t *testing.T) {
@@ -83,6 +87,10 @@ func TestStopIgnoringSIGTERM(t *testing.T) {
 		t.Fatalf("exit %d, want 137 (killed after the grace period)", exitStatus(aj))
 	}
 	waitLog(t, a, "stubborn", "got TERM")
+	if _, errs, _ := a.cli("log", "-i", "stubborn"); !strings.Contains(errs, "\nStopping process with SIGTERM\n") ||
+		!strings.HasSuffix(errs, "\nProcess did not exit within 1s of SIGTERM: stopping it with SIGKILL\nProcess exited with status 137\n") {
+		t.Errorf("log -i stderr %q, want the stop, the SIGKILL and the exit last", errs)
+	}
 	select {
 	case out := <-followed:
 		if out != "ready\ngot TERM\n" {

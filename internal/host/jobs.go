@@ -416,6 +416,8 @@ func (a *Agent) StopJob(ctx context.Context, id string) (*api.ActiveJob, error) 
 	default:
 	}
 	a.drain(ctx, id)
+	// Said in the job's log, as Heroku says it.
+	a.rt.Note(id, "Stopping process with SIGTERM")
 	if err := a.rt.Signal(ctx, id, unix.SIGTERM); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
 		if errors.Is(err, runtime.ErrNotFound) {
 			return nil, api.Conflict("job %q is still starting; stop it once it runs", id)
@@ -429,6 +431,7 @@ func (a *Agent) StopJob(ctx context.Context, id string) (*api.ActiveJob, error) 
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	a.rt.Note(id, fmt.Sprintf("Process did not exit within %s of SIGTERM: stopping it with SIGKILL", a.cfg.StopGrace))
 	if err := a.rt.Signal(ctx, id, unix.SIGKILL); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
 		return nil, fmt.Errorf("stop job %s: %w", id, err)
 	}

@@ -121,6 +121,9 @@ func (f *Fake) Signal(ctx context.Context, id string, sig unix.Signal) error {
 	return nil
 }
 
+// Note implements Runtime: the fake keeps no log.
+func (f *Fake) Note(id, msg string) error { return nil }
+
 // Attach implements Runtime: the stream carries only the exit frame.
 func (f *Fake) Attach(ctx context.Context, id string, o AttachOptions) (io.ReadWriteCloser, error) {
 	j, err := f.job(id)

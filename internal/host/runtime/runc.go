@@ -471,6 +471,26 @@ func (r *Runc) Signal(ctx context.Context, id string, sig unix.Signal) error {
 	return nil
 }
 
+// Note implements Runtime. The supervisor appends to the same file: each
+// line is one write with O_APPEND, so lines never interleave.
+func (r *Runc) Note(id, msg string) error {
+	dir := r.dir(id)
+	if _, err := os.Stat(filepath.Join(dir, supervisor.FileExit)); err == nil {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(dir, supervisor.FileLog), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil // no log (yet, or any more)
+	}
+	defer f.Close()
+	b, err := json.Marshal(api.HostLogLine{Time: time.Now().UTC(), Stream: api.LogInit, Msg: msg})
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	return err
+}
+
 // Attach implements Runtime.
 func (r *Runc) Attach(ctx context.Context, id string, o AttachOptions) (io.ReadWriteCloser, error) {
 	if _, err := os.Stat(r.dir(id)); err != nil {

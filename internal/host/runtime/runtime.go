@@ -87,6 +87,10 @@ type Runtime interface {
 	Wait(ctx context.Context, id string) (*api.HostJobExit, error)
 	// Signal sends sig to the job's process.
 	Signal(ctx context.Context, id string, sig unix.Signal) error
+	// Note adds one of the platform's lines about a running job (stream
+	// api.LogInit) to its log; it does nothing once the job has exited,
+	// so the exit stays the log's last line.
+	Note(id, msg string) error
 	// Attach opens a framed stream (api.WriteFrame/ReadFrame) to the
 	// job: the caller writes stdin and resize frames and reads output
 	// frames until an exit frame.

@@ -5,12 +5,21 @@ import (
 	"time"
 )
 
-// Log streams a job's output line can come from. StreamInit carries lines
-// from the platform about the job (start, exit, OOM).
+// Log streams a job's output line can come from. LogInit carries lines
+// from the platform about the job (start, stop, OOM, exit).
 const (
 	LogStdout = "stdout"
 	LogStderr = "stderr"
 	LogInit   = "init"
+)
+
+// The platform's lines about a job (stream LogInit) that begin with these
+// say how it started and ended; the exit (or failed start) is the last
+// line of the job's log. The job's supervisor writes them.
+const (
+	LogInitStart  = "Starting process"
+	LogInitExit   = "Process exited with status "
+	LogInitFailed = "Failed to start the process: "
 )
 
 // LogMessage is one line of a job's output as hosts ship it to the

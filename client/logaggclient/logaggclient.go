@@ -182,3 +182,32 @@ func (r *Reader) Next() (api.LogMessage, error) { return r.next() }
 
 // Close ends the stream.
 func (r *Reader) Close() error { return r.close() }
+
+// LastLines reads a job's log (its output and api.LogInit lines, as a
+// follow from some lines back returns it) up to the platform's line about
+// its exit, or the end of r, and returns the last n lines of the job's
+// output followed by the platform's lines about how it ended (an OOM
+// kill, a stop, the exit status).
+func LastLines(r *Reader, n int) []string {
+	var out, ended []string
+	for {
+		m, err := r.Next()
+		if err != nil {
+			break
+		}
+		if m.Stream != api.LogInit {
+			if len(out) == n {
+				out = append(out[:0], out[1:]...)
+			}
+			out = append(out, m.Msg)
+			continue
+		}
+		if !strings.HasPrefix(m.Msg, api.LogInitStart) {
+			ended = append(ended, m.Msg)
+		}
+		if strings.HasPrefix(m.Msg, api.LogInitExit) || strings.HasPrefix(m.Msg, api.LogInitFailed) {
+			break
+		}
+	}
+	return append(out, ended...)
+}

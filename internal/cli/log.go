@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -133,29 +132,15 @@ func (s *state) lastLogLines(ctx context.Context, appID, typ, job string, n int)
 	}
 	lr := logaggclient.NewSSEReader(httpclient.NewEventReader(res.Body))
 	defer lr.Close()
-	var out, ended []string
+	if job != "" {
+		return logaggclient.LastLines(lr, n)
+	}
+	var out []string
 	for {
 		m, err := lr.Next()
 		if err != nil {
-			break
+			return out
 		}
-		if job == "" {
-			out = append(out, fmt.Sprintf("%s: %s", m.JobID, m.Msg))
-			continue
-		}
-		if m.Stream != api.LogInit {
-			if len(out) == n {
-				out = append(out[:0], out[1:]...)
-			}
-			out = append(out, m.Msg)
-			continue
-		}
-		if !strings.HasPrefix(m.Msg, "Starting process") {
-			ended = append(ended, m.Msg)
-		}
-		if strings.HasPrefix(m.Msg, "Process exited") || strings.HasPrefix(m.Msg, "Failed to start") {
-			break
-		}
+		out = append(out, fmt.Sprintf("%s: %s", m.JobID, m.Msg))
 	}
-	return append(out, ended...)
 }

@@ -949,27 +949,8 @@ func (r *BuildReceiver) printLastLines(ctx context.Context, out io.Writer, app *
 	}
 	lr := logaggclient.NewPlainReader(rc)
 	defer lr.Close()
-	var lines, ended []string
-	for {
-		m, err := lr.Next()
-		if err != nil {
-			break
-		}
-		if m.Stream != api.LogInit {
-			if len(lines) == n {
-				lines = append(lines[:0], lines[1:]...)
-			}
-			lines = append(lines, m.Msg)
-			continue
-		}
-		if !strings.HasPrefix(m.Msg, "Starting process") {
-			ended = append(ended, m.Msg)
-		}
-		if strings.HasPrefix(m.Msg, "Process exited") || strings.HasPrefix(m.Msg, "Failed to start") {
-			break
-		}
-	}
-	if len(lines)+len(ended) == 0 {
+	lines := logaggclient.LastLines(lr, n)
+	if len(lines) == 0 {
 		return
 	}
 	if job != "" {
@@ -977,7 +958,7 @@ func (r *BuildReceiver) printLastLines(ctx context.Context, out io.Writer, app *
 	} else {
 		fmt.Fprintf(out, "-----> Last log lines of %s:\n", typ)
 	}
-	for _, l := range append(lines, ended...) {
+	for _, l := range lines {
 		fmt.Fprintf(out, "       %s\n", l)
 	}
 }

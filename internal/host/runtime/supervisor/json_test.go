@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,4 +154,19 @@ func plain(v any) any {
 		return f
 	}
 	return v
+}
+
+// TestNotesAsAPI: readers find the platform's lines about a job by the
+// prefixes the api package names.
+func TestNotesAsAPI(t *testing.T) {
+	for _, c := range []struct{ note, prefix string }{
+		{noteStart, api.LogInitStart}, {noteExit, api.LogInitExit}, {noteFailed, api.LogInitFailed},
+	} {
+		if !strings.HasPrefix(c.note, c.prefix) {
+			t.Errorf("note %q does not begin with %q", c.note, c.prefix)
+		}
+	}
+	if StreamInit != api.LogInit {
+		t.Errorf("StreamInit %q, api.LogInit %q", StreamInit, api.LogInit)
+	}
 }

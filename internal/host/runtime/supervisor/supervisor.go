@@ -211,12 +211,12 @@ func Run(dir string) error {
 	}
 	var pumps sync.WaitGroup
 	if s.cfg.Command != "" {
-		s.initLine("Starting process with command `" + s.cfg.Command + "`")
+		s.initLine(noteStart + s.cfg.Command + "`")
 	}
 	runcStart := time.Now()
 	pid, err := s.startContainer(&pumps)
 	if err != nil {
-		s.initLine("Failed to start the process: " + err.Error())
+		s.initLine(noteFailed + err.Error())
 		ln.Close()
 		return fail(err)
 	}
@@ -244,14 +244,14 @@ func Run(dir string) error {
 	// The platform's lines about the job, after its last output: a
 	// reader of the log that sees the exit line has all of it.
 	if exit.OOM {
-		msg := "FATAL: a container process was killed due to lack of available memory"
+		msg := noteOOM
 		if limit := memoryLimit(s.cfg.CgroupsPath); limit > 0 {
 			msg += " (the job's memory limit is " + strconv.FormatInt(limit>>20, 10) + " MiB)"
 		}
 		s.initLine(msg)
 	}
 	if status >= 0 {
-		s.initLine("Process exited with status " + strconv.Itoa(status))
+		s.initLine(noteExit + strconv.Itoa(status))
 	}
 	out, err := exec.Command(s.cfg.Runc, "--root", s.cfg.RuncRoot, "delete", "--force", s.cfg.ID).CombinedOutput()
 	if err != nil {
@@ -469,6 +469,15 @@ func (s *supervisor) pump(r io.Reader, stream string, typ byte) {
 // (api.LogInit): its start, its exit, an out-of-memory kill. Attach
 // clients, which asked for the job's output, are never sent them.
 const StreamInit = "init"
+
+// The platform's lines, as api.LogInitStart, LogInitExit and
+// LogInitFailed begin them (a test checks).
+const (
+	noteStart  = "Starting process with command `"
+	noteExit   = "Process exited with status "
+	noteFailed = "Failed to start the process: "
+	noteOOM    = "FATAL: a container process was killed due to lack of available memory"
+)
 
 // initLine writes one of the platform's lines about the job to its log.
 func (s *supervisor) initLine(msg string) {

@@ -501,7 +501,7 @@ func TestGitPushGoApp(t *testing.T) {
 	blobs := blobclient.New(p.blobURL, pipelineKey, nil)
 	wctx := within(t, 5*time.Minute)
 	for {
-		if _, err := blobs.Head(wctx, "/go-std/go1.22.12.tar"); err == nil {
+		if _, err := blobs.Head(wctx, "/go-std/2/go1.22.12.tar"); err == nil {
 			break
 		}
 		select {

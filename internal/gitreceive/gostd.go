@@ -29,8 +29,14 @@ import (
 // installing it (see buildpacks/go/bin/compile). The blobstore keeps the
 // goStdKeep made last.
 
-// goStdDir is where the builds are, one goVERSION.tar each.
-const goStdDir = "/go-std/"
+// goStdDir is where the builds are, one goVERSION.tar each. The builds
+// under legacyGoStdDir were made with the compiler's DWARF debug info,
+// which builds no longer make, so none of their entries would be used:
+// pruneGoStd deletes them.
+const (
+	goStdDir       = "/go-std/2/"
+	legacyGoStdDir = "/go-std/"
+)
 
 // goStdEvery spaces the jobs that make them: each takes a core or two
 // for 20 s, and a build's result (which names the version) is the app's
@@ -147,6 +153,15 @@ func (r *BuildReceiver) pruneGoStd(ctx context.Context, made string) {
 			continue
 		}
 		r.log.Info("deleted an old shared build of Go", "build", builds[i].Name)
+	}
+	if legacy, err := r.cfg.Blobs.List(ctx, legacyGoStdDir); err == nil {
+		for _, e := range legacy {
+			if _, ok := goStdVersion(e); ok {
+				if err := r.cfg.Blobs.Delete(ctx, legacyGoStdDir+e.Name); err == nil {
+					r.log.Info("deleted a shared build of Go made with DWARF", "build", e.Name)
+				}
+			}
+		}
 	}
 }
 

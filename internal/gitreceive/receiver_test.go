@@ -820,7 +820,7 @@ func TestReceiverGoStd(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := e.blobs.Head(ctx, "/go-std/go1.22.12.tar"); err == nil {
+		if _, err := e.blobs.Head(ctx, "/go-std/2/go1.22.12.tar"); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -855,7 +855,7 @@ func TestReceiverGoStd(t *testing.T) {
 		t.Error("the seed job's URL wrote another blob")
 	}
 	// Its source is gone.
-	if entries, err := e.blobs.List(ctx, "/go-std/src/"); err == nil && len(entries) > 0 {
+	if entries, err := e.blobs.List(ctx, "/go-std/2/src/"); err == nil && len(entries) > 0 {
 		t.Errorf("seed sources left: %v", entries)
 	}
 
@@ -896,13 +896,20 @@ func TestReceiverGoStdPrune(t *testing.T) {
 	// version than the one the push makes).
 	old := []string{"go1.20.14", "go1.21.13", "go1.23.4", "go1.24.2", "go1.25.1"}
 	for _, v := range old {
-		if _, err := e.blobs.Put(ctx, "/go-std/"+v+".tar", strings.NewReader("old"), nil); err != nil {
+		if _, err := e.blobs.Put(ctx, "/go-std/2/"+v+".tar", strings.NewReader("old"), nil); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond) // distinct times
 	}
-	if _, err := e.blobs.Put(ctx, "/go-std/notes.txt", strings.NewReader("not a build"), nil); err != nil {
+	if _, err := e.blobs.Put(ctx, "/go-std/2/notes.txt", strings.NewReader("not a build"), nil); err != nil {
 		t.Fatal(err)
+	}
+	// Made with DWARF, in the old place: deleted, whatever else is there
+	// stays.
+	for _, name := range []string{"/go-std/go1.22.12.tar", "/go-std/go1.21.13.tar", "/go-std/notes.txt"} {
+		if _, err := e.blobs.Put(ctx, name, strings.NewReader("legacy"), nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	e.builder.mu.Lock()
 	e.builder.goToolchain = "go1.22.12"
@@ -914,7 +921,7 @@ func TestReceiverGoStdPrune(t *testing.T) {
 	var got []string
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		entries, err := e.blobs.List(ctx, "/go-std/")
+		entries, err := e.blobs.List(ctx, "/go-std/2/")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -929,12 +936,30 @@ func TestReceiverGoStdPrune(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/go-std/ holds %v, want %v", got, want)
+			t.Fatalf("/go-std/2/ holds %v, want %v", got, want)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if goStdKeep != 4 {
 		t.Fatalf("goStdKeep = %d: the want above keeps 4", goStdKeep)
+	}
+	for {
+		entries, err := e.blobs.List(ctx, "/go-std/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for _, en := range entries {
+			got = append(got, en.Name)
+		}
+		slices.Sort(got)
+		if slices.Equal(got, []string{"2", "notes.txt"}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/go-std/ holds %v, want the legacy builds deleted", got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -969,7 +994,7 @@ func TestReceiverGoStdStop(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Wait did not return after BaseContext ended")
 	}
-	if _, err := e.blobs.Head(context.Background(), "/go-std/go1.22.12.tar"); err == nil {
+	if _, err := e.blobs.Head(context.Background(), "/go-std/2/go1.22.12.tar"); err == nil {
 		t.Error("the stopped job's build was stored")
 	}
 }

@@ -750,6 +750,10 @@ func TestWarmBuildFollowsChanges(t *testing.T) {
 		if !strings.Contains(string(info), "github.com/google/uuid\tv1.5.0") {
 			t.Errorf("the slug's binary was not built with uuid v1.5.0 from the changed go.mod:\n%s", info)
 		}
+		// Built without DWARF, which makes a first build faster.
+		if !strings.Contains(string(info), "\tbuild\t-gcflags=all=-dwarf=false\n") {
+			t.Errorf("the slug's binary was built with DWARF:\n%s", info)
+		}
 	})
 }
 

@@ -56,7 +56,7 @@ type HostJobExit struct {
 // them as JSON lines.
 type HostLogLine struct {
 	Time   time.Time `json:"t"`
-	Stream string    `json:"s"` // stdout or stderr
+	Stream string    `json:"s"` // stdout, stderr or init (LogInit)
 	Msg    string    `json:"m"`
 }
 

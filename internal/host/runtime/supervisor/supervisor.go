@@ -682,21 +682,27 @@ func reap(pid int) int {
 	}
 }
 
+// readMemoryFile reads a file of the cgroup's memory controller: v1's
+// name under the v1 hierarchy, else v2's in the unified one.
+func readMemoryFile(cgroupsPath, v1, v2 string) (string, bool) {
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, v1),
+		filepath.Join("/sys/fs/cgroup", cgroupsPath, v2),
+	} {
+		if b, err := os.ReadFile(f); err == nil {
+			return string(b), true
+		}
+	}
+	return "", false
+}
+
 // oomKilled reports whether the kernel OOM-killed a process of the cgroup.
 func oomKilled(cgroupsPath string) bool {
-	for _, f := range []string{
-		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control"),
-		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events"),
-	} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, " "); ok && k == "oom_kill" {
-				n, _ := strconv.Atoi(strings.TrimSpace(v))
-				return n > 0
-			}
+	b, _ := readMemoryFile(cgroupsPath, "memory.oom_control", "memory.events")
+	for _, line := range strings.Split(b, "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok && k == "oom_kill" {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n > 0
 		}
 	}
 	return false
@@ -705,21 +711,12 @@ func oomKilled(cgroupsPath string) bool {
 // memoryLimit returns the cgroup's memory limit in bytes, or 0 when it has
 // none or it cannot be read.
 func memoryLimit(cgroupsPath string) int64 {
-	for _, f := range []string{
-		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.limit_in_bytes"),
-		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.max"),
-	} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		if err != nil || n <= 0 || n >= 1<<62 {
-			return 0 // "max", or v1's "unlimited" (a page-rounded 2^63-1)
-		}
-		return n
+	b, _ := readMemoryFile(cgroupsPath, "memory.limit_in_bytes", "memory.max")
+	n, err := strconv.ParseInt(strings.TrimSpace(b), 10, 64)
+	if err != nil || n <= 0 || n >= 1<<62 {
+		return 0 // "max", or v1's "unlimited" (a page-rounded 2^63-1)
 	}
-	return 0
+	return n
 }
 
 // Addr is where the supervisor of the job in dir listens: an

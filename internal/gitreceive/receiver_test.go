@@ -917,50 +917,39 @@ func TestReceiverGoStdPrune(t *testing.T) {
 	if out, ok := e.push(t, "myapp"); !ok {
 		t.Fatalf("push failed:\n%s", out)
 	}
-	want := []string{"go1.22.12.tar", "go1.23.4.tar", "go1.24.2.tar", "go1.25.1.tar", "notes.txt"}
-	var got []string
+	// waitNames waits until dir's listing (its files, and its
+	// directories when dirs is set) is want.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		entries, err := e.blobs.List(ctx, "/go-std/2/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = got[:0]
-		for _, en := range entries {
-			if !en.Dir {
-				got = append(got, en.Name)
+	waitNames := func(dir string, dirs bool, want []string) {
+		t.Helper()
+		var got []string
+		for {
+			entries, err := e.blobs.List(ctx, dir)
+			if err != nil {
+				t.Fatal(err)
 			}
+			got = got[:0]
+			for _, en := range entries {
+				if dirs || !en.Dir {
+					got = append(got, en.Name)
+				}
+			}
+			slices.Sort(got)
+			if slices.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s holds %v, want %v", dir, got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		slices.Sort(got)
-		if slices.Equal(got, want) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/go-std/2/ holds %v, want %v", got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	waitNames("/go-std/2/", false, []string{"go1.22.12.tar", "go1.23.4.tar", "go1.24.2.tar", "go1.25.1.tar", "notes.txt"})
 	if goStdKeep != 4 {
 		t.Fatalf("goStdKeep = %d: the want above keeps 4", goStdKeep)
 	}
-	for {
-		entries, err := e.blobs.List(ctx, "/go-std/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = got[:0]
-		for _, en := range entries {
-			got = append(got, en.Name)
-		}
-		slices.Sort(got)
-		if slices.Equal(got, []string{"2", "notes.txt"}) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/go-std/ holds %v, want the legacy builds deleted", got)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The legacy builds deleted, the rest kept.
+	waitNames("/go-std/", true, []string{"2", "notes.txt"})
 }
 
 // TestReceiverGoStdStop: when the receiver's BaseContext ends, the job

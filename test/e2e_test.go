@@ -256,9 +256,41 @@ func (c *e2eCluster) flynn(dir string, args ...string) string {
 	cmd.Env = c.env()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		c.t.Fatalf("flynn %s: %v\n%s", strings.Join(args, " "), err, out)
+		// The scheduler's log last: it says why a formation or deploy
+		// did not complete.
+		c.t.Fatalf("flynn %s: %v\n%s\n%s\n%s", strings.Join(args, " "), err, out, c.watch().dump(), c.appLogs("scheduler", 60))
 	}
 	return string(out)
+}
+
+// appLogs is the log tail of each of app's jobs on every host, for
+// failure reports.
+func (c *e2eCluster) appLogs(app string, n int) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var sb strings.Builder
+	for _, h := range c.hosts {
+		hcfg, err := daemon.LoadHostConfig(h.stateDir)
+		if err != nil {
+			continue
+		}
+		jobs, err := hostclient.New(h.hostURL, hcfg.Token).ListJobs(ctx)
+		if err != nil {
+			fmt.Fprintf(&sb, "==== jobs of %s: %v\n", h.stateDir, err)
+			continue
+		}
+		for _, j := range jobs {
+			if j.Job.Metadata[api.JobMetaAppName] != app {
+				continue
+			}
+			logs, _ := filepath.Glob(filepath.Join(h.stateDir, "*", "containers", "jobs", j.Job.ID, "log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				fmt.Fprintf(&sb, "==== log of %s job %s (%s, tail):\n%s\n", app, j.Job.ID, j.Status, tail(string(b), n))
+			}
+		}
+	}
+	return sb.String()
 }
 
 // TestUpTwiceAndDown: up brings a cluster whose controller the CLI reaches

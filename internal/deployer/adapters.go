@@ -150,39 +150,43 @@ type DiscoverdWaiter struct {
 	C *discoverdclient.Client
 }
 
-// WaitInstance returns once the job's instance is registered in service.
+// WaitInstance returns once the job's instance is registered in service,
+// or with ctx's error. A watch that cannot be opened (discoverd restarting,
+// the service not there until its first registration) or that breaks is
+// opened again: the caller counts on this returning only once the job
+// serves.
 func (w *DiscoverdWaiter) WaitInstance(ctx context.Context, service, jobID string) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wt *discoverdclient.Watcher
 	for {
-		var err error
-		wt, err = w.C.Watch(ctx, service)
-		if err == nil {
-			break
+		err := w.watchInstance(ctx, service, jobID)
+		if err == nil || ctx.Err() != nil {
+			return ctx.Err()
 		}
-		if !errors.Is(err, api.ErrNotFound) {
-			return fmt.Errorf("watch service %s: %w", service, err)
-		}
-		// The service appears with its first registration.
 		select {
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(waitInstanceRetry):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// waitInstanceRetry is the wait before WaitInstance watches again.
+const waitInstanceRetry = 500 * time.Millisecond
+
+// watchInstance watches service until the job's instance is registered,
+// the watch fails or ctx ends.
+func (w *DiscoverdWaiter) watchInstance(ctx context.Context, service, jobID string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wt, err := w.C.Watch(ctx, service)
+	if err != nil {
+		return fmt.Errorf("watch service %s: %w", service, err)
+	}
 	defer wt.Close()
-	has := func() bool {
+	for {
 		for _, inst := range wt.Instances() {
 			if inst.Meta[InstanceMetaJobID] == jobID {
-				return true
+				return nil
 			}
-		}
-		return false
-	}
-	for {
-		if has() {
-			return nil
 		}
 		select {
 		case _, ok := <-wt.Events():

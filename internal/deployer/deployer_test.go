@@ -696,3 +696,72 @@ func TestScaleRequestFailsOnCrashLoop(t *testing.T) {
 		t.Fatal("the scale request neither failed nor completed")
 	}
 }
+
+// flakyScaleSim is a scaleSim whose release and job listings fail the
+// first times they are asked for, as when the controller instance the
+// deployer reaches is the one a scale of the controller stops.
+type flakyScaleSim struct {
+	*scaleSim
+	mu                      sync.Mutex
+	releaseFails, listFails int
+}
+
+var errUnreachable = fmt.Errorf("dial controller: connection refused")
+
+func (s *flakyScaleSim) GetRelease(ctx context.Context, id string) (*api.Release, error) {
+	s.mu.Lock()
+	fail := s.releaseFails > 0
+	s.releaseFails--
+	s.mu.Unlock()
+	if fail {
+		return nil, errUnreachable
+	}
+	return s.scaleSim.GetRelease(ctx, id)
+}
+
+func (s *flakyScaleSim) ListJobs(ctx context.Context, appID string) ([]*api.Job, error) {
+	s.mu.Lock()
+	fail := s.listFails > 0
+	s.listFails--
+	s.mu.Unlock()
+	if fail {
+		return nil, errUnreachable
+	}
+	return s.scaleSim.ListJobs(ctx, appID)
+}
+
+// TestScaleRequestSurvivesUnreachableController: a scale request whose
+// release or jobs cannot be read at first (the controller out of reach)
+// is still completed once they can, not dropped while it stays pending.
+func TestScaleRequestSurvivesUnreachableController(t *testing.T) {
+	sim := &flakyScaleSim{scaleSim: &scaleSim{simController: newSim(), reqs: make(chan *api.ScaleRequest, 4), completed: make(chan *api.ScaleRequest, 4)},
+		releaseFails: 2, listFails: 2}
+	sim.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: map[string]*api.ProcessType{"web": {}}}
+	d, err := New(Config{Controller: sim, RetryInterval: 10 * time.Millisecond}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	procs := map[string]int{"web": 2}
+	sim.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: procs})
+	sim.reqs <- &api.ScaleRequest{ID: "s1", AppID: "a1", ReleaseID: "r1", State: api.ScaleRequestPending, NewProcesses: &procs}
+	select {
+	case got := <-sim.completed:
+		if got.ID != "s1" || got.State == api.ScaleRequestFailed {
+			t.Fatalf("scale request %s failed (%q), want s1 completed", got.ID, got.Error)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("scale request s1 not completed after the controller came back")
+	}
+	sim.mu.Lock()
+	defer sim.mu.Unlock()
+	if sim.releaseFails > 0 || sim.listFails > 0 {
+		t.Errorf("completed without asking again: %d release and %d job listing failures left", sim.releaseFails, sim.listFails)
+	}
+}

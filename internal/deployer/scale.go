@@ -89,7 +89,14 @@ func (d *Deployer) runScales(ctx context.Context, sr ScaleRequests) {
 // completeScale waits until the formation of req runs as asked and every
 // job of it is ready, then marks req complete.
 func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api.ScaleRequest) error {
-	rel, err := d.cfg.Controller.GetRelease(ctx, req.ReleaseID)
+	// The controller may be out of reach for a moment (a scale of the
+	// controller itself stops the instance this talks to): retried, as
+	// the request is watched only once.
+	var rel *api.Release
+	err := d.retry(ctx, func() (err error) {
+		rel, err = d.cfg.Controller.GetRelease(ctx, req.ReleaseID)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("get release %s: %w", req.ReleaseID, err)
 	}
@@ -107,7 +114,7 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 		cancel()
 		w.wg.Wait()
 	}()
-	if err := w.follow(ctx, req.AppID); err != nil {
+	if err := d.retry(ctx, func() error { return w.follow(ctx, req.AppID) }); err != nil {
 		return err
 	}
 	done := func() bool {
@@ -159,6 +166,23 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 			return nil
 		}
 		d.log.Warn("record scale request complete", "app", req.AppID, "scale_request", req.ID, "err", err)
+		select {
+		case <-time.After(d.cfg.RetryInterval):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// retry calls fn until it succeeds, reports api.ErrNotFound or ctx ends,
+// waiting RetryInterval after each failure.
+func (d *Deployer) retry(ctx context.Context, fn func() error) error {
+	for {
+		err := fn()
+		if err == nil || errors.Is(err, api.ErrNotFound) || ctx.Err() != nil {
+			return err
+		}
+		d.log.Warn("controller request failed; retrying", "err", err)
 		select {
 		case <-time.After(d.cfg.RetryInterval):
 		case <-ctx.Done():

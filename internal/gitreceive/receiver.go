@@ -126,6 +126,12 @@ type BuildReceiver struct {
 		builds int
 		last   time.Time
 	}
+	// saving: by app, closed when the app's last build job, which went
+	// on saving its build cache after its result (see runBuild), ends.
+	saving struct {
+		sync.Mutex
+		apps map[string]chan struct{}
+	}
 }
 
 // NewReceiver returns a BuildReceiver.
@@ -464,7 +470,16 @@ func (r *BuildReceiver) slugbuilderJob(base string, env, meta map[string]string)
 // build runs the slugbuilder job and returns its result.
 func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Release, last *runtimeLayer, p Push, src string, out io.Writer) (*api.SlugBuildResult, error) {
 	r.building(1)
-	defer r.building(-1)
+	counted := true // until a job saving its cache takes the count over
+	defer func() {
+		if counted {
+			r.building(-1)
+		}
+	}()
+	lastEnded, err := r.waitSaving(ctx, app.ID, out)
+	if err != nil {
+		return nil, err
+	}
 	env := map[string]string{}
 	if prev != nil {
 		maps.Copy(env, prev.Env)
@@ -487,6 +502,9 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		// The app's build cache volume, mounted where the slugbuilder
 		// has CACHE_DIR in every build (see job.Config.Volumes).
 		"BUILD_CACHE_VOLUME": slugbuilder.StableCacheRoot,
+		// The next build reads the volume: the push goes on once the
+		// result is out, while the job stores the cache (runBuild).
+		"BUILD_CACHE_SAVE_LAST": "1",
 		// Set here, whatever the app's config says: the platform's
 		// builds of the Go standard library (see gostd.go).
 		"GO_STD_SEEDS":    "",
@@ -503,13 +521,33 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		return nil, err
 	}
 	job.Config.Volumes = []api.VolumeBinding{{VolumeID: api.BuildCacheVolumeID(app.ID), Target: slugbuilder.StableCacheRoot, Writeable: true}}
-	bctx, cancel := context.WithTimeout(ctx, r.cfg.BuildTimeout)
-	defer cancel()
 	start := time.Now()
 	// The key is not in the job's URLs, but keep it out of the output
 	// whatever prints it.
 	jobOut := newRedactor(out, r.cfg.BlobKey)
-	exit, err := r.cfg.Jobs.RunJob(bctx, job, jobOut)
+	// The result is there once the job says it finished.
+	ready := func(ctx context.Context) bool {
+		rc, _, err := r.cfg.Blobs.Get(ctx, resultPath(app.ID, p.NewRev))
+		if err != nil {
+			return false
+		}
+		rc.Close()
+		return true
+	}
+	exit, saving, err := r.runBuild(ctx, app.ID, job, jobOut, ready)
+	if lastEnded {
+		// The app's last build job, which held the volume, just ended:
+		// its host frees the volume in a moment.
+		for deadline := time.Now().Add(volumeFreeWait); errors.Is(err, api.ErrConflict) && time.Now().Before(deadline); {
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			job.ID = ""
+			exit, saving, err = r.runBuild(ctx, app.ID, job, jobOut, ready)
+		}
+	}
 	if errors.Is(err, api.ErrConflict) {
 		// The host refused the job because another build of the app
 		// (from another gitreceive instance) uses the volume there:
@@ -519,16 +557,22 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 		job.ID = ""
 		job.Config.Volumes = nil
 		delete(job.Config.Env, "BUILD_CACHE_VOLUME")
-		exit, err = r.cfg.Jobs.RunJob(bctx, job, jobOut)
+		delete(job.Config.Env, "BUILD_CACHE_SAVE_LAST")
+		exit, saving, err = r.runBuild(ctx, app.ID, job, jobOut, ready)
 	}
 	jobOut.Flush()
+	if saving {
+		counted = false
+	}
 	if err != nil {
-		if bctx.Err() != nil && ctx.Err() == nil {
+		if errors.Is(err, errBuildTimeout) && ctx.Err() == nil {
 			return nil, fmt.Errorf("build timed out after %s", r.cfg.BuildTimeout)
 		}
 		return nil, fmt.Errorf("run the build job: %w", err)
 	}
 	switch {
+	case saving:
+		// Built: the job goes on storing the cache.
 	case exit.Error != "":
 		return nil, fmt.Errorf("build job failed: %s", exit.Error)
 	case exit.OOM:

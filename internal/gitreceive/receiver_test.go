@@ -33,6 +33,7 @@ import (
 	"github.com/flynnrebuilt/flynn/internal/etcdtest"
 	"github.com/flynnrebuilt/flynn/internal/httpapi"
 	"github.com/flynnrebuilt/flynn/internal/logging"
+	"github.com/flynnrebuilt/flynn/internal/slugbuilder"
 	"github.com/flynnrebuilt/flynn/internal/stack"
 )
 
@@ -65,6 +66,15 @@ type fakeBuilder struct {
 	// seedHold, when set, holds a job that makes a shared Go build until
 	// its ctx ends (it then writes nothing), and is closed when it starts.
 	seedHold chan struct{}
+	// saveHold, when set, holds a build told to save its cache last
+	// (BUILD_CACHE_SAVE_LAST) after its result and "Build finished"
+	// line, until it is closed; forgeFinished makes the build print
+	// such a line before its result too, as a build's own output could.
+	saveHold      chan struct{}
+	forgeFinished bool
+	// refuseVolumeOnce refuses the next job that binds a volume, as a
+	// host does for a moment after the job that held it ended.
+	refuseVolumeOnce bool
 }
 
 const goStdBlob = "go build cache"
@@ -89,6 +99,11 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	j.Config.Env = maps.Clone(job.Config.Env)
 	f.jobs = append(f.jobs, &j)
 	fail, busy, runtime, lie, goToolchain, hold := f.fail, f.busyVolumes, f.runtime, f.lieReused, f.goToolchain, f.seedHold
+	saveHold, forge := f.saveHold, f.forgeFinished
+	if f.refuseVolumeOnce && len(job.Config.Volumes) > 0 {
+		f.refuseVolumeOnce = false
+		busy = true
+	}
 	f.mu.Unlock()
 	if u := job.Config.Env["GO_STD_SEED_URL"]; u != "" {
 		if hold != nil {
@@ -169,10 +184,23 @@ func (f *fakeBuilder) RunJob(ctx context.Context, job *api.HostJob, out io.Write
 	}
 	result, _ := json.Marshal(api.SlugBuildResult{ProcessTypes: types, Buildpack: "fake", SourceVersion: env["SOURCE_VERSION"], Runtime: rt, GoToolchain: goToolchain,
 		Phases: []api.BuildPhase{{Name: "fetch", MS: fetched.Milliseconds()}, {Name: "slug", MS: time.Since(start).Milliseconds()}}})
+	if forge {
+		fmt.Fprintln(out, slugbuilder.FinishedLine+"0.0s (the app's own line)")
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err := httpPut(env["SLUG_RESULT_URL"], result); err != nil {
 		return nil, err
 	}
 	fmt.Fprintln(out, "-----> Compiled slug")
+	if env["BUILD_CACHE_SAVE_LAST"] == "1" && saveHold != nil {
+		fmt.Fprint(out, slugbuilder.FinishedLine+"0.1s\n-----> Saving build cache (after the result)\n")
+		select {
+		case <-saveHold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		fmt.Fprintln(out, "-----> Saved build cache")
+	}
 	return &api.HostJobExit{ExitStatus: 0}, nil
 }
 
@@ -583,6 +611,93 @@ func TestReceiverBuildCacheVolumeBusy(t *testing.T) {
 	retry := e.builder.jobs[1]
 	if len(retry.Config.Volumes) != 0 || retry.Config.Env["BUILD_CACHE_VOLUME"] != "" || retry.Config.Env["BUILD_CACHE_URL"] == "" {
 		t.Errorf("the second build job still binds the volume or lost the cache URL: %+v", retry.Config)
+	}
+}
+
+// TestReceiverSavesCacheLast: a build job with the app's cache volume is
+// told to save its cache last; the push goes on at its "Build finished"
+// line once the result is there (not at a line of the build's own before
+// it), without relaying what the job prints after it, and the app's next
+// build waits for that job to end.
+func TestReceiverSavesCacheLast(t *testing.T) {
+	e := setupReceiver(t, false)
+	hold := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	defer release()
+	e.builder.saveHold, e.builder.forgeFinished = hold, true
+	type pushed struct {
+		out string
+		ok  bool
+	}
+	push := func() chan pushed {
+		ch := make(chan pushed, 1)
+		go func() {
+			out, ok := e.push(t, "myapp")
+			ch <- pushed{out, ok}
+		}()
+		return ch
+	}
+	var first pushed
+	select {
+	case first = <-push():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the push waited for the build job's cache save")
+	}
+	if !first.ok || !strings.Contains(first.out, "remote: =====> Application deployed") {
+		t.Fatalf("push failed:\n%s", first.out)
+	}
+	if !strings.Contains(first.out, "(the app's own line)") || !strings.Contains(first.out, "remote: -----> Compiled slug") ||
+		!strings.Contains(first.out, "remote: -----> Build finished in 0.1s") {
+		t.Errorf("push output lacks the build's lines up to its result:\n%s", first.out)
+	}
+	if strings.Contains(first.out, "after the result") {
+		t.Errorf("push output has what the job printed after its result:\n%s", first.out)
+	}
+	e.builder.mu.Lock()
+	env := e.builder.jobs[0].Config.Env
+	e.builder.mu.Unlock()
+	if env["BUILD_CACHE_SAVE_LAST"] != "1" || env["BUILD_CACHE_VOLUME"] == "" {
+		t.Errorf("build job env BUILD_CACHE_SAVE_LAST=%q BUILD_CACHE_VOLUME=%q, want 1 with the volume", env["BUILD_CACHE_SAVE_LAST"], env["BUILD_CACHE_VOLUME"])
+	}
+
+	// The next push waits for the first job, still saving.
+	e.builder.mu.Lock()
+	e.builder.saveHold, e.builder.forgeFinished = nil, false
+	e.builder.refuseVolumeOnce = true
+	e.builder.mu.Unlock()
+	os.WriteFile(filepath.Join(e.repo, "Procfile"), []byte("web: ./server v2\n"), 0o644)
+	gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "second")
+	second := push()
+	time.Sleep(time.Second)
+	e.builder.mu.Lock()
+	n := len(e.builder.jobs)
+	e.builder.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d build jobs while the first still saved its cache, want 1", n)
+	}
+	release()
+	var p pushed
+	select {
+	case p = <-second:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the second push did not end once the first build job did")
+	}
+	if !p.ok || !strings.Contains(p.out, "remote: -----> Waiting for the last build of the app to save its build cache") {
+		t.Fatalf("second push (ok=%v):\n%s", p.ok, p.out)
+	}
+	// The host refused the volume once more (the first job's exit not yet
+	// recorded there): asked again, not built without it.
+	if strings.Contains(p.out, "Build cache volume busy") {
+		t.Errorf("the second build went without the volume:\n%s", p.out)
+	}
+	e.builder.mu.Lock()
+	defer e.builder.mu.Unlock()
+	if len(e.builder.jobs) != 3 {
+		t.Fatalf("%d build jobs, want 3 (the first, one refused the volume, one with it)", len(e.builder.jobs))
+	}
+	if last := e.builder.jobs[2]; len(last.Config.Volumes) != 1 || last.Config.Env["BUILD_CACHE_SAVE_LAST"] != "1" {
+		t.Errorf("the second build ran without the volume: %+v", last.Config)
 	}
 }
 

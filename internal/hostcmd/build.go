@@ -79,7 +79,7 @@ instead.`,
 var buildEnvKeys = []string{
 	"PATH", "HOME", "HOSTNAME", "PWD", "SHLVL", "TERM", "USER", "PORT", "_",
 	"DISCOVERD", "SLUG_URL", "SLUG_RUNTIME_URL", "SLUG_RUNTIME_DIGEST", "BUILD_CACHE_URL", "BUILDPACK_URL", "SOURCE_VERSION",
-	"SOURCE_URL", "SLUG_RESULT_URL", "STACK", "BUILD_CACHE_VOLUME", "GO_STD_SEEDS", "GO_STD_SEED_URL",
+	"SOURCE_URL", "SLUG_RESULT_URL", "STACK", "BUILD_CACHE_VOLUME", "BUILD_CACHE_SAVE_LAST", "GO_STD_SEEDS", "GO_STD_SEED_URL",
 }
 
 func appEnvFromEnviron(environ []string) map[string]string {
@@ -112,7 +112,8 @@ Heroku slugs are) to --slug and a JSON result to --result.
 Build output goes to stdout line by line.
 
 Every variable of the environment that is not a build setting (PATH, HOME,
-PORT, FLYNN_*, SLUG_URL, SLUG_RUNTIME_URL, BUILD_CACHE_URL, BUILD_CACHE_VOLUME, BUILDPACK_URL,
+PORT, FLYNN_*, SLUG_URL, SLUG_RUNTIME_URL, BUILD_CACHE_URL, BUILD_CACHE_VOLUME,
+BUILD_CACHE_SAVE_LAST, BUILDPACK_URL,
 SOURCE_VERSION, GO_STD_SEEDS, GO_STD_SEED_URL, ...) is app config, given to buildpacks in ENV_DIR; --env
 adds more.`,
 		Args: cobra.NoArgs,
@@ -132,6 +133,9 @@ adds more.`,
 			def(&cfg.BuildpackURL, "BUILDPACK_URL")
 			def(&cfg.SourceVersion, "SOURCE_VERSION")
 			def(&cfg.CacheVolume, "BUILD_CACHE_VOLUME")
+			if v := getenv("BUILD_CACHE_SAVE_LAST"); v != "" && !cmd.Flags().Changed("save-cache-last") {
+				cfg.SaveCacheLast = v == "1" || v == "true"
+			}
 			if cfg.CacheIn == "" {
 				cfg.CacheIn = cache
 			}
@@ -176,6 +180,7 @@ adds more.`,
 	f.StringVar(&cfg.CacheIn, "cache-in", "", "build cache to restore (overrides --cache)")
 	f.StringVar(&cfg.CacheOut, "cache-out", "", "where to save the build cache (overrides --cache)")
 	f.StringVar(&cfg.CacheVolume, "cache-volume", "", "directory kept across builds that holds the cache unpacked, reused while it is the --cache blob (env BUILD_CACHE_VOLUME)")
+	f.BoolVar(&cfg.SaveCacheLast, "save-cache-last", false, "save the build cache after writing the result and printing \"Build finished\", so a caller waiting for that line can go on meanwhile (env BUILD_CACHE_SAVE_LAST=1)")
 	f.StringVar(&cfg.BuildpackURL, "buildpack-url", "", "buildpack: git URL[#ref], tarball path or URL, or directory (env BUILDPACK_URL)")
 	f.StringVar(&cfg.SourceVersion, "source-version", "", "commit being built (env SOURCE_VERSION)")
 	f.StringArrayVar(&envs, "env", nil, "app config `KEY=VALUE` for ENV_DIR (repeatable)")

@@ -347,28 +347,57 @@ func (b *build) restoreCache(ctx context.Context) error {
 }
 
 func (b *build) saveCache(ctx context.Context) error {
+	s, err := b.prepareSave()
+	if err != nil || s == nil {
+		return err
+	}
+	return b.finishSave(ctx, s)
+}
+
+// cacheSave is a save of the build cache as prepareSave planned it.
+type cacheSave struct {
+	now       map[string]string // fingerprint per chunk
+	sizes     map[string]int64
+	plan      cachePlan
+	unchanged bool
+}
+
+// prepareSave fingerprints the cache, says what its save does (whether the
+// cache changed and which chunks) and returns the save for finishSave, or
+// nil when there is nothing to save to. The cache must not change between
+// the two.
+func (b *build) prepareSave() (*cacheSave, error) {
 	if b.cfg.CacheOut == "" {
-		return nil
+		return nil, nil
 	}
 	now, sizes, err := fingerprints(b.cache)
 	if err != nil {
-		return fmt.Errorf("save build cache: %w", err)
+		return nil, fmt.Errorf("save build cache: %w", err)
 	}
-	plan := planCacheSave(b.cacheState, now)
-	st := b.cacheState
-	if b.cfg.CacheOut == b.cfg.CacheIn && plan.unchanged(st) {
+	s := &cacheSave{now: now, sizes: sizes, plan: planCacheSave(b.cacheState, now)}
+	switch {
+	case b.cfg.CacheOut == b.cfg.CacheIn && s.plan.unchanged(b.cacheState):
+		s.unchanged = true
 		b.step("Build cache unchanged")
+	case len(s.plan.copy) > 0:
+		b.step("Saving build cache (changed: %s)", listOrNone(s.plan.write))
+	default:
+		b.step("Saving build cache")
+	}
+	return s, nil
+}
+
+// finishSave stores the cache as s planned.
+func (b *build) finishSave(ctx context.Context, s *cacheSave) error {
+	now, sizes, plan, st := s.now, s.sizes, s.plan, b.cacheState
+	if s.unchanged {
 		if b.cfg.CacheVolume != "" && st.local {
 			return b.writeMarker(&volumeMarker{SHA256: st.sha256, Members: toMarkerMembers(st.members), Prints: now})
 		}
 		return nil
 	}
-	if len(plan.copy) > 0 {
-		b.step("Saving build cache (changed: %s)", listOrNone(plan.write))
-	} else {
-		b.step("Saving build cache")
-	}
 	var keep *blobCopy
+	var err error
 	if b.cfg.CacheVolume != "" {
 		if keep, err = b.newBlobCopy(); err != nil {
 			return err

@@ -320,3 +320,83 @@ func TestBlobCopyWriteFails(t *testing.T) {
 		}
 	}
 }
+
+// finishSpy is a build's output that notes, as the build says it
+// finished, whether the result and the cache blob were there.
+type finishSpy struct {
+	syncBuffer
+	result, cache                 string
+	seen, hadResult, hadCacheBlob bool
+}
+
+func (s *finishSpy) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte(FinishedLine)) {
+		_, err := os.Stat(s.result)
+		s.hadResult = err == nil
+		_, err = os.Stat(s.cache)
+		s.hadCacheBlob = err == nil
+		s.seen = true
+	}
+	return s.syncBuffer.Write(p)
+}
+
+// TestCacheVolumeSaveLast: with SaveCacheLast, a build writes its result
+// and says it finished before it stores the cache, says before that what
+// the save does, and leaves the volume as a build that saved first does:
+// the next build reuses it.
+func TestCacheVolumeSaveLast(t *testing.T) {
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "cache.blob")
+	vb := newVolumeBuilder(t, cache, cache)
+	vol := t.TempDir()
+	build := func(env map[string]string) (restored string, spy *finishSpy) {
+		t.Helper()
+		bdir := t.TempDir()
+		spy = &finishSpy{result: filepath.Join(dir, "result.json"), cache: cache}
+		os.Remove(spy.result)
+		if _, err := Build(context.Background(), Config{
+			Stdin: bytes.NewReader(tarDir(t, vb.app)), Output: spy, BuildDir: bdir, Result: spy.result,
+			CacheIn: cache, CacheOut: cache, CacheVolume: vol, BuildpackURL: vb.pack, Env: env, SaveCacheLast: true,
+		}, logging.Discard()); err != nil {
+			t.Fatalf("%v\n%s", err, spy.String())
+		}
+		if !spy.seen || !spy.hadResult {
+			t.Fatalf("the build said it finished before its result was written (said: %v)\n%s", spy.seen, spy.String())
+		}
+		data, _ := os.ReadFile(filepath.Join(bdir, "restored"))
+		return string(data), spy
+	}
+	before := func(t *testing.T, out, first, then string) {
+		t.Helper()
+		i, j := strings.Index(out, first), strings.Index(out, then)
+		if i < 0 || j < 0 || i > j {
+			t.Errorf("output lacks %q before %q:\n%s", first, then, out)
+		}
+	}
+
+	_, spy := build(change("mkdir -p tool && echo v1 > tool/bin"))
+	if spy.hadCacheBlob {
+		t.Errorf("the cache was stored before the build said it finished")
+	}
+	before(t, spy.String(), "-----> Saving build cache\n", FinishedLine)
+	checkVolume(t, vol, cache)
+
+	restored, spy := build(nil)
+	before(t, spy.String(), "-----> Build cache: reused the local copy", "-----> Build cache unchanged")
+	before(t, spy.String(), "-----> Build cache unchanged", FinishedLine)
+	if want := "./tool/bin:v1\n"; restored != want {
+		t.Errorf("reused:\n%s\nwant:\n%s", restored, want)
+	}
+
+	fi, _ := os.Stat(cache)
+	_, spy = build(change("echo v2 > tool/bin"))
+	before(t, spy.String(), "-----> Saving build cache (changed: tool/bin)", FinishedLine)
+	if fi2, _ := os.Stat(cache); fi2.ModTime().Equal(fi.ModTime()) {
+		t.Errorf("the changed cache was not stored")
+	}
+	checkVolume(t, vol, cache)
+	restored, _ = build(nil)
+	if want := "./tool/bin:v2\n"; restored != want {
+		t.Errorf("reused after a change:\n%s\nwant:\n%s", restored, want)
+	}
+}

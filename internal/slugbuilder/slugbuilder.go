@@ -79,6 +79,14 @@ type Config struct {
 	CacheVolume string
 	// Result, when set, receives the JSON result (path or URL to PUT to).
 	Result string
+	// SaveCacheLast saves the build cache after the result is written
+	// and the "Build finished" line printed, rather than beside the
+	// slug: whoever waits for the result (gitreceive) can go on while
+	// the cache is compressed and stored, some 1.5 s of a first Go
+	// build. What the save does (unchanged, or which chunks changed) is
+	// still said before that line. For builds with a CacheVolume, whose
+	// next build reads the volume rather than CacheOut.
+	SaveCacheLast bool
 
 	// BuildpackURL selects the buildpack: a git URL (optionally #ref), a
 	// tar(.gz) path or URL, or a directory. Empty means the app's
@@ -132,9 +140,19 @@ func Build(ctx context.Context, cfg Config, log *slog.Logger) (*api.SlugBuildRes
 			return nil, fmt.Errorf("write result: %w", err)
 		}
 	}
-	fmt.Fprintf(b.out, "-----> Build finished in %s\n", time.Since(start).Round(100*time.Millisecond))
+	fmt.Fprintf(b.out, "%s%s\n", FinishedLine, time.Since(start).Round(100*time.Millisecond))
+	if b.lastSave != nil {
+		if err := b.finishSave(ctx, b.lastSave); err != nil {
+			fmt.Fprintf(b.out, " !     Saving the build cache failed: %v\n", err)
+			return res, err
+		}
+	}
 	return res, nil
 }
+
+// FinishedLine begins the line a build prints once its result is
+// written; with Config.SaveCacheLast, the build cache is saved after it.
+const FinishedLine = "-----> Build finished in "
 
 type build struct {
 	cfg                     Config
@@ -145,6 +163,7 @@ type build struct {
 	cacheState              cacheState
 	phases                  []phase
 	sourceTop               map[string]bool // the source's top-level names
+	lastSave                *cacheSave      // the save left for after the result (SaveCacheLast)
 }
 
 // phase is the time spent in one phase of the build so far.
@@ -345,8 +364,19 @@ func (b *build) goToolchain() string {
 // has a core for each (a cold Go build's cache took 3.1 s to save, a
 // Node.js runtime layer 2-3 s to compress). The slug's lines are held
 // until the cache's are out, so the output reads as it would one after
-// the other. The first to fail stops the other.
+// the other. The first to fail stops the other. With SaveCacheLast the
+// slug is written alone, and the save is only said here: Build does it
+// once the result is out.
 func (b *build) saveCacheAndWriteSlug(ctx context.Context, res *api.SlugBuildResult) error {
+	if b.cfg.SaveCacheLast {
+		// Said now, done once the result is out.
+		s, err := b.prepareSave()
+		if err != nil {
+			return err
+		}
+		b.lastSave = s
+		return b.timed("slug", func() error { return b.writeSlug(ctx, res, b.out) })
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var slugOut bytes.Buffer

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -87,6 +88,30 @@ func TestPushPythonAndRuby(t *testing.T) {
 		t.Errorf("the warm push asked the indexes %d times, want none: %v %v", n, index.Paths(), extra.Paths())
 	}
 	timings = append(timings, tm)
+	// As on Heroku: WEB_CONCURRENCY (gunicorn's worker count) from the
+	// job's memory limit, unless the env sets it.
+	for _, tc := range []struct{ limits, env, want string }{
+		{"memory=512MiB", "", "2"},
+		{"memory=1GiB", "", "4"},
+		{"memory=1GiB", "WEB_CONCURRENCY=3", "3"},
+	} {
+		args := []string{"run", "--limits", tc.limits}
+		if tc.env != "" {
+			args = append(args, "--env", tc.env)
+		}
+		args = append(args, "--", "sh", "-c", "echo $WEB_CONCURRENCY")
+		if got := strings.TrimSpace(py.flynn(args...)); got != tc.want {
+			t.Errorf("flynn run --limits %s --env %q: WEB_CONCURRENCY = %q, want %q", tc.limits, tc.env, got, tc.want)
+		}
+	}
+	// Over 1 GB: twice the CPUs plus one.
+	var wc, cpus int
+	if out := py.flynn("run", "--limits", "memory=2GiB", "--", "sh", "-c", "echo $WEB_CONCURRENCY $(nproc)"); func() bool {
+		_, err := fmt.Sscan(out, &wc, &cpus)
+		return err != nil || wc != 2*cpus+1
+	}() {
+		t.Errorf("flynn run --limits memory=2GiB: WEB_CONCURRENCY and nproc %q, want twice the CPUs plus one", out)
+	}
 
 	// A requirement no index has: refused with one line saying so, and
 	// the previous release keeps serving.

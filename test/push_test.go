@@ -185,6 +185,23 @@ func TestPushApps(t *testing.T) {
 			t.Errorf("warm push of %s did not reuse its runtime layer:\n%s", tt.name, out)
 		}
 		if tt.sample == "nodejs" {
+			// As on Heroku: WEB_CONCURRENCY from the job's memory
+			// limit over WEB_MEMORY (512 MB), unless the env sets it.
+			for _, tc := range []struct{ limits, env, want string }{
+				{"memory=2GiB", "", "2048 512 4"},
+				{"memory=2GiB", "WEB_MEMORY=256", "2048 256 8"},
+				{"memory=256MiB", "", "256 512 1"},
+				{"memory=256MiB", "WEB_CONCURRENCY=3", "256 512 3"},
+			} {
+				args := []string{"run", "--limits", tc.limits}
+				if tc.env != "" {
+					args = append(args, "--env", tc.env)
+				}
+				args = append(args, "--", "sh", "-c", "echo $MEMORY_AVAILABLE $WEB_MEMORY $WEB_CONCURRENCY")
+				if got := strings.TrimSpace(a.flynn(args...)); got != tc.want {
+					t.Errorf("flynn run --limits %s --env %q: MEMORY_AVAILABLE WEB_MEMORY WEB_CONCURRENCY = %q, want %q", tc.limits, tc.env, got, tc.want)
+				}
+			}
 			// Its artifact has three layers (stack, runtime, app): an
 			// export carries them and the imported copy serves.
 			exported := filepath.Join(t.TempDir(), tt.name+".tar")

@@ -242,8 +242,14 @@ func (r *run) deploy(ctx context.Context) (err error) {
 	}
 	timeout := time.Duration(cmp.Or(dep.DeployTimeout, api.DefaultDeployTimeout)) * time.Second
 
+	// The controller may be out of reach for a moment (a deploy or scale
+	// of the controller itself stops the instance this talks to): the
+	// reads and writes before the deploy starts are retried, for as
+	// long as the deploy may take.
+	rctx, rcancel := context.WithTimeout(ctx, timeout)
+	defer rcancel()
 	dep.Status = api.DeploymentRunning
-	if err := r.ctl().UpdateDeployment(ctx, dep); err != nil {
+	if err := r.d.retry(rctx, func() error { return r.ctl().UpdateDeployment(rctx, dep) }); err != nil {
 		return fmt.Errorf("deployment %s: mark running: %w", dep.ID, err)
 	}
 	r.event(ctx, api.DeploymentEvent{ReleaseID: dep.NewReleaseID})
@@ -253,7 +259,7 @@ func (r *run) deploy(ctx context.Context) (err error) {
 		stop()
 		r.wg.Wait()
 	}()
-	if err = r.prepare(sctx); err == nil {
+	if err = r.prepare(sctx, rctx); err == nil {
 		dctx, cancel := context.WithTimeoutCause(sctx, timeout, fmt.Errorf("%w after %s", ErrTimeout, timeout))
 		err = r.strategy(dctx)
 		if err != nil && dctx.Err() != nil && ctx.Err() == nil {
@@ -280,16 +286,25 @@ func (r *run) deploy(ctx context.Context) (err error) {
 }
 
 // prepare loads the releases and formations and starts following jobs.
-func (r *run) prepare(ctx context.Context) error {
+// Its controller requests are retried while rctx lasts.
+func (r *run) prepare(ctx, rctx context.Context) error {
 	dep := r.dep
-	rel, err := r.ctl().GetRelease(ctx, dep.NewReleaseID)
+	var rel *api.Release
+	err := r.d.retry(rctx, func() (err error) {
+		rel, err = r.ctl().GetRelease(rctx, dep.NewReleaseID)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("get release %s: %w", dep.NewReleaseID, err)
 	}
 	r.newRelease = rel
 	r.oldForm = &api.Formation{AppID: dep.AppID, ReleaseID: dep.OldReleaseID}
 	if dep.OldReleaseID != "" {
-		f, err := r.ctl().GetFormation(ctx, dep.AppID, dep.OldReleaseID)
+		var f *api.Formation
+		err := r.d.retry(rctx, func() (err error) {
+			f, err = r.ctl().GetFormation(rctx, dep.AppID, dep.OldReleaseID)
+			return err
+		})
 		switch {
 		case errors.Is(err, api.ErrNotFound):
 		case err != nil:
@@ -321,7 +336,11 @@ func (r *run) prepare(ctx context.Context) error {
 	r.served = make(chan string, 64)
 	r.waiting = make(map[string]bool)
 	if jl, ok := r.ctl().(JobLister); ok {
-		jobs, err := jl.ListJobs(ctx, dep.AppID)
+		var jobs []*api.Job
+		err := r.d.retry(rctx, func() (err error) {
+			jobs, err = jl.ListJobs(rctx, dep.AppID)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("list jobs of app %s: %w", dep.AppID, err)
 		}

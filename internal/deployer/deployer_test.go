@@ -2,6 +2,7 @@ package deployer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -704,12 +705,14 @@ type flakyScaleSim struct {
 	*scaleSim
 	mu                      sync.Mutex
 	releaseFails, listFails int
+	releaseCalls            int
 }
 
 var errUnreachable = fmt.Errorf("dial controller: connection refused")
 
 func (s *flakyScaleSim) GetRelease(ctx context.Context, id string) (*api.Release, error) {
 	s.mu.Lock()
+	s.releaseCalls++
 	fail := s.releaseFails > 0
 	s.releaseFails--
 	s.mu.Unlock()
@@ -763,5 +766,39 @@ func TestScaleRequestSurvivesUnreachableController(t *testing.T) {
 	defer sim.mu.Unlock()
 	if sim.releaseFails > 0 || sim.listFails > 0 {
 		t.Errorf("completed without asking again: %d release and %d job listing failures left", sim.releaseFails, sim.listFails)
+	}
+}
+
+// TestDeploySurvivesUnreachableController: a deployment whose release and
+// jobs cannot be read at first (the controller out of reach) is still
+// deployed once they can; a release the controller says is not there
+// fails it at once.
+func TestDeploySurvivesUnreachableController(t *testing.T) {
+	c, _ := setup(t)
+	flaky := &flakyScaleSim{scaleSim: &scaleSim{simController: c}, releaseFails: 2, listFails: 2}
+	d, err := New(Config{Controller: flaky, RetryInterval: 10 * time.Millisecond}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dep := &api.Deployment{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2", Status: api.DeploymentPending, CreatedAt: time.Now()}
+	if err := d.Deploy(ctx, dep); err != nil {
+		t.Fatalf("Deploy: %v", err)
+	}
+	if got := c.deployments["d1"]; got.Status != api.DeploymentComplete {
+		t.Fatalf("deployment = %+v, want complete", got)
+	}
+	if flaky.releaseFails > 0 || flaky.listFails > 0 {
+		t.Errorf("deployed without asking again: %d release and %d job listing failures left", flaky.releaseFails, flaky.listFails)
+	}
+
+	calls := flaky.releaseCalls
+	dep = &api.Deployment{ID: "d2", AppID: "a1", OldReleaseID: "r2", NewReleaseID: "gone", Status: api.DeploymentPending, CreatedAt: time.Now()}
+	if err := d.Deploy(ctx, dep); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("Deploy of a release that is not there: %v, want not found", err)
+	}
+	if n := flaky.releaseCalls - calls; n != 1 {
+		t.Errorf("a release that is not there was asked for %d times, want once", n)
 	}
 }

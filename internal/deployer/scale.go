@@ -174,12 +174,15 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 	}
 }
 
-// retry calls fn until it succeeds, reports api.ErrNotFound or ctx ends,
-// waiting RetryInterval after each failure.
+// retry calls fn until it succeeds, fails with an answer of the
+// controller's other than "unavailable" (not found, invalid, conflict...),
+// or ctx ends, waiting RetryInterval after each failure: what it retries
+// is the controller out of reach or failing.
 func (d *Deployer) retry(ctx context.Context, fn func() error) error {
 	for {
 		err := fn()
-		if err == nil || errors.Is(err, api.ErrNotFound) || ctx.Err() != nil {
+		var ae *api.Error
+		if err == nil || ctx.Err() != nil || errors.As(err, &ae) && ae.Code != api.CodeUnavailable && ae.Code != api.CodeUnknown {
 			return err
 		}
 		d.log.Warn("controller request failed; retrying", "err", err)

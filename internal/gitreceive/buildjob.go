@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -16,17 +16,24 @@ import (
 // errBuildTimeout is the cause of a build job stopped at BuildTimeout.
 var errBuildTimeout = errors.New("build timed out")
 
-// savingWait bounds how long a build waits for the app's last build job to
-// finish saving its cache. Past it, the build goes on: the host then
-// refuses it the volume, and it restores the cache from the blobstore.
+// savingWait bounds how long a build waits for the app's last build job,
+// stopped, to end. Past it, the build goes on: the host then refuses it
+// the volume, and it restores the cache from the blobstore.
 const savingWait = time.Minute
+
+// savingJob is a build job saving its cache after its result.
+type savingJob struct {
+	done    chan struct{} // closed when it ended
+	stop    context.CancelFunc
+	stopped atomic.Bool // stopped for a newer build
+}
 
 // runBuild runs a build job, relaying its output to out. It returns at
 // the job's exit or, when the job's result is out (its
 // slugbuilder.FinishedLine, with the result readable by ready), at once
 // with saving true: the job goes on saving the build cache
 // (BUILD_CACHE_SAVE_LAST) unwatched by the push, its output no longer
-// relayed, and the app's next build waits for it (waitSaving). Until then
+// relayed, and the app's next build stops it (waitSaving). Until then
 // the push's end stops the job, and BuildTimeout bounds it throughout.
 func (r *BuildReceiver) runBuild(ctx context.Context, appID string, job *api.HostJob, out io.Writer, ready func(context.Context) bool) (exit *api.HostJobExit, saving bool, err error) {
 	jctx, cancel := context.WithTimeoutCause(context.WithoutCancel(ctx), r.cfg.BuildTimeout, errBuildTimeout)
@@ -68,12 +75,12 @@ func (r *BuildReceiver) runBuild(ctx context.Context, appID string, job *api.Hos
 		// The push ended meanwhile: the job is being stopped.
 		return ended(<-ranc)
 	}
-	done := make(chan struct{})
+	sj := &savingJob{done: make(chan struct{}), stop: cancel}
 	r.saving.Lock()
 	if r.saving.apps == nil {
-		r.saving.apps = make(map[string]chan struct{})
+		r.saving.apps = make(map[string]*savingJob)
 	}
-	r.saving.apps[appID] = done
+	r.saving.apps[appID] = sj
 	r.saving.Unlock()
 	// Not one of the receiver's own jobs (Wait): a gitreceive that exits
 	// meanwhile leaves the job to end on its host.
@@ -81,6 +88,8 @@ func (r *BuildReceiver) runBuild(ctx context.Context, appID string, job *api.Hos
 		res := <-ranc
 		cancel()
 		switch {
+		case sj.stopped.Load():
+			r.log.Info("stopped a build job's cache save for the app's next build", "app", appID, "job", job.ID)
 		case res.err != nil:
 			r.log.Warn("build job after its result", "app", appID, "job", job.ID, "err", res.err)
 		case res.exit.Error != "" || res.exit.OOM || res.exit.ExitStatus != 0:
@@ -89,36 +98,39 @@ func (r *BuildReceiver) runBuild(ctx context.Context, appID string, job *api.Hos
 				"status", res.exit.ExitStatus, "oom", res.exit.OOM, "error", res.exit.Error)
 		}
 		r.saving.Lock()
-		if r.saving.apps[appID] == done {
+		if r.saving.apps[appID] == sj {
 			delete(r.saving.apps, appID)
 		}
 		r.saving.Unlock()
-		close(done)
+		close(sj.done)
 		r.building(-1)
 	}()
 	return nil, true, nil
 }
 
-// waitSaving waits, at most savingWait, for the app's last build job to
-// finish saving its cache: the next build uses the cache volume it holds.
-// It says whether that job ended just now (see volumeFreeWait).
-func (r *BuildReceiver) waitSaving(ctx context.Context, appID string, out io.Writer) (justEnded bool, err error) {
+// waitSaving stops the app's last build job if it still saves its cache,
+// and waits (at most savingWait) for it to end: the next build uses the
+// cache volume it holds, and goes on from the cache it left there (the
+// slugbuilder marks it unsaved before it saves), saving it itself. It
+// says whether such a job ended just now (see volumeFreeWait).
+func (r *BuildReceiver) waitSaving(ctx context.Context, appID string) (justEnded bool, err error) {
 	r.saving.Lock()
-	done := r.saving.apps[appID]
+	sj := r.saving.apps[appID]
 	r.saving.Unlock()
-	if done == nil {
+	if sj == nil {
 		return false, nil
 	}
 	select {
-	case <-done:
+	case <-sj.done:
 		return true, nil
 	default:
 	}
-	fmt.Fprintln(out, "-----> Waiting for the last build of the app to save its build cache")
+	sj.stopped.Store(true)
+	sj.stop()
 	t := time.NewTimer(savingWait)
 	defer t.Stop()
 	select {
-	case <-done:
+	case <-sj.done:
 		return true, nil
 	case <-t.C:
 		return false, nil

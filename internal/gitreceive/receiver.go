@@ -126,11 +126,11 @@ type BuildReceiver struct {
 		builds int
 		last   time.Time
 	}
-	// saving: by app, closed when the app's last build job, which went
-	// on saving its build cache after its result (see runBuild), ends.
+	// saving: by app, the last build job, which went on saving its build
+	// cache after its result (see runBuild), until it ends.
 	saving struct {
 		sync.Mutex
-		apps map[string]chan struct{}
+		apps map[string]*savingJob
 	}
 }
 
@@ -476,7 +476,7 @@ func (r *BuildReceiver) build(ctx context.Context, app *api.App, prev *api.Relea
 			r.building(-1)
 		}
 	}()
-	lastEnded, err := r.waitSaving(ctx, app.ID, out)
+	lastEnded, err := r.waitSaving(ctx, app.ID)
 	if err != nil {
 		return nil, err
 	}

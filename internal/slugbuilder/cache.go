@@ -63,6 +63,8 @@ type cacheState struct {
 	// the blob restored, whose sha256 is sha256), not only at CacheIn.
 	local  bool
 	sha256 string
+	// noBlob says there was no blob at CacheIn to restore.
+	noBlob bool
 }
 
 // countingReader counts the bytes consumed from a bufio.Reader. It is an
@@ -299,6 +301,7 @@ func (b *build) restoreCache(ctx context.Context) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		b.step("No build cache yet")
+		b.cacheState.noBlob = true
 	case err != nil:
 		return fmt.Errorf("restore build cache: %w", err)
 	default:

@@ -34,7 +34,10 @@ import (
 // without a volume. The marker is removed before anything may change
 // cache/ and written only after the new blob was stored, so a build killed
 // at any moment leaves a volume the next build restores rather than
-// trusts.
+// trusts; but a build that saves last (Config.SaveCacheLast), once its
+// buildpacks are done, marks cache/ unsaved (volumeMarker.Unsaved) before
+// it stores it, so that the next build, which stops that save, goes on
+// from cache/ and stores it itself.
 const (
 	volCache  = "cache"
 	volBlob   = "cache.blob"
@@ -46,6 +49,14 @@ type volumeMarker struct {
 	SHA256  string            `json:"sha256"`
 	Members []markerMember    `json:"members"`
 	Prints  map[string]string `json:"prints"`
+	// Unsaved marks a cache/ that a build finished with but whose save
+	// may not have ended (Config.SaveCacheLast: written before the save,
+	// replaced after it): cache/ is then newer than the blob, and is
+	// trusted while the blob it started from is still at the cache URL,
+	// SHA256 with its Members and Prints, or none (NoBlob). A build that
+	// trusts it saves every chunk that differs from that blob.
+	Unsaved bool `json:"unsaved,omitempty"`
+	NoBlob  bool `json:"no_blob,omitempty"`
 }
 
 type markerMember struct {
@@ -81,10 +92,39 @@ func (b *build) readMarker() *volumeMarker {
 		return nil
 	}
 	var m volumeMarker
-	if err := json.Unmarshal(data, &m); err != nil || validSHA(m.SHA256) != nil || m.Prints == nil {
+	if err := json.Unmarshal(data, &m); err != nil || m.Prints == nil {
+		return nil
+	}
+	if m.NoBlob {
+		if !m.Unsaved || m.SHA256 != "" || len(m.Members) > 0 {
+			return nil
+		}
+	} else if validSHA(m.SHA256) != nil {
 		return nil
 	}
 	return &m
+}
+
+// markUnsaved writes an Unsaved marker for cache/ as the build left it,
+// when the cache it started from is known: the blob it restored or
+// reused (kept in the volume), or no blob at all. Then a build that
+// comes before this one's save ended reuses cache/ (see reuseVolume).
+// Not writing it (an error is only logged) leaves the volume to be
+// restored.
+func (b *build) markUnsaved() {
+	st := b.cacheState
+	m := &volumeMarker{Unsaved: true, Prints: map[string]string{}}
+	switch {
+	case st.restored && st.local && st.sha256 != "":
+		m.SHA256, m.Members, m.Prints = st.sha256, toMarkerMembers(st.members), st.prints
+	case st.noBlob:
+		m.NoBlob = true
+	default:
+		return
+	}
+	if err := b.writeMarker(m); err != nil {
+		b.log.Warn("mark the build cache volume unsaved", "err", err)
+	}
 }
 
 // writeMarker records that cache/ and cache.blob are the blob m names.
@@ -190,6 +230,13 @@ func (b *build) reuseVolume(ctx context.Context) (bool, error) {
 	if m != nil {
 		ver, err := blobVersion(ctx, b.cfg.CacheIn)
 		_, berr := os.Stat(b.volPath(volBlob))
+		if m.NoBlob && errors.Is(err, os.ErrNotExist) {
+			// The last build's save did not end, and no build saved
+			// since: cache/ is all there is, none of it stored.
+			b.step("Build cache: reused the local copy")
+			b.cacheState = cacheState{noBlob: true}
+			return true, nil
+		}
 		if err == nil && ver == m.SHA256 && berr == nil {
 			b.step("Build cache: reused the local copy")
 			b.cacheState = cacheState{restored: true, members: fromMarkerMembers(m.Members), prints: m.Prints, local: true, sha256: m.SHA256}

@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -398,5 +400,101 @@ func TestCacheVolumeSaveLast(t *testing.T) {
 	restored, _ = build(nil)
 	if want := "./tool/bin:v2\n"; restored != want {
 		t.Errorf("reused after a change:\n%s\nwant:\n%s", restored, want)
+	}
+}
+
+// TestCacheVolumeSaveStopped: a build saving its cache last that is
+// stopped (here: its upload refused) after it finished leaves the volume
+// marked unsaved; the next build reuses cache/ as that build left it
+// while the blob it started from (or none) is still the cache, saves
+// what differs from that blob, and restores when another build stored a
+// blob since.
+func TestCacheVolumeSaveStopped(t *testing.T) {
+	s, err := blobstore.New(blobstore.ServerConfig{Backend: blobstore.NewMem(), Keys: []string{"key"}}, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failPut atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && failPut.Load() {
+			http.Error(w, "stopped", http.StatusServiceUnavailable)
+			return
+		}
+		s.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	u := api.SignBlobURL(srv.URL, "key", api.BlobReadWrite, "/caches/app.tgz", time.Now().Add(time.Hour))
+	vb := newVolumeBuilder(t, u, u)
+	vol := t.TempDir()
+	run := func(vol string, stop bool, env map[string]string) (restored, out string) {
+		t.Helper()
+		failPut.Store(stop)
+		dir := t.TempDir()
+		var buf syncBuffer
+		_, err := Build(context.Background(), Config{
+			Stdin: bytes.NewReader(tarDir(t, vb.app)), Output: &buf, BuildDir: dir, Result: filepath.Join(dir, "..", "result.json"),
+			CacheIn: u, CacheOut: u, CacheVolume: vol, BuildpackURL: vb.pack, Env: env, SaveCacheLast: true,
+		}, logging.Discard())
+		if stop && (err == nil || !strings.Contains(buf.String(), FinishedLine)) {
+			t.Fatalf("the stopped build: %v, want its save failed after it finished\n%s", err, buf.String())
+		} else if !stop && err != nil {
+			t.Fatalf("%v\n%s", err, buf.String())
+		}
+		data, _ := os.ReadFile(filepath.Join(dir, "restored"))
+		return string(data), buf.String()
+	}
+	marker := func() *volumeMarker {
+		t.Helper()
+		m := (&build{cfg: Config{CacheVolume: vol}}).readMarker()
+		if m == nil {
+			t.Fatal("no marker in the volume")
+		}
+		return m
+	}
+
+	// The first build, stopped: nothing stored yet.
+	run(vol, true, change("echo 1 > n && echo k > kept"))
+	if m := marker(); !m.Unsaved || !m.NoBlob {
+		t.Fatalf("marker after a first build stopped saving: %+v, want unsaved with no blob", m)
+	}
+	restored, out := run(vol, false, nil)
+	wantIn(t, out, "-----> Build cache: reused the local copy", "-----> Saving build cache\n")
+	if restored != "./kept:k\n./n:1\n" {
+		t.Errorf("reused: %q", restored)
+	}
+	ver, err := blobVersion(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := marker(); m.Unsaved || m.SHA256 != ver {
+		t.Fatalf("marker after a save: %+v, want the blob %s", m, ver)
+	}
+
+	// Stopped again, after a blob was stored: that blob is the base.
+	run(vol, true, change("echo 2 > n"))
+	if m := marker(); !m.Unsaved || m.NoBlob || m.SHA256 != ver {
+		t.Fatalf("marker after a build stopped saving: %+v, want unsaved from %s", m, ver)
+	}
+	restored, out = run(vol, false, nil)
+	wantIn(t, out, "-----> Build cache: reused the local copy", "-----> Saving build cache (changed: n)")
+	if restored != "./kept:k\n./n:2\n" {
+		t.Errorf("reused: %q", restored)
+	}
+	checkBlob := func(want string) {
+		t.Helper()
+		got, _ := run(t.TempDir(), false, nil) // another host restores the blob
+		if got != want {
+			t.Errorf("the blob holds %q, want %q", got, want)
+		}
+	}
+	checkBlob("./kept:k\n./n:2\n")
+
+	// Stopped, then another host stores a blob: this copy is stale.
+	run(vol, true, change("echo 3 > n"))
+	run(t.TempDir(), false, change("echo elsewhere > n"))
+	restored, out = run(vol, false, nil)
+	wantIn(t, out, "-----> Restoring build cache")
+	if restored != "./kept:k\n./n:elsewhere\n" {
+		t.Errorf("restored after another host saved: %q", restored)
 	}
 }

@@ -142,7 +142,19 @@ func Build(ctx context.Context, cfg Config, log *slog.Logger) (*api.SlugBuildRes
 	}
 	fmt.Fprintf(b.out, "%s%s\n", FinishedLine, time.Since(start).Round(100*time.Millisecond))
 	if b.lastSave != nil {
-		if err := b.finishSave(ctx, b.lastSave); err != nil {
+		errc := make(chan error, 1)
+		go func() { errc <- b.finishSave(ctx, b.lastSave) }()
+		var err error
+		select {
+		case err = <-errc:
+		case <-ctx.Done():
+			// Stopped (by the app's next build, which wants the
+			// volume): at once, not once the chunk being compressed is
+			// done. The volume stays marked unsaved, for that build to
+			// go on from; what the save wrote is not used.
+			err = ctx.Err()
+		}
+		if err != nil {
 			fmt.Fprintf(b.out, " !     Saving the build cache failed: %v\n", err)
 			return res, err
 		}
@@ -369,13 +381,30 @@ func (b *build) goToolchain() string {
 // once the result is out.
 func (b *build) saveCacheAndWriteSlug(ctx context.Context, res *api.SlugBuildResult) error {
 	if b.cfg.SaveCacheLast {
-		// Said now, done once the result is out.
+		// Said now, done once the result is out. Meanwhile the volume
+		// says cache/ is this build's, not yet stored, so a build that
+		// stops this one's save goes on from it.
 		s, err := b.prepareSave()
 		if err != nil {
 			return err
 		}
-		b.lastSave = s
-		return b.timed("slug", func() error { return b.writeSlug(ctx, res, b.out) })
+		marked := make(chan error, 1)
+		switch {
+		case s != nil && s.unchanged:
+			// Only the marker to write back: now.
+			go func() { marked <- b.finishSave(ctx, s) }()
+		case s != nil && b.cfg.CacheVolume != "":
+			b.lastSave = s
+			go func() { b.markUnsaved(); marked <- nil }()
+		default:
+			b.lastSave = s
+			marked <- nil
+		}
+		err = b.timed("slug", func() error { return b.writeSlug(ctx, res, b.out) })
+		if merr := <-marked; err == nil {
+			err = merr
+		}
+		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -13,6 +13,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,6 +66,9 @@ type cacheState struct {
 	sha256 string
 	// noBlob says there was no blob at CacheIn to restore.
 	noBlob bool
+	// left, for a volume reused though its last build's save was
+	// stopped, is the fingerprints of cache/ as that build left it.
+	left map[string]string
 }
 
 // countingReader counts the bytes consumed from a bufio.Reader. It is an
@@ -382,6 +386,9 @@ func (b *build) prepareSave() (*cacheSave, error) {
 	case b.cfg.CacheOut == b.cfg.CacheIn && s.plan.unchanged(b.cacheState):
 		s.unchanged = true
 		b.step("Build cache unchanged")
+	case b.cacheState.left != nil && maps.Equal(b.cacheState.left, now):
+		// Unchanged by this build, but not stored yet.
+		b.step("Build cache unchanged (storing it: the last build's save was stopped)")
 	case len(s.plan.copy) > 0:
 		b.step("Saving build cache (changed: %s)", listOrNone(s.plan.write))
 	default:

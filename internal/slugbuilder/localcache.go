@@ -57,6 +57,8 @@ type volumeMarker struct {
 	// trusts it saves every chunk that differs from that blob.
 	Unsaved bool `json:"unsaved,omitempty"`
 	NoBlob  bool `json:"no_blob,omitempty"`
+	// Left is the fingerprints of cache/ as the unsaved build left it.
+	Left map[string]string `json:"left,omitempty"`
 }
 
 type markerMember struct {
@@ -105,15 +107,16 @@ func (b *build) readMarker() *volumeMarker {
 	return &m
 }
 
-// markUnsaved writes an Unsaved marker for cache/ as the build left it,
+// markUnsaved writes an Unsaved marker for cache/ as the build left it
+// (fingerprints left),
 // when the cache it started from is known: the blob it restored or
 // reused (kept in the volume), or no blob at all. Then a build that
 // comes before this one's save ended reuses cache/ (see reuseVolume).
 // Not writing it (an error is only logged) leaves the volume to be
 // restored.
-func (b *build) markUnsaved() {
+func (b *build) markUnsaved(left map[string]string) {
 	st := b.cacheState
-	m := &volumeMarker{Unsaved: true, Prints: map[string]string{}}
+	m := &volumeMarker{Unsaved: true, Prints: map[string]string{}, Left: left}
 	switch {
 	case st.restored && st.local && st.sha256 != "":
 		m.SHA256, m.Members, m.Prints = st.sha256, toMarkerMembers(st.members), st.prints
@@ -234,12 +237,15 @@ func (b *build) reuseVolume(ctx context.Context) (bool, error) {
 			// The last build's save did not end, and no build saved
 			// since: cache/ is all there is, none of it stored.
 			b.step("Build cache: reused the local copy")
-			b.cacheState = cacheState{noBlob: true}
+			b.cacheState = cacheState{noBlob: true, left: m.Left}
 			return true, nil
 		}
 		if err == nil && ver == m.SHA256 && berr == nil {
 			b.step("Build cache: reused the local copy")
 			b.cacheState = cacheState{restored: true, members: fromMarkerMembers(m.Members), prints: m.Prints, local: true, sha256: m.SHA256}
+			if m.Unsaved {
+				b.cacheState.left = m.Left
+			}
 			return true, nil
 		}
 		if err != nil && !errors.Is(err, os.ErrNotExist) {

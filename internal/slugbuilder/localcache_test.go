@@ -458,7 +458,7 @@ func TestCacheVolumeSaveStopped(t *testing.T) {
 		t.Fatalf("marker after a first build stopped saving: %+v, want unsaved with no blob", m)
 	}
 	restored, out := run(vol, false, nil)
-	wantIn(t, out, "-----> Build cache: reused the local copy", "-----> Saving build cache\n")
+	wantIn(t, out, "-----> Build cache: reused the local copy", "-----> Build cache unchanged (storing it: the last build's save was stopped)")
 	if restored != "./kept:k\n./n:1\n" {
 		t.Errorf("reused: %q", restored)
 	}
@@ -475,11 +475,12 @@ func TestCacheVolumeSaveStopped(t *testing.T) {
 	if m := marker(); !m.Unsaved || m.NoBlob || m.SHA256 != ver {
 		t.Fatalf("marker after a build stopped saving: %+v, want unsaved from %s", m, ver)
 	}
-	restored, out = run(vol, false, nil)
-	wantIn(t, out, "-----> Build cache: reused the local copy", "-----> Saving build cache (changed: n)")
+	restored, out = run(vol, false, change("echo x > extra"))
+	wantIn(t, out, "-----> Build cache: reused the local copy", "-----> Saving build cache (changed: extra, n)")
 	if restored != "./kept:k\n./n:2\n" {
 		t.Errorf("reused: %q", restored)
 	}
+	run(vol, false, change("rm extra"))
 	checkBlob := func(want string) {
 		t.Helper()
 		got, _ := run(t.TempDir(), false, nil) // another host restores the blob

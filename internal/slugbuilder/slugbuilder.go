@@ -395,7 +395,7 @@ func (b *build) saveCacheAndWriteSlug(ctx context.Context, res *api.SlugBuildRes
 			go func() { marked <- b.finishSave(ctx, s) }()
 		case s != nil && b.cfg.CacheVolume != "":
 			b.lastSave = s
-			go func() { b.markUnsaved(); marked <- nil }()
+			go func() { b.markUnsaved(s.now); marked <- nil }()
 		default:
 			b.lastSave = s
 			marked <- nil

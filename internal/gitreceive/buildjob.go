@@ -83,7 +83,8 @@ func (r *BuildReceiver) runBuild(ctx context.Context, appID string, job *api.Hos
 	r.saving.apps[appID] = sj
 	r.saving.Unlock()
 	// Not one of the receiver's own jobs (Wait): a gitreceive that exits
-	// meanwhile leaves the job to end on its host.
+	// meanwhile does not wait for the save. The job ends on its host or
+	// is cut short, which the app's next build takes as a stopped save.
 	go func() {
 		res := <-ranc
 		cancel()

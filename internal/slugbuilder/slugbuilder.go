@@ -85,7 +85,9 @@ type Config struct {
 	// the cache is compressed and stored, some 1.5 s of a first Go
 	// build. What the save does (unchanged, or which chunks changed) is
 	// still said before that line. For builds with a CacheVolume, whose
-	// next build reads the volume rather than CacheOut.
+	// next build reads the volume rather than CacheOut: the volume is
+	// marked unsaved meanwhile, so that a next build that stops this
+	// one's save goes on from it (see localcache.go).
 	SaveCacheLast bool
 
 	// BuildpackURL selects the buildpack: a git URL (optionally #ref), a

@@ -95,21 +95,14 @@ func TestPushPythonAndRuby(t *testing.T) {
 		{"memory=1GiB", "", "4"},
 		{"memory=1GiB", "WEB_CONCURRENCY=3", "3"},
 	} {
-		args := []string{"run", "--limits", tc.limits}
-		if tc.env != "" {
-			args = append(args, "--env", tc.env)
-		}
-		args = append(args, "--", "sh", "-c", "echo $WEB_CONCURRENCY")
-		if got := strings.TrimSpace(py.flynn(args...)); got != tc.want {
+		if got := py.runWith(tc.limits, tc.env, "echo $WEB_CONCURRENCY"); got != tc.want {
 			t.Errorf("flynn run --limits %s --env %q: WEB_CONCURRENCY = %q, want %q", tc.limits, tc.env, got, tc.want)
 		}
 	}
 	// Over 1 GB: twice the CPUs plus one.
 	var wc, cpus int
-	if out := py.flynn("run", "--limits", "memory=2GiB", "--", "sh", "-c", "echo $WEB_CONCURRENCY $(nproc)"); func() bool {
-		_, err := fmt.Sscan(out, &wc, &cpus)
-		return err != nil || wc != 2*cpus+1
-	}() {
+	out := py.runWith("memory=2GiB", "", "echo $WEB_CONCURRENCY $(nproc)")
+	if _, err := fmt.Sscan(out, &wc, &cpus); err != nil || wc != 2*cpus+1 {
 		t.Errorf("flynn run --limits memory=2GiB: WEB_CONCURRENCY and nproc %q, want twice the CPUs plus one", out)
 	}
 

@@ -69,6 +69,17 @@ func (a *pushApp) flynn(args ...string) string {
 	return string(out)
 }
 
+// runWith runs script with sh as a one-off job with flynn run --limits
+// limits and, unless empty, --env env, and returns its output trimmed.
+func (a *pushApp) runWith(limits, env, script string) string {
+	a.t.Helper()
+	args := []string{"run", "--limits", limits}
+	if env != "" {
+		args = append(args, "--env", env)
+	}
+	return strings.TrimSpace(a.flynn(append(args, "--", "sh", "-c", script)...))
+}
+
 // push runs git push and returns its output and whether it succeeded.
 func (a *pushApp) push(refspec string) (string, bool) {
 	out, err := a.cmd("git", "push", "flynn", refspec).CombinedOutput()
@@ -193,12 +204,7 @@ func TestPushApps(t *testing.T) {
 				{"memory=256MiB", "", "256 512 1"},
 				{"memory=256MiB", "WEB_CONCURRENCY=3", "256 512 3"},
 			} {
-				args := []string{"run", "--limits", tc.limits}
-				if tc.env != "" {
-					args = append(args, "--env", tc.env)
-				}
-				args = append(args, "--", "sh", "-c", "echo $MEMORY_AVAILABLE $WEB_MEMORY $WEB_CONCURRENCY")
-				if got := strings.TrimSpace(a.flynn(args...)); got != tc.want {
+				if got := a.runWith(tc.limits, tc.env, "echo $MEMORY_AVAILABLE $WEB_MEMORY $WEB_CONCURRENCY"); got != tc.want {
 					t.Errorf("flynn run --limits %s --env %q: MEMORY_AVAILABLE WEB_MEMORY WEB_CONCURRENCY = %q, want %q", tc.limits, tc.env, got, tc.want)
 				}
 			}

@@ -518,6 +518,22 @@ type scaleSim struct {
 	atComplete func(*api.ScaleRequest)
 }
 
+func newScaleSim() *scaleSim {
+	return &scaleSim{simController: newSim(), reqs: make(chan *api.ScaleRequest, 4), completed: make(chan *api.ScaleRequest, 4)}
+}
+
+// runDeployer runs d until the test ends.
+func runDeployer(t *testing.T, d *Deployer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
 func (s *scaleSim) StreamScaleRequests(ctx context.Context, fn func(*api.ScaleRequest)) error {
 	for {
 		select {
@@ -541,7 +557,7 @@ func (s *scaleSim) CompleteScaleRequest(ctx context.Context, req *api.ScaleReque
 // the formation runs the jobs asked for and each one with a service is
 // registered in discoverd, not merely up; a cancelled request is dropped.
 func TestScaleRequestCompletesWhenServing(t *testing.T) {
-	sim := &scaleSim{simController: newSim(), reqs: make(chan *api.ScaleRequest, 4), completed: make(chan *api.ScaleRequest, 4)}
+	sim := newScaleSim()
 	sim.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: map[string]*api.ProcessType{
 		"web":    {Ports: []api.Port{{Port: 8080, Service: &api.Service{Name: "a1-web"}}}},
 		"worker": {},
@@ -560,13 +576,7 @@ func TestScaleRequestCompletesWhenServing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runDeployer(t, d)
 
 	// The controller applies the request to the formation as it records it.
 	newProcs := map[string]int{"web": 2, "worker": 1}
@@ -638,19 +648,13 @@ func (s *scaleSim) FailScaleRequest(ctx context.Context, req *api.ScaleRequest, 
 // ended, rather than waiting out its timeout; jobs stopped on purpose
 // (stopping, then down) are not crashes.
 func TestScaleRequestFailsOnCrashLoop(t *testing.T) {
-	sim := &scaleSim{simController: newSim(), reqs: make(chan *api.ScaleRequest, 4), completed: make(chan *api.ScaleRequest, 4)}
+	sim := newScaleSim()
 	sim.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: map[string]*api.ProcessType{"web": {}}}
 	d, err := New(Config{Controller: sim}, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runDeployer(t, d)
 	procs := map[string]int{"web": 1}
 	sim.crash["r1"] = true // its first job is down before the deployer looks
 	sim.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: procs})
@@ -737,20 +741,13 @@ func (s *flakyScaleSim) ListJobs(ctx context.Context, appID string) ([]*api.Job,
 // release or jobs cannot be read at first (the controller out of reach)
 // is still completed once they can, not dropped while it stays pending.
 func TestScaleRequestSurvivesUnreachableController(t *testing.T) {
-	sim := &flakyScaleSim{scaleSim: &scaleSim{simController: newSim(), reqs: make(chan *api.ScaleRequest, 4), completed: make(chan *api.ScaleRequest, 4)},
-		releaseFails: 2, listFails: 2}
+	sim := &flakyScaleSim{scaleSim: newScaleSim(), releaseFails: 2, listFails: 2}
 	sim.releases["r1"] = &api.Release{ID: "r1", AppID: "a1", Processes: map[string]*api.ProcessType{"web": {}}}
 	d, err := New(Config{Controller: sim, RetryInterval: 10 * time.Millisecond}, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runDeployer(t, d)
 	procs := map[string]int{"web": 2}
 	sim.PutFormation(context.Background(), &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: procs})
 	sim.reqs <- &api.ScaleRequest{ID: "s1", AppID: "a1", ReleaseID: "r1", State: api.ScaleRequestPending, NewProcesses: &procs}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -134,7 +135,11 @@ adds more.`,
 			def(&cfg.SourceVersion, "SOURCE_VERSION")
 			def(&cfg.CacheVolume, "BUILD_CACHE_VOLUME")
 			if v := getenv("BUILD_CACHE_SAVE_LAST"); v != "" && !cmd.Flags().Changed("save-cache-last") {
-				cfg.SaveCacheLast = v == "1" || v == "true"
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return fmt.Errorf("BUILD_CACHE_SAVE_LAST=%q: want 1 or 0", v)
+				}
+				cfg.SaveCacheLast = b
 			}
 			if cfg.CacheIn == "" {
 				cfg.CacheIn = cache

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -489,6 +490,25 @@ func TestCacheVolumeSaveStopped(t *testing.T) {
 		}
 	}
 	checkBlob("./kept:k\n./n:2\n")
+
+	// Stopped, then the machine restarts: the unsaved marker, written
+	// without a sync, is not trusted in another boot, and the stored blob
+	// is restored.
+	run(vol, true, change("echo lost > n"))
+	m := marker()
+	if !m.Unsaved || m.Boot == "" || m.Boot != bootID() {
+		t.Fatalf("unsaved marker: %+v, want this boot's (%s)", m, bootID())
+	}
+	m.Boot = "another-boot"
+	data, _ := json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(vol, volMarker), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restored, out = run(vol, false, nil)
+	wantIn(t, out, "-----> Restoring build cache")
+	if restored != "./kept:k\n./n:2\n" {
+		t.Errorf("restored after a restart: %q", restored)
+	}
 
 	// Stopped, then another host stores a blob: this copy is stale.
 	run(vol, true, change("echo 3 > n"))

@@ -279,6 +279,21 @@ func TestPushApps(t *testing.T) {
 	if sc := cr.flynn("scale"); !strings.Contains(sc, "web=0") {
 		t.Errorf("after a first push whose web process crashed, flynn scale says %q, want web=0", sc)
 	}
+	// The router says in the app's log why it answered a request itself,
+	// as Heroku's router does (code H14: the app has no web process).
+	if status, body := cr.get(); status != 503 {
+		t.Errorf("GET of an app with no web process: %d %s, want 503", status, body)
+	}
+	wantLine := regexp.MustCompile(`router\[[^]]*\]: at=error code=H14 desc="No web processes running" method=GET path="/" host=pushcrash\.\S+ fwd="[^"]+" service=\d+ms status=503 protocol=https?\n`)
+	var routerLog string
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(time.Second) {
+		if routerLog = cr.flynn("log", "-t", "router"); wantLine.MatchString(routerLog) {
+			break
+		}
+	}
+	if !wantLine.MatchString(routerLog) {
+		t.Errorf("flynn log -t router after a GET of an app with no web process:\n%s\nwant a line matching %s", routerLog, wantLine)
+	}
 	// flynn scale of it fails once it has crashed three times, with the
 	// last crashed job's last lines and exit.
 	sout, serr := cr.cmd(filepath.Join(binDir, "flynn"), "scale", "web=1").CombinedOutput()

@@ -169,6 +169,11 @@ type fastReq struct {
 	// lines are the header lines to forward, as [start,end) offsets in head.
 	lines  [64][2]int32
 	nlines int
+	// herr is the error the router answered with itself, for the app's
+	// log; newID the request id it made, when the client sent none.
+	herr  *routerError
+	newID [32]byte
+	hasID bool
 }
 
 // serveConn serves requests on one connection. It reports whether the
@@ -579,11 +584,28 @@ func (s *fastServer) serveRequest(req *fastReq, br *bufio.Reader, bw *bufio.Writ
 	status, keep := s.proxy(req, e, br, bw, start)
 	d := time.Since(start) // the monotonic clock only
 	e.metrics.observe(status, d)
+	if (req.herr != nil || status == statusClientClosed) && r.applog != nil {
+		s.logError(req, e, status, d)
+	}
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
 		r.log.Debug("request", "route", e.route.ID, "method", string(req.method), "host", string(req.host),
 			"path", string(req.path), "status", status, "duration", d)
 	}
 	return keep, start.Add(d)
+}
+
+// logError writes the request the router ended itself into the app's log.
+func (s *fastServer) logError(req *fastReq, e *routeEntry, status int, d time.Duration) {
+	herr := req.herr
+	if status == statusClientClosed {
+		herr = errClientGone
+	}
+	id := string(req.requestID)
+	if !validRequestID(id) && req.hasID {
+		id = string(req.newID[:])
+	}
+	s.r.applog.log(e, errorLine{err: herr, method: string(req.method), path: string(req.target), host: string(req.host),
+		requestID: id, fwd: req.clientIP, proto: s.fe.proto, service: d, status: status})
 }
 
 func discardBody(br *bufio.Reader, req *fastReq, idle time.Duration) bool {
@@ -665,7 +687,7 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 		// answered (probe): a request that is not idempotent is not
 		// sent again.
 		b.markDown()
-		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend's host stopped answering after it got the request")
+		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, msgHostVanished)
 	}
 	if err != nil && pc.reused && req.contentLen == 0 && isStale(err) {
 		pc.conn.Close()
@@ -686,19 +708,19 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 		if errors.Is(err, errClientBody) {
 			if bodyStatus(err) == http.StatusRequestTimeout {
 				req.close = true
-				writeFastError(bw, req, http.StatusRequestTimeout, api.CodeValidation, "the request body stalled: send it without long pauses")
+				writeFastError(bw, req, http.StatusRequestTimeout, api.CodeValidation, msgBodyStalled)
 				return http.StatusRequestTimeout, false
 			}
 			return statusClientClosed, false
 		}
-		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, msgBackendFailed)
 	}
 	var resp fastResp
 	for {
 		resp = fastResp{}
 		if !parseResponseHead(head, &resp) {
 			pc.conn.Close()
-			return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend sent a malformed response")
+			return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, msgMalformed)
 		}
 		if resp.status >= 200 || resp.status == http.StatusSwitchingProtocols {
 			break
@@ -708,12 +730,13 @@ func (s *fastServer) roundTrip(req *fastReq, e *routeEntry, b *backend, pc *upCo
 		pc.br.Discard(len(head))
 		if head, err = peekHead(pc.br, pc.br.Size()); err != nil {
 			pc.conn.Close()
+			req.herr = errNoResponse // after an informational answer was relayed
 			return http.StatusBadGateway, false
 		}
 	}
 	if resp.status == http.StatusSwitchingProtocols {
 		pc.conn.Close()
-		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, "the backend switched protocols without being asked")
+		return http.StatusBadGateway, writeFastError(bw, req, http.StatusBadGateway, api.CodeUnavailable, msgSwitched)
 	}
 	noBody := req.isHEAD || resp.status == 204 || resp.status == 304
 	closeDelimited := !noBody && !resp.chunked && resp.contentLen < 0
@@ -807,7 +830,8 @@ func (s *fastServer) sendFast(req *fastReq, e *routeEntry, pc *upConn, br *bufio
 	if len(req.requestID) > 0 && validRequestID(view(req.requestID)) {
 		w.Write(req.requestID)
 	} else {
-		writeNewRequestID(w)
+		writeNewRequestID(w, &req.newID)
+		req.hasID = true
 	}
 	w.WriteString("\r\n")
 	if e.route.DisableKeepAlives {
@@ -1127,6 +1151,7 @@ func relayUntilEOF(bw *bufio.Writer, src *bufio.Reader) (upstreamOK bool, cerr e
 // writeFastError writes the router's own error reply (JSON, or HTML for
 // browsers). It reports whether the connection can go on.
 func writeFastError(bw *bufio.Writer, req *fastReq, status int, code api.ErrorCode, msg string) bool {
+	req.herr = routerErrorFor(status, msg)
 	var body []byte
 	ctype := "application/json"
 	if req.wantsHTML {

@@ -138,6 +138,11 @@ type h2Stream struct {
 	reset atomic.Bool // the client reset the stream or left
 	up    atomic.Pointer[upConn]
 	body  h2Body
+	// herr is the error the router answered with itself, for the app's
+	// log; newID the request id it made, when the client sent none.
+	herr  *routerError
+	newID [32]byte
+	hasID bool
 }
 
 // h2Req is a request's head, checked.
@@ -980,10 +985,27 @@ func (c *h2Conn) serveStream(st *h2Stream) {
 	}
 	d := time.Since(start)
 	e.metrics.observe(status, d)
+	if (st.herr != nil || status == statusClientClosed) && r.applog != nil {
+		c.logError(st, e, status, d)
+	}
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
 		r.log.Debug("request", "route", e.route.ID, "method", req.method, "host", req.authority,
 			"path", req.lookupPath, "status", status, "duration", d, "proto", "h2")
 	}
+}
+
+// logError writes the request the router ended itself into the app's log.
+func (c *h2Conn) logError(st *h2Stream, e *routeEntry, status int, d time.Duration) {
+	herr := st.herr
+	if status == statusClientClosed {
+		herr = errClientGone
+	}
+	id := st.req.requestID
+	if !validRequestID(id) && st.hasID {
+		id = string(st.newID[:])
+	}
+	c.s.r.applog.log(e, errorLine{err: herr, method: st.req.method, path: st.req.path, host: st.req.authority,
+		requestID: id, fwd: c.ip, proto: "h2", service: d, status: status})
 }
 
 func (c *h2Conn) proxy(st *h2Stream, e *routeEntry, start time.Time) int {
@@ -1056,7 +1078,7 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 			return retryHostDown
 		}
 		b.markDown()
-		st.writeError(http.StatusBadGateway, api.CodeUnavailable, "the backend's host stopped answering after it got the request")
+		st.writeError(http.StatusBadGateway, api.CodeUnavailable, msgHostVanished)
 		return http.StatusBadGateway
 	}
 	if err != nil && pc.reused && !req.hasBody && isStale(err) {
@@ -1080,7 +1102,7 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 		}
 		switch bodyStatus(err) {
 		case http.StatusRequestTimeout:
-			st.writeError(http.StatusRequestTimeout, api.CodeValidation, "the request body stalled: send it without long pauses")
+			st.writeError(http.StatusRequestTimeout, api.CodeValidation, msgBodyStalled)
 			return http.StatusRequestTimeout
 		case http.StatusRequestEntityTooLarge:
 			st.writeError(http.StatusRequestEntityTooLarge, api.CodeTooLarge,
@@ -1091,7 +1113,7 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 			return statusClientClosed
 		}
 		c.s.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
-		st.writeError(http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+		st.writeError(http.StatusBadGateway, api.CodeUnavailable, msgBackendFailed)
 		return http.StatusBadGateway
 	}
 	var resp fastResp
@@ -1099,7 +1121,7 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 		resp = fastResp{}
 		if !parseResponseHead(head, &resp) {
 			pc.conn.Close()
-			st.writeError(http.StatusBadGateway, api.CodeUnavailable, "the backend sent a malformed response")
+			st.writeError(http.StatusBadGateway, api.CodeUnavailable, msgMalformed)
 			return http.StatusBadGateway
 		}
 		if resp.status >= 200 || resp.status == http.StatusSwitchingProtocols {
@@ -1108,13 +1130,13 @@ func (c *h2Conn) roundTrip(st *h2Stream, e *routeEntry, b *backend, pc *upConn, 
 		pc.br.Discard(len(head)) // informational: skipped
 		if head, err = peekHead(pc.br, pc.br.Size()); err != nil {
 			pc.conn.Close()
-			st.writeError(http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+			st.writeError(http.StatusBadGateway, api.CodeUnavailable, msgBackendFailed)
 			return http.StatusBadGateway
 		}
 	}
 	if resp.status == http.StatusSwitchingProtocols {
 		pc.conn.Close()
-		st.writeError(http.StatusBadGateway, api.CodeUnavailable, "the backend switched protocols without being asked")
+		st.writeError(http.StatusBadGateway, api.CodeUnavailable, msgSwitched)
 		return http.StatusBadGateway
 	}
 	noBody := req.method == http.MethodHead || resp.status == 204 || resp.status == 304
@@ -1209,7 +1231,8 @@ func (c *h2Conn) send(st *h2Stream, e *routeEntry, pc *upConn, start time.Time) 
 	if req.requestID != "" && validRequestID(req.requestID) {
 		w.WriteString(req.requestID)
 	} else {
-		writeNewRequestID(w)
+		writeNewRequestID(w, &st.newID)
+		st.hasID = true
 	}
 	w.WriteString("\r\n")
 	if e.route.DisableKeepAlives {
@@ -1645,6 +1668,7 @@ func (st *h2Stream) relayUntilEOF(src *bufio.Reader) (upstreamOK, clientOK bool)
 // writeError answers with the router's own error: HTML for browsers, JSON
 // otherwise.
 func (st *h2Stream) writeError(status int, code api.ErrorCode, msg string) {
+	st.herr = routerErrorFor(status, msg)
 	var body []byte
 	ctype := "application/json"
 	if st.req.wantsHTML {

@@ -60,9 +60,22 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		req.Body = &idleBody{r: body, c: body, idle: e.bodyIdle, conn: http.NewResponseController(w)}
 	}
-	status, abort := f.proxy(w, req, e, start)
+	var nr netReq
+	status, abort := f.proxy(w, req, e, start, &nr)
 	d := time.Since(start)
 	e.metrics.observe(status, d)
+	if (nr.herr != nil || status == statusClientClosed) && r.applog != nil {
+		herr := nr.herr
+		if status == statusClientClosed {
+			herr = errClientGone
+		}
+		id := req.Header.Get("X-Request-Id")
+		if !validRequestID(id) && nr.hasID {
+			id = string(nr.newID[:])
+		}
+		r.applog.log(e, errorLine{err: herr, method: req.Method, path: req.URL.RequestURI(), host: req.Host,
+			requestID: id, fwd: remoteIP(req.RemoteAddr), proto: f.proto, service: d, status: status})
+	}
 	if r.log.Enabled(req.Context(), slog.LevelDebug) {
 		r.log.Debug("request", "route", e.route.ID, "method", req.Method, "host", req.Host, "path", req.URL.Path,
 			"status", status, "duration", d, "remote", req.RemoteAddr)
@@ -74,7 +87,7 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry, start time.Time) (status int, abort bool) {
+func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry, start time.Time, nr *netReq) (status int, abort bool) {
 	upgrade := isUpgrade(req)
 	at := startAttempts(e)
 	set := at.set
@@ -105,9 +118,9 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 			http.SetCookie(w, &http.Cookie{Name: stickyCookie, Value: f.r.cookies.seal(b.addr), Path: "/", HttpOnly: true})
 		}
 		if upgrade {
-			status = f.upgrade(w, req, e, b, pc, start)
+			status = f.upgrade(w, req, e, b, pc, start, nr)
 		} else {
-			status, abort = f.roundTrip(w, req, e, b, pc, start)
+			status, abort = f.roundTrip(w, req, e, b, pc, start, nr)
 		}
 		b.release()
 		if status == retryHostDown {
@@ -118,7 +131,7 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 		}
 		return status, abort
 	}
-	writeErrorPage(w, req, http.StatusServiceUnavailable, api.CodeUnavailable,
+	nr.page(w, req, http.StatusServiceUnavailable, api.CodeUnavailable,
 		"no backend is available for "+req.Host+": the app may be scaled to zero or starting")
 	return http.StatusServiceUnavailable, false
 }
@@ -127,12 +140,12 @@ func (f *frontend) proxy(w http.ResponseWriter, req *http.Request, e *routeEntry
 // once on a fresh connection only when a pooled connection turns out to
 // have been closed by the backend before it read anything, and the request
 // has no body.
-func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time) (int, bool) {
+func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time, nr *netReq) (int, bool) {
 	stop := context.AfterFunc(req.Context(), func() { pc.conn.SetDeadline(aLongTimeAgo) })
 	pc.bound(req.ContentLength == 0)
 	probe := time.AfterFunc(probeAfter, pc.startProbe)
 	defer func() { probe.Stop() }()
-	resp, err := f.send(req, e, pc, start, false)
+	resp, err := f.send(req, e, pc, start, false, nr)
 	if err != nil && req.ContentLength == 0 && isUnreachable(err) && req.Context().Err() == nil {
 		stop()
 		pc.conn.Close()
@@ -140,7 +153,7 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 			return retryHostDown, false
 		}
 		b.markDown()
-		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend's host stopped answering after it got the request")
+		nr.page(w, req, http.StatusBadGateway, api.CodeUnavailable, msgHostVanished)
 		return http.StatusBadGateway, false
 	}
 	if err != nil && pc.reused && req.ContentLength == 0 && isStale(err) && req.Context().Err() == nil {
@@ -155,7 +168,7 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 		pc.bound(true)
 		probe.Stop()
 		probe = time.AfterFunc(probeAfter, pc.startProbe)
-		resp, err = f.send(req, e, pc, start, false)
+		resp, err = f.send(req, e, pc, start, false, nr)
 	}
 	if err != nil {
 		stop()
@@ -164,19 +177,24 @@ func (f *frontend) roundTrip(w http.ResponseWriter, req *http.Request, e *routeE
 			// The client's body stalled or grew past the limit: the
 			// backend got a part of it and is cut off; so is the client.
 			w.Header().Set("Connection", "close")
-			msg := "the request body stalled: send it without long pauses"
+			msg := msgBodyStalled
 			code := api.CodeValidation
 			if status == http.StatusRequestEntityTooLarge {
 				msg, code = "the request body is larger than the "+strconv.FormatInt(e.maxBody, 10)+" bytes this route takes", api.CodeTooLarge
 			}
-			writeErrorPage(w, req, status, code, msg)
+			nr.page(w, req, status, code, msg)
 			return status, false
 		}
 		if req.Context().Err() != nil {
 			return statusClientClosed, false
 		}
 		f.r.log.Debug("backend request failed", "route", e.route.ID, "addr", b.addr, "err", err)
-		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+		msg := msgBackendFailed
+		if strings.Contains(err.Error(), "malformed ") {
+			// net/http's and textproto's parse errors of the head.
+			msg = msgMalformed
+		}
+		nr.page(w, req, http.StatusBadGateway, api.CodeUnavailable, msg)
 		return http.StatusBadGateway, false
 	}
 	copyResponseHeader(w.Header(), resp.Header)
@@ -267,9 +285,9 @@ func isUnreachable(err error) bool { return errors.Is(err, syscall.ETIMEDOUT) }
 
 // send writes the request to the backend and reads the response head,
 // skipping informational responses other than 101.
-func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time.Time, upgrade bool) (*http.Response, error) {
+func (f *frontend) send(req *http.Request, e *routeEntry, pc *upConn, start time.Time, upgrade bool, nr *netReq) (*http.Response, error) {
 	bw := pc.bw
-	f.writeRequestHead(bw, req, e, start, upgrade)
+	f.writeRequestHead(bw, req, e, start, upgrade, nr)
 	err := writeBody(bw, req)
 	if err == nil {
 		// Send, and wait for the response in the same go (waitWriter).
@@ -342,7 +360,7 @@ func writeBody(bw *bufio.Writer, req *http.Request) error {
 // writeRequestHead writes the request line and headers for the backend:
 // the client's end-to-end headers plus the forwarding headers, without
 // hop-by-hop headers.
-func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *routeEntry, start time.Time, upgrade bool) {
+func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *routeEntry, start time.Time, upgrade bool, nr *netReq) {
 	uri := req.RequestURI
 	if uri == "" || req.ProtoMajor == 2 && !strings.HasPrefix(uri, "/") {
 		uri = req.URL.RequestURI()
@@ -375,11 +393,7 @@ func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *rout
 			bw.WriteString(", ")
 		}
 	}
-	if ip, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
-		bw.WriteString(ip)
-	} else {
-		bw.WriteString(req.RemoteAddr)
-	}
+	bw.WriteString(remoteIP(req.RemoteAddr))
 	bw.WriteString("\r\nX-Forwarded-Proto: ")
 	bw.WriteString(f.proto)
 	bw.WriteString("\r\nX-Forwarded-Port: ")
@@ -390,7 +404,8 @@ func (f *frontend) writeRequestHead(bw *bufio.Writer, req *http.Request, e *rout
 	if id := req.Header["X-Request-Id"]; len(id) > 0 && validRequestID(id[0]) {
 		bw.WriteString(id[0])
 	} else {
-		writeNewRequestID(bw)
+		writeNewRequestID(bw, &nr.newID)
+		nr.hasID = true
 	}
 	bw.WriteString("\r\n")
 	if upgrade {
@@ -513,11 +528,11 @@ func validRequestID(id string) bool {
 
 // upgrade proxies a protocol switch: after the backend answers 101, the
 // two connections are piped until either side closes.
-func (f *frontend) upgrade(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time) int {
-	resp, err := f.send(req, e, pc, start, true)
+func (f *frontend) upgrade(w http.ResponseWriter, req *http.Request, e *routeEntry, b *backend, pc *upConn, start time.Time, nr *netReq) int {
+	resp, err := f.send(req, e, pc, start, true, nr)
 	if err != nil {
 		pc.conn.Close()
-		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "the backend failed to answer")
+		nr.page(w, req, http.StatusBadGateway, api.CodeUnavailable, msgBackendFailed)
 		return http.StatusBadGateway
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
@@ -530,7 +545,7 @@ func (f *frontend) upgrade(w http.ResponseWriter, req *http.Request, e *routeEnt
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		pc.conn.Close()
-		writeErrorPage(w, req, http.StatusBadGateway, api.CodeUnavailable, "protocol upgrades need HTTP/1.1")
+		nr.page(w, req, http.StatusBadGateway, api.CodeUnavailable, msgUpgradeNeeds11)
 		return http.StatusBadGateway
 	}
 	cconn, cbuf, err := hj.Hijack()
@@ -586,6 +601,29 @@ func pipe(a net.Conn, ar io.Reader, b net.Conn, br io.Reader) {
 
 // writeErrorPage answers with the router's own error: HTML for browsers,
 // JSON otherwise.
+// remoteIP is the IP address of a host:port, or all of it.
+func remoteIP(addr string) string {
+	if ip, _, err := net.SplitHostPort(addr); err == nil {
+		return ip
+	}
+	return addr
+}
+
+// netReq is what the net/http path keeps about a request for the app's
+// log: the error the router answered with itself, and the request id it
+// made when the client sent none.
+type netReq struct {
+	herr  *routerError
+	newID [32]byte
+	hasID bool
+}
+
+// page writes the router's error page and notes it for the app's log.
+func (nr *netReq) page(w http.ResponseWriter, req *http.Request, status int, code api.ErrorCode, msg string) {
+	nr.herr = routerErrorFor(status, msg)
+	writeErrorPage(w, req, status, code, msg)
+}
+
 func writeErrorPage(w http.ResponseWriter, req *http.Request, status int, code api.ErrorCode, msg string) {
 	if strings.Contains(req.Header.Get("Accept"), "text/html") {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

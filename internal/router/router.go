@@ -4,8 +4,9 @@
 // follows live too. It owns the route table, TLS selection, the pooled
 // upstream HTTP/1.1 proxy, sticky sessions, backend draining, the limits
 // that keep one client from holding the router (header, body and write
-// idle deadlines, body size, connections per client address), and the
-// router API (/metrics, /drained, /events).
+// idle deadlines, body size, connections per client address), the lines
+// it writes into apps' logs about requests it answered itself (applog.go),
+// and the router API (/metrics, /drained, /events).
 package router
 
 import (
@@ -87,6 +88,14 @@ type Config struct {
 	// (default DefaultMaxConnsPerClient, -1 no limit); more are closed at
 	// once.
 	MaxConnsPerClient int
+
+	// AppLog, when set, gets a line in the app's log for each request to
+	// an app's route that the router answered with an error of its own or
+	// that the client cut short, as Heroku's router writes them (at=error
+	// code=H14 desc="No web processes running" method=GET path="/" ...),
+	// at most appLogLimit a second. JobID names the router's job in them.
+	AppLog AppLogger
+	JobID  string
 }
 
 // Defaults of the router's limits.
@@ -106,6 +115,7 @@ type Router struct {
 	drain   *drainTracker
 	table   atomic.Pointer[table]
 	conns   *connSet
+	applog  *appLog // nil without Config.AppLog
 
 	httpLn, httpsLn, apiLn net.Listener
 	// tlsNetHTTP hands every HTTPS connection to net/http after the
@@ -193,6 +203,9 @@ func New(cfg Config, log *slog.Logger) (*Router, error) {
 		rmetrics: map[string]*routeMetrics{},
 		certs:    map[string]certCacheEntry{},
 		tcpLns:   map[int]*tcpListener{},
+	}
+	if cfg.AppLog != nil {
+		r.applog = &appLog{to: cfg.AppLog, jobID: cfg.JobID}
 	}
 	r.table.Store(newTable())
 	var err error
@@ -647,12 +660,14 @@ func (s *connSet) closeAll() {
 }
 
 // writeNewRequestID writes a random 32-hex-digit request id.
-func writeNewRequestID(bw *bufio.Writer) {
+// It keeps a copy in id, for the router's lines about the request.
+func writeNewRequestID(bw *bufio.Writer, id *[32]byte) {
 	var b [16]byte
 	u1, u2 := mrand.Uint64(), mrand.Uint64()
 	for i := range 8 {
 		b[i] = byte(u1 >> (8 * i))
 		b[8+i] = byte(u2 >> (8 * i))
 	}
-	bw.Write(hex.AppendEncode(bw.AvailableBuffer(), b[:]))
+	hex.Encode(id[:], b[:])
+	bw.Write(id[:])
 }

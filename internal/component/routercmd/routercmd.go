@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/discoverdclient"
+	"github.com/flynnrebuilt/flynn/client/logaggclient"
 	"github.com/flynnrebuilt/flynn/internal/component"
 	"github.com/flynnrebuilt/flynn/internal/component/etcdconn"
 	"github.com/flynnrebuilt/flynn/internal/logging"
@@ -36,6 +38,7 @@ func New(env component.Env) *cobra.Command {
 		etcdEndpoints, discoverdURL, token, etcdTLS   string
 		certFile, keyFile, cookieKey, logLevel        string
 		limits                                        router.Config
+		appLog                                        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "router",
@@ -63,6 +66,17 @@ etcd and the backends of each route's service in discoverd, and serves
 			}
 			dc := discoverdclient.New(discoverdURL, token)
 			cfg.Discoverer = &router.Discoverd{Client: dc}
+			if appLog {
+				// The router's errors go into the apps' logs through
+				// every log aggregator, as a job's output does.
+				shipper := logaggclient.NewShipper(logaggclient.ShipperConfig{}, log.With("part", "applog"))
+				hc := &http.Client{Timeout: time.Minute}
+				go shipper.Follow(cmd.Context(), dc, "logaggregator", 2*time.Second, func(addr string) *logaggclient.Client {
+					return logaggclient.New("http://"+addr, token, hc)
+				})
+				go shipper.Run(cmd.Context())
+				cfg.AppLog, cfg.JobID = shipper, get("FLYNN_JOB_ID")
+			}
 			if (certFile == "") != (keyFile == "") {
 				return fmt.Errorf("--tls-cert and --tls-key go together")
 			}
@@ -126,6 +140,7 @@ etcd and the backends of each route's service in discoverd, and serves
 	f.StringVar(&keyFile, "tls-key", "", "key of --tls-cert (PEM)")
 	f.StringVar(&cookieKey, "cookie-key", get("ROUTER_COOKIE_KEY"), "32-byte sticky-session key, hex or base64, the same on every router (default $ROUTER_COOKIE_KEY; prefer the environment)")
 	f.StringVar(&logLevel, "log-level", "info", "debug logs every request")
+	f.BoolVar(&appLog, "app-log", true, `write a line into an app's log for each request the router ended with an error of its own, as Heroku's router does (at=error code=H14 desc="No web processes running" ...), at most 100 a second`)
 	f.DurationVar(&limits.ReadHeaderTimeout, "read-header-timeout", time.Minute, "longest a client may take to send a request's headers")
 	f.DurationVar(&limits.BodyIdleTimeout, "body-timeout", time.Minute, "longest wait for the next bytes of a request body (routes may set their own)")
 	f.Int64Var(&limits.MaxBodyBytes, "max-body-bytes", router.DefaultMaxBodyBytes, "largest request body, -1 for none (routes may set their own)")

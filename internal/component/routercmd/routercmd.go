@@ -69,7 +69,9 @@ etcd and the backends of each route's service in discoverd, and serves
 			if appLog {
 				// The router's errors go into the apps' logs through
 				// every log aggregator, as a job's output does.
-				shipper := logaggclient.NewShipper(logaggclient.ShipperConfig{}, log.With("part", "applog"))
+				// At most 100 lines a second: ten seconds' worth
+				// wait for an aggregator that is away.
+				shipper := logaggclient.NewShipper(logaggclient.ShipperConfig{QueueSize: 1000, QueueBytes: 1 << 20}, log.With("part", "applog"))
 				hc := &http.Client{Timeout: time.Minute}
 				go shipper.Follow(cmd.Context(), dc, "logaggregator", 2*time.Second, func(addr string) *logaggclient.Client {
 					return logaggclient.New("http://"+addr, token, hc)

@@ -146,10 +146,10 @@ func (b *build) markUnsaved(left map[string]string) {
 	}
 	// Without a sync: after a cold Go build the volume holds 200 MB the
 	// disk has yet to get, and syncing them held the build's result
-	// back by 0.4 s, and an fsync of the cluster's state after it
-	// (etcd's) just as long. The marker is trusted in this boot only,
-	// in which cache/ reads as the build left it whatever reached the
-	// disk.
+	// back by 0.4 s (done after the result instead, it held the
+	// release's etcd fsync back as long). The marker is trusted in this
+	// boot only, in which cache/ reads as the build left it whatever
+	// reached the disk.
 	if m.Boot = bootID(); m.Boot == "" {
 		err := b.writeMarker(m)
 		if err != nil {

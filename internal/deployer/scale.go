@@ -179,13 +179,20 @@ func (d *Deployer) completeScale(ctx context.Context, sr ScaleRequests, req *api
 // or ctx ends, waiting RetryInterval after each failure: what it retries
 // is the controller out of reach or failing.
 func (d *Deployer) retry(ctx context.Context, fn func() error) error {
-	for {
+	for failed := 0; ; failed++ {
 		err := fn()
 		var ae *api.Error
 		if err == nil || ctx.Err() != nil || errors.As(err, &ae) && ae.Code != api.CodeUnavailable && ae.Code != api.CodeUnknown {
+			if err == nil && failed > 0 {
+				d.log.Info("controller request succeeded after retries", "failed", failed)
+			}
 			return err
 		}
-		d.log.Warn("controller request failed; retrying", "err", err)
+		// Said at the first failure and every tenth after it, not at
+		// each retry, while the controller is away.
+		if failed%10 == 0 {
+			d.log.Warn("controller request failed; retrying", "err", err, "failed", failed+1)
+		}
 		select {
 		case <-time.After(d.cfg.RetryInterval):
 		case <-ctx.Done():

@@ -799,3 +799,46 @@ func TestDeploySurvivesUnreachableController(t *testing.T) {
 		t.Errorf("a release that is not there was asked for %d times, want once", n)
 	}
 }
+
+// TestRetryWarnsSparingly: a controller request that keeps failing is
+// warned of at its first failure and every tenth, and its success after
+// retries is said once.
+func TestRetryWarnsSparingly(t *testing.T) {
+	var buf strings.Builder
+	var mu sync.Mutex
+	d, err := New(Config{Controller: newSim(), RetryInterval: time.Millisecond},
+		slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	err = d.retry(context.Background(), func() error {
+		if calls++; calls <= 25 {
+			return errors.New("connection refused")
+		}
+		return nil
+	})
+	if err != nil || calls != 26 {
+		t.Fatalf("retry: %v after %d calls, want success after 26", err, calls)
+	}
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	if n := strings.Count(out, "controller request failed; retrying"); n != 3 {
+		t.Errorf("%d warnings for 25 failures, want 3 (the 1st, 11th, 21st):\n%s", n, out)
+	}
+	if !strings.Contains(out, "controller request succeeded after retries") || !strings.Contains(out, "failed=25") {
+		t.Errorf("no line about the success after 25 failures:\n%s", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}

@@ -28,12 +28,15 @@ func newLogCmd(s *state) *cobra.Command {
 		Short: "Show an app's log",
 		Long: `Show the app's recent log lines ("TIME TYPE[JOB]: message"); -f keeps
 following new lines until interrupted. -i adds the platform's lines about
-each job (start, exit, out of memory) on stderr.`,
+each job (start, exit, out of memory) on stderr. The router's lines about
+requests it answered itself, as Heroku's router codes them (at=error
+code=H14 desc="No web processes running" ...), are of type router.`,
 		Example: `  flynn log
   flynn log -f -t web
   flynn log -n 20 -j host1-5b1a...
   flynn log -s 2>errors.txt
-  flynn log -i`,
+  flynn log -i
+  flynn log -t router`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()

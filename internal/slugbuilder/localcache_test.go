@@ -228,7 +228,7 @@ func TestCacheVolumeKilled(t *testing.T) {
 	checkVolume(t, vol, cache)
 
 	// Killed during the compile: the marker went before the compile ran.
-	b, err := newBuild(Config{CacheIn: cache, CacheOut: cache, CacheVolume: vol, BuildDir: t.TempDir()}, logging.Discard())
+	b, err := newBuild(Config{CacheIn: cache, CacheOut: cache, CacheVolume: vol, BuildDir: t.TempDir(), WorkDir: t.TempDir()}, logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestCacheVolumeKilled(t *testing.T) {
 
 	// Killed after the save stored the blob, before the marker: the
 	// next build restores (the same blob).
-	b, _ = newBuild(Config{CacheIn: cache, CacheOut: cache, CacheVolume: vol, BuildDir: t.TempDir()}, logging.Discard())
+	b, _ = newBuild(Config{CacheIn: cache, CacheOut: cache, CacheVolume: vol, BuildDir: t.TempDir(), WorkDir: t.TempDir()}, logging.Discard())
 	if err := b.restoreCache(context.Background()); err != nil {
 		t.Fatal(err)
 	}

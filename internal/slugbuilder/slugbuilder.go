@@ -262,6 +262,7 @@ func newBuild(cfg Config, log *slog.Logger) (*build, error) {
 	b.packs = filepath.Join(b.work, "buildpacks")
 	for _, d := range []string{b.cache, b.env, b.packs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
+			b.cleanup()
 			return nil, err
 		}
 	}

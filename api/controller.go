@@ -407,7 +407,11 @@ type Deployment struct {
 	DeployTimeout int32                        `json:"deploy_timeout,omitempty"`
 	// DeployBatchSize is the in-batches strategy's batch size, when the
 	// app sets one (MetaDeployBatchSize).
-	DeployBatchSize *int       `json:"deploy_batch_size,omitempty"`
+	DeployBatchSize *int `json:"deploy_batch_size,omitempty"`
+	// ReleasePhaseJob is the job that ran the new release's release
+	// command before the deployment was made (a push's): the deployer
+	// then does not run it again.
+	ReleasePhaseJob string     `json:"release_phase_job,omitempty"`
 	CreatedAt       time.Time  `json:"created_at,omitzero"`
 	FinishedAt      *time.Time `json:"finished_at,omitempty"`
 }
@@ -420,7 +424,9 @@ type DeploymentEvent struct {
 	Status       string `json:"status,omitempty"`
 	JobType      string `json:"job_type,omitempty"`
 	JobState     string `json:"job_state,omitempty"`
-	Error        string `json:"error,omitempty"`
+	// JobID names the job of the event, for the release command's.
+	JobID string `json:"job_id,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // AppDeletion is what deleting an app removed: the data of its

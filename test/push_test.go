@@ -331,7 +331,7 @@ func TestPushApps(t *testing.T) {
 		t.Errorf("after a failing release command the previous release stopped serving: %d %s", status, body)
 	}
 	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
-		"release: echo \"migrated for $MARKER\"; printf 'no newline at the end'\n"...), 0o644)
+		"release: echo \"migrated for $MARKER\"; printf 'no newline at the end'; test \"$MARKER\" != fail\n"...), 0o644)
 	index := filepath.Join(a.dir, "www", "index.html")
 	html, _ := os.ReadFile(index)
 	os.WriteFile(index, []byte(strings.Replace(string(html), "hello from the procfile app", "hello after the release phase", 1)), 0o644)
@@ -341,6 +341,41 @@ func TestPushApps(t *testing.T) {
 	if ran < 0 || !strings.Contains(out, "remote:        migrated for m1") || !strings.Contains(out, "remote:        no newline at the end") ||
 		strings.Index(out, "remote: -----> Deploying") < ran || !strings.Contains(out, ", release command ") {
 		t.Errorf("a release command: want its output (each line indented) before the deploy, and its time:\n%s", out)
+	}
+	// The push ran its release command once (the failing push ran the
+	// other): its deployment did not run it again.
+	releaseJobs := func() (ids []string) {
+		for _, line := range strings.Split(a.flynn("ps", "-a", "-c"), "\n") {
+			if f := strings.Fields(line); len(f) > 2 && strings.HasSuffix(line, "start release") {
+				ids = append(ids, f[0])
+			}
+		}
+		return ids
+	}
+	if ids := releaseJobs(); len(ids) != 2 {
+		t.Errorf("after a failing and a passing release command, release command jobs %v, want 2", ids)
+	}
+	// An env change is a new release: as on Heroku, its release command
+	// runs (the deployer runs it) before it is deployed, and one that
+	// fails leaves the app on its current release.
+	envOut := a.flynn("env", "set", "MARKER=m2")
+	if m := regexp.MustCompile(`==> release starting \(job (\S+)\)`).FindStringSubmatch(envOut); m == nil || !strings.Contains(envOut, "==> release down (job "+m[1]+")") {
+		t.Errorf("flynn env set of an app with a release command: want its job started and down:\n%s", envOut)
+	} else {
+		waitFor(t, within(t, 30*time.Second), "the release command's output in its log", c.watch(), func() (bool, error) {
+			log := a.flynn("log", "-j", m[1])
+			return strings.Contains(log, "migrated for m2"), fmt.Errorf("flynn log -j %s:\n%s", m[1], log)
+		})
+	}
+	if out, err := a.cmd(filepath.Join(binDir, "flynn"), "env", "set", "MARKER=fail").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "the release command failed (exit status 1)") || !strings.Contains(string(out), "flynn log -j ") {
+		t.Errorf("flynn env set with a failing release command: err=%v, want its failure:\n%s", err, out)
+	}
+	if got := strings.TrimSpace(a.flynn("env", "get", "MARKER")); got != "m2" {
+		t.Errorf("after a failing release command on an env change, MARKER = %q, want m2 (the release in place)", got)
+	}
+	if status, body := a.get(); status != 200 || !strings.Contains(body, "hello after the release phase") {
+		t.Errorf("after a failing release command on an env change: %d %s", status, body)
 	}
 	if out, err := a.cmd(filepath.Join(binDir, "flynn"), "scale", "release=1").CombinedOutput(); err == nil || !strings.Contains(string(out), "is not scaled") {
 		t.Errorf("flynn scale release=1: err=%v, want a refusal:\n%s", err, out)
@@ -449,7 +484,7 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 	a.flynn("kill", orphan)
 	select {
 	case out := <-second:
-		if strings.HasPrefix(out, "(failed) ") || !strings.Contains(out, "Waiting for the release command of an earlier push to end (job "+orphan) ||
+		if strings.HasPrefix(out, "(failed) ") || !strings.Contains(out, "Waiting for an earlier release command to end (job "+orphan) ||
 			!strings.Contains(out, "remote:        quick release") {
 			t.Errorf("the push after the kill did not wait for the earlier release command, then run its own and deploy:\n%s", out)
 		}

@@ -316,6 +316,19 @@ func (c *Client) CreateDeployment(ctx context.Context, appID, releaseID string) 
 	return &out, c.c.Do(ctx, "POST", p("/apps/%s/deploy", appID), map[string]string{"id": releaseID}, &out)
 }
 
+// CreateDeploymentAfterReleasePhase deploys a release whose release
+// command (api.ReleasePhaseJob) the caller has run, as job releaseJob:
+// the deployer does not run it again. An empty releaseJob is
+// CreateDeployment.
+func (c *Client) CreateDeploymentAfterReleasePhase(ctx context.Context, appID, releaseID, releaseJob string) (*api.Deployment, error) {
+	if releaseJob == "" {
+		return c.CreateDeployment(ctx, appID, releaseID)
+	}
+	var out api.Deployment
+	body := map[string]string{"id": releaseID, "release_phase_job": releaseJob}
+	return &out, c.c.Do(ctx, "POST", p("/apps/%s/deploy", appID), body, &out)
+}
+
 // GetDeployment returns a deployment.
 func (c *Client) GetDeployment(ctx context.Context, id string) (*api.Deployment, error) {
 	var out api.Deployment

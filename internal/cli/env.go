@@ -66,6 +66,11 @@ func deploy(ctx context.Context, cmd *cobra.Command, c *controllerclient.Client,
 	if d.Status != api.DeploymentComplete {
 		fmt.Fprintf(out, "Deploying release %s (%s)\n", releaseID, d.Strategy)
 		timeout := time.Duration(d.DeployTimeout)*time.Second + 30*time.Second
+		// The release command (the release phase) runs before the
+		// deploy, for up to an hour.
+		if rel, err := c.GetRelease(ctx, releaseID); err != nil || rel.Processes[api.ProcessTypeRelease] != nil {
+			timeout += api.ReleasePhaseTimeout
+		}
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		go func() { <-ctx.Done(); stream.Close() }()
@@ -91,7 +96,7 @@ func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient
 				continue
 			}
 			if de.JobType != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s ==> %s %s\n", ev.CreatedAt.Local().Format("15:04:05.000"), de.JobType, de.JobState)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s ==> %s\n", ev.CreatedAt.Local().Format("15:04:05.000"), jobEvent(&de))
 			}
 			if de.Error != "" {
 				msg = de.Error
@@ -115,12 +120,22 @@ func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient
 			continue
 		}
 		if de.JobType != "" {
-			fmt.Fprintf(cmd.OutOrStdout(), "%s ==> %s %s\n", time.Now().Format("15:04:05.000"), de.JobType, de.JobState)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s ==> %s\n", time.Now().Format("15:04:05.000"), jobEvent(&de))
 		}
 		if finished(de.Status) {
 			return deploymentResult(de.Status, de.Error, d.ID)
 		}
 	}
+}
+
+// jobEvent is a deployment event's job step as the CLI shows it: "web
+// up", or "release starting (job ID)" for the release command's.
+func jobEvent(de *api.DeploymentEvent) string {
+	s := de.JobType + " " + de.JobState
+	if de.JobID != "" {
+		s += " (job " + de.JobID + ")"
+	}
+	return s
 }
 
 func finished(status string) bool {
@@ -173,7 +188,9 @@ func newEnvCmd(s *state) *cobra.Command {
 		Use:   "env [-t TYPE]",
 		Short: "Show or change an app's environment variables",
 		Long: `Without a subcommand, list the environment of the app's current release (or
-of one process type with -t). set and unset make a new release and deploy it.`,
+of one process type with -t). set and unset make a new release and deploy it;
+when the app's Procfile has a release: command, it runs first (flynn log -j
+shows its output) and a failure leaves the app on its current release.`,
 		Example: `  flynn env
   flynn env set DATABASE_URL=postgres://db/app DEBUG=1
   flynn env get DEBUG

@@ -406,7 +406,7 @@ func checkProcessTypes(rel *api.Release, procs map[string]int) error {
 			return api.Validation("processes", "release %s has no process type %q", rel.ID, typ)
 		}
 		if typ == api.ProcessTypeRelease && n > 0 && rel.Meta[api.MetaReleaseGit] == "true" {
-			return api.Validation("processes", "the release type is the release phase: it runs once at each push, before the deploy, and is not scaled")
+			return api.Validation("processes", "the release type is the release phase: it runs once before each deploy of its release, and is not scaled")
 		}
 	}
 	return nil
@@ -565,11 +565,26 @@ func (s *Server) listPendingScaleRequests(w http.ResponseWriter, r *http.Request
 	return ok(w, reqs)
 }
 
+// deployBody is the body of POST /apps/{app}/deploy: the release (id, as
+// Flynn's) and, from a push that ran the release's release command
+// itself, that command's job.
+type deployBody struct {
+	ID              string `json:"id"`
+	ReleasePhaseJob string `json:"release_phase_job,omitempty"`
+}
+
 func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
-	id, err := decodeIDBody(r)
-	if err != nil {
+	var b deployBody
+	if err := httpapi.DecodeJSON(r, &b); err != nil {
 		return err
 	}
+	if b.ID == "" {
+		return api.Validation("id", "id is required")
+	}
+	if err := validateID("id", b.ID); err != nil {
+		return err
+	}
+	id := b.ID
 	app, err := s.app(r)
 	if err != nil {
 		return err
@@ -580,7 +595,22 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkReleaseID(r, app, id); err != nil {
 		return err
 	}
-	d, err := s.store.CreateDeployment(r.Context(), app.ID, id)
+	if b.ReleasePhaseJob != "" {
+		if err := validateID("release_phase_job", b.ReleasePhaseJob); err != nil {
+			return err
+		}
+		j, err := s.store.GetJob(r.Context(), app.ID, b.ReleasePhaseJob)
+		if errors.Is(err, api.ErrNotFound) {
+			return api.Validation("release_phase_job", "app %s has no job %s", app.Name, b.ReleasePhaseJob)
+		}
+		if err != nil {
+			return err
+		}
+		if j.Meta[api.JobMetaReleasePhase] != "true" || j.ReleaseID != id {
+			return api.Validation("release_phase_job", "job %s is not a release command of release %s", b.ReleasePhaseJob, id)
+		}
+	}
+	d, err := s.store.CreateDeploymentAfterReleasePhase(r.Context(), app.ID, id, b.ReleasePhaseJob)
 	if err != nil {
 		return err
 	}

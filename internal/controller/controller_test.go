@@ -763,6 +763,77 @@ func TestDeployments(t *testing.T) {
 	wantErr(t, err, api.ErrValidation, "id")
 }
 
+// A release with a release command is deployed through the deployer,
+// which runs the command, unless the deployment names the job that ran it
+// (a push's): that job must be a release command of the release.
+func TestDeploymentReleasePhase(t *testing.T) {
+	e := setup(t)
+	c := ctx(t)
+	app := &api.App{Name: "relphase"}
+	if err := e.c.CreateApp(c, app); err != nil {
+		t.Fatal(err)
+	}
+	withRelease := func() *api.Release {
+		r := release(t, e, app.ID, nil)
+		r.ID, r.CreatedAt = "", time.Time{}
+		r.Processes[api.ProcessTypeRelease] = &api.ProcessType{Args: []string{"migrate"}}
+		if err := e.c.CreateRelease(c, r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	rel1 := withRelease()
+	// Nothing scaled, but a release command to run: pending, for the
+	// deployer.
+	d1, err := e.c.CreateDeployment(c, app.ID, rel1.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1.Status != api.DeploymentPending || d1.ReleasePhaseJob != "" {
+		t.Fatalf("deployment of a release with a release command = %+v, want pending", d1)
+	}
+	if _, err := e.c.UpdateDeployment(c, d1.ID, api.DeploymentFailed, "test"); err != nil {
+		t.Fatal(err)
+	}
+
+	host := api.Host{ID: "host1", URL: "http://127.0.0.1:1"}
+	hb, _ := json.Marshal(host)
+	if _, err := e.etcd.Put(c, api.KeyHosts+host.ID, string(hb)); err != nil {
+		t.Fatal(err)
+	}
+	phase, err := e.c.RunJob(c, app.ID, api.ReleasePhaseJob(rel1, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := e.c.RunJob(c, app.ID, &api.NewJob{ReleaseID: rel1.ID, Args: []string{"true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel2 := withRelease()
+	for _, tt := range []struct{ job, why string }{
+		{"nope", "no such job"},
+		{other.ID, "not a release command"},
+		{phase.ID, "another release's"},
+		{"a b", "not an id"},
+	} {
+		rel := rel1
+		if tt.job == phase.ID {
+			rel = rel2
+		}
+		_, err := e.c.CreateDeploymentAfterReleasePhase(c, app.ID, rel.ID, tt.job)
+		if !errors.Is(err, api.ErrValidation) {
+			t.Fatalf("deploy after release phase job %q (%s): %v, want a validation error", tt.job, tt.why, err)
+		}
+	}
+	d2, err := e.c.CreateDeploymentAfterReleasePhase(c, app.ID, rel1.ID, phase.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2.Status != api.DeploymentComplete || d2.ReleasePhaseJob != phase.ID {
+		t.Fatalf("deployment after the release command = %+v, want complete at once", d2)
+	}
+}
+
 func TestEventsResumeAndReplicas(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cfg := Config{Etcd: etcdtest.KVOf(t, srv), AuthKeys: []string{testKey}}
@@ -1252,10 +1323,10 @@ func TestJSONFieldNames(t *testing.T) {
 			[]string{"app", "created_at", "id", "new_processes", "new_tags", "old_processes", "old_tags", "release", "state", "updated_at"}},
 		{&api.Job{ID: "x", UUID: "u", HostID: "h", AppID: "a", ReleaseID: "r", Type: "t", State: "s", Args: []string{"a"}, Meta: map[string]string{"a": "b"}, ExitStatus: &one, HostError: &hostErr, RunAt: &ts, Restarts: &one, CreatedAt: ts, UpdatedAt: ts},
 			[]string{"app", "args", "created_at", "exit_status", "host_error", "host_id", "id", "meta", "release", "restarts", "run_at", "state", "type", "updated_at", "uuid"}},
-		{&api.Deployment{ID: "x", AppID: "a", OldReleaseID: "o", NewReleaseID: "n", Strategy: "s", Status: "s", Processes: procs, Tags: tags, DeployTimeout: 1, CreatedAt: ts, FinishedAt: &ts},
-			[]string{"app", "created_at", "deploy_timeout", "finished_at", "id", "new_release", "old_release", "processes", "status", "strategy", "tags"}},
-		{&api.DeploymentEvent{AppID: "a", DeploymentID: "d", ReleaseID: "r", Status: "s", JobType: "t", JobState: "s", Error: "e"},
-			[]string{"app", "deployment", "error", "job_state", "job_type", "release", "status"}},
+		{&api.Deployment{ID: "x", AppID: "a", OldReleaseID: "o", NewReleaseID: "n", Strategy: "s", Status: "s", Processes: procs, Tags: tags, DeployTimeout: 1, ReleasePhaseJob: "j", CreatedAt: ts, FinishedAt: &ts},
+			[]string{"app", "created_at", "deploy_timeout", "finished_at", "id", "new_release", "old_release", "processes", "release_phase_job", "status", "strategy", "tags"}},
+		{&api.DeploymentEvent{AppID: "a", DeploymentID: "d", ReleaseID: "r", Status: "s", JobType: "t", JobState: "s", JobID: "j", Error: "e"},
+			[]string{"app", "deployment", "error", "job_id", "job_state", "job_type", "release", "status"}},
 		{&api.Provider{ID: "x", URL: "u", Name: "n", CreatedAt: ts}, []string{"created_at", "id", "name", "url"}},
 		{&api.Resource{ID: "x", ProviderID: "p", ExternalID: "e", Env: map[string]string{"a": "b"}, Apps: []string{"a"}, CreatedAt: ts},
 			[]string{"apps", "created_at", "env", "external_id", "id", "provider"}},

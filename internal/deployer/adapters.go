@@ -123,6 +123,16 @@ func (c *ControllerClient) ListJobs(ctx context.Context, appID string) ([]*api.J
 	return c.C.JobList(ctx, appID)
 }
 
+// RunJob starts a one-off job of the app.
+func (c *ControllerClient) RunJob(ctx context.Context, appID string, j *api.NewJob) (*api.Job, error) {
+	return c.C.RunJob(ctx, appID, j)
+}
+
+// DeleteJob stops a job of the app.
+func (c *ControllerClient) DeleteJob(ctx context.Context, appID, jobID string) error {
+	return c.C.DeleteJob(ctx, appID, jobID)
+}
+
 // UpdateDeployment records a deployment's status.
 func (c *ControllerClient) UpdateDeployment(ctx context.Context, d *api.Deployment) error {
 	_, err := c.C.UpdateDeployment(ctx, d.ID, d.Status, "")

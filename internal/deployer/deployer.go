@@ -11,6 +11,10 @@
 // (which happens only once their health check passes): then traffic
 // reaches them. A new job that fails, or a deployment that outlasts its
 // deploy_timeout, fails the deployment and restores the old formation.
+// Before any of that, a new release with a release command (Heroku's
+// release phase, api.ReleasePhaseJob) has it run as a one-off job, unless
+// the deployment's push ran it already; a command that fails fails the
+// deployment.
 // Progress is reported as api.DeploymentEvents.
 package deployer
 
@@ -60,6 +64,14 @@ type Controller interface {
 // first stops an old job needs to have seen it).
 type JobLister interface {
 	ListJobs(ctx context.Context, appID string) ([]*api.Job, error)
+}
+
+// JobRunner is implemented by Controllers that can run one-off jobs: the
+// release command of a release that has one (api.ReleasePhaseJob) runs
+// as one before the release is deployed.
+type JobRunner interface {
+	RunJob(ctx context.Context, appID string, j *api.NewJob) (*api.Job, error)
+	DeleteJob(ctx context.Context, appID, jobID string) error
 }
 
 // Discoverd tells when a job serves.
@@ -259,7 +271,11 @@ func (r *run) deploy(ctx context.Context) (err error) {
 		stop()
 		r.wg.Wait()
 	}()
-	if err = r.prepare(sctx, rctx); err == nil {
+	err = r.prepare(sctx, rctx)
+	if err == nil {
+		err = r.releasePhase(sctx)
+	}
+	if err == nil {
 		dctx, cancel := context.WithTimeoutCause(sctx, timeout, fmt.Errorf("%w after %s", ErrTimeout, timeout))
 		err = r.strategy(dctx)
 		if err != nil && dctx.Err() != nil && ctx.Err() == nil {

@@ -260,16 +260,17 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 		return err
 	}
 	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
+	var releaseJob string
 	if rel.Processes[api.ProcessTypeRelease] != nil {
 		start = time.Now()
-		err := r.releasePhase(ctx, app, prev, rel, out)
+		releaseJob, err = r.releasePhase(ctx, app, prev, rel, out)
 		tm.since("release command", start)
 		if err != nil {
 			return err
 		}
 	}
 	fmt.Fprintln(out, "-----> Deploying...")
-	if err := r.deploy(ctx, app, rel, out, tm); err != nil {
+	if err := r.deploy(ctx, app, rel, releaseJob, out, tm); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "=====> Application deployed")
@@ -740,8 +741,9 @@ func (r *BuildReceiver) deployTimeout(app *api.App) time.Duration {
 // for the first web job to come up. It records the phases it waited for
 // in tm: "deploy" until the deployment finished, "start" until the first
 // web job was up (and registered); a deployment with nothing to roll and
-// no web job to start records neither.
-func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, out io.Writer, tm *timings) error {
+// no web job to start records neither. releaseJob is the job that ran
+// rel's release command, if it has one.
+func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, releaseJob string, out io.Writer, tm *timings) error {
 	start := time.Now()
 	timeout := r.deployTimeout(app)
 	wctx, cancel := context.WithTimeout(ctx, timeout)
@@ -776,7 +778,7 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 		}
 	}()
 
-	d, err := r.cfg.Controller.CreateDeployment(ctx, app.ID, rel.ID)
+	d, err := r.cfg.Controller.CreateDeploymentAfterReleasePhase(ctx, app.ID, rel.ID, releaseJob)
 	if err != nil {
 		return fmt.Errorf("deploy release %s: %w", rel.ID, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -13,42 +12,30 @@ import (
 )
 
 // ReleasePhaseTimeout bounds a release command, as Heroku's does.
-const ReleasePhaseTimeout = time.Hour
+const ReleasePhaseTimeout = api.ReleasePhaseTimeout
 
 // releasePhase runs rel's release process type (api.ProcessTypeRelease:
 // `release: bundle exec rake db:migrate` in the Procfile), when it has
 // one, as a one-off job of rel (its artifact, env and mounts), with the
-// command's output in the push's. A command that fails (a non-zero exit,
-// or no exit within ReleasePhaseTimeout) fails the push: rel is not
-// deployed and the app goes on running prev.
-func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, rel *api.Release, out io.Writer) error {
-	pt := rel.Processes[api.ProcessTypeRelease]
-	if pt == nil {
-		return nil
+// command's output in the push's, and returns the job's ID (the
+// deployment's ReleasePhaseJob, so the deployer does not run it again).
+// A command that fails (a non-zero exit, or no exit within
+// ReleasePhaseTimeout) fails the push: rel is not deployed and the app
+// goes on running prev.
+func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, rel *api.Release, out io.Writer) (string, error) {
+	nj := api.ReleasePhaseJob(rel, nil)
+	if nj == nil {
+		return "", nil
 	}
 	if err := r.waitEarlierReleasePhase(ctx, app, out); err != nil {
-		return err
+		return "", err
 	}
 	fmt.Fprintln(out, "-----> Running release command...")
 	ctx, cancel := context.WithTimeout(ctx, ReleasePhaseTimeout)
 	defer cancel()
-	// The controller runs a slug's one-off jobs through its slug runner
-	// itself: the job is given the runner's arguments (start release).
-	args := pt.Args
-	if len(args) >= 2 && args[0] == FlynnHostPath && args[1] == "slugrunner" {
-		args = args[2:]
-	}
-	conn, jobID, err := r.cfg.Controller.RunJobAttached(ctx, app.ID, &api.NewJob{
-		ReleaseID:  rel.ID,
-		ReleaseEnv: true,
-		Args:       args,
-		MountsFrom: api.ProcessTypeRelease,
-		// As Heroku names a release phase's dyno.
-		Env:  map[string]string{"DYNO": fmt.Sprintf("%s.%d", api.ProcessTypeRelease, 1000+mrand.IntN(9000))},
-		Meta: map[string]string{metaReleasePhase: "true"},
-	})
+	conn, jobID, err := r.cfg.Controller.RunJobAttached(ctx, app.ID, nj)
 	if err != nil {
-		return fmt.Errorf("start the release command: %w", err)
+		return "", fmt.Errorf("start the release command: %w", err)
 	}
 	defer conn.Close()
 	// A push given up on (the client gone, the timeout) ends the stream,
@@ -56,7 +43,7 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 	defer context.AfterFunc(ctx, func() { conn.Close() })()
 	// The command reads no input: its stdin ends at once.
 	if err := api.WriteAttachData(conn, api.AttachStdin, nil); err != nil {
-		return fmt.Errorf("release command (job %s): %w", jobID, err)
+		return "", fmt.Errorf("release command (job %s): %w", jobID, err)
 	}
 	pw := &logging.PrefixWriter{W: out, Prefix: "       "}
 	defer pw.EndLine()
@@ -68,11 +55,11 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 				r.cfg.Controller.DeleteJob(dctx, app.ID, jobID)
 				dcancel()
 				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-					return fmt.Errorf("the release command did not finish within %s (job %s): release %s is not deployed", ReleasePhaseTimeout, jobID, rel.ID)
+					return "", fmt.Errorf("the release command did not finish within %s (job %s): release %s is not deployed", ReleasePhaseTimeout, jobID, rel.ID)
 				}
-				return ctx.Err()
+				return "", ctx.Err()
 			}
-			return fmt.Errorf("release command (job %s): the connection to it was lost: %v", jobID, err)
+			return "", fmt.Errorf("release command (job %s): the connection to it was lost: %v", jobID, err)
 		}
 		switch f.Type {
 		case api.AttachData:
@@ -80,7 +67,7 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 				pw.Write(f.Data)
 			}
 		case api.AttachError:
-			return fmt.Errorf("release command (job %s): %s", jobID, f.Data)
+			return "", fmt.Errorf("release command (job %s): %s", jobID, f.Data)
 		case api.AttachExit:
 			pw.EndLine()
 			if f.Value != 0 {
@@ -88,21 +75,20 @@ func (r *BuildReceiver) releasePhase(ctx context.Context, app *api.App, prev, re
 				if prev != nil {
 					still = "the app goes on running release " + prev.ID
 				}
-				return fmt.Errorf("the release command failed (exit status %d): release %s is not deployed and %s (the command's output: flynn log -j %s)", f.Value, rel.ID, still, jobID)
+				return "", fmt.Errorf("the release command failed (exit status %d): release %s is not deployed and %s (the command's output: flynn log -j %s)", f.Value, rel.ID, still, jobID)
 			}
-			return nil
+			return jobID, nil
 		}
 	}
 }
 
-// metaReleasePhase marks a release phase's job.
-const metaReleasePhase = "gitreceive.release_phase"
-
 // waitEarlierReleasePhase waits for the app's release commands that still
 // run, so that two never run at once: a push's is stopped when the push
 // is given up on, but one whose gitreceive was killed runs on (to its
-// end; its release is not deployed). Pushes to an app take turns, so any
-// found belongs to a push that has ended. One past ReleasePhaseTimeout
+// end; its release is not deployed), and a deployment's (the deployer
+// runs the release command of deployments that are not a push's) runs to
+// its end. Pushes to an app take turns, so any found belongs to a push
+// that has ended or to a deployment. One past ReleasePhaseTimeout
 // since it started is stopped.
 func (r *BuildReceiver) waitEarlierReleasePhase(ctx context.Context, app *api.App, out io.Writer) error {
 	said := map[string]bool{}
@@ -113,11 +99,11 @@ func (r *BuildReceiver) waitEarlierReleasePhase(ctx context.Context, app *api.Ap
 		}
 		running := false
 		for _, j := range jobs {
-			if j.Meta[metaReleasePhase] != "true" || j.State == api.JobStateDown {
+			if j.Meta[api.JobMetaReleasePhase] != "true" || j.State == api.JobStateDown {
 				continue
 			}
 			if time.Since(j.CreatedAt) > ReleasePhaseTimeout {
-				fmt.Fprintf(out, "       Stopping the release command of an earlier push (job %s): it ran past %s\n", j.ID, ReleasePhaseTimeout)
+				fmt.Fprintf(out, "       Stopping an earlier release command (job %s): it ran past %s\n", j.ID, ReleasePhaseTimeout)
 				if err := r.cfg.Controller.DeleteJob(ctx, app.ID, j.ID); err != nil && !errors.Is(err, api.ErrNotFound) {
 					fmt.Fprintf(out, "       (could not stop it: %v)\n", err)
 				}
@@ -126,7 +112,7 @@ func (r *BuildReceiver) waitEarlierReleasePhase(ctx context.Context, app *api.Ap
 			running = true
 			if !said[j.ID] {
 				said[j.ID] = true
-				fmt.Fprintf(out, "-----> Waiting for the release command of an earlier push to end (job %s; flynn -a %s kill %s stops it)...\n", j.ID, app.Name, j.ID)
+				fmt.Fprintf(out, "-----> Waiting for an earlier release command to end (job %s; flynn -a %s kill %s stops it)...\n", j.ID, app.Name, j.ID)
 			}
 		}
 		if !running {

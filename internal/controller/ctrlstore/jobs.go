@@ -116,11 +116,19 @@ func (s *Store) ListActiveJobs(ctx context.Context) ([]*api.Job, error) {
 }
 
 // CreateDeployment starts a deployment of release to app. When the app's
-// current formation runs no process, the deployment completes at once:
-// the release becomes current and the formation moves to it. Otherwise a
-// pending deployment is stored for the deployer. Only one deployment per
-// app runs at a time: a second one is a conflict.
+// current formation runs no process, and the release has no release
+// command to run, the deployment completes at once: the release becomes
+// current and the formation moves to it. Otherwise a pending deployment
+// is stored for the deployer. Only one deployment per app runs at a time:
+// a second one is a conflict.
 func (s *Store) CreateDeployment(ctx context.Context, appID, releaseID string) (*api.Deployment, error) {
+	return s.CreateDeploymentAfterReleasePhase(ctx, appID, releaseID, "")
+}
+
+// CreateDeploymentAfterReleasePhase is CreateDeployment of a release whose
+// release command has run as job releaseJob (the deployment's
+// ReleasePhaseJob): the deployer does not run it again.
+func (s *Store) CreateDeploymentAfterReleasePhase(ctx context.Context, appID, releaseID, releaseJob string) (*api.Deployment, error) {
 	for range maxRetries {
 		app, appRev, err := s.getApp(ctx, appID)
 		if err != nil {
@@ -140,6 +148,7 @@ func (s *Store) CreateDeployment(ctx context.Context, appID, releaseID string) (
 		d := &api.Deployment{
 			ID: NewID(), AppID: app.ID, OldReleaseID: app.ReleaseID, NewReleaseID: rel.ID,
 			Strategy: app.Strategy, DeployTimeout: app.DeployTimeout, CreatedAt: now,
+			ReleasePhaseJob: releaseJob,
 		}
 		if d.Strategy == "" {
 			d.Strategy = api.StrategyAllAtOnce
@@ -179,7 +188,8 @@ func (s *Store) CreateDeployment(ctx context.Context, appID, releaseID string) (
 		if app.ReleaseID != "" {
 			t.unchanged(s.key(pFormations, app.ID, app.ReleaseID), oldRev)
 		}
-		if !active(d.Processes) {
+		releasePhase := rel.Processes[api.ProcessTypeRelease] != nil && releaseJob == "" && rel.ID != app.ReleaseID
+		if !active(d.Processes) && !releasePhase {
 			d.Status = api.DeploymentComplete
 			d.FinishedAt = &now
 			app.ReleaseID = rel.ID

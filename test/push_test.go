@@ -344,15 +344,7 @@ func TestPushApps(t *testing.T) {
 	}
 	// The push ran its release command once (the failing push ran the
 	// other): its deployment did not run it again.
-	releaseJobs := func() (ids []string) {
-		for _, line := range strings.Split(a.flynn("ps", "-a", "-c"), "\n") {
-			if f := strings.Fields(line); len(f) > 2 && strings.HasSuffix(line, "start release") {
-				ids = append(ids, f[0])
-			}
-		}
-		return ids
-	}
-	if ids := releaseJobs(); len(ids) != 2 {
+	if ids := a.releaseJobs(); len(ids) != 2 {
 		t.Errorf("after a failing and a passing release command, release command jobs %v, want 2", ids)
 	}
 	// An env change is a new release: as on Heroku, its release command
@@ -381,6 +373,7 @@ func TestPushApps(t *testing.T) {
 		t.Errorf("flynn scale release=1: err=%v, want a refusal:\n%s", err, out)
 	}
 	releasePhaseAfterKill(t, c, a, procfile)
+	deployerKilledInReleasePhase(t, c, a, procfile)
 
 	if out, ok := a.push("main:feature"); ok || !strings.Contains(out, "only a push to main or master deploys") {
 		t.Errorf("push to another branch: ok=%v\n%s", ok, out)
@@ -493,6 +486,99 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 	}
 	if status, body := a.get(); status != 200 || !strings.Contains(body, "hello after the release phase") {
 		t.Errorf("after the push that waited: %d %s", status, body)
+	}
+}
+
+// releaseJobs maps the app's release command jobs (flynn ps -a -c) to
+// their states.
+func (a *pushApp) releaseJobs() map[string]string {
+	a.t.Helper()
+	jobs := map[string]string{}
+	for _, line := range strings.Split(a.flynn("ps", "-a", "-c"), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && strings.HasSuffix(line, "start release") {
+			jobs[f[0]] = f[2]
+		}
+	}
+	return jobs
+}
+
+// deployerKilledInReleasePhase SIGKILLs the scheduler (the deployer runs
+// in it) while the release command of an env change runs: the scheduler
+// comes back, its deployer takes the deployment up, and waits for the
+// same command rather than run it again; the deploy then completes.
+func deployerKilledInReleasePhase(t *testing.T, c *e2eCluster, a *pushApp, procfile []byte) {
+	t.Helper()
+	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
+		"release: echo \"release for $MARKER\"; if [ \"$MARKER\" = slow ]; then sleep 20; fi; echo \"released $MARKER\"\n"...), 0o644)
+	a.git("commit", "-qam", "release command, slow for MARKER=slow")
+	if out, ok := a.push("main"); !ok {
+		t.Fatalf("push of a release command: %s", out)
+	}
+	before := a.releaseJobs()
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := a.cmd(filepath.Join(binDir, "flynn"), "env", "set", "MARKER=slow").CombinedOutput()
+		done <- result{string(out), err}
+	}()
+	var job string
+	waitFor(t, within(t, 2*time.Minute), "the env change's release command to run", c.watch(), func() (bool, error) {
+		jobs := a.releaseJobs()
+		for id, state := range jobs {
+			if _, ok := before[id]; !ok && state == "up" {
+				job = id
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("release jobs %v", jobs)
+	})
+	hc := c.hostClient(c.hosts[0])
+	scheduler := func() string {
+		jobs, err := hc.ListJobs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range jobs {
+			if j.Job.Metadata[api.JobMetaAppName] == "scheduler" && j.Status == api.HostJobRunning {
+				return j.Job.ID
+			}
+		}
+		return ""
+	}
+	killed := scheduler()
+	if killed == "" {
+		t.Fatalf("no running scheduler job:\n%s", c.jobTable(c.hosts[0]))
+	}
+	if err := hc.SignalJob(context.Background(), killed, "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || !strings.Contains(r.out, "==> release down (job "+job+")") {
+			t.Errorf("flynn env set while the scheduler was killed: err=%v, want its release command %s down and the deploy done:\n%s", r.err, job, r.out)
+		}
+	case <-time.After(4 * time.Minute):
+		t.Fatal("flynn env set did not end after the scheduler was killed")
+	}
+	if now := scheduler(); now == "" || now == killed {
+		t.Errorf("scheduler job after the kill: %q (killed %s)", now, killed)
+	}
+	after := a.releaseJobs()
+	if len(after) != len(before)+1 {
+		t.Errorf("release command jobs before the env change %v, after %v: want one more (not run again)", before, after)
+	}
+	waitFor(t, within(t, 30*time.Second), "the release command's end in its log", c.watch(), func() (bool, error) {
+		log := a.flynn("log", "-j", job)
+		return strings.Contains(log, "released slow"), fmt.Errorf("flynn log -j %s:\n%s", job, log)
+	})
+	if got := strings.TrimSpace(a.flynn("env", "get", "MARKER")); got != "slow" {
+		t.Errorf("after the deploy the deployer took up, MARKER = %q, want slow", got)
+	}
+	if status, body := a.get(); status != 200 || !strings.Contains(body, "hello after the release phase") {
+		t.Errorf("after the deploy the deployer took up: %d %s", status, body)
 	}
 }
 

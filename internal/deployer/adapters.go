@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/flynnrebuilt/flynn/api"
@@ -49,17 +50,21 @@ func (c *ControllerClient) follow(ctx context.Context, o controllerclient.EventO
 	}
 }
 
-// StreamDeployments reports pending deployments: those pending when the
-// stream opens, then each one created.
+// StreamDeployments reports deployments to run: those running (left by a
+// deployer that stopped) or pending when the stream opens, then each one
+// created.
 func (c *ControllerClient) StreamDeployments(ctx context.Context, fn func(*api.Deployment)) error {
 	o := controllerclient.EventOptions{ObjectTypes: []string{api.EventTypeDeployment}}
 	return c.follow(ctx, o, func() error {
-		ds, err := c.C.ListDeployments(ctx, api.DeploymentPending)
-		if err != nil {
-			return fmt.Errorf("list pending deployments: %w", err)
-		}
-		for _, d := range ds {
-			fn(d)
+		for _, status := range []string{api.DeploymentRunning, api.DeploymentPending} {
+			ds, err := c.C.ListDeployments(ctx, status)
+			if err != nil {
+				return fmt.Errorf("list %s deployments: %w", status, err)
+			}
+			// Oldest first: an app's deployments run in order.
+			for _, d := range slices.Backward(ds) {
+				fn(d)
+			}
 		}
 		return nil
 	}, func(e *api.Event) error {

@@ -37,8 +37,8 @@ import (
 // errors matching api.ErrNotFound for missing objects.
 type Controller interface {
 	// StreamDeployments reports deployments to run (status pending),
-	// including those pending when the stream opens, until ctx ends or the
-	// stream breaks.
+	// including those pending or running (left by a deployer that stopped)
+	// when the stream opens, until ctx ends or the stream breaks.
 	StreamDeployments(ctx context.Context, fn func(*api.Deployment)) error
 	GetRelease(ctx context.Context, id string) (*api.Release, error)
 	// GetFormation returns the formation of an app's release.
@@ -167,7 +167,9 @@ func (d *Deployer) Run(ctx context.Context) error {
 		err := d.cfg.Controller.StreamDeployments(ctx, func(dep *api.Deployment) {
 			mu.Lock()
 			defer mu.Unlock()
-			if seen[dep.ID] || dep.Status != "" && dep.Status != api.DeploymentPending {
+			// A running one was left by a deployer that stopped (killed,
+			// or no longer the leader): it is taken up where it stands.
+			if seen[dep.ID] || dep.Status != "" && dep.Status != api.DeploymentPending && dep.Status != api.DeploymentRunning {
 				return
 			}
 			seen[dep.ID] = true
@@ -205,6 +207,9 @@ type run struct {
 	d   *Deployer
 	dep *api.Deployment
 
+	// resumed: the deployment was running when this run began (its
+	// deployer stopped part way): the formations may be part-scaled.
+	resumed    bool
 	newRelease *api.Release
 	oldForm    *api.Formation // as it was before the deployment
 	target     map[string]int // new release's processes
@@ -260,6 +265,10 @@ func (r *run) deploy(ctx context.Context) (err error) {
 	// long as the deploy may take.
 	rctx, rcancel := context.WithTimeout(ctx, timeout)
 	defer rcancel()
+	r.resumed = dep.Status == api.DeploymentRunning
+	if r.resumed {
+		r.d.log.Info("taking up a deployment left running", "app", dep.AppID, "deployment", dep.ID)
+	}
 	dep.Status = api.DeploymentRunning
 	if err := r.d.retry(rctx, func() error { return r.ctl().UpdateDeployment(rctx, dep) }); err != nil {
 		return fmt.Errorf("deployment %s: mark running: %w", dep.ID, err)
@@ -284,7 +293,7 @@ func (r *run) deploy(ctx context.Context) (err error) {
 		cancel()
 	}
 	if ctx.Err() != nil {
-		return ctx.Err() // shutting down: the next leader sees it pending
+		return ctx.Err() // shutting down: the next leader takes it up
 	}
 	if err != nil {
 		r.event(ctx, api.DeploymentEvent{ReleaseID: dep.NewReleaseID, Status: api.DeploymentFailed, Error: err.Error()})
@@ -346,6 +355,14 @@ func (r *run) prepare(ctx, rctx context.Context) error {
 	r.curOld = &api.Formation{AppID: dep.AppID, ReleaseID: dep.OldReleaseID, Processes: maps.Clone(r.oldForm.Processes), Tags: r.oldForm.Tags}
 	if r.curOld.Processes == nil {
 		r.curOld.Processes = make(map[string]int)
+	}
+	if r.resumed && dep.Processes != nil && dep.OldReleaseID != "" && dep.OldReleaseID != dep.NewReleaseID {
+		// The old formation may be part-scaled down: as it was before
+		// the deployment, it ran the deployment's processes (the
+		// controller copies them from it), which a failure restores.
+		orig := *r.oldForm
+		orig.Processes = maps.Clone(dep.Processes)
+		r.oldForm = &orig
 	}
 
 	r.updates = make(chan *api.Job, 256)

@@ -486,6 +486,54 @@ func TestRunDeploysPending(t *testing.T) {
 	}
 }
 
+// TestRunTakesUpRunning: a deployment left running by a deployer that
+// stopped part way (killed, or no longer the leader) is taken up by the
+// next one from where it stands, and a failure then restores the old
+// formation as it was before the deployment, not as it was left.
+func TestRunTakesUpRunning(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fail=%v", fail), func(t *testing.T) {
+			c, d := setup(t)
+			bg := context.Background()
+			// Left part way through all-at-once: one new web job up, the
+			// old formation part-scaled down.
+			c.PutFormation(bg, &api.Formation{AppID: "a1", ReleaseID: "r2", Processes: map[string]int{"web": 1}})
+			c.PutFormation(bg, &api.Formation{AppID: "a1", ReleaseID: "r1", Processes: map[string]int{"web": 1, "worker": 1}})
+			if fail {
+				c.crash["r2"] = true
+			}
+			c.pending = []*api.Deployment{{ID: "d1", AppID: "a1", OldReleaseID: "r1", NewReleaseID: "r2",
+				Processes: map[string]int{"web": 2, "worker": 1}, Status: api.DeploymentRunning}}
+			ctx, cancel := context.WithCancel(bg)
+			done := make(chan error, 1)
+			go func() { done <- d.Run(ctx) }()
+			waitCond(t, func() bool {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				dep := c.deployments["d1"]
+				return dep != nil && (dep.Status == api.DeploymentComplete || dep.Status == api.DeploymentFailed)
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			want, status, rel := map[string]int{"r2 web": 2, "r2 worker": 1}, api.DeploymentComplete, "r2"
+			if fail {
+				want, status, rel = map[string]int{"r1 web": 2, "r1 worker": 1}, api.DeploymentFailed, "r1"
+			}
+			if got := c.deployments["d1"].Status; got != status {
+				t.Errorf("deployment status = %q, want %q", got, status)
+			}
+			if diff := cmp.Diff(want, c.running("a1")); diff != "" {
+				t.Errorf("jobs (-want +got):\n%s", diff)
+			}
+			if c.appRelease["a1"] != rel {
+				t.Errorf("app release = %q, want %q", c.appRelease["a1"], rel)
+			}
+		})
+	}
+}
+
 // TestDeployToReleaseThatRanBefore: rolling back to a release whose jobs
 // ended before the deployment (they are in the app's job history) deploys
 // it; those old ends are not crashes of the new jobs.

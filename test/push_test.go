@@ -351,8 +351,8 @@ func TestPushApps(t *testing.T) {
 	// runs (the deployer runs it) before it is deployed, and one that
 	// fails leaves the app on its current release.
 	envOut := a.flynn("env", "set", "MARKER=m2")
-	if m := regexp.MustCompile(`==> release starting \(job (\S+)\)`).FindStringSubmatch(envOut); m == nil || !strings.Contains(envOut, "==> release down (job "+m[1]+")") {
-		t.Errorf("flynn env set of an app with a release command: want its job started and down:\n%s", envOut)
+	if m := regexp.MustCompile(`==> release starting \(job (\S+)\)\n       migrated for m2\n       no newline at the end\n.* ==> release down \(job (\S+)\)`).FindStringSubmatch(envOut); m == nil || m[1] != m[2] {
+		t.Errorf("flynn env set of an app with a release command: want its job started, its output (indented) and the job down:\n%s", envOut)
 	} else {
 		waitFor(t, within(t, 30*time.Second), "the release command's output in its log", c.watch(), func() (bool, error) {
 			log := a.flynn("log", "-j", m[1])
@@ -360,7 +360,8 @@ func TestPushApps(t *testing.T) {
 		})
 	}
 	if out, err := a.cmd(filepath.Join(binDir, "flynn"), "env", "set", "MARKER=fail").CombinedOutput(); err == nil ||
-		!strings.Contains(string(out), "the release command failed (exit status 1)") || !strings.Contains(string(out), "flynn log -j ") {
+		!strings.Contains(string(out), "the release command failed (exit status 1)") || !strings.Contains(string(out), "flynn log -j ") ||
+		!strings.Contains(string(out), "\n       migrated for fail\n") {
 		t.Errorf("flynn env set with a failing release command: err=%v, want its failure:\n%s", err, out)
 	}
 	if got := strings.TrimSpace(a.flynn("env", "get", "MARKER")); got != "m2" {

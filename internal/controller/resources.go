@@ -264,6 +264,9 @@ func (s *Server) deployResourceRelease(r *http.Request, appID, releaseID string)
 		return fmt.Errorf("deploy release %s of app %s: %w", releaseID, appID, err)
 	}
 	timeout := time.Duration(d.DeployTimeout)*time.Second + 10*time.Second
+	if rel, err := s.store.GetRelease(r.Context(), releaseID); err == nil && rel.Processes[api.ProcessTypeRelease] != nil {
+		timeout += api.ReleasePhaseTimeout // the deployer runs its release command first
+	}
 	deadline := time.Now().Add(timeout)
 	for d.Status != api.DeploymentComplete {
 		if d.Status == api.DeploymentFailed {

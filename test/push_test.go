@@ -302,6 +302,22 @@ func TestPushApps(t *testing.T) {
 		t.Errorf("flynn scale web=1 of a crashing app: err %v, want a failure with its last lines:\n%s", serr, sout)
 	}
 
+	// An app whose first web process runs but never listens on $PORT:
+	// after a while the push says why it still waits, then fails at the
+	// deploy timeout (set short here) and scales the app back down.
+	np := newPushApp(t, c, nil, "procfile", "pushport", false)
+	np.flynn("deployment", "timeout", "20")
+	os.WriteFile(filepath.Join(np.dir, "Procfile"), []byte("web: echo \"on the wrong port\"; exec busybox httpd -f -p 5555 -h www\n"), 0o644)
+	np.git("commit", "-qam", "listens on the wrong port")
+	pout, pok := np.push("main")
+	if pok || !strings.Contains(pout, "The web process runs but nothing answers on $PORT yet: waiting for up to ") ||
+		!strings.Contains(pout, "is it listening on $PORT?") || !strings.Contains(unpadded(pout), "remote:        on the wrong port\n") {
+		t.Errorf("a first push whose web process never listens on $PORT: push ok=%v, want the wait explained, then a refusal with its last lines:\n%s", pok, pout)
+	}
+	if sc := np.flynn("scale"); !strings.Contains(sc, "web=0") {
+		t.Errorf("after a first push whose web process never listened on $PORT, flynn scale says %q, want web=0", sc)
+	}
+
 	a.git("rm", "-q", "Procfile")
 	a.git("commit", "-qam", "nothing to run")
 	refuse("a failing build", "Push rejected")

@@ -808,7 +808,7 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 	fmt.Fprintln(out, "-----> Waiting for web job to start...")
 	err = waitWebUp(wctx, rel.ID, evc, timeout)
 	if err == nil && r.cfg.Discoverd != nil {
-		err = r.waitRegistered(wctx, app.Name+"-web", rel.ID, evc)
+		err = r.waitRegistered(wctx, out, app.Name+"-web", rel.ID, evc)
 	}
 	if err != nil {
 		var fe *failedType
@@ -825,10 +825,17 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 	return nil
 }
 
+// notReachableHint is how long a web job may run without being
+// registered (its health check, a connection to $PORT, not passing)
+// before the push says so, rather than wait its deploy timeout silently.
+const notReachableHint = 10 * time.Second
+
 // waitRegistered waits until service has an instance of release. A web
 // job of release that goes down meanwhile (a process that crashes once
-// it is up) fails the wait at once.
-func (r *BuildReceiver) waitRegistered(ctx context.Context, service, releaseID string, evc <-chan *api.Event) error {
+// it is up) fails the wait at once. Past notReachableHint it prints why
+// it still waits, once.
+func (r *BuildReceiver) waitRegistered(ctx context.Context, out io.Writer, service, releaseID string, evc <-chan *api.Event) error {
+	hint := time.After(notReachableHint)
 	for {
 		insts, err := r.cfg.Discoverd.Instances(ctx, service)
 		if err == nil {
@@ -852,6 +859,13 @@ func (r *BuildReceiver) waitRegistered(ctx context.Context, service, releaseID s
 			if j := webJobDown(ev, releaseID); j != nil {
 				return &failedType{typ: "web", job: j.ID, err: errors.New("the web process exited before it became reachable: it " + j.End())}
 			}
+		case <-hint:
+			hint = nil
+			left := ""
+			if dl, ok := ctx.Deadline(); ok {
+				left = fmt.Sprintf(" for up to %s more", time.Until(dl).Round(time.Second))
+			}
+			fmt.Fprintf(out, "       The web process runs but nothing answers on $PORT yet: waiting%s (it must listen on $PORT; its output: flynn log -t web)\n", left)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -58,6 +58,22 @@ func (c *e2eCluster) applianceJob(app string) *api.ActiveJob {
 	return nil
 }
 
+// runningJobID is the id of a running job of the system app on the first
+// host, or "".
+func (c *e2eCluster) runningJobID(app string) string {
+	c.t.Helper()
+	jobs, err := c.hostClient(c.hosts[0]).ListJobs(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, j := range jobs {
+		if j.Job.Metadata[api.JobMetaAppName] == app && j.Status == api.HostJobRunning {
+			return j.Job.ID
+		}
+	}
+	return ""
+}
+
 // killApplianceJob SIGKILLs the running job of the appliance app's
 // process type (named as the app) on the first host, waits for the
 // scheduler to start another, checks that it got the same volume and

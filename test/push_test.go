@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flynnrebuilt/flynn/api"
 )
 
 // pushApp is one sample app pushed to the cluster.
@@ -427,18 +426,7 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 		return false, fmt.Errorf("ps:\n%s", ps)
 	})
 	hc := c.hostClient(c.hosts[0])
-	gitreceive := func() string {
-		jobs, err := hc.ListJobs(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, j := range jobs {
-			if j.Job.Metadata[api.JobMetaAppName] == "gitreceive" && j.Status == api.HostJobRunning {
-				return j.Job.ID
-			}
-		}
-		return ""
-	}
+	gitreceive := func() string { return c.runningJobID("gitreceive") }
 	killed := gitreceive()
 	if killed == "" {
 		t.Fatalf("no running gitreceive job:\n%s", c.jobTable(c.hosts[0]))
@@ -553,18 +541,7 @@ func deployerKilledInReleasePhase(t *testing.T, c *e2eCluster, a *pushApp, procf
 		return false, fmt.Errorf("release jobs %v", jobs)
 	})
 	hc := c.hostClient(c.hosts[0])
-	scheduler := func() string {
-		jobs, err := hc.ListJobs(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, j := range jobs {
-			if j.Job.Metadata[api.JobMetaAppName] == "scheduler" && j.Status == api.HostJobRunning {
-				return j.Job.ID
-			}
-		}
-		return ""
-	}
+	scheduler := func() string { return c.runningJobID("scheduler") }
 	killed := scheduler()
 	if killed == "" {
 		t.Fatalf("no running scheduler job:\n%s", c.jobTable(c.hosts[0]))

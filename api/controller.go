@@ -409,8 +409,8 @@ type Deployment struct {
 	// app sets one (MetaDeployBatchSize).
 	DeployBatchSize *int `json:"deploy_batch_size,omitempty"`
 	// ReleasePhaseJob is the job that ran the new release's release
-	// command before the deployment was made (a push's): the deployer
-	// then does not run it again.
+	// command before the deployment was made, when its client ran it
+	// itself: the deployer then does not run it again.
 	ReleasePhaseJob string     `json:"release_phase_job,omitempty"`
 	CreatedAt       time.Time  `json:"created_at,omitzero"`
 	FinishedAt      *time.Time `json:"finished_at,omitempty"`

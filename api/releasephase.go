@@ -11,10 +11,10 @@ import (
 // (`release: bundle exec rake db:migrate` in a Procfile) runs once as a
 // one-off job of the release before each deployment of it (a push, an env
 // change, a rollback, a resource's env), and a command that fails stops
-// the deployment: the app goes on running its current release. A push
-// runs it itself, with the command's output in the push's, and tells the
-// deployment so (Deployment.ReleasePhaseJob); the deployer runs it for
-// every other deployment.
+// the deployment: the app goes on running its current release. The
+// deployer runs it, unless the deployment's client ran it already
+// (Deployment.ReleasePhaseJob); a push and the CLI print its output from
+// its log.
 const (
 	// ReleasePhaseTimeout bounds a release command, as Heroku's does.
 	ReleasePhaseTimeout = time.Hour

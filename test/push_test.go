@@ -3,6 +3,7 @@ package test
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flynnrebuilt/flynn/api"
 )
 
 // pushApp is one sample app pushed to the cluster.
@@ -95,10 +98,11 @@ func unpadded(out string) string {
 func (a *pushApp) get() (int, string) { return a.c.curl(a.name+"."+a.c.domain, "/") }
 
 // timingsLine is the last line of a successful push: where its time went,
-// the build's own phases in parentheses, then the deployment's (rolling
+// the build's own phases in parentheses, the wait for another deployment
+// of the app if there was one, then the deployment's (rolling
 // running processes) or the first web job's start, or neither.
 var timingsLine = regexp.MustCompile(`(?m)^remote: -----> Done in \d+\.\ds: source \d+\.\ds, ` +
-	`build \d+\.\ds \(fetch \d+\.\ds, (?:restore \d+\.\ds, )?compile \d+\.\ds, (?:save \d+\.\ds, )?slug \d+\.\ds\), release \d+\.\ds` +
+	`build \d+\.\ds \(fetch \d+\.\ds, (?:restore \d+\.\ds, )?compile \d+\.\ds, (?:save \d+\.\ds, )?slug \d+\.\ds\), (?:wait \d+\.\ds, )?release \d+\.\ds` +
 	`(?:, release command \d+\.\ds)?(?:, deploy \d+\.\ds)?(?:, start \d+\.\ds)?\s*$`)
 
 // pushAndServe pushes main and returns the time from the push to the
@@ -350,14 +354,21 @@ func TestPushApps(t *testing.T) {
 	html, _ := os.ReadFile(index)
 	os.WriteFile(index, []byte(strings.Replace(string(html), "hello from the procfile app", "hello after the release phase", 1)), 0o644)
 	a.git("commit", "-qam", "release command")
+	// What was set on a process type outlives a push, as on Flynn and
+	// Heroku.
+	a.flynn("limit", "set", "web", "memory=300MiB")
+	limits := a.flynn("limit", "-t", "web")
 	_, out = a.pushServe("hello after the release phase")
+	if after := a.flynn("limit", "-t", "web"); after != limits || !strings.Contains(limits, "memory=") {
+		t.Errorf("a push lost the web type's limits: before %q, after %q", limits, after)
+	}
 	ran := strings.Index(out, "remote: -----> Running release command...")
 	if ran < 0 || !strings.Contains(out, "remote:        migrated for m1") || !strings.Contains(out, "remote:        no newline at the end") ||
 		strings.Index(out, "remote: -----> Deploying") < ran || !strings.Contains(out, ", release command ") {
 		t.Errorf("a release command: want its output (each line indented) before the deploy, and its time:\n%s", out)
 	}
-	// The push ran its release command once (the failing push ran the
-	// other): its deployment did not run it again.
+	// Each push's release command ran once (the failing push's is the
+	// other).
 	if ids := a.releaseJobs(); len(ids) != 2 {
 		t.Errorf("after a failing and a passing release command, release command jobs %v, want 2", ids)
 	}
@@ -401,15 +412,17 @@ func TestPushApps(t *testing.T) {
 	}
 }
 
-// releasePhaseAfterKill SIGKILLs gitreceive while a release command runs:
-// that push fails and the command runs on; gitreceive comes back, and the
-// next push's release command waits for it to end (here, for `flynn kill`
-// of it, which the push's output names), so two never run at once.
+// releasePhaseAfterKill SIGKILLs gitreceive while a push's release command
+// runs: that push fails but its deployment goes on (the deployer runs the
+// command). gitreceive comes back, and the next push waits for that
+// deployment to end (here, for `flynn kill` of its release command, which
+// fails it) before it deploys, so two release commands never run at once.
 func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []byte) {
 	t.Helper()
 	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
 		"release: echo slow release; sleep 600\n"...), 0o644)
 	a.git("commit", "-qam", "slow release command")
+	failed := a.deployments()[api.DeploymentFailed]
 	first := make(chan string, 1)
 	go func() { out, _ := a.push("main"); first <- out }()
 	var orphan string
@@ -441,6 +454,9 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 	case <-time.After(2 * time.Minute):
 		t.Fatal("the push whose gitreceive was killed did not end")
 	}
+	if n := a.deployments()[api.DeploymentRunning]; n != 1 {
+		t.Errorf("the deployment of the push whose gitreceive was killed does not run on: %d running", n)
+	}
 	waitFor(t, within(t, 2*time.Minute), "gitreceive to come back", c.watch(), func() (bool, error) {
 		id := gitreceive()
 		if id == "" || id == killed {
@@ -450,6 +466,8 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 		return err == nil, fmt.Errorf("git push --dry-run: %v %s", err, out)
 	})
 	releases := strings.Count(a.flynn("release"), "\n")
+	builds := func() int { return strings.Count(c.jobTable(c.hosts[0]), " "+a.name+"/slugbuilder done exit=0") }
+	built := builds()
 	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
 		"release: echo quick release\n"...), 0o644)
 	a.git("commit", "-qam", "quick release command")
@@ -461,13 +479,15 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 		}
 		second <- out
 	}()
-	// The second push's release is made just before its release phase
-	// starts waiting.
-	waitFor(t, within(t, 2*time.Minute), "the second push's release", c.watch(), func() (bool, error) {
-		n := strings.Count(a.flynn("release"), "\n")
-		return n > releases, fmt.Errorf("%d release lines", n)
+	// The second push builds, then waits, before it makes its release.
+	waitFor(t, within(t, 2*time.Minute), "the second push's build", c.watch(), func() (bool, error) {
+		n := builds()
+		return n > built, fmt.Errorf("%d builds done, %d before", n, built)
 	})
 	time.Sleep(3 * time.Second)
+	if n := strings.Count(a.flynn("release"), "\n"); n != releases {
+		t.Errorf("while the first deployment runs, the second push made its release: %d release lines, %d before", n, releases)
+	}
 	ps := a.flynn("ps", "-a", "-c")
 	for _, line := range strings.Split(ps, "\n") {
 		f := strings.Fields(line)
@@ -481,16 +501,33 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 	a.flynn("kill", orphan)
 	select {
 	case out := <-second:
-		if strings.HasPrefix(out, "(failed) ") || !strings.Contains(out, "Waiting for an earlier release command to end (job "+orphan) ||
+		if strings.HasPrefix(out, "(failed) ") || !strings.Contains(out, "remote: -----> Waiting for deployment ") ||
 			!strings.Contains(out, "remote:        quick release") {
-			t.Errorf("the push after the kill did not wait for the earlier release command, then run its own and deploy:\n%s", out)
+			t.Errorf("the push after the kill did not wait for the earlier deployment, then run its release command and deploy:\n%s", out)
 		}
 	case <-time.After(4 * time.Minute):
 		t.Fatal("the push after the kill did not end")
 	}
+	if n := a.deployments()[api.DeploymentFailed]; n != failed+1 {
+		t.Errorf("the deployment whose release command was killed did not fail: %d failed deployments, %d before", n, failed)
+	}
 	if status, body := a.get(); status != 200 || !strings.Contains(body, "hello after the release phase") {
 		t.Errorf("after the push that waited: %d %s", status, body)
 	}
+}
+
+// deployments counts the app's deployments by status.
+func (a *pushApp) deployments() map[string]int {
+	a.t.Helper()
+	var deps []api.Deployment
+	if err := json.Unmarshal([]byte(a.flynn("deployment", "--json")), &deps); err != nil {
+		a.t.Fatalf("flynn deployment --json: %v", err)
+	}
+	n := map[string]int{}
+	for _, d := range deps {
+		n[d.Status]++
+	}
+	return n
 }
 
 // releaseJobs maps the app's release command jobs (flynn ps -a -c) to

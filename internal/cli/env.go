@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"strconv"
 	"strings"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/flynnrebuilt/flynn/api"
 	"github.com/flynnrebuilt/flynn/client/controllerclient"
-	"github.com/flynnrebuilt/flynn/client/logaggclient"
 )
 
 // currentRelease returns a copy of the app's current release, or an empty
@@ -106,8 +104,10 @@ func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient
 		}
 		return deploymentResult(cur.Status, msg, d.ID)
 	}
-	out := &releaseOutput{c: c, appID: d.AppID, w: cmd.OutOrStdout()}
-	defer out.wait()
+	// The release command's output, each line indented as a push
+	// indents it.
+	out := controllerclient.NewJobOutput(c, d.AppID, cmd.OutOrStdout(), "       ")
+	defer out.Wait()
 	for {
 		ev, err := stream.Next()
 		if err != nil {
@@ -125,81 +125,18 @@ func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient
 		}
 		release := de.JobType == api.ProcessTypeRelease && de.JobID != ""
 		if release && de.JobState != api.JobStateStarting || finished(de.Status) {
-			out.wait() // its output before what follows it
+			out.Wait() // its output before what follows it
 		}
 		if de.JobType != "" {
 			fmt.Fprintf(cmd.OutOrStdout(), "%s ==> %s\n", time.Now().Format("15:04:05.000"), jobEvent(&de))
 		}
 		if release && de.JobState == api.JobStateStarting {
-			out.follow(ctx, de.JobID)
+			out.Follow(ctx, de.JobID)
 		}
 		if finished(de.Status) {
 			return deploymentResult(de.Status, de.Error, d.ID)
 		}
 	}
-}
-
-// releaseOutput prints the output of a deployment's release command (the
-// deployer runs it before the deploy), each line indented, as a push
-// prints its own.
-type releaseOutput struct {
-	c     *controllerclient.Client
-	appID string
-	w     io.Writer
-
-	job    string
-	done   chan struct{}
-	cancel context.CancelFunc
-}
-
-// follow starts printing job's output, up to the platform's line about
-// its exit.
-func (o *releaseOutput) follow(ctx context.Context, job string) {
-	if job == o.job {
-		return // a deployer that took the deployment up names it again
-	}
-	o.wait()
-	o.job = job
-	ctx, o.cancel = context.WithCancel(ctx)
-	o.done = make(chan struct{})
-	go func() {
-		defer close(o.done)
-		rc, err := o.c.GetAppLog(ctx, o.appID, controllerclient.LogOptions{Follow: true, JobID: job,
-			StreamTypes: []string{api.LogStdout, api.LogStderr, api.LogInit}})
-		if err != nil {
-			return
-		}
-		lr := logaggclient.NewPlainReader(rc)
-		defer lr.Close()
-		for {
-			m, err := lr.Next()
-			if err != nil {
-				return
-			}
-			if m.Stream == api.LogInit {
-				if strings.HasPrefix(m.Msg, api.LogInitExit) || strings.HasPrefix(m.Msg, api.LogInitFailed) {
-					return
-				}
-				continue
-			}
-			fmt.Fprintf(o.w, "       %s\n", m.Msg)
-		}
-	}()
-}
-
-// wait lets the output being printed reach the job's exit (its host ships
-// it in the background), for a few seconds at most, and stops following.
-func (o *releaseOutput) wait() {
-	if o.done == nil {
-		return
-	}
-	select {
-	case <-o.done:
-	case <-time.After(5 * time.Second):
-	}
-	o.cancel()
-	<-o.done
-	o.done = nil
 }
 
 // jobEvent is a deployment event's job step as the CLI shows it: "web

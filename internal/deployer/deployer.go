@@ -13,7 +13,7 @@
 // deploy_timeout, fails the deployment and restores the old formation.
 // Before any of that, a new release with a release command (Heroku's
 // release phase, api.ReleasePhaseJob) has it run as a one-off job, unless
-// the deployment's push ran it already; a command that fails fails the
+// the deployment's client ran it already; a command that fails fails the
 // deployment.
 // Progress is reported as api.DeploymentEvents.
 package deployer

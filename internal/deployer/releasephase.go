@@ -10,14 +10,14 @@ import (
 )
 
 // releasePhase runs the new release's release command (api.ReleasePhaseJob),
-// when it has one and the deployment's push has not run it already
+// when it has one and the deployment's client has not run it already
 // (Deployment.ReleasePhaseJob), as a one-off job of the release, and waits
 // for it to exit. A non-zero exit, or none within api.ReleasePhaseTimeout,
 // fails the deployment before any job of the new release starts: the app
 // goes on running its current release. Release commands of an app never
-// run two at once: one still running (a push's, or another deployment's)
-// is waited for, and one this deployment started before the deployer
-// restarted is taken up, not run again. Its output is the job's log
+// run two at once: one still running (an older gitreceive's, or another
+// deployment's) is waited for, and one this deployment started before
+// the deployer restarted is taken up, not run again. Its output is the job's log
 // (flynn log -j); the deployment's events name the job.
 func (r *run) releasePhase(ctx context.Context) error {
 	dep := r.dep

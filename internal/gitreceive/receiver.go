@@ -253,6 +253,22 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 	if err := needsWeb(res); err != nil {
 		return err
 	}
+	// The release is made on top of what the app runs once any of its
+	// deployments under way (an env change's, a rollback's) has ended,
+	// so that a change made during the build is kept.
+	start = time.Now()
+	waited, err := r.waitOtherDeployment(ctx, app, out, r.deployTimeout(app)+api.ReleasePhaseTimeout)
+	if waited {
+		tm.since("wait", start)
+	}
+	if err != nil {
+		return err
+	}
+	if cur, err := r.cfg.Controller.GetAppRelease(ctx, app.ID); err == nil {
+		prev = cur
+	} else if !errors.Is(err, api.ErrNotFound) {
+		return fmt.Errorf("current release of %s: %w", app.Name, err)
+	}
 	start = time.Now()
 	rel, err := r.createRelease(ctx, app, prev, last, p.NewRev, res, out)
 	tm.since("release", start)
@@ -260,17 +276,7 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 		return err
 	}
 	fmt.Fprintf(out, "       Release %s with process types: %s\n", rel.ID, strings.Join(slices.Sorted(maps.Keys(rel.Processes)), ", "))
-	var releaseJob string
-	if rel.Processes[api.ProcessTypeRelease] != nil {
-		start = time.Now()
-		releaseJob, err = r.releasePhase(ctx, app, prev, rel, out)
-		tm.since("release command", start)
-		if err != nil {
-			return err
-		}
-	}
-	fmt.Fprintln(out, "-----> Deploying...")
-	if err := r.deploy(ctx, app, rel, releaseJob, out, tm); err != nil {
+	if err := r.deploy(ctx, app, rel, out, tm); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "=====> Application deployed")
@@ -699,7 +705,11 @@ func needsWeb(res *api.SlugBuildResult) error {
 func isWebType(t string) bool { return t == "web" || strings.HasSuffix(t, "-web") }
 
 // release builds the new release: the previous env, the build's process
-// types run by slugrunner, web types on port 8080 behind <app>-<type>.
+// types run by slugrunner, web types on port 8080 behind <app>-<type>. A
+// type the previous release has keeps what was set on it there (flynn
+// limit set's resources, its env, a health check or ports given with
+// flynn release update, volumes), as Flynn's push kept it: only its
+// command is the build's.
 func (r *BuildReceiver) release(app *api.App, prev *api.Release, artifactID string, res *api.SlugBuildResult, rev string) *api.Release {
 	rel := &api.Release{
 		AppID:       app.ID,
@@ -712,11 +722,15 @@ func (r *BuildReceiver) release(app *api.App, prev *api.Release, artifactID stri
 		maps.Copy(rel.Env, prev.Env)
 	}
 	for typ := range res.ProcessTypes {
-		pt := &api.ProcessType{
-			Args:   []string{FlynnHostPath, "slugrunner", "start", typ},
-			Mounts: []api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}},
+		pt := &api.ProcessType{}
+		if prev != nil && prev.Processes[typ] != nil {
+			pt = cloneProcessType(prev.Processes[typ])
 		}
-		if isWebType(typ) {
+		pt.Args = []string{FlynnHostPath, "slugrunner", "start", typ}
+		// The runner, at the host's path of it now.
+		pt.Mounts = slices.DeleteFunc(pt.Mounts, func(m api.Mount) bool { return m.Target == FlynnHostPath })
+		pt.Mounts = append([]api.Mount{{Location: r.cfg.FlynnHostBin, Target: FlynnHostPath}}, pt.Mounts...)
+		if isWebType(typ) && len(pt.Ports) == 0 {
 			pt.Ports = []api.Port{{Port: 8080, Proto: "tcp", Service: &api.Service{
 				Name: app.Name + "-" + typ, Create: true, Check: &api.HealthCheck{Type: "tcp"},
 			}}}
@@ -724,6 +738,16 @@ func (r *BuildReceiver) release(app *api.App, prev *api.Release, artifactID stri
 		rel.Processes[typ] = pt
 	}
 	return rel
+}
+
+// cloneProcessType is a deep copy of pt, through its JSON (every field of
+// it is one, so nothing is lost; a copy that failed would be empty).
+func cloneProcessType(pt *api.ProcessType) *api.ProcessType {
+	var c api.ProcessType
+	if b, err := json.Marshal(pt); err == nil {
+		json.Unmarshal(b, &c)
+	}
+	return &c
 }
 
 func (r *BuildReceiver) deployTimeout(app *api.App) time.Duration {
@@ -738,14 +762,26 @@ func (r *BuildReceiver) deployTimeout(app *api.App) time.Duration {
 
 // deploy deploys rel and waits for it: for the deployment to finish when
 // the app runs processes, or, on an app's first deploy with a web type,
-// for the first web job to come up. It records the phases it waited for
-// in tm: "deploy" until the deployment finished, "start" until the first
-// web job was up (and registered); a deployment with nothing to roll and
-// no web job to start records neither. releaseJob is the job that ran
-// rel's release command, if it has one.
-func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, releaseJob string, out io.Writer, tm *timings) error {
-	start := time.Now()
+// for the first web job to come up. The deployer runs rel's release command (`release:` in the Procfile), when
+// it has one, before any job of rel starts; its output is the push's. It
+// records the phases it waited for in tm: "release command" until that
+// command ended, "deploy" until the deployment finished, "start" until
+// the first web job was up (and registered); a deployment with nothing to
+// roll and no web job to start records neither of the last two.
+//
+// The deployment goes on without the push: a pusher who goes away once
+// it is made (^C, a lost connection, a killed gitreceive) still gets the
+// release deployed, or its release command's failure in flynn deployment.
+func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Release, out io.Writer, tm *timings) error {
 	timeout := r.deployTimeout(app)
+	hasRelease := rel.Processes[api.ProcessTypeRelease] != nil
+	if hasRelease {
+		timeout += api.ReleasePhaseTimeout
+	}
+	if !hasRelease {
+		fmt.Fprintln(out, "-----> Deploying...")
+	}
+	start := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// Follow the app's events from before the deployment, so none is missed.
@@ -778,13 +814,16 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 		}
 	}()
 
-	d, err := r.cfg.Controller.CreateDeploymentAfterReleasePhase(ctx, app.ID, rel.ID, releaseJob)
+	d, err := r.cfg.Controller.CreateDeployment(ctx, app.ID, rel.ID)
+	if errors.Is(err, api.ErrConflict) {
+		// One that started since the push waited for deployments.
+		return fmt.Errorf("deploy release %s: another deployment of %s started meanwhile; push again once it ends (flynn deployment)", rel.ID, app.Name)
+	}
 	if err != nil {
 		return fmt.Errorf("deploy release %s: %w", rel.ID, err)
 	}
 	if d.Status != api.DeploymentComplete {
-		err := r.waitDeployment(wctx, d, evc, out, timeout)
-		tm.since("deploy", start)
+		err := r.waitDeployment(wctx, d, evc, out, timeout, tm, start)
 		start = time.Now()
 		if err != nil {
 			var fe *failedType
@@ -894,7 +933,13 @@ func running(procs map[string]int) bool {
 	return false
 }
 
-func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, evc <-chan *api.Event, out io.Writer, timeout time.Duration) error {
+// waitDeployment waits for deployment d, made at start, to finish,
+// printing its steps, and its release command's output (indented) while
+// that runs. It records in tm the "release command" phase, when the
+// deployment has one, and the "deploy" phase after it.
+func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, evc <-chan *api.Event, out io.Writer, timeout time.Duration, tm *timings, start time.Time) error {
+	phase := "deploy"
+	defer func() { tm.since(phase, start) }()
 	// The deployment may have finished before the stream saw it.
 	check := func() (bool, error) {
 		cur, err := r.cfg.Controller.GetDeployment(ctx, d.ID)
@@ -912,6 +957,9 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 	if done, err := check(); done {
 		return err
 	}
+	releaseOut := controllerclient.NewJobOutput(r.cfg.Controller, d.AppID, out, "       ")
+	defer releaseOut.Wait()
+	var releaseJob string // the release command's job, once it started
 	// The last job of the new release that went down, by type: the
 	// one whose output explains a failed deployment.
 	downJobs := map[string]string{}
@@ -942,7 +990,23 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 			if json.Unmarshal(ev.Data, &de) != nil {
 				continue
 			}
-			if de.JobType != "" && de.JobState != "" {
+			switch {
+			case de.JobType == api.ProcessTypeRelease && de.JobID != "":
+				// The release command: its output rather than its
+				// steps. A deployer that takes the deployment up names
+				// the same job again.
+				if de.JobState == api.JobStateStarting && de.JobID != releaseJob {
+					releaseJob, phase = de.JobID, "release command"
+					fmt.Fprintln(out, "-----> Running release command...")
+					releaseOut.Follow(ctx, de.JobID)
+				}
+				if de.JobState == api.JobStateDown && releaseJob != "" {
+					releaseOut.Wait()
+					tm.since(phase, start)
+					releaseJob, phase, start = "", "deploy", time.Now()
+					fmt.Fprintln(out, "-----> Deploying...")
+				}
+			case de.JobType != "" && de.JobState != "":
 				fmt.Fprintf(out, "=====> %s job %s\n", de.JobType, de.JobState)
 				if de.JobState == api.JobStateDown {
 					downType = de.JobType
@@ -952,6 +1016,7 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 			case api.DeploymentComplete:
 				return nil
 			case api.DeploymentFailed:
+				releaseOut.Wait()
 				msg := de.Error
 				if msg == "" {
 					msg = "no reason given"
@@ -961,8 +1026,49 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 				if typ == "" {
 					typ = downType
 				}
+				if typ == api.ProcessTypeRelease {
+					// Its output is above, and msg names its job.
+					return fmt.Errorf("deployment failed: %s", msg)
+				}
 				return &failedType{typ: typ, job: downJobs[typ], err: fmt.Errorf("deployment failed: %s", msg)}
 			}
+		}
+	}
+}
+
+// waitOtherDeployment waits while app has a deployment in progress (an env
+// change's, a rollback's, or another push's whose pusher went away), for
+// up to limit, so that the push deploys after it rather than be refused.
+// It says whether there was one.
+func (r *BuildReceiver) waitOtherDeployment(ctx context.Context, app *api.App, out io.Writer, limit time.Duration) (bool, error) {
+	deadline := time.Now().Add(limit)
+	said := ""
+	for {
+		deps, err := r.cfg.Controller.DeploymentList(ctx, app.ID)
+		if err != nil {
+			return said != "", fmt.Errorf("list the deployments of %s: %w", app.Name, err)
+		}
+		var cur *api.Deployment
+		for _, d := range deps {
+			if d.Status == api.DeploymentPending || d.Status == api.DeploymentRunning {
+				cur = d
+				break
+			}
+		}
+		if cur == nil {
+			return said != "", nil
+		}
+		if time.Now().After(deadline) {
+			return true, fmt.Errorf("deployment %s of %s did not end within %s, so this push is not deployed (see flynn deployment)", cur.ID, app.Name, limit)
+		}
+		if cur.ID != said {
+			said = cur.ID
+			fmt.Fprintf(out, "-----> Waiting for deployment %s (release %s) to end first...\n", cur.ID, cur.NewReleaseID)
+		}
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
 }

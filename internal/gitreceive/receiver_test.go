@@ -227,11 +227,30 @@ func tarGz(files map[string]string) []byte {
 
 // fakeCluster plays the scheduler and deployer: it completes pending
 // deployments and reports a web job of a formation scaled up, up or down.
+// A release with a release command has it "run" first (the deployment's
+// events name its job), and fail when the release's env has
+// RELEASE_FAILS. It leaves the deployments of a release with meta
+// test.hold pending.
 func fakeCluster(ctx context.Context, c *controllerclient.Client, appID string, webCrashes bool) {
 	seen := map[string]bool{}
 	for ctx.Err() == nil {
 		ds, _ := c.ListDeployments(ctx, api.DeploymentPending)
+	deployments:
 		for _, d := range ds {
+			rel, err := c.GetRelease(ctx, d.NewReleaseID)
+			if err != nil || rel.Meta["test.hold"] != "" {
+				continue
+			}
+			if p := rel.Processes[api.ProcessTypeRelease]; p != nil {
+				c.UpdateDeployment(ctx, d.ID, api.DeploymentRunning, "")
+				job := "host1-" + d.ID[:8] + "-0000-4000-8000-000000000000"
+				c.AddDeploymentEvent(ctx, d.ID, &api.DeploymentEvent{JobType: api.ProcessTypeRelease, JobState: api.JobStateStarting, JobID: job})
+				if rel.Env["RELEASE_FAILS"] != "" {
+					c.UpdateDeployment(ctx, d.ID, api.DeploymentFailed, "the release command failed (exit status 4): release "+d.NewReleaseID+" is not deployed (the command's output: flynn log -j "+job+")")
+					continue deployments
+				}
+				c.AddDeploymentEvent(ctx, d.ID, &api.DeploymentEvent{JobType: api.ProcessTypeRelease, JobState: api.JobStateDown, JobID: job})
+			}
 			// Move the processes to the new release, as the deployer does.
 			c.PutFormation(ctx, &api.Formation{AppID: d.AppID, ReleaseID: d.NewReleaseID, Processes: d.Processes})
 			if d.OldReleaseID != "" {
@@ -750,6 +769,195 @@ func TestReceiverRejects(t *testing.T) {
 			t.Fatalf("crashing app (ok=%v):\n%s", ok, out)
 		}
 	})
+}
+
+// TestReceiverReleasePhase: the deployer runs a release command (here
+// fakeCluster plays it): the push shows it starting before the deploy and
+// times it, and one that fails fails the push with the deployer's reason,
+// the release not deployed. A deployment of the app still in progress is
+// waited for, not refused.
+func TestReceiverReleasePhase(t *testing.T) {
+	e := setupReceiver(t, false)
+	ctx := context.Background()
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("push: %s", out)
+	}
+	first, err := e.ctrl.GetAppRelease(ctx, e.app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit := func(procfile string) {
+		t.Helper()
+		os.WriteFile(filepath.Join(e.repo, "Procfile"), []byte(procfile), 0o644)
+		gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "procfile")
+	}
+
+	// setEnv deploys first with env, as flynn env set does.
+	setEnv := func(env map[string]string) *api.Release {
+		t.Helper()
+		rel := &api.Release{AppID: e.app.ID, ArtifactIDs: first.ArtifactIDs, Processes: first.Processes, Env: env}
+		if err := e.ctrl.CreateRelease(ctx, rel); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.ctrl.CreateDeployment(ctx, e.app.ID, rel.ID); err != nil {
+			t.Fatal(err)
+		}
+		waitRelease(t, e.ctrl, e.app.ID, rel.ID)
+		return rel
+	}
+
+	failing := setEnv(map[string]string{"RELEASE_FAILS": "1"})
+	commit("web: ./server\nrelease: migrate\n")
+	out, ok := e.push(t, "myapp")
+	if ok || !strings.Contains(out, "remote: -----> Running release command...") ||
+		!strings.Contains(out, "Push rejected: deployment failed: the release command failed (exit status 4)") ||
+		!regexp.MustCompile(`(?m)^remote: -----> Failed after .*, release \d+\.\ds, release command \d+\.\ds\s*$`).MatchString(out) {
+		t.Errorf("a failing release command (ok=%v): want it run and the push refused:\n%s", ok, out)
+	}
+	if strings.Contains(out, "Deploying...") {
+		t.Errorf("a failing release command: the push went on to deploy:\n%s", out)
+	}
+	if cur, err := e.ctrl.GetAppRelease(ctx, e.app.ID); err != nil || cur.ID != failing.ID {
+		t.Errorf("after a failing release command the current release is %v (%v), want %s", cur, err, failing.ID)
+	}
+	setEnv(nil)
+
+	// A deployment in progress (an env change's, say) when the push's
+	// build ends: the push waits for it, and its release keeps the env
+	// that deployment made current.
+	held := &api.Release{AppID: e.app.ID, ArtifactIDs: first.ArtifactIDs, Processes: first.Processes,
+		Env: map[string]string{"DURING": "the build"}, Meta: map[string]string{"test.hold": "true"}}
+	if err := e.ctrl.CreateRelease(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	hd, err := e.ctrl.CreateDeployment(ctx, e.app.ID, held.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	builds := func() int {
+		e.builder.mu.Lock()
+		defer e.builder.mu.Unlock()
+		return len(e.builder.jobs)
+	}
+	before := builds()
+	commit("web: ./server\nrelease: migrate --again\n")
+	done := make(chan string, 1)
+	go func() {
+		out, ok := e.push(t, "myapp")
+		if !ok {
+			out = "(failed) " + out
+		}
+		done <- out
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for builds() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the push ran no build")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	rels, err := e.ctrl.AppReleaseList(ctx, e.app.ID)
+	if err != nil || len(rels) != 5 {
+		t.Errorf("while another deployment is in progress the push made a release: %d releases (%v), want 5", len(rels), err)
+	}
+	if _, err := e.ctrl.UpdateDeployment(ctx, hd.ID, api.DeploymentComplete, ""); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case out = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the push did not end once the other deployment did")
+	}
+	waiting := strings.Index(out, "remote: -----> Waiting for deployment "+hd.ID)
+	creating := strings.Index(out, "remote: -----> Creating release...")
+	ran := strings.Index(out, "remote: -----> Running release command...")
+	deploying := strings.Index(out, "remote: -----> Deploying...")
+	if strings.HasPrefix(out, "(failed) ") || waiting < 0 || creating < waiting || ran < creating || deploying < ran {
+		t.Errorf("want the push to wait for deployment %s, then make its release, run its release command, and deploy:\n%s", hd.ID, out)
+	}
+	timed := regexp.MustCompile(`(?m)^remote: -----> Done in .*, wait \d+\.\ds, release \d+\.\ds, release command \d+\.\ds, deploy \d+\.\ds(, start \d+\.\ds)?\s*$`)
+	if !timed.MatchString(out) {
+		t.Errorf("push output lacks the timings line %s:\n%s", timed, out)
+	}
+	cur, err := e.ctrl.GetAppRelease(ctx, e.app.ID)
+	if err != nil || cur.ID == first.ID || cur.ID == held.ID || cur.Processes[api.ProcessTypeRelease] == nil {
+		t.Fatalf("after the push the current release is %+v (%v), want the push's", cur, err)
+	}
+	if cur.Env["DURING"] != "the build" {
+		t.Errorf("the push's release lost the env set during its build: %v", cur.Env)
+	}
+}
+
+// TestReceiverKeepsProcessSettings: a push keeps what was set on a process
+// type the app already has (limits, its env, its health check, volumes),
+// as Flynn's did; only its command is the build's.
+func TestReceiverKeepsProcessSettings(t *testing.T) {
+	e := setupReceiver(t, false)
+	ctx := context.Background()
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("push: %s", out)
+	}
+	first, err := e.ctrl.GetAppRelease(ctx, e.app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As flynn limit set and flynn release update would.
+	set := *first
+	set.ID = ""
+	set.Processes = map[string]*api.ProcessType{}
+	for typ, pt := range first.Processes {
+		c := *pt
+		set.Processes[typ] = &c
+	}
+	mem := int64(300 << 20)
+	web := set.Processes["web"]
+	web.Resources = api.Resources{api.ResourceMemory: {Limit: &mem}}
+	web.Env = map[string]string{"WEB_ONLY": "1"}
+	web.Ports = []api.Port{{Port: 8080, Proto: "tcp", Service: &api.Service{Name: "myapp-web", Create: true,
+		Check: &api.HealthCheck{Type: "http", Path: "/healthz"}}}}
+	web.Mounts = append(web.Mounts, api.Mount{Location: "/usr/local/bin/flynn-host", Target: FlynnHostPath})
+	set.Processes["worker"].Volumes = []api.VolumeReq{{Path: "/data"}}
+	if err := e.ctrl.CreateRelease(ctx, &set); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ctrl.CreateDeployment(ctx, e.app.ID, set.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitRelease(t, e.ctrl, e.app.ID, set.ID)
+
+	os.WriteFile(filepath.Join(e.repo, "Procfile"), []byte("web: ./server --v2\nworker: ./work\nclock: ./tick\n"), 0o644)
+	gitIn(t, e.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "v2")
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("push: %s", out)
+	}
+	rel, err := e.ctrl.GetAppRelease(ctx, e.app.ID)
+	if err != nil || rel.ID == set.ID {
+		t.Fatalf("release after the push: %v %v", rel, err)
+	}
+	w := rel.Processes["web"]
+	if w == nil || w.Resources[api.ResourceMemory].Limit == nil || *w.Resources[api.ResourceMemory].Limit != mem ||
+		w.Env["WEB_ONLY"] != "1" || len(w.Ports) != 1 || w.Ports[0].Service.Check.Path != "/healthz" {
+		t.Errorf("the push lost the web type's settings: %+v", w)
+	}
+	wantMounts := []api.Mount{{Location: "/usr/bin/flynn-host", Target: FlynnHostPath}}
+	if diff := cmp.Diff(wantMounts, w.Mounts); diff != "" {
+		t.Errorf("web mounts: the runner's mount once, at the host's path (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{FlynnHostPath, "slugrunner", "start", "web"}, w.Args); diff != "" {
+		t.Errorf("web args (-want +got):\n%s", diff)
+	}
+	if v := rel.Processes["worker"].Volumes; len(v) != 1 || v[0].Path != "/data" {
+		t.Errorf("the push lost the worker's volume: %+v", v)
+	}
+	// A new type gets the defaults; the settings are the release's own
+	// copies, not the old release's.
+	if c := rel.Processes["clock"]; c == nil || c.Resources != nil || len(c.Ports) != 0 {
+		t.Errorf("a new process type: %+v", c)
+	}
+	if old, _ := e.ctrl.GetRelease(ctx, set.ID); old.Processes["web"].Args[len(old.Processes["web"].Args)-1] != "web" {
+		t.Errorf("the old release changed: %+v", old.Processes["web"])
+	}
 }
 
 func TestRepoCacheRestoresObjects(t *testing.T) {

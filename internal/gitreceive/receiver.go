@@ -762,9 +762,10 @@ func (r *BuildReceiver) deployTimeout(app *api.App) time.Duration {
 
 // deploy deploys rel and waits for it: for the deployment to finish when
 // the app runs processes, or, on an app's first deploy with a web type,
-// for the first web job to come up. The deployer runs rel's release command (`release:` in the Procfile), when
-// it has one, before any job of rel starts; its output is the push's. It
-// records the phases it waited for in tm: "release command" until that
+// for the first web job to come up. The deployer runs rel's release
+// command (`release:` in the Procfile), when it has one, before any job
+// of rel starts; its output is the push's. It records the phases it
+// waited for in tm: "release command" until that
 // command ended, "deploy" until the deployment finished, "start" until
 // the first web job was up (and registered); a deployment with nothing to
 // roll and no web job to start records neither of the last two.
@@ -777,8 +778,8 @@ func (r *BuildReceiver) deploy(ctx context.Context, app *api.App, rel *api.Relea
 	hasRelease := rel.Processes[api.ProcessTypeRelease] != nil
 	if hasRelease {
 		timeout += api.ReleasePhaseTimeout
-	}
-	if !hasRelease {
+	} else {
+		// With a release command, once that has run.
 		fmt.Fprintln(out, "-----> Deploying...")
 	}
 	start := time.Now()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"strconv"
 	"strings"
@@ -26,8 +27,13 @@ func currentRelease(ctx context.Context, c *controllerclient.Client, app *api.Ap
 }
 
 // newRelease creates a release from the app's current one changed by
-// mutate, and deploys it.
+// mutate, and deploys it. A deployment of the app under way (a push's) is
+// waited for first, and the change made on top of what it deployed.
 func newRelease(ctx context.Context, cmd *cobra.Command, c *controllerclient.Client, app *api.App, mutate func(*api.Release) error) error {
+	app, err := waitDeployments(ctx, cmd.OutOrStdout(), c, app)
+	if err != nil {
+		return err
+	}
 	cur, err := currentRelease(ctx, c, app)
 	if err != nil {
 		return err
@@ -47,9 +53,12 @@ func newRelease(ctx context.Context, cmd *cobra.Command, c *controllerclient.Cli
 }
 
 // deploy deploys a release and follows the deployment's events until it
-// completes or fails.
+// completes or fails, after any deployment of the app under way.
 func deploy(ctx context.Context, cmd *cobra.Command, c *controllerclient.Client, app *api.App, releaseID string) error {
 	out := cmd.OutOrStdout()
+	if _, err := waitDeployments(ctx, out, c, app); err != nil {
+		return err
+	}
 	stream, err := c.StreamEvents(ctx, controllerclient.EventOptions{AppID: app.ID, ObjectTypes: []string{api.EventTypeDeployment}})
 	if err != nil {
 		return err
@@ -135,6 +144,54 @@ func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient
 		}
 		if finished(de.Status) {
 			return deploymentResult(de.Status, de.Error, d.ID)
+		}
+	}
+}
+
+// waitDeployments waits while app has a deployment in progress (a push's,
+// another change's), as Heroku lets a config change follow a deploy
+// rather than refuse it, and returns the app as it then is: a release
+// made from its current one builds on what that deployment deployed. It
+// gives up when that deployment outlasts its deploy timeout (and its
+// release command's), with 30 s to spare.
+func waitDeployments(ctx context.Context, w io.Writer, c *controllerclient.Client, app *api.App) (*api.App, error) {
+	said := ""
+	var limit time.Duration
+	var deadline time.Time
+	for {
+		deps, err := c.DeploymentList(ctx, app.ID)
+		if err != nil {
+			return nil, err
+		}
+		var cur *api.Deployment
+		for _, d := range deps {
+			if d.Status == api.DeploymentPending || d.Status == api.DeploymentRunning {
+				cur = d
+				break
+			}
+		}
+		if cur == nil {
+			if said == "" {
+				return app, nil
+			}
+			return c.GetApp(ctx, app.ID)
+		}
+		if cur.ID != said {
+			said = cur.ID
+			limit = time.Duration(cur.DeployTimeout)*time.Second + 30*time.Second
+			if rel, err := c.GetRelease(ctx, cur.NewReleaseID); err != nil || rel.Processes[api.ProcessTypeRelease] != nil {
+				limit += api.ReleasePhaseTimeout
+			}
+			deadline = time.Now().Add(limit)
+			fmt.Fprintf(w, "Waiting for deployment %s (release %s) of %s to end first...\n", cur.ID, cur.NewReleaseID, app.Name)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("a deployment of %s is still running after %s (%s): see flynn deployment", app.Name, limit, cur.ID)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
 		}
 	}
 }

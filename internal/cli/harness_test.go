@@ -165,15 +165,18 @@ func (h *harness) follow(ctx context.Context, stream *controllerclient.EventStre
 }
 
 // reconcile starts and stops jobs so that the formation's release runs
-// its counts. Jobs of a release that sets FAIL_DEPLOY exit at once.
+// its counts. Jobs of a release that sets FAIL_DEPLOY exit at once; those
+// of one that sets SLOW_DEPLOY (a duration) come up after it.
 func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 	jobs, err := h.c.JobList(ctx, f.AppID)
 	if err != nil {
 		return
 	}
 	crash := false
+	var slow time.Duration
 	if rel, err := h.c.GetRelease(ctx, f.ReleaseID); err == nil {
 		crash = rel.Env["FAIL_DEPLOY"] != ""
+		slow, _ = time.ParseDuration(rel.Env["SLOW_DEPLOY"])
 	}
 	live := map[string][]*api.Job{}
 	for _, j := range jobs {
@@ -198,6 +201,16 @@ func (h *harness) reconcile(ctx context.Context, f *api.Formation) {
 				j.State, j.ExitStatus = api.JobStateDown, &code
 			} else {
 				j.State = api.JobStateUp
+			}
+			if slow > 0 {
+				go func() {
+					select {
+					case <-ctx.Done():
+					case <-time.After(slow):
+						h.c.PutJob(ctx, j)
+					}
+				}()
+				continue
 			}
 			h.c.PutJob(ctx, j)
 		}

@@ -260,6 +260,10 @@ volumes, mounts, resources, service, omni, host_network, resurrect). With
 			if err != nil {
 				return err
 			}
+			// On top of what a deployment under way deploys.
+			if app, err = waitDeployments(ctx, cmd.OutOrStdout(), c, app); err != nil {
+				return err
+			}
 			base := app.ReleaseID
 			if len(args) == 2 {
 				base = args[1]

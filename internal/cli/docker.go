@@ -184,7 +184,11 @@ func (s *state) dockerPush(ctx context.Context, cmd *cobra.Command, src, tag str
 	err = newRelease(ctx, cmd, c, app, func(r *api.Release) error {
 		created = r
 		r.ArtifactIDs = []string{art.ID}
-		r.Processes = procs
+		// r is the current release once any deployment under way
+		// ended: its process types, unless it has none.
+		if len(r.Processes) == 0 {
+			r.Processes = procs
+		}
 		return nil
 	})
 	if err != nil || !defaultWeb {

@@ -159,6 +159,13 @@ with those tags (a KEY alone means KEY=true).`,
 			if all {
 				return showAllFormations(ctx, cmd, c, app)
 			}
+			if release == "" && len(want) > 0 {
+				// The release a deployment under way deploys takes
+				// the formation over: scale it once it has.
+				if app, err = waitDeployments(ctx, cmd.OutOrStdout(), c, app); err != nil {
+					return err
+				}
+			}
 			if release == "" {
 				release = app.ReleaseID
 			}

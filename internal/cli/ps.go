@@ -159,7 +159,7 @@ with those tags (a KEY alone means KEY=true).`,
 			if all {
 				return showAllFormations(ctx, cmd, c, app)
 			}
-			if release == "" && len(want) > 0 {
+			if release == "" && (len(want) > 0 || len(tags) > 0) {
 				// The release a deployment under way deploys takes
 				// the formation over: scale it once it has.
 				if app, err = waitDeployments(ctx, cmd.OutOrStdout(), c, app); err != nil {

@@ -466,7 +466,17 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 		return err == nil, fmt.Errorf("git push --dry-run: %v %s", err, out)
 	})
 	releases := strings.Count(a.flynn("release"), "\n")
-	builds := func() int { return strings.Count(c.jobTable(c.hosts[0]), " "+a.name+"/slugbuilder done exit=0") }
+	// The app's build jobs that ended well, by ID (the host forgets the
+	// oldest ended jobs, so a count could stand still).
+	builds := func() map[string]bool {
+		ids := map[string]bool{}
+		for _, line := range strings.Split(c.jobTable(c.hosts[0]), "\n") {
+			if f := strings.Fields(line); len(f) == 4 && f[1] == a.name+"/slugbuilder" && f[2] == "done" && f[3] == "exit=0" {
+				ids[f[0]] = true
+			}
+		}
+		return ids
+	}
 	built := builds()
 	os.WriteFile(filepath.Join(a.dir, "Procfile"), append(procfile[:len(procfile):len(procfile)],
 		"release: echo quick release\n"...), 0o644)
@@ -481,8 +491,12 @@ func releasePhaseAfterKill(t *testing.T, c *e2eCluster, a *pushApp, procfile []b
 	}()
 	// The second push builds, then waits, before it makes its release.
 	waitFor(t, within(t, 2*time.Minute), "the second push's build", c.watch(), func() (bool, error) {
-		n := builds()
-		return n > built, fmt.Errorf("%d builds done, %d before", n, built)
+		for id := range builds() {
+			if !built[id] {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("no new build done")
 	})
 	time.Sleep(3 * time.Second)
 	if n := strings.Count(a.flynn("release"), "\n"); n != releases {

@@ -813,3 +813,51 @@ func (c *Client) PutLayer(ctx context.Context, sum string, r io.Reader, size int
 	}
 	return &out, nil
 }
+
+// WaitAppDeployments waits while appID has a deployment pending or
+// running (a push's, an env change's), so that a caller can build on what
+// it deploys rather than be refused: waiting is called once for each
+// deployment waited for. It gives up when one outlasts its deploy timeout
+// (and, when its release has a release command, that command's
+// api.ReleasePhaseTimeout) with 30 s to spare, or when ctx ends. It says
+// whether it waited.
+func (c *Client) WaitAppDeployments(ctx context.Context, appID string, waiting func(*api.Deployment)) (bool, error) {
+	var said string
+	var limit time.Duration
+	var deadline time.Time
+	for {
+		deps, err := c.DeploymentList(ctx, appID)
+		if err != nil {
+			return said != "", fmt.Errorf("list the app's deployments: %w", err)
+		}
+		var cur *api.Deployment
+		for _, d := range deps {
+			if d.Status == api.DeploymentPending || d.Status == api.DeploymentRunning {
+				cur = d
+				break
+			}
+		}
+		if cur == nil {
+			return said != "", nil
+		}
+		if cur.ID != said {
+			said = cur.ID
+			limit = time.Duration(cur.DeployTimeout)*time.Second + 30*time.Second
+			if rel, err := c.GetRelease(ctx, cur.NewReleaseID); err != nil || rel.Processes[api.ProcessTypeRelease] != nil {
+				limit += api.ReleasePhaseTimeout
+			}
+			deadline = time.Now().Add(limit)
+			if waiting != nil {
+				waiting(cur)
+			}
+		}
+		if time.Now().After(deadline) {
+			return true, fmt.Errorf("deployment %s (release %s) is still running after %s: see flynn deployment", cur.ID, cur.NewReleaseID, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

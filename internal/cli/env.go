@@ -150,50 +150,17 @@ func waitDeployment(ctx context.Context, cmd *cobra.Command, c *controllerclient
 
 // waitDeployments waits while app has a deployment in progress (a push's,
 // another change's), as Heroku lets a config change follow a deploy
-// rather than refuse it, and returns the app as it then is: a release
-// made from its current one builds on what that deployment deployed. It
-// gives up when that deployment outlasts its deploy timeout (and its
-// release command's), with 30 s to spare.
+// rather than refuse it (controllerclient.WaitAppDeployments), and
+// returns the app as it then is: a release made from its current one
+// builds on what that deployment deployed.
 func waitDeployments(ctx context.Context, w io.Writer, c *controllerclient.Client, app *api.App) (*api.App, error) {
-	said := ""
-	var limit time.Duration
-	var deadline time.Time
-	for {
-		deps, err := c.DeploymentList(ctx, app.ID)
-		if err != nil {
-			return nil, err
-		}
-		var cur *api.Deployment
-		for _, d := range deps {
-			if d.Status == api.DeploymentPending || d.Status == api.DeploymentRunning {
-				cur = d
-				break
-			}
-		}
-		if cur == nil {
-			if said == "" {
-				return app, nil
-			}
-			return c.GetApp(ctx, app.ID)
-		}
-		if cur.ID != said {
-			said = cur.ID
-			limit = time.Duration(cur.DeployTimeout)*time.Second + 30*time.Second
-			if rel, err := c.GetRelease(ctx, cur.NewReleaseID); err != nil || rel.Processes[api.ProcessTypeRelease] != nil {
-				limit += api.ReleasePhaseTimeout
-			}
-			deadline = time.Now().Add(limit)
-			fmt.Fprintf(w, "Waiting for deployment %s (release %s) of %s to end first...\n", cur.ID, cur.NewReleaseID, app.Name)
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("a deployment of %s is still running after %s (%s): see flynn deployment", app.Name, limit, cur.ID)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+	waited, err := c.WaitAppDeployments(ctx, app.ID, func(d *api.Deployment) {
+		fmt.Fprintf(w, "Waiting for deployment %s (release %s) of %s to end first...\n", d.ID, d.NewReleaseID, app.Name)
+	})
+	if err != nil || !waited {
+		return app, err
 	}
+	return c.GetApp(ctx, app.ID)
 }
 
 // jobEvent is a deployment event's job step as the CLI shows it: "web

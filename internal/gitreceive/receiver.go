@@ -257,12 +257,14 @@ func (r *BuildReceiver) Receive(ctx context.Context, p Push, out io.Writer) (err
 	// deployments under way (an env change's, a rollback's) has ended,
 	// so that a change made during the build is kept.
 	start = time.Now()
-	waited, err := r.waitOtherDeployment(ctx, app, out, r.deployTimeout(app)+api.ReleasePhaseTimeout)
+	waited, err := r.cfg.Controller.WaitAppDeployments(ctx, app.ID, func(d *api.Deployment) {
+		fmt.Fprintf(out, "-----> Waiting for deployment %s (release %s) to end first...\n", d.ID, d.NewReleaseID)
+	})
 	if waited {
 		tm.since("wait", start)
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: this push is not deployed", err)
 	}
 	if cur, err := r.cfg.Controller.GetAppRelease(ctx, app.ID); err == nil {
 		prev = cur
@@ -1033,43 +1035,6 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 				}
 				return &failedType{typ: typ, job: downJobs[typ], err: fmt.Errorf("deployment failed: %s", msg)}
 			}
-		}
-	}
-}
-
-// waitOtherDeployment waits while app has a deployment in progress (an env
-// change's, a rollback's, or another push's whose pusher went away), for
-// up to limit, so that the push deploys after it rather than be refused.
-// It says whether there was one.
-func (r *BuildReceiver) waitOtherDeployment(ctx context.Context, app *api.App, out io.Writer, limit time.Duration) (bool, error) {
-	deadline := time.Now().Add(limit)
-	said := ""
-	for {
-		deps, err := r.cfg.Controller.DeploymentList(ctx, app.ID)
-		if err != nil {
-			return said != "", fmt.Errorf("list the deployments of %s: %w", app.Name, err)
-		}
-		var cur *api.Deployment
-		for _, d := range deps {
-			if d.Status == api.DeploymentPending || d.Status == api.DeploymentRunning {
-				cur = d
-				break
-			}
-		}
-		if cur == nil {
-			return said != "", nil
-		}
-		if time.Now().After(deadline) {
-			return true, fmt.Errorf("deployment %s of %s did not end within %s, so this push is not deployed (see flynn deployment)", cur.ID, app.Name, limit)
-		}
-		if cur.ID != said {
-			said = cur.ID
-			fmt.Fprintf(out, "-----> Waiting for deployment %s (release %s) to end first...\n", cur.ID, cur.NewReleaseID)
-		}
-		select {
-		case <-ctx.Done():
-			return true, ctx.Err()
-		case <-time.After(time.Second):
 		}
 	}
 }

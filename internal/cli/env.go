@@ -53,12 +53,10 @@ func newRelease(ctx context.Context, cmd *cobra.Command, c *controllerclient.Cli
 }
 
 // deploy deploys a release and follows the deployment's events until it
-// completes or fails, after any deployment of the app under way.
+// completes or fails. Callers wait for a deployment under way first
+// (waitDeployments), before they read the release they build on.
 func deploy(ctx context.Context, cmd *cobra.Command, c *controllerclient.Client, app *api.App, releaseID string) error {
 	out := cmd.OutOrStdout()
-	if _, err := waitDeployments(ctx, out, c, app); err != nil {
-		return err
-	}
 	stream, err := c.StreamEvents(ctx, controllerclient.EventOptions{AppID: app.ID, ObjectTypes: []string{api.EventTypeDeployment}})
 	if err != nil {
 		return err

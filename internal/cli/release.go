@@ -196,6 +196,11 @@ the image's env, working dir and user (not root: nobody instead).`,
 			if err != nil {
 				return err
 			}
+			// The release before the one a deployment under way makes
+			// current.
+			if app, err = waitDeployments(ctx, cmd.OutOrStdout(), c, app); err != nil {
+				return err
+			}
 			rels, err := newestReleases(ctx, c, app.ID)
 			if err != nil {
 				return err

@@ -943,7 +943,10 @@ func running(procs map[string]int) bool {
 func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, evc <-chan *api.Event, out io.Writer, timeout time.Duration, tm *timings, start time.Time) error {
 	phase := "deploy"
 	defer func() { tm.since(phase, start) }()
-	// The deployment may have finished before the stream saw it.
+	// Whether the deployment finished, for a stream that ended. (The
+	// stream began before the deployment was made and resumes from its
+	// last event, so every event of the deployment, its failure's reason
+	// and its release command included, comes through it.)
 	check := func() (bool, error) {
 		cur, err := r.cfg.Controller.GetDeployment(ctx, d.ID)
 		if err != nil {
@@ -956,9 +959,6 @@ func (r *BuildReceiver) waitDeployment(ctx context.Context, d *api.Deployment, e
 			return true, fmt.Errorf("deployment %s failed", d.ID)
 		}
 		return false, nil
-	}
-	if done, err := check(); done {
-		return err
 	}
 	releaseOut := controllerclient.NewJobOutput(r.cfg.Controller, d.AppID, out, "       ")
 	defer releaseOut.Wait()

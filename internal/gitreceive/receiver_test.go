@@ -370,6 +370,19 @@ func (e *recvEnv) push(t *testing.T, app string) (string, bool) {
 	return ee.push(t, false, testCtrlKey, app, "main")
 }
 
+// firstPush pushes myapp and returns the release it made current.
+func (e *recvEnv) firstPush(t *testing.T) *api.Release {
+	t.Helper()
+	if out, ok := e.push(t, "myapp"); !ok {
+		t.Fatalf("push: %s", out)
+	}
+	rel, err := e.ctrl.GetAppRelease(context.Background(), e.app.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rel
+}
+
 func TestReceiverBuildsAndReleases(t *testing.T) {
 	e := setupReceiver(t, false)
 	ctx := context.Background()
@@ -779,13 +792,7 @@ func TestReceiverRejects(t *testing.T) {
 func TestReceiverReleasePhase(t *testing.T) {
 	e := setupReceiver(t, false)
 	ctx := context.Background()
-	if out, ok := e.push(t, "myapp"); !ok {
-		t.Fatalf("push: %s", out)
-	}
-	first, err := e.ctrl.GetAppRelease(ctx, e.app.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := e.firstPush(t)
 	commit := func(procfile string) {
 		t.Helper()
 		os.WriteFile(filepath.Join(e.repo, "Procfile"), []byte(procfile), 0o644)
@@ -895,13 +902,7 @@ func TestReceiverReleasePhase(t *testing.T) {
 func TestReceiverKeepsProcessSettings(t *testing.T) {
 	e := setupReceiver(t, false)
 	ctx := context.Background()
-	if out, ok := e.push(t, "myapp"); !ok {
-		t.Fatalf("push: %s", out)
-	}
-	first, err := e.ctrl.GetAppRelease(ctx, e.app.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := e.firstPush(t)
 	// As flynn limit set and flynn release update would.
 	set := *first
 	set.ID = ""
